@@ -1,0 +1,25 @@
+//! ESP cryptographic transforms.
+//!
+//! `alg` names the algorithms and holds the RFC 8221 policy (what is refused and why);
+//! the other modules wrap the primitives from well-kept crates, chosen by measurement
+//! (see `benches/benches/crypto_choice.rs` and README.md):
+//!
+//! | algorithm | crate | why |
+//! |---|---|---|
+//! | AES-128/256-GCM, AES-GMAC 128/256, ChaCha20-Poly1305 | ring | fastest here (AES-NI/VAES/AVX2 assembly) |
+//! | AES-192-GCM, AES-GMAC-192 | RustCrypto `aes-gcm` | ring has no 192-bit AES-GCM |
+//! | AES-CBC, 3DES-CBC | RustCrypto `aes`/`des` + `cbc` | ring has no CBC; AES-NI via runtime detection |
+//! | HMAC-SHA1/SHA-2 | RustCrypto `hmac` + `sha1`/`sha2` | SHA-NI; 3-4x faster than ring for SHA-1 |
+//!
+//! Transform state is built once per SA (key schedules, HMAC inner/outer states precomputed)
+//! and used per packet without allocation.
+
+pub mod alg;
+mod aead;
+mod cbc;
+mod integ;
+mod transform;
+
+pub use alg::{AuthAlg, CryptoError, EncAlg};
+pub(crate) use transform::Transform;
+pub use transform::{MAX_ICV_LEN, MAX_IV_LEN};

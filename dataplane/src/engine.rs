@@ -1,0 +1,454 @@
+//! The per-worker ESP engine and its burst API.
+//!
+//! An [`Engine`] owns one worker's SA shard, a shared reference to the compiled SPD, its
+//! counters and its event queue. `outbound_burst` and `inbound_burst` process a burst of
+//! packets in place in caller-owned buffers and write one [`Verdict`] per packet; they never
+//! allocate, lock or panic, whatever the bytes. Management calls (install/remove SAs, swap the
+//! SPD, drain events, sweep timers) run between bursts.
+
+use crate::esp::{self, InboundEsp};
+use crate::events::{Event, EventQueue};
+use crate::packet::PacketBuf;
+use crate::sa::{Encap, Sa, SaConfig, SaError, SaHandle, SaTable};
+use crate::spd::{Action, Direction, Disposition, Lookup, PacketKey, Spd, MAX_BUNDLE};
+use crate::stats::{DropReason, WorkerStats};
+use crate::time::Timestamp;
+use crate::wire::udp_encap::{UdpEncapKind, classify_udp_encap};
+use crate::wire::{IpProtocol, Ipv4Packet, Ipv6Packet};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The fate of one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Verdict {
+    /// Outbound: now ESP, to the unprotected side. Inbound: decapsulated, to the protected
+    /// side (tunnel) or local delivery (transport).
+    Forward,
+    /// Passed unchanged (BYPASS, or the inbound default).
+    Bypass,
+    /// IKE (UDP 500, or the non-ESP marker on an encapsulation port): for the control plane.
+    Punt,
+    /// Consumed by the engine (a NAT-keepalive).
+    Consumed,
+    Drop(DropReason),
+    /// Not processed (the verdict slice was shorter than the burst).
+    #[default]
+    Unset,
+}
+
+impl Verdict {
+    pub fn is_drop(&self) -> bool {
+        matches!(self, Verdict::Drop(_) | Verdict::Unset)
+    }
+}
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// UDP ports always treated as ESP-in-UDP on input (4500 by default); ports of installed
+    /// UDP-encapsulated SAs are added automatically.
+    pub udp_encap_ports: Vec<u16>,
+    /// SAs the table holds before its indexes grow.
+    pub sa_capacity: usize,
+    /// Events kept until drained.
+    pub event_capacity: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self { udp_encap_ports: vec![4500], sa_capacity: 1024, event_capacity: 4096 }
+    }
+}
+
+/// A 65536-bit set of UDP ports with reference counts for the ports SAs add.
+#[derive(Debug)]
+struct PortSet {
+    bits: Box<[u64; 1024]>,
+    refs: BTreeMap<u16, u32>,
+    fixed: Vec<u16>,
+}
+
+impl PortSet {
+    fn new(fixed: &[u16]) -> Self {
+        let mut s = PortSet { bits: Box::new([0; 1024]), refs: BTreeMap::new(), fixed: fixed.to_vec() };
+        for &p in fixed {
+            s.set(p, true);
+        }
+        s
+    }
+
+    fn set(&mut self, p: u16, on: bool) {
+        let (w, b) = (usize::from(p) / 64, p % 64);
+        if on {
+            self.bits[w] |= 1 << b;
+        } else {
+            self.bits[w] &= !(1 << b);
+        }
+    }
+
+    #[inline(always)]
+    fn contains(&self, p: u16) -> bool {
+        self.bits[usize::from(p) / 64] & (1 << (p % 64)) != 0
+    }
+
+    fn add(&mut self, p: u16) {
+        *self.refs.entry(p).or_default() += 1;
+        self.set(p, true);
+    }
+
+    fn release(&mut self, p: u16) {
+        if let Some(n) = self.refs.get_mut(&p) {
+            *n -= 1;
+            if *n == 0 {
+                self.refs.remove(&p);
+                if !self.fixed.contains(&p) {
+                    self.set(p, false);
+                }
+            }
+        }
+    }
+}
+
+/// The IKE port: always handed to the control plane.
+const IKE_PORT: u16 = 500;
+
+/// One worker's ESP engine.
+#[derive(Debug)]
+pub struct Engine {
+    sad: SaTable,
+    spd: Arc<Spd>,
+    hits: [Vec<u64>; 2],
+    stats: WorkerStats,
+    events: EventQueue,
+    udp_ports: PortSet,
+    sweep: usize,
+}
+
+/// What the inbound classifier found.
+enum Inbound {
+    Esp(InboundEsp),
+    Ike,
+    Keepalive,
+    Plain,
+}
+
+impl Engine {
+    pub fn new(spd: Arc<Spd>) -> Self {
+        Self::with_config(spd, EngineConfig::default())
+    }
+
+    pub fn with_config(spd: Arc<Spd>, cfg: EngineConfig) -> Self {
+        let hits = [vec![0; spd.policies(Direction::Inbound).len()], vec![0; spd.policies(Direction::Outbound).len()]];
+        Engine {
+            sad: SaTable::with_capacity(cfg.sa_capacity),
+            spd,
+            hits,
+            stats: WorkerStats::default(),
+            events: EventQueue::new(cfg.event_capacity),
+            udp_ports: PortSet::new(&cfg.udp_encap_ports),
+            sweep: 0,
+        }
+    }
+
+    /// Build and install an SA from its configuration.
+    pub fn add_sa(&mut self, cfg: &SaConfig, now: Timestamp) -> Result<SaHandle, SaError> {
+        self.install_sa(Sa::new(cfg, now)?)
+    }
+
+    /// Install an SA built elsewhere.
+    pub fn install_sa(&mut self, sa: Sa) -> Result<SaHandle, SaError> {
+        let port = match (sa.dir, sa.info.encap) {
+            (Direction::Inbound, Encap::Udp { local_port, .. }) => Some(local_port),
+            _ => None,
+        };
+        let h = self.sad.insert(sa)?;
+        if let Some(p) = port {
+            self.udp_ports.add(p);
+        }
+        Ok(h)
+    }
+
+    /// Remove an SA; its final state is returned.
+    pub fn remove_sa(&mut self, h: SaHandle) -> Option<Sa> {
+        let sa = self.sad.remove(h)?;
+        if let (Direction::Inbound, Encap::Udp { local_port, .. }) = (sa.dir, sa.info.encap) {
+            self.udp_ports.release(local_port);
+        }
+        Some(sa)
+    }
+
+    pub fn sad(&self) -> &SaTable {
+        &self.sad
+    }
+
+    /// Mutable access for tests and benchmarks (e.g. to move a sequence number).
+    pub fn sa_mut(&mut self, h: SaHandle) -> Option<&mut Sa> {
+        self.sad.get_mut(h)
+    }
+
+    /// Replace the SPD (atomically for this worker: between two bursts). Hit counters restart.
+    pub fn set_spd(&mut self, spd: Arc<Spd>) {
+        self.hits = [vec![0; spd.policies(Direction::Inbound).len()], vec![0; spd.policies(Direction::Outbound).len()]];
+        self.spd = spd;
+    }
+
+    pub fn spd(&self) -> &Arc<Spd> {
+        &self.spd
+    }
+
+    /// Per-policy hit counters of a direction, in SPD order.
+    pub fn policy_hits(&self, dir: Direction) -> &[u64] {
+        &self.hits[dir.index()]
+    }
+
+    pub fn stats(&self) -> &WorkerStats {
+        &self.stats
+    }
+
+    pub fn drain_events(&mut self) -> impl Iterator<Item = Event> + '_ {
+        self.events.drain()
+    }
+
+    /// Check up to `budget` SAs for time-based lifetime transitions (soft/hard time, idle),
+    /// continuing where the previous call stopped; call between bursts.
+    pub fn poll_timers(&mut self, now: Timestamp, budget: usize) {
+        let n = self.sad.slot_count();
+        if n == 0 {
+            return;
+        }
+        for _ in 0..budget.min(n) {
+            self.sweep = (self.sweep + 1) % n;
+            let h = SaHandle(self.sweep as u32);
+            if let Some(sa) = self.sad.get_mut(h) {
+                let ev = sa.poll(now);
+                esp::report(&mut self.events, sa, h, ev);
+            }
+        }
+        self.stats.events_lost = self.events.lost();
+    }
+
+    #[inline(always)]
+    fn drop(&mut self, r: DropReason) -> Verdict {
+        self.stats.drops.bump(r);
+        Verdict::Drop(r)
+    }
+
+    /// Encapsulate one packet with a given SA, skipping the SPD (benchmarks, bundles).
+    #[inline]
+    pub fn encap_with<B: AsRef<[u8]> + AsMut<[u8]>>(&mut self, h: SaHandle, now: Timestamp, pkt: &mut PacketBuf<B>) -> Verdict {
+        let Some(sa) = self.sad.get_mut(h) else { return self.drop(DropReason::NoSa) };
+        match esp::encap(sa, h, pkt, now, &mut self.events) {
+            Ok(bytes) => {
+                self.stats.encap_packets += 1;
+                self.stats.encap_bytes += bytes as u64;
+                Verdict::Forward
+            }
+            Err(r) => self.drop(r),
+        }
+    }
+
+    /// Outbound processing of one plaintext packet from the protected side: SPD lookup, then
+    /// PROTECT (encapsulate with each SA of the bundle), BYPASS or DISCARD.
+    #[inline]
+    pub fn outbound<B: AsRef<[u8]> + AsMut<[u8]>>(&mut self, now: Timestamp, pkt: &mut PacketBuf<B>) -> Verdict {
+        let Ok(key) = PacketKey::parse(pkt.data()) else { return self.drop(DropReason::Malformed) };
+        let bundle = match self.spd.lookup(Direction::Outbound, &key) {
+            Lookup::Policy { index, action } => {
+                if let Some(c) = self.hits[1].get_mut(index as usize) {
+                    *c += 1;
+                }
+                match *action {
+                    Action::Protect(b) => b,
+                    Action::Bypass => {
+                        self.stats.bypass_packets += 1;
+                        return Verdict::Bypass;
+                    }
+                    Action::Discard => return self.drop(DropReason::PolicyDiscard),
+                }
+            }
+            Lookup::Default { .. } => return self.drop(DropReason::NoPolicy),
+        };
+        let mut v = Verdict::Drop(DropReason::NoSa);
+        for &reqid in bundle.reqids() {
+            let Some(h) = self.sad.lookup_outbound(reqid) else { return self.drop(DropReason::NoSa) };
+            v = self.encap_with(h, now, pkt);
+            if v != Verdict::Forward {
+                return v;
+            }
+        }
+        v
+    }
+
+    /// Process a burst from the protected side. Returns how many packets were not dropped.
+    pub fn outbound_burst<B: AsRef<[u8]> + AsMut<[u8]>>(&mut self, now: Timestamp, pkts: &mut [PacketBuf<B>], verdicts: &mut [Verdict]) -> usize {
+        let mut ok = 0;
+        for (p, v) in pkts.iter_mut().zip(verdicts.iter_mut()) {
+            *v = self.outbound(now, p);
+            ok += usize::from(!v.is_drop());
+        }
+        ok
+    }
+
+    /// Process a burst from the unprotected side. Returns how many packets were not dropped.
+    pub fn inbound_burst<B: AsRef<[u8]> + AsMut<[u8]>>(&mut self, now: Timestamp, pkts: &mut [PacketBuf<B>], verdicts: &mut [Verdict]) -> usize {
+        let mut ok = 0;
+        for (p, v) in pkts.iter_mut().zip(verdicts.iter_mut()) {
+            *v = self.inbound(now, p);
+            ok += usize::from(!v.is_drop());
+        }
+        ok
+    }
+
+    /// Inbound processing of one packet: ESP (raw or UDP-encapsulated) is decapsulated,
+    /// nested ESP of an SA bundle too; IKE is punted, NAT-keepalives consumed, and plaintext
+    /// is checked against the inbound SPD.
+    #[inline]
+    pub fn inbound<B: AsRef<[u8]> + AsMut<[u8]>>(&mut self, now: Timestamp, pkt: &mut PacketBuf<B>) -> Verdict {
+        let mut depth = 0;
+        loop {
+            let esp = match self.classify(pkt) {
+                Ok(Inbound::Esp(e)) => e,
+                Ok(Inbound::Ike) => {
+                    self.stats.punt_packets += 1;
+                    return Verdict::Punt;
+                }
+                Ok(Inbound::Keepalive) => {
+                    self.stats.keepalives += 1;
+                    return Verdict::Consumed;
+                }
+                Ok(Inbound::Plain) if depth > 0 => return Verdict::Forward,
+                Ok(Inbound::Plain) => return self.plaintext(pkt),
+                Err(r) => return self.drop(r),
+            };
+            if depth == MAX_BUNDLE {
+                return self.drop(DropReason::BundleTooDeep);
+            }
+            let spi = esp.spi(pkt.data());
+            let Some(h) = self.sad.lookup_inbound(spi, esp.v6, esp.dst) else { return self.drop(DropReason::NoSa) };
+            let Some(sa) = self.sad.get_mut(h) else { return self.drop(DropReason::NoSa) };
+            match esp::decap(sa, h, pkt, &esp, now, &mut self.events) {
+                Ok(bytes) => {
+                    self.stats.decap_packets += 1;
+                    self.stats.decap_bytes += bytes as u64;
+                }
+                Err(r) => return self.drop(r),
+            }
+            depth += 1;
+        }
+    }
+
+    /// Inbound plaintext: the SPD decides (RFC 4301 §5.2 step 3).
+    fn plaintext<B: AsRef<[u8]> + AsMut<[u8]>>(&mut self, pkt: &PacketBuf<B>) -> Verdict {
+        let Ok(key) = PacketKey::parse(pkt.data()) else { return self.drop(DropReason::Malformed) };
+        match self.spd.lookup(Direction::Inbound, &key) {
+            Lookup::Policy { index, action } => {
+                if let Some(c) = self.hits[0].get_mut(index as usize) {
+                    *c += 1;
+                }
+                match action {
+                    Action::Bypass => {
+                        self.stats.bypass_packets += 1;
+                        Verdict::Bypass
+                    }
+                    Action::Discard => self.drop(DropReason::PolicyDiscard),
+                    Action::Protect(_) => self.drop(DropReason::UnprotectedForProtect),
+                }
+            }
+            Lookup::Default { action: Disposition::Bypass } => {
+                self.stats.bypass_packets += 1;
+                Verdict::Bypass
+            }
+            Lookup::Default { .. } => self.drop(DropReason::NoPolicy),
+        }
+    }
+
+    /// Find ESP in an inbound packet. Trims link-layer padding beyond the IP length.
+    #[inline]
+    fn classify<B: AsRef<[u8]> + AsMut<[u8]>>(&self, pkt: &mut PacketBuf<B>) -> Result<Inbound, DropReason> {
+        let data = pkt.data();
+        let (v6, src, dst, ip_hdr_len, nh_field, proto, total, ecn, fragment) = match data.first().map(|b| b >> 4) {
+            Some(4) => {
+                let ip = Ipv4Packet::new_checked(data).map_err(|_| DropReason::Malformed)?;
+                if !ip.verify_checksum() {
+                    return Err(DropReason::Malformed);
+                }
+                (
+                    false,
+                    u128::from(u32::from_be_bytes(ip.src_addr())),
+                    u128::from(u32::from_be_bytes(ip.dst_addr())),
+                    ip.header_len(),
+                    9,
+                    ip.protocol(),
+                    usize::from(ip.total_len()),
+                    ip.ecn(),
+                    ip.is_fragment(),
+                )
+            }
+            Some(6) => {
+                let ip = Ipv6Packet::new_checked(data).map_err(|_| DropReason::Malformed)?;
+                let ul = ip.upper_layer().map_err(|_| DropReason::Malformed)?;
+                (
+                    true,
+                    u128::from_be_bytes(ip.src_addr()),
+                    u128::from_be_bytes(ip.dst_addr()),
+                    ul.offset,
+                    ul.nh_field,
+                    ul.protocol,
+                    ip.total_len(),
+                    ip.ecn(),
+                    ul.fragment,
+                )
+            }
+            _ => return Err(DropReason::Malformed),
+        };
+        let esp = |esp_off: usize, esp_len: usize, udp: Option<(u16, u16)>| {
+            Inbound::Esp(InboundEsp { v6, src, dst, ip_hdr_len, nh_field, esp_off, esp_len, udp, outer_ecn: ecn })
+        };
+        let found = match proto {
+            IpProtocol::ESP => {
+                if fragment {
+                    return Err(DropReason::Fragment);
+                }
+                esp(ip_hdr_len, total - ip_hdr_len, None)
+            }
+            IpProtocol::UDP => {
+                let l4 = &data[ip_hdr_len..total];
+                if l4.len() < 8 {
+                    if fragment {
+                        Inbound::Plain
+                    } else {
+                        return Err(DropReason::Malformed);
+                    }
+                } else {
+                    let sport = u16::from_be_bytes([l4[0], l4[1]]);
+                    let dport = u16::from_be_bytes([l4[2], l4[3]]);
+                    let ulen = usize::from(u16::from_be_bytes([l4[4], l4[5]]));
+                    if dport == IKE_PORT {
+                        Inbound::Ike
+                    } else if self.udp_ports.contains(dport) {
+                        if fragment {
+                            return Err(DropReason::Fragment);
+                        }
+                        if ulen < 8 || ulen > l4.len() {
+                            return Err(DropReason::Malformed);
+                        }
+                        match classify_udp_encap(&l4[8..ulen]) {
+                            UdpEncapKind::Esp => esp(ip_hdr_len + 8, ulen - 8, Some((sport, dport))),
+                            UdpEncapKind::Ike => Inbound::Ike,
+                            UdpEncapKind::Keepalive => Inbound::Keepalive,
+                            UdpEncapKind::Invalid => return Err(DropReason::BadUdpEncap),
+                        }
+                    } else {
+                        Inbound::Plain
+                    }
+                }
+            }
+            _ => Inbound::Plain,
+        };
+        if total < pkt.len() {
+            let head = pkt.head();
+            pkt.set_window(head, total);
+        }
+        Ok(found)
+    }
+}

@@ -1,0 +1,24 @@
+//! ESP processing of one packet (RFC 4303 §3): outbound encapsulation and inbound
+//! decapsulation, tunnel and transport mode, IPv4 and IPv6 inside and out, raw or
+//! UDP-encapsulated (RFC 3948). The engine drives these per packet of a burst.
+
+mod decap;
+mod encap;
+
+pub(crate) use decap::{InboundEsp, decap};
+pub(crate) use encap::encap;
+
+use crate::events::{Event, EventKind, EventQueue};
+use crate::sa::{Sa, SaHandle};
+
+/// Report a lifetime transition of `sa`.
+#[inline]
+pub(crate) fn report(events: &mut EventQueue, sa: &Sa, h: SaHandle, ev: Option<crate::sa::LifeEvent>) {
+    if let Some(ev) = ev {
+        let kind = match ev {
+            crate::sa::LifeEvent::Soft(k) => EventKind::SoftLifetime(k),
+            crate::sa::LifeEvent::Hard(k) => EventKind::HardLifetime(k),
+        };
+        events.push(Event { kind, spi: sa.spi, reqid: sa.reqid, direction: sa.dir, handle: h });
+    }
+}

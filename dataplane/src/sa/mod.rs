@@ -1,0 +1,15 @@
+//! Security associations (RFC 4301 §4.4.2): what control configures ([`SaConfig`]), what a
+//! worker keeps per SA ([`Sa`]: keys expanded, sequence number, replay window, lifetime
+//! counters, a precomputed outer header), and the per-worker SA database ([`SaTable`]).
+
+mod config;
+mod lifetime;
+mod state;
+mod table;
+
+pub use config::{DfMode, DscpMode, EcnMode, Encap, Lifetime, Limits, Mode, SaConfig, SaError, SecretKey};
+pub(crate) use lifetime::LifeEvent;
+pub(crate) use state::Outer;
+pub use lifetime::LimitKind;
+pub use state::{Sa, SaCounters, SaStatus};
+pub use table::{SaHandle, SaTable};

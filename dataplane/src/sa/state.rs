@@ -1,0 +1,268 @@
+//! The per-worker state of one SA. Built from an [`SaConfig`] (key schedules and HMAC states
+//! expanded, outer header fields precomputed) — this can happen on the control thread — and
+//! then owned by exactly one worker, which mutates it without locks.
+
+use super::config::{DfMode, DscpMode, EcnMode, Encap, Lifetime, Mode, SaConfig, SaError};
+use super::lifetime::{LifeEvent, LifeState, LimitKind};
+use crate::crypto::{AuthAlg, EncAlg, Transform};
+use crate::replay::ReplayWindow;
+use crate::spd::{Direction, PacketKey, Selector};
+use crate::stats::{DropCounters, DropReason};
+use crate::time::Timestamp;
+use core::time::Duration;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// Outer addresses of a tunnel-mode SA (or a transport SA with known endpoints).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outer {
+    None,
+    V4 { local: [u8; 4], remote: [u8; 4] },
+    V6 { local: [u8; 16], remote: [u8; 16] },
+}
+
+/// The soft event for the sequence number comes this many packets before the end of a 32-bit
+/// space (about 16.7 M packets: seconds of warning at line rate, enough to rekey).
+const SEQ_SOFT_MARGIN: u64 = 1 << 24;
+
+/// One SA as a worker holds it.
+#[derive(Debug)]
+pub struct Sa {
+    pub(crate) spi: u32,
+    pub(crate) reqid: u32,
+    pub(crate) dir: Direction,
+    pub(crate) mode: Mode,
+    pub(crate) esn: bool,
+    /// Outbound: the last sequence number sent (0 before the first packet).
+    pub(crate) seq: u64,
+    pub(crate) seq_max: u64,
+    pub(crate) seq_soft: u64,
+    pub(crate) replay: ReplayWindow,
+    pub(crate) xform: Transform,
+    pub(crate) outer: Outer,
+    /// (local, remote) UDP ports when ESP is UDP-encapsulated.
+    pub(crate) udp: Option<(u16, u16)>,
+    pub(crate) ip_id: u16,
+    pub(crate) dscp: DscpMode,
+    pub(crate) ecn: EcnMode,
+    pub(crate) df: DfMode,
+    pub(crate) ttl: u8,
+    pub(crate) life: LifeState,
+    pub(crate) drops: DropCounters,
+    pub(crate) selectors: Box<[Selector]>,
+    /// Inbound lookup also matches this destination (IPv6 flag, address).
+    pub(crate) local_match: Option<(bool, u128)>,
+    /// Last authenticated outer source (address, port) of a UDP-encapsulated inbound SA.
+    pub(crate) peer_seen: Option<(IpAddr, u16)>,
+    pub(crate) info: Arc<SaInfo>,
+}
+
+/// The descriptive part of an SA (no keys): what `show` prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaInfo {
+    pub name: String,
+    pub local: Option<IpAddr>,
+    pub remote: Option<IpAddr>,
+    pub encap: Encap,
+    pub enc: EncAlg,
+    pub auth: AuthAlg,
+    pub enc_key_bits: usize,
+    pub auth_key_bits: usize,
+    pub lifetime: Lifetime,
+}
+
+fn ip_u128(a: IpAddr) -> (bool, u128) {
+    match a {
+        IpAddr::V4(a) => (false, u128::from(u32::from(a))),
+        IpAddr::V6(a) => (true, u128::from(a)),
+    }
+}
+
+impl Sa {
+    /// Build the worker state. Random IV seeds come from the system CSPRNG.
+    pub fn new(cfg: &SaConfig, now: Timestamp) -> Result<Sa, SaError> {
+        let mut random = [0u8; 16];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
+            .map_err(|_| SaError::Invalid { field: "enc_key", msg: "the system random generator failed".into() })?;
+        Self::with_random(cfg, now, random)
+    }
+
+    /// Build with a given IV seed (deterministic tests).
+    pub fn with_random(cfg: &SaConfig, now: Timestamp, random: [u8; 16]) -> Result<Sa, SaError> {
+        cfg.validate()?;
+        let outbound = cfg.direction == Direction::Outbound;
+        let xform = Transform::new(cfg.enc, cfg.enc_key.bytes(), cfg.auth, cfg.auth_key.bytes(), outbound, cfg.allow_legacy, random)
+            .map_err(|source| SaError::Crypto { field: "enc", source })?;
+        let outer = match (cfg.local, cfg.remote) {
+            (Some(IpAddr::V4(l)), Some(IpAddr::V4(r))) => Outer::V4 { local: l.octets(), remote: r.octets() },
+            (Some(IpAddr::V6(l)), Some(IpAddr::V6(r))) => Outer::V6 { local: l.octets(), remote: r.octets() },
+            _ => Outer::None,
+        };
+        let seq_max = if cfg.esn { u64::MAX } else { u64::from(u32::MAX) };
+        let info = SaInfo {
+            name: cfg.name.clone(),
+            local: cfg.local,
+            remote: cfg.remote,
+            encap: cfg.encap,
+            enc: cfg.enc,
+            auth: cfg.auth,
+            enc_key_bits: cfg.enc.key_len() * 8,
+            auth_key_bits: cfg.auth.key_len() * 8,
+            lifetime: cfg.lifetime,
+        };
+        Ok(Sa {
+            spi: cfg.spi,
+            reqid: cfg.reqid,
+            dir: cfg.direction,
+            mode: cfg.mode,
+            esn: cfg.esn,
+            seq: 0,
+            seq_max,
+            seq_soft: seq_max.saturating_sub(SEQ_SOFT_MARGIN),
+            replay: ReplayWindow::new(if outbound { 0 } else { cfg.replay_window }, cfg.esn),
+            xform,
+            outer,
+            udp: match cfg.encap {
+                Encap::None => None,
+                Encap::Udp { local_port, remote_port } => Some((local_port, remote_port)),
+            },
+            ip_id: (u32::from(random[0]) << 8 | u32::from(random[1])) as u16,
+            dscp: cfg.dscp,
+            ecn: cfg.ecn,
+            df: cfg.df,
+            ttl: cfg.ttl,
+            life: LifeState::new(&cfg.lifetime, now),
+            drops: DropCounters::default(),
+            selectors: cfg.selectors.clone().into_boxed_slice(),
+            local_match: cfg.local.map(ip_u128),
+            peer_seen: None,
+            info: Arc::new(info),
+        })
+    }
+
+    pub fn spi(&self) -> u32 {
+        self.spi
+    }
+
+    pub fn reqid(&self) -> u32 {
+        self.reqid
+    }
+
+    pub fn direction(&self) -> Direction {
+        self.dir
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    pub fn info(&self) -> &SaInfo {
+        &self.info
+    }
+
+    /// Whether an inbound packet to `dst` may use this SA (SAD lookup by SPI and destination).
+    #[inline(always)]
+    pub(crate) fn accepts_dst(&self, v6: bool, dst: u128) -> bool {
+        match self.local_match {
+            None => true,
+            Some(m) => m == (v6, dst),
+        }
+    }
+
+    /// Whether a decapsulated packet matches the SA's traffic selectors (RFC 4301 §5.2).
+    #[inline]
+    pub(crate) fn selectors_match(&self, k: &PacketKey) -> bool {
+        self.selectors.is_empty() || self.selectors.iter().any(|s| s.matches(Direction::Inbound, k))
+    }
+
+    /// Take the next outbound sequence number, or refuse when it would wrap (RFC 4303
+    /// §3.3.3: the counter never cycles; the SA must be rekeyed).
+    #[inline(always)]
+    pub(crate) fn next_seq(&mut self) -> Result<(u64, Option<LifeEvent>), DropReason> {
+        if self.seq >= self.seq_max {
+            return Err(DropReason::SeqExhausted);
+        }
+        self.seq += 1;
+        let ev = if self.seq >= self.seq_soft {
+            if self.seq == self.seq_max { self.life.expire(LimitKind::Sequence) } else { self.life.soft(LimitKind::Sequence) }
+        } else {
+            None
+        };
+        Ok((self.seq, ev))
+    }
+
+    /// Test and benchmark hook: continue from sequence number `seq`.
+    pub fn set_seq(&mut self, seq: u64) {
+        self.seq = seq;
+    }
+
+    /// Time-driven lifetime check without traffic (called by the engine's timer sweep).
+    pub(crate) fn poll(&mut self, now: Timestamp) -> Option<LifeEvent> {
+        self.life.usable(now).1
+    }
+
+    /// A snapshot for `show` and tests.
+    pub fn status(&self, now: Timestamp) -> SaStatus {
+        let dur = |ns: u64, base: Timestamp| if ns == u64::MAX { None } else { Some(Duration::from_nanos(ns.saturating_sub(base.as_nanos()))) };
+        let lim = |v: u64| if v == u64::MAX { None } else { Some(v) };
+        SaStatus {
+            info: (*self.info).clone(),
+            spi: self.spi,
+            reqid: self.reqid,
+            direction: self.dir,
+            mode: self.mode,
+            esn: self.esn,
+            seq: if self.dir == Direction::Outbound { self.seq } else { self.replay.top() },
+            replay_window: self.replay.size(),
+            replay_received: self.replay.received_in_window(),
+            age: now.since(self.life.created),
+            idle: now.since(self.life.last_used),
+            packets: self.life.packets,
+            bytes: self.life.bytes,
+            soft_time: dur(self.life.soft_at, self.life.created),
+            hard_time: dur(self.life.hard_at, self.life.created),
+            soft_bytes: lim(self.life.soft_bytes),
+            hard_bytes: lim(self.life.hard_bytes),
+            soft_packets: lim(self.life.soft_packets),
+            hard_packets: lim(self.life.hard_packets),
+            soft_reached: self.life.soft_fired,
+            expired: self.life.expired,
+            drops: self.drops,
+            iv_len: self.xform.iv_len(),
+            icv_len: self.xform.icv_len(),
+        }
+    }
+}
+
+/// What `show sa` reports. Keys appear only as their lengths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaStatus {
+    pub info: SaInfo,
+    pub spi: u32,
+    pub reqid: u32,
+    pub direction: Direction,
+    pub mode: Mode,
+    pub esn: bool,
+    /// Outbound: last sequence number sent. Inbound: highest received.
+    pub seq: u64,
+    pub replay_window: u32,
+    pub replay_received: u32,
+    pub age: Duration,
+    pub idle: Duration,
+    pub packets: u64,
+    pub bytes: u64,
+    pub soft_time: Option<Duration>,
+    pub hard_time: Option<Duration>,
+    pub soft_bytes: Option<u64>,
+    pub hard_bytes: Option<u64>,
+    pub soft_packets: Option<u64>,
+    pub hard_packets: Option<u64>,
+    pub soft_reached: Option<LimitKind>,
+    pub expired: Option<LimitKind>,
+    pub drops: DropCounters,
+    pub iv_len: usize,
+    pub icv_len: usize,
+}
+
+/// Counters of one SA (packets and bytes live in its lifetime state).
+pub type SaCounters = DropCounters;

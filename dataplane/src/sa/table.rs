@@ -1,0 +1,356 @@
+//! The SA database of one worker.
+//!
+//! SAs live in a slab (`Vec<Option<Sa>>`) addressed by [`SaHandle`]. Two open-addressing hash
+//! indexes (linear probing, Fibonacci hashing, backward-shift deletion, load ≤ 1/2) give O(1)
+//! lookup that stays flat from one SA to millions:
+//!
+//! * inbound: SPI → handles (a multimap; the destination address, when the SA names one,
+//!   disambiguates equal SPIs — RFC 4301 §4.1 lookup by SPI and destination);
+//! * outbound: reqid → the current outbound SA of that reqid (the newest installed), which is
+//!   what PROTECT policies name.
+//!
+//! Management (install, remove, list) may allocate; lookups never do.
+
+use super::config::{SaConfig, SaError};
+use super::state::Sa;
+use crate::spd::Direction;
+use crate::time::Timestamp;
+use std::net::IpAddr;
+
+/// Index of an SA in its worker's table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SaHandle(pub u32);
+
+const EMPTY: u32 = u32::MAX;
+
+/// Open-addressing multimap u32 → handle.
+#[derive(Debug, Clone)]
+struct Index {
+    keys: Box<[u32]>,
+    vals: Box<[u32]>,
+    len: usize,
+    shift: u32,
+}
+
+impl Index {
+    fn new(cap: usize) -> Self {
+        let n = (cap.max(8) * 2).next_power_of_two();
+        Index { keys: vec![0; n].into_boxed_slice(), vals: vec![EMPTY; n].into_boxed_slice(), len: 0, shift: 64 - n.trailing_zeros() }
+    }
+
+    #[inline(always)]
+    fn slot(&self, key: u32) -> usize {
+        // Fibonacci hashing: SPIs may be random (IKE) or sequential (manual keys).
+        ((u64::from(key) ^ 0x5bd1_e995).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> self.shift) as usize
+    }
+
+    fn insert(&mut self, key: u32, val: u32) {
+        if (self.len + 1) * 2 > self.keys.len() {
+            self.grow();
+        }
+        let mask = self.keys.len() - 1;
+        let mut i = self.slot(key);
+        while self.vals[i] != EMPTY {
+            i = (i + 1) & mask;
+        }
+        self.keys[i] = key;
+        self.vals[i] = val;
+        self.len += 1;
+    }
+
+    fn grow(&mut self) {
+        let mut bigger = Index::new(self.keys.len());
+        for i in 0..self.keys.len() {
+            if self.vals[i] != EMPTY {
+                bigger.insert(self.keys[i], self.vals[i]);
+            }
+        }
+        *self = bigger;
+    }
+
+    /// First value stored under `key` for which `pred` holds.
+    #[inline(always)]
+    fn find(&self, key: u32, mut pred: impl FnMut(u32) -> bool) -> Option<u32> {
+        let mask = self.keys.len() - 1;
+        let mut i = self.slot(key);
+        loop {
+            let v = self.vals[i];
+            if v == EMPTY {
+                return None;
+            }
+            if self.keys[i] == key && pred(v) {
+                return Some(v);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn remove(&mut self, key: u32, val: u32) -> bool {
+        let mask = self.keys.len() - 1;
+        let mut i = self.slot(key);
+        loop {
+            if self.vals[i] == EMPTY {
+                return false;
+            }
+            if self.keys[i] == key && self.vals[i] == val {
+                break;
+            }
+            i = (i + 1) & mask;
+        }
+        // Backward-shift deletion keeps probe sequences intact without tombstones.
+        let mut hole = i;
+        let mut j = (i + 1) & mask;
+        while self.vals[j] != EMPTY {
+            let home = self.slot(self.keys[j]);
+            // move j into the hole if its home is not within (hole, j]
+            let dist_home = j.wrapping_sub(home) & mask;
+            let dist_hole = j.wrapping_sub(hole) & mask;
+            if dist_home >= dist_hole {
+                self.keys[hole] = self.keys[j];
+                self.vals[hole] = self.vals[j];
+                hole = j;
+            }
+            j = (j + 1) & mask;
+        }
+        self.vals[hole] = EMPTY;
+        self.len -= 1;
+        true
+    }
+
+    fn set_unique(&mut self, key: u32, val: u32) {
+        if let Some(old) = self.find(key, |_| true) {
+            self.remove(key, old);
+        }
+        self.insert(key, val);
+    }
+
+    fn bytes(&self) -> usize {
+        self.keys.len() * 8
+    }
+}
+
+/// The SAD of one worker.
+#[derive(Debug)]
+pub struct SaTable {
+    slots: Vec<Option<Sa>>,
+    free: Vec<u32>,
+    by_spi: [Index; 2],
+    out_by_reqid: Index,
+    count: usize,
+}
+
+impl Default for SaTable {
+    fn default() -> Self {
+        Self::with_capacity(16)
+    }
+}
+
+fn ip_key(a: Option<IpAddr>) -> Option<(bool, u128)> {
+    a.map(|a| match a {
+        IpAddr::V4(a) => (false, u128::from(u32::from(a))),
+        IpAddr::V6(a) => (true, u128::from(a)),
+    })
+}
+
+impl SaTable {
+    /// A table that holds `n` SAs before its indexes grow.
+    pub fn with_capacity(n: usize) -> Self {
+        SaTable {
+            slots: Vec::with_capacity(n),
+            free: vec![],
+            by_spi: [Index::new(n), Index::new(n)],
+            out_by_reqid: Index::new(n),
+            count: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Build and install an SA.
+    pub fn install(&mut self, cfg: &SaConfig, now: Timestamp) -> Result<SaHandle, SaError> {
+        self.check_duplicate(cfg.direction, cfg.spi, ip_key(cfg.local))?;
+        self.insert(Sa::new(cfg, now)?)
+    }
+
+    fn check_duplicate(&self, dir: Direction, spi: u32, local: Option<(bool, u128)>) -> Result<(), SaError> {
+        let dup = self.by_spi[dir.index()]
+            .find(spi, |h| self.slots.get(h as usize).and_then(|s| s.as_ref()).is_some_and(|s| s.local_match == local || s.local_match.is_none() || local.is_none()))
+            .is_some();
+        if dup { Err(SaError::Duplicate { spi, dir }) } else { Ok(()) }
+    }
+
+    /// Install an SA built elsewhere (the control thread builds SAs so that key expansion
+    /// never runs on a worker).
+    pub fn insert(&mut self, sa: Sa) -> Result<SaHandle, SaError> {
+        self.check_duplicate(sa.dir, sa.spi, sa.local_match)?;
+        if self.count >= EMPTY as usize - 1 {
+            return Err(SaError::Full(self.count));
+        }
+        let (dir, spi, reqid) = (sa.dir, sa.spi, sa.reqid);
+        let h = match self.free.pop() {
+            Some(h) => {
+                self.slots[h as usize] = Some(sa);
+                h
+            }
+            None => {
+                self.slots.push(Some(sa));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.by_spi[dir.index()].insert(spi, h);
+        if dir == Direction::Outbound {
+            self.out_by_reqid.set_unique(reqid, h);
+        }
+        self.count += 1;
+        Ok(SaHandle(h))
+    }
+
+    /// Find an SA by direction, SPI and (optionally) local address.
+    pub fn find(&self, dir: Direction, spi: u32, local: Option<IpAddr>) -> Option<SaHandle> {
+        let lk = ip_key(local);
+        self.by_spi[dir.index()]
+            .find(spi, |h| self.slots[h as usize].as_ref().is_some_and(|s| lk.is_none() || s.local_match.is_none() || s.local_match == lk))
+            .map(SaHandle)
+    }
+
+    /// Remove an SA, returning it (with its final counters).
+    pub fn remove(&mut self, h: SaHandle) -> Option<Sa> {
+        let sa = self.slots.get_mut(h.0 as usize)?.take()?;
+        self.by_spi[sa.dir.index()].remove(sa.spi, h.0);
+        if sa.dir == Direction::Outbound && self.out_by_reqid.find(sa.reqid, |v| v == h.0).is_some() {
+            self.out_by_reqid.remove(sa.reqid, h.0);
+            // Fall back to another outbound SA of the same reqid, newest first (cold path).
+            if let Some((i, _)) = self
+                .slots
+                .iter()
+                .enumerate()
+                .rev()
+                .find(|(_, s)| s.as_ref().is_some_and(|s| s.dir == Direction::Outbound && s.reqid == sa.reqid))
+            {
+                self.out_by_reqid.insert(sa.reqid, i as u32);
+            }
+        }
+        self.free.push(h.0);
+        self.count -= 1;
+        Some(sa)
+    }
+
+    /// Inbound SAD lookup by SPI and destination.
+    #[inline(always)]
+    pub fn lookup_inbound(&self, spi: u32, v6: bool, dst: u128) -> Option<SaHandle> {
+        let slots = &self.slots;
+        self.by_spi[0]
+            .find(spi, |h| {
+                slots.get(h as usize).and_then(|s| s.as_ref()).is_some_and(|s| s.accepts_dst(v6, dst))
+            })
+            .map(SaHandle)
+    }
+
+    /// The current outbound SA of a reqid.
+    #[inline(always)]
+    pub fn lookup_outbound(&self, reqid: u32) -> Option<SaHandle> {
+        self.out_by_reqid.find(reqid, |_| true).map(SaHandle)
+    }
+
+    #[inline(always)]
+    pub fn get(&self, h: SaHandle) -> Option<&Sa> {
+        self.slots.get(h.0 as usize)?.as_ref()
+    }
+
+    #[inline(always)]
+    pub fn get_mut(&mut self, h: SaHandle) -> Option<&mut Sa> {
+        self.slots.get_mut(h.0 as usize)?.as_mut()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (SaHandle, &Sa)> {
+        self.slots.iter().enumerate().filter_map(|(i, s)| s.as_ref().map(|s| (SaHandle(i as u32), s)))
+    }
+
+    /// Slot count (occupied or free), for the engine's timer sweep.
+    pub(crate) fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Bytes used by the slab and indexes (not counting what each SA owns on the heap).
+    pub fn index_bytes(&self) -> usize {
+        self.slots.capacity() * core::mem::size_of::<Option<Sa>>() + self.by_spi[0].bytes() + self.by_spi[1].bytes() + self.out_by_reqid.bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{AuthAlg, EncAlg};
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    fn cfg(spi: u32, dir: Direction, local: &str) -> SaConfig {
+        let mut c = SaConfig::tunnel(spi, dir, local.parse().unwrap(), "10.9.9.9".parse().unwrap(), EncAlg::AesGcm128, &[7; 20], AuthAlg::None, &[]);
+        c.reqid = spi % 7;
+        c
+    }
+
+    #[test]
+    fn spi_and_destination() {
+        let mut t = SaTable::default();
+        let a = t.install(&cfg(0x1000, Direction::Inbound, "10.0.0.1"), Timestamp::ZERO).unwrap();
+        let b = t.install(&cfg(0x1000, Direction::Inbound, "10.0.0.2"), Timestamp::ZERO).unwrap();
+        assert!(matches!(t.install(&cfg(0x1000, Direction::Inbound, "10.0.0.2"), Timestamp::ZERO), Err(SaError::Duplicate { .. })));
+        assert_eq!(t.lookup_inbound(0x1000, false, 0x0a00_0001), Some(a));
+        assert_eq!(t.lookup_inbound(0x1000, false, 0x0a00_0002), Some(b));
+        assert_eq!(t.lookup_inbound(0x1000, false, 0x0a00_0003), None);
+        assert_eq!(t.lookup_inbound(0x1001, false, 0x0a00_0001), None);
+        // the same SPI outbound is a different SA
+        t.install(&cfg(0x1000, Direction::Outbound, "10.0.0.1"), Timestamp::ZERO).unwrap();
+        assert_eq!(t.len(), 3);
+        t.remove(a).unwrap();
+        assert_eq!(t.lookup_inbound(0x1000, false, 0x0a00_0001), None);
+        assert_eq!(t.lookup_inbound(0x1000, false, 0x0a00_0002), Some(b));
+    }
+
+    #[test]
+    fn outbound_reqid_follows_rekey() {
+        let mut t = SaTable::default();
+        let mut c = cfg(0x2000, Direction::Outbound, "10.0.0.1");
+        c.reqid = 9;
+        let old = t.install(&c, Timestamp::ZERO).unwrap();
+        c.spi = 0x2001;
+        let new = t.install(&c, Timestamp::ZERO).unwrap();
+        assert_eq!(t.lookup_outbound(9), Some(new));
+        t.remove(new);
+        assert_eq!(t.lookup_outbound(9), Some(old));
+        t.remove(old);
+        assert_eq!(t.lookup_outbound(9), None);
+    }
+
+    proptest! {
+        /// Random installs and removals against a HashMap model: the index never loses or
+        /// invents an SA, including across growth and backward-shift deletion.
+        #[test]
+        fn index_matches_model(ops in proptest::collection::vec((0u32..300, any::<bool>()), 1..600)) {
+            let mut idx = Index::new(4);
+            let mut model: HashMap<u32, Vec<u32>> = HashMap::new();
+            for (n, (k, add)) in ops.into_iter().enumerate() {
+                let key = k.wrapping_mul(2654435761) | 256;
+                if add {
+                    idx.insert(key, n as u32);
+                    model.entry(key).or_default().push(n as u32);
+                } else if let Some(v) = model.get_mut(&key).and_then(|v| v.pop()) {
+                    prop_assert!(idx.remove(key, v));
+                }
+                for (k, vs) in &model {
+                    for v in vs {
+                        prop_assert_eq!(idx.find(*k, |x| x == *v), Some(*v));
+                    }
+                }
+                prop_assert_eq!(idx.len, model.values().map(|v| v.len()).sum::<usize>());
+            }
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! The compiled SPD lookup: a bit-vector packet classifier (Lakshman & Stiliadis, SIGCOMM '98).
+//!
+//! For each field (local address, remote address, protocol, local and remote "port") the
+//! field's value space is cut into elementary intervals at every selector boundary, and each
+//! interval gets the bitset of policies whose selector covers it. A lookup finds the interval
+//! of each field (binary search; a table for the protocol), ANDs the five bitsets a word at a
+//! time and stops at the first non-zero word: its lowest bit is the first matching policy in
+//! SPD order. The cost grows with policies/64 words in the worst case instead of one full
+//! selector comparison per policy as in a linear SPD, and identical bitsets are stored once.
+//!
+//! Built off the packet path, never mutated: a new SPD is compiled whole and swapped in.
+
+use super::selector::{AddrRange, Family, Selector};
+use std::collections::HashMap;
+
+/// An address type of one family.
+pub(crate) trait Addr: Copy + Ord + std::hash::Hash + core::fmt::Debug {
+    const MAX: Self;
+    const ZERO: Self;
+    fn succ(self) -> Self;
+    /// The selector's range in this family, or `None` if the selector is for the other one.
+    fn range(r: &AddrRange) -> Option<(Self, Self)>;
+}
+
+impl Addr for u32 {
+    const MAX: Self = u32::MAX;
+    const ZERO: Self = 0;
+    fn succ(self) -> Self {
+        self + 1
+    }
+    fn range(r: &AddrRange) -> Option<(Self, Self)> {
+        match *r {
+            AddrRange::Any => Some((0, u32::MAX)),
+            AddrRange::V4 { lo, hi } => Some((lo, hi)),
+            AddrRange::V6 { .. } => None,
+        }
+    }
+}
+
+impl Addr for u128 {
+    const MAX: Self = u128::MAX;
+    const ZERO: Self = 0;
+    fn succ(self) -> Self {
+        self + 1
+    }
+    fn range(r: &AddrRange) -> Option<(Self, Self)> {
+        match *r {
+            AddrRange::Any => Some((0, u128::MAX)),
+            AddrRange::V6 { lo, hi } => Some((lo, hi)),
+            AddrRange::V4 { .. } => None,
+        }
+    }
+}
+
+/// One field: interval starts (sorted, first is the domain's minimum) and each interval's row.
+#[derive(Debug, Clone)]
+struct Dim<K> {
+    starts: Box<[K]>,
+    rows: Box<[u32]>,
+}
+
+impl<K: Copy + Ord> Dim<K> {
+    #[inline(always)]
+    fn row(&self, k: K) -> usize {
+        // starts[0] is the domain minimum, so the partition point is ≥ 1.
+        let i = self.starts.partition_point(|s| *s <= k);
+        self.rows[i.saturating_sub(1)] as usize
+    }
+
+    /// Interval index and the interval's inclusive end, for the policy test.
+    fn interval(&self, k: K) -> usize {
+        self.starts.partition_point(|s| *s <= k).saturating_sub(1)
+    }
+}
+
+/// Deduplicating store of bitset rows.
+struct RowStore {
+    words: usize,
+    data: Vec<u64>,
+    index: HashMap<Vec<u64>, u32>,
+}
+
+impl RowStore {
+    fn intern(&mut self, row: &[u64]) -> u32 {
+        if let Some(&off) = self.index.get(row) {
+            return off;
+        }
+        let off = self.data.len() as u32;
+        self.data.extend_from_slice(row);
+        self.index.insert(row.to_vec(), off);
+        off
+    }
+}
+
+/// Build one dimension by a sweep over the sorted boundaries: O(intervals × words).
+fn build_dim<K: Copy + Ord + std::hash::Hash>(ranges: &[(K, K)], min: K, succ: impl Fn(K) -> Option<K>, store: &mut RowStore) -> Dim<K> {
+    let words = store.words;
+    // events: at `lo` a policy starts, at `hi + 1` it ends
+    let mut starts_at: HashMap<K, Vec<usize>> = HashMap::new();
+    let mut ends_at: HashMap<K, Vec<usize>> = HashMap::new();
+    let mut points = vec![min];
+    for (bit, &(lo, hi)) in ranges.iter().enumerate() {
+        starts_at.entry(lo).or_default().push(bit);
+        points.push(lo);
+        if let Some(after) = succ(hi) {
+            ends_at.entry(after).or_default().push(bit);
+            points.push(after);
+        }
+    }
+    points.sort_unstable();
+    points.dedup();
+    let mut cur = vec![0u64; words];
+    let mut starts = Vec::with_capacity(points.len());
+    let mut rows = Vec::with_capacity(points.len());
+    for p in points {
+        if let Some(bits) = ends_at.get(&p) {
+            for &b in bits {
+                cur[b / 64] &= !(1 << (b % 64));
+            }
+        }
+        if let Some(bits) = starts_at.get(&p) {
+            for &b in bits {
+                cur[b / 64] |= 1 << (b % 64);
+            }
+        }
+        let row = store.intern(&cur);
+        // merge neighbours with the same row
+        if rows.last() == Some(&row) {
+            continue;
+        }
+        starts.push(p);
+        rows.push(row);
+    }
+    Dim { starts: starts.into_boxed_slice(), rows: rows.into_boxed_slice() }
+}
+
+/// The classifier for one direction and one address family.
+#[derive(Debug, Clone)]
+pub(crate) struct Table<A> {
+    words: usize,
+    local: Dim<A>,
+    remote: Dim<A>,
+    proto: Box<[u32; 256]>,
+    local_port: Dim<u32>,
+    remote_port: Dim<u32>,
+    rows: Box<[u64]>,
+    /// Row with the bits of non-PROTECT policies: multicast and broadcast are never protected.
+    unprotected: u32,
+    /// Bit position → index in the direction's policy list.
+    bit_policy: Box<[u32]>,
+}
+
+impl<A: Addr> Table<A> {
+    /// Compile the policies of one direction (all of them, in order) for family `fam`;
+    /// `protect[i]` says whether policy `i` is PROTECT.
+    pub(crate) fn build(selectors: &[Selector], protect: &[bool], fam: Family) -> Self {
+        let mut idx = vec![];
+        let mut addr_l = vec![];
+        let mut addr_r = vec![];
+        for (i, s) in selectors.iter().enumerate() {
+            if s.family().is_some_and(|f| f != fam) {
+                continue;
+            }
+            let (Some(l), Some(r)) = (A::range(&s.local), A::range(&s.remote)) else { continue };
+            idx.push(i as u32);
+            addr_l.push(l);
+            addr_r.push(r);
+        }
+        let n = idx.len();
+        let words = n.div_ceil(64).max(1);
+        let mut store = RowStore { words, data: vec![], index: HashMap::new() };
+        let succ_a = |a: A| if a == A::MAX { None } else { Some(a.succ()) };
+        let local = build_dim(&addr_l, A::ZERO, succ_a, &mut store);
+        let remote = build_dim(&addr_r, A::ZERO, succ_a, &mut store);
+        let sels: Vec<&Selector> = idx.iter().map(|&i| &selectors[i as usize]).collect();
+        let pr: Vec<(u32, u32)> = sels
+            .iter()
+            .map(|s| s.proto.map_or((0, 255), |p| (u32::from(p.0), u32::from(p.0))))
+            .collect();
+        let succ_p = |p: u32| if p >= super::selector::PORT_DOMAIN_MAX { None } else { Some(p + 1) };
+        let proto_dim = build_dim(&pr, 0u32, succ_p, &mut store);
+        let mut proto = Box::new([0u32; 256]);
+        for (v, slot) in proto.iter_mut().enumerate() {
+            *slot = proto_dim.row(v as u32) as u32;
+        }
+        let lp: Vec<(u32, u32)> = sels.iter().map(|s| s.local_port.domain()).collect();
+        let rp: Vec<(u32, u32)> = sels.iter().map(|s| s.remote_port.domain()).collect();
+        let local_port = build_dim(&lp, 0u32, succ_p, &mut store);
+        let remote_port = build_dim(&rp, 0u32, succ_p, &mut store);
+        let mut unp = vec![0u64; words];
+        for (bit, &i) in idx.iter().enumerate() {
+            if !protect[i as usize] {
+                unp[bit / 64] |= 1 << (bit % 64);
+            }
+        }
+        let unprotected = store.intern(&unp);
+        Table {
+            words,
+            local,
+            remote,
+            proto,
+            local_port,
+            remote_port,
+            rows: store.data.into_boxed_slice(),
+            unprotected,
+            bit_policy: idx.into_boxed_slice(),
+        }
+    }
+
+    #[inline(always)]
+    fn rows_for(&self, local: A, remote: A, proto: u8, lport: u32, rport: u32) -> [usize; 5] {
+        [
+            self.local.row(local),
+            self.remote.row(remote),
+            self.proto[usize::from(proto)] as usize,
+            self.local_port.row(lport),
+            self.remote_port.row(rport),
+        ]
+    }
+
+    /// Index (in the direction's policy list) of the first matching policy.
+    #[inline]
+    pub(crate) fn lookup(&self, local: A, remote: A, proto: u8, lport: u32, rport: u32, multicast: bool) -> Option<u32> {
+        let [a, b, c, d, e] = self.rows_for(local, remote, proto, lport, rport);
+        let m = if multicast { self.unprotected as usize } else { usize::MAX };
+        let rows = &self.rows;
+        for w in 0..self.words {
+            let mut x = rows[a + w] & rows[b + w] & rows[c + w] & rows[d + w] & rows[e + w];
+            if m != usize::MAX {
+                x &= rows[m + w];
+            }
+            if x != 0 {
+                let bit = w * 64 + x.trailing_zeros() as usize;
+                return self.bit_policy.get(bit).copied();
+            }
+        }
+        None
+    }
+
+    /// Every matching policy, in order.
+    pub(crate) fn all(&self, local: A, remote: A, proto: u8, lport: u32, rport: u32, multicast: bool) -> Vec<u32> {
+        let [a, b, c, d, e] = self.rows_for(local, remote, proto, lport, rport);
+        let mut out = vec![];
+        for w in 0..self.words {
+            let mut x = self.rows[a + w] & self.rows[b + w] & self.rows[c + w] & self.rows[d + w] & self.rows[e + w];
+            if multicast {
+                x &= self.rows[self.unprotected as usize + w];
+            }
+            while x != 0 {
+                let bit = w * 64 + x.trailing_zeros() as usize;
+                if let Some(&p) = self.bit_policy.get(bit) {
+                    out.push(p);
+                }
+                x &= x - 1;
+            }
+        }
+        out
+    }
+
+    /// Elementary port intervals (inclusive) of the local or remote port field that intersect
+    /// `[lo, hi]`: the places where the answer of the policy test can change.
+    pub(crate) fn port_cuts(&self, remote: bool, lo: u32, hi: u32) -> Vec<(u32, u32)> {
+        let d = if remote { &self.remote_port } else { &self.local_port };
+        let mut out = vec![];
+        let mut i = d.interval(lo);
+        let mut start = lo;
+        loop {
+            let end = d.starts.get(i + 1).map_or(super::selector::PORT_DOMAIN_MAX, |n| n - 1).min(hi);
+            out.push((start, end));
+            if end >= hi {
+                break;
+            }
+            start = end + 1;
+            i += 1;
+        }
+        out
+    }
+
+    /// Bytes of memory used by the tables.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        let dim = |starts: usize, k: usize| starts * (k + 4);
+        self.rows.len() * 8
+            + dim(self.local.starts.len(), core::mem::size_of::<A>())
+            + dim(self.remote.starts.len(), core::mem::size_of::<A>())
+            + dim(self.local_port.starts.len(), 4)
+            + dim(self.remote_port.starts.len(), 4)
+            + 256 * 4
+            + self.bit_policy.len() * 4
+    }
+}
