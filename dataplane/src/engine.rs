@@ -10,7 +10,7 @@ use crate::esp::{self, InboundEsp};
 use crate::events::{Event, EventQueue};
 use crate::packet::PacketBuf;
 use crate::sa::{Encap, Sa, SaConfig, SaError, SaHandle, SaTable};
-use crate::spd::{Action, Direction, Disposition, Lookup, PacketKey, Spd, MAX_BUNDLE};
+use crate::spd::{Action, Direction, Disposition, Lookup, MAX_BUNDLE, PacketKey, Spd};
 use crate::stats::{DropReason, WorkerStats};
 use crate::time::Timestamp;
 use crate::wire::udp_encap::{UdpEncapKind, classify_udp_encap};
@@ -56,7 +56,11 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { udp_encap_ports: vec![4500], sa_capacity: 1024, event_capacity: 4096 }
+        Self {
+            udp_encap_ports: vec![4500],
+            sa_capacity: 1024,
+            event_capacity: 4096,
+        }
     }
 }
 
@@ -70,7 +74,11 @@ struct PortSet {
 
 impl PortSet {
     fn new(fixed: &[u16]) -> Self {
-        let mut s = PortSet { bits: Box::new([0; 1024]), refs: BTreeMap::new(), fixed: fixed.to_vec() };
+        let mut s = PortSet {
+            bits: Box::new([0; 1024]),
+            refs: BTreeMap::new(),
+            fixed: fixed.to_vec(),
+        };
         for &p in fixed {
             s.set(p, true);
         }
@@ -138,7 +146,10 @@ impl Engine {
     }
 
     pub fn with_config(spd: Arc<Spd>, cfg: EngineConfig) -> Self {
-        let hits = [vec![0; spd.policies(Direction::Inbound).len()], vec![0; spd.policies(Direction::Outbound).len()]];
+        let hits = [
+            vec![0; spd.policies(Direction::Inbound).len()],
+            vec![0; spd.policies(Direction::Outbound).len()],
+        ];
         Engine {
             sad: SaTable::with_capacity(cfg.sa_capacity),
             spd,
@@ -188,7 +199,10 @@ impl Engine {
 
     /// Replace the SPD (atomically for this worker: between two bursts). Hit counters restart.
     pub fn set_spd(&mut self, spd: Arc<Spd>) {
-        self.hits = [vec![0; spd.policies(Direction::Inbound).len()], vec![0; spd.policies(Direction::Outbound).len()]];
+        self.hits = [
+            vec![0; spd.policies(Direction::Inbound).len()],
+            vec![0; spd.policies(Direction::Outbound).len()],
+        ];
         self.spd = spd;
     }
 
@@ -235,8 +249,15 @@ impl Engine {
 
     /// Encapsulate one packet with a given SA, skipping the SPD (benchmarks, bundles).
     #[inline]
-    pub fn encap_with<B: AsRef<[u8]> + AsMut<[u8]>>(&mut self, h: SaHandle, now: Timestamp, pkt: &mut PacketBuf<B>) -> Verdict {
-        let Some(sa) = self.sad.get_mut(h) else { return self.drop(DropReason::NoSa) };
+    pub fn encap_with<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        h: SaHandle,
+        now: Timestamp,
+        pkt: &mut PacketBuf<B>,
+    ) -> Verdict {
+        let Some(sa) = self.sad.get_mut(h) else {
+            return self.drop(DropReason::NoSa);
+        };
         match esp::encap(sa, h, pkt, now, &mut self.events) {
             Ok(bytes) => {
                 self.stats.encap_packets += 1;
@@ -250,8 +271,14 @@ impl Engine {
     /// Outbound processing of one plaintext packet from the protected side: SPD lookup, then
     /// PROTECT (encapsulate with each SA of the bundle), BYPASS or DISCARD.
     #[inline]
-    pub fn outbound<B: AsRef<[u8]> + AsMut<[u8]>>(&mut self, now: Timestamp, pkt: &mut PacketBuf<B>) -> Verdict {
-        let Ok(key) = PacketKey::parse(pkt.data()) else { return self.drop(DropReason::Malformed) };
+    pub fn outbound<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        now: Timestamp,
+        pkt: &mut PacketBuf<B>,
+    ) -> Verdict {
+        let Ok(key) = PacketKey::parse(pkt.data()) else {
+            return self.drop(DropReason::Malformed);
+        };
         let bundle = match self.spd.lookup(Direction::Outbound, &key) {
             Lookup::Policy { index, action } => {
                 if let Some(c) = self.hits[1].get_mut(index as usize) {
@@ -270,7 +297,9 @@ impl Engine {
         };
         let mut v = Verdict::Drop(DropReason::NoSa);
         for &reqid in bundle.reqids() {
-            let Some(h) = self.sad.lookup_outbound(reqid) else { return self.drop(DropReason::NoSa) };
+            let Some(h) = self.sad.lookup_outbound(reqid) else {
+                return self.drop(DropReason::NoSa);
+            };
             v = self.encap_with(h, now, pkt);
             if v != Verdict::Forward {
                 return v;
@@ -280,7 +309,12 @@ impl Engine {
     }
 
     /// Process a burst from the protected side. Returns how many packets were not dropped.
-    pub fn outbound_burst<B: AsRef<[u8]> + AsMut<[u8]>>(&mut self, now: Timestamp, pkts: &mut [PacketBuf<B>], verdicts: &mut [Verdict]) -> usize {
+    pub fn outbound_burst<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        now: Timestamp,
+        pkts: &mut [PacketBuf<B>],
+        verdicts: &mut [Verdict],
+    ) -> usize {
         let mut ok = 0;
         for (p, v) in pkts.iter_mut().zip(verdicts.iter_mut()) {
             *v = self.outbound(now, p);
@@ -290,7 +324,12 @@ impl Engine {
     }
 
     /// Process a burst from the unprotected side. Returns how many packets were not dropped.
-    pub fn inbound_burst<B: AsRef<[u8]> + AsMut<[u8]>>(&mut self, now: Timestamp, pkts: &mut [PacketBuf<B>], verdicts: &mut [Verdict]) -> usize {
+    pub fn inbound_burst<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        now: Timestamp,
+        pkts: &mut [PacketBuf<B>],
+        verdicts: &mut [Verdict],
+    ) -> usize {
         let mut ok = 0;
         for (p, v) in pkts.iter_mut().zip(verdicts.iter_mut()) {
             *v = self.inbound(now, p);
@@ -303,7 +342,11 @@ impl Engine {
     /// nested ESP of an SA bundle too; IKE is punted, NAT-keepalives consumed, and plaintext
     /// is checked against the inbound SPD.
     #[inline]
-    pub fn inbound<B: AsRef<[u8]> + AsMut<[u8]>>(&mut self, now: Timestamp, pkt: &mut PacketBuf<B>) -> Verdict {
+    pub fn inbound<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        now: Timestamp,
+        pkt: &mut PacketBuf<B>,
+    ) -> Verdict {
         let mut depth = 0;
         loop {
             let esp = match self.classify(pkt) {
@@ -324,8 +367,12 @@ impl Engine {
                 return self.drop(DropReason::BundleTooDeep);
             }
             let spi = esp.spi(pkt.data());
-            let Some(h) = self.sad.lookup_inbound(spi, esp.v6, esp.dst) else { return self.drop(DropReason::NoSa) };
-            let Some(sa) = self.sad.get_mut(h) else { return self.drop(DropReason::NoSa) };
+            let Some(h) = self.sad.lookup_inbound(spi, esp.v6, esp.dst) else {
+                return self.drop(DropReason::NoSa);
+            };
+            let Some(sa) = self.sad.get_mut(h) else {
+                return self.drop(DropReason::NoSa);
+            };
             match esp::decap(sa, h, pkt, &esp, now, &mut self.events) {
                 Ok(bytes) => {
                     self.stats.decap_packets += 1;
@@ -339,7 +386,9 @@ impl Engine {
 
     /// Inbound plaintext: the SPD decides (RFC 4301 §5.2 step 3).
     fn plaintext<B: AsRef<[u8]> + AsMut<[u8]>>(&mut self, pkt: &PacketBuf<B>) -> Verdict {
-        let Ok(key) = PacketKey::parse(pkt.data()) else { return self.drop(DropReason::Malformed) };
+        let Ok(key) = PacketKey::parse(pkt.data()) else {
+            return self.drop(DropReason::Malformed);
+        };
         match self.spd.lookup(Direction::Inbound, &key) {
             Lookup::Policy { index, action } => {
                 if let Some(c) = self.hits[0].get_mut(index as usize) {
@@ -354,7 +403,9 @@ impl Engine {
                     Action::Protect(_) => self.drop(DropReason::UnprotectedForProtect),
                 }
             }
-            Lookup::Default { action: Disposition::Bypass } => {
+            Lookup::Default {
+                action: Disposition::Bypass,
+            } => {
                 self.stats.bypass_packets += 1;
                 Verdict::Bypass
             }
@@ -364,45 +415,59 @@ impl Engine {
 
     /// Find ESP in an inbound packet. Trims link-layer padding beyond the IP length.
     #[inline]
-    fn classify<B: AsRef<[u8]> + AsMut<[u8]>>(&self, pkt: &mut PacketBuf<B>) -> Result<Inbound, DropReason> {
+    fn classify<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        pkt: &mut PacketBuf<B>,
+    ) -> Result<Inbound, DropReason> {
         let data = pkt.data();
-        let (v6, src, dst, ip_hdr_len, nh_field, proto, total, ecn, fragment) = match data.first().map(|b| b >> 4) {
-            Some(4) => {
-                let ip = Ipv4Packet::new_checked(data).map_err(|_| DropReason::Malformed)?;
-                if !ip.verify_checksum() {
-                    return Err(DropReason::Malformed);
+        let (v6, src, dst, ip_hdr_len, nh_field, proto, total, ecn, fragment) =
+            match data.first().map(|b| b >> 4) {
+                Some(4) => {
+                    let ip = Ipv4Packet::new_checked(data).map_err(|_| DropReason::Malformed)?;
+                    if !ip.verify_checksum() {
+                        return Err(DropReason::Malformed);
+                    }
+                    (
+                        false,
+                        u128::from(u32::from_be_bytes(ip.src_addr())),
+                        u128::from(u32::from_be_bytes(ip.dst_addr())),
+                        ip.header_len(),
+                        9,
+                        ip.protocol(),
+                        usize::from(ip.total_len()),
+                        ip.ecn(),
+                        ip.is_fragment(),
+                    )
                 }
-                (
-                    false,
-                    u128::from(u32::from_be_bytes(ip.src_addr())),
-                    u128::from(u32::from_be_bytes(ip.dst_addr())),
-                    ip.header_len(),
-                    9,
-                    ip.protocol(),
-                    usize::from(ip.total_len()),
-                    ip.ecn(),
-                    ip.is_fragment(),
-                )
-            }
-            Some(6) => {
-                let ip = Ipv6Packet::new_checked(data).map_err(|_| DropReason::Malformed)?;
-                let ul = ip.upper_layer().map_err(|_| DropReason::Malformed)?;
-                (
-                    true,
-                    u128::from_be_bytes(ip.src_addr()),
-                    u128::from_be_bytes(ip.dst_addr()),
-                    ul.offset,
-                    ul.nh_field,
-                    ul.protocol,
-                    ip.total_len(),
-                    ip.ecn(),
-                    ul.fragment,
-                )
-            }
-            _ => return Err(DropReason::Malformed),
-        };
+                Some(6) => {
+                    let ip = Ipv6Packet::new_checked(data).map_err(|_| DropReason::Malformed)?;
+                    let ul = ip.upper_layer().map_err(|_| DropReason::Malformed)?;
+                    (
+                        true,
+                        u128::from_be_bytes(ip.src_addr()),
+                        u128::from_be_bytes(ip.dst_addr()),
+                        ul.offset,
+                        ul.nh_field,
+                        ul.protocol,
+                        ip.total_len(),
+                        ip.ecn(),
+                        ul.fragment,
+                    )
+                }
+                _ => return Err(DropReason::Malformed),
+            };
         let esp = |esp_off: usize, esp_len: usize, udp: Option<(u16, u16)>| {
-            Inbound::Esp(InboundEsp { v6, src, dst, ip_hdr_len, nh_field, esp_off, esp_len, udp, outer_ecn: ecn })
+            Inbound::Esp(InboundEsp {
+                v6,
+                src,
+                dst,
+                ip_hdr_len,
+                nh_field,
+                esp_off,
+                esp_len,
+                udp,
+                outer_ecn: ecn,
+            })
         };
         let found = match proto {
             IpProtocol::ESP => {
@@ -433,7 +498,9 @@ impl Engine {
                             return Err(DropReason::Malformed);
                         }
                         match classify_udp_encap(&l4[8..ulen]) {
-                            UdpEncapKind::Esp => esp(ip_hdr_len + 8, ulen - 8, Some((sport, dport))),
+                            UdpEncapKind::Esp => {
+                                esp(ip_hdr_len + 8, ulen - 8, Some((sport, dport)))
+                            }
                             UdpEncapKind::Ike => Inbound::Ike,
                             UdpEncapKind::Keepalive => Inbound::Keepalive,
                             UdpEncapKind::Invalid => return Err(DropReason::BadUdpEncap),

@@ -40,7 +40,11 @@ pub struct EventQueue {
 
 impl EventQueue {
     pub fn new(cap: usize) -> Self {
-        Self { q: VecDeque::with_capacity(cap), cap, lost: 0 }
+        Self {
+            q: VecDeque::with_capacity(cap),
+            cap,
+            lost: 0,
+        }
     }
 
     #[inline]

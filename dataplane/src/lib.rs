@@ -26,6 +26,9 @@ pub mod stats;
 pub mod time;
 pub mod wire;
 
+#[cfg(test)]
+mod kat;
+
 pub use engine::{Engine, EngineConfig, Verdict};
 pub use packet::PacketBuf;
 pub use stats::DropReason;

@@ -32,7 +32,9 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> PacketBuf<B> {
 
     /// Copy `data` into `buf` at `head` (test and pktgen convenience).
     pub fn from_slice(mut buf: B, head: usize, data: &[u8]) -> Option<Self> {
-        buf.as_mut().get_mut(head..head.checked_add(data.len())?)?.copy_from_slice(data);
+        buf.as_mut()
+            .get_mut(head..head.checked_add(data.len())?)?
+            .copy_from_slice(data);
         Self::new(buf, head, data.len())
     }
 

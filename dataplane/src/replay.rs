@@ -37,8 +37,17 @@ impl ReplayWindow {
     /// A window of `size` packets (0 disables checking; `size` must be ≤ [`MAX_WINDOW`]).
     pub fn new(size: u32, esn: bool) -> Self {
         let size = size.min(MAX_WINDOW);
-        let n = if size == 0 { 0 } else { ((size as usize).div_ceil(64) + 1).next_power_of_two() };
-        Self { size, esn, top: 0, blocks: vec![0; n].into_boxed_slice() }
+        let n = if size == 0 {
+            0
+        } else {
+            ((size as usize).div_ceil(64) + 1).next_power_of_two()
+        };
+        Self {
+            size,
+            esn,
+            top: 0,
+            blocks: vec![0; n].into_boxed_slice(),
+        }
     }
 
     pub fn size(&self) -> u32 {
@@ -78,11 +87,7 @@ impl ReplayWindow {
         } else {
             // Case B: the window spans the previous epoch's end.
             let left = (tl + (1 << 32) - (w - 1)) & 0xffff_ffff;
-            if s >= left {
-                th.checked_sub(1)?
-            } else {
-                th
-            }
+            if s >= left { th.checked_sub(1)? } else { th }
         };
         if seqh > 0xffff_ffff {
             return None;
@@ -103,12 +108,17 @@ impl ReplayWindow {
         if seq > self.top {
             return Ok(());
         }
-        if seq + u64::from(self.size) <= self.top {
+        // seq ≤ top here; written as a difference so that it cannot overflow near 2^64.
+        if self.top - seq >= u64::from(self.size) {
             return Err(ReplayError::Old);
         }
         let mask = self.blocks.len() - 1;
         let block = self.blocks[(seq >> 6) as usize & mask];
-        if block & (1 << (seq & 63)) != 0 { Err(ReplayError::Duplicate) } else { Ok(()) }
+        if block & (1 << (seq & 63)) != 0 {
+            Err(ReplayError::Duplicate)
+        } else {
+            Ok(())
+        }
     }
 
     /// Record `seq` as received (after the ICV verified). Must follow a successful `check`.
@@ -138,7 +148,9 @@ impl ReplayWindow {
             return 0;
         }
         let lo = self.top.saturating_sub(u64::from(self.size) - 1).max(1);
-        (lo..=self.top).filter(|&s| self.check(s) == Err(ReplayError::Duplicate)).count() as u32
+        (lo..=self.top)
+            .filter(|&s| self.check(s) == Err(ReplayError::Duplicate))
+            .count() as u32
     }
 }
 
@@ -225,6 +237,19 @@ mod tests {
         w.commit((1 << 32) | 1000);
         assert_eq!(w.infer(5), Some((2 << 32) | 5));
         assert_eq!(w.infer(990), Some((1 << 32) | 990));
+    }
+
+    #[test]
+    fn no_overflow_at_the_end_of_the_esn_space() {
+        let mut w = ReplayWindow::new(64, true);
+        w.commit(u64::MAX - 1);
+        assert_eq!(w.infer(u32::MAX), Some(u64::MAX));
+        assert_eq!(w.check(u64::MAX), Ok(()));
+        w.commit(u64::MAX);
+        assert_eq!(w.check(u64::MAX), Err(ReplayError::Duplicate));
+        assert_eq!(w.check(u64::MAX - 64), Err(ReplayError::Old));
+        // nothing exists after 2^64 - 1: a small low half cannot be a next epoch
+        assert_eq!(w.infer(5), None);
     }
 
     proptest! {

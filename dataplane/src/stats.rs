@@ -108,7 +108,10 @@ impl DropCounters {
 
     /// Non-zero counters with their names.
     pub fn nonzero(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
-        DropReason::ALL.iter().map(|&r| (r, self.get(r))).filter(|&(_, n)| n != 0)
+        DropReason::ALL
+            .iter()
+            .map(|&r| (r, self.get(r)))
+            .filter(|&(_, n)| n != 0)
     }
 }
 
@@ -149,6 +152,9 @@ mod tests {
         c.bump(DropReason::IcvFailed);
         c.bump(DropReason::IcvFailed);
         assert_eq!(c.get(DropReason::IcvFailed), 2);
-        assert_eq!(c.nonzero().collect::<Vec<_>>(), vec![(DropReason::IcvFailed, 2)]);
+        assert_eq!(
+            c.nonzero().collect::<Vec<_>>(),
+            vec![(DropReason::IcvFailed, 2)]
+        );
     }
 }

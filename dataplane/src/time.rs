@@ -24,7 +24,10 @@ impl Timestamp {
 
     /// `self + d`, saturating.
     pub fn add(self, d: Duration) -> Self {
-        Timestamp(self.0.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)))
+        Timestamp(
+            self.0
+                .saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+        )
     }
 
     /// Time elapsed since `earlier` (zero if `earlier` is later).
@@ -41,7 +44,9 @@ pub struct MonotonicClock {
 
 impl Default for MonotonicClock {
     fn default() -> Self {
-        Self { start: std::time::Instant::now() }
+        Self {
+            start: std::time::Instant::now(),
+        }
     }
 }
 

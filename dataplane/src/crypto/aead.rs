@@ -46,7 +46,12 @@ impl AeadKey {
 
     /// Encrypt `in_out` in place and return the tag.
     #[inline]
-    pub(crate) fn seal(&self, nonce: [u8; 12], aad: &[u8], in_out: &mut [u8]) -> Result<[u8; TAG_LEN], AeadFailed> {
+    pub(crate) fn seal(
+        &self,
+        nonce: [u8; 12],
+        aad: &[u8],
+        in_out: &mut [u8],
+    ) -> Result<[u8; TAG_LEN], AeadFailed> {
         let mut out = [0u8; TAG_LEN];
         match self {
             AeadKey::Ring(k) => {
@@ -72,10 +77,19 @@ impl AeadKey {
     /// Verify the tag at the end of `ct_tag` and decrypt the bytes before it in place.
     /// The tag comparison is constant time in both libraries.
     #[inline]
-    pub(crate) fn open(&self, nonce: [u8; 12], aad: &[u8], ct_tag: &mut [u8]) -> Result<(), AeadFailed> {
+    pub(crate) fn open(
+        &self,
+        nonce: [u8; 12],
+        aad: &[u8],
+        ct_tag: &mut [u8],
+    ) -> Result<(), AeadFailed> {
         match self {
             AeadKey::Ring(k) => k
-                .open_in_place(ra::Nonce::assume_unique_for_key(nonce), ra::Aad::from(aad), ct_tag)
+                .open_in_place(
+                    ra::Nonce::assume_unique_for_key(nonce),
+                    ra::Aad::from(aad),
+                    ct_tag,
+                )
                 .map(|_| ())
                 .map_err(|_| AeadFailed),
             AeadKey::Aes192(k) => {

@@ -133,7 +133,10 @@ impl EncAlg {
 
     /// Whether the payload is kept confidential.
     pub const fn encrypts(self) -> bool {
-        !matches!(self, EncAlg::Null | EncAlg::AesGmac128 | EncAlg::AesGmac192 | EncAlg::AesGmac256)
+        !matches!(
+            self,
+            EncAlg::Null | EncAlg::AesGmac128 | EncAlg::AesGmac192 | EncAlg::AesGmac256
+        )
     }
 
     /// Bytes of IV carried in each packet.
@@ -250,7 +253,12 @@ impl FromStr for EncAlg {
             "aes128gmac" | "aes-gmac-128" | "null-aes128gmac" => EncAlg::AesGmac128,
             "aes192gmac" | "aes-gmac-192" | "null-aes192gmac" => EncAlg::AesGmac192,
             "aes256gmac" | "aes-gmac-256" | "null-aes256gmac" => EncAlg::AesGmac256,
-            _ => return Err(CryptoError::UnknownAlgorithm { kind: "encryption", name: s.to_owned() }),
+            _ => {
+                return Err(CryptoError::UnknownAlgorithm {
+                    kind: "encryption",
+                    name: s.to_owned(),
+                });
+            }
         };
         Ok(a)
     }
@@ -273,7 +281,12 @@ impl FromStr for AuthAlg {
                 AuthAlg::HmacSha512_256
             }
             "md5" | "hmac-md5-96" | "hmac-md5" => AuthAlg::HmacMd5_96,
-            _ => return Err(CryptoError::UnknownAlgorithm { kind: "integrity", name: s.to_owned() }),
+            _ => {
+                return Err(CryptoError::UnknownAlgorithm {
+                    kind: "integrity",
+                    name: s.to_owned(),
+                });
+            }
         };
         Ok(a)
     }
@@ -285,7 +298,10 @@ pub enum CryptoError {
     #[error("unknown {kind} algorithm {name:?}")]
     UnknownAlgorithm { kind: &'static str, name: String },
     #[error("{alg} is refused: {reason}")]
-    Refused { alg: &'static str, reason: &'static str },
+    Refused {
+        alg: &'static str,
+        reason: &'static str,
+    },
     #[error(
         "{alg} is a legacy algorithm (RFC 8221 §5: SHOULD NOT be used); \
          enable legacy algorithms explicitly to accept it"
@@ -300,7 +316,10 @@ pub enum CryptoError {
         detail: &'static str,
     },
     #[error("{alg} key is weak: {reason}")]
-    WeakKey { alg: &'static str, reason: &'static str },
+    WeakKey {
+        alg: &'static str,
+        reason: &'static str,
+    },
 }
 
 /// Check an (encryption, integrity) pair against RFC 8221 and this engine's support.
@@ -349,7 +368,12 @@ pub fn check_algorithms(enc: EncAlg, auth: AuthAlg, allow_legacy: bool) -> Resul
 }
 
 /// Check key lengths (and 3DES key distinctness) for an algorithm pair.
-pub fn check_keys(enc: EncAlg, enc_key: &[u8], auth: AuthAlg, auth_key: &[u8]) -> Result<(), CryptoError> {
+pub fn check_keys(
+    enc: EncAlg,
+    enc_key: &[u8],
+    auth: AuthAlg,
+    auth_key: &[u8],
+) -> Result<(), CryptoError> {
     check_enc_key(enc, enc_key)?;
     check_auth_key(auth, auth_key)
 }
@@ -363,7 +387,11 @@ pub fn check_enc_key(enc: EncAlg, enc_key: &[u8]) -> Result<(), CryptoError> {
             alg: enc.name(),
             expected: enc.keymat_len(),
             got: enc_key.len(),
-            detail: if enc.salt_len() > 0 { " (key followed by a 4-byte salt)" } else { "" },
+            detail: if enc.salt_len() > 0 {
+                " (key followed by a 4-byte salt)"
+            } else {
+                ""
+            },
         });
     }
     if enc == EncAlg::TripleDesCbc {
@@ -413,7 +441,10 @@ mod tests {
             assert_eq!(a.name().parse::<AuthAlg>().unwrap(), a);
         }
         assert_eq!("aes-gcm-128".parse::<EncAlg>().unwrap(), EncAlg::AesGcm128);
-        assert_eq!("hmac-sha256-128".parse::<AuthAlg>().unwrap(), AuthAlg::HmacSha256_128);
+        assert_eq!(
+            "hmac-sha256-128".parse::<AuthAlg>().unwrap(),
+            AuthAlg::HmacSha256_128
+        );
         assert!("rot13".parse::<EncAlg>().is_err());
     }
 

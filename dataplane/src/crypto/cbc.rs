@@ -4,7 +4,10 @@
 //! expanded or copied per packet; decryption runs the AES-NI backend's parallel blocks.
 
 use super::EncAlg;
-use aes::cipher::{BlockCipherDecrypt, BlockCipherEncrypt, BlockModeDecrypt, BlockModeEncrypt, InnerIvInit, KeyInit};
+use aes::cipher::{
+    BlockCipherDecrypt, BlockCipherEncrypt, BlockModeDecrypt, BlockModeEncrypt, InnerIvInit,
+    KeyInit,
+};
 use aes::{Aes128Dec, Aes128Enc, Aes192Dec, Aes192Enc, Aes256Dec, Aes256Enc};
 use des::TdesEde3;
 
@@ -26,7 +29,9 @@ impl core::fmt::Debug for CbcKey {
 }
 
 fn enc_blocks<C: BlockCipherEncrypt>(c: &C, iv: &[u8], data: &mut [u8]) -> bool {
-    let Ok(iv) = <&aes::cipher::Block<C>>::try_from(iv) else { return false };
+    let Ok(iv) = <&aes::cipher::Block<C>>::try_from(iv) else {
+        return false;
+    };
     let (blocks, rest) = aes::cipher::Block::<C>::slice_as_chunks_mut(data);
     if !rest.is_empty() {
         return false;
@@ -36,7 +41,9 @@ fn enc_blocks<C: BlockCipherEncrypt>(c: &C, iv: &[u8], data: &mut [u8]) -> bool 
 }
 
 fn dec_blocks<C: BlockCipherDecrypt>(c: &C, iv: &[u8], data: &mut [u8]) -> bool {
-    let Ok(iv) = <&aes::cipher::Block<C>>::try_from(iv) else { return false };
+    let Ok(iv) = <&aes::cipher::Block<C>>::try_from(iv) else {
+        return false;
+    };
     let (blocks, rest) = aes::cipher::Block::<C>::slice_as_chunks_mut(data);
     if !rest.is_empty() {
         return false;
@@ -65,7 +72,9 @@ impl CbcKey {
             (EncAlg::AesCbc128, false) => CbcKey::Aes128Dec(Aes128Dec::new_from_slice(key).ok()?),
             (EncAlg::AesCbc192, false) => CbcKey::Aes192Dec(Aes192Dec::new_from_slice(key).ok()?),
             (EncAlg::AesCbc256, false) => CbcKey::Aes256Dec(Aes256Dec::new_from_slice(key).ok()?),
-            (EncAlg::TripleDesCbc, _) => CbcKey::Tdes(Box::new(TdesEde3::new_from_slice(key).ok()?)),
+            (EncAlg::TripleDesCbc, _) => {
+                CbcKey::Tdes(Box::new(TdesEde3::new_from_slice(key).ok()?))
+            }
             _ => return None,
         })
     }

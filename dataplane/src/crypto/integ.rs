@@ -92,8 +92,24 @@ impl Integ {
         let mut full = [0u8; MAX_HMAC_ICV];
         // The SHA-384/512 outputs are longer than any ICV: compute them directly.
         match self {
-            Integ::Sha384(m) => return m.as_ref().clone().chain_update(data).finalize().into_bytes().to_vec(),
-            Integ::Sha512(m) => return m.as_ref().clone().chain_update(data).finalize().into_bytes().to_vec(),
+            Integ::Sha384(m) => {
+                return m
+                    .as_ref()
+                    .clone()
+                    .chain_update(data)
+                    .finalize()
+                    .into_bytes()
+                    .to_vec();
+            }
+            Integ::Sha512(m) => {
+                return m
+                    .as_ref()
+                    .clone()
+                    .chain_update(data)
+                    .finalize()
+                    .into_bytes()
+                    .to_vec();
+            }
             _ => {}
         }
         self.full(data, None, &mut full);

@@ -14,8 +14,8 @@
 //! Transform state is built once per SA (key schedules, HMAC inner/outer states precomputed)
 //! and used per packet without allocation.
 
-pub mod alg;
 mod aead;
+pub mod alg;
 mod cbc;
 mod integ;
 mod transform;
@@ -23,3 +23,14 @@ mod transform;
 pub use alg::{AuthAlg, CryptoError, EncAlg};
 pub(crate) use transform::Transform;
 pub use transform::{MAX_ICV_LEN, MAX_IV_LEN};
+
+/// Test access to the HMAC and CBC layers (known-answer tests).
+#[cfg(test)]
+pub(crate) fn integ_for_test(alg: AuthAlg, key: &[u8]) -> integ::Integ {
+    integ::Integ::new(alg, key).expect("HMAC key")
+}
+
+#[cfg(test)]
+pub(crate) fn cbc_for_test(alg: EncAlg, key: &[u8], outbound: bool) -> cbc::CbcKey {
+    cbc::CbcKey::new(alg, key, outbound).expect("CBC key")
+}

@@ -31,7 +31,11 @@ enum Kind {
     /// AES-GMAC (RFC 4543): payload in clear, everything authenticated.
     Gmac { key: AeadKey, salt: [u8; 4] },
     /// CBC encryption then HMAC over header, IV and ciphertext.
-    Cbc { key: CbcKey, integ: Integ, iv_seed: [u8; 16] },
+    Cbc {
+        key: CbcKey,
+        integ: Integ,
+        iv_seed: [u8; 16],
+    },
     /// NULL encryption with HMAC (RFC 2410).
     Null { integ: Integ },
 }
@@ -98,28 +102,44 @@ impl Transform {
     ) -> Result<Self, CryptoError> {
         alg::check_algorithms(enc, auth, allow_legacy)?;
         alg::check_keys(enc, enc_key, auth, auth_key)?;
-        let broken = || CryptoError::Refused { alg: enc.name(), reason: "key schedule failed" };
+        let broken = || CryptoError::Refused {
+            alg: enc.name(),
+            reason: "key schedule failed",
+        };
         let (key, salt) = enc_key.split_at(enc.key_len());
         let mut salt4 = [0u8; 4];
         if salt.len() == 4 {
             salt4.copy_from_slice(salt);
         }
         let kind = match enc {
-            EncAlg::AesGcm128 | EncAlg::AesGcm192 | EncAlg::AesGcm256 | EncAlg::ChaCha20Poly1305 => {
-                Kind::Aead { key: AeadKey::new(enc, key).ok_or_else(broken)?, salt: salt4 }
-            }
-            EncAlg::AesGmac128 | EncAlg::AesGmac192 | EncAlg::AesGmac256 => {
-                Kind::Gmac { key: AeadKey::new(enc, key).ok_or_else(broken)?, salt: salt4 }
-            }
-            EncAlg::AesCbc128 | EncAlg::AesCbc192 | EncAlg::AesCbc256 | EncAlg::TripleDesCbc => Kind::Cbc {
-                key: CbcKey::new(enc, key, outbound).ok_or_else(broken)?,
-                integ: Integ::new(auth, auth_key).ok_or_else(broken)?,
-                iv_seed: random,
+            EncAlg::AesGcm128
+            | EncAlg::AesGcm192
+            | EncAlg::AesGcm256
+            | EncAlg::ChaCha20Poly1305 => Kind::Aead {
+                key: AeadKey::new(enc, key).ok_or_else(broken)?,
+                salt: salt4,
             },
-            EncAlg::Null => Kind::Null { integ: Integ::new(auth, auth_key).ok_or_else(broken)? },
+            EncAlg::AesGmac128 | EncAlg::AesGmac192 | EncAlg::AesGmac256 => Kind::Gmac {
+                key: AeadKey::new(enc, key).ok_or_else(broken)?,
+                salt: salt4,
+            },
+            EncAlg::AesCbc128 | EncAlg::AesCbc192 | EncAlg::AesCbc256 | EncAlg::TripleDesCbc => {
+                Kind::Cbc {
+                    key: CbcKey::new(enc, key, outbound).ok_or_else(broken)?,
+                    integ: Integ::new(auth, auth_key).ok_or_else(broken)?,
+                    iv_seed: random,
+                }
+            }
+            EncAlg::Null => Kind::Null {
+                integ: Integ::new(auth, auth_key).ok_or_else(broken)?,
+            },
             EncAlg::DesCbc => return Err(broken()),
         };
-        let icv = if enc.is_combined() { TAG_LEN } else { auth.icv_len() };
+        let icv = if enc.is_combined() {
+            TAG_LEN
+        } else {
+            auth.icv_len()
+        };
         let mut mask = [0u8; 8];
         mask.copy_from_slice(&random[8..]);
         Ok(Self {
@@ -175,10 +195,19 @@ impl Transform {
     /// Fill in the IV and ICV and encrypt. The ESP header (SPI, low sequence bits) and the
     /// plaintext trailer are already in place. `seq` is the full 64-bit sequence number.
     #[inline]
-    pub(crate) fn seal(&self, buf: &mut [u8], esp: usize, len: usize, seq: u64, esn: bool) -> Result<(), DropReason> {
+    pub(crate) fn seal(
+        &self,
+        buf: &mut [u8],
+        esp: usize,
+        len: usize,
+        seq: u64,
+        esn: bool,
+    ) -> Result<(), DropReason> {
         let iv_len = self.iv_len();
         let icv_len = self.icv_len();
-        let pkt = buf.get_mut(esp..esp + len).ok_or(DropReason::NoBufferSpace)?;
+        let pkt = buf
+            .get_mut(esp..esp + len)
+            .ok_or(DropReason::NoBufferSpace)?;
         if len < HEADER_LEN + iv_len + icv_len {
             return Err(DropReason::BadLength);
         }
@@ -191,7 +220,9 @@ impl Transform {
                 pkt[HEADER_LEN..pt].copy_from_slice(&iv);
                 let (aad, n) = aead_aad(spi, seq, esn);
                 let (body, tag) = pkt[pt..].split_at_mut(icv - pt);
-                let t = key.seal(nonce(*salt, &iv), &aad[..n], body).map_err(|_| DropReason::TooBig)?;
+                let t = key
+                    .seal(nonce(*salt, &iv), &aad[..n], body)
+                    .map_err(|_| DropReason::TooBig)?;
                 tag.copy_from_slice(&t);
             }
             Kind::Gmac { key, salt } => {
@@ -214,7 +245,11 @@ impl Transform {
                 .map_err(|_| DropReason::TooBig)?;
                 buf[esp + icv..esp + len].copy_from_slice(&t);
             }
-            Kind::Cbc { key, integ, iv_seed } => {
+            Kind::Cbc {
+                key,
+                integ,
+                iv_seed,
+            } => {
                 let mut ivb = *iv_seed;
                 let s = seq.to_be_bytes();
                 for i in 0..8 {
@@ -242,7 +277,13 @@ impl Transform {
     /// On success the plaintext (payload ‖ padding ‖ trailer) is at
     /// `esp + 8 + iv_len .. esp + len - icv_len`.
     #[inline]
-    pub(crate) fn open(&self, buf: &mut [u8], esp: usize, len: usize, seq_hi: Option<u32>) -> Result<(), DropReason> {
+    pub(crate) fn open(
+        &self,
+        buf: &mut [u8],
+        esp: usize,
+        len: usize,
+        seq_hi: Option<u32>,
+    ) -> Result<(), DropReason> {
         let iv_len = self.iv_len();
         let icv_len = self.icv_len();
         let pkt = buf.get_mut(esp..esp + len).ok_or(DropReason::BadLength)?;
@@ -262,7 +303,8 @@ impl Transform {
             Kind::Aead { key, salt } => {
                 let n = nonce(*salt, &pkt[HEADER_LEN..pt]);
                 let (aad, an) = aead_aad(spi, seq, seq_hi.is_some());
-                key.open(n, &aad[..an], &mut pkt[pt..]).map_err(|_| DropReason::IcvFailed)?;
+                key.open(n, &aad[..an], &mut pkt[pt..])
+                    .map_err(|_| DropReason::IcvFailed)?;
             }
             Kind::Gmac { key, salt } => {
                 let n = nonce(*salt, &pkt[HEADER_LEN..pt]);
@@ -310,7 +352,10 @@ pub(crate) mod tests {
     pub(crate) fn transform(enc: EncAlg, auth: AuthAlg, outbound: bool) -> (Transform, Vec<u8>) {
         let ek: Vec<u8> = (0..enc.keymat_len()).map(|i| (i * 7 + 1) as u8).collect();
         let ak: Vec<u8> = (0..auth.key_len()).map(|i| (i * 3 + 5) as u8).collect();
-        (Transform::new(enc, &ek, auth, &ak, outbound, true, [9; 16]).unwrap(), ek)
+        (
+            Transform::new(enc, &ek, auth, &ak, outbound, true, [9; 16]).unwrap(),
+            ek,
+        )
     }
 
     #[test]
@@ -346,18 +391,38 @@ pub(crate) mod tests {
                 let seq = (5u64 << 32) | 7;
                 let before = buf.clone();
                 out.seal(&mut buf, esp, len, seq, esn).unwrap();
-                assert_eq!(&buf[..esp], &before[..esp], "{enc} bytes before ESP untouched");
+                assert_eq!(
+                    &buf[..esp],
+                    &before[..esp],
+                    "{enc} bytes before ESP untouched"
+                );
                 if enc.encrypts() {
-                    assert_ne!(&buf[pt..pt + body], &before[pt..pt + body], "{enc} encrypted");
+                    assert_ne!(
+                        &buf[pt..pt + body],
+                        &before[pt..pt + body],
+                        "{enc} encrypted"
+                    );
                 }
                 let sealed = buf.clone();
                 inb.open(&mut buf, esp, len, esn.then_some(5)).unwrap();
-                assert_eq!(&buf[pt..pt + body], &before[pt..pt + body], "{enc}/{auth} esn={esn}");
-                assert_eq!(&buf[..esp], &before[..esp], "{enc} bytes before ESP restored");
+                assert_eq!(
+                    &buf[pt..pt + body],
+                    &before[pt..pt + body],
+                    "{enc}/{auth} esn={esn}"
+                );
+                assert_eq!(
+                    &buf[..esp],
+                    &before[..esp],
+                    "{enc} bytes before ESP restored"
+                );
                 if esn {
                     // the wrong high bits fail the ICV
                     let mut b = sealed.clone();
-                    assert_eq!(inb.open(&mut b, esp, len, Some(4)), Err(DropReason::IcvFailed), "{enc}");
+                    assert_eq!(
+                        inb.open(&mut b, esp, len, Some(4)),
+                        Err(DropReason::IcvFailed),
+                        "{enc}"
+                    );
                 }
                 for bit in [0usize, 8 * 8, 8 * (len - 1)] {
                     let mut b = sealed.clone();
@@ -365,7 +430,11 @@ pub(crate) mod tests {
                     if bit == 0 {
                         // the SPI is authenticated too
                     }
-                    assert_eq!(inb.open(&mut b, esp, len, esn.then_some(5)), Err(DropReason::IcvFailed), "{enc} bit {bit}");
+                    assert_eq!(
+                        inb.open(&mut b, esp, len, esn.then_some(5)),
+                        Err(DropReason::IcvFailed),
+                        "{enc} bit {bit}"
+                    );
                 }
             }
         }
@@ -373,15 +442,26 @@ pub(crate) mod tests {
 
     #[test]
     fn ivs_are_unique_per_packet() {
-        for enc in [EncAlg::AesGcm128, EncAlg::AesCbc128, EncAlg::ChaCha20Poly1305] {
-            let auth = if enc.is_combined() { AuthAlg::None } else { AuthAlg::HmacSha1_96 };
+        for enc in [
+            EncAlg::AesGcm128,
+            EncAlg::AesCbc128,
+            EncAlg::ChaCha20Poly1305,
+        ] {
+            let auth = if enc.is_combined() {
+                AuthAlg::None
+            } else {
+                AuthAlg::HmacSha1_96
+            };
             let (t, _) = transform(enc, auth, true);
             let mut seen = std::collections::HashSet::new();
             for seq in 1..2000u64 {
                 let len = 8 + t.iv_len() + 16 + t.icv_len();
                 let mut buf = vec![0u8; len];
                 t.seal(&mut buf, 0, len, seq, false).unwrap();
-                assert!(seen.insert(buf[8..8 + t.iv_len()].to_vec()), "{enc} IV repeated at {seq}");
+                assert!(
+                    seen.insert(buf[8..8 + t.iv_len()].to_vec()),
+                    "{enc} IV repeated at {seq}"
+                );
             }
         }
     }

@@ -44,7 +44,11 @@ impl InboundEsp {
     }
 
     fn src_ip(&self) -> IpAddr {
-        if self.v6 { IpAddr::V6(Ipv6Addr::from(self.src)) } else { IpAddr::V4(Ipv4Addr::from(self.src as u32)) }
+        if self.v6 {
+            IpAddr::V6(Ipv6Addr::from(self.src))
+        } else {
+            IpAddr::V4(Ipv4Addr::from(self.src as u32))
+        }
     }
 }
 
@@ -90,7 +94,7 @@ fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
     let (usable, ev) = sa.life.usable(now);
     report(events, sa, h, ev);
     if !usable {
-        return Err(DropReason::LifetimeExpired);
+        return Err(sa.expired_reason());
     }
     let (iv, icv) = (sa.xform.iv_len(), sa.xform.icv_len());
     if o.esp_len < ESP_HDR + iv + 2 + icv {
@@ -99,19 +103,26 @@ fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
     let base = pkt.head();
     let esp = base + o.esp_off;
     let frame = pkt.frame_mut();
-    let seq_lo = u32::from_be_bytes([frame[esp + 4], frame[esp + 5], frame[esp + 6], frame[esp + 7]]);
+    let seq_lo = u32::from_be_bytes([
+        frame[esp + 4],
+        frame[esp + 5],
+        frame[esp + 6],
+        frame[esp + 7],
+    ]);
     let seq = sa.replay.infer(seq_lo).ok_or(DropReason::ReplayOld)?;
     sa.replay.check(seq).map_err(|e| match e {
         ReplayError::Old => DropReason::ReplayOld,
         ReplayError::Duplicate => DropReason::ReplayDuplicate,
     })?;
-    sa.xform.open(frame, esp, o.esp_len, sa.esn.then_some((seq >> 32) as u32))?;
+    sa.xform
+        .open(frame, esp, o.esp_len, sa.esn.then_some((seq >> 32) as u32))?;
     // Authenticated: now the window may move (RFC 4303 §3.4.3).
     sa.replay.commit(seq);
 
     let pt = esp + ESP_HDR + iv;
     let pt_end = esp + o.esp_len - icv;
-    let (trailer, data_len) = EspTrailer::parse(&frame[pt..pt_end]).map_err(|_| DropReason::BadPadding)?;
+    let (trailer, data_len) =
+        EspTrailer::parse(&frame[pt..pt_end]).map_err(|_| DropReason::BadPadding)?;
 
     if let Some((sport, _)) = o.udp {
         // NAT-T: remember where authenticated traffic comes from; report a change.
@@ -122,7 +133,10 @@ fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
             let configured = sa.info.remote.map(|r| (r, sa.udp.map_or(0, |u| u.1)));
             if !first || configured.is_some_and(|c| c != seen) {
                 events.push(Event {
-                    kind: EventKind::PeerChanged { addr: seen.0, port: seen.1 },
+                    kind: EventKind::PeerChanged {
+                        addr: seen.0,
+                        port: seen.1,
+                    },
                     spi: sa.spi,
                     reqid: sa.reqid,
                     direction: sa.dir,
@@ -143,14 +157,27 @@ fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
     }
 }
 
-fn tunnel<B: AsRef<[u8]> + AsMut<[u8]>>(sa: &Sa, pkt: &mut PacketBuf<B>, o: &InboundEsp, pt: usize, data_len: usize, nh: IpProtocol) -> Result<usize, DropReason> {
+fn tunnel<B: AsRef<[u8]> + AsMut<[u8]>>(
+    sa: &Sa,
+    pkt: &mut PacketBuf<B>,
+    o: &InboundEsp,
+    pt: usize,
+    data_len: usize,
+    nh: IpProtocol,
+) -> Result<usize, DropReason> {
     let frame = pkt.frame_mut();
     let inner = &mut frame[pt..pt + data_len];
     // The inner header's own length bounds the packet: anything after it is TFC padding
     // (RFC 4303 §2.7), which is tolerated and removed.
     let inner_len = match (nh, inner.first().map(|b| b >> 4)) {
-        (IpProtocol::IPV4, Some(4)) => usize::from(Ipv4Packet::new_checked(&*inner).map_err(|_| DropReason::Malformed)?.total_len()),
-        (IpProtocol::IPV6, Some(6)) => Ipv6Packet::new_checked(&*inner).map_err(|_| DropReason::Malformed)?.total_len(),
+        (IpProtocol::IPV4, Some(4)) => usize::from(
+            Ipv4Packet::new_checked(&*inner)
+                .map_err(|_| DropReason::Malformed)?
+                .total_len(),
+        ),
+        (IpProtocol::IPV6, Some(6)) => Ipv6Packet::new_checked(&*inner)
+            .map_err(|_| DropReason::Malformed)?
+            .total_len(),
         (IpProtocol::IPV4 | IpProtocol::IPV6, _) => return Err(DropReason::Malformed),
         _ => return Err(DropReason::BadNextHeader),
     };
@@ -174,7 +201,11 @@ fn ecn_decap(inner: &mut [u8], outer: u8) -> Result<(), DropReason> {
     const ECT0: u8 = 2;
     const CE: u8 = 3;
     let v4 = inner[0] >> 4 == 4;
-    let cur = if v4 { inner[1] & 3 } else { (inner[1] >> 4) & 3 };
+    let cur = if v4 {
+        inner[1] & 3
+    } else {
+        (inner[1] >> 4) & 3
+    };
     let new = match (cur, outer) {
         (NOT_ECT, CE) => return Err(DropReason::EcnDrop),
         (_, CE) => CE,
@@ -195,7 +226,14 @@ fn ecn_decap(inner: &mut [u8], outer: u8) -> Result<(), DropReason> {
     Ok(())
 }
 
-fn transport<B: AsRef<[u8]> + AsMut<[u8]>>(sa: &Sa, pkt: &mut PacketBuf<B>, o: &InboundEsp, pt: usize, data_len: usize, nh: IpProtocol) -> Result<usize, DropReason> {
+fn transport<B: AsRef<[u8]> + AsMut<[u8]>>(
+    sa: &Sa,
+    pkt: &mut PacketBuf<B>,
+    o: &InboundEsp,
+    pt: usize,
+    data_len: usize,
+    nh: IpProtocol,
+) -> Result<usize, DropReason> {
     let base = pkt.head();
     let hl = o.ip_hdr_len;
     let start = pt - hl;
@@ -245,7 +283,12 @@ fn fix_l4_checksum(p: &mut [u8], hl: usize, nh: IpProtocol, v6: bool) {
         d.copy_from_slice(&p[24..40]);
         checksum::pseudo_v6(s, d, nh.0, l4_len as u32)
     } else {
-        checksum::pseudo_v4([p[12], p[13], p[14], p[15]], [p[16], p[17], p[18], p[19]], nh.0, l4_len as u16)
+        checksum::pseudo_v4(
+            [p[12], p[13], p[14], p[15]],
+            [p[16], p[17], p[18], p[19]],
+            nh.0,
+            l4_len as u16,
+        )
     };
     let mut c = checksum::finish(checksum::add(pseudo, checksum::sum(&p[hl..])));
     if nh == IpProtocol::UDP && c == 0 {

@@ -8,8 +8,8 @@
 use super::report;
 use crate::events::EventQueue;
 use crate::packet::PacketBuf;
-use crate::sa::{DfMode, DscpMode, EcnMode, Mode, Sa, SaHandle};
 use crate::sa::Outer;
+use crate::sa::{DfMode, DscpMode, EcnMode, Mode, Sa, SaHandle};
 use crate::stats::DropReason;
 use crate::time::Timestamp;
 use crate::wire::checksum;
@@ -27,12 +27,13 @@ pub(crate) fn encap<B: AsRef<[u8]> + AsMut<[u8]>>(
 ) -> Result<usize, DropReason> {
     let (usable, ev) = sa.life.usable(now);
     report(events, sa, h, ev);
-    if !usable {
-        return Err(DropReason::LifetimeExpired);
-    }
-    let r = match sa.mode {
-        Mode::Tunnel => tunnel(sa, h, pkt, events),
-        Mode::Transport => transport(sa, h, pkt, events),
+    let r = if !usable {
+        Err(sa.expired_reason())
+    } else {
+        match sa.mode {
+            Mode::Tunnel => tunnel(sa, h, pkt, events),
+            Mode::Transport => transport(sa, h, pkt, events),
+        }
     };
     match r {
         Ok(bytes) => {
@@ -53,7 +54,12 @@ fn inner_info(data: &[u8]) -> Result<(usize, IpProtocol, u8, bool), DropReason> 
     match data.first().map(|b| b >> 4) {
         Some(4) => {
             let ip = Ipv4Packet::new_checked(data).map_err(|_| DropReason::Malformed)?;
-            Ok((usize::from(ip.total_len()), IpProtocol::IPV4, ip.tos(), ip.dont_frag()))
+            Ok((
+                usize::from(ip.total_len()),
+                IpProtocol::IPV4,
+                ip.tos(),
+                ip.dont_frag(),
+            ))
         }
         Some(6) => {
             let ip = Ipv6Packet::new_checked(data).map_err(|_| DropReason::Malformed)?;
@@ -65,7 +71,17 @@ fn inner_info(data: &[u8]) -> Result<(usize, IpProtocol, u8, bool), DropReason> 
 }
 
 #[inline(always)]
-fn write_ipv4(h: &mut [u8], tos: u8, total: usize, id: u16, df: bool, ttl: u8, proto: IpProtocol, src: [u8; 4], dst: [u8; 4]) {
+fn write_ipv4(
+    h: &mut [u8],
+    tos: u8,
+    total: usize,
+    id: u16,
+    df: bool,
+    ttl: u8,
+    proto: IpProtocol,
+    src: [u8; 4],
+    dst: [u8; 4],
+) {
     h[0] = 0x45;
     h[1] = tos;
     h[2..4].copy_from_slice(&(total as u16).to_be_bytes());
@@ -82,7 +98,15 @@ fn write_ipv4(h: &mut [u8], tos: u8, total: usize, id: u16, df: bool, ttl: u8, p
 }
 
 #[inline(always)]
-fn write_ipv6(h: &mut [u8], tc: u8, payload: usize, nh: IpProtocol, hops: u8, src: &[u8; 16], dst: &[u8; 16]) {
+fn write_ipv6(
+    h: &mut [u8],
+    tc: u8,
+    payload: usize,
+    nh: IpProtocol,
+    hops: u8,
+    src: &[u8; 16],
+    dst: &[u8; 16],
+) {
     h[0] = 0x60 | (tc >> 4);
     h[1] = tc << 4;
     h[2] = 0;
@@ -119,7 +143,12 @@ fn write_esp_header(frame: &mut [u8], esp: usize, spi: u32, seq: u64) {
     frame[esp + 4..esp + 8].copy_from_slice(&(seq as u32).to_be_bytes());
 }
 
-fn tunnel<B: AsRef<[u8]> + AsMut<[u8]>>(sa: &mut Sa, h: SaHandle, pkt: &mut PacketBuf<B>, events: &mut EventQueue) -> Result<usize, DropReason> {
+fn tunnel<B: AsRef<[u8]> + AsMut<[u8]>>(
+    sa: &mut Sa,
+    h: SaHandle,
+    pkt: &mut PacketBuf<B>,
+    events: &mut EventQueue,
+) -> Result<usize, DropReason> {
     let (inner_len, nh, inner_tos, inner_df) = inner_info(pkt.data())?;
     let (iv, icv, align) = (sa.xform.iv_len(), sa.xform.icv_len(), sa.xform.align());
     let pad = EspTrailer::pad_len_for(inner_len, align);
@@ -163,19 +192,46 @@ fn tunnel<B: AsRef<[u8]> + AsMut<[u8]>>(sa: &mut Sa, h: SaHandle, pkt: &mut Pack
     let pt_end = head + inner_len;
     let frame = pkt.frame_mut();
     EspTrailer::emit(&mut frame[pt_end..pt_end + pad + TRAILER_LEN], nh);
-    let proto = if udp != 0 { IpProtocol::UDP } else { IpProtocol::ESP };
+    let proto = if udp != 0 {
+        IpProtocol::UDP
+    } else {
+        IpProtocol::ESP
+    };
     match &sa.outer {
         Outer::V4 { local, remote } => {
             sa.ip_id = sa.ip_id.wrapping_add(1);
-            write_ipv4(&mut frame[start..start + 20], dscp << 2 | ecn, total, sa.ip_id, df, sa.ttl, proto, *local, *remote);
+            write_ipv4(
+                &mut frame[start..start + 20],
+                dscp << 2 | ecn,
+                total,
+                sa.ip_id,
+                df,
+                sa.ttl,
+                proto,
+                *local,
+                *remote,
+            );
         }
         Outer::V6 { local, remote } => {
-            write_ipv6(&mut frame[start..start + 40], dscp << 2 | ecn, total - 40, proto, sa.ttl, local, remote);
+            write_ipv6(
+                &mut frame[start..start + 40],
+                dscp << 2 | ecn,
+                total - 40,
+                proto,
+                sa.ttl,
+                local,
+                remote,
+            );
         }
         Outer::None => return Err(DropReason::NoSa),
     }
     if let Some((lp, rp)) = sa.udp {
-        write_udp(&mut frame[start + ip_hdr..start + ip_hdr + 8], lp, rp, 8 + esp_len);
+        write_udp(
+            &mut frame[start + ip_hdr..start + ip_hdr + 8],
+            lp,
+            rp,
+            8 + esp_len,
+        );
     }
     write_esp_header(frame, esp, sa.spi, seq);
     sa.xform.seal(frame, esp, esp_len, seq, sa.esn)?;
@@ -186,7 +242,12 @@ fn tunnel<B: AsRef<[u8]> + AsMut<[u8]>>(sa: &mut Sa, h: SaHandle, pkt: &mut Pack
     Ok(inner_len)
 }
 
-fn transport<B: AsRef<[u8]> + AsMut<[u8]>>(sa: &mut Sa, h: SaHandle, pkt: &mut PacketBuf<B>, events: &mut EventQueue) -> Result<usize, DropReason> {
+fn transport<B: AsRef<[u8]> + AsMut<[u8]>>(
+    sa: &mut Sa,
+    h: SaHandle,
+    pkt: &mut PacketBuf<B>,
+    events: &mut EventQueue,
+) -> Result<usize, DropReason> {
     let data = pkt.data();
     // (header bytes kept in front of ESP, offset of the next-header byte to rewrite,
     //  total length, IPv6?)
@@ -233,7 +294,11 @@ fn transport<B: AsRef<[u8]> + AsMut<[u8]>>(sa: &mut Sa, h: SaHandle, pkt: &mut P
     frame.copy_within(head..head + hl, start);
     let pt_end = head + total_len;
     EspTrailer::emit(&mut frame[pt_end..pt_end + pad + TRAILER_LEN], nh);
-    let proto = if udp != 0 { IpProtocol::UDP } else { IpProtocol::ESP };
+    let proto = if udp != 0 {
+        IpProtocol::UDP
+    } else {
+        IpProtocol::ESP
+    };
     frame[start + nh_field] = proto.0;
     if v6 {
         frame[start + 4..start + 6].copy_from_slice(&((total - 40) as u16).to_be_bytes());

@@ -13,12 +13,23 @@ use crate::sa::{Sa, SaHandle};
 
 /// Report a lifetime transition of `sa`.
 #[inline]
-pub(crate) fn report(events: &mut EventQueue, sa: &Sa, h: SaHandle, ev: Option<crate::sa::LifeEvent>) {
+pub(crate) fn report(
+    events: &mut EventQueue,
+    sa: &Sa,
+    h: SaHandle,
+    ev: Option<crate::sa::LifeEvent>,
+) {
     if let Some(ev) = ev {
         let kind = match ev {
             crate::sa::LifeEvent::Soft(k) => EventKind::SoftLifetime(k),
             crate::sa::LifeEvent::Hard(k) => EventKind::HardLifetime(k),
         };
-        events.push(Event { kind, spi: sa.spi, reqid: sa.reqid, direction: sa.dir, handle: h });
+        events.push(Event {
+            kind,
+            spi: sa.spi,
+            reqid: sa.reqid,
+            direction: sa.dir,
+            handle: h,
+        });
     }
 }

@@ -36,9 +36,15 @@ pub enum Encap {
 
 impl Encap {
     /// NAT traversal, UDP 4500 both ways.
-    pub const NAT_T: Encap = Encap::Udp { local_port: 4500, remote_port: 4500 };
+    pub const NAT_T: Encap = Encap::Udp {
+        local_port: 4500,
+        remote_port: 4500,
+    };
     /// The ESP-in-UDP tunnel mode of the seed appliances, UDP 2746 both ways.
-    pub const UDP_2746: Encap = Encap::Udp { local_port: 2746, remote_port: 2746 };
+    pub const UDP_2746: Encap = Encap::Udp {
+        local_port: 2746,
+        remote_port: 2746,
+    };
 }
 
 /// Outer DSCP on encapsulation (RFC 4301 §5.1.2.1).
@@ -103,7 +109,12 @@ impl SecretKey {
 
     /// Parse hex (`0x` prefix, `:` and spaces allowed).
     pub fn from_hex(s: &str) -> Option<Self> {
-        let t: String = s.trim().trim_start_matches("0x").chars().filter(|c| *c != ':' && *c != ' ').collect();
+        let t: String = s
+            .trim()
+            .trim_start_matches("0x")
+            .chars()
+            .filter(|c| *c != ':' && *c != ' ')
+            .collect();
         if t.len() % 2 != 0 {
             return None;
         }
@@ -173,7 +184,16 @@ pub struct SaConfig {
 
 impl SaConfig {
     /// A tunnel-mode SA with defaults for everything but addresses and keys.
-    pub fn tunnel(spi: u32, direction: Direction, local: IpAddr, remote: IpAddr, enc: EncAlg, enc_key: &[u8], auth: AuthAlg, auth_key: &[u8]) -> Self {
+    pub fn tunnel(
+        spi: u32,
+        direction: Direction,
+        local: IpAddr,
+        remote: IpAddr,
+        enc: EncAlg,
+        enc_key: &[u8],
+        auth: AuthAlg,
+        auth_key: &[u8],
+    ) -> Self {
         SaConfig {
             name: format!("{}-{spi:08x}", direction.name()),
             reqid: 1,
@@ -200,29 +220,84 @@ impl SaConfig {
     }
 
     /// A transport-mode SA.
-    pub fn transport(spi: u32, direction: Direction, enc: EncAlg, enc_key: &[u8], auth: AuthAlg, auth_key: &[u8]) -> Self {
-        SaConfig { mode: Mode::Transport, local: None, remote: None, ..Self::tunnel(spi, direction, IpAddr::from([0, 0, 0, 0]), IpAddr::from([0, 0, 0, 0]), enc, enc_key, auth, auth_key) }
+    pub fn transport(
+        spi: u32,
+        direction: Direction,
+        enc: EncAlg,
+        enc_key: &[u8],
+        auth: AuthAlg,
+        auth_key: &[u8],
+    ) -> Self {
+        SaConfig {
+            mode: Mode::Transport,
+            local: None,
+            remote: None,
+            ..Self::tunnel(
+                spi,
+                direction,
+                IpAddr::from([0, 0, 0, 0]),
+                IpAddr::from([0, 0, 0, 0]),
+                enc,
+                enc_key,
+                auth,
+                auth_key,
+            )
+        }
     }
 
     /// Check every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), SaError> {
         let bad = |field: &'static str, msg: String| Err(SaError::Invalid { field, msg });
         if self.spi == 0 {
-            return bad("spi", "SPI 0 is reserved for local use and never sent (RFC 4303 §2.1)".into());
+            return bad(
+                "spi",
+                "SPI 0 is reserved for local use and never sent (RFC 4303 §2.1)".into(),
+            );
         }
         if self.spi <= 255 {
-            return bad("spi", format!("SPI {} is in the range 1-255 reserved by IANA (RFC 4303 §2.1)", self.spi));
+            return bad(
+                "spi",
+                format!(
+                    "SPI {} is in the range 1-255 reserved by IANA (RFC 4303 §2.1)",
+                    self.spi
+                ),
+            );
         }
-        crypto::alg::check_algorithms(self.enc, self.auth, self.allow_legacy).map_err(|source| SaError::Crypto { field: "enc", source })?;
-        crypto::alg::check_enc_key(self.enc, self.enc_key.bytes()).map_err(|source| SaError::Crypto { field: "enc_key", source })?;
-        crypto::alg::check_auth_key(self.auth, self.auth_key.bytes()).map_err(|source| SaError::Crypto { field: "auth_key", source })?;
+        crypto::alg::check_algorithms(self.enc, self.auth, self.allow_legacy).map_err(
+            |source| SaError::Crypto {
+                field: "enc",
+                source,
+            },
+        )?;
+        crypto::alg::check_enc_key(self.enc, self.enc_key.bytes()).map_err(|source| {
+            SaError::Crypto {
+                field: "enc_key",
+                source,
+            }
+        })?;
+        crypto::alg::check_auth_key(self.auth, self.auth_key.bytes()).map_err(|source| {
+            SaError::Crypto {
+                field: "auth_key",
+                source,
+            }
+        })?;
         match self.mode {
             Mode::Tunnel => {
                 let (Some(l), Some(r)) = (self.local, self.remote) else {
-                    return bad(if self.local.is_none() { "local" } else { "remote" }, "tunnel mode needs both local and remote addresses".into());
+                    return bad(
+                        if self.local.is_none() {
+                            "local"
+                        } else {
+                            "remote"
+                        },
+                        "tunnel mode needs both local and remote addresses".into(),
+                    );
                 };
                 if l.is_ipv4() != r.is_ipv4() {
-                    return bad("remote", format!("local {l} and remote {r} are of different IP versions"));
+                    return bad(
+                        "remote",
+                        format!("local {l} and remote {r} are of different IP versions"),
+                    );
                 }
                 for (f, a) in [("local", l), ("remote", r)] {
                     if a.is_unspecified() || a.is_multicast() {
@@ -233,12 +308,19 @@ impl SaConfig {
             Mode::Transport => {
                 if let (Some(l), Some(r)) = (self.local, self.remote) {
                     if l.is_ipv4() != r.is_ipv4() {
-                        return bad("remote", format!("local {l} and remote {r} are of different IP versions"));
+                        return bad(
+                            "remote",
+                            format!("local {l} and remote {r} are of different IP versions"),
+                        );
                     }
                 }
             }
         }
-        if let Encap::Udp { local_port, remote_port } = self.encap {
+        if let Encap::Udp {
+            local_port,
+            remote_port,
+        } = self.encap
+        {
             if local_port == 0 || remote_port == 0 {
                 return bad("encap", "UDP encapsulation ports must not be 0".into());
             }
@@ -247,16 +329,34 @@ impl SaConfig {
             }
         }
         if self.replay_window > MAX_WINDOW {
-            return bad("replay_window", format!("{} exceeds the maximum of {MAX_WINDOW} packets", self.replay_window));
+            return bad(
+                "replay_window",
+                format!(
+                    "{} exceeds the maximum of {MAX_WINDOW} packets",
+                    self.replay_window
+                ),
+            );
         }
         if self.esn && self.replay_window == 0 && self.direction == Direction::Inbound {
             return bad("replay_window", "ESN needs an anti-replay window to infer the high sequence bits (RFC 4303 Appendix A)".into());
         }
         let l = &self.lifetime;
         let pairs: [(&'static str, Option<u128>, Option<u128>); 3] = [
-            ("lifetime.time", l.soft.time.map(|d| d.as_nanos()), l.hard.time.map(|d| d.as_nanos())),
-            ("lifetime.bytes", l.soft.bytes.map(u128::from), l.hard.bytes.map(u128::from)),
-            ("lifetime.packets", l.soft.packets.map(u128::from), l.hard.packets.map(u128::from)),
+            (
+                "lifetime.time",
+                l.soft.time.map(|d| d.as_nanos()),
+                l.hard.time.map(|d| d.as_nanos()),
+            ),
+            (
+                "lifetime.bytes",
+                l.soft.bytes.map(u128::from),
+                l.hard.bytes.map(u128::from),
+            ),
+            (
+                "lifetime.packets",
+                l.soft.packets.map(u128::from),
+                l.hard.packets.map(u128::from),
+            ),
         ];
         for (f, soft, hard) in pairs {
             if let (Some(s), Some(h)) = (soft, hard) {
@@ -265,11 +365,17 @@ impl SaConfig {
                 }
             }
             if soft == Some(0) || hard == Some(0) {
-                return bad(f, "a limit of 0 would expire the SA at once; leave it out for no limit".into());
+                return bad(
+                    f,
+                    "a limit of 0 would expire the SA at once; leave it out for no limit".into(),
+                );
             }
         }
         if l.idle == Some(Duration::ZERO) {
-            return bad("lifetime.idle", "an idle timeout of 0 would expire the SA at once".into());
+            return bad(
+                "lifetime.idle",
+                "an idle timeout of 0 would expire the SA at once".into(),
+            );
         }
         if self.ttl == 0 {
             return bad("ttl", "the outer TTL must be at least 1".into());
@@ -294,7 +400,10 @@ pub enum SaError {
     #[error("{field}: {msg}")]
     Invalid { field: &'static str, msg: String },
     #[error("{field}: {source}")]
-    Crypto { field: &'static str, source: CryptoError },
+    Crypto {
+        field: &'static str,
+        source: CryptoError,
+    },
     #[error("an SA with SPI {spi:#010x} ({dir}) is already installed")]
     Duplicate { spi: u32, dir: Direction },
     #[error("the SA table is full ({0} SAs)")]
@@ -317,7 +426,16 @@ mod tests {
     use super::*;
 
     fn base() -> SaConfig {
-        SaConfig::tunnel(0x1000, Direction::Outbound, "10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap(), EncAlg::AesGcm128, &[1; 20], AuthAlg::None, &[])
+        SaConfig::tunnel(
+            0x1000,
+            Direction::Outbound,
+            "10.0.0.1".parse().unwrap(),
+            "10.0.0.2".parse().unwrap(),
+            EncAlg::AesGcm128,
+            &[1; 20],
+            AuthAlg::None,
+            &[],
+        )
     }
 
     #[test]
@@ -330,15 +448,60 @@ mod tests {
         let cases: Vec<(Box<dyn Fn(&mut SaConfig)>, &str, &str)> = vec![
             (Box::new(|c| c.spi = 0), "spi", "reserved"),
             (Box::new(|c| c.spi = 200), "spi", "1-255"),
-            (Box::new(|c| c.enc_key = SecretKey::from_slice(&[1; 16])), "enc_key", "salt"),
+            (
+                Box::new(|c| c.enc_key = SecretKey::from_slice(&[1; 16])),
+                "enc_key",
+                "salt",
+            ),
             (Box::new(|c| c.enc = EncAlg::DesCbc), "enc", "MUST NOT"),
-            (Box::new(|c| { c.enc = EncAlg::AesCbc128; c.enc_key = SecretKey::from_slice(&[1; 16]); c.auth = AuthAlg::HmacSha1_96; c.auth_key = SecretKey::from_slice(&[1; 10]); }), "auth_key", "20 bytes"),
-            (Box::new(|c| c.remote = Some("fd00::1".parse().unwrap())), "remote", "different IP versions"),
+            (
+                Box::new(|c| {
+                    c.enc = EncAlg::AesCbc128;
+                    c.enc_key = SecretKey::from_slice(&[1; 16]);
+                    c.auth = AuthAlg::HmacSha1_96;
+                    c.auth_key = SecretKey::from_slice(&[1; 10]);
+                }),
+                "auth_key",
+                "20 bytes",
+            ),
+            (
+                Box::new(|c| c.remote = Some("fd00::1".parse().unwrap())),
+                "remote",
+                "different IP versions",
+            ),
             (Box::new(|c| c.local = None), "local", "tunnel mode"),
-            (Box::new(|c| c.replay_window = 1 << 20), "replay_window", "maximum"),
-            (Box::new(|c| { c.direction = Direction::Inbound; c.esn = true; c.replay_window = 0; }), "replay_window", "ESN"),
-            (Box::new(|c| { c.lifetime.soft.bytes = Some(10); c.lifetime.hard.bytes = Some(5); }), "lifetime.bytes", "soft"),
-            (Box::new(|c| c.encap = Encap::Udp { local_port: 500, remote_port: 500 }), "encap", "500"),
+            (
+                Box::new(|c| c.replay_window = 1 << 20),
+                "replay_window",
+                "maximum",
+            ),
+            (
+                Box::new(|c| {
+                    c.direction = Direction::Inbound;
+                    c.esn = true;
+                    c.replay_window = 0;
+                }),
+                "replay_window",
+                "ESN",
+            ),
+            (
+                Box::new(|c| {
+                    c.lifetime.soft.bytes = Some(10);
+                    c.lifetime.hard.bytes = Some(5);
+                }),
+                "lifetime.bytes",
+                "soft",
+            ),
+            (
+                Box::new(|c| {
+                    c.encap = Encap::Udp {
+                        local_port: 500,
+                        remote_port: 500,
+                    }
+                }),
+                "encap",
+                "500",
+            ),
             (Box::new(|c| c.ttl = 0), "ttl", "TTL"),
             (Box::new(|c| c.dscp = DscpMode::Set(64)), "dscp", "range"),
         ];
@@ -357,7 +520,10 @@ mod tests {
         let s = format!("{c:?}");
         assert!(s.contains("<20 bytes>"), "{s}");
         assert!(!s.contains("[1, 1"), "{s}");
-        assert_eq!(SecretKey::from_hex("0x0102:ff").unwrap().bytes(), &[1, 2, 255]);
+        assert_eq!(
+            SecretKey::from_hex("0x0102:ff").unwrap().bytes(),
+            &[1, 2, 255]
+        );
         assert!(SecretKey::from_hex("abc").is_none());
     }
 }

@@ -77,7 +77,9 @@ impl LifeState {
             hard_packets: l.hard.packets.unwrap_or(NONE),
             soft_at: ns(l.soft.time, now),
             hard_at: ns(l.hard.time, now),
-            idle_ns: l.idle.map_or(NONE, |d| u64::try_from(d.as_nanos()).unwrap_or(NONE)),
+            idle_ns: l
+                .idle
+                .map_or(NONE, |d| u64::try_from(d.as_nanos()).unwrap_or(NONE)),
             soft_fired: None,
             expired: None,
             next_bytes: 0,
@@ -91,10 +93,26 @@ impl LifeState {
     /// Recompute the fast-path thresholds from the limits still pending.
     fn rearm(&mut self) {
         let soft = self.soft_fired.is_none();
-        self.next_bytes = if soft { self.soft_bytes.min(self.hard_bytes) } else { self.hard_bytes };
-        self.next_packets = if soft { self.soft_packets.min(self.hard_packets) } else { self.hard_packets };
-        let t = if soft { self.soft_at.min(self.hard_at) } else { self.hard_at };
-        let idle = if self.idle_ns == NONE { NONE } else { self.last_used.as_nanos().saturating_add(self.idle_ns) };
+        self.next_bytes = if soft {
+            self.soft_bytes.min(self.hard_bytes)
+        } else {
+            self.hard_bytes
+        };
+        self.next_packets = if soft {
+            self.soft_packets.min(self.hard_packets)
+        } else {
+            self.hard_packets
+        };
+        let t = if soft {
+            self.soft_at.min(self.hard_at)
+        } else {
+            self.hard_at
+        };
+        let idle = if self.idle_ns == NONE {
+            NONE
+        } else {
+            self.last_used.as_nanos().saturating_add(self.idle_ns)
+        };
         self.next_time = t.min(idle);
     }
 
@@ -136,7 +154,9 @@ impl LifeState {
             Some(LimitKind::Bytes)
         } else if self.packets >= self.hard_packets {
             Some(LimitKind::Packets)
-        } else if self.idle_ns != NONE && t.saturating_sub(self.last_used.as_nanos()) >= self.idle_ns {
+        } else if self.idle_ns != NONE
+            && t.saturating_sub(self.last_used.as_nanos()) >= self.idle_ns
+        {
             Some(LimitKind::Idle)
         } else {
             None
@@ -193,7 +213,17 @@ mod tests {
 
     #[test]
     fn packets_soft_then_hard() {
-        let l = Lifetime { soft: Limits { packets: Some(3), ..Default::default() }, hard: Limits { packets: Some(5), ..Default::default() }, idle: None };
+        let l = Lifetime {
+            soft: Limits {
+                packets: Some(3),
+                ..Default::default()
+            },
+            hard: Limits {
+                packets: Some(5),
+                ..Default::default()
+            },
+            idle: None,
+        };
         let mut s = LifeState::new(&l, Timestamp::ZERO);
         let now = Timestamp::from_secs(1);
         let mut evs = vec![];
@@ -201,15 +231,30 @@ mod tests {
             assert!(s.usable(now).0);
             evs.push(s.account(now, 100));
         }
-        assert_eq!(evs, vec![None, None, Some(LifeEvent::Soft(LimitKind::Packets)), None, Some(LifeEvent::Hard(LimitKind::Packets))]);
+        assert_eq!(
+            evs,
+            vec![
+                None,
+                None,
+                Some(LifeEvent::Soft(LimitKind::Packets)),
+                None,
+                Some(LifeEvent::Hard(LimitKind::Packets))
+            ]
+        );
         assert_eq!(s.usable(now), (false, None));
     }
 
     #[test]
     fn time_and_idle() {
         let l = Lifetime {
-            soft: Limits { time: Some(Duration::from_secs(10)), ..Default::default() },
-            hard: Limits { time: Some(Duration::from_secs(20)), ..Default::default() },
+            soft: Limits {
+                time: Some(Duration::from_secs(10)),
+                ..Default::default()
+            },
+            hard: Limits {
+                time: Some(Duration::from_secs(20)),
+                ..Default::default()
+            },
             idle: Some(Duration::from_secs(5)),
         };
         let mut s = LifeState::new(&l, Timestamp::from_secs(100));
@@ -218,17 +263,32 @@ mod tests {
         // idle deadline moved with use: 104 + 5
         assert_eq!(s.usable(Timestamp::from_secs(108)), (true, None));
         s.account(Timestamp::from_secs(108), 1);
-        assert_eq!(s.usable(Timestamp::from_secs(111)), (true, Some(LifeEvent::Soft(LimitKind::Time))));
+        assert_eq!(
+            s.usable(Timestamp::from_secs(111)),
+            (true, Some(LifeEvent::Soft(LimitKind::Time)))
+        );
         s.account(Timestamp::from_secs(111), 1);
-        assert_eq!(s.usable(Timestamp::from_secs(116)), (false, Some(LifeEvent::Hard(LimitKind::Idle))));
+        assert_eq!(
+            s.usable(Timestamp::from_secs(116)),
+            (false, Some(LifeEvent::Hard(LimitKind::Idle)))
+        );
     }
 
     #[test]
     fn bytes_hard_without_soft() {
-        let l = Lifetime { hard: Limits { bytes: Some(1000), ..Default::default() }, ..Default::default() };
+        let l = Lifetime {
+            hard: Limits {
+                bytes: Some(1000),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
         let mut s = LifeState::new(&l, Timestamp::ZERO);
         assert_eq!(s.account(Timestamp::ZERO, 999), None);
-        assert_eq!(s.account(Timestamp::ZERO, 1), Some(LifeEvent::Hard(LimitKind::Bytes)));
+        assert_eq!(
+            s.account(Timestamp::ZERO, 1),
+            Some(LifeEvent::Hard(LimitKind::Bytes))
+        );
         assert!(!s.usable(Timestamp::ZERO).0);
     }
 }

@@ -7,9 +7,11 @@ mod lifetime;
 mod state;
 mod table;
 
-pub use config::{DfMode, DscpMode, EcnMode, Encap, Lifetime, Limits, Mode, SaConfig, SaError, SecretKey};
+pub use config::{
+    DfMode, DscpMode, EcnMode, Encap, Lifetime, Limits, Mode, SaConfig, SaError, SecretKey,
+};
 pub(crate) use lifetime::LifeEvent;
-pub(crate) use state::Outer;
 pub use lifetime::LimitKind;
+pub(crate) use state::Outer;
 pub use state::{Sa, SaCounters, SaStatus};
 pub use table::{SaHandle, SaTable};

@@ -82,8 +82,12 @@ impl Sa {
     /// Build the worker state. Random IV seeds come from the system CSPRNG.
     pub fn new(cfg: &SaConfig, now: Timestamp) -> Result<Sa, SaError> {
         let mut random = [0u8; 16];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
-            .map_err(|_| SaError::Invalid { field: "enc_key", msg: "the system random generator failed".into() })?;
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random).map_err(
+            |_| SaError::Invalid {
+                field: "enc_key",
+                msg: "the system random generator failed".into(),
+            },
+        )?;
         Self::with_random(cfg, now, random)
     }
 
@@ -91,14 +95,35 @@ impl Sa {
     pub fn with_random(cfg: &SaConfig, now: Timestamp, random: [u8; 16]) -> Result<Sa, SaError> {
         cfg.validate()?;
         let outbound = cfg.direction == Direction::Outbound;
-        let xform = Transform::new(cfg.enc, cfg.enc_key.bytes(), cfg.auth, cfg.auth_key.bytes(), outbound, cfg.allow_legacy, random)
-            .map_err(|source| SaError::Crypto { field: "enc", source })?;
+        let xform = Transform::new(
+            cfg.enc,
+            cfg.enc_key.bytes(),
+            cfg.auth,
+            cfg.auth_key.bytes(),
+            outbound,
+            cfg.allow_legacy,
+            random,
+        )
+        .map_err(|source| SaError::Crypto {
+            field: "enc",
+            source,
+        })?;
         let outer = match (cfg.local, cfg.remote) {
-            (Some(IpAddr::V4(l)), Some(IpAddr::V4(r))) => Outer::V4 { local: l.octets(), remote: r.octets() },
-            (Some(IpAddr::V6(l)), Some(IpAddr::V6(r))) => Outer::V6 { local: l.octets(), remote: r.octets() },
+            (Some(IpAddr::V4(l)), Some(IpAddr::V4(r))) => Outer::V4 {
+                local: l.octets(),
+                remote: r.octets(),
+            },
+            (Some(IpAddr::V6(l)), Some(IpAddr::V6(r))) => Outer::V6 {
+                local: l.octets(),
+                remote: r.octets(),
+            },
             _ => Outer::None,
         };
-        let seq_max = if cfg.esn { u64::MAX } else { u64::from(u32::MAX) };
+        let seq_max = if cfg.esn {
+            u64::MAX
+        } else {
+            u64::from(u32::MAX)
+        };
         let info = SaInfo {
             name: cfg.name.clone(),
             local: cfg.local,
@@ -124,7 +149,10 @@ impl Sa {
             outer,
             udp: match cfg.encap {
                 Encap::None => None,
-                Encap::Udp { local_port, remote_port } => Some((local_port, remote_port)),
+                Encap::Udp {
+                    local_port,
+                    remote_port,
+                } => Some((local_port, remote_port)),
             },
             ip_id: (u32::from(random[0]) << 8 | u32::from(random[1])) as u16,
             dscp: cfg.dscp,
@@ -172,7 +200,11 @@ impl Sa {
     /// Whether a decapsulated packet matches the SA's traffic selectors (RFC 4301 §5.2).
     #[inline]
     pub(crate) fn selectors_match(&self, k: &PacketKey) -> bool {
-        self.selectors.is_empty() || self.selectors.iter().any(|s| s.matches(Direction::Inbound, k))
+        self.selectors.is_empty()
+            || self
+                .selectors
+                .iter()
+                .any(|s| s.matches(Direction::Inbound, k))
     }
 
     /// Take the next outbound sequence number, or refuse when it would wrap (RFC 4303
@@ -184,16 +216,36 @@ impl Sa {
         }
         self.seq += 1;
         let ev = if self.seq >= self.seq_soft {
-            if self.seq == self.seq_max { self.life.expire(LimitKind::Sequence) } else { self.life.soft(LimitKind::Sequence) }
+            if self.seq == self.seq_max {
+                self.life.expire(LimitKind::Sequence)
+            } else {
+                self.life.soft(LimitKind::Sequence)
+            }
         } else {
             None
         };
         Ok((self.seq, ev))
     }
 
+    /// The drop reason for a packet on an expired SA.
+    #[cold]
+    pub(crate) fn expired_reason(&self) -> DropReason {
+        if self.life.expired == Some(LimitKind::Sequence) {
+            DropReason::SeqExhausted
+        } else {
+            DropReason::LifetimeExpired
+        }
+    }
+
     /// Test and benchmark hook: continue from sequence number `seq`.
     pub fn set_seq(&mut self, seq: u64) {
         self.seq = seq;
+    }
+
+    /// Test and benchmark hook: let the anti-replay window behave as if `seq` had been
+    /// received (e.g. to place it just below an ESN epoch boundary).
+    pub fn set_replay_top(&mut self, seq: u64) {
+        self.replay.commit(seq);
     }
 
     /// Time-driven lifetime check without traffic (called by the engine's timer sweep).
@@ -203,7 +255,13 @@ impl Sa {
 
     /// A snapshot for `show` and tests.
     pub fn status(&self, now: Timestamp) -> SaStatus {
-        let dur = |ns: u64, base: Timestamp| if ns == u64::MAX { None } else { Some(Duration::from_nanos(ns.saturating_sub(base.as_nanos()))) };
+        let dur = |ns: u64, base: Timestamp| {
+            if ns == u64::MAX {
+                None
+            } else {
+                Some(Duration::from_nanos(ns.saturating_sub(base.as_nanos())))
+            }
+        };
         let lim = |v: u64| if v == u64::MAX { None } else { Some(v) };
         SaStatus {
             info: (*self.info).clone(),
@@ -212,7 +270,11 @@ impl Sa {
             direction: self.dir,
             mode: self.mode,
             esn: self.esn,
-            seq: if self.dir == Direction::Outbound { self.seq } else { self.replay.top() },
+            seq: if self.dir == Direction::Outbound {
+                self.seq
+            } else {
+                self.replay.top()
+            },
             replay_window: self.replay.size(),
             replay_received: self.replay.received_in_window(),
             age: now.since(self.life.created),

@@ -35,7 +35,12 @@ struct Index {
 impl Index {
     fn new(cap: usize) -> Self {
         let n = (cap.max(8) * 2).next_power_of_two();
-        Index { keys: vec![0; n].into_boxed_slice(), vals: vec![EMPTY; n].into_boxed_slice(), len: 0, shift: 64 - n.trailing_zeros() }
+        Index {
+            keys: vec![0; n].into_boxed_slice(),
+            vals: vec![EMPTY; n].into_boxed_slice(),
+            len: 0,
+            shift: 64 - n.trailing_zeros(),
+        }
     }
 
     #[inline(always)]
@@ -178,11 +183,27 @@ impl SaTable {
         self.insert(Sa::new(cfg, now)?)
     }
 
-    fn check_duplicate(&self, dir: Direction, spi: u32, local: Option<(bool, u128)>) -> Result<(), SaError> {
+    fn check_duplicate(
+        &self,
+        dir: Direction,
+        spi: u32,
+        local: Option<(bool, u128)>,
+    ) -> Result<(), SaError> {
         let dup = self.by_spi[dir.index()]
-            .find(spi, |h| self.slots.get(h as usize).and_then(|s| s.as_ref()).is_some_and(|s| s.local_match == local || s.local_match.is_none() || local.is_none()))
+            .find(spi, |h| {
+                self.slots
+                    .get(h as usize)
+                    .and_then(|s| s.as_ref())
+                    .is_some_and(|s| {
+                        s.local_match == local || s.local_match.is_none() || local.is_none()
+                    })
+            })
             .is_some();
-        if dup { Err(SaError::Duplicate { spi, dir }) } else { Ok(()) }
+        if dup {
+            Err(SaError::Duplicate { spi, dir })
+        } else {
+            Ok(())
+        }
     }
 
     /// Install an SA built elsewhere (the control thread builds SAs so that key expansion
@@ -215,7 +236,11 @@ impl SaTable {
     pub fn find(&self, dir: Direction, spi: u32, local: Option<IpAddr>) -> Option<SaHandle> {
         let lk = ip_key(local);
         self.by_spi[dir.index()]
-            .find(spi, |h| self.slots[h as usize].as_ref().is_some_and(|s| lk.is_none() || s.local_match.is_none() || s.local_match == lk))
+            .find(spi, |h| {
+                self.slots[h as usize]
+                    .as_ref()
+                    .is_some_and(|s| lk.is_none() || s.local_match.is_none() || s.local_match == lk)
+            })
             .map(SaHandle)
     }
 
@@ -223,16 +248,14 @@ impl SaTable {
     pub fn remove(&mut self, h: SaHandle) -> Option<Sa> {
         let sa = self.slots.get_mut(h.0 as usize)?.take()?;
         self.by_spi[sa.dir.index()].remove(sa.spi, h.0);
-        if sa.dir == Direction::Outbound && self.out_by_reqid.find(sa.reqid, |v| v == h.0).is_some() {
+        if sa.dir == Direction::Outbound && self.out_by_reqid.find(sa.reqid, |v| v == h.0).is_some()
+        {
             self.out_by_reqid.remove(sa.reqid, h.0);
             // Fall back to another outbound SA of the same reqid, newest first (cold path).
-            if let Some((i, _)) = self
-                .slots
-                .iter()
-                .enumerate()
-                .rev()
-                .find(|(_, s)| s.as_ref().is_some_and(|s| s.dir == Direction::Outbound && s.reqid == sa.reqid))
-            {
+            if let Some((i, _)) = self.slots.iter().enumerate().rev().find(|(_, s)| {
+                s.as_ref()
+                    .is_some_and(|s| s.dir == Direction::Outbound && s.reqid == sa.reqid)
+            }) {
                 self.out_by_reqid.insert(sa.reqid, i as u32);
             }
         }
@@ -247,7 +270,10 @@ impl SaTable {
         let slots = &self.slots;
         self.by_spi[0]
             .find(spi, |h| {
-                slots.get(h as usize).and_then(|s| s.as_ref()).is_some_and(|s| s.accepts_dst(v6, dst))
+                slots
+                    .get(h as usize)
+                    .and_then(|s| s.as_ref())
+                    .is_some_and(|s| s.accepts_dst(v6, dst))
             })
             .map(SaHandle)
     }
@@ -269,7 +295,10 @@ impl SaTable {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (SaHandle, &Sa)> {
-        self.slots.iter().enumerate().filter_map(|(i, s)| s.as_ref().map(|s| (SaHandle(i as u32), s)))
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|s| (SaHandle(i as u32), s)))
     }
 
     /// Slot count (occupied or free), for the engine's timer sweep.
@@ -279,7 +308,10 @@ impl SaTable {
 
     /// Bytes used by the slab and indexes (not counting what each SA owns on the heap).
     pub fn index_bytes(&self) -> usize {
-        self.slots.capacity() * core::mem::size_of::<Option<Sa>>() + self.by_spi[0].bytes() + self.by_spi[1].bytes() + self.out_by_reqid.bytes()
+        self.slots.capacity() * core::mem::size_of::<Option<Sa>>()
+            + self.by_spi[0].bytes()
+            + self.by_spi[1].bytes()
+            + self.out_by_reqid.bytes()
     }
 }
 
@@ -291,7 +323,16 @@ mod tests {
     use std::collections::HashMap;
 
     fn cfg(spi: u32, dir: Direction, local: &str) -> SaConfig {
-        let mut c = SaConfig::tunnel(spi, dir, local.parse().unwrap(), "10.9.9.9".parse().unwrap(), EncAlg::AesGcm128, &[7; 20], AuthAlg::None, &[]);
+        let mut c = SaConfig::tunnel(
+            spi,
+            dir,
+            local.parse().unwrap(),
+            "10.9.9.9".parse().unwrap(),
+            EncAlg::AesGcm128,
+            &[7; 20],
+            AuthAlg::None,
+            &[],
+        );
         c.reqid = spi % 7;
         c
     }
@@ -299,15 +340,35 @@ mod tests {
     #[test]
     fn spi_and_destination() {
         let mut t = SaTable::default();
-        let a = t.install(&cfg(0x1000, Direction::Inbound, "10.0.0.1"), Timestamp::ZERO).unwrap();
-        let b = t.install(&cfg(0x1000, Direction::Inbound, "10.0.0.2"), Timestamp::ZERO).unwrap();
-        assert!(matches!(t.install(&cfg(0x1000, Direction::Inbound, "10.0.0.2"), Timestamp::ZERO), Err(SaError::Duplicate { .. })));
+        let a = t
+            .install(
+                &cfg(0x1000, Direction::Inbound, "10.0.0.1"),
+                Timestamp::ZERO,
+            )
+            .unwrap();
+        let b = t
+            .install(
+                &cfg(0x1000, Direction::Inbound, "10.0.0.2"),
+                Timestamp::ZERO,
+            )
+            .unwrap();
+        assert!(matches!(
+            t.install(
+                &cfg(0x1000, Direction::Inbound, "10.0.0.2"),
+                Timestamp::ZERO
+            ),
+            Err(SaError::Duplicate { .. })
+        ));
         assert_eq!(t.lookup_inbound(0x1000, false, 0x0a00_0001), Some(a));
         assert_eq!(t.lookup_inbound(0x1000, false, 0x0a00_0002), Some(b));
         assert_eq!(t.lookup_inbound(0x1000, false, 0x0a00_0003), None);
         assert_eq!(t.lookup_inbound(0x1001, false, 0x0a00_0001), None);
         // the same SPI outbound is a different SA
-        t.install(&cfg(0x1000, Direction::Outbound, "10.0.0.1"), Timestamp::ZERO).unwrap();
+        t.install(
+            &cfg(0x1000, Direction::Outbound, "10.0.0.1"),
+            Timestamp::ZERO,
+        )
+        .unwrap();
         assert_eq!(t.len(), 3);
         t.remove(a).unwrap();
         assert_eq!(t.lookup_inbound(0x1000, false, 0x0a00_0001), None);

@@ -93,7 +93,12 @@ impl RowStore {
 }
 
 /// Build one dimension by a sweep over the sorted boundaries: O(intervals × words).
-fn build_dim<K: Copy + Ord + std::hash::Hash>(ranges: &[(K, K)], min: K, succ: impl Fn(K) -> Option<K>, store: &mut RowStore) -> Dim<K> {
+fn build_dim<K: Copy + Ord + std::hash::Hash>(
+    ranges: &[(K, K)],
+    min: K,
+    succ: impl Fn(K) -> Option<K>,
+    store: &mut RowStore,
+) -> Dim<K> {
     let words = store.words;
     // events: at `lo` a policy starts, at `hi + 1` it ends
     let mut starts_at: HashMap<K, Vec<usize>> = HashMap::new();
@@ -131,7 +136,10 @@ fn build_dim<K: Copy + Ord + std::hash::Hash>(ranges: &[(K, K)], min: K, succ: i
         starts.push(p);
         rows.push(row);
     }
-    Dim { starts: starts.into_boxed_slice(), rows: rows.into_boxed_slice() }
+    Dim {
+        starts: starts.into_boxed_slice(),
+        rows: rows.into_boxed_slice(),
+    }
 }
 
 /// The classifier for one direction and one address family.
@@ -161,23 +169,38 @@ impl<A: Addr> Table<A> {
             if s.family().is_some_and(|f| f != fam) {
                 continue;
             }
-            let (Some(l), Some(r)) = (A::range(&s.local), A::range(&s.remote)) else { continue };
+            let (Some(l), Some(r)) = (A::range(&s.local), A::range(&s.remote)) else {
+                continue;
+            };
             idx.push(i as u32);
             addr_l.push(l);
             addr_r.push(r);
         }
         let n = idx.len();
         let words = n.div_ceil(64).max(1);
-        let mut store = RowStore { words, data: vec![], index: HashMap::new() };
+        let mut store = RowStore {
+            words,
+            data: vec![],
+            index: HashMap::new(),
+        };
         let succ_a = |a: A| if a == A::MAX { None } else { Some(a.succ()) };
         let local = build_dim(&addr_l, A::ZERO, succ_a, &mut store);
         let remote = build_dim(&addr_r, A::ZERO, succ_a, &mut store);
         let sels: Vec<&Selector> = idx.iter().map(|&i| &selectors[i as usize]).collect();
         let pr: Vec<(u32, u32)> = sels
             .iter()
-            .map(|s| s.proto.map_or((0, 255), |p| (u32::from(p.0), u32::from(p.0))))
+            .map(|s| {
+                s.proto
+                    .map_or((0, 255), |p| (u32::from(p.0), u32::from(p.0)))
+            })
             .collect();
-        let succ_p = |p: u32| if p >= super::selector::PORT_DOMAIN_MAX { None } else { Some(p + 1) };
+        let succ_p = |p: u32| {
+            if p >= super::selector::PORT_DOMAIN_MAX {
+                None
+            } else {
+                Some(p + 1)
+            }
+        };
         let proto_dim = build_dim(&pr, 0u32, succ_p, &mut store);
         let mut proto = Box::new([0u32; 256]);
         for (v, slot) in proto.iter_mut().enumerate() {
@@ -220,9 +243,21 @@ impl<A: Addr> Table<A> {
 
     /// Index (in the direction's policy list) of the first matching policy.
     #[inline]
-    pub(crate) fn lookup(&self, local: A, remote: A, proto: u8, lport: u32, rport: u32, multicast: bool) -> Option<u32> {
+    pub(crate) fn lookup(
+        &self,
+        local: A,
+        remote: A,
+        proto: u8,
+        lport: u32,
+        rport: u32,
+        multicast: bool,
+    ) -> Option<u32> {
         let [a, b, c, d, e] = self.rows_for(local, remote, proto, lport, rport);
-        let m = if multicast { self.unprotected as usize } else { usize::MAX };
+        let m = if multicast {
+            self.unprotected as usize
+        } else {
+            usize::MAX
+        };
         let rows = &self.rows;
         for w in 0..self.words {
             let mut x = rows[a + w] & rows[b + w] & rows[c + w] & rows[d + w] & rows[e + w];
@@ -238,11 +273,23 @@ impl<A: Addr> Table<A> {
     }
 
     /// Every matching policy, in order.
-    pub(crate) fn all(&self, local: A, remote: A, proto: u8, lport: u32, rport: u32, multicast: bool) -> Vec<u32> {
+    pub(crate) fn all(
+        &self,
+        local: A,
+        remote: A,
+        proto: u8,
+        lport: u32,
+        rport: u32,
+        multicast: bool,
+    ) -> Vec<u32> {
         let [a, b, c, d, e] = self.rows_for(local, remote, proto, lport, rport);
         let mut out = vec![];
         for w in 0..self.words {
-            let mut x = self.rows[a + w] & self.rows[b + w] & self.rows[c + w] & self.rows[d + w] & self.rows[e + w];
+            let mut x = self.rows[a + w]
+                & self.rows[b + w]
+                & self.rows[c + w]
+                & self.rows[d + w]
+                & self.rows[e + w];
             if multicast {
                 x &= self.rows[self.unprotected as usize + w];
             }
@@ -260,12 +307,20 @@ impl<A: Addr> Table<A> {
     /// Elementary port intervals (inclusive) of the local or remote port field that intersect
     /// `[lo, hi]`: the places where the answer of the policy test can change.
     pub(crate) fn port_cuts(&self, remote: bool, lo: u32, hi: u32) -> Vec<(u32, u32)> {
-        let d = if remote { &self.remote_port } else { &self.local_port };
+        let d = if remote {
+            &self.remote_port
+        } else {
+            &self.local_port
+        };
         let mut out = vec![];
         let mut i = d.interval(lo);
         let mut start = lo;
         loop {
-            let end = d.starts.get(i + 1).map_or(super::selector::PORT_DOMAIN_MAX, |n| n - 1).min(hi);
+            let end = d
+                .starts
+                .get(i + 1)
+                .map_or(super::selector::PORT_DOMAIN_MAX, |n| n - 1)
+                .min(hi);
             out.push((start, end));
             if end >= hi {
                 break;

@@ -30,7 +30,10 @@ pub struct SaBundle {
 
 impl SaBundle {
     pub fn single(reqid: u32) -> Self {
-        Self { reqids: [reqid, 0, 0, 0], len: 1 }
+        Self {
+            reqids: [reqid, 0, 0, 0],
+            len: 1,
+        }
     }
 
     /// A bundle of 1 to [`MAX_BUNDLE`] SAs, innermost first.
@@ -40,7 +43,10 @@ impl SaBundle {
         }
         let mut r = [0; MAX_BUNDLE];
         r[..reqids.len()].copy_from_slice(reqids);
-        Some(Self { reqids: r, len: reqids.len() as u8 })
+        Some(Self {
+            reqids: r,
+            len: reqids.len() as u8,
+        })
     }
 
     pub fn reqids(&self) -> &[u32] {
@@ -114,7 +120,11 @@ pub struct SpdConfig {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpdError {
     #[error("policy {name:?} ({dir}): {source}")]
-    Selector { name: String, dir: Direction, source: SelectorError },
+    Selector {
+        name: String,
+        dir: Direction,
+        source: SelectorError,
+    },
     #[error("policy name {0:?} is used twice in the same direction")]
     DuplicateName(String),
 }
@@ -142,8 +152,14 @@ struct DirTables {
 impl DirTables {
     fn build(policies: &[Policy]) -> Self {
         let sels: Vec<Selector> = policies.iter().map(|p| p.selector).collect();
-        let protect: Vec<bool> = policies.iter().map(|p| matches!(p.action, Action::Protect(_))).collect();
-        DirTables { v4: Table::build(&sels, &protect, Family::V4), v6: Table::build(&sels, &protect, Family::V6) }
+        let protect: Vec<bool> = policies
+            .iter()
+            .map(|p| matches!(p.action, Action::Protect(_)))
+            .collect();
+        DirTables {
+            v4: Table::build(&sels, &protect, Family::V4),
+            v6: Table::build(&sels, &protect, Family::V6),
+        }
     }
 
     #[inline]
@@ -153,7 +169,8 @@ impl DirTables {
         if k.v6 {
             self.v6.lookup(l, r, k.proto, lp, rp, k.dst_multicast)
         } else {
-            self.v4.lookup(l as u32, r as u32, k.proto, lp, rp, k.dst_multicast)
+            self.v4
+                .lookup(l as u32, r as u32, k.proto, lp, rp, k.dst_multicast)
         }
     }
 
@@ -163,7 +180,8 @@ impl DirTables {
         if k.v6 {
             self.v6.all(l, r, k.proto, lp, rp, k.dst_multicast)
         } else {
-            self.v4.all(l as u32, r as u32, k.proto, lp, rp, k.dst_multicast)
+            self.v4
+                .all(l as u32, r as u32, k.proto, lp, rp, k.dst_multicast)
         }
     }
 }
@@ -209,24 +227,35 @@ impl Spd {
         for dir in [Direction::Inbound, Direction::Outbound] {
             let mut names = std::collections::HashSet::new();
             for p in config.policies(dir) {
-                p.selector
-                    .validate()
-                    .map_err(|source| SpdError::Selector { name: p.name.clone(), dir, source })?;
+                p.selector.validate().map_err(|source| SpdError::Selector {
+                    name: p.name.clone(),
+                    dir,
+                    source,
+                })?;
                 if !p.name.is_empty() && !names.insert(p.name.as_str()) {
                     return Err(SpdError::DuplicateName(p.name.clone()));
                 }
             }
         }
-        let tables = [DirTables::build(&config.inbound), DirTables::build(&config.outbound)];
+        let tables = [
+            DirTables::build(&config.inbound),
+            DirTables::build(&config.outbound),
+        ];
         Ok(Spd { config, tables })
     }
 
     /// An SPD with no policies: everything outbound is discarded, inbound plaintext gets the
     /// default.
     pub fn empty(inbound_default: InboundDefault) -> Spd {
-        let cfg = SpdConfig { inbound_default, ..SpdConfig::default() };
+        let cfg = SpdConfig {
+            inbound_default,
+            ..SpdConfig::default()
+        };
         let tables = [DirTables::build(&[]), DirTables::build(&[])];
-        Spd { config: cfg, tables }
+        Spd {
+            config: cfg,
+            tables,
+        }
     }
 
     pub fn config(&self) -> &SpdConfig {
@@ -253,10 +282,17 @@ impl Spd {
     pub fn lookup(&self, dir: Direction, k: &PacketKey) -> Lookup<'_> {
         match self.tables[dir.index()].lookup(dir, k) {
             Some(index) => match self.policies(dir).get(index as usize) {
-                Some(p) => Lookup::Policy { index, action: &p.action },
-                None => Lookup::Default { action: Disposition::Discard },
+                Some(p) => Lookup::Policy {
+                    index,
+                    action: &p.action,
+                },
+                None => Lookup::Default {
+                    action: Disposition::Discard,
+                },
             },
-            None => Lookup::Default { action: self.default_disposition(dir) },
+            None => Lookup::Default {
+                action: self.default_disposition(dir),
+            },
         }
     }
 
@@ -264,30 +300,51 @@ impl Spd {
     /// reference the compiled structure is tested against.
     pub fn lookup_linear(&self, dir: Direction, k: &PacketKey) -> Option<usize> {
         self.policies(dir).iter().position(|p| {
-            p.selector.matches(dir, k) && !(k.dst_multicast && matches!(p.action, Action::Protect(_)))
+            p.selector.matches(dir, k)
+                && !(k.dst_multicast && matches!(p.action, Action::Protect(_)))
         })
     }
 
     /// The policy test: first match, every match, and the resulting disposition.
     pub fn test(&self, dir: Direction, k: &PacketKey) -> PolicyTest {
-        let matches: Vec<usize> = self.tables[dir.index()].all(dir, k).into_iter().map(|i| i as usize).collect();
+        let matches: Vec<usize> = self.tables[dir.index()]
+            .all(dir, k)
+            .into_iter()
+            .map(|i| i as usize)
+            .collect();
         let first = matches.first().copied();
         let disposition = match first.and_then(|i| self.policies(dir).get(i)) {
             Some(p) => p.action.disposition(),
             None => self.default_disposition(dir),
         };
-        PolicyTest { first, matches, disposition }
+        PolicyTest {
+            first,
+            matches,
+            disposition,
+        }
     }
 
     /// The policy test over ranges of local and remote ports (or ICMP type and code): the
     /// ranges are cut where some policy's port selector starts or ends, and each piece gets
     /// its own answer; neighbouring pieces with the same answer are merged.
-    pub fn test_ranges(&self, dir: Direction, k: &PacketKey, local: (u32, u32), remote: (u32, u32)) -> Vec<PolicyTestSplit> {
+    pub fn test_ranges(
+        &self,
+        dir: Direction,
+        k: &PacketKey,
+        local: (u32, u32),
+        remote: (u32, u32),
+    ) -> Vec<PolicyTestSplit> {
         let t = &self.tables[dir.index()];
         let (lc, rc) = if k.v6 {
-            (t.v6.port_cuts(false, local.0, local.1), t.v6.port_cuts(true, remote.0, remote.1))
+            (
+                t.v6.port_cuts(false, local.0, local.1),
+                t.v6.port_cuts(true, remote.0, remote.1),
+            )
         } else {
-            (t.v4.port_cuts(false, local.0, local.1), t.v4.port_cuts(true, remote.0, remote.1))
+            (
+                t.v4.port_cuts(false, local.0, local.1),
+                t.v4.port_cuts(true, remote.0, remote.1),
+            )
         };
         let mut out: Vec<PolicyTestSplit> = vec![];
         for &(llo, lhi) in &lc {
@@ -295,20 +352,38 @@ impl Spd {
             for &(rlo, rhi) in &rc {
                 let mut key = *k;
                 // place the probe in the requested orientation
-                let (sp, dp) = if k.src_port >= selector::ICMP_BASE || dir == Direction::Outbound { (llo, rlo) } else { (rlo, llo) };
+                let (sp, dp) = if k.src_port >= selector::ICMP_BASE || dir == Direction::Outbound {
+                    (llo, rlo)
+                } else {
+                    (rlo, llo)
+                };
                 key.src_port = sp;
                 key.dst_port = dp;
                 let result = self.test(dir, &key);
                 match row.last_mut() {
-                    Some(prev) if prev.result == result && prev.remote_ports.1 + 1 == rlo => prev.remote_ports.1 = rhi,
-                    _ => row.push(PolicyTestSplit { local_ports: (llo, lhi), remote_ports: (rlo, rhi), result }),
+                    Some(prev) if prev.result == result && prev.remote_ports.1 + 1 == rlo => {
+                        prev.remote_ports.1 = rhi
+                    }
+                    _ => row.push(PolicyTestSplit {
+                        local_ports: (llo, lhi),
+                        remote_ports: (rlo, rhi),
+                        result,
+                    }),
                 }
             }
             // merge with the previous local range if every remote piece agrees
             let same = {
-                let prev: Vec<_> = out.iter().rev().take_while(|s| s.local_ports.1 + 1 == llo).collect();
+                let prev: Vec<_> = out
+                    .iter()
+                    .rev()
+                    .take_while(|s| s.local_ports.1 + 1 == llo)
+                    .collect();
                 prev.len() == row.len()
-                    && prev.iter().rev().zip(&row).all(|(a, b)| a.result == b.result && a.remote_ports == b.remote_ports)
+                    && prev
+                        .iter()
+                        .rev()
+                        .zip(&row)
+                        .all(|(a, b)| a.result == b.result && a.remote_ports == b.remote_ports)
             };
             if same {
                 let n = row.len();
@@ -325,7 +400,10 @@ impl Spd {
 
     /// Bytes used by the compiled tables (both directions and families).
     pub fn memory_bytes(&self) -> usize {
-        self.tables.iter().map(|t| t.v4.memory_bytes() + t.v6.memory_bytes()).sum()
+        self.tables
+            .iter()
+            .map(|t| t.v4.memory_bytes() + t.v6.memory_bytes())
+            .sum()
     }
 }
 
@@ -337,11 +415,21 @@ mod tests {
     use std::net::IpAddr;
 
     fn pol(name: &str, sel: Selector, action: Action) -> Policy {
-        Policy { name: name.into(), selector: sel, action }
+        Policy {
+            name: name.into(),
+            selector: sel,
+            action,
+        }
     }
 
     fn key(proto: u8, src: &str, sp: Option<u16>, dst: &str, dp: Option<u16>) -> PacketKey {
-        PacketKey::describe(Some(IpProtocol(proto)), src.parse::<IpAddr>().unwrap(), sp, dst.parse::<IpAddr>().unwrap(), dp)
+        PacketKey::describe(
+            Some(IpProtocol(proto)),
+            src.parse::<IpAddr>().unwrap(),
+            sp,
+            dst.parse::<IpAddr>().unwrap(),
+            dp,
+        )
     }
 
     /// The seed appliance's transport policies: ICMP bypass, an explicit DISCARD, PROTECT.
@@ -353,7 +441,10 @@ mod tests {
         let mut telnet = Selector::addresses("10.0.0.0/8".parse().unwrap(), AddrRange::Any);
         telnet.proto = Some(IpProtocol::TCP);
         telnet.remote_port = PortSel::port(23);
-        let prot = Selector::addresses("10.1.0.0/24".parse().unwrap(), "10.2.0.0/24".parse().unwrap());
+        let prot = Selector::addresses(
+            "10.1.0.0/24".parse().unwrap(),
+            "10.2.0.0/24".parse().unwrap(),
+        );
         let cfg = SpdConfig {
             outbound: vec![
                 pol("icmp", icmp, Action::Bypass),
@@ -372,15 +463,35 @@ mod tests {
         let spd = sample();
         let d = Direction::Outbound;
         let k = key(1, "10.1.0.5", Some(8), "10.2.0.5", Some(0));
-        assert!(matches!(spd.lookup(d, &k), Lookup::Policy { index: 0, action: Action::Bypass }));
+        assert!(matches!(
+            spd.lookup(d, &k),
+            Lookup::Policy {
+                index: 0,
+                action: Action::Bypass
+            }
+        ));
         let k = key(6, "10.1.0.5", Some(4000), "10.2.0.5", Some(23));
         assert!(matches!(spd.lookup(d, &k), Lookup::Policy { index: 2, .. }));
         let k = key(6, "10.1.0.5", Some(4000), "10.2.0.5", Some(22));
-        assert!(matches!(spd.lookup(d, &k), Lookup::Policy { index: 3, action: Action::Protect(_) }));
+        assert!(matches!(
+            spd.lookup(d, &k),
+            Lookup::Policy {
+                index: 3,
+                action: Action::Protect(_)
+            }
+        ));
         let k = key(17, "10.9.0.5", Some(4000), "10.2.0.5", Some(22));
-        assert_eq!(spd.lookup(d, &k), Lookup::Default { action: Disposition::Discard });
+        assert_eq!(
+            spd.lookup(d, &k),
+            Lookup::Default {
+                action: Disposition::Discard
+            }
+        );
         let t = spd.test(d, &key(6, "10.1.0.5", Some(4000), "10.2.0.5", Some(23)));
-        assert_eq!((t.first, t.matches.clone(), t.disposition), (Some(2), vec![2, 3], Disposition::Discard));
+        assert_eq!(
+            (t.first, t.matches.clone(), t.disposition),
+            (Some(2), vec![2, 3], Disposition::Discard)
+        );
     }
 
     #[test]
@@ -396,40 +507,79 @@ mod tests {
         };
         let spd2 = cfg.compile().unwrap();
         let k = key(17, "10.1.0.5", Some(1), "224.0.0.5", Some(2));
-        assert!(matches!(spd2.lookup(Direction::Outbound, &k), Lookup::Policy { index: 1, .. }));
+        assert!(matches!(
+            spd2.lookup(Direction::Outbound, &k),
+            Lookup::Policy { index: 1, .. }
+        ));
         let k = key(17, "10.1.0.5", Some(1), "255.255.255.255", Some(2));
-        assert!(matches!(spd2.lookup(Direction::Outbound, &k), Lookup::Policy { index: 1, .. }));
+        assert!(matches!(
+            spd2.lookup(Direction::Outbound, &k),
+            Lookup::Policy { index: 1, .. }
+        ));
         let k = key(17, "fd00::1", Some(1), "ff02::1", Some(2));
-        assert!(matches!(spd2.lookup(Direction::Outbound, &k), Lookup::Policy { index: 1, .. }));
+        assert!(matches!(
+            spd2.lookup(Direction::Outbound, &k),
+            Lookup::Policy { index: 1, .. }
+        ));
         let k = key(17, "10.1.0.5", Some(1), "10.2.0.5", Some(2));
-        assert!(matches!(spd2.lookup(Direction::Outbound, &k), Lookup::Policy { index: 0, .. }));
+        assert!(matches!(
+            spd2.lookup(Direction::Outbound, &k),
+            Lookup::Policy { index: 0, .. }
+        ));
         let _ = spd;
     }
 
     #[test]
     fn inbound_default_and_families() {
-        let cfg = SpdConfig { inbound_default: InboundDefault::Bypass, ..Default::default() };
+        let cfg = SpdConfig {
+            inbound_default: InboundDefault::Bypass,
+            ..Default::default()
+        };
         let spd = cfg.compile().unwrap();
         let k = key(17, "fd00::1", Some(1), "fd00::2", Some(2));
-        assert_eq!(spd.lookup(Direction::Inbound, &k), Lookup::Default { action: Disposition::Bypass });
-        assert_eq!(spd.lookup(Direction::Outbound, &k), Lookup::Default { action: Disposition::Discard });
+        assert_eq!(
+            spd.lookup(Direction::Inbound, &k),
+            Lookup::Default {
+                action: Disposition::Bypass
+            }
+        );
+        assert_eq!(
+            spd.lookup(Direction::Outbound, &k),
+            Lookup::Default {
+                action: Disposition::Discard
+            }
+        );
         // a v4 policy never matches v6 packets
         let spd = sample();
         let k = key(6, "fd00::1", Some(4000), "fd00::2", Some(23));
-        assert_eq!(spd.lookup(Direction::Outbound, &k), Lookup::Default { action: Disposition::Discard });
+        assert_eq!(
+            spd.lookup(Direction::Outbound, &k),
+            Lookup::Default {
+                action: Disposition::Discard
+            }
+        );
         let k = key(58, "fd00::1", Some(128), "fd00::2", Some(0));
-        assert!(matches!(spd.lookup(Direction::Outbound, &k), Lookup::Policy { index: 1, .. }));
+        assert!(matches!(
+            spd.lookup(Direction::Outbound, &k),
+            Lookup::Policy { index: 1, .. }
+        ));
     }
 
     #[test]
     fn invalid_policy_is_named() {
         let mut s = Selector::ANY;
         s.local_port = PortSel::port(80);
-        let cfg = SpdConfig { outbound: vec![pol("web", s, Action::Bypass)], ..Default::default() };
+        let cfg = SpdConfig {
+            outbound: vec![pol("web", s, Action::Bypass)],
+            ..Default::default()
+        };
         let e = cfg.compile().unwrap_err();
         assert!(e.to_string().contains("web"), "{e}");
         let cfg = SpdConfig {
-            outbound: vec![pol("x", Selector::ANY, Action::Bypass), pol("x", Selector::ANY, Action::Discard)],
+            outbound: vec![
+                pol("x", Selector::ANY, Action::Bypass),
+                pol("x", Selector::ANY, Action::Discard),
+            ],
             ..Default::default()
         };
         assert!(matches!(cfg.compile(), Err(SpdError::DuplicateName(_))));
@@ -453,9 +603,20 @@ mod tests {
     fn arb_addr() -> impl Strategy<Value = AddrRange> {
         prop_oneof![
             Just(AddrRange::Any),
-            (0u32..64, 20u8..=32).prop_map(|(a, l)| AddrRange::prefix(IpAddr::from([10, 0, (a / 8) as u8, (a * 31) as u8]), l).unwrap()),
-            (0u32..512, 0u32..64).prop_map(|(a, n)| AddrRange::V4 { lo: 0x0a00_0000 + a, hi: 0x0a00_0000 + a + n }),
-            (0u128..64, 112u8..=128).prop_map(|(a, l)| AddrRange::prefix(IpAddr::from(std::net::Ipv6Addr::from((0xfd00u128 << 112) | (a << 8))), l).unwrap()),
+            (0u32..64, 20u8..=32).prop_map(|(a, l)| AddrRange::prefix(
+                IpAddr::from([10, 0, (a / 8) as u8, (a * 31) as u8]),
+                l
+            )
+            .unwrap()),
+            (0u32..512, 0u32..64).prop_map(|(a, n)| AddrRange::V4 {
+                lo: 0x0a00_0000 + a,
+                hi: 0x0a00_0000 + a + n
+            }),
+            (0u128..64, 112u8..=128).prop_map(|(a, l)| AddrRange::prefix(
+                IpAddr::from(std::net::Ipv6Addr::from((0xfd00u128 << 112) | (a << 8))),
+                l
+            )
+            .unwrap()),
         ]
     }
 
@@ -468,12 +629,38 @@ mod tests {
     }
 
     fn arb_policy() -> impl Strategy<Value = Policy> {
-        (arb_addr(), arb_addr(), prop_oneof![Just(None), Just(Some(6u8)), Just(Some(17)), Just(Some(1)), Just(Some(58)), Just(Some(50))], arb_ports(), arb_ports(), 0u8..3, 0u8..20, 0u8..5)
+        (
+            arb_addr(),
+            arb_addr(),
+            prop_oneof![
+                Just(None),
+                Just(Some(6u8)),
+                Just(Some(17)),
+                Just(Some(1)),
+                Just(Some(58)),
+                Just(Some(50))
+            ],
+            arb_ports(),
+            arb_ports(),
+            0u8..3,
+            0u8..20,
+            0u8..5,
+        )
             .prop_map(|(l, r, proto, lp, rp, act, t, c)| {
                 let proto = proto.map(IpProtocol);
-                let mut s = Selector { local: l, remote: r, proto, local_port: lp, remote_port: rp };
+                let mut s = Selector {
+                    local: l,
+                    remote: r,
+                    proto,
+                    local_port: lp,
+                    remote_port: rp,
+                };
                 if !proto.is_some_and(|p| p.has_ports()) {
-                    s.local_port = if proto.is_some_and(|p| p.is_icmp()) && t < 10 { PortSel::Icmp { lo: t, hi: t + c } } else { PortSel::Any };
+                    s.local_port = if proto.is_some_and(|p| p.is_icmp()) && t < 10 {
+                        PortSel::Icmp { lo: t, hi: t + c }
+                    } else {
+                        PortSel::Any
+                    };
                     s.remote_port = PortSel::Any;
                 }
                 let action = match act {
@@ -481,19 +668,44 @@ mod tests {
                     1 => Action::Discard,
                     _ => Action::Protect(SaBundle::single(1)),
                 };
-                Policy { name: String::new(), selector: s, action }
+                Policy {
+                    name: String::new(),
+                    selector: s,
+                    action,
+                }
             })
             .prop_filter("valid", |p| p.selector.validate().is_ok())
     }
 
     fn arb_key() -> impl Strategy<Value = PacketKey> {
-        (any::<bool>(), 0u128..600, 0u128..600, prop_oneof![Just(6u8), Just(17), Just(1), Just(58), Just(50), Just(47)], 0u16..160, 0u16..160, any::<bool>(), any::<bool>())
+        (
+            any::<bool>(),
+            0u128..600,
+            0u128..600,
+            prop_oneof![Just(6u8), Just(17), Just(1), Just(58), Just(50), Just(47)],
+            0u16..160,
+            0u16..160,
+            any::<bool>(),
+            any::<bool>(),
+        )
             .prop_map(|(v6, s, d, proto, sp, dp, opaque, mc)| {
                 let base: u128 = if v6 { 0xfd00u128 << 112 } else { 0x0a00_0000 };
-                let dst = if mc { if v6 { 0xff02u128 << 112 } else { 0xe000_0005 } } else { base + d * 3 };
+                let dst = if mc {
+                    if v6 { 0xff02u128 << 112 } else { 0xe000_0005 }
+                } else {
+                    base + d * 3
+                };
                 let src = base + s * 5;
                 let (src, dst) = (src, dst);
-                let mut k = PacketKey { v6, src, dst, proto, src_port: u32::from(sp), dst_port: u32::from(dp), dst_multicast: selector::is_multicast(v6, dst) };
+                let mut k = PacketKey {
+                    v6,
+                    src,
+                    dst,
+                    proto,
+                    src_port: u32::from(sp),
+                    dst_port: u32::from(dp),
+                    dst_multicast: selector::is_multicast(v6, dst),
+                };
                 if IpProtocol(proto).is_icmp() {
                     k.src_port = selector::ICMP_BASE + u32::from(sp % 16);
                     k.dst_port = selector::ICMP_BASE + u32::from(dp % 4);

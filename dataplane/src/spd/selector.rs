@@ -91,12 +91,18 @@ pub enum SelectorError {
     IcmpWithoutIcmp,
     #[error("protocol {proto} does not belong to IPv{version} addresses")]
     IcmpFamily { proto: &'static str, version: u8 },
-    #[error("invalid protocol {0:?} (expected any, a name like tcp, udp, icmp, ipv6-icmp, esp, gre, or 0-255)")]
+    #[error(
+        "invalid protocol {0:?} (expected any, a name like tcp, udp, icmp, ipv6-icmp, esp, gre, or 0-255)"
+    )]
     Protocol(String),
 }
 
 fn v6_prefix_mask(len: u8) -> u128 {
-    if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) }
+    if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(len))
+    }
 }
 
 impl AddrRange {
@@ -120,7 +126,11 @@ impl AddrRange {
                 if len > 32 {
                     return Err(SelectorError::PrefixLength { len, max: 32 });
                 }
-                let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+                let mask = if len == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - u32::from(len))
+                };
                 let lo = u32::from(a) & mask;
                 Ok(AddrRange::V4 { lo, hi: lo | !mask })
             }
@@ -137,12 +147,14 @@ impl AddrRange {
 
     pub fn range(first: IpAddr, last: IpAddr) -> Result<Self, SelectorError> {
         match (first, last) {
-            (IpAddr::V4(a), IpAddr::V4(b)) if u32::from(a) <= u32::from(b) => {
-                Ok(AddrRange::V4 { lo: a.into(), hi: b.into() })
-            }
-            (IpAddr::V6(a), IpAddr::V6(b)) if u128::from(a) <= u128::from(b) => {
-                Ok(AddrRange::V6 { lo: a.into(), hi: b.into() })
-            }
+            (IpAddr::V4(a), IpAddr::V4(b)) if u32::from(a) <= u32::from(b) => Ok(AddrRange::V4 {
+                lo: a.into(),
+                hi: b.into(),
+            }),
+            (IpAddr::V6(a), IpAddr::V6(b)) if u128::from(a) <= u128::from(b) => Ok(AddrRange::V6 {
+                lo: a.into(),
+                hi: b.into(),
+            }),
             (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => {
                 Err(SelectorError::EmptyRange(format!("{first}-{last}")))
             }
@@ -185,9 +197,16 @@ impl FromStr for AddrRange {
         if s.eq_ignore_ascii_case("any") {
             return Ok(AddrRange::Any);
         }
-        let ip = |t: &str| t.trim().parse::<IpAddr>().map_err(|_| SelectorError::Address(t.trim().to_owned()));
+        let ip = |t: &str| {
+            t.trim()
+                .parse::<IpAddr>()
+                .map_err(|_| SelectorError::Address(t.trim().to_owned()))
+        };
         if let Some((a, len)) = s.split_once('/') {
-            let len: u8 = len.trim().parse().map_err(|_| SelectorError::Address(s.to_owned()))?;
+            let len: u8 = len
+                .trim()
+                .parse()
+                .map_err(|_| SelectorError::Address(s.to_owned()))?;
             return AddrRange::prefix(ip(a)?, len);
         }
         if let Some((a, b)) = s.split_once('-') {
@@ -205,8 +224,14 @@ impl fmt::Display for AddrRange {
                 let size = hi - lo;
                 if lo == hi {
                     write!(f, "{}", Ipv4Addr::from(lo))
-                } else if (size.wrapping_add(1)).is_power_of_two() && lo & size == 0 || (lo == 0 && hi == u32::MAX) {
-                    let len = if lo == 0 && hi == u32::MAX { 0 } else { 32 - (size + 1).trailing_zeros() };
+                } else if (size.wrapping_add(1)).is_power_of_two() && lo & size == 0
+                    || (lo == 0 && hi == u32::MAX)
+                {
+                    let len = if lo == 0 && hi == u32::MAX {
+                        0
+                    } else {
+                        32 - (size + 1).trailing_zeros()
+                    };
                     write!(f, "{}/{}", Ipv4Addr::from(lo), len)
                 } else {
                     write!(f, "{}-{}", Ipv4Addr::from(lo), Ipv4Addr::from(hi))
@@ -219,7 +244,12 @@ impl fmt::Display for AddrRange {
                 } else if lo == 0 && hi == u128::MAX {
                     write!(f, "{}/0", Ipv6Addr::from(lo))
                 } else if (size + 1).is_power_of_two() && lo & size == 0 {
-                    write!(f, "{}/{}", Ipv6Addr::from(lo), 128 - (size + 1).trailing_zeros())
+                    write!(
+                        f,
+                        "{}/{}",
+                        Ipv6Addr::from(lo),
+                        128 - (size + 1).trailing_zeros()
+                    )
                 } else {
                     write!(f, "{}-{}", Ipv6Addr::from(lo), Ipv6Addr::from(hi))
                 }
@@ -277,7 +307,10 @@ impl FromStr for PortSel {
         }
         let bad = || SelectorError::Port(t.to_owned());
         let (lo, hi) = match t.split_once('-') {
-            Some((a, b)) => (a.trim().parse::<u16>().map_err(|_| bad())?, b.trim().parse::<u16>().map_err(|_| bad())?),
+            Some((a, b)) => (
+                a.trim().parse::<u16>().map_err(|_| bad())?,
+                b.trim().parse::<u16>().map_err(|_| bad())?,
+            ),
             None => {
                 let p = t.parse::<u16>().map_err(|_| bad())?;
                 (p, p)
@@ -319,7 +352,9 @@ pub fn parse_protocol(s: &str) -> Result<Option<IpProtocol>, SelectorError> {
         "ipip" | "ipv4" => 4,
         "ipv6" => 41,
         "ospf" => 89,
-        n => n.parse::<u8>().map_err(|_| SelectorError::Protocol(s.to_owned()))?,
+        n => n
+            .parse::<u8>()
+            .map_err(|_| SelectorError::Protocol(s.to_owned()))?,
     };
     Ok(Some(IpProtocol(p)))
 }
@@ -355,7 +390,11 @@ impl Selector {
 
     /// Local and remote addresses, anything else.
     pub fn addresses(local: AddrRange, remote: AddrRange) -> Self {
-        Selector { local, remote, ..Self::ANY }
+        Selector {
+            local,
+            remote,
+            ..Self::ANY
+        }
     }
 
     /// Which address family the selector's addresses limit it to, if any.
@@ -373,10 +412,16 @@ impl Selector {
         let addr_family = self.local.family().or(self.remote.family());
         match self.proto {
             Some(IpProtocol::ICMP) if addr_family == Some(Family::V6) => {
-                return Err(SelectorError::IcmpFamily { proto: "icmp", version: 6 });
+                return Err(SelectorError::IcmpFamily {
+                    proto: "icmp",
+                    version: 6,
+                });
             }
             Some(IpProtocol::ICMPV6) if addr_family == Some(Family::V4) => {
-                return Err(SelectorError::IcmpFamily { proto: "ipv6-icmp", version: 4 });
+                return Err(SelectorError::IcmpFamily {
+                    proto: "ipv6-icmp",
+                    version: 4,
+                });
             }
             _ => {}
         }
@@ -413,7 +458,11 @@ impl fmt::Display for Selector {
             write!(f, " proto {p}")?;
         }
         let icmp = self.proto.is_some_and(|p| p.is_icmp());
-        let (ln, rn) = if icmp { ("type", "code") } else { ("local-port", "remote-port") };
+        let (ln, rn) = if icmp {
+            ("type", "code")
+        } else {
+            ("local-port", "remote-port")
+        };
         if self.local_port != PortSel::Any {
             write!(f, " {ln} {}", self.local_port)?;
         }
@@ -463,18 +512,40 @@ impl PacketKey {
     }
 
     /// Describe a packet for the policy test (no bytes needed).
-    pub fn describe(proto: Option<IpProtocol>, src: IpAddr, src_port: Option<u16>, dst: IpAddr, dst_port: Option<u16>) -> Self {
+    pub fn describe(
+        proto: Option<IpProtocol>,
+        src: IpAddr,
+        src_port: Option<u16>,
+        dst: IpAddr,
+        dst_port: Option<u16>,
+    ) -> Self {
         let (v6, s, d) = match (src, dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => (false, u128::from(u32::from(s)), u128::from(u32::from(d))),
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                (false, u128::from(u32::from(s)), u128::from(u32::from(d)))
+            }
             (s, d) => (true, to_u128(s), to_u128(d)),
         };
         let proto = proto.map_or(0, |p| p.0);
         let (sp, dp) = if IpProtocol(proto).is_icmp() {
-            (src_port.map_or(OPAQUE, |t| ICMP_BASE + u32::from(t & 0xff)), dst_port.map_or(OPAQUE, |c| ICMP_BASE + u32::from(c & 0xff)))
+            (
+                src_port.map_or(OPAQUE, |t| ICMP_BASE + u32::from(t & 0xff)),
+                dst_port.map_or(OPAQUE, |c| ICMP_BASE + u32::from(c & 0xff)),
+            )
         } else {
-            (src_port.map_or(OPAQUE, u32::from), dst_port.map_or(OPAQUE, u32::from))
+            (
+                src_port.map_or(OPAQUE, u32::from),
+                dst_port.map_or(OPAQUE, u32::from),
+            )
         };
-        PacketKey { v6, src: s, dst: d, proto, src_port: sp, dst_port: dp, dst_multicast: is_multicast(v6, d) }
+        PacketKey {
+            v6,
+            src: s,
+            dst: d,
+            proto,
+            src_port: sp,
+            dst_port: dp,
+            dst_multicast: is_multicast(v6, d),
+        }
     }
 
     /// Extract the key from an IP packet (IPv4 or IPv6, by the version nibble).
@@ -494,7 +565,15 @@ impl PacketKey {
                 } else {
                     ports_of(proto, ip.payload(), ip.is_fragment())?
                 };
-                Ok(PacketKey { v6: false, src, dst, proto: proto.0, src_port: sp, dst_port: dp, dst_multicast: is_multicast(false, dst) })
+                Ok(PacketKey {
+                    v6: false,
+                    src,
+                    dst,
+                    proto: proto.0,
+                    src_port: sp,
+                    dst_port: dp,
+                    dst_multicast: is_multicast(false, dst),
+                })
             }
             Some(6) => {
                 let ip = Ipv6Packet::new_checked(packet)?;
@@ -507,7 +586,15 @@ impl PacketKey {
                     let end = ip.total_len();
                     ports_of(ul.protocol, &packet[ul.offset..end], ul.fragment)?
                 };
-                Ok(PacketKey { v6: true, src, dst, proto: ul.protocol.0, src_port: sp, dst_port: dp, dst_multicast: is_multicast(true, dst) })
+                Ok(PacketKey {
+                    v6: true,
+                    src,
+                    dst,
+                    proto: ul.protocol.0,
+                    src_port: sp,
+                    dst_port: dp,
+                    dst_multicast: is_multicast(true, dst),
+                })
             }
             Some(_) => Err(WireError::Malformed),
             None => Err(WireError::Truncated),
@@ -519,7 +606,10 @@ impl PacketKey {
 fn ports_of(proto: IpProtocol, l4: &[u8], fragment: bool) -> Result<(u32, u32), WireError> {
     if proto.has_ports() {
         match l4 {
-            [a, b, c, d, ..] => Ok((u32::from(u16::from_be_bytes([*a, *b])), u32::from(u16::from_be_bytes([*c, *d])))),
+            [a, b, c, d, ..] => Ok((
+                u32::from(u16::from_be_bytes([*a, *b])),
+                u32::from(u16::from_be_bytes([*c, *d])),
+            )),
             _ if fragment => Ok((OPAQUE, OPAQUE)),
             _ => Err(WireError::Truncated),
         }
@@ -544,7 +634,11 @@ fn to_u128(a: IpAddr) -> u128 {
 /// Multicast (224.0.0.0/4, ff00::/8) or the IPv4 limited broadcast address.
 #[inline]
 pub fn is_multicast(v6: bool, dst: u128) -> bool {
-    if v6 { dst >> 120 == 0xff } else { (dst as u32) >> 28 == 0xe || dst as u32 == u32::MAX }
+    if v6 {
+        dst >> 120 == 0xff
+    } else {
+        (dst as u32) >> 28 == 0xe || dst as u32 == u32::MAX
+    }
 }
 
 #[cfg(test)]
@@ -553,10 +647,22 @@ mod tests {
 
     #[test]
     fn parse_and_show_addresses() {
-        for s in ["any", "10.1.0.0/24", "10.1.0.5", "10.1.0.5-10.1.0.9", "fd00::/64", "::/0", "0.0.0.0/0", "fd00::1-fd00::9"] {
+        for s in [
+            "any",
+            "10.1.0.0/24",
+            "10.1.0.5",
+            "10.1.0.5-10.1.0.9",
+            "fd00::/64",
+            "::/0",
+            "0.0.0.0/0",
+            "fd00::1-fd00::9",
+        ] {
             assert_eq!(s.parse::<AddrRange>().unwrap().to_string(), s);
         }
-        assert_eq!("10.1.0.77/24".parse::<AddrRange>().unwrap().to_string(), "10.1.0.0/24");
+        assert_eq!(
+            "10.1.0.77/24".parse::<AddrRange>().unwrap().to_string(),
+            "10.1.0.0/24"
+        );
         assert!("10.1.0.9-10.1.0.5".parse::<AddrRange>().is_err());
         assert!("10.1.0.0/33".parse::<AddrRange>().is_err());
         assert!("10.1.0.1-fd00::1".parse::<AddrRange>().is_err());
@@ -566,7 +672,13 @@ mod tests {
     #[test]
     fn ports() {
         assert_eq!("80".parse::<PortSel>().unwrap(), PortSel::port(80));
-        assert_eq!("1024-65535".parse::<PortSel>().unwrap(), PortSel::Range { lo: 1024, hi: 65535 });
+        assert_eq!(
+            "1024-65535".parse::<PortSel>().unwrap(),
+            PortSel::Range {
+                lo: 1024,
+                hi: 65535
+            }
+        );
         assert!("9-3".parse::<PortSel>().is_err());
         assert!("70000".parse::<PortSel>().is_err());
         assert!(PortSel::Any.contains(OPAQUE));
@@ -587,13 +699,18 @@ mod tests {
         s.local_port = PortSel::Icmp { lo: 8, hi: 8 };
         assert_eq!(s.validate(), Err(SelectorError::IcmpWithoutIcmp));
         s.proto = Some(IpProtocol::ICMPV6);
-        assert!(matches!(s.validate(), Err(SelectorError::IcmpFamily { .. })));
+        assert!(matches!(
+            s.validate(),
+            Err(SelectorError::IcmpFamily { .. })
+        ));
     }
 
     #[test]
     fn keys_from_packets() {
         // IPv4 UDP 10.1.0.10:1234 -> 10.2.0.10:5000
-        let mut p = vec![0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 10, 1, 0, 10, 10, 2, 0, 10];
+        let mut p = vec![
+            0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 10, 1, 0, 10, 10, 2, 0, 10,
+        ];
         p.extend_from_slice(&[0x04, 0xd2, 0x13, 0x88, 0, 8, 0, 0]);
         let k = PacketKey::parse(&p).unwrap();
         assert_eq!((k.src_port, k.dst_port, k.proto), (1234, 5000, 17));
@@ -609,12 +726,18 @@ mod tests {
         q[7] = 0;
         assert!(PacketKey::parse(&q).is_err());
         // ICMP echo: type in the local field both ways
-        let mut p = vec![0x45, 0, 0, 28, 0, 0, 0, 0, 64, 1, 0, 0, 10, 1, 0, 10, 224, 0, 0, 5];
+        let mut p = vec![
+            0x45, 0, 0, 28, 0, 0, 0, 0, 64, 1, 0, 0, 10, 1, 0, 10, 224, 0, 0, 5,
+        ];
         p.extend_from_slice(&[8, 0, 0, 0, 0, 0, 0, 0]);
         let k = PacketKey::parse(&p).unwrap();
         assert_eq!(k.ports(Direction::Inbound), (ICMP_BASE + 8, ICMP_BASE));
         assert!(k.dst_multicast);
-        let icmp_echo = Selector { proto: Some(IpProtocol::ICMP), local_port: PortSel::Icmp { lo: 8, hi: 8 }, ..Selector::ANY };
+        let icmp_echo = Selector {
+            proto: Some(IpProtocol::ICMP),
+            local_port: PortSel::Icmp { lo: 8, hi: 8 },
+            ..Selector::ANY
+        };
         assert!(icmp_echo.matches(Direction::Inbound, &k));
         assert!(icmp_echo.matches(Direction::Outbound, &k));
     }

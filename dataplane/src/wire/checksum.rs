@@ -81,7 +81,11 @@ mod tests {
     fn naive(data: &[u8]) -> u16 {
         let mut s: u32 = 0;
         for c in data.chunks(2) {
-            let w = if c.len() == 2 { u16::from_be_bytes([c[0], c[1]]) } else { u16::from(c[0]) << 8 };
+            let w = if c.len() == 2 {
+                u16::from_be_bytes([c[0], c[1]])
+            } else {
+                u16::from(c[0]) << 8
+            };
             s += u32::from(w);
             s = (s & 0xffff) + (s >> 16);
         }
@@ -97,7 +101,9 @@ mod tests {
 
     #[test]
     fn matches_naive_for_all_lengths() {
-        let data: Vec<u8> = (0..300u32).map(|i| (i.wrapping_mul(97) ^ 0x5a) as u8).collect();
+        let data: Vec<u8> = (0..300u32)
+            .map(|i| (i.wrapping_mul(97) ^ 0x5a) as u8)
+            .collect();
         for n in 0..data.len() {
             assert_eq!(finish(sum(&data[..n])), naive(&data[..n]), "len {n}");
         }
@@ -105,7 +111,9 @@ mod tests {
 
     #[test]
     fn incremental_update_matches_recompute() {
-        let mut d = [0x45u8, 0, 0, 0x54, 0x12, 0x34, 0x40, 0, 0x40, 0x01, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+        let mut d = [
+            0x45u8, 0, 0, 0x54, 0x12, 0x34, 0x40, 0, 0x40, 0x01, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ];
         let c = finish(sum(&d));
         let old = u16::from_be_bytes([d[8], d[9]]);
         d[8] = 0x3f;

@@ -93,7 +93,13 @@ impl EspTrailer {
         if bad != 0 {
             return Err(WireError::Malformed);
         }
-        Ok((Self { pad_len, next_header }, data_len))
+        Ok((
+            Self {
+                pad_len,
+                next_header,
+            },
+            data_len,
+        ))
     }
 
     /// Padding length for `data_len` bytes of payload so that payload + trailer is a multiple
@@ -151,7 +157,10 @@ mod tests {
         b[7] = 9;
         assert_eq!(EspTrailer::parse(&b).unwrap_err(), WireError::Malformed);
         // pad length longer than the payload
-        assert_eq!(EspTrailer::parse(&[1, 2, 200, 4]).unwrap_err(), WireError::Malformed);
+        assert_eq!(
+            EspTrailer::parse(&[1, 2, 200, 4]).unwrap_err(),
+            WireError::Malformed
+        );
         assert_eq!(EspTrailer::parse(&[4]).unwrap_err(), WireError::Truncated);
         assert!(EspTrailer::parse(&[0, 59]).is_ok());
     }

@@ -98,7 +98,11 @@ pub struct EthernetRepr {
 
 impl EthernetRepr {
     pub fn parse<T: AsRef<[u8]>>(f: &EthernetFrame<T>) -> Self {
-        Self { src: f.src_addr(), dst: f.dst_addr(), ethertype: f.ethertype() }
+        Self {
+            src: f.src_addr(),
+            dst: f.dst_addr(),
+            ethertype: f.ethertype(),
+        }
     }
 
     pub const fn buffer_len(&self) -> usize {
@@ -118,9 +122,16 @@ mod tests {
 
     #[test]
     fn roundtrip_and_short() {
-        assert_eq!(EthernetFrame::new_checked(&[0u8; 13][..]).unwrap_err(), WireError::Truncated);
+        assert_eq!(
+            EthernetFrame::new_checked(&[0u8; 13][..]).unwrap_err(),
+            WireError::Truncated
+        );
         let mut buf = [0u8; 20];
-        let r = EthernetRepr { src: [2, 0, 0, 0, 0, 1], dst: [2, 0, 0, 0, 0, 2], ethertype: EtherType::IPV6 };
+        let r = EthernetRepr {
+            src: [2, 0, 0, 0, 0, 1],
+            dst: [2, 0, 0, 0, 0, 2],
+            ethertype: EtherType::IPV6,
+        };
         r.emit(&mut EthernetFrame::new_checked(&mut buf[..]).unwrap());
         let f = EthernetFrame::new_checked(&buf[..]).unwrap();
         assert_eq!(EthernetRepr::parse(&f), r);

@@ -61,7 +61,10 @@ mod tests {
     #[test]
     fn type_code() {
         let p = IcmpPacket::new_checked(&[8u8, 0, 0xf7, 0xff][..]).unwrap();
-        assert_eq!((p.msg_type(), p.code(), p.checksum()), (icmpv4::ECHO_REQUEST, 0, 0xf7ff));
+        assert_eq!(
+            (p.msg_type(), p.code(), p.checksum()),
+            (icmpv4::ECHO_REQUEST, 0, 0xf7ff)
+        );
         assert!(IcmpPacket::new_checked(&[8u8, 0, 0][..]).is_err());
     }
 }

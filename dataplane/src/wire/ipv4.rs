@@ -134,12 +134,22 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
 
     pub fn src_addr(&self) -> [u8; 4] {
         let b = self.buffer.as_ref();
-        [b[field::SRC], b[field::SRC + 1], b[field::SRC + 2], b[field::SRC + 3]]
+        [
+            b[field::SRC],
+            b[field::SRC + 1],
+            b[field::SRC + 2],
+            b[field::SRC + 3],
+        ]
     }
 
     pub fn dst_addr(&self) -> [u8; 4] {
         let b = self.buffer.as_ref();
-        [b[field::DST], b[field::DST + 1], b[field::DST + 2], b[field::DST + 3]]
+        [
+            b[field::DST],
+            b[field::DST + 1],
+            b[field::DST + 2],
+            b[field::DST + 3],
+        ]
     }
 
     /// The options bytes between the fixed header and the payload.
@@ -182,7 +192,11 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
 
     /// Set flags and offset: DF as given, MF clear, offset 0.
     pub fn set_unfragmented(&mut self, dont_frag: bool) {
-        put16(self.buffer.as_mut(), field::FLG_OFF, if dont_frag { DF } else { 0 });
+        put16(
+            self.buffer.as_mut(),
+            field::FLG_OFF,
+            if dont_frag { DF } else { 0 },
+        );
     }
 
     pub fn set_ttl(&mut self, v: u8) {
@@ -275,8 +289,8 @@ mod tests {
 
     // A real ICMP echo header (captured), checksum 0xb861.
     const PKT: [u8; 20] = [
-        0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0xb8, 0x61, 0xc0, 0xa8, 0x00, 0x01,
-        0xc0, 0xa8, 0x00, 0xc7,
+        0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0xb8, 0x61, 0xc0, 0xa8, 0x00,
+        0x01, 0xc0, 0xa8, 0x00, 0xc7,
     ];
 
     #[test]
@@ -297,17 +311,29 @@ mod tests {
     #[test]
     fn rejects_bad_lengths() {
         let mut b = PKT.to_vec();
-        assert_eq!(Ipv4Packet::new_checked(&b[..]).unwrap_err(), WireError::Truncated);
+        assert_eq!(
+            Ipv4Packet::new_checked(&b[..]).unwrap_err(),
+            WireError::Truncated
+        );
         b.resize(0x73, 0);
         b[0] = 0x44; // IHL 4
-        assert_eq!(Ipv4Packet::new_checked(&b[..]).unwrap_err(), WireError::Malformed);
+        assert_eq!(
+            Ipv4Packet::new_checked(&b[..]).unwrap_err(),
+            WireError::Malformed
+        );
         b[0] = 0x65; // version 6
-        assert_eq!(Ipv4Packet::new_checked(&b[..]).unwrap_err(), WireError::Malformed);
+        assert_eq!(
+            Ipv4Packet::new_checked(&b[..]).unwrap_err(),
+            WireError::Malformed
+        );
         b[0] = 0x4f; // 60-byte header, total length 0x73: fine
         assert!(Ipv4Packet::new_checked(&b[..]).is_ok());
         b[2] = 0;
         b[3] = 10; // total length shorter than header
-        assert_eq!(Ipv4Packet::new_checked(&b[..]).unwrap_err(), WireError::Malformed);
+        assert_eq!(
+            Ipv4Packet::new_checked(&b[..]).unwrap_err(),
+            WireError::Malformed
+        );
     }
 
     #[test]

@@ -332,7 +332,10 @@ mod tests {
         assert_eq!(p.flow_label(), 0x12345);
         assert_eq!(p.payload().len(), 8);
         let u = p.upper_layer().unwrap();
-        assert_eq!((u.protocol, u.offset, u.nh_field, u.esp_insert), (IpProtocol::UDP, 40, 6, 40));
+        assert_eq!(
+            (u.protocol, u.offset, u.nh_field, u.esp_insert),
+            (IpProtocol::UDP, 40, 6, 40)
+        );
     }
 
     #[test]
@@ -377,6 +380,9 @@ mod tests {
         assert_eq!(walk(&b).unwrap_err(), WireError::Malformed);
         let mut b = packet(17, &[], &[0; 8]);
         b.truncate(45);
-        assert_eq!(Ipv6Packet::new_checked(&b[..]).unwrap_err(), WireError::Truncated);
+        assert_eq!(
+            Ipv6Packet::new_checked(&b[..]).unwrap_err(),
+            WireError::Truncated
+        );
     }
 }

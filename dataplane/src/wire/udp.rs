@@ -139,18 +139,31 @@ mod tests {
     #[test]
     fn checksum_roundtrip_and_bounds() {
         let mut b = [0u8; 13];
-        UdpRepr { src_port: 4500, dst_port: 4500, payload_len: 5 }
-            .emit(&mut UdpPacket::new_unchecked(&mut b[..]));
+        UdpRepr {
+            src_port: 4500,
+            dst_port: 4500,
+            payload_len: 5,
+        }
+        .emit(&mut UdpPacket::new_unchecked(&mut b[..]));
         b[8..].copy_from_slice(b"hello");
         let pseudo = checksum::pseudo_v4([10, 0, 0, 1], [10, 0, 0, 2], 17, 13);
         let mut p = UdpPacket::new_checked(&mut b[..]).unwrap();
         p.fill_checksum(pseudo);
         assert!(p.verify_checksum(pseudo));
         assert_eq!(p.payload(), b"hello");
-        assert_eq!(UdpPacket::new_checked(&b[..7]).unwrap_err(), WireError::Truncated);
+        assert_eq!(
+            UdpPacket::new_checked(&b[..7]).unwrap_err(),
+            WireError::Truncated
+        );
         b[5] = 7;
-        assert_eq!(UdpPacket::new_checked(&b[..]).unwrap_err(), WireError::Malformed);
+        assert_eq!(
+            UdpPacket::new_checked(&b[..]).unwrap_err(),
+            WireError::Malformed
+        );
         b[5] = 14;
-        assert_eq!(UdpPacket::new_checked(&b[..]).unwrap_err(), WireError::Truncated);
+        assert_eq!(
+            UdpPacket::new_checked(&b[..]).unwrap_err(),
+            WireError::Truncated
+        );
     }
 }

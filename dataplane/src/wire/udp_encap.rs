@@ -34,10 +34,19 @@ mod tests {
     #[test]
     fn rfc3948_cases() {
         assert_eq!(classify_udp_encap(&[0xff]), UdpEncapKind::Keepalive);
-        assert_eq!(classify_udp_encap(&[0, 0, 0, 0, 1, 2, 3]), UdpEncapKind::Ike);
+        assert_eq!(
+            classify_udp_encap(&[0, 0, 0, 0, 1, 2, 3]),
+            UdpEncapKind::Ike
+        );
         assert_eq!(classify_udp_encap(&[0, 0, 0, 0]), UdpEncapKind::Ike);
-        assert_eq!(classify_udp_encap(&[0, 0, 1, 0, 0, 0, 0, 1]), UdpEncapKind::Esp);
-        assert_eq!(classify_udp_encap(&[0, 0, 1, 0, 0, 0, 0]), UdpEncapKind::Invalid);
+        assert_eq!(
+            classify_udp_encap(&[0, 0, 1, 0, 0, 0, 0, 1]),
+            UdpEncapKind::Esp
+        );
+        assert_eq!(
+            classify_udp_encap(&[0, 0, 1, 0, 0, 0, 0]),
+            UdpEncapKind::Invalid
+        );
         assert_eq!(classify_udp_encap(&[]), UdpEncapKind::Invalid);
         assert_eq!(classify_udp_encap(&[0xff, 0xff]), UdpEncapKind::Invalid);
         assert_eq!(classify_udp_encap(&[0, 0, 0]), UdpEncapKind::Invalid);

@@ -1,0 +1,493 @@
+//! Known-answer tests from published vectors: RFC 2202, RFC 4231 and RFC 4868 (HMAC),
+//! RFC 3602 §4 (AES-CBC and AES-CBC ESP packets), the McGrew/Viega GCM ESP packet vectors
+//! (draft-mcgrew-gcm-test-01, AES-GCM and AES-GMAC, with and without ESN) and RFC 7634
+//! Appendix A (ChaCha20-Poly1305 ESP). The vector files in `tests/vectors/` were transcribed
+//! from the documents and recomputed with Python's `cryptography` before use.
+//!
+//! Encapsulation is checked byte for byte: the IV generator is steered to the published IV
+//! (`Transform::steer_iv`) and the sequence counter set to the published number.
+
+use crate::crypto::{AuthAlg, EncAlg, Transform};
+use crate::engine::{Engine, Verdict};
+use crate::packet::PacketBuf;
+use crate::sa::{Encap, Mode, Sa, SaConfig};
+use crate::spd::{Direction, Spd};
+use crate::time::Timestamp;
+use crate::wire::checksum;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+struct Vector(HashMap<String, String>);
+
+impl Vector {
+    fn get(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(String::as_str)
+    }
+    fn s(&self, k: &str) -> &str {
+        self.get(k)
+            .unwrap_or_else(|| panic!("{}: no field {k}", self.name()))
+    }
+    fn name(&self) -> &str {
+        self.0.get("name").map_or("?", String::as_str)
+    }
+    fn hex(&self, k: &str) -> Vec<u8> {
+        unhex(self.s(k))
+    }
+    fn int(&self, k: &str) -> u64 {
+        u64::from_str_radix(self.s(k).trim_start_matches("0x"), 16).unwrap()
+    }
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn vectors(text: &str) -> Vec<Vector> {
+    let mut out = vec![];
+    let mut cur = HashMap::new();
+    for line in text.lines().chain(std::iter::once("")) {
+        let line = line.trim();
+        if line.starts_with('#') {
+            continue;
+        }
+        if line.is_empty() {
+            if !cur.is_empty() {
+                out.push(Vector(std::mem::take(&mut cur)));
+            }
+            continue;
+        }
+        let (k, v) = line
+            .split_once(" = ")
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        cur.insert(k.trim().to_owned(), v.trim().to_owned());
+    }
+    out
+}
+
+fn fix_ipv4_length_and_checksum(p: &mut [u8]) {
+    let n = p.len() as u16;
+    p[2..4].copy_from_slice(&n.to_be_bytes());
+    p[10] = 0;
+    p[11] = 0;
+    let hl = usize::from(p[0] & 15) * 4;
+    let c = checksum::finish(checksum::sum(&p[..hl]));
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+}
+
+fn engine_with(sa: Sa) -> (Engine, crate::sa::SaHandle) {
+    let mut e = Engine::new(Arc::new(Spd::empty(Default::default())));
+    let h = e.install_sa(sa).unwrap();
+    (e, h)
+}
+
+fn frame(data: &[u8]) -> PacketBuf<Vec<u8>> {
+    PacketBuf::from_slice(vec![0u8; 2048], 256, data).unwrap()
+}
+
+#[test]
+fn hmac_rfc2202_rfc4231() {
+    let mut n = 0;
+    for (file, text) in [
+        (
+            "rfc2202",
+            include_str!("../tests/vectors/rfc2202_hmac_sha1.txt"),
+        ),
+        ("rfc4231", include_str!("../tests/vectors/rfc4231_hmac.txt")),
+    ] {
+        for v in vectors(text) {
+            let alg = match v.s("hash") {
+                "sha1" => AuthAlg::HmacSha1_96,
+                "sha256" => AuthAlg::HmacSha256_128,
+                "sha384" => AuthAlg::HmacSha384_192,
+                "sha512" => AuthAlg::HmacSha512_256,
+                _ => continue, // SHA-224 is no ESP algorithm
+            };
+            let integ = crate::crypto::integ_for_test(alg, &v.hex("key"));
+            let full = integ.mac_for_test(&v.hex("data"));
+            let want = v.hex("mac");
+            match v.get("truncate") {
+                Some(t) => {
+                    let t = usize::from_str_radix(t.trim_start_matches("0x"), 16).unwrap();
+                    assert_eq!(&full[..t], &want[..t], "{file} {}", v.name());
+                }
+                None => assert_eq!(full, want, "{file} {}", v.name()),
+            }
+            n += 1;
+        }
+    }
+    assert_eq!(n, 7 + 21, "vectors seen");
+}
+
+#[test]
+fn hmac_rfc4868_truncated_icvs() {
+    let vs = vectors(include_str!("../tests/vectors/rfc4868_hmac.txt"));
+    assert_eq!(vs.len(), 12);
+    for v in vs {
+        let alg = match v.s("hash") {
+            "sha256" => AuthAlg::HmacSha256_128,
+            "sha384" => AuthAlg::HmacSha384_192,
+            "sha512" => AuthAlg::HmacSha512_256,
+            h => panic!("{h}"),
+        };
+        let integ = crate::crypto::integ_for_test(alg, &v.hex("key"));
+        let icv = v.hex("icv");
+        assert_eq!(icv.len(), alg.icv_len(), "{}", v.name());
+        let mut got = vec![0u8; alg.icv_len()];
+        integ.sign(&v.hex("data"), None, &mut got);
+        assert_eq!(got, icv, "{}", v.name());
+        assert!(integ.verify(&v.hex("data"), None, &icv));
+        assert_eq!(
+            integ.mac_for_test(&v.hex("data")),
+            v.hex("prf"),
+            "{}",
+            v.name()
+        );
+    }
+}
+
+#[test]
+fn aes_cbc_rfc3602_cases_1_to_4() {
+    let vs = vectors(include_str!("../tests/vectors/rfc3602_cbc.txt"));
+    assert_eq!(vs.len(), 4);
+    for v in vs {
+        let (k, iv, pt, ct) = (
+            v.hex("key"),
+            v.hex("iv"),
+            v.hex("plaintext"),
+            v.hex("ciphertext"),
+        );
+        let enc = crate::crypto::cbc_for_test(EncAlg::AesCbc128, &k, true);
+        let mut b = pt.clone();
+        assert!(enc.encrypt(&iv, &mut b));
+        assert_eq!(b, ct, "{}", v.name());
+        let dec = crate::crypto::cbc_for_test(EncAlg::AesCbc128, &k, false);
+        assert!(dec.decrypt(&iv, &mut b));
+        assert_eq!(b, pt, "{}", v.name());
+    }
+}
+
+/// RFC 3602 cases 5-8 are AES-CBC ESP packets without integrity, which xsec refuses to
+/// configure (RFC 8221). The SA here uses HMAC-SHA1-96 as well: its ICV is appended after the
+/// published bytes, which must match exactly up to that point.
+#[test]
+fn aes_cbc_esp_rfc3602_cases_5_to_8() {
+    let vs = vectors(include_str!("../tests/vectors/rfc3602_esp.txt"));
+    assert_eq!(vs.len(), 4);
+    let auth_key = [0x5au8; 20];
+    for v in vs {
+        let key = v.hex("key");
+        let spi = v.int("spi") as u32;
+        let seq = v.int("seq");
+        let src: IpAddr = v.s("src_addr").parse().unwrap();
+        let dst: IpAddr = v.s("dst_addr").parse().unwrap();
+        let mode = if v.s("mode") == "tunnel" {
+            Mode::Tunnel
+        } else {
+            Mode::Transport
+        };
+        let mk = |dir: Direction| {
+            let mut c = SaConfig::tunnel(
+                spi,
+                dir,
+                if dir == Direction::Outbound { src } else { dst },
+                if dir == Direction::Outbound { dst } else { src },
+                EncAlg::AesCbc128,
+                &key,
+                AuthAlg::HmacSha1_96,
+                &auth_key,
+            );
+            c.mode = mode;
+            if mode == Mode::Transport {
+                c.local = None;
+                c.remote = None;
+            }
+            c
+        };
+        let want = v.hex("esp_packet");
+        let hl = 20;
+
+        // outbound: byte for byte from the ESP header to the end of the ciphertext
+        let mut sa = Sa::with_random(&mk(Direction::Outbound), Timestamp::ZERO, [3; 16]).unwrap();
+        sa.set_seq(seq - 1);
+        sa.xform.steer_iv(seq, &v.hex("iv"), &key);
+        let (mut e, h) = engine_with(sa);
+        let mut p = frame(&v.hex("plaintext_packet"));
+        assert_eq!(
+            e.encap_with(h, Timestamp::ZERO, &mut p),
+            Verdict::Forward,
+            "{}",
+            v.name()
+        );
+        let got = p.data();
+        assert_eq!(got.len(), want.len() + 12, "{}", v.name());
+        assert_eq!(&got[hl..want.len()], &want[hl..], "{}: ESP bytes", v.name());
+        if mode == Mode::Transport {
+            // the IP header is the original one with protocol 50 and the new length
+            let mut hdr = want[..hl].to_vec();
+            hdr[2..4].copy_from_slice(&(got.len() as u16).to_be_bytes());
+            let mut g = got[..hl].to_vec();
+            g[10] = 0;
+            g[11] = 0;
+            hdr[10] = 0;
+            hdr[11] = 0;
+            assert_eq!(g, hdr, "{}: transport header", v.name());
+        }
+
+        // inbound: the published packet plus an ICV decapsulates to the published plaintext
+        let (mut e, _) = engine_with(
+            Sa::with_random(&mk(Direction::Inbound), Timestamp::ZERO, [4; 16]).unwrap(),
+        );
+        let mut pkt = want.clone();
+        let mut icv = [0u8; 12];
+        crate::crypto::integ_for_test(AuthAlg::HmacSha1_96, &auth_key).sign(
+            &pkt[hl..],
+            None,
+            &mut icv,
+        );
+        pkt.extend_from_slice(&icv);
+        fix_ipv4_length_and_checksum(&mut pkt);
+        let mut p = frame(&pkt);
+        assert_eq!(
+            e.inbound(Timestamp::ZERO, &mut p),
+            Verdict::Forward,
+            "{}",
+            v.name()
+        );
+        assert_eq!(
+            p.data(),
+            &v.hex("plaintext_packet")[..],
+            "{}: decapsulated",
+            v.name()
+        );
+    }
+}
+
+fn gcm_alg(v: &Vector) -> EncAlg {
+    let gmac = v.s("aead") == "gmac";
+    match (v.hex("key").len(), gmac) {
+        (16, false) => EncAlg::AesGcm128,
+        (24, false) => EncAlg::AesGcm192,
+        (32, false) => EncAlg::AesGcm256,
+        (16, true) => EncAlg::AesGmac128,
+        (24, true) => EncAlg::AesGmac192,
+        (32, true) => EncAlg::AesGmac256,
+        (n, _) => panic!("key length {n}"),
+    }
+}
+
+/// Seal the published plaintext (trailer included) with the transform alone and compare the
+/// whole ESP packet; then open it back.
+#[test]
+fn aes_gcm_and_gmac_esp_draft_mcgrew_all_cases() {
+    let vs = vectors(include_str!("../tests/vectors/gcm_esp.txt"));
+    assert_eq!(vs.len(), 17);
+    let mut esn_cases = 0;
+    for v in vs {
+        let alg = gcm_alg(&v);
+        let mut keymat = v.hex("key");
+        keymat.extend_from_slice(&v.hex("salt"));
+        let spi = v.int("spi") as u32;
+        let seq = v.int("seq");
+        let esn = v.s("esn") == "true";
+        esn_cases += usize::from(esn);
+        let body = if alg.encrypts() {
+            v.hex("plaintext")
+        } else {
+            v.hex("payload")
+        };
+        let want = v.hex("esp_packet");
+        let mut out =
+            Transform::new(alg, &keymat, AuthAlg::None, &[], true, false, [1; 16]).unwrap();
+        out.steer_iv(seq, &v.hex("iv"), &keymat);
+        // 4 bytes in front: GMAC with ESN borrows them for the AAD
+        let off = 4;
+        let len = 8 + 8 + body.len() + 16;
+        let mut buf = vec![0xeeu8; off + len];
+        buf[off..off + 4].copy_from_slice(&spi.to_be_bytes());
+        buf[off + 4..off + 8].copy_from_slice(&(seq as u32).to_be_bytes());
+        buf[off + 16..off + 16 + body.len()].copy_from_slice(&body);
+        out.seal(&mut buf, off, len, seq, esn).unwrap();
+        assert_eq!(&buf[off..], &want[..], "{}", v.name());
+        assert_eq!(&buf[..off], &[0xee; 4], "{}", v.name());
+        let inb = Transform::new(alg, &keymat, AuthAlg::None, &[], false, false, [2; 16]).unwrap();
+        inb.open(&mut buf, off, len, esn.then_some((seq >> 32) as u32))
+            .unwrap();
+        assert_eq!(
+            &buf[off + 16..off + 16 + body.len()],
+            &body[..],
+            "{}",
+            v.name()
+        );
+        let mut bad = want.clone();
+        bad[12] ^= 0x80;
+        let mut b = vec![0u8; off];
+        b.extend_from_slice(&bad);
+        assert_eq!(
+            inb.open(&mut b, off, len, esn.then_some((seq >> 32) as u32)),
+            Err(crate::DropReason::IcvFailed),
+            "{}",
+            v.name()
+        );
+    }
+    assert!(esn_cases >= 10, "ESN cases: {esn_cases}");
+}
+
+/// The same GCM/GMAC packets through the engine's inbound path (an IPv4 header in front,
+/// transport mode: next header 1), with the replay window primed near the published sequence
+/// number so that ESN inference recovers the high bits.
+#[test]
+fn gcm_esp_packets_decap_through_engine() {
+    for v in vectors(include_str!("../tests/vectors/gcm_esp.txt")) {
+        let alg = gcm_alg(&v);
+        let mut keymat = v.hex("key");
+        keymat.extend_from_slice(&v.hex("salt"));
+        let seq = v.int("seq");
+        let esn = v.s("esn") == "true";
+        if v.int("spi") == 0 {
+            // Case 4 uses SPI 0, which never appears on the wire (RFC 4303 §2.1) and which the
+            // engine refuses to configure; the transform-level test covers its bytes.
+            continue;
+        }
+        let mut c = SaConfig::transport(
+            v.int("spi") as u32,
+            Direction::Inbound,
+            alg,
+            &keymat,
+            AuthAlg::None,
+            &[],
+        );
+        c.esn = esn;
+        let mut sa = Sa::with_random(&c, Timestamp::ZERO, [5; 16]).unwrap();
+        if seq > 1 {
+            sa.replay.commit(seq - 1);
+        }
+        let (mut e, _) = engine_with(sa);
+        let esp = v.hex("esp_packet");
+        let mut pkt = vec![
+            0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, 50, 0, 0, 192, 0, 2, 1, 192, 0, 2, 2,
+        ];
+        pkt.extend_from_slice(&esp);
+        fix_ipv4_length_and_checksum(&mut pkt);
+        let mut p = frame(&pkt);
+        let verdict = e.inbound(Timestamp::ZERO, &mut p);
+        let body = if alg.encrypts() {
+            v.hex("plaintext")
+        } else {
+            v.hex("payload")
+        };
+        let pad_len = usize::from(body[body.len() - 2]);
+        let data = &body[..body.len() - 2 - pad_len];
+        if data.is_empty() {
+            // Case 12 carries no payload under next header 1: authentic, but an ICMP packet
+            // without an ICMP header is not one a gateway forwards.
+            assert_eq!(
+                verdict,
+                Verdict::Drop(crate::DropReason::Malformed),
+                "{}",
+                v.name()
+            );
+            continue;
+        }
+        assert_eq!(verdict, Verdict::Forward, "{}", v.name());
+        assert_eq!(&p.data()[20..], data, "{}", v.name());
+        assert_eq!(
+            p.data()[9],
+            body[body.len() - 1],
+            "{}: next header",
+            v.name()
+        );
+        // a replay of the same packet is refused
+        let mut p = frame(&pkt);
+        assert_eq!(
+            e.inbound(Timestamp::ZERO, &mut p),
+            Verdict::Drop(crate::DropReason::ReplayDuplicate),
+            "{}",
+            v.name()
+        );
+    }
+}
+
+#[test]
+fn chacha20_poly1305_esp_rfc7634_appendix_a() {
+    let v = vectors(include_str!("../tests/vectors/rfc7634_esp.txt"))
+        .pop()
+        .unwrap();
+    let keymat = v.hex("keymat");
+    let spi = v.int("spi") as u32;
+    let seq = v.int("seq");
+    let src: IpAddr = v.s("outer_src_addr").parse().unwrap();
+    let dst: IpAddr = v.s("outer_dst_addr").parse().unwrap();
+    let want = v.hex("esp_packet");
+
+    let c = SaConfig::tunnel(
+        spi,
+        Direction::Outbound,
+        src,
+        dst,
+        EncAlg::ChaCha20Poly1305,
+        &keymat,
+        AuthAlg::None,
+        &[],
+    );
+    let mut sa = Sa::with_random(&c, Timestamp::ZERO, [6; 16]).unwrap();
+    sa.set_seq(seq - 1);
+    sa.xform.steer_iv(seq, &v.hex("iv"), &keymat);
+    let (mut e, h) = engine_with(sa);
+    let mut p = frame(&v.hex("plaintext_packet"));
+    assert_eq!(e.encap_with(h, Timestamp::ZERO, &mut p), Verdict::Forward);
+    let got = p.data();
+    assert_eq!(got.len(), want.len());
+    assert_eq!(&got[20..], &want[20..], "ESP bytes");
+    assert_eq!(&got[12..20], &want[12..20], "outer addresses");
+    assert_eq!(got[9], 50);
+
+    let c = SaConfig::tunnel(
+        spi,
+        Direction::Inbound,
+        dst,
+        src,
+        EncAlg::ChaCha20Poly1305,
+        &keymat,
+        AuthAlg::None,
+        &[],
+    );
+    let (mut e, _) = engine_with(Sa::with_random(&c, Timestamp::ZERO, [7; 16]).unwrap());
+    let mut p = frame(&want);
+    assert_eq!(e.inbound(Timestamp::ZERO, &mut p), Verdict::Forward);
+    assert_eq!(p.data(), &v.hex("plaintext_packet")[..]);
+}
+
+#[test]
+fn udp_encapsulated_kat_still_matches() {
+    // The RFC 7634 packet moved into UDP 4500: the ESP bytes are unchanged.
+    let v = vectors(include_str!("../tests/vectors/rfc7634_esp.txt"))
+        .pop()
+        .unwrap();
+    let keymat = v.hex("keymat");
+    let src: IpAddr = v.s("outer_src_addr").parse().unwrap();
+    let dst: IpAddr = v.s("outer_dst_addr").parse().unwrap();
+    let mut c = SaConfig::tunnel(
+        v.int("spi") as u32,
+        Direction::Outbound,
+        src,
+        dst,
+        EncAlg::ChaCha20Poly1305,
+        &keymat,
+        AuthAlg::None,
+        &[],
+    );
+    c.encap = Encap::NAT_T;
+    let mut sa = Sa::with_random(&c, Timestamp::ZERO, [6; 16]).unwrap();
+    sa.set_seq(v.int("seq") - 1);
+    sa.xform.steer_iv(v.int("seq"), &v.hex("iv"), &keymat);
+    let (mut e, h) = engine_with(sa);
+    let mut p = frame(&v.hex("plaintext_packet"));
+    assert_eq!(e.encap_with(h, Timestamp::ZERO, &mut p), Verdict::Forward);
+    let want = v.hex("esp_packet");
+    assert_eq!(&p.data()[28..], &want[20..]);
+    assert_eq!(&p.data()[20..24], &[0x11, 0x94, 0x11, 0x94]);
+}
