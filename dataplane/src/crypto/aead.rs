@@ -8,6 +8,8 @@ use ring::aead as ra;
 pub(crate) const TAG_LEN: usize = 16;
 
 /// An AEAD key. ring does AES-128/256-GCM and ChaCha20-Poly1305; RustCrypto covers AES-192.
+// The ring key stays inline: it is the one used per packet; the rare AES-192 key is boxed.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum AeadKey {
     Ring(ra::LessSafeKey),
     Aes192(Box<aes_gcm::AesGcm<aes::Aes192, aes_gcm::aead::consts::U12>>),

@@ -293,7 +293,7 @@ impl Transform {
             return Err(DropReason::BadLength);
         }
         let icv = len - icv_len;
-        if (icv - pt) % self.enc.block_len() != 0 {
+        if !(icv - pt).is_multiple_of(self.enc.block_len()) {
             return Err(DropReason::BadLength);
         }
         let spi = [pkt[0], pkt[1], pkt[2], pkt[3]];

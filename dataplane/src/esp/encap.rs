@@ -71,6 +71,7 @@ fn inner_info(data: &[u8]) -> Result<(usize, IpProtocol, u8, bool), DropReason> 
 }
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)] // one argument per header field, inlined
 fn write_ipv4(
     h: &mut [u8],
     tos: u8,

@@ -4,6 +4,8 @@
 
 mod decap;
 mod encap;
+#[cfg(test)]
+mod tests;
 
 pub(crate) use decap::{InboundEsp, decap};
 pub(crate) use encap::encap;

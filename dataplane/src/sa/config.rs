@@ -115,7 +115,7 @@ impl SecretKey {
             .chars()
             .filter(|c| *c != ':' && *c != ' ')
             .collect();
-        if t.len() % 2 != 0 {
+        if !t.len().is_multiple_of(2) {
             return None;
         }
         let mut v = Zeroizing::new(Vec::with_capacity(t.len() / 2));
@@ -184,6 +184,7 @@ pub struct SaConfig {
 
 impl SaConfig {
     /// A tunnel-mode SA with defaults for everything but addresses and keys.
+    #[allow(clippy::too_many_arguments)] // every argument is a required SA parameter
     pub fn tunnel(
         spi: u32,
         direction: Direction,
@@ -306,13 +307,13 @@ impl SaConfig {
                 }
             }
             Mode::Transport => {
-                if let (Some(l), Some(r)) = (self.local, self.remote) {
-                    if l.is_ipv4() != r.is_ipv4() {
-                        return bad(
-                            "remote",
-                            format!("local {l} and remote {r} are of different IP versions"),
-                        );
-                    }
+                if let (Some(l), Some(r)) = (self.local, self.remote)
+                    && l.is_ipv4() != r.is_ipv4()
+                {
+                    return bad(
+                        "remote",
+                        format!("local {l} and remote {r} are of different IP versions"),
+                    );
                 }
             }
         }
@@ -359,10 +360,10 @@ impl SaConfig {
             ),
         ];
         for (f, soft, hard) in pairs {
-            if let (Some(s), Some(h)) = (soft, hard) {
-                if s >= h {
-                    return bad(f, "the soft limit must be below the hard limit".into());
-                }
+            if let (Some(s), Some(h)) = (soft, hard)
+                && s >= h
+            {
+                return bad(f, "the soft limit must be below the hard limit".into());
             }
             if soft == Some(0) || hard == Some(0) {
                 return bad(
@@ -380,10 +381,10 @@ impl SaConfig {
         if self.ttl == 0 {
             return bad("ttl", "the outer TTL must be at least 1".into());
         }
-        if let DscpMode::Set(d) = self.dscp {
-            if d > 63 {
-                return bad("dscp", format!("DSCP {d} is out of range 0-63"));
-            }
+        if let DscpMode::Set(d) = self.dscp
+            && d > 63
+        {
+            return bad("dscp", format!("DSCP {d} is out of range 0-63"));
         }
         for (i, s) in self.selectors.iter().enumerate() {
             if let Err(e) = s.validate() {
@@ -445,7 +446,8 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let cases: Vec<(Box<dyn Fn(&mut SaConfig)>, &str, &str)> = vec![
+        type Case = (Box<dyn Fn(&mut SaConfig)>, &'static str, &'static str);
+        let cases: Vec<Case> = vec![
             (Box::new(|c| c.spi = 0), "spi", "reserved"),
             (Box::new(|c| c.spi = 200), "spi", "1-255"),
             (

@@ -61,7 +61,7 @@ pub(crate) struct LifeState {
 }
 
 fn ns(d: Option<core::time::Duration>, base: Timestamp) -> u64 {
-    d.map_or(NONE, |d| base.add(d).as_nanos())
+    d.map_or(NONE, |d| base.plus(d).as_nanos())
 }
 
 impl LifeState {

@@ -404,10 +404,10 @@ impl Selector {
 
     /// Check internal consistency.
     pub fn validate(&self) -> Result<(), SelectorError> {
-        if let (Some(a), Some(b)) = (self.local.family(), self.remote.family()) {
-            if a != b {
-                return Err(SelectorError::LocalRemoteFamily);
-            }
+        if let (Some(a), Some(b)) = (self.local.family(), self.remote.family())
+            && a != b
+        {
+            return Err(SelectorError::LocalRemoteFamily);
         }
         let addr_family = self.local.family().or(self.remote.family());
         match self.proto {

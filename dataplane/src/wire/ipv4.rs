@@ -303,7 +303,7 @@ mod tests {
         assert!(p.dont_frag());
         assert_eq!(p.payload().len(), 0x73 - 20);
         let r = Ipv4Repr::parse(&p).unwrap();
-        let mut out = vec![0u8; 0x73];
+        let mut out = [0u8; 0x73];
         r.emit(&mut Ipv4Packet::new_unchecked(&mut out[..]));
         assert_eq!(&out[..20], &PKT[..]);
     }
@@ -338,7 +338,7 @@ mod tests {
 
     #[test]
     fn options_are_visible() {
-        let mut b = vec![0u8; 28];
+        let mut b = [0u8; 28];
         b[..20].copy_from_slice(&PKT);
         b[0] = 0x46;
         b[2] = 0;

@@ -1,5 +1,7 @@
 //! Packet builders and gateway pairs shared by the engine tests.
 #![allow(dead_code)]
+// Test support: a failed unwrap here is a failed test.
+#![allow(clippy::unwrap_used)]
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -263,6 +265,7 @@ impl PairOpts {
 }
 
 /// Gateway A (10.0.0.1 / fd00::1) protects towards gateway B (10.0.0.2 / fd00::2).
+#[derive(Debug)]
 pub struct Pair {
     pub a: Engine,
     pub b: Engine,

@@ -1,0 +1,126 @@
+//! The measurement behind the choice of crypto crates (see dataplane/src/crypto/mod.rs):
+//! one call per packet with the key state prepared once, ring against RustCrypto, at the
+//! benchmark packet sizes.
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use hmac::{KeyInit, Mac};
+use std::hint::black_box;
+use std::time::Duration;
+use xsec_benches::SIZES;
+
+fn hmacs(c: &mut Criterion) {
+    let mut g = c.benchmark_group("hmac");
+    for &n in SIZES {
+        let data = vec![0x5au8; n];
+        macro_rules! pair {
+            ($name:literal, $ring:expr, $rc:ty, $klen:expr) => {
+                let rk = ring::hmac::Key::new($ring, &[1u8; $klen]);
+                g.bench_with_input(BenchmarkId::new(concat!("ring-", $name), n), &n, |b, _| {
+                    b.iter(|| black_box(ring::hmac::sign(&rk, black_box(&data))))
+                });
+                let hk = <hmac::Hmac<$rc> as KeyInit>::new_from_slice(&[1u8; $klen]).expect("key");
+                g.bench_with_input(
+                    BenchmarkId::new(concat!("rustcrypto-", $name), n),
+                    &n,
+                    |b, _| {
+                        b.iter(|| {
+                            black_box(
+                                hk.clone()
+                                    .chain_update(black_box(&data))
+                                    .finalize()
+                                    .into_bytes(),
+                            )
+                        })
+                    },
+                );
+            };
+        }
+        pair!(
+            "sha1",
+            ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+            sha1::Sha1,
+            20
+        );
+        pair!("sha256", ring::hmac::HMAC_SHA256, sha2::Sha256, 32);
+        pair!("sha384", ring::hmac::HMAC_SHA384, sha2::Sha384, 48);
+        pair!("sha512", ring::hmac::HMAC_SHA512, sha2::Sha512, 64);
+    }
+    g.finish();
+}
+
+fn aeads(c: &mut Criterion) {
+    use aes_gcm::aead::{AeadInOut, KeyInit as _};
+    let mut g = c.benchmark_group("aead-seal");
+    for &n in SIZES {
+        let mut buf = vec![0x5au8; n];
+        let rk = ring::aead::LessSafeKey::new(
+            ring::aead::UnboundKey::new(&ring::aead::AES_128_GCM, &[3u8; 16]).expect("key"),
+        );
+        g.bench_with_input(BenchmarkId::new("ring-aes128gcm", n), &n, |b, _| {
+            b.iter(|| {
+                black_box(
+                    rk.seal_in_place_separate_tag(
+                        ring::aead::Nonce::assume_unique_for_key([0; 12]),
+                        ring::aead::Aad::from([0u8; 8]),
+                        &mut buf,
+                    )
+                    .expect("seal"),
+                )
+            })
+        });
+        let k = aes_gcm::Aes128Gcm::new_from_slice(&[3u8; 16]).expect("key");
+        g.bench_with_input(BenchmarkId::new("rustcrypto-aes128gcm", n), &n, |b, _| {
+            b.iter(|| {
+                black_box(
+                    k.encrypt_inout_detached(
+                        &[0u8; 12].into(),
+                        &[0u8; 8],
+                        buf.as_mut_slice().into(),
+                    )
+                    .expect("seal"),
+                )
+            })
+        });
+        let rk = ring::aead::LessSafeKey::new(
+            ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &[3u8; 32]).expect("key"),
+        );
+        g.bench_with_input(BenchmarkId::new("ring-chacha20poly1305", n), &n, |b, _| {
+            b.iter(|| {
+                black_box(
+                    rk.seal_in_place_separate_tag(
+                        ring::aead::Nonce::assume_unique_for_key([0; 12]),
+                        ring::aead::Aad::from([0u8; 8]),
+                        &mut buf,
+                    )
+                    .expect("seal"),
+                )
+            })
+        });
+        let k = chacha20poly1305::ChaCha20Poly1305::new_from_slice(&[3u8; 32]).expect("key");
+        g.bench_with_input(
+            BenchmarkId::new("rustcrypto-chacha20poly1305", n),
+            &n,
+            |b, _| {
+                b.iter(|| {
+                    black_box(
+                        chacha20poly1305::aead::AeadInOut::encrypt_inout_detached(
+                            &k,
+                            &[0u8; 12].into(),
+                            &[0u8; 8],
+                            buf.as_mut_slice().into(),
+                        )
+                        .expect("seal"),
+                    )
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_millis(1000)).sample_size(20);
+    targets = hmacs, aeads
+}
+criterion_main!(benches);
