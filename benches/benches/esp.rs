@@ -6,15 +6,15 @@
 //! (so the replay window does its real work). Sizes are those of the inner IP packet.
 //! `cargo bench --bench esp`; `cargo run -p xsec-benches --bin report` prints cycles.
 
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hmac::{KeyInit, Mac};
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use xsec_benches::*;
 use xsec_dataplane::crypto::{AuthAlg, EncAlg};
 use xsec_dataplane::spd::{Action, Policy, SaBundle, Selector, Spd, SpdConfig};
-use xsec_dataplane::{Timestamp, Verdict};
+use xsec_dataplane::{PacketBuf, Timestamp, Verdict};
 
 const T0: Timestamp = Timestamp::ZERO;
 
@@ -157,132 +157,126 @@ fn protect_all() -> Arc<Spd> {
     Arc::new(cfg.compile().expect("spd"))
 }
 
+/// Packets per measured burst: the worker's burst size.
+const BURST: usize = 32;
+
+/// Time `work` over bursts of prepared items: `prep` fills the burst (not timed), `work`
+/// processes it (timed). Returns the total for `iters` items, as criterion's `iter_custom`
+/// wants. Reused buffers stay in cache, as packets fresh from the NIC do.
+fn bursts<T>(
+    iters: u64,
+    items: &mut [T],
+    mut prep: impl FnMut(&mut T),
+    mut work: impl FnMut(&mut T),
+) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let n = (left as usize).min(items.len());
+        for it in items[..n].iter_mut() {
+            prep(it);
+        }
+        let t = Instant::now();
+        for it in items[..n].iter_mut() {
+            work(it);
+        }
+        total += t.elapsed();
+        left -= n as u64;
+    }
+    total
+}
+
+fn reset(p: &mut PacketBuf<Vec<u8>>, inner: &[u8]) {
+    p.frame_mut()[HEADROOM..HEADROOM + inner.len()].copy_from_slice(inner);
+    p.set_window(HEADROOM, inner.len());
+}
+
 fn bench_esp(c: &mut Criterion) {
     eprintln!("cpu: {}", cpu_features());
     for &(name, enc, auth) in BENCH_ALGS {
         let raw = RawCrypto::new(enc, auth);
         let mut g = c.benchmark_group(format!("esp/{name}"));
-        for &size in SIZES {
-            let inner = ipv4_udp(size, [10, 1, 0, 10], [10, 2, 0, 10]);
-            g.throughput(Throughput::Bytes(size as u64));
-            let (mut a, ha, mut b, hb) = engines(enc, auth, protect_all());
-            let (esp_len, iv, icv) = esp_layout(enc, auth, size);
-
-            g.bench_function(format!("encap/{size}"), |bch| {
-                bch.iter_batched_ref(
-                    || frame(&inner),
-                    |p| assert_eq!(a.encap_with(ha, T0, p), Verdict::Forward),
-                    BatchSize::SmallInput,
-                )
-            });
-            g.bench_function(format!("crypto-seal/{size}"), |bch| {
-                bch.iter_batched_ref(
-                    || vec![7u8; esp_len],
-                    |buf| raw.seal(buf, iv, icv),
-                    BatchSize::SmallInput,
-                )
-            });
-            g.bench_function(format!("outbound-spd/{size}"), |bch| {
-                bch.iter_batched_ref(
-                    || frame(&inner),
-                    |p| assert_eq!(a.outbound(T0, p), Verdict::Forward),
-                    BatchSize::SmallInput,
-                )
-            });
-            g.bench_function(format!("decap/{size}"), |bch| {
-                bch.iter_batched_ref(
-                    || {
-                        let mut p = frame(&inner);
-                        a.encap_with(ha, T0, &mut p);
-                        p
-                    },
-                    |p| assert_eq!(b.inbound(T0, p), Verdict::Forward),
-                    BatchSize::SmallInput,
-                )
-            });
-            g.bench_function(format!("crypto-open/{size}"), |bch| {
-                bch.iter_batched_ref(
-                    || {
-                        let mut buf = vec![7u8; esp_len];
-                        raw.seal(&mut buf, iv, icv);
-                        buf
-                    },
-                    |buf| raw.open(buf, iv, icv),
-                    BatchSize::SmallInput,
-                )
-            });
-            let _ = hb;
-        }
-        // IMIX: 12 packets per iteration; the report divides by 12
-        let imix: Vec<Vec<u8>> = IMIX
+        let cases: Vec<(String, Vec<usize>)> = SIZES
             .iter()
-            .map(|&s| ipv4_udp(s, [10, 1, 0, 10], [10, 2, 0, 10]))
+            .map(|&s| (s.to_string(), vec![s]))
+            .chain(std::iter::once(("imix".to_string(), IMIX.to_vec())))
             .collect();
-        let (mut a, ha, mut b, _) = engines(enc, auth, protect_all());
-        g.throughput(Throughput::Bytes(IMIX.iter().sum::<usize>() as u64));
-        g.bench_function("encap/imix", |bch| {
-            bch.iter_batched_ref(
-                || imix.iter().map(|p| frame(p)).collect::<Vec<_>>(),
-                |ps| {
-                    for p in ps.iter_mut() {
-                        a.encap_with(ha, T0, p);
-                    }
-                },
-                BatchSize::SmallInput,
-            )
-        });
-        g.bench_function("decap/imix", |bch| {
-            bch.iter_batched_ref(
-                || {
-                    imix.iter()
-                        .map(|p| {
-                            let mut f = frame(p);
-                            a.encap_with(ha, T0, &mut f);
-                            f
-                        })
-                        .collect::<Vec<_>>()
-                },
-                |ps| {
-                    for p in ps.iter_mut() {
-                        b.inbound(T0, p);
-                    }
-                },
-                BatchSize::SmallInput,
-            )
-        });
-        let layouts: Vec<(usize, usize, usize)> =
-            IMIX.iter().map(|&s| esp_layout(enc, auth, s)).collect();
-        g.bench_function("crypto-seal/imix", |bch| {
-            bch.iter_batched_ref(
-                || layouts.iter().map(|l| vec![7u8; l.0]).collect::<Vec<_>>(),
-                |bufs| {
-                    for (buf, l) in bufs.iter_mut().zip(&layouts) {
-                        raw.seal(buf, l.1, l.2);
-                    }
-                },
-                BatchSize::SmallInput,
-            )
-        });
-        g.bench_function("crypto-open/imix", |bch| {
-            bch.iter_batched_ref(
-                || {
-                    layouts
-                        .iter()
-                        .map(|l| {
-                            let mut b = vec![7u8; l.0];
-                            raw.seal(&mut b, l.1, l.2);
-                            b
-                        })
-                        .collect::<Vec<_>>()
-                },
-                |bufs| {
-                    for (buf, l) in bufs.iter_mut().zip(&layouts) {
-                        raw.open(buf, l.1, l.2);
-                    }
-                },
-                BatchSize::SmallInput,
-            )
-        });
+        for (label, sizes) in cases {
+            // one burst slot per packet; IMIX cycles through its sizes
+            let inners: Vec<Vec<u8>> = (0..BURST)
+                .map(|i| ipv4_udp(sizes[i % sizes.len()], [10, 1, 0, 10], [10, 2, 0, 10]))
+                .collect();
+            let layouts: Vec<(usize, usize, usize)> = (0..BURST)
+                .map(|i| esp_layout(enc, auth, sizes[i % sizes.len()]))
+                .collect();
+            let bytes: usize = inners.iter().map(Vec::len).sum::<usize>() / BURST;
+            g.throughput(Throughput::Bytes(bytes as u64));
+            let (mut a, ha, mut b, _) = engines(enc, auth, protect_all());
+            let mut slots: Vec<(usize, PacketBuf<Vec<u8>>)> = inners
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (i, frame(p)))
+                .collect();
+            let mut bufs: Vec<(usize, Vec<u8>)> = layouts
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (i, vec![7u8; l.0]))
+                .collect();
+
+            g.bench_function(format!("encap/{label}"), |bch| {
+                bch.iter_custom(|iters| {
+                    bursts(
+                        iters,
+                        &mut slots,
+                        |(i, p)| reset(p, &inners[*i]),
+                        |(_, p)| assert_eq!(a.encap_with(ha, T0, p), Verdict::Forward),
+                    )
+                })
+            });
+            g.bench_function(format!("crypto-seal/{label}"), |bch| {
+                bch.iter_custom(|iters| {
+                    bursts(
+                        iters,
+                        &mut bufs,
+                        |_| {},
+                        |(i, buf)| raw.seal(buf, layouts[*i].1, layouts[*i].2),
+                    )
+                })
+            });
+            g.bench_function(format!("outbound-spd/{label}"), |bch| {
+                bch.iter_custom(|iters| {
+                    bursts(
+                        iters,
+                        &mut slots,
+                        |(i, p)| reset(p, &inners[*i]),
+                        |(_, p)| assert_eq!(a.outbound(T0, p), Verdict::Forward),
+                    )
+                })
+            });
+            g.bench_function(format!("decap/{label}"), |bch| {
+                bch.iter_custom(|iters| {
+                    bursts(
+                        iters,
+                        &mut slots,
+                        |(i, p)| {
+                            reset(p, &inners[*i]);
+                            a.encap_with(ha, T0, p);
+                        },
+                        |(_, p)| assert_eq!(b.inbound(T0, p), Verdict::Forward),
+                    )
+                })
+            });
+            g.bench_function(format!("crypto-open/{label}"), |bch| {
+                bch.iter_custom(|iters| {
+                    bursts(
+                        iters,
+                        &mut bufs,
+                        |(i, buf)| raw.seal(buf, layouts[*i].1, layouts[*i].2),
+                        |(i, buf)| raw.open(buf, layouts[*i].1, layouts[*i].2),
+                    )
+                })
+            });
+        }
         g.finish();
     }
 }

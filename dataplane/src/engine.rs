@@ -14,7 +14,7 @@ use crate::spd::{Action, Direction, Disposition, Lookup, MAX_BUNDLE, PacketKey, 
 use crate::stats::{DropReason, WorkerStats};
 use crate::time::Timestamp;
 use crate::wire::udp_encap::{UdpEncapKind, classify_udp_encap};
-use crate::wire::{IpProtocol, Ipv4Packet, Ipv6Packet};
+use crate::wire::{IpProtocol, Ipv4Packet, Ipv6Packet, checksum};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -367,10 +367,7 @@ impl Engine {
                 return self.drop(DropReason::BundleTooDeep);
             }
             let spi = esp.spi(pkt.data());
-            let Some(h) = self.sad.lookup_inbound(spi, esp.v6, esp.dst) else {
-                return self.drop(DropReason::NoSa);
-            };
-            let Some(sa) = self.sad.get_mut(h) else {
+            let Some((h, sa)) = self.sad.lookup_inbound_mut(spi, esp.v6, esp.dst) else {
                 return self.drop(DropReason::NoSa);
             };
             match esp::decap(sa, h, pkt, &esp, now, &mut self.events) {
@@ -420,8 +417,29 @@ impl Engine {
         pkt: &mut PacketBuf<B>,
     ) -> Result<Inbound, DropReason> {
         let data = pkt.data();
-        let (v6, src, dst, ip_hdr_len, nh_field, proto, total, ecn, fragment) =
-            match data.first().map(|b| b >> 4) {
+        let (v6, src, dst, ip_hdr_len, nh_field, proto, total, ecn, fragment) = match data
+            .first_chunk::<20>()
+        {
+            // Fast path: IPv4 without options, every field at a fixed offset.
+            Some(h) if h[0] == 0x45 => {
+                let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
+                if total < 20 || total > data.len() || checksum::fold(checksum::sum20(h)) != 0xffff
+                {
+                    return Err(DropReason::Malformed);
+                }
+                (
+                    false,
+                    u128::from(u32::from_be_bytes([h[12], h[13], h[14], h[15]])),
+                    u128::from(u32::from_be_bytes([h[16], h[17], h[18], h[19]])),
+                    20,
+                    9,
+                    IpProtocol(h[9]),
+                    total,
+                    h[1] & 3,
+                    u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0,
+                )
+            }
+            _ => match data.first().map(|b| b >> 4) {
                 Some(4) => {
                     let ip = Ipv4Packet::new_checked(data).map_err(|_| DropReason::Malformed)?;
                     if !ip.verify_checksum() {
@@ -455,7 +473,8 @@ impl Engine {
                     )
                 }
                 _ => return Err(DropReason::Malformed),
-            };
+            },
+        };
         let esp = |esp_off: usize, esp_len: usize, udp: Option<(u16, u16)>| {
             Inbound::Esp(InboundEsp {
                 v6,
@@ -474,20 +493,18 @@ impl Engine {
                 if fragment {
                     return Err(DropReason::Fragment);
                 }
+                // at least the SPI and sequence number (RFC 4303 §2)
+                if total - ip_hdr_len < 8 {
+                    return Err(DropReason::Malformed);
+                }
                 esp(ip_hdr_len, total - ip_hdr_len, None)
             }
             IpProtocol::UDP => {
-                let l4 = &data[ip_hdr_len..total];
-                if l4.len() < 8 {
-                    if fragment {
-                        Inbound::Plain
-                    } else {
-                        return Err(DropReason::Malformed);
-                    }
-                } else {
-                    let sport = u16::from_be_bytes([l4[0], l4[1]]);
-                    let dport = u16::from_be_bytes([l4[2], l4[3]]);
-                    let ulen = usize::from(u16::from_be_bytes([l4[4], l4[5]]));
+                let l4 = data.get(ip_hdr_len..total).unwrap_or_default();
+                if let Some(u) = l4.first_chunk::<8>() {
+                    let sport = u16::from_be_bytes([u[0], u[1]]);
+                    let dport = u16::from_be_bytes([u[2], u[3]]);
+                    let ulen = usize::from(u16::from_be_bytes([u[4], u[5]]));
                     if dport == IKE_PORT {
                         Inbound::Ike
                     } else if self.udp_ports.contains(dport) {
@@ -508,6 +525,10 @@ impl Engine {
                     } else {
                         Inbound::Plain
                     }
+                } else if fragment {
+                    Inbound::Plain
+                } else {
+                    return Err(DropReason::Malformed);
                 }
             }
             _ => Inbound::Plain,

@@ -1114,3 +1114,55 @@ fn transport_mode_refuses_fragments_and_keeps_ipv6_routing_header_in_front() {
         Verdict::Drop(DropReason::Fragment)
     );
 }
+
+/// Found by the fuzzers: raw ESP shorter than its 8-byte header used to be indexed before
+/// being checked; an IPv6 chain of exactly MAX_EXT_HEADERS headers used to be refused.
+#[test]
+fn fuzz_regressions() {
+    let o = PairOpts::new(EncAlg::AesGcm128, AuthAlg::None);
+    let mut p = pair(&o);
+    for hex in [
+        "4500001400000000403266b60a0000010a000002",
+        "6000000000003240fd000000000000000000000000000001fd000000000000000000000000000002",
+        "4500001700000000403266b30a0000010a000002000010",
+    ] {
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let mut bytes = bytes;
+        if bytes[0] == 0x45 {
+            bytes[10] = 0;
+            bytes[11] = 0;
+            let c = xsec_dataplane::wire::checksum::finish(xsec_dataplane::wire::checksum::sum(
+                &bytes[..20],
+            ));
+            bytes[10..12].copy_from_slice(&c.to_be_bytes());
+        }
+        let mut pkt = frame(&bytes);
+        assert_eq!(
+            p.b.inbound(T0, &mut pkt),
+            Verdict::Drop(DropReason::Malformed),
+            "{hex}"
+        );
+    }
+    // 12 extension headers then UDP: walked, and the inbound default applies
+    let mut ext = vec![];
+    for _ in 0..11 {
+        ext.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+    }
+    ext.extend_from_slice(&[17, 0, 0, 0, 0, 0, 0, 0]);
+    let mut body = ext.clone();
+    body.extend_from_slice(&udp(1234, 5000, b""));
+    let pkt6 = ipv6("fd00::1", "fd00::2", 0, 0, &body);
+    p.b.set_spd(Arc::new(
+        SpdConfig {
+            inbound_default: InboundDefault::Bypass,
+            ..Default::default()
+        }
+        .compile()
+        .unwrap(),
+    ));
+    let mut pkt = frame(&pkt6);
+    assert_eq!(p.b.inbound(T0, &mut pkt), Verdict::Bypass);
+}

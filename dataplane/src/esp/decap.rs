@@ -37,10 +37,12 @@ pub(crate) struct InboundEsp {
 }
 
 impl InboundEsp {
+    /// The SPI (the classifier checked that the 8-byte ESP header is there).
     #[inline(always)]
     pub(crate) fn spi(&self, data: &[u8]) -> u32 {
-        let o = self.esp_off;
-        u32::from_be_bytes([data[o], data[o + 1], data[o + 2], data[o + 3]])
+        data.get(self.esp_off..)
+            .and_then(|d| d.first_chunk::<4>())
+            .map_or(0, |b| u32::from_be_bytes(*b))
     }
 
     fn src_ip(&self) -> IpAddr {
@@ -103,12 +105,11 @@ fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
     let base = pkt.head();
     let esp = base + o.esp_off;
     let frame = pkt.frame_mut();
-    let seq_lo = u32::from_be_bytes([
-        frame[esp + 4],
-        frame[esp + 5],
-        frame[esp + 6],
-        frame[esp + 7],
-    ]);
+    let seq_lo = frame
+        .get(esp + 4..)
+        .and_then(|d| d.first_chunk::<4>())
+        .map(|b| u32::from_be_bytes(*b))
+        .ok_or(DropReason::BadLength)?;
     let seq = sa.replay.infer(seq_lo).ok_or(DropReason::ReplayOld)?;
     sa.replay.check(seq).map_err(|e| match e {
         ReplayError::Old => DropReason::ReplayOld,
@@ -182,15 +183,28 @@ fn tunnel<B: AsRef<[u8]> + AsMut<[u8]>>(
         _ => return Err(DropReason::BadNextHeader),
     };
     let inner = &mut inner[..inner_len];
-    let key = PacketKey::parse(inner).map_err(|_| DropReason::Malformed)?;
-    if !sa.selectors_match(&key) {
-        return Err(DropReason::SelectorMismatch);
-    }
-    if sa.ecn == EcnMode::Normal {
+    check_selectors(sa, inner)?;
+    // An outer Not-ECT changes nothing (RFC 6040 Figure 4, first column).
+    if sa.ecn == EcnMode::Normal && o.outer_ecn != 0 {
         ecn_decap(inner, o.outer_ecn)?;
     }
     pkt.set_window(pt, inner_len);
     Ok(inner_len)
+}
+
+/// RFC 4301 §5.2: the decapsulated packet must match the SA's traffic selectors. An SA
+/// without selectors (ANY) skips the upper-layer parse.
+#[inline(always)]
+fn check_selectors(sa: &Sa, packet: &[u8]) -> Result<(), DropReason> {
+    if sa.selectors.is_empty() {
+        return Ok(());
+    }
+    let key = PacketKey::parse(packet).map_err(|_| DropReason::Malformed)?;
+    if sa.selectors_match(&key) {
+        Ok(())
+    } else {
+        Err(DropReason::SelectorMismatch)
+    }
 }
 
 /// RFC 6040 §4.2: fold the outer ECN field into the inner one.
@@ -256,10 +270,7 @@ fn transport<B: AsRef<[u8]> + AsMut<[u8]>>(
         // addresses; recompute it over the addresses the packet now carries.
         fix_l4_checksum(&mut frame[start..start + total], hl, nh, o.v6);
     }
-    let key = PacketKey::parse(&frame[start..start + total]).map_err(|_| DropReason::Malformed)?;
-    if !sa.selectors_match(&key) {
-        return Err(DropReason::SelectorMismatch);
-    }
+    check_selectors(sa, &frame[start..start + total])?;
     pkt.set_window(start, total);
     Ok(data_len)
 }

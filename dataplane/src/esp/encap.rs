@@ -94,7 +94,10 @@ fn write_ipv4(
     h[11] = 0;
     h[12..16].copy_from_slice(&src);
     h[16..20].copy_from_slice(&dst);
-    let c = checksum::finish(checksum::sum(&h[..20]));
+    let c = match <&[u8; 20]>::try_from(&h[..20]) {
+        Ok(h20) => checksum::finish(checksum::sum20(h20)),
+        Err(_) => 0,
+    };
     h[10..12].copy_from_slice(&c.to_be_bytes());
 }
 

@@ -278,6 +278,18 @@ impl SaTable {
             .map(SaHandle)
     }
 
+    /// Inbound SAD lookup returning the SA itself.
+    #[inline(always)]
+    pub fn lookup_inbound_mut(
+        &mut self,
+        spi: u32,
+        v6: bool,
+        dst: u128,
+    ) -> Option<(SaHandle, &mut Sa)> {
+        let h = self.lookup_inbound(spi, v6, dst)?;
+        Some((h, self.slots.get_mut(h.0 as usize)?.as_mut()?))
+    }
+
     /// The current outbound SA of a reqid.
     #[inline(always)]
     pub fn lookup_outbound(&self, reqid: u32) -> Option<SaHandle> {

@@ -197,7 +197,8 @@ pub fn walk(packet: &[u8]) -> Result<UpperLayer> {
     let mut fragment = false;
     let mut esp_insert = HEADER_LEN;
     let mut esp_insert_nh_field = field::NXT_HDR;
-    for _ in 0..MAX_EXT_HEADERS {
+    // one pass per extension header, and one more to reach the upper layer
+    for _ in 0..=MAX_EXT_HEADERS {
         let len = match nh {
             // hop-by-hop, routing, destination options, HIP, Shim6: (len + 1) * 8
             0 | 43 | 60 | 139 | 140 => {
@@ -372,11 +373,20 @@ mod tests {
     fn truncated_and_endless_chains() {
         let b = packet(0, &[60, 4], &[]);
         assert_eq!(walk(&b).unwrap_err(), WireError::Truncated);
+        // exactly MAX_EXT_HEADERS headers are walked; one more is refused
         let mut ext = vec![];
-        for _ in 0..MAX_EXT_HEADERS + 1 {
+        for _ in 0..MAX_EXT_HEADERS - 1 {
             ext.extend_from_slice(&[60, 0, 0, 0, 0, 0, 0, 0]);
         }
-        let b = packet(60, &ext, &[]);
+        ext.extend_from_slice(&[17, 0, 0, 0, 0, 0, 0, 0]);
+        let b = packet(60, &ext, &[0; 8]);
+        assert_eq!(walk(&b).unwrap().protocol, IpProtocol::UDP);
+        let mut ext = vec![];
+        for _ in 0..MAX_EXT_HEADERS {
+            ext.extend_from_slice(&[60, 0, 0, 0, 0, 0, 0, 0]);
+        }
+        ext.extend_from_slice(&[17, 0, 0, 0, 0, 0, 0, 0]);
+        let b = packet(60, &ext, &[0; 8]);
         assert_eq!(walk(&b).unwrap_err(), WireError::Malformed);
         let mut b = packet(17, &[], &[0; 8]);
         b.truncate(45);
