@@ -47,7 +47,7 @@ impl AeadKey {
     }
 
     /// Encrypt `in_out` in place and return the tag.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn seal(
         &self,
         nonce: [u8; 12],
@@ -78,7 +78,7 @@ impl AeadKey {
 
     /// Verify the tag at the end of `ct_tag` and decrypt the bytes before it in place.
     /// The tag comparison is constant time in both libraries.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn open(
         &self,
         nonce: [u8; 12],

@@ -216,14 +216,20 @@ impl Transform {
         let spi = [pkt[0], pkt[1], pkt[2], pkt[3]];
         match &self.kind {
             Kind::Aead { key, salt } => {
+                // fixed layout: 8-byte header, 8-byte IV, 16-byte tag; no length-dependent copies
+                let (hdr, rest) = pkt
+                    .split_first_chunk_mut::<16>()
+                    .ok_or(DropReason::BadLength)?;
                 let iv = (seq ^ self.iv_mask).to_be_bytes();
-                pkt[HEADER_LEN..pt].copy_from_slice(&iv);
+                hdr[8..].copy_from_slice(&iv);
                 let (aad, n) = aead_aad(spi, seq, esn);
-                let (body, tag) = pkt[pt..].split_at_mut(icv - pt);
+                let (body, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
                 let t = key
                     .seal(nonce(*salt, &iv), &aad[..n], body)
                     .map_err(|_| DropReason::TooBig)?;
-                tag.copy_from_slice(&t);
+                if let Some(tag) = tag.first_chunk_mut::<TAG_LEN>() {
+                    *tag = t;
+                }
             }
             Kind::Gmac { key, salt } => {
                 let iv = (seq ^ self.iv_mask).to_be_bytes();
@@ -293,18 +299,24 @@ impl Transform {
             return Err(DropReason::BadLength);
         }
         let icv = len - icv_len;
-        if !(icv - pt).is_multiple_of(self.enc.block_len()) {
+        let Some((hdr, rest)) = pkt.split_first_chunk_mut::<8>() else {
             return Err(DropReason::BadLength);
-        }
-        let spi = [pkt[0], pkt[1], pkt[2], pkt[3]];
-        let seq_lo = u32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]);
-        let seq = (u64::from(seq_hi.unwrap_or(0)) << 32) | u64::from(seq_lo);
+        };
+        let spi = [hdr[0], hdr[1], hdr[2], hdr[3]];
+        let seq = (u64::from(seq_hi.unwrap_or(0)) << 32)
+            | u64::from(u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]));
         match &self.kind {
             Kind::Aead { key, salt } => {
-                let n = nonce(*salt, &pkt[HEADER_LEN..pt]);
+                let Some((iv, ct_tag)) = rest.split_first_chunk_mut::<8>() else {
+                    return Err(DropReason::BadLength);
+                };
                 let (aad, an) = aead_aad(spi, seq, seq_hi.is_some());
-                key.open(n, &aad[..an], &mut pkt[pt..])
-                    .map_err(|_| DropReason::IcvFailed)?;
+                return key
+                    .open(nonce(*salt, iv), &aad[..an], ct_tag)
+                    .map_err(|_| DropReason::IcvFailed);
+            }
+            _ if !(icv - pt).is_multiple_of(self.enc.block_len()) => {
+                return Err(DropReason::BadLength);
             }
             Kind::Gmac { key, salt } => {
                 let n = nonce(*salt, &pkt[HEADER_LEN..pt]);

@@ -8,8 +8,7 @@
 use super::report;
 use crate::events::EventQueue;
 use crate::packet::PacketBuf;
-use crate::sa::Outer;
-use crate::sa::{DfMode, DscpMode, EcnMode, Mode, Sa, SaHandle};
+use crate::sa::{Mode, Sa, SaHandle};
 use crate::stats::DropReason;
 use crate::time::Timestamp;
 use crate::wire::checksum;
@@ -71,58 +70,6 @@ fn inner_info(data: &[u8]) -> Result<(usize, IpProtocol, u8, bool), DropReason> 
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)] // one argument per header field, inlined
-fn write_ipv4(
-    h: &mut [u8],
-    tos: u8,
-    total: usize,
-    id: u16,
-    df: bool,
-    ttl: u8,
-    proto: IpProtocol,
-    src: [u8; 4],
-    dst: [u8; 4],
-) {
-    h[0] = 0x45;
-    h[1] = tos;
-    h[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    h[4..6].copy_from_slice(&id.to_be_bytes());
-    h[6..8].copy_from_slice(&(if df { 0x4000u16 } else { 0 }).to_be_bytes());
-    h[8] = ttl;
-    h[9] = proto.0;
-    h[10] = 0;
-    h[11] = 0;
-    h[12..16].copy_from_slice(&src);
-    h[16..20].copy_from_slice(&dst);
-    let c = match <&[u8; 20]>::try_from(&h[..20]) {
-        Ok(h20) => checksum::finish(checksum::sum20(h20)),
-        Err(_) => 0,
-    };
-    h[10..12].copy_from_slice(&c.to_be_bytes());
-}
-
-#[inline(always)]
-fn write_ipv6(
-    h: &mut [u8],
-    tc: u8,
-    payload: usize,
-    nh: IpProtocol,
-    hops: u8,
-    src: &[u8; 16],
-    dst: &[u8; 16],
-) {
-    h[0] = 0x60 | (tc >> 4);
-    h[1] = tc << 4;
-    h[2] = 0;
-    h[3] = 0;
-    h[4..6].copy_from_slice(&(payload as u16).to_be_bytes());
-    h[6] = nh.0;
-    h[7] = hops;
-    h[8..24].copy_from_slice(src);
-    h[24..40].copy_from_slice(dst);
-}
-
-#[inline(always)]
 fn write_udp(u: &mut [u8], sport: u16, dport: u16, len: usize) {
     u[0..2].copy_from_slice(&sport.to_be_bytes());
     u[2..4].copy_from_slice(&dport.to_be_bytes());
@@ -147,100 +94,103 @@ fn write_esp_header(frame: &mut [u8], esp: usize, spi: u32, seq: u64) {
     frame[esp + 4..esp + 8].copy_from_slice(&(seq as u32).to_be_bytes());
 }
 
+/// Padding bytes 1, 2, 3, … (RFC 4303 §2.4), written as one fixed-size store; the pad
+/// length and next header then overwrite their two positions.
+const PAD_PATTERN: [u8; 16] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
+
+/// Inner length, next header, TOS/traffic class and DF, with a fast path for IPv4 without
+/// options.
+#[inline(always)]
+fn inner_fast(data: &[u8]) -> Result<(usize, IpProtocol, u8, bool), DropReason> {
+    if let Some(h) = data.first_chunk::<20>()
+        && h[0] == 0x45
+    {
+        let len = usize::from(u16::from_be_bytes([h[2], h[3]]));
+        if len < 20 || len > data.len() {
+            return Err(DropReason::Malformed);
+        }
+        return Ok((len, IpProtocol::IPV4, h[1], h[6] & 0x40 != 0));
+    }
+    inner_info(data)
+}
+
 fn tunnel<B: AsRef<[u8]> + AsMut<[u8]>>(
     sa: &mut Sa,
     h: SaHandle,
     pkt: &mut PacketBuf<B>,
     events: &mut EventQueue,
 ) -> Result<usize, DropReason> {
-    let (inner_len, nh, inner_tos, inner_df) = inner_info(pkt.data())?;
+    let (inner_len, nh, inner_tos, inner_df) = inner_fast(pkt.data())?;
     let (iv, icv, align) = (sa.xform.iv_len(), sa.xform.icv_len(), sa.xform.align());
+    let t = sa.tmpl;
+    let hdr = usize::from(t.len);
+    if hdr == 0 {
+        return Err(DropReason::NoSa);
+    }
     let pad = EspTrailer::pad_len_for(inner_len, align);
     let esp_len = ESP_HDR + iv + inner_len + pad + TRAILER_LEN + icv;
-    let (ip_hdr, v6) = match sa.outer {
-        Outer::V4 { .. } => (20, false),
-        Outer::V6 { .. } => (40, true),
-        Outer::None => return Err(DropReason::NoSa),
-    };
-    let udp = if sa.udp.is_some() { 8 } else { 0 };
-    let front = ip_hdr + udp + ESP_HDR + iv;
-    let total = ip_hdr + udp + esp_len;
-    if total - if v6 { 40 } else { 0 } > usize::from(u16::MAX) {
+    let front = hdr + ESP_HDR + iv;
+    let total = hdr + esp_len;
+    if total - if t.v6 { 40 } else { 0 } > usize::from(u16::MAX) {
         return Err(DropReason::TooBig);
     }
     let head = pkt.head();
-    // bytes after the inner packet (e.g. link padding) are reused as tailroom
-    let tail_avail = pkt.tailroom() + (pkt.len() - inner_len);
-    if head < front || tail_avail < pad + TRAILER_LEN + icv {
+    let pt_end = head + inner_len;
+    // behind the packet: trailer and ICV, and at least 16 bytes for the padding store
+    if head < front || pt_end + (pad + TRAILER_LEN + icv).max(PAD_PATTERN.len()) > pkt.frame().len()
+    {
         return Err(DropReason::NoBufferSpace);
     }
     let (seq, ev) = sa.next_seq()?;
     report(events, sa, h, ev);
 
-    let dscp = match sa.dscp {
-        DscpMode::Copy => inner_tos >> 2,
-        DscpMode::Set(d) => d,
-    };
-    // RFC 6040 §4.1: normal mode copies the inner ECN field; compatibility mode sends Not-ECT.
-    let ecn = match sa.ecn {
-        EcnMode::Normal => inner_tos & 3,
-        EcnMode::Compatibility => 0,
-    };
-    let df = match sa.df {
-        DfMode::Copy => inner_df,
-        DfMode::Set => true,
-        DfMode::Clear => false,
-    };
     let start = head - front;
-    let esp = start + ip_hdr + udp;
-    let pt_end = head + inner_len;
+    let esp = start + hdr;
     let frame = pkt.frame_mut();
-    EspTrailer::emit(&mut frame[pt_end..pt_end + pad + TRAILER_LEN], nh);
-    let proto = if udp != 0 {
-        IpProtocol::UDP
-    } else {
-        IpProtocol::ESP
-    };
-    match &sa.outer {
-        Outer::V4 { local, remote } => {
-            sa.ip_id = sa.ip_id.wrapping_add(1);
-            write_ipv4(
-                &mut frame[start..start + 20],
-                dscp << 2 | ecn,
-                total,
-                sa.ip_id,
-                df,
-                sa.ttl,
-                proto,
-                *local,
-                *remote,
-            );
-        }
-        Outer::V6 { local, remote } => {
-            write_ipv6(
-                &mut frame[start..start + 40],
-                dscp << 2 | ecn,
-                total - 40,
-                proto,
-                sa.ttl,
-                local,
-                remote,
-            );
-        }
-        Outer::None => return Err(DropReason::NoSa),
+    if let Some(tail) = frame[pt_end..].first_chunk_mut::<16>() {
+        *tail = PAD_PATTERN;
     }
-    if let Some((lp, rp)) = sa.udp {
-        write_udp(
-            &mut frame[start + ip_hdr..start + ip_hdr + 8],
-            lp,
-            rp,
-            8 + esp_len,
-        );
+    frame[pt_end + pad] = pad as u8;
+    frame[pt_end + pad + 1] = nh.0;
+    let out = &mut frame[start..esp];
+    match hdr {
+        20 => out.copy_from_slice(&t.bytes[..20]),
+        28 => out.copy_from_slice(&t.bytes[..28]),
+        40 => out.copy_from_slice(&t.bytes[..40]),
+        _ => out.copy_from_slice(&t.bytes[..48]),
+    }
+    let tos = (inner_tos & t.tos_keep) | t.tos_set;
+    if t.v6 {
+        out[0] = 0x60 | (tos >> 4);
+        out[1] = tos << 4;
+        out[4..6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
+    } else {
+        // DF per RFC 4301 §8.1; the checksum from the template's constant sum (RFC 1624)
+        let flags: u16 = if (inner_df && t.df_copy) || t.df_force {
+            0x4000
+        } else {
+            0
+        };
+        sa.ip_id = sa.ip_id.wrapping_add(1);
+        out[1] = tos;
+        out[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        out[4..6].copy_from_slice(&sa.ip_id.to_be_bytes());
+        out[6..8].copy_from_slice(&flags.to_be_bytes());
+        let sum = t.sum + u32::from(tos) + total as u32 + u32::from(sa.ip_id) + u32::from(flags);
+        out[10..12].copy_from_slice(&checksum::finish(sum).to_be_bytes());
+    }
+    if hdr == 28 || hdr == 48 {
+        let u = hdr - 8;
+        out[u + 4..u + 6].copy_from_slice(&((8 + esp_len) as u16).to_be_bytes());
     }
     write_esp_header(frame, esp, sa.spi, seq);
     sa.xform.seal(frame, esp, esp_len, seq, sa.esn)?;
-    if let (Some(_), Outer::V6 { local, remote }) = (sa.udp, &sa.outer) {
-        fill_udp6_checksum(frame, start + 40, 8 + esp_len, local, remote);
+    if hdr == 48 {
+        let mut src = [0u8; 16];
+        let mut dst = [0u8; 16];
+        src.copy_from_slice(&t.bytes[8..24]);
+        dst.copy_from_slice(&t.bytes[24..40]);
+        fill_udp6_checksum(frame, start + 40, 8 + esp_len, &src, &dst);
     }
     pkt.set_window(start, total);
     Ok(inner_len)

@@ -12,6 +12,5 @@ pub use config::{
 };
 pub(crate) use lifetime::LifeEvent;
 pub use lifetime::LimitKind;
-pub(crate) use state::Outer;
 pub use state::{Sa, SaCounters, SaStatus};
 pub use table::{SaHandle, SaTable};

@@ -21,6 +21,77 @@ pub(crate) enum Outer {
     V6 { local: [u8; 16], remote: [u8; 16] },
 }
 
+/// The precomputed outer header of a tunnel-mode SA: per packet only the TOS/traffic class,
+/// lengths, identification, DF and checksums are written.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OuterTemplate {
+    pub(crate) bytes: [u8; 48],
+    /// IP header plus UDP header bytes: 20, 28, 40 or 48.
+    pub(crate) len: u8,
+    pub(crate) v6: bool,
+    /// IPv4: the one's-complement sum of the constant header words.
+    pub(crate) sum: u32,
+    /// Outer TOS = (inner TOS & keep) | set: DSCP copied or set (RFC 4301 §5.1.2.1), ECN
+    /// copied (RFC 6040 normal mode) or Not-ECT (compatibility mode).
+    pub(crate) tos_keep: u8,
+    pub(crate) tos_set: u8,
+    /// Outer DF = (inner DF & df_copy) | df_force.
+    pub(crate) df_copy: bool,
+    pub(crate) df_force: bool,
+}
+
+impl OuterTemplate {
+    fn new(
+        outer: &Outer,
+        udp: Option<(u16, u16)>,
+        ttl: u8,
+        dscp: DscpMode,
+        ecn: EcnMode,
+        df: DfMode,
+    ) -> Self {
+        let mut b = [0u8; 48];
+        let proto = if udp.is_some() { 17 } else { 50 };
+        let (ip_len, v6, sum) = match outer {
+            Outer::V4 { local, remote } => {
+                b[0] = 0x45;
+                b[8] = ttl;
+                b[9] = proto;
+                b[12..16].copy_from_slice(local);
+                b[16..20].copy_from_slice(remote);
+                (20, false, crate::wire::checksum::sum(&b[..20]))
+            }
+            Outer::V6 { local, remote } => {
+                b[0] = 0x60;
+                b[6] = proto;
+                b[7] = ttl;
+                b[8..24].copy_from_slice(local);
+                b[24..40].copy_from_slice(remote);
+                (40, true, 0)
+            }
+            Outer::None => (0, false, 0),
+        };
+        if let Some((lp, rp)) = udp {
+            b[ip_len..ip_len + 2].copy_from_slice(&lp.to_be_bytes());
+            b[ip_len + 2..ip_len + 4].copy_from_slice(&rp.to_be_bytes());
+        }
+        let (dscp_keep, dscp_set) = match dscp {
+            DscpMode::Copy => (0xfc, 0),
+            DscpMode::Set(d) => (0, d << 2),
+        };
+        let ecn_keep = if ecn == EcnMode::Normal { 0x03 } else { 0 };
+        OuterTemplate {
+            bytes: b,
+            len: (ip_len + if udp.is_some() { 8 } else { 0 }) as u8,
+            v6,
+            sum,
+            tos_keep: dscp_keep | ecn_keep,
+            tos_set: dscp_set,
+            df_copy: df == DfMode::Copy,
+            df_force: df == DfMode::Set,
+        }
+    }
+}
+
 /// The soft event for the sequence number comes this many packets before the end of a 32-bit
 /// space (about 16.7 M packets: seconds of warning at line rate, enough to rekey).
 const SEQ_SOFT_MARGIN: u64 = 1 << 24;
@@ -39,14 +110,12 @@ pub struct Sa {
     pub(crate) seq_soft: u64,
     pub(crate) replay: ReplayWindow,
     pub(crate) xform: Transform,
-    pub(crate) outer: Outer,
     /// (local, remote) UDP ports when ESP is UDP-encapsulated.
     pub(crate) udp: Option<(u16, u16)>,
     pub(crate) ip_id: u16,
-    pub(crate) dscp: DscpMode,
     pub(crate) ecn: EcnMode,
-    pub(crate) df: DfMode,
-    pub(crate) ttl: u8,
+    /// Tunnel mode: the outer IP (+ UDP) header with every constant field filled in.
+    pub(crate) tmpl: OuterTemplate,
     pub(crate) life: LifeState,
     pub(crate) drops: DropCounters,
     pub(crate) selectors: Box<[Selector]>,
@@ -119,6 +188,13 @@ impl Sa {
             },
             _ => Outer::None,
         };
+        let udp = match cfg.encap {
+            Encap::None => None,
+            Encap::Udp {
+                local_port,
+                remote_port,
+            } => Some((local_port, remote_port)),
+        };
         let seq_max = if cfg.esn {
             u64::MAX
         } else {
@@ -146,19 +222,10 @@ impl Sa {
             seq_soft: seq_max.saturating_sub(SEQ_SOFT_MARGIN),
             replay: ReplayWindow::new(if outbound { 0 } else { cfg.replay_window }, cfg.esn),
             xform,
-            outer,
-            udp: match cfg.encap {
-                Encap::None => None,
-                Encap::Udp {
-                    local_port,
-                    remote_port,
-                } => Some((local_port, remote_port)),
-            },
+            udp,
             ip_id: (u32::from(random[0]) << 8 | u32::from(random[1])) as u16,
-            dscp: cfg.dscp,
             ecn: cfg.ecn,
-            df: cfg.df,
-            ttl: cfg.ttl,
+            tmpl: OuterTemplate::new(&outer, udp, cfg.ttl, cfg.dscp, cfg.ecn, cfg.df),
             life: LifeState::new(&cfg.lifetime, now),
             drops: DropCounters::default(),
             selectors: cfg.selectors.clone().into_boxed_slice(),
