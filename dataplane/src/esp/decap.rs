@@ -158,6 +158,7 @@ fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
     }
 }
 
+#[inline(always)]
 fn tunnel<B: AsRef<[u8]> + AsMut<[u8]>>(
     sa: &Sa,
     pkt: &mut PacketBuf<B>,
@@ -170,15 +171,25 @@ fn tunnel<B: AsRef<[u8]> + AsMut<[u8]>>(
     let inner = &mut frame[pt..pt + data_len];
     // The inner header's own length bounds the packet: anything after it is TFC padding
     // (RFC 4303 §2.7), which is tolerated and removed.
-    let inner_len = match (nh, inner.first().map(|b| b >> 4)) {
-        (IpProtocol::IPV4, Some(4)) => usize::from(
+    let inner_len = match (nh, inner.first_chunk::<20>()) {
+        // IPv4 without options: its length at a fixed offset
+        (IpProtocol::IPV4, Some(h)) if h[0] == 0x45 => {
+            let n = usize::from(u16::from_be_bytes([h[2], h[3]]));
+            if n < 20 || n > data_len {
+                return Err(DropReason::Malformed);
+            }
+            n
+        }
+        (IpProtocol::IPV4, _) if inner.first().map(|b| b >> 4) == Some(4) => usize::from(
             Ipv4Packet::new_checked(&*inner)
                 .map_err(|_| DropReason::Malformed)?
                 .total_len(),
         ),
-        (IpProtocol::IPV6, Some(6)) => Ipv6Packet::new_checked(&*inner)
-            .map_err(|_| DropReason::Malformed)?
-            .total_len(),
+        (IpProtocol::IPV6, _) if inner.first().map(|b| b >> 4) == Some(6) => {
+            Ipv6Packet::new_checked(&*inner)
+                .map_err(|_| DropReason::Malformed)?
+                .total_len()
+        }
         (IpProtocol::IPV4 | IpProtocol::IPV6, _) => return Err(DropReason::Malformed),
         _ => return Err(DropReason::BadNextHeader),
     };
