@@ -420,12 +420,17 @@ fn run(data: &[u8]) {
     let ports: Vec<u16> = [4500].into_iter().chain(c.udp).collect();
     let ctx = || format!("{c:?} plaintext {} packet {} -> {v:?}", hex(&pt), hex(&pkt));
 
-    assert_ne!(
-        v,
-        Verdict::Drop(DropReason::IcvFailed),
-        "ICV failed on a correctly authenticated packet: {}",
-        ctx()
-    );
+    // The outer layer is always authentic. A decapsulated packet that is itself ESP to this
+    // SA (next header 50 in transport mode) is a nested layer of arbitrary bytes, whose ICV
+    // may well fail: only an ICV failure without any decapsulation is a bug.
+    if decaps == 0 {
+        assert_ne!(
+            v,
+            Verdict::Drop(DropReason::IcvFailed),
+            "ICV failed on a correctly authenticated packet: {}",
+            ctx()
+        );
+    }
     match model(&c, &pkt, hl, nh_field, &pt) {
         Err(r) => {
             assert_eq!(v, Verdict::Drop(r), "the model says {r:?}: {}", ctx());
@@ -445,8 +450,8 @@ fn run(data: &[u8]) {
                 hex(&expected),
                 ctx()
             );
-            assert_eq!(sa.drops.get(DropReason::IcvFailed), 0);
             if plain_after_decap(&expected, &ports) {
+                assert_eq!(sa.drops.get(DropReason::IcvFailed), 0);
                 assert_eq!(
                     v,
                     Verdict::Forward,

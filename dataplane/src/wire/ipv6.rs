@@ -197,8 +197,8 @@ pub fn walk(packet: &[u8]) -> Result<UpperLayer> {
     let mut fragment = false;
     let mut esp_insert = HEADER_LEN;
     let mut esp_insert_nh_field = field::NXT_HDR;
-    // one pass per extension header, and one more to reach the upper layer
-    for _ in 0..=MAX_EXT_HEADERS {
+    let mut headers = 0;
+    loop {
         let len = match nh {
             // hop-by-hop, routing, destination options, HIP, Shim6: (len + 1) * 8
             0 | 43 | 60 | 139 | 140 => {
@@ -230,6 +230,10 @@ pub fn walk(packet: &[u8]) -> Result<UpperLayer> {
                 });
             }
         };
+        headers += 1;
+        if headers > MAX_EXT_HEADERS {
+            return Err(WireError::Malformed);
+        }
         if off + len > packet.len() {
             return Err(WireError::Truncated);
         }
@@ -261,7 +265,6 @@ pub fn walk(packet: &[u8]) -> Result<UpperLayer> {
             });
         }
     }
-    Err(WireError::Malformed)
 }
 
 /// The parsed form of a fixed IPv6 header.
@@ -386,6 +389,16 @@ mod tests {
             ext.extend_from_slice(&[60, 0, 0, 0, 0, 0, 0, 0]);
         }
         ext.extend_from_slice(&[17, 0, 0, 0, 0, 0, 0, 0]);
+        let b = packet(60, &ext, &[0; 8]);
+        assert_eq!(walk(&b).unwrap_err(), WireError::Malformed);
+        // the bound holds when the last header is a non-first fragment too (found by fuzzing)
+        let mut ext = vec![];
+        for _ in 0..MAX_EXT_HEADERS {
+            ext.extend_from_slice(&[60, 0, 0, 0, 0, 0, 0, 0]);
+        }
+        ext.truncate(ext.len() - 8);
+        ext.extend_from_slice(&[44, 0, 0, 0, 0, 0, 0, 0]);
+        ext.extend_from_slice(&[17, 0, 0, 8, 0, 0, 0, 0]);
         let b = packet(60, &ext, &[0; 8]);
         assert_eq!(walk(&b).unwrap_err(), WireError::Malformed);
         let mut b = packet(17, &[], &[0; 8]);
