@@ -47,19 +47,9 @@ fn bench_esp(c: &mut Criterion) {
     for &(name, enc, auth) in BENCH_ALGS {
         let raw = RawCrypto::new(enc, auth);
         let mut g = c.benchmark_group(format!("esp/{name}"));
-        let cases: Vec<(String, Vec<usize>)> = SIZES
-            .iter()
-            .map(|&s| (s.to_string(), vec![s]))
-            .chain(std::iter::once(("imix".to_string(), IMIX.to_vec())))
-            .collect();
-        for (label, sizes) in cases {
+        for (label, sizes) in size_cases() {
             // one burst slot per packet; IMIX cycles through its sizes
-            let inners: Vec<Vec<u8>> = (0..BURST)
-                .map(|i| ipv4_udp(sizes[i % sizes.len()], [10, 1, 0, 10], [10, 2, 0, 10]))
-                .collect();
-            let layouts: Vec<(usize, usize, usize)> = (0..BURST)
-                .map(|i| esp_layout(enc, auth, sizes[i % sizes.len()]))
-                .collect();
+            let (inners, layouts) = burst(enc, auth, &sizes, BURST);
             let bytes: usize = inners.iter().map(Vec::len).sum::<usize>() / BURST;
             g.throughput(Throughput::Bytes(bytes as u64));
             let (mut a, ha, mut b, _) = engines(enc, auth, protect_all());

@@ -54,18 +54,8 @@ fn main() {
             continue;
         }
         let raw = RawCrypto::new(enc, auth);
-        let cases: Vec<(String, Vec<usize>)> = SIZES
-            .iter()
-            .map(|&s| (s.to_string(), vec![s]))
-            .chain(std::iter::once(("imix".to_string(), IMIX.to_vec())))
-            .collect();
-        for (label, sizes) in cases {
-            let inners: Vec<Vec<u8>> = (0..BURST)
-                .map(|i| ipv4_udp(sizes[i % sizes.len()], [10, 1, 0, 10], [10, 2, 0, 10]))
-                .collect();
-            let layouts: Vec<(usize, usize, usize)> = (0..BURST)
-                .map(|i| esp_layout(enc, auth, sizes[i % sizes.len()]))
-                .collect();
+        for (label, sizes) in size_cases() {
+            let (inners, layouts) = burst(enc, auth, &sizes, BURST);
             let (mut a, ha, mut b, _) = engines(enc, auth, protect_all());
             let mut frames: Vec<PacketBuf<Vec<u8>>> = inners.iter().map(|p| frame(p)).collect();
             let mut bufs: Vec<Vec<u8>> = layouts.iter().map(|l| vec![7u8; l.0]).collect();

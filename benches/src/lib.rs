@@ -26,6 +26,34 @@ pub const SIZES: &[usize] = &[64, 512, 1420];
 /// Simple IMIX by packet count: 7 × 64 B, 4 × 576 B, 1 × 1420 B.
 pub const IMIX: &[usize] = &[64, 576, 64, 64, 576, 64, 1420, 64, 576, 64, 64, 576];
 
+/// The size cases of the ESP benchmarks, labelled: each size alone, then the IMIX mix.
+pub fn size_cases() -> Vec<(String, Vec<usize>)> {
+    SIZES
+        .iter()
+        .map(|&s| (s.to_string(), vec![s]))
+        .chain(std::iter::once(("imix".to_string(), IMIX.to_vec())))
+        .collect()
+}
+
+/// ESP packet length, IV length and ICV length of one packet.
+pub type EspLayout = (usize, usize, usize);
+
+/// A burst of `n` inner packets and their ESP layouts, cycling through `sizes`.
+pub fn burst(
+    enc: EncAlg,
+    auth: AuthAlg,
+    sizes: &[usize],
+    n: usize,
+) -> (Vec<Vec<u8>>, Vec<EspLayout>) {
+    let inners = (0..n)
+        .map(|i| ipv4_udp(sizes[i % sizes.len()], [10, 1, 0, 10], [10, 2, 0, 10]))
+        .collect();
+    let layouts = (0..n)
+        .map(|i| esp_layout(enc, auth, sizes[i % sizes.len()]))
+        .collect();
+    (inners, layouts)
+}
+
 pub const HEADROOM: usize = 128;
 pub const FRAME: usize = 2048;
 
@@ -268,7 +296,7 @@ fn subtle_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-pub fn esp_layout(enc: EncAlg, auth: AuthAlg, inner: usize) -> (usize, usize, usize) {
+pub fn esp_layout(enc: EncAlg, auth: AuthAlg, inner: usize) -> EspLayout {
     let iv = enc.iv_len();
     let icv = if enc.is_combined() {
         16
