@@ -117,8 +117,7 @@ fn padding_is_minimal_and_aligned() {
     }
 }
 
-fn flip_expect(enc: EncAlg, pos: usize, esp_off: usize) -> &'static [DropReason] {
-    let _ = enc;
+fn flip_expect(pos: usize, esp_off: usize) -> &'static [DropReason] {
     if pos < esp_off {
         &[DropReason::Malformed]
     } else if pos < esp_off + 4 {
@@ -190,7 +189,7 @@ proptest! {
         bad[b] ^= 1 << (bit.index(8));
         let mut pkt = frame(&bad);
         let v = p.b.inbound(T0, &mut pkt);
-        let want = flip_expect(enc, b, esp_off);
+        let want = flip_expect(b, esp_off);
         prop_assert!(matches!(v, Verdict::Drop(r) if want.contains(&r)), "byte {} of {}: {:?}, want one of {:?}", b, wire.len(), v, want);
         // the original still passes: a forged packet did not move the window
         let mut pkt = frame(&wire);

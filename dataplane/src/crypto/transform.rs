@@ -439,9 +439,6 @@ pub(crate) mod tests {
                 for bit in [0usize, 8 * 8, 8 * (len - 1)] {
                     let mut b = sealed.clone();
                     b[esp + bit / 8] ^= 1 << (bit % 8);
-                    if bit == 0 {
-                        // the SPI is authenticated too
-                    }
                     assert_eq!(
                         inb.open(&mut b, esp, len, esn.then_some(5)),
                         Err(DropReason::IcvFailed),

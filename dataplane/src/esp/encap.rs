@@ -98,6 +98,23 @@ fn write_esp_header(frame: &mut [u8], esp: usize, spi: u32, seq: u64) {
 /// length and next header then overwrite their two positions.
 const PAD_PATTERN: [u8; 16] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
 
+/// Bytes needed behind the payload: padding, trailer and ICV, and at least the 16 bytes of the
+/// padding store.
+#[inline(always)]
+fn trailer_room(pad: usize, icv: usize) -> usize {
+    (pad + TRAILER_LEN + icv).max(PAD_PATTERN.len())
+}
+
+/// Write padding, pad length and next header at `pt_end` (room checked by the caller).
+#[inline(always)]
+fn write_trailer(frame: &mut [u8], pt_end: usize, pad: usize, nh: IpProtocol) {
+    if let Some(tail) = frame[pt_end..].first_chunk_mut::<16>() {
+        *tail = PAD_PATTERN;
+    }
+    frame[pt_end + pad] = pad as u8;
+    frame[pt_end + pad + 1] = nh.0;
+}
+
 /// Inner length, next header, TOS/traffic class and DF, with a fast path for IPv4 without
 /// options.
 #[inline(always)]
@@ -137,8 +154,7 @@ fn tunnel<B: AsRef<[u8]> + AsMut<[u8]>>(
     let head = pkt.head();
     let pt_end = head + inner_len;
     // behind the packet: trailer and ICV, and at least 16 bytes for the padding store
-    if head < front || pt_end + (pad + TRAILER_LEN + icv).max(PAD_PATTERN.len()) > pkt.frame().len()
-    {
+    if head < front || pt_end + trailer_room(pad, icv) > pkt.frame().len() {
         return Err(DropReason::NoBufferSpace);
     }
     let (seq, ev) = sa.next_seq()?;
@@ -147,11 +163,7 @@ fn tunnel<B: AsRef<[u8]> + AsMut<[u8]>>(
     let start = head - front;
     let esp = start + hdr;
     let frame = pkt.frame_mut();
-    if let Some(tail) = frame[pt_end..].first_chunk_mut::<16>() {
-        *tail = PAD_PATTERN;
-    }
-    frame[pt_end + pad] = pad as u8;
-    frame[pt_end + pad + 1] = nh.0;
+    write_trailer(frame, pt_end, pad, nh);
     let out = &mut frame[start..esp];
     match hdr {
         20 => out.copy_from_slice(&t.bytes[..20]),
@@ -237,7 +249,7 @@ fn transport<B: AsRef<[u8]> + AsMut<[u8]>>(
     }
     let head = pkt.head();
     let tail_avail = pkt.tailroom() + (pkt.len() - total_len);
-    if head < shift || tail_avail < pad + TRAILER_LEN + icv {
+    if head < shift || tail_avail < trailer_room(pad, icv) {
         return Err(DropReason::NoBufferSpace);
     }
     let (seq, ev) = sa.next_seq()?;
@@ -247,7 +259,7 @@ fn transport<B: AsRef<[u8]> + AsMut<[u8]>>(
     let frame = pkt.frame_mut();
     frame.copy_within(head..head + hl, start);
     let pt_end = head + total_len;
-    EspTrailer::emit(&mut frame[pt_end..pt_end + pad + TRAILER_LEN], nh);
+    write_trailer(frame, pt_end, pad, nh);
     let proto = if udp != 0 {
         IpProtocol::UDP
     } else {

@@ -12,5 +12,5 @@ pub use config::{
 };
 pub(crate) use lifetime::LifeEvent;
 pub use lifetime::LimitKind;
-pub use state::{Sa, SaCounters, SaStatus};
+pub use state::{Sa, SaStatus};
 pub use table::{SaHandle, SaTable};

@@ -392,6 +392,3 @@ pub struct SaStatus {
     pub iv_len: usize,
     pub icv_len: usize,
 }
-
-/// Counters of one SA (packets and bytes live in its lifetime state).
-pub type SaCounters = DropCounters;

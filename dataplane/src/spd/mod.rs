@@ -496,8 +496,6 @@ mod tests {
 
     #[test]
     fn multicast_is_never_protected() {
-        let spd = sample();
-        // 10.2.0.0/24 covers no multicast; use a PROTECT any-any to check
         let cfg = SpdConfig {
             outbound: vec![
                 pol("all", Selector::ANY, Action::Protect(SaBundle::single(1))),
@@ -526,7 +524,6 @@ mod tests {
             spd2.lookup(Direction::Outbound, &k),
             Lookup::Policy { index: 0, .. }
         ));
-        let _ = spd;
     }
 
     #[test]
