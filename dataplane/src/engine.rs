@@ -30,6 +30,9 @@ pub enum Verdict {
     Punt,
     /// Consumed by the engine (a NAT-keepalive).
     Consumed,
+    /// The SA this packet needs belongs to another worker's shard (see [`Shards`]): hand the
+    /// packet, unchanged, to that worker.
+    Handoff(u16),
     Drop(DropReason),
     /// Not processed (the verdict slice was shorter than the burst).
     #[default]
@@ -117,6 +120,19 @@ impl PortSet {
     }
 }
 
+/// Which worker owns the SAs this engine does not hold.
+///
+/// Each worker's engine holds one shard of the SAD. When a packet needs an SA that is not in
+/// the local shard, the engine looks the SPI (inbound) or reqid (outbound) up here and answers
+/// [`Verdict::Handoff`] instead of dropping it. Only consulted on a local miss.
+#[derive(Debug, Clone, Default)]
+pub struct Shards {
+    /// Inbound SPI → owning worker.
+    pub inbound: std::collections::HashMap<u32, u16>,
+    /// Outbound reqid → owning worker.
+    pub outbound: std::collections::HashMap<u32, u16>,
+}
+
 /// The IKE port: always handed to the control plane.
 const IKE_PORT: u16 = 500;
 
@@ -130,6 +146,7 @@ pub struct Engine {
     events: EventQueue,
     udp_ports: PortSet,
     sweep: usize,
+    shards: Option<Arc<Shards>>,
 }
 
 /// What the inbound classifier found.
@@ -158,7 +175,13 @@ impl Engine {
             events: EventQueue::new(cfg.event_capacity),
             udp_ports: PortSet::new(&cfg.udp_encap_ports),
             sweep: 0,
+            shards: None,
         }
+    }
+
+    /// Set (or clear) the map of SAs held by other workers; takes effect for the next packet.
+    pub fn set_shards(&mut self, shards: Option<Arc<Shards>>) {
+        self.shards = shards;
     }
 
     /// Build and install an SA from its configuration.
@@ -298,6 +321,13 @@ impl Engine {
         let mut v = Verdict::Drop(DropReason::NoSa);
         for &reqid in bundle.reqids() {
             let Some(h) = self.sad.lookup_outbound(reqid) else {
+                // Only the first SA of a bundle may live elsewhere: the packet is unchanged.
+                if let (Some(&w), true) = (
+                    self.shards.as_ref().and_then(|s| s.outbound.get(&reqid)),
+                    reqid == bundle.reqids()[0],
+                ) {
+                    return Verdict::Handoff(w);
+                }
                 return self.drop(DropReason::NoSa);
             };
             v = self.encap_with(h, now, pkt);
@@ -368,6 +398,12 @@ impl Engine {
             }
             let spi = esp.spi(pkt.data());
             let Some((h, sa)) = self.sad.lookup_inbound_mut(spi, esp.v6, esp.dst) else {
+                // Only before the first decapsulation: the packet is still as received.
+                if depth == 0
+                    && let Some(&w) = self.shards.as_ref().and_then(|s| s.inbound.get(&spi))
+                {
+                    return Verdict::Handoff(w);
+                }
                 return self.drop(DropReason::NoSa);
             };
             match esp::decap(sa, h, pkt, &esp, now, &mut self.events) {

@@ -29,7 +29,7 @@ pub mod wire;
 #[cfg(test)]
 mod kat;
 
-pub use engine::{Engine, EngineConfig, Verdict};
+pub use engine::{Engine, EngineConfig, Shards, Verdict};
 pub use packet::PacketBuf;
 pub use stats::DropReason;
 pub use time::Timestamp;

@@ -1165,3 +1165,38 @@ fn fuzz_regressions() {
     let mut pkt = frame(&pkt6);
     assert_eq!(p.b.inbound(T0, &mut pkt), Verdict::Bypass);
 }
+
+/// A worker whose shard lacks the SA hands the packet, unchanged, to the owner named in
+/// `Shards`; the owner then processes it normally. Unknown SPIs/reqids still drop.
+#[test]
+fn sharded_engines_hand_off_to_the_owner() {
+    use xsec_dataplane::Shards;
+    let o = PairOpts::new(EncAlg::AesGcm128, AuthAlg::None);
+    let mut p = pair(&o);
+    // a second worker of gateway A with the same SPD but no SAs
+    let mut a2 = Engine::new(p.a.spd().clone());
+    let mut b2 = Engine::new(p.b.spd().clone());
+    let inner_pkt = inner(&o, false, 0, b"sharded");
+    let mut pkt = frame(&inner_pkt);
+    assert_eq!(a2.outbound(T0, &mut pkt), Verdict::Drop(DropReason::NoSa));
+    let mut shards = Shards::default();
+    shards.outbound.insert(1, 0);
+    shards.inbound.insert(p.in_cfg.spi, 0);
+    a2.set_shards(Some(Arc::new(shards.clone())));
+    b2.set_shards(Some(Arc::new(shards)));
+    let mut pkt = frame(&inner_pkt);
+    assert_eq!(a2.outbound(T0, &mut pkt), Verdict::Handoff(0));
+    assert_eq!(pkt.data(), &inner_pkt[..], "a handed-off packet is unchanged");
+    assert_eq!(p.a.outbound(T0, &mut pkt), Verdict::Forward);
+    let wire = pkt.data().to_vec();
+    let mut pkt = frame(&wire);
+    assert_eq!(b2.inbound(T0, &mut pkt), Verdict::Handoff(0));
+    assert_eq!(pkt.data(), &wire[..]);
+    assert_eq!(p.b.inbound(T0, &mut pkt), Verdict::Forward);
+    assert_eq!(pkt.data(), &inner_pkt[..]);
+    // an SPI nobody owns is still no_sa
+    let mut bad = wire.clone();
+    bad[20..24].copy_from_slice(&0xdead_beefu32.to_be_bytes());
+    let mut pkt = frame(&bad);
+    assert_eq!(b2.inbound(T0, &mut pkt), Verdict::Drop(DropReason::NoSa));
+}

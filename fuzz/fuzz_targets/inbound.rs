@@ -484,7 +484,7 @@ fn run(data: &[u8]) {
             inbound_reason_ok(r),
             "inbound dropped with an outbound reason {r:?}"
         ),
-        Verdict::Unset => panic!("inbound returned Unset"),
+        Verdict::Unset | Verdict::Handoff(_) => panic!("inbound returned {v:?}"),
     }
 
     // ---- the same bytes again: a decapsulated packet must not be accepted twice by an SA
@@ -549,7 +549,9 @@ fn run(data: &[u8]) {
                 );
             }
         }
-        Verdict::Punt | Verdict::Consumed | Verdict::Unset => panic!("outbound returned {v:?}"),
+        Verdict::Punt | Verdict::Consumed | Verdict::Unset | Verdict::Handoff(_) => {
+            panic!("outbound returned {v:?}")
+        }
     }
 }
 

@@ -1,0 +1,435 @@
+//! The daemon: configuration → SA shards → XDP steering → pinned workers → next-hop
+//! resolution → counters, until asked to stop.
+//!
+//! Sharding rule: SA pair `i` (file order, reqid `i + 1`) belongs to worker `i mod N`, both
+//! its inbound and its outbound SA. Every worker's engine knows the owner of every inbound
+//! SPI and outbound reqid ([`Shards`]), so a packet the NIC hashed to another queue is handed
+//! to the owner over a lock-free queue.
+
+use crate::config::{self, Config};
+use crate::neigh::{Resolution, Resolver};
+use crate::stats::{self, StatsFile};
+use crate::worker::{self, Cmd, HANDOFF_BUF, Heartbeat, Hop, Mesh, Snapshot, WorkerSetup};
+use crate::xdp::{Side as XdpSide, XdpMode, XdpSteering};
+use crate::xsk::{Side, XskConfig};
+use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use xsec_dataplane::sa::{Encap, Sa};
+use xsec_dataplane::spd::{Action, Direction};
+use xsec_dataplane::time::MonotonicClock;
+use xsec_dataplane::Shards;
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Config(#[from] config::ConfigError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Command-line options of a run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config: PathBuf,
+    pub stats_file: Option<PathBuf>,
+}
+
+pub(crate) fn log(msg: std::fmt::Arguments<'_>) {
+    eprintln!("xsecd: {msg}");
+}
+
+macro_rules! info {
+    ($($t:tt)*) => { $crate::daemon::log(format_args!($($t)*)) };
+}
+
+struct WorkerHandle {
+    cmds: Sender<Cmd>,
+    join: Option<JoinHandle<()>>,
+}
+
+/// Validate a configuration without touching the system.
+pub fn check(path: &std::path::Path) -> Result<Config, DaemonError> {
+    Ok(config::load(path)?)
+}
+
+/// The gateway's own addresses on an interface (first global IPv4 and IPv6), for ICMP errors.
+fn interface_addrs(ifname: &str) -> [Option<IpAddr>; 2] {
+    let mut out = [None, None];
+    let Ok(o) = std::process::Command::new("ip")
+        .args(["-j", "addr", "show", "dev", ifname])
+        .output()
+    else {
+        return out;
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&o.stdout) else {
+        return out;
+    };
+    for a in v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["addr_info"].as_array())
+        .flatten()
+    {
+        if a["scope"].as_str() != Some("global") {
+            continue;
+        }
+        if let Some(ip) = a["local"].as_str().and_then(|s| s.parse::<IpAddr>().ok()) {
+            let i = usize::from(ip.is_ipv6());
+            out[i].get_or_insert(ip);
+        }
+    }
+    out
+}
+
+/// Run the gateway until `stop` is set. Prints `xsecd: ready` on stdout once traffic flows.
+pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
+    let cfg = config::load(&opts.config)?;
+    let gw = &cfg.gateway;
+    let spd = Arc::new(
+        cfg.spd
+            .compile()
+            .map_err(|e| DaemonError::Setup(format!("SPD: {e}")))?,
+    );
+    let n = gw.queues.len().max(1);
+    let clock = MonotonicClock::default();
+    let now = clock.now();
+
+    // Shards: pair i → worker i mod n.
+    let mut shards = Shards::default();
+    let mut per_worker: Vec<Vec<Sa>> = (0..n).map(|_| Vec::new()).collect();
+    let mut heartbeats: Vec<Vec<Heartbeat>> = (0..n).map(|_| Vec::new()).collect();
+    let mut tunnel_ports = Vec::new();
+    for (i, pair) in cfg.sas.iter().enumerate() {
+        let w = i % n;
+        shards.inbound.insert(pair.inbound.spi, w as u16);
+        shards.outbound.insert(pair.outbound.reqid, w as u16);
+        for sc in [&pair.inbound, &pair.outbound] {
+            let sa = Sa::new(sc, now)
+                .map_err(|e| DaemonError::Setup(format!("SA {}: {e}", pair.name)))?;
+            per_worker[w].push(sa);
+        }
+        if let Encap::Udp {
+            local_port,
+            remote_port,
+        } = pair.outbound.encap
+        {
+            if local_port != 4500 {
+                tunnel_ports.push(local_port);
+            }
+            if let (Some(iv), Some(src), Some(dst)) =
+                (pair.keepalive, pair.outbound.local, pair.outbound.remote)
+            {
+                heartbeats[w].push(Heartbeat {
+                    reqid: pair.outbound.reqid,
+                    src,
+                    dst,
+                    sport: local_port,
+                    dport: remote_port,
+                    interval: iv,
+                });
+            }
+        }
+    }
+    let shards = Arc::new(shards);
+    tunnel_ports.sort_unstable();
+    tunnel_ports.dedup();
+
+    // XDP steering first: nothing reaches the sockets until they are in the XSKMAP.
+    let mode = match gw.xdp_mode {
+        config::XdpModeCfg::Driver => XdpMode::Driver,
+        config::XdpModeCfg::Skb => XdpMode::Skb,
+    };
+    let mut xdp = XdpSteering::load(&gw.unprotected, &gw.protected, mode)
+        .map_err(|e| DaemonError::Setup(e.to_string()))?;
+    xdp.set_tunnel_ports(&tunnel_ports)
+        .map_err(|e| DaemonError::Setup(e.to_string()))?;
+    let pairs: Vec<_> = spd
+        .policies(Direction::Outbound)
+        .iter()
+        .filter(|p| !matches!(p.action, Action::Bypass))
+        .map(|p| (p.selector.local.clone(), p.selector.remote.clone()))
+        .collect();
+    xdp.set_protected_selectors(&pairs)
+        .map_err(|e| DaemonError::Setup(e.to_string()))?;
+
+    // Workers.
+    let (resolve_tx, resolve_rx) = bounded::<IpAddr>(4096);
+    let (events_tx, events_rx) = bounded(4096);
+    let mut inboxes = Vec::new();
+    let mut inbox_rx = Vec::new();
+    let mut pools = Vec::new();
+    let mut pool_rx = Vec::new();
+    for _ in 0..n {
+        let (t, r) = bounded(1024);
+        inboxes.push(t);
+        inbox_rx.push(r);
+        let (t, r) = bounded::<Box<[u8; HANDOFF_BUF]>>(1024);
+        pools.push(t);
+        pool_rx.push(r);
+    }
+    let mesh = Mesh {
+        inboxes,
+        pools: pools.clone(),
+    };
+    let icmp_src = interface_addrs(&gw.protected);
+    let (ready_tx, ready_rx) = unbounded();
+    let mut workers = Vec::new();
+    for (i, (inbox, pool_r)) in inbox_rx.into_iter().zip(pool_rx).enumerate() {
+        let (cmd_tx, cmd_rx) = unbounded();
+        let setup = WorkerSetup {
+            id: i as u16,
+            queue: gw.queues[i],
+            core: gw.cores.as_ref().and_then(|c| c.get(i).copied()),
+            unprotected: gw.unprotected.clone(),
+            protected: gw.protected.clone(),
+            xsk: XskConfig::default(),
+            busy_poll: matches!(gw.idle, config::IdleMode::Busy),
+            spd: spd.clone(),
+            cmds: cmd_rx,
+            resolve: resolve_tx.clone(),
+            events: events_tx.clone(),
+            inbox,
+            pool: (pools[i].clone(), pool_r),
+            mesh: mesh.clone(),
+            icmp_src,
+            mtu: gw.mtu,
+            clock,
+        };
+        for sa in per_worker[i].drain(..) {
+            let _ = cmd_tx.send(Cmd::InstallSa(Box::new(sa)));
+        }
+        let _ = cmd_tx.send(Cmd::SetShards(shards.clone()));
+        let _ = cmd_tx.send(Cmd::SetHeartbeats(std::mem::take(&mut heartbeats[i])));
+        let rt = ready_tx.clone();
+        let join = std::thread::Builder::new()
+            .name(format!("xsec-w{i}"))
+            .spawn(move || worker::run(setup, rt))
+            .map_err(|e| DaemonError::Setup(format!("spawn worker {i}: {e}")))?;
+        workers.push(WorkerHandle {
+            cmds: cmd_tx,
+            join: Some(join),
+        });
+    }
+    let stop_workers = |workers: &mut Vec<WorkerHandle>| {
+        for w in workers.iter() {
+            let _ = w.cmds.send(Cmd::Stop);
+        }
+        for w in workers.iter_mut() {
+            if let Some(j) = w.join.take() {
+                let _ = j.join();
+            }
+        }
+    };
+    for _ in 0..n {
+        let r = ready_rx.recv_timeout(Duration::from_secs(10));
+        let r = match r {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                stop_workers(&mut workers);
+                return Err(DaemonError::Setup(e));
+            }
+            Err(_) => {
+                stop_workers(&mut workers);
+                return Err(DaemonError::Setup("a worker did not start in 10 s".into()));
+            }
+        };
+        let (id, queue, fds) = r;
+        for (side, fd) in [(XdpSide::Unprotected, fds[0]), (XdpSide::Protected, fds[1])] {
+            if let Err(e) = xdp.register_xsk(side, queue, fd) {
+                stop_workers(&mut workers);
+                return Err(DaemonError::Setup(format!("worker {id}: {e}")));
+            }
+        }
+    }
+
+    // Next-hop resolution for every worker.
+    let cmd_senders: Vec<Sender<Cmd>> = workers.iter().map(|w| w.cmds.clone()).collect();
+    let resolver_stop = Arc::new(AtomicBool::new(false));
+    let resolver = {
+        let mut res = Resolver::new().map_err(|e| DaemonError::Setup(format!("netlink: {e}")))?;
+        let sides = [
+            (
+                res.ifindex(&gw.unprotected)
+                    .map_err(|e| DaemonError::Setup(format!("{}: {e}", gw.unprotected)))?,
+                Side::Unprotected,
+            ),
+            (
+                res.ifindex(&gw.protected)
+                    .map_err(|e| DaemonError::Setup(format!("{}: {e}", gw.protected)))?,
+                Side::Protected,
+            ),
+        ];
+        let senders = cmd_senders.clone();
+        let stop = resolver_stop.clone();
+        std::thread::Builder::new()
+            .name("xsec-neigh".into())
+            .spawn(move || resolve_loop(res, sides, resolve_rx, senders, stop))
+            .map_err(|e| DaemonError::Setup(format!("spawn resolver: {e}")))?
+    };
+
+    println!("xsecd: ready");
+    info!(
+        "{} worker(s) on {} / {}, {} SA pair(s), {} outbound and {} inbound policies",
+        n,
+        gw.unprotected,
+        gw.protected,
+        cfg.sas.len(),
+        spd.policies(Direction::Outbound).len(),
+        spd.policies(Direction::Inbound).len()
+    );
+    let started = Instant::now();
+    let interval = Duration::from_millis(u64::from(gw.stats_interval_ms.max(50)));
+    let mut next_stats = Instant::now();
+    let pair_owner: HashMap<String, u16> = cfg
+        .sas
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.name.clone(), (i % n) as u16))
+        .collect();
+    while !stop.load(Ordering::Relaxed) {
+        while let Ok((w, ev)) = events_rx.try_recv() {
+            info!("worker {w}: SA spi 0x{:08x} ({}): {:?}", ev.spi, ev.direction.name(), ev.kind);
+        }
+        if Instant::now() >= next_stats {
+            next_stats += interval;
+            if let Some(path) = &opts.stats_file {
+                let snaps = snapshots(&cmd_senders);
+                let file = StatsFile::build(
+                    started.elapsed(),
+                    &snaps,
+                    &pair_owner,
+                    xdp_json(&xdp),
+                );
+                if let Err(e) = stats::write_atomic(path, &file) {
+                    info!("stats file {}: {e}", path.display());
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    info!("stopping");
+    resolver_stop.store(true, Ordering::Relaxed);
+    stop_workers(&mut workers);
+    let _ = resolver.join();
+    drop(xdp);
+    Ok(())
+}
+
+/// Ask every worker for its counters (each answers between two bursts).
+pub fn snapshots(workers: &[Sender<Cmd>]) -> Vec<Snapshot> {
+    let (tx, rx) = unbounded();
+    let mut asked = 0;
+    for w in workers {
+        if w.send(Cmd::Snapshot(tx.clone())).is_ok() {
+            asked += 1;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_millis(500);
+    let mut out = Vec::with_capacity(asked);
+    while out.len() < asked {
+        match rx.recv_deadline(deadline) {
+            Ok(s) => out.push(s),
+            Err(_) => break,
+        }
+    }
+    out.sort_by_key(|s| s.id);
+    out
+}
+
+/// The resolver thread: answers worker misses and refreshes known next hops every second.
+fn resolve_loop(
+    mut res: Resolver,
+    sides: [(u32, Side); 2],
+    requests: Receiver<IpAddr>,
+    workers: Vec<Sender<Cmd>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut known: HashMap<IpAddr, Option<Hop>> = HashMap::new();
+    let mut retry: Vec<(IpAddr, Instant)> = Vec::new();
+    let mut next_refresh = Instant::now() + Duration::from_secs(1);
+    let lookup = |res: &mut Resolver, dst: IpAddr| -> Result<Option<Hop>, bool> {
+        // Ok(hop) = settled answer; Err(true) = pending, retry soon
+        match res.resolve(dst) {
+            Ok(Resolution::Ready(nh)) => {
+                let side = sides.iter().find(|(i, _)| *i == nh.ifindex).map(|s| s.1);
+                Ok(side.map(|side| Hop {
+                    side,
+                    src_mac: nh.src_mac,
+                    dst_mac: nh.dst_mac,
+                    mtu: nh.mtu,
+                }))
+            }
+            Ok(Resolution::Pending { .. }) => Err(true),
+            Ok(_) => Ok(None),
+            Err(_) => Err(true),
+        }
+    };
+    let publish = |dst: IpAddr, hop: Option<Hop>| {
+        for w in &workers {
+            let _ = w.send(Cmd::Hop { dst, hop });
+        }
+    };
+    while !stop.load(Ordering::Relaxed) {
+        match requests.recv_timeout(Duration::from_millis(10)) {
+            Ok(dst) => match lookup(&mut res, dst) {
+                Ok(hop) => {
+                    if known.get(&dst) != Some(&hop) || hop.is_none() {
+                        publish(dst, hop);
+                    }
+                    known.insert(dst, hop);
+                }
+                Err(_) => {
+                    if !retry.iter().any(|(d, _)| *d == dst) {
+                        retry.push((dst, Instant::now() + Duration::from_millis(20)));
+                    }
+                }
+            },
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+            Err(_) => {}
+        }
+        let now = Instant::now();
+        let mut i = 0;
+        while i < retry.len() {
+            if retry[i].1 <= now {
+                let dst = retry[i].0;
+                match lookup(&mut res, dst) {
+                    Ok(hop) => {
+                        publish(dst, hop);
+                        known.insert(dst, hop);
+                        retry.swap_remove(i);
+                        continue;
+                    }
+                    Err(_) => retry[i].1 = now + Duration::from_millis(50),
+                }
+            }
+            i += 1;
+        }
+        if now >= next_refresh {
+            next_refresh = now + Duration::from_secs(1);
+            let dsts: Vec<IpAddr> = known.keys().copied().collect();
+            for dst in dsts {
+                if let Ok(hop) = lookup(&mut res, dst) {
+                    if known.get(&dst) != Some(&hop) {
+                        publish(dst, hop);
+                        known.insert(dst, hop);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn xdp_json(xdp: &XdpSteering) -> serde_json::Value {
+    match xdp.stats() {
+        Ok(rows) => serde_json::Value::String(format!("{rows:?}")),
+        Err(e) => serde_json::Value::String(format!("error: {e}")),
+    }
+}

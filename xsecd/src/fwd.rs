@@ -1,0 +1,471 @@
+//! Forwarding helpers on raw bytes: TTL/hop limit, Ethernet headers, ICMP errors, outer
+//! fragmentation and UDP heartbeats. No allocation; every function checks lengths and reports
+//! failure instead of panicking.
+
+use std::net::IpAddr;
+use xsec_dataplane::wire::checksum;
+
+pub const ETH_HDR: usize = 14;
+pub const ETHERTYPE_IPV4: u16 = 0x0800;
+pub const ETHERTYPE_IPV6: u16 = 0x86dd;
+
+/// Decrement the TTL (IPv4, with an incremental checksum update, RFC 1624) or hop limit
+/// (IPv6) of the packet at the start of `ip`. `Err(())` if it would reach zero (the caller
+/// sends ICMP time exceeded) or the header is cut.
+pub fn dec_ttl(ip: &mut [u8]) -> Result<(), ()> {
+    match ip.first().map(|b| b >> 4) {
+        Some(4) if ip.len() >= 20 => {
+            let ttl = ip[8];
+            if ttl <= 1 {
+                return Err(());
+            }
+            let old = u16::from_be_bytes([ip[8], ip[9]]);
+            ip[8] = ttl - 1;
+            let new = u16::from_be_bytes([ip[8], ip[9]]);
+            let c = checksum::update16(u16::from_be_bytes([ip[10], ip[11]]), old, new);
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            Ok(())
+        }
+        Some(6) if ip.len() >= 40 => {
+            if ip[7] <= 1 {
+                return Err(());
+            }
+            ip[7] -= 1;
+            Ok(())
+        }
+        _ => Err(()),
+    }
+}
+
+/// The destination address of an IP packet.
+pub fn ip_dst(ip: &[u8]) -> Option<IpAddr> {
+    match ip.first()? >> 4 {
+        4 => {
+            let b: [u8; 4] = ip.get(16..20)?.try_into().ok()?;
+            Some(IpAddr::from(b))
+        }
+        6 => {
+            let b: [u8; 16] = ip.get(24..40)?.try_into().ok()?;
+            Some(IpAddr::from(b))
+        }
+        _ => None,
+    }
+}
+
+/// The source address of an IP packet.
+pub fn ip_src(ip: &[u8]) -> Option<IpAddr> {
+    match ip.first()? >> 4 {
+        4 => {
+            let b: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
+            Some(IpAddr::from(b))
+        }
+        6 => {
+            let b: [u8; 16] = ip.get(8..24)?.try_into().ok()?;
+            Some(IpAddr::from(b))
+        }
+        _ => None,
+    }
+}
+
+/// Write an Ethernet header into `h` (14 bytes).
+pub fn write_eth(h: &mut [u8], dst: [u8; 6], src: [u8; 6], ethertype: u16) -> Option<()> {
+    let h = h.get_mut(..ETH_HDR)?;
+    h[0..6].copy_from_slice(&dst);
+    h[6..12].copy_from_slice(&src);
+    h[12..14].copy_from_slice(&ethertype.to_be_bytes());
+    Some(())
+}
+
+/// The ICMP errors the gateway sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IcmpError {
+    /// IPv4 "fragmentation needed and DF set" / ICMPv6 "packet too big", with the MTU the
+    /// sender should use.
+    TooBig { mtu: u16 },
+    /// TTL / hop limit exceeded in transit.
+    TimeExceeded,
+}
+
+/// Build an ICMP (IPv4 `orig`) or ICMPv6 (IPv6 `orig`) error about `orig` from `src` to
+/// `orig`'s source into `out`; returns the IP packet length. The quote is as much of `orig` as
+/// fits in 576 bytes (IPv4, RFC 1812 §4.3.2.3) or 1280 bytes (IPv6, RFC 4443 §2.4).
+/// `None` for a source of the wrong family, a cut header, or an `orig` that must not draw an
+/// error (an ICMP error itself, a non-first fragment, a multicast/broadcast destination is the
+/// caller's concern).
+pub fn icmp_error(out: &mut [u8], src: IpAddr, orig: &[u8], e: IcmpError) -> Option<usize> {
+    match (orig.first()? >> 4, src) {
+        (4, IpAddr::V4(s)) => {
+            let ihl = usize::from(orig[0] & 0x0f) * 4;
+            if orig.len() < 20 || ihl < 20 || orig.len() < ihl {
+                return None;
+            }
+            // never about an ICMP error, nor a non-first fragment
+            let frag_off = u16::from_be_bytes([orig[6], orig[7]]) & 0x1fff;
+            if frag_off != 0 {
+                return None;
+            }
+            if orig[9] == 1 && orig.len() > ihl && !matches!(orig[ihl], 0 | 8 | 13 | 15 | 17) {
+                return None;
+            }
+            let quote = orig.len().min(576 - 28);
+            let total = 28 + quote;
+            let out = out.get_mut(..total)?;
+            out[0] = 0x45;
+            out[1] = 0xc0; // internetwork control
+            out[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+            out[4..8].fill(0);
+            out[8] = 64;
+            out[9] = 1;
+            out[10..12].fill(0);
+            out[12..16].copy_from_slice(&s.octets());
+            out[16..20].copy_from_slice(&orig[12..16]);
+            let c = checksum::finish(checksum::sum(&out[..20]));
+            out[10..12].copy_from_slice(&c.to_be_bytes());
+            let (ty, code, rest) = match e {
+                IcmpError::TooBig { mtu } => (3u8, 4u8, u32::from(mtu)),
+                IcmpError::TimeExceeded => (11, 0, 0),
+            };
+            out[20] = ty;
+            out[21] = code;
+            out[22..24].fill(0);
+            out[24..28].copy_from_slice(&rest.to_be_bytes());
+            out[28..].copy_from_slice(&orig[..quote]);
+            let c = checksum::finish(checksum::sum(&out[20..]));
+            out[22..24].copy_from_slice(&c.to_be_bytes());
+            Some(total)
+        }
+        (6, IpAddr::V6(s)) => {
+            if orig.len() < 40 {
+                return None;
+            }
+            // never about an ICMPv6 error (types < 128)
+            if orig[6] == 58 && orig.get(40).is_some_and(|&t| t < 128) {
+                return None;
+            }
+            let quote = orig.len().min(1280 - 48);
+            let plen = 8 + quote;
+            let total = 40 + plen;
+            let out = out.get_mut(..total)?;
+            out[0] = 0x60;
+            out[1..4].fill(0);
+            out[4..6].copy_from_slice(&(plen as u16).to_be_bytes());
+            out[6] = 58;
+            out[7] = 64;
+            out[8..24].copy_from_slice(&s.octets());
+            out[24..40].copy_from_slice(&orig[8..24]);
+            let (ty, code, rest) = match e {
+                IcmpError::TooBig { mtu } => (2u8, 0u8, u32::from(mtu.max(1280))),
+                IcmpError::TimeExceeded => (3, 0, 0),
+            };
+            out[40] = ty;
+            out[41] = code;
+            out[42..44].fill(0);
+            out[44..48].copy_from_slice(&rest.to_be_bytes());
+            out[48..].copy_from_slice(&orig[..quote]);
+            let mut src16 = [0u8; 16];
+            src16.copy_from_slice(&out[8..24]);
+            let mut dst16 = [0u8; 16];
+            dst16.copy_from_slice(&out[24..40]);
+            let ps = checksum::pseudo_v6(src16, dst16, 58, plen as u32);
+            let c = checksum::finish(checksum::add(ps, checksum::sum(&out[40..])));
+            out[42..44].copy_from_slice(&c.to_be_bytes());
+            Some(total)
+        }
+        _ => None,
+    }
+}
+
+/// Whether an IPv4 packet has DF set; IPv6 packets are never fragmented by routers.
+pub fn dont_fragment(ip: &[u8]) -> bool {
+    match ip.first().map(|b| b >> 4) {
+        Some(4) => ip.get(6).is_some_and(|b| b & 0x40 != 0),
+        _ => true,
+    }
+}
+
+/// Payload bytes per fragment of an IPv4 packet with a `hdr`-byte header for `mtu`.
+pub fn v4_fragment_size(hdr: usize, mtu: usize) -> Option<usize> {
+    let n = (mtu.checked_sub(hdr)?) & !7;
+    (n > 0).then_some(n)
+}
+
+/// Write IPv4 fragment `out` = header of `orig` (its first `hdr` bytes) with the given
+/// offset/MF and `payload`; returns the fragment length.
+pub fn v4_fragment(
+    out: &mut [u8],
+    hdr: &[u8],
+    payload: &[u8],
+    offset: usize,
+    more: bool,
+) -> Option<usize> {
+    let hl = hdr.len();
+    let total = hl + payload.len();
+    if offset % 8 != 0 || offset / 8 > 0x1fff || total > 0xffff {
+        return None;
+    }
+    let out = out.get_mut(..total)?;
+    out[..hl].copy_from_slice(hdr);
+    out[hl..].copy_from_slice(payload);
+    out[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    let flags = (u16::from(hdr[6]) << 8) & 0x8000; // keep the reserved bit as it was (zero)
+    let fo = flags | if more { 0x2000 } else { 0 } | (offset / 8) as u16;
+    out[6..8].copy_from_slice(&fo.to_be_bytes());
+    out[10..12].fill(0);
+    let c = checksum::finish(checksum::sum(&out[..hl]));
+    out[10..12].copy_from_slice(&c.to_be_bytes());
+    Some(total)
+}
+
+/// Write IPv6 fragment `out` = the 40-byte base header of `orig` (`base`), a Fragment header
+/// (RFC 8200 §4.5) and `payload`; returns the fragment length.
+pub fn v6_fragment(
+    out: &mut [u8],
+    base: &[u8; 40],
+    payload: &[u8],
+    offset: usize,
+    more: bool,
+    ident: u32,
+) -> Option<usize> {
+    if offset % 8 != 0 || offset / 8 > 0x1fff {
+        return None;
+    }
+    let total = 48 + payload.len();
+    let out = out.get_mut(..total)?;
+    out[..40].copy_from_slice(base);
+    out[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    out[6] = 44;
+    out[40] = base[6];
+    out[41] = 0;
+    let fo = ((offset / 8) as u16) << 3 | u16::from(more);
+    out[42..44].copy_from_slice(&fo.to_be_bytes());
+    out[44..48].copy_from_slice(&ident.to_be_bytes());
+    out[48..].copy_from_slice(payload);
+    Some(total)
+}
+
+/// A UDP datagram with a one-byte 0xFF payload: the NAT-keepalive format of RFC 3948 §2.3,
+/// also the heartbeat of the ESP-in-UDP tunnel port. Returns the IP packet length.
+pub fn keepalive(out: &mut [u8], src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> Option<usize> {
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let out = out.get_mut(..29)?;
+            out[0] = 0x45;
+            out[1] = 0;
+            out[2..4].copy_from_slice(&29u16.to_be_bytes());
+            out[4..6].fill(0);
+            out[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
+            out[8] = 64;
+            out[9] = 17;
+            out[10..12].fill(0);
+            out[12..16].copy_from_slice(&s.octets());
+            out[16..20].copy_from_slice(&d.octets());
+            let c = checksum::finish(checksum::sum(&out[..20]));
+            out[10..12].copy_from_slice(&c.to_be_bytes());
+            udp(&mut out[20..], sport, dport, checksum::pseudo_v4(s.octets(), d.octets(), 17, 9));
+            Some(29)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let out = out.get_mut(..49)?;
+            out[0] = 0x60;
+            out[1..4].fill(0);
+            out[4..6].copy_from_slice(&9u16.to_be_bytes());
+            out[6] = 17;
+            out[7] = 64;
+            out[8..24].copy_from_slice(&s.octets());
+            out[24..40].copy_from_slice(&d.octets());
+            udp(&mut out[40..], sport, dport, checksum::pseudo_v6(s.octets(), d.octets(), 17, 9));
+            Some(49)
+        }
+        _ => None,
+    }
+}
+
+fn udp(u: &mut [u8], sport: u16, dport: u16, pseudo: u32) {
+    u[0..2].copy_from_slice(&sport.to_be_bytes());
+    u[2..4].copy_from_slice(&dport.to_be_bytes());
+    u[4..6].copy_from_slice(&9u16.to_be_bytes());
+    u[6..8].fill(0);
+    u[8] = 0xff;
+    let mut c = checksum::finish(checksum::add(pseudo, checksum::sum(&u[..9])));
+    if c == 0 {
+        c = 0xffff;
+    }
+    u[6..8].copy_from_slice(&c.to_be_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    use xsec_dataplane::wire::{Ipv4Packet, Ipv6Packet};
+
+    fn v4(len: usize, df: bool, ttl: u8) -> Vec<u8> {
+        let mut p = vec![0u8; len];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        p[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+        if df {
+            p[6] = 0x40;
+        }
+        p[8] = ttl;
+        p[9] = 17;
+        p[12..16].copy_from_slice(&[10, 1, 0, 10]);
+        p[16..20].copy_from_slice(&[10, 2, 0, 10]);
+        for (i, b) in p[20..].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let c = checksum::finish(checksum::sum(&p[..20]));
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn ttl_decrement_keeps_the_checksum_valid() {
+        for ttl in [2u8, 64, 255] {
+            let mut p = v4(60, true, ttl);
+            dec_ttl(&mut p).expect("decrement");
+            assert_eq!(p[8], ttl - 1);
+            assert!(Ipv4Packet::new_checked(&p[..]).expect("v4").verify_checksum());
+        }
+        let mut p = v4(60, true, 1);
+        assert!(dec_ttl(&mut p).is_err());
+        assert_eq!(p[8], 1, "an expired packet is left as it was");
+        let mut p6 = [0u8; 40];
+        p6[0] = 0x60;
+        p6[7] = 1;
+        assert!(dec_ttl(&mut p6).is_err());
+        p6[7] = 9;
+        dec_ttl(&mut p6).expect("v6");
+        assert_eq!(p6[7], 8);
+        assert!(dec_ttl(&mut [0x45u8; 10]).is_err());
+        assert!(dec_ttl(&mut []).is_err());
+    }
+
+    #[test]
+    fn icmp_frag_needed_quotes_the_packet_and_checksums() {
+        let orig = v4(1500, true, 64);
+        let mut out = [0u8; 2048];
+        let n = icmp_error(
+            &mut out,
+            IpAddr::V4(Ipv4Addr::new(10, 1, 0, 1)),
+            &orig,
+            IcmpError::TooBig { mtu: 1438 },
+        )
+        .expect("icmp");
+        assert_eq!(n, 576);
+        let ip = Ipv4Packet::new_checked(&out[..n]).expect("v4");
+        assert!(ip.verify_checksum());
+        assert_eq!(ip.dst_addr(), [10, 1, 0, 10]);
+        assert_eq!((out[20], out[21]), (3, 4));
+        assert_eq!(u16::from_be_bytes([out[26], out[27]]), 1438);
+        assert_eq!(checksum::fold(checksum::sum(&out[20..n])), 0xffff);
+        assert_eq!(&out[28..48], &orig[..20]);
+        // no error about an ICMP error, nor about a non-first fragment
+        let mut icmp_err = v4(60, false, 64);
+        icmp_err[9] = 1;
+        icmp_err[20] = 3;
+        assert!(icmp_error(&mut out, IpAddr::V4(Ipv4Addr::LOCALHOST), &icmp_err, IcmpError::TimeExceeded).is_none());
+        let mut frag = v4(60, false, 64);
+        frag[7] = 1;
+        assert!(icmp_error(&mut out, IpAddr::V4(Ipv4Addr::LOCALHOST), &frag, IcmpError::TimeExceeded).is_none());
+        // family mismatch
+        assert!(icmp_error(&mut out, IpAddr::V6(Ipv6Addr::LOCALHOST), &orig, IcmpError::TimeExceeded).is_none());
+    }
+
+    #[test]
+    fn icmpv6_packet_too_big() {
+        let mut orig = vec![0u8; 1400];
+        orig[0] = 0x60;
+        orig[4..6].copy_from_slice(&1360u16.to_be_bytes());
+        orig[6] = 17;
+        orig[7] = 64;
+        orig[8] = 0xfd;
+        orig[23] = 0x10;
+        let mut out = [0u8; 2048];
+        let src = IpAddr::V6("fd01::1".parse::<Ipv6Addr>().expect("addr"));
+        let n = icmp_error(&mut out, src, &orig, IcmpError::TooBig { mtu: 1300 }).expect("icmpv6");
+        assert_eq!(n, 1280);
+        let ip = Ipv6Packet::new_checked(&out[..n]).expect("v6");
+        assert_eq!(ip.dst_addr()[0], 0xfd);
+        assert_eq!(out[40], 2);
+        assert_eq!(u32::from_be_bytes([out[44], out[45], out[46], out[47]]), 1300);
+        let mut s = [0u8; 16];
+        s.copy_from_slice(&out[8..24]);
+        let mut d = [0u8; 16];
+        d.copy_from_slice(&out[24..40]);
+        let ps = checksum::pseudo_v6(s, d, 58, (n - 40) as u32);
+        assert_eq!(checksum::fold(checksum::add(ps, checksum::sum(&out[40..n]))), 0xffff);
+    }
+
+    #[test]
+    fn v4_fragments_reassemble_to_the_original() {
+        let orig = v4(1473, false, 64);
+        let fs = v4_fragment_size(20, 1000).expect("size");
+        assert_eq!(fs, 976);
+        let mut got = vec![0u8; 1453];
+        let mut off = 0;
+        let mut frags = 0;
+        while off < 1453 {
+            let end = (off + fs).min(1453);
+            let mut out = [0u8; 1500];
+            let n = v4_fragment(&mut out, &orig[..20], &orig[20 + off..20 + end], off, end < 1453)
+                .expect("frag");
+            assert!(n <= 1000);
+            let ip = Ipv4Packet::new_checked(&out[..n]).expect("v4");
+            assert!(ip.verify_checksum());
+            let fo = u16::from_be_bytes([out[6], out[7]]);
+            assert_eq!(usize::from(fo & 0x1fff) * 8, off);
+            assert_eq!(fo & 0x2000 != 0, end < 1453);
+            got[off..end].copy_from_slice(&out[20..n]);
+            off = end;
+            frags += 1;
+        }
+        assert_eq!(frags, 2);
+        assert_eq!(&got[..], &orig[20..]);
+        assert!(v4_fragment(&mut [0u8; 100], &orig[..20], &[0; 8], 3, true).is_none());
+    }
+
+    #[test]
+    fn v6_fragment_header() {
+        let mut base = [0u8; 40];
+        base[0] = 0x60;
+        base[6] = 50;
+        let mut out = [0u8; 200];
+        let n = v6_fragment(&mut out, &base, &[7u8; 64], 1232, true, 0xabcdef01).expect("frag");
+        assert_eq!(n, 112);
+        assert_eq!(out[6], 44);
+        assert_eq!(out[40], 50);
+        assert_eq!(u16::from_be_bytes([out[4], out[5]]), 72);
+        assert_eq!(u16::from_be_bytes([out[42], out[43]]), (1232 / 8) << 3 | 1);
+        assert_eq!(&out[44..48], &0xabcdef01u32.to_be_bytes());
+    }
+
+    #[test]
+    fn keepalives_are_valid_udp() {
+        let mut out = [0u8; 64];
+        let n = keepalive(
+            &mut out,
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+            2746,
+            2746,
+        )
+        .expect("v4");
+        assert_eq!(n, 29);
+        let ip = Ipv4Packet::new_checked(&out[..n]).expect("v4");
+        assert!(ip.verify_checksum());
+        let ps = checksum::pseudo_v4([10, 0, 0, 1], [10, 0, 0, 2], 17, 9);
+        assert_eq!(checksum::fold(checksum::add(ps, checksum::sum(&out[20..29]))), 0xffff);
+        assert_eq!(out[28], 0xff);
+        let n6 = keepalive(
+            &mut out,
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+            4500,
+            4500,
+        )
+        .expect("v6");
+        assert_eq!(n6, 49);
+        assert!(keepalive(&mut out, IpAddr::V6(Ipv6Addr::LOCALHOST), IpAddr::V4(Ipv4Addr::LOCALHOST), 1, 1).is_none());
+    }
+}

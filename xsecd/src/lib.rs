@@ -1,0 +1,10 @@
+//! xsecd: the AF_XDP gateway around the ESP engine.
+
+pub mod config;
+pub mod daemon;
+pub mod fwd;
+pub mod neigh;
+pub mod stats;
+pub mod worker;
+pub mod xdp;
+pub mod xsk;

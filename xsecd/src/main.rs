@@ -1,0 +1,66 @@
+//! `xsecd`: the xsec gateway daemon.
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use xsecd::daemon::{self, DaemonError, Options};
+
+/// xsec's IPsec gateway: AF_XDP poll-mode workers running ESP on the configured interfaces.
+#[derive(Debug, Parser)]
+#[command(name = "xsecd", version)]
+struct Args {
+    /// The gateway configuration (TOML; see docs/config.md).
+    #[arg(short, long)]
+    config: PathBuf,
+    /// Write counters as JSON to this file every `stats_interval_ms`.
+    #[arg(long)]
+    stats_file: Option<PathBuf>,
+    /// Validate the configuration and exit (0 = valid, 2 = invalid).
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.check {
+        return match daemon::check(&args.config) {
+            Ok(cfg) => {
+                println!(
+                    "{}: OK ({} SA pair(s), {} policies)",
+                    args.config.display(),
+                    cfg.sas.len(),
+                    cfg.spd.outbound.len() + cfg.spd.inbound.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("xsecd: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            eprintln!("xsecd: cannot handle signal {sig}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let opts = Options {
+        config: args.config,
+        stats_file: args.stats_file,
+    };
+    match daemon::run(&opts, stop) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ DaemonError::Config(_)) => {
+            eprintln!("xsecd: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("xsecd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

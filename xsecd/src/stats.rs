@@ -1,0 +1,176 @@
+//! The stats file: a JSON snapshot of every worker's counters, rewritten atomically.
+
+use crate::worker::Snapshot;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
+use xsec_dataplane::DropReason;
+
+#[derive(Debug, Serialize)]
+pub struct WorkerRow {
+    pub id: u16,
+    pub queue: u32,
+    pub core: Option<usize>,
+    #[serde(flatten)]
+    pub counters: crate::worker::WorkerCounters,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SaRow {
+    pub name: String,
+    pub direction: &'static str,
+    pub spi: u32,
+    pub worker: u16,
+    pub mode: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+    pub drops: u64,
+    pub seq: u64,
+    pub encryption: String,
+    pub integrity: String,
+    pub enc_key_bits: usize,
+    pub auth_key_bits: usize,
+    pub drop_reasons: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct EngineRow {
+    pub encap_packets: u64,
+    pub encap_bytes: u64,
+    pub decap_packets: u64,
+    pub decap_bytes: u64,
+    pub bypass_packets: u64,
+    pub punt_packets: u64,
+    pub keepalives: u64,
+    pub events_lost: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ForwardRow {
+    pub no_neighbour: u64,
+    pub ttl_exceeded: u64,
+    pub fragmented: u64,
+    pub icmp_sent: u64,
+    pub tx_full: u64,
+    pub no_frame: u64,
+    pub not_forwarded: u64,
+    pub non_ip: u64,
+    pub punt_dropped: u64,
+    pub handoff_drop: u64,
+}
+
+/// The whole file.
+#[derive(Debug, Serialize)]
+pub struct StatsFile {
+    pub uptime_ms: u64,
+    pub workers: Vec<WorkerRow>,
+    pub sas: Vec<SaRow>,
+    pub engine: EngineRow,
+    pub drops: BTreeMap<&'static str, u64>,
+    pub forward: ForwardRow,
+    pub heartbeats_sent: u64,
+    pub policy_hits: BTreeMap<&'static str, Vec<u64>>,
+    pub xdp: serde_json::Value,
+}
+
+impl StatsFile {
+    pub fn build(
+        uptime: Duration,
+        snaps: &[Snapshot],
+        _owners: &HashMap<String, u16>,
+        xdp: serde_json::Value,
+    ) -> StatsFile {
+        let mut engine = EngineRow::default();
+        let mut forward = ForwardRow::default();
+        let mut drops: BTreeMap<&'static str, u64> =
+            DropReason::ALL.iter().map(|r| (r.name(), 0)).collect();
+        let mut sas = Vec::new();
+        let mut heartbeats_sent = 0;
+        let mut hits_in: Vec<u64> = Vec::new();
+        let mut hits_out: Vec<u64> = Vec::new();
+        for s in snaps {
+            let e = &s.engine;
+            engine.encap_packets += e.encap_packets;
+            engine.encap_bytes += e.encap_bytes;
+            engine.decap_packets += e.decap_packets;
+            engine.decap_bytes += e.decap_bytes;
+            engine.bypass_packets += e.bypass_packets;
+            engine.punt_packets += e.punt_packets;
+            engine.keepalives += e.keepalives;
+            engine.events_lost += e.events_lost;
+            for (r, n) in e.drops.nonzero() {
+                *drops.entry(r.name()).or_default() += n;
+            }
+            let c = &s.counters;
+            forward.no_neighbour += c.no_neighbour;
+            forward.ttl_exceeded += c.ttl_exceeded;
+            forward.fragmented += c.fragmented;
+            forward.icmp_sent += c.icmp_sent;
+            forward.tx_full += c.tx_full;
+            forward.no_frame += c.no_frame;
+            forward.not_forwarded += c.not_forwarded;
+            forward.non_ip += c.non_ip;
+            forward.punt_dropped += c.punt_dropped;
+            forward.handoff_drop += c.handoff_drop;
+            heartbeats_sent += c.heartbeats_sent;
+            add_into(&mut hits_in, &s.hits_in);
+            add_into(&mut hits_out, &s.hits_out);
+            for st in &s.sas {
+                sas.push(SaRow {
+                    name: st.info.name.clone(),
+                    direction: st.direction.name(),
+                    spi: st.spi,
+                    worker: s.id,
+                    mode: st.mode.name(),
+                    packets: st.packets,
+                    bytes: st.bytes,
+                    drops: st.drops.total(),
+                    seq: st.seq,
+                    encryption: st.info.enc.to_string(),
+                    integrity: st.info.auth.to_string(),
+                    enc_key_bits: st.info.enc_key_bits,
+                    auth_key_bits: st.info.auth_key_bits,
+                    drop_reasons: st.drops.nonzero().map(|(r, n)| (r.name(), n)).collect(),
+                });
+            }
+        }
+        sas.sort_by(|a, b| (&a.name, a.direction).cmp(&(&b.name, b.direction)));
+        StatsFile {
+            uptime_ms: uptime.as_millis() as u64,
+            workers: snaps
+                .iter()
+                .map(|s| WorkerRow {
+                    id: s.id,
+                    queue: s.queue,
+                    core: s.core,
+                    counters: s.counters.clone(),
+                })
+                .collect(),
+            sas,
+            engine,
+            drops,
+            forward,
+            heartbeats_sent,
+            policy_hits: [("in", hits_in), ("out", hits_out)].into_iter().collect(),
+            xdp,
+        }
+    }
+}
+
+fn add_into(acc: &mut Vec<u64>, v: &[u64]) {
+    if acc.len() < v.len() {
+        acc.resize(v.len(), 0);
+    }
+    for (a, b) in acc.iter_mut().zip(v) {
+        *a += b;
+    }
+}
+
+/// Write `file` to `path` through a temporary file and a rename, so readers never see half.
+pub fn write_atomic(path: &Path, file: &StatsFile) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let body = serde_json::to_vec_pretty(file).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, body)?;
+    std::fs::rename(&tmp, path)
+}

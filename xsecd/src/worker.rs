@@ -1,0 +1,721 @@
+//! The poll-mode worker: one per NIC queue, pinned, owning one shard of the SAD.
+//!
+//! Loop: commands (between bursts) → completions → fill → RX burst per side → engine →
+//! next hop → TX → handed-off packets → kick TX → timers and heartbeats → idle policy.
+//! Nothing on the packet path locks, allocates or makes a syscall per packet; the TX kick
+//! (`sendto`, needed by copy mode) is per burst.
+
+use crate::fwd::{self, ETH_HDR, IcmpError};
+use crate::xsk::{BURST, Frame, RxFrame, Side, Xsk, XskConfig};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use xsec_dataplane::sa::{Sa, SaStatus};
+use xsec_dataplane::spd::{Direction, Spd};
+use xsec_dataplane::stats::WorkerStats;
+use xsec_dataplane::time::MonotonicClock;
+use xsec_dataplane::{Engine, PacketBuf, Shards, Timestamp, Verdict};
+
+/// Largest packet handed between workers.
+pub const HANDOFF_BUF: usize = 2048;
+/// Handoff buffers each worker owns.
+const HANDOFF_POOL: usize = 512;
+
+/// A resolved next hop, as the worker needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hop {
+    pub side: Side,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub mtu: u16,
+}
+
+/// A heartbeat / NAT keepalive this worker sends for one of its outbound SAs.
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    pub reqid: u32,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    pub interval: Duration,
+}
+
+/// Changes for a worker, applied between bursts.
+#[derive(Debug)]
+pub enum Cmd {
+    InstallSa(Box<Sa>),
+    RemoveSa { direction: Direction, spi: u32 },
+    SetSpd(Arc<Spd>),
+    SetShards(Arc<Shards>),
+    SetHeartbeats(Vec<Heartbeat>),
+    /// A next hop resolved (or gone, `None`).
+    Hop { dst: IpAddr, hop: Option<Hop> },
+    /// Reply with a snapshot of the counters.
+    Snapshot(Sender<Snapshot>),
+    Stop,
+}
+
+/// A packet handed to the worker that owns its SA.
+#[derive(Debug)]
+pub struct Handoff {
+    buf: Box<[u8; HANDOFF_BUF]>,
+    len: u16,
+    side: Side,
+    from: u16,
+}
+
+/// The channels between workers: every worker's inbox and buffer-return queue.
+#[derive(Debug, Clone)]
+pub struct Mesh {
+    pub inboxes: Vec<Sender<Handoff>>,
+    pub pools: Vec<Sender<Box<[u8; HANDOFF_BUF]>>>,
+}
+
+/// Counters of the worker's own (non-engine) work.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WorkerCounters {
+    pub rx_unprot: u64,
+    pub rx_prot: u64,
+    pub tx_unprot: u64,
+    pub tx_prot: u64,
+    pub handoff_tx: u64,
+    pub handoff_rx: u64,
+    /// Packets that could not be handed off (queue full, too big, loop).
+    pub handoff_drop: u64,
+    pub loops: u64,
+    pub busy_loops: u64,
+    /// Not IPv4/IPv6 (steered by mistake): dropped.
+    pub non_ip: u64,
+    pub no_neighbour: u64,
+    pub ttl_exceeded: u64,
+    pub fragmented: u64,
+    pub icmp_sent: u64,
+    pub tx_full: u64,
+    /// No free frame for a packet the worker builds.
+    pub no_frame: u64,
+    /// The route points to another interface, or the destination is local.
+    pub not_forwarded: u64,
+    /// IKE that reached the dataplane (the XDP program should pass it to the kernel).
+    pub punt_dropped: u64,
+    pub heartbeats_sent: u64,
+}
+
+/// What a worker reports.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub id: u16,
+    pub queue: u32,
+    pub core: Option<usize>,
+    pub counters: WorkerCounters,
+    pub engine: WorkerStats,
+    pub sas: Vec<SaStatus>,
+    pub hits_in: Vec<u64>,
+    pub hits_out: Vec<u64>,
+}
+
+/// Everything a worker thread needs.
+#[derive(Debug)]
+pub struct WorkerSetup {
+    pub id: u16,
+    pub queue: u32,
+    pub core: Option<usize>,
+    pub unprotected: String,
+    pub protected: String,
+    pub xsk: XskConfig,
+    pub busy_poll: bool,
+    pub spd: Arc<Spd>,
+    pub cmds: Receiver<Cmd>,
+    /// Destinations to resolve.
+    pub resolve: Sender<IpAddr>,
+    /// Engine events (lifetimes) for the control thread.
+    pub events: Sender<(u16, xsec_dataplane::events::Event)>,
+    pub inbox: Receiver<Handoff>,
+    pub pool: (Sender<Box<[u8; HANDOFF_BUF]>>, Receiver<Box<[u8; HANDOFF_BUF]>>),
+    pub mesh: Mesh,
+    /// ICMP errors are sent from these addresses (the gateway's own, per family).
+    pub icmp_src: [Option<IpAddr>; 2],
+    /// MTU override (else the next hop's).
+    pub mtu: Option<u16>,
+    pub clock: MonotonicClock,
+}
+
+/// Reported back once the sockets are open: their descriptors for the XSKMAP.
+pub type Ready = Result<(u16, u32, [i32; 2]), String>;
+
+struct PendingHop {
+    asked: Timestamp,
+}
+
+struct HeartbeatState {
+    hb: Heartbeat,
+    next: Timestamp,
+}
+
+struct Worker {
+    id: u16,
+    queue: u32,
+    core: Option<usize>,
+    xsk: Xsk,
+    engine: Engine,
+    c: WorkerCounters,
+    /// Next hops: `None` = known unreachable / local (refreshed by the resolver).
+    hops: HashMap<IpAddr, Option<Hop>>,
+    pending: HashMap<IpAddr, PendingHop>,
+    resolve: Sender<IpAddr>,
+    events: Sender<(u16, xsec_dataplane::events::Event)>,
+    inbox: Receiver<Handoff>,
+    pool: (Sender<Box<[u8; HANDOFF_BUF]>>, Receiver<Box<[u8; HANDOFF_BUF]>>),
+    mesh: Mesh,
+    icmp_src: [Option<IpAddr>; 2],
+    mtu: Option<u16>,
+    heartbeats: Vec<HeartbeatState>,
+    frag_id: u32,
+    scratch: Box<[u8; 2048]>,
+}
+
+/// Run a worker until `Cmd::Stop`. Sends `Ready` once its sockets are open (or failed).
+pub fn run(setup: WorkerSetup, ready: Sender<Ready>) {
+    if let Some(core) = setup.core {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+            let _ = ready.send(Err(format!("worker {}: cannot pin to core {core}", setup.id)));
+            return;
+        }
+    }
+    let xsk = match Xsk::open(&setup.unprotected, &setup.protected, setup.queue, &setup.xsk) {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = ready.send(Err(format!("worker {}: {e}", setup.id)));
+            return;
+        }
+    };
+    let fds = [xsk.fd(Side::Unprotected), xsk.fd(Side::Protected)];
+    for _ in 0..HANDOFF_POOL {
+        let _ = setup.pool.0.send(Box::new([0u8; HANDOFF_BUF]));
+    }
+    let mut w = Worker {
+        id: setup.id,
+        queue: setup.queue,
+        core: setup.core,
+        xsk,
+        engine: Engine::new(setup.spd),
+        c: WorkerCounters::default(),
+        hops: HashMap::with_capacity(256),
+        pending: HashMap::with_capacity(64),
+        resolve: setup.resolve,
+        events: setup.events,
+        inbox: setup.inbox,
+        pool: setup.pool,
+        mesh: setup.mesh,
+        icmp_src: setup.icmp_src,
+        mtu: setup.mtu,
+        heartbeats: Vec::new(),
+        frag_id: u32::from(setup.id) << 24,
+        scratch: Box::new([0u8; 2048]),
+    };
+    if ready.send(Ok((w.id, w.queue, fds))).is_err() {
+        return;
+    }
+    let clock = setup.clock;
+    let mut rx: Vec<RxFrame> = Vec::with_capacity(BURST);
+    let mut idle_loops = 0u32;
+    let mut next_timer = clock.now();
+    loop {
+        // Control between bursts: never blocks.
+        loop {
+            match setup.cmds.try_recv() {
+                Ok(Cmd::Stop) | Err(TryRecvError::Disconnected) => return,
+                Ok(cmd) => w.apply(cmd, clock.now()),
+                Err(TryRecvError::Empty) => break,
+            }
+        }
+        let now = clock.now();
+        w.c.loops += 1;
+        w.xsk.reap();
+        let mut work = 0;
+        for side in Side::BOTH {
+            w.xsk.refill(side);
+            rx.clear();
+            let n = w.xsk.recv(side, &mut rx, BURST);
+            work += n;
+            match side {
+                Side::Unprotected => w.c.rx_unprot += n as u64,
+                Side::Protected => w.c.rx_prot += n as u64,
+            }
+            for f in rx.drain(..) {
+                w.packet(side, f, now, false);
+            }
+        }
+        for _ in 0..BURST {
+            let Ok(h) = w.inbox.try_recv() else { break };
+            work += 1;
+            w.handed(h, now);
+        }
+        w.xsk.kick();
+        if now >= next_timer {
+            next_timer = now.plus(Duration::from_millis(1));
+            w.engine.poll_timers(now, 64);
+            w.heartbeats(now);
+            for ev in w.engine.drain_events() {
+                let _ = w.events.try_send((w.id, ev));
+            }
+        }
+        if work > 0 {
+            w.c.busy_loops += 1;
+            idle_loops = 0;
+        } else if !setup.busy_poll {
+            idle_loops += 1;
+            if idle_loops > 256 {
+                w.xsk.wait(1);
+            }
+        }
+    }
+}
+
+impl Worker {
+    fn apply(&mut self, cmd: Cmd, now: Timestamp) {
+        match cmd {
+            Cmd::InstallSa(sa) => {
+                let _ = self.engine.install_sa(*sa);
+            }
+            Cmd::RemoveSa { direction, spi } => {
+                let h = self.engine.sad().find(direction, spi, None);
+                if let Some(h) = h {
+                    self.engine.remove_sa(h);
+                }
+            }
+            Cmd::SetSpd(spd) => self.engine.set_spd(spd),
+            Cmd::SetShards(s) => self.engine.set_shards(Some(s)),
+            Cmd::SetHeartbeats(hbs) => {
+                self.heartbeats = hbs
+                    .into_iter()
+                    .map(|hb| HeartbeatState { next: now, hb })
+                    .collect();
+            }
+            Cmd::Hop { dst, hop } => {
+                self.pending.remove(&dst);
+                if self.hops.len() < 65536 || self.hops.contains_key(&dst) {
+                    self.hops.insert(dst, hop);
+                }
+            }
+            Cmd::Snapshot(reply) => {
+                let sas = self.engine.sad().iter().map(|(_, sa)| sa.status(now)).collect();
+                let _ = reply.send(Snapshot {
+                    id: self.id,
+                    queue: self.queue,
+                    core: self.core,
+                    counters: self.c.clone(),
+                    engine: self.engine.stats().clone(),
+                    sas,
+                    hits_in: self.engine.policy_hits(Direction::Inbound).to_vec(),
+                    hits_out: self.engine.policy_hits(Direction::Outbound).to_vec(),
+                });
+            }
+            Cmd::Stop => {}
+        }
+    }
+
+    /// One received Ethernet frame.
+    fn packet(&mut self, side: Side, f: RxFrame, now: Timestamp, handed: bool) {
+        let RxFrame { frame, off, len } = f;
+        let et = frame
+            .as_ref()
+            .get(off + 12..off + 14)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]));
+        if len < ETH_HDR || !matches!(et, Some(fwd::ETHERTYPE_IPV4 | fwd::ETHERTYPE_IPV6)) {
+            self.c.non_ip += 1;
+            self.xsk.release(frame);
+            return;
+        }
+        let Some(mut pkt) = PacketBuf::new(frame, off + ETH_HDR, len - ETH_HDR) else {
+            self.c.non_ip += 1;
+            return; // unreachable: the kernel's descriptor lies inside the frame
+        };
+        match side {
+            Side::Unprotected => {
+                let v = self.engine.inbound(now, &mut pkt);
+                match v {
+                    // decapsulated (or bypassed plaintext): forwarded by this router
+                    Verdict::Forward | Verdict::Bypass => self.forward(pkt, now, true),
+                    Verdict::Handoff(w) => self.handoff(pkt, side, w, handed),
+                    Verdict::Punt => {
+                        self.c.punt_dropped += 1;
+                        self.xsk.release(pkt.into_inner());
+                    }
+                    _ => self.xsk.release(pkt.into_inner()),
+                }
+            }
+            Side::Protected => {
+                // Forwarding first: the inner TTL is decremented by the encapsulator
+                // (RFC 4301 §5.1.2.1); a handed-off packet was decremented already.
+                if !handed && fwd::dec_ttl(pkt.data_mut()).is_err() {
+                    self.c.ttl_exceeded += 1;
+                    self.icmp(pkt.data(), IcmpError::TimeExceeded, now);
+                    self.xsk.release(pkt.into_inner());
+                    return;
+                }
+                // Keep the inner header in case the result is too big for the link.
+                let quote = pkt.len().min(self.scratch.len());
+                let keep = pkt.len() > 1200;
+                if keep {
+                    self.scratch[..quote].copy_from_slice(&pkt.data()[..quote]);
+                }
+                let inner_len = pkt.len();
+                match self.engine.outbound(now, &mut pkt) {
+                    Verdict::Forward => self.forward_esp(pkt, now, keep.then_some((quote, inner_len))),
+                    Verdict::Bypass => self.forward(pkt, now, false),
+                    Verdict::Handoff(w) => {
+                        // undo nothing: the packet is unchanged except the TTL, which the
+                        // owner must not decrement again (`handed`)
+                        self.handoff(pkt, side, w, handed)
+                    }
+                    _ => self.xsk.release(pkt.into_inner()),
+                }
+            }
+        }
+    }
+
+    /// A packet another worker handed over: copy it into a frame and process it.
+    fn handed(&mut self, h: Handoff, now: Timestamp) {
+        self.c.handoff_rx += 1;
+        let Handoff { buf, len, side, from } = h;
+        if let Some(mut f) = self.xsk.alloc() {
+            let off = 256;
+            let l = usize::from(len);
+            f.as_mut()[off..off + l].copy_from_slice(&buf[..l]);
+            self.packet(side, RxFrame { frame: f, off, len: l }, now, true);
+        } else {
+            self.c.no_frame += 1;
+        }
+        if let Some(p) = self.mesh.pools.get(usize::from(from)) {
+            let _ = p.try_send(buf);
+        }
+    }
+
+    fn handoff(&mut self, pkt: PacketBuf<Frame>, side: Side, to: u16, handed: bool) {
+        let head = pkt.head() - ETH_HDR;
+        let len = pkt.len() + ETH_HDR;
+        let frame = pkt.into_inner();
+        if handed || len > HANDOFF_BUF || usize::from(to) >= self.mesh.inboxes.len() {
+            self.c.handoff_drop += 1;
+            self.xsk.release(frame);
+            return;
+        }
+        let Ok(mut buf) = self.pool.1.try_recv() else {
+            self.c.handoff_drop += 1;
+            self.xsk.release(frame);
+            return;
+        };
+        buf[..len].copy_from_slice(&frame.as_ref()[head..head + len]);
+        self.xsk.release(frame);
+        let h = Handoff {
+            buf,
+            len: len as u16,
+            side,
+            from: self.id,
+        };
+        match self.mesh.inboxes[usize::from(to)].try_send(h) {
+            Ok(()) => self.c.handoff_tx += 1,
+            Err(e) => {
+                self.c.handoff_drop += 1;
+                let _ = self.pool.0.try_send(e.into_inner().buf);
+            }
+        }
+    }
+
+    /// Look up the next hop of `dst`; on a miss ask the control thread (at most every 50 ms
+    /// per destination) and count the packet.
+    fn hop(&mut self, dst: IpAddr, now: Timestamp) -> Option<Hop> {
+        match self.hops.get(&dst) {
+            Some(Some(h)) => return Some(*h),
+            Some(None) => {
+                self.c.not_forwarded += 1;
+                return None;
+            }
+            None => {}
+        }
+        self.c.no_neighbour += 1;
+        let ask = match self.pending.get(&dst) {
+            Some(p) => now.since(p.asked) > Duration::from_millis(50),
+            None => self.pending.len() < 4096,
+        };
+        if ask && self.resolve.try_send(dst).is_ok() {
+            self.pending.insert(dst, PendingHop { asked: now });
+        }
+        None
+    }
+
+    /// Forward an IP packet (plaintext) to its destination, decrementing the TTL if asked.
+    fn forward(&mut self, mut pkt: PacketBuf<Frame>, now: Timestamp, dec: bool) {
+        if dec && fwd::dec_ttl(pkt.data_mut()).is_err() {
+            self.c.ttl_exceeded += 1;
+            self.icmp(pkt.data(), IcmpError::TimeExceeded, now);
+            self.xsk.release(pkt.into_inner());
+            return;
+        }
+        let Some(dst) = fwd::ip_dst(pkt.data()) else {
+            self.xsk.release(pkt.into_inner());
+            return;
+        };
+        let Some(hop) = self.hop(dst, now) else {
+            self.xsk.release(pkt.into_inner());
+            return;
+        };
+        let mtu = usize::from(self.mtu.map_or(hop.mtu, |m| m.min(hop.mtu)));
+        if pkt.len() > mtu {
+            // plaintext too big for the next link: IPv4 without DF is fragmented; otherwise
+            // (DF, or IPv6: routers never fragment it) the source is told
+            if fwd::dont_fragment(pkt.data()) {
+                self.icmp(pkt.data(), IcmpError::TooBig { mtu: mtu as u16 }, now);
+                self.xsk.release(pkt.into_inner());
+            } else {
+                self.fragment(pkt, hop, mtu);
+            }
+            return;
+        }
+        self.send(pkt, hop);
+    }
+
+    /// Forward an ESP packet; if it outgrew the link, fragment it or tell the inner source.
+    fn forward_esp(&mut self, pkt: PacketBuf<Frame>, now: Timestamp, inner: Option<(usize, usize)>) {
+        let Some(dst) = fwd::ip_dst(pkt.data()) else {
+            self.xsk.release(pkt.into_inner());
+            return;
+        };
+        let Some(hop) = self.hop(dst, now) else {
+            self.xsk.release(pkt.into_inner());
+            return;
+        };
+        let mtu = usize::from(self.mtu.map_or(hop.mtu, |m| m.min(hop.mtu)));
+        if pkt.len() <= mtu {
+            self.send(pkt, hop);
+            return;
+        }
+        // Too big. The inner header was kept (packets > 1200 bytes).
+        if let Some((quote, inner_len)) = inner {
+            let overhead = pkt.len() - inner_len;
+            let inner_v6 = self.scratch[0] >> 4 == 6;
+            if inner_v6 || fwd::dont_fragment(&self.scratch[..quote]) {
+                let room = mtu.saturating_sub(overhead) as u16;
+                if !inner_v6 || room >= 1280 {
+                    let mut q = [0u8; 1500];
+                    let n = quote.min(q.len());
+                    q[..n].copy_from_slice(&self.scratch[..n]);
+                    self.icmp(&q[..n], IcmpError::TooBig { mtu: room }, now);
+                    self.xsk.release(pkt.into_inner());
+                    return;
+                }
+            }
+        }
+        self.fragment(pkt, hop, mtu);
+    }
+
+    /// Fragment an outer packet (IPv4 fragments, or an IPv6 Fragment header: the gateway is
+    /// the outer packet's source).
+    fn fragment(&mut self, pkt: PacketBuf<Frame>, hop: Hop, mtu: usize) {
+        let v6 = pkt.data()[0] >> 4 == 6;
+        if !v6 && u16::from_be_bytes([pkt.data()[6], pkt.data()[7]]) & 0x3fff != 0 {
+            // already a fragment: not re-fragmented here
+            self.xsk.release(pkt.into_inner());
+            return;
+        }
+        let (hdr, per) = if v6 {
+            (40, (mtu.saturating_sub(48)) & !7)
+        } else {
+            let hl = usize::from(pkt.data()[0] & 0x0f) * 4;
+            (hl, fwd::v4_fragment_size(hl, mtu).unwrap_or(0))
+        };
+        if per == 0 || pkt.len() <= hdr {
+            self.xsk.release(pkt.into_inner());
+            return;
+        }
+        self.c.fragmented += 1;
+        self.frag_id = self.frag_id.wrapping_add(1);
+        let ident = self.frag_id;
+        let payload_len = pkt.len() - hdr;
+        // Fragments after the first go into new frames; the first is rewritten in place.
+        let mut off = per;
+        while off < payload_len {
+            let end = (off + per).min(payload_len);
+            let Some(mut f) = self.xsk.alloc() else {
+                self.c.no_frame += 1;
+                self.xsk.release(pkt.into_inner());
+                return;
+            };
+            let data = pkt.data();
+            let start = 128;
+            let n = if v6 {
+                let mut base = [0u8; 40];
+                base.copy_from_slice(&data[..40]);
+                fwd::v6_fragment(
+                    &mut f.as_mut()[start..],
+                    &base,
+                    &data[hdr + off..hdr + end],
+                    off,
+                    end < payload_len,
+                    ident,
+                )
+            } else {
+                fwd::v4_fragment(
+                    &mut f.as_mut()[start..],
+                    &data[..hdr],
+                    &data[hdr + off..hdr + end],
+                    off,
+                    end < payload_len,
+                )
+            };
+            match n.and_then(|n| PacketBuf::new(f, start, n).ok_or(()).ok()) {
+                Some(p) => self.send(p, hop),
+                None => {}
+            }
+            off = end;
+        }
+        // The first fragment, in place.
+        let head = pkt.head();
+        let first_len = per;
+        if v6 {
+            // move the base header 8 bytes left to make room for the Fragment header
+            let Some(new_head) = head.checked_sub(8).filter(|&h| h >= ETH_HDR) else {
+                self.xsk.release(pkt.into_inner());
+                return;
+            };
+            let mut base = [0u8; 40];
+            base.copy_from_slice(&pkt.data()[..40]);
+            let mut frame = pkt.into_inner();
+            let payload_start = head + 40;
+            let buf = frame.as_mut();
+            // payload stays where it is; header + fragment header go in front of it
+            let mut fragh = [0u8; 48];
+            let n = fwd::v6_fragment(&mut fragh, &base, &[], 0, true, ident);
+            if n.is_none() {
+                self.xsk.release(frame);
+                return;
+            }
+            fragh[4..6].copy_from_slice(&((8 + first_len) as u16).to_be_bytes());
+            buf[new_head..payload_start].copy_from_slice(&fragh);
+            match PacketBuf::new(frame, new_head, 48 + first_len) {
+                Some(p) => self.send(p, hop),
+                None => self.c.no_frame += 1,
+            }
+        } else {
+            let mut hdrb = [0u8; 60];
+            hdrb[..hdr].copy_from_slice(&pkt.data()[..hdr]);
+            let mut frame = pkt.into_inner();
+            // v4_fragment copies header + payload; do it through the scratch buffer
+            let first: &[u8] = &frame.as_ref()[head + hdr..head + hdr + first_len];
+            let mut tmp = [0u8; 2048];
+            let n = fwd::v4_fragment(&mut tmp, &hdrb[..hdr], first, 0, true);
+            match n {
+                Some(n) => {
+                    frame.as_mut()[head..head + n].copy_from_slice(&tmp[..n]);
+                    match PacketBuf::new(frame, head, n) {
+                        Some(p) => self.send(p, hop),
+                        None => self.c.no_frame += 1,
+                    }
+                }
+                None => self.xsk.release(frame),
+            }
+        }
+    }
+
+    /// Send an ICMP error about `orig` back to its source.
+    fn icmp(&mut self, orig: &[u8], e: IcmpError, now: Timestamp) {
+        let fam = usize::from(orig.first().is_some_and(|b| b >> 4 == 6));
+        let Some(src) = self.icmp_src[fam] else {
+            return;
+        };
+        // not about packets to multicast/broadcast
+        if fwd::ip_dst(orig).is_some_and(|d| d.is_multicast()) {
+            return;
+        }
+        let Some(mut f) = self.xsk.alloc() else {
+            self.c.no_frame += 1;
+            return;
+        };
+        let start = 128;
+        let Some(n) = fwd::icmp_error(&mut f.as_mut()[start..], src, orig, e) else {
+            self.xsk.release(f);
+            return;
+        };
+        let Some(pkt) = PacketBuf::new(f, start, n) else {
+            return;
+        };
+        let Some(dst) = fwd::ip_dst(pkt.data()) else {
+            self.xsk.release(pkt.into_inner());
+            return;
+        };
+        match self.hop(dst, now) {
+            Some(h) => {
+                self.c.icmp_sent += 1;
+                self.send(pkt, h);
+            }
+            None => self.xsk.release(pkt.into_inner()),
+        }
+    }
+
+    fn heartbeats(&mut self, now: Timestamp) {
+        for i in 0..self.heartbeats.len() {
+            if now < self.heartbeats[i].next {
+                continue;
+            }
+            let hb = self.heartbeats[i].hb.clone();
+            self.heartbeats[i].next = now.plus(hb.interval);
+            let Some(mut f) = self.xsk.alloc() else {
+                self.c.no_frame += 1;
+                continue;
+            };
+            let start = 128;
+            let Some(n) = fwd::keepalive(&mut f.as_mut()[start..], hb.src, hb.dst, hb.sport, hb.dport)
+            else {
+                self.xsk.release(f);
+                continue;
+            };
+            let Some(pkt) = PacketBuf::new(f, start, n) else {
+                continue;
+            };
+            match self.hop(hb.dst, now) {
+                Some(h) => {
+                    self.c.heartbeats_sent += 1;
+                    self.send(pkt, h);
+                }
+                None => {
+                    // retry soon rather than a whole interval later
+                    self.heartbeats[i].next = now.plus(Duration::from_millis(100));
+                    self.xsk.release(pkt.into_inner());
+                }
+            }
+        }
+    }
+
+    /// Write the Ethernet header and queue the frame on the hop's side.
+    fn send(&mut self, pkt: PacketBuf<Frame>, hop: Hop) {
+        let Some(eth) = pkt.head().checked_sub(ETH_HDR) else {
+            self.xsk.release(pkt.into_inner());
+            return;
+        };
+        let ethertype = if pkt.data().first().is_some_and(|b| b >> 4 == 6) {
+            fwd::ETHERTYPE_IPV6
+        } else {
+            fwd::ETHERTYPE_IPV4
+        };
+        let len = pkt.len() + ETH_HDR;
+        let mut frame = pkt.into_inner();
+        if fwd::write_eth(&mut frame.as_mut()[eth..], hop.dst_mac, hop.src_mac, ethertype).is_none() {
+            self.xsk.release(frame);
+            return;
+        }
+        match self.xsk.send(hop.side, frame, eth, len) {
+            Ok(()) => match hop.side {
+                Side::Unprotected => self.c.tx_unprot += 1,
+                Side::Protected => self.c.tx_prot += 1,
+            },
+            Err(frame) => {
+                self.c.tx_full += 1;
+                self.xsk.release(frame);
+            }
+        }
+    }
+}

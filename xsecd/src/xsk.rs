@@ -1,0 +1,462 @@
+//! AF_XDP sockets for one worker: one UMEM shared by the worker's socket on the unprotected
+//! interface and its socket on the protected interface, so a frame received on one side is
+//! transmitted on the other without a copy.
+//!
+//! Frames move between four owners and are never in two at once: the worker's free list, a
+//! fill ring (kernel), an RX ring → the worker's burst, a TX ring → a completion ring (kernel)
+//! → the free list. [`Frame`] is the worker's handle on a frame it owns; it is the only way
+//! to touch frame memory.
+//!
+//! This is the only module of xsecd with `unsafe`: the UMEM mapping, frame access and
+//! `poll(2)`. Every block says why it is sound.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::num::NonZeroU32;
+use std::ptr::NonNull;
+use xdpilone::xdp::XdpDesc;
+use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, User};
+
+/// Bytes per UMEM frame (aligned chunk mode: a frame's base is `addr & !(FRAME_SIZE - 1)`).
+pub const FRAME_SIZE: u32 = 4096;
+/// Packets taken from one RX ring per loop.
+pub const BURST: usize = 64;
+
+/// Which interface a socket is bound to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Towards the IPsec peers (ESP).
+    Unprotected = 0,
+    /// Towards the protected hosts (plaintext).
+    Protected = 1,
+}
+
+impl Side {
+    pub const BOTH: [Side; 2] = [Side::Unprotected, Side::Protected];
+
+    pub fn other(self) -> Side {
+        match self {
+            Side::Unprotected => Side::Protected,
+            Side::Protected => Side::Unprotected,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Unprotected => "unprotected",
+            Side::Protected => "protected",
+        }
+    }
+}
+
+/// Sizes of one worker's rings and UMEM.
+#[derive(Debug, Clone)]
+pub struct XskConfig {
+    /// Frames in the UMEM (shared by both sides).
+    pub frames: u32,
+    /// Entries in each RX, TX, fill and completion ring (a power of two).
+    pub ring: u32,
+    /// Force copy mode (veth supports nothing else); otherwise the kernel tries zero-copy
+    /// and falls back to copy.
+    pub force_copy: bool,
+}
+
+impl Default for XskConfig {
+    fn default() -> Self {
+        XskConfig {
+            frames: 8192,
+            ring: 2048,
+            force_copy: false,
+        }
+    }
+}
+
+/// An error setting up a socket, with what was being done.
+#[derive(Debug, thiserror::Error)]
+#[error("AF_XDP {what} ({iface} queue {queue}): {source}")]
+pub struct XskError {
+    what: &'static str,
+    iface: String,
+    queue: u32,
+    source: std::io::Error,
+}
+
+fn errno(e: xdpilone::Errno) -> std::io::Error {
+    std::io::Error::from_raw_os_error(e.get_raw().abs())
+}
+
+/// A frame the worker owns: a window into UMEM memory that no ring holds.
+#[derive(Debug)]
+pub struct Frame {
+    base: NonNull<u8>,
+    /// Offset of the frame in the UMEM (what the rings carry, minus the in-frame offset).
+    addr: u64,
+}
+
+impl Frame {
+    /// The frame's UMEM address (its first byte).
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+}
+
+impl AsRef<[u8]> for Frame {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `base` points at FRAME_SIZE bytes inside the UMEM mapping, which outlives
+        // every Frame (the worker drops its frames before its Xsk), and a Frame exists only
+        // for a frame no ring holds, so the kernel is not writing it and no other Frame
+        // aliases it (frames are created from RX descriptors and the free list, each address
+        // once).
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr(), FRAME_SIZE as usize) }
+    }
+}
+
+impl AsMut<[u8]> for Frame {
+    fn as_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_ref`; `&mut self` makes this the only live view of the frame.
+        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr(), FRAME_SIZE as usize) }
+    }
+}
+
+/// A received frame: the Ethernet frame is `frame[off .. off + len]`.
+#[derive(Debug)]
+pub struct RxFrame {
+    pub frame: Frame,
+    pub off: usize,
+    pub len: usize,
+}
+
+/// The anonymous, page-aligned memory behind a UMEM.
+struct Area {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Area {
+    fn new(len: usize) -> std::io::Result<Area> {
+        // SAFETY: an anonymous private mapping with no address hint; the result is checked
+        // for MAP_FAILED before use.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(std::io::Error::last_os_error)?;
+        Ok(Area { ptr, len })
+    }
+}
+
+impl Drop for Area {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`; the sockets using it were dropped
+        // first (field order of `Xsk`), so the kernel no longer references it.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// One bound socket: its fill/completion rings (per device queue) and RX/TX rings.
+struct Port {
+    dev: DeviceQueue,
+    rx: RingRx,
+    tx: RingTx,
+    _user: User,
+    _socket: Socket,
+    fd: i32,
+}
+
+/// One worker's pair of sockets and their UMEM.
+pub struct Xsk {
+    // Field order is drop order: sockets before the UMEM registration before the memory.
+    ports: [Port; 2],
+    _umem: Umem,
+    area: Area,
+    free: Vec<u64>,
+    frames: u32,
+    /// Per side: TX descriptors submitted but not yet completed.
+    in_flight: [u32; 2],
+}
+
+impl std::fmt::Debug for Xsk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Xsk")
+            .field("frames", &self.frames)
+            .field("free", &self.free.len())
+            .field("in_flight", &self.in_flight)
+            .finish()
+    }
+}
+
+impl Xsk {
+    /// Create the UMEM and bind a socket to `queue` of each interface.
+    pub fn open(
+        unprotected: &str,
+        protected: &str,
+        queue: u32,
+        cfg: &XskConfig,
+    ) -> Result<Xsk, XskError> {
+        let err = |what, iface: &str| {
+            let iface = iface.to_string();
+            move |source| XskError {
+                what,
+                iface,
+                queue,
+                source,
+            }
+        };
+        let len = cfg.frames as usize * FRAME_SIZE as usize;
+        let area = Area::new(len).map_err(err("UMEM mmap", unprotected))?;
+        let slice = NonNull::slice_from_raw_parts(area.ptr, len);
+        let umem_cfg = UmemConfig {
+            fill_size: cfg.ring,
+            complete_size: cfg.ring,
+            frame_size: FRAME_SIZE,
+            headroom: 0,
+            flags: 0,
+        };
+        // SAFETY: `slice` is the page-aligned mapping owned by `area`, which is stored in the
+        // same `Xsk` and dropped after the UMEM (field order).
+        let umem = unsafe { Umem::new(umem_cfg, slice) }
+            .map_err(|e| err("UMEM registration", unprotected)(errno(e)))?;
+
+        let mut ports = Vec::with_capacity(2);
+        for (i, name) in [unprotected, protected].into_iter().enumerate() {
+            let mut info = IfInfo::invalid();
+            let cname = CString::new(name).map_err(|_| {
+                err("interface name", name)(std::io::Error::from(
+                    std::io::ErrorKind::InvalidInput,
+                ))
+            })?;
+            info.from_name(&cname)
+                .map_err(|e| err("interface lookup", name)(errno(e)))?;
+            info.set_queue(queue);
+            // The first socket is the UMEM's own; the second joins it (shared UMEM), and a
+            // joining socket must bind without mode flags (it inherits them).
+            let socket = if i == 0 {
+                Socket::with_shared(&info, &umem)
+            } else {
+                Socket::new(&info)
+            }
+            .map_err(|e| err("socket", name)(errno(e)))?;
+            let dev = umem
+                .fq_cq(&socket)
+                .map_err(|e| err("fill/completion rings", name)(errno(e)))?;
+            let bind_flags = if i == 0 {
+                SocketConfig::XDP_BIND_NEED_WAKEUP
+                    | if cfg.force_copy {
+                        SocketConfig::XDP_BIND_COPY
+                    } else {
+                        0
+                    }
+            } else {
+                0
+            };
+            let sc = SocketConfig {
+                rx_size: NonZeroU32::new(cfg.ring),
+                tx_size: NonZeroU32::new(cfg.ring),
+                bind_flags,
+            };
+            let user = umem
+                .rx_tx(&socket, &sc)
+                .map_err(|e| err("rx/tx rings", name)(errno(e)))?;
+            let rx = user.map_rx().map_err(|e| err("rx ring mmap", name)(errno(e)))?;
+            let tx = user.map_tx().map_err(|e| err("tx ring mmap", name)(errno(e)))?;
+            umem.bind(&user)
+                .map_err(|e| err("bind", name)(errno(e)))?;
+            let fd = rx.as_raw_fd();
+            ports.push(Port {
+                dev,
+                rx,
+                tx,
+                _user: user,
+                _socket: socket,
+                fd,
+            });
+        }
+        let [pu, pp]: [Port; 2] = match ports.try_into() {
+            Ok(p) => p,
+            Err(_) => unreachable!("two ports were pushed"),
+        };
+        let free = (0..cfg.frames)
+            .rev()
+            .map(|i| u64::from(i) * u64::from(FRAME_SIZE))
+            .collect();
+        let mut x = Xsk {
+            ports: [pu, pp],
+            _umem: umem,
+            area,
+            free,
+            frames: cfg.frames,
+            in_flight: [0; 2],
+        };
+        for s in Side::BOTH {
+            x.refill(s);
+        }
+        Ok(x)
+    }
+
+    /// The socket descriptor of a side (for the XSKMAP).
+    pub fn fd(&self, side: Side) -> i32 {
+        self.ports[side as usize].fd
+    }
+
+    fn frame_at(&self, addr: u64) -> Frame {
+        let base = addr & !u64::from(FRAME_SIZE - 1);
+        debug_assert!((base as usize) < self.area.len);
+        // SAFETY: `base` is a frame offset below the area length (it comes from this UMEM's
+        // free list or from a descriptor the kernel returned for it), so the result stays
+        // inside the mapping.
+        let ptr = unsafe { self.area.ptr.add(base as usize) };
+        Frame { base: ptr, addr: base }
+    }
+
+    /// Take a free frame (for packets the worker builds: heartbeats, ICMP, fragments,
+    /// handed-off packets).
+    pub fn alloc(&mut self) -> Option<Frame> {
+        let a = self.free.pop()?;
+        Some(self.frame_at(a))
+    }
+
+    /// Give a frame back to the free list.
+    pub fn release(&mut self, f: Frame) {
+        self.free.push(f.addr);
+    }
+
+    /// Frames on the free list.
+    pub fn free_frames(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Move completed TX frames of both sides to the free list.
+    pub fn reap(&mut self) -> u32 {
+        let mut n = 0;
+        for s in Side::BOTH {
+            let p = &mut self.ports[s as usize];
+            let mut c = p.dev.complete(self.frames);
+            while let Some(a) = c.read() {
+                self.free.push(a & !u64::from(FRAME_SIZE - 1));
+                n += 1;
+                self.in_flight[s as usize] = self.in_flight[s as usize].saturating_sub(1);
+            }
+            c.release();
+        }
+        n
+    }
+
+    /// Keep a side's fill ring stocked from the free list, leaving frames for the other side
+    /// and for transmission.
+    pub fn refill(&mut self, side: Side) {
+        let reserve = self.frames as usize / 4;
+        let p = &mut self.ports[side as usize];
+        let want = p.dev.pending();
+        let target = self.frames / 4;
+        if want >= target || self.free.len() <= reserve {
+            return;
+        }
+        let n = (target - want).min((self.free.len() - reserve) as u32);
+        let mut f = p.dev.fill(n);
+        let cap = f.capacity() as usize;
+        let start = self.free.len() - cap;
+        let taken = f.insert(self.free[start..].iter().copied());
+        f.commit();
+        drop(f);
+        self.free.truncate(self.free.len() - taken as usize);
+        if p.dev.needs_wakeup() {
+            p.dev.wake();
+        }
+    }
+
+    /// Receive up to `max` packets from a side, appended to `out` (which the caller keeps
+    /// with capacity for a burst, so this does not allocate).
+    pub fn recv(&mut self, side: Side, out: &mut Vec<RxFrame>, max: usize) -> usize {
+        let (area, area_len) = (self.area.ptr, self.area.len);
+        let p = &mut self.ports[side as usize];
+        let mut r = p.rx.receive(max as u32);
+        let mut n = 0;
+        while let Some(d) = r.read() {
+            let base = d.addr & !u64::from(FRAME_SIZE - 1);
+            if base as usize >= area_len {
+                continue; // not ours: cannot happen with a sane kernel; never touch it
+            }
+            // SAFETY: `base` is below the area length (checked above).
+            let ptr = unsafe { area.add(base as usize) };
+            out.push(RxFrame {
+                frame: Frame { base: ptr, addr: base },
+                off: (d.addr - base) as usize,
+                len: d.len as usize,
+            });
+            n += 1;
+        }
+        r.release();
+        n
+    }
+
+    /// Queue a frame for transmission on a side: `off..off+len` is the Ethernet frame. On a
+    /// full ring the frame is handed back.
+    pub fn send(&mut self, side: Side, f: Frame, off: usize, len: usize) -> Result<(), Frame> {
+        let p = &mut self.ports[side as usize];
+        let mut w = p.tx.transmit(1);
+        let desc = XdpDesc {
+            addr: f.addr + off as u64,
+            len: len as u32,
+            options: 0,
+        };
+        if !w.insert_once(desc) {
+            drop(w);
+            return Err(f);
+        }
+        w.commit();
+        self.in_flight[side as usize] += 1;
+        Ok(())
+    }
+
+    /// Push queued TX descriptors to the kernel. Copy mode moves at most 32 per `sendto`, so
+    /// kick until the ring is drained (bounded).
+    pub fn kick(&mut self) {
+        for s in Side::BOTH {
+            let p = &mut self.ports[s as usize];
+            for _ in 0..8 {
+                if p.tx.pending() == 0 {
+                    break;
+                }
+                p.tx.wake();
+            }
+        }
+    }
+
+    /// Descriptors waiting in the RX rings.
+    pub fn rx_ready(&self) -> bool {
+        Side::BOTH
+            .iter()
+            .any(|&s| self.ports[s as usize].rx.available() > 0)
+    }
+
+    /// Sleep until a side has packets or `timeout_ms` passes (adaptive idle mode).
+    pub fn wait(&self, timeout_ms: i32) {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.ports[0].fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.ports[1].fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two pollfd for the duration of the call.
+        unsafe {
+            libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms);
+        }
+    }
+}
