@@ -1,0 +1,369 @@
+//! The TOML configuration (manual keying): `[gateway]`, `[[sa]]` pairs and `[[policy]]`
+//! entries, turned directly into the engine's types ([`SaConfig`], [`SpdConfig`]).
+//!
+//! Contract: [`parse`] returns a whole, validated [`Config`] or a [`ConfigError`] listing
+//! every problem found as `FILE:LINE: FIELD: message`, the line being that of the offending
+//! key (or of its table's header when the key is missing). Nothing is half-applied. Every
+//! SA has passed [`SaConfig::validate`] and the SPD has compiled, so the daemon can install
+//! what it gets without another check that could fail halfway.
+//!
+//! Keys are [`SecretKey`](xsec_dataplane::sa::SecretKey)s: zeroized on drop, shown as
+//! `<N bytes>` by `Debug`, and never quoted in an error.
+//!
+//! The schema is documented in `docs/config.md`; `examples/*.toml` are tested in
+//! `xsecd/tests/config.rs`.
+
+mod error;
+mod gateway;
+mod policy;
+mod reader;
+mod sa;
+
+pub use error::{ConfigError, Diagnostic};
+pub use gateway::{GatewayConfig, IdleMode, XdpModeCfg};
+pub use sa::SaPair;
+
+use policy::{Act, PolicyDraft};
+use reader::{Fail, Table, Val, line_of};
+use sa::SaDraft;
+use std::path::{Path, PathBuf};
+use toml::de::DeTable;
+use xsec_dataplane::sa::Mode;
+use xsec_dataplane::spd::{Action, Policy, SaBundle, SpdConfig, SpdError};
+use zeroize::Zeroizing;
+
+/// A loaded configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub path: PathBuf,
+    pub gateway: GatewayConfig,
+    /// SA pairs in file order; pair `i` has reqid `i + 1` in both directions.
+    pub sas: Vec<SaPair>,
+    /// Validated: `spd.compile()` succeeds.
+    pub spd: SpdConfig,
+    /// Things that load but are probably not meant (an SA no policy uses, no policies).
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Read and parse a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    // The file holds keys: keep the text in a buffer that is wiped when dropped.
+    let text =
+        Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?,
+        );
+    parse(&text, path)
+}
+
+/// Parse configuration text; `path` is only used in messages and [`Config::path`].
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let diag = |f: Fail| Diagnostic {
+        path: path.to_owned(),
+        line: line_of(text, f.at),
+        field: f.field,
+        message: f.msg,
+    };
+    let doc = match DeTable::parse(text) {
+        Ok(d) => d,
+        Err(e) => {
+            // The parser's message only: its Display would quote the line, which may be a key.
+            return Err(ConfigError::Invalid(vec![diag(Fail {
+                at: e.span().map_or(0, |s| s.start),
+                field: "syntax".into(),
+                msg: e.message().trim_end().to_owned(),
+            })]));
+        }
+    };
+    let mut fails = vec![];
+    let (cfg, warnings) = build(text, &doc, &mut fails);
+    match cfg {
+        Some(mut cfg) if fails.is_empty() => {
+            cfg.path = path.to_owned();
+            cfg.warnings = warnings.into_iter().map(diag).collect();
+            Ok(cfg)
+        }
+        _ => {
+            let mut d: Vec<Diagnostic> = fails.into_iter().map(diag).collect();
+            d.sort_by_key(|d| d.line);
+            d.dedup();
+            Err(ConfigError::Invalid(d))
+        }
+    }
+}
+
+/// An array of tables (`[[sa]]`), each element with its path and location.
+fn tables<'t, 'i>(v: Option<Val<'t, 'i>>, fails: &mut Vec<Fail>) -> Vec<Val<'t, 'i>> {
+    let Some(v) = v else { return vec![] };
+    match v.array() {
+        Ok(els) => els,
+        Err(_) => {
+            let name = v.field.clone();
+            fails.push(v.fail(format!(
+                "expected an array of tables: write [[{name}]], one per entry"
+            )));
+            vec![]
+        }
+    }
+}
+
+fn build(
+    text: &str,
+    doc: &toml::Spanned<DeTable<'_>>,
+    fails: &mut Vec<Fail>,
+) -> (Option<Config>, Vec<Fail>) {
+    let mut warnings = vec![];
+    let mut root = Table::root(doc);
+    let gateway = match root.req("gateway").and_then(|v| v.table()) {
+        Ok(mut t) => {
+            let g = gateway::read(&mut t, fails);
+            t.finish(fails);
+            g
+        }
+        Err(e) => {
+            fails.push(e);
+            None
+        }
+    };
+    let sa_vals = tables(root.get("sa"), fails);
+    let policy_vals = tables(root.get("policy"), fails);
+    root.finish(fails);
+
+    // SA pairs. Names are read on their own first so that a policy naming an SA whose table
+    // has errors is not reported as naming an unknown SA.
+    let names: Vec<Option<String>> = sa_vals.iter().map(sa::peek_name).collect();
+    let mut drafts: Vec<Option<SaDraft>> = sa_vals
+        .iter()
+        .enumerate()
+        .map(|(i, v)| match sa::read(v, i, line_of(text, v.at)) {
+            Ok(d) => Some(d),
+            Err(f) => {
+                fails.extend(f);
+                None
+            }
+        })
+        .collect();
+    check_sa_uniqueness(&drafts, fails);
+
+    // Policies.
+    let policies: Vec<Option<PolicyDraft>> = policy_vals
+        .iter()
+        .map(|v| match policy::read(v) {
+            Ok(p) => Some(p),
+            Err(f) => {
+                fails.extend(f);
+                None
+            }
+        })
+        .collect();
+    for (i, p) in policies.iter().enumerate() {
+        let Some(p) = p else { continue };
+        let earlier = policies[..i].iter().flatten().find(|q| q.name == p.name);
+        if let Some(q) = earlier {
+            fails.push(p.locs.fail(
+                "name",
+                format!(
+                    "policy name {:?} is already used by {} (line {})",
+                    p.name,
+                    q.locs.path,
+                    line_of(text, q.locs.header)
+                ),
+            ));
+        }
+    }
+
+    // Resolve `sa = "name"` to the pair's index; give each inbound SA the selectors of the
+    // policies that use it, for the post-decapsulation check (RFC 4301 §5.2).
+    let mut resolved: Vec<Option<usize>> = vec![None; policies.len()];
+    let mut used = vec![false; drafts.len()];
+    for (i, p) in policies.iter().enumerate() {
+        let Some(p) = p else { continue };
+        let Some(sa_ref) = &p.sa else { continue };
+        let Some(idx) = names
+            .iter()
+            .position(|n| n.as_deref() == Some(sa_ref.name.as_str()))
+        else {
+            let known: Vec<&str> = names.iter().flatten().map(String::as_str).collect();
+            fails.push(sa_ref.fail(format!(
+                "no [[sa]] is named {:?}{}",
+                sa_ref.name,
+                if known.is_empty() {
+                    " (there are no SAs)".to_owned()
+                } else {
+                    format!(" (SAs: {})", known.join(", "))
+                }
+            )));
+            continue;
+        };
+        used[idx] = true;
+        let Some(d) = drafts.get_mut(idx).and_then(Option::as_mut) else {
+            continue; // that SA has errors of its own
+        };
+        let inb = &d.pair.inbound;
+        if inb.mode == Mode::Transport
+            && let Some((key, msg)) = policy::transport_fits(&p.selector, inb.local, inb.remote)
+        {
+            fails.push(p.locs.fail(key, msg));
+            continue;
+        }
+        if !d.pair.inbound.selectors.contains(&p.selector) {
+            d.pair.inbound.selectors.push(p.selector);
+        }
+        resolved[i] = Some(idx);
+    }
+
+    for d in drafts.iter().flatten() {
+        sa::validate(d, fails);
+    }
+    for (d, used) in drafts.iter().zip(&used) {
+        if let Some(d) = d
+            && !used
+        {
+            warnings.push(d.locs.fail(
+                "name",
+                format!(
+                    "SA pair {:?} is used by no protect policy: it is installed, but no \
+                     traffic is sent through it and decapsulated traffic is not checked \
+                     against selectors",
+                    d.pair.name
+                ),
+            ));
+        }
+    }
+    if policy_vals.is_empty() {
+        warnings.push(Fail {
+            at: 0,
+            field: "policy".into(),
+            msg: "no [[policy]]: all outbound traffic is discarded".into(),
+        });
+    }
+
+    let (Some((gateway, inbound_default)), true) = (gateway, fails.is_empty()) else {
+        return (None, warnings);
+    };
+    let mut spd = SpdConfig {
+        inbound_default,
+        ..SpdConfig::default()
+    };
+    let mut origin: Vec<&PolicyDraft> = vec![];
+    for (p, idx) in policies.iter().flatten().zip(&resolved) {
+        let action = match (p.action, idx) {
+            (Act::Protect, Some(i)) => {
+                let Some(reqid) = drafts
+                    .get(*i)
+                    .and_then(Option::as_ref)
+                    .map(|d| d.pair.outbound.reqid)
+                else {
+                    continue;
+                };
+                Action::Protect(SaBundle::single(reqid))
+            }
+            (Act::Protect, None) => continue, // reported above
+            (Act::Bypass, _) => Action::Bypass,
+            (Act::Discard, _) => Action::Discard,
+        };
+        let policy = Policy {
+            name: p.name.clone(),
+            selector: p.selector,
+            action,
+        };
+        if p.dirs.outbound() {
+            spd.outbound.push(policy.clone());
+        }
+        if p.dirs.inbound() {
+            spd.inbound.push(policy);
+        }
+        origin.push(p);
+    }
+    // The checks above cover what compiling checks; map any disagreement onto the policy.
+    if let Err(e) = spd.compile() {
+        let name = match &e {
+            SpdError::Selector { name, .. } | SpdError::DuplicateName(name) => name.clone(),
+        };
+        let at = origin.iter().find(|p| p.name == name);
+        fails.push(match at {
+            Some(p) => p.locs.fail("name", e.to_string()),
+            None => Fail {
+                at: 0,
+                field: "policy".into(),
+                msg: e.to_string(),
+            },
+        });
+        return (None, warnings);
+    }
+    let sas = drafts.into_iter().flatten().map(|d| d.pair).collect();
+    let cfg = Config {
+        path: PathBuf::new(),
+        gateway,
+        sas,
+        spd,
+        warnings: vec![],
+    };
+    (Some(cfg), warnings)
+}
+
+/// SA names are unique; inbound SPIs are unique on this gateway (the inbound SAD is keyed by
+/// SPI); an outbound SPI is unique per peer (the peer's inbound SAD).
+fn check_sa_uniqueness(drafts: &[Option<SaDraft>], fails: &mut Vec<Fail>) {
+    for (i, d) in drafts.iter().enumerate() {
+        let Some(d) = d else { continue };
+        for e in drafts[..i].iter().flatten() {
+            let (a, b) = (&d.pair, &e.pair);
+            let other = format!("{} {:?} (line {})", e.locs.path, b.name, b.line);
+            if a.name == b.name {
+                fails.push(d.locs.fail(
+                    "name",
+                    format!("SA name {:?} is already used by {}", a.name, e.locs.path),
+                ));
+            }
+            if a.inbound.spi == b.inbound.spi {
+                fails.push(d.locs.fail(
+                    "spi_in",
+                    format!(
+                        "inbound SPI {} ({:#x}) is already used by {other}",
+                        a.inbound.spi, a.inbound.spi
+                    ),
+                ));
+            }
+            if a.outbound.spi == b.outbound.spi && a.outbound.remote == b.outbound.remote {
+                fails.push(d.locs.fail(
+                    "spi_out",
+                    format!(
+                        "outbound SPI {} ({:#x}) to the same peer is already used by {other}",
+                        a.outbound.spi, a.outbound.spi
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_of_offsets() {
+        let t = "a\nbc\n\nd";
+        assert_eq!(line_of(t, 0), 1);
+        assert_eq!(line_of(t, 2), 2);
+        assert_eq!(line_of(t, 6), 4);
+        assert_eq!(line_of(t, 999), 4);
+    }
+
+    #[test]
+    fn unknown_keys_all_reported() {
+        let e = parse(
+            "[gateway]\nunprotected = \"a\"\nprotected = \"b\"\nfoo = 1\n[bar]\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err();
+        let d = e.diagnostics();
+        assert_eq!(d.len(), 2, "{e}");
+        assert_eq!(d[0].to_string().split(": ").next(), Some("x.toml:4"));
+        assert_eq!(d[0].field, "gateway.foo");
+        assert_eq!((d[1].line, d[1].field.as_str()), (5, "bar"));
+    }
+}

@@ -1,0 +1,312 @@
+//! A strict reader over toml's spanned document tree ([`DeTable`]).
+//!
+//! Every value is fetched by key name; every failure carries the byte offset of its key (or
+//! of its table's header when the key is missing) and the dotted field path, so the loader
+//! can report `FILE:LINE: FIELD: message`. Keys nobody asked for are reported as unknown,
+//! which is what `#[serde(deny_unknown_fields)]` would do, but with the path and line kept
+//! for every one of them rather than for the first.
+//!
+//! Failure messages never quote a value unless the caller chooses to: key material passes
+//! through here as plain strings.
+
+use core::fmt::Display;
+use core::str::FromStr;
+use toml::Spanned;
+use toml::de::{DeString, DeTable, DeValue};
+
+/// One problem found while reading: where (byte offset), which field, what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Fail {
+    pub at: usize,
+    pub field: String,
+    pub msg: String,
+}
+
+pub(super) type Res<T> = Result<T, Fail>;
+
+/// Keep the value of `r`, or record its failure and return `None`.
+pub(super) fn keep<T>(fails: &mut Vec<Fail>, r: Res<T>) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(f) => {
+            fails.push(f);
+            None
+        }
+    }
+}
+
+/// 1-based line of a byte offset.
+pub(super) fn line_of(text: &str, at: usize) -> usize {
+    let end = at.min(text.len());
+    1 + text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+}
+
+/// A table being read.
+pub(super) struct Table<'t, 'i> {
+    /// Dotted path of the table (`sa[1]`, `sa[1].lifetime`); empty for the document root.
+    path: String,
+    /// Offset of the table's header (or of its inline `{`).
+    at: usize,
+    entries: Vec<Entry<'t, 'i>>,
+    /// Keys the schema asked for, in the order asked: the list shown for an unknown key.
+    known: Vec<&'static str>,
+}
+
+struct Entry<'t, 'i> {
+    key: &'t Spanned<DeString<'i>>,
+    val: &'t Spanned<DeValue<'i>>,
+    used: bool,
+}
+
+/// Byte offsets of a table's keys, kept after the table is consumed so that checks made
+/// later (engine validation, cross-references) can point at the right line.
+#[derive(Debug, Clone)]
+pub(super) struct Locs {
+    pub path: String,
+    pub header: usize,
+    keys: Vec<(String, usize)>,
+}
+
+impl Locs {
+    /// Offset of `key`, or of the table header when the key is absent.
+    pub fn at(&self, key: &str) -> usize {
+        self.keys
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or(self.header, |(_, a)| *a)
+    }
+
+    pub fn field(&self, key: &str) -> String {
+        join(&self.path, key)
+    }
+
+    /// A failure about `key` of this table.
+    pub fn fail(&self, key: &str, msg: impl Into<String>) -> Fail {
+        Fail {
+            at: self.at(key),
+            field: self.field(key),
+            msg: msg.into(),
+        }
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+impl<'t, 'i> Table<'t, 'i> {
+    pub fn root(doc: &'t Spanned<DeTable<'i>>) -> Self {
+        Self::new(String::new(), doc.span().start, doc.get_ref())
+    }
+
+    fn new(path: String, at: usize, t: &'t DeTable<'i>) -> Self {
+        Table {
+            path,
+            at,
+            entries: t
+                .iter()
+                .map(|(key, val)| Entry {
+                    key,
+                    val,
+                    used: false,
+                })
+                .collect(),
+            known: vec![],
+        }
+    }
+
+    pub fn locs(&self) -> Locs {
+        Locs {
+            path: self.path.clone(),
+            header: self.at,
+            keys: self
+                .entries
+                .iter()
+                .map(|e| (e.key.get_ref().to_string(), e.key.span().start))
+                .collect(),
+        }
+    }
+
+    /// An optional key.
+    pub fn get(&mut self, key: &'static str) -> Option<Val<'t, 'i>> {
+        self.known.push(key);
+        let e = self
+            .entries
+            .iter_mut()
+            .find(|e| e.key.get_ref().as_ref() == key)?;
+        e.used = true;
+        Some(Val {
+            field: join(&self.path, key),
+            at: e.key.span().start,
+            v: e.val.get_ref(),
+            span_start: e.val.span().start,
+        })
+    }
+
+    /// A required key.
+    pub fn req(&mut self, key: &'static str) -> Res<Val<'t, 'i>> {
+        self.get(key)
+            .ok_or_else(|| self.missing(key, "missing required key"))
+    }
+
+    /// A failure for a key that is absent, located at the table header.
+    pub fn missing(&self, key: &str, msg: impl Into<String>) -> Fail {
+        Fail {
+            at: self.at,
+            field: join(&self.path, key),
+            msg: msg.into(),
+        }
+    }
+
+    /// Report every key that no `get`/`req` asked for.
+    pub fn finish(self, fails: &mut Vec<Fail>) {
+        for e in self.entries.iter().filter(|e| !e.used) {
+            fails.push(Fail {
+                at: e.key.span().start,
+                field: join(&self.path, e.key.get_ref()),
+                msg: format!("unknown key (expected one of: {})", self.known.join(", ")),
+            });
+        }
+    }
+}
+
+/// A value with its field path and location.
+#[derive(Clone)]
+pub(super) struct Val<'t, 'i> {
+    pub field: String,
+    /// Offset of the key (or, for an array element, of the element).
+    pub at: usize,
+    v: &'t DeValue<'i>,
+    span_start: usize,
+}
+
+impl<'t, 'i> Val<'t, 'i> {
+    pub fn fail(&self, msg: impl Into<String>) -> Fail {
+        Fail {
+            at: self.at,
+            field: self.field.clone(),
+            msg: msg.into(),
+        }
+    }
+
+    fn expected(&self, what: &str) -> Fail {
+        self.fail(format!("expected {what}, found {}", self.kind()))
+    }
+
+    fn kind(&self) -> &'static str {
+        match self.v {
+            DeValue::String(_) => "a string",
+            DeValue::Integer(_) => "an integer",
+            DeValue::Float(_) => "a float",
+            DeValue::Boolean(_) => "a boolean",
+            DeValue::Datetime(_) => "a date-time",
+            DeValue::Array(_) => "an array",
+            DeValue::Table(_) => "a table",
+        }
+    }
+
+    pub fn is_str(&self) -> bool {
+        matches!(self.v, DeValue::String(_))
+    }
+
+    pub fn is_int(&self) -> bool {
+        matches!(self.v, DeValue::Integer(_))
+    }
+
+    pub fn string(&self) -> Res<&'t str> {
+        match self.v {
+            DeValue::String(s) => Ok(s.as_ref()),
+            _ => Err(self.expected("a string")),
+        }
+    }
+
+    pub fn boolean(&self) -> Res<bool> {
+        match self.v {
+            DeValue::Boolean(b) => Ok(*b),
+            _ => Err(self.expected("true or false")),
+        }
+    }
+
+    /// Any TOML integer (decimal, hex, octal, binary literals).
+    pub fn int(&self) -> Res<i128> {
+        match self.v {
+            DeValue::Integer(i) => i128::from_str_radix(i.as_str(), i.radix())
+                .map_err(|_| self.fail("integer out of range")),
+            _ => Err(self.expected("an integer")),
+        }
+    }
+
+    /// An integer in `lo..=hi`.
+    pub fn uint<T>(&self, lo: T, hi: T) -> Res<T>
+    where
+        T: Copy + Display + TryFrom<i128>,
+        i128: From<T>,
+    {
+        let n = self.int()?;
+        if n < i128::from(lo) || n > i128::from(hi) {
+            return Err(self.fail(format!("{n} is out of range {lo}..={hi}")));
+        }
+        T::try_from(n).map_err(|_| self.fail(format!("{n} is out of range {lo}..={hi}")))
+    }
+
+    /// A string naming one of `opts` (ASCII case-insensitive).
+    pub fn choice<T: Copy>(&self, opts: &[(&'static str, T)]) -> Res<T> {
+        let names = || {
+            opts.iter()
+                .map(|(n, _)| format!("{n:?}"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        };
+        let s = self.string().map_err(|f| Fail {
+            msg: format!("{}; expected one of {}", f.msg, names()),
+            ..f
+        })?;
+        opts.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(s.trim()))
+            .map(|(_, v)| *v)
+            .ok_or_else(|| self.fail(format!("unknown value {s:?}; expected one of {}", names())))
+    }
+
+    /// A string parsed with `FromStr`; the parser's error is the message.
+    pub fn parse<T>(&self) -> Res<T>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        let s = self.string()?;
+        s.trim()
+            .parse()
+            .map_err(|e: T::Err| self.fail(e.to_string()))
+    }
+
+    /// Array elements, each with its own path (`queues[1]`) and location.
+    pub fn array(&self) -> Res<Vec<Val<'t, 'i>>> {
+        match self.v {
+            DeValue::Array(a) => Ok(a
+                .iter()
+                .enumerate()
+                .map(|(i, e)| Val {
+                    field: format!("{}[{i}]", self.field),
+                    at: e.span().start,
+                    v: e.get_ref(),
+                    span_start: e.span().start,
+                })
+                .collect()),
+            _ => Err(self.expected("an array")),
+        }
+    }
+
+    pub fn table(&self) -> Res<Table<'t, 'i>> {
+        match self.v {
+            DeValue::Table(t) => Ok(Table::new(self.field.clone(), self.span_start, t)),
+            _ => Err(self.expected("a table")),
+        }
+    }
+}
