@@ -1,0 +1,235 @@
+//! `xsec-lab`: the namespace lab (`run`) and the traffic tools it and the gateway tests run
+//! inside the namespaces (`udp-recv`, `udp-send`, `tcp-sink`, `tcp-send`). See the library's
+//! documentation for the topology.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use xsec_lab::{demo, tools};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "xsec-lab",
+    about = "xsec's network-namespace lab and traffic tools"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Two gateways running xsecd between two hosts: traffic both ways for a bounded time,
+    /// live per-SA counters, the middle link captured and decrypted by tshark.
+    Run {
+        /// The xsecd executable (not needed with --plain).
+        #[arg(long)]
+        xsecd: Option<PathBuf>,
+        /// How long the traffic runs.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// gwA behind a masquerading NAT router; ESP in UDP 4500 (NAT-T).
+        #[arg(long)]
+        nat: bool,
+        /// ESP-in-UDP on port 2746 with heartbeats.
+        #[arg(long, conflicts_with = "nat")]
+        udp_tunnel: bool,
+        /// No xsecd: the same topology and traffic with plain kernel forwarding.
+        #[arg(long)]
+        plain: bool,
+        /// Leave the namespaces up afterwards (remove them with `ip netns del`).
+        #[arg(long)]
+        keep: bool,
+        /// Namespace prefix.
+        #[arg(long, default_value = "xsec-lab")]
+        prefix: String,
+    },
+    /// Receive UDP datagrams; exit 0 if at least --min (default --count) arrived in time.
+    UdpRecv {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        bind: Option<IpAddr>,
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        #[arg(long)]
+        min: Option<u64>,
+        /// Seconds.
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+    },
+    /// Send UDP datagrams.
+    UdpSend {
+        #[arg(long)]
+        dst: IpAddr,
+        #[arg(long)]
+        port: u16,
+        /// Source port (0: any).
+        #[arg(long, default_value_t = 0)]
+        sport: u16,
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        /// Payload bytes (with --tag).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value_t = 0)]
+        interval_ms: u64,
+        /// Text at the start of each payload, followed by the sequence number.
+        #[arg(long, default_value = "xsec-lab")]
+        tag: String,
+        /// Exact payload as hex instead (e.g. a non-ESP marker and an IKE header).
+        #[arg(long)]
+        payload_hex: Option<String>,
+    },
+    /// Accept one TCP connection, check its content, answer `ok N`.
+    TcpSink {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        bind: Option<IpAddr>,
+        /// Seconds.
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
+    },
+    /// Send N pattern bytes over TCP; exit 0 only if the sink confirms all of them.
+    TcpSend {
+        #[arg(long)]
+        dst: IpAddr,
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        bytes: u64,
+        /// Seconds.
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
+    },
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.clamp(0.0, 86_400.0))
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim().trim_start_matches("0x");
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn exit(r: xsec_lab::Result<u64>) -> ExitCode {
+    match r {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Run {
+            xsecd,
+            seconds,
+            nat,
+            udp_tunnel,
+            plain,
+            keep,
+            prefix,
+        } => {
+            let stop = Arc::new(AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
+                    eprintln!("xsec-lab: cannot handle signal {sig}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            let lab_bin = match std::env::current_exe() {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("xsec-lab: cannot find my own executable: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let o = demo::RunOptions {
+                xsecd,
+                seconds: seconds.max(1),
+                nat,
+                udp_tunnel,
+                plain,
+                keep,
+                prefix,
+                lab_bin,
+                stop,
+            };
+            match demo::run(&o) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(_) => ExitCode::from(2),
+            }
+        }
+        Cmd::UdpRecv {
+            port,
+            bind,
+            count,
+            min,
+            timeout,
+        } => exit(tools::udp_recv(&tools::UdpRecv {
+            port,
+            bind,
+            count,
+            min,
+            timeout: secs(timeout),
+        })),
+        Cmd::UdpSend {
+            dst,
+            port,
+            sport,
+            count,
+            size,
+            interval_ms,
+            tag,
+            payload_hex,
+        } => {
+            let payload = match payload_hex.as_deref().map(unhex) {
+                Some(None) => {
+                    eprintln!("udp-send: --payload-hex is not hex");
+                    return ExitCode::from(2);
+                }
+                Some(Some(p)) => Some(p),
+                None => None,
+            };
+            exit(tools::udp_send(&tools::UdpSend {
+                dst,
+                port,
+                sport,
+                count,
+                size,
+                interval: Duration::from_millis(interval_ms),
+                tag,
+                payload,
+            }))
+        }
+        Cmd::TcpSink {
+            port,
+            bind,
+            timeout,
+        } => exit(tools::tcp_sink(port, bind, secs(timeout))),
+        Cmd::TcpSend {
+            dst,
+            port,
+            bytes,
+            timeout,
+        } => exit(tools::tcp_send(dst, port, bytes, secs(timeout))),
+    }
+}
