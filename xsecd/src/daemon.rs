@@ -20,10 +20,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use xsec_dataplane::Shards;
 use xsec_dataplane::sa::{Encap, Sa};
 use xsec_dataplane::spd::{Action, Direction};
 use xsec_dataplane::time::MonotonicClock;
-use xsec_dataplane::Shards;
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -155,7 +155,7 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         .policies(Direction::Outbound)
         .iter()
         .filter(|p| !matches!(p.action, Action::Bypass))
-        .map(|p| (p.selector.local.clone(), p.selector.remote.clone()))
+        .map(|p| (p.selector.local, p.selector.remote))
         .collect();
     xdp.set_protected_selectors(&pairs)
         .map_err(|e| DaemonError::Setup(e.to_string()))?;
@@ -286,7 +286,7 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         spd.policies(Direction::Inbound).len()
     );
     let started = Instant::now();
-    let interval = Duration::from_millis(u64::from(gw.stats_interval_ms.max(50)));
+    let interval = Duration::from_millis(gw.stats_interval_ms.max(50));
     let mut next_stats = Instant::now();
     let pair_owner: HashMap<String, u16> = cfg
         .sas
@@ -296,18 +296,18 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         .collect();
     while !stop.load(Ordering::Relaxed) {
         while let Ok((w, ev)) = events_rx.try_recv() {
-            info!("worker {w}: SA spi 0x{:08x} ({}): {:?}", ev.spi, ev.direction.name(), ev.kind);
+            info!(
+                "worker {w}: SA spi 0x{:08x} ({}): {:?}",
+                ev.spi,
+                ev.direction.name(),
+                ev.kind
+            );
         }
         if Instant::now() >= next_stats {
             next_stats += interval;
             if let Some(path) = &opts.stats_file {
                 let snaps = snapshots(&cmd_senders);
-                let file = StatsFile::build(
-                    started.elapsed(),
-                    &snaps,
-                    &pair_owner,
-                    xdp_json(&xdp),
-                );
+                let file = StatsFile::build(started.elapsed(), &snaps, &pair_owner, xdp_json(&xdp));
                 if let Err(e) = stats::write_atomic(path, &file) {
                     info!("stats file {}: {e}", path.display());
                 }
@@ -416,11 +416,11 @@ fn resolve_loop(
             next_refresh = now + Duration::from_secs(1);
             let dsts: Vec<IpAddr> = known.keys().copied().collect();
             for dst in dsts {
-                if let Ok(hop) = lookup(&mut res, dst) {
-                    if known.get(&dst) != Some(&hop) {
-                        publish(dst, hop);
-                        known.insert(dst, hop);
-                    }
+                if let Ok(hop) = lookup(&mut res, dst)
+                    && known.get(&dst) != Some(&hop)
+                {
+                    publish(dst, hop);
+                    known.insert(dst, hop);
                 }
             }
         }

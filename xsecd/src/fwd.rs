@@ -9,15 +9,19 @@ pub const ETH_HDR: usize = 14;
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
 pub const ETHERTYPE_IPV6: u16 = 0x86dd;
 
+/// The TTL / hop limit ran out (or there was no IP header to decrement).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TtlExceeded;
+
 /// Decrement the TTL (IPv4, with an incremental checksum update, RFC 1624) or hop limit
-/// (IPv6) of the packet at the start of `ip`. `Err(())` if it would reach zero (the caller
+/// (IPv6) of the packet at the start of `ip`. Fails if it would reach zero (the caller
 /// sends ICMP time exceeded) or the header is cut.
-pub fn dec_ttl(ip: &mut [u8]) -> Result<(), ()> {
+pub fn dec_ttl(ip: &mut [u8]) -> Result<(), TtlExceeded> {
     match ip.first().map(|b| b >> 4) {
         Some(4) if ip.len() >= 20 => {
             let ttl = ip[8];
             if ttl <= 1 {
-                return Err(());
+                return Err(TtlExceeded);
             }
             let old = u16::from_be_bytes([ip[8], ip[9]]);
             ip[8] = ttl - 1;
@@ -28,12 +32,12 @@ pub fn dec_ttl(ip: &mut [u8]) -> Result<(), ()> {
         }
         Some(6) if ip.len() >= 40 => {
             if ip[7] <= 1 {
-                return Err(());
+                return Err(TtlExceeded);
             }
             ip[7] -= 1;
             Ok(())
         }
-        _ => Err(()),
+        _ => Err(TtlExceeded),
     }
 }
 
@@ -200,7 +204,7 @@ pub fn v4_fragment(
 ) -> Option<usize> {
     let hl = hdr.len();
     let total = hl + payload.len();
-    if offset % 8 != 0 || offset / 8 > 0x1fff || total > 0xffff {
+    if !offset.is_multiple_of(8) || offset / 8 > 0x1fff || total > 0xffff {
         return None;
     }
     let out = out.get_mut(..total)?;
@@ -226,7 +230,7 @@ pub fn v6_fragment(
     more: bool,
     ident: u32,
 ) -> Option<usize> {
-    if offset % 8 != 0 || offset / 8 > 0x1fff {
+    if !offset.is_multiple_of(8) || offset / 8 > 0x1fff {
         return None;
     }
     let total = 48 + payload.len();
@@ -245,7 +249,13 @@ pub fn v6_fragment(
 
 /// A UDP datagram with a one-byte 0xFF payload: the NAT-keepalive format of RFC 3948 §2.3,
 /// also the heartbeat of the ESP-in-UDP tunnel port. Returns the IP packet length.
-pub fn keepalive(out: &mut [u8], src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> Option<usize> {
+pub fn keepalive(
+    out: &mut [u8],
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+) -> Option<usize> {
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             let out = out.get_mut(..29)?;
@@ -261,7 +271,12 @@ pub fn keepalive(out: &mut [u8], src: IpAddr, dst: IpAddr, sport: u16, dport: u1
             out[16..20].copy_from_slice(&d.octets());
             let c = checksum::finish(checksum::sum(&out[..20]));
             out[10..12].copy_from_slice(&c.to_be_bytes());
-            udp(&mut out[20..], sport, dport, checksum::pseudo_v4(s.octets(), d.octets(), 17, 9));
+            udp(
+                &mut out[20..],
+                sport,
+                dport,
+                checksum::pseudo_v4(s.octets(), d.octets(), 17, 9),
+            );
             Some(29)
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
@@ -273,7 +288,12 @@ pub fn keepalive(out: &mut [u8], src: IpAddr, dst: IpAddr, sport: u16, dport: u1
             out[7] = 64;
             out[8..24].copy_from_slice(&s.octets());
             out[24..40].copy_from_slice(&d.octets());
-            udp(&mut out[40..], sport, dport, checksum::pseudo_v6(s.octets(), d.octets(), 17, 9));
+            udp(
+                &mut out[40..],
+                sport,
+                dport,
+                checksum::pseudo_v6(s.octets(), d.octets(), 17, 9),
+            );
             Some(49)
         }
         _ => None,
@@ -325,7 +345,11 @@ mod tests {
             let mut p = v4(60, true, ttl);
             dec_ttl(&mut p).expect("decrement");
             assert_eq!(p[8], ttl - 1);
-            assert!(Ipv4Packet::new_checked(&p[..]).expect("v4").verify_checksum());
+            assert!(
+                Ipv4Packet::new_checked(&p[..])
+                    .expect("v4")
+                    .verify_checksum()
+            );
         }
         let mut p = v4(60, true, 1);
         assert!(dec_ttl(&mut p).is_err());
@@ -364,12 +388,36 @@ mod tests {
         let mut icmp_err = v4(60, false, 64);
         icmp_err[9] = 1;
         icmp_err[20] = 3;
-        assert!(icmp_error(&mut out, IpAddr::V4(Ipv4Addr::LOCALHOST), &icmp_err, IcmpError::TimeExceeded).is_none());
+        assert!(
+            icmp_error(
+                &mut out,
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                &icmp_err,
+                IcmpError::TimeExceeded
+            )
+            .is_none()
+        );
         let mut frag = v4(60, false, 64);
         frag[7] = 1;
-        assert!(icmp_error(&mut out, IpAddr::V4(Ipv4Addr::LOCALHOST), &frag, IcmpError::TimeExceeded).is_none());
+        assert!(
+            icmp_error(
+                &mut out,
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                &frag,
+                IcmpError::TimeExceeded
+            )
+            .is_none()
+        );
         // family mismatch
-        assert!(icmp_error(&mut out, IpAddr::V6(Ipv6Addr::LOCALHOST), &orig, IcmpError::TimeExceeded).is_none());
+        assert!(
+            icmp_error(
+                &mut out,
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+                &orig,
+                IcmpError::TimeExceeded
+            )
+            .is_none()
+        );
     }
 
     #[test]
@@ -388,13 +436,19 @@ mod tests {
         let ip = Ipv6Packet::new_checked(&out[..n]).expect("v6");
         assert_eq!(ip.dst_addr()[0], 0xfd);
         assert_eq!(out[40], 2);
-        assert_eq!(u32::from_be_bytes([out[44], out[45], out[46], out[47]]), 1300);
+        assert_eq!(
+            u32::from_be_bytes([out[44], out[45], out[46], out[47]]),
+            1300
+        );
         let mut s = [0u8; 16];
         s.copy_from_slice(&out[8..24]);
         let mut d = [0u8; 16];
         d.copy_from_slice(&out[24..40]);
         let ps = checksum::pseudo_v6(s, d, 58, (n - 40) as u32);
-        assert_eq!(checksum::fold(checksum::add(ps, checksum::sum(&out[40..n]))), 0xffff);
+        assert_eq!(
+            checksum::fold(checksum::add(ps, checksum::sum(&out[40..n]))),
+            0xffff
+        );
     }
 
     #[test]
@@ -408,8 +462,14 @@ mod tests {
         while off < 1453 {
             let end = (off + fs).min(1453);
             let mut out = [0u8; 1500];
-            let n = v4_fragment(&mut out, &orig[..20], &orig[20 + off..20 + end], off, end < 1453)
-                .expect("frag");
+            let n = v4_fragment(
+                &mut out,
+                &orig[..20],
+                &orig[20 + off..20 + end],
+                off,
+                end < 1453,
+            )
+            .expect("frag");
             assert!(n <= 1000);
             let ip = Ipv4Packet::new_checked(&out[..n]).expect("v4");
             assert!(ip.verify_checksum());
@@ -455,7 +515,10 @@ mod tests {
         let ip = Ipv4Packet::new_checked(&out[..n]).expect("v4");
         assert!(ip.verify_checksum());
         let ps = checksum::pseudo_v4([10, 0, 0, 1], [10, 0, 0, 2], 17, 9);
-        assert_eq!(checksum::fold(checksum::add(ps, checksum::sum(&out[20..29]))), 0xffff);
+        assert_eq!(
+            checksum::fold(checksum::add(ps, checksum::sum(&out[20..29]))),
+            0xffff
+        );
         assert_eq!(out[28], 0xff);
         let n6 = keepalive(
             &mut out,
@@ -466,6 +529,15 @@ mod tests {
         )
         .expect("v6");
         assert_eq!(n6, 49);
-        assert!(keepalive(&mut out, IpAddr::V6(Ipv6Addr::LOCALHOST), IpAddr::V4(Ipv4Addr::LOCALHOST), 1, 1).is_none());
+        assert!(
+            keepalive(
+                &mut out,
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                1,
+                1
+            )
+            .is_none()
+        );
     }
 }

@@ -21,6 +21,10 @@ use xsec_dataplane::{Engine, PacketBuf, Shards, Timestamp, Verdict};
 
 /// Largest packet handed between workers.
 pub const HANDOFF_BUF: usize = 2048;
+/// A handoff buffer.
+pub type HandoffBuf = Box<[u8; HANDOFF_BUF]>;
+/// A worker's pool of handoff buffers: where they are returned, where they are taken.
+pub type HandoffPool = (Sender<HandoffBuf>, Receiver<HandoffBuf>);
 /// Handoff buffers each worker owns.
 const HANDOFF_POOL: usize = 512;
 
@@ -48,12 +52,18 @@ pub struct Heartbeat {
 #[derive(Debug)]
 pub enum Cmd {
     InstallSa(Box<Sa>),
-    RemoveSa { direction: Direction, spi: u32 },
+    RemoveSa {
+        direction: Direction,
+        spi: u32,
+    },
     SetSpd(Arc<Spd>),
     SetShards(Arc<Shards>),
     SetHeartbeats(Vec<Heartbeat>),
     /// A next hop resolved (or gone, `None`).
-    Hop { dst: IpAddr, hop: Option<Hop> },
+    Hop {
+        dst: IpAddr,
+        hop: Option<Hop>,
+    },
     /// Reply with a snapshot of the counters.
     Snapshot(Sender<Snapshot>),
     Stop,
@@ -72,7 +82,7 @@ pub struct Handoff {
 #[derive(Debug, Clone)]
 pub struct Mesh {
     pub inboxes: Vec<Sender<Handoff>>,
-    pub pools: Vec<Sender<Box<[u8; HANDOFF_BUF]>>>,
+    pub pools: Vec<Sender<HandoffBuf>>,
 }
 
 /// Counters of the worker's own (non-engine) work.
@@ -134,7 +144,7 @@ pub struct WorkerSetup {
     /// Engine events (lifetimes) for the control thread.
     pub events: Sender<(u16, xsec_dataplane::events::Event)>,
     pub inbox: Receiver<Handoff>,
-    pub pool: (Sender<Box<[u8; HANDOFF_BUF]>>, Receiver<Box<[u8; HANDOFF_BUF]>>),
+    pub pool: HandoffPool,
     pub mesh: Mesh,
     /// ICMP errors are sent from these addresses (the gateway's own, per family).
     pub icmp_src: [Option<IpAddr>; 2],
@@ -168,7 +178,7 @@ struct Worker {
     resolve: Sender<IpAddr>,
     events: Sender<(u16, xsec_dataplane::events::Event)>,
     inbox: Receiver<Handoff>,
-    pool: (Sender<Box<[u8; HANDOFF_BUF]>>, Receiver<Box<[u8; HANDOFF_BUF]>>),
+    pool: HandoffPool,
     mesh: Mesh,
     icmp_src: [Option<IpAddr>; 2],
     mtu: Option<u16>,
@@ -179,13 +189,21 @@ struct Worker {
 
 /// Run a worker until `Cmd::Stop`. Sends `Ready` once its sockets are open (or failed).
 pub fn run(setup: WorkerSetup, ready: Sender<Ready>) {
-    if let Some(core) = setup.core {
-        if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
-            let _ = ready.send(Err(format!("worker {}: cannot pin to core {core}", setup.id)));
-            return;
-        }
+    if let Some(core) = setup.core
+        && !core_affinity::set_for_current(core_affinity::CoreId { id: core })
+    {
+        let _ = ready.send(Err(format!(
+            "worker {}: cannot pin to core {core}",
+            setup.id
+        )));
+        return;
     }
-    let xsk = match Xsk::open(&setup.unprotected, &setup.protected, setup.queue, &setup.xsk) {
+    let xsk = match Xsk::open(
+        &setup.unprotected,
+        &setup.protected,
+        setup.queue,
+        &setup.xsk,
+    ) {
         Ok(x) => x,
         Err(e) => {
             let _ = ready.send(Err(format!("worker {}: {e}", setup.id)));
@@ -302,7 +320,12 @@ impl Worker {
                 }
             }
             Cmd::Snapshot(reply) => {
-                let sas = self.engine.sad().iter().map(|(_, sa)| sa.status(now)).collect();
+                let sas = self
+                    .engine
+                    .sad()
+                    .iter()
+                    .map(|(_, sa)| sa.status(now))
+                    .collect();
                 let _ = reply.send(Snapshot {
                     id: self.id,
                     queue: self.queue,
@@ -365,7 +388,9 @@ impl Worker {
                 }
                 let inner_len = pkt.len();
                 match self.engine.outbound(now, &mut pkt) {
-                    Verdict::Forward => self.forward_esp(pkt, now, keep.then_some((quote, inner_len))),
+                    Verdict::Forward => {
+                        self.forward_esp(pkt, now, keep.then_some((quote, inner_len)))
+                    }
                     Verdict::Bypass => self.forward(pkt, now, false),
                     Verdict::Handoff(w) => {
                         // undo nothing: the packet is unchanged except the TTL, which the
@@ -381,12 +406,26 @@ impl Worker {
     /// A packet another worker handed over: copy it into a frame and process it.
     fn handed(&mut self, h: Handoff, now: Timestamp) {
         self.c.handoff_rx += 1;
-        let Handoff { buf, len, side, from } = h;
+        let Handoff {
+            buf,
+            len,
+            side,
+            from,
+        } = h;
         if let Some(mut f) = self.xsk.alloc() {
             let off = 256;
             let l = usize::from(len);
             f.as_mut()[off..off + l].copy_from_slice(&buf[..l]);
-            self.packet(side, RxFrame { frame: f, off, len: l }, now, true);
+            self.packet(
+                side,
+                RxFrame {
+                    frame: f,
+                    off,
+                    len: l,
+                },
+                now,
+                true,
+            );
         } else {
             self.c.no_frame += 1;
         }
@@ -480,7 +519,12 @@ impl Worker {
     }
 
     /// Forward an ESP packet; if it outgrew the link, fragment it or tell the inner source.
-    fn forward_esp(&mut self, pkt: PacketBuf<Frame>, now: Timestamp, inner: Option<(usize, usize)>) {
+    fn forward_esp(
+        &mut self,
+        pkt: PacketBuf<Frame>,
+        now: Timestamp,
+        inner: Option<(usize, usize)>,
+    ) {
         let Some(dst) = fwd::ip_dst(pkt.data()) else {
             self.xsk.release(pkt.into_inner());
             return;
@@ -567,9 +611,8 @@ impl Worker {
                     end < payload_len,
                 )
             };
-            match n.and_then(|n| PacketBuf::new(f, start, n).ok_or(()).ok()) {
-                Some(p) => self.send(p, hop),
-                None => {}
+            if let Some(p) = n.and_then(|n| PacketBuf::new(f, start, n)) {
+                self.send(p, hop);
             }
             off = end;
         }
@@ -668,7 +711,8 @@ impl Worker {
                 continue;
             };
             let start = 128;
-            let Some(n) = fwd::keepalive(&mut f.as_mut()[start..], hb.src, hb.dst, hb.sport, hb.dport)
+            let Some(n) =
+                fwd::keepalive(&mut f.as_mut()[start..], hb.src, hb.dst, hb.sport, hb.dport)
             else {
                 self.xsk.release(f);
                 continue;
@@ -703,7 +747,14 @@ impl Worker {
         };
         let len = pkt.len() + ETH_HDR;
         let mut frame = pkt.into_inner();
-        if fwd::write_eth(&mut frame.as_mut()[eth..], hop.dst_mac, hop.src_mac, ethertype).is_none() {
+        if fwd::write_eth(
+            &mut frame.as_mut()[eth..],
+            hop.dst_mac,
+            hop.src_mac,
+            ethertype,
+        )
+        .is_none()
+        {
             self.xsk.release(frame);
             return;
         }

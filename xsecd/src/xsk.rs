@@ -232,9 +232,7 @@ impl Xsk {
         for (i, name) in [unprotected, protected].into_iter().enumerate() {
             let mut info = IfInfo::invalid();
             let cname = CString::new(name).map_err(|_| {
-                err("interface name", name)(std::io::Error::from(
-                    std::io::ErrorKind::InvalidInput,
-                ))
+                err("interface name", name)(std::io::Error::from(std::io::ErrorKind::InvalidInput))
             })?;
             info.from_name(&cname)
                 .map_err(|e| err("interface lookup", name)(errno(e)))?;
@@ -268,10 +266,13 @@ impl Xsk {
             let user = umem
                 .rx_tx(&socket, &sc)
                 .map_err(|e| err("rx/tx rings", name)(errno(e)))?;
-            let rx = user.map_rx().map_err(|e| err("rx ring mmap", name)(errno(e)))?;
-            let tx = user.map_tx().map_err(|e| err("tx ring mmap", name)(errno(e)))?;
-            umem.bind(&user)
-                .map_err(|e| err("bind", name)(errno(e)))?;
+            let rx = user
+                .map_rx()
+                .map_err(|e| err("rx ring mmap", name)(errno(e)))?;
+            let tx = user
+                .map_tx()
+                .map_err(|e| err("tx ring mmap", name)(errno(e)))?;
+            umem.bind(&user).map_err(|e| err("bind", name)(errno(e)))?;
             let fd = rx.as_raw_fd();
             ports.push(Port {
                 dev,
@@ -316,7 +317,10 @@ impl Xsk {
         // free list or from a descriptor the kernel returned for it), so the result stays
         // inside the mapping.
         let ptr = unsafe { self.area.ptr.add(base as usize) };
-        Frame { base: ptr, addr: base }
+        Frame {
+            base: ptr,
+            addr: base,
+        }
     }
 
     /// Take a free frame (for packets the worker builds: heartbeats, ICMP, fragments,
@@ -390,7 +394,10 @@ impl Xsk {
             // SAFETY: `base` is below the area length (checked above).
             let ptr = unsafe { area.add(base as usize) };
             out.push(RxFrame {
-                frame: Frame { base: ptr, addr: base },
+                frame: Frame {
+                    base: ptr,
+                    addr: base,
+                },
                 off: (d.addr - base) as usize,
                 len: d.len as usize,
             });
