@@ -1,0 +1,211 @@
+//! Shared between the XDP program (`ebpf/`) and the daemon (`xsecd/`).
+//!
+//! The XDP steering program decides, per received frame, whether the frame goes to the
+//! AF_XDP socket of its RX queue (the dataplane worker) or keeps the kernel's path. This
+//! crate holds everything both sides must agree on: map names and sizes, the LPM key layout,
+//! the per-queue counter struct and its indexing, and the port/protocol constants the program
+//! classifies by. The program builds it for `bpfel-unknown-none`; the daemon enables the
+//! `user` feature to get `aya::Pod` for the map value types.
+#![no_std]
+
+/// Map names, as the daemon looks them up in the loaded object. The program declares its
+/// statics with exactly these names (the integration test opens every one of them).
+pub mod maps {
+    /// `XskMap`, index = RX queue of the unprotected (WAN) interface.
+    pub const XSKS_UNPROT: &str = "XSKS_UNPROT";
+    /// `XskMap`, index = RX queue of the protected (LAN) interface.
+    pub const XSKS_PROT: &str = "XSKS_PROT";
+    /// `HashMap<u16, u8>`: UDP destination ports (host order) that carry tunnel traffic.
+    pub const UDP_PORTS: &str = "UDP_PORTS";
+    /// `LpmTrie<[u8; 4], ClassMask>`: remote ranges of protected policies (inbound source).
+    pub const INB_SRC_V4: &str = "INB_SRC_V4";
+    /// `LpmTrie<[u8; 4], ClassMask>`: local ranges of protected policies (inbound destination).
+    pub const INB_DST_V4: &str = "INB_DST_V4";
+    /// `LpmTrie<[u8; 16], ClassMask>`: remote ranges (inbound source), IPv6.
+    pub const INB_SRC_V6: &str = "INB_SRC_V6";
+    /// `LpmTrie<[u8; 16], ClassMask>`: local ranges (inbound destination), IPv6.
+    pub const INB_DST_V6: &str = "INB_DST_V6";
+    /// `LpmTrie<[u8; 4], ClassMask>`: local ranges of protected policies (outbound source).
+    pub const OUT_SRC_V4: &str = "OUT_SRC_V4";
+    /// `LpmTrie<[u8; 4], ClassMask>`: remote ranges (outbound destination).
+    pub const OUT_DST_V4: &str = "OUT_DST_V4";
+    /// `LpmTrie<[u8; 16], ClassMask>`: local ranges (outbound source), IPv6.
+    pub const OUT_SRC_V6: &str = "OUT_SRC_V6";
+    /// `LpmTrie<[u8; 16], ClassMask>`: remote ranges (outbound destination), IPv6.
+    pub const OUT_DST_V6: &str = "OUT_DST_V6";
+    /// `PerCpuArray<XdpCounters>`, index = [`counter_index`](super::counter_index).
+    pub const COUNTERS: &str = "COUNTERS";
+
+    /// Every map of the object.
+    pub const ALL: [&str; 12] = [
+        XSKS_UNPROT,
+        XSKS_PROT,
+        UDP_PORTS,
+        INB_SRC_V4,
+        INB_DST_V4,
+        INB_SRC_V6,
+        INB_DST_V6,
+        OUT_SRC_V4,
+        OUT_DST_V4,
+        OUT_SRC_V6,
+        OUT_DST_V6,
+        COUNTERS,
+    ];
+}
+
+/// Names of the two XDP entry points in the object.
+pub mod programs {
+    /// Attached to the unprotected (WAN) interface.
+    pub const UNPROTECTED: &str = "xsec_unprotected";
+    /// Attached to the protected (LAN) interface.
+    pub const PROTECTED: &str = "xsec_protected";
+}
+
+/// RX queues per interface the program can steer (size of each `XskMap`). Frames on a higher
+/// queue are never redirected and are counted in the row of queue `MAX_QUEUES - 1`.
+pub const MAX_QUEUES: u32 = 64;
+/// Row group of the unprotected interface in [`maps::COUNTERS`].
+pub const SIDE_UNPROTECTED: u32 = 0;
+/// Row group of the protected interface in [`maps::COUNTERS`].
+pub const SIDE_PROTECTED: u32 = 1;
+/// Rows in [`maps::COUNTERS`].
+pub const COUNTER_ROWS: u32 = 2 * MAX_QUEUES;
+
+/// Entries per LPM trie.
+pub const LPM_MAX_ENTRIES: u32 = 4096;
+/// Entries in [`maps::UDP_PORTS`].
+pub const UDP_PORTS_MAX_ENTRIES: u32 = 64;
+
+/// The row of [`maps::COUNTERS`] for a side and an RX queue (clamped to the last queue).
+#[inline(always)]
+pub const fn counter_index(side: u32, queue: u32) -> u32 {
+    let q = if queue < MAX_QUEUES {
+        queue
+    } else {
+        MAX_QUEUES - 1
+    };
+    side * MAX_QUEUES + q
+}
+
+/// Value of the LPM tries: a set of selector classes, one bit each.
+///
+/// Each (local, remote) pair the daemon installs gets bit `i % 64`; a prefix's value is the
+/// union of the bits of every pair whose range covers the whole prefix. A packet matches when
+/// `src_value & dst_value != 0`, so with up to 64 pairs the tries decide exactly "some pair
+/// covers both addresses" (longest-prefix match returns the most specific prefix, and every
+/// range containing the address contains that prefix); beyond 64 pairs classes share bits and
+/// the test may say yes for a source of one pair and a destination of another.
+pub type ClassMask = u64;
+
+/// LPM trie key data for IPv4: the address in network byte order. The whole key is
+/// `{ prefix_len: u32 (host order), data }`, packed (aya's `lpm_trie::Key`).
+pub type LpmV4 = [u8; 4];
+/// LPM trie key data for IPv6: the address in network byte order.
+pub type LpmV6 = [u8; 16];
+
+/// Ethernet type numbers the program looks at.
+pub mod ethertype {
+    pub const IPV4: u16 = 0x0800;
+    pub const ARP: u16 = 0x0806;
+    pub const IPV6: u16 = 0x86dd;
+    pub const VLAN: u16 = 0x8100;
+    pub const QINQ: u16 = 0x88a8;
+}
+
+/// IP protocol / IPv6 next-header numbers the program looks at.
+pub mod ipproto {
+    pub const HOPOPTS: u8 = 0;
+    pub const UDP: u8 = 17;
+    pub const ROUTING: u8 = 43;
+    pub const FRAGMENT: u8 = 44;
+    pub const ESP: u8 = 50;
+    pub const ICMPV6: u8 = 58;
+    pub const DSTOPTS: u8 = 60;
+}
+
+/// IKE (RFC 7296 §2): always left to the kernel (the daemon's IKE socket).
+pub const PORT_IKE: u16 = 500;
+/// UDP encapsulation of ESP and IKE (RFC 3948 §2): ESP unless the non-ESP marker is present.
+pub const PORT_NAT_T: u16 = 4500;
+/// NAT-keepalive payload (RFC 3948 §2.3): one byte 0xFF.
+pub const NAT_KEEPALIVE: u8 = 0xff;
+/// IPv6 extension headers the program walks before giving up (RFC 8200 §4.1 order has at most
+/// hop-by-hop, dest-opts, routing, fragment, dest-opts before the upper layer).
+pub const MAX_IPV6_EXT_HEADERS: u32 = 6;
+
+/// Per-queue counters of one side, all `u64` (one per CPU in the map; the daemon sums).
+///
+/// `rx` counts every frame the program saw. Every frame is counted in exactly one class:
+/// a redirect class (`esp` … `unprot_plain`, counted when the redirect is attempted) or a pass
+/// class (`ike` … `other`, plus `malformed`). `redirect_failed` additionally counts redirects
+/// that fell back to XDP_PASS because the queue had no socket in the `XskMap`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpCounters {
+    /// Frames seen.
+    pub rx: u64,
+    /// Redirected: IP protocol 50.
+    pub esp: u64,
+    /// Redirected: ESP in UDP/4500 (RFC 3948).
+    pub udp_esp: u64,
+    /// Redirected: UDP to one of the tunnel ports of [`maps::UDP_PORTS`].
+    pub tunnel_port: u64,
+    /// Redirected (protected side): local source and remote destination of a protected policy.
+    pub protected: u64,
+    /// Redirected (unprotected side): plaintext from a protected policy's remote range to its
+    /// local range, for the worker to count and drop.
+    pub unprot_plain: u64,
+    /// Passed: IKE (UDP/500, or a non-ESP marker on UDP/4500 or a tunnel port).
+    pub ike: u64,
+    /// Passed: NAT keepalive on UDP/4500.
+    pub keepalive: u64,
+    /// Passed: ARP, IPv6 neighbour discovery (ICMPv6 133–137).
+    pub arp_nd: u64,
+    /// Passed: everything else (bypass traffic, VLAN-tagged and non-IP frames, later fragments).
+    pub other: u64,
+    /// A redirect found no socket for the queue and fell back to XDP_PASS.
+    pub redirect_failed: u64,
+    /// Passed: too short or inconsistent headers.
+    pub malformed: u64,
+}
+
+impl XdpCounters {
+    /// Field-wise sum (wrapping: counters are monotonic and only ever compared by difference).
+    pub fn add(&mut self, o: &XdpCounters) {
+        self.rx = self.rx.wrapping_add(o.rx);
+        self.esp = self.esp.wrapping_add(o.esp);
+        self.udp_esp = self.udp_esp.wrapping_add(o.udp_esp);
+        self.tunnel_port = self.tunnel_port.wrapping_add(o.tunnel_port);
+        self.protected = self.protected.wrapping_add(o.protected);
+        self.unprot_plain = self.unprot_plain.wrapping_add(o.unprot_plain);
+        self.ike = self.ike.wrapping_add(o.ike);
+        self.keepalive = self.keepalive.wrapping_add(o.keepalive);
+        self.arp_nd = self.arp_nd.wrapping_add(o.arp_nd);
+        self.other = self.other.wrapping_add(o.other);
+        self.redirect_failed = self.redirect_failed.wrapping_add(o.redirect_failed);
+        self.malformed = self.malformed.wrapping_add(o.malformed);
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == XdpCounters::default()
+    }
+}
+
+// SAFETY: `XdpCounters` is `repr(C)`, all fields are `u64` (no padding, every bit pattern is
+// valid), and it is `Copy + 'static`: exactly what aya needs to copy it to and from maps.
+#[cfg(feature = "user")]
+#[allow(unsafe_code)]
+unsafe impl aya::Pod for XdpCounters {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows() {
+        assert_eq!(counter_index(SIDE_UNPROTECTED, 0), 0);
+        assert_eq!(counter_index(SIDE_PROTECTED, 3), MAX_QUEUES + 3);
+        assert_eq!(counter_index(SIDE_PROTECTED, 1000), COUNTER_ROWS - 1);
+        assert_eq!(core::mem::size_of::<XdpCounters>(), 12 * 8);
+    }
+}
