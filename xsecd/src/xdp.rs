@@ -24,11 +24,12 @@ use aya::programs::{ProgramError, Xdp};
 use aya::{Ebpf, Pod};
 use xsec_common::{
     COUNTER_ROWS, ClassMask, LPM_MAX_ENTRIES, LpmV4, LpmV6, MAX_QUEUES, SIDE_PROTECTED,
-    SIDE_UNPROTECTED, UDP_PORTS_MAX_ENTRIES, XdpCounters, counter_index, maps, programs,
+    SIDE_UNPROTECTED, UDP_PORTS_MAX_ENTRIES, counter_index, maps, programs,
 };
 use xsec_dataplane::spd::AddrRange;
 
-pub use xsec_common::XdpCounters as Counters;
+/// The counter row type, re-exported for callers of [`XdpSteering::stats`].
+pub use xsec_common::XdpCounters;
 
 /// The XDP object built from `ebpf/` (see `xtask`'s eBPF build, which refreshes it).
 static OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/xsec_xdp.o");
