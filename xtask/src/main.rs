@@ -3,10 +3,11 @@
 //! * `cargo xtask test`: install what the tests need, lint, run every test, smoke-fuzz every
 //!   target, and end with `xsec: N passed, M failed` (the line CI reads).
 //! * `cargo xtask fuzz`: longer fuzz runs with a per-target report.
-//! * `cargo xtask lab`: the lab (in-memory gateways until xsecd and its namespace lab land).
+//! * `cargo xtask lab`: the namespace lab, two xsecd gateways on AF_XDP (see `xsec-lab`).
 //!
 //! Cargo commands spawned here never take the shared build lock: whoever runs xtask holds it.
 
+mod ebpf;
 mod fuzz;
 mod proc;
 mod setup;
@@ -28,12 +29,16 @@ commands:
   fuzz [--seconds N] [TARGET...]
         fuzz each target (default: all of fuzz/fuzz_targets/) for N seconds (default 60)
         and report executions, exec/s, corpus size and crashes. Corpora: fuzz/corpus/.
-  lab [--seconds N]
-        run the lab for N seconds (default 10): two gateways and two hosts exchanging
-        traffic through ESP (aes128gcm16 tunnel), live per-SA counters, the wire captured
-        to target/lab/wire.pcap and decrypted by tshark; exit 0 only if encrypted traffic
-        flowed both ways. Until xsecd lands the gateways are in-memory engines, not
-        AF_XDP daemons in network namespaces.
+  lab [--seconds N] [--nat] [--udp-tunnel] [--plain] [--keep]
+        install what the lab needs (iproute2, nftables, ethtool, ping, tcpdump, tshark;
+        the eBPF toolchain if it can), build xsecd and xsec-lab, then run the lab:
+        network namespaces host A - gateway A - [NAT router] - gateway B - host B, two
+        xsecd on AF_XDP, ping/UDP/TCP both ways for N seconds (default 20), live per-SA
+        counters, a capture of the middle link checked to carry only ESP and decrypted by
+        tshark. --nat puts a masquerading router between the gateways (NAT-T, UDP 4500),
+        --udp-tunnel uses ESP-in-UDP on port 2746 with heartbeats, --plain runs the same
+        topology with kernel forwarding and no IPsec (the baseline), --keep leaves it up.
+        Exits 0 only if encrypted traffic flowed both ways.
   help  this text
 
 environment:
@@ -109,18 +114,24 @@ fn main() -> ExitCode {
             fuzz::command(seconds, &targets)
         }
         "lab" => {
-            let mut seconds = 10;
-            while let Some(a) = args.next() {
-                let (flag, inline) = split_flag(&a);
+            let rest: Vec<String> = args.collect();
+            for (i, a) in rest.iter().enumerate() {
+                let (flag, inline) = split_flag(a);
                 match flag {
-                    "--seconds" => match parse_seconds(flag, inline.or_else(|| args.next())) {
-                        Ok(n) => seconds = n,
-                        Err(e) => return usage_error(&e),
-                    },
-                    _ => return usage_error(&format!("lab: unknown argument {a:?}")),
+                    "--seconds" => {
+                        let v = inline.or_else(|| rest.get(i + 1).cloned());
+                        if let Err(e) = parse_seconds(flag, v) {
+                            return usage_error(&e);
+                        }
+                    }
+                    "--nat" | "--udp-tunnel" | "--plain" | "--keep" => {}
+                    f if f.starts_with('-') => {
+                        return usage_error(&format!("lab: unknown argument {a:?}"));
+                    }
+                    _ => {}
                 }
             }
-            lab(seconds)
+            lab(&rest)
         }
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
@@ -131,33 +142,44 @@ fn main() -> ExitCode {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The lab. Until xsecd (the AF_XDP daemon) lands, it runs the engine itself: two gateways as
-// threads joined by an in-memory wire, host traffic both ways, live per-SA counters, and an
-// independent decryption of the wire capture by tshark.
+// The lab: two xsecd on AF_XDP in network namespaces (the xsec-lab binary does the work).
 
-fn lab(seconds: u64) -> ExitCode {
+/// Build the XDP program if the toolchain is there (installing it if need be); otherwise keep
+/// the checked-in object that xsecd embeds.
+pub fn ebpf_object(root: &Path) {
+    match ebpf::build_ebpf(root) {
+        Ok(true) => println!("setup: eBPF object rebuilt: xsecd/bpf/xsec_xdp.o updated"),
+        Ok(false) => println!("setup: eBPF object rebuilt: identical to the checked-in one"),
+        Err(e) => println!(
+            "setup: cannot build the eBPF program here ({e}); xsecd embeds the checked-in \
+             xsecd/bpf/xsec_xdp.o"
+        ),
+    }
+}
+
+fn lab(args: &[String]) -> ExitCode {
     let root = workspace_root();
-    // tshark and the harness check the capture; install them like the tests do
-    if let Err(e) = setup::debian_packages(&root) {
+    if let Err(e) = setup::lab_packages() {
         eprintln!("xtask lab: {e}");
         return ExitCode::FAILURE;
     }
-    let mut cmd =
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(&root)
-        .args([
-            "run",
-            "--release",
-            "--quiet",
-            "-p",
-            "xsec-dataplane",
-            "--example",
-            "lab",
-            "--",
-        ])
-        .args(["--seconds", &seconds.to_string(), "--out"])
-        .arg(root.join("target/lab"))
-        .env("XSEC_HARNESS", setup::harness_dir(&root));
+    ebpf_object(&root);
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = std::process::Command::new(&cargo);
+    build
+        .current_dir(&root)
+        .args(["build", "--release", "-p", "xsecd", "-p", "xsec-lab"]);
+    if !proc::inherit(&mut build) {
+        eprintln!("xtask lab: build failed");
+        return ExitCode::FAILURE;
+    }
+    let bin = root.join("target/release");
+    let mut cmd = std::process::Command::new(bin.join("xsec-lab"));
+    cmd.arg("run")
+        .arg("--xsecd")
+        .arg(bin.join("xsecd"))
+        .args(args)
+        .current_dir(&root);
     if proc::inherit(&mut cmd) {
         ExitCode::SUCCESS
     } else {

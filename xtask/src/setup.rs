@@ -98,6 +98,46 @@ pub fn debian_packages(root: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// What the namespace lab and the gateway tests run: iproute2 (`ip`), nftables (the NAT
+/// router), ethtool (checksum offload off on the hosts' veths), ping, tcpdump and tshark.
+pub fn lab_packages() -> Result<(), String> {
+    let tools = [
+        ("ip", "iproute2"),
+        ("nft", "nftables"),
+        ("ethtool", "ethtool"),
+        ("ping", "iputils-ping"),
+        ("tcpdump", "tcpdump"),
+        ("tshark", "tshark"),
+    ];
+    let missing: Vec<&str> = tools
+        .iter()
+        .filter(|(t, _)| !on_path(t) && !is_executable(&Path::new("/usr/sbin").join(t)))
+        .map(|(_, p)| *p)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("setup: installing {}", missing.join(" "));
+    let start = Instant::now();
+    let apt = |args: &[&str]| {
+        proc::inherit(
+            Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    };
+    if !apt(&["update", "-q"]) {
+        return Err("apt-get update failed (the lab needs root and apt sources)".into());
+    }
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(missing.iter());
+    if !apt(&args) {
+        return Err(format!("apt-get install {} failed", missing.join(" ")));
+    }
+    println!("setup: lab packages installed in {}", proc::secs(start.elapsed()));
+    Ok(())
+}
+
 /// rustfmt and clippy for the lint step (components of the default toolchain).
 pub fn lint_tools() -> Result<(), String> {
     for (sub, component) in [("fmt", "rustfmt"), ("clippy", "clippy")] {

@@ -123,6 +123,10 @@ fn finish(parts: &[Part], total: Instant) -> ExitCode {
 
 fn setup_all(root: &Path, opts: &Options) -> Result<(), String> {
     setup::debian_packages(root)?;
+    setup::lab_packages()?;
+    // The XDP program is rebuilt from source whenever the toolchain can be had, so the tests
+    // run what ebpf/ says; without it, xsecd embeds the checked-in object.
+    crate::ebpf_object(root);
     if opts.lint {
         setup::lint_tools()?;
     }
