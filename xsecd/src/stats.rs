@@ -49,6 +49,7 @@ pub struct EngineRow {
 #[derive(Debug, Default, Serialize)]
 pub struct ForwardRow {
     pub no_neighbour: u64,
+    pub parked: u64,
     pub ttl_exceeded: u64,
     pub fragmented: u64,
     pub icmp_sent: u64,
@@ -104,6 +105,7 @@ impl StatsFile {
             }
             let c = &s.counters;
             forward.no_neighbour += c.no_neighbour;
+            forward.parked += c.parked;
             forward.ttl_exceeded += c.ttl_exceeded;
             forward.fragmented += c.fragmented;
             forward.icmp_sent += c.icmp_sent;

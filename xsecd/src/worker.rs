@@ -25,6 +25,8 @@ pub const HANDOFF_BUF: usize = 2048;
 pub type HandoffBuf = Box<[u8; HANDOFF_BUF]>;
 /// A worker's pool of handoff buffers: where they are returned, where they are taken.
 pub type HandoffPool = (Sender<HandoffBuf>, Receiver<HandoffBuf>);
+/// Packets a worker keeps while their next hop is resolved.
+const PARK_MAX: usize = 256;
 /// Handoff buffers each worker owns.
 const HANDOFF_POOL: usize = 512;
 
@@ -100,7 +102,10 @@ pub struct WorkerCounters {
     pub busy_loops: u64,
     /// Not IPv4/IPv6 (steered by mistake): dropped.
     pub non_ip: u64,
+    /// Packets dropped for want of a next-hop MAC (parking full or resolution timed out).
     pub no_neighbour: u64,
+    /// Packets held while their next hop was resolved (most are sent a moment later).
+    pub parked: u64,
     pub ttl_exceeded: u64,
     pub fragmented: u64,
     pub icmp_sent: u64,
@@ -183,6 +188,8 @@ struct Worker {
     icmp_src: [Option<IpAddr>; 2],
     mtu: Option<u16>,
     heartbeats: Vec<HeartbeatState>,
+    /// Packets waiting for a next hop.
+    parked: Vec<(IpAddr, PacketBuf<Frame>, Timestamp)>,
     frag_id: u32,
     scratch: Box<[u8; 2048]>,
 }
@@ -231,6 +238,7 @@ pub fn run(setup: WorkerSetup, ready: Sender<Ready>) {
         icmp_src: setup.icmp_src,
         mtu: setup.mtu,
         heartbeats: Vec::new(),
+        parked: Vec::with_capacity(PARK_MAX),
         frag_id: u32::from(setup.id) << 24,
         scratch: Box::new([0u8; 2048]),
     };
@@ -277,6 +285,7 @@ pub fn run(setup: WorkerSetup, ready: Sender<Ready>) {
             next_timer = now.plus(Duration::from_millis(1));
             w.engine.poll_timers(now, 64);
             w.heartbeats(now);
+            w.expire_parked(now);
             for ev in w.engine.drain_events() {
                 let _ = w.events.try_send((w.id, ev));
             }
@@ -318,6 +327,7 @@ impl Worker {
                 if self.hops.len() < 65536 || self.hops.contains_key(&dst) {
                     self.hops.insert(dst, hop);
                 }
+                self.unpark(dst);
             }
             Cmd::Snapshot(reply) => {
                 let sas = self
@@ -465,8 +475,58 @@ impl Worker {
         }
     }
 
+    /// Park a packet whose next hop is being resolved (like the kernel's unresolved queue):
+    /// sent when the answer comes, dropped (and counted `no_neighbour`) after a second or when
+    /// the parking is full. Known-unreachable destinations are dropped at once.
+    fn park(&mut self, dst: IpAddr, pkt: PacketBuf<Frame>, now: Timestamp) {
+        if matches!(self.hops.get(&dst), Some(None)) || self.parked.len() >= PARK_MAX {
+            if self.parked.len() >= PARK_MAX {
+                self.c.no_neighbour += 1;
+            }
+            self.xsk.release(pkt.into_inner());
+            return;
+        }
+        self.c.parked += 1;
+        self.parked.push((dst, pkt, now));
+    }
+
+    /// Send (or drop) the packets parked for `dst` now that its next hop is known.
+    fn unpark(&mut self, dst: IpAddr) {
+        let mut i = 0;
+        while i < self.parked.len() {
+            if self.parked[i].0 != dst {
+                i += 1;
+                continue;
+            }
+            let (_, pkt, _) = self.parked.swap_remove(i);
+            match self.hops.get(&dst).copied().flatten() {
+                Some(h) if pkt.len() <= usize::from(self.mtu.map_or(h.mtu, |m| m.min(h.mtu))) => {
+                    self.send(pkt, h)
+                }
+                _ => {
+                    self.c.no_neighbour += 1;
+                    self.xsk.release(pkt.into_inner());
+                }
+            }
+        }
+    }
+
+    /// Drop packets parked for more than a second.
+    fn expire_parked(&mut self, now: Timestamp) {
+        let mut i = 0;
+        while i < self.parked.len() {
+            if now.since(self.parked[i].2) > Duration::from_secs(1) {
+                let (_, pkt, _) = self.parked.swap_remove(i);
+                self.c.no_neighbour += 1;
+                self.xsk.release(pkt.into_inner());
+            } else {
+                i += 1;
+            }
+        }
+    }
+
     /// Look up the next hop of `dst`; on a miss ask the control thread (at most every 50 ms
-    /// per destination) and count the packet.
+    /// per destination). `None`: not known (yet), or known unreachable/local (counted).
     fn hop(&mut self, dst: IpAddr, now: Timestamp) -> Option<Hop> {
         match self.hops.get(&dst) {
             Some(Some(h)) => return Some(*h),
@@ -476,7 +536,6 @@ impl Worker {
             }
             None => {}
         }
-        self.c.no_neighbour += 1;
         let ask = match self.pending.get(&dst) {
             Some(p) => now.since(p.asked) > Duration::from_millis(50),
             None => self.pending.len() < 4096,
@@ -500,7 +559,7 @@ impl Worker {
             return;
         };
         let Some(hop) = self.hop(dst, now) else {
-            self.xsk.release(pkt.into_inner());
+            self.park(dst, pkt, now);
             return;
         };
         let mtu = usize::from(self.mtu.map_or(hop.mtu, |m| m.min(hop.mtu)));
@@ -530,7 +589,7 @@ impl Worker {
             return;
         };
         let Some(hop) = self.hop(dst, now) else {
-            self.xsk.release(pkt.into_inner());
+            self.park(dst, pkt, now);
             return;
         };
         let mtu = usize::from(self.mtu.map_or(hop.mtu, |m| m.min(hop.mtu)));
@@ -690,12 +749,10 @@ impl Worker {
             self.xsk.release(pkt.into_inner());
             return;
         };
+        self.c.icmp_sent += 1;
         match self.hop(dst, now) {
-            Some(h) => {
-                self.c.icmp_sent += 1;
-                self.send(pkt, h);
-            }
-            None => self.xsk.release(pkt.into_inner()),
+            Some(h) => self.send(pkt, h),
+            None => self.park(dst, pkt, now),
         }
     }
 
