@@ -322,7 +322,8 @@ pub struct EspSa {
     /// The gateway that encrypts with it.
     pub sender: Node,
     pub spi: u32,
-    /// Outer source and destination as captured on gwB's wan0.
+    /// Outer source and destination as captured on the middle link (gwA is 10.0.0.1 there,
+    /// also behind the NAT).
     pub src: String,
     pub dst: String,
     pub mode: Mode,

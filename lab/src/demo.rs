@@ -3,7 +3,7 @@
 //! Builds the topology (direct, or through the NAT with `--nat`), writes both gateway
 //! configurations (tunnel 10.1.0.0/24 <-> 10.2.0.0/24 and fd01::/64 <-> fd02::/64, AES-GCM-128;
 //! NAT-T through the NAT, ESP-in-UDP 2746 with heartbeats under `--udp-tunnel`), captures the
-//! middle link on gwB's wan0, starts both xsecd, runs pings (v4 and v6) and a UDP stream both
+//! middle link (see `Lab::wire_tap`), starts both xsecd, runs pings (v4 and v6) and a UDP stream both
 //! ways and a TCP transfer, prints both gateways' per-SA counters every second, then checks
 //! the capture: only ESP (or its UDP encapsulation, keep-alives, ARP/ND) between the
 //! gateways, no inner address in clear, and every ESP packet decrypted by tshark with a good
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Encap, Pair, PairOptions};
 use crate::procs::Proc;
 use crate::stats::{self, Stats};
-use crate::tools::parse_summary;
+use crate::tools::{parse_summary, received_count};
 use crate::topo::parse_ping;
 use crate::topo::{Lab, Node, TopoOptions, Wan, Xsecd, addr};
 use crate::wire;
@@ -107,7 +107,9 @@ fn run_in(o: &RunOptions, lab: &Lab, xsecd: Option<&std::path::Path>, pair: &Pai
     lab.write_file("esp_sa", pair.esp_sa_table())?;
     lab.write_file("gwA.toml", pair.a.to_toml())?;
     lab.write_file("gwB.toml", pair.b.to_toml())?;
-    let cap = lab.capture(Node::GwB, "wan0", "wire")?;
+    // next hops resolved before xsecd starts (it drops packets to unresolved ones); the
+    // pings this sends between the gateways are not part of the capture
+    lab.warm_neighbours()?;
     let mut daemons: Vec<Xsecd> = vec![];
     if let Some(x) = xsecd {
         for (node, conf) in [(Node::GwA, &pair.a), (Node::GwB, &pair.b)] {
@@ -121,6 +123,9 @@ fn run_in(o: &RunOptions, lab: &Lab, xsecd: Option<&std::path::Path>, pair: &Pai
             }
         }
     }
+    // captured once both daemons run: before, the first one's heartbeats meet a peer kernel
+    // without xsecd, which answers ICMP port unreachable (start-up, not a gateway leak)
+    let cap = lab.capture_wire("wire")?;
     let t = start_traffic(o, lab)?;
     let started = Instant::now();
     let limit = Duration::from_secs(o.seconds + 30);
@@ -204,7 +209,7 @@ fn run_in(o: &RunOptions, lab: &Lab, xsecd: Option<&std::path::Path>, pair: &Pai
         .map(|p| parse_summary(&p.stdout_text(), "udp-send:").unwrap_or(0))
         .collect();
     for (i, (name, p)) in t.udp_recv.iter().enumerate() {
-        let got = parse_summary(&p.stdout_text(), "udp-recv:").unwrap_or(0);
+        let got = received_count(&p.stdout_text());
         println!(
             "udp {name}: {got}/{} delivered",
             sent.get(i).copied().unwrap_or(0)
@@ -254,7 +259,13 @@ fn run_in(o: &RunOptions, lab: &Lab, xsecd: Option<&std::path::Path>, pair: &Pai
     let frames = wire::read_pcap(&pcap)?;
     let inner = [addr::NET_A, addr::NET_B, addr::NET_A6, addr::NET_B6];
     let report = wire::analyze(&frames, &ports, &inner);
-    println!("wire (gwB wan0, {}): {}", pcap.display(), report.summary());
+    let (tap_node, tap_if) = lab.wire_tap();
+    println!(
+        "wire ({} {tap_if}, {}): {}",
+        lab.ns(tap_node),
+        pcap.display(),
+        report.summary()
+    );
     if xsecd.is_some() {
         if !report.clear.is_empty() {
             failures.push(format!(

@@ -152,12 +152,12 @@ fn mutate(rng: &mut Rng, mut f: Vec<u8>) -> Vec<u8> {
                 let n = rng.below(64) as usize;
                 f.extend(rng.bytes(n));
             }
-            4 if f.len() > 18 => {
+            4 if f.len() >= 18 => {
                 // IPv4 total length / IPv6 payload length
                 let v = rng.next_u64() as u16;
                 f[16..18].copy_from_slice(&v.to_be_bytes());
             }
-            5 if f.len() > 21 => {
+            5 if f.len() >= 22 => {
                 // version/IHL, or fragment offset + flags
                 if rng.below(2) == 0 {
                     f[14] = rng.next_u64() as u8;
@@ -166,7 +166,7 @@ fn mutate(rng: &mut Rng, mut f: Vec<u8>) -> Vec<u8> {
                     f[21] = rng.next_u64() as u8;
                 }
             }
-            _ if f.len() > 38 => {
+            _ if f.len() >= 40 => {
                 // UDP length
                 let v = rng.next_u64() as u16;
                 f[38..40].copy_from_slice(&v.to_be_bytes());

@@ -276,6 +276,13 @@ pub fn parse_summary(out: &str, prefix: &str) -> Option<u64> {
     None
 }
 
+/// How many datagrams `udp-recv` reported: its summary, or (if it was stopped before it
+/// printed one) the datagram lines.
+pub fn received_count(out: &str) -> u64 {
+    parse_summary(out, "udp-recv:")
+        .unwrap_or_else(|| out.lines().filter(|l| l.starts_with("from ")).count() as u64)
+}
+
 /// The payloads `udp-recv` printed, in order.
 pub fn received_payloads(out: &str) -> Vec<String> {
     out.lines()
@@ -302,6 +309,8 @@ mod tests {
                    udp-recv: received 1 datagrams, 3 bytes\n";
         assert_eq!(parse_summary(out, "udp-recv:"), Some(1));
         assert_eq!(received_payloads(out), vec!["abc".to_owned()]);
+        assert_eq!(received_count(out), 1);
+        assert_eq!(received_count("from a len 1: x\nfrom a len 1: y\n"), 2);
         assert_eq!(received_from(out), vec!["10.1.0.10:4500".to_owned()]);
         assert_eq!(
             parse_summary("tcp-sink: ok 100 from x", "tcp-sink:"),

@@ -1,15 +1,22 @@
 //! The lab topology and its guard.
 //!
 //! ```text
-//! direct: hA 10.1.0.10 -- lan0 gwA wan0 10.0.0.1 ============ 10.0.0.2 wan0 gwB lan0 -- 10.2.0.10 hB
-//!         fd01::10           fd00::1                          fd00::2               fd02::10
+//! direct: hA 10.1.0.10 -- lan0 gwA wan0 10.0.0.1 ==[a0 mid br0 b0]== 10.0.0.2 wan0 gwB lan0 -- 10.2.0.10 hB
+//!         fd01::10           fd00::1                                  fd00::2               fd02::10
 //! nat:    hA -- gwA wan0 172.16.0.2 -- in0 nat out0 10.0.0.1 -- 10.0.0.2 wan0 gwB -- hB
 //!                                   (nft masquerade on out0; gwB has no route to 172.16.0.0/24)
 //! ```
 //!
-//! Namespaces are `<prefix>-hA`, `<prefix>-gwA`, `<prefix>-nat`, `<prefix>-gwB`,
-//! `<prefix>-hB`; interface names are fixed (`eth0`, `lan0`, `wan0`, `in0`, `out0`) so they
-//! never exceed 15 characters. Every veth end has TX checksum offload off (`ethtool -K IF tx
+//! Namespaces are `<prefix>-hA`, `<prefix>-gwA`, `<prefix>-mid` or `<prefix>-nat`,
+//! `<prefix>-gwB`, `<prefix>-hB`; interface names are fixed (`eth0`, `lan0`, `wan0`, `a0`,
+//! `b0`, `br0`, `in0`, `out0`) so they never exceed 15 characters.
+//!
+//! The middle link is watched from a namespace without XDP: frames a gateway sends with
+//! AF_XDP, and frames its XDP program redirects, never reach the packet taps of the gateway's
+//! own interface, so tcpdump on gwB's wan0 would miss the tunnel. On the direct link `mid` is
+//! a plain Ethernet bridge (one L2 segment, 10.0.0.0/24, as if the gateways were cabled
+//! together) and the capture runs on its port `b0` towards gwB; in the nat topology on the
+//! router's public side `out0`. [`Lab::wire_tap`] names the place. Every veth end has TX checksum offload off (`ethtool -K IF tx
 //! off`): a sender over veth otherwise leaves UDP/TCP checksums partial, which the AF_XDP
 //! dataplane would see. IPv6 duplicate address detection is off, so addresses work at once.
 //!
@@ -31,6 +38,8 @@ use crate::{Result, err};
 pub enum Node {
     HostA,
     GwA,
+    /// The bridge in the middle of the direct link (no addresses, no XDP).
+    Mid,
     Nat,
     GwB,
     HostB,
@@ -42,6 +51,7 @@ impl Node {
         match self {
             Node::HostA => "hA",
             Node::GwA => "gwA",
+            Node::Mid => "mid",
             Node::Nat => "nat",
             Node::GwB => "gwB",
             Node::HostB => "hB",
@@ -268,9 +278,10 @@ impl Lab {
     /// The nodes present.
     pub fn nodes(&self) -> Vec<Node> {
         let mut v = vec![Node::HostA, Node::GwA];
-        if self.opts.wan == Wan::Nat {
-            v.push(Node::Nat);
-        }
+        v.push(match self.opts.wan {
+            Wan::Direct => Node::Mid,
+            Wan::Nat => Node::Nat,
+        });
         v.extend([Node::GwB, Node::HostB]);
         v
     }
@@ -371,7 +382,32 @@ impl Lab {
         self.route(Node::HostB, "default", "fd02::1")?;
         match self.opts.wan {
             Wan::Direct => {
-                self.veth(Node::GwA, "wan0", Node::GwB, "wan0")?;
+                // a quiet bridge: no IPv6 (no link-local, RS or MLD of its own)
+                self.sysctl(
+                    Node::Mid,
+                    &[
+                        "net.ipv6.conf.all.disable_ipv6=1",
+                        "net.ipv6.conf.default.disable_ipv6=1",
+                    ],
+                )?;
+                let mid = self.ns(Node::Mid);
+                ip(&[
+                    "-n",
+                    &mid,
+                    "link",
+                    "add",
+                    "br0",
+                    "type",
+                    "bridge",
+                    "mcast_snooping",
+                    "0",
+                ])?;
+                self.veth(Node::GwA, "wan0", Node::Mid, "a0")?;
+                self.veth(Node::Mid, "b0", Node::GwB, "wan0")?;
+                for port in ["a0", "b0"] {
+                    ip(&["-n", &mid, "link", "set", port, "master", "br0"])?;
+                }
+                ip(&["-n", &mid, "link", "set", "br0", "up"])?;
                 self.addr(Node::GwA, "wan0", &format!("{GWA_WAN}/24"))?;
                 self.addr(Node::GwA, "wan0", &format!("{GWA_WAN6}/64"))?;
                 self.addr(Node::GwB, "wan0", &format!("{GWB_WAN}/24"))?;
@@ -528,6 +564,22 @@ impl Lab {
         }
     }
 
+    /// Where the middle link is captured: the bridge port towards gwB (direct) or the NAT's
+    /// public side (nat). Both see every frame between the gateways (on the nat topology,
+    /// with gwA's address translated to 10.0.0.1).
+    pub fn wire_tap(&self) -> (Node, &'static str) {
+        match self.opts.wan {
+            Wan::Direct => (Node::Mid, "b0"),
+            Wan::Nat => (Node::Nat, "out0"),
+        }
+    }
+
+    /// Capture the middle link at [`Lab::wire_tap`] into `<name>.pcap`.
+    pub fn capture_wire(&self, name: &str) -> Result<Capture> {
+        let (node, ifname) = self.wire_tap();
+        self.capture(node, ifname, name)
+    }
+
     /// Start tcpdump on `ifname` in `node`, writing `<name>.pcap`; returns once it listens.
     pub fn capture(&self, node: Node, ifname: &str, name: &str) -> Result<Capture> {
         if !procs::on_path("tcpdump") {
@@ -614,6 +666,42 @@ impl Lab {
             ],
         )?;
         parse_ping(&o.stdout).ok_or_else(|| err!("cannot read the summary of {o}"))
+    }
+
+    /// Resolve every next hop the gateways use, with kernel pings, before xsecd starts.
+    ///
+    /// xsecd takes next hops from the kernel's neighbour table; a packet whose next hop is not
+    /// resolved yet is dropped (`forward.no_neighbour`) while the kernel resolves it. Tests
+    /// that count exact deliveries call this first. It sends ICMP in clear between the
+    /// gateways, so it belongs before any capture of the middle link.
+    pub fn warm_neighbours(&self) -> Result<()> {
+        use addr::*;
+        let mut probes = vec![
+            (Node::GwA, HOST_A),
+            (Node::GwA, HOST_A6),
+            (Node::GwB, HOST_B),
+            (Node::GwB, HOST_B6),
+        ];
+        match self.opts.wan {
+            Wan::Direct => probes.extend([
+                (Node::GwA, GWB_WAN),
+                (Node::GwA, GWB_WAN6),
+                (Node::GwB, GWA_WAN),
+                (Node::GwB, GWA_WAN6),
+            ]),
+            Wan::Nat => probes.extend([(Node::GwA, NAT_INSIDE), (Node::GwB, GWA_WAN)]),
+        }
+        for (node, dst) in probes {
+            let p = self.ping(node, dst, 1, 0.2, 5)?;
+            if p.received == 0 {
+                return Err(err!(
+                    "{} cannot reach {dst} by kernel forwarding:\n{}",
+                    self.ns(node),
+                    p.output
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// MAC address of an interface.

@@ -80,7 +80,8 @@ pub fn parse_pcap(b: &[u8]) -> Result<Vec<RawFrame>> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
     Arp,
-    /// ICMPv6 neighbour discovery, router solicitation/advertisement, MLD.
+    /// Link control without payload addresses: ICMPv6 neighbour discovery, router
+    /// solicitation/advertisement, MLD, and IGMP.
     NeighbourDiscovery,
     /// IP protocol 50.
     Esp {
@@ -116,6 +117,8 @@ pub struct Frame {
     pub kind: Kind,
     /// The UDP payload, if any.
     pub udp_payload: Vec<u8>,
+    /// What an ICMP error quotes (the packet that caused it), for reports.
+    pub note: Option<String>,
 }
 
 impl fmt::Display for Frame {
@@ -128,7 +131,11 @@ impl fmt::Display for Frame {
                 .and_then(|()| self.dport.map_or(Ok(()), |p| write!(f, ":{p}")))?,
             _ => f.write_str("-")?,
         }
-        write!(f, " {:?}", self.kind)
+        write!(f, " {:?}", self.kind)?;
+        match &self.note {
+            Some(n) => write!(f, " ({n})"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -144,6 +151,7 @@ pub fn classify(number: usize, raw: &RawFrame, encap_ports: &[u16]) -> Frame {
         dport: None,
         kind: Kind::Other(0),
         udp_payload: vec![],
+        note: None,
     };
     let (ethertype, ip) = if raw.ethernet {
         let Some(t) = rd16(&raw.data, 12) else {
@@ -216,6 +224,7 @@ pub fn classify(number: usize, raw: &RawFrame, encap_ports: &[u16]) -> Frame {
             seq: rd32(l4, 4).unwrap_or(0),
         },
         58 if l4.first().is_some_and(|t| ND_TYPES.contains(t)) => Kind::NeighbourDiscovery,
+        2 => Kind::NeighbourDiscovery,
         17 if l4.len() >= 8 => {
             let (sp, dp) = (rd16(l4, 0).unwrap_or(0), rd16(l4, 2).unwrap_or(0));
             fr.sport = Some(sp);
@@ -243,9 +252,34 @@ pub fn classify(number: usize, raw: &RawFrame, encap_ports: &[u16]) -> Frame {
             fr.dport = rd16(l4, 2);
             Kind::Clear { proto }
         }
-        p => Kind::Clear { proto: p },
+        p => {
+            if p == 1 {
+                fr.note = icmp_note(l4);
+            }
+            Kind::Clear { proto: p }
+        }
     };
     fr
+}
+
+/// An ICMPv4 error's type, code and the UDP datagram it quotes, if any.
+fn icmp_note(l4: &[u8]) -> Option<String> {
+    let (t, c) = (*l4.first()?, *l4.get(1)?);
+    let mut note = format!("ICMP type {t} code {c}");
+    let q = l4.get(8..)?;
+    let ihl = usize::from(q.first()? & 0x0f) * 4;
+    if q.get(9) == Some(&17) {
+        let u = q.get(ihl..)?;
+        let (sp, dp, len) = (rd16(u, 0)?, rd16(u, 2)?, rd16(u, 4)?);
+        let first = u
+            .get(8)
+            .map_or(String::new(), |b| format!(", first byte {b:#04x}"));
+        note.push_str(&format!(
+            " quoting UDP {sp} -> {dp} with {} payload bytes{first}",
+            len.saturating_sub(8)
+        ));
+    }
+    Some(note)
 }
 
 /// Whether `ip` is inside `net` (`a.b.c.d/len` or `x::/len`).
