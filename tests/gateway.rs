@@ -21,10 +21,8 @@
 //! at a time (a static lock). A failed test keeps its work folder (`/tmp/xsec-t<pid>-<n>-<name>`:
 //! configs, daemon logs, stats, the capture); `XSEC_GATEWAY_KEEP=1` keeps every one.
 //!
-//! xsecd drops a packet whose next hop the kernel has not resolved yet (counted as
-//! `forward.no_neighbour`) and has the kernel resolve it; since these tests count exact
-//! deliveries, each topology resolves its next hops with kernel pings before the daemons start
-//! and before the capture (`Lab::warm_neighbours`).
+//! The neighbour tables start cold: the first packet of each path waits in xsecd while the
+//! kernel resolves its next hop, and the tests count exact deliveries, so they check that too.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -108,10 +106,6 @@ fn scenario_with(
             .workdir(&workdir),
     )
     .unwrap_or_else(|e| panic!("{name}: cannot build the topology: {e}"));
-    // xsecd drops a packet whose next hop is unresolved (and has the kernel resolve it);
-    // these tests count exact deliveries, so the neighbours are resolved first
-    lab.warm_neighbours()
-        .unwrap_or_else(|e| panic!("{name}: the topology does not forward: {e}"));
     let mut pair = Pair::new(opts);
     edit(&mut pair);
     eprintln!(
