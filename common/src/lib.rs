@@ -157,7 +157,7 @@ pub struct XdpCounters {
     pub unprot_plain: u64,
     /// Passed: IKE (UDP/500, or a non-ESP marker on UDP/4500 or a tunnel port).
     pub ike: u64,
-    /// Passed: NAT keepalive on UDP/4500.
+    /// Redirected: NAT keepalive on UDP/4500 (consumed and counted by the worker).
     pub keepalive: u64,
     /// Passed: ARP, IPv6 neighbour discovery (ICMPv6 133–137).
     pub arp_nd: u64,

@@ -5,7 +5,9 @@
 //! - `xsec_unprotected` (WAN): ESP (IP protocol 50), ESP in UDP/4500 (RFC 3948), UDP to the
 //!   daemon's tunnel ports, and plaintext that a protected policy says should have arrived
 //!   protected (source in its remote ranges, destination in its local ranges; the worker counts
-//!   and drops it). IKE, NAT keepalives, ARP/ND and everything else pass.
+//!   and drops it), and NAT keepalives on UDP/4500 (the worker consumes and counts them: with
+//!   manual keys no IKE daemon listens on 4500, and the kernel would answer each keepalive with
+//!   a port-unreachable in clear). IKE, ARP/ND and everything else pass.
 //! - `xsec_protected` (LAN): source in the local ranges and destination in the remote ranges of
 //!   the outbound PROTECT/DISCARD policies. Addresses only: the SPD in userspace decides by
 //!   protocol and ports. ARP/ND and everything else (BYPASS traffic) pass.
@@ -100,7 +102,12 @@ impl Class {
     fn redirects(self) -> bool {
         matches!(
             self,
-            Class::Esp | Class::UdpEsp | Class::TunnelPort | Class::Protected | Class::UnprotPlain
+            Class::Esp
+                | Class::UdpEsp
+                | Class::TunnelPort
+                | Class::Protected
+                | Class::UnprotPlain
+                | Class::Keepalive
         )
     }
 }

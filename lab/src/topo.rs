@@ -601,6 +601,9 @@ impl Lab {
                 "0",
                 "-U",
                 "--immediate-mode",
+                // a 32 MiB ring: the TCP transfers burst faster than tcpdump writes on 2 cores
+                "-B",
+                "32768",
                 "-Z",
                 "root",
                 "-w",

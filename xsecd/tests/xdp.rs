@@ -317,6 +317,7 @@ impl Expect {
                 | Expect::TunnelPort
                 | Expect::Protected
                 | Expect::UnprotPlain
+                | Expect::Keepalive
         ) {
             // No socket registered: the redirect falls back to the kernel.
             c.redirect_failed = 1;

@@ -39,6 +39,8 @@ commands:
         --udp-tunnel uses ESP-in-UDP on port 2746 with heartbeats, --plain runs the same
         topology with kernel forwarding and no IPsec (the baseline), --keep leaves it up.
         Exits 0 only if encrypted traffic flowed both ways.
+  ebpf  build the XDP program (ebpf/) and refresh the checked-in xsecd/bpf/xsec_xdp.o that
+        xsecd embeds (installs nightly rust-src and bpf-linker 0.10 if missing)
   help  this text
 
 environment:
@@ -132,6 +134,22 @@ fn main() -> ExitCode {
                 }
             }
             lab(&rest)
+        }
+        "ebpf" => {
+            let root = workspace_root();
+            match ebpf::build_ebpf(&root) {
+                Ok(changed) => {
+                    println!(
+                        "xtask ebpf: xsecd/bpf/xsec_xdp.o {}",
+                        if changed { "updated" } else { "unchanged" }
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("xtask ebpf: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
