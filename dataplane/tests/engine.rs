@@ -1186,7 +1186,11 @@ fn sharded_engines_hand_off_to_the_owner() {
     b2.set_shards(Some(Arc::new(shards)));
     let mut pkt = frame(&inner_pkt);
     assert_eq!(a2.outbound(T0, &mut pkt), Verdict::Handoff(0));
-    assert_eq!(pkt.data(), &inner_pkt[..], "a handed-off packet is unchanged");
+    assert_eq!(
+        pkt.data(),
+        &inner_pkt[..],
+        "a handed-off packet is unchanged"
+    );
     assert_eq!(p.a.outbound(T0, &mut pkt), Verdict::Forward);
     let wire = pkt.data().to_vec();
     let mut pkt = frame(&wire);

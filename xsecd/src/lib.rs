@@ -4,6 +4,7 @@ pub mod config;
 pub mod daemon;
 pub mod fwd;
 pub mod neigh;
+pub mod reasm;
 pub mod stats;
 pub mod worker;
 pub mod xdp;

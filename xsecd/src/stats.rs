@@ -71,6 +71,8 @@ pub struct StatsFile {
     pub drops: BTreeMap<&'static str, u64>,
     pub forward: ForwardRow,
     pub heartbeats_sent: u64,
+    /// Outer ESP fragments reassembled.
+    pub reassembly: crate::reasm::ReasmStats,
     pub policy_hits: BTreeMap<&'static str, Vec<u64>>,
     pub xdp: serde_json::Value,
 }
@@ -88,6 +90,7 @@ impl StatsFile {
             DropReason::ALL.iter().map(|r| (r.name(), 0)).collect();
         let mut sas = Vec::new();
         let mut heartbeats_sent = 0;
+        let mut reassembly = crate::reasm::ReasmStats::default();
         let mut hits_in: Vec<u64> = Vec::new();
         let mut hits_out: Vec<u64> = Vec::new();
         for s in snaps {
@@ -116,6 +119,10 @@ impl StatsFile {
             forward.punt_dropped += c.punt_dropped;
             forward.handoff_drop += c.handoff_drop;
             heartbeats_sent += c.heartbeats_sent;
+            reassembly.fragments += s.reasm.fragments;
+            reassembly.reassembled += s.reasm.reassembled;
+            reassembly.timeouts += s.reasm.timeouts;
+            reassembly.dropped += s.reasm.dropped;
             add_into(&mut hits_in, &s.hits_in);
             add_into(&mut hits_out, &s.hits_out);
             for st in &s.sas {
@@ -154,6 +161,7 @@ impl StatsFile {
             drops,
             forward,
             heartbeats_sent,
+            reassembly,
             policy_hits: [("in", hits_in), ("out", hits_out)].into_iter().collect(),
             xdp,
         }

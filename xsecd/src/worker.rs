@@ -6,6 +6,7 @@
 //! (`sendto`, needed by copy mode) is per burst.
 
 use crate::fwd::{self, ETH_HDR, IcmpError};
+use crate::reasm::{self, Reassembler};
 use crate::xsk::{BURST, Frame, RxFrame, Side, Xsk, XskConfig};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use serde::Serialize;
@@ -127,6 +128,7 @@ pub struct Snapshot {
     pub core: Option<usize>,
     pub counters: WorkerCounters,
     pub engine: WorkerStats,
+    pub reasm: reasm::ReasmStats,
     pub sas: Vec<SaStatus>,
     pub hits_in: Vec<u64>,
     pub hits_out: Vec<u64>,
@@ -188,6 +190,7 @@ struct Worker {
     icmp_src: [Option<IpAddr>; 2],
     mtu: Option<u16>,
     heartbeats: Vec<HeartbeatState>,
+    reasm: Reassembler,
     /// Packets waiting for a next hop.
     parked: Vec<(IpAddr, PacketBuf<Frame>, Timestamp)>,
     frag_id: u32,
@@ -239,6 +242,7 @@ pub fn run(setup: WorkerSetup, ready: Sender<Ready>) {
         mtu: setup.mtu,
         heartbeats: Vec::new(),
         parked: Vec::with_capacity(PARK_MAX),
+        reasm: Reassembler::new(),
         frag_id: u32::from(setup.id) << 24,
         scratch: Box::new([0u8; 2048]),
     };
@@ -286,6 +290,7 @@ pub fn run(setup: WorkerSetup, ready: Sender<Ready>) {
             w.engine.poll_timers(now, 64);
             w.heartbeats(now);
             w.expire_parked(now);
+            w.reasm.expire(now);
             for ev in w.engine.drain_events() {
                 let _ = w.events.try_send((w.id, ev));
             }
@@ -342,6 +347,7 @@ impl Worker {
                     core: self.core,
                     counters: self.c.clone(),
                     engine: self.engine.stats().clone(),
+                    reasm: self.reasm.stats,
                     sas,
                     hits_in: self.engine.policy_hits(Direction::Inbound).to_vec(),
                     hits_out: self.engine.policy_hits(Direction::Outbound).to_vec(),
@@ -369,6 +375,12 @@ impl Worker {
         };
         match side {
             Side::Unprotected => {
+                if reasm::is_esp_fragment(pkt.data()) {
+                    match self.reassemble(pkt, now) {
+                        Some(p) => pkt = p,
+                        None => return,
+                    }
+                }
                 let v = self.engine.inbound(now, &mut pkt);
                 match v {
                     // decapsulated (or bypassed plaintext): forwarded by this router
@@ -409,6 +421,26 @@ impl Worker {
                     }
                     _ => self.xsk.release(pkt.into_inner()),
                 }
+            }
+        }
+    }
+
+    /// Add an outer ESP fragment; the whole packet (in a new frame) once complete.
+    fn reassemble(&mut self, pkt: PacketBuf<Frame>, now: Timestamp) -> Option<PacketBuf<Frame>> {
+        let Some(mut f) = self.xsk.alloc() else {
+            self.c.no_frame += 1;
+            self.xsk.release(pkt.into_inner());
+            return None;
+        };
+        // room for the Ethernet header in front and nothing behind (decapsulation shrinks)
+        let start = 128;
+        let out = self.reasm.add(pkt.data(), now, &mut f.as_mut()[start..]);
+        self.xsk.release(pkt.into_inner());
+        match out {
+            reasm::Outcome::Done(n) => PacketBuf::new(f, start, n),
+            _ => {
+                self.xsk.release(f);
+                None
             }
         }
     }

@@ -134,7 +134,10 @@ pub fn lab_packages() -> Result<(), String> {
     if !apt(&args) {
         return Err(format!("apt-get install {} failed", missing.join(" ")));
     }
-    println!("setup: lab packages installed in {}", proc::secs(start.elapsed()));
+    println!(
+        "setup: lab packages installed in {}",
+        proc::secs(start.elapsed())
+    );
     Ok(())
 }
 

@@ -1,0 +1,422 @@
+//! Reassembly of outer ESP fragments (RFC 4303 §3.4.1: ESP is processed after reassembly).
+//!
+//! A peer (xsecd itself, or a kernel) fragments an ESP packet that outgrew its link when the
+//! inner packet allowed it. The XDP program steers fragments of IP protocol 50 to the worker
+//! (every fragment carries the protocol); this module puts them back together in buffers the
+//! worker owns: a fixed number of slots of fixed size, no allocation after start, the oldest
+//! slot evicted when full, slots older than a second dropped. Overlapping fragments drop the
+//! whole datagram (RFC 5722 for IPv6; the same caution for IPv4).
+//!
+//! Scope: IPv4, and IPv6 whose Fragment header directly follows the base header. Datagrams
+//! up to [`MAX_DATAGRAM`] bytes.
+
+use std::time::Duration;
+use xsec_dataplane::Timestamp;
+use xsec_dataplane::wire::checksum;
+
+/// Largest reassembled IP packet (the worker's UMEM frames bound it further, to about 3.9 KB).
+pub const MAX_DATAGRAM: usize = 4096;
+/// Datagrams reassembled at once per worker.
+pub const SLOTS: usize = 32;
+/// How long a partial datagram is kept.
+pub const TIMEOUT: Duration = Duration::from_secs(1);
+
+const UNITS: usize = MAX_DATAGRAM / 8;
+const WORDS: usize = UNITS.div_ceil(64);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Key {
+    v6: bool,
+    src: [u8; 16],
+    dst: [u8; 16],
+    id: u32,
+}
+
+struct Slot {
+    key: Option<Key>,
+    started: Timestamp,
+    /// The unfragmentable header of the first fragment (IPv4 header / IPv6 base header).
+    hdr: [u8; 60],
+    hdr_len: usize,
+    /// Next header of the fragmentable part (IPv6).
+    nh: u8,
+    /// Payload length once the last fragment arrived.
+    total: Option<usize>,
+    have: [u64; WORDS],
+    data: Box<[u8; MAX_DATAGRAM]>,
+}
+
+impl Slot {
+    fn reset(&mut self) {
+        self.key = None;
+        self.hdr_len = 0;
+        self.total = None;
+        self.have = [0; WORDS];
+    }
+
+    fn complete(&self) -> bool {
+        let (Some(total), true) = (self.total, self.hdr_len > 0) else {
+            return false;
+        };
+        let units = total.div_ceil(8);
+        (0..units).all(|u| self.have[u / 64] & (1 << (u % 64)) != 0)
+    }
+}
+
+/// What happened to a fragment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Kept; the datagram is not complete yet.
+    Held,
+    /// The datagram is complete: the whole IP packet was written to the caller's buffer,
+    /// this many bytes.
+    Done(usize),
+    /// Not reassembled: malformed, overlapping, too big, or evicted (counted by the caller).
+    Dropped,
+}
+
+/// Counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReasmStats {
+    pub fragments: u64,
+    pub reassembled: u64,
+    pub timeouts: u64,
+    pub dropped: u64,
+}
+
+/// One worker's reassembly slots.
+pub struct Reassembler {
+    slots: Vec<Slot>,
+    pub stats: ReasmStats,
+}
+
+impl std::fmt::Debug for Reassembler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reassembler")
+            .field(
+                "busy",
+                &self.slots.iter().filter(|s| s.key.is_some()).count(),
+            )
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl Default for Reassembler {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Whether `ip` is a fragment of an ESP packet this module handles.
+pub fn is_esp_fragment(ip: &[u8]) -> bool {
+    match ip.first().map(|b| b >> 4) {
+        Some(4) => {
+            ip.len() >= 20 && ip[9] == 50 && u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0
+        }
+        Some(6) => ip.len() >= 48 && ip[6] == 44 && ip[40] == 50,
+        _ => false,
+    }
+}
+
+impl Reassembler {
+    pub fn new() -> Self {
+        let slots = (0..SLOTS)
+            .map(|_| Slot {
+                key: None,
+                started: Timestamp::ZERO,
+                hdr: [0; 60],
+                hdr_len: 0,
+                nh: 0,
+                total: None,
+                have: [0; WORDS],
+                data: Box::new([0; MAX_DATAGRAM]),
+            })
+            .collect();
+        Reassembler {
+            slots,
+            stats: ReasmStats::default(),
+        }
+    }
+
+    /// Drop partial datagrams older than [`TIMEOUT`].
+    pub fn expire(&mut self, now: Timestamp) {
+        for s in &mut self.slots {
+            if s.key.is_some() && now.since(s.started) > TIMEOUT {
+                s.reset();
+                self.stats.timeouts += 1;
+            }
+        }
+    }
+
+    /// Add one fragment (`ip`: the whole IP packet). On completion the reassembled packet is
+    /// written to `out`.
+    pub fn add(&mut self, ip: &[u8], now: Timestamp, out: &mut [u8]) -> Outcome {
+        self.stats.fragments += 1;
+        let r = self.add_inner(ip, now, out);
+        match r {
+            Outcome::Done(_) => self.stats.reassembled += 1,
+            Outcome::Dropped => self.stats.dropped += 1,
+            Outcome::Held => {}
+        }
+        r
+    }
+
+    fn add_inner(&mut self, ip: &[u8], now: Timestamp, out: &mut [u8]) -> Outcome {
+        // Parse: key, header, offset, more, payload.
+        let (key, hdr_len, nh, offset, more, payload) = match ip.first().map(|b| b >> 4) {
+            Some(4) => {
+                let hl = usize::from(ip[0] & 0x0f) * 4;
+                let total = ip
+                    .get(2..4)
+                    .map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]])));
+                if hl < 20 || total < hl || total > ip.len() {
+                    return Outcome::Dropped;
+                }
+                let fo = u16::from_be_bytes([ip[6], ip[7]]);
+                let mut src = [0u8; 16];
+                src[..4].copy_from_slice(&ip[12..16]);
+                let mut dst = [0u8; 16];
+                dst[..4].copy_from_slice(&ip[16..20]);
+                let key = Key {
+                    v6: false,
+                    src,
+                    dst,
+                    id: u32::from(u16::from_be_bytes([ip[4], ip[5]])) | u32::from(ip[9]) << 16,
+                };
+                (
+                    key,
+                    hl,
+                    ip[9],
+                    usize::from(fo & 0x1fff) * 8,
+                    fo & 0x2000 != 0,
+                    &ip[hl..total],
+                )
+            }
+            Some(6) => {
+                if ip.len() < 48 || ip[6] != 44 {
+                    return Outcome::Dropped;
+                }
+                let plen = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+                if 40 + plen > ip.len() || plen < 8 {
+                    return Outcome::Dropped;
+                }
+                let fo = u16::from_be_bytes([ip[42], ip[43]]);
+                let mut src = [0u8; 16];
+                src.copy_from_slice(&ip[8..24]);
+                let mut dst = [0u8; 16];
+                dst.copy_from_slice(&ip[24..40]);
+                let key = Key {
+                    v6: true,
+                    src,
+                    dst,
+                    id: u32::from_be_bytes([ip[44], ip[45], ip[46], ip[47]]),
+                };
+                (
+                    key,
+                    40,
+                    ip[40],
+                    usize::from(fo >> 3) * 8,
+                    fo & 1 != 0,
+                    &ip[48..40 + plen],
+                )
+            }
+            _ => return Outcome::Dropped,
+        };
+        let end = offset + payload.len();
+        // Every fragment but the last carries a multiple of 8 bytes.
+        if end + hdr_len > MAX_DATAGRAM || (more && payload.len() % 8 != 0) || payload.is_empty() {
+            return Outcome::Dropped;
+        }
+        // Find the slot, or take a free / the oldest one.
+        let idx = match self.slots.iter().position(|s| s.key == Some(key)) {
+            Some(i) => i,
+            None => {
+                let free = self.slots.iter().position(|s| s.key.is_none());
+                let i = match free {
+                    Some(i) => i,
+                    None => {
+                        self.stats.dropped += 1; // the evicted datagram
+                        (0..self.slots.len())
+                            .min_by_key(|&i| self.slots[i].started.0)
+                            .unwrap_or(0)
+                    }
+                };
+                let s = &mut self.slots[i];
+                s.reset();
+                s.key = Some(key);
+                s.started = now;
+                i
+            }
+        };
+        let s = &mut self.slots[idx];
+        // Overlap with what is there, or a second "last" fragment: drop the datagram.
+        let (u0, u1) = (offset / 8, end.div_ceil(8));
+        let overlap = (u0..u1).any(|u| s.have[u / 64] & (1 << (u % 64)) != 0);
+        let bad_end = match (s.total, more) {
+            (Some(t), _) if end > t => true,
+            (Some(_), false) => true,
+            _ => false,
+        };
+        if overlap || bad_end {
+            s.reset();
+            return Outcome::Dropped;
+        }
+        s.data[offset..end].copy_from_slice(payload);
+        for u in u0..u1 {
+            s.have[u / 64] |= 1 << (u % 64);
+        }
+        if !more {
+            // anything already received beyond the end contradicts it
+            let units = end.div_ceil(8);
+            if (units..UNITS).any(|u| s.have[u / 64] & (1 << (u % 64)) != 0) {
+                s.reset();
+                return Outcome::Dropped;
+            }
+            s.total = Some(end);
+        }
+        if offset == 0 {
+            s.hdr[..hdr_len].copy_from_slice(&ip[..hdr_len]);
+            s.hdr_len = hdr_len;
+            s.nh = nh;
+        }
+        if !s.complete() {
+            return Outcome::Held;
+        }
+        let total = s.total.unwrap_or(0);
+        let n = s.hdr_len + total;
+        let Some(o) = out.get_mut(..n) else {
+            s.reset();
+            return Outcome::Dropped;
+        };
+        let hl = s.hdr_len;
+        o[..hl].copy_from_slice(&s.hdr[..hl]);
+        o[hl..].copy_from_slice(&s.data[..total]);
+        if key.v6 {
+            o[4..6].copy_from_slice(&(total as u16).to_be_bytes());
+            o[6] = s.nh;
+        } else {
+            o[2..4].copy_from_slice(&(n as u16).to_be_bytes());
+            o[6] &= 0x40; // keep DF, clear MF and the offset
+            o[7] = 0;
+            o[10..12].fill(0);
+            let c = checksum::finish(checksum::sum(&o[..hl]));
+            o[10..12].copy_from_slice(&c.to_be_bytes());
+        }
+        s.reset();
+        Outcome::Done(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fwd;
+
+    fn esp_v4(len: usize) -> Vec<u8> {
+        let mut p = vec![0u8; len];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        p[4..6].copy_from_slice(&0x4242u16.to_be_bytes());
+        p[8] = 64;
+        p[9] = 50;
+        p[12..16].copy_from_slice(&[10, 0, 0, 1]);
+        p[16..20].copy_from_slice(&[10, 0, 0, 2]);
+        for (i, b) in p[20..].iter_mut().enumerate() {
+            *b = (i * 7) as u8;
+        }
+        let c = checksum::finish(checksum::sum(&p[..20]));
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p
+    }
+
+    fn frags_v4(p: &[u8], per: usize) -> Vec<Vec<u8>> {
+        let mut v = vec![];
+        let pl = p.len() - 20;
+        let mut off = 0;
+        while off < pl {
+            let end = (off + per).min(pl);
+            let mut out = vec![0u8; 2000];
+            let n = fwd::v4_fragment(&mut out, &p[..20], &p[20 + off..20 + end], off, end < pl)
+                .expect("fragment");
+            out.truncate(n);
+            v.push(out);
+            off = end;
+        }
+        v
+    }
+
+    #[test]
+    fn v4_in_any_order() {
+        let p = esp_v4(3000);
+        assert!(3000 <= MAX_DATAGRAM);
+        let mut frags = frags_v4(&p, 1000);
+        assert_eq!(frags.len(), 3);
+        assert!(frags.iter().all(|f| is_esp_fragment(f)));
+        assert!(!is_esp_fragment(&p));
+        frags.swap(0, 2);
+        let mut r = Reassembler::new();
+        let mut out = [0u8; MAX_DATAGRAM];
+        assert_eq!(r.add(&frags[0], Timestamp::ZERO, &mut out), Outcome::Held);
+        assert_eq!(r.add(&frags[1], Timestamp::ZERO, &mut out), Outcome::Held);
+        assert_eq!(
+            r.add(&frags[2], Timestamp::ZERO, &mut out),
+            Outcome::Done(3000)
+        );
+        assert_eq!(&out[..3000], &p[..]);
+        assert_eq!(r.stats.reassembled, 1);
+    }
+
+    #[test]
+    fn v6_fragments() {
+        let mut p = vec![0u8; 40 + 2000];
+        p[0] = 0x60;
+        p[4..6].copy_from_slice(&2000u16.to_be_bytes());
+        p[6] = 50;
+        p[7] = 64;
+        for (i, b) in p[40..].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let mut base = [0u8; 40];
+        base.copy_from_slice(&p[..40]);
+        let mut r = Reassembler::new();
+        let mut out = [0u8; MAX_DATAGRAM];
+        let mut got = Outcome::Held;
+        for (off, end) in [(1232usize, 2000usize), (0, 1232)] {
+            let mut f = [0u8; 1500];
+            let n = fwd::v6_fragment(&mut f, &base, &p[40 + off..40 + end], off, end < 2000, 7)
+                .expect("fragment");
+            assert!(is_esp_fragment(&f[..n]));
+            got = r.add(&f[..n], Timestamp::ZERO, &mut out);
+        }
+        assert_eq!(got, Outcome::Done(2040));
+        assert_eq!(&out[..2040], &p[..]);
+    }
+
+    #[test]
+    fn overlap_timeout_and_garbage_drop() {
+        let p = esp_v4(2500);
+        let frags = frags_v4(&p, 1000);
+        let mut r = Reassembler::new();
+        let mut out = [0u8; MAX_DATAGRAM];
+        assert_eq!(r.add(&frags[0], Timestamp::ZERO, &mut out), Outcome::Held);
+        assert_eq!(
+            r.add(&frags[0], Timestamp::ZERO, &mut out),
+            Outcome::Dropped
+        );
+        // the datagram is gone: the rest cannot complete it
+        assert_eq!(r.add(&frags[1], Timestamp::ZERO, &mut out), Outcome::Held);
+        assert_eq!(r.add(&frags[2], Timestamp::ZERO, &mut out), Outcome::Held);
+        r.expire(Timestamp::ZERO.plus(Duration::from_secs(2)));
+        assert_eq!(r.stats.timeouts, 1);
+        for junk in [&[][..], &[0x45; 10][..], &[0x60; 47][..], &[0x99; 100][..]] {
+            assert_eq!(r.add(junk, Timestamp::ZERO, &mut out), Outcome::Dropped);
+        }
+        // more slots than SLOTS: the oldest is evicted, nothing panics
+        for id in 0..(SLOTS as u16 + 5) {
+            let mut f = frags[0].clone();
+            f[4..6].copy_from_slice(&id.to_be_bytes());
+            r.add(&f, Timestamp(u64::from(id)), &mut out);
+        }
+    }
+}
