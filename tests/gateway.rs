@@ -1226,5 +1226,27 @@ fn path_mtu_outer_fragments_and_frag_needed() {
     s.check(a.forward("icmp_sent") >= 1, || {
         format!("gwA icmp_sent = {}", a.forward("icmp_sent"))
     });
+    // TTL 2: gateway A forwards with TTL 1, gateway B cannot; its "time exceeded" (from its
+    // protected address) goes back to host A through the tunnel, not in clear.
+    let cap = s.capture();
+    let o = s
+        .lab
+        .exec(
+            Node::HostA,
+            &["ping", "-n", "-c", "1", "-W", "2", "-t", "2", addr::HOST_B],
+        )
+        .unwrap_or_else(|e| s.fail(&e.to_string()));
+    s.check(
+        o.stdout.contains("Time to live exceeded") && o.stdout.contains("10.2.0.1"),
+        || format!("TTL 2 should draw time exceeded from gateway B: {o}"),
+    );
+    let pcap = s.stop_capture(&cap);
+    let r = s.check_wire_for(&pcap, |_| false, |sa| sa.name == "ab");
+    s.check(r.esp_from("10.0.0.2".parse().expect("v4")) >= 1, || {
+        format!(
+            "the ICMP error should cross the wire as ESP: {}",
+            r.summary()
+        )
+    });
     s.stop_all();
 }

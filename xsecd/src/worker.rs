@@ -192,7 +192,8 @@ struct Worker {
     heartbeats: Vec<HeartbeatState>,
     reasm: Reassembler,
     /// Packets waiting for a next hop.
-    parked: Vec<(IpAddr, PacketBuf<Frame>, Timestamp)>,
+    /// (destination, packet, since, not seen by the outbound SPD)
+    parked: Vec<(IpAddr, PacketBuf<Frame>, Timestamp, bool)>,
     frag_id: u32,
     scratch: Box<[u8; 2048]>,
 }
@@ -332,7 +333,7 @@ impl Worker {
                 if self.hops.len() < 65536 || self.hops.contains_key(&dst) {
                     self.hops.insert(dst, hop);
                 }
-                self.unpark(dst);
+                self.unpark(dst, now);
             }
             Cmd::Snapshot(reply) => {
                 let sas = self
@@ -384,7 +385,7 @@ impl Worker {
                 let v = self.engine.inbound(now, &mut pkt);
                 match v {
                     // decapsulated (or bypassed plaintext): forwarded by this router
-                    Verdict::Forward | Verdict::Bypass => self.forward(pkt, now, true),
+                    Verdict::Forward | Verdict::Bypass => self.forward(pkt, now, true, false),
                     Verdict::Handoff(w) => self.handoff(pkt, side, w, handed),
                     Verdict::Punt => {
                         self.c.punt_dropped += 1;
@@ -413,7 +414,7 @@ impl Worker {
                     Verdict::Forward => {
                         self.forward_esp(pkt, now, keep.then_some((quote, inner_len)))
                     }
-                    Verdict::Bypass => self.forward(pkt, now, false),
+                    Verdict::Bypass => self.forward(pkt, now, false, true),
                     Verdict::Handoff(w) => {
                         // undo nothing: the packet is unchanged except the TTL, which the
                         // owner must not decrement again (`handed`)
@@ -510,7 +511,7 @@ impl Worker {
     /// Park a packet whose next hop is being resolved (like the kernel's unresolved queue):
     /// sent when the answer comes, dropped (and counted `no_neighbour`) after a second or when
     /// the parking is full. Known-unreachable destinations are dropped at once.
-    fn park(&mut self, dst: IpAddr, pkt: PacketBuf<Frame>, now: Timestamp) {
+    fn park(&mut self, dst: IpAddr, pkt: PacketBuf<Frame>, now: Timestamp, unchecked: bool) {
         if matches!(self.hops.get(&dst), Some(None)) || self.parked.len() >= PARK_MAX {
             if self.parked.len() >= PARK_MAX {
                 self.c.no_neighbour += 1;
@@ -519,19 +520,24 @@ impl Worker {
             return;
         }
         self.c.parked += 1;
-        self.parked.push((dst, pkt, now));
+        self.parked.push((dst, pkt, now, unchecked));
     }
 
     /// Send (or drop) the packets parked for `dst` now that its next hop is known.
-    fn unpark(&mut self, dst: IpAddr) {
+    fn unpark(&mut self, dst: IpAddr, now: Timestamp) {
         let mut i = 0;
         while i < self.parked.len() {
             if self.parked[i].0 != dst {
                 i += 1;
                 continue;
             }
-            let (_, pkt, _) = self.parked.swap_remove(i);
+            let (_, pkt, _, unchecked) = self.parked.swap_remove(i);
             match self.hops.get(&dst).copied().flatten() {
+                // plaintext the outbound SPD has not seen goes through it now (see
+                // `forward`; the TTL was decremented before parking)
+                Some(h) if unchecked && h.side == Side::Unprotected => {
+                    self.forward(pkt, now, false, false)
+                }
                 Some(h) if pkt.len() <= usize::from(self.mtu.map_or(h.mtu, |m| m.min(h.mtu))) => {
                     self.send(pkt, h)
                 }
@@ -548,7 +554,7 @@ impl Worker {
         let mut i = 0;
         while i < self.parked.len() {
             if now.since(self.parked[i].2) > Duration::from_secs(1) {
-                let (_, pkt, _) = self.parked.swap_remove(i);
+                let (_, pkt, _, _) = self.parked.swap_remove(i);
                 self.c.no_neighbour += 1;
                 self.xsk.release(pkt.into_inner());
             } else {
@@ -579,7 +585,11 @@ impl Worker {
     }
 
     /// Forward an IP packet (plaintext) to its destination, decrementing the TTL if asked.
-    fn forward(&mut self, mut pkt: PacketBuf<Frame>, now: Timestamp, dec: bool) {
+    /// Plaintext that leaves by the unprotected side goes through the outbound SPD first,
+    /// unless it comes from there (`checked`): a decapsulated packet routed back out (hub and
+    /// spoke) is protected again or dropped by policy, an ICMP error towards a remote protected
+    /// network is encrypted, and nothing leaves in clear that the SPD did not BYPASS.
+    fn forward(&mut self, mut pkt: PacketBuf<Frame>, now: Timestamp, dec: bool, checked: bool) {
         if dec && fwd::dec_ttl(pkt.data_mut()).is_err() {
             self.c.ttl_exceeded += 1;
             self.icmp(pkt.data(), IcmpError::TimeExceeded, now);
@@ -591,9 +601,19 @@ impl Worker {
             return;
         };
         let Some(hop) = self.hop(dst, now) else {
-            self.park(dst, pkt, now);
+            self.park(dst, pkt, now, !checked);
             return;
         };
+        if hop.side == Side::Unprotected && !checked {
+            match self.engine.outbound(now, &mut pkt) {
+                // too big after encapsulation: fragmented (no ICMP error about a packet that
+                // is itself being forwarded through the tunnel a second time)
+                Verdict::Forward => self.forward_esp(pkt, now, None),
+                Verdict::Bypass => self.forward(pkt, now, false, true),
+                _ => self.xsk.release(pkt.into_inner()),
+            }
+            return;
+        }
         let mtu = usize::from(self.mtu.map_or(hop.mtu, |m| m.min(hop.mtu)));
         if pkt.len() > mtu {
             // plaintext too big for the next link: IPv4 without DF is fragmented; otherwise
@@ -621,7 +641,7 @@ impl Worker {
             return;
         };
         let Some(hop) = self.hop(dst, now) else {
-            self.park(dst, pkt, now);
+            self.park(dst, pkt, now, false);
             return;
         };
         let mtu = usize::from(self.mtu.map_or(hop.mtu, |m| m.min(hop.mtu)));
@@ -777,15 +797,8 @@ impl Worker {
         let Some(pkt) = PacketBuf::new(f, start, n) else {
             return;
         };
-        let Some(dst) = fwd::ip_dst(pkt.data()) else {
-            self.xsk.release(pkt.into_inner());
-            return;
-        };
         self.c.icmp_sent += 1;
-        match self.hop(dst, now) {
-            Some(h) => self.send(pkt, h),
-            None => self.park(dst, pkt, now),
-        }
+        self.forward(pkt, now, false, false);
     }
 
     fn heartbeats(&mut self, now: Timestamp) {
