@@ -503,27 +503,16 @@ impl Drop for Scenario {
 }
 
 fn both_ways_traffic(s: &Scenario, v6: bool, tcp: bool) {
-    s.ping(Node::HostA, addr::HOST_B, 5);
-    s.ping(Node::HostB, addr::HOST_A, 5);
-    for (from, to, dst) in [
-        (Node::HostA, Node::HostB, addr::HOST_B),
-        (Node::HostB, Node::HostA, addr::HOST_A),
-    ] {
-        let n = s.udp(from, to, dst, 5000, 20);
-        s.check(n == 20, || {
-            format!("UDP {from:?} -> {dst}: {n}/20 delivered")
-        });
-    }
-    if tcp {
-        s.tcp(Node::HostA, Node::HostB, addr::HOST_B, 5201, 1_000_000);
-        s.tcp(Node::HostB, Node::HostA, addr::HOST_A, 5202, 1_000_000);
-    }
+    let mut families = vec![(addr::HOST_A, addr::HOST_B, 5201, 1_000_000)];
     if v6 {
-        s.ping(Node::HostA, addr::HOST_B6, 5);
-        s.ping(Node::HostB, addr::HOST_A6, 5);
+        families.push((addr::HOST_A6, addr::HOST_B6, 5203, 500_000));
+    }
+    for (host_a, host_b, tcp_port, tcp_bytes) in families {
+        s.ping(Node::HostA, host_b, 5);
+        s.ping(Node::HostB, host_a, 5);
         for (from, to, dst) in [
-            (Node::HostA, Node::HostB, addr::HOST_B6),
-            (Node::HostB, Node::HostA, addr::HOST_A6),
+            (Node::HostA, Node::HostB, host_b),
+            (Node::HostB, Node::HostA, host_a),
         ] {
             let n = s.udp(from, to, dst, 5000, 20);
             s.check(n == 20, || {
@@ -531,8 +520,8 @@ fn both_ways_traffic(s: &Scenario, v6: bool, tcp: bool) {
             });
         }
         if tcp {
-            s.tcp(Node::HostA, Node::HostB, addr::HOST_B6, 5203, 500_000);
-            s.tcp(Node::HostB, Node::HostA, addr::HOST_A6, 5204, 500_000);
+            s.tcp(Node::HostA, Node::HostB, host_b, tcp_port, tcp_bytes);
+            s.tcp(Node::HostB, Node::HostA, host_a, tcp_port + 1, tcp_bytes);
         }
     }
 }

@@ -288,12 +288,6 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     let started = Instant::now();
     let interval = Duration::from_millis(gw.stats_interval_ms.max(50));
     let mut next_stats = Instant::now();
-    let pair_owner: HashMap<String, u16> = cfg
-        .sas
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (p.name.clone(), (i % n) as u16))
-        .collect();
     while !stop.load(Ordering::Relaxed) {
         while let Ok((w, ev)) = events_rx.try_recv() {
             info!(
@@ -307,7 +301,7 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
             next_stats += interval;
             if let Some(path) = &opts.stats_file {
                 let snaps = snapshots(&cmd_senders);
-                let file = StatsFile::build(started.elapsed(), &snaps, &pair_owner, xdp_json(&xdp));
+                let file = StatsFile::build(started.elapsed(), &snaps, xdp_json(&xdp));
                 if let Err(e) = stats::write_atomic(path, &file) {
                     info!("stats file {}: {e}", path.display());
                 }
@@ -429,7 +423,19 @@ fn resolve_loop(
 
 fn xdp_json(xdp: &XdpSteering) -> serde_json::Value {
     match xdp.stats() {
-        Ok(rows) => serde_json::Value::String(format!("{rows:?}")),
+        Ok(rows) => rows
+            .iter()
+            .map(|r| {
+                let c = &r.counters;
+                serde_json::json!({
+                    "side": r.side.to_string(), "queue": r.queue, "rx": c.rx,
+                    "esp": c.esp, "udp_esp": c.udp_esp, "tunnel_port": c.tunnel_port,
+                    "protected": c.protected, "unprot_plain": c.unprot_plain, "ike": c.ike,
+                    "keepalive": c.keepalive, "arp_nd": c.arp_nd, "other": c.other,
+                    "redirect_failed": c.redirect_failed, "malformed": c.malformed,
+                })
+            })
+            .collect(),
         Err(e) => serde_json::Value::String(format!("error: {e}")),
     }
 }

@@ -75,6 +75,7 @@ pub enum Outcome {
     Dropped,
 }
 
+crate::worker::counters! {
 /// Counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ReasmStats {
@@ -82,6 +83,7 @@ pub struct ReasmStats {
     pub reassembled: u64,
     pub timeouts: u64,
     pub dropped: u64,
+}
 }
 
 /// One worker's reassembly slots.

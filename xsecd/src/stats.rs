@@ -1,8 +1,8 @@
 //! The stats file: a JSON snapshot of every worker's counters, rewritten atomically.
 
-use crate::worker::Snapshot;
+use crate::worker::{Snapshot, WorkerCounters};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 use xsec_dataplane::DropReason;
@@ -46,21 +46,6 @@ pub struct EngineRow {
     pub events_lost: u64,
 }
 
-#[derive(Debug, Default, Serialize)]
-pub struct ForwardRow {
-    pub no_neighbour: u64,
-    pub parked: u64,
-    pub ttl_exceeded: u64,
-    pub fragmented: u64,
-    pub icmp_sent: u64,
-    pub tx_full: u64,
-    pub no_frame: u64,
-    pub not_forwarded: u64,
-    pub non_ip: u64,
-    pub punt_dropped: u64,
-    pub handoff_drop: u64,
-}
-
 /// The whole file.
 #[derive(Debug, Serialize)]
 pub struct StatsFile {
@@ -69,7 +54,8 @@ pub struct StatsFile {
     pub sas: Vec<SaRow>,
     pub engine: EngineRow,
     pub drops: BTreeMap<&'static str, u64>,
-    pub forward: ForwardRow,
+    /// The workers' own counters, summed (forwarding, handoff, next hops, heartbeats).
+    pub forward: WorkerCounters,
     pub heartbeats_sent: u64,
     /// Outer ESP fragments reassembled.
     pub reassembly: crate::reasm::ReasmStats,
@@ -78,14 +64,9 @@ pub struct StatsFile {
 }
 
 impl StatsFile {
-    pub fn build(
-        uptime: Duration,
-        snaps: &[Snapshot],
-        _owners: &HashMap<String, u16>,
-        xdp: serde_json::Value,
-    ) -> StatsFile {
+    pub fn build(uptime: Duration, snaps: &[Snapshot], xdp: serde_json::Value) -> StatsFile {
         let mut engine = EngineRow::default();
-        let mut forward = ForwardRow::default();
+        let mut forward = WorkerCounters::default();
         let mut drops: BTreeMap<&'static str, u64> =
             DropReason::ALL.iter().map(|r| (r.name(), 0)).collect();
         let mut sas = Vec::new();
@@ -106,23 +87,9 @@ impl StatsFile {
             for (r, n) in e.drops.nonzero() {
                 *drops.entry(r.name()).or_default() += n;
             }
-            let c = &s.counters;
-            forward.no_neighbour += c.no_neighbour;
-            forward.parked += c.parked;
-            forward.ttl_exceeded += c.ttl_exceeded;
-            forward.fragmented += c.fragmented;
-            forward.icmp_sent += c.icmp_sent;
-            forward.tx_full += c.tx_full;
-            forward.no_frame += c.no_frame;
-            forward.not_forwarded += c.not_forwarded;
-            forward.non_ip += c.non_ip;
-            forward.punt_dropped += c.punt_dropped;
-            forward.handoff_drop += c.handoff_drop;
-            heartbeats_sent += c.heartbeats_sent;
-            reassembly.fragments += s.reasm.fragments;
-            reassembly.reassembled += s.reasm.reassembled;
-            reassembly.timeouts += s.reasm.timeouts;
-            reassembly.dropped += s.reasm.dropped;
+            forward.add(&s.counters);
+            heartbeats_sent += s.counters.heartbeats_sent;
+            reassembly.add(&s.reasm);
             add_into(&mut hits_in, &s.hits_in);
             add_into(&mut hits_out, &s.hits_out);
             for st in &s.sas {

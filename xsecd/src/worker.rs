@@ -88,6 +88,23 @@ pub struct Mesh {
     pub pools: Vec<Sender<HandoffBuf>>,
 }
 
+/// A struct of `u64` counters with `add`, for summing workers.
+macro_rules! counters {
+    ($(#[$m:meta])* pub struct $name:ident { $( $(#[$fm:meta])* pub $f:ident: u64, )* }) => {
+        $(#[$m])*
+        pub struct $name { $( $(#[$fm])* pub $f: u64, )* }
+
+        impl $name {
+            /// Add `o`'s counters to these.
+            pub fn add(&mut self, o: &Self) {
+                $( self.$f += o.$f; )*
+            }
+        }
+    };
+}
+pub(crate) use counters;
+
+counters! {
 /// Counters of the worker's own (non-engine) work.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct WorkerCounters {
@@ -118,6 +135,7 @@ pub struct WorkerCounters {
     /// IKE that reached the dataplane (the XDP program should pass it to the kernel).
     pub punt_dropped: u64,
     pub heartbeats_sent: u64,
+}
 }
 
 /// What a worker reports.
