@@ -13,24 +13,29 @@
 //!   matching gateway configurations of a scenario (keys, SPIs, policies) with the Wireshark
 //!   `esp_sa` table and `esp_tool.py` arguments for the same SAs.
 //! * [`stats`]: xsecd's stats file, read tolerantly.
-//! * [`tools`]: the traffic programs (`udp-recv`, `udp-send`, `tcp-sink`, `tcp-send`) that
+//! * [`tools`]: the traffic programs (`udp-recv`, `udp-send`, `tcp-sink`, `tcp-send`,
+//!   `udp-flood`, `udp-count`) that
 //!   the `xsec-lab` binary runs as subcommands inside the namespaces.
 //! * [`wire`]: reading the capture of the middle link: a classic-pcap reader that sorts every
 //!   frame into ESP / UDP-encapsulated ESP / keep-alive / IKE / ARP-ND / clear, and tshark's
 //!   decryption with an `esp_sa` table written from the generated keys.
 //! * [`fuzz`]: random and mutated Ethernet frames for the robustness test.
 //! * [`demo`]: `xsec-lab run`, the bounded demo with the live counter table.
+//! * [`bench`]: `xsec-lab bench`, packets/s through two xsecd against kernel forwarding, with
+//!   [`sysstat`] (CPU use from `/proc`).
 //! * [`build`]: locating (building) the `xsecd` and `xsec-lab` executables with cargo.
 //!
 //! Everything happens inside namespaces the lab creates and deletes: no interface, route or
 //! address of the root namespace is touched, and no packet is sent anywhere else.
 
+pub mod bench;
 pub mod build;
 pub mod config;
 pub mod demo;
 pub mod fuzz;
 pub mod procs;
 pub mod stats;
+pub mod sysstat;
 pub mod tools;
 pub mod topo;
 pub mod wire;

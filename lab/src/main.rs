@@ -1,6 +1,6 @@
-//! `xsec-lab`: the namespace lab (`run`) and the traffic tools it and the gateway tests run
-//! inside the namespaces (`udp-recv`, `udp-send`, `tcp-sink`, `tcp-send`). See the library's
-//! documentation for the topology.
+//! `xsec-lab`: the namespace lab (`run`), the throughput bench (`bench`) and the traffic tools
+//! they and the gateway tests run inside the namespaces (`udp-recv`, `udp-send`, `tcp-sink`,
+//! `tcp-send`, `udp-flood`, `udp-count`). See the library's documentation for the topology.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use xsec_lab::{demo, tools};
+use xsec_lab::{bench, demo, tools};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -48,6 +48,56 @@ enum Cmd {
         /// Namespace prefix.
         #[arg(long, default_value = "xsec-lab")]
         prefix: String,
+    },
+    /// Packets/s and Gbps hA -> hB through two xsecd (AES-128-GCM tunnel) and through plain
+    /// kernel forwarding on the same topology, in one run; medians over the repeats.
+    Bench {
+        /// The xsecd executable.
+        #[arg(long)]
+        xsecd: PathBuf,
+        /// Length of each measurement.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// L3 sizes of the inner datagram (IPv4 + UDP headers + payload), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "64,512,1400")]
+        sizes: Vec<usize>,
+        /// Measurements per size and mode.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// xsecd's idle settings to measure, comma-separated (busy, adaptive).
+        #[arg(long, value_delimiter = ',', default_value = "adaptive,busy")]
+        idle: Vec<String>,
+        /// Datagrams per sendmmsg(2) call in the sender (1: one send(2) each).
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Also write every trial and the medians as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Namespace prefix.
+        #[arg(long, default_value = "xsec-bench")]
+        prefix: String,
+    },
+    /// Send UDP datagrams as fast as possible for a while; print one JSON line.
+    UdpFlood {
+        #[arg(long)]
+        dst: IpAddr,
+        #[arg(long)]
+        port: u16,
+        /// Datagram size at L3: IP header + UDP header + payload.
+        #[arg(long)]
+        size: usize,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Datagrams per sendmmsg(2) call (1: one send(2) each).
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+    },
+    /// Count UDP datagrams for a while; print one JSON line.
+    UdpCount {
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
     },
     /// Receive UDP datagrams; exit 0 if at least --min (default --count) arrived in time.
     UdpRecv {
@@ -135,9 +185,71 @@ fn exit(r: xsec_lab::Result<u64>) -> ExitCode {
     }
 }
 
+/// A flag set by SIGINT and SIGTERM.
+fn stop_flag() -> Result<Arc<AtomicBool>, String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .map_err(|e| format!("xsec-lab: cannot handle signal {sig}: {e}"))?;
+    }
+    Ok(stop)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Bench {
+            xsecd,
+            seconds,
+            sizes,
+            repeat,
+            idle,
+            batch,
+            json,
+            prefix,
+        } => {
+            let (stop, lab_bin) = match (stop_flag(), std::env::current_exe()) {
+                (Ok(s), Ok(b)) => (s, b),
+                (Err(e), _) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+                (_, Err(e)) => {
+                    eprintln!("xsec-lab: cannot find my own executable: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let o = bench::BenchOptions {
+                xsecd,
+                seconds: seconds.max(1),
+                sizes,
+                repeat: repeat.max(1),
+                idle,
+                batch,
+                json,
+                prefix,
+                lab_bin,
+                stop,
+            };
+            match bench::run(&o) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(_) => ExitCode::from(2),
+            }
+        }
+        Cmd::UdpFlood {
+            dst,
+            port,
+            size,
+            seconds,
+            batch,
+        } => exit(tools::udp_flood(&tools::UdpFlood {
+            dst,
+            port,
+            size,
+            duration: secs(seconds),
+            batch,
+        })),
+        Cmd::UdpCount { port, seconds } => exit(tools::udp_count(port, secs(seconds))),
         Cmd::Run {
             xsecd,
             seconds,
@@ -147,13 +259,13 @@ fn main() -> ExitCode {
             keep,
             prefix,
         } => {
-            let stop = Arc::new(AtomicBool::new(false));
-            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-                if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
-                    eprintln!("xsec-lab: cannot handle signal {sig}: {e}");
+            let stop = match stop_flag() {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{e}");
                     return ExitCode::FAILURE;
                 }
-            }
+            };
             let lab_bin = match std::env::current_exe() {
                 Ok(p) => p,
                 Err(e) => {

@@ -11,10 +11,17 @@
 //!   against [`pattern`], answers `ok N` (or `bad ...`) and exits 0 only if all was right.
 //! * `tcp-send --dst A --port P --bytes N --timeout S`: connects (retrying until the sink
 //!   listens), sends N pattern bytes, half-closes, and exits 0 only if the sink answers `ok N`.
+//! * `udp-flood --dst A --port P --size S --seconds N [--batch B]`: datagrams of S bytes at
+//!   L3 (IP + UDP header + payload) as fast as one blocking socket sends them, B per
+//!   `sendmmsg(2)` call; prints one JSON line (`sent`, `seconds`, `errors`, `cpu_s`).
+//! * `udp-count --port P --seconds N`: counts datagrams for N seconds, then prints one JSON
+//!   line (`packets`, `bytes` of UDP payload, first/last arrival, `cpu_s`).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
+
+use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags};
 
 use crate::{Result, err};
 
@@ -261,6 +268,144 @@ pub fn tcp_send(dst: IpAddr, port: u16, bytes: u64, timeout: Duration) -> Result
             "tcp-send: the sink answered {reply:?}, not \"ok {bytes}\""
         ))
     }
+}
+
+/// IPv4 or IPv6 header plus the UDP header: what `udp-flood` adds to its payload at L3.
+pub fn l3_overhead(dst: IpAddr) -> usize {
+    match dst {
+        IpAddr::V4(_) => 20 + 8,
+        IpAddr::V6(_) => 40 + 8,
+    }
+}
+
+/// `udp-flood`.
+#[derive(Debug, Clone)]
+pub struct UdpFlood {
+    pub dst: IpAddr,
+    pub port: u16,
+    /// Datagram size at L3: IP header + UDP header + payload.
+    pub size: usize,
+    pub duration: Duration,
+    /// Datagrams per `sendmmsg` call (1: one `send` per datagram).
+    pub batch: usize,
+}
+
+/// Send as fast as the socket takes datagrams for `duration`; `Ok(sent)`. Prints
+/// `{"sent":N,"seconds":S,"errors":E,"batch":B,"size":L3,"cpu_s":C}`.
+pub fn udp_flood(o: &UdpFlood) -> Result<u64> {
+    let hdr = l3_overhead(o.dst);
+    if o.size < hdr || o.size > 65535 {
+        return Err(err!(
+            "udp-flood: --size {} is not between {hdr} and 65535 (L3 bytes)",
+            o.size
+        ));
+    }
+    let bind = SocketAddr::new(unspecified_for(o.dst), 0);
+    let sock = UdpSocket::bind(bind).map_err(|e| err!("udp-flood: bind {bind}: {e}"))?;
+    let to = SocketAddr::new(o.dst, o.port);
+    sock.connect(to)
+        .map_err(|e| err!("udp-flood: connect {to}: {e}"))?;
+    let payload: Vec<u8> = (0..o.size - hdr).map(|i| (i % 251) as u8).collect();
+    let batch = o.batch.clamp(1, 1024);
+    // the same payload in every message of the batch; on a connected socket no address
+    let iov = [std::io::IoSlice::new(&payload)];
+    let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> =
+        (0..batch).map(|_| SendAncillaryBuffer::default()).collect();
+    let mut msgs: Vec<MMsgHdr<'_>> = controls.iter_mut().map(|c| MMsgHdr::new(&iov, c)).collect();
+    let (mut sent, mut errors) = (0u64, 0u64);
+    let start = Instant::now();
+    let end = start + o.duration;
+    let mut now = start;
+    while now < end {
+        let r = if batch == 1 {
+            sock.send(&payload).map(|_| 1)
+        } else {
+            rustix::net::sendmmsg(&sock, &mut msgs, SendFlags::empty()).map_err(Into::into)
+        };
+        match r {
+            Ok(n) => sent += n as u64,
+            // ECONNREFUSED (an ICMP error of an earlier datagram), ENOBUFS: count, go on
+            Err(_) => errors += 1,
+        }
+        now = Instant::now();
+    }
+    let secs = now.duration_since(start).as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "sent": sent,
+            "seconds": secs,
+            "errors": errors,
+            "batch": batch,
+            "size": o.size,
+            "cpu_s": crate::sysstat::proc_cpu_seconds("self"),
+        })
+    );
+    Ok(sent)
+}
+
+/// Count datagrams to `port` for `duration`; `Ok(packets)`. Prints `udp-count: listening on
+/// ADDR`, then `{"packets":N,"bytes":B,"first_s":F,"last_s":L,"window_s":W,"cpu_s":C}` (UDP
+/// payload bytes; arrival times in seconds since it started listening).
+pub fn udp_count(port: u16, duration: Duration) -> Result<u64> {
+    let bind = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
+    let sock = UdpSocket::bind(bind).map_err(|e| err!("udp-count: bind {bind}: {e}"))?;
+    // a deep socket buffer: the receiver shares two cores with everything else, and what it
+    // loses while descheduled is not the gateways' loss (RcvbufErrors counts the rest)
+    let _ = rustix::net::sockopt::set_socket_recv_buffer_size_force(&sock, 32 << 20)
+        .or_else(|_| rustix::net::sockopt::set_socket_recv_buffer_size(&sock, 32 << 20));
+    // one timeout for the whole run: no syscall per datagram besides recv
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .map_err(|e| err!("udp-count: {e}"))?;
+    println!("udp-count: listening on {bind}");
+    let _ = std::io::stdout().flush();
+    let start = Instant::now();
+    let end = start + duration;
+    let (mut n, mut bytes) = (0u64, 0u64);
+    let (mut first, mut last) = (None::<Instant>, None::<Instant>);
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match sock.recv(&mut buf) {
+            Ok(len) => {
+                let now = Instant::now();
+                n += 1;
+                bytes += len as u64;
+                first.get_or_insert(now);
+                last = Some(now);
+                if now >= end {
+                    break;
+                }
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if Instant::now() >= end {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(err!("udp-count: {e}")),
+        }
+    }
+    let since = |t: Option<Instant>| t.map(|t| t.duration_since(start).as_secs_f64());
+    println!(
+        "{}",
+        serde_json::json!({
+            "packets": n,
+            "bytes": bytes,
+            "first_s": since(first),
+            "last_s": since(last),
+            "window_s": start.elapsed().as_secs_f64(),
+            "cpu_s": crate::sysstat::proc_cpu_seconds("self"),
+        })
+    );
+    Ok(n)
+}
+
+/// The last line of a tool's output that is a JSON object.
+pub fn last_json(out: &str) -> Option<serde_json::Value> {
+    out.lines()
+        .rev()
+        .filter(|l| l.trim_start().starts_with('{'))
+        .find_map(|l| serde_json::from_str(l).ok())
 }
 
 /// Read a tool's summary: the number after `received` / `sent` / `ok` on its last line
