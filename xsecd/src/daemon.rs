@@ -275,6 +275,12 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
             .map_err(|e| DaemonError::Setup(format!("spawn resolver: {e}")))?
     };
 
+    // Resolve the tunnel peers now rather than on the first packet.
+    for pair in &cfg.sas {
+        if let Some(remote) = pair.outbound.remote {
+            let _ = resolve_tx.try_send(remote);
+        }
+    }
     println!("xsecd: ready");
     info!(
         "{} worker(s) on {} / {}, {} SA pair(s), {} outbound and {} inbound policies",

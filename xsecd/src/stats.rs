@@ -14,6 +14,9 @@ pub struct WorkerRow {
     pub core: Option<usize>,
     #[serde(flatten)]
     pub counters: crate::worker::WorkerCounters,
+    /// The kernel's AF_XDP counters: frames lost before the worker saw them.
+    pub unprot_socket: crate::xsk::SocketStats,
+    pub prot_socket: crate::xsk::SocketStats,
 }
 
 #[derive(Debug, Serialize)]
@@ -121,6 +124,8 @@ impl StatsFile {
                     queue: s.queue,
                     core: s.core,
                     counters: s.counters.clone(),
+                    unprot_socket: s.sockets[0],
+                    prot_socket: s.sockets[1],
                 })
                 .collect(),
             sas,

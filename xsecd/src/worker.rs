@@ -7,7 +7,7 @@
 
 use crate::fwd::{self, ETH_HDR, IcmpError};
 use crate::reasm::{self, Reassembler};
-use crate::xsk::{BURST, Frame, RxFrame, Side, Xsk, XskConfig};
+use crate::xsk::{BURST, Frame, RxFrame, Side, SocketStats, Xsk, XskConfig};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -147,6 +147,8 @@ pub struct Snapshot {
     pub counters: WorkerCounters,
     pub engine: WorkerStats,
     pub reasm: reasm::ReasmStats,
+    /// The kernel's counters of the unprotected and protected sockets.
+    pub sockets: [SocketStats; 2],
     pub sas: Vec<SaStatus>,
     pub hits_in: Vec<u64>,
     pub hits_out: Vec<u64>,
@@ -367,6 +369,10 @@ impl Worker {
                     counters: self.c.clone(),
                     engine: self.engine.stats().clone(),
                     reasm: self.reasm.stats,
+                    sockets: [
+                        self.xsk.socket_stats(Side::Unprotected),
+                        self.xsk.socket_stats(Side::Protected),
+                    ],
                     sas,
                     hits_in: self.engine.policy_hits(Direction::Inbound).to_vec(),
                     hits_out: self.engine.policy_hits(Direction::Outbound).to_vec(),
@@ -543,13 +549,10 @@ impl Worker {
 
     /// Send (or drop) the packets parked for `dst` now that its next hop is known.
     fn unpark(&mut self, dst: IpAddr, now: Timestamp) {
-        let mut i = 0;
-        while i < self.parked.len() {
-            if self.parked[i].0 != dst {
-                i += 1;
-                continue;
-            }
-            let (_, pkt, _, unchecked) = self.parked.swap_remove(i);
+        // In arrival order: these may be ESP packets with consecutive sequence numbers, and
+        // the peer's replay window must not see them shuffled.
+        while let Some(i) = self.parked.iter().position(|p| p.0 == dst) {
+            let (_, pkt, _, unchecked) = self.parked.remove(i);
             match self.hops.get(&dst).copied().flatten() {
                 // plaintext the outbound SPD has not seen goes through it now (see
                 // `forward`; the TTL was decremented before parking)

@@ -118,6 +118,17 @@ impl AsMut<[u8]> for Frame {
     }
 }
 
+/// An AF_XDP socket's kernel-side counters (`XDP_STATISTICS`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SocketStats {
+    pub rx_dropped: u64,
+    pub rx_ring_full: u64,
+    pub rx_fill_ring_empty: u64,
+    pub rx_invalid_descs: u64,
+    pub tx_invalid_descs: u64,
+    pub tx_ring_empty: u64,
+}
+
 /// A received frame: the Ethernet frame is `frame[off .. off + len]`.
 #[derive(Debug)]
 pub struct RxFrame {
@@ -169,7 +180,7 @@ struct Port {
     dev: DeviceQueue,
     rx: RingRx,
     tx: RingTx,
-    _user: User,
+    user: User,
     _socket: Socket,
     fd: i32,
 }
@@ -278,7 +289,7 @@ impl Xsk {
                 dev,
                 rx,
                 tx,
-                _user: user,
+                user,
                 _socket: socket,
                 fd,
             });
@@ -437,6 +448,22 @@ impl Xsk {
                 }
                 p.tx.wake();
             }
+        }
+    }
+
+    /// The kernel's counters of a side's socket (drops because the RX ring was full or the
+    /// fill ring empty, invalid descriptors). A `getsockopt`: for snapshots, not per packet.
+    pub fn socket_stats(&self, side: Side) -> SocketStats {
+        match self.ports[side as usize].user.statistics_v2() {
+            Ok(st) => SocketStats {
+                rx_dropped: st.rx_dropped,
+                rx_ring_full: st.rx_ring_full,
+                rx_fill_ring_empty: st.rx_fill_ring_empty_descs,
+                rx_invalid_descs: st.rx_invalid_descs,
+                tx_invalid_descs: st.tx_invalid_descs,
+                tx_ring_empty: st.tx_ring_empty_descs,
+            },
+            Err(_) => SocketStats::default(),
         }
     }
 
