@@ -556,8 +556,10 @@ fn end_to_end(name: &'static str, opts: PairOptions, v6: bool, tcp: bool) -> Sce
     both_ways_traffic(&s, v6, tcp);
     check_counters(&s);
     s.assert_alive();
-    s.stop_all();
+    // the capture ends before the daemons do: a peer's keepalive reaching a gateway whose
+    // XDP program is gone draws a port unreachable from its kernel (shutdown, not a leak)
     let pcap = s.stop_capture(&cap);
+    s.stop_all();
     let r = s.check_wire_for(&pcap, |_| false, |sa| v6 || sa.name != "ab6");
     s.decrypt_with_harness(&pcap, &r);
     s
@@ -610,8 +612,10 @@ fn transport_mode_ipv6_hosts() {
         st.sa_packets("ab6", "in") > 0 && st.sa_packets("ab6", "out") > 0,
         || format!("SA ab6 counted nothing: {:?}", st.sas()),
     );
-    s.stop_all();
+    // the capture ends before the daemons do: a peer's keepalive reaching a gateway whose
+    // XDP program is gone draws a port unreachable from its kernel (shutdown, not a leak)
     let pcap = s.stop_capture(&cap);
+    s.stop_all();
     let r = s.check_wire_for(&pcap, |_| false, |sa| sa.name == "ab6");
     let (a6, b6): (IpAddr, IpAddr) = (
         addr::HOST_A6.parse().expect("v6"),
@@ -661,8 +665,10 @@ fn nat_traversal_udp_4500_through_the_nat() {
     s.ping(Node::HostA, addr::HOST_B, 5);
     both_ways_traffic(&s, true, true);
     check_counters(&s);
-    s.stop_all();
+    // the capture ends before the daemons do: a peer's keepalive reaching a gateway whose
+    // XDP program is gone draws a port unreachable from its kernel (shutdown, not a leak)
     let pcap = s.stop_capture(&cap);
+    s.stop_all();
     let r = s.check_wire(&pcap, |_| false);
     let raw_esp = wire::read_pcap(&pcap)
         .map(|f| {
@@ -706,8 +712,10 @@ fn esp_in_udp_2746_with_heartbeats() {
             format!("{node:?}: heartbeats_sent is 0: {}", st.0)
         });
     }
-    s.stop_all();
+    // the capture ends before the daemons do: a peer's keepalive reaching a gateway whose
+    // XDP program is gone draws a port unreachable from its kernel (shutdown, not a leak)
     let pcap = s.stop_capture(&cap);
+    s.stop_all();
     let r = s.check_wire(&pcap, |_| false);
     let hb: Vec<_> = r
         .keepalives
@@ -833,8 +841,10 @@ fn bypass_flows_through_the_kernel_and_discard_does_not_flow() {
     s.check(st.engine("bypass_packets") >= 10, || {
         format!("gwA bypass_packets {}", st.engine("bypass_packets"))
     });
-    s.stop_all();
+    // the capture ends before the daemons do: a peer's keepalive reaching a gateway whose
+    // XDP program is gone draws a port unreachable from its kernel (shutdown, not a leak)
     let pcap = s.stop_capture(&cap);
+    s.stop_all();
     // clear text allowed only for UDP to port 7
     let r = s.check_wire(&pcap, |f| {
         matches!(f.kind, wire::Kind::Clear { proto: 17 }) && f.dport == Some(7)
