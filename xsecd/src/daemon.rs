@@ -60,31 +60,10 @@ pub fn check(path: &std::path::Path) -> Result<Config, DaemonError> {
 }
 
 /// The gateway's own addresses on an interface (first global IPv4 and IPv6), for ICMP errors.
-fn interface_addrs(ifname: &str) -> [Option<IpAddr>; 2] {
+fn interface_addrs(res: &mut Resolver, ifindex: u32) -> [Option<IpAddr>; 2] {
     let mut out = [None, None];
-    let Ok(o) = std::process::Command::new("ip")
-        .args(["-j", "addr", "show", "dev", ifname])
-        .output()
-    else {
-        return out;
-    };
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&o.stdout) else {
-        return out;
-    };
-    for a in v
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| l["addr_info"].as_array())
-        .flatten()
-    {
-        if a["scope"].as_str() != Some("global") {
-            continue;
-        }
-        if let Some(ip) = a["local"].as_str().and_then(|s| s.parse::<IpAddr>().ok()) {
-            let i = usize::from(ip.is_ipv6());
-            out[i].get_or_insert(ip);
-        }
+    for ip in res.addresses(ifindex).unwrap_or_default() {
+        out[usize::from(ip.is_ipv6())].get_or_insert(ip);
     }
     out
 }
@@ -142,6 +121,22 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     tunnel_ports.sort_unstable();
     tunnel_ports.dedup();
 
+    // The kernel's tables: interfaces now (a typo in the config fails before anything is
+    // attached), next hops later.
+    let mut res = Resolver::new().map_err(|e| DaemonError::Setup(format!("netlink: {e}")))?;
+    let sides = [
+        (
+            res.ifindex(&gw.unprotected)
+                .map_err(|e| DaemonError::Setup(format!("{}: {e}", gw.unprotected)))?,
+            Side::Unprotected,
+        ),
+        (
+            res.ifindex(&gw.protected)
+                .map_err(|e| DaemonError::Setup(format!("{}: {e}", gw.protected)))?,
+            Side::Protected,
+        ),
+    ];
+
     // XDP steering first: nothing reaches the sockets until they are in the XSKMAP.
     let mode = match gw.xdp_mode {
         config::XdpModeCfg::Driver => XdpMode::Driver,
@@ -179,7 +174,7 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         inboxes,
         pools: pools.clone(),
     };
-    let icmp_src = interface_addrs(&gw.protected);
+    let icmp_src = interface_addrs(&mut res, sides[1].0);
     let (ready_tx, ready_rx) = unbounded();
     let mut workers = Vec::new();
     for (i, (inbox, pool_r)) in inbox_rx.into_iter().zip(pool_rx).enumerate() {
@@ -254,19 +249,6 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     let cmd_senders: Vec<Sender<Cmd>> = workers.iter().map(|w| w.cmds.clone()).collect();
     let resolver_stop = Arc::new(AtomicBool::new(false));
     let resolver = {
-        let mut res = Resolver::new().map_err(|e| DaemonError::Setup(format!("netlink: {e}")))?;
-        let sides = [
-            (
-                res.ifindex(&gw.unprotected)
-                    .map_err(|e| DaemonError::Setup(format!("{}: {e}", gw.unprotected)))?,
-                Side::Unprotected,
-            ),
-            (
-                res.ifindex(&gw.protected)
-                    .map_err(|e| DaemonError::Setup(format!("{}: {e}", gw.protected)))?,
-                Side::Protected,
-            ),
-        ];
         let senders = cmd_senders.clone();
         let stop = resolver_stop.clone();
         std::thread::Builder::new()

@@ -85,6 +85,13 @@ mod uapi {
     pub const NLM_F_MULTI: u16 = 0x02;
     pub const NLM_F_ACK: u16 = 0x04;
     pub const NLM_F_CREATE: u16 = 0x400;
+    pub const NLM_F_DUMP: u16 = 0x300;
+    pub const RTM_NEWADDR: u16 = 20;
+    pub const RTM_GETADDR: u16 = 22;
+    pub const IFADDRMSG_LEN: usize = 8;
+    pub const IFA_ADDRESS: u16 = 1;
+    pub const IFA_LOCAL: u16 = 2;
+    pub const RT_SCOPE_UNIVERSE: u8 = 0;
 
     pub const RTM_NEWLINK: u16 = 16;
     pub const RTM_GETLINK: u16 = 18;
@@ -268,6 +275,40 @@ impl Resolver {
     /// Drops every cached interface, so the next lookups read fresh MACs and MTUs.
     pub fn forget_links(&mut self) {
         self.links.clear();
+    }
+
+    /// The global (scope universe) addresses of an interface, in the kernel's order: the
+    /// gateway's own addresses, e.g. the source of the ICMP errors it sends.
+    pub fn addresses(&mut self, ifindex: u32) -> io::Result<Vec<IpAddr>> {
+        let req = vec![0u8; IFADDRMSG_LEN]; // family 0: both
+        let mut out = Vec::new();
+        self.transact(RTM_GETADDR, NLM_F_DUMP, &req, |ty, msg| {
+            if ty != RTM_NEWADDR {
+                return Ok(());
+            }
+            let (Some(&scope), Some(index)) = (msg.get(3), read_u32(msg, 4)) else {
+                return Err(invalid("truncated ifaddrmsg"));
+            };
+            if index != ifindex || scope != RT_SCOPE_UNIVERSE {
+                return Ok(());
+            }
+            // IPv4: IFA_LOCAL is the address (IFA_ADDRESS the peer's on point-to-point links);
+            // IPv6 has only IFA_ADDRESS.
+            let (mut local, mut address) = (None, None);
+            for a in attrs(msg.get(IFADDRMSG_LEN..).unwrap_or_default()) {
+                let (t, data) = a?;
+                match t {
+                    IFA_LOCAL => local = Some(ip_from(data)?),
+                    IFA_ADDRESS => address = Some(ip_from(data)?),
+                    _ => {}
+                }
+            }
+            if let Some(a) = local.or(address) {
+                out.push(a);
+            }
+            Ok(())
+        })?;
+        Ok(out)
     }
 
     fn get_link(&mut self, req: &[u8]) -> io::Result<(u32, LinkInfo)> {

@@ -270,6 +270,16 @@ fn local_and_unreachable() {
     in_lab("local_and_unreachable", |_| {
         let mut r = Resolver::new().expect("netlink socket");
         check_not_deliverable(&mut r);
+        // the interface's own global addresses (link-local fe80:: is not global)
+        let va = r.ifindex("va").expect("va");
+        let own = r.addresses(va).expect("RTM_GETADDR");
+        assert_eq!(
+            own,
+            vec![addr("192.0.2.1"), addr("2001:db8:1::1")],
+            "{own:?}"
+        );
+        let lo = r.ifindex("lo").expect("lo");
+        assert!(r.addresses(lo).expect("lo addresses").is_empty());
     });
 }
 
