@@ -302,13 +302,13 @@ impl Engine {
         let Ok(key) = PacketKey::parse(pkt.data()) else {
             return self.drop(DropReason::Malformed);
         };
-        let bundle = match self.spd.lookup(Direction::Outbound, &key) {
+        let (bundle, policy) = match self.spd.lookup(Direction::Outbound, &key) {
             Lookup::Policy { index, action } => {
                 if let Some(c) = self.hits[1].get_mut(index as usize) {
                     *c += 1;
                 }
                 match *action {
-                    Action::Protect(b) => b,
+                    Action::Protect(b) => (b, index as usize),
                     Action::Bypass => {
                         self.stats.bypass_packets += 1;
                         return Verdict::Bypass;
@@ -326,6 +326,10 @@ impl Engine {
                     self.shards.as_ref().and_then(|s| s.outbound.get(&reqid)),
                     reqid == bundle.reqids()[0],
                 ) {
+                    // the owner counts the hit when it processes the packet
+                    if let Some(c) = self.hits[1].get_mut(policy) {
+                        *c -= 1;
+                    }
                     return Verdict::Handoff(w);
                 }
                 return self.drop(DropReason::NoSa);

@@ -1185,7 +1185,13 @@ fn sharded_engines_hand_off_to_the_owner() {
     a2.set_shards(Some(Arc::new(shards.clone())));
     b2.set_shards(Some(Arc::new(shards)));
     let mut pkt = frame(&inner_pkt);
+    let hits_before = a2.policy_hits(Direction::Outbound).to_vec();
     assert_eq!(a2.outbound(T0, &mut pkt), Verdict::Handoff(0));
+    assert_eq!(
+        a2.policy_hits(Direction::Outbound),
+        &hits_before[..],
+        "the owner, not the handing worker, counts the policy hit"
+    );
     assert_eq!(
         pkt.data(),
         &inner_pkt[..],
