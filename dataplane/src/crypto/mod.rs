@@ -15,6 +15,8 @@
 //! and used per packet without allocation.
 
 mod aead;
+#[cfg(target_arch = "x86_64")]
+pub mod aesni;
 pub mod alg;
 mod cbc;
 mod integ;

@@ -1,0 +1,388 @@
+//! AES-NI kernels for AES-CBC (issue 5, first part: not yet used by the engine).
+//!
+//! CBC encryption is a serial chain inside one packet — each block waits for the previous
+//! one's ~4-cycle AESENC latency ten or more times — so one packet cannot fill the AES unit.
+//! [`cbc_encrypt_many`] runs up to [`LANES`] independent packets in lockstep (intel-ipsec-mb's
+//! "multi-buffer" idea), refilling a lane with the next packet when one finishes. CBC
+//! decryption has no such chain: [`cbc_decrypt`] works on 8 blocks of one packet at a time.
+//!
+//! Constant time: AES-NI instructions only (the key expansion too, through AESKEYGENASSIST),
+//! no tables, no branches or memory indices that depend on keys or data; lengths and lane
+//! bookkeeping are public.
+//!
+//! `unsafe` here is limited to the `core::arch` intrinsics: every function that uses them is
+//! `#[target_feature(enable = "aes,sse2")]` and is reached only through a [`AesNiKey`], which
+//! exists only after runtime detection said the CPU has both features.
+#![allow(unsafe_code)]
+
+use core::arch::x86_64::{
+    __m128i, _mm_aesdec_si128, _mm_aesdeclast_si128, _mm_aesenc_si128, _mm_aesenclast_si128,
+    _mm_aesimc_si128, _mm_aeskeygenassist_si128, _mm_loadu_si128, _mm_set_epi32, _mm_setzero_si128,
+    _mm_storeu_si128, _mm_xor_si128,
+};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// Packets encrypted in lockstep by [`cbc_encrypt_many`].
+pub const LANES: usize = 8;
+const BLOCK: usize = 16;
+
+/// Whether this CPU can run these kernels.
+pub fn available() -> bool {
+    std::is_x86_feature_detected!("aes") && std::is_x86_feature_detected!("sse2")
+}
+
+/// An expanded AES key (128, 192 or 256 bits): encryption round keys and the decryption
+/// round keys of the equivalent inverse cipher. Zeroized on drop.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct AesNiKey {
+    enc: [[u8; 16]; 15],
+    dec: [[u8; 16]; 15],
+    rounds: usize,
+}
+
+impl core::fmt::Debug for AesNiKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "AesNiKey(AES-{}, <secret>)", (self.rounds - 6) * 32)
+    }
+}
+
+impl AesNiKey {
+    /// Expand `key` (16, 24 or 32 bytes). `None` for another length or a CPU without AES-NI.
+    pub fn new(key: &[u8]) -> Option<AesNiKey> {
+        if !matches!(key.len(), 16 | 24 | 32) || !available() {
+            return None;
+        }
+        let mut k = AesNiKey {
+            enc: [[0; 16]; 15],
+            dec: [[0; 16]; 15],
+            rounds: key.len() / 4 + 6,
+        };
+        // SAFETY: `available()` confirmed AES-NI and SSE2, the features `expand` enables.
+        unsafe { expand(key, &mut k) };
+        Some(k)
+    }
+}
+
+#[inline(always)]
+fn load(b: &[u8; 16]) -> __m128i {
+    // SAFETY: an unaligned 16-byte load from a 16-byte array; SSE2 is part of x86_64.
+    unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
+}
+
+#[inline(always)]
+fn store(b: &mut [u8; 16], v: __m128i) {
+    // SAFETY: an unaligned 16-byte store to a 16-byte array; SSE2 is part of x86_64.
+    unsafe { _mm_storeu_si128(b.as_mut_ptr().cast(), v) }
+}
+
+/// FIPS-197 §5.2 key expansion, word by word; SubWord/RotWord come from AESKEYGENASSIST
+/// (with round constant 0; the real one is xored in here) so no S-box table is touched.
+#[target_feature(enable = "aes,sse2")]
+unsafe fn expand(key: &[u8], k: &mut AesNiKey) {
+    const RCON: [u32; 10] = [0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80, 0x1b, 0x36];
+    let nk = key.len() / 4;
+    let total = 4 * (k.rounds + 1);
+    let mut w = [0u32; 60];
+    for (i, c) in key.chunks_exact(4).enumerate() {
+        w[i] = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    }
+    for i in nk..total {
+        let mut t = w[i - 1];
+        if i % nk == 0 || (nk > 6 && i % nk == 4) {
+            // dword 0 of the result is SubWord(X1), dword 1 is RotWord(SubWord(X1))
+            let r = _mm_aeskeygenassist_si128::<0>(_mm_set_epi32(0, 0, t as i32, 0));
+            let mut out = [0u8; 16];
+            store(&mut out, r);
+            t = if i % nk == 0 {
+                u32::from_le_bytes([out[4], out[5], out[6], out[7]]) ^ RCON[i / nk - 1]
+            } else {
+                u32::from_le_bytes([out[0], out[1], out[2], out[3]])
+            };
+            out.zeroize();
+        }
+        w[i] = w[i - nk] ^ t;
+    }
+    for r in 0..=k.rounds {
+        for j in 0..4 {
+            k.enc[r][4 * j..4 * j + 4].copy_from_slice(&w[4 * r + j].to_le_bytes());
+        }
+    }
+    w.zeroize();
+    // Equivalent inverse cipher (FIPS-197 §5.3.5): reversed order, InvMixColumns inside.
+    k.dec[0] = k.enc[k.rounds];
+    k.dec[k.rounds] = k.enc[0];
+    for r in 1..k.rounds {
+        let v = _mm_aesimc_si128(load(&k.enc[k.rounds - r]));
+        store(&mut k.dec[r], v);
+    }
+}
+
+/// One packet for [`cbc_encrypt_many`]: encrypted in place, chained from `iv`.
+#[derive(Debug)]
+pub struct CbcJob<'a> {
+    pub iv: [u8; 16],
+    pub data: &'a mut [u8],
+}
+
+/// Encrypt every job's data in place with AES-CBC, up to [`LANES`] jobs at once. Returns
+/// `false` (and encrypts nothing) if a job's length is not a multiple of 16.
+pub fn cbc_encrypt_many(key: &AesNiKey, jobs: &mut [CbcJob<'_>]) -> bool {
+    if jobs.iter().any(|j| !j.data.len().is_multiple_of(BLOCK)) {
+        return false;
+    }
+    // SAFETY: an `AesNiKey` exists only if AES-NI and SSE2 were detected.
+    unsafe { encrypt_lanes(key, jobs) };
+    true
+}
+
+#[target_feature(enable = "aes,sse2")]
+unsafe fn encrypt_lanes(key: &AesNiKey, jobs: &mut [CbcJob<'_>]) {
+    let n = key.rounds;
+    let mut rk = [_mm_setzero_si128(); 15];
+    for (r, k) in rk.iter_mut().zip(&key.enc).take(n + 1) {
+        *r = load(k);
+    }
+    // lane l works on job `job[l]` at byte `pos[l]`; `state[l]` is its chaining value
+    let mut job = [usize::MAX; LANES];
+    let mut pos = [0usize; LANES];
+    let mut state = [_mm_setzero_si128(); LANES];
+    let mut next = 0;
+    let mut active = 0;
+    for l in 0..LANES {
+        active += usize::from(refill(jobs, &mut next, l, &mut job, &mut state));
+    }
+    while active > 0 {
+        let mut s = [_mm_setzero_si128(); LANES];
+        for l in 0..LANES {
+            if let Some(j) = jobs.get(job[l])
+                && let Some(b) = j.data.get(pos[l]..pos[l] + BLOCK)
+                && let Ok(b) = <&[u8; 16]>::try_from(b)
+            {
+                s[l] = _mm_xor_si128(_mm_xor_si128(load(b), state[l]), rk[0]);
+            }
+        }
+        for k in &rk[1..n] {
+            for x in &mut s {
+                *x = _mm_aesenc_si128(*x, *k);
+            }
+        }
+        for l in 0..LANES {
+            let c = _mm_aesenclast_si128(s[l], rk[n]);
+            let Some(j) = jobs.get_mut(job[l]) else {
+                continue;
+            };
+            if let Some(b) = j.data.get_mut(pos[l]..pos[l] + BLOCK)
+                && let Ok(b) = <&mut [u8; 16]>::try_from(b)
+            {
+                store(b, c);
+            }
+            state[l] = c;
+            pos[l] += BLOCK;
+            if pos[l] >= j.data.len() {
+                pos[l] = 0;
+                if !refill(jobs, &mut next, l, &mut job, &mut state) {
+                    active -= 1;
+                }
+            }
+        }
+    }
+}
+
+/// Put the next non-empty job (from `*next`) in lane `l`; `false` when none is left.
+#[inline(always)]
+fn refill(
+    jobs: &[CbcJob<'_>],
+    next: &mut usize,
+    l: usize,
+    job: &mut [usize; LANES],
+    state: &mut [__m128i; LANES],
+) -> bool {
+    while *next < jobs.len() && jobs[*next].data.is_empty() {
+        *next += 1;
+    }
+    if let Some(j) = jobs.get(*next) {
+        job[l] = *next;
+        state[l] = load(&j.iv);
+        *next += 1;
+        true
+    } else {
+        job[l] = usize::MAX;
+        false
+    }
+}
+
+/// Decrypt `data` (a multiple of 16 bytes) in place with AES-CBC from `iv`, 8 blocks at a
+/// time. Returns `false` (and decrypts nothing) for a length that is not a multiple of 16.
+pub fn cbc_decrypt(key: &AesNiKey, iv: &[u8; 16], data: &mut [u8]) -> bool {
+    if !data.len().is_multiple_of(BLOCK) {
+        return false;
+    }
+    // SAFETY: an `AesNiKey` exists only if AES-NI and SSE2 were detected.
+    unsafe { decrypt_blocks(key, iv, data) };
+    true
+}
+
+#[target_feature(enable = "aes,sse2")]
+unsafe fn decrypt_blocks(key: &AesNiKey, iv: &[u8; 16], data: &mut [u8]) {
+    let n = key.rounds;
+    let mut rk = [_mm_setzero_si128(); 15];
+    for (r, k) in rk.iter_mut().zip(&key.dec).take(n + 1) {
+        *r = load(k);
+    }
+    let mut prev = load(iv);
+    for chunk in data.chunks_mut(8 * BLOCK) {
+        let blocks = chunk.len() / BLOCK;
+        let mut c = [_mm_setzero_si128(); 8];
+        let mut x = [_mm_setzero_si128(); 8];
+        for (i, b) in chunk.chunks_exact(BLOCK).enumerate() {
+            if let Ok(b) = <&[u8; 16]>::try_from(b) {
+                c[i] = load(b);
+                x[i] = _mm_xor_si128(c[i], rk[0]);
+            }
+        }
+        for k in &rk[1..n] {
+            for v in x.iter_mut().take(blocks) {
+                *v = _mm_aesdec_si128(*v, *k);
+            }
+        }
+        for (i, b) in chunk.chunks_exact_mut(BLOCK).enumerate() {
+            let chain = if i == 0 { prev } else { c[i - 1] };
+            let p = _mm_xor_si128(_mm_aesdeclast_si128(x[i], rk[n]), chain);
+            if let Ok(b) = <&mut [u8; 16]>::try_from(b) {
+                store(b, p);
+            }
+        }
+        prev = c[blocks - 1];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::EncAlg;
+    use proptest::prelude::*;
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    /// RFC 3602 §4 cases 1–4 (the same file the other KATs read).
+    #[test]
+    fn rfc3602_vectors_single_and_multi_lane() {
+        if !available() {
+            eprintln!("no AES-NI on this CPU: the kernels are not used here");
+            return;
+        }
+        let text = include_str!("../../tests/vectors/rfc3602_cbc.txt");
+        let mut cases = vec![];
+        let mut cur: std::collections::HashMap<&str, Vec<u8>> = Default::default();
+        for line in text.lines().chain(std::iter::once("")) {
+            if line.trim().is_empty() {
+                if cur.len() >= 4 {
+                    cases.push(std::mem::take(&mut cur));
+                }
+                cur.clear();
+                continue;
+            }
+            if let Some((k, v)) = line.split_once(" = ")
+                && matches!(k, "key" | "iv" | "plaintext" | "ciphertext")
+            {
+                cur.insert(k, unhex(v.trim()));
+            }
+        }
+        assert_eq!(cases.len(), 4);
+        let mut bufs: Vec<Vec<u8>> = cases.iter().map(|c| c["plaintext"].clone()).collect();
+        // each on its own, then all four in one multi-lane call (different keys: one per call)
+        for (c, buf) in cases.iter().zip(bufs.iter_mut()) {
+            let key = AesNiKey::new(&c["key"]).expect("key");
+            let iv: [u8; 16] = c["iv"].as_slice().try_into().expect("iv");
+            let mut jobs = [CbcJob {
+                iv,
+                data: &mut buf[..],
+            }];
+            assert!(cbc_encrypt_many(&key, &mut jobs));
+            assert_eq!(buf, &c["ciphertext"]);
+            assert!(cbc_decrypt(&key, &iv, buf));
+            assert_eq!(buf, &c["plaintext"]);
+        }
+    }
+
+    fn alg(n: usize) -> EncAlg {
+        match n {
+            16 => EncAlg::AesCbc128,
+            24 => EncAlg::AesCbc192,
+            _ => EncAlg::AesCbc256,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Any number of jobs of any block lengths (including empty ones), every key size:
+        /// identical to the RustCrypto `cbc` path, and decryption inverts it.
+        #[test]
+        fn matches_the_portable_cbc(
+            key_len in prop::sample::select(vec![16usize, 24, 32]),
+            key_seed in any::<u8>(),
+            lens in prop::collection::vec(0usize..40, 0..20),
+            seed in any::<u8>(),
+        ) {
+            prop_assume!(available());
+            let key: Vec<u8> = (0..key_len).map(|i| (i as u8).wrapping_mul(31) ^ key_seed).collect();
+            let k = AesNiKey::new(&key).expect("key");
+            let portable_enc = crate::crypto::cbc_for_test(alg(key_len), &key, true);
+            let portable_dec = crate::crypto::cbc_for_test(alg(key_len), &key, false);
+            let mut bufs: Vec<Vec<u8>> = lens
+                .iter()
+                .enumerate()
+                .map(|(j, &n)| (0..n * 16).map(|i| (i as u8) ^ seed ^ (j as u8).wrapping_mul(7)).collect())
+                .collect();
+            let ivs: Vec<[u8; 16]> = (0..lens.len()).map(|j| [j as u8 ^ seed; 16]).collect();
+            let mut want = bufs.clone();
+            for (w, iv) in want.iter_mut().zip(&ivs) {
+                prop_assert!(portable_enc.encrypt(iv, w));
+            }
+            let plain = bufs.clone();
+            let mut jobs: Vec<CbcJob<'_>> = bufs
+                .iter_mut()
+                .zip(&ivs)
+                .map(|(b, iv)| CbcJob { iv: *iv, data: &mut b[..] })
+                .collect();
+            prop_assert!(cbc_encrypt_many(&k, &mut jobs));
+            prop_assert_eq!(&bufs, &want);
+            for ((b, iv), p) in bufs.iter_mut().zip(&ivs).zip(&plain) {
+                let mut q = b.clone();
+                prop_assert!(portable_dec.decrypt(iv, &mut q));
+                prop_assert_eq!(&q, p);
+                prop_assert!(cbc_decrypt(&k, iv, b));
+                prop_assert_eq!(b, p);
+            }
+        }
+    }
+
+    #[test]
+    fn bad_lengths_are_refused_untouched() {
+        let Some(k) = AesNiKey::new(&[7u8; 16]) else {
+            return;
+        };
+        let mut a = [1u8; 32];
+        let mut b = [2u8; 17];
+        let mut jobs = [
+            CbcJob {
+                iv: [0; 16],
+                data: &mut a[..],
+            },
+            CbcJob {
+                iv: [0; 16],
+                data: &mut b[..],
+            },
+        ];
+        assert!(!cbc_encrypt_many(&k, &mut jobs));
+        assert_eq!(a, [1u8; 32], "nothing encrypted when one job is bad");
+        assert!(!cbc_decrypt(&k, &[0; 16], &mut b));
+        assert!(AesNiKey::new(&[0u8; 20]).is_none());
+        assert!(!format!("{k:?}").contains("07"));
+    }
+}
