@@ -106,6 +106,13 @@ impl DropCounters {
         self.0.iter().sum()
     }
 
+    /// Add `o`'s counters to these (summing workers).
+    pub fn add(&mut self, o: &DropCounters) {
+        for (a, b) in self.0.iter_mut().zip(&o.0) {
+            *a += b;
+        }
+    }
+
     /// Non-zero counters with their names.
     pub fn nonzero(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
         DropReason::ALL
@@ -135,9 +142,44 @@ pub struct WorkerStats {
     pub events_lost: u64,
 }
 
+impl WorkerStats {
+    /// Add another worker's counters to these.
+    pub fn add(&mut self, o: &WorkerStats) {
+        self.encap_packets += o.encap_packets;
+        self.encap_bytes += o.encap_bytes;
+        self.decap_packets += o.decap_packets;
+        self.decap_bytes += o.decap_bytes;
+        self.bypass_packets += o.bypass_packets;
+        self.punt_packets += o.punt_packets;
+        self.keepalives += o.keepalives;
+        self.drops.add(&o.drops);
+        self.events_lost += o.events_lost;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn worker_stats_sum() {
+        let mut a = WorkerStats::default();
+        let mut b = WorkerStats {
+            encap_packets: 3,
+            decap_bytes: 7,
+            events_lost: 1,
+            ..WorkerStats::default()
+        };
+        b.drops.bump(DropReason::NoSa);
+        b.drops.bump(DropReason::NoSa);
+        a.drops.bump(DropReason::IcvFailed);
+        a.add(&b);
+        a.add(&b);
+        assert_eq!((a.encap_packets, a.decap_bytes, a.events_lost), (6, 14, 2));
+        assert_eq!(a.drops.get(DropReason::NoSa), 4);
+        assert_eq!(a.drops.get(DropReason::IcvFailed), 1);
+        assert_eq!(a.drops.total(), 5);
+    }
 
     #[test]
     fn names_are_unique_and_indexed() {

@@ -494,15 +494,7 @@ fn run_in(
                         t.loss_pct(),
                         cpu_line(&t.cpu)
                     );
-                    for d in &daemons {
-                        if !lab.procs().is_running(&d.proc) {
-                            return Err(err!(
-                                "xsecd in {} died\n--- xsecd stderr ---\n{}",
-                                lab.ns(d.node),
-                                d.proc.stderr_tail(40)
-                            ));
-                        }
-                    }
+                    lab.daemons_alive(&daemons)?;
                     trials.push(t);
                 }
                 Ok(())

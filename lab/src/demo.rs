@@ -144,15 +144,7 @@ fn run_in(o: &RunOptions, lab: &Lab, xsecd: Option<&std::path::Path>, pair: &Pai
         } else {
             println!("[{elapsed:>3}s]\n{}", stats::table(&rows));
         }
-        for d in &daemons {
-            if !lab.procs().is_running(&d.proc) {
-                return Err(err!(
-                    "xsecd in {} died\n--- xsecd stderr ---\n{}",
-                    lab.ns(d.node),
-                    d.proc.stderr_tail(40)
-                ));
-            }
-        }
+        lab.daemons_alive(&daemons)?;
         let senders_done = t
             .pings
             .iter()

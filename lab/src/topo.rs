@@ -535,6 +535,20 @@ impl Lab {
         }
     }
 
+    /// `Ok` while every daemon of `ds` runs; otherwise which one died, with its stderr tail.
+    pub fn daemons_alive(&self, ds: &[Xsecd]) -> Result<()> {
+        for d in ds {
+            if !self.procs().is_running(&d.proc) {
+                return Err(err!(
+                    "xsecd in {} died\n--- xsecd stderr ---\n{}",
+                    self.ns(d.node),
+                    d.proc.stderr_tail(40)
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Read an xsecd's stats file (waits up to 5 s for its first write).
     pub fn stats(&self, x: &Xsecd) -> Result<Stats> {
         let end = Instant::now() + Duration::from_secs(5);

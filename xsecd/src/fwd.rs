@@ -193,6 +193,28 @@ pub fn v4_fragment_size(hdr: usize, mtu: usize) -> Option<usize> {
     (n > 0).then_some(n)
 }
 
+/// Turn the IPv4 header `hdr` (its whole length) into a fragment header for `payload_len`
+/// bytes at `offset`; returns the fragment's total length.
+pub fn v4_fragment_header(
+    hdr: &mut [u8],
+    payload_len: usize,
+    offset: usize,
+    more: bool,
+) -> Option<usize> {
+    let total = hdr.len() + payload_len;
+    if hdr.len() < 20 || !offset.is_multiple_of(8) || offset / 8 > 0x1fff || total > 0xffff {
+        return None;
+    }
+    hdr[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    let keep = u16::from_be_bytes([hdr[6], hdr[7]]) & 0x8000; // the reserved bit as it was
+    let fo = keep | if more { 0x2000 } else { 0 } | (offset / 8) as u16;
+    hdr[6..8].copy_from_slice(&fo.to_be_bytes());
+    hdr[10..12].fill(0);
+    let c = checksum::finish(checksum::sum(hdr));
+    hdr[10..12].copy_from_slice(&c.to_be_bytes());
+    Some(total)
+}
+
 /// Write IPv4 fragment `out` = header of `orig` (its first `hdr` bytes) with the given
 /// offset/MF and `payload`; returns the fragment length.
 pub fn v4_fragment(
@@ -203,25 +225,39 @@ pub fn v4_fragment(
     more: bool,
 ) -> Option<usize> {
     let hl = hdr.len();
-    let total = hl + payload.len();
-    if !offset.is_multiple_of(8) || offset / 8 > 0x1fff || total > 0xffff {
+    let out = out.get_mut(..hl + payload.len())?;
+    out[hl..].copy_from_slice(payload);
+    out[..hl].copy_from_slice(hdr);
+    v4_fragment_header(&mut out[..hl], payload.len(), offset, more)
+}
+
+/// Write the 40-byte base header `base` and a Fragment header (RFC 8200 §4.5) into `out`
+/// (48 bytes) for `payload_len` bytes at `offset`; returns the fragment's total length.
+pub fn v6_fragment_header(
+    out: &mut [u8],
+    base: &[u8; 40],
+    payload_len: usize,
+    offset: usize,
+    more: bool,
+    ident: u32,
+) -> Option<usize> {
+    if !offset.is_multiple_of(8) || offset / 8 > 0x1fff || 8 + payload_len > 0xffff {
         return None;
     }
-    let out = out.get_mut(..total)?;
-    out[..hl].copy_from_slice(hdr);
-    out[hl..].copy_from_slice(payload);
-    out[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    let flags = (u16::from(hdr[6]) << 8) & 0x8000; // keep the reserved bit as it was (zero)
-    let fo = flags | if more { 0x2000 } else { 0 } | (offset / 8) as u16;
-    out[6..8].copy_from_slice(&fo.to_be_bytes());
-    out[10..12].fill(0);
-    let c = checksum::finish(checksum::sum(&out[..hl]));
-    out[10..12].copy_from_slice(&c.to_be_bytes());
-    Some(total)
+    let out = out.get_mut(..48)?;
+    out[..40].copy_from_slice(base);
+    out[4..6].copy_from_slice(&((8 + payload_len) as u16).to_be_bytes());
+    out[6] = 44;
+    out[40] = base[6];
+    out[41] = 0;
+    let fo = ((offset / 8) as u16) << 3 | u16::from(more);
+    out[42..44].copy_from_slice(&fo.to_be_bytes());
+    out[44..48].copy_from_slice(&ident.to_be_bytes());
+    Some(48 + payload_len)
 }
 
 /// Write IPv6 fragment `out` = the 40-byte base header of `orig` (`base`), a Fragment header
-/// (RFC 8200 §4.5) and `payload`; returns the fragment length.
+/// and `payload`; returns the fragment length.
 pub fn v6_fragment(
     out: &mut [u8],
     base: &[u8; 40],
@@ -230,21 +266,9 @@ pub fn v6_fragment(
     more: bool,
     ident: u32,
 ) -> Option<usize> {
-    if !offset.is_multiple_of(8) || offset / 8 > 0x1fff {
-        return None;
-    }
-    let total = 48 + payload.len();
-    let out = out.get_mut(..total)?;
-    out[..40].copy_from_slice(base);
-    out[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    out[6] = 44;
-    out[40] = base[6];
-    out[41] = 0;
-    let fo = ((offset / 8) as u16) << 3 | u16::from(more);
-    out[42..44].copy_from_slice(&fo.to_be_bytes());
-    out[44..48].copy_from_slice(&ident.to_be_bytes());
+    let out = out.get_mut(..48 + payload.len())?;
     out[48..].copy_from_slice(payload);
-    Some(total)
+    v6_fragment_header(out, base, payload.len(), offset, more, ident)
 }
 
 /// A UDP datagram with a one-byte 0xFF payload: the NAT-keepalive format of RFC 3948 §2.3,

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 use xsec_dataplane::DropReason;
+use xsec_dataplane::stats::WorkerStats;
 
 #[derive(Debug, Serialize)]
 pub struct WorkerRow {
@@ -37,6 +38,7 @@ pub struct SaRow {
     pub drop_reasons: BTreeMap<&'static str, u64>,
 }
 
+/// The engine's counters as the stats file shows them (all workers summed).
 #[derive(Debug, Default, Serialize)]
 pub struct EngineRow {
     pub encap_packets: u64,
@@ -47,6 +49,21 @@ pub struct EngineRow {
     pub punt_packets: u64,
     pub keepalives: u64,
     pub events_lost: u64,
+}
+
+impl From<&WorkerStats> for EngineRow {
+    fn from(e: &WorkerStats) -> Self {
+        EngineRow {
+            encap_packets: e.encap_packets,
+            encap_bytes: e.encap_bytes,
+            decap_packets: e.decap_packets,
+            decap_bytes: e.decap_bytes,
+            bypass_packets: e.bypass_packets,
+            punt_packets: e.punt_packets,
+            keepalives: e.keepalives,
+            events_lost: e.events_lost,
+        }
+    }
 }
 
 /// The whole file.
@@ -68,30 +85,15 @@ pub struct StatsFile {
 
 impl StatsFile {
     pub fn build(uptime: Duration, snaps: &[Snapshot], xdp: serde_json::Value) -> StatsFile {
-        let mut engine = EngineRow::default();
+        let mut engine = WorkerStats::default();
         let mut forward = WorkerCounters::default();
-        let mut drops: BTreeMap<&'static str, u64> =
-            DropReason::ALL.iter().map(|r| (r.name(), 0)).collect();
         let mut sas = Vec::new();
-        let mut heartbeats_sent = 0;
         let mut reassembly = crate::reasm::ReasmStats::default();
         let mut hits_in: Vec<u64> = Vec::new();
         let mut hits_out: Vec<u64> = Vec::new();
         for s in snaps {
-            let e = &s.engine;
-            engine.encap_packets += e.encap_packets;
-            engine.encap_bytes += e.encap_bytes;
-            engine.decap_packets += e.decap_packets;
-            engine.decap_bytes += e.decap_bytes;
-            engine.bypass_packets += e.bypass_packets;
-            engine.punt_packets += e.punt_packets;
-            engine.keepalives += e.keepalives;
-            engine.events_lost += e.events_lost;
-            for (r, n) in e.drops.nonzero() {
-                *drops.entry(r.name()).or_default() += n;
-            }
+            engine.add(&s.engine);
             forward.add(&s.counters);
-            heartbeats_sent += s.counters.heartbeats_sent;
             reassembly.add(&s.reasm);
             add_into(&mut hits_in, &s.hits_in);
             add_into(&mut hits_out, &s.hits_out);
@@ -129,10 +131,13 @@ impl StatsFile {
                 })
                 .collect(),
             sas,
-            engine,
-            drops,
+            drops: DropReason::ALL
+                .iter()
+                .map(|&r| (r.name(), engine.drops.get(r)))
+                .collect(),
+            engine: EngineRow::from(&engine),
+            heartbeats_sent: forward.heartbeats_sent,
             forward,
-            heartbeats_sent,
             reassembly,
             policy_hits: [("in", hits_in), ("out", hits_out)].into_iter().collect(),
             xdp,

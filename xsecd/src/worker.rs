@@ -7,7 +7,7 @@
 
 use crate::fwd::{self, ETH_HDR, IcmpError};
 use crate::reasm::{self, Reassembler};
-use crate::xsk::{BURST, Frame, RxFrame, Side, SocketStats, Xsk, XskConfig};
+use crate::xsk::{BURST, FRAME_SIZE, Frame, RxFrame, Side, SocketStats, Xsk, XskConfig};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -26,6 +26,9 @@ pub const HANDOFF_BUF: usize = 2048;
 pub type HandoffBuf = Box<[u8; HANDOFF_BUF]>;
 /// A worker's pool of handoff buffers: where they are returned, where they are taken.
 pub type HandoffPool = (Sender<HandoffBuf>, Receiver<HandoffBuf>);
+/// The most ESP adds to a packet: outer IPv6 40 + UDP 8 + ESP 8 + IV 16 + padding 15 +
+/// trailer 2 + ICV 32, rounded up.
+const MAX_ESP_OVERHEAD: usize = 128;
 /// Packets a worker keeps while their next hop is resolved.
 const PARK_MAX: usize = 256;
 /// Handoff buffers each worker owns.
@@ -41,7 +44,7 @@ pub struct Hop {
 }
 
 /// A heartbeat / NAT keepalive this worker sends for one of its outbound SAs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct Heartbeat {
     pub reqid: u32,
     pub src: IpAddr,
@@ -210,9 +213,12 @@ struct Worker {
     icmp_src: [Option<IpAddr>; 2],
     mtu: Option<u16>,
     heartbeats: Vec<HeartbeatState>,
+    /// The smallest MTU of any next hop seen (or the configured one): packets that cannot
+    /// outgrow it need no copy kept for an ICMP error.
+    min_mtu: usize,
     reasm: Reassembler,
-    /// Packets waiting for a next hop.
-    /// (destination, packet, since, not seen by the outbound SPD)
+    /// Packets waiting for a next hop: (destination, packet, since, not seen by the
+    /// outbound SPD).
     parked: Vec<(IpAddr, PacketBuf<Frame>, Timestamp, bool)>,
     frag_id: u32,
     scratch: Box<[u8; 2048]>,
@@ -262,6 +268,7 @@ pub fn run(setup: WorkerSetup, ready: Sender<Ready>) {
         icmp_src: setup.icmp_src,
         mtu: setup.mtu,
         heartbeats: Vec::new(),
+        min_mtu: usize::from(setup.mtu.unwrap_or(u16::MAX)),
         parked: Vec::with_capacity(PARK_MAX),
         reasm: Reassembler::new(),
         frag_id: u32::from(setup.id) << 24,
@@ -350,6 +357,9 @@ impl Worker {
             }
             Cmd::Hop { dst, hop } => {
                 self.pending.remove(&dst);
+                if let Some(h) = hop {
+                    self.min_mtu = self.min_mtu.min(usize::from(h.mtu));
+                }
                 if self.hops.len() < 65536 || self.hops.contains_key(&dst) {
                     self.hops.insert(dst, hop);
                 }
@@ -394,9 +404,8 @@ impl Worker {
             self.xsk.release(frame);
             return;
         }
-        let Some(mut pkt) = PacketBuf::new(frame, off + ETH_HDR, len - ETH_HDR) else {
-            self.c.non_ip += 1;
-            return; // unreachable: the kernel's descriptor lies inside the frame
+        let Some(mut pkt) = self.window(frame, off + ETH_HDR, Some(len - ETH_HDR)) else {
+            return; // the kernel's descriptor lies inside the frame: not reached
         };
         match side {
             Side::Unprotected => {
@@ -427,9 +436,11 @@ impl Worker {
                     self.xsk.release(pkt.into_inner());
                     return;
                 }
-                // Keep the inner header in case the result is too big for the link.
-                let quote = pkt.len().min(self.scratch.len());
-                let keep = pkt.len() > 1200;
+                // Keep what an ICMP error would quote, in case the result is too big for its
+                // link: only for packets that could be (a copy, so not for every packet).
+                let v6 = pkt.data().first().is_some_and(|b| b >> 4 == 6);
+                let quote = pkt.len().min(if v6 { 1280 - 48 } else { 576 - 28 });
+                let keep = pkt.len() + MAX_ESP_OVERHEAD > self.min_mtu;
                 if keep {
                     self.scratch[..quote].copy_from_slice(&pkt.data()[..quote]);
                 }
@@ -462,7 +473,7 @@ impl Worker {
         let out = self.reasm.add(pkt.data(), now, &mut f.as_mut()[start..]);
         self.xsk.release(pkt.into_inner());
         match out {
-            reasm::Outcome::Done(n) => PacketBuf::new(f, start, n),
+            reasm::Outcome::Done(n) => self.window(f, start, Some(n)),
             _ => {
                 self.xsk.release(f);
                 None
@@ -670,7 +681,7 @@ impl Worker {
             self.send(pkt, hop);
             return;
         }
-        // Too big. The inner header was kept (packets > 1200 bytes).
+        // Too big. The inner packet's start was kept (see `packet`).
         if let Some((quote, inner_len)) = inner {
             let overhead = pkt.len() - inner_len;
             let inner_v6 = self.scratch[0] >> 4 == 6;
@@ -743,55 +754,46 @@ impl Worker {
                     end < payload_len,
                 )
             };
-            if let Some(p) = n.and_then(|n| PacketBuf::new(f, start, n)) {
+            if let Some(p) = self.window(f, start, n) {
                 self.send(p, hop);
             }
             off = end;
         }
-        // The first fragment, in place.
+        // The first fragment, in place: only its header changes.
         let head = pkt.head();
         let first_len = per;
-        if v6 {
-            // move the base header 8 bytes left to make room for the Fragment header
+        let mut frame = pkt.into_inner();
+        let (start, n) = if v6 {
+            // the base header moves 8 bytes left to make room for the Fragment header
             let Some(new_head) = head.checked_sub(8).filter(|&h| h >= ETH_HDR) else {
-                self.xsk.release(pkt.into_inner());
+                self.xsk.release(frame);
                 return;
             };
             let mut base = [0u8; 40];
-            base.copy_from_slice(&pkt.data()[..40]);
-            let mut frame = pkt.into_inner();
-            let payload_start = head + 40;
-            let buf = frame.as_mut();
-            // payload stays where it is; header + fragment header go in front of it
-            let mut fragh = [0u8; 48];
-            let n = fwd::v6_fragment(&mut fragh, &base, &[], 0, true, ident);
-            if n.is_none() {
-                self.xsk.release(frame);
-                return;
-            }
-            fragh[4..6].copy_from_slice(&((8 + first_len) as u16).to_be_bytes());
-            buf[new_head..payload_start].copy_from_slice(&fragh);
-            match PacketBuf::new(frame, new_head, 48 + first_len) {
-                Some(p) => self.send(p, hop),
-                None => self.c.no_frame += 1,
-            }
+            base.copy_from_slice(&frame.as_ref()[head..head + 40]);
+            let buf = &mut frame.as_mut()[new_head..head + 40];
+            (
+                new_head,
+                fwd::v6_fragment_header(buf, &base, first_len, 0, true, ident),
+            )
         } else {
-            let mut hdrb = [0u8; 60];
-            hdrb[..hdr].copy_from_slice(&pkt.data()[..hdr]);
-            let mut frame = pkt.into_inner();
-            // v4_fragment copies header + payload; do it through the scratch buffer
-            let first: &[u8] = &frame.as_ref()[head + hdr..head + hdr + first_len];
-            let mut tmp = [0u8; 2048];
-            let n = fwd::v4_fragment(&mut tmp, &hdrb[..hdr], first, 0, true);
-            match n {
-                Some(n) => {
-                    frame.as_mut()[head..head + n].copy_from_slice(&tmp[..n]);
-                    match PacketBuf::new(frame, head, n) {
-                        Some(p) => self.send(p, hop),
-                        None => self.c.no_frame += 1,
-                    }
-                }
-                None => self.xsk.release(frame),
+            let buf = &mut frame.as_mut()[head..head + hdr];
+            (head, fwd::v4_fragment_header(buf, first_len, 0, true))
+        };
+        if let Some(p) = self.window(frame, start, n) {
+            self.send(p, hop);
+        }
+    }
+
+    /// The packet `f[head .. head + len]`, or `None` (the frame back on the free list,
+    /// counted) if `len` is `None` (building it failed) or the window does not fit.
+    fn window(&mut self, f: Frame, head: usize, len: Option<usize>) -> Option<PacketBuf<Frame>> {
+        match len {
+            Some(n) if head + n <= FRAME_SIZE as usize => PacketBuf::new(f, head, n),
+            _ => {
+                self.c.no_frame += 1;
+                self.xsk.release(f);
+                None
             }
         }
     }
@@ -815,7 +817,7 @@ impl Worker {
             self.xsk.release(f);
             return;
         };
-        let Some(pkt) = PacketBuf::new(f, start, n) else {
+        let Some(pkt) = self.window(f, start, Some(n)) else {
             return;
         };
         self.c.icmp_sent += 1;
@@ -827,7 +829,7 @@ impl Worker {
             if now < self.heartbeats[i].next {
                 continue;
             }
-            let hb = self.heartbeats[i].hb.clone();
+            let hb = self.heartbeats[i].hb;
             self.heartbeats[i].next = now.plus(hb.interval);
             let Some(mut f) = self.xsk.alloc() else {
                 self.c.no_frame += 1;
@@ -840,7 +842,7 @@ impl Worker {
                 self.xsk.release(f);
                 continue;
             };
-            let Some(pkt) = PacketBuf::new(f, start, n) else {
+            let Some(pkt) = self.window(f, start, Some(n)) else {
                 continue;
             };
             match self.hop(hb.dst, now) {

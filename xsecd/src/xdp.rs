@@ -228,6 +228,23 @@ impl XdpSteering {
         self.ebpf.map_mut(name).ok_or(XdpError::MissingMap(name))
     }
 
+    /// The XSKMAP of `side`, after checking `queue` fits in it.
+    fn xsk_map(
+        &mut self,
+        side: Side,
+        queue: u32,
+    ) -> Result<XskMap<&mut aya::maps::MapData>, XdpError> {
+        if queue >= MAX_QUEUES {
+            return Err(XdpError::QueueOutOfRange {
+                side,
+                queue,
+                max: MAX_QUEUES,
+            });
+        }
+        let name = side.xsk_map();
+        XskMap::try_from(self.map_data(name)?).map_err(map_err(name))
+    }
+
     /// Steer RX queue `queue` of `side`'s interface to the AF_XDP socket `socket` (bound to
     /// that interface and queue; the kernel drops frames for a socket bound elsewhere).
     pub fn register_xsk(
@@ -236,29 +253,15 @@ impl XdpSteering {
         queue: u32,
         socket: impl AsRawFd,
     ) -> Result<(), XdpError> {
-        if queue >= MAX_QUEUES {
-            return Err(XdpError::QueueOutOfRange {
-                side,
-                queue,
-                max: MAX_QUEUES,
-            });
-        }
         let name = side.xsk_map();
-        let mut m = XskMap::try_from(self.map_data(name)?).map_err(map_err(name))?;
+        let mut m = self.xsk_map(side, queue)?;
         m.set(queue, socket, 0).map_err(map_err(name))
     }
 
     /// Stop steering RX queue `queue` of `side` (its frames go back to the kernel).
     pub fn unregister_xsk(&mut self, side: Side, queue: u32) -> Result<(), XdpError> {
-        if queue >= MAX_QUEUES {
-            return Err(XdpError::QueueOutOfRange {
-                side,
-                queue,
-                max: MAX_QUEUES,
-            });
-        }
         let name = side.xsk_map();
-        let mut m = XskMap::try_from(self.map_data(name)?).map_err(map_err(name))?;
+        let mut m = self.xsk_map(side, queue)?;
         match m.unset(queue) {
             // Unsetting an empty slot is not an error for the caller.
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {

@@ -90,10 +90,11 @@ fn in_netns(test: &str, body: fn()) {
         body();
         return;
     }
-    if !is_root() {
-        eprintln!("skipping {test}: needs root (network namespaces, XDP)");
-        return;
-    }
+    // never a silent pass: without root these tests fail and say why
+    assert!(
+        is_root(),
+        "{test} needs root (network namespaces, XDP); run the tests as root"
+    );
     let ns = Netns::new(test);
     let exe = std::env::current_exe().expect("test executable");
     let out = Command::new("ip")
