@@ -220,12 +220,24 @@ impl Engine {
         self.sad.get_mut(h)
     }
 
-    /// Replace the SPD (atomically for this worker: between two bursts). Hit counters restart.
+    /// Replace the SPD (atomically for this worker: between two bursts). A policy of the new
+    /// SPD keeps the hit counter of the old policy of the same name and direction, wherever
+    /// it moved; new policies start at zero.
     pub fn set_spd(&mut self, spd: Arc<Spd>) {
-        self.hits = [
-            vec![0; spd.policies(Direction::Inbound).len()],
-            vec![0; spd.policies(Direction::Outbound).len()],
-        ];
+        let carry = |dir: Direction| -> Vec<u64> {
+            let old = self.spd.policies(dir);
+            let hits = &self.hits[dir.index()];
+            spd.policies(dir)
+                .iter()
+                .map(|p| {
+                    old.iter()
+                        .position(|o| o.name == p.name)
+                        .and_then(|i| hits.get(i).copied())
+                        .unwrap_or(0)
+                })
+                .collect()
+        };
+        self.hits = [carry(Direction::Inbound), carry(Direction::Outbound)];
         self.spd = spd;
     }
 

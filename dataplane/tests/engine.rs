@@ -724,6 +724,22 @@ fn multicast_and_broadcast_are_never_protected() {
     ));
     assert_eq!(p.a.outbound(T0, &mut pkt), Verdict::Bypass);
     assert_eq!(p.a.policy_hits(Direction::Outbound), &[0, 1]);
+
+    // a new SPD keeps each policy's counter by name, wherever it moved; new ones start at 0
+    let mut moved = spd.clone();
+    moved.outbound.swap(0, 1);
+    moved.outbound.insert(
+        1,
+        Policy {
+            name: "new".into(),
+            selector: Selector::ANY,
+            action: Action::Discard,
+        },
+    );
+    p.a.set_spd(Arc::new(moved.compile().unwrap()));
+    assert_eq!(p.a.policy_hits(Direction::Outbound), &[1, 0, 0]);
+    assert_eq!(p.a.outbound(T0, &mut pkt), Verdict::Bypass);
+    assert_eq!(p.a.policy_hits(Direction::Outbound), &[2, 0, 0]);
 }
 
 #[test]

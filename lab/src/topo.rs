@@ -135,6 +135,8 @@ pub struct Xsecd {
     pub proc: Proc,
     pub config: PathBuf,
     pub stats_file: PathBuf,
+    /// Its control socket (`xsecctl --socket`).
+    pub control: PathBuf,
 }
 
 /// A running tcpdump.
@@ -492,12 +494,15 @@ impl Lab {
         let config = self.write_file(&format!("{tag}.toml"), config_toml)?;
         let stats_file = self.workdir.join(format!("{tag}.stats.json"));
         let _ = std::fs::remove_file(&stats_file);
+        let control = self.workdir.join(format!("{tag}.sock"));
         let args: Vec<&OsStr> = vec![
             xsecd.as_os_str(),
             OsStr::new("--config"),
             config.as_os_str(),
             OsStr::new("--stats-file"),
             stats_file.as_os_str(),
+            OsStr::new("--control"),
+            control.as_os_str(),
         ];
         let proc = self.spawn(node, &tag, &args)?;
         let end = Instant::now() + timeout;
@@ -512,6 +517,7 @@ impl Lab {
                     proc,
                     config,
                     stats_file,
+                    control,
                 });
             }
             if let Some(st) = self.procs.try_status(&proc) {

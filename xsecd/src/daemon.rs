@@ -7,9 +7,11 @@
 //! to the owner over a lock-free queue.
 
 use crate::config::{self, Config};
+use crate::control::running::{Running, Source};
+use crate::control::{self, Control, CtlCounters};
 use crate::neigh::{Resolution, Resolver};
 use crate::stats::{self, StatsFile};
-use crate::worker::{self, Cmd, HANDOFF_BUF, Heartbeat, Hop, Mesh, Snapshot, WorkerSetup};
+use crate::worker::{self, Cmd, HANDOFF_BUF, Hop, Mesh, Snapshot, WorkerSetup};
 use crate::xdp::{Side as XdpSide, XdpMode, XdpSteering};
 use crate::xsk::{Side, XskConfig};
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
@@ -17,13 +19,13 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use xsec_dataplane::Shards;
-use xsec_dataplane::sa::{Encap, Sa};
-use xsec_dataplane::spd::{Action, Direction};
+use xsec_dataplane::spd::Direction;
 use xsec_dataplane::time::MonotonicClock;
+use zeroize::Zeroizing;
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,8 @@ pub enum DaemonError {
 pub struct Options {
     pub config: PathBuf,
     pub stats_file: Option<PathBuf>,
+    /// Control socket path, overriding `[control] socket`.
+    pub control: Option<PathBuf>,
 }
 
 pub(crate) fn log(msg: std::fmt::Arguments<'_>) {
@@ -70,56 +74,46 @@ fn interface_addrs(res: &mut Resolver, ifindex: u32) -> [Option<IpAddr>; 2] {
 
 /// Run the gateway until `stop` is set. Prints `xsecd: ready` on stdout once traffic flows.
 pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
-    let cfg = config::load(&opts.config)?;
-    let gw = &cfg.gateway;
-    let spd = Arc::new(
-        cfg.spd
-            .compile()
-            .map_err(|e| DaemonError::Setup(format!("SPD: {e}")))?,
-    );
+    // The file holds keys: its text lives in buffers wiped when dropped.
+    let text = Zeroizing::new(std::fs::read_to_string(&opts.config).map_err(|source| {
+        config::ConfigError::Read {
+            path: opts.config.clone(),
+            source,
+        }
+    })?);
+    let mut cfg = config::parse(&text, &opts.config)?;
+    if let Some(p) = &opts.control {
+        cfg.control.socket = p.clone();
+    }
+    let source = Source::split(&text, &opts.config);
+    drop(text);
+    let gw = cfg.gateway.clone();
+    let control_cfg = cfg.control.clone();
     let n = gw.queues.len().max(1);
+    let mut running = Running::new(cfg, source, n).map_err(DaemonError::Setup)?;
+    running.socket_override = opts.control.clone();
     let clock = MonotonicClock::default();
     let now = clock.now();
+    let spd = running.spd.clone();
+    let shards = running.shards.clone();
+    let mut per_worker = running.initial_sas(now).map_err(DaemonError::Setup)?;
+    let mut heartbeats = running.heartbeats();
+    let tunnel_ports = running.tunnel_ports();
 
-    // Shards: pair i → worker i mod n.
-    let mut shards = Shards::default();
-    let mut per_worker: Vec<Vec<Sa>> = (0..n).map(|_| Vec::new()).collect();
-    let mut heartbeats: Vec<Vec<Heartbeat>> = (0..n).map(|_| Vec::new()).collect();
-    let mut tunnel_ports = Vec::new();
-    for (i, pair) in cfg.sas.iter().enumerate() {
-        let w = i % n;
-        shards.inbound.insert(pair.inbound.spi, w as u16);
-        shards.outbound.insert(pair.outbound.reqid, w as u16);
-        for sc in [&pair.inbound, &pair.outbound] {
-            let sa = Sa::new(sc, now)
-                .map_err(|e| DaemonError::Setup(format!("SA {}: {e}", pair.name)))?;
-            per_worker[w].push(sa);
-        }
-        if let Encap::Udp {
-            local_port,
-            remote_port,
-        } = pair.outbound.encap
-        {
-            if local_port != 4500 {
-                tunnel_ports.push(local_port);
-            }
-            if let (Some(iv), Some(src), Some(dst)) =
-                (pair.keepalive, pair.outbound.local, pair.outbound.remote)
-            {
-                heartbeats[w].push(Heartbeat {
-                    reqid: pair.outbound.reqid,
-                    src,
-                    dst,
-                    sport: local_port,
-                    dport: remote_port,
-                    interval: iv,
-                });
-            }
-        }
-    }
-    let shards = Arc::new(shards);
-    tunnel_ports.sort_unstable();
-    tunnel_ports.dedup();
+    // The control socket (and metrics listener) before anything is attached: another xsecd
+    // on the same socket, or a taken port, fails the start cleanly.
+    let gid = match &control_cfg.group {
+        Some(g) => Some(control::group_id(g).map_err(DaemonError::Setup)?),
+        None => None,
+    };
+    let listener = control::bind(&control_cfg, gid).map_err(DaemonError::Setup)?;
+    let metrics_listener = match control_cfg.metrics {
+        Some(a) => Some(
+            std::net::TcpListener::bind(a)
+                .map_err(|e| DaemonError::Setup(format!("control.metrics {a}: {e}")))?,
+        ),
+        None => None,
+    };
 
     // The kernel's tables: interfaces now (a typo in the config fails before anything is
     // attached), next hops later.
@@ -146,13 +140,7 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         .map_err(|e| DaemonError::Setup(e.to_string()))?;
     xdp.set_tunnel_ports(&tunnel_ports)
         .map_err(|e| DaemonError::Setup(e.to_string()))?;
-    let pairs: Vec<_> = spd
-        .policies(Direction::Outbound)
-        .iter()
-        .filter(|p| !matches!(p.action, Action::Bypass))
-        .map(|p| (p.selector.local, p.selector.remote))
-        .collect();
-    xdp.set_protected_selectors(&pairs)
+    xdp.set_protected_selectors(&running.protected_selectors())
         .map_err(|e| DaemonError::Setup(e.to_string()))?;
 
     // Workers.
@@ -258,20 +246,64 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     };
 
     // Resolve the tunnel peers now rather than on the first packet.
-    for pair in &cfg.sas {
+    for pair in &running.cfg.sas {
         if let Some(remote) = pair.outbound.remote {
             let _ = resolve_tx.try_send(remote);
         }
     }
+    let pairs = running.cfg.sas.len();
+    let ctl = Arc::new(Control {
+        running: Mutex::new(running),
+        xdp: Mutex::new(xdp),
+        workers: cmd_senders.clone(),
+        resolve: resolve_tx.clone(),
+        clock,
+        started: Instant::now(),
+        subscribers: Mutex::new(vec![]),
+        ifaces: [
+            (gw.unprotected.clone(), sides[0].0),
+            (gw.protected.clone(), sides[1].0),
+        ],
+        xdp_mode: match mode {
+            XdpMode::Driver => "driver",
+            XdpMode::Skb => "skb",
+        },
+        cfg: control_cfg.clone(),
+        gid,
+        conns: AtomicUsize::new(0),
+        tracing: AtomicBool::new(false),
+        counters: CtlCounters::default(),
+        stop: stop.clone(),
+    });
+    let mut servers = vec![];
+    {
+        let c = ctl.clone();
+        servers.push(
+            std::thread::Builder::new()
+                .name("xsec-control".into())
+                .spawn(move || control::serve(c, listener))
+                .map_err(|e| DaemonError::Setup(format!("spawn control: {e}")))?,
+        );
+    }
+    if let Some(l) = metrics_listener {
+        let c = ctl.clone();
+        servers.push(
+            std::thread::Builder::new()
+                .name("xsec-metrics".into())
+                .spawn(move || control::http::serve(c, l))
+                .map_err(|e| DaemonError::Setup(format!("spawn metrics: {e}")))?,
+        );
+    }
     println!("xsecd: ready");
     info!(
-        "{} worker(s) on {} / {}, {} SA pair(s), {} outbound and {} inbound policies",
+        "{} worker(s) on {} / {}, {} SA pair(s), {} outbound and {} inbound policies; control socket {}",
         n,
         gw.unprotected,
         gw.protected,
-        cfg.sas.len(),
+        pairs,
         spd.policies(Direction::Outbound).len(),
-        spd.policies(Direction::Inbound).len()
+        spd.policies(Direction::Inbound).len(),
+        control_cfg.socket.display()
     );
     let started = Instant::now();
     let interval = Duration::from_millis(gw.stats_interval_ms.max(50));
@@ -284,12 +316,14 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
                 ev.direction.name(),
                 ev.kind
             );
+            ctl.publish(ctl.event_json(w, &ev));
         }
         if Instant::now() >= next_stats {
             next_stats += interval;
             if let Some(path) = &opts.stats_file {
                 let snaps = snapshots(&cmd_senders);
-                let file = StatsFile::build(started.elapsed(), &snaps, xdp_json(&xdp));
+                let xj = xdp_json(&ctl.xdp.lock().unwrap_or_else(|e| e.into_inner()));
+                let file = StatsFile::build(started.elapsed(), &snaps, xj);
                 if let Err(e) = stats::write_atomic(path, &file) {
                     info!("stats file {}: {e}", path.display());
                 }
@@ -298,10 +332,13 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         std::thread::sleep(Duration::from_millis(20));
     }
     info!("stopping");
+    for t in servers {
+        let _ = t.join();
+    }
     resolver_stop.store(true, Ordering::Relaxed);
     stop_workers(&mut workers);
     let _ = resolver.join();
-    drop(xdp);
+    drop(ctl);
     Ok(())
 }
 

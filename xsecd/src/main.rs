@@ -17,6 +17,9 @@ struct Args {
     /// Write counters as JSON to this file every `stats_interval_ms`.
     #[arg(long)]
     stats_file: Option<PathBuf>,
+    /// The control socket (overrides `[control] socket`; default /run/xsec/xsecd.sock).
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
     /// Validate the configuration and exit (0 = valid, 2 = invalid).
     #[arg(long)]
     check: bool,
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
     let opts = Options {
         config: args.config,
         stats_file: args.stats_file,
+        control: args.control,
     };
     match daemon::run(&opts, stop) {
         Ok(()) => ExitCode::SUCCESS,

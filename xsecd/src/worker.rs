@@ -7,6 +7,7 @@
 
 use crate::fwd::{self, ETH_HDR, IcmpError};
 use crate::reasm::{self, Reassembler};
+use crate::trace::Tap;
 use crate::xsk::{BURST, FRAME_SIZE, Frame, RxFrame, Side, SocketStats, Xsk, XskConfig};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use serde::Serialize;
@@ -70,9 +71,37 @@ pub enum Cmd {
         dst: IpAddr,
         hop: Option<Hop>,
     },
+    /// A configuration change, applied in one step; the report is sent back.
+    Apply(Box<Change>, Sender<ChangeReport>),
+    /// Start (`Some`) or stop tracing packets.
+    Trace(Option<Box<Tap>>),
     /// Reply with a snapshot of the counters.
     Snapshot(Sender<Snapshot>),
     Stop,
+}
+
+/// One worker's part of a configuration change (`xsecctl reload`, `add sa`, ...), applied
+/// between two bursts in this order: removals, installations, shards, SPD, heartbeats.
+#[derive(Debug, Default)]
+pub struct Change {
+    /// SAs to remove, by direction and SPI.
+    pub remove: Vec<(Direction, u32)>,
+    /// SAs to install. With `true`, the SA continues the one of the same direction and SPI
+    /// removed by this change ([`Sa::take_over`]): same keys, other settings changed.
+    pub install: Vec<(Box<Sa>, bool)>,
+    pub shards: Option<Arc<Shards>>,
+    pub spd: Option<Arc<Spd>>,
+    pub heartbeats: Option<Vec<Heartbeat>>,
+}
+
+/// What a worker did with a [`Change`].
+#[derive(Debug, Default)]
+pub struct ChangeReport {
+    pub id: u16,
+    /// Final state of every SA removed (for counters that outlive the SA).
+    pub removed: Vec<SaStatus>,
+    /// SAs that could not be installed or removed.
+    pub errors: Vec<String>,
 }
 
 /// A packet handed to the worker that owns its SA.
@@ -155,6 +184,8 @@ pub struct Snapshot {
     pub sas: Vec<SaStatus>,
     pub hits_in: Vec<u64>,
     pub hits_out: Vec<u64>,
+    /// Trace copies that found the trace channel full.
+    pub trace_lost: u64,
 }
 
 /// Everything a worker thread needs.
@@ -222,6 +253,8 @@ struct Worker {
     parked: Vec<(IpAddr, PacketBuf<Frame>, Timestamp, bool)>,
     frag_id: u32,
     scratch: Box<[u8; 2048]>,
+    trace: Option<Box<Tap>>,
+    trace_lost: u64,
 }
 
 /// Run a worker until `Cmd::Stop`. Sends `Ready` once its sockets are open (or failed).
@@ -273,6 +306,8 @@ pub fn run(setup: WorkerSetup, ready: Sender<Ready>) {
         reasm: Reassembler::new(),
         frag_id: u32::from(setup.id) << 24,
         scratch: Box::new([0u8; 2048]),
+        trace: None,
+        trace_lost: 0,
     };
     if ready.send(Ok((w.id, w.queue, fds))).is_err() {
         return;
@@ -347,7 +382,17 @@ impl Worker {
                     self.engine.remove_sa(h);
                 }
             }
-            Cmd::SetSpd(spd) => self.engine.set_spd(spd),
+            Cmd::SetSpd(spd) => self.set_spd(spd),
+            Cmd::Apply(change, reply) => {
+                let report = self.change(*change, now);
+                let _ = reply.send(report);
+            }
+            Cmd::Trace(tap) => {
+                if let Some(old) = self.trace.take() {
+                    self.trace_lost += old.lost;
+                }
+                self.trace = tap;
+            }
             Cmd::SetShards(s) => self.engine.set_shards(Some(s)),
             Cmd::SetHeartbeats(hbs) => {
                 self.heartbeats = hbs
@@ -386,10 +431,80 @@ impl Worker {
                     sas,
                     hits_in: self.engine.policy_hits(Direction::Inbound).to_vec(),
                     hits_out: self.engine.policy_hits(Direction::Outbound).to_vec(),
+                    trace_lost: self.trace_lost + self.trace.as_ref().map_or(0, |t| t.lost),
                 });
             }
             Cmd::Stop => {}
         }
+    }
+
+    fn set_spd(&mut self, spd: Arc<Spd>) {
+        if let Some(t) = &mut self.trace {
+            t.set_spd(&spd);
+        }
+        self.engine.set_spd(spd);
+    }
+
+    /// Apply one configuration change; see [`Change`].
+    fn change(&mut self, c: Change, now: Timestamp) -> ChangeReport {
+        let mut report = ChangeReport {
+            id: self.id,
+            ..ChangeReport::default()
+        };
+        let mut gone: Vec<Sa> = Vec::with_capacity(c.remove.len());
+        for (dir, spi) in c.remove {
+            match self.engine.sad().find(dir, spi, None) {
+                Some(h) => {
+                    if let Some(sa) = self.engine.remove_sa(h) {
+                        report.removed.push(sa.status(now));
+                        gone.push(sa);
+                    }
+                }
+                None => report.errors.push(format!(
+                    "worker {}: no {} SA with SPI {spi:#010x} to remove",
+                    self.id,
+                    dir.name()
+                )),
+            }
+        }
+        for (mut sa, carry) in c.install {
+            if carry
+                && let Some(old) = gone
+                    .iter()
+                    .find(|o| o.spi() == sa.spi() && o.direction() == sa.direction())
+            {
+                sa.take_over(old);
+            }
+            let (dir, spi) = (sa.direction(), sa.spi());
+            if let Err(e) = self.engine.install_sa(*sa) {
+                report.errors.push(format!(
+                    "worker {}: {} SA {spi:#010x}: {e}",
+                    self.id,
+                    dir.name()
+                ));
+            }
+        }
+        if let Some(s) = c.shards {
+            self.engine.set_shards(Some(s));
+        }
+        if let Some(spd) = c.spd {
+            self.set_spd(spd);
+        }
+        if let Some(hbs) = c.heartbeats {
+            // a heartbeat that continues keeps its schedule
+            let old = std::mem::take(&mut self.heartbeats);
+            self.heartbeats = hbs
+                .into_iter()
+                .map(|hb| {
+                    let next = old
+                        .iter()
+                        .find(|o| o.hb.reqid == hb.reqid && o.hb.interval == hb.interval)
+                        .map_or(now, |o| o.next);
+                    HeartbeatState { next, hb }
+                })
+                .collect();
+        }
+        report
     }
 
     /// One received Ethernet frame.
@@ -415,7 +530,19 @@ impl Worker {
                         None => return,
                     }
                 }
+                let spi = match &self.trace {
+                    Some(t) => crate::trace::esp_spi(pkt.data(), &t.filter.udp_ports),
+                    None => None,
+                };
                 let v = self.engine.inbound(now, &mut pkt);
+                if let Some(t) = &mut self.trace
+                    && matches!(v, Verdict::Forward | Verdict::Bypass)
+                {
+                    let spi = spi.filter(|_| v == Verdict::Forward);
+                    if t.wants(self.engine.spd(), Direction::Inbound, pkt.data(), spi) {
+                        t.copy(self.id, Direction::Inbound, pkt.data());
+                    }
+                }
                 match v {
                     // decapsulated (or bypassed plaintext): forwarded by this router
                     Verdict::Forward | Verdict::Bypass => self.forward(pkt, now, true, false),
@@ -445,7 +572,21 @@ impl Worker {
                     self.scratch[..quote].copy_from_slice(&pkt.data()[..quote]);
                 }
                 let inner_len = pkt.len();
-                match self.engine.outbound(now, &mut pkt) {
+                let traced = match &self.trace {
+                    Some(t)
+                        if t.wants(self.engine.spd(), Direction::Outbound, pkt.data(), None) =>
+                    {
+                        Some(pkt.data().to_vec())
+                    }
+                    _ => None,
+                };
+                let v = self.engine.outbound(now, &mut pkt);
+                if let (Some(ip), Some(t)) = (traced, &mut self.trace)
+                    && !matches!(v, Verdict::Handoff(_))
+                {
+                    t.copy(self.id, Direction::Outbound, &ip);
+                }
+                match v {
                     Verdict::Forward => {
                         self.forward_esp(pkt, now, keep.then_some((quote, inner_len)))
                     }

@@ -315,6 +315,26 @@ impl Sa {
         self.replay.commit(seq);
     }
 
+    /// Continue `old`, the SA this one replaces with the same SPI and keys (a configuration
+    /// change that did not touch the cryptography): the outbound sequence number, the
+    /// anti-replay window (when its size and ESN setting are unchanged, else its top), the
+    /// drop counters and the last NAT-T peer carry over. The lifetime starts anew with this
+    /// SA's limits.
+    pub fn take_over(&mut self, old: &Sa) {
+        if self.spi != old.spi || self.dir != old.dir {
+            return;
+        }
+        self.seq = self.seq.max(old.seq);
+        if self.replay.size() == old.replay.size() && self.esn == old.esn {
+            self.replay = old.replay.clone();
+        } else if old.replay.top() > 0 {
+            self.replay.commit(old.replay.top());
+        }
+        self.drops = old.drops;
+        self.peer_seen = self.peer_seen.or(old.peer_seen);
+        self.ip_id = old.ip_id;
+    }
+
     /// Time-driven lifetime check without traffic (called by the engine's timer sweep).
     pub(crate) fn poll(&mut self, now: Timestamp) -> Option<LifeEvent> {
         self.life.usable(now).1

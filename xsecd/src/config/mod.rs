@@ -13,12 +13,14 @@
 //! The schema is documented in `docs/config.md`; `examples/*.toml` are tested in
 //! `xsecd/tests/config.rs`.
 
+mod control;
 mod error;
 mod gateway;
 mod policy;
 mod reader;
 mod sa;
 
+pub use control::{ControlConfig, DEFAULT_SOCKET};
 pub use error::{ConfigError, Diagnostic};
 pub use gateway::{GatewayConfig, IdleMode, XdpModeCfg};
 pub use sa::SaPair;
@@ -37,6 +39,7 @@ use zeroize::Zeroizing;
 pub struct Config {
     pub path: PathBuf,
     pub gateway: GatewayConfig,
+    pub control: ControlConfig,
     /// SA pairs in file order; pair `i` has reqid `i + 1` in both directions.
     pub sas: Vec<SaPair>,
     /// Validated: `spd.compile()` succeeds.
@@ -126,6 +129,20 @@ fn build(
             fails.push(e);
             None
         }
+    };
+    let control = match root.get("control") {
+        None => Some(ControlConfig::default()),
+        Some(v) => match v.table() {
+            Ok(mut t) => {
+                let c = control::read(&mut t, fails);
+                t.finish(fails);
+                c
+            }
+            Err(e) => {
+                fails.push(e);
+                None
+            }
+        },
     };
     let sa_vals = tables(root.get("sa"), fails);
     let policy_vals = tables(root.get("policy"), fails);
@@ -240,7 +257,9 @@ fn build(
         });
     }
 
-    let (Some((gateway, inbound_default)), true) = (gateway, fails.is_empty()) else {
+    let (Some((gateway, inbound_default)), Some(control), true) =
+        (gateway, control, fails.is_empty())
+    else {
         return (None, warnings);
     };
     let mut spd = SpdConfig {
@@ -297,6 +316,7 @@ fn build(
     let cfg = Config {
         path: PathBuf::new(),
         gateway,
+        control,
         sas,
         spd,
         warnings: vec![],

@@ -1,0 +1,954 @@
+//! `xsecctl`: operate a running `xsecd` through its control socket
+//! (docs/control-protocol.md). Human tables by default, `--json` for scripts.
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use xsecd::control::{self, proto};
+
+/// Operate a running xsecd: show SAs, policies and counters, change SAs and policies live,
+/// test the SPD, trace packets, export metrics.
+#[derive(Debug, Parser)]
+#[command(name = "xsecctl", version)]
+struct Cli {
+    /// The control socket (default: $XSEC_SOCKET, else /run/xsec/xsecd.sock).
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Print the daemon's JSON answer instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// The daemon: version, uptime, configuration, workers.
+    Status,
+    /// Show SAs, policies, workers, interfaces or counters.
+    #[command(subcommand)]
+    Show(Show),
+    /// Add an SA pair or a policy (live; validated like a configuration file).
+    #[command(subcommand)]
+    Add(Add),
+    /// Remove an SA pair or a policy.
+    #[command(subcommand)]
+    Del(Del),
+    /// Move a policy to another position in the SPD.
+    #[command(subcommand)]
+    Move(Move),
+    /// Replace the configuration: validate all of CONFIG, apply only what changed, or
+    /// nothing and say why.
+    Reload { config: PathBuf },
+    /// Policy tools.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Copy the packets of one policy or SA (plaintext, before encryption and after
+    /// decryption) to a pcap file.
+    Trace(TraceArgs),
+    /// Live rates per SA and per worker.
+    Monitor {
+        /// Seconds between updates.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Stop after this many updates (0 = until interrupted).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+    },
+    /// OpenMetrics text of every counter.
+    Metrics,
+    /// Print SA lifetime and rekey events as they happen (one JSON object per line).
+    Events {
+        /// Stop after this many events (0 = until interrupted).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+        /// Stop after this many seconds (0 = never).
+        #[arg(long, default_value_t = 0)]
+        seconds: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Show {
+    /// SAs: SPI, direction, mode, peer, encapsulation, algorithms, key lengths, sequence
+    /// numbers, replay window, lifetimes, packets, bytes, drops, owning worker.
+    Sa {
+        /// Only this SPI (decimal or 0x-hex).
+        #[arg(long)]
+        spi: Option<String>,
+        /// Drops by reason.
+        #[arg(long)]
+        counters: bool,
+    },
+    /// The ordered SPD of each direction.
+    Policy {
+        /// Hit counters.
+        #[arg(long)]
+        counters: bool,
+    },
+    Workers,
+    Interfaces,
+    /// Counters per worker and per drop reason.
+    Counters,
+}
+
+#[derive(Debug, Subcommand)]
+enum Add {
+    /// FILE (or - for stdin) holds one [[sa]] table, as in the configuration file. Keys go
+    /// in the file, never on the command line.
+    Sa { file: PathBuf },
+    /// From FILE (one [[policy]] table) or from the options.
+    Policy(Box<PolicyArgs>),
+}
+
+#[derive(Debug, Args)]
+struct PolicyArgs {
+    /// A file holding one [[policy]] table (- for stdin); or use the options below.
+    file: Option<PathBuf>,
+    /// Position in the SPD, 1 = first (default: last).
+    #[arg(long)]
+    position: Option<usize>,
+    #[arg(long)]
+    name: Option<String>,
+    /// out, in or both.
+    #[arg(long)]
+    direction: Option<String>,
+    #[arg(long)]
+    local: Option<String>,
+    #[arg(long)]
+    remote: Option<String>,
+    #[arg(long)]
+    protocol: Option<String>,
+    #[arg(long)]
+    local_port: Option<String>,
+    #[arg(long)]
+    remote_port: Option<String>,
+    /// protect, bypass or discard.
+    #[arg(long)]
+    action: Option<String>,
+    /// The SA pair of a protect policy.
+    #[arg(long)]
+    sa: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Del {
+    Sa { name: String },
+    Policy { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum Move {
+    Policy {
+        name: String,
+        /// New position, 1 = first.
+        #[arg(long)]
+        position: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCmd {
+    /// Which policies match a described packet: the first, and all of them by disposition,
+    /// split by port ranges where the answer differs.
+    Test {
+        #[arg(long, value_name = "in|out")]
+        dir: String,
+        #[arg(long, default_value = "any")]
+        proto: String,
+        /// Our side: A, A:port, A:lo-hi, [v6]:port.
+        #[arg(long)]
+        local: String,
+        /// The peer's side, likewise.
+        #[arg(long)]
+        remote: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct TraceArgs {
+    #[arg(long, conflicts_with = "sa", required_unless_present = "sa")]
+    policy: Option<String>,
+    /// SPI of the SA (inbound: packets it decrypted; outbound: packets it will encrypt).
+    #[arg(long)]
+    sa: Option<String>,
+    /// Stop after this many packets.
+    #[arg(long, default_value_t = 100)]
+    count: u64,
+    /// Stop after this many seconds (0 = only the count stops it).
+    #[arg(long, default_value_t = 0)]
+    seconds: u64,
+    #[arg(long)]
+    pcap: PathBuf,
+}
+
+struct Client {
+    s: UnixStream,
+    next: u64,
+}
+
+type Res<T> = Result<T, (u8, String)>;
+
+impl Client {
+    fn connect(path: &Path) -> Res<Client> {
+        let s = UnixStream::connect(path).map_err(|e| {
+            let hint = match e.kind() {
+                std::io::ErrorKind::PermissionDenied => {
+                    " (the socket is for root, xsecd's user and control.group)"
+                }
+                std::io::ErrorKind::NotFound if !control::is_socket(path) => {
+                    " (is xsecd running? see --socket)"
+                }
+                std::io::ErrorKind::ConnectionRefused => " (is xsecd running?)",
+                _ => "",
+            };
+            (2, format!("{}: {e}{hint}", path.display()))
+        })?;
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        Ok(Client { s, next: 1 })
+    }
+
+    fn send(&mut self, cmd: &str, args: Value) -> Res<u64> {
+        let id = self.next;
+        self.next += 1;
+        proto::write_frame(&mut self.s, &proto::request(id, cmd, args))
+            .map_err(|e| (2, format!("send: {e}")))?;
+        Ok(id)
+    }
+
+    fn recv(&mut self, wait: Duration) -> Res<Value> {
+        let body =
+            proto::read_frame(&mut self.s, wait).map_err(|e| (2, format!("receive: {e}")))?;
+        serde_json::from_slice(&body).map_err(|e| (2, format!("receive: not JSON: {e}")))
+    }
+
+    /// One request, one answer: the result, or the daemon's error.
+    fn call(&mut self, cmd: &str, args: Value) -> Res<Value> {
+        self.send(cmd, args)?;
+        let v = self.recv(Duration::from_secs(30))?;
+        answer(v)
+    }
+}
+
+fn answer(v: Value) -> Res<Value> {
+    if v["ok"] == json!(true) {
+        return Ok(v["result"].clone());
+    }
+    let e = &v["error"];
+    let mut msg = format!(
+        "{}: {}",
+        e["kind"].as_str().unwrap_or("error"),
+        e["message"].as_str().unwrap_or("(no message)")
+    );
+    if let Some(d) = e.get("detail").filter(|d| !d.is_null() && !d.is_array()) {
+        msg.push_str(&format!(
+            "\n{}",
+            serde_json::to_string_pretty(d).unwrap_or_default()
+        ));
+    }
+    Err((1, msg))
+}
+
+fn read_input(p: &Path) -> Res<String> {
+    if p == Path::new("-") {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| (2, format!("stdin: {e}")))?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(p).map_err(|e| (2, format!("{}: {e}", p.display())))
+    }
+}
+
+/// A plain table: columns as wide as their widest cell.
+fn table(head: &[&str], rows: &[Vec<String>]) -> String {
+    let mut w: Vec<usize> = head.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < w.len() {
+                w[i] = w[i].max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<width$}  ", width = w[i]));
+            }
+        }
+        s.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(head.iter().map(|s| s.to_string()).collect());
+    for r in rows {
+        out.push_str(&line(r.clone()));
+    }
+    out
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(x) => x.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn encap(v: &Value) -> String {
+    match v["type"].as_str() {
+        Some("udp") => format!("udp {}→{}", s(&v["local_port"]), s(&v["remote_port"])),
+        _ => "esp".into(),
+    }
+}
+
+fn limit(v: &Value) -> String {
+    let mut parts = vec![];
+    if let Some(t) = v["time_s"].as_f64() {
+        parts.push(format!("{t:.0}s"));
+    }
+    if let Some(b) = v["bytes"].as_u64() {
+        parts.push(format!("{b}B"));
+    }
+    if let Some(p) = v["packets"].as_u64() {
+        parts.push(format!("{p}p"));
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join("/")
+    }
+}
+
+fn print_sas(v: &Value, counters: bool) {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|x| {
+            vec![
+                s(&x["name"]),
+                s(&x["spi_hex"]),
+                s(&x["direction"]),
+                s(&x["mode"]),
+                s(&x["peer"]),
+                encap(&x["encap"]),
+                format!("{}/{}", s(&x["encryption"]), s(&x["integrity"])),
+                format!("{}/{}", s(&x["enc_key_bits"]), s(&x["auth_key_bits"])),
+                s(&x["seq"]),
+                format!(
+                    "{}/{}",
+                    s(&x["replay"]["received_in_window"]),
+                    s(&x["replay"]["window"])
+                ),
+                format!(
+                    "{:.0}s {}/{}",
+                    x["lifetime"]["age_s"].as_f64().unwrap_or(0.0),
+                    limit(&x["lifetime"]["soft"]),
+                    limit(&x["lifetime"]["hard"])
+                ),
+                s(&x["packets"]),
+                s(&x["bytes"]),
+                s(&x["drops"]),
+                s(&x["worker"]),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "NAME",
+                "SPI",
+                "DIR",
+                "MODE",
+                "PEER",
+                "ENCAP",
+                "ALGORITHMS",
+                "KEY BITS",
+                "SEQ",
+                "REPLAY",
+                "LIFETIME used soft/hard",
+                "PACKETS",
+                "BYTES",
+                "DROPS",
+                "WORKER"
+            ],
+            &rows
+        )
+    );
+    if counters {
+        for x in v.as_array().into_iter().flatten() {
+            let nz: Vec<String> = x["drop_reasons"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(_, n)| n.as_u64() != Some(0))
+                .map(|(r, n)| format!("{r}={n}"))
+                .collect();
+            if !nz.is_empty() {
+                println!(
+                    "{} {} drops: {}",
+                    s(&x["name"]),
+                    s(&x["direction"]),
+                    nz.join(" ")
+                );
+            }
+        }
+    }
+}
+
+fn print_policies(v: &Value, counters: bool) {
+    for dir in ["out", "in"] {
+        println!("{} SPD:", if dir == "out" { "Outbound" } else { "Inbound" });
+        let rows: Vec<Vec<String>> = v[dir]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let mut r = vec![
+                    s(&p["position"]),
+                    s(&p["name"]),
+                    s(&p["local"]),
+                    s(&p["remote"]),
+                    s(&p["proto"]),
+                    s(&p["local_port"]),
+                    s(&p["remote_port"]),
+                    s(&p["action"]),
+                    s(&p["sa"]),
+                ];
+                if counters {
+                    r.push(s(&p["hits"]));
+                }
+                r
+            })
+            .collect();
+        let mut head = vec![
+            "#", "NAME", "LOCAL", "REMOTE", "PROTO", "LPORT", "RPORT", "ACTION", "SA",
+        ];
+        if counters {
+            head.push("HITS");
+        }
+        print!("{}", table(&head, &rows));
+    }
+    println!("inbound default: {}", s(&v["inbound_default"]));
+}
+
+fn run(cli: Cli) -> Res<()> {
+    let sock = cli.socket.clone().unwrap_or_else(control::default_socket);
+    let mut c = Client::connect(&sock)?;
+    let json_out = cli.json;
+    let print_json =
+        |v: &Value| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    match cli.cmd {
+        Cmd::Status => {
+            let v = c.call("hello", json!({}))?;
+            if json_out {
+                print_json(&v);
+            } else {
+                println!(
+                    "xsecd {} (pid {}, protocol {}), up {:.0} s\nconfiguration {} (generation {}), {} worker(s), {} SA pair(s)",
+                    s(&v["version"]),
+                    s(&v["pid"]),
+                    s(&v["protocol"]),
+                    v["uptime_s"].as_f64().unwrap_or(0.0),
+                    s(&v["config"]),
+                    s(&v["generation"]),
+                    s(&v["workers"]),
+                    s(&v["sa_pairs"])
+                );
+            }
+        }
+        Cmd::Show(sh) => match sh {
+            Show::Sa { spi, counters } => {
+                let v = c.call("show-sa", json!({"spi": spi, "counters": counters}))?;
+                if json_out {
+                    print_json(&v)
+                } else {
+                    print_sas(&v, counters)
+                }
+            }
+            Show::Policy { counters } => {
+                let v = c.call("show-policy", json!({"counters": counters}))?;
+                if json_out {
+                    print_json(&v)
+                } else {
+                    print_policies(&v, counters)
+                }
+            }
+            Show::Workers => {
+                let v = c.call("show-workers", json!({}))?;
+                if json_out {
+                    print_json(&v);
+                } else {
+                    let rows: Vec<Vec<String>> = v
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|w| {
+                            vec![
+                                s(&w["id"]),
+                                s(&w["queue"]),
+                                s(&w["core"]),
+                                s(&w["sas"]),
+                                s(&w["rx"]),
+                                s(&w["tx"]),
+                                s(&w["encap_packets"]),
+                                s(&w["decap_packets"]),
+                                s(&w["drops"]),
+                                format!("{:.1}", w["busy_pct"].as_f64().unwrap_or(0.0)),
+                            ]
+                        })
+                        .collect();
+                    print!(
+                        "{}",
+                        table(
+                            &[
+                                "WORKER", "QUEUE", "CORE", "SAS", "RX", "TX", "ENCAP", "DECAP",
+                                "DROPS", "BUSY%"
+                            ],
+                            &rows
+                        )
+                    );
+                }
+            }
+            Show::Interfaces => {
+                let v = c.call("show-interfaces", json!({}))?;
+                if json_out {
+                    print_json(&v);
+                } else {
+                    let mut rows = vec![];
+                    for i in v.as_array().into_iter().flatten() {
+                        for q in i["queues"].as_array().into_iter().flatten() {
+                            rows.push(vec![
+                                s(&i["name"]),
+                                s(&i["role"]),
+                                s(&i["ifindex"]),
+                                s(&i["xdp_mode"]),
+                                s(&q["queue"]),
+                                s(&q["worker"]),
+                                s(&q["xdp"]["rx"]),
+                                s(&q["xdp"]["redirect_failed"]),
+                                s(&q["socket"]["rx_dropped"]),
+                                s(&q["socket"]["rx_ring_full"]),
+                            ]);
+                        }
+                    }
+                    print!(
+                        "{}",
+                        table(
+                            &[
+                                "INTERFACE",
+                                "ROLE",
+                                "IFINDEX",
+                                "XDP",
+                                "QUEUE",
+                                "WORKER",
+                                "XDP RX",
+                                "REDIRECT FAIL",
+                                "SOCK DROPPED",
+                                "RX RING FULL"
+                            ],
+                            &rows
+                        )
+                    );
+                }
+            }
+            Show::Counters => {
+                let v = c.call("show-counters", json!({}))?;
+                if json_out {
+                    print_json(&v);
+                } else {
+                    let t = &v["total"];
+                    println!("engine: {}", t["engine"]);
+                    println!("forwarding: {}", t["forward"]);
+                    let rows: Vec<Vec<String>> = t["drops"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(r, n)| {
+                            let mut row = vec![r.clone(), s(n)];
+                            for w in v["workers"].as_array().into_iter().flatten() {
+                                row.push(s(&w["drops"][r]));
+                            }
+                            row
+                        })
+                        .collect();
+                    let nw = v["workers"].as_array().map_or(0, Vec::len);
+                    let mut head: Vec<String> = vec!["DROP REASON".into(), "TOTAL".into()];
+                    head.extend((0..nw).map(|i| format!("W{i}")));
+                    let head: Vec<&str> = head.iter().map(String::as_str).collect();
+                    print!("{}", table(&head, &rows));
+                    println!("control: {}", v["control"]);
+                }
+            }
+        },
+        Cmd::Add(Add::Sa { file }) => {
+            let text = zeroize::Zeroizing::new(read_input(&file)?);
+            let v = c.call("add-sa", json!({"text": text.as_str()}))?;
+            change_out(&v, json_out);
+        }
+        Cmd::Add(Add::Policy(a)) => {
+            let text = match &a.file {
+                Some(f) => read_input(f)?,
+                None => policy_toml(&a)?,
+            };
+            let v = c.call("add-policy", json!({"text": text, "position": a.position}))?;
+            change_out(&v, json_out);
+        }
+        Cmd::Del(Del::Sa { name }) => {
+            change_out(&c.call("del-sa", json!({"name": name}))?, json_out)
+        }
+        Cmd::Del(Del::Policy { name }) => {
+            change_out(&c.call("del-policy", json!({"name": name}))?, json_out)
+        }
+        Cmd::Move(Move::Policy { name, position }) => change_out(
+            &c.call("move-policy", json!({"name": name, "position": position}))?,
+            json_out,
+        ),
+        Cmd::Reload { config } => {
+            let text = zeroize::Zeroizing::new(read_input(&config)?);
+            let path = std::fs::canonicalize(&config).unwrap_or(config);
+            let v = c.call("reload", json!({"path": path, "text": text.as_str()}))?;
+            change_out(&v, json_out);
+        }
+        Cmd::Policy(PolicyCmd::Test {
+            dir,
+            proto,
+            local,
+            remote,
+        }) => {
+            let v = c.call(
+                "policy-test",
+                json!({"direction": dir, "proto": proto, "local": local, "remote": remote}),
+            )?;
+            if json_out {
+                print_json(&v);
+            } else {
+                let rows: Vec<Vec<String>> = v["results"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|r| {
+                        let pr = |p: &Value| match p.as_array() {
+                            Some(a) if a.len() == 2 && a[0] == a[1] => s(&a[0]),
+                            Some(a) if a.len() == 2 => format!("{}-{}", s(&a[0]), s(&a[1])),
+                            _ => "-".into(),
+                        };
+                        let by: Vec<String> = r["by_disposition"]
+                            .as_object()
+                            .into_iter()
+                            .flatten()
+                            .map(|(d, names)| {
+                                format!(
+                                    "{d}: {}",
+                                    names
+                                        .as_array()
+                                        .into_iter()
+                                        .flatten()
+                                        .map(s)
+                                        .collect::<Vec<_>>()
+                                        .join(",")
+                                )
+                            })
+                            .collect();
+                        vec![
+                            pr(&r["local_ports"]),
+                            pr(&r["remote_ports"]),
+                            s(&r["first"]),
+                            s(&r["disposition"]),
+                            by.join("; "),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    table(
+                        &[
+                            "LOCAL PORTS",
+                            "REMOTE PORTS",
+                            "FIRST MATCH",
+                            "DISPOSITION",
+                            "ALL MATCHES"
+                        ],
+                        &rows
+                    )
+                );
+            }
+        }
+        Cmd::Trace(t) => trace(&mut c, &t, json_out)?,
+        Cmd::Monitor { interval, count } => monitor(&mut c, interval, count)?,
+        Cmd::Metrics => {
+            let v = c.call("metrics", json!({}))?;
+            if json_out {
+                print_json(&v)
+            } else {
+                print!("{}", s(&v["text"]))
+            }
+        }
+        Cmd::Events { count, seconds } => {
+            let id = c.send("subscribe", json!({}))?;
+            let end = (seconds > 0).then(|| Instant::now() + Duration::from_secs(seconds));
+            let mut n = 0;
+            loop {
+                if end.is_some_and(|e| Instant::now() >= e) || (count > 0 && n >= count) {
+                    break;
+                }
+                let v = match c.recv(Duration::from_millis(500)) {
+                    Ok(v) => v,
+                    Err((_, e)) if e.contains("idle") => continue,
+                    Err(e) => return Err(e),
+                };
+                if v["id"] != json!(id) {
+                    continue;
+                }
+                if v.get("ok").is_some() {
+                    answer(v)?;
+                    break;
+                }
+                if let Some(ev) = v["stream"].get("event") {
+                    n += 1;
+                    println!("{ev}");
+                    let _ = std::io::stdout().flush();
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn change_out(v: &Value, json_out: bool) {
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        return;
+    }
+    let list = |x: &Value| {
+        let v: Vec<String> = x.as_array().into_iter().flatten().map(s).collect();
+        if v.is_empty() {
+            "-".into()
+        } else {
+            v.join(", ")
+        }
+    };
+    let sa = &v["sas"];
+    println!(
+        "applied (generation {}): SAs added {}, removed {}, changed {}, unchanged {}",
+        s(&v["generation"]),
+        list(&sa["added"]),
+        list(&sa["removed"]),
+        list(&sa["changed"]),
+        s(&sa["unchanged"])
+    );
+    for dir in ["out", "in"] {
+        let p = &v["policies"][dir];
+        println!(
+            "{dir} policies: added {}, removed {}, changed {}{}",
+            list(&p["added"]),
+            list(&p["removed"]),
+            list(&p["changed"]),
+            if p["reordered"] == json!(true) {
+                ", reordered"
+            } else {
+                ""
+            }
+        );
+    }
+    for w in v["warnings"].as_array().into_iter().flatten() {
+        println!("warning: {}", s(w));
+    }
+}
+
+fn toml_str(x: &str) -> String {
+    let mut o = String::from("\"");
+    for c in x.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if c.is_control() => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+fn policy_toml(a: &PolicyArgs) -> Res<String> {
+    let mut t = String::from("[[policy]]\n");
+    let name = a.name.as_ref().ok_or((
+        2,
+        "add policy: give FILE or at least --name, --local, --remote and --action".to_owned(),
+    ))?;
+    for (k, v) in [
+        ("name", Some(name)),
+        ("direction", a.direction.as_ref()),
+        ("local", a.local.as_ref()),
+        ("remote", a.remote.as_ref()),
+        ("protocol", a.protocol.as_ref()),
+        ("local_port", a.local_port.as_ref()),
+        ("remote_port", a.remote_port.as_ref()),
+        ("action", a.action.as_ref()),
+        ("sa", a.sa.as_ref()),
+    ] {
+        if let Some(v) = v {
+            t.push_str(&format!("{k} = {}\n", toml_str(v)));
+        }
+    }
+    Ok(t)
+}
+
+fn trace(c: &mut Client, t: &TraceArgs, json_out: bool) -> Res<()> {
+    let mut f =
+        std::fs::File::create(&t.pcap).map_err(|e| (2, format!("{}: {e}", t.pcap.display())))?;
+    xsecd::trace::pcap_header(&mut f).map_err(|e| (2, format!("{}: {e}", t.pcap.display())))?;
+    let id = c.send(
+        "trace",
+        json!({"policy": t.policy, "sa": t.sa, "count": t.count, "seconds": t.seconds}),
+    )?;
+    let mut n = 0u64;
+    loop {
+        let v = match c.recv(Duration::from_secs(1)) {
+            Ok(v) => v,
+            Err((_, e)) if e.contains("idle") => continue,
+            Err(e) => return Err(e),
+        };
+        if v["id"] != json!(id) {
+            continue;
+        }
+        if v.get("ok").is_some() {
+            let r = answer(v)?;
+            if json_out {
+                println!(
+                    "{}",
+                    json!({"captured": r["captured"], "written": n, "pcap": t.pcap})
+                );
+            } else {
+                println!("{n} packet(s) written to {}", t.pcap.display());
+            }
+            return Ok(());
+        }
+        let p = &v["stream"]["packet"];
+        let Some(data) = p["hex"].as_str().and_then(control::unhex) else {
+            continue;
+        };
+        xsecd::trace::pcap_record(&mut f, p["time_us"].as_u64().unwrap_or(0), &data)
+            .and_then(|_| f.flush())
+            .map_err(|e| (2, format!("{}: {e}", t.pcap.display())))?;
+        n += 1;
+    }
+}
+
+fn monitor(c: &mut Client, interval: f64, count: u64) -> Res<()> {
+    let iv = Duration::from_secs_f64(interval.clamp(0.1, 3600.0));
+    let mut prev: Option<(Instant, Value, Value)> = None;
+    let mut n = 0;
+    loop {
+        let sas = c.call("show-sa", json!({}))?;
+        let workers = c.call("show-workers", json!({}))?;
+        let now = Instant::now();
+        if let Some((t0, psas, pw)) = &prev {
+            let dt = now.duration_since(*t0).as_secs_f64().max(1e-3);
+            let find = |arr: &Value, key: (&Value, &Value)| -> Option<Value> {
+                arr.as_array()?
+                    .iter()
+                    .find(|x| (&x["spi"], &x["direction"]) == key)
+                    .cloned()
+            };
+            let rows: Vec<Vec<String>> = sas
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|x| {
+                    let old = find(psas, (&x["spi"], &x["direction"]));
+                    let d = |k: &str| {
+                        let a = x[k].as_u64().unwrap_or(0);
+                        let b = old.as_ref().and_then(|o| o[k].as_u64()).unwrap_or(a);
+                        a.saturating_sub(b) as f64 / dt
+                    };
+                    vec![
+                        s(&x["name"]),
+                        s(&x["spi_hex"]),
+                        s(&x["direction"]),
+                        format!("{:.0}", d("packets")),
+                        format!("{:.3}", d("bytes") * 8.0 / 1e6),
+                        format!("{:.0}", d("drops")),
+                        s(&x["worker"]),
+                    ]
+                })
+                .collect();
+            let wrows: Vec<Vec<String>> = workers
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|w| {
+                    let old = pw
+                        .as_array()
+                        .and_then(|a| a.iter().find(|o| o["id"] == w["id"]).cloned());
+                    let d = |k: &str| {
+                        let a = w[k].as_u64().unwrap_or(0);
+                        let b = old.as_ref().and_then(|o| o[k].as_u64()).unwrap_or(a);
+                        a.saturating_sub(b) as f64 / dt
+                    };
+                    let busy = {
+                        let l = d("loops");
+                        if l > 0.0 {
+                            100.0 * d("busy_loops") / l
+                        } else {
+                            0.0
+                        }
+                    };
+                    vec![
+                        s(&w["id"]),
+                        format!("{:.0}", d("rx")),
+                        format!("{:.0}", d("tx")),
+                        format!("{:.0}", d("encap_packets")),
+                        format!("{:.0}", d("decap_packets")),
+                        format!("{:.0}", d("drops")),
+                        format!("{busy:.1}"),
+                    ]
+                })
+                .collect();
+            print!("\x1b[2J\x1b[H");
+            print!(
+                "{}",
+                table(
+                    &["SA", "SPI", "DIR", "PKT/S", "MBIT/S", "DROP/S", "WORKER"],
+                    &rows
+                )
+            );
+            println!();
+            print!(
+                "{}",
+                table(
+                    &[
+                        "WORKER", "RX/S", "TX/S", "ENCAP/S", "DECAP/S", "DROP/S", "BUSY%"
+                    ],
+                    &wrows
+                )
+            );
+            let _ = std::io::stdout().flush();
+            n += 1;
+            if count > 0 && n >= count {
+                return Ok(());
+            }
+        }
+        prev = Some((now, sas, workers));
+        std::thread::sleep(iv);
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, msg)) => {
+            eprintln!("xsecctl: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}

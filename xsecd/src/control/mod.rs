@@ -1,0 +1,986 @@
+//! The control socket: `xsecctl` (and the IKE process) inspect and change a running
+//! gateway through it. Protocol: [`proto`] and docs/control-protocol.md.
+//!
+//! Threads: one accepts; each connection has its own (at most [`MAX_CONNS`]), so a slow or
+//! hostile client only ever holds its own thread. Workers are reached only through their
+//! command channels, with deadlines: nothing here can stall the packet path. Changes are
+//! serialized by the [`Running`] mutex, which only control threads take.
+
+pub mod http;
+pub mod proto;
+pub mod running;
+pub mod view;
+
+use crate::config::ControlConfig;
+use crate::daemon::log;
+use crate::trace::{self, Filter, Tap};
+use crate::worker::{Change, ChangeReport, Cmd, Snapshot};
+use crate::xdp::XdpSteering;
+use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use proto::kind;
+use running::{Edit, Refusal, Running};
+use serde_json::{Value, json};
+use std::io;
+use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+use xsec_dataplane::events::{Event, EventKind};
+use xsec_dataplane::sa::LimitKind;
+use xsec_dataplane::spd::selector::ICMP_BASE;
+use xsec_dataplane::spd::{Direction, PacketKey};
+use xsec_dataplane::time::MonotonicClock;
+use zeroize::Zeroizing;
+
+macro_rules! info {
+    ($($t:tt)*) => { log(format_args!($($t)*)) };
+}
+
+/// Connections served at once; more are answered `busy` and closed.
+pub const MAX_CONNS: usize = 32;
+/// A connection with no request for this long is closed.
+const IDLE: Duration = Duration::from_secs(600);
+/// How long a worker may take to answer.
+const WORKER_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Counters of the control plane itself.
+#[derive(Debug, Default)]
+pub struct CtlCounters {
+    pub connections: AtomicU64,
+    pub refused: AtomicU64,
+    pub requests: AtomicU64,
+    pub errors: AtomicU64,
+    pub events: AtomicU64,
+    pub events_dropped: AtomicU64,
+}
+
+/// Everything the control threads share.
+pub struct Control {
+    pub running: Mutex<Running>,
+    pub xdp: Mutex<XdpSteering>,
+    pub workers: Vec<Sender<Cmd>>,
+    pub resolve: Sender<IpAddr>,
+    pub clock: MonotonicClock,
+    pub started: Instant,
+    pub subscribers: Mutex<Vec<Sender<Value>>>,
+    /// (name, ifindex) of the unprotected and protected interfaces.
+    pub ifaces: [(String, u32); 2],
+    pub xdp_mode: &'static str,
+    pub cfg: ControlConfig,
+    /// Group allowed besides root and xsecd's own user.
+    pub gid: Option<u32>,
+    pub conns: AtomicUsize,
+    pub tracing: AtomicBool,
+    pub counters: CtlCounters,
+    pub stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("socket", &self.cfg.socket)
+            .field("workers", &self.workers.len())
+            .field("ifaces", &self.ifaces)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The gid of a group, from /etc/group.
+pub fn group_id(name: &str) -> Result<u32, String> {
+    let text = std::fs::read_to_string("/etc/group").map_err(|e| format!("/etc/group: {e}"))?;
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let n = f.next()?;
+            let gid = f.nth(1)?.parse::<u32>().ok()?;
+            (n == name).then_some(gid)
+        })
+        .next()
+        .ok_or_else(|| format!("control.group: no group named {name:?} in /etc/group"))
+}
+
+/// Create the socket: parent directory, stale socket removed (refused if another xsecd
+/// answers on it), mode 0600 (0660 and the group with `group`).
+pub fn bind(cfg: &ControlConfig, gid: Option<u32>) -> Result<UnixListener, String> {
+    let path = &cfg.socket;
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(format!(
+                "{}: another xsecd is listening on this control socket",
+                path.display()
+            ));
+        }
+        std::fs::remove_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    // created with no permission for anyone until the mode is set
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+    let l = UnixListener::bind(path);
+    rustix::process::umask(old);
+    let l = l.map_err(|e| format!("{}: {e}", path.display()))?;
+    let mode = if let Some(g) = gid {
+        std::os::unix::fs::chown(path, None, Some(g))
+            .map_err(|e| format!("{}: chown: {e}", path.display()))?;
+        0o660
+    } else {
+        0o600
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    l.set_nonblocking(true)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(l)
+}
+
+/// Accept connections until `ctl.stop`.
+pub fn serve(ctl: Arc<Control>, listener: UnixListener) {
+    while !ctl.stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((s, _)) => {
+                ctl.counters.connections.fetch_add(1, Ordering::Relaxed);
+                if ctl.conns.load(Ordering::Relaxed) >= MAX_CONNS {
+                    let mut s = s;
+                    let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
+                    let _ = proto::write_frame(
+                        &mut s,
+                        &proto::error(
+                            0,
+                            kind::BUSY,
+                            format!("{MAX_CONNS} connections are open already"),
+                        ),
+                    );
+                    continue;
+                }
+                ctl.conns.fetch_add(1, Ordering::Relaxed);
+                let c = ctl.clone();
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("xsec-ctl".into())
+                        .spawn(move || {
+                            connection(&c, s);
+                            c.conns.fetch_sub(1, Ordering::Relaxed);
+                        });
+                if spawned.is_err() {
+                    ctl.conns.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                info!("control socket: accept: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&ctl.cfg.socket);
+}
+
+/// Is the peer allowed? Root, xsecd's own user, or a member of the configured group.
+fn peer_allowed(ctl: &Control, s: &UnixStream) -> Result<(), String> {
+    let cred = rustix::net::sockopt::socket_peercred(s).map_err(|e| format!("SO_PEERCRED: {e}"))?;
+    let uid = cred.uid.as_raw();
+    let gid = cred.gid.as_raw();
+    if uid == 0 || uid == rustix::process::geteuid().as_raw() {
+        return Ok(());
+    }
+    if let Some(g) = ctl.gid {
+        let supplementary =
+            std::fs::read_to_string(format!("/proc/{}/status", cred.pid.as_raw_nonzero()))
+                .ok()
+                .and_then(|st| {
+                    st.lines()
+                        .find_map(|l| l.strip_prefix("Groups:").map(str::to_owned))
+                })
+                .unwrap_or_default();
+        if gid == g || supplementary.split_whitespace().any(|x| x.parse() == Ok(g)) {
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "uid {uid} (pid {}) is not allowed: only root, xsecd's user{}",
+        cred.pid.as_raw_nonzero(),
+        if ctl.cfg.group.is_some() {
+            " and members of control.group"
+        } else {
+            ""
+        }
+    ))
+}
+
+fn connection(ctl: &Control, mut s: UnixStream) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
+    if let Err(why) = peer_allowed(ctl, &s) {
+        ctl.counters.refused.fetch_add(1, Ordering::Relaxed);
+        info!("control socket: refused a client: {why}");
+        let _ = proto::write_frame(&mut s, &proto::error(0, kind::REFUSED, why));
+        return;
+    }
+    loop {
+        if ctl.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let body = match proto::read_frame(&mut s, IDLE) {
+            Ok(b) => b,
+            Err(proto::FrameError::Closed | proto::FrameError::Idle) => return,
+            Err(proto::FrameError::Io(_)) => return,
+            Err(e) => {
+                // the stream cannot be resynchronized after a bad frame: answer, then close
+                ctl.counters.errors.fetch_add(1, Ordering::Relaxed);
+                let _ =
+                    proto::write_frame(&mut s, &proto::error(0, kind::BAD_FRAME, e.to_string()));
+                return;
+            }
+        };
+        ctl.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let req: Value = match serde_json::from_slice(&body) {
+            Ok(v @ Value::Object(_)) => v,
+            Ok(_) => {
+                ctl.counters.errors.fetch_add(1, Ordering::Relaxed);
+                let _ = proto::write_frame(
+                    &mut s,
+                    &proto::error(0, kind::BAD_JSON, "a request is a JSON object"),
+                );
+                continue;
+            }
+            Err(e) => {
+                ctl.counters.errors.fetch_add(1, Ordering::Relaxed);
+                let _ = proto::write_frame(
+                    &mut s,
+                    &proto::error(0, kind::BAD_JSON, format!("not JSON: {e}")),
+                );
+                continue;
+            }
+        };
+        let id = req.get("id").and_then(Value::as_u64).unwrap_or(0);
+        let answer = match req.get("version").and_then(Value::as_u64) {
+            Some(proto::VERSION) => {
+                let cmd = req.get("command").and_then(Value::as_str).unwrap_or("");
+                let args = req.get("args").cloned().unwrap_or(Value::Null);
+                match cmd {
+                    "subscribe" => {
+                        subscribe(ctl, &mut s, id);
+                        return;
+                    }
+                    "trace" => match trace(ctl, &mut s, id, &args) {
+                        Ok(v) => Ok(v),
+                        Err(e) => Err(e),
+                    },
+                    _ => dispatch(ctl, cmd, &args),
+                }
+            }
+            v => Err((
+                kind::VERSION,
+                format!(
+                    "protocol version {} is not spoken here; this xsecd speaks version {}",
+                    v.map_or("(missing)".to_owned(), |v| v.to_string()),
+                    proto::VERSION
+                ),
+                Value::Null,
+            )),
+        };
+        let frame = match answer {
+            Ok(result) => proto::ok(id, result),
+            Err((k, msg, detail)) => {
+                ctl.counters.errors.fetch_add(1, Ordering::Relaxed);
+                let mut e = proto::error(id, k, msg);
+                if !detail.is_null() {
+                    e["error"]["detail"] = detail;
+                }
+                e
+            }
+        };
+        if let Err(e) = proto::write_frame(&mut s, &frame) {
+            // an answer too big for a frame is an error the client must hear about
+            let _ = proto::write_frame(&mut s, &proto::error(id, kind::INTERNAL, e.to_string()));
+        }
+    }
+}
+
+type Fail = (&'static str, String, Value);
+
+fn bad(msg: impl Into<String>) -> Fail {
+    (kind::BAD_ARGS, msg.into(), Value::Null)
+}
+
+fn arg_str<'a>(args: &'a Value, key: &str) -> Result<Option<&'a str>, Fail> {
+    match args.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(bad(format!("args.{key}: expected a string"))),
+    }
+}
+
+fn arg_u64(args: &Value, key: &str) -> Result<Option<u64>, Fail> {
+    match args.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| bad(format!("args.{key}: expected a non-negative integer"))),
+    }
+}
+
+fn arg_bool(args: &Value, key: &str) -> Result<bool, Fail> {
+    match args.get(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(bad(format!("args.{key}: expected true or false"))),
+    }
+}
+
+fn req_str<'a>(args: &'a Value, key: &str) -> Result<&'a str, Fail> {
+    arg_str(args, key)?.ok_or_else(|| bad(format!("args.{key} is required")))
+}
+
+/// Parse an SPI given as decimal or 0x-hex.
+pub fn parse_spi(s: &str) -> Option<u32> {
+    let s = s.trim();
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u32::from_str_radix(h, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+impl Control {
+    /// Every worker's snapshot (each answers between two bursts).
+    pub fn snapshots(&self) -> Vec<Snapshot> {
+        crate::daemon::snapshots(&self.workers)
+    }
+
+    fn summary(&self) -> Value {
+        let run = lock(&self.running);
+        json!({
+            "pid": std::process::id(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "protocol": proto::VERSION,
+            "uptime_s": self.started.elapsed().as_secs_f64(),
+            "config": run.cfg.path,
+            "generation": run.generation,
+            "workers": self.workers.len(),
+            "sa_pairs": run.cfg.sas.len(),
+        })
+    }
+
+    /// Apply a change: validate, plan, three rounds to the workers, XDP maps, commit.
+    pub fn apply(&self, edit: Edit) -> Result<Value, Fail> {
+        let mut run = lock(&self.running);
+        let now = self.clock.now();
+        let plan = run.prepare(&edit, now).map_err(|r: Refusal| {
+            let detail =
+                if r.diagnostics.is_empty() {
+                    Value::Null
+                } else {
+                    json!(r.diagnostics.iter().map(|d| json!({
+                    "path": d.path, "line": d.line, "field": d.field, "message": d.message,
+                })).collect::<Vec<_>>())
+                };
+            (r.kind, r.message, detail)
+        })?;
+        let mut xdp = lock(&self.xdp);
+        let mut errors: Vec<String> = vec![];
+        // steer the union of old and new tunnel ports while SAs move
+        let mut ports = run.tunnel_ports();
+        ports.extend(&plan.tunnel_ports);
+        ports.sort_unstable();
+        ports.dedup();
+        if let Err(e) = xdp.set_tunnel_ports(&ports) {
+            return Err((
+                kind::INTERNAL,
+                format!("XDP tunnel ports: {e}; nothing was applied"),
+                Value::Null,
+            ));
+        }
+        let mut removed = vec![];
+        let [r0, r1, r2] = plan.rounds;
+        for (i, round) in [r0, r1, r2].into_iter().enumerate() {
+            let reports = self.round(round);
+            for r in reports {
+                match r {
+                    Ok(rep) => {
+                        errors.extend(rep.errors);
+                        removed.extend(rep.removed);
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+            if i == 1
+                && let Err(e) = xdp.set_protected_selectors(&plan.selectors)
+            {
+                errors.push(format!("XDP protected selectors: {e}"));
+            }
+        }
+        if let Err(e) = xdp.set_tunnel_ports(&plan.tunnel_ports) {
+            errors.push(format!("XDP tunnel ports: {e}"));
+        }
+        drop(xdp);
+        for p in &plan.peers {
+            let _ = self.resolve.try_send(*p);
+        }
+        run.commit(plan.next, &removed);
+        let mut summary = plan.summary;
+        summary["applied"] = json!(true);
+        if errors.is_empty() {
+            info!(
+                "configuration generation {} applied: {}",
+                run.generation, summary["sas"]
+            );
+            Ok(summary)
+        } else {
+            info!(
+                "configuration generation {} applied with errors: {errors:?}",
+                run.generation
+            );
+            summary["errors"] = json!(errors);
+            Err((
+                kind::INTERNAL,
+                format!("applied with errors: {}", errors.join("; ")),
+                summary,
+            ))
+        }
+    }
+
+    /// Send each worker its change (empty ones skipped) and collect the reports.
+    fn round(&self, changes: Vec<Change>) -> Vec<Result<ChangeReport, String>> {
+        let (tx, rx) = unbounded();
+        let mut asked = vec![];
+        for (i, c) in changes.into_iter().enumerate() {
+            let empty = c.remove.is_empty()
+                && c.install.is_empty()
+                && c.spd.is_none()
+                && c.shards.is_none()
+                && c.heartbeats.is_none();
+            if empty {
+                continue;
+            }
+            if let Some(w) = self.workers.get(i)
+                && w.send(Cmd::Apply(Box::new(c), tx.clone())).is_ok()
+            {
+                asked.push(i as u16);
+            }
+        }
+        let deadline = Instant::now() + WORKER_DEADLINE;
+        let mut out = vec![];
+        let mut answered = vec![];
+        while answered.len() < asked.len() {
+            match rx.recv_deadline(deadline) {
+                Ok(r) => {
+                    answered.push(r.id);
+                    out.push(Ok(r));
+                }
+                Err(_) => break,
+            }
+        }
+        for w in asked.iter().filter(|w| !answered.contains(w)) {
+            out.push(Err(format!(
+                "worker {w} did not answer within {WORKER_DEADLINE:?}"
+            )));
+        }
+        out
+    }
+
+    /// An engine event as subscribers see it.
+    pub fn event_json(&self, worker: u16, ev: &Event) -> Value {
+        let run = lock(&self.running);
+        let name = run.pair_by_reqid(ev.reqid).map(|p| p.name.clone());
+        drop(run);
+        let (kind, limit, rekey) = match ev.kind {
+            EventKind::SoftLifetime(LimitKind::Sequence) => ("seq-soft", Some("sequence"), true),
+            EventKind::HardLifetime(LimitKind::Sequence) => {
+                ("seq-exhausted", Some("sequence"), true)
+            }
+            EventKind::SoftLifetime(k) => ("soft-expire", Some(limit_name(k)), true),
+            EventKind::HardLifetime(k) => ("hard-expire", Some(limit_name(k)), false),
+            EventKind::PeerChanged { .. } => ("peer-changed", None, false),
+        };
+        let mut v = json!({
+            "type": kind,
+            "sa": name,
+            "spi": ev.spi,
+            "spi_hex": format!("{:#010x}", ev.spi),
+            "reqid": ev.reqid,
+            "direction": ev.direction.name(),
+            "worker": worker,
+            "rekey_needed": rekey,
+            "time": std::time::SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
+        });
+        if let Some(l) = limit {
+            v["limit"] = json!(l);
+        }
+        if let EventKind::PeerChanged { addr, port } = ev.kind {
+            v["addr"] = json!(addr);
+            v["port"] = json!(port);
+        }
+        v
+    }
+
+    /// Push an event to every subscriber; a subscriber whose queue is full misses it
+    /// (counted), one that left is forgotten.
+    pub fn publish(&self, ev: Value) {
+        self.counters.events.fetch_add(1, Ordering::Relaxed);
+        let mut subs = lock(&self.subscribers);
+        subs.retain(|s| match s.try_send(ev.clone()) {
+            Ok(()) => true,
+            Err(crossbeam_channel::TrySendError::Full(_)) => {
+                self.counters.events_dropped.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => false,
+        });
+    }
+}
+
+fn limit_name(k: LimitKind) -> &'static str {
+    match k {
+        LimitKind::Time => "time",
+        LimitKind::Bytes => "bytes",
+        LimitKind::Packets => "packets",
+        LimitKind::Idle => "idle",
+        LimitKind::Sequence => "sequence",
+    }
+}
+
+fn text_arg(args: &Value) -> Result<Zeroizing<String>, Fail> {
+    Ok(Zeroizing::new(req_str(args, "text")?.to_owned()))
+}
+
+fn dispatch(ctl: &Control, cmd: &str, args: &Value) -> Result<Value, Fail> {
+    if !(args.is_object() || args.is_null()) {
+        return Err(bad("args must be a JSON object"));
+    }
+    match cmd {
+        "hello" | "status" => Ok(ctl.summary()),
+        "show-sa" => {
+            let spi = match arg_str(args, "spi")? {
+                Some(s) => Some(parse_spi(s).ok_or_else(|| {
+                    bad(format!("args.spi: {s:?} is not an SPI (decimal or 0x-hex)"))
+                })?),
+                None => arg_u64(args, "spi_num")?.map(|n| n as u32),
+            };
+            let snaps = ctl.snapshots();
+            let v = view::sas(&snaps, spi, arg_bool(args, "counters")?);
+            if spi.is_some() && v.as_array().is_some_and(Vec::is_empty) {
+                return Err((
+                    kind::NOT_FOUND,
+                    format!("no SA has SPI {:#010x}", spi.unwrap_or(0)),
+                    Value::Null,
+                ));
+            }
+            Ok(v)
+        }
+        "show-policy" => {
+            let snaps = ctl.snapshots();
+            let run = lock(&ctl.running);
+            Ok(view::policies(&run, &snaps, arg_bool(args, "counters")?))
+        }
+        "show-workers" => Ok(view::workers(&ctl.snapshots())),
+        "show-counters" => {
+            let mut v = view::counters(&ctl.snapshots());
+            let c = &ctl.counters;
+            v["control"] = json!({
+                "connections": c.connections.load(Ordering::Relaxed),
+                "refused": c.refused.load(Ordering::Relaxed),
+                "requests": c.requests.load(Ordering::Relaxed),
+                "errors": c.errors.load(Ordering::Relaxed),
+                "events": c.events.load(Ordering::Relaxed),
+                "events_dropped": c.events_dropped.load(Ordering::Relaxed),
+            });
+            Ok(v)
+        }
+        "show-interfaces" => Ok(interfaces(ctl)),
+        "metrics" => {
+            let snaps = ctl.snapshots();
+            let run = lock(&ctl.running);
+            Ok(json!({"text": view::metrics(&run, &snaps, ctl.started.elapsed())}))
+        }
+        "policy-test" => policy_test(ctl, args),
+        "reload" => {
+            let path = PathBuf::from(req_str(args, "path")?);
+            ctl.apply(Edit::Reload {
+                path,
+                text: text_arg(args)?,
+            })
+        }
+        "add-sa" => ctl.apply(Edit::AddSa {
+            text: text_arg(args)?,
+        }),
+        "del-sa" => ctl.apply(Edit::DelSa {
+            name: req_str(args, "name")?.to_owned(),
+        }),
+        "add-policy" => ctl.apply(Edit::AddPolicy {
+            text: text_arg(args)?,
+            position: arg_u64(args, "position")?.map(|p| p as usize),
+        }),
+        "del-policy" => ctl.apply(Edit::DelPolicy {
+            name: req_str(args, "name")?.to_owned(),
+        }),
+        "move-policy" => ctl.apply(Edit::MovePolicy {
+            name: req_str(args, "name")?.to_owned(),
+            position: arg_u64(args, "position")?.ok_or_else(|| bad("args.position is required"))?
+                as usize,
+        }),
+        "" => Err(bad("request has no command")),
+        other => Err((
+            kind::UNKNOWN_COMMAND,
+            format!(
+                "unknown command {other:?}; commands: hello, show-sa, show-policy, show-workers, \
+                 show-interfaces, show-counters, metrics, policy-test, reload, add-sa, del-sa, \
+                 add-policy, del-policy, move-policy, trace, subscribe"
+            ),
+            Value::Null,
+        )),
+    }
+}
+
+fn interfaces(ctl: &Control) -> Value {
+    let snaps = ctl.snapshots();
+    let xdp = lock(&ctl.xdp).stats().ok().unwrap_or_default();
+    let roles = ["unprotected", "protected"];
+    Value::Array(
+        ctl.ifaces
+            .iter()
+            .zip(roles)
+            .enumerate()
+            .map(|(side, ((name, ifindex), role))| {
+                let queues: Vec<Value> = snaps
+                    .iter()
+                    .map(|s| {
+                        let x = xdp.iter().find(|r| r.queue == s.queue && r.side.to_string() == role);
+                        json!({
+                            "queue": s.queue,
+                            "worker": s.id,
+                            "socket": s.sockets[side],
+                            "xdp": x.map(|r| {
+                                let c = &r.counters;
+                                json!({"rx": c.rx, "esp": c.esp, "udp_esp": c.udp_esp,
+                                       "tunnel_port": c.tunnel_port, "protected": c.protected,
+                                       "unprot_plain": c.unprot_plain, "ike": c.ike,
+                                       "keepalive": c.keepalive, "arp_nd": c.arp_nd, "other": c.other,
+                                       "redirect_failed": c.redirect_failed, "malformed": c.malformed})
+                            }),
+                        })
+                    })
+                    .collect();
+                json!({"name": name, "ifindex": ifindex, "role": role,
+                       "xdp_mode": ctl.xdp_mode, "queues": queues})
+            })
+            .collect(),
+    )
+}
+
+/// `policy test`: the first matching policy and every matching one, split by port ranges.
+fn policy_test(ctl: &Control, args: &Value) -> Result<Value, Fail> {
+    let dir = match req_str(args, "direction")? {
+        "in" | "inbound" => Direction::Inbound,
+        "out" | "outbound" => Direction::Outbound,
+        d => return Err(bad(format!("args.direction: {d:?}; expected in or out"))),
+    };
+    let proto_s = arg_str(args, "proto")?.unwrap_or("any");
+    let proto = xsec_dataplane::spd::selector::parse_protocol(proto_s)
+        .map_err(|e| bad(format!("args.proto: {e}")))?;
+    let ep = |key: &str| -> Result<(IpAddr, Option<(u32, u32)>), Fail> {
+        let s = req_str(args, key)?;
+        parse_endpoint(s).map_err(|m| bad(format!("args.{key}: {m}")))
+    };
+    let (local, lports) = ep("local")?;
+    let (remote, rports) = ep("remote")?;
+    if local.is_ipv6() != remote.is_ipv6() {
+        return Err(bad("local and remote must be of the same address family"));
+    }
+    let has_ports = proto.is_some_and(|p| p.has_ports());
+    let icmp = proto.is_some_and(|p| p.is_icmp());
+    let base = if icmp { ICMP_BASE } else { 0 };
+    let full = if icmp { (0, 255) } else { (0, 65535) };
+    let shift = |r: (u32, u32)| (r.0 + base, r.1 + base);
+    let lr = shift(lports.unwrap_or(full));
+    let rr = shift(rports.unwrap_or(full));
+    let (src, dst) = match dir {
+        Direction::Outbound => (local, remote),
+        Direction::Inbound => (remote, local),
+    };
+    let probe = (has_ports || icmp).then_some(0u16);
+    let key = PacketKey::describe(proto, src, probe, dst, probe);
+    let run = lock(&ctl.running);
+    let spd = run.spd.clone();
+    let pols = spd.policies(dir);
+    let name = |i: usize| pols.get(i).map(|p| p.name.clone());
+    let splits = if has_ports || icmp {
+        spd.test_ranges(dir, &key, lr, rr)
+    } else {
+        vec![xsec_dataplane::spd::PolicyTestSplit {
+            local_ports: (0, 0),
+            remote_ports: (0, 0),
+            result: spd.test(dir, &key),
+        }]
+    };
+    let rows: Vec<Value> = splits
+        .iter()
+        .map(|s| {
+            let r = &s.result;
+            let mut by: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+            for &i in &r.matches {
+                if let Some(p) = pols.get(i) {
+                    by.entry(p.action.disposition().to_string().to_lowercase())
+                        .or_default()
+                        .push(p.name.clone());
+                }
+            }
+            let ports = |p: (u32, u32)| {
+                if has_ports || icmp {
+                    json!([p.0 - base, p.1 - base])
+                } else {
+                    Value::Null
+                }
+            };
+            json!({
+                "local_ports": ports(s.local_ports),
+                "remote_ports": ports(s.remote_ports),
+                "first": r.first.and_then(name),
+                "first_position": r.first.map(|i| i + 1),
+                "disposition": r.disposition.to_string().to_lowercase(),
+                "matches": r.matches.iter().filter_map(|&i| name(i)).collect::<Vec<_>>(),
+                "by_disposition": by,
+            })
+        })
+        .collect();
+    Ok(
+        json!({"direction": dir.name(), "proto": proto.map_or("any".to_owned(), |p| p.to_string()),
+               "local": local, "remote": remote, "results": rows}),
+    )
+}
+
+/// `A`, `A:port`, `A:lo-hi`, `[v6]:port`, `v6`.
+pub fn parse_endpoint(s: &str) -> Result<(IpAddr, Option<(u32, u32)>), String> {
+    let s = s.trim();
+    let (addr, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (a, p) = rest.split_once(']').ok_or("missing ']'")?;
+        (a, p.strip_prefix(':'))
+    } else if s.matches(':').count() == 1 {
+        let (a, p) = s.split_once(':').ok_or("bad address")?;
+        (a, Some(p))
+    } else {
+        (s, None)
+    };
+    let ip: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IP address"))?;
+    let port = match port {
+        None => None,
+        Some(p) => {
+            let (lo, hi) = p.split_once('-').unwrap_or((p, p));
+            let lo: u16 = lo
+                .parse()
+                .map_err(|_| format!("{p:?} is not a port or range"))?;
+            let hi: u16 = hi
+                .parse()
+                .map_err(|_| format!("{p:?} is not a port or range"))?;
+            if lo > hi {
+                return Err(format!("port range {lo}-{hi} is empty"));
+            }
+            Some((u32::from(lo), u32::from(hi)))
+        }
+    };
+    Ok((ip, port))
+}
+
+/// Stream events until the client leaves.
+fn subscribe(ctl: &Control, s: &mut UnixStream, id: u64) {
+    let (tx, rx): (Sender<Value>, Receiver<Value>) = bounded(1024);
+    lock(&ctl.subscribers).push(tx);
+    if proto::write_frame(s, &proto::stream(id, json!({"subscribed": true}))).is_err() {
+        return;
+    }
+    let mut probe = [0u8; 1];
+    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    loop {
+        if ctl.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(ev) => {
+                if proto::write_frame(s, &proto::stream(id, json!({"event": ev}))).is_err() {
+                    return;
+                }
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+            Err(_) => {
+                // has the client left?
+                use std::io::Read;
+                match s.read(&mut probe) {
+                    Ok(0) => return,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(_) => return,
+                    Ok(_) => {} // a subscriber has nothing to say; ignore
+                }
+            }
+        }
+    }
+}
+
+/// `trace`: stream the packets of one policy or SA, then answer with the count.
+fn trace(ctl: &Control, s: &mut UnixStream, id: u64, args: &Value) -> Result<Value, Fail> {
+    let count = arg_u64(args, "count")?.unwrap_or(100).clamp(1, 1_000_000);
+    let seconds = arg_u64(args, "seconds")?.unwrap_or(0);
+    let mut filter = Filter {
+        policy: None,
+        in_spi: None,
+        out_reqid: None,
+        udp_ports: vec![],
+    };
+    {
+        let run = lock(&ctl.running);
+        filter.udp_ports = run.tunnel_ports();
+        filter.udp_ports.push(4500);
+        match (arg_str(args, "policy")?, arg_str(args, "sa")?) {
+            (Some(p), None) => {
+                let known = [Direction::Outbound, Direction::Inbound]
+                    .iter()
+                    .any(|&d| run.spd.policies(d).iter().any(|x| x.name == p));
+                if !known {
+                    return Err((
+                        kind::NOT_FOUND,
+                        format!("no policy is named {p:?}"),
+                        Value::Null,
+                    ));
+                }
+                filter.policy = Some(p.to_owned());
+            }
+            (None, Some(spi_s)) => {
+                let spi = parse_spi(spi_s)
+                    .ok_or_else(|| bad(format!("args.sa: {spi_s:?} is not an SPI")))?;
+                for p in &run.cfg.sas {
+                    if p.inbound.spi == spi {
+                        filter.in_spi = Some(spi);
+                    }
+                    if p.outbound.spi == spi {
+                        filter.out_reqid = Some(p.outbound.reqid);
+                    }
+                }
+                if filter.in_spi.is_none() && filter.out_reqid.is_none() {
+                    return Err((
+                        kind::NOT_FOUND,
+                        format!("no SA has SPI {spi:#010x}"),
+                        Value::Null,
+                    ));
+                }
+            }
+            _ => return Err(bad("give exactly one of args.policy and args.sa")),
+        }
+    }
+    if ctl.tracing.swap(true, Ordering::AcqRel) {
+        return Err((kind::BUSY, "another trace is running".into(), Value::Null));
+    }
+    let (tx, rx) = bounded::<trace::Packet>(4096);
+    {
+        let run = lock(&ctl.running);
+        for w in &ctl.workers {
+            let tap = Tap::new(filter.clone(), count, tx.clone(), &run.spd);
+            let _ = w.send(Cmd::Trace(Some(Box::new(tap))));
+        }
+    }
+    drop(tx);
+    let end = (seconds > 0).then(|| Instant::now() + Duration::from_secs(seconds));
+    let mut got = 0u64;
+    let mut client_gone = false;
+    let mut probe = [0u8; 1];
+    let _ = s.set_read_timeout(Some(Duration::from_millis(1)));
+    while got < count && end.is_none_or(|e| Instant::now() < e) && !ctl.stop.load(Ordering::Relaxed)
+    {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(p) => {
+                got += 1;
+                let t = p.time.duration_since(UNIX_EPOCH).unwrap_or_default();
+                let item = json!({"packet": {
+                    "time_us": t.as_micros() as u64,
+                    "worker": p.worker,
+                    "direction": p.direction.name(),
+                    "len": p.data.len(),
+                    "hex": hex(&p.data),
+                }});
+                if proto::write_frame(s, &proto::stream(id, item)).is_err() {
+                    client_gone = true;
+                    break;
+                }
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                use std::io::Read;
+                match s.read(&mut probe) {
+                    Ok(0) => {
+                        client_gone = true;
+                        break;
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(_) => {
+                        client_gone = true;
+                        break;
+                    }
+                    Ok(_) => {}
+                }
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    for w in &ctl.workers {
+        let _ = w.send(Cmd::Trace(None));
+    }
+    ctl.tracing.store(false, Ordering::Release);
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if client_gone {
+        return Err((kind::INTERNAL, "client left".into(), Value::Null));
+    }
+    Ok(json!({"captured": got}))
+}
+
+fn hex(b: &[u8]) -> String {
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        use std::fmt::Write;
+        let _ = write!(s, "{x:02x}");
+    }
+    s
+}
+
+/// Decode [`hex`] (for the client).
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// The socket path a client uses: `--socket`, else `$XSEC_SOCKET`, else the default.
+pub fn default_socket() -> PathBuf {
+    std::env::var_os("XSEC_SOCKET")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_SOCKET))
+}
+
+/// Whether `p` names a socket file (for error messages).
+pub fn is_socket(p: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket())
+}
