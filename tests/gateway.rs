@@ -1249,3 +1249,851 @@ fn path_mtu_outer_fragments_and_frag_needed() {
     });
     s.stop_all();
 }
+
+// ---------------------------------------------------------------------------------------
+// The control socket and xsecctl (issue 4): every command against running daemons.
+// ---------------------------------------------------------------------------------------
+
+use serde_json::Value;
+
+/// `xsecctl` beside `xsecd` (same cargo build), or `$XSECCTL`.
+fn xsecctl(s: &Scenario) -> PathBuf {
+    let p = std::env::var_os("XSECCTL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| s.xsecd.with_file_name("xsecctl"));
+    s.check(p.is_file(), || format!("no xsecctl at {}", p.display()));
+    p
+}
+
+impl Scenario {
+    /// Run `xsecctl --socket <node's socket> ARGS` from the test process.
+    fn ctl_raw(&self, node: Node, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(xsecctl(self))
+            .arg("--socket")
+            .arg(&self.daemon(node).control)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| self.fail(&format!("xsecctl: {e}")))
+    }
+
+    /// `xsecctl --json ARGS`, which must succeed; its JSON.
+    fn ctl(&self, node: Node, args: &[&str]) -> Value {
+        let mut v = vec!["--json"];
+        v.extend_from_slice(args);
+        let o = self.ctl_raw(node, &v);
+        self.check(o.status.success(), || {
+            format!(
+                "xsecctl {args:?} on {node:?} failed ({}): {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr)
+            )
+        });
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+            self.fail(&format!(
+                "xsecctl {args:?}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&o.stdout)
+            ))
+        })
+    }
+
+    /// `xsecctl ARGS`, which must fail with exit code 1 (the daemon said no); its stderr.
+    fn ctl_refused(&self, node: Node, args: &[&str]) -> String {
+        let o = self.ctl_raw(node, args);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        self.check(o.status.code() == Some(1), || {
+            format!(
+                "xsecctl {args:?} should be refused by the daemon, got {}: {err}{}",
+                o.status,
+                String::from_utf8_lossy(&o.stdout)
+            )
+        });
+        err
+    }
+
+    /// UDP datagrams `count` × from hA to `dst`:`port` in the background (every 5 ms).
+    fn udp_flow(&self, dst: &str, port: u16, count: u64, tag: &str) -> (Proc, Proc) {
+        let to = if dst == addr::HOST_B || dst == addr::HOST_B6 {
+            Node::HostB
+        } else {
+            Node::HostA
+        };
+        let r = self.udp_receiver(to, port, count, tag);
+        let snd = self.spawn_tool(
+            Node::HostA,
+            &format!("udp-send-{tag}"),
+            &[
+                "udp-send",
+                "--dst",
+                dst,
+                "--port",
+                &port.to_string(),
+                "--count",
+                &count.to_string(),
+                "--interval-ms",
+                "5",
+                "--size",
+                "200",
+            ],
+        );
+        (snd, r)
+    }
+
+    fn finish_flow(&self, f: &(Proc, Proc)) -> u64 {
+        self.lab.procs().wait(&f.0, Duration::from_secs(60));
+        received_count(&self.finish_recv(&f.1, Duration::from_secs(5)))
+    }
+}
+
+fn sa_named<'a>(v: &'a Value, name: &str, dir: &str) -> Option<&'a Value> {
+    v.as_array()?
+        .iter()
+        .find(|x| x["name"] == name && x["direction"] == dir)
+}
+
+#[test]
+fn control_show_policy_test_trace_and_metrics() {
+    let mut s = scenario_with("control-show", PairOptions::default(), 1, |p| {
+        p.port_policy("ssh", "tcp", 22, Action::Bypass);
+        p.a.metrics = Some("127.0.0.1:9477".into());
+    });
+    s.start(&[Node::GwA, Node::GwB]);
+    s.ping(Node::HostA, addr::HOST_B, 2);
+    let n = s.udp(Node::HostA, Node::HostB, addr::HOST_B, 5000, 20);
+    s.check(n == 20, || format!("UDP: {n}/20"));
+
+    let st = s.ctl(Node::GwA, &["status"]);
+    s.check(
+        st["workers"] == 1 && st["sa_pairs"] == 1 && st["protocol"] == 1,
+        || format!("status: {st}"),
+    );
+
+    // show sa: both SAs, key lengths but never keys
+    let sas = s.ctl(Node::GwA, &["show", "sa", "--counters"]);
+    let out =
+        sa_named(&sas, "ab", "out").unwrap_or_else(|| s.fail(&format!("no outbound ab: {sas}")));
+    let inb =
+        sa_named(&sas, "ab", "in").unwrap_or_else(|| s.fail(&format!("no inbound ab: {sas}")));
+    let u = |v: &Value| v.as_u64().unwrap_or(0);
+    s.check(
+        out["spi"] == 0x1001
+            && out["mode"] == "tunnel"
+            && out["peer"] == addr::GWB_WAN
+            && out["encap"]["type"] == "esp"
+            && u(&out["enc_key_bits"]) >= 128
+            && out["worker"] == 0
+            && u(&out["packets"]) >= 22
+            && u(&out["seq"]) == u(&out["packets"])
+            && inb["spi"] == 0x2001
+            && u(&inb["replay"]["window"]) > 0
+            && u(&inb["seq"]) >= 2
+            && out["drop_reasons"].as_object().is_some_and(|m| m.len() > 5),
+        || format!("show sa: {sas}"),
+    );
+    let text = sas.to_string().to_lowercase();
+    for sa in &s.pair.sas {
+        let k: String = sa.enc_key.iter().map(|b| format!("{b:02x}")).collect();
+        s.check(!text.contains(&k), || "show sa printed a key".into());
+    }
+    let one = s.ctl(Node::GwA, &["show", "sa", "--spi", "0x2001"]);
+    s.check(
+        one.as_array()
+            .is_some_and(|a| a.len() == 1 && a[0]["direction"] == "in"),
+        || format!("--spi: {one}"),
+    );
+    let e = s.ctl_refused(Node::GwA, &["show", "sa", "--spi", "0x9999"]);
+    s.check(e.contains("not-found"), || e.clone());
+    let table = s.ctl_raw(Node::GwA, &["show", "sa"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    s.check(
+        table.starts_with("NAME") && table.contains("0x00001001"),
+        || format!("table:\n{table}"),
+    );
+
+    // show policy: the ordered SPD with hits
+    let pol = s.ctl(Node::GwA, &["show", "policy", "--counters"]);
+    let outs = pol["out"].as_array().cloned().unwrap_or_default();
+    let names: Vec<&str> = outs.iter().filter_map(|p| p["name"].as_str()).collect();
+    s.check(
+        names.first() == Some(&"ssh-to") && names.contains(&"lan-lan"),
+        || format!("policies: {pol}"),
+    );
+    let lan = outs
+        .iter()
+        .find(|p| p["name"] == "lan-lan")
+        .cloned()
+        .unwrap_or_default();
+    s.check(
+        lan["action"] == "protect" && lan["sa"] == "ab" && u(&lan["hits"]) >= 22,
+        || format!("lan-lan: {lan}"),
+    );
+
+    // workers, interfaces, counters
+    let w = s.ctl(Node::GwA, &["show", "workers"]);
+    s.check(
+        w[0]["id"] == 0 && u(&w[0]["encap_packets"]) >= 22 && w[0]["sas"] == 2,
+        || format!("workers: {w}"),
+    );
+    let i = s.ctl(Node::GwA, &["show", "interfaces"]);
+    s.check(
+        i[0]["name"] == "wan0"
+            && i[1]["name"] == "lan0"
+            && u(&i[1]["queues"][0]["xdp"]["protected"]) >= 22,
+        || format!("interfaces: {i}"),
+    );
+    let c = s.ctl(Node::GwA, &["show", "counters"]);
+    s.check(
+        u(&c["total"]["engine"]["encap_packets"]) >= 22
+            && c["total"]["drops"]
+                .as_object()
+                .is_some_and(|m| m.contains_key("replay_old"))
+            && c["workers"].as_array().is_some_and(|a| a.len() == 1),
+        || format!("counters: {c}"),
+    );
+
+    // policy test: port 22 is bypassed, the rest protected; split where the answer differs
+    let t = s.ctl(
+        Node::GwA,
+        &[
+            "policy",
+            "test",
+            "--dir",
+            "out",
+            "--proto",
+            "tcp",
+            "--local",
+            addr::HOST_A,
+            "--remote",
+            addr::HOST_B,
+        ],
+    );
+    let rows = t["results"].as_array().cloned().unwrap_or_default();
+    let at = |lp: u64, rp: u64| {
+        rows.iter().find(|r| {
+            let lo = |k: &str, i: usize| r[k][i].as_u64().unwrap_or(u64::MAX);
+            lo("local_ports", 0) <= lp
+                && lp <= lo("local_ports", 1)
+                && lo("remote_ports", 0) <= rp
+                && rp <= lo("remote_ports", 1)
+        })
+    };
+    let r22 = at(40000, 22).cloned().unwrap_or_default();
+    let r80 = at(40000, 80).cloned().unwrap_or_default();
+    s.check(
+        r22["first"] == "ssh-to"
+            && r22["disposition"] == "bypass"
+            && r22["by_disposition"]["protect"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|n| n == "lan-lan"))
+            && r80["first"] == "lan-lan"
+            && r80["disposition"] == "protect"
+            && rows.len() >= 3,
+        || format!("policy test: {t}"),
+    );
+    let t = s.ctl(
+        Node::GwA,
+        &[
+            "policy",
+            "test",
+            "--dir",
+            "in",
+            "--proto",
+            "udp",
+            "--local",
+            "10.1.0.10:53",
+            "--remote",
+            "192.0.2.1",
+        ],
+    );
+    s.check(
+        t["results"][0]["first"].is_null() && t["results"][0]["disposition"] == "discard",
+        || format!("no match: {t}"),
+    );
+    let e = s.ctl_refused(
+        Node::GwA,
+        &[
+            "policy", "test", "--dir", "up", "--local", "x", "--remote", "y",
+        ],
+    );
+    s.check(e.contains("bad-args"), || e.clone());
+
+    // trace: gwA copies plaintext before encryption, gwB after decryption
+    let pcap_a = s.lab.workdir().join("trace-a.pcap");
+    let pcap_b = s.lab.workdir().join("trace-b.pcap");
+    let ctl = xsecctl(&s);
+    let ctl = ctl.to_string_lossy();
+    let sock_a = s.daemon(Node::GwA).control.to_string_lossy().into_owned();
+    let sock_b = s.daemon(Node::GwB).control.to_string_lossy().into_owned();
+    let pa = s
+        .lab
+        .spawn(
+            Node::GwA,
+            "trace-a",
+            &[
+                &*ctl,
+                "--socket",
+                &sock_a,
+                "trace",
+                "--policy",
+                "lan-lan",
+                "--count",
+                "5",
+                "--seconds",
+                "30",
+                "--pcap",
+                &pcap_a.to_string_lossy(),
+            ],
+        )
+        .unwrap_or_else(|e| s.fail(&e.to_string()));
+    let pb = s
+        .lab
+        .spawn(
+            Node::GwB,
+            "trace-b",
+            &[
+                &*ctl,
+                "--socket",
+                &sock_b,
+                "trace",
+                "--sa",
+                "0x1001",
+                "--count",
+                "5",
+                "--seconds",
+                "30",
+                "--pcap",
+                &pcap_b.to_string_lossy(),
+            ],
+        )
+        .unwrap_or_else(|e| s.fail(&e.to_string()));
+    std::thread::sleep(Duration::from_millis(1000));
+    let n = s.udp(Node::HostA, Node::HostB, addr::HOST_B, 5001, 10);
+    s.check(n == 10, || format!("UDP while tracing: {n}/10"));
+    for (p, pcap) in [(&pa, &pcap_a), (&pb, &pcap_b)] {
+        let st = s.lab.procs().wait(p, Duration::from_secs(10));
+        s.check(st.is_some_and(|x| x.success()), || {
+            format!("trace: {:?} {}{}", st, p.stdout_text(), p.stderr_tail(5))
+        });
+        let o = std::process::Command::new("tshark")
+            .args([
+                "-r",
+                &pcap.to_string_lossy(),
+                "-T",
+                "fields",
+                "-e",
+                "ip.src",
+                "-e",
+                "ip.dst",
+                "-e",
+                "udp.dstport",
+            ])
+            .output()
+            .unwrap_or_else(|e| s.fail(&format!("tshark: {e}")));
+        let lines: Vec<String> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        s.check(
+            o.status.success()
+                && lines.len() == 5
+                && lines
+                    .iter()
+                    .all(|l| l == &format!("{}\t{}\t5001", addr::HOST_A, addr::HOST_B)),
+            || {
+                format!(
+                    "tshark on {}: {lines:?} {}",
+                    pcap.display(),
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            },
+        );
+    }
+
+    // metrics: from xsecctl and over HTTP, per SA name
+    let m = s.ctl_raw(Node::GwA, &["metrics"]);
+    let m = String::from_utf8_lossy(&m.stdout).into_owned();
+    let line = m
+        .lines()
+        .find(|l| l.starts_with("xsec_sa_packets_total{sa=\"ab\",direction=\"out\"}"))
+        .unwrap_or_default()
+        .to_owned();
+    let pkts: u64 = line
+        .rsplit(' ')
+        .next()
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0);
+    s.check(
+        pkts >= 32
+            && m.ends_with("# EOF\n")
+            && m.contains("xsec_policy_hits_total{policy=\"lan-lan\",direction=\"out\"}"),
+        || format!("metrics:\n{m}"),
+    );
+    let http = s.lab.exec(Node::GwA, &["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9477 && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"]).unwrap_or_else(|e| s.fail(&e.to_string()));
+    s.check(
+        http.stdout.starts_with("HTTP/1.1 200 OK")
+            && http.stdout.contains("xsec_sa_packets_total{sa=\"ab\""),
+        || format!("HTTP metrics: {http}"),
+    );
+    s.assert_alive();
+    s.stop_all();
+}
+
+/// Split the tunnel's v6 policy onto its own SA pair `ab6` (SPIs 0x1101/0x2101).
+fn split_v6(p: &mut Pair) {
+    for g in [&mut p.a, &mut p.b] {
+        let mut sa6 = g.sas[0].clone();
+        sa6.name = "ab6".into();
+        sa6.spi_in += 0x100;
+        sa6.spi_out += 0x100;
+        g.sas.push(sa6);
+        for pol in &mut g.policies {
+            if pol.name == "lan-lan6" {
+                pol.action = Action::Protect("ab6".into());
+            }
+        }
+    }
+}
+
+/// New keys for `ab6` on both gateways (the same on each side, crossed).
+fn rekey_v6(p: &mut Pair, seed: u8) {
+    let flip = |k: &mut Vec<u8>| k.iter_mut().for_each(|b| *b ^= seed);
+    for g in [&mut p.a, &mut p.b] {
+        let sa = g.sas.iter_mut().find(|s| s.name == "ab6").expect("ab6");
+        flip(&mut sa.enc_key_in);
+        flip(&mut sa.enc_key_out);
+        flip(&mut sa.auth_key_in);
+        flip(&mut sa.auth_key_out);
+    }
+}
+
+#[test]
+fn control_reload_and_live_changes_leave_other_tunnels_untouched() {
+    let opts = PairOptions {
+        queues: vec![0, 1],
+        seed: 44,
+        ..PairOptions::default()
+    };
+    let mut s = scenario_with("control-reload", opts, 2, |p| {
+        split_v6(p);
+        p.a.xdp_mode = "driver".to_owned();
+        p.b.xdp_mode = "driver".to_owned();
+    });
+    s.start(&[Node::GwA, Node::GwB]);
+    s.ping(Node::HostA, addr::HOST_B, 2);
+    s.ping(Node::HostA, addr::HOST_B6, 2);
+    let u = |v: &Value| v.as_u64().unwrap_or(0);
+    let before = s.ctl(Node::GwA, &["show", "sa"]);
+    let w_ab = sa_named(&before, "ab", "out").map(|x| x["worker"].clone());
+    let w_ab6 = sa_named(&before, "ab6", "out").map(|x| x["worker"].clone());
+    s.check(w_ab == Some(0.into()) && w_ab6 == Some(1.into()), || {
+        format!("owners: {before}")
+    });
+
+    // events: the IKE process's view of lifetimes
+    let ctl = xsecctl(&s).to_string_lossy().into_owned();
+    let sock_a = s.daemon(Node::GwA).control.to_string_lossy().into_owned();
+    let events = s
+        .lab
+        .spawn(
+            Node::GwA,
+            "events",
+            &[
+                &*ctl,
+                "--socket",
+                &sock_a,
+                "events",
+                "--count",
+                "1",
+                "--seconds",
+                "90",
+            ],
+        )
+        .unwrap_or_else(|e| s.fail(&e.to_string()));
+
+    // A steady v4 flow on SA ab while ab6 gets new keys and a packet lifetime on both sides.
+    let flow = s.udp_flow(addr::HOST_B, 5000, 600, "v4-during-reload");
+    std::thread::sleep(Duration::from_millis(500));
+    rekey_v6(&mut s.pair, 0x5a);
+    let life = "[sa.lifetime]\nsoft_packets = 5\nhard_packets = 100000\n";
+    let with_life = |t: String| t.replacen("\n[[policy]]", &format!("\n{life}\n[[policy]]"), 1);
+    // ab6 is the last [[sa]]: its lifetime table goes right after it
+    let conf_a = with_life(s.pair.a.to_toml());
+    let conf_b = s.pair.b.to_toml();
+    let file_a = s
+        .lab
+        .write_file("reload-a.toml", &conf_a)
+        .unwrap_or_else(|e| s.fail(&e.to_string()));
+    let file_b = s
+        .lab
+        .write_file("reload-b.toml", &conf_b)
+        .unwrap_or_else(|e| s.fail(&e.to_string()));
+    let rb = s.ctl(Node::GwB, &["reload", &file_b.to_string_lossy()]);
+    let ra = s.ctl(Node::GwA, &["reload", &file_a.to_string_lossy()]);
+    for r in [&ra, &rb] {
+        s.check(
+            r["applied"] == true
+                && r["sas"]["changed"] == serde_json::json!(["ab6"])
+                && r["sas"]["unchanged"] == 1
+                && r["generation"] == 1,
+            || format!("reload: {r}"),
+        );
+    }
+    let n = s.finish_flow(&flow);
+    s.check(n == 600, || {
+        format!("v4 flow on the untouched SA during the reloads: {n}/600 delivered")
+    });
+    let after = s.ctl(Node::GwA, &["show", "sa"]);
+    let ab_out = sa_named(&after, "ab", "out").cloned().unwrap_or_default();
+    s.check(u(&ab_out["seq"]) >= 602 && ab_out["worker"] == 0, || {
+        format!("ab kept its sequence: {ab_out}")
+    });
+    let ab6_out = sa_named(&after, "ab6", "out").cloned().unwrap_or_default();
+    s.check(
+        u(&ab6_out["seq"]) == 0
+            && ab6_out["worker"] == 1
+            && ab6_out["lifetime"]["soft"]["packets"] == 5,
+        || format!("ab6 replaced: {ab6_out}"),
+    );
+
+    // the new keys work both ways; the fifth packet raises the soft-lifetime event
+    let n6 = s.udp(Node::HostA, Node::HostB, addr::HOST_B6, 5006, 10);
+    s.check(n6 == 10, || format!("v6 after the rekey: {n6}/10"));
+    s.ping(Node::HostB, addr::HOST_A6, 2);
+    let st = s.lab.procs().wait(&events, Duration::from_secs(10));
+    let ev: Value = serde_json::from_str(events.stdout_text().lines().next().unwrap_or("{}"))
+        .unwrap_or_default();
+    s.check(
+        st.is_some_and(|x| x.success())
+            && ev["type"] == "soft-expire"
+            && ev["sa"] == "ab6"
+            && ev["limit"] == "packets"
+            && ev["rekey_needed"] == true,
+        || format!("event: {ev} ({st:?}) {}", events.stderr_tail(5)),
+    );
+    // per-name counters survive the replacement
+    let m = String::from_utf8_lossy(&s.ctl_raw(Node::GwA, &["metrics"]).stdout).into_owned();
+    s.check(
+        m.contains("xsec_sa_replaced_total{sa=\"ab6\",direction=\"out\"} 1")
+            && m.contains("xsec_sa_replaced_total{sa=\"ab\",direction=\"out\"} 0"),
+        || format!("metrics after reload:\n{m}"),
+    );
+    let m6 = m
+        .lines()
+        .find(|l| l.starts_with("xsec_sa_packets_total{sa=\"ab6\",direction=\"out\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|x| x.parse::<u64>().ok())
+        .unwrap_or(0);
+    s.check(m6 >= 2 + 10, || {
+        format!("ab6 packets across the replacement: {m6}")
+    });
+
+    // live policy changes: a DISCARD in front stops port 9999, moved to the end it does not
+    let r = s.ctl(
+        Node::GwA,
+        &[
+            "add",
+            "policy",
+            "--name",
+            "no-9999",
+            "--direction",
+            "out",
+            "--local",
+            addr::NET_A,
+            "--remote",
+            addr::NET_B,
+            "--protocol",
+            "udp",
+            "--remote-port",
+            "9999",
+            "--action",
+            "discard",
+            "--position",
+            "1",
+        ],
+    );
+    s.check(
+        r["policies"]["out"]["added"] == serde_json::json!(["no-9999"])
+            && r["sas"]["unchanged"] == 2,
+        || format!("add policy: {r}"),
+    );
+    let pol = s.ctl(Node::GwA, &["show", "policy"]);
+    s.check(
+        pol["out"][0]["name"] == "no-9999" && pol["out"][0]["action"] == "discard",
+        || format!("{pol}"),
+    );
+    let n = s.udp(Node::HostA, Node::HostB, addr::HOST_B, 9999, 5);
+    s.check(n == 0, || format!("{n} datagrams passed a DISCARD policy"));
+    let t = s.ctl(
+        Node::GwA,
+        &[
+            "policy",
+            "test",
+            "--dir",
+            "out",
+            "--proto",
+            "udp",
+            "--local",
+            addr::HOST_A,
+            "--remote",
+            &format!("{}:9999", addr::HOST_B),
+        ],
+    );
+    s.check(
+        t["results"][0]["first"] == "no-9999" && t["results"][0]["disposition"] == "discard",
+        || format!("{t}"),
+    );
+    s.ctl(
+        Node::GwA,
+        &["move", "policy", "no-9999", "--position", "99"],
+    );
+    let n = s.udp(Node::HostA, Node::HostB, addr::HOST_B, 9999, 5);
+    s.check(n == 5, || format!("after the move: {n}/5"));
+    let pol = s.ctl(Node::GwA, &["show", "policy", "--counters"]);
+    let last = pol["out"]
+        .as_array()
+        .and_then(|a| a.last())
+        .cloned()
+        .unwrap_or_default();
+    s.check(last["name"] == "no-9999" && u(&last["hits"]) == 5, || {
+        format!("moved policy keeps its hits: {pol}")
+    });
+    s.ctl(Node::GwA, &["del", "policy", "no-9999"]);
+
+    // an SA a policy uses cannot go; once its policy is gone it can, and come back
+    let e = s.ctl_refused(Node::GwA, &["del", "sa", "ab6"]);
+    s.check(e.contains("ab6") && e.contains("config"), || e.clone());
+    s.ctl(Node::GwA, &["del", "policy", "lan-lan6"]);
+    let r = s.ctl(Node::GwA, &["del", "sa", "ab6"]);
+    s.check(r["sas"]["removed"] == serde_json::json!(["ab6"]), || {
+        format!("{r}")
+    });
+    let sas = s.ctl(Node::GwA, &["show", "sa"]);
+    s.check(sas.as_array().is_some_and(|a| a.len() == 2), || {
+        format!("{sas}")
+    });
+    // it comes back with new keys (the same keys would restart its sequence numbers, and the
+    // peer's anti-replay window would drop them as replays); gwB takes them by a reload
+    rekey_v6(&mut s.pair, 0x33);
+    let file_b = s
+        .lab
+        .write_file("reload-b2.toml", s.pair.b.to_toml())
+        .unwrap_or_else(|e| s.fail(&e.to_string()));
+    let rb = s.ctl(Node::GwB, &["reload", &file_b.to_string_lossy()]);
+    s.check(rb["sas"]["changed"] == serde_json::json!(["ab6"]), || {
+        format!("{rb}")
+    });
+    let toml_a = s.pair.a.to_toml();
+    let sa_text = &toml_a[toml_a.find("[[sa]]\nname = \"ab6\"").unwrap_or(0)..];
+    let sa_text = &sa_text[..sa_text.find("\n[[policy]]").unwrap_or(sa_text.len())];
+    let pol_text = &toml_a[toml_a.find("[[policy]]\nname = \"lan-lan6\"").unwrap_or(0)..];
+    let pol_text = &pol_text[..pol_text[1..].find("\n[[").map_or(pol_text.len(), |i| i + 1)];
+    let f_sa = s
+        .lab
+        .write_file("ab6-sa.toml", sa_text)
+        .unwrap_or_else(|e| s.fail(&e.to_string()));
+    let f_pol = s
+        .lab
+        .write_file("ab6-policy.toml", pol_text)
+        .unwrap_or_else(|e| s.fail(&e.to_string()));
+    s.ctl(Node::GwA, &["add", "sa", &f_sa.to_string_lossy()]);
+    s.ctl(Node::GwA, &["add", "policy", &f_pol.to_string_lossy()]);
+    let n6 = s.udp(Node::HostA, Node::HostB, addr::HOST_B6, 5007, 5);
+    s.check(n6 == 5, || format!("v6 after del + add: {n6}/5"));
+
+    // bad configurations change nothing
+    let gen_before = s.ctl(Node::GwA, &["status"])["generation"].clone();
+    let dup = conf_a.replacen(
+        &format!("spi_in = {:#x}", 0x2101),
+        &format!("spi_in = {:#x}", 0x2001),
+        1,
+    );
+    let f = s
+        .lab
+        .write_file("bad.toml", &dup)
+        .unwrap_or_else(|e| s.fail(&e.to_string()));
+    let e = s.ctl_refused(Node::GwA, &["reload", &f.to_string_lossy()]);
+    s.check(e.contains("bad.toml:") && e.contains("spi_in"), || {
+        format!("duplicate SPI: {e}")
+    });
+    let q = conf_a.replacen("queues = [0, 1]", "queues = [0]", 1);
+    let f = s
+        .lab
+        .write_file("queues.toml", &q)
+        .unwrap_or_else(|e| s.fail(&e.to_string()));
+    let e = s.ctl_refused(Node::GwA, &["reload", &f.to_string_lossy()]);
+    s.check(
+        e.contains("gateway.queues") && e.contains("nothing was applied"),
+        || e.clone(),
+    );
+    let gen_after = s.ctl(Node::GwA, &["status"])["generation"].clone();
+    s.check(gen_before == gen_after, || {
+        format!("generation {gen_before} → {gen_after} after refused reloads")
+    });
+    let n = s.udp(Node::HostA, Node::HostB, addr::HOST_B, 5000, 10);
+    s.check(n == 10, || format!("after refused reloads: {n}/10"));
+    s.assert_alive();
+    s.stop_all();
+}
+
+#[test]
+fn control_socket_refuses_strangers_and_survives_garbage() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::UnixStream;
+    use std::os::unix::process::CommandExt;
+
+    let mut s = scenario("control-garbage", PairOptions::default());
+    s.start(&[Node::GwA, Node::GwB]);
+    s.ping(Node::HostA, addr::HOST_B, 2);
+    let sock = s.daemon(Node::GwA).control.clone();
+    let mode = std::fs::metadata(&sock)
+        .map(|m| m.permissions().mode() & 0o777)
+        .unwrap_or(0);
+    s.check(mode == 0o600, || {
+        format!("control socket mode {mode:o}, not 600")
+    });
+    let flow = s.udp_flow(addr::HOST_B, 5000, 1000, "v4-under-garbage");
+
+    // not root: the file mode keeps it out; with the mode opened, SO_PEERCRED does
+    let ctl = xsecctl(&s);
+    let as_nobody = || {
+        std::process::Command::new(&ctl)
+            .args(["--socket", &sock.to_string_lossy(), "status"])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap_or_else(|e| s.fail(&format!("xsecctl as nobody: {e}")))
+    };
+    let o = as_nobody();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    s.check(
+        !o.status.success() && err.to_lowercase().contains("permission denied"),
+        || format!("as nobody: {err}"),
+    );
+    let _ = std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666));
+    let o = as_nobody();
+    let _ = std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600));
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    s.check(
+        o.status.code() == Some(1) && err.contains("refused") && err.contains("uid 65534"),
+        || format!("peer credentials: {err}"),
+    );
+
+    let connect = || {
+        let c = UnixStream::connect(&sock).unwrap_or_else(|e| s.fail(&format!("connect: {e}")));
+        c.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        c
+    };
+    let frame = |body: &[u8]| {
+        let mut v = (body.len() as u32).to_be_bytes().to_vec();
+        v.extend_from_slice(body);
+        v
+    };
+    let read_answer = |c: &mut UnixStream| -> Option<Value> {
+        let mut h = [0u8; 4];
+        c.read_exact(&mut h).ok()?;
+        let mut b = vec![0u8; u32::from_be_bytes(h) as usize];
+        c.read_exact(&mut b).ok()?;
+        serde_json::from_slice(&b).ok()
+    };
+    let closed = |c: &mut UnixStream| {
+        let mut b = [0u8; 1];
+        matches!(c.read(&mut b), Ok(0))
+    };
+    let kind = |v: &Option<Value>| {
+        v.as_ref()
+            .and_then(|v| v["error"]["kind"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+
+    // one connection survives every bad request that keeps the framing intact
+    let mut c = connect();
+    let cases: [(&[u8], &str); 7] = [
+        (b"not json at all", "bad-json"),
+        (b"[1,2,3]", "bad-json"),
+        (br#"{"version":99,"id":1,"command":"hello"}"#, "version"),
+        (br#"{"id":2,"command":"hello"}"#, "version"),
+        (br#"{"version":1,"id":3,"command":"format-disk"}"#, "unknown-command"),
+        (br#"{"version":1,"id":4,"command":"show-sa","args":{"spi":"zz"}}"#, "bad-args"),
+        (br#"{"version":1,"id":5,"command":"policy-test","args":{"direction":"out","local":"::1","remote":"10.0.0.1"}}"#, "bad-args"),
+    ];
+    for (body, want) in cases {
+        c.write_all(&frame(body)).ok();
+        let a = read_answer(&mut c);
+        s.check(kind(&a) == want, || {
+            format!(
+                "{:?}: {a:?}, expected {want}",
+                String::from_utf8_lossy(body)
+            )
+        });
+    }
+    c.write_all(&frame(br#"{"version":1,"id":6,"command":"hello"}"#))
+        .ok();
+    let a = read_answer(&mut c);
+    s.check(
+        a.as_ref().is_some_and(|a| a["ok"] == true && a["id"] == 6),
+        || format!("hello after garbage: {a:?}"),
+    );
+
+    // framing errors: answered, then the connection is closed
+    let mut c = connect();
+    c.write_all(&0x7fff_ffffu32.to_be_bytes()).ok();
+    let a = read_answer(&mut c);
+    s.check(kind(&a) == "bad-frame" && closed(&mut c), || {
+        format!("huge length: {a:?}")
+    });
+    let mut c = connect();
+    c.write_all(&[0, 0, 0, 0]).ok();
+    let a = read_answer(&mut c);
+    s.check(kind(&a) == "bad-frame", || format!("empty frame: {a:?}"));
+    let mut rng = xsec_interop_tests::Rng(7);
+    for _ in 0..20 {
+        let mut c = connect();
+        c.write_all(&rng.bytes(3000)).ok();
+        let _ = read_answer(&mut c);
+    }
+    // truncated: the client leaves mid-frame
+    for n in [1usize, 3, 7, 40] {
+        let mut c = connect();
+        let f = frame(br#"{"version":1,"id":1,"command":"hello"}"#);
+        c.write_all(&f[..n]).ok();
+        drop(c);
+    }
+    // slow: a frame that does not finish within 5 s is an error
+    let mut c = connect();
+    let f = frame(br#"{"version":1,"id":1,"command":"hello"}"#);
+    c.write_all(&f[..10]).ok();
+    let t0 = Instant::now();
+    let a = read_answer(&mut c);
+    s.check(
+        kind(&a) == "bad-frame" && t0.elapsed() < Duration::from_secs(9),
+        || format!("slow frame: {a:?} after {:?}", t0.elapsed()),
+    );
+    // too many clients at once: the extra ones are told so
+    let many: Vec<UnixStream> = (0..40).map(|_| connect()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut busy = 0;
+    for mut m in many {
+        m.set_read_timeout(Some(Duration::from_millis(100))).ok();
+        if kind(&read_answer(&mut m)) == "busy" {
+            busy += 1;
+        }
+    }
+    s.check(busy >= 8, || {
+        format!("{busy} of 40 connections were told busy")
+    });
+
+    // the traffic never noticed, and the daemon still answers and counted it all
+    let n = s.finish_flow(&flow);
+    s.check(n == 1000, || {
+        format!("flow during the garbage: {n}/1000 delivered")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let c = s.ctl(Node::GwA, &["show", "counters"]);
+    let u = |v: &Value| v.as_u64().unwrap_or(0);
+    s.check(
+        u(&c["control"]["refused"]) >= 1 && u(&c["control"]["errors"]) >= 10,
+        || format!("control counters: {}", c["control"]),
+    );
+    s.assert_alive();
+    s.stop_all();
+}

@@ -202,6 +202,8 @@ pub struct GatewayConf {
     pub sas: Vec<SaConf>,
     /// In order: the first match wins.
     pub policies: Vec<PolicyConf>,
+    /// `[control] metrics = "ADDR:PORT"`: serve OpenMetrics over HTTP.
+    pub metrics: Option<String>,
 }
 
 impl Default for GatewayConf {
@@ -216,6 +218,7 @@ impl Default for GatewayConf {
             stats_interval_ms: 500,
             sas: vec![],
             policies: vec![],
+            metrics: None,
         }
     }
 }
@@ -240,6 +243,9 @@ impl GatewayConf {
         let _ = writeln!(s, "idle = {}", q(&self.idle));
         let _ = writeln!(s, "inbound_default = {}", q(&self.inbound_default));
         let _ = writeln!(s, "stats_interval_ms = {}", self.stats_interval_ms);
+        if let Some(m) = &self.metrics {
+            let _ = writeln!(s, "\n[control]\nmetrics = {}", q(m));
+        }
         for sa in &self.sas {
             let _ = writeln!(s, "\n[[sa]]");
             let _ = writeln!(s, "name = {}", q(&sa.name));

@@ -322,7 +322,11 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
             next_stats += interval;
             if let Some(path) = &opts.stats_file {
                 let snaps = snapshots(&cmd_senders);
-                let xj = xdp_json(&ctl.xdp.lock().unwrap_or_else(|e| e.into_inner()));
+                // a change being applied holds the maps for a moment: skip them this time
+                let xj = match ctl.xdp.try_lock() {
+                    Ok(x) => xdp_json(&x),
+                    Err(_) => serde_json::Value::String("busy: a change is being applied".into()),
+                };
                 let file = StatsFile::build(started.elapsed(), &snaps, xj);
                 if let Err(e) = stats::write_atomic(path, &file) {
                     info!("stats file {}: {e}", path.display());
