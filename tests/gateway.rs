@@ -1450,6 +1450,35 @@ fn control_show_policy_test_trace_and_metrics() {
         || format!("counters: {c}"),
     );
 
+    // the human views
+    for (args, want) in [
+        (&["show", "counters"][..], "engine: "),
+        (&["show", "workers"][..], "BUSY%"),
+        (&["show", "interfaces"][..], "RX RING FULL"),
+        (
+            &["monitor", "--count", "1", "--interval", "0.2"][..],
+            "PKT/S",
+        ),
+    ] {
+        let o = s.ctl_raw(Node::GwA, args);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        s.check(o.status.success() && out.contains(want), || {
+            format!(
+                "xsecctl {args:?}: {out}{}",
+                String::from_utf8_lossy(&o.stderr)
+            )
+        });
+    }
+    let o = std::process::Command::new(xsecctl(&s))
+        .args(["--socket", "/nonexistent/xsecd.sock", "status"])
+        .output()
+        .unwrap_or_else(|e| s.fail(&e.to_string()));
+    s.check(
+        o.status.code() == Some(2)
+            && String::from_utf8_lossy(&o.stderr).contains("is xsecd running"),
+        || format!("no daemon: {o:?}"),
+    );
+
     // policy test: port 22 is bypassed, the rest protected; split where the answer differs
     let t = s.ctl(
         Node::GwA,

@@ -176,6 +176,31 @@ fn run_in(o: &RunOptions, lab: &Lab, xsecd: Option<&std::path::Path>, pair: &Pai
         .map(|d| (d.node, lab.stats(d).ok()))
         .collect();
     let mut failures: Vec<String> = vec![];
+    // what an operator sees: xsecctl on gwA's control socket
+    if let (Some(x), Some(d)) = (xsecd, daemons.first()) {
+        let ctl = x.with_file_name("xsecctl");
+        for args in [&["show", "sa"][..], &["show", "policy", "--counters"][..]] {
+            let o = std::process::Command::new(&ctl)
+                .arg("--socket")
+                .arg(&d.control)
+                .args(args)
+                .output();
+            match o {
+                Ok(o) if o.status.success() => println!(
+                    "\n$ xsecctl --socket {} {}\n{}",
+                    d.control.display(),
+                    args.join(" "),
+                    String::from_utf8_lossy(&o.stdout).trim_end()
+                ),
+                Ok(o) => failures.push(format!(
+                    "xsecctl {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                )),
+                Err(e) => failures.push(format!("xsecctl ({}): {e}", ctl.display())),
+            }
+        }
+    }
     for d in &daemons {
         if let Err(e) = lab.stop_xsecd(d) {
             failures.push(e.to_string());

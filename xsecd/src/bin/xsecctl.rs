@@ -342,11 +342,15 @@ fn print_sas(v: &Value, counters: bool) {
                 format!("{}/{}", s(&x["encryption"]), s(&x["integrity"])),
                 format!("{}/{}", s(&x["enc_key_bits"]), s(&x["auth_key_bits"])),
                 s(&x["seq"]),
-                format!(
-                    "{}/{}",
-                    s(&x["replay"]["received_in_window"]),
-                    s(&x["replay"]["window"])
-                ),
+                if x["direction"] == "in" {
+                    format!(
+                        "{}/{}",
+                        s(&x["replay"]["received_in_window"]),
+                        s(&x["replay"]["window"])
+                    )
+                } else {
+                    "-".into()
+                },
                 format!(
                     "{:.0}s {}/{}",
                     x["lifetime"]["age_s"].as_f64().unwrap_or(0.0),
@@ -438,6 +442,12 @@ fn print_policies(v: &Value, counters: bool) {
         print!("{}", table(&head, &rows));
     }
     println!("inbound default: {}", s(&v["inbound_default"]));
+    if counters {
+        println!(
+            "(inbound hits of protect policies count plaintext that arrived unprotected and was \
+             dropped; decapsulated traffic is counted on its SA: xsecctl show sa)"
+        );
+    }
 }
 
 fn run(cli: Cli) -> Res<()> {
@@ -566,12 +576,21 @@ fn run(cli: Cli) -> Res<()> {
                     print_json(&v);
                 } else {
                     let t = &v["total"];
-                    println!("engine: {}", t["engine"]);
-                    println!("forwarding: {}", t["forward"]);
+                    let kv = |x: &Value| -> String {
+                        x.as_object()
+                            .into_iter()
+                            .flatten()
+                            .map(|(k, n)| format!("{k}={}", s(n)))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    };
+                    println!("engine: {}", kv(&t["engine"]));
+                    println!("forwarding: {}", kv(&t["forward"]));
                     let rows: Vec<Vec<String>> = t["drops"]
                         .as_object()
                         .into_iter()
                         .flatten()
+                        .filter(|(_, n)| n.as_u64() != Some(0))
                         .map(|(r, n)| {
                             let mut row = vec![r.clone(), s(n)];
                             for w in v["workers"].as_array().into_iter().flatten() {
@@ -580,12 +599,16 @@ fn run(cli: Cli) -> Res<()> {
                             row
                         })
                         .collect();
-                    let nw = v["workers"].as_array().map_or(0, Vec::len);
-                    let mut head: Vec<String> = vec!["DROP REASON".into(), "TOTAL".into()];
-                    head.extend((0..nw).map(|i| format!("W{i}")));
-                    let head: Vec<&str> = head.iter().map(String::as_str).collect();
-                    print!("{}", table(&head, &rows));
-                    println!("control: {}", v["control"]);
+                    if rows.is_empty() {
+                        println!("drops: none");
+                    } else {
+                        let nw = v["workers"].as_array().map_or(0, Vec::len);
+                        let mut head: Vec<String> = vec!["DROP REASON".into(), "TOTAL".into()];
+                        head.extend((0..nw).map(|i| format!("W{i}")));
+                        let head: Vec<&str> = head.iter().map(String::as_str).collect();
+                        print!("{}", table(&head, &rows));
+                    }
+                    println!("control: {}", kv(&v["control"]));
                 }
             }
         },
