@@ -1663,7 +1663,21 @@ fn control_show_policy_test_trace_and_metrics() {
         || format!("HTTP metrics: {http}"),
     );
     s.assert_alive();
+    // a subscriber still connected does not keep xsecd from stopping and detaching
+    let sub = s
+        .lab
+        .spawn(
+            Node::GwA,
+            "events-at-stop",
+            &[&*ctl, "--socket", &sock_a, "events"],
+        )
+        .unwrap_or_else(|e| s.fail(&e.to_string()));
+    std::thread::sleep(Duration::from_millis(300));
     s.stop_all();
+    let st = s.lab.procs().wait(&sub, Duration::from_secs(5));
+    s.check(st.is_some(), || {
+        "xsecctl events still runs after xsecd stopped".into()
+    });
 }
 
 /// Split the tunnel's v6 policy onto its own SA pair `ab6` (SPIs 0x1101/0x2101).

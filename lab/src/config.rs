@@ -204,6 +204,8 @@ pub struct GatewayConf {
     pub policies: Vec<PolicyConf>,
     /// `[control] metrics = "ADDR:PORT"`: serve OpenMetrics over HTTP.
     pub metrics: Option<String>,
+    /// `[control] group`: a group that may use the control socket too.
+    pub control_group: Option<String>,
 }
 
 impl Default for GatewayConf {
@@ -219,6 +221,7 @@ impl Default for GatewayConf {
             sas: vec![],
             policies: vec![],
             metrics: None,
+            control_group: None,
         }
     }
 }
@@ -243,8 +246,14 @@ impl GatewayConf {
         let _ = writeln!(s, "idle = {}", q(&self.idle));
         let _ = writeln!(s, "inbound_default = {}", q(&self.inbound_default));
         let _ = writeln!(s, "stats_interval_ms = {}", self.stats_interval_ms);
+        if self.metrics.is_some() || self.control_group.is_some() {
+            s.push_str("\n[control]\n");
+        }
         if let Some(m) = &self.metrics {
-            let _ = writeln!(s, "\n[control]\nmetrics = {}", q(m));
+            let _ = writeln!(s, "metrics = {}", q(m));
+        }
+        if let Some(g) = &self.control_group {
+            let _ = writeln!(s, "group = {}", q(g));
         }
         for sa in &self.sas {
             let _ = writeln!(s, "\n[[sa]]");

@@ -254,7 +254,7 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     let pairs = running.cfg.sas.len();
     let ctl = Arc::new(Control {
         running: Mutex::new(running),
-        xdp: Mutex::new(xdp),
+        xdp: Mutex::new(Some(xdp)),
         workers: cmd_senders.clone(),
         resolve: resolve_tx.clone(),
         clock,
@@ -324,7 +324,7 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
                 let snaps = snapshots(&cmd_senders);
                 // a change being applied holds the maps for a moment: skip them this time
                 let xj = match ctl.xdp.try_lock() {
-                    Ok(x) => xdp_json(&x),
+                    Ok(x) => x.as_ref().map_or(serde_json::Value::Null, xdp_json),
                     Err(_) => serde_json::Value::String("busy: a change is being applied".into()),
                 };
                 let file = StatsFile::build(started.elapsed(), &snaps, xj);
@@ -339,6 +339,8 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     for t in servers {
         let _ = t.join();
     }
+    // detach now, whatever control client may still hold a reference
+    drop(ctl.xdp.lock().unwrap_or_else(|e| e.into_inner()).take());
     resolver_stop.store(true, Ordering::Relaxed);
     stop_workers(&mut workers);
     let _ = resolver.join();

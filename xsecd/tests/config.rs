@@ -734,3 +734,42 @@ fn read_errors_name_the_file() {
     assert!(e.to_string().starts_with("/nonexistent/xsec.toml: "), "{e}");
     assert!(e.diagnostics().is_empty());
 }
+
+#[test]
+fn control_section() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.control, config::ControlConfig::default());
+    assert_eq!(c.control.socket, Path::new(config::DEFAULT_SOCKET));
+    let text = format!(
+        "{GOOD}\n[control]\nsocket = \"/run/x/ctl.sock\"\ngroup = \"xsec-ops\"\nmetrics = \"127.0.0.1:9101\"\n"
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.control.socket, Path::new("/run/x/ctl.sock"));
+    assert_eq!(c.control.group.as_deref(), Some("xsec-ops"));
+    assert_eq!(c.control.metrics, Some("127.0.0.1:9101".parse().unwrap()));
+    let line = GOOD.lines().count() + 3;
+    fails(
+        &format!("{GOOD}\n[control]\nsocket = \"run/x.sock\"\n"),
+        &format!("gw.toml:{line}: control.socket: \"run/x.sock\" must be an absolute path"),
+    );
+    fails(
+        &format!("{GOOD}\n[control]\nsocket = \"/{}\"\n", "a".repeat(120)),
+        &format!("gw.toml:{line}: control.socket: 121 bytes is too long"),
+    );
+    fails(
+        &format!("{GOOD}\n[control]\ngroup = \"a b\"\n"),
+        &format!("gw.toml:{line}: control.group: \"a b\" is not a valid group name"),
+    );
+    fails(
+        &format!("{GOOD}\n[control]\nmetrics = \"localhost\"\n"),
+        &format!("gw.toml:{line}: control.metrics: "),
+    );
+    fails(
+        &format!("{GOOD}\n[control]\nsockett = \"/x\"\n"),
+        &format!("gw.toml:{line}: control.sockett: unknown key"),
+    );
+    fails(
+        &format!("control = 3\n{GOOD}"),
+        "gw.toml:1: control: expected a table",
+    );
+}

@@ -60,7 +60,8 @@ pub struct CtlCounters {
 /// Everything the control threads share.
 pub struct Control {
     pub running: Mutex<Running>,
-    pub xdp: Mutex<XdpSteering>,
+    /// `None` once the daemon is stopping (taken and dropped: detached).
+    pub xdp: Mutex<Option<XdpSteering>>,
     pub workers: Vec<Sender<Cmd>>,
     pub resolve: Sender<IpAddr>,
     pub clock: MonotonicClock,
@@ -275,10 +276,7 @@ fn connection(ctl: &Control, mut s: UnixStream) {
                         subscribe(ctl, &mut s, id);
                         return;
                     }
-                    "trace" => match trace(ctl, &mut s, id, &args) {
-                        Ok(v) => Ok(v),
-                        Err(e) => Err(e),
-                    },
+                    "trace" => trace(ctl, &mut s, id, &args),
                     _ => dispatch(ctl, cmd, &args),
                 }
             }
@@ -390,7 +388,10 @@ impl Control {
                 };
             (r.kind, r.message, detail)
         })?;
-        let mut xdp = lock(&self.xdp);
+        let mut guard = lock(&self.xdp);
+        let Some(xdp) = guard.as_mut() else {
+            return Err((kind::BUSY, "xsecd is stopping".into(), Value::Null));
+        };
         let mut errors: Vec<String> = vec![];
         // steer the union of old and new tunnel ports while SAs move
         let mut ports = run.tunnel_ports();
@@ -426,7 +427,7 @@ impl Control {
         if let Err(e) = xdp.set_tunnel_ports(&plan.tunnel_ports) {
             errors.push(format!("XDP tunnel ports: {e}"));
         }
-        drop(xdp);
+        drop(guard);
         for p in &plan.peers {
             let _ = self.resolve.try_send(*p);
         }
@@ -647,7 +648,10 @@ fn dispatch(ctl: &Control, cmd: &str, args: &Value) -> Result<Value, Fail> {
 
 fn interfaces(ctl: &Control) -> Value {
     let snaps = ctl.snapshots();
-    let xdp = lock(&ctl.xdp).stats().ok().unwrap_or_default();
+    let xdp = lock(&ctl.xdp)
+        .as_ref()
+        .and_then(|x| x.stats().ok())
+        .unwrap_or_default();
     let roles = ["unprotected", "protected"];
     Value::Array(
         ctl.ifaces

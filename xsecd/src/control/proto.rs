@@ -161,4 +161,14 @@ mod tests {
             Err(FrameError::Closed)
         ));
     }
+
+    proptest::proptest! {
+        /// Arbitrary bytes give a frame within the limit or an error, never a panic.
+        #[test]
+        fn arbitrary_bytes(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            if let Ok(f) = read_frame(&mut &b[..], Duration::from_millis(10)) {
+                proptest::prop_assert!(!f.is_empty() && f.len() <= MAX_FRAME && f.len() + 4 <= b.len());
+            }
+        }
+    }
 }

@@ -1132,4 +1132,74 @@ sa = "v6"
         assert_eq!(counts(&p), [(0, 0), (0, 0), (2, 0)]);
         assert_eq!(p.rounds[2][1].remove.len(), 2);
     }
+
+    /// A plan's state is self-consistent: every pair has a worker, the shard map agrees, the
+    /// reqids are unique and every PROTECT policy points to a configured pair.
+    fn consistent(p: &Plan) -> Result<(), String> {
+        let n = &p.next;
+        let mut seen = std::collections::HashSet::new();
+        for sa in &n.cfg.sas {
+            let w = *n
+                .owner
+                .get(&sa.name)
+                .ok_or(format!("{}: no worker", sa.name))?;
+            if usize::from(w) >= n.workers {
+                return Err(format!("{}: worker {w} of {}", sa.name, n.workers));
+            }
+            if n.shards.inbound.get(&sa.inbound.spi) != Some(&w)
+                || n.shards.outbound.get(&sa.outbound.reqid) != Some(&w)
+            {
+                return Err(format!("{}: shard map disagrees", sa.name));
+            }
+            if sa.inbound.reqid != sa.outbound.reqid || !seen.insert(sa.outbound.reqid) {
+                return Err(format!("{}: reqid {} reused", sa.name, sa.outbound.reqid));
+            }
+        }
+        for dir in [Direction::Inbound, Direction::Outbound] {
+            for pol in n.spd.policies(dir) {
+                if let Action::Protect(b) = &pol.action {
+                    for r in b.reqids() {
+                        if n.pair_by_reqid(*r).is_none() {
+                            return Err(format!("{}: reqid {r} has no pair", pol.name));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(400))]
+
+        /// Whatever text a reload or an edit carries, the answer is a refusal or a
+        /// consistent plan: never a panic.
+        #[test]
+        fn any_edit_is_refused_or_consistent(
+            cuts in proptest::collection::vec((0usize..2000, 0usize..40, proptest::prelude::any::<u8>()), 0..6),
+            op in 0u8..4,
+        ) {
+            let mut text = BASE.as_bytes().to_vec();
+            for (at, len, b) in cuts {
+                let at = at % text.len().max(1);
+                match b % 3 {
+                    0 => { text.drain(at..(at + len).min(text.len())); }
+                    1 => { let piece = text[at..(at + len).min(text.len())].to_vec(); text.splice(at..at, piece); }
+                    _ => { if let Some(x) = text.get_mut(at) { *x = b; } }
+                }
+            }
+            let text = String::from_utf8_lossy(&text).into_owned();
+            let r = running(BASE);
+            let now = Timestamp::from_nanos(1);
+            let edit = match op {
+                0 => Edit::Reload { path: PathBuf::from("x.toml"), text: Zeroizing::new(text) },
+                1 => Edit::AddSa { text: Zeroizing::new(text) },
+                2 => Edit::AddPolicy { text: Zeroizing::new(text), position: Some(2) },
+                _ => Edit::DelSa { name: text.chars().take(8).collect() },
+            };
+            if let Ok(p) = r.prepare(&edit, now) {
+                proptest::prop_assert_eq!(consistent(&p), Ok(()));
+            }
+        }
+    }
 }

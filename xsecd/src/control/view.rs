@@ -329,9 +329,9 @@ pub fn metrics(run: &Running, snaps: &[Snapshot], uptime: Duration) -> String {
     }
     family(
         &mut o,
-        "xsec_sa_info",
-        "gauge",
-        "1 for every installed SA, with its current SPI.",
+        "xsec_sa",
+        "info",
+        "Every installed SA, with its current SPI.",
     );
     for ((n, d), a) in &acc {
         if let Some(spi) = a.spi {
