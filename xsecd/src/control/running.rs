@@ -598,56 +598,29 @@ impl Running {
         // What cannot change without a restart.
         let mut fixed = vec![];
         let (a, b) = (&self.cfg.gateway, &cfg.gateway);
-        let mut differs = |field: &str, x: String, y: String| {
-            if x != y {
-                fixed.push(format!("{field}: {x} → {y}"));
-            }
-        };
-        differs(
-            "gateway.unprotected",
-            a.unprotected.clone(),
-            b.unprotected.clone(),
+        macro_rules! differs {
+            ($($f:ident),*) => {$(
+                if a.$f != b.$f {
+                    fixed.push(format!("gateway.{}: {:?} → {:?}", stringify!($f), a.$f, b.$f));
+                }
+            )*};
+        }
+        differs!(
+            unprotected,
+            protected,
+            queues,
+            cores,
+            xdp_mode,
+            idle,
+            mtu,
+            stats_interval_ms
         );
-        differs(
-            "gateway.protected",
-            a.protected.clone(),
-            b.protected.clone(),
-        );
-        differs(
-            "gateway.queues",
-            format!("{:?}", a.queues),
-            format!("{:?}", b.queues),
-        );
-        differs(
-            "gateway.cores",
-            format!("{:?}", a.cores),
-            format!("{:?}", b.cores),
-        );
-        differs(
-            "gateway.xdp_mode",
-            format!("{:?}", a.xdp_mode),
-            format!("{:?}", b.xdp_mode),
-        );
-        differs(
-            "gateway.idle",
-            format!("{:?}", a.idle),
-            format!("{:?}", b.idle),
-        );
-        differs(
-            "gateway.mtu",
-            format!("{:?}", a.mtu),
-            format!("{:?}", b.mtu),
-        );
-        differs(
-            "gateway.stats_interval_ms",
-            a.stats_interval_ms.to_string(),
-            b.stats_interval_ms.to_string(),
-        );
-        differs(
-            "control",
-            format!("{:?}", self.cfg.control),
-            format!("{:?}", cfg.control),
-        );
+        if self.cfg.control != cfg.control {
+            fixed.push(format!(
+                "control: {:?} → {:?}",
+                self.cfg.control, cfg.control
+            ));
+        }
         if !fixed.is_empty() {
             return Err(Refusal::new(
                 crate::control::proto::kind::CONFIG,

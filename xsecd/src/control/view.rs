@@ -269,33 +269,34 @@ pub fn metrics(run: &Running, snaps: &[Snapshot], uptime: Duration) -> String {
             a.spi = Some(st.spi);
         }
     }
-    family(
-        &mut o,
-        "xsec_sa_packets",
-        "counter",
-        "Packets through the SAs of this name and direction, across rekeys and reloads.",
-    );
-    for ((n, d), a) in &acc {
-        let _ = writeln!(
-            o,
-            "xsec_sa_packets_total{{sa=\"{}\",direction=\"{d}\"}} {}",
-            esc(n),
-            a.packets
-        );
-    }
-    family(
-        &mut o,
-        "xsec_sa_bytes",
-        "counter",
-        "Bytes (inner packets) through the SAs of this name and direction.",
-    );
-    for ((n, d), a) in &acc {
-        let _ = writeln!(
-            o,
-            "xsec_sa_bytes_total{{sa=\"{}\",direction=\"{d}\"}} {}",
-            esc(n),
-            a.bytes
-        );
+    type SaCounter = (&'static str, &'static str, fn(&Acc) -> u64);
+    let per_sa: [SaCounter; 3] = [
+        (
+            "xsec_sa_packets",
+            "Packets through the SAs of this name and direction, across rekeys and reloads.",
+            |a| a.packets,
+        ),
+        (
+            "xsec_sa_bytes",
+            "Bytes (inner packets) through the SAs of this name and direction.",
+            |a| a.bytes,
+        ),
+        (
+            "xsec_sa_replaced",
+            "SAs of this name and direction replaced or removed so far.",
+            |a| a.generations,
+        ),
+    ];
+    for (name, help, f) in per_sa {
+        family(&mut o, name, "counter", help);
+        for ((n, d), a) in &acc {
+            let _ = writeln!(
+                o,
+                "{name}_total{{sa=\"{}\",direction=\"{d}\"}} {}",
+                esc(n),
+                f(a)
+            );
+        }
     }
     family(
         &mut o,
@@ -312,20 +313,6 @@ pub fn metrics(run: &Running, snaps: &[Snapshot], uptime: Duration) -> String {
                 r.name()
             );
         }
-    }
-    family(
-        &mut o,
-        "xsec_sa_replaced",
-        "counter",
-        "SAs of this name and direction replaced or removed so far.",
-    );
-    for ((n, d), a) in &acc {
-        let _ = writeln!(
-            o,
-            "xsec_sa_replaced_total{{sa=\"{}\",direction=\"{d}\"}} {}",
-            esc(n),
-            a.generations
-        );
     }
     family(
         &mut o,
