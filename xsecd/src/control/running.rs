@@ -165,6 +165,25 @@ impl Source {
             .position(|f| f.kind == kind && f.name.as_deref() == Some(name))
     }
 
+    /// Where a policy placed at `position` (1 = first, `None` or past the end = last) goes.
+    fn policy_slot(&self, position: Option<usize>) -> Result<usize, Refusal> {
+        let pols: Vec<usize> = self
+            .frags
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.kind == Kind::Policy)
+            .map(|(i, _)| i)
+            .collect();
+        match position {
+            Some(0) => Err(Refusal::new(
+                crate::control::proto::kind::BAD_ARGS,
+                "positions start at 1",
+            )),
+            Some(p) if p <= pols.len() => Ok(pols[p - 1]),
+            _ => Ok(pols.last().map_or(self.frags.len(), |i| i + 1)),
+        }
+    }
+
     fn names(&self, kind: Kind) -> Vec<&str> {
         self.frags
             .iter()
@@ -494,23 +513,7 @@ impl Running {
             }
             Edit::AddPolicy { text, position } => {
                 one(text, "policy")?;
-                let pols: Vec<usize> = src
-                    .frags
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, f)| f.kind == Kind::Policy)
-                    .map(|(i, _)| i)
-                    .collect();
-                let at = match position {
-                    Some(0) => {
-                        return Err(Refusal::new(
-                            crate::control::proto::kind::BAD_ARGS,
-                            "positions start at 1",
-                        ));
-                    }
-                    Some(p) if *p <= pols.len() => pols[p - 1],
-                    _ => pols.last().map_or(src.frags.len(), |i| i + 1),
-                };
+                let at = src.policy_slot(*position)?;
                 Some(insert(&mut src, at, Kind::Policy, text))
             }
             Edit::DelPolicy { name } => {
@@ -524,25 +527,8 @@ impl Running {
                 let i = src
                     .position(Kind::Policy, name)
                     .ok_or_else(|| not_found("policy", name, self.source.names(Kind::Policy)))?;
-                if *position == 0 {
-                    return Err(Refusal::new(
-                        crate::control::proto::kind::BAD_ARGS,
-                        "positions start at 1",
-                    ));
-                }
                 let f = src.frags.remove(i);
-                let pols: Vec<usize> = src
-                    .frags
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, f)| f.kind == Kind::Policy)
-                    .map(|(i, _)| i)
-                    .collect();
-                let at = if *position <= pols.len() {
-                    pols[position - 1]
-                } else {
-                    pols.last().map_or(src.frags.len(), |i| i + 1)
-                };
+                let at = src.policy_slot(Some(*position))?;
                 src.frags.insert(at, f);
                 None
             }
