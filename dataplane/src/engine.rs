@@ -6,7 +6,7 @@
 //! allocate, lock or panic, whatever the bytes. Management calls (install/remove SAs, swap the
 //! SPD, drain events, sweep timers) run between bursts.
 
-use crate::esp::{self, InboundEsp};
+use crate::esp::{self, Deferred, InboundEsp};
 use crate::events::{Event, EventQueue};
 use crate::packet::PacketBuf;
 use crate::sa::{Encap, Sa, SaConfig, SaError, SaHandle, SaTable};
@@ -136,6 +136,9 @@ pub struct Shards {
 /// The IKE port: always handed to the control plane.
 const IKE_PORT: u16 = 500;
 
+/// Packets laid out before their deferred seals are finished together.
+const BATCH: usize = 64;
+
 /// One worker's ESP engine.
 #[derive(Debug)]
 pub struct Engine {
@@ -147,6 +150,9 @@ pub struct Engine {
     udp_ports: PortSet,
     sweep: usize,
     shards: Option<Arc<Shards>>,
+    /// Packets of the current burst chunk whose seal is deferred: (index in the chunk, SA,
+    /// what is left). Allocated once.
+    deferred: Vec<(usize, SaHandle, Deferred)>,
 }
 
 /// What the inbound classifier found.
@@ -176,6 +182,7 @@ impl Engine {
             udp_ports: PortSet::new(&cfg.udp_encap_ports),
             sweep: 0,
             shards: None,
+            deferred: Vec::with_capacity(BATCH),
         }
     }
 
@@ -290,16 +297,28 @@ impl Engine {
         now: Timestamp,
         pkt: &mut PacketBuf<B>,
     ) -> Verdict {
+        self.encap_inner(h, now, pkt, false).0
+    }
+
+    /// [`encap_with`](Self::encap_with); with `defer`, what is left of a deferred seal.
+    #[inline(always)]
+    fn encap_inner<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        h: SaHandle,
+        now: Timestamp,
+        pkt: &mut PacketBuf<B>,
+        defer: bool,
+    ) -> (Verdict, Option<Deferred>) {
         let Some(sa) = self.sad.get_mut(h) else {
-            return self.drop(DropReason::NoSa);
+            return (self.drop(DropReason::NoSa), None);
         };
-        match esp::encap(sa, h, pkt, now, &mut self.events) {
-            Ok(bytes) => {
+        match esp::encap(sa, h, pkt, now, &mut self.events, defer) {
+            Ok((bytes, d)) => {
                 self.stats.encap_packets += 1;
                 self.stats.encap_bytes += bytes as u64;
-                Verdict::Forward
+                (Verdict::Forward, d)
             }
-            Err(r) => self.drop(r),
+            Err(r) => (self.drop(r), None),
         }
     }
 
@@ -311,8 +330,20 @@ impl Engine {
         now: Timestamp,
         pkt: &mut PacketBuf<B>,
     ) -> Verdict {
+        self.outbound_inner(now, pkt, false).0
+    }
+
+    /// [`outbound`](Self::outbound); with `defer`, a packet protected by a single SA whose
+    /// transform seals in bursts comes back laid out, with what is left to do.
+    #[inline(always)]
+    fn outbound_inner<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        now: Timestamp,
+        pkt: &mut PacketBuf<B>,
+        defer: bool,
+    ) -> (Verdict, Option<(SaHandle, Deferred)>) {
         let Ok(key) = PacketKey::parse(pkt.data()) else {
-            return self.drop(DropReason::Malformed);
+            return (self.drop(DropReason::Malformed), None);
         };
         let (bundle, policy) = match self.spd.lookup(Direction::Outbound, &key) {
             Lookup::Policy { index, action } => {
@@ -323,13 +354,15 @@ impl Engine {
                     Action::Protect(b) => (b, index as usize),
                     Action::Bypass => {
                         self.stats.bypass_packets += 1;
-                        return Verdict::Bypass;
+                        return (Verdict::Bypass, None);
                     }
-                    Action::Discard => return self.drop(DropReason::PolicyDiscard),
+                    Action::Discard => return (self.drop(DropReason::PolicyDiscard), None),
                 }
             }
-            Lookup::Default { .. } => return self.drop(DropReason::NoPolicy),
+            Lookup::Default { .. } => return (self.drop(DropReason::NoPolicy), None),
         };
+        // a bundle's inner SAs must be sealed before the outer ones wrap them
+        let single = bundle.reqids().len() == 1;
         let mut v = Verdict::Drop(DropReason::NoSa);
         for &reqid in bundle.reqids() {
             let Some(h) = self.sad.lookup_outbound(reqid) else {
@@ -342,19 +375,28 @@ impl Engine {
                     if let Some(c) = self.hits[1].get_mut(policy) {
                         *c -= 1;
                     }
-                    return Verdict::Handoff(w);
+                    return (Verdict::Handoff(w), None);
                 }
-                return self.drop(DropReason::NoSa);
+                return (self.drop(DropReason::NoSa), None);
             };
-            v = self.encap_with(h, now, pkt);
+            let (r, d) = self.encap_inner(h, now, pkt, defer && single);
+            if let Some(d) = d {
+                return (r, Some((h, d)));
+            }
+            v = r;
             if v != Verdict::Forward {
-                return v;
+                return (v, None);
             }
         }
-        v
+        (v, None)
     }
 
     /// Process a burst from the protected side. Returns how many packets were not dropped.
+    ///
+    /// Packets whose SA uses AES-CBC on a CPU with AES-NI are laid out first and encrypted
+    /// together afterwards, up to eight in lockstep per SA ([`crate::crypto::aesni`]), then
+    /// signed; the bytes are the same as [`outbound`](Self::outbound) would produce one
+    /// packet at a time.
     pub fn outbound_burst<B: AsRef<[u8]> + AsMut<[u8]>>(
         &mut self,
         now: Timestamp,
@@ -362,11 +404,94 @@ impl Engine {
         verdicts: &mut [Verdict],
     ) -> usize {
         let mut ok = 0;
-        for (p, v) in pkts.iter_mut().zip(verdicts.iter_mut()) {
-            *v = self.outbound(now, p);
-            ok += usize::from(!v.is_drop());
+        let n = pkts.len().min(verdicts.len());
+        let mut deferred = core::mem::take(&mut self.deferred);
+        for (pkts, verdicts) in pkts[..n]
+            .chunks_mut(BATCH)
+            .zip(verdicts[..n].chunks_mut(BATCH))
+        {
+            deferred.clear();
+            // a lone packet gains nothing from the multi-buffer path
+            let defer = pkts.len() > 1;
+            for (i, (p, v)) in pkts.iter_mut().zip(verdicts.iter_mut()).enumerate() {
+                let (verdict, d) = self.outbound_inner(now, p, defer);
+                *v = verdict;
+                if let Some((h, d)) = d {
+                    deferred.push((i, h, d));
+                }
+            }
+            if !deferred.is_empty() {
+                self.seal_deferred(pkts, verdicts, &mut deferred);
+            }
+            ok += verdicts.iter().filter(|v| !v.is_drop()).count();
         }
+        self.deferred = deferred;
         ok
+    }
+
+    /// Finish the deferred seals of a chunk: per SA, every packet's IV field and payload are
+    /// CBC-encrypted together by the multi-buffer kernel, then each packet is signed.
+    fn seal_deferred<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        pkts: &mut [PacketBuf<B>],
+        verdicts: &mut [Verdict],
+        deferred: &mut Vec<(usize, SaHandle, Deferred)>,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::crypto::aesni::{CbcJob, cbc_encrypt_many};
+            // packets of one SA at a time (most bursts have one), in arrival order
+            deferred.sort_by_key(|&(i, h, _)| (h.0, i));
+            let mut rest: &[(usize, SaHandle, Deferred)] = deferred;
+            while let Some(&(_, h, _)) = rest.first() {
+                let m = rest.iter().take_while(|(_, x, _)| *x == h).count();
+                let (group, tail) = rest.split_at(m);
+                rest = tail;
+                let Some(sa) = self.sad.get(h) else {
+                    // not reached: an SA does not leave in the middle of a burst
+                    for &(i, _, _) in group {
+                        verdicts[i] = Verdict::Drop(DropReason::NoSa);
+                        self.stats.drops.bump(DropReason::NoSa);
+                    }
+                    continue;
+                };
+                let icv = sa.xform.icv_len();
+                let sealed = {
+                    let mut jobs: [CbcJob<'_>; BATCH] = core::array::from_fn(|_| CbcJob {
+                        iv: [0; 16],
+                        data: &mut [],
+                    });
+                    let mut g = group.iter().peekable();
+                    let mut m = 0;
+                    for (i, p) in pkts.iter_mut().enumerate() {
+                        if let Some(&&(gi, _, d)) = g.peek()
+                            && gi == i
+                        {
+                            g.next();
+                            if let Some(body) =
+                                p.frame_mut().get_mut(d.esp + 8..d.esp + d.len - icv)
+                            {
+                                jobs[m].data = body;
+                            }
+                            m += 1;
+                        }
+                    }
+                    sa.xform
+                        .cbc_ni_key()
+                        .is_some_and(|k| cbc_encrypt_many(k, &mut jobs[..m]))
+                };
+                for &(i, _, d) in group {
+                    if sealed {
+                        d.finish(sa, pkts[i].frame_mut());
+                    } else {
+                        // not reached: the layout makes whole blocks and the key exists
+                        verdicts[i] = Verdict::Drop(DropReason::BadLength);
+                        self.stats.drops.bump(DropReason::BadLength);
+                    }
+                }
+            }
+        }
+        let _ = (pkts, verdicts, deferred);
     }
 
     /// Process a burst from the unprotected side. Returns how many packets were not dropped.

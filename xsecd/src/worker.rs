@@ -34,6 +34,17 @@ const MAX_ESP_OVERHEAD: usize = 128;
 const PARK_MAX: usize = 256;
 /// Handoff buffers each worker owns.
 const HANDOFF_POOL: usize = 512;
+/// The most of an inner packet an ICMP error quotes (IPv6: 1280 - 40 - 8).
+const QUOTE_MAX: usize = 1232;
+
+/// What the worker keeps of a protected-side packet while the engine protects its burst.
+#[derive(Debug)]
+struct Staged {
+    /// (quote slot, quoted bytes, inner length) when the result could outgrow its link.
+    quote: Option<(usize, usize, usize)>,
+    /// The plaintext, when it is traced.
+    traced: Option<Vec<u8>>,
+}
 
 /// A resolved next hop, as the worker needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,7 +263,13 @@ struct Worker {
     /// outbound SPD).
     parked: Vec<(IpAddr, PacketBuf<Frame>, Timestamp, bool)>,
     frag_id: u32,
-    scratch: Box<[u8; 2048]>,
+    /// The start of each protected-side packet of a burst that could outgrow its link, for
+    /// the ICMP error that would quote it (one slot per packet of the burst).
+    quotes: Box<[[u8; QUOTE_MAX]; BURST]>,
+    /// A protected-side burst between its stages (allocated once).
+    batch: Vec<PacketBuf<Frame>>,
+    staged: Vec<Staged>,
+    verdicts: Vec<Verdict>,
     trace: Option<Box<Tap>>,
     trace_lost: u64,
 }
@@ -305,7 +322,10 @@ pub fn run(setup: WorkerSetup, ready: Sender<Ready>) {
         parked: Vec::with_capacity(PARK_MAX),
         reasm: Reassembler::new(),
         frag_id: u32::from(setup.id) << 24,
-        scratch: Box::new([0u8; 2048]),
+        quotes: Box::new([[0u8; QUOTE_MAX]; BURST]),
+        batch: Vec::with_capacity(BURST),
+        staged: Vec::with_capacity(BURST),
+        verdicts: vec![Verdict::Unset; BURST],
         trace: None,
         trace_lost: 0,
     };
@@ -338,8 +358,13 @@ pub fn run(setup: WorkerSetup, ready: Sender<Ready>) {
                 Side::Unprotected => w.c.rx_unprot += n as u64,
                 Side::Protected => w.c.rx_prot += n as u64,
             }
-            for f in rx.drain(..) {
-                w.packet(side, f, now, false);
+            match side {
+                Side::Protected => w.protected_burst(&mut rx, now),
+                Side::Unprotected => {
+                    for f in rx.drain(..) {
+                        w.packet(side, f, now, false);
+                    }
+                }
             }
         }
         for _ in 0..BURST {
@@ -507,8 +532,9 @@ impl Worker {
         report
     }
 
-    /// One received Ethernet frame.
-    fn packet(&mut self, side: Side, f: RxFrame, now: Timestamp, handed: bool) {
+    /// The IP packet of a received Ethernet frame; `None` (counted, released) for anything
+    /// but IPv4 and IPv6.
+    fn ip_packet(&mut self, f: RxFrame) -> Option<PacketBuf<Frame>> {
         let RxFrame { frame, off, len } = f;
         let et = frame
             .as_ref()
@@ -517,10 +543,107 @@ impl Worker {
         if len < ETH_HDR || !matches!(et, Some(fwd::ETHERTYPE_IPV4 | fwd::ETHERTYPE_IPV6)) {
             self.c.non_ip += 1;
             self.xsk.release(frame);
-            return;
+            return None;
         }
-        let Some(mut pkt) = self.window(frame, off + ETH_HDR, Some(len - ETH_HDR)) else {
-            return; // the kernel's descriptor lies inside the frame: not reached
+        // `None` only if the kernel's descriptor lay outside the frame: not reached
+        self.window(frame, off + ETH_HDR, Some(len - ETH_HDR))
+    }
+
+    /// A burst from the protected side: each packet is staged (TTL, what an ICMP error
+    /// would quote, trace copy), the engine protects the whole burst at once
+    /// ([`Engine::outbound_burst`]: multi-buffer crypto), then each packet goes on, in
+    /// arrival order.
+    fn protected_burst(&mut self, rx: &mut Vec<RxFrame>, now: Timestamp) {
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut staged = std::mem::take(&mut self.staged);
+        let mut verdicts = std::mem::take(&mut self.verdicts);
+        for f in rx.drain(..) {
+            let Some(pkt) = self.ip_packet(f) else {
+                continue;
+            };
+            if let Some((pkt, st)) = self.stage_protected(pkt, batch.len(), now, false) {
+                batch.push(pkt);
+                staged.push(st);
+            }
+        }
+        let n = batch.len();
+        if verdicts.len() < n {
+            verdicts.resize(n, Verdict::Unset);
+        }
+        self.engine
+            .outbound_burst(now, &mut batch, &mut verdicts[..n]);
+        for ((pkt, st), v) in batch.drain(..).zip(staged.drain(..)).zip(verdicts.iter()) {
+            self.finish_protected(pkt, st, *v, now, false);
+        }
+        self.batch = batch;
+        self.staged = staged;
+        self.verdicts = verdicts;
+    }
+
+    /// Before protection: decrement the TTL (RFC 4301 §5.1.2.1; a handed-off packet was
+    /// decremented already), keep what an ICMP error would quote in quote slot `slot` if
+    /// the result could outgrow its link, copy a traced packet. `None`: dropped (released).
+    fn stage_protected(
+        &mut self,
+        mut pkt: PacketBuf<Frame>,
+        slot: usize,
+        now: Timestamp,
+        handed: bool,
+    ) -> Option<(PacketBuf<Frame>, Staged)> {
+        if !handed && fwd::dec_ttl(pkt.data_mut()).is_err() {
+            self.c.ttl_exceeded += 1;
+            self.icmp(pkt.data(), IcmpError::TimeExceeded, now);
+            self.xsk.release(pkt.into_inner());
+            return None;
+        }
+        let v6 = pkt.data().first().is_some_and(|b| b >> 4 == 6);
+        let quote = pkt.len().min(if v6 { 1280 - 48 } else { 576 - 28 });
+        let keep = pkt.len() + MAX_ESP_OVERHEAD > self.min_mtu && slot < BURST;
+        if keep {
+            self.quotes[slot][..quote].copy_from_slice(&pkt.data()[..quote]);
+        }
+        let traced = match &self.trace {
+            Some(t) if t.wants(self.engine.spd(), Direction::Outbound, pkt.data(), None) => {
+                Some(pkt.data().to_vec())
+            }
+            _ => None,
+        };
+        let st = Staged {
+            quote: keep.then_some((slot, quote, pkt.len())),
+            traced,
+        };
+        Some((pkt, st))
+    }
+
+    /// After protection: the trace copy (unless handed off: the owner copies it) and the
+    /// packet's way out.
+    fn finish_protected(
+        &mut self,
+        pkt: PacketBuf<Frame>,
+        st: Staged,
+        v: Verdict,
+        now: Timestamp,
+        handed: bool,
+    ) {
+        if let (Some(ip), Some(t)) = (st.traced, &mut self.trace)
+            && !matches!(v, Verdict::Handoff(_))
+        {
+            t.copy(self.id, Direction::Outbound, &ip);
+        }
+        match v {
+            Verdict::Forward => self.forward_esp(pkt, now, st.quote),
+            Verdict::Bypass => self.forward(pkt, now, false, true),
+            // the packet is unchanged except the TTL, which the owner must not decrement
+            // again (`handed`)
+            Verdict::Handoff(w) => self.handoff(pkt, Side::Protected, w, handed),
+            _ => self.xsk.release(pkt.into_inner()),
+        }
+    }
+
+    /// One received Ethernet frame.
+    fn packet(&mut self, side: Side, f: RxFrame, now: Timestamp, handed: bool) {
+        let Some(mut pkt) = self.ip_packet(f) else {
+            return;
         };
         match side {
             Side::Unprotected => {
@@ -555,48 +678,9 @@ impl Worker {
                 }
             }
             Side::Protected => {
-                // Forwarding first: the inner TTL is decremented by the encapsulator
-                // (RFC 4301 §5.1.2.1); a handed-off packet was decremented already.
-                if !handed && fwd::dec_ttl(pkt.data_mut()).is_err() {
-                    self.c.ttl_exceeded += 1;
-                    self.icmp(pkt.data(), IcmpError::TimeExceeded, now);
-                    self.xsk.release(pkt.into_inner());
-                    return;
-                }
-                // Keep what an ICMP error would quote, in case the result is too big for its
-                // link: only for packets that could be (a copy, so not for every packet).
-                let v6 = pkt.data().first().is_some_and(|b| b >> 4 == 6);
-                let quote = pkt.len().min(if v6 { 1280 - 48 } else { 576 - 28 });
-                let keep = pkt.len() + MAX_ESP_OVERHEAD > self.min_mtu;
-                if keep {
-                    self.scratch[..quote].copy_from_slice(&pkt.data()[..quote]);
-                }
-                let inner_len = pkt.len();
-                let traced = match &self.trace {
-                    Some(t)
-                        if t.wants(self.engine.spd(), Direction::Outbound, pkt.data(), None) =>
-                    {
-                        Some(pkt.data().to_vec())
-                    }
-                    _ => None,
-                };
-                let v = self.engine.outbound(now, &mut pkt);
-                if let (Some(ip), Some(t)) = (traced, &mut self.trace)
-                    && !matches!(v, Verdict::Handoff(_))
-                {
-                    t.copy(self.id, Direction::Outbound, &ip);
-                }
-                match v {
-                    Verdict::Forward => {
-                        self.forward_esp(pkt, now, keep.then_some((quote, inner_len)))
-                    }
-                    Verdict::Bypass => self.forward(pkt, now, false, true),
-                    Verdict::Handoff(w) => {
-                        // undo nothing: the packet is unchanged except the TTL, which the
-                        // owner must not decrement again (`handed`)
-                        self.handoff(pkt, side, w, handed)
-                    }
-                    _ => self.xsk.release(pkt.into_inner()),
+                if let Some((mut pkt, st)) = self.stage_protected(pkt, 0, now, handed) {
+                    let v = self.engine.outbound(now, &mut pkt);
+                    self.finish_protected(pkt, st, v, now, handed);
                 }
             }
         }
@@ -807,7 +891,7 @@ impl Worker {
         &mut self,
         pkt: PacketBuf<Frame>,
         now: Timestamp,
-        inner: Option<(usize, usize)>,
+        inner: Option<(usize, usize, usize)>,
     ) {
         let Some(dst) = fwd::ip_dst(pkt.data()) else {
             self.xsk.release(pkt.into_inner());
@@ -822,16 +906,17 @@ impl Worker {
             self.send(pkt, hop);
             return;
         }
-        // Too big. The inner packet's start was kept (see `packet`).
-        if let Some((quote, inner_len)) = inner {
+        // Too big. The inner packet's start was kept (see `stage_protected`).
+        if let Some((slot, quote, inner_len)) = inner {
             let overhead = pkt.len() - inner_len;
-            let inner_v6 = self.scratch[0] >> 4 == 6;
-            if inner_v6 || fwd::dont_fragment(&self.scratch[..quote]) {
+            let kept = &self.quotes[slot % BURST];
+            let inner_v6 = kept[0] >> 4 == 6;
+            if inner_v6 || fwd::dont_fragment(&kept[..quote]) {
                 let room = mtu.saturating_sub(overhead) as u16;
                 if !inner_v6 || room >= 1280 {
-                    let mut q = [0u8; 1500];
+                    let mut q = [0u8; QUOTE_MAX];
                     let n = quote.min(q.len());
-                    q[..n].copy_from_slice(&self.scratch[..n]);
+                    q[..n].copy_from_slice(&kept[..n]);
                     self.icmp(&q[..n], IcmpError::TooBig { mtu: room }, now);
                     self.xsk.release(pkt.into_inner());
                     return;

@@ -130,30 +130,40 @@ pub fn cbc_encrypt_many(key: &AesNiKey, jobs: &mut [CbcJob<'_>]) -> bool {
     if jobs.iter().any(|j| !j.data.len().is_multiple_of(BLOCK)) {
         return false;
     }
+    // as many lanes as there are packets, up to LANES: an idle lane costs as much as a busy one
+    let n = jobs.iter().filter(|j| !j.data.is_empty()).count();
     // SAFETY: an `AesNiKey` exists only if AES-NI and SSE2 were detected.
-    unsafe { encrypt_lanes(key, jobs) };
+    unsafe {
+        match n {
+            0 => {}
+            1 => encrypt_lanes::<1>(key, jobs),
+            2 => encrypt_lanes::<2>(key, jobs),
+            3 | 4 => encrypt_lanes::<4>(key, jobs),
+            _ => encrypt_lanes::<LANES>(key, jobs),
+        }
+    }
     true
 }
 
 #[target_feature(enable = "aes,sse2")]
-unsafe fn encrypt_lanes(key: &AesNiKey, jobs: &mut [CbcJob<'_>]) {
+unsafe fn encrypt_lanes<const W: usize>(key: &AesNiKey, jobs: &mut [CbcJob<'_>]) {
     let n = key.rounds;
     let mut rk = [_mm_setzero_si128(); 15];
     for (r, k) in rk.iter_mut().zip(&key.enc).take(n + 1) {
         *r = load(k);
     }
     // lane l works on job `job[l]` at byte `pos[l]`; `state[l]` is its chaining value
-    let mut job = [usize::MAX; LANES];
-    let mut pos = [0usize; LANES];
-    let mut state = [_mm_setzero_si128(); LANES];
+    let mut job = [usize::MAX; W];
+    let mut pos = [0usize; W];
+    let mut state = [_mm_setzero_si128(); W];
     let mut next = 0;
     let mut active = 0;
-    for l in 0..LANES {
+    for l in 0..W {
         active += usize::from(refill(jobs, &mut next, l, &mut job, &mut state));
     }
     while active > 0 {
-        let mut s = [_mm_setzero_si128(); LANES];
-        for l in 0..LANES {
+        let mut s = [_mm_setzero_si128(); W];
+        for l in 0..W {
             if let Some(j) = jobs.get(job[l])
                 && let Some(b) = j.data.get(pos[l]..pos[l] + BLOCK)
                 && let Ok(b) = <&[u8; 16]>::try_from(b)
@@ -166,7 +176,7 @@ unsafe fn encrypt_lanes(key: &AesNiKey, jobs: &mut [CbcJob<'_>]) {
                 *x = _mm_aesenc_si128(*x, *k);
             }
         }
-        for l in 0..LANES {
+        for l in 0..W {
             let c = _mm_aesenclast_si128(s[l], rk[n]);
             let Some(j) = jobs.get_mut(job[l]) else {
                 continue;
@@ -190,12 +200,12 @@ unsafe fn encrypt_lanes(key: &AesNiKey, jobs: &mut [CbcJob<'_>]) {
 
 /// Put the next non-empty job (from `*next`) in lane `l`; `false` when none is left.
 #[inline(always)]
-fn refill(
+fn refill<const W: usize>(
     jobs: &[CbcJob<'_>],
     next: &mut usize,
     l: usize,
-    job: &mut [usize; LANES],
-    state: &mut [__m128i; LANES],
+    job: &mut [usize; W],
+    state: &mut [__m128i; W],
 ) -> bool {
     while *next < jobs.len() && jobs[*next].data.is_empty() {
         *next += 1;

@@ -35,6 +35,10 @@ enum Kind {
         key: CbcKey,
         integ: Integ,
         iv_seed: [u8; 16],
+        /// Outbound AES on a CPU with AES-NI: the multi-buffer kernel's key schedule, for
+        /// bursts ([`Transform::defer_seal`]).
+        #[cfg(target_arch = "x86_64")]
+        ni: Option<Box<super::aesni::AesNiKey>>,
     },
     /// NULL encryption with HMAC (RFC 2410).
     Null { integ: Integ },
@@ -128,6 +132,10 @@ impl Transform {
                     key: CbcKey::new(enc, key, outbound).ok_or_else(broken)?,
                     integ: Integ::new(auth, auth_key).ok_or_else(broken)?,
                     iv_seed: random,
+                    #[cfg(target_arch = "x86_64")]
+                    ni: (outbound && enc != EncAlg::TripleDesCbc)
+                        .then(|| super::aesni::AesNiKey::new(key).map(Box::new))
+                        .flatten(),
                 }
             }
             EncAlg::Null => Kind::Null {
@@ -255,6 +263,7 @@ impl Transform {
                 key,
                 integ,
                 iv_seed,
+                ..
             } => {
                 let mut ivb = *iv_seed;
                 let s = seq.to_be_bytes();
@@ -277,6 +286,67 @@ impl Transform {
             }
         }
         Ok(())
+    }
+
+    /// Start sealing for a burst: with the multi-buffer AES-CBC kernel available, write the
+    /// IV generator's nonce (per-SA seed XOR `seq`) into the IV field and answer `true`; the
+    /// caller then CBC-encrypts the IV field and payload together from a zero IV with
+    /// [`Transform::cbc_ni_key`] — which turns the nonce into the IV, E_K(nonce), exactly as
+    /// [`Transform::seal`] computes it, and encrypts the payload chained from it — and
+    /// finishes with [`Transform::sign`]. `false`: this transform seals only with `seal`.
+    #[inline]
+    pub(crate) fn defer_seal(&self, buf: &mut [u8], esp: usize, len: usize, seq: u64) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if let Kind::Cbc {
+            iv_seed,
+            ni: Some(_),
+            ..
+        } = &self.kind
+        {
+            let (iv_len, icv_len) = (self.iv_len(), self.icv_len());
+            let Some(pkt) = buf.get_mut(esp..esp + len) else {
+                return false;
+            };
+            if iv_len != 16 || len < HEADER_LEN + iv_len + icv_len {
+                return false;
+            }
+            let body = len - icv_len - HEADER_LEN;
+            if !body.is_multiple_of(16) {
+                return false;
+            }
+            let mut ivb = *iv_seed;
+            let s = seq.to_be_bytes();
+            for i in 0..8 {
+                ivb[8 + i] ^= s[i];
+            }
+            pkt[HEADER_LEN..HEADER_LEN + 16].copy_from_slice(&ivb);
+            return true;
+        }
+        let _ = (buf, esp, len, seq);
+        false
+    }
+
+    /// The multi-buffer kernel's key of a CBC transform that defers sealing.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    pub(crate) fn cbc_ni_key(&self) -> Option<&super::aesni::AesNiKey> {
+        match &self.kind {
+            Kind::Cbc { ni, .. } => ni.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Write the ICV of the ESP packet at `buf[esp..esp + len]` (everything before the ICV
+    /// field is final): the last step of a deferred seal.
+    #[inline]
+    pub(crate) fn sign(&self, buf: &mut [u8], esp: usize, len: usize, esn_hi: Option<u32>) {
+        let icv = len - self.icv_len();
+        if let (Kind::Cbc { integ, .. } | Kind::Null { integ }, Some(pkt)) =
+            (&self.kind, buf.get_mut(esp..esp + len))
+        {
+            let (signed, tag) = pkt.split_at_mut(icv);
+            integ.sign(signed, esn_hi, tag);
+        }
     }
 
     /// Verify the ICV and decrypt in place. `seq_hi` is the inferred high half of the ESN.

@@ -15,7 +15,34 @@ use crate::wire::checksum;
 use crate::wire::esp::{EspTrailer, HEADER_LEN as ESP_HDR, TRAILER_LEN};
 use crate::wire::{IpProtocol, Ipv4Packet, Ipv6Packet};
 
-/// Encapsulate `pkt` (an IP packet) with `sa`. On error the packet is left as it was.
+/// A packet laid out, with its IV field seeded, whose encryption and ICV are left to the
+/// burst ([`crate::crypto::Transform::defer_seal`]): its ESP packet is
+/// `frame[esp..esp + len]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deferred {
+    pub esp: usize,
+    pub len: usize,
+    pub esn_hi: Option<u32>,
+    /// ESP in UDP over IPv6: the offsets of the IPv6 and UDP headers and the UDP length, for
+    /// the checksum once the ESP bytes are final.
+    pub udp6: Option<(usize, usize, usize)>,
+}
+
+impl Deferred {
+    /// The last steps once the payload is encrypted: ICV, then the UDP/IPv6 checksum.
+    #[inline]
+    pub(crate) fn finish(&self, sa: &Sa, frame: &mut [u8]) {
+        sa.xform.sign(frame, self.esp, self.len, self.esn_hi);
+        if let Some((ip, udp, len)) = self.udp6 {
+            let (src, dst) = v6_addrs(frame, ip);
+            fill_udp6_checksum(frame, udp, len, &src, &dst);
+        }
+    }
+}
+
+/// Encapsulate `pkt` (an IP packet) with `sa`. On error the packet is left as it was. With
+/// `defer`, a transform that can seal in bursts only lays the packet out and returns what is
+/// left to do.
 #[inline]
 pub(crate) fn encap<B: AsRef<[u8]> + AsMut<[u8]>>(
     sa: &mut Sa,
@@ -23,22 +50,23 @@ pub(crate) fn encap<B: AsRef<[u8]> + AsMut<[u8]>>(
     pkt: &mut PacketBuf<B>,
     now: Timestamp,
     events: &mut EventQueue,
-) -> Result<usize, DropReason> {
+    defer: bool,
+) -> Result<(usize, Option<Deferred>), DropReason> {
     let (usable, ev) = sa.life.usable(now);
     report(events, sa, h, ev);
     let r = if !usable {
         Err(sa.expired_reason())
     } else {
         match sa.mode {
-            Mode::Tunnel => tunnel(sa, h, pkt, events),
-            Mode::Transport => transport(sa, h, pkt, events),
+            Mode::Tunnel => tunnel(sa, h, pkt, events, defer),
+            Mode::Transport => transport(sa, h, pkt, events, defer),
         }
     };
     match r {
-        Ok(bytes) => {
+        Ok((bytes, d)) => {
             let ev = sa.life.account(now, bytes as u64);
             report(events, sa, h, ev);
-            Ok(bytes)
+            Ok((bytes, d))
         }
         Err(e) => {
             sa.drops.bump(e);
@@ -131,12 +159,58 @@ fn inner_fast(data: &[u8]) -> Result<(usize, IpProtocol, u8, bool), DropReason> 
     inner_info(data)
 }
 
+/// Seal now, or (with `defer`, if the transform can) only seed the IV and describe the rest.
+#[inline(always)]
+fn seal_or_defer(
+    sa: &Sa,
+    frame: &mut [u8],
+    esp: usize,
+    esp_len: usize,
+    seq: u64,
+    defer: bool,
+) -> Result<Option<Deferred>, DropReason> {
+    if defer && sa.xform.defer_seal(frame, esp, esp_len, seq) {
+        return Ok(Some(Deferred {
+            esp,
+            len: esp_len,
+            esn_hi: sa.esn.then_some((seq >> 32) as u32),
+            udp6: None,
+        }));
+    }
+    sa.xform.seal(frame, esp, esp_len, seq, sa.esn)?;
+    Ok(None)
+}
+
+/// Source and destination of the IPv6 header at `ip`.
+#[inline(always)]
+fn v6_addrs(frame: &[u8], ip: usize) -> ([u8; 16], [u8; 16]) {
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src.copy_from_slice(&frame[ip + 8..ip + 24]);
+    dst.copy_from_slice(&frame[ip + 24..ip + 40]);
+    (src, dst)
+}
+
+/// The UDP checksum of ESP in UDP over the IPv6 header at `ip`: now, or recorded in `d` for
+/// after the deferred seal.
+#[inline(always)]
+fn udp6_checksum(frame: &mut [u8], d: &mut Option<Deferred>, ip: usize, udp: usize, len: usize) {
+    match d {
+        Some(d) => d.udp6 = Some((ip, udp, len)),
+        None => {
+            let (src, dst) = v6_addrs(frame, ip);
+            fill_udp6_checksum(frame, udp, len, &src, &dst);
+        }
+    }
+}
+
 fn tunnel<B: AsRef<[u8]> + AsMut<[u8]>>(
     sa: &mut Sa,
     h: SaHandle,
     pkt: &mut PacketBuf<B>,
     events: &mut EventQueue,
-) -> Result<usize, DropReason> {
+    defer: bool,
+) -> Result<(usize, Option<Deferred>), DropReason> {
     let (inner_len, nh, inner_tos, inner_df) = inner_fast(pkt.data())?;
     let (iv, icv, align) = (sa.xform.iv_len(), sa.xform.icv_len(), sa.xform.align());
     let t = sa.tmpl;
@@ -196,16 +270,12 @@ fn tunnel<B: AsRef<[u8]> + AsMut<[u8]>>(
         out[u + 4..u + 6].copy_from_slice(&((8 + esp_len) as u16).to_be_bytes());
     }
     write_esp_header(frame, esp, sa.spi, seq);
-    sa.xform.seal(frame, esp, esp_len, seq, sa.esn)?;
+    let mut d = seal_or_defer(sa, frame, esp, esp_len, seq, defer)?;
     if hdr == 48 {
-        let mut src = [0u8; 16];
-        let mut dst = [0u8; 16];
-        src.copy_from_slice(&t.bytes[8..24]);
-        dst.copy_from_slice(&t.bytes[24..40]);
-        fill_udp6_checksum(frame, start + 40, 8 + esp_len, &src, &dst);
+        udp6_checksum(frame, &mut d, start, start + 40, 8 + esp_len);
     }
     pkt.set_window(start, total);
-    Ok(inner_len)
+    Ok((inner_len, d))
 }
 
 fn transport<B: AsRef<[u8]> + AsMut<[u8]>>(
@@ -213,7 +283,8 @@ fn transport<B: AsRef<[u8]> + AsMut<[u8]>>(
     h: SaHandle,
     pkt: &mut PacketBuf<B>,
     events: &mut EventQueue,
-) -> Result<usize, DropReason> {
+    defer: bool,
+) -> Result<(usize, Option<Deferred>), DropReason> {
     let data = pkt.data();
     // (header bytes kept in front of ESP, offset of the next-header byte to rewrite,
     //  total length, IPv6?)
@@ -278,14 +349,10 @@ fn transport<B: AsRef<[u8]> + AsMut<[u8]>>(
         write_udp(&mut frame[start + hl..start + hl + 8], lp, rp, 8 + esp_len);
     }
     write_esp_header(frame, esp, sa.spi, seq);
-    sa.xform.seal(frame, esp, esp_len, seq, sa.esn)?;
+    let mut d = seal_or_defer(sa, frame, esp, esp_len, seq, defer)?;
     if udp != 0 && v6 {
-        let mut src = [0u8; 16];
-        let mut dst = [0u8; 16];
-        src.copy_from_slice(&frame[start + 8..start + 24]);
-        dst.copy_from_slice(&frame[start + 24..start + 40]);
-        fill_udp6_checksum(frame, start + hl, 8 + esp_len, &src, &dst);
+        udp6_checksum(frame, &mut d, start, start + hl, 8 + esp_len);
     }
     pkt.set_window(start, total);
-    Ok(payload)
+    Ok((payload, d))
 }

@@ -8,7 +8,7 @@ mod encap;
 mod tests;
 
 pub(crate) use decap::{InboundEsp, decap};
-pub(crate) use encap::encap;
+pub(crate) use encap::{Deferred, encap};
 
 use crate::events::{Event, EventKind, EventQueue};
 use crate::sa::{Sa, SaHandle};

@@ -1,0 +1,115 @@
+//! Whole ESP encapsulation (SPD lookup, SA, layout, crypto) through `Engine::outbound_burst`
+//! against the same packets through `Engine::outbound` one at a time, in the same process on
+//! a pinned core, at burst sizes 1, 8, 32 and 64: what batching across a burst buys. Cycles per
+//! packet, medians of paired rounds; DPDK's figures from issue 5 (librte_ipsec + ipsec-mb on a
+//! machine of this kind) for reference.
+//!
+//! `cargo bench -p xsec-benches --bench burst [-- ROUNDS] [ALGORITHM…]`
+
+use std::time::Instant;
+use xsec_benches::*;
+use xsec_dataplane::{PacketBuf, Timestamp, Verdict};
+
+const T0: Timestamp = Timestamp::ZERO;
+/// Packets per round (a multiple of every burst size).
+const ROUND: usize = 64;
+const BURSTS: &[usize] = &[1, 8, 32, 64];
+
+/// DPDK whole-ESP-encap cycles per packet at 64 / 512 / 1420 B (issue 5).
+fn dpdk(name: &str, label: &str) -> Option<u32> {
+    let i = ["64", "512", "1420"].iter().position(|l| *l == label)?;
+    match name {
+        "aes128-sha1" => Some([486, 993, 2012][i]),
+        "aes128gcm16" => Some([213, 514, 1041][i]),
+        _ => None,
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let rounds: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(300);
+    let only: Vec<&str> = args
+        .iter()
+        .filter(|a| a.parse::<usize>().is_err())
+        .map(String::as_str)
+        .collect();
+    if let Some(core) = core_affinity::get_core_ids().and_then(|c| c.last().copied()) {
+        core_affinity::set_for_current(core);
+    }
+    let mhz = tsc_mhz().unwrap_or(0.0);
+    println!("CPU: {}", cpu_features());
+    println!(
+        "TSC {mhz:.0} MHz; {rounds} rounds of {ROUND} packets per cell; TSC cycles per packet, \
+         medians; ratio = burst / one at a time (median of per-round ratios)\n"
+    );
+    println!(
+        "| algorithm | size | one at a time | burst 1 | burst 8 | burst 32 | burst 64 | ratio at 32 | DPDK |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let cyc = |ns: f64| ns * mhz / 1000.0 / ROUND as f64;
+    for &(name, enc, auth) in BENCH_ALGS {
+        if !only.is_empty() && !only.contains(&name) {
+            continue;
+        }
+        for (label, sizes) in size_cases() {
+            let (inners, _) = burst(enc, auth, &sizes, ROUND);
+            let (mut one, _, _, _) = engines(enc, auth, protect_all());
+            let (mut many, _, _, _) = engines(enc, auth, protect_all());
+            let mut f1: Vec<PacketBuf<Vec<u8>>> = inners.iter().map(|p| frame(p)).collect();
+            let mut f2: Vec<PacketBuf<Vec<u8>>> = inners.iter().map(|p| frame(p)).collect();
+            let mut verdicts = vec![Verdict::Unset; ROUND];
+            let mut t_one = vec![];
+            let mut t_burst: Vec<Vec<f64>> = vec![vec![]; BURSTS.len()];
+            let mut ratio32 = vec![];
+            for round in 0..rounds + 30 {
+                for (f, p) in f1.iter_mut().zip(&inners) {
+                    reset(f, p);
+                }
+                let t = Instant::now();
+                for f in f1.iter_mut() {
+                    let v = one.outbound(T0, f);
+                    debug_assert_eq!(v, Verdict::Forward);
+                }
+                let a = t.elapsed().as_nanos() as f64;
+                let mut bs = [0f64; 4];
+                for (k, &b) in BURSTS.iter().enumerate() {
+                    for (f, p) in f2.iter_mut().zip(&inners) {
+                        reset(f, p);
+                    }
+                    let t = Instant::now();
+                    for (fs, vs) in f2.chunks_mut(b).zip(verdicts.chunks_mut(b)) {
+                        many.outbound_burst(T0, fs, vs);
+                    }
+                    bs[k] = t.elapsed().as_nanos() as f64;
+                    debug_assert!(verdicts.iter().all(|v| *v == Verdict::Forward));
+                }
+                if round >= 30 {
+                    t_one.push(a);
+                    for (k, x) in bs.iter().enumerate() {
+                        t_burst[k].push(*x);
+                    }
+                    ratio32.push(bs[2] / a);
+                }
+            }
+            let b: Vec<String> = t_burst
+                .iter_mut()
+                .map(|v| format!("{:.0}", cyc(median(v))))
+                .collect();
+            println!(
+                "| {name} | {label} | {:.0} | {} | {:.2} | {} |",
+                cyc(median(&mut t_one)),
+                b.join(" | "),
+                median(&mut ratio32),
+                dpdk(name, &label).map_or("".into(), |d| d.to_string()),
+            );
+        }
+    }
+}
