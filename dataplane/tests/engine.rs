@@ -1227,50 +1227,6 @@ fn sharded_engines_hand_off_to_the_owner() {
     assert_eq!(b2.inbound(T0, &mut pkt), Verdict::Drop(DropReason::NoSa));
 }
 
-/// Two engines with the same SAs (same IV seeds): one given bursts, one packet at a time.
-fn twin_engines(opts: &[PairOpts]) -> (Engine, Engine, Engine) {
-    let mut outbound = vec![];
-    let mut spd_out = vec![];
-    let mut b = Engine::new(Arc::new(SpdConfig::default().compile().unwrap()));
-    let mut sas_a = vec![];
-    let mut sas_c = vec![];
-    for (i, o) in opts.iter().enumerate() {
-        let reqid = i as u32 + 1;
-        let (mut out, mut inb) = sa_pair(o, 0x5000 + reqid);
-        out.reqid = reqid;
-        inb.reqid = reqid;
-        // SA i carries traffic to UDP port 5000 + i
-        let mut sel = Selector::ANY;
-        sel.proto = Some(IpProtocol::UDP);
-        sel.remote_port = PortSel::port(5000 + i as u16);
-        spd_out.push(Policy {
-            name: format!("p{i}"),
-            selector: sel,
-            action: Action::Protect(SaBundle::single(reqid)),
-        });
-        let random: [u8; 16] = core::array::from_fn(|k| (k as u8) ^ (i as u8 * 31));
-        sas_a.push(xsec_dataplane::sa::Sa::with_random(&out, T0, random).unwrap());
-        sas_c.push(xsec_dataplane::sa::Sa::with_random(&out, T0, random).unwrap());
-        b.add_sa(&inb, T0).unwrap();
-        outbound.push(out);
-    }
-    let spd = Arc::new(
-        SpdConfig {
-            outbound: spd_out,
-            ..Default::default()
-        }
-        .compile()
-        .unwrap(),
-    );
-    let mut a = Engine::new(spd.clone());
-    let mut c = Engine::new(spd);
-    for (x, y) in sas_a.into_iter().zip(sas_c) {
-        a.install_sa(x).unwrap();
-        c.install_sa(y).unwrap();
-    }
-    (a, c, b)
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 

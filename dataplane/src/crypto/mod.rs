@@ -20,6 +20,8 @@ pub mod aesni;
 pub mod alg;
 mod cbc;
 mod integ;
+#[cfg(target_arch = "x86_64")]
+pub mod shani;
 mod transform;
 
 pub use alg::{AuthAlg, CryptoError, EncAlg};

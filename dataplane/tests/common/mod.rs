@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 use xsec_dataplane::crypto::{AuthAlg, EncAlg};
-use xsec_dataplane::sa::{Encap, Mode, SaConfig, SaHandle};
+use xsec_dataplane::sa::{Encap, Mode, Sa, SaConfig, SaHandle};
 use xsec_dataplane::spd::{
     Action, AddrRange, Direction, InboundDefault, Policy, SaBundle, Selector, SpdConfig,
 };
@@ -361,4 +361,50 @@ pub fn inner(o: &PairOpts, inner_v6: bool, kind: u8, payload: &[u8]) -> Vec<u8> 
 
 pub fn addr_range(s: &str) -> AddrRange {
     s.parse().unwrap()
+}
+
+/// Three engines: two with the same outbound SAs (same IV seeds) — one for bursts, one for
+/// packets one at a time — and the peer with the inbound SAs. SA `i` (reqid `i + 1`)
+/// carries UDP to port 5000 + `i`.
+pub fn twin_engines(opts: &[PairOpts]) -> (Engine, Engine, Engine) {
+    let mut outbound = vec![];
+    let mut spd_out = vec![];
+    let mut b = Engine::new(Arc::new(SpdConfig::default().compile().unwrap()));
+    let mut sas_a = vec![];
+    let mut sas_c = vec![];
+    for (i, o) in opts.iter().enumerate() {
+        let reqid = i as u32 + 1;
+        let (mut out, mut inb) = sa_pair(o, 0x5000 + reqid);
+        out.reqid = reqid;
+        inb.reqid = reqid;
+        // SA i carries traffic to UDP port 5000 + i
+        let mut sel = Selector::ANY;
+        sel.proto = Some(xsec_dataplane::wire::IpProtocol::UDP);
+        sel.remote_port = xsec_dataplane::spd::PortSel::port(5000 + i as u16);
+        spd_out.push(Policy {
+            name: format!("p{i}"),
+            selector: sel,
+            action: Action::Protect(SaBundle::single(reqid)),
+        });
+        let random: [u8; 16] = core::array::from_fn(|k| (k as u8) ^ (i as u8 * 31));
+        sas_a.push(Sa::with_random(&out, Timestamp::ZERO, random).unwrap());
+        sas_c.push(Sa::with_random(&out, Timestamp::ZERO, random).unwrap());
+        b.add_sa(&inb, Timestamp::ZERO).unwrap();
+        outbound.push(out);
+    }
+    let spd = Arc::new(
+        SpdConfig {
+            outbound: spd_out,
+            ..Default::default()
+        }
+        .compile()
+        .unwrap(),
+    );
+    let mut a = Engine::new(spd.clone());
+    let mut c = Engine::new(spd);
+    for (x, y) in sas_a.into_iter().zip(sas_c) {
+        a.install_sa(x).unwrap();
+        c.install_sa(y).unwrap();
+    }
+    (a, c, b)
 }
