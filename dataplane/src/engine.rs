@@ -480,13 +480,24 @@ impl Engine {
                         .cbc_ni_key()
                         .is_some_and(|k| cbc_encrypt_many(k, &mut jobs[..m]))
                 };
-                for &(i, _, d) in group {
-                    if sealed {
-                        d.finish(sa, pkts[i].frame_mut());
-                    } else {
-                        // not reached: the layout makes whole blocks and the key exists
+                if !sealed {
+                    // not reached: the layout makes whole blocks and the key exists
+                    for &(i, _, _) in group {
                         verdicts[i] = Verdict::Drop(DropReason::BadLength);
                         self.stats.drops.bump(DropReason::BadLength);
+                    }
+                    continue;
+                }
+                // signed two at a time: the SHA-NI kernel interleaves two packets' hashes
+                for pair in group.chunks(2) {
+                    match *pair {
+                        [(i, _, ref a), (j, _, ref b)] => {
+                            if let Ok([p, q]) = pkts.get_disjoint_mut([i, j]) {
+                                Deferred::finish2([a, b], sa, [p.frame_mut(), q.frame_mut()]);
+                            }
+                        }
+                        [(i, _, ref a)] => a.finish(sa, pkts[i].frame_mut()),
+                        _ => {}
                     }
                 }
             }

@@ -106,20 +106,59 @@ fn hmac_rfc2202_rfc4231() {
                 "sha512" => AuthAlg::HmacSha512_256,
                 _ => continue, // SHA-224 is no ESP algorithm
             };
-            let integ = crate::crypto::integ_for_test(alg, &v.hex("key"));
-            let full = integ.mac_for_test(&v.hex("data"));
-            let want = v.hex("mac");
-            match v.get("truncate") {
-                Some(t) => {
-                    let t = usize::from_str_radix(t.trim_start_matches("0x"), 16).unwrap();
-                    assert_eq!(&full[..t], &want[..t], "{file} {}", v.name());
+            for integ in crate::crypto::integs_for_test(alg, &v.hex("key")) {
+                let full = integ.mac_for_test(&v.hex("data"));
+                let want = v.hex("mac");
+                match v.get("truncate") {
+                    Some(t) => {
+                        let t = usize::from_str_radix(t.trim_start_matches("0x"), 16).unwrap();
+                        assert_eq!(&full[..t], &want[..t], "{file} {} {integ:?}", v.name());
+                    }
+                    None => assert_eq!(full, want, "{file} {} {integ:?}", v.name()),
                 }
-                None => assert_eq!(full, want, "{file} {}", v.name()),
             }
             n += 1;
         }
     }
     assert_eq!(n, 7 + 21, "vectors seen");
+}
+
+/// The engine uses the SHA-NI kernels where the CPU has them (this machine does).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn sha_ni_is_chosen_when_present() {
+    let has = crate::crypto::shani::available();
+    for alg in [AuthAlg::HmacSha1_96, AuthAlg::HmacSha256_128] {
+        let picked = format!("{:?}", crate::crypto::integs_for_test(alg, &[7; 20])[0]);
+        assert_eq!(picked.contains("Ni"), has, "{alg:?}: {picked}");
+    }
+}
+
+/// Pairs signed together give the ICVs signed one by one, same or different algorithms.
+#[test]
+fn paired_signing_matches_single() {
+    use crate::crypto::Integ;
+    let algs = [
+        AuthAlg::HmacSha1_96,
+        AuthAlg::HmacSha256_128,
+        AuthAlg::HmacSha512_256,
+    ];
+    for (i, &a) in algs.iter().enumerate() {
+        for &b in &algs[i..] {
+            for (la, lb) in [(0usize, 0usize), (13, 200), (64, 63), (1500, 40)] {
+                let (ka, kb) = (vec![1u8; 32], vec![2u8; 20]);
+                let (ia, ib) = (Integ::new(a, &ka).unwrap(), Integ::new(b, &kb).unwrap());
+                let da: Vec<u8> = (0..la).map(|x| x as u8).collect();
+                let db: Vec<u8> = (0..lb).map(|x| (x * 3) as u8).collect();
+                let (mut sa, mut sb) = (vec![0u8; a.icv_len()], vec![0u8; b.icv_len()]);
+                let (mut pa, mut pb) = (sa.clone(), sb.clone());
+                ia.sign(&da, Some(9), &mut sa);
+                ib.sign(&db, None, &mut sb);
+                Integ::sign2([&ia, &ib], [&da, &db], [Some(9), None], [&mut pa, &mut pb]);
+                assert_eq!((pa, pb), (sa, sb), "{a:?}/{b:?} {la}/{lb}");
+            }
+        }
+    }
 }
 
 #[test]
@@ -133,19 +172,20 @@ fn hmac_rfc4868_truncated_icvs() {
             "sha512" => AuthAlg::HmacSha512_256,
             h => panic!("{h}"),
         };
-        let integ = crate::crypto::integ_for_test(alg, &v.hex("key"));
-        let icv = v.hex("icv");
-        assert_eq!(icv.len(), alg.icv_len(), "{}", v.name());
-        let mut got = vec![0u8; alg.icv_len()];
-        integ.sign(&v.hex("data"), None, &mut got);
-        assert_eq!(got, icv, "{}", v.name());
-        assert!(integ.verify(&v.hex("data"), None, &icv));
-        assert_eq!(
-            integ.mac_for_test(&v.hex("data")),
-            v.hex("prf"),
-            "{}",
-            v.name()
-        );
+        for integ in crate::crypto::integs_for_test(alg, &v.hex("key")) {
+            let icv = v.hex("icv");
+            assert_eq!(icv.len(), alg.icv_len(), "{}", v.name());
+            let mut got = vec![0u8; alg.icv_len()];
+            integ.sign(&v.hex("data"), None, &mut got);
+            assert_eq!(got, icv, "{} {integ:?}", v.name());
+            assert!(integ.verify(&v.hex("data"), None, &icv));
+            assert_eq!(
+                integ.mac_for_test(&v.hex("data")),
+                v.hex("prf"),
+                "{} {integ:?}",
+                v.name()
+            );
+        }
     }
 }
 
@@ -243,7 +283,7 @@ fn aes_cbc_esp_rfc3602_cases_5_to_8() {
         );
         let mut pkt = want.clone();
         let mut icv = [0u8; 12];
-        crate::crypto::integ_for_test(AuthAlg::HmacSha1_96, &auth_key).sign(
+        crate::crypto::integs_for_test(AuthAlg::HmacSha1_96, &auth_key)[0].sign(
             &pkt[hl..],
             None,
             &mut icv,

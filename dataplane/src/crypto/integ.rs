@@ -14,6 +14,12 @@ pub(crate) enum Integ {
     Sha256(Hmac<sha2::Sha256>),
     Sha384(Box<Hmac<sha2::Sha384>>),
     Sha512(Box<Hmac<sha2::Sha512>>),
+    /// HMAC-SHA1 with the SHA-NI kernel (chosen when the CPU has it).
+    #[cfg(target_arch = "x86_64")]
+    Sha1Ni(Box<super::shani::HmacSha1Key>),
+    /// HMAC-SHA-256 with the SHA-NI kernel.
+    #[cfg(target_arch = "x86_64")]
+    Sha256Ni(Box<super::shani::HmacSha256Key>),
 }
 
 impl core::fmt::Debug for Integ {
@@ -24,6 +30,10 @@ impl core::fmt::Debug for Integ {
             Integ::Sha256(_) => "Integ::Sha256(..)",
             Integ::Sha384(_) => "Integ::Sha384(..)",
             Integ::Sha512(_) => "Integ::Sha512(..)",
+            #[cfg(target_arch = "x86_64")]
+            Integ::Sha1Ni(_) => "Integ::Sha1Ni(..)",
+            #[cfg(target_arch = "x86_64")]
+            Integ::Sha256Ni(_) => "Integ::Sha256Ni(..)",
         })
     }
 }
@@ -62,7 +72,28 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Integ {
+    /// The integrity state of `alg` with `key`: the SHA-NI kernels for HMAC-SHA1 and
+    /// HMAC-SHA-256 where the CPU has them, RustCrypto otherwise (same results).
     pub(crate) fn new(alg: AuthAlg, key: &[u8]) -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        match alg {
+            AuthAlg::HmacSha1_96 => {
+                if let Some(k) = super::shani::HmacSha1Key::new(key) {
+                    return Some(Integ::Sha1Ni(Box::new(k)));
+                }
+            }
+            AuthAlg::HmacSha256_128 => {
+                if let Some(k) = super::shani::HmacSha256Key::new(key) {
+                    return Some(Integ::Sha256Ni(Box::new(k)));
+                }
+            }
+            _ => {}
+        }
+        Self::portable(alg, key)
+    }
+
+    /// The RustCrypto state, whatever the CPU (the fallback, and the reference in tests).
+    pub(crate) fn portable(alg: AuthAlg, key: &[u8]) -> Option<Self> {
         Some(match alg {
             AuthAlg::None => Integ::None,
             AuthAlg::HmacSha1_96 => Integ::Sha1(Hmac::new_from_slice(key).ok()?),
@@ -82,6 +113,41 @@ impl Integ {
             Integ::Sha256(m) => mac_into(m, data, esn_hi, out),
             Integ::Sha384(m) => mac_into(m.as_ref(), data, esn_hi, out),
             Integ::Sha512(m) => mac_into(m.as_ref(), data, esn_hi, out),
+            #[cfg(target_arch = "x86_64")]
+            Integ::Sha1Ni(k) => k.mac(data, esn_hi, out),
+            #[cfg(target_arch = "x86_64")]
+            Integ::Sha256Ni(k) => k.mac(data, esn_hi, out),
+        }
+    }
+
+    /// Sign two packets (`data[i]` ‖ `esn_hi[i]`, truncated ICV into `icv[i]`), their hashes
+    /// interleaved when both use the same SHA-NI algorithm.
+    #[inline]
+    pub(crate) fn sign2(
+        integ: [&Integ; 2],
+        data: [&[u8]; 2],
+        esn_hi: [Option<u32>; 2],
+        icv: [&mut [u8]; 2],
+    ) {
+        let mut full = [[0u8; MAX_HMAC_ICV]; 2];
+        let [f0, f1] = &mut full;
+        match integ {
+            #[cfg(target_arch = "x86_64")]
+            [Integ::Sha1Ni(a), Integ::Sha1Ni(b)] => {
+                super::shani::HmacSha1Key::mac2([a, b], data, esn_hi, [f0, f1]);
+            }
+            #[cfg(target_arch = "x86_64")]
+            [Integ::Sha256Ni(a), Integ::Sha256Ni(b)] => {
+                super::shani::HmacSha256Key::mac2([a, b], data, esn_hi, [f0, f1]);
+            }
+            [a, b] => {
+                a.full(data[0], esn_hi[0], f0);
+                b.full(data[1], esn_hi[1], f1);
+            }
+        }
+        for (t, f) in icv.into_iter().zip(&full) {
+            let n = t.len().min(MAX_HMAC_ICV);
+            t[..n].copy_from_slice(&f[..n]);
         }
     }
 
@@ -135,6 +201,10 @@ impl Integ {
         let n = match self {
             Integ::Sha1(_) => 20,
             Integ::Sha256(_) => 32,
+            #[cfg(target_arch = "x86_64")]
+            Integ::Sha1Ni(_) => 20,
+            #[cfg(target_arch = "x86_64")]
+            Integ::Sha256Ni(_) => 32,
             _ => 0,
         };
         full[..n].to_vec()

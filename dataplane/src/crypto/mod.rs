@@ -25,13 +25,19 @@ pub mod shani;
 mod transform;
 
 pub use alg::{AuthAlg, CryptoError, EncAlg};
+#[cfg(test)]
+pub(crate) use integ::Integ;
 pub(crate) use transform::Transform;
 pub use transform::{MAX_ICV_LEN, MAX_IV_LEN};
 
-/// Test access to the HMAC and CBC layers (known-answer tests).
+/// Test access to the HMAC and CBC layers (known-answer tests): every implementation of
+/// `alg` this machine runs — the one the engine picks (SHA-NI where present) and RustCrypto.
 #[cfg(test)]
-pub(crate) fn integ_for_test(alg: AuthAlg, key: &[u8]) -> integ::Integ {
-    integ::Integ::new(alg, key).expect("HMAC key")
+pub(crate) fn integs_for_test(alg: AuthAlg, key: &[u8]) -> Vec<integ::Integ> {
+    vec![
+        integ::Integ::new(alg, key).expect("HMAC key"),
+        integ::Integ::portable(alg, key).expect("HMAC key"),
+    ]
 }
 
 #[cfg(test)]

@@ -349,6 +349,32 @@ impl Transform {
         }
     }
 
+    /// [`sign`](Self::sign) for two packets of this SA at once (their hashes interleaved
+    /// where the kernel allows).
+    #[inline]
+    pub(crate) fn sign2(
+        &self,
+        bufs: [&mut [u8]; 2],
+        esp: [usize; 2],
+        len: [usize; 2],
+        esn_hi: [Option<u32>; 2],
+    ) {
+        let (Kind::Cbc { integ, .. } | Kind::Null { integ }) = &self.kind else {
+            return;
+        };
+        let icv_len = self.icv_len();
+        let [b0, b1] = bufs;
+        let (Some(p0), Some(p1)) = (
+            b0.get_mut(esp[0]..esp[0] + len[0]),
+            b1.get_mut(esp[1]..esp[1] + len[1]),
+        ) else {
+            return;
+        };
+        let (d0, t0) = p0.split_at_mut(len[0] - icv_len);
+        let (d1, t1) = p1.split_at_mut(len[1] - icv_len);
+        Integ::sign2([integ, integ], [d0, d1], esn_hi, [t0, t1]);
+    }
+
     /// Verify the ICV and decrypt in place. `seq_hi` is the inferred high half of the ESN.
     /// On success the plaintext (payload ‖ padding ‖ trailer) is at
     /// `esp + 8 + iv_len .. esp + len - icv_len`.

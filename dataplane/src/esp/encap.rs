@@ -33,6 +33,24 @@ impl Deferred {
     #[inline]
     pub(crate) fn finish(&self, sa: &Sa, frame: &mut [u8]) {
         sa.xform.sign(frame, self.esp, self.len, self.esn_hi);
+        self.checksum(frame);
+    }
+
+    /// [`finish`](Self::finish) for two packets of `sa`, signed together.
+    #[inline]
+    pub(crate) fn finish2(d: [&Deferred; 2], sa: &Sa, frames: [&mut [u8]; 2]) {
+        let [f0, f1] = frames;
+        sa.xform.sign2(
+            [&mut *f0, &mut *f1],
+            [d[0].esp, d[1].esp],
+            [d[0].len, d[1].len],
+            [d[0].esn_hi, d[1].esn_hi],
+        );
+        d[0].checksum(f0);
+        d[1].checksum(f1);
+    }
+
+    fn checksum(&self, frame: &mut [u8]) {
         if let Some((ip, udp, len)) = self.udp6 {
             let (src, dst) = v6_addrs(frame, ip);
             fill_udp6_checksum(frame, udp, len, &src, &dst);
