@@ -1,5 +1,6 @@
 //! Whole ESP encapsulation (SPD lookup, SA, layout, crypto) through `Engine::outbound_burst`
-//! against the same packets through `Engine::outbound` one at a time, in the same process on
+//! against the same packets through `Engine::outbound` one at a time (and decapsulation through
+//! `Engine::inbound_burst` against `Engine::inbound`), in the same process on
 //! a pinned core, at burst sizes 1, 8, 32 and 64: what batching across a burst buys. Cycles per
 //! packet, medians of paired rounds; DPDK's figures from issue 5 (librte_ipsec + ipsec-mb on a
 //! machine of this kind) for reference.
@@ -28,6 +29,78 @@ fn dpdk(name: &str, label: &str) -> Option<u32> {
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
+}
+
+/// Decapsulation: fresh ESP packets every round (the replay window sees each once), through
+/// `Engine::inbound` one at a time and `Engine::inbound_burst` at each burst size, each on its
+/// own engine with the same SA.
+fn decap_table(rounds: usize, only: &[&str], mhz: f64) {
+    println!(
+        "\n| algorithm | size | decap one at a time | burst 1 | burst 8 | burst 32 | burst 64 | ratio at 32 | DPDK (encap) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let cyc = |ns: f64| ns * mhz / 1000.0 / ROUND as f64;
+    for &(name, enc, auth) in BENCH_ALGS {
+        if !only.is_empty() && !only.contains(&name) {
+            continue;
+        }
+        for (label, sizes) in size_cases() {
+            let (inners, _) = burst(enc, auth, &sizes, ROUND);
+            let (mut seal, _, _, _) = engines(enc, auth, protect_all());
+            // one inbound engine per variant: one at a time, then each burst size
+            let mut opens: Vec<_> = (0..=BURSTS.len())
+                .map(|_| engines(enc, auth, protect_all()).2)
+                .collect();
+            let mut sealed: Vec<PacketBuf<Vec<u8>>> = inners.iter().map(|p| frame(p)).collect();
+            let mut work: Vec<PacketBuf<Vec<u8>>> = inners.iter().map(|p| frame(p)).collect();
+            let mut verdicts = vec![Verdict::Unset; ROUND];
+            let mut t: Vec<Vec<f64>> = vec![vec![]; BURSTS.len() + 1];
+            let mut ratio32 = vec![];
+            for round in 0..rounds + 30 {
+                for (f, p) in sealed.iter_mut().zip(&inners) {
+                    reset(f, p);
+                    let v = seal.outbound(T0, f);
+                    debug_assert_eq!(v, Verdict::Forward);
+                }
+                let mut times = [0f64; 5];
+                for (k, e) in opens.iter_mut().enumerate() {
+                    for (w, s) in work.iter_mut().zip(&sealed) {
+                        reset(w, s.data());
+                    }
+                    let t0 = Instant::now();
+                    if k == 0 {
+                        for w in work.iter_mut() {
+                            let v = e.inbound(T0, w);
+                            debug_assert_eq!(v, Verdict::Forward);
+                        }
+                    } else {
+                        let b = BURSTS[k - 1];
+                        for (ws, vs) in work.chunks_mut(b).zip(verdicts.chunks_mut(b)) {
+                            e.inbound_burst(T0, ws, vs);
+                        }
+                        debug_assert!(verdicts.iter().all(|v| *v == Verdict::Forward));
+                    }
+                    times[k] = t0.elapsed().as_nanos() as f64;
+                }
+                if round >= 30 {
+                    for (k, x) in times.iter().enumerate() {
+                        t[k].push(*x);
+                    }
+                    ratio32.push(times[3] / times[0]);
+                }
+            }
+            let cells: Vec<String> = t
+                .iter_mut()
+                .map(|v| format!("{:.0}", cyc(median(v))))
+                .collect();
+            println!(
+                "| {name} | {label} | {} | {:.2} | {} |",
+                cells.join(" | "),
+                median(&mut ratio32),
+                dpdk(name, &label).map_or("".into(), |d| d.to_string()),
+            );
+        }
+    }
 }
 
 fn main() {
@@ -112,4 +185,5 @@ fn main() {
             );
         }
     }
+    decap_table(rounds, &only, mhz);
 }

@@ -120,15 +120,25 @@ impl Integ {
         }
     }
 
-    /// Sign two packets (`data[i]` ‖ `esn_hi[i]`, truncated ICV into `icv[i]`), their hashes
-    /// interleaved when both use the same SHA-NI algorithm.
+    /// Whether this is a SHA-NI state, which [`full2`](Self::full2) interleaves with another
+    /// of the same algorithm.
     #[inline]
-    pub(crate) fn sign2(
+    pub(crate) fn pairs(&self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if matches!(self, Integ::Sha1Ni(_) | Integ::Sha256Ni(_)) {
+            return true;
+        }
+        false
+    }
+
+    /// The full MACs of two messages, their hashes interleaved when both use the same SHA-NI
+    /// algorithm (keys may differ).
+    #[inline]
+    fn full2(
         integ: [&Integ; 2],
         data: [&[u8]; 2],
         esn_hi: [Option<u32>; 2],
-        icv: [&mut [u8]; 2],
-    ) {
+    ) -> [[u8; MAX_HMAC_ICV]; 2] {
         let mut full = [[0u8; MAX_HMAC_ICV]; 2];
         let [f0, f1] = &mut full;
         match integ {
@@ -145,10 +155,40 @@ impl Integ {
                 b.full(data[1], esn_hi[1], f1);
             }
         }
+        full
+    }
+
+    /// Sign two packets (`data[i]` ‖ `esn_hi[i]`, truncated ICV into `icv[i]`).
+    #[inline]
+    pub(crate) fn sign2(
+        integ: [&Integ; 2],
+        data: [&[u8]; 2],
+        esn_hi: [Option<u32>; 2],
+        icv: [&mut [u8]; 2],
+    ) {
+        let full = Self::full2(integ, data, esn_hi);
         for (t, f) in icv.into_iter().zip(&full) {
             let n = t.len().min(MAX_HMAC_ICV);
             t[..n].copy_from_slice(&f[..n]);
         }
+    }
+
+    /// Check two packets' received ICVs (constant time), their hashes computed together.
+    #[inline]
+    pub(crate) fn verify2(
+        integ: [&Integ; 2],
+        data: [&[u8]; 2],
+        esn_hi: [Option<u32>; 2],
+        icv: [&[u8]; 2],
+    ) -> [bool; 2] {
+        if icv.iter().any(|t| t.len() > MAX_HMAC_ICV) {
+            return [false; 2];
+        }
+        let full = Self::full2(integ, data, esn_hi);
+        [
+            ct_eq(&full[0][..icv[0].len()], icv[0]),
+            ct_eq(&full[1][..icv[1].len()], icv[1]),
+        ]
     }
 
     /// Write the truncated ICV (`icv.len()` bytes) of `data`.

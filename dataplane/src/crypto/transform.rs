@@ -375,6 +375,83 @@ impl Transform {
         Integ::sign2([integ, integ], [d0, d1], esn_hi, [t0, t1]);
     }
 
+    /// Whether this transform's ICVs can be checked two packets at a time
+    /// ([`verify_pair`](Self::verify_pair)) before [`open_checked`](Self::open_checked).
+    #[inline]
+    pub(crate) fn pairs(&self) -> bool {
+        matches!(&self.kind, Kind::Cbc { integ, .. } | Kind::Null { integ } if integ.pairs())
+    }
+
+    /// Check the ICVs of two received ESP packets (`bufs[i][esp[i]..esp[i] + len[i]]`, of two
+    /// transforms that [`pairs`](Self::pairs)) together. `None` if they cannot be checked
+    /// here (then `open` checks them).
+    #[inline]
+    pub(crate) fn verify_pair(
+        xf: [&Transform; 2],
+        bufs: [&[u8]; 2],
+        esp: [usize; 2],
+        len: [usize; 2],
+        seq_hi: [Option<u32>; 2],
+    ) -> Option<[bool; 2]> {
+        fn integ(t: &Transform) -> Option<&Integ> {
+            match &t.kind {
+                Kind::Cbc { integ, .. } | Kind::Null { integ } => Some(integ),
+                _ => None,
+            }
+        }
+        let (i0, i1) = (integ(xf[0])?, integ(xf[1])?);
+        let split = |k: usize| -> Option<(&[u8], &[u8])> {
+            let pkt = bufs[k].get(esp[k]..esp[k] + len[k])?;
+            let icv = len[k].checked_sub(xf[k].icv_len())?;
+            Some(pkt.split_at(icv))
+        };
+        let ((d0, t0), (d1, t1)) = (split(0)?, split(1)?);
+        Some(Integ::verify2([i0, i1], [d0, d1], seq_hi, [t0, t1]))
+    }
+
+    /// [`open`](Self::open), with the ICV already checked by
+    /// [`verify_pair`](Self::verify_pair) for `checked.0` (the ESN high bits it used) when
+    /// `checked` is given and those bits are still the ones inferred.
+    #[inline]
+    pub(crate) fn open_checked(
+        &self,
+        buf: &mut [u8],
+        esp: usize,
+        len: usize,
+        seq_hi: Option<u32>,
+        checked: Option<(Option<u32>, bool)>,
+    ) -> Result<(), DropReason> {
+        let Some((hi, ok)) = checked.filter(|(hi, _)| *hi == seq_hi) else {
+            return self.open(buf, esp, len, seq_hi);
+        };
+        let _ = hi;
+        // the checks and their order are those of `open`: lengths, then the ICV
+        let (iv_len, icv_len) = (self.iv_len(), self.icv_len());
+        let pt = HEADER_LEN + iv_len;
+        let pkt = buf.get_mut(esp..esp + len).ok_or(DropReason::BadLength)?;
+        if len < pt + icv_len + 2 {
+            return Err(DropReason::BadLength);
+        }
+        match &self.kind {
+            Kind::Cbc { .. } | Kind::Null { .. }
+                if !(len - icv_len - pt).is_multiple_of(self.enc.block_len()) =>
+            {
+                Err(DropReason::BadLength)
+            }
+            Kind::Cbc { .. } | Kind::Null { .. } if !ok => Err(DropReason::IcvFailed),
+            Kind::Cbc { key, .. } => {
+                let (head, body) = pkt[..len - icv_len].split_at_mut(pt);
+                if key.decrypt(&head[HEADER_LEN..], body) {
+                    Ok(())
+                } else {
+                    Err(DropReason::BadLength)
+                }
+            }
+            Kind::Null { .. } => Ok(()),
+            _ => self.open(buf, esp, len, seq_hi),
+        }
+    }
+
     /// Verify the ICV and decrypt in place. `seq_hi` is the inferred high half of the ESN.
     /// On success the plaintext (payload ‖ padding ‖ trailer) is at
     /// `esp + 8 + iv_len .. esp + len - icv_len`.

@@ -55,7 +55,8 @@ impl InboundEsp {
 }
 
 /// Decapsulate. On success the window holds the inner packet (tunnel) or the rebuilt
-/// transport-mode packet, and the number of plaintext bytes is returned.
+/// transport-mode packet, and the number of plaintext bytes is returned. `checked`: the ICV
+/// was already checked with these ESN high bits ([`crate::crypto::Transform::verify_pair`]).
 #[inline]
 pub(crate) fn decap<B: AsRef<[u8]> + AsMut<[u8]>>(
     sa: &mut Sa,
@@ -64,8 +65,9 @@ pub(crate) fn decap<B: AsRef<[u8]> + AsMut<[u8]>>(
     o: &InboundEsp,
     now: Timestamp,
     events: &mut EventQueue,
+    checked: Option<(Option<u32>, bool)>,
 ) -> Result<usize, DropReason> {
-    match run(sa, h, pkt, o, now, events) {
+    match run(sa, h, pkt, o, now, events, checked) {
         Ok(n) => {
             let ev = sa.life.account(now, n as u64);
             report(events, sa, h, ev);
@@ -86,6 +88,7 @@ fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
     o: &InboundEsp,
     now: Timestamp,
     events: &mut EventQueue,
+    checked: Option<(Option<u32>, bool)>,
 ) -> Result<usize, DropReason> {
     // The SA fixes the encapsulation: raw ESP for a raw SA, UDP to its port otherwise.
     match (sa.udp, o.udp) {
@@ -115,8 +118,13 @@ fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
         ReplayError::Old => DropReason::ReplayOld,
         ReplayError::Duplicate => DropReason::ReplayDuplicate,
     })?;
-    sa.xform
-        .open(frame, esp, o.esp_len, sa.esn.then_some((seq >> 32) as u32))?;
+    sa.xform.open_checked(
+        frame,
+        esp,
+        o.esp_len,
+        sa.esn.then_some((seq >> 32) as u32),
+        checked,
+    )?;
     // Authenticated: now the window may move (RFC 4303 §3.4.3).
     sa.replay.commit(seq);
 
