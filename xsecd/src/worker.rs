@@ -269,6 +269,7 @@ struct Worker {
     /// A protected-side burst between its stages (allocated once).
     batch: Vec<PacketBuf<Frame>>,
     staged: Vec<Staged>,
+    spis: Vec<Option<u32>>,
     verdicts: Vec<Verdict>,
     trace: Option<Box<Tap>>,
     trace_lost: u64,
@@ -325,6 +326,7 @@ pub fn run(setup: WorkerSetup, ready: Sender<Ready>) {
         quotes: Box::new([[0u8; QUOTE_MAX]; BURST]),
         batch: Vec::with_capacity(BURST),
         staged: Vec::with_capacity(BURST),
+        spis: Vec::with_capacity(BURST),
         verdicts: vec![Verdict::Unset; BURST],
         trace: None,
         trace_lost: 0,
@@ -360,11 +362,7 @@ pub fn run(setup: WorkerSetup, ready: Sender<Ready>) {
             }
             match side {
                 Side::Protected => w.protected_burst(&mut rx, now),
-                Side::Unprotected => {
-                    for f in rx.drain(..) {
-                        w.packet(side, f, now, false);
-                    }
-                }
+                Side::Unprotected => w.unprotected_burst(&mut rx, now),
             }
         }
         for _ in 0..BURST {
@@ -580,6 +578,82 @@ impl Worker {
         self.verdicts = verdicts;
     }
 
+    /// A burst from the unprotected side: each packet staged (outer fragments reassembled,
+    /// the SPI noted for a trace), the engine decapsulates the whole burst at once
+    /// ([`Engine::inbound_burst`]: ICVs checked two at a time), then each goes on in order.
+    fn unprotected_burst(&mut self, rx: &mut Vec<RxFrame>, now: Timestamp) {
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut spis = std::mem::take(&mut self.spis);
+        let mut verdicts = std::mem::take(&mut self.verdicts);
+        for f in rx.drain(..) {
+            let Some(pkt) = self.ip_packet(f) else {
+                continue;
+            };
+            if let Some((pkt, spi)) = self.stage_unprotected(pkt, now) {
+                batch.push(pkt);
+                spis.push(spi);
+            }
+        }
+        let n = batch.len();
+        if verdicts.len() < n {
+            verdicts.resize(n, Verdict::Unset);
+        }
+        self.engine
+            .inbound_burst(now, &mut batch, &mut verdicts[..n]);
+        for ((pkt, spi), v) in batch.drain(..).zip(spis.drain(..)).zip(verdicts.iter()) {
+            self.finish_unprotected(pkt, spi, *v, now, false);
+        }
+        self.batch = batch;
+        self.spis = spis;
+        self.verdicts = verdicts;
+    }
+
+    /// Before decapsulation: reassemble outer ESP fragments (`None` while incomplete) and,
+    /// while tracing, note the SPI.
+    fn stage_unprotected(
+        &mut self,
+        mut pkt: PacketBuf<Frame>,
+        now: Timestamp,
+    ) -> Option<(PacketBuf<Frame>, Option<u32>)> {
+        if reasm::is_esp_fragment(pkt.data()) {
+            pkt = self.reassemble(pkt, now)?;
+        }
+        let spi = match &self.trace {
+            Some(t) => crate::trace::esp_spi(pkt.data(), &t.filter.udp_ports),
+            None => None,
+        };
+        Some((pkt, spi))
+    }
+
+    /// After decapsulation: the trace copy and the packet's way out.
+    fn finish_unprotected(
+        &mut self,
+        pkt: PacketBuf<Frame>,
+        spi: Option<u32>,
+        v: Verdict,
+        now: Timestamp,
+        handed: bool,
+    ) {
+        if let Some(t) = &mut self.trace
+            && matches!(v, Verdict::Forward | Verdict::Bypass)
+        {
+            let spi = spi.filter(|_| v == Verdict::Forward);
+            if t.wants(self.engine.spd(), Direction::Inbound, pkt.data(), spi) {
+                t.copy(self.id, Direction::Inbound, pkt.data());
+            }
+        }
+        match v {
+            // decapsulated (or bypassed plaintext): forwarded by this router
+            Verdict::Forward | Verdict::Bypass => self.forward(pkt, now, true, false),
+            Verdict::Handoff(w) => self.handoff(pkt, Side::Unprotected, w, handed),
+            Verdict::Punt => {
+                self.c.punt_dropped += 1;
+                self.xsk.release(pkt.into_inner());
+            }
+            _ => self.xsk.release(pkt.into_inner()),
+        }
+    }
+
     /// Before protection: decrement the TTL (RFC 4301 §5.1.2.1; a handed-off packet was
     /// decremented already), keep what an ICMP error would quote in quote slot `slot` if
     /// the result could outgrow its link, copy a traced packet. `None`: dropped (released).
@@ -642,39 +716,14 @@ impl Worker {
 
     /// One received Ethernet frame.
     fn packet(&mut self, side: Side, f: RxFrame, now: Timestamp, handed: bool) {
-        let Some(mut pkt) = self.ip_packet(f) else {
+        let Some(pkt) = self.ip_packet(f) else {
             return;
         };
         match side {
             Side::Unprotected => {
-                if reasm::is_esp_fragment(pkt.data()) {
-                    match self.reassemble(pkt, now) {
-                        Some(p) => pkt = p,
-                        None => return,
-                    }
-                }
-                let spi = match &self.trace {
-                    Some(t) => crate::trace::esp_spi(pkt.data(), &t.filter.udp_ports),
-                    None => None,
-                };
-                let v = self.engine.inbound(now, &mut pkt);
-                if let Some(t) = &mut self.trace
-                    && matches!(v, Verdict::Forward | Verdict::Bypass)
-                {
-                    let spi = spi.filter(|_| v == Verdict::Forward);
-                    if t.wants(self.engine.spd(), Direction::Inbound, pkt.data(), spi) {
-                        t.copy(self.id, Direction::Inbound, pkt.data());
-                    }
-                }
-                match v {
-                    // decapsulated (or bypassed plaintext): forwarded by this router
-                    Verdict::Forward | Verdict::Bypass => self.forward(pkt, now, true, false),
-                    Verdict::Handoff(w) => self.handoff(pkt, side, w, handed),
-                    Verdict::Punt => {
-                        self.c.punt_dropped += 1;
-                        self.xsk.release(pkt.into_inner());
-                    }
-                    _ => self.xsk.release(pkt.into_inner()),
+                if let Some((mut pkt, spi)) = self.stage_unprotected(pkt, now) {
+                    let v = self.engine.inbound(now, &mut pkt);
+                    self.finish_unprotected(pkt, spi, v, now, handed);
                 }
             }
             Side::Protected => {
