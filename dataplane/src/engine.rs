@@ -489,17 +489,22 @@ impl Engine {
                     }
                     continue;
                 }
-                // signed two at a time: the SHA-NI kernel interleaves two packets' hashes
-                for pair in group.chunks(2) {
-                    match *pair {
-                        [(i, _, ref a), (j, _, ref b)] => {
-                            if let Ok([p, q]) = pkts.get_disjoint_mut([i, j]) {
-                                Deferred::finish2([a, b], sa, [p.frame_mut(), q.frame_mut()]);
-                            }
-                        }
-                        [(i, _, ref a)] => a.finish(sa, pkts[i].frame_mut()),
-                        _ => {}
+                // signed four at a time: the SHA-NI kernels interleave the packets' hashes
+                let mut frames: [&mut [u8]; BATCH] = core::array::from_fn(|_| &mut [][..]);
+                let mut ds = [Deferred::default(); BATCH];
+                let mut g = group.iter().peekable();
+                let mut m = 0;
+                for (i, p) in pkts.iter_mut().enumerate() {
+                    if let Some(&&(gi, _, d)) = g.peek()
+                        && gi == i
+                    {
+                        g.next();
+                        (frames[m], ds[m]) = (p.frame_mut(), d);
+                        m += 1;
                     }
+                }
+                for (f, d) in frames[..m].chunks_mut(4).zip(ds[..m].chunks(4)) {
+                    Deferred::finish_group(d, sa, f);
                 }
             }
         }
@@ -509,7 +514,8 @@ impl Engine {
     /// Process a burst from the unprotected side. Returns how many packets were not dropped.
     ///
     /// The ICVs of packets for SAs with the SHA-NI HMAC kernels are checked two at a time
-    /// first ([`Transform::verify_pair`](crate::crypto::Transform)); each packet then goes
+    /// first, four at a time ([`Transform::verify_group`](crate::crypto::Transform)); each
+    /// packet then goes
     /// through [`inbound`](Self::inbound) as usual, with the same result.
     pub fn inbound_burst<B: AsRef<[u8]> + AsMut<[u8]>>(
         &mut self,
@@ -578,20 +584,27 @@ impl Engine {
             cand[m] = (i, h, esp, e.esp_len, sa.esn.then_some((seq >> 32) as u32));
             m += 1;
         }
-        for pair in cand[..m].chunks_exact(2) {
-            let [(i, ha, ea, la, hia), (j, hb, eb, lb, hib)] = [pair[0], pair[1]];
-            let (Some(a), Some(b)) = (self.sad.get(ha), self.sad.get(hb)) else {
+        // four at a time (a lone last one is left to `open`)
+        for grp in cand[..m].chunks(4).filter(|g| g.len() > 1) {
+            let n = grp.len();
+            let Some(first) = self.sad.get(grp[0].1) else {
                 continue;
             };
-            if let Some([oka, okb]) = Transform::verify_pair(
-                [&a.xform, &b.xform],
-                [pkts[i].frame(), pkts[j].frame()],
-                [ea, eb],
-                [la, lb],
-                [hia, hib],
-            ) {
-                checked[i] = Some((hia, oka));
-                checked[j] = Some((hib, okb));
+            let mut xf: [&Transform; 4] = [&first.xform; 4];
+            let mut bufs: [&[u8]; 4] = [&[]; 4];
+            let mut at = [(0, 0, None); 4];
+            let mut found = 0;
+            for (k, &(i, h, esp, len, hi)) in grp.iter().enumerate() {
+                if let Some(sa) = self.sad.get(h) {
+                    (xf[k], bufs[k], at[k]) = (&sa.xform, pkts[i].frame(), (esp, len, hi));
+                    found += 1;
+                }
+            }
+            let mut ok = [false; 4];
+            if found == n && Transform::verify_group(&xf[..n], &bufs[..n], &at[..n], &mut ok[..n]) {
+                for (k, &(i, _, _, _, hi)) in grp.iter().enumerate() {
+                    checked[i] = Some((hi, ok[k]));
+                }
             }
         }
     }

@@ -134,7 +134,8 @@ fn sha_ni_is_chosen_when_present() {
     }
 }
 
-/// Pairs signed together give the ICVs signed one by one, same or different algorithms.
+/// Groups of two and four signed (and checked) together give the ICVs signed one by one,
+/// same or different algorithms.
 #[test]
 fn paired_signing_matches_single() {
     use crate::crypto::Integ;
@@ -151,11 +152,48 @@ fn paired_signing_matches_single() {
                 let da: Vec<u8> = (0..la).map(|x| x as u8).collect();
                 let db: Vec<u8> = (0..lb).map(|x| (x * 3) as u8).collect();
                 let (mut sa, mut sb) = (vec![0u8; a.icv_len()], vec![0u8; b.icv_len()]);
-                let (mut pa, mut pb) = (sa.clone(), sb.clone());
                 ia.sign(&da, Some(9), &mut sa);
                 ib.sign(&db, None, &mut sb);
-                Integ::sign2([&ia, &ib], [&da, &db], [Some(9), None], [&mut pa, &mut pb]);
-                assert_eq!((pa, pb), (sa, sb), "{a:?}/{b:?} {la}/{lb}");
+                // in pairs, and in fours (a a b b, a b a b)
+                for order in [[0, 0, 1, 1], [0, 1, 0, 1]] {
+                    let pick = |k: usize| {
+                        if order[k] == 0 {
+                            (&ia, &da[..], Some(9), sa.len())
+                        } else {
+                            (&ib, &db[..], None, sb.len())
+                        }
+                    };
+                    let g: Vec<_> = (0..4).map(pick).collect();
+                    let integ: Vec<&Integ> = g.iter().map(|x| x.0).collect();
+                    let data: Vec<&[u8]> = g.iter().map(|x| x.1).collect();
+                    let esn: Vec<Option<u32>> = g.iter().map(|x| x.2).collect();
+                    for n in [2usize, 4] {
+                        let mut tags: Vec<Vec<u8>> = g.iter().map(|x| vec![0u8; x.3]).collect();
+                        let mut refs: Vec<&mut [u8]> =
+                            tags.iter_mut().map(|t| &mut t[..]).collect();
+                        Integ::sign_group(&integ[..n], &data[..n], &esn[..n], &mut refs[..n]);
+                        let mut ok = vec![false; n];
+                        let icvs: Vec<&[u8]> = tags.iter().map(|t| &t[..]).collect();
+                        Integ::verify_group(
+                            &integ[..n],
+                            &data[..n],
+                            &esn[..n],
+                            &icvs[..n],
+                            &mut ok,
+                        );
+                        for k in 0..n {
+                            let want = if order[k] == 0 { &sa } else { &sb };
+                            assert_eq!(&tags[k], want, "{a:?}/{b:?} {la}/{lb} lane {k} of {n}");
+                            assert!(ok[k]);
+                        }
+                        // a wrong ICV fails its lane only
+                        let mut bad: Vec<Vec<u8>> = tags[..n].to_vec();
+                        bad[1][0] ^= 1;
+                        let icvs: Vec<&[u8]> = bad.iter().map(|t| &t[..]).collect();
+                        Integ::verify_group(&integ[..n], &data[..n], &esn[..n], &icvs, &mut ok);
+                        assert!(ok[0] && !ok[1] && ok[2..].iter().all(|x| *x));
+                    }
+                }
             }
         }
     }

@@ -120,8 +120,8 @@ impl Integ {
         }
     }
 
-    /// Whether this is a SHA-NI state, which [`full2`](Self::full2) interleaves with another
-    /// of the same algorithm.
+    /// Whether this is a SHA-NI state, which [`full_group`](Self::full_group) interleaves
+    /// with others of the same algorithm.
     #[inline]
     pub(crate) fn pairs(&self) -> bool {
         #[cfg(target_arch = "x86_64")]
@@ -131,64 +131,95 @@ impl Integ {
         false
     }
 
-    /// The full MACs of two messages, their hashes interleaved when both use the same SHA-NI
-    /// algorithm (keys may differ).
+    /// The full MACs of up to four messages, their hashes interleaved when they use the same
+    /// SHA-NI algorithm (keys may differ): four at once, else two at a time.
     #[inline]
-    fn full2(
-        integ: [&Integ; 2],
-        data: [&[u8]; 2],
-        esn_hi: [Option<u32>; 2],
-    ) -> [[u8; MAX_HMAC_ICV]; 2] {
-        let mut full = [[0u8; MAX_HMAC_ICV]; 2];
-        let [f0, f1] = &mut full;
-        match integ {
-            #[cfg(target_arch = "x86_64")]
-            [Integ::Sha1Ni(a), Integ::Sha1Ni(b)] => {
-                super::shani::HmacSha1Key::mac2([a, b], data, esn_hi, [f0, f1]);
-            }
-            #[cfg(target_arch = "x86_64")]
-            [Integ::Sha256Ni(a), Integ::Sha256Ni(b)] => {
-                super::shani::HmacSha256Key::mac2([a, b], data, esn_hi, [f0, f1]);
-            }
-            [a, b] => {
-                a.full(data[0], esn_hi[0], f0);
-                b.full(data[1], esn_hi[1], f1);
-            }
-        }
-        full
-    }
-
-    /// Sign two packets (`data[i]` ‖ `esn_hi[i]`, truncated ICV into `icv[i]`).
-    #[inline]
-    pub(crate) fn sign2(
-        integ: [&Integ; 2],
-        data: [&[u8]; 2],
-        esn_hi: [Option<u32>; 2],
-        icv: [&mut [u8]; 2],
+    fn full_group(
+        integ: &[&Integ],
+        data: &[&[u8]],
+        esn_hi: &[Option<u32>],
+        out: &mut [[u8; MAX_HMAC_ICV]],
     ) {
-        let full = Self::full2(integ, data, esn_hi);
-        for (t, f) in icv.into_iter().zip(&full) {
-            let n = t.len().min(MAX_HMAC_ICV);
-            t[..n].copy_from_slice(&f[..n]);
+        #[cfg(target_arch = "x86_64")]
+        {
+            use super::shani::{HmacSha1Key, HmacSha256Key};
+            if let ([a, b, c, d], [d0, d1, d2, d3], [h0, h1, h2, h3], [o0, o1, o2, o3]) =
+                (integ, data, esn_hi, &mut *out)
+            {
+                let (ds, hs) = ([*d0, *d1, *d2, *d3], [*h0, *h1, *h2, *h3]);
+                match (*a, *b, *c, *d) {
+                    (Integ::Sha1Ni(a), Integ::Sha1Ni(b), Integ::Sha1Ni(c), Integ::Sha1Ni(d)) => {
+                        return HmacSha1Key::mac4([a, b, c, d], ds, hs, [o0, o1, o2, o3]);
+                    }
+                    (
+                        Integ::Sha256Ni(a),
+                        Integ::Sha256Ni(b),
+                        Integ::Sha256Ni(c),
+                        Integ::Sha256Ni(d),
+                    ) => {
+                        return HmacSha256Key::mac4([a, b, c, d], ds, hs, [o0, o1, o2, o3]);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut k = 0;
+        while k < integ.len() {
+            let rest = &mut out[k..];
+            match (&integ[k..], rest) {
+                #[cfg(target_arch = "x86_64")]
+                ([Integ::Sha1Ni(a), Integ::Sha1Ni(b), ..], [o0, o1, ..]) => {
+                    let (d, h) = ([data[k], data[k + 1]], [esn_hi[k], esn_hi[k + 1]]);
+                    super::shani::HmacSha1Key::mac2([a, b], d, h, [o0, o1]);
+                    k += 2;
+                }
+                #[cfg(target_arch = "x86_64")]
+                ([Integ::Sha256Ni(a), Integ::Sha256Ni(b), ..], [o0, o1, ..]) => {
+                    let (d, h) = ([data[k], data[k + 1]], [esn_hi[k], esn_hi[k + 1]]);
+                    super::shani::HmacSha256Key::mac2([a, b], d, h, [o0, o1]);
+                    k += 2;
+                }
+                ([a, ..], [o, ..]) => {
+                    a.full(data[k], esn_hi[k], o);
+                    k += 1;
+                }
+                _ => break,
+            }
         }
     }
 
-    /// Check two packets' received ICVs (constant time), their hashes computed together.
+    /// Sign up to four packets (`data[i]` ‖ `esn_hi[i]`, truncated ICV into `icv[i]`).
     #[inline]
-    pub(crate) fn verify2(
-        integ: [&Integ; 2],
-        data: [&[u8]; 2],
-        esn_hi: [Option<u32>; 2],
-        icv: [&[u8]; 2],
-    ) -> [bool; 2] {
-        if icv.iter().any(|t| t.len() > MAX_HMAC_ICV) {
-            return [false; 2];
+    pub(crate) fn sign_group(
+        integ: &[&Integ],
+        data: &[&[u8]],
+        esn_hi: &[Option<u32>],
+        icv: &mut [&mut [u8]],
+    ) {
+        let n = integ.len().min(4);
+        let mut full = [[0u8; MAX_HMAC_ICV]; 4];
+        Self::full_group(&integ[..n], &data[..n], &esn_hi[..n], &mut full[..n]);
+        for (t, f) in icv.iter_mut().zip(&full[..n]) {
+            let m = t.len().min(MAX_HMAC_ICV);
+            t[..m].copy_from_slice(&f[..m]);
         }
-        let full = Self::full2(integ, data, esn_hi);
-        [
-            ct_eq(&full[0][..icv[0].len()], icv[0]),
-            ct_eq(&full[1][..icv[1].len()], icv[1]),
-        ]
+    }
+
+    /// Check up to four packets' received ICVs (constant time each) into `ok`.
+    #[inline]
+    pub(crate) fn verify_group(
+        integ: &[&Integ],
+        data: &[&[u8]],
+        esn_hi: &[Option<u32>],
+        icv: &[&[u8]],
+        ok: &mut [bool],
+    ) {
+        let n = integ.len().min(4);
+        let mut full = [[0u8; MAX_HMAC_ICV]; 4];
+        Self::full_group(&integ[..n], &data[..n], &esn_hi[..n], &mut full[..n]);
+        for ((o, f), t) in ok.iter_mut().zip(&full[..n]).zip(icv) {
+            *o = t.len() <= MAX_HMAC_ICV && ct_eq(&f[..t.len()], t);
+        }
     }
 
     /// Write the truncated ICV (`icv.len()` bytes) of `data`.

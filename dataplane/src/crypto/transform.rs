@@ -293,7 +293,7 @@ impl Transform {
     /// caller then CBC-encrypts the IV field and payload together from a zero IV with
     /// [`Transform::cbc_ni_key`] — which turns the nonce into the IV, E_K(nonce), exactly as
     /// [`Transform::seal`] computes it, and encrypts the payload chained from it — and
-    /// finishes with [`Transform::sign`]. `false`: this transform seals only with `seal`.
+    /// finishes with [`Transform::sign_group`]. `false`: this transform seals only with `seal`.
     #[inline]
     pub(crate) fn defer_seal(&self, buf: &mut [u8], esp: usize, len: usize, seq: u64) -> bool {
         #[cfg(target_arch = "x86_64")]
@@ -336,81 +336,78 @@ impl Transform {
         }
     }
 
-    /// Write the ICV of the ESP packet at `buf[esp..esp + len]` (everything before the ICV
-    /// field is final): the last step of a deferred seal.
-    #[inline]
-    pub(crate) fn sign(&self, buf: &mut [u8], esp: usize, len: usize, esn_hi: Option<u32>) {
-        let icv = len - self.icv_len();
-        if let (Kind::Cbc { integ, .. } | Kind::Null { integ }, Some(pkt)) =
-            (&self.kind, buf.get_mut(esp..esp + len))
-        {
-            let (signed, tag) = pkt.split_at_mut(icv);
-            integ.sign(signed, esn_hi, tag);
+    /// The HMAC state of a CBC or NULL transform.
+    fn integ(&self) -> Option<&Integ> {
+        match &self.kind {
+            Kind::Cbc { integ, .. } | Kind::Null { integ } => Some(integ),
+            _ => None,
         }
     }
 
-    /// [`sign`](Self::sign) for two packets of this SA at once (their hashes interleaved
-    /// where the kernel allows).
+    /// Write the ICVs of up to four ESP packets of this SA whose bytes before the ICV are
+    /// final (their hashes interleaved where the kernel allows): the last step of a deferred
+    /// seal. Packet `k` is `bufs[k][at[k].0..][..at[k].1]`, with ESN high bits `at[k].2`.
     #[inline]
-    pub(crate) fn sign2(
-        &self,
-        bufs: [&mut [u8]; 2],
-        esp: [usize; 2],
-        len: [usize; 2],
-        esn_hi: [Option<u32>; 2],
-    ) {
-        let (Kind::Cbc { integ, .. } | Kind::Null { integ }) = &self.kind else {
-            return;
-        };
+    pub(crate) fn sign_group(&self, bufs: &mut [&mut [u8]], at: &[(usize, usize, Option<u32>)]) {
+        let Some(integ) = self.integ() else { return };
         let icv_len = self.icv_len();
-        let [b0, b1] = bufs;
-        let (Some(p0), Some(p1)) = (
-            b0.get_mut(esp[0]..esp[0] + len[0]),
-            b1.get_mut(esp[1]..esp[1] + len[1]),
-        ) else {
-            return;
-        };
-        let (d0, t0) = p0.split_at_mut(len[0] - icv_len);
-        let (d1, t1) = p1.split_at_mut(len[1] - icv_len);
-        Integ::sign2([integ, integ], [d0, d1], esn_hi, [t0, t1]);
+        let n = bufs.len().min(at.len()).min(4);
+        let mut data: [&[u8]; 4] = [&[]; 4];
+        let mut tags: [&mut [u8]; 4] = [&mut [], &mut [], &mut [], &mut []];
+        let mut esn = [None; 4];
+        for (k, (b, &(esp, len, hi))) in bufs.iter_mut().zip(at).take(n).enumerate() {
+            let Some(pkt) = b.get_mut(esp..esp + len) else {
+                return;
+            };
+            let (d, t) = pkt.split_at_mut(len - icv_len);
+            (data[k], tags[k], esn[k]) = (d, t, hi);
+        }
+        Integ::sign_group(&[integ; 4][..n], &data[..n], &esn[..n], &mut tags[..n]);
     }
 
-    /// Whether this transform's ICVs can be checked two packets at a time
-    /// ([`verify_pair`](Self::verify_pair)) before [`open_checked`](Self::open_checked).
+    /// Whether this transform's ICVs can be checked in groups
+    /// ([`verify_group`](Self::verify_group)) before [`open_checked`](Self::open_checked).
     #[inline]
     pub(crate) fn pairs(&self) -> bool {
-        matches!(&self.kind, Kind::Cbc { integ, .. } | Kind::Null { integ } if integ.pairs())
+        self.integ().is_some_and(Integ::pairs)
     }
 
-    /// Check the ICVs of two received ESP packets (`bufs[i][esp[i]..esp[i] + len[i]]`, of two
-    /// transforms that [`pairs`](Self::pairs)) together. `None` if they cannot be checked
-    /// here (then `open` checks them).
+    /// Check the ICVs of up to four received ESP packets together (packet `k` is
+    /// `bufs[k][at[k].0..][..at[k].1]`, ESN high bits `at[k].2`, of transforms that
+    /// [`pairs`](Self::pairs)) into `ok`. `false`: not checked here (then `open` checks them).
     #[inline]
-    pub(crate) fn verify_pair(
-        xf: [&Transform; 2],
-        bufs: [&[u8]; 2],
-        esp: [usize; 2],
-        len: [usize; 2],
-        seq_hi: [Option<u32>; 2],
-    ) -> Option<[bool; 2]> {
-        fn integ(t: &Transform) -> Option<&Integ> {
-            match &t.kind {
-                Kind::Cbc { integ, .. } | Kind::Null { integ } => Some(integ),
-                _ => None,
-            }
+    pub(crate) fn verify_group(
+        xf: &[&Transform],
+        bufs: &[&[u8]],
+        at: &[(usize, usize, Option<u32>)],
+        ok: &mut [bool],
+    ) -> bool {
+        static NO_INTEG: Integ = Integ::None;
+        let n = xf.len().min(bufs.len()).min(at.len()).min(4);
+        let mut integ: [&Integ; 4] = [&NO_INTEG; 4];
+        let mut data: [&[u8]; 4] = [&[]; 4];
+        let mut icv: [&[u8]; 4] = [&[]; 4];
+        let mut esn = [None; 4];
+        for k in 0..n {
+            let (esp, len, hi) = at[k];
+            let Some(pkt) = bufs[k].get(esp..esp + len) else {
+                return false;
+            };
+            let Some(split) = len.checked_sub(xf[k].icv_len()) else {
+                return false;
+            };
+            let Some(i) = xf[k].integ() else {
+                return false;
+            };
+            (data[k], icv[k], integ[k], esn[k]) =
+                (pkt.split_at(split).0, pkt.split_at(split).1, i, hi);
         }
-        let (i0, i1) = (integ(xf[0])?, integ(xf[1])?);
-        let split = |k: usize| -> Option<(&[u8], &[u8])> {
-            let pkt = bufs[k].get(esp[k]..esp[k] + len[k])?;
-            let icv = len[k].checked_sub(xf[k].icv_len())?;
-            Some(pkt.split_at(icv))
-        };
-        let ((d0, t0), (d1, t1)) = (split(0)?, split(1)?);
-        Some(Integ::verify2([i0, i1], [d0, d1], seq_hi, [t0, t1]))
+        Integ::verify_group(&integ[..n], &data[..n], &esn[..n], &icv[..n], ok);
+        true
     }
 
     /// [`open`](Self::open), with the ICV already checked by
-    /// [`verify_pair`](Self::verify_pair) for `checked.0` (the ESN high bits it used) when
+    /// [`verify_group`](Self::verify_group) for `checked.0` (the ESN high bits it used) when
     /// `checked` is given and those bits are still the ones inferred.
     #[inline]
     pub(crate) fn open_checked(

@@ -56,7 +56,7 @@ impl InboundEsp {
 
 /// Decapsulate. On success the window holds the inner packet (tunnel) or the rebuilt
 /// transport-mode packet, and the number of plaintext bytes is returned. `checked`: the ICV
-/// was already checked with these ESN high bits ([`crate::crypto::Transform::verify_pair`]).
+/// was already checked with these ESN high bits ([`crate::crypto::Transform::verify_group`]).
 #[inline]
 pub(crate) fn decap<B: AsRef<[u8]> + AsMut<[u8]>>(
     sa: &mut Sa,

@@ -18,7 +18,7 @@ use crate::wire::{IpProtocol, Ipv4Packet, Ipv6Packet};
 /// A packet laid out, with its IV field seeded, whose encryption and ICV are left to the
 /// burst ([`crate::crypto::Transform::defer_seal`]): its ESP packet is
 /// `frame[esp..esp + len]`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Deferred {
     pub esp: usize,
     pub len: usize,
@@ -29,25 +29,19 @@ pub(crate) struct Deferred {
 }
 
 impl Deferred {
-    /// The last steps once the payload is encrypted: ICV, then the UDP/IPv6 checksum.
+    /// The last steps once the payloads are encrypted, for up to four packets of `sa`
+    /// (`frames[k]` holds `d[k]`): ICVs (signed together), then UDP/IPv6 checksums.
     #[inline]
-    pub(crate) fn finish(&self, sa: &Sa, frame: &mut [u8]) {
-        sa.xform.sign(frame, self.esp, self.len, self.esn_hi);
-        self.checksum(frame);
-    }
-
-    /// [`finish`](Self::finish) for two packets of `sa`, signed together.
-    #[inline]
-    pub(crate) fn finish2(d: [&Deferred; 2], sa: &Sa, frames: [&mut [u8]; 2]) {
-        let [f0, f1] = frames;
-        sa.xform.sign2(
-            [&mut *f0, &mut *f1],
-            [d[0].esp, d[1].esp],
-            [d[0].len, d[1].len],
-            [d[0].esn_hi, d[1].esn_hi],
-        );
-        d[0].checksum(f0);
-        d[1].checksum(f1);
+    pub(crate) fn finish_group(d: &[Deferred], sa: &Sa, frames: &mut [&mut [u8]]) {
+        let mut at = [(0, 0, None); 4];
+        for (a, d) in at.iter_mut().zip(d) {
+            *a = (d.esp, d.len, d.esn_hi);
+        }
+        let n = d.len().min(4);
+        sa.xform.sign_group(frames, &at[..n]);
+        for (d, f) in d.iter().zip(frames.iter_mut()) {
+            d.checksum(f);
+        }
     }
 
     fn checksum(&self, frame: &mut [u8]) {
