@@ -456,25 +456,30 @@ impl Engine {
                     }
                     continue;
                 };
+                // the group's frames (in arrival order) and what is left of each
+                let mut frames: [&mut [u8]; BATCH] = core::array::from_fn(|_| &mut [][..]);
+                let mut ds = [Deferred::default(); BATCH];
+                let mut g = group.iter().peekable();
+                let mut m = 0;
+                for (i, p) in pkts.iter_mut().enumerate() {
+                    if let Some(&&(gi, _, d)) = g.peek()
+                        && gi == i
+                    {
+                        g.next();
+                        (frames[m], ds[m]) = (p.frame_mut(), d);
+                        m += 1;
+                    }
+                }
+                // every packet's IV field and payload, encrypted together
                 let icv = sa.xform.icv_len();
                 let sealed = {
                     let mut jobs: [CbcJob<'_>; BATCH] = core::array::from_fn(|_| CbcJob {
                         iv: [0; 16],
                         data: &mut [],
                     });
-                    let mut g = group.iter().peekable();
-                    let mut m = 0;
-                    for (i, p) in pkts.iter_mut().enumerate() {
-                        if let Some(&&(gi, _, d)) = g.peek()
-                            && gi == i
-                        {
-                            g.next();
-                            if let Some(body) =
-                                p.frame_mut().get_mut(d.esp + 8..d.esp + d.len - icv)
-                            {
-                                jobs[m].data = body;
-                            }
-                            m += 1;
+                    for ((job, f), d) in jobs.iter_mut().zip(frames.iter_mut()).zip(&ds[..m]) {
+                        if let Some(body) = f.get_mut(d.esp + 8..d.esp + d.len - icv) {
+                            job.data = body;
                         }
                     }
                     sa.xform
@@ -490,19 +495,6 @@ impl Engine {
                     continue;
                 }
                 // signed four at a time: the SHA-NI kernels interleave the packets' hashes
-                let mut frames: [&mut [u8]; BATCH] = core::array::from_fn(|_| &mut [][..]);
-                let mut ds = [Deferred::default(); BATCH];
-                let mut g = group.iter().peekable();
-                let mut m = 0;
-                for (i, p) in pkts.iter_mut().enumerate() {
-                    if let Some(&&(gi, _, d)) = g.peek()
-                        && gi == i
-                    {
-                        g.next();
-                        (frames[m], ds[m]) = (p.frame_mut(), d);
-                        m += 1;
-                    }
-                }
                 for (f, d) in frames[..m].chunks_mut(4).zip(ds[..m].chunks(4)) {
                     Deferred::finish_group(d, sa, f);
                 }
