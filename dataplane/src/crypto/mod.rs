@@ -19,6 +19,8 @@ mod aead;
 pub mod aesni;
 pub mod alg;
 mod cbc;
+#[cfg(target_arch = "x86_64")]
+pub mod gcmni;
 mod integ;
 #[cfg(target_arch = "x86_64")]
 pub mod shani;
