@@ -24,10 +24,22 @@ use crate::wire::esp::HEADER_LEN;
 pub const MAX_IV_LEN: usize = 16;
 /// Largest ICV any transform appends (HMAC-SHA-512-256).
 pub const MAX_ICV_LEN: usize = 32;
+/// Largest ESP packet whose AES-GCM seal a burst defers to the multi-packet kernel: below
+/// it the kernel's per-burst setup wins over ring's per-call cost; at 512 B they are even
+/// and above it ring's VAES code is faster (`cargo bench -p xsec-benches --bench gcm`).
+#[cfg(target_arch = "x86_64")]
+const GCM_BURST_MAX: usize = 400;
 
 enum Kind {
     /// AES-GCM or ChaCha20-Poly1305: encrypts the payload, authenticates header + payload.
-    Aead { key: AeadKey, salt: [u8; 4] },
+    Aead {
+        key: AeadKey,
+        salt: [u8; 4],
+        /// Outbound AES-128/256-GCM on a CPU with AES-NI and PCLMULQDQ: the multi-packet
+        /// kernel's key, for small packets of a burst ([`Transform::defer_seal`]).
+        #[cfg(target_arch = "x86_64")]
+        ni: Option<Box<super::gcmni::GcmKey>>,
+    },
     /// AES-GMAC (RFC 4543): payload in clear, everything authenticated.
     Gmac { key: AeadKey, salt: [u8; 4] },
     /// CBC encryption then HMAC over header, IV and ciphertext.
@@ -122,6 +134,10 @@ impl Transform {
             | EncAlg::ChaCha20Poly1305 => Kind::Aead {
                 key: AeadKey::new(enc, key).ok_or_else(broken)?,
                 salt: salt4,
+                #[cfg(target_arch = "x86_64")]
+                ni: (outbound && matches!(enc, EncAlg::AesGcm128 | EncAlg::AesGcm256))
+                    .then(|| super::gcmni::GcmKey::new(key).map(Box::new))
+                    .flatten(),
             },
             EncAlg::AesGmac128 | EncAlg::AesGmac192 | EncAlg::AesGmac256 => Kind::Gmac {
                 key: AeadKey::new(enc, key).ok_or_else(broken)?,
@@ -223,7 +239,7 @@ impl Transform {
         let icv = len - icv_len;
         let spi = [pkt[0], pkt[1], pkt[2], pkt[3]];
         match &self.kind {
-            Kind::Aead { key, salt } => {
+            Kind::Aead { key, salt, .. } => {
                 // fixed layout: 8-byte header, 8-byte IV, 16-byte tag; no length-dependent copies
                 let (hdr, rest) = pkt
                     .split_first_chunk_mut::<16>()
@@ -322,8 +338,34 @@ impl Transform {
             pkt[HEADER_LEN..HEADER_LEN + 16].copy_from_slice(&ivb);
             return true;
         }
+        #[cfg(target_arch = "x86_64")]
+        if let Kind::Aead { ni: Some(_), .. } = &self.kind {
+            // small packets only: see GCM_BURST_MAX
+            let Some(pkt) = buf.get_mut(esp..esp + len) else {
+                return false;
+            };
+            if !(HEADER_LEN + 8 + TAG_LEN..=GCM_BURST_MAX).contains(&len) {
+                return false;
+            }
+            pkt[HEADER_LEN..HEADER_LEN + 8].copy_from_slice(&(seq ^ self.iv_mask).to_be_bytes());
+            return true;
+        }
         let _ = (buf, esp, len, seq);
         false
+    }
+
+    /// The multi-packet kernel's key and the salt of an AES-GCM transform that defers
+    /// sealing: the caller encrypts `[esp + 16, esp + len - 16)` with nonce salt ‖ IV field
+    /// and AAD SPI ‖ (seq_hi ‖) seq_lo, and writes the tag into the ICV field.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    pub(crate) fn gcm_ni_key(&self) -> Option<(&super::gcmni::GcmKey, [u8; 4])> {
+        match &self.kind {
+            Kind::Aead {
+                ni: Some(k), salt, ..
+            } => Some((k, *salt)),
+            _ => None,
+        }
     }
 
     /// The multi-buffer kernel's key of a CBC transform that defers sealing.
@@ -476,7 +518,7 @@ impl Transform {
         let seq = (u64::from(seq_hi.unwrap_or(0)) << 32)
             | u64::from(u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]));
         match &self.kind {
-            Kind::Aead { key, salt } => {
+            Kind::Aead { key, salt, .. } => {
                 let Some((iv, ct_tag)) = rest.split_first_chunk_mut::<8>() else {
                     return Err(DropReason::BadLength);
                 };

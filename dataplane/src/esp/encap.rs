@@ -44,7 +44,8 @@ impl Deferred {
         }
     }
 
-    fn checksum(&self, frame: &mut [u8]) {
+    /// The UDP/IPv6 checksum, once the ESP bytes are final.
+    pub(crate) fn checksum(&self, frame: &mut [u8]) {
         if let Some((ip, udp, len)) = self.udp6 {
             let (src, dst) = v6_addrs(frame, ip);
             fill_udp6_checksum(frame, udp, len, &src, &dst);
