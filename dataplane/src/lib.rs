@@ -12,8 +12,8 @@
 //!
 //! Nothing here does I/O, reads a clock or allocates per packet; time is passed in.
 
-// `unsafe` is denied (workspace lints) everywhere but the SIMD kernels of `crypto::aesni` and
-// `crypto::shani`, where each block names the CPU features it relies on.
+// `unsafe` is denied (workspace lints) everywhere but the SIMD kernels of `crypto::aesni`,
+// `crypto::shani` and `crypto::gcmni`, where each block names the CPU features it relies on.
 #![deny(unsafe_code)]
 
 pub mod crypto;
