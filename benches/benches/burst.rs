@@ -104,19 +104,8 @@ fn decap_table(rounds: usize, only: &[&str], mhz: f64) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let rounds: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(300);
-    let only: Vec<&str> = args
-        .iter()
-        .filter(|a| a.parse::<usize>().is_err())
-        .map(String::as_str)
-        .collect();
-    if let Some(core) = core_affinity::get_core_ids().and_then(|c| c.last().copied()) {
-        core_affinity::set_for_current(core);
-    }
+    let (rounds, only) = paired_bench_args(300);
+    let only: Vec<&str> = only.iter().map(String::as_str).collect();
     let mhz = tsc_mhz().unwrap_or(0.0);
     println!("CPU: {}", cpu_features());
     println!(

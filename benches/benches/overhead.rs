@@ -24,21 +24,8 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() {
-    // arguments: a number of rounds and/or algorithm names to restrict to (cargo's own
-    // `--bench` flag is ignored)
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let rounds: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(400);
-    let only: Vec<&str> = args
-        .iter()
-        .filter(|a| a.parse::<usize>().is_err())
-        .map(String::as_str)
-        .collect();
-    if let Some(core) = core_affinity::get_core_ids().and_then(|c| c.last().copied()) {
-        core_affinity::set_for_current(core);
-    }
+    let (rounds, only) = paired_bench_args(400);
+    let only: Vec<&str> = only.iter().map(String::as_str).collect();
     let mhz = tsc_mhz().unwrap_or(0.0);
     println!("CPU: {}", cpu_features());
     println!(

@@ -351,3 +351,22 @@ pub fn reset(p: &mut PacketBuf<Vec<u8>>, inner: &[u8]) {
     p.frame_mut()[HEADROOM..HEADROOM + inner.len()].copy_from_slice(inner);
     p.set_window(HEADROOM, inner.len());
 }
+
+/// The arguments of the paired benches: a number of rounds (default `rounds`) and algorithm
+/// names to restrict to (cargo's own `--bench` flag is ignored). Also pins the thread to the
+/// last core, as every paired bench does.
+pub fn paired_bench_args(rounds: usize) -> (usize, Vec<String>) {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let rounds = args.iter().find_map(|a| a.parse().ok()).unwrap_or(rounds);
+    let only = args
+        .into_iter()
+        .filter(|a| a.parse::<usize>().is_err())
+        .collect();
+    if let Some(core) = core_affinity::get_core_ids().and_then(|c| c.last().copied()) {
+        core_affinity::set_for_current(core);
+    }
+    (rounds, only)
+}
