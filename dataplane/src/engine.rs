@@ -154,6 +154,8 @@ pub struct Engine {
     /// Packets of the current burst chunk whose seal is deferred: (index in the chunk, SA,
     /// what is left). Allocated once.
     deferred: Vec<(usize, SaHandle, Deferred)>,
+    /// Installed SAs whose ICVs inbound bursts check in groups: none, no pre-pass.
+    grouped_icv_sas: usize,
 }
 
 /// What the inbound classifier found.
@@ -184,6 +186,7 @@ impl Engine {
             sweep: 0,
             shards: None,
             deferred: Vec::with_capacity(BATCH),
+            grouped_icv_sas: 0,
         }
     }
 
@@ -203,10 +206,12 @@ impl Engine {
             (Direction::Inbound, Encap::Udp { local_port, .. }) => Some(local_port),
             _ => None,
         };
+        let grouped = sa.dir == Direction::Inbound && sa.xform.pairs();
         let h = self.sad.insert(sa)?;
         if let Some(p) = port {
             self.udp_ports.add(p);
         }
+        self.grouped_icv_sas += usize::from(grouped);
         Ok(h)
     }
 
@@ -215,6 +220,9 @@ impl Engine {
         let sa = self.sad.remove(h)?;
         if let (Direction::Inbound, Encap::Udp { local_port, .. }) = (sa.dir, sa.info.encap) {
             self.udp_ports.release(local_port);
+        }
+        if sa.dir == Direction::Inbound && sa.xform.pairs() {
+            self.grouped_icv_sas -= 1;
         }
         Some(sa)
     }
@@ -588,7 +596,7 @@ impl Engine {
             .zip(verdicts[..n].chunks_mut(BATCH))
         {
             let mut checked: [Option<(Option<u32>, bool)>; BATCH] = [None; BATCH];
-            if pkts.len() > 1 {
+            if pkts.len() > 1 && self.grouped_icv_sas > 0 {
                 self.check_icvs(pkts, &mut checked);
             }
             for ((p, v), c) in pkts.iter_mut().zip(verdicts.iter_mut()).zip(checked) {
