@@ -39,7 +39,8 @@ impl Vector {
     }
 }
 
-fn unhex(s: &str) -> Vec<u8> {
+/// Hex text to bytes (the vector files and the kernels' own tests).
+pub(crate) fn unhex(s: &str) -> Vec<u8> {
     (0..s.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())

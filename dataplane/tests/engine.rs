@@ -1276,13 +1276,8 @@ proptest! {
         let mut burst: Vec<_> = pkts.iter().map(|p| frame(p)).collect();
         let mut single: Vec<_> = pkts.iter().map(|p| frame(p)).collect();
         let mut vb = vec![Verdict::Unset; burst.len()];
-        let mut at = 0;
-        let mut k = 0;
-        while at < burst.len() {
-            let n = cuts[k % cuts.len()].min(burst.len() - at);
-            a.outbound_burst(T0, &mut burst[at..at + n], &mut vb[at..at + n]);
-            at += n;
-            k += 1;
+        for r in burst_ranges(burst.len(), &cuts) {
+            a.outbound_burst(T0, &mut burst[r.clone()], &mut vb[r]);
         }
         for (i, (x, y)) in burst.iter_mut().zip(single.iter_mut()).enumerate() {
             let vs = c.outbound(T0, y);
@@ -1347,12 +1342,8 @@ proptest! {
         let mut burst: Vec<_> = wire.iter().map(|p| frame(p)).collect();
         let mut single: Vec<_> = wire.iter().map(|p| frame(p)).collect();
         let mut vb = vec![Verdict::Unset; burst.len()];
-        let (mut at, mut k) = (0, 0);
-        while at < burst.len() {
-            let n = cuts[k % cuts.len()].min(burst.len() - at);
-            b1.inbound_burst(T0, &mut burst[at..at + n], &mut vb[at..at + n]);
-            at += n;
-            k += 1;
+        for r in burst_ranges(burst.len(), &cuts) {
+            b1.inbound_burst(T0, &mut burst[r.clone()], &mut vb[r]);
         }
         for (i, (x, y)) in burst.iter().zip(single.iter_mut()).enumerate() {
             let vs = b2.inbound(T0, y);

@@ -70,11 +70,6 @@ pub struct Heartbeat {
 #[derive(Debug)]
 pub enum Cmd {
     InstallSa(Box<Sa>),
-    RemoveSa {
-        direction: Direction,
-        spi: u32,
-    },
-    SetSpd(Arc<Spd>),
     SetShards(Arc<Shards>),
     SetHeartbeats(Vec<Heartbeat>),
     /// A next hop resolved (or gone, `None`).
@@ -399,13 +394,6 @@ impl Worker {
             Cmd::InstallSa(sa) => {
                 let _ = self.engine.install_sa(*sa);
             }
-            Cmd::RemoveSa { direction, spi } => {
-                let h = self.engine.sad().find(direction, spi, None);
-                if let Some(h) = h {
-                    self.engine.remove_sa(h);
-                }
-            }
-            Cmd::SetSpd(spd) => self.set_spd(spd),
             Cmd::Apply(change, reply) => {
                 let report = self.change(*change, now);
                 let _ = reply.send(report);

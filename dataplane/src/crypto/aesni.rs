@@ -47,6 +47,12 @@ impl core::fmt::Debug for AesNiKey {
 }
 
 impl AesNiKey {
+    /// The encryption round keys (FIPS-197 §5.2), `rounds + 1` of them: for other AES-NI
+    /// kernels of this crate (AES-GCM) that need no schedule of their own.
+    pub(crate) fn enc_round_keys(&self) -> &[[u8; 16]] {
+        &self.enc[..=self.rounds]
+    }
+
     /// Expand `key` (16, 24 or 32 bytes). `None` for another length or a CPU without AES-NI.
     pub fn new(key: &[u8]) -> Option<AesNiKey> {
         if !matches!(key.len(), 16 | 24 | 32) || !available() {
@@ -272,12 +278,7 @@ mod tests {
     use crate::crypto::EncAlg;
     use proptest::prelude::*;
 
-    fn unhex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-            .collect()
-    }
+    use crate::kat::unhex;
 
     /// RFC 3602 §4 cases 1–4 (the same file the other KATs read).
     #[test]

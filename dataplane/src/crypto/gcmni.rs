@@ -45,13 +45,12 @@
 #![allow(unsafe_code)]
 
 use core::arch::x86_64::{
-    __m128i, __m256i, _mm_add_epi32, _mm_aesenc_si128, _mm_aesenclast_si128,
-    _mm_aeskeygenassist_si128, _mm_clmulepi64_si128, _mm_loadu_si128, _mm_set_epi8, _mm_set_epi32,
-    _mm_set_epi64x, _mm_setzero_si128, _mm_shuffle_epi8, _mm_shuffle_epi32, _mm_slli_si128,
-    _mm_srli_si128, _mm_storeu_si128, _mm_xor_si128, _mm256_aesenc_epi128,
-    _mm256_aesenclast_epi128, _mm256_broadcastsi128_si256, _mm256_castsi256_si128,
-    _mm256_clmulepi64_epi128, _mm256_extracti128_si256, _mm256_set_m128i, _mm256_setzero_si256,
-    _mm256_shuffle_epi32, _mm256_xor_si256,
+    __m128i, __m256i, _mm_add_epi32, _mm_aesenc_si128, _mm_aesenclast_si128, _mm_clmulepi64_si128,
+    _mm_loadu_si128, _mm_set_epi8, _mm_set_epi32, _mm_set_epi64x, _mm_setzero_si128,
+    _mm_shuffle_epi8, _mm_shuffle_epi32, _mm_slli_si128, _mm_srli_si128, _mm_storeu_si128,
+    _mm_xor_si128, _mm256_aesenc_epi128, _mm256_aesenclast_epi128, _mm256_broadcastsi128_si256,
+    _mm256_castsi256_si128, _mm256_clmulepi64_epi128, _mm256_extracti128_si256, _mm256_set_m128i,
+    _mm256_setzero_si256, _mm256_shuffle_epi32, _mm256_xor_si256,
 };
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -120,12 +119,14 @@ impl GcmKey {
             hk: [[0; 16]; POWERS],
             wide: available_wide(),
         };
-        // SAFETY: `available()` confirmed AES-NI, PCLMULQDQ and AVX, the features `expand`
-        // and `init_powers` enable.
-        unsafe {
-            expand(key, &mut k);
-            init_powers(&mut k);
+        // the AES-NI key schedule of `aesni` (no S-box table); only its encryption keys
+        let sched = super::aesni::AesNiKey::new(key)?;
+        for (dst, src) in k.rk.iter_mut().zip(sched.enc_round_keys()) {
+            *dst = *src;
         }
+        // SAFETY: `available()` confirmed AES-NI, PCLMULQDQ and AVX, the features
+        // `init_powers` enables.
+        unsafe { init_powers(&mut k) };
         Some(k)
     }
 }
@@ -222,79 +223,6 @@ fn bswap_mask() -> __m128i {
 }
 
 // ---------------------------------------------------------------- key set-up
-
-/// FIPS-197 §5.2 key expansion for 128- and 256-bit keys; SubWord/RotWord come from
-/// AESKEYGENASSIST (Intel's AES-NI white paper, §"key expansion"), so no S-box table is
-/// touched.
-#[target_feature(enable = "aes,pclmulqdq,avx")]
-fn expand(key: &[u8], k: &mut GcmKey) {
-    /// w[i] ^= w[i-1] ^ w[i-2] ^ … for the four words of `a`, then xor `t` (the broadcast
-    /// SubWord/RotWord/Rcon word).
-    #[target_feature(enable = "aes,pclmulqdq,avx")]
-    #[inline]
-    fn fold(a: __m128i, t: __m128i) -> __m128i {
-        let mut a = a;
-        let mut s = _mm_slli_si128::<4>(a);
-        a = xor(a, s);
-        s = _mm_slli_si128::<4>(s);
-        a = xor(a, s);
-        s = _mm_slli_si128::<4>(s);
-        a = xor(a, s);
-        xor(a, t)
-    }
-    macro_rules! assist {
-        ($x:expr, $rcon:literal) => {
-            _mm_aeskeygenassist_si128::<$rcon>($x)
-        };
-    }
-    let mut rk = [_mm_setzero_si128(); 15];
-    if key.len() == 16 {
-        let mut a = load_partial(key);
-        rk[0] = a;
-        macro_rules! step {
-            ($i:literal, $rcon:literal) => {
-                a = fold(a, _mm_shuffle_epi32::<0xff>(assist!(a, $rcon)));
-                rk[$i] = a;
-            };
-        }
-        step!(1, 0x01);
-        step!(2, 0x02);
-        step!(3, 0x04);
-        step!(4, 0x08);
-        step!(5, 0x10);
-        step!(6, 0x20);
-        step!(7, 0x40);
-        step!(8, 0x80);
-        step!(9, 0x1b);
-        step!(10, 0x36);
-    } else {
-        let mut a = load_partial(&key[..16]);
-        let mut b = load_partial(&key[16..]);
-        rk[0] = a;
-        rk[1] = b;
-        macro_rules! step {
-            ($i:literal, $rcon:literal) => {
-                // words 8i.. from RotWord(SubWord(w[i-1])) ^ Rcon, then 8i+4.. from SubWord
-                a = fold(a, _mm_shuffle_epi32::<0xff>(assist!(b, $rcon)));
-                rk[$i] = a;
-                b = fold(b, _mm_shuffle_epi32::<0xaa>(assist!(a, 0)));
-                rk[$i + 1] = b;
-            };
-        }
-        step!(2, 0x01);
-        step!(4, 0x02);
-        step!(6, 0x04);
-        step!(8, 0x08);
-        step!(10, 0x10);
-        step!(12, 0x20);
-        // the last round key needs only the first half of a step
-        rk[14] = fold(a, _mm_shuffle_epi32::<0xff>(assist!(b, 0x40)));
-    }
-    for (dst, v) in k.rk.iter_mut().zip(rk) {
-        store(dst, v);
-    }
-    rk.zeroize_simd();
-}
 
 /// Overwrite an array of vector registers' stack copies (they held round keys).
 trait ZeroizeSimd {
@@ -789,12 +717,7 @@ mod tests {
     use proptest::prelude::*;
     use ring::aead as ra;
 
-    fn unhex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-            .collect()
-    }
+    use crate::kat::unhex;
 
     /// This machine has the features: a missing one is a failure, not a skip.
     fn key(k: &[u8]) -> GcmKey {

@@ -918,12 +918,7 @@ mod tests {
         HmacSha256Key::new(key).expect(NEED)
     }
 
-    fn unhex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-            .collect()
-    }
+    use crate::kat::unhex;
 
     /// (hash, key, data, expected prefix of the MAC) from the vector files the other HMAC
     /// KATs read.

@@ -441,8 +441,8 @@ impl Transform {
             let Some(i) = xf[k].integ() else {
                 return false;
             };
-            (data[k], icv[k], integ[k], esn[k]) =
-                (pkt.split_at(split).0, pkt.split_at(split).1, i, hi);
+            let (d, t) = pkt.split_at(split);
+            (data[k], icv[k], integ[k], esn[k]) = (d, t, i, hi);
         }
         Integ::verify_group(&integ[..n], &data[..n], &esn[..n], &icv[..n], ok);
         true
@@ -460,10 +460,9 @@ impl Transform {
         seq_hi: Option<u32>,
         checked: Option<(Option<u32>, bool)>,
     ) -> Result<(), DropReason> {
-        let Some((hi, ok)) = checked.filter(|(hi, _)| *hi == seq_hi) else {
+        let Some((_, ok)) = checked.filter(|(hi, _)| *hi == seq_hi) else {
             return self.open(buf, esp, len, seq_hi);
         };
-        let _ = hi;
         // the checks and their order are those of `open`: lengths, then the ICV
         let (iv_len, icv_len) = (self.iv_len(), self.icv_len());
         let pt = HEADER_LEN + iv_len;

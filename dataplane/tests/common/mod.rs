@@ -408,3 +408,18 @@ pub fn twin_engines(opts: &[PairOpts]) -> (Engine, Engine, Engine) {
     }
     (a, c, b)
 }
+
+/// `0..len` cut into consecutive bursts whose sizes cycle through `cuts` (each ≥ 1).
+pub fn burst_ranges(len: usize, cuts: &[usize]) -> Vec<std::ops::Range<usize>> {
+    let mut out = vec![];
+    let mut at = 0;
+    for &c in cuts.iter().cycle() {
+        if at >= len {
+            break;
+        }
+        let n = c.max(1).min(len - at);
+        out.push(at..at + n);
+        at += n;
+    }
+    out
+}

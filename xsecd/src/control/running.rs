@@ -487,6 +487,17 @@ impl Running {
                 ),
             )
         };
+        // where the table of that kind and name is in the running text
+        let find = |kind: Kind, name: &str| -> Result<usize, Refusal> {
+            let what = if kind == Kind::Sa {
+                "SA pair"
+            } else {
+                "policy"
+            };
+            self.source
+                .position(kind, name)
+                .ok_or_else(|| not_found(what, name, self.source.names(kind)))
+        };
         let span = match edit {
             Edit::Reload { path, text } => {
                 return Ok((Source::split(text, path), None));
@@ -505,9 +516,7 @@ impl Running {
                 Some(insert(&mut src, at, Kind::Sa, text))
             }
             Edit::DelSa { name } => {
-                let i = src
-                    .position(Kind::Sa, name)
-                    .ok_or_else(|| not_found("SA pair", name, self.source.names(Kind::Sa)))?;
+                let i = find(Kind::Sa, name)?;
                 src.frags.remove(i);
                 None
             }
@@ -517,16 +526,12 @@ impl Running {
                 Some(insert(&mut src, at, Kind::Policy, text))
             }
             Edit::DelPolicy { name } => {
-                let i = src
-                    .position(Kind::Policy, name)
-                    .ok_or_else(|| not_found("policy", name, self.source.names(Kind::Policy)))?;
+                let i = find(Kind::Policy, name)?;
                 src.frags.remove(i);
                 None
             }
             Edit::MovePolicy { name, position } => {
-                let i = src
-                    .position(Kind::Policy, name)
-                    .ok_or_else(|| not_found("policy", name, self.source.names(Kind::Policy)))?;
+                let i = find(Kind::Policy, name)?;
                 let f = src.frags.remove(i);
                 let at = src.policy_slot(Some(*position))?;
                 src.frags.insert(at, f);
