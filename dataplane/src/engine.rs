@@ -11,6 +11,7 @@ use crate::esp::{self, Deferred, InboundEsp};
 use crate::events::{Event, EventQueue};
 use crate::packet::PacketBuf;
 use crate::sa::{Encap, Sa, SaConfig, SaError, SaHandle, SaTable};
+use crate::spd::flow_cache::FlowCache;
 use crate::spd::{Action, Direction, Disposition, Lookup, MAX_BUNDLE, PacketKey, Spd};
 use crate::stats::{DropReason, WorkerStats};
 use crate::time::Timestamp;
@@ -139,12 +140,17 @@ const IKE_PORT: u16 = 500;
 
 /// Packets laid out before their deferred seals are finished together.
 const BATCH: usize = 64;
+/// Deferred packets of one SA handed to a crypto kernel at once: enough to keep the CBC
+/// lanes refilled, small enough that the per-call job arrays stay cheap to set up.
+const SUB: usize = 16;
 
 /// One worker's ESP engine.
 #[derive(Debug)]
 pub struct Engine {
     sad: SaTable,
     spd: Arc<Spd>,
+    /// The SPD's answers by packet key; emptied with every new SPD.
+    flows: FlowCache,
     hits: [Vec<u64>; 2],
     stats: WorkerStats,
     events: EventQueue,
@@ -179,6 +185,7 @@ impl Engine {
         Engine {
             sad: SaTable::with_capacity(cfg.sa_capacity),
             spd,
+            flows: FlowCache::default(),
             hits,
             stats: WorkerStats::default(),
             events: EventQueue::new(cfg.event_capacity),
@@ -255,6 +262,12 @@ impl Engine {
         };
         self.hits = [carry(Direction::Inbound), carry(Direction::Outbound)];
         self.spd = spd;
+        self.flows.clear();
+    }
+
+    /// SPD lookups answered by the flow cache, and those that went to the classifier.
+    pub fn flow_cache_counts(&self) -> (u64, u64) {
+        self.flows.counts()
     }
 
     pub fn spd(&self) -> &Arc<Spd> {
@@ -306,28 +319,29 @@ impl Engine {
         now: Timestamp,
         pkt: &mut PacketBuf<B>,
     ) -> Verdict {
-        self.encap_inner(h, now, pkt, false).0
+        self.encap_inner(h, now, pkt, None).0
     }
 
-    /// [`encap_with`](Self::encap_with); with `defer`, what is left of a deferred seal.
+    /// [`encap_with`](Self::encap_with); with `defer`, perhaps only laid out, what is left
+    /// of the seal written there (then the `bool` is true).
     #[inline(always)]
     fn encap_inner<B: AsRef<[u8]> + AsMut<[u8]>>(
         &mut self,
         h: SaHandle,
         now: Timestamp,
         pkt: &mut PacketBuf<B>,
-        defer: bool,
-    ) -> (Verdict, Option<Deferred>) {
+        defer: Option<&mut Deferred>,
+    ) -> (Verdict, bool) {
         let Some(sa) = self.sad.get_mut(h) else {
-            return (self.drop(DropReason::NoSa), None);
+            return (self.drop(DropReason::NoSa), false);
         };
         match esp::encap(sa, h, pkt, now, &mut self.events, defer) {
-            Ok((bytes, d)) => {
+            Ok((bytes, deferred)) => {
                 self.stats.encap_packets += 1;
                 self.stats.encap_bytes += bytes as u64;
-                (Verdict::Forward, d)
+                (Verdict::Forward, deferred)
             }
-            Err(r) => (self.drop(r), None),
+            Err(r) => (self.drop(r), false),
         }
     }
 
@@ -339,22 +353,23 @@ impl Engine {
         now: Timestamp,
         pkt: &mut PacketBuf<B>,
     ) -> Verdict {
-        self.outbound_inner(now, pkt, false).0
+        self.outbound_inner(now, pkt, None).0
     }
 
     /// [`outbound`](Self::outbound); with `defer`, a packet protected by a single SA whose
-    /// transform seals in bursts comes back laid out, with what is left to do.
+    /// transform seals in bursts comes back laid out, its SA and what is left to do written
+    /// there (then the `bool` is true).
     #[inline(always)]
     fn outbound_inner<B: AsRef<[u8]> + AsMut<[u8]>>(
         &mut self,
         now: Timestamp,
         pkt: &mut PacketBuf<B>,
-        defer: bool,
-    ) -> (Verdict, Option<(SaHandle, Deferred)>) {
+        mut defer: Option<&mut (usize, SaHandle, Deferred)>,
+    ) -> (Verdict, bool) {
         let Ok(key) = PacketKey::parse(pkt.data()) else {
-            return (self.drop(DropReason::Malformed), None);
+            return (self.drop(DropReason::Malformed), false);
         };
-        let (bundle, policy) = match self.spd.lookup(Direction::Outbound, &key) {
+        let (bundle, policy) = match self.flows.lookup(&self.spd, Direction::Outbound, &key) {
             Lookup::Policy { index, action } => {
                 if let Some(c) = self.hits[1].get_mut(index as usize) {
                     *c += 1;
@@ -363,12 +378,12 @@ impl Engine {
                     Action::Protect(b) => (b, index as usize),
                     Action::Bypass => {
                         self.stats.bypass_packets += 1;
-                        return (Verdict::Bypass, None);
+                        return (Verdict::Bypass, false);
                     }
-                    Action::Discard => return (self.drop(DropReason::PolicyDiscard), None),
+                    Action::Discard => return (self.drop(DropReason::PolicyDiscard), false),
                 }
             }
-            Lookup::Default { .. } => return (self.drop(DropReason::NoPolicy), None),
+            Lookup::Default { .. } => return (self.drop(DropReason::NoPolicy), false),
         };
         // a bundle's inner SAs must be sealed before the outer ones wrap them
         let single = bundle.reqids().len() == 1;
@@ -384,20 +399,26 @@ impl Engine {
                     if let Some(c) = self.hits[1].get_mut(policy) {
                         *c -= 1;
                     }
-                    return (Verdict::Handoff(w), None);
+                    return (Verdict::Handoff(w), false);
                 }
-                return (self.drop(DropReason::NoSa), None);
+                return (self.drop(DropReason::NoSa), false);
             };
-            let (r, d) = self.encap_inner(h, now, pkt, defer && single);
-            if let Some(d) = d {
-                return (r, Some((h, d)));
+            let (r, deferred) = match defer.as_deref_mut() {
+                Some(slot) if single => {
+                    slot.1 = h;
+                    self.encap_inner(h, now, pkt, Some(&mut slot.2))
+                }
+                _ => self.encap_inner(h, now, pkt, None),
+            };
+            if deferred {
+                return (r, true);
             }
             v = r;
             if v != Verdict::Forward {
-                return (v, None);
+                return (v, false);
             }
         }
-        (v, None)
+        (v, false)
     }
 
     /// Process a burst from the protected side. Returns how many packets were not dropped.
@@ -415,22 +436,28 @@ impl Engine {
         let mut ok = 0;
         let n = pkts.len().min(verdicts.len());
         let mut deferred = core::mem::take(&mut self.deferred);
+        deferred.resize(BATCH, (0, SaHandle(0), Deferred::default()));
         for (pkts, verdicts) in pkts[..n]
             .chunks_mut(BATCH)
             .zip(verdicts[..n].chunks_mut(BATCH))
         {
-            deferred.clear();
             // a lone packet gains nothing from the multi-buffer path
             let defer = pkts.len() > 1;
+            let mut m = 0;
             for (i, (p, v)) in pkts.iter_mut().zip(verdicts.iter_mut()).enumerate() {
-                let (verdict, d) = self.outbound_inner(now, p, defer);
+                let slot = match deferred.get_mut(m) {
+                    Some(slot) if defer => {
+                        slot.0 = i;
+                        Some(slot)
+                    }
+                    _ => None,
+                };
+                let (verdict, d) = self.outbound_inner(now, p, slot);
                 *v = verdict;
-                if let Some((h, d)) = d {
-                    deferred.push((i, h, d));
-                }
+                m += usize::from(d);
             }
-            if !deferred.is_empty() {
-                self.seal_deferred(pkts, verdicts, &mut deferred);
+            if m > 0 {
+                self.seal_deferred(pkts, verdicts, &mut deferred[..m]);
             }
             ok += verdicts.iter().filter(|v| !v.is_drop()).count();
         }
@@ -439,18 +466,18 @@ impl Engine {
     }
 
     /// Finish the deferred seals of a chunk: per SA, every packet's IV field and payload are
-    /// CBC-encrypted together by the multi-buffer kernel, then each packet is signed.
+    /// CBC-encrypted together by the multi-buffer kernel, then each packet is signed; or
+    /// sealed together by the AES-GCM burst kernel.
     fn seal_deferred<B: AsRef<[u8]> + AsMut<[u8]>>(
         &mut self,
         pkts: &mut [PacketBuf<B>],
         verdicts: &mut [Verdict],
-        deferred: &mut Vec<(usize, SaHandle, Deferred)>,
+        deferred: &mut [(usize, SaHandle, Deferred)],
     ) {
         #[cfg(target_arch = "x86_64")]
         {
-            use crate::crypto::aesni::{CbcJob, cbc_encrypt_many};
             // packets of one SA at a time (most bursts have one), in arrival order
-            deferred.sort_by_key(|&(i, h, _)| (h.0, i));
+            deferred.sort_unstable_by_key(|&(i, h, _)| (h.0, i));
             let mut rest: &[(usize, SaHandle, Deferred)] = deferred;
             while let Some(&(_, h, _)) = rest.first() {
                 let m = rest.iter().take_while(|(_, x, _)| *x == h).count();
@@ -464,60 +491,72 @@ impl Engine {
                     }
                     continue;
                 };
-                // the group's frames (in arrival order) and what is left of each
-                let mut frames: [&mut [u8]; BATCH] = core::array::from_fn(|_| &mut [][..]);
-                let mut ds = [Deferred::default(); BATCH];
-                let mut g = group.iter().peekable();
-                let mut m = 0;
-                for (i, p) in pkts.iter_mut().enumerate() {
-                    if let Some(&&(gi, _, d)) = g.peek()
-                        && gi == i
-                    {
-                        g.next();
-                        (frames[m], ds[m]) = (p.frame_mut(), d);
-                        m += 1;
-                    }
-                }
-                #[cfg(target_arch = "x86_64")]
-                if let Some((key, salt)) = sa.xform.gcm_ni_key() {
-                    Self::seal_gcm_group(key, salt, &mut frames[..m], &ds[..m]);
-                    continue;
-                }
-                // every packet's IV field and payload, encrypted together
-                let icv = sa.xform.icv_len();
-                let sealed = {
-                    let mut jobs: [CbcJob<'_>; BATCH] = core::array::from_fn(|_| CbcJob {
-                        iv: [0; 16],
-                        data: &mut [],
-                    });
-                    for ((job, f), d) in jobs.iter_mut().zip(frames.iter_mut()).zip(&ds[..m]) {
-                        if let Some(body) = f.get_mut(d.esp + 8..d.esp + d.len - icv) {
-                            job.data = body;
+                // the group's frames in arrival order, SUB at a time: one walk over the chunk
+                let mut walk = pkts.iter_mut().enumerate();
+                for sub in group.chunks(SUB) {
+                    let mut frames: [&mut [u8]; SUB] = Default::default();
+                    let mut ds = [Deferred::default(); SUB];
+                    let mut n = 0;
+                    for &(gi, _, d) in sub {
+                        for (i, p) in walk.by_ref() {
+                            if i == gi {
+                                (frames[n], ds[n]) = (p.frame_mut(), d);
+                                n += 1;
+                                break;
+                            }
                         }
                     }
-                    sa.xform
-                        .cbc_ni_key()
-                        .is_some_and(|k| cbc_encrypt_many(k, &mut jobs[..m]))
-                };
-                if !sealed {
-                    // not reached: the layout makes whole blocks and the key exists
-                    for &(i, _, _) in group {
-                        verdicts[i] = Verdict::Drop(DropReason::BadLength);
-                        self.stats.drops.bump(DropReason::BadLength);
+                    if !Self::seal_sub(sa, &mut frames[..n], &ds[..n]) {
+                        // not reached: the layout makes whole blocks and the key exists
+                        for &(i, _, _) in sub {
+                            verdicts[i] = Verdict::Drop(DropReason::BadLength);
+                            self.stats.drops.bump(DropReason::BadLength);
+                        }
                     }
-                    continue;
-                }
-                // signed four at a time: the SHA-NI kernels interleave the packets' hashes
-                for (f, d) in frames[..m].chunks_mut(4).zip(ds[..m].chunks(4)) {
-                    Deferred::finish_group(d, sa, f);
                 }
             }
         }
         let _ = (pkts, verdicts, deferred);
     }
 
-    /// AES-GCM for a group of one SA's deferred packets, with the multi-packet kernel: nonce
-    /// salt ‖ IV field, AAD SPI ‖ (seq_hi ‖) seq_lo (RFC 4106 §5), tag into the ICV field.
+    /// Seal up to [`SUB`] deferred packets of `sa`; false if the kernel refused them.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    fn seal_sub(sa: &Sa, frames: &mut [&mut [u8]], ds: &[Deferred]) -> bool {
+        use crate::crypto::aesni::{CbcJob, cbc_encrypt_many};
+        if let Some((key, salt)) = sa.xform.gcm_ni_key() {
+            Self::seal_gcm_group(key, salt, frames, ds);
+            return true;
+        }
+        // every packet's IV field and payload, encrypted together
+        let icv = sa.xform.icv_len();
+        let m = frames.len().min(ds.len()).min(SUB);
+        let sealed = {
+            let mut jobs: [CbcJob<'_>; SUB] = core::array::from_fn(|_| CbcJob {
+                iv: [0; 16],
+                data: &mut [],
+            });
+            for ((job, f), d) in jobs.iter_mut().zip(frames.iter_mut()).zip(ds) {
+                if let Some(body) = f.get_mut(d.esp + 8..d.esp + d.len - icv) {
+                    job.data = body;
+                }
+            }
+            sa.xform
+                .cbc_ni_key()
+                .is_some_and(|k| cbc_encrypt_many(k, &mut jobs[..m]))
+        };
+        if sealed {
+            // signed four at a time: the SHA-NI kernels interleave the packets' hashes
+            for (f, d) in frames.chunks_mut(4).zip(ds.chunks(4)) {
+                Deferred::finish_group(d, sa, f);
+            }
+        }
+        sealed
+    }
+
+    /// AES-GCM for up to [`SUB`] of one SA's deferred packets, with the multi-packet kernel:
+    /// nonce salt ‖ IV field, AAD SPI ‖ (seq_hi ‖) seq_lo (RFC 4106 §5), tag into the ICV
+    /// field.
     #[cfg(target_arch = "x86_64")]
     fn seal_gcm_group(
         key: &crate::crypto::gcmni::GcmKey,
@@ -526,10 +565,10 @@ impl Engine {
         ds: &[Deferred],
     ) {
         use crate::crypto::gcmni::{GcmJob, seal_many};
-        let m = frames.len().min(ds.len()).min(BATCH);
-        let mut aads = [[0u8; 12]; BATCH];
-        let mut alen = [8usize; BATCH];
-        let mut nonces = [[0u8; 12]; BATCH];
+        let m = frames.len().min(ds.len()).min(SUB);
+        let mut aads = [[0u8; 12]; SUB];
+        let mut alen = [8usize; SUB];
+        let mut nonces = [[0u8; 12]; SUB];
         for k in 0..m {
             let (f, d) = (&frames[k], &ds[k]);
             let Some(h) = f.get(d.esp..d.esp + 16) else {
@@ -547,9 +586,9 @@ impl Engine {
             nonces[k][..4].copy_from_slice(&salt);
             nonces[k][4..].copy_from_slice(&h[8..16]);
         }
-        let mut tags = [[0u8; 16]; BATCH];
+        let mut tags = [[0u8; 16]; SUB];
         {
-            let mut jobs: [GcmJob<'_>; BATCH] = core::array::from_fn(|_| GcmJob {
+            let mut jobs: [GcmJob<'_>; SUB] = core::array::from_fn(|_| GcmJob {
                 nonce: [0; 12],
                 aad: &[],
                 data: &mut [],
@@ -740,7 +779,7 @@ impl Engine {
         let Ok(key) = PacketKey::parse(pkt.data()) else {
             return self.drop(DropReason::Malformed);
         };
-        match self.spd.lookup(Direction::Inbound, &key) {
+        match self.flows.lookup(&self.spd, Direction::Inbound, &key) {
             Lookup::Policy { index, action } => {
                 if let Some(c) = self.hits[0].get_mut(index as usize) {
                     *c += 1;

@@ -1,6 +1,7 @@
 //! A fixed workload for instruction-level profiling (`valgrind --tool=callgrind`), which is
 //! repeatable on a noisy machine where cycle timings are not:
-//! `profile ALG SIZE N encap|decap|outbound`, ALG as in the ESP benchmarks.
+//! `profile ALG SIZE N encap|decap|outbound|outbound-burst|inbound-burst`, ALG as in the ESP
+//! benchmarks; the burst modes go through the burst API 32 packets at a time.
 //! Preparation (packet copies, and for decap the encapsulation) is done for every packet too;
 //! run it twice with different N under callgrind and compare per-function counts.
 
@@ -12,7 +13,7 @@ use xsec_dataplane::{Timestamp, Verdict};
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() != 5 {
-        eprintln!("usage: profile ALG SIZE N encap|decap|outbound");
+        eprintln!("usage: profile ALG SIZE N encap|decap|outbound|outbound-burst|inbound-burst");
         std::process::exit(2);
     }
     let Some(&(_, enc, auth)) = BENCH_ALGS.iter().find(|a| a.0 == args[1]) else {
@@ -37,6 +38,24 @@ fn main() {
     let inner = ipv4_udp(size, [10, 1, 0, 10], [10, 2, 0, 10]);
     let mut p = frame(&inner);
     let mut ok = 0usize;
+    if let Some(mode) = args[4].strip_suffix("-burst") {
+        const B: usize = 32;
+        let mut ps: Vec<_> = (0..B).map(|_| frame(&inner)).collect();
+        let mut vs = vec![Verdict::Unset; B];
+        for _ in 0..n.div_ceil(B) {
+            for q in ps.iter_mut() {
+                reset(q, &inner);
+            }
+            if mode == "outbound" {
+                ok += a.outbound_burst(Timestamp::ZERO, &mut ps, &mut vs);
+            } else {
+                a.outbound_burst(Timestamp::ZERO, &mut ps, &mut vs);
+                ok += b.inbound_burst(Timestamp::ZERO, &mut ps, &mut vs);
+            }
+        }
+        println!("{ok}/{} forwarded", n.div_ceil(B) * B);
+        return;
+    }
     for _ in 0..n {
         p.frame_mut()[HEADROOM..HEADROOM + inner.len()].copy_from_slice(&inner);
         p.set_window(HEADROOM, inner.len());

@@ -9,6 +9,7 @@
 //! protected: PROTECT entries do not match them, so they fall through to the next entry.
 
 mod classifier;
+pub mod flow_cache;
 pub mod selector;
 
 pub use selector::{AddrRange, Direction, Family, PacketKey, PortSel, Selector, SelectorError};
@@ -280,7 +281,20 @@ impl Spd {
     /// First-match lookup.
     #[inline]
     pub fn lookup(&self, dir: Direction, k: &PacketKey) -> Lookup<'_> {
-        match self.tables[dir.index()].lookup(dir, k) {
+        self.resolve(dir, self.first_match(dir, k))
+    }
+
+    /// Index of the first matching policy, from the compiled tables.
+    #[inline]
+    pub fn first_match(&self, dir: Direction, k: &PacketKey) -> Option<u32> {
+        self.tables[dir.index()].lookup(dir, k)
+    }
+
+    /// The lookup answer for a first match found earlier ([`first_match`](Self::first_match)
+    /// on this SPD).
+    #[inline]
+    pub fn resolve(&self, dir: Direction, first: Option<u32>) -> Lookup<'_> {
+        match first {
             Some(index) => match self.policies(dir).get(index as usize) {
                 Some(p) => Lookup::Policy {
                     index,
@@ -729,6 +743,31 @@ mod tests {
                     prop_assert_eq!(spd.test(dir, k).matches, all);
                 }
             }
+        }
+
+        /// The flow cache gives the classifier's answers, through collisions (the keys
+        /// twice, interleaved) and across an SPD change (emptied in between).
+        #[test]
+        fn flow_cache_equals_linear(a in proptest::collection::vec(arb_policy(), 0..60), b in proptest::collection::vec(arb_policy(), 0..60), keys in proptest::collection::vec(arb_key(), 1..40)) {
+            let mut cache = flow_cache::FlowCache::default();
+            for policies in [a, b] {
+                let cfg = SpdConfig { outbound: policies.clone(), inbound: policies, inbound_default: InboundDefault::Bypass };
+                let spd = cfg.compile().unwrap();
+                cache.clear();
+                for k in keys.iter().chain(keys.iter().rev()).chain(&keys) {
+                    for dir in [Direction::Inbound, Direction::Outbound] {
+                        let want = spd.lookup_linear(dir, k);
+                        let got = cache.lookup(&spd, dir, k);
+                        let (got_i, default) = match got { Lookup::Policy { index, .. } => (Some(index as usize), None), Lookup::Default { action } => (None, Some(action)) };
+                        prop_assert_eq!(got_i, want, "{:?} {:?}", dir, k);
+                        if let Some(d) = default {
+                            prop_assert_eq!(d, spd.default_disposition(dir));
+                        }
+                    }
+                }
+            }
+            let (hits, misses) = cache.counts();
+            prop_assert!(hits > 0 && misses > 0);
         }
     }
 }

@@ -552,7 +552,7 @@ impl PacketKey {
     ///
     /// Non-initial fragments get OPAQUE ports (RFC 4301 §4.4.1.1); a whole packet whose
     /// upper-layer header is cut short is malformed.
-    #[inline]
+    #[inline(always)]
     pub fn parse(packet: &[u8]) -> Result<Self, WireError> {
         match packet.first().map(|b| b >> 4) {
             Some(4) => {
