@@ -160,8 +160,19 @@ pub struct Engine {
     /// Packets of the current burst chunk whose seal is deferred: (index in the chunk, SA,
     /// what is left). Allocated once.
     deferred: Vec<(usize, SaHandle, Deferred)>,
-    /// Installed SAs whose ICVs inbound bursts check in groups: none, no pre-pass.
+    /// Installed inbound SAs whose ICVs bursts check in groups: none, no first pass.
     grouped_icv_sas: usize,
+    /// The first pass's findings for the current inbound chunk. Allocated once.
+    pre: Vec<Option<Pre>>,
+}
+
+/// What an inbound burst's first pass learned about an ESP packet, for its decapsulation.
+#[derive(Debug, Clone, Copy)]
+struct Pre {
+    esp: InboundEsp,
+    h: SaHandle,
+    /// The ICV checked with these ESN high bits: did it verify?
+    checked: Option<(Option<u32>, bool)>,
 }
 
 /// What the inbound classifier found.
@@ -194,6 +205,7 @@ impl Engine {
             shards: None,
             deferred: Vec::with_capacity(BATCH),
             grouped_icv_sas: 0,
+            pre: Vec::with_capacity(BATCH),
         }
     }
 
@@ -466,8 +478,7 @@ impl Engine {
     }
 
     /// Finish the deferred seals of a chunk: per SA, every packet's IV field and payload are
-    /// CBC-encrypted together by the multi-buffer kernel, then each packet is signed; or
-    /// sealed together by the AES-GCM burst kernel.
+    /// CBC-encrypted together by the multi-buffer kernel, then each packet is signed.
     fn seal_deferred<B: AsRef<[u8]> + AsMut<[u8]>>(
         &mut self,
         pkts: &mut [PacketBuf<B>],
@@ -524,10 +535,6 @@ impl Engine {
     #[inline]
     fn seal_sub(sa: &Sa, frames: &mut [&mut [u8]], ds: &[Deferred]) -> bool {
         use crate::crypto::aesni::{CbcJob, cbc_encrypt_many};
-        if let Some((key, salt)) = sa.xform.gcm_ni_key() {
-            Self::seal_gcm_group(key, salt, frames, ds);
-            return true;
-        }
         // every packet's IV field and payload, encrypted together
         let icv = sa.xform.icv_len();
         let m = frames.len().min(ds.len()).min(SUB);
@@ -554,74 +561,14 @@ impl Engine {
         sealed
     }
 
-    /// AES-GCM for up to [`SUB`] of one SA's deferred packets, with the multi-packet kernel:
-    /// nonce salt ‖ IV field, AAD SPI ‖ (seq_hi ‖) seq_lo (RFC 4106 §5), tag into the ICV
-    /// field.
-    #[cfg(target_arch = "x86_64")]
-    fn seal_gcm_group(
-        key: &crate::crypto::gcmni::GcmKey,
-        salt: [u8; 4],
-        frames: &mut [&mut [u8]],
-        ds: &[Deferred],
-    ) {
-        use crate::crypto::gcmni::{GcmJob, seal_many};
-        let m = frames.len().min(ds.len()).min(SUB);
-        let mut aads = [[0u8; 12]; SUB];
-        let mut alen = [8usize; SUB];
-        let mut nonces = [[0u8; 12]; SUB];
-        for k in 0..m {
-            let (f, d) = (&frames[k], &ds[k]);
-            let Some(h) = f.get(d.esp..d.esp + 16) else {
-                continue;
-            };
-            aads[k][..4].copy_from_slice(&h[..4]);
-            match d.esn_hi {
-                Some(hi) => {
-                    aads[k][4..8].copy_from_slice(&hi.to_be_bytes());
-                    aads[k][8..12].copy_from_slice(&h[4..8]);
-                    alen[k] = 12;
-                }
-                None => aads[k][4..8].copy_from_slice(&h[4..8]),
-            }
-            nonces[k][..4].copy_from_slice(&salt);
-            nonces[k][4..].copy_from_slice(&h[8..16]);
-        }
-        let mut tags = [[0u8; 16]; SUB];
-        {
-            let mut jobs: [GcmJob<'_>; SUB] = core::array::from_fn(|_| GcmJob {
-                nonce: [0; 12],
-                aad: &[],
-                data: &mut [],
-                tag: [0; 16],
-            });
-            for (k, (job, f)) in jobs.iter_mut().zip(frames.iter_mut()).take(m).enumerate() {
-                let d = &ds[k];
-                job.nonce = nonces[k];
-                job.aad = &aads[k][..alen[k]];
-                if let Some(body) = f.get_mut(d.esp + 16..d.esp + d.len - 16) {
-                    job.data = body;
-                }
-            }
-            seal_many(key, &mut jobs[..m]);
-            for (t, j) in tags.iter_mut().zip(&jobs[..m]) {
-                *t = j.tag;
-            }
-        }
-        for k in 0..m {
-            let d = &ds[k];
-            if let Some(t) = frames[k].get_mut(d.esp + d.len - 16..d.esp + d.len) {
-                t.copy_from_slice(&tags[k]);
-            }
-            d.checksum(frames[k]);
-        }
-    }
-
     /// Process a burst from the unprotected side. Returns how many packets were not dropped.
     ///
-    /// The ICVs of packets for SAs with the SHA-NI HMAC kernels are checked two at a time
-    /// first, four at a time ([`Transform::verify_group`](crate::crypto::Transform)); each
-    /// packet then goes
-    /// through [`inbound`](Self::inbound) as usual, with the same result.
+    /// When CBC+HMAC SAs with the SHA-NI kernels are installed, a first pass over each chunk
+    /// finds every ESP packet's SA and checks those SAs' ICVs four at a time
+    /// ([`Transform::verify_group`](crate::crypto::Transform)). Each packet then goes through
+    /// [`inbound`](Self::inbound)'s steps as usual, reusing what the first pass found, with
+    /// the same result. (AES-GCM packets are opened one at a time by the burst kernel, which
+    /// measured faster than grouping them here: see `crypto::gcmni`.)
     pub fn inbound_burst<B: AsRef<[u8]> + AsMut<[u8]>>(
         &mut self,
         now: Timestamp,
@@ -630,41 +577,51 @@ impl Engine {
     ) -> usize {
         let mut ok = 0;
         let n = pkts.len().min(verdicts.len());
+        let mut pre = core::mem::take(&mut self.pre);
+        pre.resize(BATCH, None);
         for (pkts, verdicts) in pkts[..n]
             .chunks_mut(BATCH)
             .zip(verdicts[..n].chunks_mut(BATCH))
         {
-            let mut checked: [Option<(Option<u32>, bool)>; BATCH] = [None; BATCH];
-            if pkts.len() > 1 && self.grouped_icv_sas > 0 {
-                self.check_icvs(pkts, &mut checked);
+            let grouped = pkts.len() > 1 && self.grouped_icv_sas > 0;
+            if grouped {
+                self.prepass(pkts, &mut pre);
             }
-            for ((p, v), c) in pkts.iter_mut().zip(verdicts.iter_mut()).zip(checked) {
-                *v = self.inbound_inner(now, p, c);
+            for (i, (p, v)) in pkts.iter_mut().zip(verdicts.iter_mut()).enumerate() {
+                let pre = if grouped { pre[i].take() } else { None };
+                *v = self.inbound_inner(now, p, pre);
                 ok += usize::from(!v.is_drop());
             }
         }
+        self.pre = pre;
         ok
     }
 
-    /// Check the ICVs of a chunk's ESP packets whose SA pairs them, two at a time, in the
-    /// state the SAs are in now (the replay window's ESN inference is repeated at decap and
-    /// the check redone if it moved).
-    fn check_icvs<B: AsRef<[u8]> + AsMut<[u8]>>(
+    /// The first pass of an inbound chunk: classify every packet and find its SA; check the
+    /// ICVs of CBC+HMAC packets four at a time, in the state the SAs are in now (the replay window's ESN inference is repeated at decap, and the
+    /// check redone if it moved). `pre[i]` gets what was learned about packet `i`.
+    fn prepass<B: AsRef<[u8]> + AsMut<[u8]>>(
         &mut self,
         pkts: &mut [PacketBuf<B>],
-        checked: &mut [Option<(Option<u32>, bool)>; BATCH],
+        pre: &mut [Option<Pre>],
     ) {
         // (index, SA, ESP offset in the frame, ESP length, ESN high bits)
-        let mut cand: [(usize, SaHandle, usize, usize, Option<u32>); BATCH] =
+        let mut icvs: [(usize, SaHandle, usize, usize, Option<u32>); BATCH] =
             [(0, SaHandle(0), 0, 0, None); BATCH];
         let mut m = 0;
         for (i, p) in pkts.iter_mut().enumerate() {
+            pre[i] = None;
             let Ok(Inbound::Esp(e)) = self.classify(p) else {
                 continue;
             };
             let Some(h) = self.sad.lookup_inbound(e.spi(p.data()), e.v6, e.dst) else {
                 continue;
             };
+            pre[i] = Some(Pre {
+                esp: e,
+                h,
+                checked: None,
+            });
             let Some(sa) = self.sad.get(h) else { continue };
             if !sa.xform.pairs() || sa.udp.map(|u| u.0) != e.udp.map(|u| u.1) {
                 continue;
@@ -678,7 +635,7 @@ impl Engine {
             else {
                 continue;
             };
-            // a replayed packet is dropped before its ICV is looked at: not worth a hash
+            // a replayed packet is dropped before its ICV is looked at: not worth the work
             let Some(seq) = sa
                 .replay
                 .infer(seq_lo)
@@ -686,11 +643,11 @@ impl Engine {
             else {
                 continue;
             };
-            cand[m] = (i, h, esp, e.esp_len, sa.esn.then_some((seq >> 32) as u32));
+            icvs[m] = (i, h, esp, e.esp_len, sa.esn.then_some((seq >> 32) as u32));
             m += 1;
         }
         // four at a time (a lone last one is left to `open`)
-        for grp in cand[..m].chunks(4).filter(|g| g.len() > 1) {
+        for grp in icvs[..m].chunks(4).filter(|g| g.len() > 1) {
             let n = grp.len();
             let Some(first) = self.sad.get(grp[0].1) else {
                 continue;
@@ -708,7 +665,9 @@ impl Engine {
             let mut ok = [false; 4];
             if found == n && Transform::verify_group(&xf[..n], &bufs[..n], &at[..n], &mut ok[..n]) {
                 for (k, &(i, _, _, _, hi)) in grp.iter().enumerate() {
-                    checked[i] = Some((hi, ok[k]));
+                    if let Some(p) = pre[i].as_mut() {
+                        p.checked = Some((hi, ok[k]));
+                    }
                 }
             }
         }
@@ -726,35 +685,46 @@ impl Engine {
         self.inbound_inner(now, pkt, None)
     }
 
-    /// [`inbound`](Self::inbound), the outer ICV perhaps checked already (`checked`).
+    /// [`inbound`](Self::inbound), perhaps with what a burst's first pass found (`pre`).
     #[inline(always)]
     fn inbound_inner<B: AsRef<[u8]> + AsMut<[u8]>>(
         &mut self,
         now: Timestamp,
         pkt: &mut PacketBuf<B>,
-        mut checked: Option<(Option<u32>, bool)>,
+        mut pre: Option<Pre>,
     ) -> Verdict {
         let mut depth = 0;
         loop {
-            let esp = match self.classify(pkt) {
-                Ok(Inbound::Esp(e)) => e,
-                Ok(Inbound::Ike) => {
-                    self.stats.punt_packets += 1;
-                    return Verdict::Punt;
+            let mut checked = None;
+            let (esp, found) = match pre.take() {
+                Some(p) => {
+                    checked = p.checked;
+                    (p.esp, Some(p.h))
                 }
-                Ok(Inbound::Keepalive) => {
-                    self.stats.keepalives += 1;
-                    return Verdict::Consumed;
-                }
-                Ok(Inbound::Plain) if depth > 0 => return Verdict::Forward,
-                Ok(Inbound::Plain) => return self.plaintext(pkt),
-                Err(r) => return self.drop(r),
+                None => match self.classify(pkt) {
+                    Ok(Inbound::Esp(e)) => (e, None),
+                    Ok(Inbound::Ike) => {
+                        self.stats.punt_packets += 1;
+                        return Verdict::Punt;
+                    }
+                    Ok(Inbound::Keepalive) => {
+                        self.stats.keepalives += 1;
+                        return Verdict::Consumed;
+                    }
+                    Ok(Inbound::Plain) if depth > 0 => return Verdict::Forward,
+                    Ok(Inbound::Plain) => return self.plaintext(pkt),
+                    Err(r) => return self.drop(r),
+                },
             };
             if depth == MAX_BUNDLE {
                 return self.drop(DropReason::BundleTooDeep);
             }
             let spi = esp.spi(pkt.data());
-            let Some((h, sa)) = self.sad.lookup_inbound_mut(spi, esp.v6, esp.dst) else {
+            let sa = match found {
+                Some(h) => self.sad.get_mut(h).map(|sa| (h, sa)),
+                None => self.sad.lookup_inbound_mut(spi, esp.v6, esp.dst),
+            };
+            let Some((h, sa)) = sa else {
                 // Only before the first decapsulation: the packet is still as received.
                 if depth == 0
                     && let Some(&w) = self.shards.as_ref().and_then(|s| s.inbound.get(&spi))
@@ -763,7 +733,7 @@ impl Engine {
                 }
                 return self.drop(DropReason::NoSa);
             };
-            match esp::decap(sa, h, pkt, &esp, now, &mut self.events, checked.take()) {
+            match esp::decap(sa, h, pkt, &esp, now, &mut self.events, checked) {
                 Ok(bytes) => {
                     self.stats.decap_packets += 1;
                     self.stats.decap_bytes += bytes as u64;

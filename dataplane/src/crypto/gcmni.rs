@@ -48,9 +48,11 @@ use core::arch::x86_64::{
     __m128i, __m256i, _mm_add_epi32, _mm_aesenc_si128, _mm_aesenclast_si128, _mm_clmulepi64_si128,
     _mm_loadu_si128, _mm_set_epi8, _mm_set_epi32, _mm_set_epi64x, _mm_setzero_si128,
     _mm_shuffle_epi8, _mm_shuffle_epi32, _mm_slli_si128, _mm_srli_si128, _mm_storeu_si128,
-    _mm_xor_si128, _mm256_aesenc_epi128, _mm256_aesenclast_epi128, _mm256_broadcastsi128_si256,
-    _mm256_castsi256_si128, _mm256_clmulepi64_epi128, _mm256_extracti128_si256, _mm256_set_m128i,
-    _mm256_setzero_si256, _mm256_shuffle_epi32, _mm256_xor_si256,
+    _mm_xor_si128, _mm256_add_epi32, _mm256_aesenc_epi128, _mm256_aesenclast_epi128,
+    _mm256_broadcastsi128_si256, _mm256_castsi256_si128, _mm256_clmulepi64_epi128,
+    _mm256_extracti128_si256, _mm256_loadu_si256, _mm256_set_epi32, _mm256_set_m128i,
+    _mm256_setzero_si256, _mm256_shuffle_epi8, _mm256_shuffle_epi32, _mm256_storeu_si256,
+    _mm256_xor_si256,
 };
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -59,8 +61,12 @@ const BLOCK: usize = 16;
 pub const STEP: usize = 8;
 /// AAD blocks that ride in the first step; a longer AAD is hashed on its own first.
 const MAX_PREFIX: usize = 2;
-/// Powers of H kept: the largest GHASH group is the AAD prefix, a step and the length block.
-const POWERS: usize = MAX_PREFIX + STEP + 1;
+/// Data blocks per step of the wide kernel's pipelined loop ([`big_steps_wide`]).
+const BIG_STEP: usize = 16;
+/// Powers of H kept: the largest GHASH group is the AAD prefix, a step and the length block
+/// (11), or a big step (16).
+const POWERS: usize = BIG_STEP;
+const _: () = assert!(MAX_PREFIX + STEP < POWERS);
 
 /// Whether this CPU can run these kernels.
 pub fn available() -> bool {
@@ -227,6 +233,17 @@ fn bswap_mask() -> __m128i {
 /// Overwrite an array of vector registers' stack copies (they held round keys).
 trait ZeroizeSimd {
     fn zeroize_simd(&mut self);
+}
+
+impl<const N: usize> ZeroizeSimd for [__m256i; N] {
+    #[inline(always)]
+    fn zeroize_simd(&mut self) {
+        for v in self.iter_mut() {
+            // SAFETY: an all-zero bit pattern is a valid __m256i; no instruction is needed.
+            *v = unsafe { core::mem::zeroed() };
+        }
+        core::hint::black_box(&*self);
+    }
 }
 
 impl<const N: usize> ZeroizeSimd for [__m128i; N] {
@@ -434,7 +451,7 @@ fn counter(ctr_rev: __m128i, i: u32) -> __m128i {
 /// registers only, `wide` with the whole steps on 256-bit VAES and VPCLMULQDQ (two blocks
 /// per instruction). `$aes8` and `$ghash8` are the whole-step functions of the variant.
 macro_rules! kernels {
-    ($name:ident, $features:literal, $aes8:ident, $ghash8:ident) => {
+    ($name:ident, $features:literal, $aes8:ident, $ghash8:ident, $big:ident) => {
         mod $name {
             use super::*;
 
@@ -478,7 +495,7 @@ macro_rules! kernels {
                 let bswap = bswap_mask();
                 let (j0, ctr) = j0(nonce);
                 let mut s = _mm_setzero_si128();
-                let mut group = [_mm_setzero_si128(); POWERS];
+                let mut group = [_mm_setzero_si128(); MAX_PREFIX + STEP + 1];
                 let mut n = 0;
                 if aad.len() > MAX_PREFIX * BLOCK {
                     for chunk in aad.chunks(STEP * BLOCK) {
@@ -498,8 +515,14 @@ macro_rules! kernels {
                     (aad.len() as u64 * 8) as i64,
                     (data.len() as u64 * 8) as i64,
                 );
+                // whole big steps first where the variant has them (the AAD hashed ahead)
+                let (mut s, done) = $big::<NR, DECRYPT>(k, ctr, s, &group[..n], data);
+                let data = &mut data[done..];
+                let mut next = 1u32.wrapping_add((done / BLOCK) as u32);
+                if done > 0 {
+                    n = 0;
+                }
                 let (steps, rest) = data.as_chunks_mut::<{ STEP * BLOCK }>();
-                let mut next = 1u32;
                 let mut ej0 = None;
                 for st in steps.iter_mut() {
                     // whole steps: 8 counter blocks (9 with J0 in the first), straight-line
@@ -586,13 +609,160 @@ macro_rules! kernels {
     };
 }
 
-kernels!(narrow, "aes,pclmulqdq,avx", aes8_narrow, ghash8_narrow);
+kernels!(
+    narrow,
+    "aes,pclmulqdq,avx",
+    aes8_narrow,
+    ghash8_narrow,
+    no_big_steps
+);
 kernels!(
     wide,
     "aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq",
     aes8_wide,
-    ghash8_wide
+    ghash8_wide,
+    big_steps_wide
 );
+
+/// The narrow kernels have no big steps: nothing done.
+#[target_feature(enable = "aes,pclmulqdq,avx")]
+#[inline]
+fn no_big_steps<const NR: usize, const DECRYPT: bool>(
+    _k: &GcmKey,
+    _ctr: __m128i,
+    s: __m128i,
+    _aad: &[__m128i],
+    _data: &mut [u8],
+) -> (__m128i, usize) {
+    (s, 0)
+}
+
+#[inline(always)]
+fn load256(b: &[u8; 32]) -> __m256i {
+    // SAFETY: an unaligned 32-byte load from a 32-byte array; reached only from functions
+    // compiled with AVX (the wide kernels).
+    unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+}
+
+#[inline(always)]
+fn store256(b: &mut [u8; 32], v: __m256i) {
+    // SAFETY: an unaligned 32-byte store to a 32-byte array; AVX as for `load256`.
+    unsafe { _mm256_storeu_si256(b.as_mut_ptr().cast(), v) }
+}
+
+/// The whole [`BIG_STEP`]-block (256-byte) steps at the start of `data`, software-pipelined
+/// on VAES and VPCLMULQDQ: while the AES rounds of a step's 16 counter blocks run (8
+/// independent 256-bit chains, enough to keep both AES units busy through their latency),
+/// the 8 GHASH products of the previous step's ciphertext are issued between the rounds, one
+/// per round. Left alone, the out-of-order core cannot find that overlap: the waiting AES
+/// chains of one step fill the vector scheduler before the next step's work is in view.
+/// `aad`: byte-reversed AAD blocks not yet hashed (hashed first, when there is a big step).
+/// Returns the GHASH state and the bytes done (a multiple of 256; 0 if `data` is shorter).
+#[target_feature(enable = "aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
+#[inline]
+fn big_steps_wide<const NR: usize, const DECRYPT: bool>(
+    k: &GcmKey,
+    ctr: __m128i,
+    mut s: __m128i,
+    aad: &[__m128i],
+    data: &mut [u8],
+) -> (__m128i, usize) {
+    let (steps, _) = data.as_chunks_mut::<{ BIG_STEP * BLOCK }>();
+    if steps.is_empty() {
+        return (s, 0);
+    }
+    if !aad.is_empty() {
+        s = ghash_group(k, s, aad);
+    }
+    let bswap = _mm256_broadcastsi128_si256(bswap_mask());
+    let ctr = _mm256_broadcastsi128_si256(ctr);
+    // pair j of a step (blocks 2j, 2j+1) takes (H^(16-2j), H^(15-2j)) = (h[15-2j], h[14-2j])
+    let hp = |j: usize| _mm256_set_m128i(load(&k.h[14 - 2 * j]), load(&k.h[15 - 2 * j]));
+    let hkp = |j: usize| _mm256_set_m128i(load(&k.hk[14 - 2 * j]), load(&k.hk[15 - 2 * j]));
+    // the previous step's ciphertext, byte-reversed, by pairs
+    let mut pend = [_mm256_setzero_si256(); BIG_STEP / 2];
+    let mut pending = false;
+    let mut next = 1i32;
+    let mut x = [_mm256_setzero_si256(); BIG_STEP / 2];
+    let (mut lo, mut mid, mut hi) = (
+        _mm256_setzero_si256(),
+        _mm256_setzero_si256(),
+        _mm256_setzero_si256(),
+    );
+    // one GHASH product: pair j of `pend` into the sums
+    let product = |j: usize, p: __m256i, lo: &mut __m256i, mid: &mut __m256i, hi: &mut __m256i| {
+        let h = hp(j);
+        *lo = _mm256_xor_si256(*lo, _mm256_clmulepi64_epi128::<0x00>(p, h));
+        *hi = _mm256_xor_si256(*hi, _mm256_clmulepi64_epi128::<0x11>(p, h));
+        let pf = _mm256_xor_si256(p, _mm256_shuffle_epi32::<0x4e>(p));
+        *mid = _mm256_xor_si256(*mid, _mm256_clmulepi64_epi128::<0x00>(pf, hkp(j)));
+    };
+    let fold = |v: __m256i| xor(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    for st in steps.iter_mut() {
+        // counter blocks next … next+15 (inc32 of J0), two per register
+        for (i, v) in x.iter_mut().enumerate() {
+            let c = next.wrapping_add(2 * i as i32);
+            let add = _mm256_set_epi32(0, 0, 0, c.wrapping_add(1), 0, 0, 0, c);
+            *v = _mm256_shuffle_epi8(_mm256_add_epi32(ctr, add), bswap);
+        }
+        next = next.wrapping_add(BIG_STEP as i32);
+        let k0 = _mm256_broadcastsi128_si256(load(&k.rk[0]));
+        for v in x.iter_mut() {
+            *v = _mm256_xor_si256(*v, k0);
+        }
+        if pending {
+            // the state enters with the step's first block
+            pend[0] = _mm256_xor_si256(pend[0], _mm256_set_m128i(_mm_setzero_si128(), s));
+        }
+        for (r, rk) in k.rk[1..NR].iter().enumerate() {
+            let kr = _mm256_broadcastsi128_si256(load(rk));
+            for v in x.iter_mut() {
+                *v = _mm256_aesenc_epi128(*v, kr);
+            }
+            if pending && r < BIG_STEP / 2 {
+                product(r, pend[r], &mut lo, &mut mid, &mut hi);
+            }
+        }
+        let kl = _mm256_broadcastsi128_si256(load(&k.rk[NR]));
+        for v in x.iter_mut() {
+            *v = _mm256_aesenclast_epi128(*v, kl);
+        }
+        if pending {
+            let acc = Acc {
+                lo: fold(lo),
+                mid: fold(mid),
+                hi: fold(hi),
+            };
+            s = acc.reduce();
+            (lo, mid, hi) = (
+                _mm256_setzero_si256(),
+                _mm256_setzero_si256(),
+                _mm256_setzero_si256(),
+            );
+        }
+        let (pairs, _) = st.as_chunks_mut::<32>();
+        for ((b, ks), p) in pairs.iter_mut().zip(&x).zip(pend.iter_mut()) {
+            let input = load256(b);
+            let output = _mm256_xor_si256(input, *ks);
+            store256(b, output);
+            *p = _mm256_shuffle_epi8(if DECRYPT { input } else { output }, bswap);
+        }
+        pending = true;
+    }
+    // the last step's GHASH
+    pend[0] = _mm256_xor_si256(pend[0], _mm256_set_m128i(_mm_setzero_si128(), s));
+    for (j, p) in pend.iter().enumerate() {
+        product(j, *p, &mut lo, &mut mid, &mut hi);
+    }
+    let acc = Acc {
+        lo: fold(lo),
+        mid: fold(mid),
+        hi: fold(hi),
+    };
+    s = acc.reduce();
+    x.zeroize_simd();
+    (s, steps.len() * BIG_STEP * BLOCK)
+}
 
 /// A whole step's 8 blocks through AES, 128-bit registers.
 #[target_feature(enable = "aes,pclmulqdq,avx")]

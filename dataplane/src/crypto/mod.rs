@@ -24,7 +24,7 @@ pub mod gcmni;
 mod integ;
 #[cfg(target_arch = "x86_64")]
 pub mod shani;
-mod transform;
+pub(crate) mod transform;
 
 pub use alg::{AuthAlg, CryptoError, EncAlg};
 #[cfg(test)]

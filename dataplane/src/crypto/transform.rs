@@ -24,19 +24,14 @@ use crate::wire::esp::HEADER_LEN;
 pub const MAX_IV_LEN: usize = 16;
 /// Largest ICV any transform appends (HMAC-SHA-512-256).
 pub const MAX_ICV_LEN: usize = 32;
-/// Largest ESP packet whose AES-GCM seal a burst defers to the multi-packet kernel: below
-/// it the kernel's per-burst setup wins over ring's per-call cost; at 512 B they are even
-/// and above it ring's VAES code is faster (`cargo bench -p xsec-benches --bench gcm`).
-#[cfg(target_arch = "x86_64")]
-const GCM_BURST_MAX: usize = 400;
-
 enum Kind {
     /// AES-GCM or ChaCha20-Poly1305: encrypts the payload, authenticates header + payload.
     Aead {
         key: AeadKey,
         salt: [u8; 4],
-        /// Outbound AES-128/256-GCM on a CPU with AES-NI and PCLMULQDQ: the multi-packet
-        /// kernel's key, for small packets of a burst ([`Transform::defer_seal`]).
+        /// AES-128/256-GCM on a CPU with AES-NI and PCLMULQDQ: the key of the `gcmni`
+        /// kernels, which seal and open every packet in place of ring (faster at every size,
+        /// even one packet per call: `cargo bench -p xsec-benches --bench gcm`).
         #[cfg(target_arch = "x86_64")]
         ni: Option<Box<super::gcmni::GcmKey>>,
     },
@@ -135,7 +130,7 @@ impl Transform {
                 key: AeadKey::new(enc, key).ok_or_else(broken)?,
                 salt: salt4,
                 #[cfg(target_arch = "x86_64")]
-                ni: (outbound && matches!(enc, EncAlg::AesGcm128 | EncAlg::AesGcm256))
+                ni: matches!(enc, EncAlg::AesGcm128 | EncAlg::AesGcm256)
                     .then(|| super::gcmni::GcmKey::new(key).map(Box::new))
                     .flatten(),
             },
@@ -248,9 +243,23 @@ impl Transform {
                 hdr[8..].copy_from_slice(&iv);
                 let (aad, n) = aead_aad(spi, seq, esn);
                 let (body, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
-                let t = key
-                    .seal(nonce(*salt, &iv), &aad[..n], body)
-                    .map_err(|_| DropReason::TooBig)?;
+                let t = match self.gcm_ni_key() {
+                    // faster than ring at every size, even for one packet (`--bench gcm`)
+                    #[cfg(target_arch = "x86_64")]
+                    Some((k, _)) => {
+                        let mut job = [super::gcmni::GcmJob {
+                            nonce: nonce(*salt, &iv),
+                            aad: &aad[..n],
+                            data: body,
+                            tag: [0; TAG_LEN],
+                        }];
+                        super::gcmni::seal_many(k, &mut job);
+                        job[0].tag
+                    }
+                    _ => key
+                        .seal(nonce(*salt, &iv), &aad[..n], body)
+                        .map_err(|_| DropReason::TooBig)?,
+                };
                 if let Some(tag) = tag.first_chunk_mut::<TAG_LEN>() {
                     *tag = t;
                 }
@@ -338,25 +347,25 @@ impl Transform {
             pkt[HEADER_LEN..HEADER_LEN + 16].copy_from_slice(&ivb);
             return true;
         }
-        #[cfg(target_arch = "x86_64")]
-        if let Kind::Aead { ni: Some(_), .. } = &self.kind {
-            // small packets only: see GCM_BURST_MAX
-            let Some(pkt) = buf.get_mut(esp..esp + len) else {
-                return false;
-            };
-            if !(HEADER_LEN + 8 + TAG_LEN..=GCM_BURST_MAX).contains(&len) {
-                return false;
-            }
-            pkt[HEADER_LEN..HEADER_LEN + 8].copy_from_slice(&(seq ^ self.iv_mask).to_be_bytes());
-            return true;
-        }
         let _ = (buf, esp, len, seq);
         false
     }
 
-    /// The multi-packet kernel's key and the salt of an AES-GCM transform that defers
-    /// sealing: the caller encrypts `[esp + 16, esp + len - 16)` with nonce salt ‖ IV field
-    /// and AAD SPI ‖ (seq_hi ‖) seq_lo, and writes the tag into the ICV field.
+    /// The same transform without the CPU-specific kernels (ring and RustCrypto only): the
+    /// fallback, for tests on a CPU that has the kernels.
+    #[cfg(test)]
+    pub(crate) fn portable(mut self) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        match &mut self.kind {
+            Kind::Aead { ni, .. } => *ni = None,
+            Kind::Cbc { ni, .. } => *ni = None,
+            _ => {}
+        }
+        self
+    }
+
+    /// The `gcmni` kernels' key and the salt of an AES-GCM transform, where the CPU runs
+    /// them.
     #[cfg(target_arch = "x86_64")]
     #[inline]
     pub(crate) fn gcm_ni_key(&self) -> Option<(&super::gcmni::GcmKey, [u8; 4])> {
@@ -522,6 +531,23 @@ impl Transform {
                     return Err(DropReason::BadLength);
                 };
                 let (aad, an) = aead_aad(spi, seq, seq_hi.is_some());
+                #[cfg(target_arch = "x86_64")]
+                if let Some((k, _)) = self.gcm_ni_key() {
+                    let (body, tag) = ct_tag.split_at_mut(ct_tag.len() - TAG_LEN);
+                    let mut job = [super::gcmni::GcmJob {
+                        nonce: nonce(*salt, iv),
+                        aad: &aad[..an],
+                        data: body,
+                        tag: tag.try_into().map_err(|_| DropReason::BadLength)?,
+                    }];
+                    let mut ok = [false];
+                    super::gcmni::open_many(k, &mut job, &mut ok);
+                    return if ok[0] {
+                        Ok(())
+                    } else {
+                        Err(DropReason::IcvFailed)
+                    };
+                }
                 return key
                     .open(nonce(*salt, iv), &aad[..an], ct_tag)
                     .map_err(|_| DropReason::IcvFailed);
