@@ -1,11 +1,13 @@
-//! AES-GCM (128- and 256-bit keys) for a whole burst of ESP packets, on AES-NI and PCLMULQDQ
-//! (issue 5: not yet used by the engine).
+//! AES-GCM (128- and 256-bit keys) on AES-NI and PCLMULQDQ, in place of ring for every
+//! AES-128/256-GCM SA where the CPU has them.
 //!
-//! ring's AES-GCM costs ~220 TSC cycles for a 64-byte packet, most of it fixed per-call work
-//! (key and table set-up, argument checks, the tail of the GHASH pipeline). Here that work is
-//! paid once per burst: [`seal_many`] / [`open_many`] take every packet of a burst under one
-//! key, the round keys and powers of H are in the [`GcmKey`] (built once per SA), and every
-//! packet goes through one straight-line kernel (ESP's 12-byte nonce only, RFC 4106 §4):
+//! ring's AES-GCM costs ~200 TSC cycles for a 64-byte packet, most of it fixed per-call work
+//! (key and table set-up, argument checks, the tail of the GHASH pipeline). Here the round
+//! keys and powers of H are in the [`GcmKey`] (built once per SA), and every packet goes
+//! through one straight-line kernel (ESP's 12-byte nonce only, RFC 4106 §4). [`seal_many`] /
+//! [`open_many`] take several packets under one key per call; the engine calls them with one
+//! packet at a time, which measured faster than laying a burst out first and sealing it
+//! together (the second pass over the packets cost more than the per-call set-up it saves).
 //!
 //! * CTR: the data counter blocks (inc32 of J0 = nonce ‖ 1, NIST SP 800-38D §7.1) are
 //!   encrypted [`STEP`] (8) at a time, E(J0) for the tag riding along with the first step, so
@@ -18,17 +20,19 @@
 //! * The arithmetic is done in the POLYVAL domain of RFC 8452 Appendix A: byte-reversed
 //!   blocks, key mulX_POLYVAL(ByteReverse(H)), where a product is reduced with two
 //!   PCLMULQDQ by 0xc2000000_00000000 (a Montgomery reduction; no bit shifts).
-//! * Independent work of one step (AES of step k+1, GHASH of step k) and of consecutive
-//!   packets has no data dependence, so the out-of-order core overlaps them: the stitching
-//!   is done by the scheduler rather than by hand-interleaved instructions.
 //! * Two compilations of the same kernels: `narrow` (AES-NI, PCLMULQDQ, 128-bit registers)
 //!   and `wide`, where a whole step's 8 blocks go through VAES and VPCLMULQDQ on 256-bit
 //!   registers, two blocks per instruction ([`GcmKey::new`] picks `wide` when AVX2, VAES and
-//!   VPCLMULQDQ are present). Measured on this EPYC (`benches/benches/gcm.rs`, TSC cycles
-//!   per packet, bursts of 32, AES-128, same run): 1420 B seal 830 wide / 951 narrow, open
-//!   731 / 911; 512 B seal 320 / 361; 64 B (no whole step) 89 either way. GHASH, not AES,
-//!   limited the narrow kernel (removing most PCLMULQDQs in an experiment cut the large-packet
-//!   time far more than AES-256's extra rounds cost), hence two blocks per VPCLMULQDQ.
+//!   VPCLMULQDQ are present).
+//! * `wide` runs the whole 256-byte stretches of a packet through [`big_steps_wide`]: 16
+//!   counter blocks per step in 8 independent 256-bit AES chains, with the GHASH products of
+//!   the previous step's ciphertext issued between the AES rounds (software pipelining).
+//!   Written as plain step-after-step code, the out-of-order core did not overlap one step's
+//!   GHASH with the next step's AES (the waiting AES chains fill the vector scheduler), and
+//!   each 8-block step cost AES latency plus GHASH latency. Measured on this EPYC
+//!   (`cargo bench -p xsec-benches --bench gcm`, AES-128 seal, TSC cycles per packet, one
+//!   packet per call / 32 per call / ring): 64 B 110 / 81 / 205, 512 B 251 / 222 / 324,
+//!   1420 B 570 / 541 / 635; before the pipelined step, 1420 B took 826 / 795.
 //!   512-bit registers were not tried.
 //! * Opening hashes the ciphertext while it decrypts it, in the same pass; a packet whose
 //!   tag does not verify is re-encrypted with the same key stream before returning, so a
