@@ -24,7 +24,7 @@
 //!   and `wide`, where a whole step's 8 blocks go through VAES and VPCLMULQDQ on 256-bit
 //!   registers, two blocks per instruction ([`GcmKey::new`] picks `wide` when AVX2, VAES and
 //!   VPCLMULQDQ are present).
-//! * `wide` runs the whole 256-byte stretches of a packet through [`big_steps_wide`]: 16
+//! * `wide` runs the whole 256-byte stretches of a packet through `big_steps_wide`: 16
 //!   counter blocks per step in 8 independent 256-bit AES chains, with the GHASH products of
 //!   the previous step's ciphertext issued between the AES rounds (software pipelining).
 //!   Written as plain step-after-step code, the out-of-order core did not overlap one step's
