@@ -302,74 +302,41 @@ fn hmac_kernels_match_ring_over_a_million_cases() {
             (ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, 20)
         };
         let mut outs = [[0u8; 32]; 4];
+        // the same calls for either key type
+        macro_rules! sign {
+            ($K:ty) => {{
+                let ks: Vec<$K> = keys.iter().map(|k| <$K>::new(k).expect("key")).collect();
+                match n {
+                    4 => {
+                        let [o0, o1, o2, o3] = &mut outs;
+                        <$K>::mac4(
+                            [&ks[0], &ks[1], &ks[2], &ks[3]],
+                            [&data[0], &data[1], &data[2], &data[3]],
+                            [his[0], his[1], his[2], his[3]],
+                            [o0, o1, o2, o3],
+                        );
+                    }
+                    2 => {
+                        let [o0, o1, ..] = &mut outs;
+                        <$K>::mac2(
+                            [&ks[0], &ks[1]],
+                            [&data[0], &data[1]],
+                            [his[0], his[1]],
+                            [o0, o1],
+                        );
+                    }
+                    _ => {
+                        for k in 0..n {
+                            ks[k].mac(&data[k], his[k], &mut outs[k]);
+                        }
+                    }
+                }
+            }};
+        }
         if sha256 {
-            let ks: Vec<_> = keys
-                .iter()
-                .map(|k| shani::HmacSha256Key::new(k).expect("key"))
-                .collect();
-            match n {
-                4 => {
-                    let [o0, o1, o2, o3] = &mut outs[..] else {
-                        unreachable!()
-                    };
-                    shani::HmacSha256Key::mac4(
-                        [&ks[0], &ks[1], &ks[2], &ks[3]],
-                        [&data[0], &data[1], &data[2], &data[3]],
-                        [his[0], his[1], his[2], his[3]],
-                        [o0, o1, o2, o3],
-                    );
-                }
-                2 => {
-                    let [o0, o1, ..] = &mut outs[..] else {
-                        unreachable!()
-                    };
-                    shani::HmacSha256Key::mac2(
-                        [&ks[0], &ks[1]],
-                        [&data[0], &data[1]],
-                        [his[0], his[1]],
-                        [o0, o1],
-                    );
-                }
-                _ => {
-                    for k in 0..n {
-                        ks[k].mac(&data[k], his[k], &mut outs[k]);
-                    }
-                }
-            }
+            sign!(shani::HmacSha256Key);
         } else {
-            let ks: Vec<_> = keys
-                .iter()
-                .map(|k| shani::HmacSha1Key::new(k).expect("key"))
-                .collect();
-            match n {
-                4 => {
-                    let [o0, o1, o2, o3] = &mut outs[..] else {
-                        unreachable!()
-                    };
-                    shani::HmacSha1Key::mac4(
-                        [&ks[0], &ks[1], &ks[2], &ks[3]],
-                        [&data[0], &data[1], &data[2], &data[3]],
-                        [his[0], his[1], his[2], his[3]],
-                        [o0, o1, o2, o3],
-                    );
-                }
-                2 => {
-                    let [o0, o1, ..] = &mut outs[..] else {
-                        unreachable!()
-                    };
-                    shani::HmacSha1Key::mac2(
-                        [&ks[0], &ks[1]],
-                        [&data[0], &data[1]],
-                        [his[0], his[1]],
-                        [o0, o1],
-                    );
-                }
-                _ => {
-                    for k in 0..n {
-                        ks[k].mac(&data[k], his[k], &mut outs[k]);
-                    }
-                }
-            }
+            sign!(shani::HmacSha1Key);
         }
         for k in 0..n {
             let want = ring_mac(alg, &keys[k], &data[k], his[k]);
