@@ -774,7 +774,7 @@ impl Engine {
     }
 
     /// Find ESP in an inbound packet. Trims link-layer padding beyond the IP length.
-    #[inline]
+    #[inline(always)]
     fn classify<B: AsRef<[u8]> + AsMut<[u8]>>(
         &self,
         pkt: &mut PacketBuf<B>,

@@ -92,6 +92,8 @@ fn gcm_kernels_match_ring_over_a_million_cases() {
         if rng.below(4) == 0 {
             gk = gk.narrow();
         }
+        // the burst entry points or the one-packet ones (what the engine calls)
+        let one = rng.below(2) == 0;
         let nonces: Vec<[u8; 12]> = (0..n)
             .map(|_| {
                 let mut x = [0u8; 12];
@@ -123,7 +125,13 @@ fn gcm_kernels_match_ring_over_a_million_cases() {
                 tag: [0; 16],
             })
             .collect();
-        gcmni::seal_many(&gk, &mut jobs);
+        if one {
+            for j in jobs.iter_mut() {
+                gcmni::seal_one(&gk, &j.nonce, j.aad, j.data, &mut j.tag);
+            }
+        } else {
+            gcmni::seal_many(&gk, &mut jobs);
+        }
         let tags: Vec<[u8; 16]> = jobs.iter().map(|j| j.tag).collect();
         drop(jobs);
         for k in 0..n {
@@ -166,7 +174,16 @@ fn gcm_kernels_match_ring_over_a_million_cases() {
         }
         let tampered = jobs[bad].data.to_vec();
         let mut ok = vec![false; n];
-        let good = gcmni::open_many(&gk, &mut jobs, &mut ok);
+        let good = if one {
+            let mut good = 0;
+            for (j, ok) in jobs.iter_mut().zip(ok.iter_mut()) {
+                *ok = gcmni::open_one(&gk, &j.nonce, j.aad, j.data, &j.tag);
+                good += usize::from(*ok);
+            }
+            good
+        } else {
+            gcmni::open_many(&gk, &mut jobs, &mut ok)
+        };
         drop(jobs);
         assert_eq!(good, n - 1);
         for k in 0..n {

@@ -49,14 +49,14 @@
 #![allow(unsafe_code)]
 
 use core::arch::x86_64::{
-    __m128i, __m256i, _mm_add_epi32, _mm_aesenc_si128, _mm_aesenclast_si128, _mm_clmulepi64_si128,
-    _mm_loadu_si128, _mm_set_epi8, _mm_set_epi32, _mm_set_epi64x, _mm_setzero_si128,
-    _mm_shuffle_epi8, _mm_shuffle_epi32, _mm_slli_si128, _mm_srli_si128, _mm_storeu_si128,
-    _mm_xor_si128, _mm256_add_epi32, _mm256_aesenc_epi128, _mm256_aesenclast_epi128,
-    _mm256_broadcastsi128_si256, _mm256_castsi256_si128, _mm256_clmulepi64_epi128,
-    _mm256_extracti128_si256, _mm256_loadu_si256, _mm256_set_epi32, _mm256_set_m128i,
-    _mm256_setzero_si256, _mm256_shuffle_epi8, _mm256_shuffle_epi32, _mm256_storeu_si256,
-    _mm256_xor_si256,
+    __m128i, __m256i, _mm_add_epi32, _mm_aesenc_si128, _mm_aesenclast_si128, _mm_and_si128,
+    _mm_clmulepi64_si128, _mm_cmpgt_epi8, _mm_loadu_si128, _mm_set_epi8, _mm_set_epi32,
+    _mm_set_epi64x, _mm_set1_epi8, _mm_setzero_si128, _mm_shuffle_epi8, _mm_shuffle_epi32,
+    _mm_slli_si128, _mm_srli_si128, _mm_storeu_si128, _mm_testz_si128, _mm_xor_si128,
+    _mm256_add_epi32, _mm256_aesenc_epi128, _mm256_aesenclast_epi128, _mm256_broadcastsi128_si256,
+    _mm256_castsi256_si128, _mm256_clmulepi64_epi128, _mm256_extracti128_si256, _mm256_loadu_si256,
+    _mm256_set_epi32, _mm256_set_m128i, _mm256_setzero_si256, _mm256_shuffle_epi8,
+    _mm256_shuffle_epi32, _mm256_storeu_si256, _mm256_xor_si256,
 };
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -175,6 +175,40 @@ pub fn seal_many(key: &GcmKey, jobs: &mut [GcmJob<'_>]) {
     }
 }
 
+/// One packet: encrypt `data` in place and write its tag to `tag` (straight from the
+/// register: no job record to copy the tag out of).
+pub fn seal_one(key: &GcmKey, nonce: &[u8; 12], aad: &[u8], data: &mut [u8], tag: &mut [u8; 16]) {
+    // SAFETY: as in `seal_many`.
+    unsafe {
+        match (key.wide, key.rounds) {
+            (true, 10) => wide::seal_one::<10>(key, nonce, aad, data, tag),
+            (true, _) => wide::seal_one::<14>(key, nonce, aad, data, tag),
+            (false, 10) => narrow::seal_one::<10>(key, nonce, aad, data, tag),
+            (false, _) => narrow::seal_one::<14>(key, nonce, aad, data, tag),
+        }
+    }
+}
+
+/// One packet: verify `tag` (constant time) and decrypt `data` in place if it is good;
+/// if not, `data` stays as received and the result is false.
+pub fn open_one(
+    key: &GcmKey,
+    nonce: &[u8; 12],
+    aad: &[u8],
+    data: &mut [u8],
+    tag: &[u8; 16],
+) -> bool {
+    // SAFETY: as in `seal_many`.
+    unsafe {
+        match (key.wide, key.rounds) {
+            (true, 10) => wide::open_one::<10>(key, nonce, aad, data, tag),
+            (true, _) => wide::open_one::<14>(key, nonce, aad, data, tag),
+            (false, 10) => narrow::open_one::<10>(key, nonce, aad, data, tag),
+            (false, _) => narrow::open_one::<14>(key, nonce, aad, data, tag),
+        }
+    }
+}
+
 /// Verify every job's `tag` (constant time) and decrypt, in place, the jobs whose tag is
 /// good: `ok[i]` says whether job `i` verified and was decrypted. A job that fails keeps
 /// its data exactly as received. Jobs beyond `ok.len()` are left untouched (and count as
@@ -205,17 +239,53 @@ fn store(b: &mut [u8; 16], v: __m128i) {
 }
 
 /// Load up to 16 bytes, zero-padded (GCM pads the last partial block with zeros).
+///
+/// Built from (overlapping) scalar loads, not by copying into a zeroed stack block and
+/// loading that: the copy's narrow stores followed by a 16-byte load of the same bytes
+/// cannot be store-forwarded and stall for the whole store-buffer drain (measured: a third
+/// of a 64-byte packet's seal). The length is public (it is the packet's).
 #[inline(always)]
 fn load_partial(b: &[u8]) -> __m128i {
-    match <&[u8; 16]>::try_from(b) {
-        Ok(full) => load(full),
-        Err(_) => {
-            let mut t = [0u8; 16];
-            let n = b.len().min(BLOCK);
-            t[..n].copy_from_slice(&b[..n]);
-            load(&t)
-        }
-    }
+    let n = b.len().min(BLOCK);
+    let b = &b[..n];
+    let le64 = |s: &[u8]| s.first_chunk::<8>().map_or(0, |c| u64::from_le_bytes(*c));
+    let le32 = |s: &[u8]| s.first_chunk::<4>().map_or(0, |c| u32::from_le_bytes(*c));
+    let (lo, hi) = if n >= 8 {
+        // bytes 8..n: the last eight bytes, shifted down past the ones that overlap 0..8
+        let hi = if n > 8 {
+            le64(&b[n - 8..]) >> ((16 - n) * 8)
+        } else {
+            0
+        };
+        (le64(b), hi)
+    } else if n >= 4 {
+        let top = u64::from(le32(&b[n - 4..])) >> ((8 - n) * 8);
+        (u64::from(le32(b)) | top << 32, 0)
+    } else {
+        let lo = b.iter().rev().fold(0u64, |acc, &x| acc << 8 | u64::from(x));
+        (lo, 0)
+    };
+    // SAFETY: SSE2 is part of x86_64.
+    unsafe { _mm_set_epi64x(hi as i64, lo as i64) }
+}
+
+/// Store the first `out.len()` (≤ 16) bytes of `v`: one 16-byte store to a local block,
+/// read back by narrower loads (which store-forwarding serves), then copied out.
+#[inline(always)]
+fn store_partial(out: &mut [u8], v: __m128i) {
+    let mut t = [0u8; 16];
+    store(&mut t, v);
+    let n = out.len().min(BLOCK);
+    out[..n].copy_from_slice(&t[..n]);
+    t.zeroize();
+}
+
+/// A mask keeping the first `n` (≤ 16) bytes of a block, computed in registers.
+#[target_feature(enable = "aes,pclmulqdq,avx")]
+#[inline]
+fn keep_first(n: usize) -> __m128i {
+    let idx = _mm_set_epi8(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    _mm_cmpgt_epi8(_mm_set1_epi8(n as i8), idx)
 }
 
 #[target_feature(enable = "aes,pclmulqdq,avx")]
@@ -422,11 +492,12 @@ fn ghash_group(k: &GcmKey, s: __m128i, blocks: &[__m128i]) -> __m128i {
 
 // ---------------------------------------------------------------- packets
 
-/// Constant-time equality of two tags: the differences are ORed, one test at the end.
-#[inline(always)]
-fn ct_eq(a: &[u8; 16], b: &[u8; 16]) -> bool {
-    let d = u128::from_ne_bytes(*a) ^ u128::from_ne_bytes(*b);
-    core::hint::black_box(d) == 0
+/// Constant-time equality of two tags: one XOR of the whole blocks, one test of the result.
+#[target_feature(enable = "aes,pclmulqdq,avx")]
+#[inline]
+fn ct_eq(a: __m128i, b: __m128i) -> bool {
+    let d = xor(a, b);
+    _mm_testz_si128(d, d) == 1
 }
 
 /// J0 = nonce ‖ 0x00000001 (NIST SP 800-38D §7.1, 96-bit IV), and the same block
@@ -462,8 +533,34 @@ macro_rules! kernels {
             #[target_feature(enable = $features)]
             pub(super) fn seal_jobs<const NR: usize>(k: &GcmKey, jobs: &mut [GcmJob<'_>]) {
                 for j in jobs {
-                    j.tag = crypt::<NR, false>(k, &j.nonce, j.aad, j.data);
+                    store(&mut j.tag, crypt::<NR, false>(k, &j.nonce, j.aad, j.data));
                 }
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) fn seal_one<const NR: usize>(
+                k: &GcmKey,
+                nonce: &[u8; 12],
+                aad: &[u8],
+                data: &mut [u8],
+                tag: &mut [u8; 16],
+            ) {
+                store(tag, crypt::<NR, false>(k, nonce, aad, data));
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) fn open_one<const NR: usize>(
+                k: &GcmKey,
+                nonce: &[u8; 12],
+                aad: &[u8],
+                data: &mut [u8],
+                tag: &[u8; 16],
+            ) -> bool {
+                let ok = ct_eq(crypt::<NR, true>(k, nonce, aad, data), load(tag));
+                if !ok {
+                    ctr_xor::<NR>(k, nonce, data);
+                }
+                ok
             }
 
             #[target_feature(enable = $features)]
@@ -475,7 +572,7 @@ macro_rules! kernels {
                 let mut good = 0;
                 for (j, ok) in jobs.iter_mut().zip(ok.iter_mut()) {
                     let tag = crypt::<NR, true>(k, &j.nonce, j.aad, j.data);
-                    *ok = ct_eq(&tag, &j.tag);
+                    *ok = ct_eq(tag, load(&j.tag));
                     if !*ok {
                         // give the ciphertext back: CTR with the same key stream is its own inverse
                         ctr_xor::<NR>(k, &j.nonce, j.data);
@@ -495,7 +592,7 @@ macro_rules! kernels {
                 nonce: &[u8; 12],
                 aad: &[u8],
                 data: &mut [u8],
-            ) -> [u8; 16] {
+            ) -> __m128i {
                 let bswap = bswap_mask();
                 let (j0, ctr) = j0(nonce);
                 let mut s = _mm_setzero_si128();
@@ -587,27 +684,17 @@ macro_rules! kernels {
                     n += 1;
                 }
                 if !tail.is_empty() {
-                    let mut t = [0u8; 16];
-                    t[..tail.len()].copy_from_slice(tail);
-                    let input = load(&t);
-                    let mut output = xor(input, ks[full.len()]);
-                    store(&mut t, output);
-                    tail.copy_from_slice(&t[..tail.len()]);
-                    if !DECRYPT {
-                        // the ciphertext is hashed zero-padded, not with the key stream's tail
-                        t[tail.len()..].fill(0);
-                        output = load(&t);
-                    }
+                    let input = load_partial(tail);
+                    // the ciphertext is hashed zero-padded, not with the key stream's tail
+                    let output = _mm_and_si128(xor(input, ks[full.len()]), keep_first(tail.len()));
+                    store_partial(tail, output);
                     group[n] = _mm_shuffle_epi8(if DECRYPT { input } else { output }, bswap);
                     n += 1;
-                    t.zeroize();
                 }
                 group[n] = lengths;
                 s = ghash_group(k, s, &group[..n + 1]);
                 ks.zeroize_simd();
-                let mut tag = [0u8; 16];
-                store(&mut tag, xor(_mm_shuffle_epi8(s, bswap), ej0));
-                tag
+                xor(_mm_shuffle_epi8(s, bswap), ej0)
             }
         }
     };
@@ -1224,6 +1311,36 @@ mod tests {
                 assert_eq!(open_many(&k, &mut jobs, &mut ok), 600);
                 drop(jobs);
                 assert_eq!(bufs, plain);
+            }
+        }
+    }
+
+    #[test]
+    fn partial_blocks_load_mask_and_store_every_length() {
+        if !available() {
+            return;
+        }
+        let src: Vec<u8> = (0..40u8).map(|i| i.wrapping_mul(37) ^ 0xa5).collect();
+        for off in 0..8 {
+            for n in 0..=16 {
+                let b = &src[off..off + n];
+                let mut want = [0u8; 16];
+                want[..n].copy_from_slice(b);
+                let mut got = [0u8; 16];
+                store(&mut got, load_partial(b));
+                assert_eq!(got, want, "load_partial, {n} bytes at {off}");
+                // SAFETY: `available()` checked AES-NI, PCLMULQDQ and AVX.
+                let masked = unsafe { _mm_and_si128(load(&[0xff; 16]), keep_first(n)) };
+                store(&mut got, masked);
+                let mask: Vec<u8> = (0..16).map(|i| if i < n { 0xff } else { 0 }).collect();
+                assert_eq!(got.to_vec(), mask, "keep_first({n})");
+                let mut out = [0x11u8; 17];
+                store_partial(&mut out[..n], load(&[0xee; 16]));
+                assert!(out[..n].iter().all(|&x| x == 0xee), "store_partial({n})");
+                assert!(
+                    out[n..].iter().all(|&x| x == 0x11),
+                    "store_partial({n}) wrote past"
+                );
             }
         }
     }
