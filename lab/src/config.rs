@@ -22,13 +22,44 @@ pub enum Alg {
     AesCbc128Sha1,
     /// AES-CBC-128 + HMAC-SHA256-128 (RFC 4868).
     AesCbc128Sha256,
+    /// AES-GCM-256, 16-byte ICV (RFC 4106): 32-byte key + 4-byte salt.
+    AesGcm256,
+    /// ChaCha20-Poly1305 (RFC 7634): 32-byte key + 4-byte salt.
+    Chacha20Poly1305,
 }
 
 impl Alg {
+    /// Every algorithm the lab configures.
+    pub const ALL: [Alg; 5] = [
+        Alg::AesGcm128,
+        Alg::AesGcm256,
+        Alg::AesCbc128Sha1,
+        Alg::AesCbc128Sha256,
+        Alg::Chacha20Poly1305,
+    ];
+
+    /// A short name (strongSwan's proposal keywords).
+    pub fn name(self) -> &'static str {
+        match self {
+            Alg::AesGcm128 => "aes128gcm16",
+            Alg::AesGcm256 => "aes256gcm16",
+            Alg::AesCbc128Sha1 => "aes128-sha1",
+            Alg::AesCbc128Sha256 => "aes128-sha256",
+            Alg::Chacha20Poly1305 => "chacha20poly1305",
+        }
+    }
+
+    /// The algorithm of a short name.
+    pub fn from_name(s: &str) -> Option<Alg> {
+        Alg::ALL.into_iter().find(|a| a.name() == s)
+    }
+
     /// `encryption` in the config (also esp_tool.py's `--enc`).
     pub fn encryption(self) -> &'static str {
         match self {
             Alg::AesGcm128 => "aes-gcm-128",
+            Alg::AesGcm256 => "aes-gcm-256",
+            Alg::Chacha20Poly1305 => "chacha20poly1305",
             Alg::AesCbc128Sha1 | Alg::AesCbc128Sha256 => "aes-cbc-128",
         }
     }
@@ -36,7 +67,7 @@ impl Alg {
     /// `integrity` in the config (also esp_tool.py's `--auth`), `None` for AEAD.
     pub fn integrity(self) -> Option<&'static str> {
         match self {
-            Alg::AesGcm128 => None,
+            Alg::AesGcm128 | Alg::AesGcm256 | Alg::Chacha20Poly1305 => None,
             Alg::AesCbc128Sha1 => Some("hmac-sha1-96"),
             Alg::AesCbc128Sha256 => Some("hmac-sha256-128"),
         }
@@ -46,13 +77,14 @@ impl Alg {
     pub fn enc_key_len(self) -> usize {
         match self {
             Alg::AesGcm128 => 20,
-            _ => 16,
+            Alg::AesGcm256 | Alg::Chacha20Poly1305 => 36,
+            Alg::AesCbc128Sha1 | Alg::AesCbc128Sha256 => 16,
         }
     }
 
     pub fn auth_key_len(self) -> usize {
         match self {
-            Alg::AesGcm128 => 0,
+            Alg::AesGcm128 | Alg::AesGcm256 | Alg::Chacha20Poly1305 => 0,
             Alg::AesCbc128Sha1 => 20,
             Alg::AesCbc128Sha256 => 32,
         }
@@ -61,7 +93,8 @@ impl Alg {
     /// The names in Wireshark 4.0's `esp_sa` table (encryption, authentication).
     pub fn wireshark(self) -> (&'static str, &'static str) {
         match self {
-            Alg::AesGcm128 => ("AES-GCM with 16 octet ICV [RFC4106]", "NULL"),
+            Alg::AesGcm128 | Alg::AesGcm256 => ("AES-GCM with 16 octet ICV [RFC4106]", "NULL"),
+            Alg::Chacha20Poly1305 => ("ChaCha20 with Poly1305 [RFC7634]", "NULL"),
             Alg::AesCbc128Sha1 => ("AES-CBC [RFC3602]", "HMAC-SHA-1-96 [RFC2404]"),
             Alg::AesCbc128Sha256 => ("AES-CBC [RFC3602]", "HMAC-SHA-256-128 [RFC4868]"),
         }
@@ -131,6 +164,8 @@ pub struct SaConf {
     pub encap: Encap,
     /// Heartbeat interval in seconds on UDP encapsulation (0 = off).
     pub keepalive: u32,
+    /// `replay_window` (inbound); `None`: xsecd's default.
+    pub replay_window: Option<u32>,
 }
 
 /// A policy's action.
@@ -193,6 +228,8 @@ pub struct GatewayConf {
     pub unprotected: String,
     pub protected: String,
     pub queues: Vec<u16>,
+    /// Worker `i`'s core (`cores` in the config); empty: not pinned.
+    pub cores: Vec<usize>,
     /// `skb` or `driver`.
     pub xdp_mode: String,
     /// `adaptive` (the lab's default: two cores are shared by everything) or `busy`.
@@ -214,6 +251,7 @@ impl Default for GatewayConf {
             unprotected: "wan0".to_owned(),
             protected: "lan0".to_owned(),
             queues: vec![0],
+            cores: vec![],
             xdp_mode: "skb".to_owned(),
             idle: "adaptive".to_owned(),
             inbound_default: "discard".to_owned(),
@@ -242,6 +280,10 @@ impl GatewayConf {
         let _ = writeln!(s, "unprotected = {}", q(&self.unprotected));
         let _ = writeln!(s, "protected = {}", q(&self.protected));
         let _ = writeln!(s, "queues = [{}]", queues.join(", "));
+        if !self.cores.is_empty() {
+            let cores: Vec<String> = self.cores.iter().map(usize::to_string).collect();
+            let _ = writeln!(s, "cores = [{}]", cores.join(", "));
+        }
         let _ = writeln!(s, "xdp_mode = {}", q(&self.xdp_mode));
         let _ = writeln!(s, "idle = {}", q(&self.idle));
         let _ = writeln!(s, "inbound_default = {}", q(&self.inbound_default));
@@ -278,6 +320,9 @@ impl GatewayConf {
             }
             if sa.encap != Encap::None {
                 let _ = writeln!(s, "keepalive = {}", sa.keepalive);
+            }
+            if let Some(w) = sa.replay_window {
+                let _ = writeln!(s, "replay_window = {w}");
             }
         }
         for p in &self.policies {
@@ -531,6 +576,7 @@ impl Pair {
                 auth_key_out: ao.to_vec(),
                 encap: opts.encap,
                 keepalive: opts.keepalive,
+                replay_window: None,
             };
             a.sas
                 .push(sa(ep_a, ep_b, spi_ba, spi_ab, &k_ba, &k_ab, &a_ba, &a_ab));

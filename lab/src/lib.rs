@@ -30,6 +30,7 @@
 
 pub mod bench;
 pub mod build;
+pub mod capacity;
 pub mod config;
 pub mod demo;
 pub mod fuzz;

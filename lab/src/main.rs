@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use xsec_lab::{bench, demo, tools};
+use xsec_lab::{bench, capacity, config, demo, tools};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -75,6 +75,43 @@ enum Cmd {
         json: Option<PathBuf>,
         /// Namespace prefix.
         #[arg(long, default_value = "xsec-bench")]
+        prefix: String,
+    },
+    /// A worker's own capacity, without the kernel's packet path: xsecd's replay backend
+    /// feeds it copies of pcap frames and drops what it sends (DPDK's net_pcap infinite_rx
+    /// -> net_null); encryption at gwA, then decryption of that ESP at gwB.
+    Capacity {
+        /// The xsecd executable.
+        #[arg(long)]
+        xsecd: PathBuf,
+        /// Length of each measurement (after a one-second warm-up).
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Inner IP packet sizes, comma-separated; `imix` is 7:4:1 of 64, 576, 1420.
+        #[arg(long, value_delimiter = ',', default_value = "64,512,1420,imix")]
+        sizes: Vec<String>,
+        /// Algorithms, comma-separated: aes128gcm16, aes256gcm16, aes128-sha1, aes128-sha256,
+        /// chacha20poly1305.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "aes128gcm16,aes256gcm16,aes128-sha256,chacha20poly1305"
+        )]
+        algs: Vec<String>,
+        /// Worker counts, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        workers: Vec<usize>,
+        /// UDP flows in the replayed traffic.
+        #[arg(long, default_value_t = 64)]
+        flows: usize,
+        /// Measurements per cell (the table gives medians).
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
+        /// Also write every trial and the medians as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Namespace prefix.
+        #[arg(long, default_value = "xsec-cap")]
         prefix: String,
     },
     /// Send UDP datagrams as fast as possible for a while; print one JSON line.
@@ -234,6 +271,68 @@ fn main() -> ExitCode {
             match bench::run(&o) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(_) => ExitCode::from(2),
+            }
+        }
+        Cmd::Capacity {
+            xsecd,
+            seconds,
+            sizes,
+            algs,
+            workers,
+            flows,
+            repeat,
+            json,
+            prefix,
+        } => {
+            let stop = match stop_flag() {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let mut parsed_sizes = vec![];
+            for s in &sizes {
+                match s.as_str() {
+                    "imix" => parsed_sizes.push(0),
+                    n => match n.parse() {
+                        Ok(n) => parsed_sizes.push(n),
+                        Err(_) => {
+                            eprintln!("xsec-lab capacity: --sizes {s}: a number or imix");
+                            return ExitCode::from(2);
+                        }
+                    },
+                }
+            }
+            let mut parsed_algs = vec![];
+            for a in &algs {
+                match config::Alg::from_name(a) {
+                    Some(a) => parsed_algs.push(a),
+                    None => {
+                        let names: Vec<&str> = config::Alg::ALL.iter().map(|a| a.name()).collect();
+                        eprintln!("xsec-lab capacity: --algs {a}: one of {}", names.join(", "));
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            let o = capacity::CapacityOptions {
+                xsecd,
+                seconds: seconds.max(0.5),
+                sizes: parsed_sizes,
+                algs: parsed_algs,
+                workers,
+                flows,
+                repeat: repeat.max(1),
+                json,
+                prefix,
+                stop,
+            };
+            match capacity::run(&o) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("xsec-lab capacity: {e}");
+                    ExitCode::from(2)
+                }
             }
         }
         Cmd::UdpFlood {

@@ -490,12 +490,24 @@ impl Lab {
         config_toml: &str,
         timeout: Duration,
     ) -> Result<Xsecd> {
+        self.start_xsecd_with(node, xsecd, config_toml, timeout, &[])
+    }
+
+    /// [`Lab::start_xsecd`] with more arguments (e.g. the replay backend's).
+    pub fn start_xsecd_with(
+        &self,
+        node: Node,
+        xsecd: &Path,
+        config_toml: &str,
+        timeout: Duration,
+        extra: &[&OsStr],
+    ) -> Result<Xsecd> {
         let tag = format!("xsecd-{}", node.suffix());
         let config = self.write_file(&format!("{tag}.toml"), config_toml)?;
         let stats_file = self.workdir.join(format!("{tag}.stats.json"));
         let _ = std::fs::remove_file(&stats_file);
         let control = self.workdir.join(format!("{tag}.sock"));
-        let args: Vec<&OsStr> = vec![
+        let mut args: Vec<&OsStr> = vec![
             xsecd.as_os_str(),
             OsStr::new("--config"),
             config.as_os_str(),
@@ -504,6 +516,7 @@ impl Lab {
             OsStr::new("--control"),
             control.as_os_str(),
         ];
+        args.extend_from_slice(extra);
         let proc = self.spawn(node, &tag, &args)?;
         let end = Instant::now() + timeout;
         loop {

@@ -10,6 +10,7 @@ use crate::config::{self, Config};
 use crate::control::running::{Running, Source};
 use crate::control::{self, Control, CtlCounters};
 use crate::neigh::{Resolution, Resolver};
+use crate::replay::ReplaySource;
 use crate::stats::{self, StatsFile};
 use crate::worker::{self, Cmd, HANDOFF_BUF, Hop, Mesh, Snapshot, WorkerSetup};
 use crate::xdp::{Side as XdpSide, XdpMode, XdpSteering};
@@ -43,6 +44,9 @@ pub struct Options {
     pub stats_file: Option<PathBuf>,
     /// Control socket path, overriding `[control] socket`.
     pub control: Option<PathBuf>,
+    /// Replay frames from memory into the workers instead of attaching to the interfaces
+    /// (no XDP program, no sockets; next hops still come from the kernel's tables).
+    pub replay: Option<Arc<ReplaySource>>,
 }
 
 pub(crate) fn log(msg: std::fmt::Arguments<'_>) {
@@ -136,12 +140,18 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         config::XdpModeCfg::Driver => XdpMode::Driver,
         config::XdpModeCfg::Skb => XdpMode::Skb,
     };
-    let mut xdp = XdpSteering::load(&gw.unprotected, &gw.protected, mode)
-        .map_err(|e| DaemonError::Setup(e.to_string()))?;
-    xdp.set_tunnel_ports(&tunnel_ports)
-        .map_err(|e| DaemonError::Setup(e.to_string()))?;
-    xdp.set_protected_selectors(&running.protected_selectors())
-        .map_err(|e| DaemonError::Setup(e.to_string()))?;
+    let mut xdp = match &opts.replay {
+        Some(_) => None,
+        None => {
+            let mut x = XdpSteering::load(&gw.unprotected, &gw.protected, mode)
+                .map_err(|e| DaemonError::Setup(e.to_string()))?;
+            x.set_tunnel_ports(&tunnel_ports)
+                .map_err(|e| DaemonError::Setup(e.to_string()))?;
+            x.set_protected_selectors(&running.protected_selectors())
+                .map_err(|e| DaemonError::Setup(e.to_string()))?;
+            Some(x)
+        }
+    };
 
     // Workers.
     let (resolve_tx, resolve_rx) = bounded::<IpAddr>(4096);
@@ -185,6 +195,7 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
             icmp_src,
             mtu: gw.mtu,
             clock,
+            replay: opts.replay.clone(),
         };
         for sa in per_worker[i].drain(..) {
             let _ = cmd_tx.send(Cmd::InstallSa(Box::new(sa)));
@@ -225,6 +236,7 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
             }
         };
         let (id, queue, fds) = r;
+        let Some(xdp) = xdp.as_mut() else { continue };
         for (side, fd) in [(XdpSide::Unprotected, fds[0]), (XdpSide::Protected, fds[1])] {
             if let Err(e) = xdp.register_xsk(side, queue, fd) {
                 stop_workers(&mut workers);
@@ -254,7 +266,7 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     let pairs = running.cfg.sas.len();
     let ctl = Arc::new(Control {
         running: Mutex::new(running),
-        xdp: Mutex::new(Some(xdp)),
+        xdp: Mutex::new(xdp),
         workers: cmd_senders.clone(),
         resolve: resolve_tx.clone(),
         clock,
@@ -295,6 +307,13 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         );
     }
     println!("xsecd: ready");
+    if let Some(r) = &opts.replay {
+        info!(
+            "replaying {} unprotected and {} protected frame(s) into the workers; sending to a null sink",
+            r.frames[0].len(),
+            r.frames[1].len()
+        );
+    }
     info!(
         "{} worker(s) on {} / {}, {} SA pair(s), {} outbound and {} inbound policies; control socket {}",
         n,
@@ -345,6 +364,13 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     stop_workers(&mut workers);
     let _ = resolver.join();
     drop(ctl);
+    if let Some(r) = &opts.replay {
+        match r.write_capture() {
+            Ok(0) => {}
+            Ok(n) => info!("replay: {n} sent frame(s) captured"),
+            Err(e) => info!("replay capture: {e}"),
+        }
+    }
     Ok(())
 }
 

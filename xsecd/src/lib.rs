@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod fwd;
 pub mod neigh;
 pub mod reasm;
+pub mod replay;
 pub mod stats;
 pub mod trace;
 pub mod worker;

@@ -23,6 +23,17 @@ struct Args {
     /// Validate the configuration and exit (0 = valid, 2 = invalid).
     #[arg(long)]
     check: bool,
+    /// Benchmark backend: instead of attaching to the interfaces, feed the workers copies of
+    /// this pcap's frames as if received on the unprotected side, endlessly; what they send
+    /// is counted and dropped.
+    #[arg(long, value_name = "PCAP")]
+    replay_unprotected: Option<PathBuf>,
+    /// The same for the protected side.
+    #[arg(long, value_name = "PCAP")]
+    replay_protected: Option<PathBuf>,
+    /// With replay: write the first frames each worker sent to this pcap on exit.
+    #[arg(long, value_name = "PCAP")]
+    replay_capture: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -51,10 +62,29 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    let replay = if args.replay_unprotected.is_some() || args.replay_protected.is_some() {
+        match xsecd::replay::ReplaySource::load(
+            args.replay_unprotected.as_deref(),
+            args.replay_protected.as_deref(),
+            args.replay_capture.as_deref(),
+        ) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("xsecd: replay: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else if args.replay_capture.is_some() {
+        eprintln!("xsecd: --replay-capture needs --replay-unprotected or --replay-protected");
+        return ExitCode::from(2);
+    } else {
+        None
+    };
     let opts = Options {
         config: args.config,
         stats_file: args.stats_file,
         control: args.control,
+        replay,
     };
     match daemon::run(&opts, stop) {
         Ok(()) => ExitCode::SUCCESS,

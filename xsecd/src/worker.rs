@@ -7,6 +7,7 @@
 
 use crate::fwd::{self, ETH_HDR, IcmpError};
 use crate::reasm::{self, Reassembler};
+use crate::replay::ReplaySource;
 use crate::trace::Tap;
 use crate::xsk::{BURST, FRAME_SIZE, Frame, RxFrame, Side, SocketStats, Xsk, XskConfig};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
@@ -218,6 +219,8 @@ pub struct WorkerSetup {
     /// MTU override (else the next hop's).
     pub mtu: Option<u16>,
     pub clock: MonotonicClock,
+    /// Replay frames from memory instead of opening sockets (`crate::replay`).
+    pub replay: Option<Arc<ReplaySource>>,
 }
 
 /// Reported back once the sockets are open: their descriptors for the XSKMAP.
@@ -281,12 +284,16 @@ pub fn run(setup: WorkerSetup, ready: Sender<Ready>) {
         )));
         return;
     }
-    let xsk = match Xsk::open(
-        &setup.unprotected,
-        &setup.protected,
-        setup.queue,
-        &setup.xsk,
-    ) {
+    let opened = match &setup.replay {
+        Some(src) => Xsk::replay(src.clone(), &setup.xsk),
+        None => Xsk::open(
+            &setup.unprotected,
+            &setup.protected,
+            setup.queue,
+            &setup.xsk,
+        ),
+    };
+    let xsk = match opened {
         Ok(x) => x,
         Err(e) => {
             let _ = ready.send(Err(format!("worker {}: {e}", setup.id)));

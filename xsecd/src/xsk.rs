@@ -14,6 +14,9 @@
 use std::ffi::CString;
 use std::num::NonZeroU32;
 use std::ptr::NonNull;
+use std::sync::Arc;
+
+use crate::replay::{CAPTURE_MAX, ReplaySource};
 use xdpilone::xdp::XdpDesc;
 use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, User};
 
@@ -185,11 +188,46 @@ struct Port {
     fd: i32,
 }
 
+/// Where a worker's frames come from and go to.
+// One per worker, built once and never moved on the packet path: boxing the sockets would
+// only add an indirection to every ring operation.
+#[allow(clippy::large_enum_variant)]
+enum Io {
+    /// Two AF_XDP sockets sharing the UMEM. Field order is drop order: sockets before the
+    /// UMEM registration.
+    Sockets { ports: [Port; 2], _umem: Umem },
+    /// No sockets: received frames are copies of a pcap's, sent frames are counted and freed
+    /// (see [`crate::replay`]).
+    Replay(ReplayIo),
+}
+
+struct ReplayIo {
+    src: Arc<ReplaySource>,
+    /// Per side: the next template frame.
+    next: [usize; 2],
+    /// The first frames sent, for `--replay-capture`.
+    captured: Vec<Vec<u8>>,
+}
+
+impl Drop for ReplayIo {
+    fn drop(&mut self) {
+        if let Some(c) = &self.src.capture {
+            c.frames
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .append(&mut self.captured);
+        }
+    }
+}
+
+/// Where a replayed frame starts in its UMEM frame: the headroom AF_XDP copy mode leaves
+/// (XDP_PACKET_HEADROOM), which encapsulation grows into.
+const REPLAY_OFF: usize = 256;
+
 /// One worker's pair of sockets and their UMEM.
 pub struct Xsk {
-    // Field order is drop order: sockets before the UMEM registration before the memory.
-    ports: [Port; 2],
-    _umem: Umem,
+    // Field order is drop order: the sockets (and UMEM registration) before the memory.
+    io: Io,
     area: Area,
     free: Vec<u64>,
     frames: u32,
@@ -303,8 +341,10 @@ impl Xsk {
             .map(|i| u64::from(i) * u64::from(FRAME_SIZE))
             .collect();
         let mut x = Xsk {
-            ports: [pu, pp],
-            _umem: umem,
+            io: Io::Sockets {
+                ports: [pu, pp],
+                _umem: umem,
+            },
             area,
             free,
             frames: cfg.frames,
@@ -316,9 +356,39 @@ impl Xsk {
         Ok(x)
     }
 
-    /// The socket descriptor of a side (for the XSKMAP).
+    /// A worker without sockets that receives copies of `src`'s frames (the replay
+    /// backend): the same UMEM-backed frames, free list and burst handling as with sockets.
+    pub fn replay(src: Arc<ReplaySource>, cfg: &XskConfig) -> Result<Xsk, XskError> {
+        let len = cfg.frames as usize * FRAME_SIZE as usize;
+        let area = Area::new(len).map_err(|source| XskError {
+            what: "replay memory",
+            iface: "-".into(),
+            queue: 0,
+            source,
+        })?;
+        let free = (0..cfg.frames)
+            .rev()
+            .map(|i| u64::from(i) * u64::from(FRAME_SIZE))
+            .collect();
+        Ok(Xsk {
+            io: Io::Replay(ReplayIo {
+                src,
+                next: [0; 2],
+                captured: Vec::new(),
+            }),
+            area,
+            free,
+            frames: cfg.frames,
+            in_flight: [0; 2],
+        })
+    }
+
+    /// The socket descriptor of a side (for the XSKMAP); -1 when replaying.
     pub fn fd(&self, side: Side) -> i32 {
-        self.ports[side as usize].fd
+        match &self.io {
+            Io::Sockets { ports, .. } => ports[side as usize].fd,
+            Io::Replay(_) => -1,
+        }
     }
 
     fn frame_at(&self, addr: u64) -> Frame {
@@ -353,9 +423,12 @@ impl Xsk {
 
     /// Move completed TX frames of both sides to the free list.
     pub fn reap(&mut self) -> u32 {
+        let Io::Sockets { ports, .. } = &mut self.io else {
+            return 0;
+        };
         let mut n = 0;
         for s in Side::BOTH {
-            let p = &mut self.ports[s as usize];
+            let p = &mut ports[s as usize];
             let mut c = p.dev.complete(self.frames);
             while let Some(a) = c.read() {
                 self.free.push(a & !u64::from(FRAME_SIZE - 1));
@@ -371,7 +444,10 @@ impl Xsk {
     /// and for transmission.
     pub fn refill(&mut self, side: Side) {
         let reserve = self.frames as usize / 4;
-        let p = &mut self.ports[side as usize];
+        let Io::Sockets { ports, .. } = &mut self.io else {
+            return;
+        };
+        let p = &mut ports[side as usize];
         let want = p.dev.pending();
         let target = self.frames / 4;
         if want >= target || self.free.len() <= reserve {
@@ -394,7 +470,10 @@ impl Xsk {
     /// with capacity for a burst, so this does not allocate).
     pub fn recv(&mut self, side: Side, out: &mut Vec<RxFrame>, max: usize) -> usize {
         let (area, area_len) = (self.area.ptr, self.area.len);
-        let p = &mut self.ports[side as usize];
+        let p = match &mut self.io {
+            Io::Sockets { ports, .. } => &mut ports[side as usize],
+            Io::Replay(_) => return self.replay_recv(side, out, max),
+        };
         let mut r = p.rx.receive(max as u32);
         let mut n = 0;
         while let Some(d) = r.read() {
@@ -418,10 +497,59 @@ impl Xsk {
         n
     }
 
+    /// The replay backend's receive: copies of the side's template frames, in turn, into
+    /// free frames (keeping the same reserve as the fill rings do).
+    fn replay_recv(&mut self, side: Side, out: &mut Vec<RxFrame>, max: usize) -> usize {
+        let reserve = self.frames as usize / 4;
+        let Io::Replay(r) = &mut self.io else {
+            return 0;
+        };
+        let templates = &r.src.frames[side as usize];
+        let mut n = 0;
+        while n < max && self.free.len() > reserve {
+            let Some(t) = templates.get(r.next[side as usize]) else {
+                break; // nothing to replay on this side
+            };
+            r.next[side as usize] = (r.next[side as usize] + 1) % templates.len();
+            let Some(a) = self.free.pop() else { break };
+            let base = a & !u64::from(FRAME_SIZE - 1);
+            // SAFETY: `base` comes from this area's free list, so it is a frame offset below
+            // the area length.
+            let ptr = unsafe { self.area.ptr.add(base as usize) };
+            let mut frame = Frame {
+                base: ptr,
+                addr: base,
+            };
+            let Some(dst) = frame.as_mut().get_mut(REPLAY_OFF..REPLAY_OFF + t.len()) else {
+                self.free.push(base);
+                break; // longer than a frame: refused when the file was read
+            };
+            dst.copy_from_slice(t);
+            out.push(RxFrame {
+                frame,
+                off: REPLAY_OFF,
+                len: t.len(),
+            });
+            n += 1;
+        }
+        n
+    }
+
     /// Queue a frame for transmission on a side: `off..off+len` is the Ethernet frame. On a
     /// full ring the frame is handed back.
     pub fn send(&mut self, side: Side, f: Frame, off: usize, len: usize) -> Result<(), Frame> {
-        let p = &mut self.ports[side as usize];
+        let p = match &mut self.io {
+            Io::Sockets { ports, .. } => &mut ports[side as usize],
+            Io::Replay(r) => {
+                // the null sink: keep the first frames if asked, free the frame
+                if r.src.capture.is_some() && r.captured.len() < CAPTURE_MAX {
+                    r.captured
+                        .push(f.as_ref().get(off..off + len).unwrap_or_default().to_vec());
+                }
+                self.free.push(f.addr);
+                return Ok(());
+            }
+        };
         let mut w = p.tx.transmit(1);
         let desc = XdpDesc {
             addr: f.addr + off as u64,
@@ -440,8 +568,11 @@ impl Xsk {
     /// Push queued TX descriptors to the kernel. Copy mode moves at most 32 per `sendto`, so
     /// kick until the ring is drained (bounded).
     pub fn kick(&mut self) {
+        let Io::Sockets { ports, .. } = &mut self.io else {
+            return;
+        };
         for s in Side::BOTH {
-            let p = &mut self.ports[s as usize];
+            let p = &mut ports[s as usize];
             for _ in 0..8 {
                 if p.tx.pending() == 0 {
                     break;
@@ -454,7 +585,10 @@ impl Xsk {
     /// The kernel's counters of a side's socket (drops because the RX ring was full or the
     /// fill ring empty, invalid descriptors). A `getsockopt`: for snapshots, not per packet.
     pub fn socket_stats(&self, side: Side) -> SocketStats {
-        match self.ports[side as usize].user.statistics_v2() {
+        let Io::Sockets { ports, .. } = &self.io else {
+            return SocketStats::default();
+        };
+        match ports[side as usize].user.statistics_v2() {
             Ok(st) => SocketStats {
                 rx_dropped: st.rx_dropped,
                 rx_ring_full: st.rx_ring_full,
@@ -469,21 +603,27 @@ impl Xsk {
 
     /// Descriptors waiting in the RX rings.
     pub fn rx_ready(&self) -> bool {
-        Side::BOTH
-            .iter()
-            .any(|&s| self.ports[s as usize].rx.available() > 0)
+        match &self.io {
+            Io::Sockets { ports, .. } => Side::BOTH
+                .iter()
+                .any(|&s| ports[s as usize].rx.available() > 0),
+            Io::Replay(_) => true,
+        }
     }
 
     /// Sleep until a side has packets or `timeout_ms` passes (adaptive idle mode).
     pub fn wait(&self, timeout_ms: i32) {
+        let Io::Sockets { ports, .. } = &self.io else {
+            return;
+        };
         let mut fds = [
             libc::pollfd {
-                fd: self.ports[0].fd,
+                fd: ports[0].fd,
                 events: libc::POLLIN,
                 revents: 0,
             },
             libc::pollfd {
-                fd: self.ports[1].fd,
+                fd: ports[1].fd,
                 events: libc::POLLIN,
                 revents: 0,
             },
