@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use xsec_lab::{bench, capacity, config, demo, tools};
+use xsec_lab::{bench, capacity, config, demo, ndr, tools};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -112,6 +112,46 @@ enum Cmd {
         json: Option<PathBuf>,
         /// Namespace prefix.
         #[arg(long, default_value = "xsec-cap")]
+        prefix: String,
+    },
+    /// NDR/PDR searches (RFC 2544 style) hA -> hB with xsec-pktgen: plain kernel forwarding,
+    /// xsecd in BYPASS and xsecd tunnels, in one run; latency at half the NDR.
+    Ndr {
+        /// The xsecd executable.
+        #[arg(long)]
+        xsecd: PathBuf,
+        /// The xsec-pktgen executable (default: next to this one).
+        #[arg(long)]
+        pktgen: Option<PathBuf>,
+        /// Modes, comma-separated: plain, bypass, ipsec (one per --algs).
+        #[arg(long, value_delimiter = ',', default_value = "plain,bypass,ipsec")]
+        modes: Vec<String>,
+        /// Algorithms of the ipsec mode, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "aes128gcm16")]
+        algs: Vec<String>,
+        /// IP packet sizes, comma-separated, or imix.
+        #[arg(long, value_delimiter = ',', default_value = "64,512,1400")]
+        sizes: Vec<String>,
+        /// Length of each trial.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Stop a search when its interval is narrower than this share of its top.
+        #[arg(long, default_value_t = 0.03)]
+        precision: f64,
+        /// Most trials per search.
+        #[arg(long, default_value_t = 8)]
+        max_trials: usize,
+        /// Loss that still passes for the PDR, percent.
+        #[arg(long, default_value_t = 0.5)]
+        pdr_loss: f64,
+        /// UDP flows.
+        #[arg(long, default_value_t = 4)]
+        flows: u16,
+        /// Also write the results as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Namespace prefix.
+        #[arg(long, default_value = "xsec-ndr")]
         prefix: String,
     },
     /// Send UDP datagrams as fast as possible for a while; print one JSON line.
@@ -331,6 +371,79 @@ fn main() -> ExitCode {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("xsec-lab capacity: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Cmd::Ndr {
+            xsecd,
+            pktgen,
+            modes,
+            algs,
+            sizes,
+            seconds,
+            precision,
+            max_trials,
+            pdr_loss,
+            flows,
+            json,
+            prefix,
+        } => {
+            let stop = match stop_flag() {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let pktgen = pktgen.unwrap_or_else(|| {
+                std::env::current_exe()
+                    .ok()
+                    .and_then(|p| p.parent().map(|d| d.join("xsec-pktgen")))
+                    .unwrap_or_else(|| PathBuf::from("xsec-pktgen"))
+            });
+            let mut parsed_sizes = vec![];
+            for s in &sizes {
+                match s.as_str() {
+                    "imix" => parsed_sizes.push(0),
+                    n => match n.parse() {
+                        Ok(n) => parsed_sizes.push(n),
+                        Err(_) => {
+                            eprintln!("xsec-lab ndr: --sizes {s}: a number or imix");
+                            return ExitCode::from(2);
+                        }
+                    },
+                }
+            }
+            let mut parsed_algs = vec![];
+            for a in &algs {
+                match config::Alg::from_name(a) {
+                    Some(a) => parsed_algs.push(a),
+                    None => {
+                        eprintln!("xsec-lab ndr: --algs {a}: unknown");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            let o = ndr::NdrOptions {
+                xsecd,
+                pktgen,
+                modes,
+                algs: parsed_algs,
+                sizes: parsed_sizes,
+                seconds: seconds.max(0.5),
+                precision: precision.clamp(0.001, 0.5),
+                max_trials: max_trials.max(1),
+                pdr_loss_pct: pdr_loss.max(0.0),
+                flows: flows.max(1),
+                json,
+                prefix,
+                stop,
+            };
+            match ndr::run(&o) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("xsec-lab ndr: {e}");
                     ExitCode::from(2)
                 }
             }
