@@ -135,7 +135,14 @@ fn counters(st: &Stats) -> BTreeMap<String, u64> {
             }
         }
     }
-    for f in ["rx_unprot", "rx_prot", "tx_unprot", "tx_prot"] {
+    for f in [
+        "rx_unprot",
+        "rx_prot",
+        "tx_unprot",
+        "tx_prot",
+        "handoff_tx",
+        "handoff_drop",
+    ] {
         m.insert(format!("workers.{f}"), st.workers_sum(f));
     }
     m
@@ -200,7 +207,10 @@ fn problems(delta: &BTreeMap<String, u64>) -> Vec<String> {
                 && (k.starts_with("drops.")
                     || matches!(
                         k.as_str(),
-                        "forward.no_neighbour" | "forward.tx_full" | "forward.no_frame"
+                        "forward.no_neighbour"
+                            | "forward.tx_full"
+                            | "forward.no_frame"
+                            | "forward.handoff_drop"
                     ))
         })
         .map(|(k, v)| format!("{k}={v}"))

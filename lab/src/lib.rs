@@ -35,6 +35,7 @@ pub mod config;
 pub mod demo;
 pub mod fuzz;
 pub mod ndr;
+pub mod plot;
 pub mod procs;
 pub mod stats;
 pub mod sysstat;

@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use xsec_lab::{bench, capacity, config, demo, ndr, tools};
+use xsec_lab::{bench, capacity, config, demo, ndr, plot, tools};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -153,6 +153,22 @@ enum Cmd {
         /// Namespace prefix.
         #[arg(long, default_value = "xsec-ndr")]
         prefix: String,
+    },
+    /// SVG charts from the JSON of `capacity` (Mpps against size) or `ndr` (latency
+    /// percentiles at half the NDR).
+    Plot {
+        /// `capacity --json` output.
+        #[arg(long)]
+        capacity: Option<PathBuf>,
+        /// Worker count to plot from the capacity JSON.
+        #[arg(long, default_value_t = 1)]
+        workers: u64,
+        /// `ndr --json` output.
+        #[arg(long)]
+        ndr: Option<PathBuf>,
+        /// The SVG file to write.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Send UDP datagrams as fast as possible for a while; print one JSON line.
     UdpFlood {
@@ -444,6 +460,32 @@ fn main() -> ExitCode {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("xsec-lab ndr: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Cmd::Plot {
+            capacity,
+            workers,
+            ndr,
+            out,
+        } => {
+            let svg = match (capacity, ndr) {
+                (Some(c), None) => {
+                    plot::read_json(&c).and_then(|d| plot::capacity_chart(&d, workers))
+                }
+                (None, Some(n)) => plot::read_json(&n).and_then(|d| plot::latency_chart(&d)),
+                _ => {
+                    eprintln!("xsec-lab plot: give --capacity or --ndr");
+                    return ExitCode::from(2);
+                }
+            };
+            match svg.and_then(|s| {
+                std::fs::write(&out, s).map_err(|e| xsec_lab::err!("{}: {e}", out.display()))
+            }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("xsec-lab plot: {e}");
                     ExitCode::from(2)
                 }
             }
