@@ -39,6 +39,8 @@ pub struct CapacityOptions {
     pub sizes: Vec<usize>,
     pub algs: Vec<Alg>,
     pub workers: Vec<usize>,
+    /// SA pairs (flows are spread over them, at least one flow each).
+    pub sas: Vec<usize>,
     /// UDP flows in the replayed plaintext.
     pub flows: usize,
     pub repeat: usize,
@@ -119,6 +121,7 @@ pub struct Trial {
     pub alg: &'static str,
     pub dir: &'static str,
     pub workers: usize,
+    pub sas: usize,
     pub size: usize,
     pub mpps: f64,
     pub gbps: f64,
@@ -169,16 +172,20 @@ fn trial(
     node: Node,
     toml: &str,
     replay_flag: &str,
-    input: &Path,
+    inputs: &[PathBuf],
     capture: Option<&Path>,
-) -> Result<(f64, u64, BTreeMap<String, u64>)> {
-    let mut args: Vec<&OsStr> = vec![OsStr::new(replay_flag), input.as_os_str()];
+) -> Result<(f64, BTreeMap<String, u64>)> {
+    let mut args: Vec<&OsStr> = vec![];
+    for i in inputs {
+        args.push(OsStr::new(replay_flag));
+        args.push(i.as_os_str());
+    }
     if let Some(c) = capture {
         args.push(OsStr::new("--replay-capture"));
         args.push(c.as_os_str());
     }
     let d = lab.start_xsecd_with(node, xsecd, toml, Duration::from_secs(30), &args)?;
-    let run = || -> Result<(f64, u64, BTreeMap<String, u64>)> {
+    let run = || -> Result<(f64, BTreeMap<String, u64>)> {
         std::thread::sleep(Duration::from_secs(1));
         let s0 = fresh_stats(&d.stats_file, 0)?;
         let t0 = s0.uptime_ms();
@@ -190,7 +197,7 @@ fn trial(
             .iter()
             .map(|(k, v)| (k.clone(), v.saturating_sub(c0.get(k).copied().unwrap_or(0))))
             .collect();
-        Ok(((s1.uptime_ms() - t0) as f64 / 1000.0, 0, delta))
+        Ok(((s1.uptime_ms() - t0) as f64 / 1000.0, delta))
     };
     let r = run();
     let stopped = lab.stop_xsecd(&d);
@@ -222,6 +229,106 @@ fn mean_inner(frames: &[Vec<u8>]) -> f64 {
     frames.iter().map(|f| (f.len() - 14) as f64).sum::<f64>() / frames.len().max(1) as f64
 }
 
+/// Turn a pair's one SA into `n` (names `t0`.., SPIs 0x10000 + i out of gwA and 0x20000 + i
+/// back, keys varied per SA), SA `i` protecting the flows [`flow_sa`] gives it (a block of
+/// UDP source ports): one policy per SA on each side, with a port range.
+pub fn spread_sas(pair: &mut Pair, n: usize, flows: usize) {
+    use crate::config::{Action, PolicyConf};
+    let n = n.max(1);
+    let (Some(base), Some(_)) = (pair.a.sas.first().cloned(), pair.b.sas.first()) else {
+        return;
+    };
+    pair.a.sas.clear();
+    pair.b.sas.clear();
+    pair.a.policies.clear();
+    pair.b.policies.clear();
+    let vary = |k: &[u8], i: usize, salt: u8| -> Vec<u8> {
+        let mut k = k.to_vec();
+        if let Some(b) = k.get_mut(0) {
+            *b ^= i as u8;
+        }
+        if let Some(b) = k.get_mut(1) {
+            *b ^= (i >> 8) as u8 ^ salt;
+        }
+        k
+    };
+    for i in 0..n {
+        let mut a = base.clone();
+        a.name = format!("t{i}");
+        a.spi_out = 0x10000 + i as u32;
+        a.spi_in = 0x20000 + i as u32;
+        a.enc_key_out = vary(&base.enc_key_out, i, 0);
+        a.enc_key_in = vary(&base.enc_key_in, i, 1);
+        a.auth_key_out = vary(&base.auth_key_out, i, 2);
+        a.auth_key_in = vary(&base.auth_key_in, i, 3);
+        let mut b = a.clone();
+        std::mem::swap(&mut b.spi_in, &mut b.spi_out);
+        std::mem::swap(&mut b.enc_key_in, &mut b.enc_key_out);
+        std::mem::swap(&mut b.auth_key_in, &mut b.auth_key_out);
+        std::mem::swap(&mut b.local, &mut b.remote);
+        pair.a.sas.push(a);
+        pair.b.sas.push(b);
+    }
+    let flows = flows.max(n);
+    for i in 0..n {
+        let sa = format!("t{i}");
+        // the flows of SA i: f with f * n / flows == i
+        let lo = (i * flows).div_ceil(n);
+        let hi = ((i + 1) * flows).div_ceil(n) - 1;
+        let ports = format!("{}-{}", 10_000 + lo, 10_000 + hi);
+        let mut pa = PolicyConf::new(
+            &format!("p{i}"),
+            addr::NET_A,
+            addr::NET_B,
+            Action::Protect(sa.clone()),
+        )
+        .protocol("udp");
+        pa.local_port = ports.clone();
+        let mut pb = PolicyConf::new(
+            &format!("p{i}"),
+            addr::NET_B,
+            addr::NET_A,
+            Action::Protect(sa),
+        )
+        .protocol("udp");
+        pb.remote_port = ports;
+        pair.a.policies.push(pa);
+        pair.b.policies.push(pb);
+    }
+}
+
+/// The SA (of `n`, over `flows` flows) that protects flow `f`.
+pub fn flow_sa(f: usize, n: usize, flows: usize) -> usize {
+    f * n / flows.max(n).max(1)
+}
+
+/// The SPI of a raw-ESP IPv4 frame (Ethernet + 20-byte IP header).
+fn esp_spi(f: &[u8]) -> Option<u32> {
+    let b = f.get(14 + 20..14 + 24)?;
+    Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Split `frames` over `workers` files by the worker that owns each frame's SA (SA `i` is
+/// worker `i mod workers`'s, as xsecd shards them): what RSS with SA affinity would deliver.
+/// With fewer SAs than workers every worker gets everything (the rest is handed off).
+fn per_worker(
+    frames: &[Vec<u8>],
+    workers: usize,
+    sas: usize,
+    sa_of: impl Fn(&[u8]) -> Option<usize>,
+) -> Vec<Vec<Vec<u8>>> {
+    if sas < workers {
+        return vec![frames.to_vec(); workers];
+    }
+    let mut out = vec![vec![]; workers];
+    for f in frames {
+        if let Some(i) = sa_of(f) {
+            out[i % workers].push(f.clone());
+        }
+    }
+    out
+}
+
 /// Run every trial; print each as it ends, then the table.
 pub fn run(o: &CapacityOptions) -> Result<Vec<Trial>> {
     let xsecd =
@@ -237,6 +344,11 @@ pub fn run(o: &CapacityOptions) -> Result<Vec<Trial>> {
             return Err(err!("--workers {w}: 1 to {cpus} (one core each)"));
         }
     }
+    for &n in &o.sas {
+        if n == 0 || n > 4096 {
+            return Err(err!("--sas {n}: 1 to 4096"));
+        }
+    }
     let info = sysstat::cpuinfo();
     println!("cpu: {} ({} CPUs)", info.model, info.cpus);
     let lab = Lab::up(TopoOptions::new(&o.prefix))?;
@@ -246,81 +358,35 @@ pub fn run(o: &CapacityOptions) -> Result<Vec<Trial>> {
         for rep in 0..o.repeat {
             for &alg in &o.algs {
                 for &workers in &o.workers {
-                    let mut pair = Pair::new(PairOptions {
-                        alg,
-                        queues: (0..workers as u16).collect(),
-                        ..PairOptions::default()
-                    });
-                    // the workers on the last cores, the control thread and the lab on core 0
-                    let cores: Vec<usize> = (cpus - workers..cpus).collect();
-                    for g in [&mut pair.a, &mut pair.b] {
-                        g.idle = "busy".into();
-                        g.cores = cores.clone();
-                        g.stats_interval_ms = 100;
-                    }
-                    for sa in &mut pair.b.sas {
-                        sa.replay_window = Some(0);
-                    }
-                    for &size in &o.sizes {
-                        if o.stop.load(Ordering::Relaxed) {
-                            return Err(err!("interrupted"));
+                    for &sas in &o.sas {
+                        let flows = o.flows.max(sas);
+                        let mut pair = Pair::new(PairOptions {
+                            alg,
+                            queues: (0..workers as u16).collect(),
+                            ..PairOptions::default()
+                        });
+                        spread_sas(&mut pair, sas, flows);
+                        // the workers on the last cores, the control thread and the lab on core 0
+                        let cores: Vec<usize> = (cpus - workers..cpus).collect();
+                        for g in [&mut pair.a, &mut pair.b] {
+                            g.idle = "busy".into();
+                            g.cores = cores.clone();
+                            g.stats_interval_ms = 100;
                         }
-                        let plain = plain_frames(size, o.flows);
-                        let tag = format!("{}-{}w-{}", alg.name(), workers, size_name(size));
-                        let pin = lab.write_file(&format!("plain-{tag}.pcap"), pcap(&plain))?;
-                        let esp = lab.workdir().join(format!("esp-{tag}.pcap"));
-                        let inner = mean_inner(&plain);
-                        for (dir, node, toml, flag, input, cap, tx) in [
-                            (
-                                "encrypt",
-                                Node::GwA,
-                                pair.a.to_toml(),
-                                "--replay-protected",
-                                pin.clone(),
-                                Some(esp.clone()),
-                                "workers.tx_unprot",
-                            ),
-                            (
-                                "decrypt",
-                                Node::GwB,
-                                pair.b.to_toml(),
-                                "--replay-unprotected",
-                                esp.clone(),
-                                None,
-                                "workers.tx_prot",
-                            ),
-                        ] {
-                            let (secs, _, delta) =
-                                trial(o, &lab, &xsecd, node, &toml, flag, &input, cap.as_deref())?;
-                            let sent = delta.get(tx).copied().unwrap_or(0);
-                            let mpps = sent as f64 / secs / 1e6;
-                            let t = Trial {
-                                alg: alg.name(),
-                                dir,
+                        for sa in &mut pair.b.sas {
+                            sa.replay_window = Some(0);
+                        }
+                        for &size in &o.sizes {
+                            if o.stop.load(Ordering::Relaxed) {
+                                return Err(err!("interrupted"));
+                            }
+                            let c = Cell {
+                                alg,
                                 workers,
+                                sas,
                                 size,
-                                mpps,
-                                gbps: mpps * 1e6 * inner * 8.0 / 1e9,
-                                problems: problems(&delta),
                             };
-                            println!(
-                                "[{}/{}] {:<18} {} worker(s) {:>5} {:<7}: {:>6.3} Mpps {:>6.2} Gbps ({:.0} ns/packet/worker){}",
-                                rep + 1,
-                                o.repeat,
-                                t.alg,
-                                workers,
-                                size_name(size),
-                                dir,
-                                t.mpps,
-                                t.gbps,
-                                1e3 * workers as f64 / t.mpps.max(1e-9),
-                                if t.problems.is_empty() {
-                                    String::new()
-                                } else {
-                                    format!("  PROBLEMS: {}", t.problems.join(" "))
-                                }
-                            );
-                            trials.push(t);
+                            trials.extend(cell(o, &lab, &xsecd, &pair, c, flows, rep)?);
                         }
                     }
                 }
@@ -342,8 +408,8 @@ pub fn run(o: &CapacityOptions) -> Result<Vec<Trial>> {
             "options": {"seconds": o.seconds, "repeat": o.repeat, "flows": o.flows},
             "summary": doc,
             "trials": trials.iter().map(|t| json!({
-                "alg": t.alg, "dir": t.dir, "workers": t.workers, "size": size_name(t.size),
-                "mpps": t.mpps, "gbps": t.gbps, "problems": t.problems,
+                "alg": t.alg, "dir": t.dir, "workers": t.workers, "sas": t.sas,
+                "size": size_name(t.size), "mpps": t.mpps, "gbps": t.gbps, "problems": t.problems,
             })).collect::<Vec<_>>(),
         });
         let text =
@@ -352,6 +418,122 @@ pub fn run(o: &CapacityOptions) -> Result<Vec<Trial>> {
         println!("JSON: {}", path.display());
     }
     Ok(trials)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Cell {
+    alg: Alg,
+    workers: usize,
+    sas: usize,
+    size: usize,
+}
+
+/// Encrypt then decrypt for one cell.
+fn cell(
+    o: &CapacityOptions,
+    lab: &Lab,
+    xsecd: &Path,
+    pair: &Pair,
+    c: Cell,
+    flows: usize,
+    rep: usize,
+) -> Result<Vec<Trial>> {
+    let plain = plain_frames(c.size, flows);
+    let tag = format!(
+        "{}-{}w-{}sa-{}",
+        c.alg.name(),
+        c.workers,
+        c.sas,
+        size_name(c.size)
+    );
+    // flow f is UDP source port 10000 + f
+    let sa_of_flow = |f: &[u8]| {
+        f.get(14 + 20..14 + 22).map(|p| {
+            let flow = usize::from(u16::from_be_bytes([p[0], p[1]]).wrapping_sub(10_000));
+            flow_sa(flow, c.sas, flows)
+        })
+    };
+    let mut plain_files = vec![];
+    for (w, frames) in per_worker(&plain, c.workers, c.sas, sa_of_flow)
+        .iter()
+        .enumerate()
+    {
+        plain_files.push(lab.write_file(&format!("plain-{tag}-w{w}.pcap"), pcap(frames))?);
+    }
+    let esp = lab.workdir().join(format!("esp-{tag}.pcap"));
+    let inner = mean_inner(&plain);
+    let mut out = vec![];
+    for dir in ["encrypt", "decrypt"] {
+        let (node, toml, flag, files, cap, tx) = if dir == "encrypt" {
+            (
+                Node::GwA,
+                pair.a.to_toml(),
+                "--replay-protected",
+                plain_files.clone(),
+                Some(esp.clone()),
+                "workers.tx_unprot",
+            )
+        } else {
+            let captured = crate::wire::read_pcap(&esp)?;
+            let frames: Vec<Vec<u8>> = captured.into_iter().map(|f| f.data).collect();
+            let sa_of = |f: &[u8]| {
+                esp_spi(f)
+                    .and_then(|s| s.checked_sub(0x10000))
+                    .map(|i| i as usize)
+            };
+            let mut files = vec![];
+            for (w, fr) in per_worker(&frames, c.workers, c.sas, sa_of)
+                .iter()
+                .enumerate()
+            {
+                if fr.is_empty() {
+                    return Err(err!("{tag}: no captured ESP for worker {w}"));
+                }
+                files.push(lab.write_file(&format!("esp-{tag}-w{w}.pcap"), pcap(fr))?);
+            }
+            (
+                Node::GwB,
+                pair.b.to_toml(),
+                "--replay-unprotected",
+                files,
+                None,
+                "workers.tx_prot",
+            )
+        };
+        let (secs, delta) = trial(o, lab, xsecd, node, &toml, flag, &files, cap.as_deref())?;
+        let sent = delta.get(tx).copied().unwrap_or(0);
+        let mpps = sent as f64 / secs / 1e6;
+        let t = Trial {
+            alg: c.alg.name(),
+            dir,
+            workers: c.workers,
+            sas: c.sas,
+            size: c.size,
+            mpps,
+            gbps: mpps * 1e6 * inner * 8.0 / 1e9,
+            problems: problems(&delta),
+        };
+        println!(
+            "[{}/{}] {:<17} {}w {:>4} SA(s) {:>5} {:<7}: {:>6.3} Mpps {:>6.2} Gbps ({:.0} ns/packet/worker){}",
+            rep + 1,
+            o.repeat,
+            t.alg,
+            c.workers,
+            c.sas,
+            size_name(c.size),
+            dir,
+            t.mpps,
+            t.gbps,
+            1e3 * c.workers as f64 / t.mpps.max(1e-9),
+            if t.problems.is_empty() {
+                String::new()
+            } else {
+                format!("  PROBLEMS: {}", t.problems.join(" "))
+            }
+        );
+        out.push(t);
+    }
+    Ok(out)
 }
 
 fn pcap(frames: &[Vec<u8>]) -> Vec<u8> {
@@ -371,56 +553,70 @@ fn pcap(frames: &[Vec<u8>]) -> Vec<u8> {
     v
 }
 
-/// The medians per (alg, workers, size, dir), with DPDK's AES-128-GCM figures beside.
+/// The medians per (alg, workers, SAs, size, dir), with DPDK's AES-128-GCM figures beside.
 fn summarize(trials: &[Trial], o: &CapacityOptions) -> (String, Value) {
     let mut text = String::from(
-        "| algorithm | workers | size | encrypt Mpps | decrypt Mpps | encrypt / DPDK | decrypt / DPDK | notes |\n|---|---|---|---|---|---|---|---|\n",
+        "| algorithm | workers | SAs | size | encrypt Mpps | decrypt Mpps | encrypt / DPDK | decrypt / DPDK | spread (min–max Mpps) | notes |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut rows = vec![];
     for &alg in &o.algs {
         for &w in &o.workers {
-            for &size in &o.sizes {
-                let pick = |dir: &str| {
-                    median(
+            for &n in &o.sas {
+                for &size in &o.sizes {
+                    let of = |dir: &str| -> Vec<f64> {
                         trials
                             .iter()
                             .filter(|t| {
                                 t.alg == alg.name()
                                     && t.workers == w
+                                    && t.sas == n
                                     && t.size == size
                                     && t.dir == dir
                             })
                             .map(|t| t.mpps)
-                            .collect(),
-                    )
-                };
-                let (enc, dec) = (pick("encrypt"), pick("decrypt"));
-                let bad: Vec<String> = trials
-                    .iter()
-                    .filter(|t| t.alg == alg.name() && t.workers == w && t.size == size)
-                    .flat_map(|t| t.problems.iter().map(move |p| format!("{} {p}", t.dir)))
-                    .collect();
-                let dpdk = DPDK_GCM128.iter().find(|d| d.0 == size);
-                let ratio = |x: f64, d: Option<f64>| match d {
-                    Some(d) if alg == Alg::AesGcm128 && w == 1 => format!("{:.2}", x / d),
-                    _ => String::new(),
-                };
-                let (re, rd) = (ratio(enc, dpdk.map(|d| d.1)), ratio(dec, dpdk.map(|d| d.2)));
-                text.push_str(&format!(
-                    "| {} | {w} | {} | {enc:.2} | {dec:.2} | {re} | {rd} | {} |\n",
-                    alg.name(),
-                    size_name(size),
-                    if bad.is_empty() {
-                        String::new()
-                    } else {
+                            .collect()
+                    };
+                    let (ev, dv) = (of("encrypt"), of("decrypt"));
+                    let spread = |v: &[f64]| {
+                        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+                        let hi = v.iter().copied().fold(0.0, f64::max);
+                        if v.len() > 1 {
+                            format!("{lo:.2}–{hi:.2}")
+                        } else {
+                            String::new()
+                        }
+                    };
+                    let (enc, dec) = (median(ev.clone()), median(dv.clone()));
+                    let bad: Vec<String> = trials
+                        .iter()
+                        .filter(|t| {
+                            t.alg == alg.name() && t.workers == w && t.sas == n && t.size == size
+                        })
+                        .flat_map(|t| t.problems.iter().map(move |p| format!("{} {p}", t.dir)))
+                        .collect();
+                    let dpdk = DPDK_GCM128.iter().find(|d| d.0 == size);
+                    let ratio = |x: f64, d: Option<f64>| match d {
+                        Some(d) if alg == Alg::AesGcm128 && w == 1 && n == 1 => {
+                            format!("{:.2}", x / d)
+                        }
+                        _ => String::new(),
+                    };
+                    let (re, rd) = (ratio(enc, dpdk.map(|d| d.1)), ratio(dec, dpdk.map(|d| d.2)));
+                    let sp = format!("{} / {}", spread(&ev), spread(&dv));
+                    text.push_str(&format!(
+                        "| {} | {w} | {n} | {} | {enc:.2} | {dec:.2} | {re} | {rd} | {} | {} |\n",
+                        alg.name(),
+                        size_name(size),
+                        if sp == " / " { String::new() } else { sp },
                         bad.join(", ")
-                    }
-                ));
-                rows.push(json!({
-                    "alg": alg.name(), "workers": w, "size": size_name(size),
-                    "encrypt_mpps": enc, "decrypt_mpps": dec,
-                    "encrypt_vs_dpdk": re, "decrypt_vs_dpdk": rd, "problems": bad,
-                }));
+                    ));
+                    rows.push(json!({
+                        "alg": alg.name(), "workers": w, "sas": n, "size": size_name(size),
+                        "encrypt_mpps": enc, "decrypt_mpps": dec,
+                        "encrypt_runs": ev, "decrypt_runs": dv,
+                        "encrypt_vs_dpdk": re, "decrypt_vs_dpdk": rd, "problems": bad,
+                    }));
+                }
             }
         }
     }

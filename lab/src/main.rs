@@ -101,6 +101,10 @@ enum Cmd {
         /// Worker counts, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "1")]
         workers: Vec<usize>,
+        /// SA pair counts, comma-separated; with as many SAs as workers or more, each
+        /// worker replays only its own SAs' traffic (RSS with SA affinity), else all of it.
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        sas: Vec<usize>,
         /// UDP flows in the replayed traffic.
         #[arg(long, default_value_t = 64)]
         flows: usize,
@@ -335,6 +339,7 @@ fn main() -> ExitCode {
             sizes,
             algs,
             workers,
+            sas,
             flows,
             repeat,
             json,
@@ -377,6 +382,7 @@ fn main() -> ExitCode {
                 sizes: parsed_sizes,
                 algs: parsed_algs,
                 workers,
+                sas,
                 flows,
                 repeat: repeat.max(1),
                 json,

@@ -309,9 +309,9 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     println!("xsecd: ready");
     if let Some(r) = &opts.replay {
         info!(
-            "replaying {} unprotected and {} protected frame(s) into the workers; sending to a null sink",
-            r.frames[0].len(),
-            r.frames[1].len()
+            "replaying {} unprotected and {} protected file(s) into the workers; sending to a null sink",
+            r.files[0].len(),
+            r.files[1].len()
         );
     }
     info!(

@@ -25,12 +25,13 @@ struct Args {
     check: bool,
     /// Benchmark backend: instead of attaching to the interfaces, feed the workers copies of
     /// this pcap's frames as if received on the unprotected side, endlessly; what they send
-    /// is counted and dropped.
+    /// is counted and dropped. Given several times, worker `i` replays file `i mod count`
+    /// (traffic that RSS would have sent to its queue).
     #[arg(long, value_name = "PCAP")]
-    replay_unprotected: Option<PathBuf>,
+    replay_unprotected: Vec<PathBuf>,
     /// The same for the protected side.
     #[arg(long, value_name = "PCAP")]
-    replay_protected: Option<PathBuf>,
+    replay_protected: Vec<PathBuf>,
     /// With replay: write the first frames each worker sent to this pcap on exit.
     #[arg(long, value_name = "PCAP")]
     replay_capture: Option<PathBuf>,
@@ -62,10 +63,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let replay = if args.replay_unprotected.is_some() || args.replay_protected.is_some() {
+    let replay = if !args.replay_unprotected.is_empty() || !args.replay_protected.is_empty() {
         match xsecd::replay::ReplaySource::load(
-            args.replay_unprotected.as_deref(),
-            args.replay_protected.as_deref(),
+            &args.replay_unprotected,
+            &args.replay_protected,
             args.replay_capture.as_deref(),
         ) {
             Ok(r) => Some(r),

@@ -39,10 +39,11 @@ pub struct ReplayError {
     pub msg: String,
 }
 
-/// What the workers replay, per side (`[unprotected, protected]`), and where captures go.
+/// What the workers replay, per file and side (`[unprotected, protected]`), and where
+/// captures go. Worker `i` replays `files[side][i mod files[side].len()]`.
 #[derive(Debug, Default)]
 pub struct ReplaySource {
-    pub frames: [Vec<Vec<u8>>; 2],
+    pub files: [Vec<Vec<Vec<u8>>>; 2],
     pub capture: Option<Capture>,
 }
 
@@ -56,12 +57,11 @@ pub struct Capture {
 impl ReplaySource {
     /// Read the files given on the command line.
     pub fn load(
-        unprotected: Option<&Path>,
-        protected: Option<&Path>,
+        unprotected: &[PathBuf],
+        protected: &[PathBuf],
         capture: Option<&Path>,
     ) -> Result<Arc<ReplaySource>, ReplayError> {
-        let read = |p: Option<&Path>| -> Result<Vec<Vec<u8>>, ReplayError> {
-            let Some(p) = p else { return Ok(vec![]) };
+        let read = |p: &PathBuf| -> Result<Vec<Vec<u8>>, ReplayError> {
             let fail = |msg: String| ReplayError {
                 path: p.to_owned(),
                 msg,
@@ -73,20 +73,34 @@ impl ReplaySource {
             }
             Ok(frames)
         };
-        let frames = [read(unprotected)?, read(protected)?];
-        if frames.iter().all(Vec::is_empty) {
+        let files = [
+            unprotected
+                .iter()
+                .map(read)
+                .collect::<Result<Vec<_>, _>>()?,
+            protected.iter().map(read).collect::<Result<Vec<_>, _>>()?,
+        ];
+        if files.iter().all(Vec::is_empty) {
             return Err(ReplayError {
                 path: PathBuf::from("-"),
                 msg: "replay needs --replay-unprotected or --replay-protected".into(),
             });
         }
         Ok(Arc::new(ReplaySource {
-            frames,
+            files,
             capture: capture.map(|p| Capture {
                 path: p.to_owned(),
                 frames: Mutex::new(Vec::new()),
             }),
         }))
+    }
+
+    /// The frames worker `worker` replays on `side` (0 unprotected, 1 protected).
+    pub fn frames(&self, side: usize, worker: usize) -> &[Vec<u8>] {
+        match self.files.get(side) {
+            Some(f) if !f.is_empty() => &f[worker % f.len()],
+            _ => &[],
+        }
     }
 
     /// Write the captured frames (called once, when the workers have stopped).

@@ -337,7 +337,7 @@ pub fn run(setup: WorkerSetup, ready: Sender<Ready>) {
         return;
     }
     let opened = match &setup.replay {
-        Some(src) => Xsk::replay(src.clone(), &setup.xsk),
+        Some(src) => Xsk::replay(src.clone(), usize::from(setup.id), &setup.xsk),
         None => Xsk::open(
             &setup.unprotected,
             &setup.protected,

@@ -203,6 +203,8 @@ enum Io {
 
 struct ReplayIo {
     src: Arc<ReplaySource>,
+    /// Which of the files this worker replays.
+    worker: usize,
     /// Per side: the next template frame.
     next: [usize; 2],
     /// The first frames sent, for `--replay-capture`.
@@ -358,7 +360,7 @@ impl Xsk {
 
     /// A worker without sockets that receives copies of `src`'s frames (the replay
     /// backend): the same UMEM-backed frames, free list and burst handling as with sockets.
-    pub fn replay(src: Arc<ReplaySource>, cfg: &XskConfig) -> Result<Xsk, XskError> {
+    pub fn replay(src: Arc<ReplaySource>, worker: usize, cfg: &XskConfig) -> Result<Xsk, XskError> {
         let len = cfg.frames as usize * FRAME_SIZE as usize;
         let area = Area::new(len).map_err(|source| XskError {
             what: "replay memory",
@@ -373,6 +375,7 @@ impl Xsk {
         Ok(Xsk {
             io: Io::Replay(ReplayIo {
                 src,
+                worker,
                 next: [0; 2],
                 captured: Vec::new(),
             }),
@@ -504,7 +507,7 @@ impl Xsk {
         let Io::Replay(r) = &mut self.io else {
             return 0;
         };
-        let templates = &r.src.frames[side as usize];
+        let templates = r.src.frames(side as usize, r.worker);
         let mut n = 0;
         while n < max && self.free.len() > reserve {
             let Some(t) = templates.get(r.next[side as usize]) else {
