@@ -296,6 +296,8 @@ struct Worker {
     c: WorkerCounters,
     /// Next hops: `None` = known unreachable / local (refreshed by the resolver).
     hops: HashMap<IpAddr, Option<Hop>, HopHash>,
+    /// The last destination found in `hops` and its hop (emptied whenever `hops` changes).
+    last_hop: Option<(IpAddr, Hop)>,
     pending: HashMap<IpAddr, PendingHop, HopHash>,
     resolve: Sender<IpAddr>,
     events: Sender<(u16, xsec_dataplane::events::Event)>,
@@ -364,6 +366,7 @@ pub fn run(setup: WorkerSetup, ready: Sender<Ready>) {
         engine: Engine::new(setup.spd),
         c: WorkerCounters::default(),
         hops: HashMap::with_capacity_and_hasher(256, HopHash::new()),
+        last_hop: None,
         pending: HashMap::with_capacity_and_hasher(64, HopHash::new()),
         resolve: setup.resolve,
         events: setup.events,
@@ -471,6 +474,7 @@ impl Worker {
                     .collect();
             }
             Cmd::Hop { dst, hop } => {
+                self.last_hop = None;
                 self.pending.remove(&dst);
                 if let Some(h) = hop {
                     self.min_mtu = self.min_mtu.min(usize::from(h.mtu));
@@ -919,8 +923,17 @@ impl Worker {
     /// Look up the next hop of `dst`; on a miss ask the control thread (at most every 50 ms
     /// per destination). `None`: not known (yet), or known unreachable/local (counted).
     fn hop(&mut self, dst: IpAddr, now: Timestamp) -> Option<Hop> {
+        // most packets of a burst go to the destination of the one before
+        if let Some((d, h)) = self.last_hop
+            && d == dst
+        {
+            return Some(h);
+        }
         match self.hops.get(&dst) {
-            Some(Some(h)) => return Some(*h),
+            Some(Some(h)) => {
+                self.last_hop = Some((dst, *h));
+                return Some(*h);
+            }
             Some(None) => {
                 self.c.not_forwarded += 1;
                 return None;

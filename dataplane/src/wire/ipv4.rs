@@ -71,10 +71,12 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         self.buffer.as_ref()
     }
 
+    #[inline]
     pub fn version(&self) -> u8 {
         self.buffer.as_ref()[field::VER_IHL] >> 4
     }
 
+    #[inline]
     /// Header length in bytes, options included.
     pub fn header_len(&self) -> usize {
         usize::from(self.buffer.as_ref()[field::VER_IHL] & 0x0f) * 4
@@ -85,6 +87,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         self.buffer.as_ref()[field::TOS] >> 2
     }
 
+    #[inline]
     /// ECN field (RFC 3168), the lower two bits of the former TOS byte.
     pub fn ecn(&self) -> u8 {
         self.buffer.as_ref()[field::TOS] & 0x03
@@ -94,10 +97,12 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         self.buffer.as_ref()[field::TOS]
     }
 
+    #[inline]
     pub fn total_len(&self) -> u16 {
         be16(self.buffer.as_ref(), field::LENGTH)
     }
 
+    #[inline]
     pub fn ident(&self) -> u16 {
         be16(self.buffer.as_ref(), field::IDENT)
     }
@@ -110,28 +115,34 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         be16(self.buffer.as_ref(), field::FLG_OFF) & MF != 0
     }
 
+    #[inline(always)]
     /// Fragment offset in bytes.
     pub fn frag_offset(&self) -> u16 {
         (be16(self.buffer.as_ref(), field::FLG_OFF) & 0x1fff) << 3
     }
 
+    #[inline(always)]
     /// Whether this is a fragment (first or later) rather than a whole datagram.
     pub fn is_fragment(&self) -> bool {
         be16(self.buffer.as_ref(), field::FLG_OFF) & (MF | 0x1fff) != 0
     }
 
+    #[inline]
     pub fn ttl(&self) -> u8 {
         self.buffer.as_ref()[field::TTL]
     }
 
+    #[inline]
     pub fn protocol(&self) -> IpProtocol {
         IpProtocol(self.buffer.as_ref()[field::PROTOCOL])
     }
 
+    #[inline]
     pub fn checksum(&self) -> u16 {
         be16(self.buffer.as_ref(), field::CHECKSUM)
     }
 
+    #[inline(always)]
     pub fn src_addr(&self) -> [u8; 4] {
         let b = self.buffer.as_ref();
         [
@@ -142,6 +153,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         ]
     }
 
+    #[inline(always)]
     pub fn dst_addr(&self) -> [u8; 4] {
         let b = self.buffer.as_ref();
         [
@@ -162,6 +174,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         checksum::fold(header_sum(&self.buffer.as_ref()[..self.header_len()])) == 0xffff
     }
 
+    #[inline(always)]
     /// The payload, bounded by the total length.
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[self.header_len()..usize::from(self.total_len())]
