@@ -151,6 +151,9 @@ enum Cmd {
         /// UDP flows.
         #[arg(long, default_value_t = 4)]
         flows: u16,
+        /// The generator's I/O: socket (kernel UDP, sendmmsg) or xdp (AF_XDP on hA's eth0).
+        #[arg(long, default_value = "socket")]
+        gen_io: String,
         /// Also write the results as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -408,6 +411,7 @@ fn main() -> ExitCode {
             max_trials,
             pdr_loss,
             flows,
+            gen_io,
             json,
             prefix,
         } => {
@@ -458,6 +462,7 @@ fn main() -> ExitCode {
                 max_trials: max_trials.max(1),
                 pdr_loss_pct: pdr_loss.max(0.0),
                 flows: flows.max(1),
+                gen_io,
                 json,
                 prefix,
                 stop,

@@ -45,6 +45,8 @@ pub struct NdrOptions {
     pub max_trials: usize,
     pub pdr_loss_pct: f64,
     pub flows: u16,
+    /// The generator's I/O: `socket` (kernel UDP) or `xdp` (AF_XDP on hA's eth0).
+    pub gen_io: String,
     pub json: Option<PathBuf>,
     pub prefix: String,
     pub stop: Arc<AtomicBool>,
@@ -150,7 +152,7 @@ fn trial(o: &NdrOptions, lab: &Lab, size: usize, rate: f64, tag: &str) -> Result
     } else {
         size.to_string()
     };
-    let gen_args = vec![
+    let mut gen_args = vec![
         bin,
         "gen".into(),
         "--dst".into(),
@@ -175,7 +177,12 @@ fn trial(o: &NdrOptions, lab: &Lab, size: usize, rate: f64, tag: &str) -> Result
         "--count".into(),
         count.to_string(),
         "--quiet".into(),
+        "--io".into(),
+        o.gen_io.clone(),
     ];
+    if o.gen_io == "xdp" {
+        gen_args.extend(["--iface".into(), "eth0".into()]);
+    }
     let g = lab.spawn(Node::HostA, &format!("gen-{tag}"), &gen_args)?;
     wait(o, lab, &g, Duration::from_secs_f64(o.seconds * 3.0 + 10.0))?;
     wait(o, lab, &sink, Duration::from_secs_f64(o.seconds + 15.0))?;
@@ -358,7 +365,7 @@ pub fn run(o: &NdrOptions) -> Result<Vec<Result1>> {
         let doc = json!({
             "cpu": {"model": info.model, "cpus": info.cpus,
                     "flags": info.flags.iter().map(|(f, h)| (f.to_string(), json!(h))).collect::<serde_json::Map<_, _>>()},
-            "options": {"seconds": o.seconds, "precision": o.precision, "pdr_loss_pct": o.pdr_loss_pct, "flows": o.flows},
+            "options": {"seconds": o.seconds, "precision": o.precision, "pdr_loss_pct": o.pdr_loss_pct, "flows": o.flows, "generator_io": o.gen_io},
             "results": results.iter().map(|r| json!({
                 "name": r.name, "mode": r.mode, "size": size_tag(r.size),
                 "max_offered_pps": r.max_offered, "ndr_pps": r.ndr, "pdr_pps": r.pdr,

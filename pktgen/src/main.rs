@@ -62,6 +62,13 @@ enum Cmd {
         /// No live lines on stderr.
         #[arg(long)]
         quiet: bool,
+        /// `socket` (kernel UDP sockets, sendmmsg) or `xdp` (whole frames on a transmit-only
+        /// AF_XDP socket: IPv4 only, next hop from the kernel's tables).
+        #[arg(long, default_value = "socket")]
+        io: String,
+        /// With `--io xdp`: the interface (queue 0) to send on.
+        #[arg(long)]
+        iface: Option<String>,
     },
     /// Receive datagrams on PORT and account for them; one JSON line at the end.
     Sink {
@@ -106,8 +113,10 @@ fn main() -> ExitCode {
             swap_every,
             corrupt_every,
             quiet,
+            io,
+            iface,
         } => sizes(&size).and_then(|sizes| {
-            generate(&Gen {
+            let g = Gen {
                 dst,
                 port,
                 sizes,
@@ -120,7 +129,13 @@ fn main() -> ExitCode {
                 swap_every,
                 corrupt_every,
                 quiet,
-            })
+            };
+            match (io.as_str(), iface) {
+                ("socket", _) => generate(&g),
+                ("xdp", Some(i)) => xdp::generate(&g, &i),
+                ("xdp", None) => Err("--io xdp needs --iface".into()),
+                (o, _) => Err(format!("--io {o}: socket or xdp")),
+            }
         }),
         Cmd::Sink {
             port,
@@ -139,6 +154,8 @@ fn main() -> ExitCode {
     }
 }
 
+mod xdp;
+
 struct Gen {
     dst: IpAddr,
     port: u16,
@@ -152,6 +169,25 @@ struct Gen {
     swap_every: u64,
     corrupt_every: u64,
     quiet: bool,
+}
+
+/// What the generator prints at the end.
+fn gen_summary(g: &Gen, sent: u64, secs: f64, errors: u64, io: &str) {
+    println!(
+        "{}",
+        json!({
+            "role": "gen",
+            "io": io,
+            "stream": g.stream,
+            "sent": sent,
+            "seconds": secs,
+            "pps": sent as f64 / secs.max(1e-9),
+            "errors": errors,
+            "sizes": g.sizes,
+            "flows": g.flows,
+            "rate": g.rate,
+        })
+    );
 }
 
 fn generate(g: &Gen) -> Result<(), String> {
@@ -264,21 +300,7 @@ fn generate(g: &Gen) -> Result<(), String> {
             next_live += Duration::from_secs(1);
         }
     }
-    let secs = start.elapsed().as_secs_f64();
-    println!(
-        "{}",
-        json!({
-            "role": "gen",
-            "stream": g.stream,
-            "sent": sent,
-            "seconds": secs,
-            "pps": sent as f64 / secs.max(1e-9),
-            "errors": errors,
-            "sizes": g.sizes,
-            "flows": g.flows,
-            "rate": g.rate,
-        })
-    );
+    gen_summary(g, sent, start.elapsed().as_secs_f64(), errors, "socket");
     Ok(())
 }
 

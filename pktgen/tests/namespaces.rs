@@ -194,3 +194,24 @@ fn reordering_and_damage_are_detected() {
     assert_eq!(num(&s, "lost"), 20);
     assert_eq!(num(&s, "duplicates"), 0);
 }
+
+#[test]
+fn af_xdp_generator_is_counted_like_the_socket_one() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let n = Net::up("xdp");
+    let (g, s) = trial(
+        &n,
+        &[
+            "--io", "xdp", "--iface", "pg0", "--rate", "20000", "--count", "20000", "--size",
+            "imix", "--flows", "4",
+        ],
+        20000,
+    );
+    assert_eq!(g["io"], "xdp");
+    assert_eq!(num(&g, "sent"), 20000);
+    assert_eq!(num(&s, "received"), 20000);
+    for k in ["lost", "reordered", "duplicates", "corrupt", "foreign"] {
+        assert_eq!(num(&s, k), 0, "{k}");
+    }
+    assert_eq!(num(&s["latency_ns"], "samples"), 20000);
+}

@@ -637,3 +637,151 @@ impl Xsk {
         }
     }
 }
+
+/// A transmit-only AF_XDP socket on one interface queue with its own UMEM: for traffic
+/// generators (`xsec-pktgen --io xdp`). No XDP program is needed to transmit; the fill ring
+/// is never stocked, so nothing is received on it.
+pub struct XskTx {
+    // Field order is drop order: the socket and UMEM registration before the memory.
+    port: Port,
+    _umem: Umem,
+    area: Area,
+    free: Vec<u64>,
+    frames: u32,
+}
+
+impl std::fmt::Debug for XskTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XskTx")
+            .field("frames", &self.frames)
+            .field("free", &self.free.len())
+            .finish()
+    }
+}
+
+impl XskTx {
+    /// Bind to `queue` of `iface` (copy mode if `cfg.force_copy`).
+    pub fn open(iface: &str, queue: u32, cfg: &XskConfig) -> Result<XskTx, XskError> {
+        let err = |what| {
+            let iface = iface.to_string();
+            move |source| XskError {
+                what,
+                iface,
+                queue,
+                source,
+            }
+        };
+        let len = cfg.frames as usize * FRAME_SIZE as usize;
+        let area = Area::new(len).map_err(err("UMEM mmap"))?;
+        let slice = NonNull::slice_from_raw_parts(area.ptr, len);
+        let umem_cfg = UmemConfig {
+            fill_size: cfg.ring,
+            complete_size: cfg.ring,
+            frame_size: FRAME_SIZE,
+            headroom: 0,
+            flags: 0,
+        };
+        // SAFETY: `slice` is the page-aligned mapping owned by `area`, which is stored in the
+        // same `XskTx` and dropped after the UMEM (field order).
+        let umem = unsafe { Umem::new(umem_cfg, slice) }
+            .map_err(|e| err("UMEM registration")(errno(e)))?;
+        let mut info = IfInfo::invalid();
+        let cname = CString::new(iface).map_err(|_| {
+            err("interface name")(std::io::Error::from(std::io::ErrorKind::InvalidInput))
+        })?;
+        info.from_name(&cname)
+            .map_err(|e| err("interface lookup")(errno(e)))?;
+        info.set_queue(queue);
+        let socket = Socket::with_shared(&info, &umem).map_err(|e| err("socket")(errno(e)))?;
+        let dev = umem
+            .fq_cq(&socket)
+            .map_err(|e| err("fill/completion rings")(errno(e)))?;
+        let sc = SocketConfig {
+            rx_size: NonZeroU32::new(cfg.ring),
+            tx_size: NonZeroU32::new(cfg.ring),
+            bind_flags: SocketConfig::XDP_BIND_NEED_WAKEUP
+                | if cfg.force_copy {
+                    SocketConfig::XDP_BIND_COPY
+                } else {
+                    0
+                },
+        };
+        let user = umem
+            .rx_tx(&socket, &sc)
+            .map_err(|e| err("rx/tx rings")(errno(e)))?;
+        let rx = user.map_rx().map_err(|e| err("rx ring mmap")(errno(e)))?;
+        let tx = user.map_tx().map_err(|e| err("tx ring mmap")(errno(e)))?;
+        umem.bind(&user).map_err(|e| err("bind")(errno(e)))?;
+        let fd = rx.as_raw_fd();
+        Ok(XskTx {
+            port: Port {
+                dev,
+                rx,
+                tx,
+                user,
+                _socket: socket,
+                fd,
+            },
+            _umem: umem,
+            area,
+            free: (0..cfg.frames)
+                .rev()
+                .map(|i| u64::from(i) * u64::from(FRAME_SIZE))
+                .collect(),
+            frames: cfg.frames,
+        })
+    }
+
+    /// Take a free frame.
+    pub fn alloc(&mut self) -> Option<Frame> {
+        let a = self.free.pop()?;
+        // SAFETY: `a` comes from this area's free list: a frame offset below its length.
+        let ptr = unsafe { self.area.ptr.add(a as usize) };
+        Some(Frame { base: ptr, addr: a })
+    }
+
+    /// Give a frame back unsent.
+    pub fn release(&mut self, f: Frame) {
+        self.free.push(f.addr);
+    }
+
+    /// Queue `f[0..len]` for transmission; on a full ring the frame is handed back.
+    pub fn send(&mut self, f: Frame, len: usize) -> Result<(), Frame> {
+        let mut w = self.port.tx.transmit(1);
+        let desc = XdpDesc {
+            addr: f.addr,
+            len: len as u32,
+            options: 0,
+        };
+        if !w.insert_once(desc) {
+            drop(w);
+            return Err(f);
+        }
+        w.commit();
+        Ok(())
+    }
+
+    /// Push queued descriptors to the kernel (copy mode moves 32 per `sendto`: kick until
+    /// drained, bounded) and take completed frames back. Returns the frames completed.
+    pub fn kick_and_reap(&mut self) -> u32 {
+        for _ in 0..64 {
+            if self.port.tx.pending() == 0 {
+                break;
+            }
+            self.port.tx.wake();
+        }
+        let mut n = 0;
+        let mut c = self.port.dev.complete(self.frames);
+        while let Some(a) = c.read() {
+            self.free.push(a & !u64::from(FRAME_SIZE - 1));
+            n += 1;
+        }
+        c.release();
+        n
+    }
+
+    /// Frames on the free list.
+    pub fn free_frames(&self) -> usize {
+        self.free.len()
+    }
+}
