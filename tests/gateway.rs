@@ -2160,17 +2160,7 @@ fn replay_backend_encrypts_and_decrypts_without_the_kernel() {
         .warm_neighbours()
         .unwrap_or_else(|e| s.fail(&e.to_string()));
     let plain = xsec_lab::capacity::plain_frames(200, 8);
-    let mut pcap = vec![];
-    pcap.extend_from_slice(&0xa1b2_c3d4_u32.to_le_bytes());
-    pcap.extend_from_slice(&[
-        2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 1, 0, 0, 0,
-    ]);
-    for f in &plain {
-        pcap.extend_from_slice(&[0; 8]);
-        pcap.extend_from_slice(&(f.len() as u32).to_le_bytes());
-        pcap.extend_from_slice(&(f.len() as u32).to_le_bytes());
-        pcap.extend_from_slice(f);
-    }
+    let pcap = xsec_lab::capacity::pcap(&plain);
     let input = s
         .lab
         .write_file("plain.pcap", &pcap)

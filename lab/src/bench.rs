@@ -152,7 +152,8 @@ fn mode_label(idle: Option<&str>) -> String {
 }
 
 /// Every counter of the stats file the bench reports, flattened.
-fn xsecd_counters(st: &Stats) -> BTreeMap<String, u64> {
+/// The stats file's engine, drop and forwarding counters, and the workers' RX/TX sums, flat.
+pub(crate) fn xsecd_counters(st: &Stats) -> BTreeMap<String, u64> {
     let mut m = BTreeMap::new();
     for sect in ["engine", "drops", "forward"] {
         for (k, v) in st.0[sect].as_object().into_iter().flatten() {
@@ -167,7 +168,10 @@ fn xsecd_counters(st: &Stats) -> BTreeMap<String, u64> {
     m
 }
 
-fn deltas(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+pub(crate) fn deltas(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
     after
         .iter()
         .map(|(k, a)| {

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::bench::median;
+use crate::bench::{deltas, median, xsecd_counters};
 use crate::config::{Alg, Pair, PairOptions};
 use crate::stats::Stats;
 use crate::sysstat;
@@ -129,28 +129,6 @@ pub struct Trial {
     pub problems: Vec<String>,
 }
 
-fn counters(st: &Stats) -> BTreeMap<String, u64> {
-    let mut m = BTreeMap::new();
-    for sect in ["engine", "drops", "forward"] {
-        for (k, v) in st.0[sect].as_object().into_iter().flatten() {
-            if let Some(n) = v.as_u64() {
-                m.insert(format!("{sect}.{k}"), n);
-            }
-        }
-    }
-    for f in [
-        "rx_unprot",
-        "rx_prot",
-        "tx_unprot",
-        "tx_prot",
-        "handoff_tx",
-        "handoff_drop",
-    ] {
-        m.insert(format!("workers.{f}"), st.workers_sum(f));
-    }
-    m
-}
-
 /// Wait until the stats file has a snapshot newer than `after_ms` of uptime.
 fn fresh_stats(path: &Path, after_ms: u64) -> Result<Stats> {
     for _ in 0..100 {
@@ -192,11 +170,7 @@ fn trial(
         std::thread::sleep(Duration::from_secs_f64(o.seconds));
         let s1 = fresh_stats(&d.stats_file, t0 + (o.seconds * 1000.0) as u64)?;
         lab.daemons_alive(std::slice::from_ref(&d))?;
-        let (c0, c1) = (counters(&s0), counters(&s1));
-        let delta: BTreeMap<String, u64> = c1
-            .iter()
-            .map(|(k, v)| (k.clone(), v.saturating_sub(c0.get(k).copied().unwrap_or(0))))
-            .collect();
+        let delta = deltas(&xsecd_counters(&s0), &xsecd_counters(&s1));
         Ok(((s1.uptime_ms() - t0) as f64 / 1000.0, delta))
     };
     let r = run();
@@ -536,7 +510,8 @@ fn cell(
     Ok(out)
 }
 
-fn pcap(frames: &[Vec<u8>]) -> Vec<u8> {
+/// A pcap file (Ethernet link type, zero timestamps) of `frames`.
+pub fn pcap(frames: &[Vec<u8>]) -> Vec<u8> {
     let mut v = vec![];
     v.extend_from_slice(&0xa1b2_c3d4_u32.to_le_bytes());
     v.extend_from_slice(&2u16.to_le_bytes());

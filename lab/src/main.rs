@@ -355,30 +355,10 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let mut parsed_sizes = vec![];
-            for s in &sizes {
-                match s.as_str() {
-                    "imix" => parsed_sizes.push(0),
-                    n => match n.parse() {
-                        Ok(n) => parsed_sizes.push(n),
-                        Err(_) => {
-                            eprintln!("xsec-lab capacity: --sizes {s}: a number or imix");
-                            return ExitCode::from(2);
-                        }
-                    },
-                }
-            }
-            let mut parsed_algs = vec![];
-            for a in &algs {
-                match config::Alg::from_name(a) {
-                    Some(a) => parsed_algs.push(a),
-                    None => {
-                        let names: Vec<&str> = config::Alg::ALL.iter().map(|a| a.name()).collect();
-                        eprintln!("xsec-lab capacity: --algs {a}: one of {}", names.join(", "));
-                        return ExitCode::from(2);
-                    }
-                }
-            }
+            let (parsed_sizes, parsed_algs) = match parse_sizes_algs("capacity", &sizes, &algs) {
+                Ok(v) => v,
+                Err(code) => return code,
+            };
             let o = capacity::CapacityOptions {
                 xsecd,
                 seconds: seconds.max(0.5),
@@ -428,29 +408,10 @@ fn main() -> ExitCode {
                     .and_then(|p| p.parent().map(|d| d.join("xsec-pktgen")))
                     .unwrap_or_else(|| PathBuf::from("xsec-pktgen"))
             });
-            let mut parsed_sizes = vec![];
-            for s in &sizes {
-                match s.as_str() {
-                    "imix" => parsed_sizes.push(0),
-                    n => match n.parse() {
-                        Ok(n) => parsed_sizes.push(n),
-                        Err(_) => {
-                            eprintln!("xsec-lab ndr: --sizes {s}: a number or imix");
-                            return ExitCode::from(2);
-                        }
-                    },
-                }
-            }
-            let mut parsed_algs = vec![];
-            for a in &algs {
-                match config::Alg::from_name(a) {
-                    Some(a) => parsed_algs.push(a),
-                    None => {
-                        eprintln!("xsec-lab ndr: --algs {a}: unknown");
-                        return ExitCode::from(2);
-                    }
-                }
-            }
+            let (parsed_sizes, parsed_algs) = match parse_sizes_algs("ndr", &sizes, &algs) {
+                Ok(v) => v,
+                Err(code) => return code,
+            };
             let o = ndr::NdrOptions {
                 xsecd,
                 pktgen,
@@ -609,4 +570,38 @@ fn main() -> ExitCode {
             timeout,
         } => exit(tools::tcp_send(dst, port, bytes, secs(timeout))),
     }
+}
+
+/// `--sizes` (numbers or `imix`, which is 0) and `--algs` (short names) of `capacity` and
+/// `ndr`; on a bad value the message is printed and the exit code returned.
+fn parse_sizes_algs(
+    cmd: &str,
+    sizes: &[String],
+    algs: &[String],
+) -> Result<(Vec<usize>, Vec<config::Alg>), ExitCode> {
+    let mut out_sizes = vec![];
+    for s in sizes {
+        match s.as_str() {
+            "imix" => out_sizes.push(0),
+            n => match n.parse() {
+                Ok(n) => out_sizes.push(n),
+                Err(_) => {
+                    eprintln!("xsec-lab {cmd}: --sizes {s}: a number or imix");
+                    return Err(ExitCode::from(2));
+                }
+            },
+        }
+    }
+    let mut out_algs = vec![];
+    for a in algs {
+        match config::Alg::from_name(a) {
+            Some(a) => out_algs.push(a),
+            None => {
+                let names: Vec<&str> = config::Alg::ALL.iter().map(|a| a.name()).collect();
+                eprintln!("xsec-lab {cmd}: --algs {a}: one of {}", names.join(", "));
+                return Err(ExitCode::from(2));
+            }
+        }
+    }
+    Ok((out_sizes, out_algs))
 }

@@ -282,6 +282,41 @@ impl Pacer {
     }
 }
 
+/// The once-a-second live lines: when one is [`due`](Ticker::due), [`tick`](Ticker::tick)
+/// gives the seconds since the start and a counter's rate since the last line.
+#[derive(Debug)]
+pub struct Ticker {
+    start: Instant,
+    next: Instant,
+    last: (Instant, u64),
+}
+
+impl Default for Ticker {
+    fn default() -> Self {
+        let now = Instant::now();
+        Ticker {
+            start: now,
+            next: now + Duration::from_secs(1),
+            last: (now, 0),
+        }
+    }
+}
+
+impl Ticker {
+    pub fn due(&self) -> bool {
+        Instant::now() >= self.next
+    }
+
+    pub fn tick(&mut self, count: u64) -> (f64, f64) {
+        let now = Instant::now();
+        let rate = count.saturating_sub(self.last.1) as f64
+            / now.duration_since(self.last.0).as_secs_f64().max(1e-9);
+        self.last = (now, count);
+        self.next += Duration::from_secs(1);
+        (now.duration_since(self.start).as_secs_f64(), rate)
+    }
+}
+
 /// The IP-packet sizes a generator cycles through: one size, or IMIX.
 pub fn sizes(spec: &str) -> Result<Vec<usize>, String> {
     if spec == "imix" {

@@ -221,8 +221,7 @@ fn generate(g: &Gen) -> Result<(), String> {
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(g.seconds);
     let (mut seq, mut sent, mut errors, mut batches) = (0u64, 0u64, 0u64, 0u64);
-    let mut next_live = start + Duration::from_secs(1);
-    let mut last_live = (start, 0u64);
+    let mut live = Ticker::default();
     loop {
         let now = Instant::now();
         if now >= end || stop.load(Ordering::Relaxed) || (g.count > 0 && seq >= g.count) {
@@ -288,16 +287,12 @@ fn generate(g: &Gen) -> Result<(), String> {
         seq += done as u64;
         sent += done as u64;
         batches += 1;
-        if !g.quiet && Instant::now() >= next_live {
-            let t = Instant::now();
-            let pps = (sent - last_live.1) as f64 / t.duration_since(last_live.0).as_secs_f64();
+        if !g.quiet && live.due() {
+            let (t, pps) = live.tick(sent);
             eprintln!(
-                "gen: {:>5.1} s  sent {sent:>10}  {:>8.1} kpps  errors {errors}",
-                t.duration_since(start).as_secs_f64(),
+                "gen: {t:>5.1} s  sent {sent:>10}  {:>8.1} kpps  errors {errors}",
                 pps / 1e3
             );
-            last_live = (t, sent);
-            next_live += Duration::from_secs(1);
         }
     }
     gen_summary(g, sent, start.elapsed().as_secs_f64(), errors, "socket");
@@ -336,8 +331,7 @@ fn sink(
     let mut t = Totals::default();
     let mut buf = vec![0u8; 65536];
     let (mut first, mut last): (Option<Instant>, Option<Instant>) = (None, None);
-    let mut next_live = start + Duration::from_secs(1);
-    let mut last_live = (start, 0u64);
+    let mut live = Ticker::default();
     loop {
         let now = Instant::now();
         if now >= end || stop.load(Ordering::Relaxed) || last.is_some_and(|l| now - l >= idle) {
@@ -363,13 +357,11 @@ fn sink(
                 Err(Bad::Foreign) => t.foreign += 1,
             }
         }
-        if !quiet && Instant::now() >= next_live {
-            let now = Instant::now();
+        if !quiet && live.due() {
             let received: u64 = streams.values().map(|s| s.received).sum();
             let lost: u64 = streams.values().map(|s| s.lost(None)).sum();
             let reordered: u64 = streams.values().map(|s| s.reordered).sum();
-            let pps =
-                (received - last_live.1) as f64 / now.duration_since(last_live.0).as_secs_f64();
+            let (t_s, pps) = live.tick(received);
             let lat = if interval.is_empty() {
                 "-".to_owned()
             } else {
@@ -381,15 +373,12 @@ fn sink(
                 )
             };
             eprintln!(
-                "sink: {:>5.1} s  rx {:>8.1} kpps  lost {lost} ({:.3} %)  reordered {reordered}  corrupt {}  {lat}",
-                now.duration_since(start).as_secs_f64(),
+                "sink: {t_s:>5.1} s  rx {:>8.1} kpps  lost {lost} ({:.3} %)  reordered {reordered}  corrupt {}  {lat}",
                 pps / 1e3,
                 100.0 * lost as f64 / (received + lost).max(1) as f64,
                 t.corrupt
             );
             interval.reset();
-            last_live = (now, received);
-            next_live += Duration::from_secs(1);
         }
     }
     let received: u64 = streams.values().map(|s| s.received).sum();

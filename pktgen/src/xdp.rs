@@ -112,8 +112,7 @@ pub fn generate(g: &Gen, iface: &str) -> Result<(), String> {
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(g.seconds);
     let (mut seq, mut errors) = (0u64, 0u64);
-    let mut next_live = start + Duration::from_secs(1);
-    let mut last_live = (start, 0u64);
+    let mut live = Ticker::default();
     loop {
         let now = Instant::now();
         if now >= end
@@ -172,16 +171,12 @@ pub fn generate(g: &Gen, iface: &str) -> Result<(), String> {
             }
         }
         xsk.kick_and_reap();
-        if !g.quiet && Instant::now() >= next_live {
-            let t = Instant::now();
-            let pps = (seq - last_live.1) as f64 / t.duration_since(last_live.0).as_secs_f64();
+        if !g.quiet && live.due() {
+            let (t, pps) = live.tick(seq);
             eprintln!(
-                "gen: {:>5.1} s  sent {seq:>10}  {:>8.1} kpps (AF_XDP {iface})",
-                t.duration_since(start).as_secs_f64(),
+                "gen: {t:>5.1} s  sent {seq:>10}  {:>8.1} kpps (AF_XDP {iface})",
                 pps / 1e3
             );
-            last_live = (t, seq);
-            next_live += Duration::from_secs(1);
         }
     }
     let secs = start.elapsed().as_secs_f64();

@@ -247,6 +247,89 @@ impl std::fmt::Debug for Xsk {
     }
 }
 
+/// A UMEM of `cfg.frames` frames over a fresh anonymous mapping.
+fn new_umem(cfg: &XskConfig) -> Result<(Area, Umem), (&'static str, std::io::Error)> {
+    let len = cfg.frames as usize * FRAME_SIZE as usize;
+    let area = Area::new(len).map_err(|e| ("UMEM mmap", e))?;
+    let slice = NonNull::slice_from_raw_parts(area.ptr, len);
+    let umem_cfg = UmemConfig {
+        fill_size: cfg.ring,
+        complete_size: cfg.ring,
+        frame_size: FRAME_SIZE,
+        headroom: 0,
+        flags: 0,
+    };
+    // SAFETY: `slice` is the page-aligned mapping owned by `area`; every caller stores the
+    // area beside the UMEM and drops it after the UMEM and its sockets (field order).
+    let umem =
+        unsafe { Umem::new(umem_cfg, slice) }.map_err(|e| ("UMEM registration", errno(e)))?;
+    Ok((area, umem))
+}
+
+/// Bind a socket with RX and TX rings to `queue` of `iface` on `umem`. The UMEM's own
+/// socket (`first`) carries the mode flags; a socket joining a shared UMEM must bind
+/// without them (it inherits them).
+fn open_port(
+    umem: &Umem,
+    iface: &str,
+    queue: u32,
+    first: bool,
+    cfg: &XskConfig,
+) -> Result<Port, (&'static str, std::io::Error)> {
+    let mut info = IfInfo::invalid();
+    let cname = CString::new(iface).map_err(|_| {
+        (
+            "interface name",
+            std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        )
+    })?;
+    info.from_name(&cname)
+        .map_err(|e| ("interface lookup", errno(e)))?;
+    info.set_queue(queue);
+    let socket = if first {
+        Socket::with_shared(&info, umem)
+    } else {
+        Socket::new(&info)
+    }
+    .map_err(|e| ("socket", errno(e)))?;
+    let dev = umem
+        .fq_cq(&socket)
+        .map_err(|e| ("fill/completion rings", errno(e)))?;
+    let bind_flags = match (first, cfg.force_copy) {
+        (false, _) => 0,
+        (true, false) => SocketConfig::XDP_BIND_NEED_WAKEUP,
+        (true, true) => SocketConfig::XDP_BIND_NEED_WAKEUP | SocketConfig::XDP_BIND_COPY,
+    };
+    let sc = SocketConfig {
+        rx_size: NonZeroU32::new(cfg.ring),
+        tx_size: NonZeroU32::new(cfg.ring),
+        bind_flags,
+    };
+    let user = umem
+        .rx_tx(&socket, &sc)
+        .map_err(|e| ("rx/tx rings", errno(e)))?;
+    let rx = user.map_rx().map_err(|e| ("rx ring mmap", errno(e)))?;
+    let tx = user.map_tx().map_err(|e| ("tx ring mmap", errno(e)))?;
+    umem.bind(&user).map_err(|e| ("bind", errno(e)))?;
+    let fd = rx.as_raw_fd();
+    Ok(Port {
+        dev,
+        rx,
+        tx,
+        user,
+        _socket: socket,
+        fd,
+    })
+}
+
+/// Every frame's address, the last first (so frames are taken from the front).
+fn free_list(frames: u32) -> Vec<u64> {
+    (0..frames)
+        .rev()
+        .map(|i| u64::from(i) * u64::from(FRAME_SIZE))
+        .collect()
+}
+
 impl Xsk {
     /// Create the UMEM and bind a socket to `queue` of each interface.
     pub fn open(
@@ -255,93 +338,20 @@ impl Xsk {
         queue: u32,
         cfg: &XskConfig,
     ) -> Result<Xsk, XskError> {
-        let err = |what, iface: &str| {
+        let fail = |iface: &str| {
             let iface = iface.to_string();
-            move |source| XskError {
+            move |(what, source)| XskError {
                 what,
                 iface,
                 queue,
                 source,
             }
         };
-        let len = cfg.frames as usize * FRAME_SIZE as usize;
-        let area = Area::new(len).map_err(err("UMEM mmap", unprotected))?;
-        let slice = NonNull::slice_from_raw_parts(area.ptr, len);
-        let umem_cfg = UmemConfig {
-            fill_size: cfg.ring,
-            complete_size: cfg.ring,
-            frame_size: FRAME_SIZE,
-            headroom: 0,
-            flags: 0,
-        };
-        // SAFETY: `slice` is the page-aligned mapping owned by `area`, which is stored in the
-        // same `Xsk` and dropped after the UMEM (field order).
-        let umem = unsafe { Umem::new(umem_cfg, slice) }
-            .map_err(|e| err("UMEM registration", unprotected)(errno(e)))?;
-
-        let mut ports = Vec::with_capacity(2);
-        for (i, name) in [unprotected, protected].into_iter().enumerate() {
-            let mut info = IfInfo::invalid();
-            let cname = CString::new(name).map_err(|_| {
-                err("interface name", name)(std::io::Error::from(std::io::ErrorKind::InvalidInput))
-            })?;
-            info.from_name(&cname)
-                .map_err(|e| err("interface lookup", name)(errno(e)))?;
-            info.set_queue(queue);
-            // The first socket is the UMEM's own; the second joins it (shared UMEM), and a
-            // joining socket must bind without mode flags (it inherits them).
-            let socket = if i == 0 {
-                Socket::with_shared(&info, &umem)
-            } else {
-                Socket::new(&info)
-            }
-            .map_err(|e| err("socket", name)(errno(e)))?;
-            let dev = umem
-                .fq_cq(&socket)
-                .map_err(|e| err("fill/completion rings", name)(errno(e)))?;
-            let bind_flags = if i == 0 {
-                SocketConfig::XDP_BIND_NEED_WAKEUP
-                    | if cfg.force_copy {
-                        SocketConfig::XDP_BIND_COPY
-                    } else {
-                        0
-                    }
-            } else {
-                0
-            };
-            let sc = SocketConfig {
-                rx_size: NonZeroU32::new(cfg.ring),
-                tx_size: NonZeroU32::new(cfg.ring),
-                bind_flags,
-            };
-            let user = umem
-                .rx_tx(&socket, &sc)
-                .map_err(|e| err("rx/tx rings", name)(errno(e)))?;
-            let rx = user
-                .map_rx()
-                .map_err(|e| err("rx ring mmap", name)(errno(e)))?;
-            let tx = user
-                .map_tx()
-                .map_err(|e| err("tx ring mmap", name)(errno(e)))?;
-            umem.bind(&user).map_err(|e| err("bind", name)(errno(e)))?;
-            let fd = rx.as_raw_fd();
-            ports.push(Port {
-                dev,
-                rx,
-                tx,
-                user,
-                _socket: socket,
-                fd,
-            });
-        }
-        let [pu, pp]: [Port; 2] = match ports.try_into() {
-            Ok(p) => p,
-            Err(_) => unreachable!("two ports were pushed"),
-        };
-        let free = (0..cfg.frames)
-            .rev()
-            .map(|i| u64::from(i) * u64::from(FRAME_SIZE))
-            .collect();
+        let (area, umem) = new_umem(cfg).map_err(fail(unprotected))?;
+        // The first socket is the UMEM's own; the second joins it (shared UMEM).
+        let pu = open_port(&umem, unprotected, queue, true, cfg).map_err(fail(unprotected))?;
+        let pp = open_port(&umem, protected, queue, false, cfg).map_err(fail(protected))?;
+        let free = free_list(cfg.frames);
         let mut x = Xsk {
             io: Io::Sockets {
                 ports: [pu, pp],
@@ -368,10 +378,7 @@ impl Xsk {
             queue: 0,
             source,
         })?;
-        let free = (0..cfg.frames)
-            .rev()
-            .map(|i| u64::from(i) * u64::from(FRAME_SIZE))
-            .collect();
+        let free = free_list(cfg.frames);
         Ok(Xsk {
             io: Io::Replay(ReplayIo {
                 src,
@@ -662,72 +669,19 @@ impl std::fmt::Debug for XskTx {
 impl XskTx {
     /// Bind to `queue` of `iface` (copy mode if `cfg.force_copy`).
     pub fn open(iface: &str, queue: u32, cfg: &XskConfig) -> Result<XskTx, XskError> {
-        let err = |what| {
-            let iface = iface.to_string();
-            move |source| XskError {
-                what,
-                iface,
-                queue,
-                source,
-            }
+        let fail = |(what, source)| XskError {
+            what,
+            iface: iface.to_string(),
+            queue,
+            source,
         };
-        let len = cfg.frames as usize * FRAME_SIZE as usize;
-        let area = Area::new(len).map_err(err("UMEM mmap"))?;
-        let slice = NonNull::slice_from_raw_parts(area.ptr, len);
-        let umem_cfg = UmemConfig {
-            fill_size: cfg.ring,
-            complete_size: cfg.ring,
-            frame_size: FRAME_SIZE,
-            headroom: 0,
-            flags: 0,
-        };
-        // SAFETY: `slice` is the page-aligned mapping owned by `area`, which is stored in the
-        // same `XskTx` and dropped after the UMEM (field order).
-        let umem = unsafe { Umem::new(umem_cfg, slice) }
-            .map_err(|e| err("UMEM registration")(errno(e)))?;
-        let mut info = IfInfo::invalid();
-        let cname = CString::new(iface).map_err(|_| {
-            err("interface name")(std::io::Error::from(std::io::ErrorKind::InvalidInput))
-        })?;
-        info.from_name(&cname)
-            .map_err(|e| err("interface lookup")(errno(e)))?;
-        info.set_queue(queue);
-        let socket = Socket::with_shared(&info, &umem).map_err(|e| err("socket")(errno(e)))?;
-        let dev = umem
-            .fq_cq(&socket)
-            .map_err(|e| err("fill/completion rings")(errno(e)))?;
-        let sc = SocketConfig {
-            rx_size: NonZeroU32::new(cfg.ring),
-            tx_size: NonZeroU32::new(cfg.ring),
-            bind_flags: SocketConfig::XDP_BIND_NEED_WAKEUP
-                | if cfg.force_copy {
-                    SocketConfig::XDP_BIND_COPY
-                } else {
-                    0
-                },
-        };
-        let user = umem
-            .rx_tx(&socket, &sc)
-            .map_err(|e| err("rx/tx rings")(errno(e)))?;
-        let rx = user.map_rx().map_err(|e| err("rx ring mmap")(errno(e)))?;
-        let tx = user.map_tx().map_err(|e| err("tx ring mmap")(errno(e)))?;
-        umem.bind(&user).map_err(|e| err("bind")(errno(e)))?;
-        let fd = rx.as_raw_fd();
+        let (area, umem) = new_umem(cfg).map_err(fail)?;
+        let port = open_port(&umem, iface, queue, true, cfg).map_err(fail)?;
         Ok(XskTx {
-            port: Port {
-                dev,
-                rx,
-                tx,
-                user,
-                _socket: socket,
-                fd,
-            },
+            port,
             _umem: umem,
             area,
-            free: (0..cfg.frames)
-                .rev()
-                .map(|i| u64::from(i) * u64::from(FRAME_SIZE))
-                .collect(),
+            free: free_list(cfg.frames),
             frames: cfg.frames,
         })
     }
