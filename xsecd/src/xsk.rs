@@ -247,6 +247,22 @@ impl std::fmt::Debug for Xsk {
     }
 }
 
+impl Port {
+    /// Put one descriptor on the TX ring; false when the ring is full.
+    fn transmit(&mut self, addr: u64, len: usize) -> bool {
+        let mut w = self.tx.transmit(1);
+        let ok = w.insert_once(XdpDesc {
+            addr,
+            len: len as u32,
+            options: 0,
+        });
+        if ok {
+            w.commit();
+        }
+        ok
+    }
+}
+
 /// A UMEM of `cfg.frames` frames over a fresh anonymous mapping.
 fn new_umem(cfg: &XskConfig) -> Result<(Area, Umem), (&'static str, std::io::Error)> {
     let len = cfg.frames as usize * FRAME_SIZE as usize;
@@ -560,17 +576,9 @@ impl Xsk {
                 return Ok(());
             }
         };
-        let mut w = p.tx.transmit(1);
-        let desc = XdpDesc {
-            addr: f.addr + off as u64,
-            len: len as u32,
-            options: 0,
-        };
-        if !w.insert_once(desc) {
-            drop(w);
+        if !p.transmit(f.addr + off as u64, len) {
             return Err(f);
         }
-        w.commit();
         self.in_flight[side as usize] += 1;
         Ok(())
     }
@@ -701,17 +709,9 @@ impl XskTx {
 
     /// Queue `f[0..len]` for transmission; on a full ring the frame is handed back.
     pub fn send(&mut self, f: Frame, len: usize) -> Result<(), Frame> {
-        let mut w = self.port.tx.transmit(1);
-        let desc = XdpDesc {
-            addr: f.addr,
-            len: len as u32,
-            options: 0,
-        };
-        if !w.insert_once(desc) {
-            drop(w);
+        if !self.port.transmit(f.addr, len) {
             return Err(f);
         }
-        w.commit();
         Ok(())
     }
 
