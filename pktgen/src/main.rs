@@ -190,16 +190,22 @@ fn gen_summary(g: &Gen, sent: u64, secs: f64, errors: u64, io: &str) {
     );
 }
 
-fn generate(g: &Gen) -> Result<(), String> {
+/// Every size must hold the IP and UDP headers and the stamp, and at most `max` bytes.
+fn check_sizes(g: &Gen, max: usize) -> Result<usize, String> {
     let hdr = if g.dst.is_ipv4() { 28 } else { 48 };
     for &s in &g.sizes {
-        if s < hdr + HEADER || s > 9000 {
+        if s < hdr + HEADER || s > max {
             return Err(format!(
-                "size {s}: from {} (IP + UDP headers + the {HEADER}-byte stamp) to 9000",
+                "size {s}: from {} (IP + UDP headers + the {HEADER}-byte stamp) to {max}",
                 hdr + HEADER
             ));
         }
     }
+    Ok(hdr)
+}
+
+fn generate(g: &Gen) -> Result<(), String> {
+    let hdr = check_sizes(g, 9000)?;
     let unspec = match g.dst {
         IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),

@@ -11,7 +11,7 @@ use xsec_pktgen::*;
 use xsecd::neigh::{Resolution, Resolver};
 use xsecd::xsk::{XskConfig, XskTx};
 
-use crate::{Gen, gen_summary, stop_flag};
+use crate::{Gen, check_sizes, gen_summary, stop_flag};
 
 fn ipv4_checksum(h: &[u8]) -> u16 {
     let mut s: u32 = h
@@ -59,6 +59,8 @@ pub fn generate(g: &Gen, iface: &str) -> Result<(), String> {
     let IpAddr::V4(dst) = g.dst else {
         return Err("--io xdp sends IPv4 only".into());
     };
+    // one UMEM frame per packet, Ethernet header included
+    check_sizes(g, xsecd::xsk::FRAME_SIZE as usize - 14)?;
     let mut res = Resolver::new().map_err(|e| format!("netlink: {e}"))?;
     let ifindex = res.ifindex(iface).map_err(|e| format!("{iface}: {e}"))?;
     let src = res
