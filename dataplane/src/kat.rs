@@ -48,6 +48,12 @@ pub(crate) fn unhex(s: &str) -> Vec<u8> {
 }
 
 fn vectors(text: &str) -> Vec<Vector> {
+    records(text).into_iter().map(Vector).collect()
+}
+
+/// The records of a vector file: `key = value` lines, a blank line between records, `#`
+/// comments (also the GCM kernel's own tests read them).
+pub(crate) fn records(text: &str) -> Vec<HashMap<String, String>> {
     let mut out = vec![];
     let mut cur = HashMap::new();
     for line in text.lines().chain(std::iter::once("")) {
@@ -57,7 +63,7 @@ fn vectors(text: &str) -> Vec<Vector> {
         }
         if line.is_empty() {
             if !cur.is_empty() {
-                out.push(Vector(std::mem::take(&mut cur)));
+                out.push(std::mem::take(&mut cur));
             }
             continue;
         }

@@ -48,6 +48,25 @@ impl Rng {
         self.fill(&mut v);
         v
     }
+    /// `n` random arrays.
+    fn arrays<const N: usize>(&mut self, n: usize) -> Vec<[u8; N]> {
+        (0..n)
+            .map(|_| {
+                let mut x = [0u8; N];
+                self.fill(&mut x);
+                x
+            })
+            .collect()
+    }
+    /// `n` random messages, each of a length `len` draws.
+    fn messages(&mut self, n: usize, mut len: impl FnMut(&mut Rng) -> usize) -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|_| {
+                let l = len(self);
+                self.bytes(l)
+            })
+            .collect()
+    }
     /// A payload length: mostly small packets, some full-size, a few jumbo.
     fn len(&mut self, align: usize) -> usize {
         let l = match self.below(1000) {
@@ -94,25 +113,9 @@ fn gcm_kernels_match_ring_over_a_million_cases() {
         }
         // the burst entry points or the one-packet ones (what the engine calls)
         let one = rng.below(2) == 0;
-        let nonces: Vec<[u8; 12]> = (0..n)
-            .map(|_| {
-                let mut x = [0u8; 12];
-                rng.fill(&mut x);
-                x
-            })
-            .collect();
-        let aads: Vec<Vec<u8>> = (0..n)
-            .map(|_| {
-                let l = if rng.below(2) == 0 { 8 } else { 12 };
-                rng.bytes(l)
-            })
-            .collect();
-        let plain: Vec<Vec<u8>> = (0..n)
-            .map(|_| {
-                let l = rng.len(1);
-                rng.bytes(l)
-            })
-            .collect();
+        let nonces: Vec<[u8; 12]> = rng.arrays(n);
+        let aads = rng.messages(n, |r| if r.below(2) == 0 { 8 } else { 12 });
+        let plain = rng.messages(n, |r| r.len(1));
         let mut ours = plain.clone();
         let mut jobs: Vec<gcmni::GcmJob<'_>> = ours
             .iter_mut()
@@ -227,19 +230,8 @@ fn cbc_kernels_match_rustcrypto_over_a_million_cases() {
         let klen = [16, 24, 32][rng.below(3)];
         let key = rng.bytes(klen);
         let ak = aesni::AesNiKey::new(&key).expect("key");
-        let ivs: Vec<[u8; 16]> = (0..n)
-            .map(|_| {
-                let mut x = [0u8; 16];
-                rng.fill(&mut x);
-                x
-            })
-            .collect();
-        let plain: Vec<Vec<u8>> = (0..n)
-            .map(|_| {
-                let l = rng.len(16);
-                rng.bytes(l)
-            })
-            .collect();
+        let ivs: Vec<[u8; 16]> = rng.arrays(n);
+        let plain = rng.messages(n, |r| r.len(16));
         let mut ours = plain.clone();
         let mut jobs: Vec<aesni::CbcJob<'_>> = ours
             .iter_mut()
@@ -298,18 +290,8 @@ fn hmac_kernels_match_ring_over_a_million_cases() {
         let n = n.min(4);
         let sha256 = rng.below(2) == 0;
         // key lengths around the block size: shorter, equal, longer (hashed first)
-        let keys: Vec<Vec<u8>> = (0..n)
-            .map(|_| {
-                let l = [20, 32, 64, 65, 100][rng.below(5)];
-                rng.bytes(l)
-            })
-            .collect();
-        let data: Vec<Vec<u8>> = (0..n)
-            .map(|_| {
-                let l = rng.len(1);
-                rng.bytes(l)
-            })
-            .collect();
+        let keys = rng.messages(n, |r| [20, 32, 64, 65, 100][r.below(5)]);
+        let data = rng.messages(n, |r| r.len(1));
         let his: Vec<Option<u32>> = (0..n)
             .map(|_| (rng.below(2) == 0).then(|| rng.next() as u32))
             .collect();

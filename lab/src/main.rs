@@ -286,13 +286,16 @@ fn exit(r: xsec_lab::Result<u64>) -> ExitCode {
 }
 
 /// A flag set by SIGINT and SIGTERM.
-fn stop_flag() -> Result<Arc<AtomicBool>, String> {
+/// A flag set by SIGINT/SIGTERM; `None` (the reason printed) if the handlers cannot be set.
+fn stop_flag() -> Option<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))
-            .map_err(|e| format!("xsec-lab: cannot handle signal {sig}: {e}"))?;
+        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
+            eprintln!("xsec-lab: cannot handle signal {sig}: {e}");
+            return None;
+        }
     }
-    Ok(stop)
+    Some(stop)
 }
 
 fn main() -> ExitCode {
@@ -308,13 +311,12 @@ fn main() -> ExitCode {
             json,
             prefix,
         } => {
-            let (stop, lab_bin) = match (stop_flag(), std::env::current_exe()) {
-                (Ok(s), Ok(b)) => (s, b),
-                (Err(e), _) => {
-                    eprintln!("{e}");
-                    return ExitCode::FAILURE;
-                }
-                (_, Err(e)) => {
+            let Some(stop) = stop_flag() else {
+                return ExitCode::FAILURE;
+            };
+            let lab_bin = match std::env::current_exe() {
+                Ok(b) => b,
+                Err(e) => {
                     eprintln!("xsec-lab: cannot find my own executable: {e}");
                     return ExitCode::FAILURE;
                 }
@@ -348,12 +350,8 @@ fn main() -> ExitCode {
             json,
             prefix,
         } => {
-            let stop = match stop_flag() {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(stop) = stop_flag() else {
+                return ExitCode::FAILURE;
             };
             let (parsed_sizes, parsed_algs) = match parse_sizes_algs("capacity", &sizes, &algs) {
                 Ok(v) => v,
@@ -395,12 +393,8 @@ fn main() -> ExitCode {
             json,
             prefix,
         } => {
-            let stop = match stop_flag() {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(stop) = stop_flag() else {
+                return ExitCode::FAILURE;
             };
             let pktgen = pktgen.unwrap_or_else(|| {
                 std::env::current_exe()
@@ -485,12 +479,8 @@ fn main() -> ExitCode {
             keep,
             prefix,
         } => {
-            let stop = match stop_flag() {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(stop) = stop_flag() else {
+                return ExitCode::FAILURE;
             };
             let lab_bin = match std::env::current_exe() {
                 Ok(p) => p,

@@ -15,10 +15,10 @@
 //! exists only after runtime detection said the CPU has both features.
 #![allow(unsafe_code)]
 
+use super::simd::{load, store};
 use core::arch::x86_64::{
     __m128i, _mm_aesdec_si128, _mm_aesdeclast_si128, _mm_aesenc_si128, _mm_aesenclast_si128,
-    _mm_aesimc_si128, _mm_aeskeygenassist_si128, _mm_loadu_si128, _mm_set_epi32, _mm_setzero_si128,
-    _mm_storeu_si128, _mm_xor_si128,
+    _mm_aesimc_si128, _mm_aeskeygenassist_si128, _mm_set_epi32, _mm_setzero_si128, _mm_xor_si128,
 };
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -67,18 +67,6 @@ impl AesNiKey {
         unsafe { expand(key, &mut k) };
         Some(k)
     }
-}
-
-#[inline(always)]
-fn load(b: &[u8; 16]) -> __m128i {
-    // SAFETY: an unaligned 16-byte load from a 16-byte array; SSE2 is part of x86_64.
-    unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
-}
-
-#[inline(always)]
-fn store(b: &mut [u8; 16], v: __m128i) {
-    // SAFETY: an unaligned 16-byte store to a 16-byte array; SSE2 is part of x86_64.
-    unsafe { _mm_storeu_si128(b.as_mut_ptr().cast(), v) }
 }
 
 /// FIPS-197 §5.2 key expansion, word by word; SubWord/RotWord come from AESKEYGENASSIST

@@ -48,15 +48,15 @@
 //! runtime detection said the CPU has all three features.
 #![allow(unsafe_code)]
 
+use super::simd::{load, load256, store, store256};
 use core::arch::x86_64::{
     __m128i, __m256i, _mm_add_epi32, _mm_aesenc_si128, _mm_aesenclast_si128, _mm_and_si128,
-    _mm_clmulepi64_si128, _mm_cmpgt_epi8, _mm_loadu_si128, _mm_set_epi8, _mm_set_epi32,
-    _mm_set_epi64x, _mm_set1_epi8, _mm_setzero_si128, _mm_shuffle_epi8, _mm_shuffle_epi32,
-    _mm_slli_si128, _mm_srli_si128, _mm_storeu_si128, _mm_testz_si128, _mm_xor_si128,
-    _mm256_add_epi32, _mm256_aesenc_epi128, _mm256_aesenclast_epi128, _mm256_broadcastsi128_si256,
-    _mm256_castsi256_si128, _mm256_clmulepi64_epi128, _mm256_extracti128_si256, _mm256_loadu_si256,
-    _mm256_set_epi32, _mm256_set_m128i, _mm256_setzero_si256, _mm256_shuffle_epi8,
-    _mm256_shuffle_epi32, _mm256_storeu_si256, _mm256_xor_si256,
+    _mm_clmulepi64_si128, _mm_cmpgt_epi8, _mm_set_epi8, _mm_set_epi32, _mm_set_epi64x,
+    _mm_set1_epi8, _mm_setzero_si128, _mm_shuffle_epi8, _mm_shuffle_epi32, _mm_slli_si128,
+    _mm_srli_si128, _mm_testz_si128, _mm_xor_si128, _mm256_add_epi32, _mm256_aesenc_epi128,
+    _mm256_aesenclast_epi128, _mm256_broadcastsi128_si256, _mm256_castsi256_si128,
+    _mm256_clmulepi64_epi128, _mm256_extracti128_si256, _mm256_set_epi32, _mm256_set_m128i,
+    _mm256_setzero_si256, _mm256_shuffle_epi8, _mm256_shuffle_epi32, _mm256_xor_si256,
 };
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -224,18 +224,6 @@ pub fn open_many(key: &GcmKey, jobs: &mut [GcmJob<'_>], ok: &mut [bool]) -> usiz
             (false, _) => narrow::open_jobs::<14>(key, jobs, ok),
         }
     }
-}
-
-#[inline(always)]
-fn load(b: &[u8; 16]) -> __m128i {
-    // SAFETY: an unaligned 16-byte load from a 16-byte array; SSE2 is part of x86_64.
-    unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
-}
-
-#[inline(always)]
-fn store(b: &mut [u8; 16], v: __m128i) {
-    // SAFETY: an unaligned 16-byte store to a 16-byte array; SSE2 is part of x86_64.
-    unsafe { _mm_storeu_si128(b.as_mut_ptr().cast(), v) }
 }
 
 /// Load up to 16 bytes, zero-padded (GCM pads the last partial block with zeros).
@@ -728,19 +716,6 @@ fn no_big_steps<const NR: usize, const DECRYPT: bool>(
     (s, 0)
 }
 
-#[inline(always)]
-fn load256(b: &[u8; 32]) -> __m256i {
-    // SAFETY: an unaligned 32-byte load from a 32-byte array; reached only from functions
-    // compiled with AVX (the wide kernels).
-    unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
-}
-
-#[inline(always)]
-fn store256(b: &mut [u8; 32], v: __m256i) {
-    // SAFETY: an unaligned 32-byte store to a 32-byte array; AVX as for `load256`.
-    unsafe { _mm256_storeu_si256(b.as_mut_ptr().cast(), v) }
-}
-
 /// The whole [`BIG_STEP`]-block (256-byte) steps at the start of `data`, software-pipelined
 /// on VAES and VPCLMULQDQ: while the AES rounds of a step's 16 counter blocks run (8
 /// independent 256-bit chains, enough to keep both AES units busy through their latency),
@@ -1172,23 +1147,7 @@ mod tests {
     /// one `seal_many` / `open_many` burst per key size after each one alone.
     #[test]
     fn draft_mcgrew_gcm_esp_vectors() {
-        let text = include_str!("../../tests/vectors/gcm_esp.txt");
-        let mut cases: Vec<std::collections::HashMap<String, String>> = vec![];
-        let mut cur = std::collections::HashMap::new();
-        for line in text.lines().chain(std::iter::once("")) {
-            let line = line.trim();
-            if line.starts_with('#') {
-                continue;
-            }
-            if line.is_empty() {
-                if !cur.is_empty() {
-                    cases.push(std::mem::take(&mut cur));
-                }
-                continue;
-            }
-            let (k, v) = line.split_once(" = ").expect("field");
-            cur.insert(k.to_owned(), v.to_owned());
-        }
+        let cases = crate::kat::records(include_str!("../../tests/vectors/gcm_esp.txt"));
         assert_eq!(cases.len(), 17, "all of the draft's cases");
         let mut tested = 0;
         for klen in [16, 32] {

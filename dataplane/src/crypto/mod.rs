@@ -24,6 +24,8 @@ pub mod gcmni;
 mod integ;
 #[cfg(target_arch = "x86_64")]
 pub mod shani;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 pub(crate) mod transform;
 
 pub use alg::{AuthAlg, CryptoError, EncAlg};

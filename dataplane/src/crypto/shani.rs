@@ -38,11 +38,12 @@
 //! CPU has all of them.
 #![allow(unsafe_code)]
 
+use super::simd::{load, store};
 use core::arch::x86_64::{
     __m128i, _mm_add_epi32, _mm_alignr_epi8, _mm_blend_epi16, _mm_extract_epi32, _mm_loadu_si128,
     _mm_set_epi32, _mm_set_epi64x, _mm_setzero_si128, _mm_sha1msg1_epu32, _mm_sha1msg2_epu32,
     _mm_sha1nexte_epu32, _mm_sha1rnds4_epu32, _mm_sha256msg1_epu32, _mm_sha256msg2_epu32,
-    _mm_sha256rnds2_epu32, _mm_shuffle_epi8, _mm_shuffle_epi32, _mm_storeu_si128, _mm_xor_si128,
+    _mm_sha256rnds2_epu32, _mm_shuffle_epi8, _mm_shuffle_epi32, _mm_xor_si128,
 };
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -56,18 +57,6 @@ pub fn available() -> bool {
     std::is_x86_feature_detected!("sha")
         && std::is_x86_feature_detected!("sse4.1")
         && std::is_x86_feature_detected!("ssse3")
-}
-
-#[inline(always)]
-fn load(b: &[u8; 16]) -> __m128i {
-    // SAFETY: an unaligned 16-byte load from a 16-byte array; SSE2 is part of x86_64.
-    unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
-}
-
-#[inline(always)]
-fn store(b: &mut [u8; 16], v: __m128i) {
-    // SAFETY: an unaligned 16-byte store to a 16-byte array; SSE2 is part of x86_64.
-    unsafe { _mm_storeu_si128(b.as_mut_ptr().cast(), v) }
 }
 
 /// The message bytes of one HMAC pass after the `absorbed` bytes already hashed, as 64-byte

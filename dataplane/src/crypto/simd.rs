@@ -1,0 +1,32 @@
+//! Unaligned loads and stores between byte blocks and SIMD registers, shared by the AES-NI,
+//! SHA-NI and GCM kernels (part of the SIMD crypto kernels, where `unsafe` is allowed).
+#![allow(unsafe_code)]
+
+use core::arch::x86_64::{
+    __m128i, __m256i, _mm_loadu_si128, _mm_storeu_si128, _mm256_loadu_si256, _mm256_storeu_si256,
+};
+
+#[inline(always)]
+pub(crate) fn load(b: &[u8; 16]) -> __m128i {
+    // SAFETY: an unaligned 16-byte load from a 16-byte array; SSE2 is part of x86_64.
+    unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
+}
+
+#[inline(always)]
+pub(crate) fn store(b: &mut [u8; 16], v: __m128i) {
+    // SAFETY: an unaligned 16-byte store to a 16-byte array; SSE2 is part of x86_64.
+    unsafe { _mm_storeu_si128(b.as_mut_ptr().cast(), v) }
+}
+
+#[inline(always)]
+pub(crate) fn load256(b: &[u8; 32]) -> __m256i {
+    // SAFETY: an unaligned 32-byte load from a 32-byte array; reached only from functions
+    // compiled with AVX (the wide GCM kernels).
+    unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+}
+
+#[inline(always)]
+pub(crate) fn store256(b: &mut [u8; 32], v: __m256i) {
+    // SAFETY: an unaligned 32-byte store to a 32-byte array; AVX as for `load256`.
+    unsafe { _mm256_storeu_si256(b.as_mut_ptr().cast(), v) }
+}
