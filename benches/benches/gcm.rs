@@ -39,6 +39,13 @@ fn jobs<'a>(bufs: &'a mut [Vec<u8>], tags: &[[u8; 16]]) -> Vec<GcmJob<'a>> {
         .collect()
 }
 
+/// Copy `from` over `work`, packet by packet (the kernels work in place).
+fn restore(work: &mut [Vec<u8>], from: &[Vec<u8>]) {
+    for (w, f) in work.iter_mut().zip(from) {
+        w.copy_from_slice(f);
+    }
+}
+
 /// One table row: cycles per packet of ring and of each burst size, seal then open.
 fn row(klen: usize, size: usize, rounds: usize, mhz: f64) {
     let kb: Vec<u8> = (0..klen as u8).map(|i| i ^ 0xa5).collect();
@@ -71,14 +78,18 @@ fn row(klen: usize, size: usize, rounds: usize, mhz: f64) {
     let mut work = plain.clone();
     let mut work_ring = sealed_ring.clone();
     let mut ok = [false; ROUND];
-    let cells = 2 * (2 + BURSTS.len());
+    // the kernels timed beside ring: each burst size, then the 128-bit-only ones
+    let variants: Vec<(&GcmKey, usize)> = BURSTS
+        .iter()
+        .map(|&b| (&gk, b))
+        .chain([(&nk, NARROW)])
+        .collect();
+    let cells = 2 * (1 + variants.len());
     let mut t: Vec<Vec<f64>> = vec![vec![]; cells];
     for round in 0..rounds + 50 {
         let mut times = vec![0f64; cells];
-        // seal: ring, then each burst size
-        for (w, p) in work.iter_mut().zip(&plain) {
-            w.copy_from_slice(p);
-        }
+        // seal: ring, then each burst size and the 128-bit-only kernels
+        restore(&mut work, &plain);
         let t0 = Instant::now();
         for (i, w) in work.iter_mut().enumerate() {
             let tag = rk
@@ -91,32 +102,18 @@ fn row(klen: usize, size: usize, rounds: usize, mhz: f64) {
             let _ = black_box(tag);
         }
         times[0] = t0.elapsed().as_nanos() as f64;
-        for (k, &b) in BURSTS.iter().enumerate() {
-            for (w, p) in work.iter_mut().zip(&plain) {
-                w.copy_from_slice(p);
-            }
+        for (k, &(key, b)) in variants.iter().enumerate() {
+            restore(&mut work, &plain);
             let mut j = jobs(&mut work, &tags);
             let t0 = Instant::now();
             for c in j.chunks_mut(b) {
-                gcmni::seal_many(&gk, c);
+                gcmni::seal_many(key, c);
             }
             times[1 + k] = t0.elapsed().as_nanos() as f64;
             black_box(&j);
         }
-        for (w, p) in work.iter_mut().zip(&plain) {
-            w.copy_from_slice(p);
-        }
-        let mut j = jobs(&mut work, &tags);
-        let t0 = Instant::now();
-        for c in j.chunks_mut(NARROW) {
-            gcmni::seal_many(&nk, c);
-        }
-        times[1 + BURSTS.len()] = t0.elapsed().as_nanos() as f64;
-        black_box(&j);
-        // open: ring, then each burst size
-        for (w, s) in work_ring.iter_mut().zip(&sealed_ring) {
-            w.copy_from_slice(s);
-        }
+        // open: ring, then the same variants
+        restore(&mut work_ring, &sealed_ring);
         let t0 = Instant::now();
         for (i, w) in work_ring.iter_mut().enumerate() {
             let p = rk
@@ -128,30 +125,18 @@ fn row(klen: usize, size: usize, rounds: usize, mhz: f64) {
                 .expect("open");
             let _ = black_box(p);
         }
-        let o = 2 + BURSTS.len();
+        let o = 1 + variants.len();
         times[o] = t0.elapsed().as_nanos() as f64;
-        for (k, &b) in BURSTS.iter().enumerate() {
-            for (w, s) in work.iter_mut().zip(&sealed) {
-                w.copy_from_slice(s);
-            }
+        for (k, &(key, b)) in variants.iter().enumerate() {
+            restore(&mut work, &sealed);
             let mut j = jobs(&mut work, &tags);
             let t0 = Instant::now();
             for (c, ok) in j.chunks_mut(b).zip(ok.chunks_mut(b)) {
-                gcmni::open_many(&gk, c, ok);
+                gcmni::open_many(key, c, ok);
             }
             times[o + 1 + k] = t0.elapsed().as_nanos() as f64;
             assert!(ok.iter().all(|&x| x), "every packet opens");
         }
-        for (w, s) in work.iter_mut().zip(&sealed) {
-            w.copy_from_slice(s);
-        }
-        let mut j = jobs(&mut work, &tags);
-        let t0 = Instant::now();
-        for (c, ok) in j.chunks_mut(NARROW).zip(ok.chunks_mut(NARROW)) {
-            gcmni::open_many(&nk, c, ok);
-        }
-        times[o + 1 + BURSTS.len()] = t0.elapsed().as_nanos() as f64;
-        assert!(ok.iter().all(|&x| x), "every packet opens");
         if round >= 50 {
             for (v, x) in t.iter_mut().zip(&times) {
                 v.push(*x);
