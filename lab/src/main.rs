@@ -133,6 +133,14 @@ enum Cmd {
         /// Algorithms of the ipsec mode, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "aes128gcm16")]
         algs: Vec<String>,
+        /// SA pairs (tunnels) of the ipsec mode, comma-separated; the flows are spread over
+        /// them by source port.
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        sas: Vec<usize>,
+        /// Worker counts of bypass and ipsec, comma-separated (one veth queue each; more
+        /// than one uses native XDP, which spreads flows over the queues).
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        workers: Vec<usize>,
         /// IP packet sizes, comma-separated, or imix.
         #[arg(long, value_delimiter = ',', default_value = "64,512,1400")]
         sizes: Vec<String>,
@@ -383,6 +391,8 @@ fn main() -> ExitCode {
             pktgen,
             modes,
             algs,
+            sas,
+            workers,
             sizes,
             seconds,
             precision,
@@ -411,6 +421,8 @@ fn main() -> ExitCode {
                 pktgen,
                 modes,
                 algs: parsed_algs,
+                sas,
+                workers,
                 sizes: parsed_sizes,
                 seconds: seconds.max(0.5),
                 precision: precision.clamp(0.001, 0.5),

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::capacity::spread_sas;
 use crate::config::{Action, Alg, Pair, PairOptions};
 use crate::procs::Proc;
 use crate::sysstat;
@@ -36,6 +37,10 @@ pub struct NdrOptions {
     /// `plain`, `bypass`, `ipsec`.
     pub modes: Vec<String>,
     pub algs: Vec<Alg>,
+    /// SA pairs of the ipsec modes (flows spread over them by source port).
+    pub sas: Vec<usize>,
+    /// Worker counts of the xsecd modes (one veth queue each).
+    pub workers: Vec<usize>,
     /// IP sizes; 0 = IMIX.
     pub sizes: Vec<usize>,
     pub seconds: f64,
@@ -53,6 +58,8 @@ pub struct NdrOptions {
 }
 
 const PORT: u16 = 5301;
+/// Flow `f`'s source port is `SRC_PORT + f`, as [`spread_sas`] maps flows to SAs.
+const SRC_PORT: u16 = 10_000;
 
 /// One paced run.
 #[derive(Debug, Clone)]
@@ -73,12 +80,16 @@ pub struct Trial {
 pub struct Result1 {
     pub name: String,
     pub mode: String,
+    pub workers: usize,
+    pub sas: usize,
     pub size: usize,
     pub max_offered: f64,
     pub ndr: f64,
     pub pdr: f64,
     pub latency_half_ndr: Value,
     pub trials: Vec<Trial>,
+    /// gwA's workers after the searches: what each received from the LAN and handed off.
+    pub gwa_workers: Value,
 }
 
 fn size_tag(s: usize) -> String {
@@ -89,13 +100,29 @@ fn size_tag(s: usize) -> String {
     }
 }
 
-/// The CSIT-style test name.
-pub fn test_name(mode: &str, size: usize) -> String {
+/// The CSIT-style test name: size, worker cores, tunnels, algorithm.
+pub fn test_name(mode: &str, size: usize, workers: usize, sas: usize) -> String {
     let s = size_tag(size);
     match mode.strip_prefix("ipsec-") {
-        Some(alg) => format!("{s}-1c-ethip4ipsec1tnlsw-ip4base-int-{alg}-ndrpdr"),
-        None if mode == "bypass" => format!("{s}-1c-ethip4-ip4base-xsecd-bypass-ndrpdr"),
+        Some(alg) => format!("{s}-{workers}c-ethip4ipsec{sas}tnlsw-ip4base-int-{alg}-ndrpdr"),
+        None if mode == "bypass" => format!("{s}-{workers}c-ethip4-ip4base-xsecd-bypass-ndrpdr"),
         None => format!("{s}-ethip4-ip4base-kernel-ndrpdr"),
+    }
+}
+
+/// One configuration under test: a mode, its workers and SAs, and the flows it sends.
+#[derive(Debug, Clone)]
+struct Case {
+    mode: String,
+    alg: Option<Alg>,
+    workers: usize,
+    sas: usize,
+    flows: u16,
+}
+
+impl Case {
+    fn tag(&self, size: usize) -> String {
+        format!("{}-{}w-{}t-{size}", self.mode, self.workers, self.sas)
     }
 }
 
@@ -115,7 +142,14 @@ fn wait(o: &NdrOptions, lab: &Lab, p: &Proc, limit: Duration) -> Result<()> {
 }
 
 /// Send at `rate` (0: unpaced) for `o.seconds`; the sink's view of it.
-fn trial(o: &NdrOptions, lab: &Lab, size: usize, rate: f64, tag: &str) -> Result<Trial> {
+fn trial(
+    o: &NdrOptions,
+    lab: &Lab,
+    flows: u16,
+    size: usize,
+    rate: f64,
+    tag: &str,
+) -> Result<Trial> {
     let bin = o.pktgen.to_string_lossy().into_owned();
     let count = if rate > 0.0 {
         (rate * o.seconds).round().max(1.0) as u64
@@ -162,7 +196,9 @@ fn trial(o: &NdrOptions, lab: &Lab, size: usize, rate: f64, tag: &str) -> Result
         "--size".into(),
         size_arg,
         "--flows".into(),
-        o.flows.to_string(),
+        flows.to_string(),
+        "--src-port".into(),
+        SRC_PORT.to_string(),
         "--rate".into(),
         format!("{rate}"),
         "--seconds".into(),
@@ -210,6 +246,7 @@ fn trial(o: &NdrOptions, lab: &Lab, size: usize, rate: f64, tag: &str) -> Result
 fn search(
     o: &NdrOptions,
     lab: &Lab,
+    flows: u16,
     size: usize,
     mut lo: f64,
     mut hi: f64,
@@ -222,7 +259,7 @@ fn search(
             break;
         }
         let r = (lo + hi) / 2.0;
-        let t = trial(o, lab, size, r, &format!("{label}-{i}"))?;
+        let t = trial(o, lab, flows, size, r, &format!("{label}-{i}"))?;
         let pass = t.loss_pct <= max_loss && t.corrupt == 0;
         println!(
             "    {label} trial {}: {:>9.1} kpps offered {:>9.1}: loss {:.3} % -> {}",
@@ -258,6 +295,76 @@ fn start_daemons(lab: &Lab, xsecd: &std::path::Path, pair: &Pair) -> Result<Vec<
     Ok(ds)
 }
 
+/// The cases of one run: `plain` once, then per worker count `bypass` and every algorithm ×
+/// SA count.
+fn cases(o: &NdrOptions) -> Result<Vec<Case>> {
+    let mut out = vec![];
+    for m in &o.modes {
+        if !matches!(m.as_str(), "plain" | "bypass" | "ipsec") {
+            return Err(err!("mode {m}: plain, bypass or ipsec"));
+        }
+    }
+    let has = |m: &str| o.modes.iter().any(|x| x == m);
+    if has("plain") {
+        out.push(Case {
+            mode: "plain".into(),
+            alg: None,
+            workers: 0,
+            sas: 0,
+            flows: o.flows,
+        });
+    }
+    for &workers in &o.workers {
+        if has("bypass") {
+            out.push(Case {
+                mode: "bypass".into(),
+                alg: None,
+                workers,
+                sas: 0,
+                flows: o.flows,
+            });
+        }
+        if has("ipsec") {
+            for &alg in &o.algs {
+                for &sas in &o.sas {
+                    out.push(Case {
+                        mode: format!("ipsec-{}", alg.name()),
+                        alg: Some(alg),
+                        workers,
+                        sas,
+                        // every SA gets at least one flow
+                        flows: o.flows.max(sas as u16),
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The two gateways' configurations for a case (`None` for plain forwarding).
+fn pair_for(c: &Case, cpus: usize) -> Option<Pair> {
+    let w = c.workers.max(1);
+    let mut p = Pair::new(PairOptions {
+        alg: c.alg.unwrap_or(Alg::AesGcm128),
+        queues: (0..w as u16).collect(),
+        ..PairOptions::default()
+    });
+    match (c.mode.as_str(), c.alg) {
+        ("plain", _) => return None,
+        ("bypass", _) => p.port_policy("pktgen", "udp", PORT, Action::Bypass),
+        _ => spread_sas(&mut p, c.sas, usize::from(c.flows)),
+    }
+    if w > 1 {
+        // veth spreads flows over its RX queues only with native XDP (NAPI per queue)
+        for g in [&mut p.a, &mut p.b] {
+            g.xdp_mode = "driver".into();
+            g.cores = (cpus.saturating_sub(w)..cpus).collect();
+        }
+    }
+    Some(p)
+}
+
 /// Run every search; print a table, write JSON.
 pub fn run(o: &NdrOptions) -> Result<Vec<Result1>> {
     let xsecd =
@@ -265,48 +372,59 @@ pub fn run(o: &NdrOptions) -> Result<Vec<Result1>> {
     if !o.pktgen.is_file() {
         return Err(err!("--pktgen {}: not found", o.pktgen.display()));
     }
-    let info = sysstat::cpuinfo();
-    println!("cpu: {} ({} CPUs)", info.model, info.cpus);
-    let lab = Lab::up(TopoOptions::new(&o.prefix))?;
-    lab.warm_neighbours()?;
-    let mut modes: Vec<String> = vec![];
-    for m in &o.modes {
-        match m.as_str() {
-            "plain" | "bypass" => modes.push(m.clone()),
-            "ipsec" => modes.extend(o.algs.iter().map(|a| format!("ipsec-{}", a.name()))),
-            _ => return Err(err!("mode {m}: plain, bypass or ipsec")),
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for &w in &o.workers {
+        if w == 0 || w > cpus {
+            return Err(err!("--workers {w}: 1 to {cpus} (one core each)"));
         }
     }
+    for &n in &o.sas {
+        if n == 0 || n > 4096 || usize::from(SRC_PORT) + n > 65_535 {
+            return Err(err!("--sas {n}: 1 to 4096"));
+        }
+    }
+    let cases = cases(o)?;
+    let info = sysstat::cpuinfo();
+    println!("cpu: {} ({} CPUs)", info.model, info.cpus);
     let mut results = vec![];
-    for mode in &modes {
-        let daemons = match mode.as_str() {
-            "plain" => vec![],
-            "bypass" => {
-                let mut p = Pair::new(PairOptions::default());
-                p.port_policy("pktgen", "udp", PORT, Action::Bypass);
-                start_daemons(&lab, &xsecd, &p)?
-            }
-            m => {
-                let alg = m
-                    .strip_prefix("ipsec-")
-                    .and_then(Alg::from_name)
-                    .ok_or_else(|| err!("mode {m}"))?;
-                start_daemons(
-                    &lab,
-                    &xsecd,
-                    &Pair::new(PairOptions {
-                        alg,
-                        ..PairOptions::default()
-                    }),
-                )?
-            }
+    // one topology per veth queue count (= workers): a worker per RX queue
+    let mut lab: Option<(usize, Lab)> = None;
+    for c in &cases {
+        let q = c.workers.max(1);
+        if lab.as_ref().is_none_or(|(n, _)| *n != q) {
+            drop(lab.take());
+            let l = Lab::up(TopoOptions::new(&o.prefix).queues(q as u16))?;
+            l.warm_neighbours()?;
+            lab = Some((q, l));
+        }
+        let Some((_, lab)) = lab.as_ref() else {
+            continue;
+        };
+        let daemons = match pair_for(c, cpus) {
+            Some(p) => start_daemons(lab, &xsecd, &p)?,
+            None => vec![],
+        };
+        let gwa_workers = || -> Value {
+            let Some(st) = daemons.first().and_then(|d| lab.stats(d).ok()) else {
+                return Value::Null;
+            };
+            let ws = st.0["workers"].as_array().cloned().unwrap_or_default();
+            Value::Array(
+                ws.iter()
+                    .map(|w| {
+                        json!({"rx_prot": w["rx_prot"], "handoff_tx": w["handoff_tx"],
+                               "handoff_drop": w["handoff_drop"]})
+                    })
+                    .collect(),
+            )
         };
         let r = (|| -> Result<()> {
             for &size in &o.sizes {
-                let name = test_name(mode, size);
+                let name = test_name(&c.mode, size, c.workers, c.sas);
                 println!("{name}:");
+                let tag = c.tag(size);
                 let mut trials = vec![];
-                let max = trial(o, &lab, size, 0.0, &format!("{mode}-{size}-max"))?;
+                let max = trial(o, lab, c.flows, size, 0.0, &format!("{tag}-max"))?;
                 let top = max.offered_pps;
                 println!(
                     "    unpaced: offered {:.1} kpps, received {:.1} kpps",
@@ -316,40 +434,49 @@ pub fn run(o: &NdrOptions) -> Result<Vec<Result1>> {
                 trials.push(max);
                 let pdr = search(
                     o,
-                    &lab,
+                    lab,
+                    c.flows,
                     size,
                     0.0,
                     top,
                     o.pdr_loss_pct,
-                    &format!("{mode}-{size}-pdr"),
+                    &format!("{tag}-pdr"),
                     &mut trials,
                 )?;
                 let ndr = search(
                     o,
-                    &lab,
+                    lab,
+                    c.flows,
                     size,
                     0.0,
                     pdr.max(top * o.precision),
                     0.0,
-                    &format!("{mode}-{size}-ndr"),
+                    &format!("{tag}-ndr"),
                     &mut trials,
                 )?;
-                let half = trial(o, &lab, size, ndr / 2.0, &format!("{mode}-{size}-lat"))?;
+                let half = trial(o, lab, c.flows, size, ndr / 2.0, &format!("{tag}-lat"))?;
                 println!(
                     "    NDR {:.1} kpps, PDR {:.1} kpps; at NDR/2: latency {}",
                     ndr / 1e3,
                     pdr / 1e3,
                     half.latency
                 );
+                let ws = gwa_workers();
+                if !ws.is_null() {
+                    println!("    gwA workers (cumulative): {ws}");
+                }
                 results.push(Result1 {
                     name,
-                    mode: mode.clone(),
+                    mode: c.mode.clone(),
+                    workers: c.workers,
+                    sas: c.sas,
                     size,
                     max_offered: top,
                     ndr,
                     pdr,
                     latency_half_ndr: half.latency.clone(),
                     trials,
+                    gwa_workers: ws,
                 });
             }
             Ok(())
@@ -367,9 +494,10 @@ pub fn run(o: &NdrOptions) -> Result<Vec<Result1>> {
                     "flags": info.flags.iter().map(|(f, h)| (f.to_string(), json!(h))).collect::<serde_json::Map<_, _>>()},
             "options": {"seconds": o.seconds, "precision": o.precision, "pdr_loss_pct": o.pdr_loss_pct, "flows": o.flows, "generator_io": o.gen_io},
             "results": results.iter().map(|r| json!({
-                "name": r.name, "mode": r.mode, "size": size_tag(r.size),
+                "name": r.name, "mode": r.mode, "workers": r.workers, "sas": r.sas, "size": size_tag(r.size),
                 "max_offered_pps": r.max_offered, "ndr_pps": r.ndr, "pdr_pps": r.pdr,
                 "latency_half_ndr_ns": r.latency_half_ndr,
+                "gwa_workers": r.gwa_workers,
                 "trials": r.trials.iter().map(|t| json!({
                     "rate": t.rate, "sent": t.sent, "received": t.received, "loss_pct": t.loss_pct,
                     "offered_pps": t.offered_pps, "reordered": t.reordered, "corrupt": t.corrupt,

@@ -38,6 +38,10 @@ enum Cmd {
         /// Flows: source ports (one socket each), used in turn batch by batch.
         #[arg(long, default_value_t = 1)]
         flows: u16,
+        /// Source port of flow 0; flow `f` sends from `src_port + f` (so a gateway's SPD
+        /// can map flows to SAs by port range). 0: ephemeral ports (sockets only).
+        #[arg(long, default_value_t = 10_000)]
+        src_port: u16,
         /// Datagrams per second; 0 = as fast as the sockets take them.
         #[arg(long, default_value_t = 0.0)]
         rate: f64,
@@ -105,6 +109,7 @@ fn main() -> ExitCode {
             port,
             size,
             flows,
+            src_port,
             rate,
             seconds,
             count,
@@ -121,6 +126,7 @@ fn main() -> ExitCode {
                 port,
                 sizes,
                 flows: flows.max(1),
+                src_port,
                 rate,
                 seconds,
                 count,
@@ -161,6 +167,7 @@ struct Gen {
     port: u16,
     sizes: Vec<usize>,
     flows: u16,
+    src_port: u16,
     rate: f64,
     seconds: f64,
     count: u64,
@@ -212,8 +219,15 @@ fn generate(g: &Gen) -> Result<(), String> {
     };
     let to = SocketAddr::new(g.dst, g.port);
     let mut socks = vec![];
-    for _ in 0..g.flows {
-        let s = UdpSocket::bind(SocketAddr::new(unspec, 0)).map_err(|e| format!("bind: {e}"))?;
+    for f in 0..g.flows {
+        let port = match g.src_port {
+            0 => 0,
+            p => p
+                .checked_add(f)
+                .ok_or_else(|| format!("--src-port {p} + {} flows passes 65535", g.flows))?,
+        };
+        let s = UdpSocket::bind(SocketAddr::new(unspec, port))
+            .map_err(|e| format!("bind source port {port}: {e}"))?;
         s.connect(to).map_err(|e| format!("connect {to}: {e}"))?;
         let _ = rustix::net::sockopt::set_socket_send_buffer_size(&s, 4 << 20);
         socks.push(s);

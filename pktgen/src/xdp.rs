@@ -2,7 +2,8 @@
 //! socket (xsecd's [`XskTx`]), bypassing the sender's UDP/IP stack. The destination MAC is
 //! the next hop's, from the kernel's routing and neighbour tables (xsecd's resolver, which
 //! also triggers ARP); the source address is the interface's first IPv4 address. UDP source
-//! port of flow `f` is 10000 + f; no UDP checksum (0, allowed for IPv4).
+//! port of flow `f` is `--src-port` + f (10000 + f if that is 0); no UDP checksum (0,
+//! allowed for IPv4).
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -61,6 +62,13 @@ pub fn generate(g: &Gen, iface: &str) -> Result<(), String> {
     };
     // one UMEM frame per packet, Ethernet header included
     check_sizes(g, xsecd::xsk::FRAME_SIZE as usize - 14)?;
+    let base = if g.src_port == 0 { 10_000 } else { g.src_port };
+    if base.checked_add(g.flows - 1).is_none() {
+        return Err(format!(
+            "--src-port {base} + {} flows passes 65535",
+            g.flows
+        ));
+    }
     let mut res = Resolver::new().map_err(|e| format!("netlink: {e}"))?;
     let ifindex = res.ifindex(iface).map_err(|e| format!("{iface}: {e}"))?;
     let src = res
@@ -146,7 +154,7 @@ pub fn generate(g: &Gen, iface: &str) -> Result<(), String> {
                 hop.src_mac,
                 src.octets(),
                 dst.octets(),
-                10_000 + flow,
+                base.wrapping_add(flow),
                 g.port,
                 size - 28,
             );

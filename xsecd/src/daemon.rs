@@ -12,7 +12,7 @@ use crate::control::{self, Control, CtlCounters};
 use crate::neigh::{Resolution, Resolver};
 use crate::replay::ReplaySource;
 use crate::stats::{self, StatsFile};
-use crate::worker::{self, Cmd, HANDOFF_BUF, Hop, Mesh, Snapshot, WorkerSetup};
+use crate::worker::{self, Cmd, HANDOFF_BUF, HANDOFF_POOL, Hop, Mesh, Snapshot, WorkerSetup};
 use crate::xdp::{Side as XdpSide, XdpMode, XdpSteering};
 use crate::xsk::{Side, XskConfig};
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
@@ -161,10 +161,12 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     let mut pools = Vec::new();
     let mut pool_rx = Vec::new();
     for _ in 0..n {
-        let (t, r) = bounded(1024);
+        // room for every buffer the other workers own: a handoff is lost only when the
+        // sender's pool is empty
+        let (t, r) = bounded(HANDOFF_POOL * n.saturating_sub(1).max(1));
         inboxes.push(t);
         inbox_rx.push(r);
-        let (t, r) = bounded::<Box<[u8; HANDOFF_BUF]>>(1024);
+        let (t, r) = bounded::<Box<[u8; HANDOFF_BUF]>>(HANDOFF_POOL);
         pools.push(t);
         pool_rx.push(r);
     }
