@@ -127,7 +127,9 @@ enum Cmd {
         /// The xsec-pktgen executable (default: next to this one).
         #[arg(long)]
         pktgen: Option<PathBuf>,
-        /// Modes, comma-separated: plain, bypass, ipsec (one per --algs).
+        /// Modes, comma-separated: plain, bypass, ipsec (one per --algs × --sas), decap
+        /// (gwB alone decrypting what xsec-pktgen in gwA encrypts with gwA's configuration,
+        /// on AF_XDP).
         #[arg(long, value_delimiter = ',', default_value = "plain,bypass,ipsec")]
         modes: Vec<String>,
         /// Algorithms of the ipsec mode, comma-separated.

@@ -1,12 +1,15 @@
 //! `xsec-lab ndr`: RFC 2544-style searches for the highest rate hA → hB with no loss (NDR)
 //! and with at most 0.5 % loss (PDR), per mode and packet size, with xsec-pktgen as the
-//! traffic generator (in hA) and sink (in hB), and the latency at half the NDR.
+//! traffic generator (in hA) and sink (in hB), and the latency at 10 %, 50 % and 90 % of the
+//! NDR.
 //!
 //! Modes, measured on the same topology in one run so that each IPsec figure has its
 //! baselines beside it: `plain` (no daemons: the gateways' kernels forward), `bypass` (xsecd
 //! on both gateways, the test traffic matched by a BYPASS policy in front of the PROTECT
-//! one, so it goes through the workers in clear) and one `ipsec-ALG` per algorithm (an
-//! xsecd tunnel). Test names follow FD.io CSIT's
+//! one, so it goes through the workers in clear), one `ipsec-ALG` per algorithm and SA count
+//! (an xsecd tunnel, flows spread over the SAs by source port) and `decap-ALG` (only gwB
+//! runs xsecd; the generator stands in for gwA, encrypting with gwA's configuration and
+//! sending ESP out of gwA's WAN port on AF_XDP, so gwB's decapsulation is measured alone). Test names follow FD.io CSIT's
 //! (`64b-1c-ethip4ipsec1tnlsw-ip4base-int-aes128gcm-ndrpdr`) so results can be set beside
 //! VPP's.
 //!
@@ -87,9 +90,13 @@ pub struct Result1 {
     pub ndr: f64,
     pub pdr: f64,
     pub latency_half_ndr: Value,
+    /// Latency at 10 % and 90 % of the NDR (CSIT also reports these): at 10 % the workers
+    /// are mostly asleep, so it shows what waking costs.
+    pub latency_10_90: [Value; 2],
     pub trials: Vec<Trial>,
-    /// gwA's workers after the searches: what each received from the LAN and handed off.
-    pub gwa_workers: Value,
+    /// The first gateway's workers after the searches (gwA's; gwB's in `decap`): what each
+    /// received and handed off.
+    pub worker_counters: Value,
 }
 
 fn size_tag(s: usize) -> String {
@@ -103,6 +110,9 @@ fn size_tag(s: usize) -> String {
 /// The CSIT-style test name: size, worker cores, tunnels, algorithm.
 pub fn test_name(mode: &str, size: usize, workers: usize, sas: usize) -> String {
     let s = size_tag(size);
+    if let Some(alg) = mode.strip_prefix("decap-") {
+        return format!("{s}-{workers}c-ethip4ipsec{sas}tnlsw-ip4base-int-{alg}-decap-ndrpdr");
+    }
     match mode.strip_prefix("ipsec-") {
         Some(alg) => format!("{s}-{workers}c-ethip4ipsec{sas}tnlsw-ip4base-int-{alg}-ndrpdr"),
         None if mode == "bypass" => format!("{s}-{workers}c-ethip4-ip4base-xsecd-bypass-ndrpdr"),
@@ -118,6 +128,9 @@ struct Case {
     workers: usize,
     sas: usize,
     flows: u16,
+    /// `decap-ALG`: the generator, in gwA, protects with gwA's configuration (this file),
+    /// each run's sequence numbers starting above the last run's.
+    esp: Option<(PathBuf, std::cell::Cell<u64>)>,
 }
 
 impl Case {
@@ -142,14 +155,7 @@ fn wait(o: &NdrOptions, lab: &Lab, p: &Proc, limit: Duration) -> Result<()> {
 }
 
 /// Send at `rate` (0: unpaced) for `o.seconds`; the sink's view of it.
-fn trial(
-    o: &NdrOptions,
-    lab: &Lab,
-    flows: u16,
-    size: usize,
-    rate: f64,
-    tag: &str,
-) -> Result<Trial> {
+fn trial(o: &NdrOptions, lab: &Lab, c: &Case, size: usize, rate: f64, tag: &str) -> Result<Trial> {
     let bin = o.pktgen.to_string_lossy().into_owned();
     let count = if rate > 0.0 {
         (rate * o.seconds).round().max(1.0) as u64
@@ -196,11 +202,20 @@ fn trial(
         "--size".into(),
         size_arg,
         "--flows".into(),
-        flows.to_string(),
+        c.flows.to_string(),
         "--src-port".into(),
         SRC_PORT.to_string(),
         "--rate".into(),
         format!("{rate}"),
+        // the datagrams of a batch share their time stamp and leave one after the other:
+        // paced, a batch spans at most ~50 µs of the rate, so that a low rate measures the
+        // path's latency and not the batch's length
+        "--batch".into(),
+        if rate > 0.0 {
+            ((rate * 50e-6).ceil() as usize).clamp(1, 32).to_string()
+        } else {
+            "32".into()
+        },
         "--seconds".into(),
         format!(
             "{}",
@@ -216,10 +231,35 @@ fn trial(
         "--io".into(),
         o.gen_io.clone(),
     ];
-    if o.gen_io == "xdp" {
-        gen_args.extend(["--iface".into(), "eth0".into()]);
-    }
-    let g = lab.spawn(Node::HostA, &format!("gen-{tag}"), &gen_args)?;
+    let node = match &c.esp {
+        Some((conf, seq)) => {
+            // gwA's stand-in: ESP out of gwA's WAN port, AF_XDP
+            gen_args.truncate(gen_args.len() - 2);
+            gen_args.extend(
+                [
+                    "--io",
+                    "xdp",
+                    "--iface",
+                    "wan0",
+                    "--src",
+                    addr::HOST_A,
+                    "--esp-seq-start",
+                    &seq.get().to_string(),
+                    "--esp-config",
+                ]
+                .map(String::from),
+            );
+            gen_args.push(conf.to_string_lossy().into_owned());
+            Node::GwA
+        }
+        None => {
+            if o.gen_io == "xdp" {
+                gen_args.extend(["--iface".into(), "eth0".into()]);
+            }
+            Node::HostA
+        }
+    };
+    let g = lab.spawn(node, &format!("gen-{tag}"), &gen_args)?;
     wait(o, lab, &g, Duration::from_secs_f64(o.seconds * 3.0 + 10.0))?;
     wait(o, lab, &sink, Duration::from_secs_f64(o.seconds + 15.0))?;
     let gj = last_json(&g.stdout_text())
@@ -228,6 +268,10 @@ fn trial(
         .ok_or_else(|| err!("sink printed no result: {}", sink.stderr_tail(5)))?;
     let n = |v: &Value, k: &str| v[k].as_u64().unwrap_or(0);
     let sent = n(&gj, "sent");
+    if let Some((_, seq)) = &c.esp {
+        // sends that failed also took a number: leave room
+        seq.set(seq.get() + sent + 65_536);
+    }
     let received = n(&sj, "received");
     Ok(Trial {
         rate,
@@ -246,7 +290,7 @@ fn trial(
 fn search(
     o: &NdrOptions,
     lab: &Lab,
-    flows: u16,
+    c: &Case,
     size: usize,
     mut lo: f64,
     mut hi: f64,
@@ -259,7 +303,7 @@ fn search(
             break;
         }
         let r = (lo + hi) / 2.0;
-        let t = trial(o, lab, flows, size, r, &format!("{label}-{i}"))?;
+        let t = trial(o, lab, c, size, r, &format!("{label}-{i}"))?;
         let pass = t.loss_pct <= max_loss && t.corrupt == 0;
         println!(
             "    {label} trial {}: {:>9.1} kpps offered {:>9.1}: loss {:.3} % -> {}",
@@ -296,12 +340,12 @@ fn start_daemons(lab: &Lab, xsecd: &std::path::Path, pair: &Pair) -> Result<Vec<
 }
 
 /// The cases of one run: `plain` once, then per worker count `bypass` and every algorithm ×
-/// SA count.
+/// SA count of `ipsec` and `decap`.
 fn cases(o: &NdrOptions) -> Result<Vec<Case>> {
     let mut out = vec![];
     for m in &o.modes {
-        if !matches!(m.as_str(), "plain" | "bypass" | "ipsec") {
-            return Err(err!("mode {m}: plain, bypass or ipsec"));
+        if !matches!(m.as_str(), "plain" | "bypass" | "ipsec" | "decap") {
+            return Err(err!("mode {m}: plain, bypass, ipsec or decap"));
         }
     }
     let has = |m: &str| o.modes.iter().any(|x| x == m);
@@ -312,6 +356,7 @@ fn cases(o: &NdrOptions) -> Result<Vec<Case>> {
             workers: 0,
             sas: 0,
             flows: o.flows,
+            esp: None,
         });
     }
     for &workers in &o.workers {
@@ -322,18 +367,23 @@ fn cases(o: &NdrOptions) -> Result<Vec<Case>> {
                 workers,
                 sas: 0,
                 flows: o.flows,
+                esp: None,
             });
         }
-        if has("ipsec") {
+        for mode in ["ipsec", "decap"] {
+            if !has(mode) {
+                continue;
+            }
             for &alg in &o.algs {
                 for &sas in &o.sas {
                     out.push(Case {
-                        mode: format!("ipsec-{}", alg.name()),
+                        mode: format!("{mode}-{}", alg.name()),
                         alg: Some(alg),
                         workers,
                         sas,
                         // every SA gets at least one flow
                         flows: o.flows.max(sas as u16),
+                        esp: None,
                     });
                 }
             }
@@ -400,11 +450,18 @@ pub fn run(o: &NdrOptions) -> Result<Vec<Result1>> {
         let Some((_, lab)) = lab.as_ref() else {
             continue;
         };
-        let daemons = match pair_for(c, cpus) {
+        let mut c = c.clone();
+        let daemons = match pair_for(&c, cpus) {
+            Some(p) if c.mode.starts_with("decap-") => {
+                let conf = lab.write_file("ndr-gwA-standin.toml", p.a.to_toml())?;
+                c.esp = Some((conf, std::cell::Cell::new(1)));
+                vec![lab.start_xsecd(Node::GwB, &xsecd, &p.b.to_toml(), Duration::from_secs(30))?]
+            }
             Some(p) => start_daemons(lab, &xsecd, &p)?,
             None => vec![],
         };
-        let gwa_workers = || -> Value {
+        let c = &c;
+        let worker_counters = || -> Value {
             let Some(st) = daemons.first().and_then(|d| lab.stats(d).ok()) else {
                 return Value::Null;
             };
@@ -412,8 +469,8 @@ pub fn run(o: &NdrOptions) -> Result<Vec<Result1>> {
             Value::Array(
                 ws.iter()
                     .map(|w| {
-                        json!({"rx_prot": w["rx_prot"], "handoff_tx": w["handoff_tx"],
-                               "handoff_drop": w["handoff_drop"]})
+                        json!({"rx_prot": w["rx_prot"], "rx_unprot": w["rx_unprot"],
+                               "handoff_tx": w["handoff_tx"], "handoff_drop": w["handoff_drop"]})
                     })
                     .collect(),
             )
@@ -424,7 +481,7 @@ pub fn run(o: &NdrOptions) -> Result<Vec<Result1>> {
                 println!("{name}:");
                 let tag = c.tag(size);
                 let mut trials = vec![];
-                let max = trial(o, lab, c.flows, size, 0.0, &format!("{tag}-max"))?;
+                let max = trial(o, lab, c, size, 0.0, &format!("{tag}-max"))?;
                 let top = max.offered_pps;
                 println!(
                     "    unpaced: offered {:.1} kpps, received {:.1} kpps",
@@ -435,7 +492,7 @@ pub fn run(o: &NdrOptions) -> Result<Vec<Result1>> {
                 let pdr = search(
                     o,
                     lab,
-                    c.flows,
+                    c,
                     size,
                     0.0,
                     top,
@@ -446,7 +503,7 @@ pub fn run(o: &NdrOptions) -> Result<Vec<Result1>> {
                 let ndr = search(
                     o,
                     lab,
-                    c.flows,
+                    c,
                     size,
                     0.0,
                     pdr.max(top * o.precision),
@@ -454,16 +511,21 @@ pub fn run(o: &NdrOptions) -> Result<Vec<Result1>> {
                     &format!("{tag}-ndr"),
                     &mut trials,
                 )?;
-                let half = trial(o, lab, c.flows, size, ndr / 2.0, &format!("{tag}-lat"))?;
+                let half = trial(o, lab, c, size, ndr / 2.0, &format!("{tag}-lat"))?;
+                let low = trial(o, lab, c, size, ndr * 0.1, &format!("{tag}-lat10"))?;
+                let high = trial(o, lab, c, size, ndr * 0.9, &format!("{tag}-lat90"))?;
                 println!(
                     "    NDR {:.1} kpps, PDR {:.1} kpps; at NDR/2: latency {}",
                     ndr / 1e3,
                     pdr / 1e3,
                     half.latency
                 );
-                let ws = gwa_workers();
+                let ws = worker_counters();
                 if !ws.is_null() {
-                    println!("    gwA workers (cumulative): {ws}");
+                    println!(
+                        "    {} workers (cumulative): {ws}",
+                        daemons[0].node.suffix()
+                    );
                 }
                 results.push(Result1 {
                     name,
@@ -475,8 +537,9 @@ pub fn run(o: &NdrOptions) -> Result<Vec<Result1>> {
                     ndr,
                     pdr,
                     latency_half_ndr: half.latency.clone(),
+                    latency_10_90: [low.latency.clone(), high.latency.clone()],
                     trials,
-                    gwa_workers: ws,
+                    worker_counters: ws,
                 });
             }
             Ok(())
@@ -497,7 +560,9 @@ pub fn run(o: &NdrOptions) -> Result<Vec<Result1>> {
                 "name": r.name, "mode": r.mode, "workers": r.workers, "sas": r.sas, "size": size_tag(r.size),
                 "max_offered_pps": r.max_offered, "ndr_pps": r.ndr, "pdr_pps": r.pdr,
                 "latency_half_ndr_ns": r.latency_half_ndr,
-                "gwa_workers": r.gwa_workers,
+                "latency_10pct_ndr_ns": r.latency_10_90[0],
+                "latency_90pct_ndr_ns": r.latency_10_90[1],
+                "worker_counters": r.worker_counters,
                 "trials": r.trials.iter().map(|t| json!({
                     "rate": t.rate, "sent": t.sent, "received": t.received, "loss_pct": t.loss_pct,
                     "offered_pps": t.offered_pps, "reordered": t.reordered, "corrupt": t.corrupt,
@@ -514,7 +579,7 @@ pub fn run(o: &NdrOptions) -> Result<Vec<Result1>> {
 /// The results with each mode's NDR as a ratio to `plain`'s at the same size.
 pub fn table(results: &[Result1]) -> String {
     let mut s = String::from(
-        "| test | NDR kpps | PDR kpps | NDR / plain | p50 / p99 / p99.9 at NDR/2 (µs) |\n|---|---|---|---|---|\n",
+        "| test | NDR kpps | PDR kpps | NDR / plain | p50 / p99 / p99.9 at NDR/2 (µs) | p50 / p99 at 10 % / 90 % of NDR (µs) |\n|---|---|---|---|---|---|\n",
     );
     for r in results {
         let plain = results
@@ -525,19 +590,27 @@ pub fn table(results: &[Result1]) -> String {
             Some(p) if p > 0.0 && r.mode != "plain" => format!("{:.2}", r.ndr / p),
             _ => String::new(),
         };
-        let l = &r.latency_half_ndr;
-        let us = |k: &str| {
+        let us = |l: &Value, k: &str| {
             l[k].as_f64()
                 .map_or("-".into(), |v| format!("{:.0}", v / 1e3))
         };
+        let (l, lo, hi) = (
+            &r.latency_half_ndr,
+            &r.latency_10_90[0],
+            &r.latency_10_90[1],
+        );
         s.push_str(&format!(
-            "| {} | {:.1} | {:.1} | {ratio} | {} / {} / {} |\n",
+            "| {} | {:.1} | {:.1} | {ratio} | {} / {} / {} | {} / {} , {} / {} |\n",
             r.name,
             r.ndr / 1e3,
             r.pdr / 1e3,
-            us("p50"),
-            us("p99"),
-            us("p999")
+            us(l, "p50"),
+            us(l, "p99"),
+            us(l, "p999"),
+            us(lo, "p50"),
+            us(lo, "p99"),
+            us(hi, "p50"),
+            us(hi, "p99"),
         ));
     }
     s

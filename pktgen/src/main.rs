@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::io::IoSlice;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,13 +67,26 @@ enum Cmd {
         /// No live lines on stderr.
         #[arg(long)]
         quiet: bool,
-        /// `socket` (kernel UDP sockets, sendmmsg) or `xdp` (whole frames on a transmit-only
-        /// AF_XDP socket: IPv4 only, next hop from the kernel's tables).
+        /// `socket` (kernel UDP sockets, sendmmsg), `xdp` (whole frames on a transmit-only
+        /// AF_XDP socket: IPv4 only, next hop from the kernel's tables; AF_PACKET if no
+        /// AF_XDP socket can be had) or `packet` (the same frames on AF_PACKET).
         #[arg(long, default_value = "socket")]
         io: String,
-        /// With `--io xdp`: the interface (queue 0) to send on.
+        /// With `--io xdp` or `packet`: the interface (queue 0) to send on.
         #[arg(long)]
         iface: Option<String>,
+        /// With `--io xdp` or `packet`: the source address (default: the interface's first IPv4 one).
+        #[arg(long)]
+        src: Option<IpAddr>,
+        /// With `--io xdp` or `packet`: protect what is sent as the gateway this xsecd configuration
+        /// describes would (its SPD and outbound SAs: ESP or ESP-in-UDP), standing in for
+        /// it in front of the gateway under test (decapsulation alone).
+        #[arg(long)]
+        esp_config: Option<PathBuf>,
+        /// With `--esp-config`: the first ESP sequence number of every SA (stay above what
+        /// the receiver has seen, or its anti-replay drops the packets).
+        #[arg(long, default_value_t = 1)]
+        esp_seq_start: u64,
     },
     /// Receive datagrams on PORT and account for them; one JSON line at the end.
     Sink {
@@ -120,6 +134,9 @@ fn main() -> ExitCode {
             quiet,
             io,
             iface,
+            src,
+            esp_config,
+            esp_seq_start,
         } => sizes(&size).and_then(|sizes| {
             let g = Gen {
                 dst,
@@ -135,12 +152,18 @@ fn main() -> ExitCode {
                 swap_every,
                 corrupt_every,
                 quiet,
+                src,
+                esp: esp_config,
+                esp_seq_start: esp_seq_start.max(1),
             };
             match (io.as_str(), iface) {
+                ("socket", _) if g.esp.is_some() || g.src.is_some() => {
+                    Err("--esp-config and --src need --io xdp or packet".into())
+                }
                 ("socket", _) => generate(&g),
-                ("xdp", Some(i)) => xdp::generate(&g, &i),
-                ("xdp", None) => Err("--io xdp needs --iface".into()),
-                (o, _) => Err(format!("--io {o}: socket or xdp")),
+                (o @ ("xdp" | "packet"), Some(i)) => xdp::generate(&g, &i, o),
+                (o @ ("xdp" | "packet"), None) => Err(format!("--io {o} needs --iface")),
+                (o, _) => Err(format!("--io {o}: socket, xdp or packet")),
             }
         }),
         Cmd::Sink {
@@ -160,6 +183,7 @@ fn main() -> ExitCode {
     }
 }
 
+mod esp;
 mod xdp;
 
 struct Gen {
@@ -176,6 +200,11 @@ struct Gen {
     swap_every: u64,
     corrupt_every: u64,
     quiet: bool,
+    /// The IP source (AF_XDP only).
+    src: Option<IpAddr>,
+    /// A gateway configuration whose SPD and SAs protect what is sent (AF_XDP only).
+    esp: Option<PathBuf>,
+    esp_seq_start: u64,
 }
 
 /// What the generator prints at the end.

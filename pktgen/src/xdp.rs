@@ -1,5 +1,6 @@
 //! `xsec-pktgen gen --io xdp`: whole Ethernet/IPv4/UDP frames on a transmit-only AF_XDP
-//! socket (xsecd's [`XskTx`]), bypassing the sender's UDP/IP stack. The destination MAC is
+//! socket (xsecd's [`XskTx`]), bypassing the sender's UDP/IP stack; where no AF_XDP socket
+//! can be had (or with `--io packet`), on an AF_PACKET socket instead. The destination MAC is
 //! the next hop's, from the kernel's routing and neighbour tables (xsecd's resolver, which
 //! also triggers ARP); the source address is the interface's first IPv4 address. UDP source
 //! port of flow `f` is `--src-port` + f (10000 + f if that is 0); no UDP checksum (0,
@@ -9,10 +10,10 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use xsec_pktgen::*;
-use xsecd::neigh::{Resolution, Resolver};
-use xsecd::xsk::{XskConfig, XskTx};
+use xsecd::neigh::{NextHop, Resolution, Resolver};
+use xsecd::xsk::{FRAME_SIZE, XskConfig, XskTx};
 
-use crate::{Gen, check_sizes, gen_summary, stop_flag};
+use crate::{Gen, check_sizes, esp, gen_summary, stop_flag};
 
 fn ipv4_checksum(h: &[u8]) -> u16 {
     let mut s: u32 = h
@@ -56,38 +57,16 @@ pub fn headers(
     h
 }
 
-pub fn generate(g: &Gen, iface: &str) -> Result<(), String> {
-    let IpAddr::V4(dst) = g.dst else {
-        return Err("--io xdp sends IPv4 only".into());
-    };
-    // one UMEM frame per packet, Ethernet header included
-    check_sizes(g, xsecd::xsk::FRAME_SIZE as usize - 14)?;
-    let base = if g.src_port == 0 { 10_000 } else { g.src_port };
-    if base.checked_add(g.flows - 1).is_none() {
-        return Err(format!(
-            "--src-port {base} + {} flows passes 65535",
-            g.flows
-        ));
-    }
-    let mut res = Resolver::new().map_err(|e| format!("netlink: {e}"))?;
-    let ifindex = res.ifindex(iface).map_err(|e| format!("{iface}: {e}"))?;
-    let src = res
-        .addresses(ifindex)
-        .map_err(|e| format!("{iface}: {e}"))?
-        .into_iter()
-        .find_map(|a| match a {
-            IpAddr::V4(v) => Some(v),
-            IpAddr::V6(_) => None,
-        })
-        .ok_or_else(|| format!("{iface} has no IPv4 address"))?;
-    // the next hop's MAC: resolution kicks ARP, so ask again for a while
+/// The next hop towards `dst` out of `ifindex` (resolution kicks ARP/ND, so ask again for a
+/// while).
+fn next_hop(res: &mut Resolver, iface: &str, ifindex: u32, dst: IpAddr) -> Result<NextHop, String> {
     let deadline = Instant::now() + Duration::from_secs(3);
-    let hop = loop {
+    loop {
         match res
-            .resolve(g.dst)
+            .resolve(dst)
             .map_err(|e| format!("route to {dst}: {e}"))?
         {
-            Resolution::Ready(h) if h.ifindex == ifindex => break h,
+            Resolution::Ready(h) if h.ifindex == ifindex => return Ok(h),
             Resolution::Ready(h) => {
                 return Err(format!(
                     "{dst} is routed out of ifindex {}, not {iface}",
@@ -99,24 +78,162 @@ pub fn generate(g: &Gen, iface: &str) -> Result<(), String> {
             }
             r => return Err(format!("no next hop for {dst}: {r:?}")),
         }
+    }
+}
+
+/// Where whole frames go: an AF_XDP socket (its UMEM frames are built in place), or an
+/// AF_PACKET socket (one `sendto(2)` per frame from a buffer) where AF_XDP is unavailable.
+enum Tx {
+    Xdp(Box<XskTx>),
+    Packet {
+        tx: Box<dyn pnet_datalink::DataLinkSender>,
+        buf: Vec<u8>,
+    },
+}
+
+impl Tx {
+    fn name(&self) -> &'static str {
+        match self {
+            Tx::Xdp(_) => "xdp",
+            Tx::Packet { .. } => "packet",
+        }
+    }
+}
+
+/// An AF_PACKET sender on `iface` (not promiscuous; what it receives is never read).
+fn packet_tx(iface: &str) -> Result<Tx, String> {
+    let dev = pnet_datalink::interfaces()
+        .into_iter()
+        .find(|d| d.name == iface)
+        .ok_or_else(|| format!("{iface}: no such interface"))?;
+    let cfg = pnet_datalink::Config {
+        promiscuous: false,
+        write_buffer_size: FRAME_SIZE as usize,
+        read_buffer_size: 2048,
+        ..pnet_datalink::Config::default()
     };
-    let mut xsk = XskTx::open(
-        iface,
-        0,
-        &XskConfig {
-            frames: 4096,
-            ring: 2048,
-            force_copy: false,
+    match pnet_datalink::channel(&dev, cfg) {
+        Ok(pnet_datalink::Channel::Ethernet(tx, _rx)) => Ok(Tx::Packet {
+            tx,
+            buf: vec![0; FRAME_SIZE as usize],
+        }),
+        Ok(_) => Err(format!("{iface}: AF_PACKET gave no Ethernet channel")),
+        Err(e) => Err(format!("{iface}: AF_PACKET: {e}")),
+    }
+}
+
+/// `--io xdp` (falling back to AF_PACKET if the AF_XDP socket cannot be had) or
+/// `--io packet`.
+pub fn generate(g: &Gen, iface: &str, io: &str) -> Result<(), String> {
+    let IpAddr::V4(dst) = g.dst else {
+        return Err(format!("--io {io} sends IPv4 only"));
+    };
+    // one UMEM frame per packet, Ethernet header included (with --esp-config, the outer
+    // headers in front of the inner packet and the trailer behind it)
+    let max = match g.esp {
+        Some(_) => FRAME_SIZE as usize - esp::INNER_OFF - esp::TAIL_ROOM,
+        None => FRAME_SIZE as usize - 14,
+    };
+    check_sizes(g, max)?;
+    let base = if g.src_port == 0 { 10_000 } else { g.src_port };
+    if base.checked_add(g.flows - 1).is_none() {
+        return Err(format!(
+            "--src-port {base} + {} flows passes 65535",
+            g.flows
+        ));
+    }
+    let mut prot = match &g.esp {
+        Some(path) => Some(esp::Protector::load(path, g.esp_seq_start)?),
+        None => None,
+    };
+    let mut res = Resolver::new().map_err(|e| format!("netlink: {e}"))?;
+    let ifindex = res.ifindex(iface).map_err(|e| format!("{iface}: {e}"))?;
+    let src = match g.src {
+        Some(IpAddr::V4(a)) => a,
+        Some(IpAddr::V6(_)) => return Err("--src: IPv4, as --dst".into()),
+        None => res
+            .addresses(ifindex)
+            .map_err(|e| format!("{iface}: {e}"))?
+            .into_iter()
+            .find_map(|a| match a {
+                IpAddr::V4(v) => Some(v),
+                IpAddr::V6(_) => None,
+            })
+            .ok_or_else(|| format!("{iface} has no IPv4 address"))?,
+    };
+    // next hops by (outer) destination; in clear there is only --dst
+    let mut hops: Vec<(IpAddr, NextHop)> = vec![];
+    if prot.is_none() {
+        hops.push((g.dst, next_hop(&mut res, iface, ifindex, g.dst)?));
+    }
+    const FRAMES: u32 = 4096;
+    let mut tx = match io {
+        "packet" => packet_tx(iface)?,
+        _ => match XskTx::open(
+            iface,
+            0,
+            &XskConfig {
+                frames: FRAMES,
+                ring: 2048,
+                force_copy: false,
+            },
+        ) {
+            Ok(x) => Tx::Xdp(Box::new(x)),
+            Err(e) => {
+                eprintln!("gen: no AF_XDP socket ({e}); sending on AF_PACKET");
+                packet_tx(iface)?
+            }
         },
-    )
-    .map_err(|e| e.to_string())?;
-    // per (size, flow): headers; the payload template per size
+    };
+    // the payload template per size
     let mut templates: Vec<(usize, Vec<u8>)> = vec![];
     for &s in &g.sizes {
         if !templates.iter().any(|t| t.0 == s) {
             templates.push((s, template(s - 28)));
         }
     }
+    // where the IP packet is built: after the Ethernet header, or where the engine wants it
+    let ip_off = if prot.is_some() { esp::INNER_OFF } else { 14 };
+    // Build datagram `s` (stamped `ts`) in `buf`: the frame's (offset, length).
+    let mut build = |buf: &mut [u8], s: u64, ts: u64| -> Result<(usize, usize), String> {
+        let size = g.sizes[(s % g.sizes.len() as u64) as usize];
+        let flow = (s % u64::from(g.flows)) as u16;
+        let h = headers(
+            [0; 6],
+            [0; 6],
+            src.octets(),
+            dst.octets(),
+            base.wrapping_add(flow),
+            g.port,
+            size - 28,
+        );
+        buf[ip_off..ip_off + 28].copy_from_slice(&h[14..]);
+        if let Some(t) = templates.iter().find(|t| t.0 == size) {
+            buf[ip_off + 28..ip_off + size].copy_from_slice(&t.1);
+        }
+        stamp(&mut buf[ip_off + 28..ip_off + size], g.stream, s, ts);
+        let (ip, len) = match prot.as_mut() {
+            None => (ip_off, size),
+            Some(p) => p
+                .protect(buf, size)
+                .map_err(|e| format!("--esp-config: datagram {s}: {e}"))?,
+        };
+        let to = esp::ip_dst(&buf[ip..ip + len]).unwrap_or(g.dst);
+        let hop = match hops.iter().find(|h| h.0 == to) {
+            Some(h) => h.1,
+            None => {
+                let h = next_hop(&mut res, iface, ifindex, to)?;
+                hops.push((to, h));
+                h
+            }
+        };
+        let eth = &mut buf[ip - 14..ip];
+        eth[0..6].copy_from_slice(&hop.dst_mac);
+        eth[6..12].copy_from_slice(&hop.src_mac);
+        let ethertype: u16 = if to.is_ipv4() { 0x0800 } else { 0x86dd };
+        eth[12..14].copy_from_slice(&ethertype.to_be_bytes());
+        Ok((ip - 14, len + 14))
+    };
     let stop = stop_flag();
     let mut pacer = Pacer::new(g.rate);
     let start = Instant::now();
@@ -140,63 +257,75 @@ pub fn generate(g: &Gen, iface: &str) -> Result<(), String> {
         let ts = now_ns();
         let mut k = 0;
         while k < n {
-            let s = seq;
-            let size = g.sizes[(s % g.sizes.len() as u64) as usize];
-            let Some(mut f) = xsk.alloc() else {
-                if xsk.kick_and_reap() == 0 {
-                    std::thread::yield_now();
+            match &mut tx {
+                Tx::Xdp(x) => {
+                    let Some(mut f) = x.alloc() else {
+                        if x.kick_and_reap() == 0 {
+                            std::thread::yield_now();
+                        }
+                        continue;
+                    };
+                    let (off, len) = match build(f.as_mut(), seq, ts) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            x.release(f);
+                            return Err(e);
+                        }
+                    };
+                    // on a full ring the datagram is built again (an ESP sequence number
+                    // is skipped: a gap the receiver tolerates)
+                    if let Err(f) = x.send(f, off, len) {
+                        x.release(f);
+                        x.kick_and_reap();
+                        continue;
+                    }
                 }
-                continue;
-            };
-            let flow = (s % u64::from(g.flows)) as u16;
-            let h = headers(
-                hop.dst_mac,
-                hop.src_mac,
-                src.octets(),
-                dst.octets(),
-                base.wrapping_add(flow),
-                g.port,
-                size - 28,
-            );
-            let len = 14 + size;
-            let Some(buf) = f.as_mut().get_mut(..len) else {
-                xsk.release(f);
-                errors += 1;
-                break;
-            };
-            buf[..42].copy_from_slice(&h);
-            if let Some(t) = templates.iter().find(|t| t.0 == size) {
-                buf[42..].copy_from_slice(&t.1);
-            }
-            stamp(&mut buf[42..], g.stream, s, ts);
-            match xsk.send(f, len) {
-                Ok(()) => {
-                    seq += 1;
-                    k += 1;
-                }
-                Err(f) => {
-                    xsk.release(f);
-                    xsk.kick_and_reap();
+                Tx::Packet { tx, buf } => {
+                    let (off, len) = build(buf, seq, ts)?;
+                    match tx.send_to(&buf[off..off + len], None) {
+                        Some(Ok(())) => {}
+                        // ENOBUFS and the like: counted, the sequence number reused
+                        _ => {
+                            errors += 1;
+                            continue;
+                        }
+                    }
                 }
             }
+            seq += 1;
+            k += 1;
         }
-        xsk.kick_and_reap();
+        if let Tx::Xdp(x) = &mut tx {
+            x.kick_and_reap();
+        }
         if !g.quiet && live.due() {
             let (t, pps) = live.tick(seq);
             eprintln!(
-                "gen: {t:>5.1} s  sent {seq:>10}  {:>8.1} kpps (AF_XDP {iface})",
-                pps / 1e3
+                "gen: {t:>5.1} s  sent {seq:>10}  {:>8.1} kpps ({} {iface})",
+                pps / 1e3,
+                tx.name()
             );
         }
     }
     let secs = start.elapsed().as_secs_f64();
-    // let the kernel finish what is queued before the UMEM goes
-    let drain = Instant::now() + Duration::from_secs(2);
-    while xsk.free_frames() < 4096 && Instant::now() < drain {
-        xsk.kick_and_reap();
-        std::thread::sleep(Duration::from_millis(1));
+    if let Tx::Xdp(x) = &mut tx {
+        // let the kernel finish what is queued before the UMEM goes
+        let drain = Instant::now() + Duration::from_secs(2);
+        while x.free_frames() < FRAMES as usize && Instant::now() < drain {
+            x.kick_and_reap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
-    gen_summary(g, seq, secs, errors, "xdp");
+    if let Some(p) = &prot
+        && p.bypassed > 0
+        && !g.quiet
+    {
+        eprintln!(
+            "gen: {} datagrams BYPASSed (sent in clear) by the configuration's SPD",
+            p.bypassed
+        );
+    }
+    gen_summary(g, seq, secs, errors, tx.name());
     Ok(())
 }
 

@@ -195,23 +195,33 @@ fn reordering_and_damage_are_detected() {
     assert_eq!(num(&s, "duplicates"), 0);
 }
 
-#[test]
-fn af_xdp_generator_is_counted_like_the_socket_one() {
+/// The frame generator on `io` (`xdp` or `packet`): every datagram counted, none damaged.
+fn frame_generator(io: &str) {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let n = Net::up("xdp");
+    let n = Net::up(io);
     let (g, s) = trial(
         &n,
         &[
-            "--io", "xdp", "--iface", "pg0", "--rate", "20000", "--count", "20000", "--size",
-            "imix", "--flows", "4",
+            "--io", io, "--iface", "pg0", "--rate", "20000", "--count", "20000", "--size", "imix",
+            "--flows", "4",
         ],
         20000,
     );
-    assert_eq!(g["io"], "xdp");
+    assert_eq!(g["io"], io);
     assert_eq!(num(&g, "sent"), 20000);
     assert_eq!(num(&s, "received"), 20000);
     for k in ["lost", "reordered", "duplicates", "corrupt", "foreign"] {
         assert_eq!(num(&s, k), 0, "{k}");
     }
     assert_eq!(num(&s["latency_ns"], "samples"), 20000);
+}
+
+#[test]
+fn af_xdp_generator_is_counted_like_the_socket_one() {
+    frame_generator("xdp");
+}
+
+#[test]
+fn af_packet_generator_is_counted_like_the_socket_one() {
+    frame_generator("packet");
 }

@@ -170,9 +170,17 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         pools.push(t);
         pool_rx.push(r);
     }
+    let mut wakers = Vec::new();
+    for i in 0..n {
+        wakers.push(
+            worker::Waker::new()
+                .map_err(|e| DaemonError::Setup(format!("worker {i}: eventfd: {e}")))?,
+        );
+    }
     let mesh = Mesh {
         inboxes,
         pools: pools.clone(),
+        wakers,
     };
     let icmp_src = interface_addrs(&mut res, sides[1].0);
     let (ready_tx, ready_rx) = unbounded();

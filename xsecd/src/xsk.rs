@@ -13,6 +13,7 @@
 
 use std::ffi::CString;
 use std::num::NonZeroU32;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
@@ -629,27 +630,28 @@ impl Xsk {
         }
     }
 
-    /// Sleep until a side has packets or `timeout_ms` passes (adaptive idle mode).
-    pub fn wait(&self, timeout_ms: i32) {
+    /// Sleep until a side has packets, `also` is readable or `timeout_ms` passes (adaptive
+    /// idle mode). Returns whether `also` is readable.
+    pub fn wait(&self, timeout_ms: i32, also: Option<BorrowedFd<'_>>) -> bool {
         let Io::Sockets { ports, .. } = &self.io else {
-            return;
+            return false;
+        };
+        let fd = |fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
         };
         let mut fds = [
-            libc::pollfd {
-                fd: ports[0].fd,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: ports[1].fd,
-                events: libc::POLLIN,
-                revents: 0,
-            },
+            fd(ports[0].fd),
+            fd(ports[1].fd),
+            fd(also.map_or(-1, |f| f.as_raw_fd())),
         ];
-        // SAFETY: `fds` is a valid array of two pollfd for the duration of the call.
+        // SAFETY: `fds` is a valid array of three pollfd for the duration of the call (a
+        // negative descriptor is ignored by poll(2)).
         unsafe {
             libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms);
         }
+        fds[2].revents & libc::POLLIN != 0
     }
 }
 
@@ -707,9 +709,10 @@ impl XskTx {
         self.free.push(f.addr);
     }
 
-    /// Queue `f[0..len]` for transmission; on a full ring the frame is handed back.
-    pub fn send(&mut self, f: Frame, len: usize) -> Result<(), Frame> {
-        if !self.port.transmit(f.addr, len) {
+    /// Queue `f[off..off + len]` for transmission; on a full ring (or a window outside the
+    /// frame) the frame is handed back.
+    pub fn send(&mut self, f: Frame, off: usize, len: usize) -> Result<(), Frame> {
+        if off + len > FRAME_SIZE as usize || !self.port.transmit(f.addr + off as u64, len) {
             return Err(f);
         }
         Ok(())
