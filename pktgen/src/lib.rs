@@ -234,6 +234,43 @@ pub fn latency_json(h: &Histogram<u64>) -> Value {
     })
 }
 
+/// The sink's summary as a table for people (stderr); the JSON line is for programs.
+pub fn human_table(s: &Value) -> String {
+    let n = |k: &str| s[k].as_u64().unwrap_or(0);
+    let mut t = String::from("sink summary\n");
+    t.push_str(&format!(
+        "  {:<12} {:>12}\n  {:<12} {:>12}  ({:.3} %)\n",
+        "received",
+        n("received"),
+        "lost",
+        n("lost"),
+        s["loss_pct"].as_f64().unwrap_or(0.0)
+    ));
+    for k in ["reordered", "duplicates", "too_old", "corrupt", "foreign"] {
+        t.push_str(&format!("  {k:<12} {:>12}\n", n(k)));
+    }
+    t.push_str(&format!(
+        "  {:<12} {:>12.1} kpps over {:.2} s\n",
+        "rate",
+        s["pps"].as_f64().unwrap_or(0.0) / 1e3,
+        s["window_s"].as_f64().unwrap_or(0.0)
+    ));
+    let l = &s["latency_ns"];
+    if l["samples"].as_u64().unwrap_or(0) > 0 {
+        let cols = ["min", "p50", "p90", "p99", "p999", "max"];
+        t.push_str("  latency     ");
+        for c in cols {
+            t.push_str(&format!("{:>9}", if c == "p999" { "p99.9" } else { c }));
+        }
+        t.push_str("\n              ");
+        for c in cols {
+            t.push_str(&format!("{:>9}", fmt_ns(l[c].as_u64().unwrap_or(0))));
+        }
+        t.push('\n');
+    }
+    t
+}
+
 /// A duration in ns as text with a unit (µs below 10 ms).
 pub fn fmt_ns(ns: u64) -> String {
     if ns < 10_000_000 {
@@ -416,6 +453,40 @@ mod tests {
             prop_assert_eq!(t.reordered, reord);
             prop_assert_eq!(t.lost(Some(n)), n - seen.len() as u64);
         }
+    }
+
+    #[test]
+    fn human_table_has_every_count_and_the_percentiles() {
+        let mut h = histogram();
+        for v in [1_000u64, 2_000, 3_000, 1_000_000] {
+            h.record(v).unwrap();
+        }
+        let s = json!({"received": 4, "lost": 1, "loss_pct": 20.0, "reordered": 2,
+                       "duplicates": 3, "too_old": 0, "corrupt": 5, "foreign": 6,
+                       "pps": 4000.0, "window_s": 0.001, "latency_ns": latency_json(&h)});
+        let t = human_table(&s);
+        for want in [
+            "received",
+            "lost",
+            "(20.000 %)",
+            "reordered",
+            "corrupt",
+            "p99.9",
+            "4.0 kpps",
+        ] {
+            assert!(t.contains(want), "{want} missing:\n{t}");
+        }
+        let line = |k: &str| {
+            t.lines()
+                .find(|l| l.trim_start().starts_with(k))
+                .unwrap()
+                .to_owned()
+        };
+        assert!(line("corrupt").ends_with(" 5"), "{t}");
+        assert!(t.contains(&fmt_ns(h.max())), "{t}");
+        // no samples: no latency lines
+        let t = human_table(&json!({"received": 0, "latency_ns": null}));
+        assert!(!t.contains("latency"), "{t}");
     }
 
     #[test]

@@ -72,9 +72,13 @@ enum Cmd {
         /// AF_XDP socket can be had) or `packet` (the same frames on AF_PACKET).
         #[arg(long, default_value = "socket")]
         io: String,
-        /// With `--io xdp` or `packet`: the interface (queue 0) to send on.
+        /// With `--io xdp` or `packet`: the interface to send on.
         #[arg(long)]
         iface: Option<String>,
+        /// With `--io xdp`: the interface's TX queue (one generator per queue to load
+        /// several).
+        #[arg(long, default_value_t = 0)]
+        queue: u32,
         /// With `--io xdp` or `packet`: the source address (default: the interface's first IPv4 one).
         #[arg(long)]
         src: Option<IpAddr>,
@@ -134,6 +138,7 @@ fn main() -> ExitCode {
             quiet,
             io,
             iface,
+            queue,
             src,
             esp_config,
             esp_seq_start,
@@ -153,6 +158,7 @@ fn main() -> ExitCode {
                 corrupt_every,
                 quiet,
                 src,
+                queue,
                 esp: esp_config,
                 esp_seq_start: esp_seq_start.max(1),
             };
@@ -202,6 +208,8 @@ struct Gen {
     quiet: bool,
     /// The IP source (AF_XDP only).
     src: Option<IpAddr>,
+    /// The AF_XDP TX queue.
+    queue: u32,
     /// A gateway configuration whose SPD and SAs protect what is sent (AF_XDP only).
     esp: Option<PathBuf>,
     esp_seq_start: u64,
@@ -458,25 +466,7 @@ fn sink(
         "latency_ns": latency_json(&all),
     });
     if !quiet {
-        eprintln!(
-            "sink: received {received}, lost {lost} ({:.3} %), reordered {}, duplicates {}, corrupt {}; latency {}",
-            summary["loss_pct"].as_f64().unwrap_or(0.0),
-            summary["reordered"],
-            summary["duplicates"],
-            t.corrupt,
-            if all.is_empty() {
-                "-".to_owned()
-            } else {
-                format!(
-                    "min {} p50 {} p99 {} p99.9 {} max {}",
-                    fmt_ns(all.min()),
-                    fmt_ns(all.value_at_quantile(0.5)),
-                    fmt_ns(all.value_at_quantile(0.99)),
-                    fmt_ns(all.value_at_quantile(0.999)),
-                    fmt_ns(all.max())
-                )
-            }
-        );
+        eprint!("{}", human_table(&summary));
     }
     println!("{summary}");
     Ok(())

@@ -171,7 +171,7 @@ pub fn generate(g: &Gen, iface: &str, io: &str) -> Result<(), String> {
         "packet" => packet_tx(iface)?,
         _ => match XskTx::open(
             iface,
-            0,
+            g.queue,
             &XskConfig {
                 frames: FRAMES,
                 ring: 2048,
