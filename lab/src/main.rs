@@ -164,6 +164,10 @@ enum Cmd {
         /// The generator's I/O: socket (kernel UDP, sendmmsg) or xdp (AF_XDP on hA's eth0).
         #[arg(long, default_value = "socket")]
         gen_io: String,
+        /// The sink's I/O: socket (kernel UDP) or xdp (AF_XDP behind xsecd's XDP program on
+        /// hB's eth0).
+        #[arg(long, default_value = "socket")]
+        sink_io: String,
         /// Also write the results as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -402,6 +406,7 @@ fn main() -> ExitCode {
             pdr_loss,
             flows,
             gen_io,
+            sink_io,
             json,
             prefix,
         } => {
@@ -432,6 +437,7 @@ fn main() -> ExitCode {
                 pdr_loss_pct: pdr_loss.max(0.0),
                 flows: flows.max(1),
                 gen_io,
+                sink_io,
                 json,
                 prefix,
                 stop,

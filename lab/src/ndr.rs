@@ -55,6 +55,8 @@ pub struct NdrOptions {
     pub flows: u16,
     /// The generator's I/O: `socket` (kernel UDP) or `xdp` (AF_XDP on hA's eth0).
     pub gen_io: String,
+    /// The sink's I/O: `socket` (kernel UDP) or `xdp` (AF_XDP on hB's eth0).
+    pub sink_io: String,
     pub json: Option<PathBuf>,
     pub prefix: String,
     pub stop: Arc<AtomicBool>,
@@ -175,6 +177,14 @@ fn trial(o: &NdrOptions, lab: &Lab, c: &Case, size: usize, rate: f64, tag: &str)
     ];
     if count > 0 {
         sink_args.extend(["--expect".into(), count.to_string()]);
+    }
+    if o.sink_io != "socket" {
+        sink_args.extend([
+            "--io".into(),
+            o.sink_io.clone(),
+            "--iface".into(),
+            "eth0".into(),
+        ]);
     }
     let sink = lab.spawn(Node::HostB, &format!("sink-{tag}"), &sink_args)?;
     let end = Instant::now() + Duration::from_secs(10);
@@ -555,7 +565,7 @@ pub fn run(o: &NdrOptions) -> Result<Vec<Result1>> {
         let doc = json!({
             "cpu": {"model": info.model, "cpus": info.cpus,
                     "flags": info.flags.iter().map(|(f, h)| (f.to_string(), json!(h))).collect::<serde_json::Map<_, _>>()},
-            "options": {"seconds": o.seconds, "precision": o.precision, "pdr_loss_pct": o.pdr_loss_pct, "flows": o.flows, "generator_io": o.gen_io},
+            "options": {"seconds": o.seconds, "precision": o.precision, "pdr_loss_pct": o.pdr_loss_pct, "flows": o.flows, "generator_io": o.gen_io, "sink_io": o.sink_io},
             "results": results.iter().map(|r| json!({
                 "name": r.name, "mode": r.mode, "workers": r.workers, "sas": r.sas, "size": size_tag(r.size),
                 "max_offered_pps": r.max_offered, "ndr_pps": r.ndr, "pdr_pps": r.pdr,

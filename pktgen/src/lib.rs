@@ -9,9 +9,10 @@
 //! one-way latency (receive time − send time; both ends read the same clock when they run
 //! on one machine, e.g. in two network namespaces) in an HDR histogram.
 //!
-//! The binary (`xsec-pktgen gen|sink`) sends and receives through the kernel's UDP sockets
-//! (`sendmmsg(2)` batches); see README's benchmark section for what that means for the
-//! figures.
+//! The binary (`xsec-pktgen gen|sink`) sends through the kernel's UDP sockets
+//! (`sendmmsg(2)` batches), a transmit-only AF_XDP socket or AF_PACKET, and receives
+//! through a UDP socket, receive-only AF_XDP sockets (behind xsecd's XDP program) or an
+//! AF_PACKET tap; BENCHMARKS.md says what each means for the figures.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

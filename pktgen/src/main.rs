@@ -1,7 +1,8 @@
 //! `xsec-pktgen gen` sends sequence-numbered, timestamped UDP datagrams (fixed rate or as
 //! fast as the socket takes them); `xsec-pktgen sink` receives them and reports loss,
 //! reordering, duplicates, damage and one-way latency, live every second and as one JSON
-//! line at the end.
+//! line (and a table on stderr) at the end. Frames instead of sockets: `--io xdp|packet`
+//! (generator: `xdp.rs`, sink: `rx.rs`).
 
 use std::collections::BTreeMap;
 use std::io::IoSlice;
@@ -13,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use hdrhistogram::Histogram;
 use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags};
 use serde_json::json;
 use xsec_pktgen::*;
@@ -108,6 +110,14 @@ enum Cmd {
         /// No live lines on stderr.
         #[arg(long)]
         quiet: bool,
+        /// `socket` (the kernel's UDP socket), `xdp` (xsecd's XDP program on `--iface`
+        /// steers the datagrams to receive-only AF_XDP sockets, one per RX queue; AF_PACKET
+        /// if that cannot be had) or `packet` (an AF_PACKET tap on `--iface`).
+        #[arg(long, default_value = "socket")]
+        io: String,
+        /// With `--io xdp` or `packet`: the interface to receive on.
+        #[arg(long)]
+        iface: Option<String>,
     },
 }
 
@@ -178,7 +188,17 @@ fn main() -> ExitCode {
             idle_exit,
             expect,
             quiet,
-        } => sink(port, seconds, idle_exit, expect, quiet),
+            io,
+            iface,
+        } => sink(
+            port,
+            seconds,
+            idle_exit,
+            expect,
+            quiet,
+            &io,
+            iface.as_deref(),
+        ),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -190,6 +210,7 @@ fn main() -> ExitCode {
 }
 
 mod esp;
+mod rx;
 mod xdp;
 
 struct Gen {
@@ -364,29 +385,59 @@ struct Totals {
     clock_behind: u64,
 }
 
+/// Everything the sink learns from the datagrams.
+struct Acc {
+    streams: BTreeMap<u32, SeqTracker>,
+    all: Histogram<u64>,
+    interval: Histogram<u64>,
+    t: Totals,
+}
+
+impl Acc {
+    fn take(&mut self, p: &[u8], at: u64) {
+        match check(p) {
+            Ok(s) => {
+                self.streams.entry(s.stream).or_default().record(s.seq);
+                self.t.bytes += p.len() as u64;
+                let lat = at.checked_sub(s.ts).unwrap_or_else(|| {
+                    self.t.clock_behind += 1;
+                    0
+                });
+                let _ = self.all.record(lat.max(1));
+                let _ = self.interval.record(lat.max(1));
+            }
+            Err(Bad::Corrupt) => self.t.corrupt += 1,
+            Err(Bad::Foreign) => self.t.foreign += 1,
+        }
+    }
+}
+
 fn sink(
     port: u16,
     seconds: f64,
     idle_exit: f64,
     expect: Option<u64>,
     quiet: bool,
+    io: &str,
+    iface: Option<&str>,
 ) -> Result<(), String> {
-    let bind = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
-    let sock = UdpSocket::bind(bind).map_err(|e| format!("bind {bind}: {e}"))?;
-    let _ = rustix::net::sockopt::set_socket_recv_buffer_size_force(&sock, 32 << 20)
-        .or_else(|_| rustix::net::sockopt::set_socket_recv_buffer_size(&sock, 32 << 20));
-    sock.set_read_timeout(Some(Duration::from_millis(50)))
-        .map_err(|e| e.to_string())?;
-    eprintln!("sink: listening on {bind}");
+    let mut rx = rx::Rx::open(io, iface, port)?;
+    match iface {
+        Some(i) if rx.name() != "socket" => {
+            eprintln!("sink: listening on UDP port {port} ({} on {i})", rx.name())
+        }
+        _ => eprintln!("sink: listening on [::]:{port}"),
+    }
     let stop = stop_flag();
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(seconds);
     let idle = Duration::from_secs_f64(idle_exit);
-    let mut streams: BTreeMap<u32, SeqTracker> = BTreeMap::new();
-    let mut all = histogram();
-    let mut interval = histogram();
-    let mut t = Totals::default();
-    let mut buf = vec![0u8; 65536];
+    let mut acc = Acc {
+        streams: BTreeMap::new(),
+        all: histogram(),
+        interval: histogram(),
+        t: Totals::default(),
+    };
     let (mut first, mut last): (Option<Instant>, Option<Instant>) = (None, None);
     let mut live = Ticker::default();
     loop {
@@ -394,31 +445,19 @@ fn sink(
         if now >= end || stop.load(Ordering::Relaxed) || last.is_some_and(|l| now - l >= idle) {
             break;
         }
-        if let Ok(n) = sock.recv(&mut buf) {
-            let at = now_ns();
-            let rx = Instant::now();
-            first.get_or_insert(rx);
-            last = Some(rx);
-            match check(&buf[..n]) {
-                Ok(s) => {
-                    streams.entry(s.stream).or_default().record(s.seq);
-                    t.bytes += n as u64;
-                    let lat = at.checked_sub(s.ts).unwrap_or_else(|| {
-                        t.clock_behind += 1;
-                        0
-                    });
-                    let _ = all.record(lat.max(1));
-                    let _ = interval.record(lat.max(1));
-                }
-                Err(Bad::Corrupt) => t.corrupt += 1,
-                Err(Bad::Foreign) => t.foreign += 1,
-            }
+        let n = rx.poll(&mut |p| acc.take(p, now_ns()));
+        if n > 0 {
+            let at = Instant::now();
+            first.get_or_insert(at);
+            last = Some(at);
         }
         if !quiet && live.due() {
+            let streams = &acc.streams;
             let received: u64 = streams.values().map(|s| s.received).sum();
             let lost: u64 = streams.values().map(|s| s.lost(None)).sum();
             let reordered: u64 = streams.values().map(|s| s.reordered).sum();
             let (t_s, pps) = live.tick(received);
+            let interval = &mut acc.interval;
             let lat = if interval.is_empty() {
                 "-".to_owned()
             } else {
@@ -433,11 +472,14 @@ fn sink(
                 "sink: {t_s:>5.1} s  rx {:>8.1} kpps  lost {lost} ({:.3} %)  reordered {reordered}  corrupt {}  {lat}",
                 pps / 1e3,
                 100.0 * lost as f64 / (received + lost).max(1) as f64,
-                t.corrupt
+                acc.t.corrupt
             );
             interval.reset();
         }
     }
+    let Acc {
+        streams, all, t, ..
+    } = acc;
     let received: u64 = streams.values().map(|s| s.received).sum();
     // with --expect (one stream), loss against what was sent; else from the numbers seen
     let lost: u64 = match (expect, streams.len()) {
@@ -464,6 +506,7 @@ fn sink(
         "pps": if window > 0.0 { received as f64 / window } else { 0.0 },
         "clock_behind": t.clock_behind,
         "latency_ns": latency_json(&all),
+        "input": rx.report(),
     });
     if !quiet {
         eprint!("{}", human_table(&summary));

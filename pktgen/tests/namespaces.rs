@@ -1,7 +1,9 @@
 //! The generator and the sink in two network namespaces joined by a veth pair (made and
 //! removed here): exact counts on a clean link, the exact loss when nftables drops every
 //! tenth datagram, reordering and damage that the generator introduces on purpose, and a
-//! latency histogram that is filled. Needs root (CI runs as root).
+//! latency histogram that is filled; the frame generators (AF_XDP, AF_PACKET) and the frame
+//! sinks (AF_XDP behind xsecd's XDP program on a two-queue veth, AF_PACKET) counted as
+//! exactly. Needs root (CI runs as root).
 
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
@@ -32,6 +34,11 @@ fn run(args: &[&str]) -> Output {
 
 impl Net {
     fn up(tag: &str) -> Net {
+        Net::with_queues(tag, 1)
+    }
+
+    fn with_queues(tag: &str, queues: u32) -> Net {
+        let q = queues.to_string();
         let base = format!("xsec-pg{}-{tag}", std::process::id());
         let n = Net {
             a: format!("{base}-a"),
@@ -42,8 +49,27 @@ impl Net {
             run(&["ip", "netns", "add", ns]);
         }
         run(&[
-            "ip", "link", "add", "pg0", "netns", &n.a, "type", "veth", "peer", "name", "pg0",
-            "netns", &n.b,
+            "ip",
+            "link",
+            "add",
+            "pg0",
+            "netns",
+            &n.a,
+            "numrxqueues",
+            &q,
+            "numtxqueues",
+            &q,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "pg0",
+            "netns",
+            &n.b,
+            "numrxqueues",
+            &q,
+            "numtxqueues",
+            &q,
         ]);
         for (ns, addr) in [(&n.a, "10.77.0.1/24"), (&n.b, "10.77.0.2/24")] {
             run(&["ip", "-n", ns, "addr", "add", addr, "dev", "pg0"]);
@@ -83,20 +109,29 @@ fn summary(c: Child) -> Value {
 
 /// Sink in B, generator in A; returns (generator summary, sink summary).
 fn trial(n: &Net, gen_args: &[&str], expect: u64) -> (Value, Value) {
+    trial_with(n, gen_args, &[], expect)
+}
+
+/// As [`trial`], with extra arguments for the sink.
+fn trial_with(n: &Net, gen_args: &[&str], sink_extra: &[&str], expect: u64) -> (Value, Value) {
     let exp = expect.to_string();
-    let sink = n.spawn(
-        &n.b,
-        &[
-            "sink",
-            "--seconds",
-            "20",
-            "--idle-exit",
-            "1",
-            "--expect",
-            &exp,
-        ],
-    );
-    std::thread::sleep(Duration::from_millis(300));
+    let mut sink_args = vec![
+        "sink",
+        "--seconds",
+        "20",
+        "--idle-exit",
+        "1",
+        "--expect",
+        &exp,
+    ];
+    sink_args.extend_from_slice(sink_extra);
+    let sink = n.spawn(&n.b, &sink_args);
+    // the XDP sink loads a program and binds a socket per queue before it listens
+    std::thread::sleep(Duration::from_millis(if sink_extra.is_empty() {
+        300
+    } else {
+        1000
+    }));
     let mut args = vec!["gen", "--dst", "10.77.0.2", "--seconds", "15"];
     args.extend_from_slice(gen_args);
     let g = summary(n.spawn(&n.a, &args));
@@ -224,4 +259,59 @@ fn af_xdp_generator_is_counted_like_the_socket_one() {
 #[test]
 fn af_packet_generator_is_counted_like_the_socket_one() {
     frame_generator("packet");
+}
+
+#[test]
+fn af_xdp_sink_takes_every_datagram_off_both_queues() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let n = Net::with_queues("xsink", 2);
+    // 16 flows (16 sockets): the sending veth spreads them over its two TX queues, which
+    // are the receiving veth's two RX queues
+    let (_, s) = trial_with(
+        &n,
+        &[
+            "--rate", "20000", "--count", "20000", "--size", "imix", "--flows", "16",
+        ],
+        &["--io", "xdp", "--iface", "pg0"],
+        20000,
+    );
+    let input = &s["input"];
+    assert_eq!(input["io"], "xdp", "{input}");
+    assert_eq!(num(&s, "received"), 20000);
+    for k in ["lost", "reordered", "duplicates", "corrupt", "foreign"] {
+        assert_eq!(num(&s, k), 0, "{k}");
+    }
+    let per_queue: Vec<u64> = input["per_queue"]
+        .as_array()
+        .expect("per_queue")
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    assert_eq!(per_queue.len(), 2, "one socket per RX queue: {input}");
+    assert!(
+        per_queue.iter().all(|&q| q > 0),
+        "both queues used: {input}"
+    );
+    // every datagram came through AF_XDP: none reached the kernel's UDP socket
+    assert_eq!(per_queue.iter().sum::<u64>(), 20000, "{input}");
+    assert_eq!(num(input, "from_kernel"), 0);
+    assert_eq!(num(input, "not_ours"), 0);
+    assert_eq!(num(&s["latency_ns"], "samples"), 20000);
+}
+
+#[test]
+fn af_packet_sink_counts_every_datagram() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let n = Net::up("psink");
+    let (_, s) = trial_with(
+        &n,
+        &["--rate", "20000", "--count", "20000", "--flows", "4"],
+        &["--io", "packet", "--iface", "pg0"],
+        20000,
+    );
+    assert_eq!(s["input"]["io"], "packet");
+    assert_eq!(num(&s, "received"), 20000);
+    for k in ["lost", "reordered", "duplicates", "corrupt", "foreign"] {
+        assert_eq!(num(&s, k), 0, "{k}");
+    }
 }

@@ -212,6 +212,40 @@ impl XdpSteering {
         })
     }
 
+    /// Load the embedded object and attach only `xsec_unprotected`, on `iface`: a receiver
+    /// (`xsec-pktgen sink --io xdp`) that wants the UDP datagrams to its ports (see
+    /// [`XdpSteering::set_tunnel_ports`]) in its AF_XDP sockets and everything else (ARP,
+    /// ND, IKE) left to the kernel. Only the unprotected side's methods apply.
+    pub fn load_receiver(iface: &str, mode: XdpMode) -> Result<Self, XdpError> {
+        let mut ebpf = Ebpf::load(OBJECT).map_err(XdpError::Object)?;
+        for name in maps::ALL {
+            if ebpf.map(name).is_none() {
+                return Err(XdpError::MissingMap(name));
+            }
+        }
+        let program = programs::UNPROTECTED;
+        let prog: &mut Xdp = ebpf
+            .program_mut(program)
+            .ok_or(XdpError::MissingProgram(program))?
+            .try_into()
+            .map_err(|source| XdpError::Load { program, source })?;
+        prog.load()
+            .map_err(|source| XdpError::Load { program, source })?;
+        prog.attach(iface, mode.aya())
+            .map_err(|source| XdpError::Attach {
+                program,
+                interface: iface.to_owned(),
+                mode,
+                source,
+            })?;
+        Ok(XdpSteering {
+            ebpf,
+            unprotected: iface.to_owned(),
+            protected: String::new(),
+            mode,
+        })
+    }
+
     /// The interface a side is attached to.
     pub fn interface(&self, side: Side) -> &str {
         match side {

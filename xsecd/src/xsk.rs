@@ -13,7 +13,7 @@
 
 use std::ffi::CString;
 use std::num::NonZeroU32;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
@@ -740,5 +740,142 @@ impl XskTx {
     /// Frames on the free list.
     pub fn free_frames(&self) -> usize {
         self.free.len()
+    }
+}
+
+/// A receive-only AF_XDP socket on one interface queue with its own UMEM: for traffic sinks
+/// (`xsec-pktgen sink --io xdp`). Every frame goes back to the fill ring as soon as the
+/// caller has looked at it; nothing is transmitted.
+pub struct XskRx {
+    // Field order is drop order: the socket and UMEM registration before the memory.
+    port: Port,
+    _umem: Umem,
+    area: Area,
+    /// Frames neither in the fill ring nor in the RX ring.
+    free: Vec<u64>,
+    queue: u32,
+}
+
+impl std::fmt::Debug for XskRx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XskRx")
+            .field("queue", &self.queue)
+            .field("free", &self.free.len())
+            .finish()
+    }
+}
+
+impl AsFd for XskRx {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: `port.fd` is the descriptor of the socket `port` owns, open for as long
+        // as `self` (and so the returned borrow) lives.
+        unsafe { BorrowedFd::borrow_raw(self.port.fd) }
+    }
+}
+
+impl XskRx {
+    /// Bind to `queue` of `iface` and stock the fill ring. Frames arrive once an XDP
+    /// program redirects them to this socket (see `XdpSteering::load_receiver`).
+    pub fn open(iface: &str, queue: u32, cfg: &XskConfig) -> Result<XskRx, XskError> {
+        let fail = |(what, source)| XskError {
+            what,
+            iface: iface.to_string(),
+            queue,
+            source,
+        };
+        let (area, umem) = new_umem(cfg).map_err(fail)?;
+        let port = open_port(&umem, iface, queue, true, cfg).map_err(fail)?;
+        let mut x = XskRx {
+            port,
+            _umem: umem,
+            area,
+            free: free_list(cfg.frames),
+            queue,
+        };
+        x.refill();
+        Ok(x)
+    }
+
+    /// The socket descriptor (for the XSKMAP).
+    pub fn fd(&self) -> i32 {
+        self.port.fd
+    }
+
+    /// The queue the socket is bound to.
+    pub fn queue(&self) -> u32 {
+        self.queue
+    }
+
+    fn refill(&mut self) {
+        if self.free.is_empty() {
+            return;
+        }
+        let mut f = self.port.dev.fill(self.free.len() as u32);
+        let cap = f.capacity() as usize;
+        let start = self.free.len() - cap;
+        let taken = f.insert(self.free[start..].iter().copied());
+        f.commit();
+        drop(f);
+        self.free.truncate(self.free.len() - taken as usize);
+        if self.port.dev.needs_wakeup() {
+            self.port.dev.wake();
+        }
+    }
+
+    /// Hand up to `max` received Ethernet frames to `each`, then give their memory back to
+    /// the kernel. Returns how many there were.
+    pub fn recv(&mut self, max: usize, mut each: impl FnMut(&[u8])) -> usize {
+        let (area, area_len) = (self.area.ptr, self.area.len);
+        let mut n = 0;
+        let mut r = self.port.rx.receive(max as u32);
+        while let Some(d) = r.read() {
+            let base = d.addr & !u64::from(FRAME_SIZE - 1);
+            let off = (d.addr - base) as usize;
+            let len = d.len as usize;
+            if base as usize >= area_len || off + len > FRAME_SIZE as usize {
+                continue; // not a window of ours: never touch it
+            }
+            // SAFETY: `base` is a frame offset below the area length and `off + len` fits
+            // in the frame (both checked above); the kernel handed the frame over with
+            // this descriptor and gets it back only through the fill ring below, after
+            // `each` returns, so nothing writes it meanwhile.
+            let bytes =
+                unsafe { std::slice::from_raw_parts(area.as_ptr().add(base as usize + off), len) };
+            each(bytes);
+            self.free.push(base);
+            n += 1;
+        }
+        r.release();
+        drop(r);
+        self.refill();
+        n
+    }
+
+    /// Sleep until frames are waiting or `timeout_ms` passes.
+    pub fn wait(&self, timeout_ms: i32) {
+        let mut fds = [libc::pollfd {
+            fd: self.port.fd,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: `fds` is a valid array of one pollfd for the duration of the call.
+        unsafe {
+            libc::poll(fds.as_mut_ptr(), 1, timeout_ms);
+        }
+    }
+
+    /// The kernel's counters of the socket (drops on a full RX ring or an empty fill ring).
+    pub fn socket_stats(&self) -> SocketStats {
+        match self.port.user.statistics_v2() {
+            Ok(st) => SocketStats {
+                rx_dropped: st.rx_dropped,
+                rx_ring_full: st.rx_ring_full,
+                rx_fill_ring_empty: st.rx_fill_ring_empty_descs,
+                rx_invalid_descs: st.rx_invalid_descs,
+                tx_invalid_descs: st.tx_invalid_descs,
+                tx_ring_empty: st.tx_ring_empty_descs,
+            },
+            Err(_) => SocketStats::default(),
+        }
     }
 }
