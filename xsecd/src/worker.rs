@@ -503,6 +503,9 @@ pub fn run(setup: WorkerSetup, ready: Sender<Ready>) {
             idle_loops = 0;
         } else if !setup.busy_poll {
             idle_loops += 1;
+            // Spinning with nothing to do: let whatever else is runnable on this CPU
+            // (generators, other gateways, the kernel's own threads) go first.
+            std::thread::yield_now();
             if idle_loops > 256 {
                 match w.mesh.wakers.get(usize::from(w.id)) {
                     Some(me) => me.sleep(&w.xsk, &w.inbox, 1),
