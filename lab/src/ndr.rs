@@ -202,82 +202,114 @@ fn trial(o: &NdrOptions, lab: &Lab, c: &Case, size: usize, rate: f64, tag: &str)
     } else {
         size.to_string()
     };
-    let mut gen_args = vec![
-        bin,
-        "gen".into(),
-        "--dst".into(),
-        addr::HOST_B.into(),
-        "--port".into(),
-        PORT.to_string(),
-        "--size".into(),
-        size_arg,
-        "--flows".into(),
-        c.flows.to_string(),
-        "--src-port".into(),
-        SRC_PORT.to_string(),
-        "--rate".into(),
-        format!("{rate}"),
-        // the datagrams of a batch share their time stamp and leave one after the other:
-        // paced, a batch spans at most ~50 µs of the rate, so that a low rate measures the
-        // path's latency and not the batch's length
-        "--batch".into(),
-        if rate > 0.0 {
-            ((rate * 50e-6).ceil() as usize).clamp(1, 32).to_string()
-        } else {
-            "32".into()
-        },
-        "--seconds".into(),
-        format!(
-            "{}",
-            if count > 0 {
-                o.seconds * 3.0
-            } else {
-                o.seconds
-            }
-        ),
-        "--count".into(),
-        count.to_string(),
-        "--quiet".into(),
-        "--io".into(),
-        o.gen_io.clone(),
-    ];
-    let node = match &c.esp {
-        Some((conf, seq)) => {
-            // gwA's stand-in: ESP out of gwA's WAN port, AF_XDP
-            gen_args.truncate(gen_args.len() - 2);
-            gen_args.extend(
-                [
-                    "--io",
-                    "xdp",
-                    "--iface",
-                    "wan0",
-                    "--src",
-                    addr::HOST_A,
-                    "--esp-seq-start",
-                    &seq.get().to_string(),
-                    "--esp-config",
-                ]
-                .map(String::from),
-            );
-            gen_args.push(conf.to_string_lossy().into_owned());
-            Node::GwA
-        }
-        None => {
-            if o.gen_io == "xdp" {
-                gen_args.extend(["--iface".into(), "eth0".into()]);
-            }
-            Node::HostA
-        }
+    // With the AF_XDP generator and several queues, one generator per TX queue of hA's
+    // veth (each queue is the same-numbered RX queue of gwA's, so each worker receives its
+    // share, as RSS would give it), each with its slice of the flows, the rate and the
+    // count. The ESP stand-in stays one process: its SAs' sequence numbers must not repeat.
+    let flows = usize::from(c.flows.max(1));
+    let gens = if c.esp.is_none() && o.gen_io == "xdp" {
+        c.workers.clamp(1, flows)
+    } else {
+        1
     };
-    let g = lab.spawn(node, &format!("gen-{tag}"), &gen_args)?;
-    wait(o, lab, &g, Duration::from_secs_f64(o.seconds * 3.0 + 10.0))?;
+    let stream_base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mut procs = Vec::with_capacity(gens);
+    for q in 0..gens {
+        let (f0, f1) = (flows * q / gens, flows * (q + 1) / gens);
+        let share = |x: u64| x * f1 as u64 / flows as u64 - x * f0 as u64 / flows as u64;
+        let rate_q = rate * (f1 - f0) as f64 / flows as f64;
+        let count_q = share(count);
+        let mut gen_args = vec![
+            bin.clone(),
+            "gen".into(),
+            "--dst".into(),
+            addr::HOST_B.into(),
+            "--port".into(),
+            PORT.to_string(),
+            "--size".into(),
+            size_arg.clone(),
+            "--flows".into(),
+            (f1 - f0).to_string(),
+            "--src-port".into(),
+            (usize::from(SRC_PORT) + f0).to_string(),
+            "--rate".into(),
+            format!("{rate_q}"),
+            // the datagrams of a batch share their time stamp and leave one after the
+            // other: paced, a batch spans at most ~50 µs of the rate, so that a low rate
+            // measures the path's latency and not the batch's length
+            "--batch".into(),
+            if rate_q > 0.0 {
+                ((rate_q * 50e-6).ceil() as usize).clamp(1, 32).to_string()
+            } else {
+                "32".into()
+            },
+            "--seconds".into(),
+            format!(
+                "{}",
+                if count > 0 {
+                    o.seconds * 3.0
+                } else {
+                    o.seconds
+                }
+            ),
+            "--count".into(),
+            count_q.to_string(),
+            "--stream".into(),
+            stream_base.wrapping_add(q as u32).to_string(),
+            "--quiet".into(),
+        ];
+        let node = match &c.esp {
+            Some((conf, seq)) => {
+                // gwA's stand-in: ESP out of gwA's WAN port, AF_XDP
+                gen_args.extend(
+                    [
+                        "--io",
+                        "xdp",
+                        "--iface",
+                        "wan0",
+                        "--src",
+                        addr::HOST_A,
+                        "--esp-seq-start",
+                        &seq.get().to_string(),
+                        "--esp-config",
+                    ]
+                    .map(String::from),
+                );
+                gen_args.push(conf.to_string_lossy().into_owned());
+                Node::GwA
+            }
+            None => {
+                gen_args.extend(["--io".into(), o.gen_io.clone()]);
+                if o.gen_io == "xdp" {
+                    gen_args.extend([
+                        "--iface".into(),
+                        "eth0".into(),
+                        "--queue".into(),
+                        q.to_string(),
+                    ]);
+                }
+                Node::HostA
+            }
+        };
+        procs.push(lab.spawn(node, &format!("gen{q}-{tag}"), &gen_args)?);
+    }
+    for g in &procs {
+        wait(o, lab, g, Duration::from_secs_f64(o.seconds * 3.0 + 10.0))?;
+    }
     wait(o, lab, &sink, Duration::from_secs_f64(o.seconds + 15.0))?;
-    let gj = last_json(&g.stdout_text())
-        .ok_or_else(|| err!("generator printed no result: {}", g.stderr_tail(5)))?;
+    let n = |v: &Value, k: &str| v[k].as_u64().unwrap_or(0);
+    let (mut sent, mut offered_pps) = (0, 0.0);
+    for g in &procs {
+        let gj = last_json(&g.stdout_text())
+            .ok_or_else(|| err!("generator printed no result: {}", g.stderr_tail(5)))?;
+        sent += n(&gj, "sent");
+        offered_pps += gj["pps"].as_f64().unwrap_or(0.0);
+    }
     let sj = last_json(&sink.stdout_text())
         .ok_or_else(|| err!("sink printed no result: {}", sink.stderr_tail(5)))?;
-    let n = |v: &Value, k: &str| v[k].as_u64().unwrap_or(0);
-    let sent = n(&gj, "sent");
     if let Some((_, seq)) = &c.esp {
         // sends that failed also took a number: leave room
         seq.set(seq.get() + sent + 65_536);
@@ -290,7 +322,7 @@ fn trial(o: &NdrOptions, lab: &Lab, c: &Case, size: usize, rate: f64, tag: &str)
         loss_pct: 100.0 * sent.saturating_sub(received) as f64 / sent.max(1) as f64,
         reordered: n(&sj, "reordered"),
         corrupt: n(&sj, "corrupt"),
-        offered_pps: gj["pps"].as_f64().unwrap_or(0.0),
+        offered_pps,
         latency: sj["latency_ns"].clone(),
     })
 }
