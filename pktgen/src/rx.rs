@@ -15,12 +15,14 @@ use std::time::Duration;
 use rustix::event::{PollFd, PollFlags, Timespec};
 use serde_json::{Value, json};
 use xsecd::xdp::{XdpMode, XdpSteering};
-use xsecd::xsk::{FRAME_SIZE, XskConfig, XskRx};
+use xsecd::xsk::{XskConfig, XskRx};
 
 /// Frames taken from one ring per round.
 const BURST: usize = 64;
 /// How long one round waits when nothing has arrived.
 const WAIT: Duration = Duration::from_millis(50);
+/// The largest UDP payload, for the buffers the kernel's sockets are read into.
+const MAX_DATAGRAM: usize = 65536;
 /// RX queues tried (queue `n` is opened only if `n - 1` was).
 const MAX_QUEUES: u32 = 64;
 
@@ -65,7 +67,8 @@ pub fn udp_payload(frame: &[u8], port: u16) -> Option<&[u8]> {
 
 /// The sink's input.
 pub enum Rx {
-    Socket(UdpSocket),
+    /// The socket and the buffer it is read into (kept: one allocation per run).
+    Socket(UdpSocket, Vec<u8>),
     Xdp(Box<XdpRx>),
     Packet(PacketRx),
 }
@@ -110,7 +113,7 @@ impl Rx {
                     });
                 sock.set_read_timeout(Some(WAIT))
                     .map_err(|e| e.to_string())?;
-                Ok(Rx::Socket(sock))
+                Ok(Rx::Socket(sock, vec![0; MAX_DATAGRAM]))
             }
             "xdp" => {
                 let iface = need_iface()?;
@@ -129,7 +132,7 @@ impl Rx {
 
     pub fn name(&self) -> &'static str {
         match self {
-            Rx::Socket(_) => "socket",
+            Rx::Socket(..) => "socket",
             Rx::Xdp(_) => "xdp",
             Rx::Packet(_) => "packet",
         }
@@ -139,16 +142,13 @@ impl Rx {
     /// nothing has. Returns how many payloads there were.
     pub fn poll(&mut self, each: &mut dyn FnMut(&[u8])) -> usize {
         match self {
-            Rx::Socket(sock) => {
-                let mut buf = [0u8; 65536];
-                match sock.recv(&mut buf) {
-                    Ok(n) => {
-                        each(&buf[..n]);
-                        1
-                    }
-                    Err(_) => 0,
+            Rx::Socket(sock, buf) => match sock.recv(buf) {
+                Ok(n) => {
+                    each(&buf[..n]);
+                    1
                 }
-            }
+                Err(_) => 0,
+            },
             Rx::Xdp(x) => x.poll(each),
             Rx::Packet(p) => {
                 let mut n = 0;
@@ -173,7 +173,7 @@ impl Rx {
     /// What the summary says about the input.
     pub fn report(&self) -> Value {
         match self {
-            Rx::Socket(_) | Rx::Packet(_) => json!({ "io": self.name() }),
+            Rx::Socket(..) | Rx::Packet(_) => json!({ "io": self.name() }),
             Rx::Xdp(x) => {
                 let drops: u64 = x
                     .socks
@@ -235,32 +235,24 @@ fn open_xdp(iface: &str, port: u16) -> Result<XdpRx, String> {
         udp,
         from_kernel: 0,
         not_ours: 0,
-        buf: vec![0; FRAME_SIZE as usize * 16],
+        buf: vec![0; MAX_DATAGRAM],
     })
 }
 
 fn open_packet(iface: &str, port: u16) -> Result<PacketRx, String> {
-    let dev = pnet_datalink::interfaces()
-        .into_iter()
-        .find(|d| d.name == iface)
-        .ok_or_else(|| format!("{iface}: no such interface"))?;
     let cfg = pnet_datalink::Config {
-        promiscuous: false,
         read_timeout: Some(WAIT),
         read_buffer_size: 65536,
         ..pnet_datalink::Config::default()
     };
     let udp = bind_udp(port)?;
     let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&udp, 4096);
-    match pnet_datalink::channel(&dev, cfg) {
-        Ok(pnet_datalink::Channel::Ethernet(_tx, rx)) => Ok(PacketRx {
-            port,
-            rx,
-            _udp: udp,
-        }),
-        Ok(_) => Err(format!("{iface}: AF_PACKET gave no Ethernet channel")),
-        Err(e) => Err(format!("{iface}: AF_PACKET: {e}")),
-    }
+    let (_tx, rx) = crate::xdp::packet_channel(iface, cfg)?;
+    Ok(PacketRx {
+        port,
+        rx,
+        _udp: udp,
+    })
 }
 
 impl XdpRx {

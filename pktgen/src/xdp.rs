@@ -100,26 +100,41 @@ impl Tx {
     }
 }
 
-/// An AF_PACKET sender on `iface` (not promiscuous; what it receives is never read).
-fn packet_tx(iface: &str) -> Result<Tx, String> {
+/// The two ends of an AF_PACKET socket.
+pub type PacketChannel = (
+    Box<dyn pnet_datalink::DataLinkSender>,
+    Box<dyn pnet_datalink::DataLinkReceiver>,
+);
+
+/// An AF_PACKET socket on `iface` (not promiscuous), as a sender and a receiver.
+pub fn packet_channel(iface: &str, cfg: pnet_datalink::Config) -> Result<PacketChannel, String> {
     let dev = pnet_datalink::interfaces()
         .into_iter()
         .find(|d| d.name == iface)
         .ok_or_else(|| format!("{iface}: no such interface"))?;
     let cfg = pnet_datalink::Config {
         promiscuous: false,
+        ..cfg
+    };
+    match pnet_datalink::channel(&dev, cfg) {
+        Ok(pnet_datalink::Channel::Ethernet(tx, rx)) => Ok((tx, rx)),
+        Ok(_) => Err(format!("{iface}: AF_PACKET gave no Ethernet channel")),
+        Err(e) => Err(format!("{iface}: AF_PACKET: {e}")),
+    }
+}
+
+/// An AF_PACKET sender on `iface` (what it receives is never read).
+fn packet_tx(iface: &str) -> Result<Tx, String> {
+    let cfg = pnet_datalink::Config {
         write_buffer_size: FRAME_SIZE as usize,
         read_buffer_size: 2048,
         ..pnet_datalink::Config::default()
     };
-    match pnet_datalink::channel(&dev, cfg) {
-        Ok(pnet_datalink::Channel::Ethernet(tx, _rx)) => Ok(Tx::Packet {
-            tx,
-            buf: vec![0; FRAME_SIZE as usize],
-        }),
-        Ok(_) => Err(format!("{iface}: AF_PACKET gave no Ethernet channel")),
-        Err(e) => Err(format!("{iface}: AF_PACKET: {e}")),
-    }
+    let (tx, _rx) = packet_channel(iface, cfg)?;
+    Ok(Tx::Packet {
+        tx,
+        buf: vec![0; FRAME_SIZE as usize],
+    })
 }
 
 /// `--io xdp` (falling back to AF_PACKET if the AF_XDP socket cannot be had) or

@@ -145,6 +145,21 @@ fn num(v: &Value, k: &str) -> u64 {
         .unwrap_or_else(|| panic!("{k} missing in {v}"))
 }
 
+/// The sink received `n` datagrams, in order, and none was lost, repeated, damaged or
+/// someone else's.
+fn assert_all_received(s: &Value, n: u64) {
+    assert_all_received_any_order(s, n);
+    assert_eq!(num(s, "reordered"), 0, "reordered");
+}
+
+/// As [`assert_all_received`], in any order.
+fn assert_all_received_any_order(s: &Value, n: u64) {
+    assert_eq!(num(s, "received"), n);
+    for k in ["lost", "duplicates", "corrupt", "foreign"] {
+        assert_eq!(num(s, k), 0, "{k}");
+    }
+}
+
 #[test]
 fn clean_link_counts_every_datagram_and_measures_latency() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -157,10 +172,7 @@ fn clean_link_counts_every_datagram_and_measures_latency() {
         20000,
     );
     assert_eq!(num(&g, "sent"), 20000);
-    assert_eq!(num(&s, "received"), 20000);
-    for k in ["lost", "reordered", "duplicates", "corrupt"] {
-        assert_eq!(num(&s, k), 0, "{k}");
-    }
+    assert_all_received(&s, 20000);
     let lat = &s["latency_ns"];
     assert_eq!(num(lat, "samples"), 20000);
     let (p50, p99, max) = (num(lat, "p50"), num(lat, "p99"), num(lat, "max"));
@@ -244,10 +256,7 @@ fn frame_generator(io: &str) {
     );
     assert_eq!(g["io"], io);
     assert_eq!(num(&g, "sent"), 20000);
-    assert_eq!(num(&s, "received"), 20000);
-    for k in ["lost", "reordered", "duplicates", "corrupt", "foreign"] {
-        assert_eq!(num(&s, k), 0, "{k}");
-    }
+    assert_all_received(&s, 20000);
     assert_eq!(num(&s["latency_ns"], "samples"), 20000);
 }
 
@@ -277,10 +286,10 @@ fn af_xdp_sink_takes_every_datagram_off_both_queues() {
     );
     let input = &s["input"];
     assert_eq!(input["io"], "xdp", "{input}");
-    assert_eq!(num(&s, "received"), 20000);
-    for k in ["lost", "reordered", "duplicates", "corrupt", "foreign"] {
-        assert_eq!(num(&s, k), 0, "{k}");
-    }
+    // One stream over two queues read burst by burst: a burst from queue 1 can hold
+    // datagrams older than the queue-0 burst read before it, so the sink sees reordering
+    // that the link did not make (within a flow, and within a queue, order holds).
+    assert_all_received_any_order(&s, 20000);
     let per_queue: Vec<u64> = input["per_queue"]
         .as_array()
         .expect("per_queue")
@@ -310,8 +319,5 @@ fn af_packet_sink_counts_every_datagram() {
         20000,
     );
     assert_eq!(s["input"]["io"], "packet");
-    assert_eq!(num(&s, "received"), 20000);
-    for k in ["lost", "reordered", "duplicates", "corrupt", "foreign"] {
-        assert_eq!(num(&s, k), 0, "{k}");
-    }
+    assert_all_received(&s, 20000);
 }

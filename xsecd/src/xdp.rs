@@ -150,6 +150,42 @@ fn map_err(map: &'static str) -> impl FnOnce(MapError) -> XdpError {
     move |source| XdpError::Map { map, source }
 }
 
+/// The embedded object, parsed, with every map it must have.
+fn object() -> Result<Ebpf, XdpError> {
+    let ebpf = Ebpf::load(OBJECT).map_err(XdpError::Object)?;
+    for name in maps::ALL {
+        if ebpf.map(name).is_none() {
+            return Err(XdpError::MissingMap(name));
+        }
+    }
+    Ok(ebpf)
+}
+
+/// Load `program` of `ebpf` into the kernel and attach it to `interface`. The attachment
+/// lives as long as `ebpf`.
+fn attach(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    interface: &str,
+    mode: XdpMode,
+) -> Result<(), XdpError> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(program)
+        .ok_or(XdpError::MissingProgram(program))?
+        .try_into()
+        .map_err(|source| XdpError::Load { program, source })?;
+    prog.load()
+        .map_err(|source| XdpError::Load { program, source })?;
+    prog.attach(interface, mode.aya())
+        .map_err(|source| XdpError::Attach {
+            program,
+            interface: interface.to_owned(),
+            mode,
+            source,
+        })?;
+    Ok(())
+}
+
 /// The loaded and attached steering program.
 pub struct XdpSteering {
     ebpf: Ebpf,
@@ -179,31 +215,9 @@ impl XdpSteering {
         if unprotected == protected {
             return Err(XdpError::SameInterface(unprotected.to_owned()));
         }
-        let mut ebpf = Ebpf::load(OBJECT).map_err(XdpError::Object)?;
-        for name in maps::ALL {
-            if ebpf.map(name).is_none() {
-                return Err(XdpError::MissingMap(name));
-            }
-        }
-        for (program, interface) in [
-            (programs::UNPROTECTED, unprotected),
-            (programs::PROTECTED, protected),
-        ] {
-            let prog: &mut Xdp = ebpf
-                .program_mut(program)
-                .ok_or(XdpError::MissingProgram(program))?
-                .try_into()
-                .map_err(|source| XdpError::Load { program, source })?;
-            prog.load()
-                .map_err(|source| XdpError::Load { program, source })?;
-            prog.attach(interface, mode.aya())
-                .map_err(|source| XdpError::Attach {
-                    program,
-                    interface: interface.to_owned(),
-                    mode,
-                    source,
-                })?;
-        }
+        let mut ebpf = object()?;
+        attach(&mut ebpf, programs::UNPROTECTED, unprotected, mode)?;
+        attach(&mut ebpf, programs::PROTECTED, protected, mode)?;
         Ok(XdpSteering {
             ebpf,
             unprotected: unprotected.to_owned(),
@@ -217,27 +231,8 @@ impl XdpSteering {
     /// [`XdpSteering::set_tunnel_ports`]) in its AF_XDP sockets and everything else (ARP,
     /// ND, IKE) left to the kernel. Only the unprotected side's methods apply.
     pub fn load_receiver(iface: &str, mode: XdpMode) -> Result<Self, XdpError> {
-        let mut ebpf = Ebpf::load(OBJECT).map_err(XdpError::Object)?;
-        for name in maps::ALL {
-            if ebpf.map(name).is_none() {
-                return Err(XdpError::MissingMap(name));
-            }
-        }
-        let program = programs::UNPROTECTED;
-        let prog: &mut Xdp = ebpf
-            .program_mut(program)
-            .ok_or(XdpError::MissingProgram(program))?
-            .try_into()
-            .map_err(|source| XdpError::Load { program, source })?;
-        prog.load()
-            .map_err(|source| XdpError::Load { program, source })?;
-        prog.attach(iface, mode.aya())
-            .map_err(|source| XdpError::Attach {
-                program,
-                interface: iface.to_owned(),
-                mode,
-                source,
-            })?;
+        let mut ebpf = object()?;
+        attach(&mut ebpf, programs::UNPROTECTED, iface, mode)?;
         Ok(XdpSteering {
             ebpf,
             unprotected: iface.to_owned(),

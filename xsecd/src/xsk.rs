@@ -249,6 +249,21 @@ impl std::fmt::Debug for Xsk {
 }
 
 impl Port {
+    /// The kernel's counters of the socket (`XDP_STATISTICS`); zeros if it will not say.
+    fn stats(&self) -> SocketStats {
+        match self.user.statistics_v2() {
+            Ok(st) => SocketStats {
+                rx_dropped: st.rx_dropped,
+                rx_ring_full: st.rx_ring_full,
+                rx_fill_ring_empty: st.rx_fill_ring_empty_descs,
+                rx_invalid_descs: st.rx_invalid_descs,
+                tx_invalid_descs: st.tx_invalid_descs,
+                tx_ring_empty: st.tx_ring_empty_descs,
+            },
+            Err(_) => SocketStats::default(),
+        }
+    }
+
     /// Put one descriptor on the TX ring; false when the ring is full.
     fn transmit(&mut self, addr: u64, len: usize) -> bool {
         let mut w = self.tx.transmit(1);
@@ -604,19 +619,9 @@ impl Xsk {
     /// The kernel's counters of a side's socket (drops because the RX ring was full or the
     /// fill ring empty, invalid descriptors). A `getsockopt`: for snapshots, not per packet.
     pub fn socket_stats(&self, side: Side) -> SocketStats {
-        let Io::Sockets { ports, .. } = &self.io else {
-            return SocketStats::default();
-        };
-        match ports[side as usize].user.statistics_v2() {
-            Ok(st) => SocketStats {
-                rx_dropped: st.rx_dropped,
-                rx_ring_full: st.rx_ring_full,
-                rx_fill_ring_empty: st.rx_fill_ring_empty_descs,
-                rx_invalid_descs: st.rx_invalid_descs,
-                tx_invalid_descs: st.tx_invalid_descs,
-                tx_ring_empty: st.tx_ring_empty_descs,
-            },
-            Err(_) => SocketStats::default(),
+        match &self.io {
+            Io::Sockets { ports, .. } => ports[side as usize].stats(),
+            Io::Replay(_) => SocketStats::default(),
         }
     }
 
@@ -655,30 +660,19 @@ impl Xsk {
     }
 }
 
-/// A transmit-only AF_XDP socket on one interface queue with its own UMEM: for traffic
-/// generators (`xsec-pktgen --io xdp`). No XDP program is needed to transmit; the fill ring
-/// is never stocked, so nothing is received on it.
-pub struct XskTx {
+/// One socket on one interface queue with a UMEM of its own: what [`XskTx`] and [`XskRx`]
+/// are built on.
+struct Single {
     // Field order is drop order: the socket and UMEM registration before the memory.
     port: Port,
     _umem: Umem,
     area: Area,
+    /// Frames that no ring holds.
     free: Vec<u64>,
-    frames: u32,
 }
 
-impl std::fmt::Debug for XskTx {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("XskTx")
-            .field("frames", &self.frames)
-            .field("free", &self.free.len())
-            .finish()
-    }
-}
-
-impl XskTx {
-    /// Bind to `queue` of `iface` (copy mode if `cfg.force_copy`).
-    pub fn open(iface: &str, queue: u32, cfg: &XskConfig) -> Result<XskTx, XskError> {
+impl Single {
+    fn open(iface: &str, queue: u32, cfg: &XskConfig) -> Result<Single, XskError> {
         let fail = |(what, source)| XskError {
             what,
             iface: iface.to_string(),
@@ -687,32 +681,58 @@ impl XskTx {
         };
         let (area, umem) = new_umem(cfg).map_err(fail)?;
         let port = open_port(&umem, iface, queue, true, cfg).map_err(fail)?;
-        Ok(XskTx {
+        Ok(Single {
             port,
             _umem: umem,
             area,
             free: free_list(cfg.frames),
+        })
+    }
+}
+
+/// A transmit-only AF_XDP socket on one interface queue with its own UMEM: for traffic
+/// generators (`xsec-pktgen --io xdp`). No XDP program is needed to transmit; the fill ring
+/// is never stocked, so nothing is received on it.
+pub struct XskTx {
+    s: Single,
+    frames: u32,
+}
+
+impl std::fmt::Debug for XskTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XskTx")
+            .field("frames", &self.frames)
+            .field("free", &self.s.free.len())
+            .finish()
+    }
+}
+
+impl XskTx {
+    /// Bind to `queue` of `iface` (copy mode if `cfg.force_copy`).
+    pub fn open(iface: &str, queue: u32, cfg: &XskConfig) -> Result<XskTx, XskError> {
+        Ok(XskTx {
+            s: Single::open(iface, queue, cfg)?,
             frames: cfg.frames,
         })
     }
 
     /// Take a free frame.
     pub fn alloc(&mut self) -> Option<Frame> {
-        let a = self.free.pop()?;
+        let a = self.s.free.pop()?;
         // SAFETY: `a` comes from this area's free list: a frame offset below its length.
-        let ptr = unsafe { self.area.ptr.add(a as usize) };
+        let ptr = unsafe { self.s.area.ptr.add(a as usize) };
         Some(Frame { base: ptr, addr: a })
     }
 
     /// Give a frame back unsent.
     pub fn release(&mut self, f: Frame) {
-        self.free.push(f.addr);
+        self.s.free.push(f.addr);
     }
 
     /// Queue `f[off..off + len]` for transmission; on a full ring (or a window outside the
     /// frame) the frame is handed back.
     pub fn send(&mut self, f: Frame, off: usize, len: usize) -> Result<(), Frame> {
-        if off + len > FRAME_SIZE as usize || !self.port.transmit(f.addr + off as u64, len) {
+        if off + len > FRAME_SIZE as usize || !self.s.port.transmit(f.addr + off as u64, len) {
             return Err(f);
         }
         Ok(())
@@ -721,16 +741,17 @@ impl XskTx {
     /// Push queued descriptors to the kernel (copy mode moves 32 per `sendto`: kick until
     /// drained, bounded) and take completed frames back. Returns the frames completed.
     pub fn kick_and_reap(&mut self) -> u32 {
+        let s = &mut self.s;
         for _ in 0..64 {
-            if self.port.tx.pending() == 0 {
+            if s.port.tx.pending() == 0 {
                 break;
             }
-            self.port.tx.wake();
+            s.port.tx.wake();
         }
         let mut n = 0;
-        let mut c = self.port.dev.complete(self.frames);
+        let mut c = s.port.dev.complete(self.frames);
         while let Some(a) = c.read() {
-            self.free.push(a & !u64::from(FRAME_SIZE - 1));
+            s.free.push(a & !u64::from(FRAME_SIZE - 1));
             n += 1;
         }
         c.release();
@@ -739,7 +760,7 @@ impl XskTx {
 
     /// Frames on the free list.
     pub fn free_frames(&self) -> usize {
-        self.free.len()
+        self.s.free.len()
     }
 }
 
@@ -747,12 +768,7 @@ impl XskTx {
 /// (`xsec-pktgen sink --io xdp`). Every frame goes back to the fill ring as soon as the
 /// caller has looked at it; nothing is transmitted.
 pub struct XskRx {
-    // Field order is drop order: the socket and UMEM registration before the memory.
-    port: Port,
-    _umem: Umem,
-    area: Area,
-    /// Frames neither in the fill ring nor in the RX ring.
-    free: Vec<u64>,
+    s: Single,
     queue: u32,
 }
 
@@ -760,7 +776,7 @@ impl std::fmt::Debug for XskRx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("XskRx")
             .field("queue", &self.queue)
-            .field("free", &self.free.len())
+            .field("free", &self.s.free.len())
             .finish()
     }
 }
@@ -769,7 +785,7 @@ impl AsFd for XskRx {
     fn as_fd(&self) -> BorrowedFd<'_> {
         // SAFETY: `port.fd` is the descriptor of the socket `port` owns, open for as long
         // as `self` (and so the returned borrow) lives.
-        unsafe { BorrowedFd::borrow_raw(self.port.fd) }
+        unsafe { BorrowedFd::borrow_raw(self.s.port.fd) }
     }
 }
 
@@ -777,28 +793,12 @@ impl XskRx {
     /// Bind to `queue` of `iface` and stock the fill ring. Frames arrive once an XDP
     /// program redirects them to this socket (see `XdpSteering::load_receiver`).
     pub fn open(iface: &str, queue: u32, cfg: &XskConfig) -> Result<XskRx, XskError> {
-        let fail = |(what, source)| XskError {
-            what,
-            iface: iface.to_string(),
-            queue,
-            source,
-        };
-        let (area, umem) = new_umem(cfg).map_err(fail)?;
-        let port = open_port(&umem, iface, queue, true, cfg).map_err(fail)?;
         let mut x = XskRx {
-            port,
-            _umem: umem,
-            area,
-            free: free_list(cfg.frames),
+            s: Single::open(iface, queue, cfg)?,
             queue,
         };
         x.refill();
         Ok(x)
-    }
-
-    /// The socket descriptor (for the XSKMAP).
-    pub fn fd(&self) -> i32 {
-        self.port.fd
     }
 
     /// The queue the socket is bound to.
@@ -807,27 +807,29 @@ impl XskRx {
     }
 
     fn refill(&mut self) {
-        if self.free.is_empty() {
+        let s = &mut self.s;
+        if s.free.is_empty() {
             return;
         }
-        let mut f = self.port.dev.fill(self.free.len() as u32);
+        let mut f = s.port.dev.fill(s.free.len() as u32);
         let cap = f.capacity() as usize;
-        let start = self.free.len() - cap;
-        let taken = f.insert(self.free[start..].iter().copied());
+        let start = s.free.len() - cap;
+        let taken = f.insert(s.free[start..].iter().copied());
         f.commit();
         drop(f);
-        self.free.truncate(self.free.len() - taken as usize);
-        if self.port.dev.needs_wakeup() {
-            self.port.dev.wake();
+        s.free.truncate(s.free.len() - taken as usize);
+        if s.port.dev.needs_wakeup() {
+            s.port.dev.wake();
         }
     }
 
     /// Hand up to `max` received Ethernet frames to `each`, then give their memory back to
     /// the kernel. Returns how many there were.
     pub fn recv(&mut self, max: usize, mut each: impl FnMut(&[u8])) -> usize {
-        let (area, area_len) = (self.area.ptr, self.area.len);
+        let s = &mut self.s;
+        let (area, area_len) = (s.area.ptr, s.area.len);
         let mut n = 0;
-        let mut r = self.port.rx.receive(max as u32);
+        let mut r = s.port.rx.receive(max as u32);
         while let Some(d) = r.read() {
             let base = d.addr & !u64::from(FRAME_SIZE - 1);
             let off = (d.addr - base) as usize;
@@ -842,7 +844,7 @@ impl XskRx {
             let bytes =
                 unsafe { std::slice::from_raw_parts(area.as_ptr().add(base as usize + off), len) };
             each(bytes);
-            self.free.push(base);
+            s.free.push(base);
             n += 1;
         }
         r.release();
@@ -851,31 +853,8 @@ impl XskRx {
         n
     }
 
-    /// Sleep until frames are waiting or `timeout_ms` passes.
-    pub fn wait(&self, timeout_ms: i32) {
-        let mut fds = [libc::pollfd {
-            fd: self.port.fd,
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        // SAFETY: `fds` is a valid array of one pollfd for the duration of the call.
-        unsafe {
-            libc::poll(fds.as_mut_ptr(), 1, timeout_ms);
-        }
-    }
-
     /// The kernel's counters of the socket (drops on a full RX ring or an empty fill ring).
     pub fn socket_stats(&self) -> SocketStats {
-        match self.port.user.statistics_v2() {
-            Ok(st) => SocketStats {
-                rx_dropped: st.rx_dropped,
-                rx_ring_full: st.rx_ring_full,
-                rx_fill_ring_empty: st.rx_fill_ring_empty_descs,
-                rx_invalid_descs: st.rx_invalid_descs,
-                tx_invalid_descs: st.tx_invalid_descs,
-                tx_ring_empty: st.tx_ring_empty_descs,
-            },
-            Err(_) => SocketStats::default(),
-        }
+        self.s.port.stats()
     }
 }
