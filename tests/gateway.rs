@@ -2252,3 +2252,514 @@ fn replay_backend_encrypts_and_decrypts_without_the_kernel() {
         format!("gwB dropped: {:?}", st.nonzero_drops())
     });
 }
+
+// ---- fail closed (issue 15) ----
+
+impl Scenario {
+    /// `kill -9` the xsecd of `node` and forget it (the lab no longer stops it).
+    fn kill9(&mut self, node: Node) {
+        let Some(i) = self.daemons.iter().position(|d| d.node == node) else {
+            self.fail(&format!("no xsecd on {node:?} to kill"));
+        };
+        let d = self.daemons.remove(i);
+        let o = std::process::Command::new("kill")
+            .args(["-9", &d.proc.pid.to_string()])
+            .output();
+        self.check(o.is_ok_and(|o| o.status.success()), || {
+            format!("kill -9 {} failed", d.proc.pid)
+        });
+        let st = self.lab.procs().wait(&d.proc, Duration::from_secs(5));
+        self.check(st.is_some(), || "xsecd did not die of SIGKILL".into());
+    }
+
+    /// Start gateway A's xsecd again, and restart gateway B's. With manual keys a restarted
+    /// sender numbers its packets from 1 again, which the peer's anti-replay window refuses
+    /// (`replay_old`) until the peer's inbound SA is new too: the pair restarts together.
+    fn restart_pair(&mut self) {
+        if let Some(i) = self.daemons.iter().position(|d| d.node == Node::GwB) {
+            let d = self.daemons.remove(i);
+            if let Err(e) = self.lab.stop_xsecd(&d) {
+                self.fail(&e.to_string());
+            }
+        }
+        self.start(&[Node::GwA, Node::GwB]);
+    }
+
+    /// Whether `node`'s xsecd left its nftables forward guard.
+    fn guard_present(&self, node: Node) -> bool {
+        self.lab
+            .exec(
+                node,
+                &["nft", "list", "table", "inet", "xsec_guard_wan0_lan0"],
+            )
+            .is_ok_and(|o| o.ok())
+    }
+
+    /// The capture of the middle link must carry no inner-subnet address in clear (nor an
+    /// ICMP error quoting one), apart from what `allowed` accepts.
+    fn assert_no_leak(&self, pcap: &Path, allowed: impl Fn(&wire::Frame) -> bool) -> WireReport {
+        let frames = wire::read_pcap(pcap).unwrap_or_else(|e| self.fail(&e.to_string()));
+        let inner = [addr::NET_A, addr::NET_B, addr::NET_A6, addr::NET_B6];
+        let r = wire::analyze(&frames, &self.encap_ports(), &inner);
+        eprintln!("{}: wire: {}", self.name, r.summary());
+        let quoting_inner = |f: &wire::Frame| {
+            f.note
+                .as_deref()
+                .is_some_and(|n| n.contains("10.1.0.") || n.contains("10.2.0."))
+        };
+        let bad: Vec<String> = r
+            .clear
+            .iter()
+            .filter(|f| r.leaks.iter().any(|l| l.number == f.number) || quoting_inner(f))
+            .filter(|f| !allowed(f))
+            .take(10)
+            .map(|f| f.to_string())
+            .collect();
+        self.check(bad.is_empty(), || {
+            format!(
+                "inner traffic in clear on the middle link:\n  {}",
+                bad.join("\n  ")
+            )
+        });
+        r
+    }
+
+    /// Ping, UDP and TCP from host A to host B, running in the background.
+    fn background_flows(&self, tag: &str, udp_port: u16, tcp_port: u16) -> Vec<Proc> {
+        let sink = self.spawn_tool(
+            Node::HostB,
+            &format!("tcp-sink-{tag}"),
+            &[
+                "tcp-sink",
+                "--port",
+                &tcp_port.to_string(),
+                "--timeout",
+                "60",
+            ],
+        );
+        self.wait_listening(&sink);
+        let recv = self.udp_receiver(Node::HostB, udp_port, 1_000_000, tag);
+        let ping = self
+            .lab
+            .spawn(
+                Node::HostA,
+                &format!("ping-{tag}"),
+                &["ping", "-n", "-i", "0.05", "-c", "400", addr::HOST_B],
+            )
+            .unwrap_or_else(|e| self.fail(&e.to_string()));
+        let udp = self.spawn_tool(
+            Node::HostA,
+            &format!("udp-{tag}"),
+            &[
+                "udp-send",
+                "--dst",
+                addr::HOST_B,
+                "--port",
+                &udp_port.to_string(),
+                "--count",
+                "1000",
+                "--interval-ms",
+                "20",
+            ],
+        );
+        let tcp = self.spawn_tool(
+            Node::HostA,
+            &format!("tcp-{tag}"),
+            &[
+                "tcp-send",
+                "--dst",
+                addr::HOST_B,
+                "--port",
+                &tcp_port.to_string(),
+                "--bytes",
+                "4000000000",
+                "--timeout",
+                "30",
+            ],
+        );
+        vec![sink, recv, ping, udp, tcp]
+    }
+
+    fn stop_procs(&self, ps: &[Proc]) {
+        for p in ps {
+            self.lab.procs().stop(p, Duration::from_secs(2));
+        }
+    }
+
+    /// New connections while no xsecd runs on gwA: a TCP connect and pings, none answered.
+    fn nothing_gets_through(&self) {
+        let p = self
+            .lab
+            .ping(Node::HostA, addr::HOST_B, 3, 0.2, 2)
+            .unwrap_or_else(|e| self.fail(&e.to_string()));
+        self.check(p.received == 0, || {
+            format!("pings answered with gwA's xsecd gone:\n{}", p.output)
+        });
+        let o = self.run_tool(
+            Node::HostA,
+            &[
+                "tcp-send",
+                "--dst",
+                addr::HOST_B,
+                "--port",
+                "5399",
+                "--bytes",
+                "1000",
+                "--timeout",
+                "2",
+            ],
+        );
+        self.check(!o.ok(), || {
+            format!("a TCP connection got through with gwA's xsecd gone: {o}")
+        });
+    }
+}
+
+/// `kill -9` of gateway A's xsecd during ping, UDP and TCP flows from host A to host B: the
+/// middle link never carries an inner address in clear (the XDP program goes with the
+/// process; the forward guard it left keeps the kernel from forwarding), new connections do
+/// not get through, and a restarted xsecd carries protected traffic again.
+#[test]
+fn killed_xsecd_leaks_nothing_and_a_restart_resumes() {
+    let mut s = scenario(
+        "kill9",
+        PairOptions {
+            seed: 21,
+            ..PairOptions::default()
+        },
+    );
+    s.start(&[Node::GwA, Node::GwB]);
+    let cap = s.capture();
+    s.ping(Node::HostA, addr::HOST_B, 2);
+    let flows = s.background_flows("kill9", 5300, 5301);
+    std::thread::sleep(Duration::from_secs(1));
+    s.kill9(Node::GwA);
+    s.check(s.guard_present(Node::GwA), || {
+        "no forward guard on gwA after its xsecd was killed".into()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    s.nothing_gets_through();
+    s.restart_pair();
+    s.ping(Node::HostA, addr::HOST_B, 3);
+    let n = s.udp(Node::HostA, Node::HostB, addr::HOST_B, 5310, 10);
+    s.check(n == 10, || format!("after the restart: {n}/10 delivered"));
+    s.stop_procs(&flows);
+    let pcap = s.stop_capture(&cap);
+    s.stop_all();
+    let r = s.assert_no_leak(&pcap, |_| false);
+    s.check(r.esp_by_spi.values().sum::<usize>() > 0, || {
+        "no ESP on the middle link".into()
+    });
+}
+
+/// `kill -9` of xsecd at points during its start-up, flows running, with the forward guard
+/// installed the way a boot script would (`xsecd --install-guard`) before the first start:
+/// nothing in clear at any point, and the last start carries traffic.
+#[test]
+fn killed_during_start_up_leaks_nothing() {
+    let mut s = scenario(
+        "kill-start",
+        PairOptions {
+            seed: 22,
+            ..PairOptions::default()
+        },
+    );
+    s.start(&[Node::GwB]);
+    let conf = s
+        .lab
+        .write_file("xsecd-a-boot.toml", s.pair.a.to_toml())
+        .unwrap_or_else(|e| s.fail(&e.to_string()));
+    let xsecd = s.xsecd.to_string_lossy().into_owned();
+    let conf_s = conf.to_string_lossy().into_owned();
+    let o = s
+        .lab
+        .exec(
+            Node::GwA,
+            &[xsecd.as_str(), "--config", &conf_s, "--install-guard"],
+        )
+        .unwrap_or_else(|e| s.fail(&e.to_string()));
+    s.check(o.ok() && s.guard_present(Node::GwA), || {
+        format!("xsecd --install-guard: {o}")
+    });
+    let cap = s.capture();
+    let flows = s.background_flows("kill-start", 5320, 5321);
+    let sock = s.lab.workdir().join("boot.sock");
+    let sock_s = sock.to_string_lossy().into_owned();
+    for (i, ms) in [0u64, 5, 20, 50, 100, 200, 400, 800]
+        .into_iter()
+        .enumerate()
+    {
+        let p = s
+            .lab
+            .spawn(
+                Node::GwA,
+                &format!("xsecd-boot-{i}"),
+                &[xsecd.as_str(), "--config", &conf_s, "--control", &sock_s],
+            )
+            .unwrap_or_else(|e| s.fail(&e.to_string()));
+        std::thread::sleep(Duration::from_millis(ms));
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &p.pid.to_string()])
+            .output();
+        s.lab.procs().wait(&p, Duration::from_secs(5));
+        let _ = std::fs::remove_file(&sock);
+    }
+    s.nothing_gets_through();
+    s.restart_pair();
+    s.ping(Node::HostA, addr::HOST_B, 3);
+    s.stop_procs(&flows);
+    let pcap = s.stop_capture(&cap);
+    s.stop_all();
+    s.assert_no_leak(&pcap, |_| false);
+}
+
+/// A worker that panics (the debug-build test hook `XSECD_TEST_WORKER_PANIC`: after N
+/// packets) takes xsecd down with it, non-zero and saying why; nothing leaks in clear while it
+/// dies or after, and a restarted xsecd resumes.
+#[test]
+fn a_panicking_worker_stops_xsecd_and_nothing_leaks() {
+    let mut s = scenario(
+        "worker-panic",
+        PairOptions {
+            seed: 23,
+            ..PairOptions::default()
+        },
+    );
+    s.start(&[Node::GwB]);
+    let wrapper = s
+        .lab
+        .write_file(
+            "xsecd-panicking.sh",
+            format!(
+                "#!/bin/sh\nXSECD_TEST_WORKER_PANIC=300 exec {} \"$@\"\n",
+                s.xsecd.display()
+            ),
+        )
+        .unwrap_or_else(|e| s.fail(&e.to_string()));
+    let o = std::process::Command::new("chmod")
+        .args(["+x", &wrapper.to_string_lossy()])
+        .output();
+    s.check(o.is_ok_and(|o| o.status.success()), || "chmod".into());
+    let d = s
+        .lab
+        .start_xsecd(
+            Node::GwA,
+            &wrapper,
+            &s.pair.a.to_toml(),
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| s.fail(&e.to_string()));
+    let cap = s.capture();
+    let flows = s.background_flows("panic", 5330, 5331);
+    let st = s.lab.procs().wait(&d.proc, Duration::from_secs(20));
+    s.check(st.is_some_and(|st| !st.success()), || {
+        format!(
+            "xsecd with a panicking worker: {st:?}\n{}",
+            d.proc.stderr_tail(20)
+        )
+    });
+    let err = d.proc.stderr_text();
+    s.check(err.contains("stopped unexpectedly"), || {
+        format!("xsecd did not say a worker died:\n{err}")
+    });
+    s.check(s.guard_present(Node::GwA), || {
+        "no forward guard left".into()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    s.nothing_gets_through();
+    s.restart_pair();
+    s.ping(Node::HostA, addr::HOST_B, 3);
+    s.stop_procs(&flows);
+    let pcap = s.stop_capture(&cap);
+    s.stop_all();
+    s.assert_no_leak(&pcap, |_| false);
+}
+
+/// Traffic no policy names (host A to gateway B's WAN address, and back), both ways: dropped
+/// and counted by default (RFC 4301's implicit DISCARD; before, the kernel forwarded it in
+/// clear), passed with `allow_non_policy = true`.
+#[test]
+fn non_policy_traffic_is_discarded_unless_allowed() {
+    for allow in [false, true] {
+        let mut s = scenario_with(
+            if allow {
+                "non-policy-allowed"
+            } else {
+                "non-policy"
+            },
+            PairOptions {
+                seed: 24,
+                ..PairOptions::default()
+            },
+            1,
+            |p| p.a.allow_non_policy = allow,
+        );
+        s.start(&[Node::GwA, Node::GwB]);
+        let cap = s.capture();
+        s.ping(Node::HostA, addr::HOST_B, 2);
+        let out = s
+            .lab
+            .ping(Node::HostA, addr::GWB_WAN, 5, 0.2, 4)
+            .unwrap_or_else(|e| s.fail(&e.to_string()));
+        let back = s
+            .lab
+            .ping(Node::GwB, addr::HOST_A, 5, 0.2, 4)
+            .unwrap_or_else(|e| s.fail(&e.to_string()));
+        let st = s.stats(Node::GwA);
+        if allow {
+            s.check(out.received == 5 && back.received == 5, || {
+                format!(
+                    "allowed non-policy pings: {}/5 out, {}/5 back",
+                    out.received, back.received
+                )
+            });
+            s.check(st.engine("bypass_packets") >= 20, || {
+                format!("gwA bypass_packets {}", st.engine("bypass_packets"))
+            });
+        } else {
+            s.check(out.received == 0 && back.received == 0, || {
+                format!(
+                    "non-policy pings answered: {}/5 out, {}/5 back",
+                    out.received, back.received
+                )
+            });
+            s.check(st.drop_count("no_policy") >= 10, || {
+                format!("gwA no_policy: {:?}", st.nonzero_drops())
+            });
+        }
+        let pcap = s.stop_capture(&cap);
+        s.stop_all();
+        let gwb: IpAddr = addr::GWB_WAN.parse().expect("address");
+        // gwB's own pings leave gwB in clear either way (the gateway's own traffic); what
+        // gwA forwards from host A must not, unless allowed
+        let from_host_a = |f: &wire::Frame| f.dst == Some(gwb);
+        let r = s.assert_no_leak(&pcap, |f| f.src == Some(gwb) || (allow && from_host_a(f)));
+        let clear = r.leaks.iter().filter(|f| from_host_a(f)).count();
+        s.check(if allow { clear >= 10 } else { clear == 0 }, || {
+            format!("{clear} packets from host A to gwB in clear (allowed: {allow})")
+        });
+    }
+}
+
+/// Two RX queues, one worker: xsecd refuses to start (exit 2, naming the queue); with the
+/// queue named in `uncovered_queues` it starts, and what the NIC hashes to that queue is
+/// dropped by the XDP program (counted `no_socket`), never passed in clear.
+#[test]
+fn uncovered_queue_is_refused_or_dropped() {
+    let opts = PairOptions {
+        queues: vec![0],
+        seed: 25,
+        ..PairOptions::default()
+    };
+    let mut s = scenario_with("uncovered-queue", opts, 2, |p| {
+        p.a.xdp_mode = "driver".to_owned();
+        p.b.xdp_mode = "driver".to_owned();
+        p.b.queues = vec![0, 1];
+    });
+    let e = s
+        .lab
+        .start_xsecd(
+            Node::GwA,
+            &s.xsecd,
+            &s.pair.a.to_toml(),
+            Duration::from_secs(30),
+        )
+        .map(|_| ())
+        .expect_err("xsecd must refuse a queue without a worker");
+    let msg = e.to_string();
+    s.check(
+        msg.contains("exit status: 2") && msg.contains("RX queue(s) 1 of wan0"),
+        || format!("refusal does not name the queue: {msg}"),
+    );
+    s.pair.a.uncovered_queues = vec![1];
+    s.start(&[Node::GwA, Node::GwB]);
+    let cap = s.capture();
+    s.ping(Node::HostB, addr::HOST_A, 2);
+    let recv = s.udp_receiver(Node::HostB, 5000, 80, "flows");
+    for sport in 40001..=40016u16 {
+        let o = s.run_tool(
+            Node::HostA,
+            &[
+                "udp-send",
+                "--dst",
+                addr::HOST_B,
+                "--port",
+                "5000",
+                "--sport",
+                &sport.to_string(),
+                "--count",
+                "5",
+                "--interval-ms",
+                "5",
+            ],
+        );
+        s.check(o.ok(), || o.to_string());
+    }
+    let out = s.finish_recv(&recv, Duration::from_secs(3));
+    let n = received_count(&out);
+    let st = s.stats(Node::GwA);
+    let rows = st.0["xdp"].as_array().cloned().unwrap_or_default();
+    let dropped: u64 = rows
+        .iter()
+        .filter(|r| r["side"] == "protected" && r["queue"] == 1)
+        .map(|r| r["no_socket"].as_u64().unwrap_or(0))
+        .sum();
+    s.check(n > 0 && n < 80 && dropped > 0, || {
+        format!("16 flows, queue 1 uncovered: {n}/80 delivered, {dropped} dropped: {rows:?}")
+    });
+    let pcap = s.stop_capture(&cap);
+    s.stop_all();
+    s.assert_no_leak(&pcap, |_| false);
+}
+
+/// A flood of TTL=1 packets through gateway A: ICMP time-exceeded goes out at most at the
+/// configured rate (plus the burst), the rest is counted as suppressed, and the gateway keeps
+/// forwarding.
+#[test]
+fn icmp_errors_are_rate_limited() {
+    let mut s = scenario_with(
+        "icmp-rate",
+        PairOptions {
+            seed: 26,
+            ..PairOptions::default()
+        },
+        1,
+        |p| {
+            p.a.gateway_extra = vec!["icmp_rate = 10".into(), "icmp_burst = 5".into()];
+        },
+    );
+    s.start(&[Node::GwA, Node::GwB]);
+    s.ping(Node::HostA, addr::HOST_B, 2);
+    let start = Instant::now();
+    let o = s
+        .lab
+        .exec(
+            Node::HostA,
+            &[
+                "python3",
+                "-c",
+                "import socket,sys\n\
+                 s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+                 s.setsockopt(socket.IPPROTO_IP,socket.IP_TTL,1)\n\
+                 for i in range(3000): s.sendto(b'x'*32,(sys.argv[1],33434))\n",
+                addr::HOST_B,
+            ],
+        )
+        .unwrap_or_else(|e| s.fail(&e.to_string()));
+    s.check(o.ok(), || o.to_string());
+    std::thread::sleep(Duration::from_millis(500));
+    let secs = start.elapsed().as_secs_f64();
+    let st = s.stats(Node::GwA);
+    let sent = st.forward("icmp_sent");
+    let suppressed = st.forward("icmp_suppressed");
+    let ttl = st.forward("ttl_exceeded");
+    let most = 5 + (10.0 * (secs + 1.0)).ceil() as u64;
+    s.check(sent >= 5 && sent <= most && ttl >= 2500, || {
+        format!("ICMP sent {sent} (at most {most} in {secs:.1} s), suppressed {suppressed}, ttl_exceeded {ttl}")
+    });
+    s.check(sent + suppressed == ttl, || {
+        format!("sent {sent} + suppressed {suppressed} != ttl_exceeded {ttl}")
+    });
+    s.ping(Node::HostA, addr::HOST_B, 3);
+    s.stop_all();
+}

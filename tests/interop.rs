@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use xsec_dataplane::Timestamp;
 use xsec_dataplane::crypto::{AuthAlg, EncAlg};
 use xsec_dataplane::sa::{Encap, Mode, SaConfig};
-use xsec_dataplane::spd::Direction;
+use xsec_dataplane::spd::{Direction, Selector};
 use xsec_interop_tests::{
     Harness, Rng, Run, TempDir, UAT_HEADER, crate_file, empty_engine, hex, inbound, ip_udp,
     outbound, packet_lines, payload, protect_all_engine, uat_line, unhex, wireshark_auth,
@@ -521,6 +521,8 @@ fn engine_decaps_every_esp_tool_vector() {
             m => panic!("{tag}: unknown mode {m:?}"),
         };
         cfg.reqid = spi;
+        // Accept any inner packet: an inbound SA without selectors accepts nothing.
+        cfg.selectors = vec![Selector::ANY];
         if let Some(ports) = v["udp"].as_array() {
             // esp_tool.py is the peer: its source port is our remote port.
             let port = |i: usize| u16::try_from(ports[i].as_u64().expect("port")).expect("port");

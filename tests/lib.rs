@@ -17,7 +17,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use xsec_dataplane::crypto::{AuthAlg, EncAlg};
-use xsec_dataplane::spd::{Action, InboundDefault, Policy, SaBundle, Selector, SpdConfig};
+use xsec_dataplane::spd::{Action, NonPolicy, Policy, SaBundle, Selector, SpdConfig};
 use xsec_dataplane::{Engine, PacketBuf, Timestamp, Verdict};
 
 /// What a missing piece of the harness tells the developer.
@@ -436,7 +436,8 @@ pub fn protect_all_engine(reqid: u32) -> Engine {
             action: Action::Protect(SaBundle::single(reqid)),
         }],
         inbound: vec![],
-        inbound_default: InboundDefault::Discard,
+        inbound_default: NonPolicy::Discard,
+        outbound_default: NonPolicy::Discard,
     }
     .compile()
     .expect("the SPD compiles");

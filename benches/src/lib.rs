@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use xsec_dataplane::crypto::{AuthAlg, EncAlg};
 use xsec_dataplane::sa::{SaConfig, SaHandle};
-use xsec_dataplane::spd::{Direction, Spd};
+use xsec_dataplane::spd::{Direction, Selector, Spd};
 use xsec_dataplane::wire::checksum;
 use xsec_dataplane::{Engine, PacketBuf};
 
@@ -106,6 +106,8 @@ pub fn sa_pair(enc: EncAlg, auth: AuthAlg, spi: u32) -> (SaConfig, SaConfig) {
     out.esn = true;
     inb.esn = true;
     inb.replay_window = 1024;
+    // Accept any inner packet: an inbound SA without selectors accepts nothing.
+    inb.selectors = vec![Selector::ANY];
     (out, inb)
 }
 

@@ -2,7 +2,7 @@
 //!
 //! The XDP steering program decides, per received frame, whether the frame goes to the
 //! AF_XDP socket of its RX queue (the dataplane worker) or keeps the kernel's path. This
-//! crate holds everything both sides must agree on: map names and sizes, the LPM key layout,
+//! crate holds everything both sides must agree on: map names and sizes, the address key layout,
 //! the per-queue counter struct and its indexing, and the port/protocol constants the program
 //! classifies by. The program builds it for `bpfel-unknown-none`; the daemon enables the
 //! `user` feature to get `aya::Pod` for the map value types.
@@ -17,38 +17,28 @@ pub mod maps {
     pub const XSKS_PROT: &str = "XSKS_PROT";
     /// `HashMap<u16, u8>`: UDP destination ports (host order) that carry tunnel traffic.
     pub const UDP_PORTS: &str = "UDP_PORTS";
-    /// `LpmTrie<[u8; 4], ClassMask>`: remote ranges of protected policies (inbound source).
-    pub const INB_SRC_V4: &str = "INB_SRC_V4";
-    /// `LpmTrie<[u8; 4], ClassMask>`: local ranges of protected policies (inbound destination).
-    pub const INB_DST_V4: &str = "INB_DST_V4";
-    /// `LpmTrie<[u8; 16], ClassMask>`: remote ranges (inbound source), IPv6.
-    pub const INB_SRC_V6: &str = "INB_SRC_V6";
-    /// `LpmTrie<[u8; 16], ClassMask>`: local ranges (inbound destination), IPv6.
-    pub const INB_DST_V6: &str = "INB_DST_V6";
-    /// `LpmTrie<[u8; 4], ClassMask>`: local ranges of protected policies (outbound source).
-    pub const OUT_SRC_V4: &str = "OUT_SRC_V4";
-    /// `LpmTrie<[u8; 4], ClassMask>`: remote ranges (outbound destination).
-    pub const OUT_DST_V4: &str = "OUT_DST_V4";
-    /// `LpmTrie<[u8; 16], ClassMask>`: local ranges (outbound source), IPv6.
-    pub const OUT_SRC_V6: &str = "OUT_SRC_V6";
-    /// `LpmTrie<[u8; 16], ClassMask>`: remote ranges (outbound destination), IPv6.
-    pub const OUT_DST_V6: &str = "OUT_DST_V6";
+    /// `HashMap<[u8; 4], u8>`: the gateway's own IPv4 addresses (every interface): traffic
+    /// to them is the kernel's (IKE, management), everything else the SPD decides.
+    pub const LOCAL_V4: &str = "LOCAL_V4";
+    /// `HashMap<[u8; 16], u8>`: the gateway's own IPv6 addresses.
+    pub const LOCAL_V6: &str = "LOCAL_V6";
+    /// `HashMap<[u8; 4], u8>`: peers of UDP-encapsulated SAs: their UDP fragments to the
+    /// gateway go to the worker for reassembly (a later fragment has no port to steer by).
+    pub const PEERS_V4: &str = "PEERS_V4";
+    /// `HashMap<[u8; 16], u8>`: the same for IPv6 peers.
+    pub const PEERS_V6: &str = "PEERS_V6";
     /// `PerCpuArray<XdpCounters>`, index = [`counter_index`](super::counter_index).
     pub const COUNTERS: &str = "COUNTERS";
 
     /// Every map of the object.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 8] = [
         XSKS_UNPROT,
         XSKS_PROT,
         UDP_PORTS,
-        INB_SRC_V4,
-        INB_DST_V4,
-        INB_SRC_V6,
-        INB_DST_V6,
-        OUT_SRC_V4,
-        OUT_DST_V4,
-        OUT_SRC_V6,
-        OUT_DST_V6,
+        LOCAL_V4,
+        LOCAL_V6,
+        PEERS_V4,
+        PEERS_V6,
         COUNTERS,
     ];
 }
@@ -71,10 +61,12 @@ pub const SIDE_PROTECTED: u32 = 1;
 /// Rows in [`maps::COUNTERS`].
 pub const COUNTER_ROWS: u32 = 2 * MAX_QUEUES;
 
-/// Entries per LPM trie.
-pub const LPM_MAX_ENTRIES: u32 = 4096;
 /// Entries in [`maps::UDP_PORTS`].
 pub const UDP_PORTS_MAX_ENTRIES: u32 = 64;
+/// Entries in each of [`maps::LOCAL_V4`] and [`maps::LOCAL_V6`].
+pub const LOCAL_MAX_ENTRIES: u32 = 1024;
+/// Entries in each of [`maps::PEERS_V4`] and [`maps::PEERS_V6`].
+pub const PEERS_MAX_ENTRIES: u32 = 16384;
 
 /// The row of [`maps::COUNTERS`] for a side and an RX queue (clamped to the last queue).
 #[inline(always)]
@@ -87,21 +79,10 @@ pub const fn counter_index(side: u32, queue: u32) -> u32 {
     side * MAX_QUEUES + q
 }
 
-/// Value of the LPM tries: a set of selector classes, one bit each.
-///
-/// Each (local, remote) pair the daemon installs gets bit `i % 64`; a prefix's value is the
-/// union of the bits of every pair whose range covers the whole prefix. A packet matches when
-/// `src_value & dst_value != 0`, so with up to 64 pairs the tries decide exactly "some pair
-/// covers both addresses" (longest-prefix match returns the most specific prefix, and every
-/// range containing the address contains that prefix); beyond 64 pairs classes share bits and
-/// the test may say yes for a source of one pair and a destination of another.
-pub type ClassMask = u64;
-
-/// LPM trie key data for IPv4: the address in network byte order. The whole key is
-/// `{ prefix_len: u32 (host order), data }`, packed (aya's `lpm_trie::Key`).
-pub type LpmV4 = [u8; 4];
-/// LPM trie key data for IPv6: the address in network byte order.
-pub type LpmV6 = [u8; 16];
+/// Key of [`maps::LOCAL_V4`] and [`maps::PEERS_V4`]: the address in network byte order.
+pub type AddrV4 = [u8; 4];
+/// Key of [`maps::LOCAL_V6`] and [`maps::PEERS_V6`]: the address in network byte order.
+pub type AddrV6 = [u8; 16];
 
 /// Ethernet type numbers the program looks at.
 pub mod ethertype {
@@ -136,9 +117,10 @@ pub const MAX_IPV6_EXT_HEADERS: u32 = 6;
 /// Per-queue counters of one side, all `u64` (one per CPU in the map; the daemon sums).
 ///
 /// `rx` counts every frame the program saw. Every frame is counted in exactly one class:
-/// a redirect class (`esp` … `unprot_plain`, counted when the redirect is attempted) or a pass
-/// class (`ike` … `other`, plus `malformed`). `redirect_failed` additionally counts redirects
-/// that fell back to XDP_PASS because the queue had no socket in the `XskMap`.
+/// a redirect class (`esp`, `udp_esp`, `tunnel_port`, `spd`, `fragment`, `keepalive`: counted
+/// when the redirect is attempted), a pass class (`ike`, `arp_nd`, `local`, `other`) or
+/// `malformed` (dropped). `no_socket` additionally counts redirects that found no socket for
+/// the queue: those frames are dropped, never passed (fail closed).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct XdpCounters {
@@ -146,43 +128,67 @@ pub struct XdpCounters {
     pub rx: u64,
     /// Redirected: IP protocol 50.
     pub esp: u64,
-    /// Redirected: ESP in UDP/4500 (RFC 3948).
+    /// Redirected: ESP in UDP/4500 (RFC 3948) to the gateway.
     pub udp_esp: u64,
-    /// Redirected: UDP to one of the tunnel ports of [`maps::UDP_PORTS`].
+    /// Redirected: UDP to the gateway on one of the tunnel ports of [`maps::UDP_PORTS`].
     pub tunnel_port: u64,
-    /// Redirected (protected side): local source and remote destination of a protected policy.
-    pub protected: u64,
-    /// Redirected (unprotected side): plaintext from a protected policy's remote range to its
-    /// local range, for the worker to count and drop.
-    pub unprot_plain: u64,
-    /// Passed: IKE (UDP/500, or a non-ESP marker on UDP/4500 or a tunnel port).
+    /// Redirected: an IP packet not addressed to the gateway, which only the SPD may forward
+    /// (PROTECT, BYPASS or DISCARD, implicit DISCARD included).
+    pub spd: u64,
+    /// Redirected: a UDP fragment from a UDP-encapsulated SA's peer to the gateway, for
+    /// reassembly.
+    pub fragment: u64,
+    /// Passed: IKE (UDP/500, or a non-ESP marker on UDP/4500 or a tunnel port) to the gateway.
     pub ike: u64,
     /// Redirected: NAT keepalive on UDP/4500 (consumed and counted by the worker).
     pub keepalive: u64,
     /// Passed: ARP, IPv6 neighbour discovery (ICMPv6 133–137).
     pub arp_nd: u64,
-    /// Passed: everything else (bypass traffic, VLAN-tagged and non-IP frames, later fragments).
+    /// Passed: addressed to the gateway itself, or multicast, broadcast or IPv6 link-local
+    /// (never forwarded by a router).
+    pub local: u64,
+    /// Passed: not IP (VLAN-tagged and other Ethernet types).
     pub other: u64,
-    /// A redirect found no socket for the queue and fell back to XDP_PASS.
-    pub redirect_failed: u64,
-    /// Passed: too short or inconsistent headers.
+    /// A redirect found no socket for the queue: the frame was dropped.
+    pub no_socket: u64,
+    /// Dropped: too short or inconsistent headers.
     pub malformed: u64,
 }
 
 impl XdpCounters {
+    /// The counters as (name, value), in field order.
+    pub fn fields(&self) -> [(&'static str, u64); 13] {
+        [
+            ("rx", self.rx),
+            ("esp", self.esp),
+            ("udp_esp", self.udp_esp),
+            ("tunnel_port", self.tunnel_port),
+            ("spd", self.spd),
+            ("fragment", self.fragment),
+            ("ike", self.ike),
+            ("keepalive", self.keepalive),
+            ("arp_nd", self.arp_nd),
+            ("local", self.local),
+            ("other", self.other),
+            ("no_socket", self.no_socket),
+            ("malformed", self.malformed),
+        ]
+    }
+
     /// Field-wise sum (wrapping: counters are monotonic and only ever compared by difference).
     pub fn add(&mut self, o: &XdpCounters) {
         self.rx = self.rx.wrapping_add(o.rx);
         self.esp = self.esp.wrapping_add(o.esp);
         self.udp_esp = self.udp_esp.wrapping_add(o.udp_esp);
         self.tunnel_port = self.tunnel_port.wrapping_add(o.tunnel_port);
-        self.protected = self.protected.wrapping_add(o.protected);
-        self.unprot_plain = self.unprot_plain.wrapping_add(o.unprot_plain);
+        self.spd = self.spd.wrapping_add(o.spd);
+        self.fragment = self.fragment.wrapping_add(o.fragment);
         self.ike = self.ike.wrapping_add(o.ike);
         self.keepalive = self.keepalive.wrapping_add(o.keepalive);
         self.arp_nd = self.arp_nd.wrapping_add(o.arp_nd);
+        self.local = self.local.wrapping_add(o.local);
         self.other = self.other.wrapping_add(o.other);
-        self.redirect_failed = self.redirect_failed.wrapping_add(o.redirect_failed);
+        self.no_socket = self.no_socket.wrapping_add(o.no_socket);
         self.malformed = self.malformed.wrapping_add(o.malformed);
     }
 
@@ -206,6 +212,6 @@ mod tests {
         assert_eq!(counter_index(SIDE_UNPROTECTED, 0), 0);
         assert_eq!(counter_index(SIDE_PROTECTED, 3), MAX_QUEUES + 3);
         assert_eq!(counter_index(SIDE_PROTECTED, 1000), COUNTER_ROWS - 1);
-        assert_eq!(core::mem::size_of::<XdpCounters>(), 12 * 8);
+        assert_eq!(core::mem::size_of::<XdpCounters>(), 13 * 8);
     }
 }

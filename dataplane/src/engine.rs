@@ -395,6 +395,12 @@ impl Engine {
                     Action::Discard => return (self.drop(DropReason::PolicyDiscard), false),
                 }
             }
+            Lookup::Default {
+                action: Disposition::Bypass,
+            } => {
+                self.stats.bypass_packets += 1;
+                return (Verdict::Bypass, false);
+            }
             Lookup::Default { .. } => return (self.drop(DropReason::NoPolicy), false),
         };
         // a bundle's inner SAs must be sealed before the outer ones wrap them

@@ -11,7 +11,7 @@ use crate::crypto::{AuthAlg, EncAlg, Transform};
 use crate::engine::{Engine, Verdict};
 use crate::packet::PacketBuf;
 use crate::sa::{Encap, Mode, Sa, SaConfig};
-use crate::spd::{Direction, Spd};
+use crate::spd::{Direction, Selector, Spd};
 use crate::time::Timestamp;
 use crate::wire::checksum;
 use std::collections::HashMap;
@@ -290,6 +290,7 @@ fn aes_cbc_esp_rfc3602_cases_5_to_8() {
                 c.local = None;
                 c.remote = None;
             }
+            c.selectors = vec![Selector::ANY];
             c
         };
         let want = v.hex("esp_packet");
@@ -454,6 +455,7 @@ fn gcm_esp_packets_decap_through_engine() {
             &[],
         );
         c.esn = esn;
+        c.selectors = vec![Selector::ANY];
         let mut sa = Sa::with_random(&c, Timestamp::ZERO, [5; 16]).unwrap();
         if seq > 1 {
             sa.replay.commit(seq - 1);
@@ -528,7 +530,7 @@ fn chacha20_poly1305_esp_rfc7634_appendix_a() {
     assert_eq!(&got[12..20], &want[12..20], "outer addresses");
     assert_eq!(got[9], 50);
 
-    let c = SaConfig::tunnel(
+    let mut c = SaConfig::tunnel(
         spi,
         Direction::Inbound,
         dst,
@@ -538,6 +540,7 @@ fn chacha20_poly1305_esp_rfc7634_appendix_a() {
         AuthAlg::None,
         &[],
     );
+    c.selectors = vec![Selector::ANY];
     let (mut e, _) = engine_with(Sa::with_random(&c, Timestamp::ZERO, [7; 16]).unwrap());
     let mut p = frame(&want);
     assert_eq!(e.inbound(Timestamp::ZERO, &mut p), Verdict::Forward);

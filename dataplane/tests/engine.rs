@@ -11,7 +11,7 @@ use xsec_dataplane::crypto::{AuthAlg, EncAlg};
 use xsec_dataplane::events::EventKind;
 use xsec_dataplane::sa::{DfMode, DscpMode, Encap, LimitKind, Limits, Mode};
 use xsec_dataplane::spd::{
-    Action, Direction, InboundDefault, Policy, PortSel, SaBundle, Selector, SpdConfig,
+    Action, Direction, NonPolicy, Policy, PortSel, SaBundle, Selector, SpdConfig,
 };
 use xsec_dataplane::wire::IpProtocol;
 use xsec_dataplane::{DropReason, Engine, Timestamp, Verdict};
@@ -582,6 +582,52 @@ fn inbound_traffic_selectors_are_enforced() {
     }
 }
 
+/// RFC 4301 §5.2 fails closed: an inbound SA with no selectors (no policy names it) drops
+/// even a correctly authenticated packet; "any" has to be said with `Selector::ANY`.
+#[test]
+fn inbound_sa_without_selectors_accepts_nothing() {
+    let o = PairOpts::new(EncAlg::AesGcm128, AuthAlg::None);
+    let mut p = pair(&o);
+    let plain = ipv4(
+        "10.1.0.10",
+        "10.2.0.10",
+        17,
+        0,
+        false,
+        &udp(1, 5000, b"hello"),
+    );
+    let mut pkt = frame(&plain);
+    assert_eq!(p.a.outbound(T0, &mut pkt), Verdict::Forward);
+    let wire = pkt.data().to_vec();
+
+    let reinstall = |p: &mut Pair, selectors: Vec<Selector>| {
+        let h = p.b.sad().find(Direction::Inbound, 0x1000, None).unwrap();
+        p.b.remove_sa(h);
+        let mut inb = p.in_cfg.clone();
+        inb.selectors = selectors;
+        p.b.add_sa(&inb, T0).unwrap()
+    };
+
+    let h = reinstall(&mut p, vec![]);
+    let mut pkt = frame(&wire);
+    assert_eq!(
+        p.b.inbound(T0, &mut pkt),
+        Verdict::Drop(DropReason::SelectorMismatch)
+    );
+    let st = p.b.sad().get(h).unwrap().status(T0);
+    assert_eq!(st.drops.get(DropReason::SelectorMismatch), 1);
+    assert_eq!(st.drops.total(), 1);
+    assert_eq!(p.b.stats().drops.get(DropReason::SelectorMismatch), 1);
+
+    // The same packet through the same SA with the any-selector is delivered.
+    let h = reinstall(&mut p, vec![Selector::ANY]);
+    let mut pkt = frame(&wire);
+    assert_eq!(p.b.inbound(T0, &mut pkt), Verdict::Forward);
+    assert_eq!(pkt.data(), &plain[..]);
+    assert_eq!(p.b.sad().get(h).unwrap().status(T0).drops.total(), 0);
+    assert_eq!(p.b.stats().drops.get(DropReason::SelectorMismatch), 1);
+}
+
 fn outer_tos_and_df(wire: &[u8]) -> (u8, bool) {
     if wire[0] >> 4 == 4 {
         (wire[1], wire[6] & 0x40 != 0)
@@ -773,7 +819,8 @@ fn inbound_classifier_ike_keepalive_and_plaintext_policy() {
     p.b.set_spd(Arc::new(
         SpdConfig {
             inbound: spd_in,
-            inbound_default: InboundDefault::Discard,
+            inbound_default: NonPolicy::Discard,
+            outbound_default: NonPolicy::Discard,
             ..Default::default()
         }
         .compile()
@@ -1172,7 +1219,8 @@ fn fuzz_regressions() {
     let pkt6 = ipv6("fd00::1", "fd00::2", 0, 0, &body);
     p.b.set_spd(Arc::new(
         SpdConfig {
-            inbound_default: InboundDefault::Bypass,
+            inbound_default: NonPolicy::Bypass,
+            outbound_default: NonPolicy::Discard,
             ..Default::default()
         }
         .compile()

@@ -1,16 +1,21 @@
 //! xsec's XDP steering program: which received frames go to the dataplane worker's AF_XDP
-//! socket and which keep the kernel's path.
+//! socket, which keep the kernel's path, and which are dropped.
+//!
+//! The rule is fail-closed: a packet the gateway would *forward* is decided by the SPD in the
+//! worker, never by the kernel. Only what is addressed to the gateway itself (its own
+//! addresses in `LOCAL_V4`/`LOCAL_V6`, multicast, broadcast, IPv6 link-local) and ARP/ND
+//! keep the kernel's path; everything else goes to the worker, and when the RX queue has no
+//! socket (xsecd starting, stopping, gone, or a queue no worker covers) it is dropped and
+//! counted (`no_socket`), never passed.
 //!
 //! Two entry points share the maps of this one object:
-//! - `xsec_unprotected` (WAN): ESP (IP protocol 50), ESP in UDP/4500 (RFC 3948), UDP to the
-//!   daemon's tunnel ports, and plaintext that a protected policy says should have arrived
-//!   protected (source in its remote ranges, destination in its local ranges; the worker counts
-//!   and drops it), and NAT keepalives on UDP/4500 (the worker consumes and counts them: with
-//!   manual keys no IKE daemon listens on 4500, and the kernel would answer each keepalive with
-//!   a port-unreachable in clear). IKE, ARP/ND and everything else pass.
-//! - `xsec_protected` (LAN): source in the local ranges and destination in the remote ranges of
-//!   the outbound PROTECT/DISCARD policies. Addresses only: the SPD in userspace decides by
-//!   protocol and ports. ARP/ND and everything else (BYPASS traffic) pass.
+//! - `xsec_unprotected` (WAN): ESP (IP protocol 50, to any address); to the gateway: ESP in
+//!   UDP/4500 (RFC 3948) and NAT keepalives on it, UDP to the daemon's tunnel ports, UDP
+//!   fragments from a UDP-encapsulated SA's peer (for reassembly); IKE and other traffic to
+//!   the gateway pass. Everything not addressed to the gateway: to the worker (the inbound
+//!   SPD decides).
+//! - `xsec_protected` (LAN): everything not addressed to the gateway goes to the worker (the
+//!   outbound SPD decides: PROTECT, BYPASS, DISCARD).
 //!
 //! Every frame bumps `rx` and exactly one class counter of its (side, RX queue) row. Only
 //! untagged Ethernet is classified. Every packet access is bounds-checked against `data_end`
@@ -18,16 +23,15 @@
 #![no_std]
 #![no_main]
 
-use aya_ebpf::bindings::xdp_action::{XDP_PASS, XDP_REDIRECT};
+use aya_ebpf::bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_REDIRECT};
 use aya_ebpf::macros::{map, xdp};
-use aya_ebpf::maps::lpm_trie::Key;
-use aya_ebpf::maps::{HashMap, LpmTrie, PerCpuArray, XskMap};
+use aya_ebpf::maps::{HashMap, PerCpuArray, XskMap};
 use aya_ebpf::programs::XdpContext;
 use core::mem::offset_of;
 use xsec_common::{
-    COUNTER_ROWS, ClassMask, LPM_MAX_ENTRIES, LpmV4, LpmV6, MAX_IPV6_EXT_HEADERS, MAX_QUEUES,
-    NAT_KEEPALIVE, PORT_IKE, PORT_NAT_T, SIDE_PROTECTED, SIDE_UNPROTECTED, UDP_PORTS_MAX_ENTRIES,
-    XdpCounters, counter_index, ethertype, ipproto,
+    AddrV4, AddrV6, COUNTER_ROWS, LOCAL_MAX_ENTRIES, MAX_IPV6_EXT_HEADERS, MAX_QUEUES,
+    NAT_KEEPALIVE, PEERS_MAX_ENTRIES, PORT_IKE, PORT_NAT_T, SIDE_PROTECTED, SIDE_UNPROTECTED,
+    UDP_PORTS_MAX_ENTRIES, XdpCounters, counter_index, ethertype, ipproto,
 };
 
 #[map]
@@ -37,21 +41,13 @@ static XSKS_PROT: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
 #[map]
 static UDP_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(UDP_PORTS_MAX_ENTRIES, 0);
 #[map]
-static INB_SRC_V4: LpmTrie<LpmV4, ClassMask> = LpmTrie::with_max_entries(LPM_MAX_ENTRIES, 0);
+static LOCAL_V4: HashMap<AddrV4, u8> = HashMap::with_max_entries(LOCAL_MAX_ENTRIES, 0);
 #[map]
-static INB_DST_V4: LpmTrie<LpmV4, ClassMask> = LpmTrie::with_max_entries(LPM_MAX_ENTRIES, 0);
+static LOCAL_V6: HashMap<AddrV6, u8> = HashMap::with_max_entries(LOCAL_MAX_ENTRIES, 0);
 #[map]
-static INB_SRC_V6: LpmTrie<LpmV6, ClassMask> = LpmTrie::with_max_entries(LPM_MAX_ENTRIES, 0);
+static PEERS_V4: HashMap<AddrV4, u8> = HashMap::with_max_entries(PEERS_MAX_ENTRIES, 0);
 #[map]
-static INB_DST_V6: LpmTrie<LpmV6, ClassMask> = LpmTrie::with_max_entries(LPM_MAX_ENTRIES, 0);
-#[map]
-static OUT_SRC_V4: LpmTrie<LpmV4, ClassMask> = LpmTrie::with_max_entries(LPM_MAX_ENTRIES, 0);
-#[map]
-static OUT_DST_V4: LpmTrie<LpmV4, ClassMask> = LpmTrie::with_max_entries(LPM_MAX_ENTRIES, 0);
-#[map]
-static OUT_SRC_V6: LpmTrie<LpmV6, ClassMask> = LpmTrie::with_max_entries(LPM_MAX_ENTRIES, 0);
-#[map]
-static OUT_DST_V6: LpmTrie<LpmV6, ClassMask> = LpmTrie::with_max_entries(LPM_MAX_ENTRIES, 0);
+static PEERS_V6: HashMap<AddrV6, u8> = HashMap::with_max_entries(PEERS_MAX_ENTRIES, 0);
 #[map]
 static COUNTERS: PerCpuArray<XdpCounters> = PerCpuArray::with_max_entries(COUNTER_ROWS, 0);
 
@@ -67,17 +63,18 @@ enum Class {
     Esp = 1,
     UdpEsp = 2,
     TunnelPort = 3,
-    Protected = 4,
-    UnprotPlain = 5,
+    Spd = 4,
+    Fragment = 5,
     Ike = 6,
     Keepalive = 7,
     ArpNd = 8,
-    Other = 9,
-    Malformed = 11,
+    Local = 9,
+    Other = 10,
+    Malformed = 12,
 }
 
 const RX_SLOT: usize = 0;
-const REDIRECT_FAILED_SLOT: usize = 10;
+const NO_SOCKET_SLOT: usize = 11;
 const COUNTER_SLOTS: usize = core::mem::size_of::<XdpCounters>() / 8;
 
 // The class discriminants index the counter struct: keep them in step with xsec-common.
@@ -86,29 +83,39 @@ const _: () = {
     assert!(offset_of!(XdpCounters, esp) == 8 * Class::Esp as usize);
     assert!(offset_of!(XdpCounters, udp_esp) == 8 * Class::UdpEsp as usize);
     assert!(offset_of!(XdpCounters, tunnel_port) == 8 * Class::TunnelPort as usize);
-    assert!(offset_of!(XdpCounters, protected) == 8 * Class::Protected as usize);
-    assert!(offset_of!(XdpCounters, unprot_plain) == 8 * Class::UnprotPlain as usize);
+    assert!(offset_of!(XdpCounters, spd) == 8 * Class::Spd as usize);
+    assert!(offset_of!(XdpCounters, fragment) == 8 * Class::Fragment as usize);
     assert!(offset_of!(XdpCounters, ike) == 8 * Class::Ike as usize);
     assert!(offset_of!(XdpCounters, keepalive) == 8 * Class::Keepalive as usize);
     assert!(offset_of!(XdpCounters, arp_nd) == 8 * Class::ArpNd as usize);
+    assert!(offset_of!(XdpCounters, local) == 8 * Class::Local as usize);
     assert!(offset_of!(XdpCounters, other) == 8 * Class::Other as usize);
-    assert!(offset_of!(XdpCounters, redirect_failed) == 8 * REDIRECT_FAILED_SLOT);
+    assert!(offset_of!(XdpCounters, no_socket) == 8 * NO_SOCKET_SLOT);
     assert!(offset_of!(XdpCounters, malformed) == 8 * Class::Malformed as usize);
-    assert!(COUNTER_SLOTS == 12);
+    assert!(COUNTER_SLOTS == 13);
 };
+
+/// What the program does with a class.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Redirect,
+    Pass,
+    Drop,
+}
 
 impl Class {
     #[inline(always)]
-    fn redirects(self) -> bool {
-        matches!(
-            self,
+    fn action(self) -> Action {
+        match self {
             Class::Esp
-                | Class::UdpEsp
-                | Class::TunnelPort
-                | Class::Protected
-                | Class::UnprotPlain
-                | Class::Keepalive
-        )
+            | Class::UdpEsp
+            | Class::TunnelPort
+            | Class::Spd
+            | Class::Fragment
+            | Class::Keepalive => Action::Redirect,
+            Class::Ike | Class::ArpNd | Class::Local | Class::Other => Action::Pass,
+            Class::Malformed => Action::Drop,
+        }
     }
 }
 
@@ -163,8 +170,8 @@ struct Ip<A> {
 }
 
 enum Parsed {
-    V4(Ip<LpmV4>),
-    V6(Ip<LpmV6>),
+    V4(Ip<AddrV4>),
+    V6(Ip<AddrV6>),
     Done(Class),
 }
 
@@ -246,14 +253,8 @@ fn parse_v6(f: &Frame) -> Parsed {
             _ => break,
         }
     }
-    if !later_fragment
-        && matches!(
-            nh,
-            ipproto::HOPOPTS | ipproto::ROUTING | ipproto::DSTOPTS | ipproto::FRAGMENT
-        )
-    {
-        return Parsed::Done(Class::Other);
-    }
+    // An extension header still unwalked here leaves `nh` naming it: no upper-layer rule
+    // applies, and the address decides (the worker's parser has the last word).
     // ND (RFC 4861 §4): router/neighbour solicitation and advertisement, redirect.
     if nh == ipproto::ICMPV6 && !later_fragment {
         // Type and code: every ICMPv6 message has both.
@@ -272,50 +273,27 @@ fn parse_v6(f: &Frame) -> Parsed {
     })
 }
 
-/// Multicast or limited broadcast: never protected (the SPD bypasses it too).
+/// Never forwarded by a router, so the kernel's: multicast and limited broadcast.
 #[inline(always)]
-fn v4_multicast(a: &LpmV4) -> bool {
+fn v4_not_forwarded(a: &AddrV4) -> bool {
     a[0] >> 4 == 0xe || *a == [0xff; 4]
 }
 
+/// Never forwarded by a router: multicast (ff00::/8) and link-local unicast (fe80::/10).
 #[inline(always)]
-fn v6_multicast(a: &LpmV6) -> bool {
-    a[0] == 0xff
+fn v6_not_forwarded(a: &AddrV6) -> bool {
+    a[0] == 0xff || (a[0] == 0xfe && a[1] & 0xc0 == 0x80)
 }
 
-/// Whether one selector class covers both addresses (see [`ClassMask`]).
+/// Addressed to the gateway itself, or never forwarded: the kernel's.
 #[inline(always)]
-fn pair_v4(
-    src_map: &LpmTrie<LpmV4, ClassMask>,
-    dst_map: &LpmTrie<LpmV4, ClassMask>,
-    src: LpmV4,
-    dst: LpmV4,
-) -> bool {
-    let Some(s) = src_map.get(Key::new(32, src)) else {
-        return false;
-    };
-    let s = *s;
-    match dst_map.get(Key::new(32, dst)) {
-        Some(d) => s & *d != 0,
-        None => false,
-    }
+fn v4_local(a: &AddrV4) -> bool {
+    v4_not_forwarded(a) || LOCAL_V4.get_ptr(a).is_some()
 }
 
 #[inline(always)]
-fn pair_v6(
-    src_map: &LpmTrie<LpmV6, ClassMask>,
-    dst_map: &LpmTrie<LpmV6, ClassMask>,
-    src: LpmV6,
-    dst: LpmV6,
-) -> bool {
-    let Some(s) = src_map.get(Key::new(128, src)) else {
-        return false;
-    };
-    let s = *s;
-    match dst_map.get(Key::new(128, dst)) {
-        Some(d) => s & *d != 0,
-        None => false,
-    }
+fn v6_local(a: &AddrV6) -> bool {
+    v6_not_forwarded(a) || LOCAL_V6.get_ptr(a).is_some()
 }
 
 /// The UDP payload at `l4 + 8` of a datagram of UDP length `ulen`: the non-ESP marker
@@ -350,101 +328,87 @@ fn udp_payload(f: &Frame, l4: usize, ulen: u16, esp: Class, nat_t: bool) -> Clas
     }
 }
 
+/// A packet addressed to the gateway on the unprotected side: tunnel traffic for the worker,
+/// the rest (IKE, management) for the kernel. `peer`: the source is a UDP-encapsulated SA's
+/// peer.
+#[inline(always)]
+fn unprotected_local(f: &Frame, proto: u8, l4: usize, later_fragment: bool, peer: bool) -> Class {
+    if proto != ipproto::UDP {
+        return Class::Local;
+    }
+    if later_fragment {
+        // No port to steer by. A peer's UDP fragments are the worker's to reassemble (a
+        // fragmented ESP-in-UDP packet must not lose its tail to the kernel); IP-fragmented
+        // IKE from such a peer is then lost (IKE has its own fragmentation, RFC 7383).
+        return if peer { Class::Fragment } else { Class::Local };
+    }
+    let Some(udp) = f.bytes::<UDP_HLEN>(l4) else {
+        return Class::Malformed;
+    };
+    let dport = u16::from_be_bytes([udp[2], udp[3]]);
+    let ulen = u16::from_be_bytes([udp[4], udp[5]]);
+    if dport == PORT_IKE {
+        return Class::Ike;
+    }
+    if dport == PORT_NAT_T {
+        return udp_payload(f, l4, ulen, Class::UdpEsp, true);
+    }
+    if UDP_PORTS.get_ptr(&dport).is_some() {
+        return udp_payload(f, l4, ulen, Class::TunnelPort, false);
+    }
+    Class::Local
+}
+
 #[inline(always)]
 fn classify_unprotected(f: &Frame) -> Class {
     match parse(f) {
         Parsed::Done(c) => c,
         Parsed::V4(ip) => {
-            if let Some(c) = unprotected_l4(f, ip.proto, ip.l4, ip.later_fragment) {
-                return c;
+            if ip.proto == ipproto::ESP {
+                return Class::Esp;
             }
-            if v4_multicast(&ip.dst) {
-                return Class::Other;
+            if v4_local(&ip.dst) {
+                let peer = PEERS_V4.get_ptr(&ip.src).is_some();
+                return unprotected_local(f, ip.proto, ip.l4, ip.later_fragment, peer);
             }
-            if pair_v4(&INB_SRC_V4, &INB_DST_V4, ip.src, ip.dst) {
-                return Class::UnprotPlain;
-            }
-            Class::Other
+            Class::Spd
         }
         Parsed::V6(ip) => {
-            if let Some(c) = unprotected_l4(f, ip.proto, ip.l4, ip.later_fragment) {
-                return c;
+            if ip.proto == ipproto::ESP {
+                return Class::Esp;
             }
-            if v6_multicast(&ip.dst) {
-                return Class::Other;
+            if v6_local(&ip.dst) {
+                let peer = PEERS_V6.get_ptr(&ip.src).is_some();
+                return unprotected_local(f, ip.proto, ip.l4, ip.later_fragment, peer);
             }
-            if pair_v6(&INB_SRC_V6, &INB_DST_V6, ip.src, ip.dst) {
-                return Class::UnprotPlain;
-            }
-            Class::Other
+            Class::Spd
         }
     }
-}
-
-/// The protocol/port part of the unprotected side's decision; `None` leaves it to the
-/// address check.
-#[inline(always)]
-fn unprotected_l4(f: &Frame, proto: u8, l4: usize, later_fragment: bool) -> Option<Class> {
-    if proto == ipproto::ESP {
-        return Some(Class::Esp);
-    }
-    if later_fragment {
-        // No upper-layer header to classify. Passing is harmless: a datagram whose first
-        // fragment the worker took is never reassembled by the kernel.
-        return Some(Class::Other);
-    }
-    if proto != ipproto::UDP {
-        return None;
-    }
-    let Some(udp) = f.bytes::<UDP_HLEN>(l4) else {
-        return Some(Class::Malformed);
-    };
-    let dport = u16::from_be_bytes([udp[2], udp[3]]);
-    let ulen = u16::from_be_bytes([udp[4], udp[5]]);
-    if dport == PORT_IKE {
-        return Some(Class::Ike);
-    }
-    if dport == PORT_NAT_T {
-        return Some(udp_payload(f, l4, ulen, Class::UdpEsp, true));
-    }
-    if UDP_PORTS.get_ptr(dport).is_some() {
-        return Some(udp_payload(f, l4, ulen, Class::TunnelPort, false));
-    }
-    None
 }
 
 #[inline(always)]
 fn classify_protected(f: &Frame) -> Class {
     match parse(f) {
         Parsed::Done(c) => c,
-        Parsed::V4(ip) => {
-            if !v4_multicast(&ip.dst) && pair_v4(&OUT_SRC_V4, &OUT_DST_V4, ip.src, ip.dst) {
-                Class::Protected
-            } else {
-                Class::Other
-            }
-        }
-        Parsed::V6(ip) => {
-            if !v6_multicast(&ip.dst) && pair_v6(&OUT_SRC_V6, &OUT_DST_V6, ip.src, ip.dst) {
-                Class::Protected
-            } else {
-                Class::Other
-            }
-        }
+        Parsed::V4(ip) if v4_local(&ip.dst) => Class::Local,
+        Parsed::V6(ip) if v6_local(&ip.dst) => Class::Local,
+        Parsed::V4(_) | Parsed::V6(_) => Class::Spd,
     }
 }
 
-/// Redirect or pass, and count.
+/// Redirect, pass or drop, and count.
 #[inline(always)]
 fn finish(side: u32, queue: u32, class: Class, xsks: &XskMap) -> u32 {
-    let (action, failed) = if class.redirects() {
-        // Fallback XDP_PASS: a queue without a socket keeps the kernel's path.
-        match xsks.redirect(queue, u64::from(XDP_PASS)) {
-            Ok(_) => (XDP_REDIRECT, false),
-            Err(_) => (XDP_PASS, true),
-        }
-    } else {
-        (XDP_PASS, false)
+    let (action, no_socket) = match class.action() {
+        // Fail closed: the fallback is XDP_DROP. A queue without a socket (xsecd starting,
+        // stopping or gone; a queue no worker covers) never hands the kernel a packet only
+        // the SPD may forward.
+        Action::Redirect => match xsks.redirect(queue, u64::from(XDP_DROP)) {
+            Ok(a) if a == XDP_REDIRECT => (XDP_REDIRECT, false),
+            _ => (XDP_DROP, true),
+        },
+        Action::Pass => (XDP_PASS, false),
+        Action::Drop => (XDP_DROP, false),
     };
     if let Some(row) = COUNTERS.get_ptr_mut(counter_index(side, queue)) {
         let row = row.cast::<u64>();
@@ -455,8 +419,8 @@ fn finish(side: u32, queue: u32, class: Class, xsks: &XskMap) -> u32 {
         unsafe {
             *row.add(RX_SLOT) += 1;
             *row.add(class as usize) += 1;
-            if failed {
-                *row.add(REDIRECT_FAILED_SLOT) += 1;
+            if no_socket {
+                *row.add(NO_SOCKET_SLOT) += 1;
             }
         }
     }

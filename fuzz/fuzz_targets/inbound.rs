@@ -20,7 +20,7 @@ use std::sync::{Arc, OnceLock};
 use xsec_dataplane::crypto::{AuthAlg, EncAlg};
 use xsec_dataplane::sa::{EcnMode, Encap, Lifetime, Limits, Mode, Sa, SaConfig};
 use xsec_dataplane::spd::{
-    Action, AddrRange, Direction, InboundDefault, Policy, PortSel, SaBundle, Selector, Spd,
+    Action, AddrRange, Direction, NonPolicy, Policy, PortSel, SaBundle, Selector, Spd,
     SpdConfig,
 };
 use xsec_dataplane::wire::IpProtocol;
@@ -63,7 +63,8 @@ fn specs() -> &'static [Spec] {
             esn: false,
             window: 64,
             ecn: EcnMode::Normal,
-            selectors: vec![],
+            // An inbound SA without selectors accepts nothing; these accept any inner packet.
+            selectors: vec![Selector::ANY],
             hard_packets: None,
         };
         vec![
@@ -80,7 +81,6 @@ fn specs() -> &'static [Spec] {
                 enc: EncAlg::AesCbc256,
                 auth: AuthAlg::HmacSha256_128,
                 window: 32,
-                selectors: vec![],
                 ..spec_clone(&base)
             },
             // 2: ChaCha20-Poly1305 tunnel over UDP 2746, IPv6, ESN
@@ -264,7 +264,7 @@ fn spd() -> Arc<Spd> {
                     protect(&[1]),
                 ),
             ],
-            inbound_default: InboundDefault::Discard,
+            inbound_default: NonPolicy::Discard, outbound_default: NonPolicy::Discard,
         };
         Arc::new(cfg.compile().expect("the fuzz SPD compiles"))
     })
@@ -308,7 +308,7 @@ const ENCAP_PORTS: &[u16] = &[4500, 2746];
 
 fn seeds() -> Vec<(String, Vec<u8>)> {
     let mut out = vec![];
-    let mut peer = Engine::new(Arc::new(Spd::empty(InboundDefault::Discard)));
+    let mut peer = Engine::new(Arc::new(Spd::empty(NonPolicy::Discard)));
     let mut handles = vec![];
     for (i, s) in specs().iter().enumerate() {
         let c = config(i, s, Direction::Outbound, true);

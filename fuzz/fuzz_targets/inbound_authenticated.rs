@@ -27,7 +27,7 @@ use libfuzzer_sys::fuzz_target;
 use std::net::IpAddr;
 use xsec_dataplane::crypto::{AuthAlg, EncAlg};
 use xsec_dataplane::sa::{EcnMode, Encap, Sa, SaConfig};
-use xsec_dataplane::spd::{AddrRange, Direction, InboundDefault, PortSel, Selector};
+use xsec_dataplane::spd::{AddrRange, Direction, NonPolicy, PortSel, Selector};
 use xsec_dataplane::wire::IpProtocol;
 use xsec_dataplane::{DropReason, Engine, EngineConfig, Verdict};
 use xsec_fuzz::*;
@@ -94,7 +94,7 @@ fn engine(c: &Case) -> Engine {
         sa_capacity: 4,
         event_capacity: 16,
     };
-    let mut e = Engine::with_config(empty_spd(InboundDefault::Discard), cfg);
+    let mut e = Engine::with_config(empty_spd(NonPolicy::Discard), cfg);
     let (gw, peer): (IpAddr, IpAddr) = if c.v6 {
         (GW6.into(), PEER6.into())
     } else {
@@ -117,9 +117,13 @@ fn engine(c: &Case) -> Engine {
     } else {
         EcnMode::Normal
     };
-    if c.selectors {
-        sa.selectors = selectors();
-    }
+    // Without the flag the SA names the any-selector, whose fast path skips the
+    // upper-layer parse (an SA with no selectors at all would accept nothing).
+    sa.selectors = if c.selectors {
+        selectors()
+    } else {
+        vec![Selector::ANY]
+    };
     let sa = Sa::with_random(&sa, NOW, [3; 16]).expect("valid SA");
     e.install_sa(sa).expect("installs");
     e
@@ -310,7 +314,7 @@ fn ecn_decap(inner: u8, outer: u8) -> Option<u8> {
 }
 
 /// RFC 4301 §5.2: with selectors, the decapsulated packet's key must be readable and match;
-/// an SA without selectors (ANY) needs no upper-layer header.
+/// an SA whose selector is `Selector::ANY` needs no upper-layer header.
 fn check_selectors(c: &Case, p: &[u8]) -> Result<(), DropReason> {
     if !c.selectors {
         return Ok(());

@@ -19,7 +19,7 @@ use libfuzzer_sys::fuzz_target;
 use std::net::IpAddr;
 use xsec_dataplane::crypto::{AuthAlg, EncAlg};
 use xsec_dataplane::sa::{DfMode, DscpMode, EcnMode, Encap, Sa, SaConfig};
-use xsec_dataplane::spd::{Direction, InboundDefault};
+use xsec_dataplane::spd::{Direction, NonPolicy, Selector};
 use xsec_dataplane::{DropReason, Engine, EngineConfig, Verdict};
 use xsec_fuzz::*;
 
@@ -115,6 +115,8 @@ fn config(c: &Choice, dir: Direction) -> SaConfig {
     s.df = c.df;
     s.dscp = c.dscp;
     s.allow_legacy = true;
+    // The receiver accepts any inner packet (without selectors it would accept nothing).
+    s.selectors = vec![Selector::ANY];
     s
 }
 
@@ -124,7 +126,7 @@ fn engine(c: &Choice, dir: Direction) -> Engine {
         sa_capacity: 4,
         event_capacity: 16,
     };
-    let mut e = Engine::with_config(empty_spd(InboundDefault::Discard), cfg);
+    let mut e = Engine::with_config(empty_spd(NonPolicy::Discard), cfg);
     let sa = Sa::with_random(&config(c, dir), NOW, [9; 16]).expect("valid SA");
     e.install_sa(sa).expect("installs");
     e

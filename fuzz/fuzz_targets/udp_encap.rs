@@ -12,7 +12,7 @@ use libfuzzer_sys::fuzz_target;
 use std::net::IpAddr;
 use xsec_dataplane::crypto::{AuthAlg, EncAlg};
 use xsec_dataplane::sa::{Encap, Sa, SaConfig};
-use xsec_dataplane::spd::{Direction, InboundDefault};
+use xsec_dataplane::spd::{Direction, NonPolicy, Selector};
 use xsec_dataplane::wire::{UdpEncapKind, classify_udp_encap};
 use xsec_dataplane::{DropReason, Engine, EngineConfig, Verdict};
 use xsec_fuzz::*;
@@ -35,7 +35,7 @@ fn engine() -> Engine {
         sa_capacity: 4,
         event_capacity: 16,
     };
-    let mut e = Engine::with_config(empty_spd(InboundDefault::Bypass), cfg);
+    let mut e = Engine::with_config(empty_spd(NonPolicy::Bypass), cfg);
     let (ek, ak) = keys(EncAlg::AesGcm128, AuthAlg::None, 1);
     let mut c = SaConfig::tunnel(
         0x0000_2746,
@@ -48,6 +48,8 @@ fn engine() -> Engine {
         &ak,
     );
     c.encap = Encap::UDP_2746;
+    // Accept any inner packet (without selectors the SA would accept nothing).
+    c.selectors = vec![Selector::ANY];
     let sa = Sa::with_random(&c, NOW, [1; 16]).expect("valid SA");
     e.install_sa(sa).expect("installs");
     e

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use xsec_dataplane::crypto::{AuthAlg, EncAlg};
-use xsec_dataplane::spd::{InboundDefault, Spd};
+use xsec_dataplane::spd::{NonPolicy, Spd};
 use xsec_dataplane::{PacketBuf, Timestamp};
 
 /// Headroom and tailroom of every frame the targets build.
@@ -36,12 +36,12 @@ pub fn frame(data: &[u8]) -> PacketBuf<Vec<u8>> {
 
 /// An SPD without policies (compiled once: building one per input would cost more than
 /// the packet).
-pub fn empty_spd(inbound_default: InboundDefault) -> Arc<Spd> {
+pub fn empty_spd(inbound_default: NonPolicy) -> Arc<Spd> {
     static DISCARD: OnceLock<Arc<Spd>> = OnceLock::new();
     static BYPASS: OnceLock<Arc<Spd>> = OnceLock::new();
     let cell = match inbound_default {
-        InboundDefault::Discard => &DISCARD,
-        InboundDefault::Bypass => &BYPASS,
+        NonPolicy::Discard => &DISCARD,
+        NonPolicy::Bypass => &BYPASS,
     };
     cell.get_or_init(|| Arc::new(Spd::empty(inbound_default)))
         .clone()

@@ -235,6 +235,12 @@ pub struct GatewayConf {
     /// `adaptive` (the lab's default: two cores are shared by everything) or `busy`.
     pub idle: String,
     pub inbound_default: String,
+    /// `allow_non_policy`: packets no policy matches pass, both ways.
+    pub allow_non_policy: bool,
+    /// `uncovered_queues`: RX queues deliberately left without a worker.
+    pub uncovered_queues: Vec<u16>,
+    /// More `[gateway]` lines, as written (e.g. `icmp_rate = 10`).
+    pub gateway_extra: Vec<String>,
     pub stats_interval_ms: u32,
     pub sas: Vec<SaConf>,
     /// In order: the first match wins.
@@ -255,6 +261,9 @@ impl Default for GatewayConf {
             xdp_mode: "skb".to_owned(),
             idle: "adaptive".to_owned(),
             inbound_default: "discard".to_owned(),
+            allow_non_policy: false,
+            uncovered_queues: vec![],
+            gateway_extra: vec![],
             stats_interval_ms: 500,
             sas: vec![],
             policies: vec![],
@@ -286,7 +295,18 @@ impl GatewayConf {
         }
         let _ = writeln!(s, "xdp_mode = {}", q(&self.xdp_mode));
         let _ = writeln!(s, "idle = {}", q(&self.idle));
-        let _ = writeln!(s, "inbound_default = {}", q(&self.inbound_default));
+        if self.allow_non_policy {
+            s.push_str("allow_non_policy = true\n");
+        } else {
+            let _ = writeln!(s, "inbound_default = {}", q(&self.inbound_default));
+        }
+        if !self.uncovered_queues.is_empty() {
+            let u: Vec<String> = self.uncovered_queues.iter().map(u16::to_string).collect();
+            let _ = writeln!(s, "uncovered_queues = [{}]", u.join(", "));
+        }
+        for l in &self.gateway_extra {
+            let _ = writeln!(s, "{l}");
+        }
         let _ = writeln!(s, "stats_interval_ms = {}", self.stats_interval_ms);
         if self.metrics.is_some() || self.control_group.is_some() {
             s.push_str("\n[control]\n");

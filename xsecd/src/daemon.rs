@@ -35,6 +35,9 @@ pub enum DaemonError {
     Config(#[from] config::ConfigError),
     #[error("{0}")]
     Setup(String),
+    /// The configuration does not fit the system (RX queues left uncovered): exit 2.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Command-line options of a run.
@@ -74,6 +77,58 @@ fn interface_addrs(res: &mut Resolver, ifindex: u32) -> [Option<IpAddr>; 2] {
         out[usize::from(ip.is_ipv6())].get_or_insert(ip);
     }
     out
+}
+
+/// RX queues of an interface: the `queues/rx-N` entries sysfs shows (the queues the device
+/// uses), or else the count the device was created with.
+fn rx_queue_count(res: &mut Resolver, name: &str, ifindex: u32) -> Result<u32, String> {
+    let dir = format!("/sys/class/net/{name}/queues");
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        let n = rd
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+            .count();
+        if n > 0 {
+            return Ok(n as u32);
+        }
+    }
+    match res.link(ifindex) {
+        Ok(l) => l
+            .rx_queues
+            .ok_or_else(|| format!("{name}: the kernel does not say how many RX queues it has")),
+        Err(e) => Err(format!("{name}: {e}")),
+    }
+}
+
+/// Every RX queue of both interfaces has a worker or is named in `uncovered_queues`
+/// (where the XDP program drops what a worker would have decided). Queues named in the
+/// configuration that an interface does not have are fine: the other interface may.
+pub fn check_coverage(
+    queues: &[u32],
+    uncovered: &[u32],
+    interfaces: &[(&str, u32)],
+) -> Result<(), String> {
+    let mut problems = vec![];
+    for (name, count) in interfaces {
+        let missing: Vec<String> = (0..*count)
+            .filter(|q| !queues.contains(q) && !uncovered.contains(q))
+            .map(|q| q.to_string())
+            .collect();
+        if !missing.is_empty() {
+            problems.push(format!(
+                "RX queue(s) {} of {name} ({count} RX queues)",
+                missing.join(", ")
+            ));
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "gateway.queues {queues:?} leaves {} without a worker; add them to `queues`, or list \
+         them in `uncovered_queues` (traffic the SPD must decide is then dropped there)",
+        problems.join(" and ")
+    ))
 }
 
 /// Run the gateway until `stop` is set. Prints `xsecd: ready` on stdout once traffic flows.
@@ -135,7 +190,38 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         ),
     ];
 
-    // XDP steering first: nothing reaches the sockets until they are in the XSKMAP.
+    if opts.replay.is_none() {
+        // The forward guard before anything is attached: from here on the kernel forwards
+        // nothing between the two interfaces, whatever happens to this process.
+        if gw.forward_guard {
+            crate::guard::install(&gw.unprotected, &gw.protected)
+                .map_err(|e| DaemonError::Setup(format!("forward guard: {e}")))?;
+            info!(
+                "forward guard: nftables table inet {} drops what the kernel would forward \
+                 via {} or {}",
+                crate::guard::table_name(&gw.unprotected, &gw.protected),
+                gw.unprotected,
+                gw.protected
+            );
+        }
+        let mut counts = vec![];
+        for (name, (ifindex, _)) in [&gw.unprotected, &gw.protected].into_iter().zip(sides) {
+            counts.push((
+                name.as_str(),
+                rx_queue_count(&mut res, name, ifindex).map_err(DaemonError::Setup)?,
+            ));
+        }
+        check_coverage(&gw.queues, &gw.uncovered_queues, &counts).map_err(DaemonError::Refused)?;
+        if !gw.uncovered_queues.is_empty() {
+            info!(
+                "RX queue(s) {:?} left uncovered: the XDP program drops what the SPD would decide there",
+                gw.uncovered_queues
+            );
+        }
+    }
+
+    // XDP steering first: nothing reaches the sockets until they are in the XSKMAP, and
+    // until then what a worker would decide is dropped.
     let mode = match gw.xdp_mode {
         config::XdpModeCfg::Driver => XdpMode::Driver,
         config::XdpModeCfg::Skb => XdpMode::Skb,
@@ -147,7 +233,12 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
                 .map_err(|e| DaemonError::Setup(e.to_string()))?;
             x.set_tunnel_ports(&tunnel_ports)
                 .map_err(|e| DaemonError::Setup(e.to_string()))?;
-            x.set_protected_selectors(&running.protected_selectors())
+            x.set_udp_peers(&running.udp_peers())
+                .map_err(|e| DaemonError::Setup(e.to_string()))?;
+            let local = res
+                .local_addresses()
+                .map_err(|e| DaemonError::Setup(format!("netlink addresses: {e}")))?;
+            x.set_local_addrs(&local)
                 .map_err(|e| DaemonError::Setup(e.to_string()))?;
             Some(x)
         }
@@ -204,6 +295,14 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
             mesh: mesh.clone(),
             icmp_src,
             mtu: gw.mtu,
+            icmp_limit: (gw.icmp_rate, gw.icmp_burst),
+            panic_after: if cfg!(debug_assertions) && i == 0 {
+                std::env::var("XSECD_TEST_WORKER_PANIC")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+            } else {
+                None
+            },
             clock,
             replay: opts.replay.clone(),
         };
@@ -337,7 +436,46 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     let started = Instant::now();
     let interval = Duration::from_millis(gw.stats_interval_ms.max(50));
     let mut next_stats = Instant::now();
+    // The gateway's own addresses change (DHCP, an operator): the XDP program's copy follows
+    // within a second. Until it does, traffic to a new address goes to the worker (dropped:
+    // fail closed), and a removed address's traffic is the SPD's again.
+    let mut addr_res = match opts.replay {
+        Some(_) => None,
+        None => Some(Resolver::new().map_err(|e| DaemonError::Setup(format!("netlink: {e}")))?),
+    };
+    let mut local_addrs: Vec<IpAddr> = vec![];
+    let mut next_addrs = Instant::now();
+    let mut died = None;
     while !stop.load(Ordering::Relaxed) {
+        // A worker that is gone (a panic) left its queue without a socket: the XDP program
+        // drops that queue's traffic and the guard keeps the kernel from forwarding it. Stop
+        // the whole daemon so that a supervisor restarts it whole, rather than limp on.
+        if let Some(i) = workers
+            .iter()
+            .position(|w| w.join.as_ref().is_some_and(|j| j.is_finished()))
+        {
+            died = Some(i);
+            stop.store(true, Ordering::Relaxed);
+            break;
+        }
+        if let Some(r) = addr_res.as_mut()
+            && Instant::now() >= next_addrs
+        {
+            next_addrs = Instant::now() + Duration::from_secs(1);
+            if let Ok(mut now_addrs) = r.local_addresses() {
+                now_addrs.sort_unstable();
+                now_addrs.dedup();
+                if now_addrs != local_addrs
+                    && let Ok(mut x) = ctl.xdp.try_lock()
+                    && let Some(x) = x.as_mut()
+                {
+                    match x.set_local_addrs(&now_addrs) {
+                        Ok(()) => local_addrs = now_addrs,
+                        Err(e) => info!("XDP local addresses: {e}"),
+                    }
+                }
+            }
+        }
         while let Ok((w, ev)) = events_rx.try_recv() {
             info!(
                 "worker {w}: SA spi 0x{:08x} ({}): {:?}",
@@ -374,6 +512,22 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     stop_workers(&mut workers);
     let _ = resolver.join();
     drop(ctl);
+    if opts.replay.is_none() && gw.forward_guard {
+        info!(
+            "stopped; the forward guard (nftables table inet {}) stays: nothing is forwarded \
+             between {} and {} until xsecd runs again or `xsecd --detach --config {}`",
+            crate::guard::table_name(&gw.unprotected, &gw.protected),
+            gw.unprotected,
+            gw.protected,
+            opts.config.display()
+        );
+    }
+    if let Some(i) = died {
+        return Err(DaemonError::Setup(format!(
+            "worker {i} stopped unexpectedly (see its panic message above); xsecd stopped with it, \
+             and until it runs again nothing is forwarded in clear (XDP drops, forward guard)"
+        )));
+    }
     if let Some(r) = &opts.replay {
         match r.write_capture() {
             Ok(0) => {}
@@ -490,19 +644,32 @@ fn resolve_loop(
 
 fn xdp_json(xdp: &XdpSteering) -> serde_json::Value {
     match xdp.stats() {
-        Ok(rows) => rows
-            .iter()
-            .map(|r| {
-                let c = &r.counters;
-                serde_json::json!({
-                    "side": r.side.to_string(), "queue": r.queue, "rx": c.rx,
-                    "esp": c.esp, "udp_esp": c.udp_esp, "tunnel_port": c.tunnel_port,
-                    "protected": c.protected, "unprot_plain": c.unprot_plain, "ike": c.ike,
-                    "keepalive": c.keepalive, "arp_nd": c.arp_nd, "other": c.other,
-                    "redirect_failed": c.redirect_failed, "malformed": c.malformed,
-                })
-            })
-            .collect(),
+        Ok(rows) => rows.iter().map(|r| r.json()).collect(),
         Err(e) => serde_json::Value::String(format!("error: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_coverage;
+
+    #[test]
+    fn every_rx_queue_needs_a_worker_or_a_name() {
+        assert_eq!(
+            check_coverage(&[0, 1], &[], &[("wan0", 2), ("lan0", 1)]),
+            Ok(())
+        );
+        let e = check_coverage(&[0], &[], &[("wan0", 2), ("lan0", 4)]).unwrap_err();
+        assert!(
+            e.contains("RX queue(s) 1 of wan0 (2 RX queues)")
+                && e.contains("RX queue(s) 1, 2, 3 of lan0 (4 RX queues)"),
+            "{e}"
+        );
+        assert_eq!(
+            check_coverage(&[0], &[1, 2, 3], &[("wan0", 2), ("lan0", 4)]),
+            Ok(())
+        );
+        let e = check_coverage(&[0], &[2, 3], &[("lan0", 4)]).unwrap_err();
+        assert!(e.contains("RX queue(s) 1 of lan0"), "{e}");
     }
 }

@@ -337,6 +337,51 @@ fn udp(u: &mut [u8], sport: u16, dport: u16, pseudo: u32) {
     u[6..8].copy_from_slice(&c.to_be_bytes());
 }
 
+/// The ICMP error rate limit of one worker (RFC 4443 §2.4(f), RFC 1812 §4.3.2.8): a token
+/// bucket of `burst` tokens refilled at `rate` per second. A suppressed error costs no frame,
+/// so a flood of expiring or oversized packets cannot drain the frame pool through it.
+#[derive(Debug, Clone)]
+pub struct IcmpLimiter {
+    rate: u32,
+    burst: u32,
+    /// Tokens, in billionths (one token = 1e9), so that refills need no division.
+    nano_tokens: u64,
+    last: Option<xsec_dataplane::Timestamp>,
+}
+
+impl IcmpLimiter {
+    pub fn new(rate: u32, burst: u32) -> Self {
+        IcmpLimiter {
+            rate,
+            burst,
+            nano_tokens: u64::from(burst) * 1_000_000_000,
+            last: None,
+        }
+    }
+
+    /// Whether an error may be sent at `now` (taking a token if so).
+    pub fn allow(&mut self, now: xsec_dataplane::Timestamp) -> bool {
+        if self.rate == 0 {
+            return false;
+        }
+        let cap = u64::from(self.burst) * 1_000_000_000;
+        if let Some(last) = self.last {
+            let ns = u64::try_from(now.since(last).as_nanos()).unwrap_or(u64::MAX);
+            self.nano_tokens = self
+                .nano_tokens
+                .saturating_add(ns.saturating_mul(u64::from(self.rate)))
+                .min(cap);
+        }
+        self.last = Some(now);
+        if self.nano_tokens >= 1_000_000_000 {
+            self.nano_tokens -= 1_000_000_000;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -563,5 +608,32 @@ mod tests {
             )
             .is_none()
         );
+    }
+
+    #[test]
+    fn icmp_limiter_is_a_token_bucket() {
+        use std::time::Duration;
+        use xsec_dataplane::Timestamp;
+        let t0 = Timestamp::from_secs(100);
+        let mut l = IcmpLimiter::new(10, 5);
+        // the burst, then nothing
+        assert_eq!((0..20).filter(|_| l.allow(t0)).count(), 5);
+        // 10 per second: 100 ms gives one
+        let t1 = t0.plus(Duration::from_millis(100));
+        assert!(l.allow(t1));
+        assert!(!l.allow(t1));
+        // a long pause refills only up to the burst
+        let t2 = t1.plus(Duration::from_secs(60));
+        assert_eq!((0..20).filter(|_| l.allow(t2)).count(), 5);
+        // over 10 s of a flood at 1 per ms: about rate x 10 s + burst
+        let mut sent = 0;
+        for ms in 0..10_000u64 {
+            if l.allow(t2.plus(Duration::from_millis(ms + 1))) {
+                sent += 1;
+            }
+        }
+        assert!((99..=101).contains(&sent), "{sent}");
+        let mut off = IcmpLimiter::new(0, 5);
+        assert!(!off.allow(t0));
     }
 }

@@ -4,6 +4,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod fwd;
+pub mod guard;
 pub mod neigh;
 pub mod reasm;
 pub mod replay;

@@ -23,6 +23,14 @@ struct Args {
     /// Validate the configuration and exit (0 = valid, 2 = invalid).
     #[arg(long)]
     check: bool,
+    /// Install the forward guard for the configuration's interfaces (nftables: the kernel
+    /// forwards nothing via them) and exit: for boot scripts, before xsecd first starts.
+    #[arg(long, conflicts_with_all = ["check", "detach"])]
+    install_guard: bool,
+    /// Remove what xsecd leaves behind for the configuration's interfaces when it stops
+    /// (the forward guard) and exit: the kernel forwards via them again, in clear.
+    #[arg(long, conflicts_with = "check")]
+    detach: bool,
     /// Benchmark backend: instead of attaching to the interfaces, feed the workers copies of
     /// this pcap's frames as if received on the unprotected side, endlessly; what they send
     /// is counted and dropped. Given several times, worker `i` replays file `i mod count`
@@ -53,6 +61,37 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("xsecd: {e}");
                 ExitCode::from(2)
+            }
+        };
+    }
+    if args.install_guard || args.detach {
+        let cfg = match daemon::check(&args.config) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("xsecd: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let (u, p) = (&cfg.gateway.unprotected, &cfg.gateway.protected);
+        let table = xsecd::guard::table_name(u, p);
+        let r = if args.install_guard {
+            xsecd::guard::install(u, p).map(|()| {
+                format!("forward guard installed (nftables table inet {table}): nothing is forwarded via {u} or {p}")
+            })
+        } else {
+            xsecd::guard::remove(u, p).map(|removed| match removed {
+                true => format!("forward guard removed (nftables table inet {table}): the kernel forwards via {u} and {p} again"),
+                false => format!("no forward guard for {u} and {p}: nothing to remove"),
+            })
+        };
+        return match r {
+            Ok(msg) => {
+                println!("xsecd: {msg}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("xsecd: {e}");
+                ExitCode::FAILURE
             }
         };
     }
@@ -89,7 +128,7 @@ fn main() -> ExitCode {
     };
     match daemon::run(&opts, stop) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e @ DaemonError::Config(_)) => {
+        Err(e @ (DaemonError::Config(_) | DaemonError::Refused(_))) => {
             eprintln!("xsecd: {e}");
             ExitCode::from(2)
         }

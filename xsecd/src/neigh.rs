@@ -70,6 +70,8 @@ pub struct LinkInfo {
     pub mac: Option<[u8; 6]>,
     /// MTU saturated to `u16::MAX`.
     pub mtu: u16,
+    /// RX queues the device was created with (`IFLA_NUM_RX_QUEUES`), if the kernel says.
+    pub rx_queues: Option<u32>,
 }
 
 /// Values from the kernel's uapi headers (`linux/netlink.h`, `linux/rtnetlink.h`,
@@ -137,6 +139,7 @@ mod uapi {
     pub const IFLA_ADDRESS: u16 = 1;
     pub const IFLA_IFNAME: u16 = 3;
     pub const IFLA_MTU: u16 = 4;
+    pub const IFLA_NUM_RX_QUEUES: u16 = 32;
     pub const ARPHRD_ETHER: u16 = 1;
 
     /// `struct nlattr` type bits that are flags, not part of the type.
@@ -280,6 +283,17 @@ impl Resolver {
     /// The global (scope universe) addresses of an interface, in the kernel's order: the
     /// gateway's own addresses, e.g. the source of the ICMP errors it sends.
     pub fn addresses(&mut self, ifindex: u32) -> io::Result<Vec<IpAddr>> {
+        self.dump_addresses(|index, scope| index == ifindex && scope == RT_SCOPE_UNIVERSE)
+    }
+
+    /// Every address of every interface, whatever its scope: the addresses the kernel
+    /// delivers to itself.
+    pub fn local_addresses(&mut self) -> io::Result<Vec<IpAddr>> {
+        self.dump_addresses(|_, _| true)
+    }
+
+    /// The addresses whose (interface index, scope) `want` accepts.
+    fn dump_addresses(&mut self, want: impl Fn(u32, u8) -> bool) -> io::Result<Vec<IpAddr>> {
         let req = vec![0u8; IFADDRMSG_LEN]; // family 0: both
         let mut out = Vec::new();
         self.transact(RTM_GETADDR, NLM_F_DUMP, &req, |ty, msg| {
@@ -289,7 +303,7 @@ impl Resolver {
             let (Some(&scope), Some(index)) = (msg.get(3), read_u32(msg, 4)) else {
                 return Err(invalid("truncated ifaddrmsg"));
             };
-            if index != ifindex || scope != RT_SCOPE_UNIVERSE {
+            if !want(index, scope) {
                 return Ok(());
             }
             // IPv4: IFA_LOCAL is the address (IFA_ADDRESS the peer's on point-to-point links);
@@ -629,7 +643,7 @@ fn parse_link(msg: &[u8]) -> io::Result<(u32, LinkInfo)> {
     }
     let hw_type = read_u16(msg, 2).ok_or_else(short)?;
     let index = read_u32(msg, 4).ok_or_else(short)?;
-    let (mut name, mut mac, mut mtu) = (None, None, None);
+    let (mut name, mut mac, mut mtu, mut rx_queues) = (None, None, None, None);
     for attr in attrs(msg.get(IFINFOMSG_LEN..).unwrap_or_default()) {
         let (ty, data) = attr?;
         match ty {
@@ -642,6 +656,7 @@ fn parse_link(msg: &[u8]) -> io::Result<(u32, LinkInfo)> {
                 let v = read_u32(data, 0).ok_or_else(|| invalid("short IFLA_MTU"))?;
                 mtu = Some(u16::try_from(v).unwrap_or(u16::MAX));
             }
+            IFLA_NUM_RX_QUEUES => rx_queues = read_u32(data, 0),
             _ => {}
         }
     }
@@ -649,6 +664,7 @@ fn parse_link(msg: &[u8]) -> io::Result<(u32, LinkInfo)> {
         name: name.ok_or_else(|| invalid("RTM_NEWLINK without IFLA_IFNAME"))?,
         mac,
         mtu: mtu.ok_or_else(|| invalid("RTM_NEWLINK without IFLA_MTU"))?,
+        rx_queues,
     };
     Ok((index, link))
 }

@@ -214,6 +214,8 @@ pub struct WorkerCounters {
     pub ttl_exceeded: u64,
     pub fragmented: u64,
     pub icmp_sent: u64,
+    /// ICMP errors not sent: over the rate limit (`icmp_rate`, `icmp_burst`).
+    pub icmp_suppressed: u64,
     pub tx_full: u64,
     /// No free frame for a packet the worker builds.
     pub no_frame: u64,
@@ -266,9 +268,14 @@ pub struct WorkerSetup {
     pub icmp_src: [Option<IpAddr>; 2],
     /// MTU override (else the next hop's).
     pub mtu: Option<u16>,
+    /// ICMP errors per second and bucket size.
+    pub icmp_limit: (u32, u32),
     pub clock: MonotonicClock,
     /// Replay frames from memory instead of opening sockets (`crate::replay`).
     pub replay: Option<Arc<ReplaySource>>,
+    /// Test hook (debug builds only, `XSECD_TEST_WORKER_PANIC`): panic once this many
+    /// packets were received, to test what a dying worker leaves behind.
+    pub panic_after: Option<u64>,
 }
 
 /// Reported back once the sockets are open: their descriptors for the XSKMAP.
@@ -355,6 +362,7 @@ struct Worker {
     /// Workers handed packets in this loop (bit `id % 64`): woken if they sleep.
     to_wake: u64,
     icmp_src: [Option<IpAddr>; 2],
+    icmp_limit: fwd::IcmpLimiter,
     mtu: Option<u16>,
     heartbeats: Vec<HeartbeatState>,
     /// The smallest MTU of any next hop seen (or the configured one): packets that cannot
@@ -425,6 +433,7 @@ pub fn run(setup: WorkerSetup, ready: Sender<Ready>) {
         to_wake: 0,
         mesh: setup.mesh,
         icmp_src: setup.icmp_src,
+        icmp_limit: fwd::IcmpLimiter::new(setup.icmp_limit.0, setup.icmp_limit.1),
         mtu: setup.mtu,
         heartbeats: Vec::new(),
         min_mtu: usize::from(setup.mtu.unwrap_or(u16::MAX)),
@@ -472,6 +481,11 @@ pub fn run(setup: WorkerSetup, ready: Sender<Ready>) {
                 Side::Protected => w.protected_burst(&mut rx, now),
                 Side::Unprotected => w.unprotected_burst(&mut rx, now),
             }
+        }
+        if let Some(n) = setup.panic_after
+            && w.c.rx_unprot + w.c.rx_prot >= n
+        {
+            panic!("worker {}: test hook: panicking after {n} packets", w.id);
         }
         for _ in 0..BURST {
             let Ok(h) = w.inbox.try_recv() else { break };
@@ -1213,6 +1227,10 @@ impl Worker {
         };
         // not about packets to multicast/broadcast
         if fwd::ip_dst(orig).is_some_and(|d| d.is_multicast()) {
+            return;
+        }
+        if !self.icmp_limit.allow(now) {
+            self.c.icmp_suppressed += 1;
             return;
         }
         let Some(mut f) = self.xsk.alloc() else {

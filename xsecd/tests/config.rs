@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use xsec_dataplane::crypto::{AuthAlg, EncAlg};
 use xsec_dataplane::sa::{Encap, Mode};
 use xsec_dataplane::spd::{
-    Action, AddrRange, Direction, InboundDefault, PacketKey, PortSel, SaBundle,
+    Action, AddrRange, Direction, NonPolicy, PacketKey, PortSel, SaBundle, Selector,
 };
 use xsec_dataplane::wire::IpProtocol;
 use xsecd::config::{self, Config, ConfigError, IdleMode, XdpModeCfg};
@@ -123,7 +123,7 @@ fn ar410_tunnel_maps_onto_engine_types() {
     assert_eq!(g.xdp_mode, XdpModeCfg::Skb);
     assert_eq!(g.idle, IdleMode::Busy);
     assert_eq!((g.mtu, g.stats_interval_ms), (None, 1000));
-    assert_eq!(c.spd.inbound_default, InboundDefault::Discard);
+    assert_eq!(c.spd.inbound_default, NonPolicy::Discard);
 
     let p = &c.sas[0];
     assert_eq!((p.name.as_str(), p.line), ("to-b", 10));
@@ -435,6 +435,36 @@ enc_key_in = "0x0102030405060708090a0b0c0d0e0f1011121314"
 enc_key_out = "0x1102030405060708090a0b0c0d0e0f1011121314"
 "#;
 
+/// RFC 4301 §5.2 fails closed: the inbound SA of a pair that no policy names gets no
+/// selectors (it accepts nothing); nothing substitutes "any" for it.
+#[test]
+fn sa_pair_no_policy_names_has_no_selectors() {
+    let c = parse(&two_sas(SECOND)).unwrap();
+    let (named, unnamed) = (&c.sas[0], &c.sas[1]);
+    assert_eq!(
+        (named.name.as_str(), unnamed.name.as_str()),
+        ("branch", "other")
+    );
+    assert_eq!(named.inbound.selectors, vec![c.spd.outbound[0].selector]);
+    assert!(unnamed.inbound.selectors.is_empty());
+    assert!(unnamed.outbound.selectors.is_empty());
+    assert!(
+        c.warnings[0].to_string().contains("accepts nothing"),
+        "{}",
+        c.warnings[0]
+    );
+    // The engine installs it as it is.
+    xsec_dataplane::sa::Sa::new(&unnamed.inbound, xsec_dataplane::Timestamp::ZERO).unwrap();
+
+    // A policy of "any" is how a pair says it accepts anything.
+    let any = two_sas(&format!(
+        "{SECOND}\n[[policy]]\nname = \"rest\"\nlocal = \"any\"\nremote = \"any\"\n\
+         action = \"protect\"\nsa = \"other\"\n"
+    ));
+    let c = parse(&any).unwrap();
+    assert_eq!(c.sas[1].inbound.selectors, vec![Selector::ANY]);
+}
+
 #[test]
 fn duplicates() {
     let ok = parse(&two_sas(SECOND)).unwrap();
@@ -614,7 +644,66 @@ fn gateway_errors() {
         (XdpModeCfg::Driver, IdleMode::Adaptive)
     );
     assert_eq!((g.mtu, g.stats_interval_ms), (Some(1400), 250));
-    assert_eq!(c.spd.inbound_default, InboundDefault::Bypass);
+    assert_eq!(c.spd.inbound_default, NonPolicy::Bypass);
+    assert_eq!(c.spd.outbound_default, NonPolicy::Discard);
+    // the fail-closed settings: defaults, then each given
+    let d = parse(&edit("[gateway]", "[gateway]")).unwrap();
+    assert_eq!(
+        (
+            d.gateway.forward_guard,
+            d.gateway.uncovered_queues.clone(),
+            d.gateway.icmp_rate,
+            d.gateway.icmp_burst,
+            d.spd.inbound_default,
+            d.spd.outbound_default,
+        ),
+        (
+            true,
+            vec![],
+            100,
+            20,
+            NonPolicy::Discard,
+            NonPolicy::Discard
+        )
+    );
+    let c = parse(&edit(
+        "[gateway]",
+        "[gateway]\nqueues = [0]\nuncovered_queues = [1, 2]\nforward_guard = false\n\
+         icmp_rate = 0\nicmp_burst = 3\nallow_non_policy = true",
+    ))
+    .unwrap();
+    let g = &c.gateway;
+    assert_eq!(
+        (
+            g.uncovered_queues.clone(),
+            g.forward_guard,
+            g.icmp_rate,
+            g.icmp_burst
+        ),
+        (vec![1, 2], false, 0, 3)
+    );
+    assert_eq!(
+        (c.spd.inbound_default, c.spd.outbound_default),
+        (NonPolicy::Bypass, NonPolicy::Bypass)
+    );
+    fails(
+        &edit(
+            "[gateway]",
+            "[gateway]\nallow_non_policy = true\ninbound_default = \"discard\"",
+        ),
+        "gw.toml:3: gateway.inbound_default: \"discard\" contradicts allow_non_policy = true",
+    );
+    fails(
+        &edit(
+            "[gateway]",
+            "[gateway]\nqueues = [0, 1]\nuncovered_queues = [1]",
+        ),
+        "gw.toml:3: gateway.uncovered_queues: queue 1 is in both `queues` and `uncovered_queues`",
+    );
+    fails(
+        &edit("[gateway]", "[gateway]\nforward_guard = \"yes\""),
+        "gw.toml:2: gateway.forward_guard:",
+    );
 }
 
 #[test]

@@ -6,8 +6,8 @@
 //! entering a namespace from this process would need unsafe `setns`, and the root namespace's
 //! networking is never touched. The child attaches the real program with [`XdpSteering`],
 //! sends one frame at a time from the peer end with an AF_PACKET socket (python3), and checks
-//! the per-class counters. No AF_XDP socket is registered, so every redirect falls back to
-//! XDP_PASS and also counts `redirect_failed`: the tests check classification, not delivery.
+//! the per-class counters. No AF_XDP socket is registered, so every redirect is dropped and
+//! also counts `no_socket` (fail closed): the tests check classification, not delivery.
 //!
 //! Not root: the tests print why and pass without running.
 
@@ -17,7 +17,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use xsec_dataplane::spd::AddrRange;
+use std::net::IpAddr;
 use xsecd::xdp::{Side, XdpCounters, XdpError, XdpMode, XdpSteering};
 
 const CHILD_ENV: &str = "XSEC_XDPT_CHILD";
@@ -266,13 +266,14 @@ fn diff(a: &XdpCounters, b: &XdpCounters) -> XdpCounters {
         esp: a.esp - b.esp,
         udp_esp: a.udp_esp - b.udp_esp,
         tunnel_port: a.tunnel_port - b.tunnel_port,
-        protected: a.protected - b.protected,
-        unprot_plain: a.unprot_plain - b.unprot_plain,
+        spd: a.spd - b.spd,
+        fragment: a.fragment - b.fragment,
         ike: a.ike - b.ike,
         keepalive: a.keepalive - b.keepalive,
         arp_nd: a.arp_nd - b.arp_nd,
+        local: a.local - b.local,
         other: a.other - b.other,
-        redirect_failed: a.redirect_failed - b.redirect_failed,
+        no_socket: a.no_socket - b.no_socket,
         malformed: a.malformed - b.malformed,
     }
 }
@@ -283,11 +284,12 @@ enum Expect {
     Esp,
     UdpEsp,
     TunnelPort,
-    Protected,
-    UnprotPlain,
+    Spd,
+    Fragment,
     Ike,
     Keepalive,
     ArpNd,
+    Local,
     Other,
     Malformed,
 }
@@ -298,30 +300,31 @@ impl Expect {
             rx: 1,
             ..XdpCounters::default()
         };
-        let redirect = match self {
+        let class = match self {
             Expect::Esp => &mut c.esp,
             Expect::UdpEsp => &mut c.udp_esp,
             Expect::TunnelPort => &mut c.tunnel_port,
-            Expect::Protected => &mut c.protected,
-            Expect::UnprotPlain => &mut c.unprot_plain,
+            Expect::Spd => &mut c.spd,
+            Expect::Fragment => &mut c.fragment,
             Expect::Ike => &mut c.ike,
             Expect::Keepalive => &mut c.keepalive,
             Expect::ArpNd => &mut c.arp_nd,
+            Expect::Local => &mut c.local,
             Expect::Other => &mut c.other,
             Expect::Malformed => &mut c.malformed,
         };
-        *redirect = 1;
+        *class = 1;
         if matches!(
             self,
             Expect::Esp
                 | Expect::UdpEsp
                 | Expect::TunnelPort
-                | Expect::Protected
-                | Expect::UnprotPlain
+                | Expect::Spd
+                | Expect::Fragment
                 | Expect::Keepalive
         ) {
-            // No socket registered: the redirect falls back to the kernel.
-            c.redirect_failed = 1;
+            // No socket registered: the redirect is dropped, never passed.
+            c.no_socket = 1;
         }
         c
     }
@@ -349,30 +352,40 @@ fn check(x: &XdpSteering, side: Side, what: &str, frame: &[u8], expect: Expect) 
     println!("ok: {side} {what} -> {expect:?}");
 }
 
-fn range(s: &str) -> AddrRange {
-    s.parse().expect("address range")
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("address")
 }
 
 fn classes_body(mode: XdpMode) {
     let mut x = XdpSteering::load("xu", "xp", mode).expect("load and attach");
     x.set_tunnel_ports(&[2746]).expect("tunnel ports");
-    x.set_protected_selectors(&[
-        (range("10.1.0.0/24"), range("10.2.0.0/24")),
-        // Not a prefix: .5/32 .6/31 .8/31.
-        (range("10.1.1.5-10.1.1.9"), range("10.3.0.0/16")),
-        (range("fd01::/64"), range("fd02::/64")),
+    // The gateway: 198.51.100.1 and 2001:db8::2 on the WAN, 10.1.0.1 and fd01::1 on the LAN.
+    x.set_local_addrs(&[
+        ip("198.51.100.1"),
+        ip("2001:db8::2"),
+        ip("10.1.0.1"),
+        ip("fd01::1"),
     ])
-    .expect("selectors");
+    .expect("local addresses");
+    x.set_udp_peers(&[ip("192.0.2.1"), ip("2001:db8::1")])
+        .expect("peers");
     let u = Side::Unprotected;
     let p = Side::Protected;
     use Expect::*;
 
-    // Unprotected side.
+    // Unprotected side: to the gateway.
     check(
         &x,
         u,
         "ESP",
         &ipv4("192.0.2.1", "198.51.100.1", 50, &esp()),
+        Esp,
+    );
+    check(
+        &x,
+        u,
+        "ESP to another address",
+        &ipv4("192.0.2.1", "198.51.100.77", 50, &esp()),
         Esp,
     );
     let opts = [1, 1, 1, 0, 0x94, 4, 0, 0]; // NOPs, EOL, router alert
@@ -440,9 +453,16 @@ fn classes_body(mode: XdpMode) {
     check(
         &x,
         u,
-        "other UDP",
+        "other UDP to the gateway",
         &ipv4("192.0.2.1", "198.51.100.1", 17, &udp(53, 53, &[1; 20])),
-        Other,
+        Local,
+    );
+    check(
+        &x,
+        u,
+        "ping to the gateway's LAN address",
+        &ipv4("192.0.2.1", "10.1.0.1", 1, &[8, 0, 0, 0, 0, 0, 0, 0]),
+        Local,
     );
     check(&x, u, "ARP", &arp(), ArpNd);
     check(
@@ -452,55 +472,62 @@ fn classes_body(mode: XdpMode) {
         &neighbour_solicitation(),
         ArpNd,
     );
-    let plain = ipv4("10.2.0.7", "10.1.0.9", 17, &udp(1234, 80, &[1; 20]));
+    // Unprotected side: not to the gateway. The SPD decides, whatever it is.
     check(
         &x,
         u,
-        "plaintext that should be protected",
-        &plain,
-        UnprotPlain,
+        "plaintext to a protected host",
+        &ipv4("10.2.0.7", "10.1.0.9", 17, &udp(1234, 80, &[1; 20])),
+        Spd,
     );
     check(
         &x,
         u,
-        "plaintext to a non-prefix range",
-        &ipv4("10.3.9.9", "10.1.1.6", 6, &[0; 20]),
-        UnprotPlain,
+        "plaintext no policy names",
+        &ipv4("203.0.113.7", "192.168.10.10", 1, &[0; 8]),
+        Spd,
     );
     check(
         &x,
         u,
-        "plaintext across two policies",
-        &ipv4("10.3.9.9", "10.1.0.9", 6, &[0; 20]),
-        Other,
-    );
-    check(
-        &x,
-        u,
-        "plaintext outside the ranges",
-        &ipv4("10.2.0.7", "10.9.0.1", 17, &udp(1, 2, &[1; 20])),
-        Other,
+        "UDP/500 not to the gateway",
+        &ipv4("192.0.2.1", "10.1.0.9", 17, &udp(500, 500, &[0x22; 28])),
+        Spd,
     );
     check(
         &x,
         u,
         "plaintext to multicast",
         &ipv4("10.2.0.7", "224.0.0.5", 89, &[0; 20]),
-        Other,
+        Local,
+    );
+    check(
+        &x,
+        u,
+        "limited broadcast",
+        &ipv4("10.2.0.7", "255.255.255.255", 17, &udp(68, 67, &[0; 20])),
+        Local,
     );
     check(
         &x,
         u,
         "IPv6 plaintext",
         &ipv6("fd02::7", "fd01::9", 17, &udp(1, 2, &[1; 20])),
-        UnprotPlain,
+        Spd,
     );
     check(
         &x,
         u,
-        "IPv6 plaintext outside",
-        &ipv6("fd03::7", "fd01::9", 17, &udp(1, 2, &[1; 20])),
-        Other,
+        "IPv6 to the gateway",
+        &ipv6("fd02::7", "2001:db8::2", 6, &[0; 20]),
+        Local,
+    );
+    check(
+        &x,
+        u,
+        "IPv6 to a link-local address",
+        &ipv6("fe80::7", "fe80::1", 17, &udp(1, 2, &[1; 20])),
+        Local,
     );
     // Hop-by-hop (8 bytes) → destination options (16 bytes) → ESP.
     let mut chain = vec![60, 0, 1, 4, 0, 0, 0, 0];
@@ -523,13 +550,39 @@ fn classes_body(mode: XdpMode) {
         UdpEsp,
     );
     // Fragment header, offset 8 (a later fragment).
-    let later = |nh: u8| {
+    let later = |src: &str, dst: &str, nh: u8| {
         let mut f = vec![nh, 0, 0, 8 << 3, 0, 0, 0, 1];
         f.extend_from_slice(&[0x5a; 24]);
-        ipv6("fd02::7", "fd01::9", 44, &f)
+        ipv6(src, dst, 44, &f)
     };
-    check(&x, u, "IPv6 later fragment of UDP", &later(17), Other);
-    check(&x, u, "IPv6 later fragment of ESP", &later(50), Esp);
+    check(
+        &x,
+        u,
+        "IPv6 later fragment, forwarded",
+        &later("fd02::7", "fd01::9", 17),
+        Spd,
+    );
+    check(
+        &x,
+        u,
+        "IPv6 later fragment of ESP",
+        &later("fd02::7", "fd01::9", 50),
+        Esp,
+    );
+    check(
+        &x,
+        u,
+        "IPv6 later UDP fragment from a peer",
+        &later("2001:db8::1", "2001:db8::2", 17),
+        Fragment,
+    );
+    check(
+        &x,
+        u,
+        "IPv6 later UDP fragment from another host",
+        &later("2001:db8::9", "2001:db8::2", 17),
+        Local,
+    );
     let first = {
         let mut f = vec![17, 0, 0, 1, 0, 0, 0, 1]; // offset 0, more fragments
         f.extend_from_slice(&udp(4500, 4500, &esp()));
@@ -539,9 +592,23 @@ fn classes_body(mode: XdpMode) {
     check(
         &x,
         u,
-        "IPv4 later fragment",
+        "IPv4 later fragment, forwarded",
         &ipv4_full("10.2.0.7", "10.1.0.9", 17, &[], 100, &[0; 16]),
-        Other,
+        Spd,
+    );
+    check(
+        &x,
+        u,
+        "IPv4 later UDP fragment from a peer",
+        &ipv4_full("192.0.2.1", "198.51.100.1", 17, &[], 100, &[0; 16]),
+        Fragment,
+    );
+    check(
+        &x,
+        u,
+        "IPv4 later UDP fragment from another host",
+        &ipv4_full("192.0.2.9", "198.51.100.1", 17, &[], 100, &[0; 16]),
+        Local,
     );
     let mut vlan = vec![0, 5, 0x08, 0x00];
     vlan.extend_from_slice(&ipv4("192.0.2.1", "198.51.100.1", 50, &esp())[14..]);
@@ -565,56 +632,48 @@ fn classes_body(mode: XdpMode) {
         Malformed,
     );
 
-    // Protected side.
+    // Protected side: everything not for the gateway is the SPD's.
     check(
         &x,
         p,
         "local to remote",
         &ipv4("10.1.0.9", "10.2.0.7", 17, &udp(1, 2, &[1; 20])),
-        Protected,
+        Spd,
     );
     check(
         &x,
         p,
-        "remote to local",
-        &ipv4("10.2.0.7", "10.1.0.9", 17, &udp(1, 2, &[1; 20])),
-        Other,
+        "to a network no policy names",
+        &ipv4("192.168.10.10", "10.0.0.2", 1, &[8, 0, 0, 0, 0, 0, 0, 0]),
+        Spd,
     );
-    for (src, expect) in [
-        ("10.1.1.4", Other),
-        ("10.1.1.5", Protected),
-        ("10.1.1.7", Protected),
-        ("10.1.1.9", Protected),
-        ("10.1.1.10", Other),
-    ] {
-        check(
-            &x,
-            p,
-            &format!("non-prefix range, from {src}"),
-            &ipv4(src, "10.3.4.4", 1, &[8, 0, 0, 0, 0, 0, 0, 0]),
-            expect,
-        );
-    }
     check(
         &x,
         p,
-        "local of one policy to remote of another",
-        &ipv4("10.1.0.9", "10.3.4.4", 1, &[8; 8]),
-        Other,
+        "to the gateway",
+        &ipv4("10.1.0.9", "10.1.0.1", 6, &[0; 20]),
+        Local,
+    );
+    check(
+        &x,
+        p,
+        "to the gateway's WAN address",
+        &ipv4("10.1.0.9", "198.51.100.1", 6, &[0; 20]),
+        Local,
     );
     check(
         &x,
         p,
         "IPv6 local to remote",
-        &ipv6("fd01::1", "fd02::1", 17, &udp(1, 2, &[1; 20])),
-        Protected,
+        &ipv6("fd01::9", "fd02::1", 17, &udp(1, 2, &[1; 20])),
+        Spd,
     );
     check(
         &x,
         p,
         "IPv6 to multicast",
-        &ipv6("fd01::1", "ff02::1", 17, &udp(1, 2, &[1; 20])),
-        Other,
+        &ipv6("fd01::9", "ff02::1", 17, &udp(1, 2, &[1; 20])),
+        Local,
     );
     check(&x, p, "ARP", &arp(), ArpNd);
     check(
@@ -627,60 +686,37 @@ fn classes_body(mode: XdpMode) {
     check(
         &x,
         p,
-        "ESP is not special here",
-        &ipv4("192.0.2.1", "198.51.100.1", 50, &esp()),
-        Other,
+        "ESP passing through",
+        &ipv4("192.0.2.1", "203.0.113.1", 50, &esp()),
+        Spd,
+    );
+    check(
+        &x,
+        p,
+        "truncated IPv4",
+        &eth(0x0800, &[0x45, 0, 0, 20]),
+        Malformed,
     );
 
     // Replacing the sets drops what is no longer there.
     x.set_tunnel_ports(&[]).expect("no tunnel ports");
-    check(&x, u, "former tunnel port", &tunnel(&esp()), Other);
-    x.set_protected_selectors(&[(range("10.1.1.5-10.1.1.9"), AddrRange::Any)])
-        .expect("selectors");
+    check(&x, u, "former tunnel port", &tunnel(&esp()), Local);
+    x.set_local_addrs(&[ip("198.51.100.1")])
+        .expect("local addresses");
     check(
         &x,
         p,
-        "former policy",
-        &ipv4("10.1.0.9", "10.2.0.7", 17, &udp(1, 2, &[1; 20])),
-        Other,
+        "a former gateway address",
+        &ipv4("10.1.0.9", "10.1.0.1", 6, &[0; 20]),
+        Spd,
     );
+    x.set_udp_peers(&[]).expect("no peers");
     check(
         &x,
-        p,
-        "remote any",
-        &ipv4("10.1.1.8", "203.0.113.9", 17, &udp(1, 2, &[1; 20])),
-        Protected,
-    );
-    check(
-        &x,
-        p,
-        "remote any, broadcast",
-        &ipv4("10.1.1.8", "255.255.255.255", 17, &udp(1, 2, &[1; 20])),
-        Other,
-    );
-    check(
-        &x,
-        p,
-        "remote any, other family",
-        &ipv6("fd01::1", "fd02::1", 17, &udp(1, 2, &[1; 20])),
-        Other,
-    );
-    x.set_protected_selectors(&[(AddrRange::Any, AddrRange::Any)])
-        .expect("any");
-    check(
-        &x,
-        p,
-        "any to any, IPv6",
-        &ipv6("fd05::1", "fd06::1", 17, &udp(1, 2, &[1; 20])),
-        Protected,
-    );
-    x.set_protected_selectors(&[]).expect("none");
-    check(
-        &x,
-        p,
-        "no policies",
-        &ipv6("fd05::1", "fd06::1", 17, &udp(1, 2, &[1; 20])),
-        Other,
+        u,
+        "UDP fragment from a former peer",
+        &ipv4_full("192.0.2.1", "198.51.100.1", 17, &[], 100, &[0; 16]),
+        Local,
     );
 
     // Only this side and queue 0 moved; the rows are per side.
@@ -726,6 +762,13 @@ fn load_errors() {
         let many: Vec<u16> = (1000..1100).collect();
         assert!(matches!(
             x.set_tunnel_ports(&many),
+            Err(XdpError::TooManyEntries { .. })
+        ));
+        let many: Vec<IpAddr> = (0..2000u32)
+            .map(|i| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)))
+            .collect();
+        assert!(matches!(
+            x.set_local_addrs(&many),
             Err(XdpError::TooManyEntries { .. })
         ));
         drop(x);

@@ -212,11 +212,15 @@ fn tunnel<B: AsRef<[u8]> + AsMut<[u8]>>(
 }
 
 /// RFC 4301 §5.2: the decapsulated packet must match the SA's traffic selectors. An SA
-/// without selectors (ANY) skips the upper-layer parse.
+/// with [`Selector::ANY`](crate::spd::Selector::ANY) among them skips the upper-layer parse;
+/// one without selectors accepts nothing (no policy names it: fail closed).
 #[inline(always)]
 fn check_selectors(sa: &Sa, packet: &[u8]) -> Result<(), DropReason> {
-    if sa.selectors.is_empty() {
+    if sa.selectors_any {
         return Ok(());
+    }
+    if sa.selectors.is_empty() {
+        return Err(DropReason::SelectorMismatch);
     }
     let key = PacketKey::parse(packet).map_err(|_| DropReason::Malformed)?;
     if sa.selectors_match(&key) {

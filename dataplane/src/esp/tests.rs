@@ -6,7 +6,7 @@ use crate::crypto::{AuthAlg, EncAlg, Transform};
 use crate::engine::{Engine, Verdict};
 use crate::packet::PacketBuf;
 use crate::sa::SaConfig;
-use crate::spd::{Direction, Spd};
+use crate::spd::{Direction, Selector, Spd};
 use crate::stats::DropReason;
 use crate::time::Timestamp;
 use crate::wire::checksum;
@@ -15,8 +15,12 @@ const KEY: [u8; 20] = [0x11; 20];
 const SPI: u32 = 0x7000;
 
 fn engine() -> Engine {
+    engine_with_selectors(vec![Selector::ANY])
+}
+
+fn engine_with_selectors(selectors: Vec<Selector>) -> Engine {
     let mut e = Engine::new(std::sync::Arc::new(Spd::empty(Default::default())));
-    let c = SaConfig::tunnel(
+    let mut c = SaConfig::tunnel(
         SPI,
         Direction::Inbound,
         "10.0.0.2".parse().unwrap(),
@@ -26,6 +30,7 @@ fn engine() -> Engine {
         AuthAlg::None,
         &[],
     );
+    c.selectors = selectors;
     e.add_sa(&c, Timestamp::ZERO).unwrap();
     e
 }
@@ -129,5 +134,31 @@ fn post_icv_errors_have_their_reasons() {
     for (i, (pt, want)) in cases.into_iter().enumerate() {
         let (v, _) = run(&mut e, &esp_packet(10 + i as u32, &pt));
         assert_eq!(v, Verdict::Drop(want), "case {i}");
+    }
+}
+
+/// RFC 4301 §5.2: `Selector::ANY` anywhere in the list accepts every packet (and lets
+/// decapsulation skip the selector parse); an empty list accepts nothing.
+#[test]
+fn any_selector_accepts_everything_and_no_selector_nothing() {
+    let inner = inner_v4(); // 10.1.0.10 -> 10.2.0.10
+    let other = Selector::addresses(
+        "10.9.0.0/24".parse().unwrap(),
+        "10.8.0.0/24".parse().unwrap(),
+    );
+    let cases = [
+        (vec![Selector::ANY], Verdict::Forward),
+        (vec![other, Selector::ANY], Verdict::Forward),
+        (vec![other], Verdict::Drop(DropReason::SelectorMismatch)),
+        (vec![], Verdict::Drop(DropReason::SelectorMismatch)),
+    ];
+    for (selectors, want) in cases {
+        let what = format!("{selectors:?}");
+        let mut e = engine_with_selectors(selectors);
+        let (v, out) = run(&mut e, &esp_packet(1, &trailer(&inner, 0, 4)));
+        assert_eq!(v, want, "{what}");
+        if want == Verdict::Forward {
+            assert_eq!(out, inner, "{what}");
+        }
     }
 }

@@ -178,12 +178,15 @@ pub struct SaConfig {
     /// Outer TTL / hop limit in tunnel mode.
     pub ttl: u8,
     /// Traffic selectors: inbound packets must match one after decapsulation
-    /// (RFC 4301 §5.2). Empty means any.
+    /// (RFC 4301 §5.2). Empty matches nothing — an inbound SA that no policy names
+    /// accepts no traffic; write [`Selector::ANY`] for "any". Outbound SAs ignore them.
     pub selectors: Vec<Selector>,
 }
 
 impl SaConfig {
-    /// A tunnel-mode SA with defaults for everything but addresses and keys.
+    /// A tunnel-mode SA with defaults for everything but addresses and keys. It has no
+    /// selectors: as an inbound SA it accepts nothing until `selectors` is set (for
+    /// example to `vec![Selector::ANY]`).
     #[allow(clippy::too_many_arguments)] // every argument is a required SA parameter
     pub fn tunnel(
         spi: u32,
@@ -220,7 +223,7 @@ impl SaConfig {
         }
     }
 
-    /// A transport-mode SA.
+    /// A transport-mode SA; like [`SaConfig::tunnel`], without selectors.
     pub fn transport(
         spi: u32,
         direction: Direction,

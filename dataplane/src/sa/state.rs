@@ -118,7 +118,11 @@ pub struct Sa {
     pub(crate) tmpl: OuterTemplate,
     pub(crate) life: LifeState,
     pub(crate) drops: DropCounters,
+    /// Traffic selectors of an inbound SA (RFC 4301 §5.2); empty matches nothing.
     pub(crate) selectors: Box<[Selector]>,
+    /// One of `selectors` is [`Selector::ANY`]: every packet matches, so decapsulation
+    /// skips the upper-layer parse (the common case must not pay for the check).
+    pub(crate) selectors_any: bool,
     /// Inbound lookup also matches this destination (IPv6 flag, address).
     pub(crate) local_match: Option<(bool, u128)>,
     /// Last authenticated outer source (address, port) of a UDP-encapsulated inbound SA.
@@ -229,6 +233,7 @@ impl Sa {
             life: LifeState::new(&cfg.lifetime, now),
             drops: DropCounters::default(),
             selectors: cfg.selectors.clone().into_boxed_slice(),
+            selectors_any: cfg.selectors.contains(&Selector::ANY),
             local_match: cfg.local.map(ip_u128),
             peer_seen: None,
             info: Arc::new(info),
@@ -265,9 +270,11 @@ impl Sa {
     }
 
     /// Whether a decapsulated packet matches the SA's traffic selectors (RFC 4301 §5.2).
+    /// An SA without selectors matches nothing: no policy names it, so no traffic may
+    /// arrive through it (fail closed); "any" is spelled [`Selector::ANY`].
     #[inline]
     pub(crate) fn selectors_match(&self, k: &PacketKey) -> bool {
-        self.selectors.is_empty()
+        self.selectors_any
             || self
                 .selectors
                 .iter()

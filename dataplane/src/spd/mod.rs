@@ -4,8 +4,8 @@
 //!
 //! [`SpdConfig`] is the editable list; [`Spd`] is its compiled, immutable form that workers
 //! share behind an `Arc` and replace whole (see [`classifier`] for the lookup structure).
-//! Inbound plaintext that matches nothing gets the configurable [`InboundDefault`] (the
-//! appliances' "allow non-policy packets"). Multicast and broadcast destinations are never
+//! Packets that match nothing get the configurable [`NonPolicy`] of their direction (the
+//! implicit DISCARD by default, or the appliances' "allow non-policy packets"). Multicast and broadcast destinations are never
 //! protected: PROTECT entries do not match them, so they fall through to the next entry.
 
 mod classifier;
@@ -99,9 +99,10 @@ pub struct Policy {
     pub action: Action,
 }
 
-/// What happens to inbound plaintext that no policy matches.
+/// What happens to a packet no policy matches (per direction; for inbound, plaintext: ESP
+/// for an SA is never looked up in the inbound SPD).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum InboundDefault {
+pub enum NonPolicy {
     /// RFC 4301's implicit DISCARD.
     #[default]
     Discard,
@@ -114,7 +115,9 @@ pub enum InboundDefault {
 pub struct SpdConfig {
     pub outbound: Vec<Policy>,
     pub inbound: Vec<Policy>,
-    pub inbound_default: InboundDefault,
+    pub inbound_default: NonPolicy,
+    /// What happens to outbound packets no policy matches.
+    pub outbound_default: NonPolicy,
 }
 
 /// Why an SPD cannot be compiled.
@@ -247,7 +250,7 @@ impl Spd {
 
     /// An SPD with no policies: everything outbound is discarded, inbound plaintext gets the
     /// default.
-    pub fn empty(inbound_default: InboundDefault) -> Spd {
+    pub fn empty(inbound_default: NonPolicy) -> Spd {
         let cfg = SpdConfig {
             inbound_default,
             ..SpdConfig::default()
@@ -267,14 +270,22 @@ impl Spd {
         self.config.policies(dir)
     }
 
-    pub fn inbound_default(&self) -> InboundDefault {
+    pub fn inbound_default(&self) -> NonPolicy {
         self.config.inbound_default
     }
 
+    pub fn outbound_default(&self) -> NonPolicy {
+        self.config.outbound_default
+    }
+
     fn default_disposition(&self, dir: Direction) -> Disposition {
-        match (dir, self.config.inbound_default) {
-            (Direction::Inbound, InboundDefault::Bypass) => Disposition::Bypass,
-            _ => Disposition::Discard,
+        let d = match dir {
+            Direction::Inbound => self.config.inbound_default,
+            Direction::Outbound => self.config.outbound_default,
+        };
+        match d {
+            NonPolicy::Bypass => Disposition::Bypass,
+            NonPolicy::Discard => Disposition::Discard,
         }
     }
 
@@ -467,7 +478,8 @@ mod tests {
                 pol("a-b", prot, Action::Protect(SaBundle::single(7))),
             ],
             inbound: vec![pol("in-any", Selector::ANY, Action::Bypass)],
-            inbound_default: InboundDefault::Discard,
+            inbound_default: NonPolicy::Discard,
+            outbound_default: NonPolicy::Discard,
         };
         cfg.compile().unwrap()
     }
@@ -543,7 +555,8 @@ mod tests {
     #[test]
     fn inbound_default_and_families() {
         let cfg = SpdConfig {
-            inbound_default: InboundDefault::Bypass,
+            inbound_default: NonPolicy::Bypass,
+            outbound_default: NonPolicy::Discard,
             ..Default::default()
         };
         let spd = cfg.compile().unwrap();
@@ -732,7 +745,7 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(300))]
         #[test]
         fn compiled_equals_linear(policies in proptest::collection::vec(arb_policy(), 0..150), keys in proptest::collection::vec(arb_key(), 50)) {
-            let cfg = SpdConfig { outbound: policies.clone(), inbound: policies, inbound_default: InboundDefault::Discard };
+            let cfg = SpdConfig { outbound: policies.clone(), inbound: policies, inbound_default: NonPolicy::Discard, outbound_default: NonPolicy::Discard };
             let spd = cfg.compile().unwrap();
             for k in &keys {
                 for dir in [Direction::Inbound, Direction::Outbound] {
@@ -751,7 +764,7 @@ mod tests {
         fn flow_cache_equals_linear(a in proptest::collection::vec(arb_policy(), 0..60), b in proptest::collection::vec(arb_policy(), 0..60), keys in proptest::collection::vec(arb_key(), 1..40)) {
             let mut cache = flow_cache::FlowCache::default();
             for policies in [a, b] {
-                let cfg = SpdConfig { outbound: policies.clone(), inbound: policies, inbound_default: InboundDefault::Bypass };
+                let cfg = SpdConfig { outbound: policies.clone(), inbound: policies, inbound_default: NonPolicy::Bypass, outbound_default: NonPolicy::Discard };
                 let spd = cfg.compile().unwrap();
                 cache.clear();
                 for k in keys.iter().chain(keys.iter().rev()).chain(&keys) {

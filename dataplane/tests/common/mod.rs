@@ -8,7 +8,7 @@ use std::sync::Arc;
 use xsec_dataplane::crypto::{AuthAlg, EncAlg};
 use xsec_dataplane::sa::{Encap, Mode, Sa, SaConfig, SaHandle};
 use xsec_dataplane::spd::{
-    Action, AddrRange, Direction, InboundDefault, Policy, SaBundle, Selector, SpdConfig,
+    Action, AddrRange, Direction, NonPolicy, Policy, SaBundle, Selector, SpdConfig,
 };
 use xsec_dataplane::wire::checksum;
 use xsec_dataplane::{Engine, PacketBuf, Timestamp};
@@ -301,6 +301,8 @@ pub fn sa_pair(o: &PairOpts, spi: u32) -> (SaConfig, SaConfig) {
             c.remote = None;
         }
     }
+    // An inbound SA without selectors accepts nothing (RFC 4301 §5.2, fail closed).
+    inb.selectors = vec![Selector::ANY];
     (out, inb)
 }
 
@@ -314,7 +316,8 @@ pub fn pair(o: &PairOpts) -> Pair {
             action: Action::Protect(SaBundle::single(1)),
         }],
         inbound: vec![],
-        inbound_default: InboundDefault::Discard,
+        inbound_default: NonPolicy::Discard,
+        outbound_default: NonPolicy::Discard,
     }
     .compile()
     .unwrap();

@@ -441,7 +441,11 @@ fn print_policies(v: &Value, counters: bool) {
         }
         print!("{}", table(&head, &rows));
     }
-    println!("inbound default: {}", s(&v["inbound_default"]));
+    println!(
+        "no policy matches: inbound {}, outbound {}",
+        s(&v["inbound_default"]),
+        s(&v["outbound_default"])
+    );
     if counters {
         println!(
             "(inbound hits of protect policies count plaintext that arrived unprotected and was \

@@ -1,7 +1,7 @@
 //! `[gateway]`: interfaces, workers and the inbound default.
 
 use super::reader::{Fail, Table, keep};
-use xsec_dataplane::spd::InboundDefault;
+use xsec_dataplane::spd::NonPolicy;
 
 /// How the XDP program is attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -40,6 +40,15 @@ pub struct GatewayConfig {
     /// `None`: the interface's MTU.
     pub mtu: Option<u16>,
     pub stats_interval_ms: u64,
+    /// RX queues deliberately left without a worker: the XDP program drops what it would
+    /// hand a worker there. Every other RX queue of both interfaces must be in `queues`.
+    pub uncovered_queues: Vec<u32>,
+    /// Install the nftables forward guard (see `guard`).
+    pub forward_guard: bool,
+    /// ICMP errors a worker may send per second (token bucket; 0: none).
+    pub icmp_rate: u32,
+    /// Bucket size: ICMP errors a worker may send at once after a quiet period.
+    pub icmp_burst: u32,
 }
 
 /// Largest MTU accepted: a 9216-byte jumbo frame, the common switch maximum.
@@ -47,11 +56,12 @@ const MTU_MAX: u16 = 9216;
 /// Smallest MTU accepted: the IPv4 minimum datagram every host must take (RFC 791).
 const MTU_MIN: u16 = 576;
 
-/// Read `[gateway]`; returns the gateway settings and the inbound default of the SPD.
+/// Read `[gateway]`; returns the gateway settings and the SPD's defaults for packets no
+/// policy matches, inbound and outbound.
 pub(super) fn read(
     t: &mut Table<'_, '_>,
     fails: &mut Vec<Fail>,
-) -> Option<(GatewayConfig, InboundDefault)> {
+) -> Option<(GatewayConfig, [NonPolicy; 2])> {
     let mut ifname = |key: &'static str| {
         let r = t.req(key).and_then(|v| {
             let s = v.string()?;
@@ -72,10 +82,10 @@ pub(super) fn read(
         });
     }
 
-    let queues = match t.get("queues") {
-        None => Some(vec![0]),
+    let mut queue_list = |key: &'static str, default: Vec<u32>, min: usize| match t.get(key) {
+        None => Some(default),
         Some(v) => keep(fails, v.array()).and_then(|els| {
-            if els.is_empty() {
+            if els.len() < min {
                 fails.push(v.fail("at least one queue is needed"));
                 return None;
             }
@@ -94,6 +104,15 @@ pub(super) fn read(
             ok.then_some(out)
         }),
     };
+    let queues = queue_list("queues", vec![0], 1);
+    let uncovered_queues = queue_list("uncovered_queues", vec![], 0);
+    if let (Some(q), Some(u), Some(v)) = (&queues, &uncovered_queues, t.get("uncovered_queues"))
+        && let Some(both) = u.iter().find(|x| q.contains(x))
+    {
+        fails.push(v.fail(format!(
+            "queue {both} is in both `queues` and `uncovered_queues`"
+        )));
+    }
 
     let idle = keep(
         fails,
@@ -146,15 +165,50 @@ pub(super) fn read(
         fails,
         t.get("mtu").map(|v| v.uint(MTU_MIN, MTU_MAX)).transpose(),
     );
-    let inbound_default = keep(
+    // The appliances' "allow non-policy packets": what no policy matches passes, both ways
+    // (off: RFC 4301's implicit DISCARD). `inbound_default` is the older, inbound-only form.
+    let allow_non_policy = keep(
         fails,
-        t.get("inbound_default")
-            .map_or(Ok(InboundDefault::Discard), |v| {
-                v.choice(&[
-                    ("discard", InboundDefault::Discard),
-                    ("bypass", InboundDefault::Bypass),
-                ])
-            }),
+        t.get("allow_non_policy").map_or(Ok(false), |v| v.boolean()),
+    );
+    let inbound_default = match t.get("inbound_default") {
+        None => Some(None),
+        Some(v) => keep(
+            fails,
+            v.choice(&[
+                ("discard", NonPolicy::Discard),
+                ("bypass", NonPolicy::Bypass),
+            ]),
+        )
+        .and_then(|d| {
+            if allow_non_policy == Some(true) && d == NonPolicy::Discard {
+                fails.push(v.fail(
+                    "\"discard\" contradicts allow_non_policy = true (which passes \
+                     non-policy packets both ways); remove one of them",
+                ));
+                return None;
+            }
+            Some(Some(d))
+        }),
+    };
+    let non_policy = match (allow_non_policy, inbound_default) {
+        (Some(true), Some(_)) => Some([NonPolicy::Bypass, NonPolicy::Bypass]),
+        (Some(false), Some(d)) => Some([d.unwrap_or_default(), NonPolicy::Discard]),
+        _ => None,
+    };
+    let forward_guard = keep(
+        fails,
+        t.get("forward_guard").map_or(Ok(true), |v| v.boolean()),
+    );
+    let icmp_rate = keep(
+        fails,
+        t.get("icmp_rate")
+            .map_or(Ok(100), |v| v.uint(0u32, 1_000_000)),
+    );
+    let icmp_burst = keep(
+        fails,
+        t.get("icmp_burst")
+            .map_or(Ok(20), |v| v.uint(1u32, 100_000)),
     );
     let stats_interval_ms = keep(
         fails,
@@ -172,8 +226,12 @@ pub(super) fn read(
             idle: idle?,
             mtu: mtu?,
             stats_interval_ms: stats_interval_ms?,
+            uncovered_queues: uncovered_queues?,
+            forward_guard: forward_guard?,
+            icmp_rate: icmp_rate?,
+            icmp_burst: icmp_burst?,
         },
-        inbound_default?,
+        non_policy?,
     ))
 }
 

@@ -192,7 +192,9 @@ fn build(
     }
 
     // Resolve `sa = "name"` to the pair's index; give each inbound SA the selectors of the
-    // policies that use it, for the post-decapsulation check (RFC 4301 §5.2).
+    // policies that use it, for the post-decapsulation check (RFC 4301 §5.2). A pair no
+    // policy names keeps none, so its inbound SA accepts nothing: nothing here may stand
+    // in for "any".
     let mut resolved: Vec<Option<usize>> = vec![None; policies.len()];
     let mut used = vec![false; drafts.len()];
     for (i, p) in policies.iter().enumerate() {
@@ -242,8 +244,8 @@ fn build(
                 "name",
                 format!(
                     "SA pair {:?} is used by no protect policy: it is installed, but no \
-                     traffic is sent through it and decapsulated traffic is not checked \
-                     against selectors",
+                     traffic is sent through it and its inbound SA accepts nothing (it has \
+                     no selectors)",
                     d.pair.name
                 ),
             ));
@@ -257,13 +259,14 @@ fn build(
         });
     }
 
-    let (Some((gateway, inbound_default)), Some(control), true) =
+    let (Some((gateway, [inbound_default, outbound_default])), Some(control), true) =
         (gateway, control, fails.is_empty())
     else {
         return (None, warnings);
     };
     let mut spd = SpdConfig {
         inbound_default,
+        outbound_default,
         ..SpdConfig::default()
     };
     let mut origin: Vec<&PolicyDraft> = vec![];

@@ -322,6 +322,8 @@ pub(super) fn read(v: &Val<'_, '_>, index: usize, line: usize) -> Result<SaDraft
         ecn,
         df,
         ttl,
+        // Filled from the policies that name the pair (config/mod.rs); none means the
+        // inbound SA accepts nothing.
         selectors: vec![],
     };
     Ok(SaDraft {

@@ -1,35 +1,75 @@
 //! The optional metrics listener (`[control] metrics = "ADDR:PORT"`): `GET /metrics` answers
 //! the OpenMetrics text of `xsecctl metrics`; anything else gets 404 or 405. One request per
-//! connection, read with a deadline, so a slow client holds only its own thread.
+//! connection, each on its own thread and under deadlines, so a slow client holds only its
+//! own thread, and only for a few seconds.
+//!
+//! Its connections are counted apart from the control socket's ([`MAX_HTTP_CONNS`] here,
+//! [`MAX_CONNS`](super::MAX_CONNS) there): anyone who can reach the metrics address may open
+//! HTTP connections, and they must never lock operators out of the control socket.
 
-use super::{Control, MAX_CONNS, lock, view};
+use super::{Control, lock, view};
 use crate::daemon::log;
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+/// HTTP connections served at once; more are answered 503 and closed.
+pub const MAX_HTTP_CONNS: usize = 16;
+/// A request must have arrived whole (up to its blank line) this long after the connection
+/// was accepted, or it is answered 408 and closed: a client that sends nothing is gone then.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// The answer must have been written within this time (a client that reads slowly gets cut
+/// off instead of holding its thread).
+const REPLY_DEADLINE: Duration = Duration::from_secs(5);
+/// Longest request head read.
+const MAX_REQUEST: usize = 8192;
+
+/// What one listener allows (tests use shorter deadlines).
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    conns: usize,
+    request: Duration,
+}
 
 /// Serve until `ctl.stop`.
 pub fn serve(ctl: Arc<Control>, l: TcpListener) {
+    serve_with(
+        ctl,
+        l,
+        Limits {
+            conns: MAX_HTTP_CONNS,
+            request: REQUEST_DEADLINE,
+        },
+    );
+}
+
+fn serve_with(ctl: Arc<Control>, l: TcpListener, lim: Limits) {
     let _ = l.set_nonblocking(true);
+    // This listener's open connections. Kept here, not in `Control::conns`, so that HTTP
+    // clients never count against the control socket's limit.
+    let open = Arc::new(AtomicUsize::new(0));
     while !ctl.stop.load(Ordering::Relaxed) {
         match l.accept() {
             Ok((s, _)) => {
-                if ctl.conns.load(Ordering::Relaxed) >= MAX_CONNS {
+                ctl.counters
+                    .http_connections
+                    .fetch_add(1, Ordering::Relaxed);
+                if open.load(Ordering::Relaxed) >= lim.conns {
+                    ctl.counters.http_busy.fetch_add(1, Ordering::Relaxed);
+                    busy(s, lim.conns);
                     continue;
                 }
-                ctl.conns.fetch_add(1, Ordering::Relaxed);
+                let slot = Slot::take(&open);
                 let c = ctl.clone();
-                let spawned = std::thread::Builder::new()
+                // If the thread cannot start, the closure is dropped and the slot with it.
+                let _ = std::thread::Builder::new()
                     .name("xsec-metrics".into())
                     .spawn(move || {
-                        let _ = one(&c, s);
-                        c.conns.fetch_sub(1, Ordering::Relaxed);
+                        let _slot = slot;
+                        let _ = one(&c, s, lim.request);
                     });
-                if spawned.is_err() {
-                    ctl.conns.fetch_sub(1, Ordering::Relaxed);
-                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(20))
@@ -42,20 +82,62 @@ pub fn serve(ctl: Arc<Control>, l: TcpListener) {
     }
 }
 
-fn one(ctl: &Control, mut s: TcpStream) -> io::Result<()> {
+/// One open connection; the count goes down when it is dropped, even if the connection's
+/// thread panics or never starts.
+#[derive(Debug)]
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(open: &Arc<AtomicUsize>) -> Slot {
+        open.fetch_add(1, Ordering::Relaxed);
+        Slot(open.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Turn a client away at the limit: a short 503 (into a fresh socket's empty send buffer, so
+/// it does not wait on the client), then close. Runs on the accepting thread.
+fn busy(mut s: TcpStream, limit: usize) {
+    let _ = s.set_nonblocking(false);
+    let _ = reply(
+        &mut s,
+        "503 Service Unavailable",
+        "text/plain",
+        &format!("{limit} metrics connections are open already\n"),
+        Instant::now() + Duration::from_millis(100),
+    );
+}
+
+fn one(ctl: &Control, mut s: TcpStream, request_deadline: Duration) -> io::Result<()> {
+    let end = Instant::now() + request_deadline;
     s.set_nonblocking(false)?;
+    // Short reads, so the deadline is looked at while the client sends nothing.
     s.set_read_timeout(Some(Duration::from_millis(200)))?;
-    s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let end = Instant::now() + Duration::from_secs(5);
     let mut req = Vec::with_capacity(512);
     let mut buf = [0u8; 512];
     while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-        if Instant::now() > end || req.len() > 8192 {
+        if req.len() > MAX_REQUEST {
+            return reply(
+                &mut s,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                "request too large\n",
+                Instant::now() + REPLY_DEADLINE,
+            );
+        }
+        if Instant::now() >= end {
+            ctl.counters.http_timeouts.fetch_add(1, Ordering::Relaxed);
             return reply(
                 &mut s,
                 "408 Request Timeout",
                 "text/plain",
                 "request incomplete\n",
+                Instant::now() + REPLY_DEADLINE,
             );
         }
         match s.read(&mut buf) {
@@ -64,7 +146,9 @@ fn one(ctl: &Control, mut s: TcpStream) -> io::Result<()> {
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
                 ) => {}
             Err(e) => return Err(e),
         }
@@ -73,11 +157,18 @@ fn one(ctl: &Control, mut s: TcpStream) -> io::Result<()> {
     let line = String::from_utf8_lossy(line);
     let mut parts = line.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let by = Instant::now() + REPLY_DEADLINE;
     if method != "GET" {
-        return reply(&mut s, "405 Method Not Allowed", "text/plain", "only GET\n");
+        return reply(
+            &mut s,
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET\n",
+            by,
+        );
     }
     if target != "/metrics" && !target.starts_with("/metrics?") {
-        return reply(&mut s, "404 Not Found", "text/plain", "try /metrics\n");
+        return reply(&mut s, "404 Not Found", "text/plain", "try /metrics\n", by);
     }
     let snaps = ctl.snapshots();
     let body = {
@@ -89,14 +180,239 @@ fn one(ctl: &Control, mut s: TcpStream) -> io::Result<()> {
         "200 OK",
         "application/openmetrics-text; version=1.0.0; charset=utf-8",
         &body,
+        Instant::now() + REPLY_DEADLINE,
     )
 }
 
-fn reply(s: &mut TcpStream, status: &str, ctype: &str, body: &str) -> io::Result<()> {
-    write!(
-        s,
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+/// Write the whole answer (one buffer, so head and body leave together) by `end`.
+fn reply(s: &mut TcpStream, status: &str, ctype: &str, body: &str, end: Instant) -> io::Result<()> {
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
-    )?;
-    s.flush()
+    )
+    .into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    write_by(s, &out, end)
+}
+
+/// `write_all` under a deadline for the whole buffer, not for each write: a client reading a
+/// byte at a time cannot keep the connection past `end`.
+fn write_by(s: &mut TcpStream, mut buf: &[u8], end: Instant) -> io::Result<()> {
+    while !buf.is_empty() {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        s.set_write_timeout(Some(left))?;
+        match s.write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    // Test support: a failed unwrap here is a failed test.
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::config::{self, ControlConfig};
+    use crate::control::running::{Running, Source};
+    use crate::control::{self, CtlCounters, proto};
+    use serde_json::{Value, json};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicBool;
+    use std::thread::JoinHandle;
+
+    const CONFIG: &str = "[gateway]\nunprotected = \"wan0\"\nprotected = \"lan0\"\n";
+
+    /// A directory removed at the end of the test.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let p =
+                std::env::temp_dir().join(format!("xsecd-{tag}-{}-{nanos}", std::process::id()));
+            std::fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A control plane without workers or XDP (no root needed): enough for both listeners,
+    /// `status`, `show-counters` and `GET /metrics`.
+    fn control(dir: &Path) -> (Arc<Control>, UnixListener) {
+        let path = dir.join("gw.toml");
+        let cfg = config::parse(CONFIG, &path).unwrap();
+        let running = Running::new(cfg, Source::split(CONFIG, &path), 1).unwrap();
+        let cc = ControlConfig {
+            socket: dir.join("xsecd.sock"),
+            group: None,
+            metrics: None,
+        };
+        let unix = control::bind(&cc, None).unwrap();
+        let ctl = Control {
+            running: Mutex::new(running),
+            xdp: Mutex::new(None),
+            workers: vec![],
+            resolve: crossbeam_channel::unbounded().0,
+            clock: Default::default(),
+            started: Instant::now(),
+            subscribers: Mutex::new(vec![]),
+            ifaces: [("wan0".into(), 0), ("lan0".into(), 0)],
+            xdp_mode: "skb",
+            cfg: cc,
+            gid: None,
+            conns: AtomicUsize::new(0),
+            tracing: AtomicBool::new(false),
+            counters: CtlCounters::default(),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        (Arc::new(ctl), unix)
+    }
+
+    fn spawn_http(ctl: &Arc<Control>, lim: Limits) -> (std::net::SocketAddr, JoinHandle<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let c = ctl.clone();
+        (addr, std::thread::spawn(move || serve_with(c, l, lim)))
+    }
+
+    /// Wait (up to 10 s) for `f`.
+    fn wait_for(what: &str, f: impl Fn() -> bool) {
+        let end = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < end, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Send `request` (may be empty) and read the whole answer until the server closes.
+    fn http(mut s: TcpStream, request: &str) -> String {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    /// [`http`] on a new connection until it is not turned away: a slot is given back just
+    /// after its connection is closed, so a client right behind may still get a 503.
+    fn http_when_free(addr: std::net::SocketAddr, request: &str) -> String {
+        for _ in 0..100 {
+            let r = http(TcpStream::connect(addr).unwrap(), request);
+            if !r.starts_with("HTTP/1.1 503") {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the metrics listener stays busy");
+    }
+
+    const GET: &str = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    fn ctl_request(ctl: &Control, id: u64, command: &str) -> Value {
+        let mut u = UnixStream::connect(&ctl.cfg.socket).unwrap();
+        u.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        proto::write_frame(&mut u, &proto::request(id, command, json!({}))).unwrap();
+        let body = proto::read_frame(&mut u, Duration::from_secs(10)).unwrap();
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    #[test]
+    fn http_clients_cannot_take_the_control_sockets_connections() {
+        let dir = TempDir::new("http-limit");
+        let (ctl, unix) = control(&dir.0);
+        let c = ctl.clone();
+        let ctl_server = std::thread::spawn(move || control::serve(c, unix));
+        // A deadline longer than the test: the idle clients keep their slots throughout.
+        let (addr, http_server) = spawn_http(
+            &ctl,
+            Limits {
+                conns: MAX_HTTP_CONNS,
+                request: Duration::from_secs(60),
+            },
+        );
+
+        // 40 idle clients (more than either limit): MAX_HTTP_CONNS are served, the rest
+        // turned away with a 503.
+        let mut idle: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        wait_for("40 HTTP connections", || {
+            n(&ctl.counters.http_connections) == 40
+        });
+        assert_eq!(n(&ctl.counters.http_busy), 40 - MAX_HTTP_CONNS as u64);
+
+        // The control socket still answers, and counts the two listeners apart.
+        let v = ctl_request(&ctl, 1, "status");
+        assert_eq!(v["ok"], json!(true), "{v}");
+        let v = ctl_request(&ctl, 2, "show-counters");
+        let c = &v["result"]["control"];
+        assert_eq!(c["busy"], json!(0), "{v}");
+        assert_eq!(c["connections"], json!(2), "{v}");
+        assert_eq!(c["http_connections"], json!(40), "{v}");
+        assert_eq!(c["http_busy"], json!(24), "{v}");
+        assert_eq!(c["http_timeouts"], json!(0), "{v}");
+
+        // One more HTTP client is refused and closed.
+        let r = http(TcpStream::connect(addr).unwrap(), "");
+        assert!(r.starts_with("HTTP/1.1 503 "), "{r}");
+        assert_eq!(n(&ctl.counters.http_busy), 25);
+
+        // A client holding a slot is still served; once it is done, its slot takes another.
+        let r = http(idle.remove(0), GET);
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+        assert!(r.contains("xsec_uptime_seconds"), "{r}");
+        let r = http_when_free(addr, GET);
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+
+        ctl.stop.store(true, Ordering::Relaxed);
+        drop(idle);
+        ctl_server.join().unwrap();
+        http_server.join().unwrap();
+    }
+
+    #[test]
+    fn an_http_client_that_sends_nothing_is_closed_at_the_deadline() {
+        let dir = TempDir::new("http-deadline");
+        let (ctl, _unix) = control(&dir.0);
+        let deadline = Duration::from_millis(300);
+        let (addr, server) = spawn_http(
+            &ctl,
+            Limits {
+                conns: 1,
+                request: deadline,
+            },
+        );
+        let t = Instant::now();
+        let r = http(TcpStream::connect(addr).unwrap(), "");
+        assert!(r.starts_with("HTTP/1.1 408 "), "{r}");
+        assert!(t.elapsed() >= deadline && t.elapsed() < Duration::from_secs(5));
+        assert_eq!(ctl.counters.http_timeouts.load(Ordering::Relaxed), 1);
+        // A partial request is cut off the same way.
+        let r = http_when_free(addr, "GET /metr");
+        assert!(r.starts_with("HTTP/1.1 408 "), "{r}");
+        assert_eq!(ctl.counters.http_timeouts.load(Ordering::Relaxed), 2);
+        // The slot is free again.
+        let r = http_when_free(addr, GET);
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+
+        ctl.stop.store(true, Ordering::Relaxed);
+        server.join().unwrap();
+    }
 }

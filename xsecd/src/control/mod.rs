@@ -2,9 +2,11 @@
 //! gateway through it. Protocol: [`proto`] and docs/control-protocol.md.
 //!
 //! Threads: one accepts; each connection has its own (at most [`MAX_CONNS`]), so a slow or
-//! hostile client only ever holds its own thread. Workers are reached only through their
-//! command channels, with deadlines: nothing here can stall the packet path. Changes are
-//! serialized by the [`Running`] mutex, which only control threads take.
+//! hostile client only ever holds its own thread. The metrics listener ([`http`]) has its own
+//! limit, so HTTP clients can never take the control socket's connections. Workers are
+//! reached only through their command channels, with deadlines: nothing here can stall the
+//! packet path. Changes are serialized by the [`Running`] mutex, which only control threads
+//! take.
 
 pub mod http;
 pub mod proto;
@@ -39,7 +41,8 @@ macro_rules! info {
     ($($t:tt)*) => { log(format_args!($($t)*)) };
 }
 
-/// Connections served at once; more are answered `busy` and closed.
+/// Control-socket connections served at once; more are answered `busy` and closed. HTTP
+/// metrics clients are counted apart ([`http::MAX_HTTP_CONNS`]).
 pub const MAX_CONNS: usize = 32;
 /// A connection with no request for this long is closed.
 const IDLE: Duration = Duration::from_secs(600);
@@ -49,8 +52,18 @@ const WORKER_DEADLINE: Duration = Duration::from_secs(2);
 /// Counters of the control plane itself.
 #[derive(Debug, Default)]
 pub struct CtlCounters {
+    /// Control-socket connections accepted (including those then turned away).
     pub connections: AtomicU64,
+    /// Control-socket clients refused by their credentials (`SO_PEERCRED`).
     pub refused: AtomicU64,
+    /// Control-socket clients turned away `busy` because [`MAX_CONNS`] were open.
+    pub busy: AtomicU64,
+    /// Metrics listener: connections accepted (including those turned away).
+    pub http_connections: AtomicU64,
+    /// Metrics listener: clients answered 503 because [`http::MAX_HTTP_CONNS`] were open.
+    pub http_busy: AtomicU64,
+    /// Metrics listener: requests not complete within [`http::REQUEST_DEADLINE`].
+    pub http_timeouts: AtomicU64,
     pub requests: AtomicU64,
     pub errors: AtomicU64,
     pub events: AtomicU64,
@@ -73,6 +86,7 @@ pub struct Control {
     pub cfg: ControlConfig,
     /// Group allowed besides root and xsecd's own user.
     pub gid: Option<u32>,
+    /// Open control-socket connections (the metrics listener counts its own).
     pub conns: AtomicUsize,
     pub tracing: AtomicBool,
     pub counters: CtlCounters,
@@ -151,6 +165,7 @@ pub fn serve(ctl: Arc<Control>, listener: UnixListener) {
             Ok((s, _)) => {
                 ctl.counters.connections.fetch_add(1, Ordering::Relaxed);
                 if ctl.conns.load(Ordering::Relaxed) >= MAX_CONNS {
+                    ctl.counters.busy.fetch_add(1, Ordering::Relaxed);
                     let mut s = s;
                     let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
                     let _ = proto::write_frame(
@@ -419,9 +434,9 @@ impl Control {
                 }
             }
             if i == 1
-                && let Err(e) = xdp.set_protected_selectors(&plan.selectors)
+                && let Err(e) = xdp.set_udp_peers(&plan.udp_peers)
             {
-                errors.push(format!("XDP protected selectors: {e}"));
+                errors.push(format!("XDP UDP peers: {e}"));
             }
         }
         if let Err(e) = xdp.set_tunnel_ports(&plan.tunnel_ports) {
@@ -594,6 +609,10 @@ fn dispatch(ctl: &Control, cmd: &str, args: &Value) -> Result<Value, Fail> {
             v["control"] = json!({
                 "connections": c.connections.load(Ordering::Relaxed),
                 "refused": c.refused.load(Ordering::Relaxed),
+                "busy": c.busy.load(Ordering::Relaxed),
+                "http_connections": c.http_connections.load(Ordering::Relaxed),
+                "http_busy": c.http_busy.load(Ordering::Relaxed),
+                "http_timeouts": c.http_timeouts.load(Ordering::Relaxed),
                 "requests": c.requests.load(Ordering::Relaxed),
                 "errors": c.errors.load(Ordering::Relaxed),
                 "events": c.events.load(Ordering::Relaxed),
@@ -662,19 +681,14 @@ fn interfaces(ctl: &Control) -> Value {
                 let queues: Vec<Value> = snaps
                     .iter()
                     .map(|s| {
-                        let x = xdp.iter().find(|r| r.queue == s.queue && r.side.to_string() == role);
+                        let x = xdp
+                            .iter()
+                            .find(|r| r.queue == s.queue && r.side.to_string() == role);
                         json!({
                             "queue": s.queue,
                             "worker": s.id,
                             "socket": s.sockets[side],
-                            "xdp": x.map(|r| {
-                                let c = &r.counters;
-                                json!({"rx": c.rx, "esp": c.esp, "udp_esp": c.udp_esp,
-                                       "tunnel_port": c.tunnel_port, "protected": c.protected,
-                                       "unprot_plain": c.unprot_plain, "ike": c.ike,
-                                       "keepalive": c.keepalive, "arp_nd": c.arp_nd, "other": c.other,
-                                       "redirect_failed": c.redirect_failed, "malformed": c.malformed})
-                            }),
+                            "xdp": x.map(|r| r.json()),
                         })
                     })
                     .collect();

@@ -286,12 +286,9 @@ pub struct Plan {
     pub next: Running,
     /// What changed, for the answer.
     pub summary: Value,
-    /// Tunnel ports and protected-side selectors for the XDP program.
+    /// Tunnel ports and UDP-encapsulated SAs' peers for the XDP program.
     pub tunnel_ports: Vec<u16>,
-    pub selectors: Vec<(
-        xsec_dataplane::spd::AddrRange,
-        xsec_dataplane::spd::AddrRange,
-    )>,
+    pub udp_peers: Vec<IpAddr>,
     /// Tunnel peers to resolve now.
     pub peers: Vec<IpAddr>,
 }
@@ -400,19 +397,20 @@ impl Running {
         v
     }
 
-    /// Source/destination ranges of the outbound PROTECT and DISCARD policies.
-    pub fn protected_selectors(
-        &self,
-    ) -> Vec<(
-        xsec_dataplane::spd::AddrRange,
-        xsec_dataplane::spd::AddrRange,
-    )> {
-        self.spd
-            .policies(Direction::Outbound)
+    /// Peer addresses of the UDP-encapsulated SAs (both directions' remote endpoints), whose
+    /// UDP fragments the XDP program steers to the workers for reassembly.
+    pub fn udp_peers(&self) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = self
+            .cfg
+            .sas
             .iter()
-            .filter(|p| !matches!(p.action, Action::Bypass))
-            .map(|p| (p.selector.local, p.selector.remote))
-            .collect()
+            .flat_map(|p| [&p.inbound, &p.outbound])
+            .filter(|sa| matches!(sa.encap, Encap::Udp { .. }))
+            .filter_map(|sa| sa.remote)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 
     /// The SA pair a reqid belongs to.
@@ -804,7 +802,7 @@ impl Running {
         Ok(Plan {
             rounds,
             tunnel_ports: next.tunnel_ports(),
-            selectors: next.protected_selectors(),
+            udp_peers: next.udp_peers(),
             peers,
             summary,
             next,

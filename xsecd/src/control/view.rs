@@ -169,6 +169,10 @@ pub fn policies(run: &Running, snaps: &[Snapshot], counters: bool) -> Value {
         "inbound_default".into(),
         json!(format!("{:?}", run.spd.inbound_default()).to_lowercase()),
     );
+    out.insert(
+        "outbound_default".into(),
+        json!(format!("{:?}", run.spd.outbound_default()).to_lowercase()),
+    );
     Value::Object(out)
 }
 
