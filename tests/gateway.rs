@@ -1195,7 +1195,17 @@ fn path_mtu_outer_fragments_and_frag_needed() {
             )
         },
     );
-    // DF set: gateway A answers "fragmentation needed" with the MTU left after ESP.
+    // DF set: gateway A answers "fragmentation needed" with the MTU left after ESP, before
+    // encrypting: no sequence number spent, the SA's counters equal what is on the wire.
+    let spi_ab = s
+        .pair
+        .sas
+        .iter()
+        .find(|sa| sa.name == "ab" && sa.sender == Node::GwA)
+        .map(|sa| sa.spi)
+        .unwrap_or_else(|| s.fail("no SA ab from gwA"));
+    let before = s.stats(Node::GwA);
+    let cap = s.capture();
     let o = s
         .lab
         .exec(
@@ -1224,6 +1234,15 @@ fn path_mtu_outer_fragments_and_frag_needed() {
     let a = s.stats(Node::GwA);
     s.check(a.forward("icmp_sent") >= 1, || {
         format!("gwA icmp_sent = {}", a.forward("icmp_sent"))
+    });
+    let pcap = s.stop_capture(&cap);
+    let frames = wire::read_pcap(&pcap).unwrap_or_else(|e| s.fail(&e.to_string()));
+    let r = wire::analyze(&frames, &s.encap_ports(), &[]);
+    let on_wire = r.esp_by_spi.get(&spi_ab).copied().unwrap_or(0) as u64;
+    let counted = a.sa_packets("ab", "out") - before.sa_packets("ab", "out");
+    let refused = a.drop_count("path_mtu") - before.drop_count("path_mtu");
+    s.check(counted == on_wire && refused >= 1, || {
+        format!("SA ab out counted {counted} packets, {on_wire} on the wire, {refused} refused for the path MTU")
     });
     // TTL 2: gateway A forwards with TTL 1, gateway B cannot; its "time exceeded" (from its
     // protected address) goes back to host A through the tunnel, not in clear.
@@ -2444,6 +2463,36 @@ fn killed_xsecd_leaks_nothing_and_a_restart_resumes() {
     let n = s.udp(Node::HostA, Node::HostB, addr::HOST_B, 5310, 10);
     s.check(n == 10, || format!("after the restart: {n}/10 delivered"));
     s.stop_procs(&flows);
+    // A clean stop leaves the guard too, and nothing gets through; `--detach` removes it.
+    let i = s
+        .daemons
+        .iter()
+        .position(|d| d.node == Node::GwA)
+        .unwrap_or_else(|| s.fail("no gwA daemon"));
+    let d = s.daemons.remove(i);
+    if let Err(e) = s.lab.stop_xsecd_keep_guard(&d) {
+        s.fail(&e.to_string());
+    }
+    s.check(s.guard_present(Node::GwA), || {
+        "no forward guard after a clean stop".into()
+    });
+    s.nothing_gets_through();
+    let o = s
+        .lab
+        .exec(
+            Node::GwA,
+            &[
+                d.exe.as_os_str(),
+                std::ffi::OsStr::new("--config"),
+                d.config.as_os_str(),
+                std::ffi::OsStr::new("--detach"),
+            ],
+        )
+        .unwrap_or_else(|e| s.fail(&e.to_string()));
+    s.check(
+        o.ok() && o.stdout.contains("forward guard removed") && !s.guard_present(Node::GwA),
+        || format!("xsecd --detach: {o}"),
+    );
     let pcap = s.stop_capture(&cap);
     s.stop_all();
     let r = s.assert_no_leak(&pcap, |_| false);

@@ -18,6 +18,7 @@ use crate::time::Timestamp;
 use crate::wire::udp_encap::{UdpEncapKind, classify_udp_encap};
 use crate::wire::{IpProtocol, Ipv4Packet, Ipv6Packet, checksum};
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// The fate of one packet.
@@ -35,6 +36,13 @@ pub enum Verdict {
     /// The SA this packet needs belongs to another worker's shard (see [`Shards`]): hand the
     /// packet, unchanged, to that worker.
     Handoff(u16),
+    /// Outbound: the ESP packet would exceed the path MTU towards the peer, and the packet may
+    /// not be fragmented: nothing was encrypted; tell the sender that `mtu` bytes fit
+    /// (ICMP "fragmentation needed" / "packet too big"). Counted as
+    /// [`DropReason::PathMtu`].
+    TooBig {
+        mtu: u16,
+    },
     Drop(DropReason),
     /// Not processed (the verdict slice was shorter than the burst).
     #[default]
@@ -43,7 +51,10 @@ pub enum Verdict {
 
 impl Verdict {
     pub fn is_drop(&self) -> bool {
-        matches!(self, Verdict::Drop(_) | Verdict::Unset)
+        matches!(
+            self,
+            Verdict::Drop(_) | Verdict::TooBig { .. } | Verdict::Unset
+        )
     }
 }
 
@@ -250,6 +261,24 @@ impl Engine {
         &self.sad
     }
 
+    /// The MTU of the path towards `peer` (0: unknown): the outbound SAs to that peer check
+    /// packets against it before they are encrypted ([`Verdict::TooBig`]).
+    pub fn set_path_mtu(&mut self, peer: IpAddr, mtu: u16) {
+        self.update_path_mtus(|p| (p == peer).then_some(mtu));
+    }
+
+    /// Set every outbound SA's path MTU from `mtu_of(peer)` (`None`: leave it).
+    pub fn update_path_mtus(&mut self, mtu_of: impl Fn(IpAddr) -> Option<u16>) {
+        for sa in self.sad.iter_mut() {
+            if sa.dir == Direction::Outbound
+                && let Some(peer) = sa.info.remote
+                && let Some(m) = mtu_of(peer)
+            {
+                sa.path_mtu = m;
+            }
+        }
+    }
+
     /// Mutable access for tests and benchmarks (e.g. to move a sequence number).
     pub fn sa_mut(&mut self, h: SaHandle) -> Option<&mut Sa> {
         self.sad.get_mut(h)
@@ -405,6 +434,19 @@ impl Engine {
         };
         // a bundle's inner SAs must be sealed before the outer ones wrap them
         let single = bundle.reqids().len() == 1;
+        // The path MTU is checked before anything is encrypted (single SAs: a bundle's size
+        // is known only once its layers are on).
+        if single
+            && let Some(h) = self.sad.lookup_outbound(bundle.reqids()[0])
+            && let Some(sa) = self.sad.get_mut(h)
+            && sa.path_mtu != 0
+            && pkt.len() + esp::MAX_OVERHEAD > usize::from(sa.path_mtu)
+            && let Some(mtu) = esp::path_mtu_room(sa, pkt.data())
+        {
+            sa.drops.bump(DropReason::PathMtu);
+            self.stats.drops.bump(DropReason::PathMtu);
+            return (Verdict::TooBig { mtu }, false);
+        }
         let mut v = Verdict::Drop(DropReason::NoSa);
         for &reqid in bundle.reqids() {
             let Some(h) = self.sad.lookup_outbound(reqid) else {

@@ -32,6 +32,7 @@ pub mod wire;
 mod kat;
 
 pub use engine::{Engine, EngineConfig, Shards, Verdict};
+pub use esp::MAX_OVERHEAD as MAX_ESP_OVERHEAD;
 pub use packet::PacketBuf;
 pub use stats::DropReason;
 pub use time::Timestamp;

@@ -68,6 +68,10 @@ drop_reasons! {
     NoBufferSpace = "no_buffer_space",
     /// The encapsulated packet would exceed 65535 bytes.
     TooBig = "too_big",
+    /// The ESP packet would exceed the path MTU towards the peer and the inner packet may
+    /// not be fragmented (IPv4 DF, or IPv6): nothing was encrypted (no sequence number
+    /// spent); the sender is told the MTU left ([`crate::Verdict::TooBig`]).
+    PathMtu = "path_mtu",
     /// RFC 6040 decapsulation: outer CE with a Not-ECT inner packet must be dropped.
     EcnDrop = "ecn_drop",
     /// UDP on an encapsulation port that is neither ESP, IKE nor a NAT-keepalive.

@@ -1403,3 +1403,112 @@ proptest! {
         prop_assert_eq!(b1.stats(), b2.stats());
     }
 }
+
+/// The path MTU is checked before encryption (RFC 4301 §8.2.1): a DF (or IPv6) packet whose
+/// ESP packet would not fit gets `TooBig` with the largest size that fits, spends no sequence
+/// number and is not counted as protected; every size up to that is encrypted and fits;
+/// packets that may be fragmented are encrypted whatever their size (the outer packet is
+/// fragmented later).
+#[test]
+fn path_mtu_is_checked_before_encryption() {
+    const MTU: u16 = 1400;
+    let algs = [
+        (EncAlg::AesGcm128, AuthAlg::None),
+        (EncAlg::AesCbc128, AuthAlg::HmacSha1_96),
+        (EncAlg::ChaCha20Poly1305, AuthAlg::None),
+    ];
+    for (enc, auth) in algs {
+        for mode in [Mode::Tunnel, Mode::Transport] {
+            for outer_v6 in [false, true] {
+                for encap in [
+                    Encap::None,
+                    Encap::Udp {
+                        local_port: 4500,
+                        remote_port: 4500,
+                    },
+                ] {
+                    for inner_v6 in [false, true] {
+                        let mut o = PairOpts::new(enc, auth);
+                        o.mode = mode;
+                        o.outer_v6 = outer_v6;
+                        o.encap = encap;
+                        let what = format!(
+                            "{enc:?} {mode:?} outer_v6 {outer_v6} {encap:?} inner_v6 {inner_v6}"
+                        );
+                        let mut p = pair(&o);
+                        let (ga, gb) = outer_addrs(outer_v6);
+                        if mode == Mode::Transport {
+                            // the peer is what the path MTU is known by
+                            p.a.remove_sa(p.out);
+                            let mut c = p.out_cfg.clone();
+                            (c.local, c.remote) = (Some(ga), Some(gb));
+                            p.out = p.a.add_sa(&c, T0).unwrap();
+                        }
+                        p.a.set_path_mtu(gb, MTU);
+                        let mut room = None;
+                        let mut sent = 0u64;
+                        for len in 1100..1450usize {
+                            let plain = inner(&o, inner_v6, 0, &vec![0x5a; len]);
+                            let seq = p.a.sad().get(p.out).unwrap().status(T0).seq;
+                            let mut pkt = frame(&plain);
+                            match p.a.outbound(T0, &mut pkt) {
+                                Verdict::Forward => {
+                                    assert!(
+                                        pkt.len() <= usize::from(MTU),
+                                        "{what}: {} B left",
+                                        pkt.len()
+                                    );
+                                    assert!(
+                                        room.is_none(),
+                                        "{what}: {} B fit after a refusal",
+                                        plain.len()
+                                    );
+                                    sent += 1;
+                                }
+                                Verdict::TooBig { mtu } => {
+                                    let r = usize::from(mtu);
+                                    assert!(
+                                        plain.len() > r,
+                                        "{what}: {} B refused, room {r}",
+                                        plain.len()
+                                    );
+                                    assert_eq!(*room.get_or_insert(r), r, "{what}: room changed");
+                                    assert_eq!(
+                                        pkt.data(),
+                                        &plain[..],
+                                        "{what}: refused packet changed"
+                                    );
+                                    let st = p.a.sad().get(p.out).unwrap().status(T0);
+                                    assert_eq!(
+                                        st.seq, seq,
+                                        "{what}: a refused packet spent a sequence number"
+                                    );
+                                }
+                                v => panic!("{what}: {v:?}"),
+                            }
+                        }
+                        let room = room.unwrap_or_else(|| panic!("{what}: nothing refused"));
+                        // the largest packet sent is the room announced (sizes step by one)
+                        let largest = inner(&o, inner_v6, 0, &[]).len() + 1100 + sent as usize - 1;
+                        assert_eq!(largest, room, "{what}");
+                        let st = p.a.sad().get(p.out).unwrap().status(T0);
+                        assert_eq!(st.packets, sent, "{what}: SA packets");
+                        assert_eq!(st.drops.get(DropReason::PathMtu), 350 - sent, "{what}");
+                        assert_eq!(
+                            p.a.stats().drops.get(DropReason::PathMtu),
+                            350 - sent,
+                            "{what}"
+                        );
+                        // an IPv4 packet without DF is protected whatever its size
+                        if !(inner_v6 || (mode == Mode::Transport && outer_v6)) {
+                            let mut big = inner(&o, false, 1, &vec![7; 1400]);
+                            assert!(big.len() > room);
+                            let mut pkt = frame(&mut big);
+                            assert_eq!(p.a.outbound(T0, &mut pkt), Verdict::Forward, "{what}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

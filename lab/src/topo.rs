@@ -133,6 +133,8 @@ impl TopoOptions {
 pub struct Xsecd {
     pub node: Node,
     pub proc: Proc,
+    /// The executable it runs (for `--detach`).
+    pub exe: PathBuf,
     pub config: PathBuf,
     pub stats_file: PathBuf,
     /// Its control socket (`xsecctl --socket`).
@@ -528,6 +530,7 @@ impl Lab {
                 return Ok(Xsecd {
                     node,
                     proc,
+                    exe: xsecd.to_path_buf(),
                     config,
                     stats_file,
                     control,
@@ -581,7 +584,27 @@ impl Lab {
     }
 
     /// Stop an xsecd with SIGINT; `Err` (with its stderr tail) unless it exits 0 in time.
+    /// Then `xsecd --detach` removes the forward guard it leaves (fail closed) on purpose:
+    /// the lab's topologies are reused, by plain kernel forwarding too.
     pub fn stop_xsecd(&self, x: &Xsecd) -> Result<()> {
+        self.stop_xsecd_keep_guard(x)?;
+        let o = self.exec(
+            x.node,
+            &[
+                x.exe.as_os_str(),
+                OsStr::new("--config"),
+                x.config.as_os_str(),
+                OsStr::new("--detach"),
+            ],
+        )?;
+        if !o.ok() {
+            return Err(err!("xsecd --detach in {}: {o}", self.ns(x.node)));
+        }
+        Ok(())
+    }
+
+    /// [`Lab::stop_xsecd`] without the `--detach`: what xsecd leaves is left.
+    pub fn stop_xsecd_keep_guard(&self, x: &Xsecd) -> Result<()> {
         match self.procs.stop(&x.proc, Duration::from_secs(10)) {
             Some(s) if s.success() => Ok(()),
             Some(s) => Err(err!(

@@ -208,6 +208,13 @@ fn open_xdp(iface: &str, port: u16) -> Result<XdpRx, String> {
     steering
         .set_tunnel_ports(&[port])
         .map_err(|e| format!("XDP port map: {e}"))?;
+    // the host's own traffic (pings, TCP, anything but the sink's port) stays the kernel's
+    let local = xsecd::neigh::Resolver::new()
+        .and_then(|mut r| r.local_addresses())
+        .map_err(|e| format!("netlink addresses: {e}"))?;
+    steering
+        .set_local_addrs(&local)
+        .map_err(|e| format!("XDP local addresses: {e}"))?;
     let cfg = XskConfig {
         frames: 4096,
         ring: 2048,

@@ -22,7 +22,7 @@ use xsec_dataplane::sa::{Sa, SaStatus};
 use xsec_dataplane::spd::{Direction, Spd};
 use xsec_dataplane::stats::WorkerStats;
 use xsec_dataplane::time::MonotonicClock;
-use xsec_dataplane::{Engine, PacketBuf, Shards, Timestamp, Verdict};
+use xsec_dataplane::{Engine, MAX_ESP_OVERHEAD, PacketBuf, Shards, Timestamp, Verdict};
 
 /// Largest packet handed between workers.
 pub const HANDOFF_BUF: usize = 2048;
@@ -30,9 +30,6 @@ pub const HANDOFF_BUF: usize = 2048;
 pub type HandoffBuf = Box<[u8; HANDOFF_BUF]>;
 /// A worker's pool of handoff buffers: where they are returned, where they are taken.
 pub type HandoffPool = (Sender<HandoffBuf>, Receiver<HandoffBuf>);
-/// The most ESP adds to a packet: outer IPv6 40 + UDP 8 + ESP 8 + IV 16 + padding 15 +
-/// trailer 2 + ICV 32, rounded up.
-const MAX_ESP_OVERHEAD: usize = 128;
 /// Packets a worker keeps while their next hop is resolved.
 const PARK_MAX: usize = 256;
 /// Handoff buffers each worker owns (4 MiB): enough to ride out the owner being off its
@@ -537,9 +534,11 @@ impl Worker {
         match cmd {
             Cmd::InstallSa(sa) => {
                 let _ = self.engine.install_sa(*sa);
+                self.path_mtus();
             }
             Cmd::Apply(change, reply) => {
                 let report = self.change(*change, now);
+                self.path_mtus();
                 let _ = reply.send(report);
             }
             Cmd::Trace(tap) => {
@@ -563,6 +562,11 @@ impl Worker {
                 }
                 if self.hops.len() < 65536 || self.hops.contains_key(&dst) {
                     self.hops.insert(dst, hop);
+                }
+                if let Some(h) = hop
+                    && h.side == Side::Unprotected
+                {
+                    self.engine.set_path_mtu(dst, self.link_mtu(h));
                 }
                 self.unpark(dst, now);
             }
@@ -661,6 +665,24 @@ impl Worker {
                 .collect();
         }
         report
+    }
+
+    /// The MTU of a next hop's link (or the configured one, if smaller).
+    fn link_mtu(&self, h: Hop) -> u16 {
+        self.mtu.map_or(h.mtu, |m| m.min(h.mtu))
+    }
+
+    /// Give the outbound SAs the MTU of the link towards their peers, where the next hop is
+    /// known (after SAs came or changed).
+    fn path_mtus(&mut self) {
+        let hops = &self.hops;
+        let cfg = self.mtu;
+        self.engine.update_path_mtus(|peer| match hops.get(&peer) {
+            Some(Some(h)) if h.side == Side::Unprotected => {
+                Some(cfg.map_or(h.mtu, |m| m.min(h.mtu)))
+            }
+            _ => None,
+        });
     }
 
     /// The IP packet of a received Ethernet frame; `None` (counted, released) for anything
@@ -840,6 +862,11 @@ impl Worker {
         match v {
             Verdict::Forward => self.forward_esp(pkt, now, st.quote),
             Verdict::Bypass => self.forward(pkt, now, false, true),
+            // too big for the path once protected: nothing was encrypted; the sender is told
+            Verdict::TooBig { mtu } => {
+                self.icmp(pkt.data(), IcmpError::TooBig { mtu }, now);
+                self.xsk.release(pkt.into_inner());
+            }
             // the packet is unchanged except the TTL, which the owner must not decrement
             // again (`handed`)
             Verdict::Handoff(w) => self.handoff(pkt, Side::Protected, w, handed),

@@ -225,6 +225,62 @@ fn udp6_checksum(frame: &mut [u8], d: Option<&mut Deferred>, ip: usize, udp: usi
     }
 }
 
+/// Packets an IPv6 link must carry (RFC 8200 §5): no "packet too big" may ask for less.
+const IPV6_MIN_MTU: usize = 1280;
+
+/// The path-MTU check before encryption: `Some(room)` when `data` (the packet to protect)
+/// would leave as an ESP packet longer than `sa`'s known path MTU and may not be fragmented
+/// (IPv4 with DF, or IPv6 while `room` is at least 1280 bytes — below that the outer packet
+/// is fragmented instead, as for IPv4 without DF). `room` is the largest packet that fits,
+/// what the sender is told (RFC 4301 §8.2.1). Nothing is changed and no sequence number is
+/// spent, so the SA's counters count only packets that leave.
+pub(crate) fn path_mtu_room(sa: &Sa, data: &[u8]) -> Option<u16> {
+    let mtu = usize::from(sa.path_mtu);
+    if mtu == 0 {
+        return None;
+    }
+    let (iv, icv, align) = (sa.xform.iv_len(), sa.xform.icv_len(), sa.xform.align());
+    // (bytes ahead of the encrypted part, protected payload length, bytes of the packet
+    // ahead of that payload, may not be fragmented, IPv6)
+    let (fixed, payload, kept, df, v6) = match sa.mode {
+        Mode::Tunnel => {
+            let (inner_len, nh, _, df) = inner_fast(data).ok()?;
+            let hdr = usize::from(sa.tmpl.len);
+            (hdr + ESP_HDR + iv, inner_len, 0, df, nh == IpProtocol::IPV6)
+        }
+        Mode::Transport => {
+            let udp = if sa.udp.is_some() { 8 } else { 0 };
+            match data.first().map(|b| b >> 4) {
+                Some(4) => {
+                    let ip = Ipv4Packet::new_checked(data).ok()?;
+                    let hl = ip.header_len();
+                    let payload = usize::from(ip.total_len()).checked_sub(hl)?;
+                    (hl + udp + ESP_HDR + iv, payload, hl, ip.dont_frag(), false)
+                }
+                Some(6) => {
+                    let ip = Ipv6Packet::new_checked(data).ok()?;
+                    let hl = ip.upper_layer().ok()?.esp_insert;
+                    let payload = ip.total_len().checked_sub(hl)?;
+                    (hl + udp + ESP_HDR + iv, payload, hl, true, true)
+                }
+                _ => return None,
+            }
+        }
+    };
+    let pad = EspTrailer::pad_len_for(payload, align);
+    if fixed + payload + pad + TRAILER_LEN + icv <= mtu {
+        return None;
+    }
+    // the largest payload whose padded payload and trailer end on the alignment
+    let avail = mtu.checked_sub(fixed + icv)?;
+    let payload_room = (avail - avail % align.max(1)).checked_sub(TRAILER_LEN)?;
+    let room = kept + payload_room;
+    if !df || (v6 && room < IPV6_MIN_MTU) {
+        return None;
+    }
+    Some(u16::try_from(room).unwrap_or(u16::MAX))
+}
+
 fn tunnel<B: AsRef<[u8]> + AsMut<[u8]>>(
     sa: &mut Sa,
     h: SaHandle,

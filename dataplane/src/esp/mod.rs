@@ -8,7 +8,11 @@ mod encap;
 mod tests;
 
 pub(crate) use decap::{InboundEsp, decap};
-pub(crate) use encap::{Deferred, encap};
+pub(crate) use encap::{Deferred, encap, path_mtu_room};
+
+/// The most one ESP layer adds to a packet: an outer IPv6 header, UDP, the ESP header, a
+/// 16-byte IV, 15 bytes of padding, the trailer and a 32-byte ICV.
+pub const MAX_OVERHEAD: usize = 40 + 8 + 8 + 16 + 15 + 2 + 32;
 
 use crate::events::{Event, EventKind, EventQueue};
 use crate::sa::{Sa, SaHandle};

@@ -127,6 +127,9 @@ pub struct Sa {
     pub(crate) local_match: Option<(bool, u128)>,
     /// Last authenticated outer source (address, port) of a UDP-encapsulated inbound SA.
     pub(crate) peer_seen: Option<(IpAddr, u16)>,
+    /// Outbound: the MTU of the path towards the peer (0: not known), checked before a
+    /// packet is encrypted ([`crate::Engine::set_path_mtu`]).
+    pub(crate) path_mtu: u16,
     pub(crate) info: Arc<SaInfo>,
 }
 
@@ -236,6 +239,7 @@ impl Sa {
             selectors_any: cfg.selectors.contains(&Selector::ANY),
             local_match: cfg.local.map(ip_u128),
             peer_seen: None,
+            path_mtu: 0,
             info: Arc::new(info),
         })
     }

@@ -313,6 +313,10 @@ impl SaTable {
             .filter_map(|(i, s)| s.as_ref().map(|s| (SaHandle(i as u32), s)))
     }
 
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = &mut Sa> {
+        self.slots.iter_mut().filter_map(Option::as_mut)
+    }
+
     /// Slot count (occupied or free), for the engine's timer sweep.
     pub(crate) fn slot_count(&self) -> usize {
         self.slots.len()
