@@ -1501,9 +1501,9 @@ fn path_mtu_is_checked_before_encryption() {
                         );
                         // an IPv4 packet without DF is protected whatever its size
                         if !(inner_v6 || (mode == Mode::Transport && outer_v6)) {
-                            let mut big = inner(&o, false, 1, &vec![7; 1400]);
+                            let big = inner(&o, false, 1, &vec![7; 1400]);
                             assert!(big.len() > room);
-                            let mut pkt = frame(&mut big);
+                            let mut pkt = frame(&big);
                             assert_eq!(p.a.outbound(T0, &mut pkt), Verdict::Forward, "{what}");
                         }
                     }

@@ -484,7 +484,9 @@ fn run(data: &[u8]) {
             inbound_reason_ok(r),
             "inbound dropped with an outbound reason {r:?}"
         ),
-        Verdict::Unset | Verdict::Handoff(_) => panic!("inbound returned {v:?}"),
+        Verdict::Unset | Verdict::Handoff(_) | Verdict::TooBig { .. } => {
+            panic!("inbound returned {v:?}")
+        }
     }
 
     // ---- the same bytes again: a decapsulated packet must not be accepted twice by an SA
@@ -549,7 +551,12 @@ fn run(data: &[u8]) {
                 );
             }
         }
-        Verdict::Punt | Verdict::Consumed | Verdict::Unset | Verdict::Handoff(_) => {
+        // no path MTU is set here
+        Verdict::Punt
+        | Verdict::Consumed
+        | Verdict::Unset
+        | Verdict::Handoff(_)
+        | Verdict::TooBig { .. } => {
             panic!("outbound returned {v:?}")
         }
     }
