@@ -1456,7 +1456,7 @@ fn control_show_policy_test_trace_and_metrics() {
     s.check(
         i[0]["name"] == "wan0"
             && i[1]["name"] == "lan0"
-            && u(&i[1]["queues"][0]["xdp"]["protected"]) >= 22,
+            && u(&i[1]["queues"][0]["xdp"]["spd"]) >= 22,
         || format!("interfaces: {i}"),
     );
     let c = s.ctl(Node::GwA, &["show", "counters"]);
@@ -1465,7 +1465,16 @@ fn control_show_policy_test_trace_and_metrics() {
             && c["total"]["drops"]
                 .as_object()
                 .is_some_and(|m| m.contains_key("replay_old"))
-            && c["workers"].as_array().is_some_and(|a| a.len() == 1),
+            && c["workers"].as_array().is_some_and(|a| a.len() == 1)
+            && c["total"]["reassembly"].is_object()
+            && u(&c["guard_dropped"]) == 0
+            && c["xdp"].as_array().is_some_and(|rows| {
+                rows.iter()
+                    .any(|r| r["side"] == "unprotected" && u(&r["esp"]) > 0)
+                    && rows
+                        .iter()
+                        .any(|r| r["side"] == "protected" && u(&r["spd"]) > 0)
+            }),
         || format!("counters: {c}"),
     );
 
@@ -1672,7 +1681,11 @@ fn control_show_policy_test_trace_and_metrics() {
     s.check(
         pkts >= 32
             && m.ends_with("# EOF\n")
-            && m.contains("xsec_policy_hits_total{policy=\"lan-lan\",direction=\"out\"}"),
+            && m.contains("xsec_policy_hits_total{policy=\"lan-lan\",direction=\"out\"}")
+            && m.contains("xsec_xdp_frames_total{side=\"unprotected\",queue=\"0\",class=\"esp\"}")
+            && m.contains("xsec_reassembly_total{worker=\"0\",counter=\"timeouts\"}")
+            && m.contains("xsec_worker_forward_total{worker=\"0\",counter=\"icmp_suppressed\"}")
+            && m.contains("xsec_guard_dropped_total 0"),
         || format!("metrics:\n{m}"),
     );
     let http = s.lab.exec(Node::GwA, &["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9477 && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"]).unwrap_or_else(|e| s.fail(&e.to_string()));

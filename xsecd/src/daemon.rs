@@ -385,9 +385,10 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
             (gw.unprotected.clone(), sides[0].0),
             (gw.protected.clone(), sides[1].0),
         ],
-        xdp_mode: match mode {
-            XdpMode::Driver => "driver",
-            XdpMode::Skb => "skb",
+        xdp_mode: match (&opts.replay, mode) {
+            (Some(_), _) => "none",
+            (None, XdpMode::Driver) => "driver",
+            (None, XdpMode::Skb) => "skb",
         },
         cfg: control_cfg.clone(),
         gid,

@@ -548,7 +548,7 @@ fn run(cli: Cli) -> Res<()> {
                                 s(&q["queue"]),
                                 s(&q["worker"]),
                                 s(&q["xdp"]["rx"]),
-                                s(&q["xdp"]["redirect_failed"]),
+                                s(&q["xdp"]["no_socket"]),
                                 s(&q["socket"]["rx_dropped"]),
                                 s(&q["socket"]["rx_ring_full"]),
                             ]);
@@ -565,7 +565,7 @@ fn run(cli: Cli) -> Res<()> {
                                 "QUEUE",
                                 "WORKER",
                                 "XDP RX",
-                                "REDIRECT FAIL",
+                                "NO SOCKET (DROPPED)",
                                 "SOCK DROPPED",
                                 "RX RING FULL"
                             ],
@@ -590,6 +590,36 @@ fn run(cli: Cli) -> Res<()> {
                     };
                     println!("engine: {}", kv(&t["engine"]));
                     println!("forwarding: {}", kv(&t["forward"]));
+                    println!("reassembly: {}", kv(&t["reassembly"]));
+                    match v["guard_dropped"].as_u64() {
+                        Some(n) => println!("forward guard: {n} dropped"),
+                        None => println!("forward guard: none"),
+                    }
+                    // the XDP program's classes per side and queue (zero columns left out)
+                    let xdp: Vec<&Value> = v["xdp"].as_array().into_iter().flatten().collect();
+                    let classes: Vec<String> = xdp
+                        .first()
+                        .and_then(|r| r.as_object())
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, _)| k.clone())
+                        .filter(|k| k != "side" && k != "queue")
+                        .filter(|k| xdp.iter().any(|r| r[k.as_str()].as_u64().unwrap_or(0) > 0))
+                        .collect();
+                    if !xdp.is_empty() {
+                        let mut head: Vec<String> = vec!["XDP SIDE".into(), "QUEUE".into()];
+                        head.extend(classes.iter().map(|c| c.to_uppercase()));
+                        let rows: Vec<Vec<String>> = xdp
+                            .iter()
+                            .map(|r| {
+                                let mut row = vec![s(&r["side"]), s(&r["queue"])];
+                                row.extend(classes.iter().map(|c| s(&r[c.as_str()])));
+                                row
+                            })
+                            .collect();
+                        let head: Vec<&str> = head.iter().map(String::as_str).collect();
+                        print!("{}", table(&head, &rows));
+                    }
                     let rows: Vec<Vec<String>> = t["drops"]
                         .as_object()
                         .into_iter()

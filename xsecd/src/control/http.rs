@@ -171,9 +171,10 @@ fn one(ctl: &Control, mut s: TcpStream, request_deadline: Duration) -> io::Resul
         return reply(&mut s, "404 Not Found", "text/plain", "try /metrics\n", by);
     }
     let snaps = ctl.snapshots();
+    let sys = ctl.system();
     let body = {
         let run = lock(&ctl.running);
-        view::metrics(&run, &snaps, ctl.started.elapsed())
+        view::metrics(&run, &snaps, &sys, ctl.started.elapsed())
     };
     reply(
         &mut s,

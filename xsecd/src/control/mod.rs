@@ -374,6 +374,20 @@ impl Control {
         crate::daemon::snapshots(&self.workers)
     }
 
+    /// The XDP program's counters and the forward guard's drops.
+    pub fn system(&self) -> view::System {
+        let xdp = lock(&self.xdp)
+            .as_ref()
+            .and_then(|x| x.stats().ok())
+            .unwrap_or_default();
+        let guard_dropped = match self.xdp_mode {
+            // replay runs attach nothing and install no guard
+            "none" => None,
+            _ => crate::guard::dropped(&self.ifaces[0].0, &self.ifaces[1].0),
+        };
+        view::System { xdp, guard_dropped }
+    }
+
     fn summary(&self) -> Value {
         let run = lock(&self.running);
         json!({
@@ -604,7 +618,7 @@ fn dispatch(ctl: &Control, cmd: &str, args: &Value) -> Result<Value, Fail> {
         }
         "show-workers" => Ok(view::workers(&ctl.snapshots())),
         "show-counters" => {
-            let mut v = view::counters(&ctl.snapshots());
+            let mut v = view::counters(&ctl.snapshots(), &ctl.system());
             let c = &ctl.counters;
             v["control"] = json!({
                 "connections": c.connections.load(Ordering::Relaxed),
@@ -624,7 +638,7 @@ fn dispatch(ctl: &Control, cmd: &str, args: &Value) -> Result<Value, Fail> {
         "metrics" => {
             let snaps = ctl.snapshots();
             let run = lock(&ctl.running);
-            Ok(json!({"text": view::metrics(&run, &snaps, ctl.started.elapsed())}))
+            Ok(json!({"text": view::metrics(&run, &snaps, &ctl.system(), ctl.started.elapsed())}))
         }
         "policy-test" => policy_test(ctl, args),
         "reload" => {

@@ -198,29 +198,44 @@ pub fn workers(snaps: &[Snapshot]) -> Value {
     )
 }
 
-/// `show counters`: totals and per worker, every drop reason.
-pub fn counters(snaps: &[Snapshot]) -> Value {
+/// What the daemon knows beside its workers: the XDP program's per-queue classes and the
+/// forward guard's drops.
+#[derive(Debug, Default)]
+pub struct System {
+    pub xdp: Vec<crate::xdp::QueueCounters>,
+    /// Packets the nftables forward guard dropped (`None`: no guard).
+    pub guard_dropped: Option<u64>,
+}
+
+/// `show counters`: totals and per worker, every drop reason, reassembly, the XDP program's
+/// classes per queue and the forward guard.
+pub fn counters(snaps: &[Snapshot], sys: &System) -> Value {
     let mut engine = WorkerStats::default();
     let mut fwd = WorkerCounters::default();
+    let mut reasm = crate::reasm::ReasmStats::default();
     for s in snaps {
         engine.add(&s.engine);
         fwd.add(&s.counters);
+        reasm.add(&s.reasm);
     }
-    let one = |e: &WorkerStats, c: &WorkerCounters| {
+    let one = |e: &WorkerStats, c: &WorkerCounters, r: &crate::reasm::ReasmStats| {
         json!({
             "engine": crate::stats::EngineRow::from(e),
             "drops": drops(&e.drops, true),
             "forward": c,
+            "reassembly": r,
         })
     };
     json!({
-        "total": one(&engine, &fwd),
+        "total": one(&engine, &fwd, &reasm),
         "workers": snaps.iter().map(|s| {
-            let mut v = one(&s.engine, &s.counters);
+            let mut v = one(&s.engine, &s.counters, &s.reasm);
             v["id"] = json!(s.id);
             v["trace_lost"] = json!(s.trace_lost);
             v
         }).collect::<Vec<_>>(),
+        "xdp": sys.xdp.iter().map(|r| r.json()).collect::<Vec<_>>(),
+        "guard_dropped": sys.guard_dropped,
     })
 }
 
@@ -232,7 +247,7 @@ fn esc(s: &str) -> String {
 
 /// OpenMetrics text. Per-SA counters are keyed by the SA pair's name and direction and
 /// include the SAs that name had before (rekeyed, reloaded): they never go backwards.
-pub fn metrics(run: &Running, snaps: &[Snapshot], uptime: Duration) -> String {
+pub fn metrics(run: &Running, snaps: &[Snapshot], sys: &System, uptime: Duration) -> String {
     let mut o = String::new();
     let family = |o: &mut String, name: &str, kind: &str, help: &str| {
         let _ = writeln!(o, "# TYPE {name} {kind}\n# HELP {name} {help}");
@@ -415,6 +430,67 @@ pub fn metrics(run: &Running, snaps: &[Snapshot], uptime: Duration) -> String {
                 f(s)
             );
         }
+    }
+    // the worker's own counters (forwarding, ICMP, handoff) and reassembly, by name
+    family(
+        &mut o,
+        "xsec_worker_forward",
+        "counter",
+        "The worker's forwarding counters (ICMP sent and suppressed, TTL expiries, ...), by name.",
+    );
+    for s in snaps {
+        if let Value::Object(m) = json!(s.counters) {
+            for (k, v) in m {
+                let _ = writeln!(
+                    o,
+                    "xsec_worker_forward_total{{worker=\"{}\",counter=\"{k}\"}} {}",
+                    s.id,
+                    v.as_u64().unwrap_or(0)
+                );
+            }
+        }
+    }
+    family(
+        &mut o,
+        "xsec_reassembly",
+        "counter",
+        "Outer fragments and reassembly outcomes per worker.",
+    );
+    for s in snaps {
+        if let Value::Object(m) = json!(s.reasm) {
+            for (k, v) in m {
+                let _ = writeln!(
+                    o,
+                    "xsec_reassembly_total{{worker=\"{}\",counter=\"{k}\"}} {}",
+                    s.id,
+                    v.as_u64().unwrap_or(0)
+                );
+            }
+        }
+    }
+    family(
+        &mut o,
+        "xsec_xdp_frames",
+        "counter",
+        "Frames the XDP program classified, per interface side, RX queue and class (no_socket: dropped for want of a worker's socket).",
+    );
+    for r in &sys.xdp {
+        for (class, v) in r.counters.fields() {
+            let _ = writeln!(
+                o,
+                "xsec_xdp_frames_total{{side=\"{}\",queue=\"{}\",class=\"{class}\"}} {v}",
+                r.side, r.queue
+            );
+        }
+    }
+    if let Some(n) = sys.guard_dropped {
+        family(
+            &mut o,
+            "xsec_guard_dropped",
+            "counter",
+            "Packets the nftables forward guard kept the kernel from forwarding.",
+        );
+        let _ = writeln!(o, "xsec_guard_dropped_total {n}");
     }
     o.push_str("# EOF\n");
     o
