@@ -144,6 +144,12 @@ pub struct Shards {
     pub inbound: std::collections::HashMap<u32, u16>,
     /// Outbound reqid → owning worker.
     pub outbound: std::collections::HashMap<u32, u16>,
+    /// UDP ports of every UDP-encapsulated inbound SA, whichever worker owns it: a worker
+    /// must recognise ESP in UDP for SAs it does not hold, to hand it over.
+    pub udp_ports: Vec<u16>,
+    /// The gateway's addresses of every UDP-encapsulated inbound SA (where their UDP
+    /// fragments are sent, to be reassembled by whichever worker receives them).
+    pub udp_locals: Vec<IpAddr>,
 }
 
 /// The IKE port: always handed to the control plane.
@@ -223,6 +229,11 @@ impl Engine {
     /// Set (or clear) the map of SAs held by other workers; takes effect for the next packet.
     pub fn set_shards(&mut self, shards: Option<Arc<Shards>>) {
         self.shards = shards;
+    }
+
+    /// The shard map in force, if any.
+    pub fn shards(&self) -> Option<&Shards> {
+        self.shards.as_deref()
     }
 
     /// Build and install an SA from its configuration.
@@ -918,7 +929,12 @@ impl Engine {
                     let ulen = usize::from(u16::from_be_bytes([u[4], u[5]]));
                     if dport == IKE_PORT {
                         Inbound::Ike
-                    } else if self.udp_ports.contains(dport) {
+                    } else if self.udp_ports.contains(dport)
+                        || self
+                            .shards
+                            .as_ref()
+                            .is_some_and(|s| s.udp_ports.contains(&dport))
+                    {
                         if fragment {
                             return Err(DropReason::Fragment);
                         }

@@ -272,6 +272,7 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         inboxes,
         pools: pools.clone(),
         wakers,
+        big_in_flight: Arc::new(AtomicUsize::new(0)),
     };
     let icmp_src = interface_addrs(&mut res, sides[1].0);
     let (ready_tx, ready_rx) = unbounded();

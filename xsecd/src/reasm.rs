@@ -1,27 +1,34 @@
-//! Reassembly of outer ESP fragments (RFC 4303 §3.4.1: ESP is processed after reassembly).
+//! Reassembly of outer ESP fragments (RFC 4303 §3.4.1: ESP is processed after reassembly),
+//! raw or UDP-encapsulated.
 //!
 //! A peer (xsecd itself, or a kernel) fragments an ESP packet that outgrew its link when the
-//! inner packet allowed it. The XDP program steers fragments of IP protocol 50 to the worker
-//! (every fragment carries the protocol); this module puts them back together in buffers the
-//! worker owns: a fixed number of slots of fixed size, no allocation after start, the oldest
-//! slot evicted when full, slots older than a second dropped. Overlapping fragments drop the
-//! whole datagram (RFC 5722 for IPv6; the same caution for IPv4).
+//! inner packet allowed it. The XDP program steers the fragments to the worker: every
+//! fragment of IP protocol 50 (each carries the protocol), and the UDP fragments an
+//! UDP-encapsulated SA's peer sends the gateway (a later fragment has no port to steer by).
+//! This module puts them back together in buffers the worker owns: [`SLOTS`] slots that each
+//! hold a whole IP datagram (65,535 bytes of IPv4, or an IPv6 header and 65,535 bytes of
+//! payload), allocated at start, never after; the oldest slot evicted when all are busy; a
+//! partial datagram dropped after [`TIMEOUT`]. Overlapping fragments drop the whole datagram
+//! (RFC 5722 for IPv6; the same caution for IPv4); an exact duplicate of a fragment already
+//! held is ignored (RFC 8200 §4.5).
 //!
-//! Scope: IPv4, and IPv6 whose Fragment header directly follows the base header. Datagrams
-//! up to [`MAX_DATAGRAM`] bytes.
+//! Scope: IPv4, and IPv6 whose Fragment header directly follows the base header.
 
 use std::time::Duration;
 use xsec_dataplane::Timestamp;
 use xsec_dataplane::wire::checksum;
 
-/// Largest reassembled IP packet (the worker's UMEM frames bound it further, to about 3.9 KB).
-pub const MAX_DATAGRAM: usize = 4096;
-/// Datagrams reassembled at once per worker.
-pub const SLOTS: usize = 32;
+/// The fragmentable part of a datagram: 65,535 bytes (IPv4 total length, IPv6 payload
+/// length).
+const MAX_PAYLOAD: usize = 65535;
+/// Largest reassembled IP packet: an IPv6 base header and 65,535 bytes of payload.
+pub const MAX_DATAGRAM: usize = 40 + MAX_PAYLOAD;
+/// Datagrams reassembled at once per worker (about 1 MiB of slots).
+pub const SLOTS: usize = 16;
 /// How long a partial datagram is kept.
 pub const TIMEOUT: Duration = Duration::from_secs(1);
 
-const UNITS: usize = MAX_DATAGRAM / 8;
+const UNITS: usize = MAX_PAYLOAD.div_ceil(8);
 const WORDS: usize = UNITS.div_ceil(64);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +50,7 @@ struct Slot {
     /// Payload length once the last fragment arrived.
     total: Option<usize>,
     have: [u64; WORDS],
-    data: Box<[u8; MAX_DATAGRAM]>,
+    data: Box<[u8]>,
 }
 
 impl Slot {
@@ -81,8 +88,14 @@ crate::worker::counters! {
 pub struct ReasmStats {
     pub fragments: u64,
     pub reassembled: u64,
+    /// Partial datagrams dropped after [`TIMEOUT`].
     pub timeouts: u64,
+    /// Datagrams dropped: malformed, overlapping or too big fragments, or evicted.
     pub dropped: u64,
+    /// Partial datagrams evicted to make room (counted in `dropped` too).
+    pub evicted: u64,
+    /// Exact duplicates of fragments already held, ignored.
+    pub duplicates: u64,
 }
 }
 
@@ -110,14 +123,15 @@ impl Default for Reassembler {
     }
 }
 
-/// Whether `ip` is a fragment of an ESP packet this module handles.
-pub fn is_esp_fragment(ip: &[u8]) -> bool {
+/// If `ip` is a fragment this module handles: its upper-layer protocol (IPv4 protocol, or the
+/// next header after an IPv6 Fragment header that directly follows the base header).
+pub fn fragment_protocol(ip: &[u8]) -> Option<u8> {
     match ip.first().map(|b| b >> 4) {
-        Some(4) => {
-            ip.len() >= 20 && ip[9] == 50 && u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0
+        Some(4) if ip.len() >= 20 && u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 => {
+            Some(ip[9])
         }
-        Some(6) => ip.len() >= 48 && ip[6] == 44 && ip[40] == 50,
-        _ => false,
+        Some(6) if ip.len() >= 48 && ip[6] == 44 => Some(ip[40]),
+        _ => None,
     }
 }
 
@@ -132,7 +146,7 @@ impl Reassembler {
                 nh: 0,
                 total: None,
                 have: [0; WORDS],
-                data: Box::new([0; MAX_DATAGRAM]),
+                data: vec![0; MAX_PAYLOAD].into_boxed_slice(),
             })
             .collect();
         Reassembler {
@@ -226,8 +240,14 @@ impl Reassembler {
             _ => return Outcome::Dropped,
         };
         let end = offset + payload.len();
-        // Every fragment but the last carries a multiple of 8 bytes.
-        if end + hdr_len > MAX_DATAGRAM || (more && payload.len() % 8 != 0) || payload.is_empty() {
+        // Every fragment but the last carries a multiple of 8 bytes; the datagram's length
+        // must fit its length field (IPv4: with the header).
+        let limit = if key.v6 {
+            MAX_PAYLOAD
+        } else {
+            MAX_PAYLOAD - hdr_len
+        };
+        if end > limit || (more && payload.len() % 8 != 0) || payload.is_empty() {
             return Outcome::Dropped;
         }
         // Find the slot, or take a free / the oldest one.
@@ -238,7 +258,9 @@ impl Reassembler {
                 let i = match free {
                     Some(i) => i,
                     None => {
-                        self.stats.dropped += 1; // the evicted datagram
+                        // the evicted datagram
+                        self.stats.dropped += 1;
+                        self.stats.evicted += 1;
                         (0..self.slots.len())
                             .min_by_key(|&i| self.slots[i].started.0)
                             .unwrap_or(0)
@@ -252,9 +274,20 @@ impl Reassembler {
             }
         };
         let s = &mut self.slots[idx];
-        // Overlap with what is there, or a second "last" fragment: drop the datagram.
         let (u0, u1) = (offset / 8, end.div_ceil(8));
-        let overlap = (u0..u1).any(|u| s.have[u / 64] & (1 << (u % 64)) != 0);
+        // An exact duplicate (a retransmitted or doubled fragment: same place, same bytes, the
+        // same "last" flag) changes nothing.
+        let held = |u: usize| s.have[u / 64] & (1 << (u % 64)) != 0;
+        if (u0..u1).all(held)
+            && s.data[offset..end] == *payload
+            && (more || s.total == Some(end))
+            && (offset != 0 || s.hdr_len == hdr_len)
+        {
+            self.stats.duplicates += 1;
+            return Outcome::Held;
+        }
+        // Overlap with what is there, or a second "last" fragment: drop the datagram.
+        let overlap = (u0..u1).any(held);
         let bad_end = match (s.total, more) {
             (Some(t), _) if end > t => true,
             (Some(_), false) => true,
@@ -354,11 +387,11 @@ mod tests {
         const { assert!(3000 <= MAX_DATAGRAM) };
         let mut frags = frags_v4(&p, 1000);
         assert_eq!(frags.len(), 3);
-        assert!(frags.iter().all(|f| is_esp_fragment(f)));
-        assert!(!is_esp_fragment(&p));
+        assert!(frags.iter().all(|f| fragment_protocol(f) == Some(50)));
+        assert_eq!(fragment_protocol(&p), None);
         frags.swap(0, 2);
         let mut r = Reassembler::new();
-        let mut out = [0u8; MAX_DATAGRAM];
+        let mut out = vec![0u8; MAX_DATAGRAM];
         assert_eq!(r.add(&frags[0], Timestamp::ZERO, &mut out), Outcome::Held);
         assert_eq!(r.add(&frags[1], Timestamp::ZERO, &mut out), Outcome::Held);
         assert_eq!(
@@ -382,13 +415,13 @@ mod tests {
         let mut base = [0u8; 40];
         base.copy_from_slice(&p[..40]);
         let mut r = Reassembler::new();
-        let mut out = [0u8; MAX_DATAGRAM];
+        let mut out = vec![0u8; MAX_DATAGRAM];
         let mut got = Outcome::Held;
         for (off, end) in [(1232usize, 2000usize), (0, 1232)] {
             let mut f = [0u8; 1500];
             let n = fwd::v6_fragment(&mut f, &base, &p[40 + off..40 + end], off, end < 2000, 7)
                 .expect("fragment");
-            assert!(is_esp_fragment(&f[..n]));
+            assert_eq!(fragment_protocol(&f[..n]), Some(50));
             got = r.add(&f[..n], Timestamp::ZERO, &mut out);
         }
         assert_eq!(got, Outcome::Done(2040));
@@ -400,12 +433,16 @@ mod tests {
         let p = esp_v4(2500);
         let frags = frags_v4(&p, 1000);
         let mut r = Reassembler::new();
-        let mut out = [0u8; MAX_DATAGRAM];
+        let mut out = vec![0u8; MAX_DATAGRAM];
         assert_eq!(r.add(&frags[0], Timestamp::ZERO, &mut out), Outcome::Held);
-        assert_eq!(
-            r.add(&frags[0], Timestamp::ZERO, &mut out),
-            Outcome::Dropped
-        );
+        // an exact duplicate is ignored
+        assert_eq!(r.add(&frags[0], Timestamp::ZERO, &mut out), Outcome::Held);
+        assert_eq!(r.stats.duplicates, 1);
+        // the same place with other bytes is an overlap: the datagram goes
+        let mut changed = frags[0].clone();
+        let last = changed.len() - 1;
+        changed[last] ^= 1;
+        assert_eq!(r.add(&changed, Timestamp::ZERO, &mut out), Outcome::Dropped);
         // the datagram is gone: the rest cannot complete it
         assert_eq!(r.add(&frags[1], Timestamp::ZERO, &mut out), Outcome::Held);
         assert_eq!(r.add(&frags[2], Timestamp::ZERO, &mut out), Outcome::Held);
@@ -420,5 +457,56 @@ mod tests {
             f[4..6].copy_from_slice(&id.to_be_bytes());
             r.add(&f, Timestamp(u64::from(id)), &mut out);
         }
+    }
+
+    #[test]
+    fn the_largest_datagrams_in_any_order() {
+        // IPv4: 65,535 bytes in 1,480-byte fragments, last first
+        let p = esp_v4(65535);
+        let mut frags = frags_v4(&p, 1480);
+        frags.reverse();
+        let mut r = Reassembler::new();
+        let mut out = vec![0u8; MAX_DATAGRAM];
+        let n = frags.len();
+        for (i, f) in frags.iter().enumerate() {
+            let want = if i + 1 == n {
+                Outcome::Done(65535)
+            } else {
+                Outcome::Held
+            };
+            assert_eq!(r.add(f, Timestamp::ZERO, &mut out), want, "fragment {i}");
+        }
+        assert_eq!(&out[..65535], &p[..]);
+        // one byte more cannot be expressed: the fragment that would end past it is dropped
+        let mut too_far = frags_v4(&esp_v4(4000), 1480).pop().expect("last");
+        too_far[6..8].copy_from_slice(&(((65535 - 20) / 8) as u16).to_be_bytes());
+        assert_eq!(r.add(&too_far, Timestamp::ZERO, &mut out), Outcome::Dropped);
+
+        // IPv6: a 40-byte header and 65,535 bytes of payload
+        let mut p = vec![0u8; 40 + 65535];
+        p[0] = 0x60;
+        p[4..6].copy_from_slice(&65535u16.to_be_bytes());
+        p[6] = 17;
+        p[7] = 64;
+        for (i, b) in p[40..].iter_mut().enumerate() {
+            *b = (i * 3) as u8;
+        }
+        let mut base = [0u8; 40];
+        base.copy_from_slice(&p[..40]);
+        let mut offs: Vec<(usize, usize)> = (0..65535)
+            .step_by(1232)
+            .map(|o| (o, (o + 1232).min(65535)))
+            .collect();
+        offs.swap(0, 7);
+        let mut got = Outcome::Held;
+        for (off, end) in offs {
+            let mut f = vec![0u8; 1500];
+            let k = fwd::v6_fragment(&mut f, &base, &p[40 + off..40 + end], off, end < 65535, 9)
+                .expect("fragment");
+            assert_eq!(fragment_protocol(&f[..k]), Some(17));
+            got = r.add(&f[..k], Timestamp::ZERO, &mut out);
+        }
+        assert_eq!(got, Outcome::Done(40 + 65535));
+        assert_eq!(&out[..40 + 65535], &p[..]);
     }
 }

@@ -30,6 +30,11 @@ pub const HANDOFF_BUF: usize = 2048;
 pub type HandoffBuf = Box<[u8; HANDOFF_BUF]>;
 /// A worker's pool of handoff buffers: where they are returned, where they are taken.
 pub type HandoffPool = (Sender<HandoffBuf>, Receiver<HandoffBuf>);
+/// Room in front of a reassembled packet in [`Worker::big`].
+const BIG_HEAD: usize = 64;
+/// Where built or copied packets start in a UMEM frame (room for the Ethernet header and
+/// more in front).
+const FRAME_START: usize = 128;
 /// Packets a worker keeps while their next hop is resolved.
 const PARK_MAX: usize = 256;
 /// Handoff buffers each worker owns (4 MiB): enough to ride out the owner being off its
@@ -115,11 +120,25 @@ pub struct ChangeReport {
 /// A packet handed to the worker that owns its SA.
 #[derive(Debug)]
 pub struct Handoff {
-    buf: Box<[u8; HANDOFF_BUF]>,
+    buf: HandoffData,
     len: u16,
     side: Side,
     from: u16,
 }
+
+/// Where a handed-off packet is.
+#[derive(Debug)]
+enum HandoffData {
+    /// An Ethernet frame in a pooled buffer of the sender's.
+    Frame(HandoffBuf),
+    /// A reassembled outer IP packet (up to 65,575 bytes), counted in
+    /// [`Mesh::big_in_flight`] until the owner is done with it.
+    Reassembled(Vec<u8>),
+}
+
+/// Reassembled packets on their way between workers at once, all workers together: each
+/// holds up to 64 KiB of heap.
+const BIG_IN_FLIGHT_MAX: usize = 16;
 
 /// The channels between workers: every worker's inbox, buffer-return queue and waker.
 #[derive(Debug, Clone)]
@@ -127,6 +146,8 @@ pub struct Mesh {
     pub inboxes: Vec<Sender<Handoff>>,
     pub pools: Vec<Sender<HandoffBuf>>,
     pub wakers: Vec<Arc<Waker>>,
+    /// Reassembled packets handed over and not yet processed (at most [`BIG_IN_FLIGHT_MAX`]).
+    pub big_in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Wakes a worker that sleeps in adaptive idle mode when another worker hands it packets:
@@ -366,6 +387,9 @@ struct Worker {
     /// outgrow it need no copy kept for an ICMP error.
     min_mtu: usize,
     reasm: Reassembler,
+    /// Where a reassembled outer packet is put together and processed ([`BIG_HEAD`] bytes of
+    /// room in front for a handed-off packet's outer headers).
+    big: Vec<u8>,
     /// Packets waiting for a next hop: (destination, packet, since, not seen by the
     /// outbound SPD).
     parked: Vec<(IpAddr, PacketBuf<Frame>, Timestamp, bool)>,
@@ -436,6 +460,7 @@ pub fn run(setup: WorkerSetup, ready: Sender<Ready>) {
         min_mtu: usize::from(setup.mtu.unwrap_or(u16::MAX)),
         parked: Vec::with_capacity(PARK_MAX),
         reasm: Reassembler::new(),
+        big: vec![0; BIG_HEAD + reasm::MAX_DATAGRAM],
         frag_id: u32::from(setup.id) << 24,
         quotes: Box::new([[0u8; QUOTE_MAX]; BURST]),
         batch: Vec::with_capacity(BURST),
@@ -672,8 +697,8 @@ impl Worker {
         self.mtu.map_or(h.mtu, |m| m.min(h.mtu))
     }
 
-    /// Give the outbound SAs the MTU of the link towards their peers, where the next hop is
-    /// known (after SAs came or changed).
+    /// After SAs came or changed: the outbound SAs get the MTU of the link towards their
+    /// peers, where the next hop is known.
     fn path_mtus(&mut self) {
         let hops = &self.hops;
         let cfg = self.mtu;
@@ -763,15 +788,27 @@ impl Worker {
         self.verdicts = verdicts;
     }
 
-    /// Before decapsulation: reassemble outer ESP fragments (`None` while incomplete) and,
-    /// while tracing, note the SPI.
+    /// Before decapsulation: outer ESP fragments go to reassembly (processed there once
+    /// complete: `None`); while tracing, note the SPI.
     fn stage_unprotected(
         &mut self,
-        mut pkt: PacketBuf<Frame>,
+        pkt: PacketBuf<Frame>,
         now: Timestamp,
     ) -> Option<(PacketBuf<Frame>, Option<u32>)> {
-        if reasm::is_esp_fragment(pkt.data()) {
-            pkt = self.reassemble(pkt, now)?;
+        let reassemble = match reasm::fragment_protocol(pkt.data()) {
+            Some(50) => true,
+            // UDP fragments to the gateway's end of a UDP-encapsulated SA (any worker's);
+            // other UDP fragments are forwarded traffic, decided as they are
+            Some(17) => fwd::ip_dst(pkt.data()).is_some_and(|d| {
+                self.engine
+                    .shards()
+                    .is_some_and(|s| s.udp_locals.contains(&d))
+            }),
+            _ => false,
+        };
+        if reassemble {
+            self.reassemble(pkt, now);
+            return None;
         }
         let spi = match &self.trace {
             Some(t) => crate::trace::esp_spi(pkt.data(), &t.filter.udp_ports),
@@ -895,23 +932,134 @@ impl Worker {
         }
     }
 
-    /// Add an outer ESP fragment; the whole packet (in a new frame) once complete.
-    fn reassemble(&mut self, pkt: PacketBuf<Frame>, now: Timestamp) -> Option<PacketBuf<Frame>> {
-        let Some(mut f) = self.xsk.alloc() else {
-            self.c.no_frame += 1;
-            self.xsk.release(pkt.into_inner());
-            return None;
-        };
-        // room for the Ethernet header in front and nothing behind (decapsulation shrinks)
-        let start = 128;
-        let out = self.reasm.add(pkt.data(), now, &mut f.as_mut()[start..]);
+    /// Add an outer fragment; once the datagram is complete, process it.
+    fn reassemble(&mut self, pkt: PacketBuf<Frame>, now: Timestamp) {
+        let mut big = std::mem::take(&mut self.big);
+        let out = self.reasm.add(pkt.data(), now, &mut big[BIG_HEAD..]);
         self.xsk.release(pkt.into_inner());
-        match out {
-            reasm::Outcome::Done(n) => self.window(f, start, Some(n)),
-            _ => {
-                self.xsk.release(f);
-                None
+        if let reasm::Outcome::Done(n) = out {
+            self.reassembled(&mut big, n, now, false);
+        }
+        self.big = big;
+    }
+
+    /// A reassembled outer packet, `big[BIG_HEAD..BIG_HEAD + n]` (up to 65,575 bytes; UMEM
+    /// frames hold 4 KiB): decapsulated where it lies, then the inner packet is forwarded from
+    /// there ([`Worker::forward_big`]); for an SA another worker owns, handed over whole. What
+    /// is not ESP takes the inbound SPD like any plaintext; IKE (UDP/500, the non-ESP marker)
+    /// is counted `punt_dropped`: IP-fragmented IKE from an SA's peer never reaches the
+    /// kernel (IKE fragments itself, RFC 7383). Not traced.
+    fn reassembled(&mut self, big: &mut [u8], n: usize, now: Timestamp, handed: bool) {
+        let Some(mut pkt) = PacketBuf::new(&mut *big, BIG_HEAD, n) else {
+            return;
+        };
+        match self.engine.inbound(now, &mut pkt) {
+            Verdict::Forward | Verdict::Bypass => {
+                let (head, len) = (pkt.head(), pkt.len());
+                self.forward_big(&mut big[head..head + len], now);
             }
+            Verdict::Handoff(to) => {
+                let (head, len) = (pkt.head(), pkt.len());
+                self.handoff_big(&big[head..head + len], to, handed);
+            }
+            Verdict::Punt => self.c.punt_dropped += 1,
+            _ => {}
+        }
+    }
+
+    /// Hand a reassembled outer packet to the worker that owns its SA.
+    fn handoff_big(&mut self, ip: &[u8], to: u16, handed: bool) {
+        if handed || usize::from(to) >= self.mesh.inboxes.len() {
+            self.c.handoff_drop += 1;
+            return;
+        }
+        let inflight = &self.mesh.big_in_flight;
+        if inflight.fetch_add(1, Ordering::AcqRel) >= BIG_IN_FLIGHT_MAX {
+            inflight.fetch_sub(1, Ordering::AcqRel);
+            self.c.handoff_drop += 1;
+            return;
+        }
+        let h = Handoff {
+            buf: HandoffData::Reassembled(ip.to_vec()),
+            len: 0,
+            side: Side::Unprotected,
+            from: self.id,
+        };
+        match self.mesh.inboxes[usize::from(to)].try_send(h) {
+            Ok(()) => {
+                self.c.handoff_tx += 1;
+                self.to_wake |= 1 << (to % 64);
+            }
+            Err(_) => {
+                self.mesh.big_in_flight.fetch_sub(1, Ordering::AcqRel);
+                self.c.handoff_drop += 1;
+            }
+        }
+    }
+
+    /// Forward a decapsulated packet that may be larger than a frame: one that fits a frame is
+    /// copied into one and takes the usual way; a larger IPv4 packet without DF is sent in
+    /// fragments straight from `ip`; otherwise the sender is told the link's MTU.
+    fn forward_big(&mut self, ip: &mut [u8], now: Timestamp) {
+        if ip.len() + FRAME_START <= FRAME_SIZE as usize {
+            let Some(mut f) = self.xsk.alloc() else {
+                self.c.no_frame += 1;
+                return;
+            };
+            f.as_mut()[FRAME_START..FRAME_START + ip.len()].copy_from_slice(ip);
+            if let Some(pkt) = self.window(f, FRAME_START, Some(ip.len())) {
+                self.forward(pkt, now, true, false);
+            }
+            return;
+        }
+        if fwd::dec_ttl(ip).is_err() {
+            self.c.ttl_exceeded += 1;
+            self.icmp(ip, IcmpError::TimeExceeded, now);
+            return;
+        }
+        let Some(dst) = fwd::ip_dst(ip) else {
+            return;
+        };
+        // no parking for these: an unresolved next hop drops the packet
+        let Some(hop) = self.hop(dst, now) else {
+            self.c.no_neighbour += 1;
+            return;
+        };
+        if hop.side != Side::Protected {
+            // a decapsulated packet routed back out would need the outbound SPD on a packet
+            // no frame holds
+            self.c.not_forwarded += 1;
+            return;
+        }
+        let mtu = usize::from(self.link_mtu(hop));
+        if ip[0] >> 4 == 6 || fwd::dont_fragment(ip) {
+            self.icmp(ip, IcmpError::TooBig { mtu: mtu as u16 }, now);
+            return;
+        }
+        let hl = usize::from(ip[0] & 0x0f) * 4;
+        let Some(per) = fwd::v4_fragment_size(hl, mtu) else {
+            return;
+        };
+        let payload = ip.len().saturating_sub(hl);
+        self.c.fragmented += 1;
+        let mut off = 0;
+        while off < payload {
+            let end = (off + per).min(payload);
+            let Some(mut f) = self.xsk.alloc() else {
+                self.c.no_frame += 1;
+                return;
+            };
+            let n = fwd::v4_fragment(
+                &mut f.as_mut()[FRAME_START..],
+                &ip[..hl],
+                &ip[hl + off..hl + end],
+                off,
+                end < payload,
+            );
+            if let Some(p) = self.window(f, FRAME_START, n) {
+                self.send(p, hop);
+            }
+            off = end;
         }
     }
 
@@ -924,6 +1072,18 @@ impl Worker {
             side,
             from,
         } = h;
+        let buf = match buf {
+            HandoffData::Frame(b) => b,
+            HandoffData::Reassembled(ip) => {
+                let mut big = std::mem::take(&mut self.big);
+                let n = ip.len().min(big.len() - BIG_HEAD);
+                big[BIG_HEAD..BIG_HEAD + n].copy_from_slice(&ip[..n]);
+                self.reassembled(&mut big, n, now, true);
+                self.big = big;
+                self.mesh.big_in_flight.fetch_sub(1, Ordering::AcqRel);
+                return;
+            }
+        };
         if let Some(mut f) = self.xsk.alloc() {
             let off = 256;
             let l = usize::from(len);
@@ -963,7 +1123,7 @@ impl Worker {
         buf[..len].copy_from_slice(&frame.as_ref()[head..head + len]);
         self.xsk.release(frame);
         let h = Handoff {
-            buf,
+            buf: HandoffData::Frame(buf),
             len: len as u16,
             side,
             from: self.id,
@@ -976,7 +1136,9 @@ impl Worker {
             }
             Err(e) => {
                 self.c.handoff_drop += 1;
-                let _ = self.pool.0.try_send(e.into_inner().buf);
+                if let HandoffData::Frame(b) = e.into_inner().buf {
+                    let _ = self.pool.0.try_send(b);
+                }
             }
         }
     }

@@ -344,7 +344,15 @@ impl Running {
             let w = self.owner.get(&p.name).copied().unwrap_or(0);
             s.inbound.insert(p.inbound.spi, w);
             s.outbound.insert(p.outbound.reqid, w);
+            if let Encap::Udp { local_port, .. } = p.inbound.encap {
+                s.udp_ports.push(local_port);
+                s.udp_locals.extend(p.inbound.local);
+            }
         }
+        s.udp_ports.sort_unstable();
+        s.udp_ports.dedup();
+        s.udp_locals.sort_unstable();
+        s.udp_locals.dedup();
         s
     }
 
