@@ -812,7 +812,7 @@ fn esp_tool_packets_delivered_and_bad_ones_dropped() {
 }
 
 #[test]
-fn bypass_flows_through_the_kernel_and_discard_does_not_flow() {
+fn bypass_flows_and_discard_does_not_flow() {
     let mut s = scenario_with(
         "policies",
         PairOptions {

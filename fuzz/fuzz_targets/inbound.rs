@@ -20,8 +20,7 @@ use std::sync::{Arc, OnceLock};
 use xsec_dataplane::crypto::{AuthAlg, EncAlg};
 use xsec_dataplane::sa::{EcnMode, Encap, Lifetime, Limits, Mode, Sa, SaConfig};
 use xsec_dataplane::spd::{
-    Action, AddrRange, Direction, NonPolicy, Policy, PortSel, SaBundle, Selector, Spd,
-    SpdConfig,
+    Action, AddrRange, Direction, NonPolicy, Policy, PortSel, SaBundle, Selector, Spd, SpdConfig,
 };
 use xsec_dataplane::wire::IpProtocol;
 use xsec_dataplane::{DropReason, Engine, EngineConfig, Verdict};
@@ -264,7 +263,8 @@ fn spd() -> Arc<Spd> {
                     protect(&[1]),
                 ),
             ],
-            inbound_default: NonPolicy::Discard, outbound_default: NonPolicy::Discard,
+            inbound_default: NonPolicy::Discard,
+            outbound_default: NonPolicy::Discard,
         };
         Arc::new(cfg.compile().expect("the fuzz SPD compiles"))
     })
