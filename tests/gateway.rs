@@ -2461,6 +2461,25 @@ fn killed_xsecd_leaks_nothing_and_a_restart_resumes() {
         },
     );
     s.start(&[Node::GwA, Node::GwB]);
+    // an nftables service reload flushes every table: the running xsecd puts its guard back
+    let o = s
+        .lab
+        .exec(Node::GwA, &["nft", "flush", "ruleset"])
+        .unwrap_or_else(|e| s.fail(&e.to_string()));
+    s.check(o.ok(), || format!("nft flush ruleset: {o}"));
+    let reinstalled = || {
+        s.daemon(Node::GwA)
+            .proc
+            .stderr_text()
+            .contains("forward guard was gone")
+    };
+    let end = Instant::now() + Duration::from_secs(3);
+    while !reinstalled() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s.check(reinstalled() && s.guard_present(Node::GwA), || {
+        "the forward guard was not reinstalled after a flush".into()
+    });
     let cap = s.capture();
     s.ping(Node::HostA, addr::HOST_B, 2);
     let flows = s.background_flows("kill9", 5300, 5301);

@@ -150,6 +150,18 @@ pub struct Shards {
     /// The gateway's addresses of every UDP-encapsulated inbound SA (where their UDP
     /// fragments are sent, to be reassembled by whichever worker receives them).
     pub udp_locals: Vec<IpAddr>,
+    /// The peers of every inbound SA: outer fragments are reassembled only from them.
+    pub peers: Vec<IpAddr>,
+    /// Some inbound SA has no peer address (transport mode without `remote`): fragments are
+    /// reassembled from anyone.
+    pub any_peer: bool,
+}
+
+impl Shards {
+    /// Whether outer fragments from `src` are reassembled.
+    pub fn fragments_from(&self, src: IpAddr) -> bool {
+        self.any_peer || self.peers.binary_search(&src).is_ok()
+    }
 }
 
 /// The IKE port: always handed to the control plane.
@@ -179,6 +191,8 @@ pub struct Engine {
     deferred: Vec<(usize, SaHandle, Deferred)>,
     /// Installed inbound SAs whose ICVs bursts check in groups: none, no first pass.
     grouped_icv_sas: usize,
+    /// Outbound SAs per peer address: a path MTU learnt for anything else concerns no SA.
+    peers: std::collections::HashMap<IpAddr, u32>,
     /// The first pass's findings for the current inbound chunk. Allocated once.
     pre: Vec<Option<Pre>>,
 }
@@ -222,6 +236,7 @@ impl Engine {
             shards: None,
             deferred: Vec::with_capacity(BATCH),
             grouped_icv_sas: 0,
+            peers: std::collections::HashMap::new(),
             pre: Vec::with_capacity(BATCH),
         }
     }
@@ -248,7 +263,11 @@ impl Engine {
             _ => None,
         };
         let grouped = sa.dir == Direction::Inbound && sa.xform.pairs();
+        let peer = sa.info.remote.filter(|_| sa.dir == Direction::Outbound);
         let h = self.sad.insert(sa)?;
+        if let Some(p) = peer {
+            *self.peers.entry(p).or_default() += 1;
+        }
         if let Some(p) = port {
             self.udp_ports.add(p);
         }
@@ -259,6 +278,14 @@ impl Engine {
     /// Remove an SA; its final state is returned.
     pub fn remove_sa(&mut self, h: SaHandle) -> Option<Sa> {
         let sa = self.sad.remove(h)?;
+        if let Some(p) = sa.info.remote.filter(|_| sa.dir == Direction::Outbound)
+            && let Some(n) = self.peers.get_mut(&p)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.peers.remove(&p);
+            }
+        }
         if let (Direction::Inbound, Encap::Udp { local_port, .. }) = (sa.dir, sa.info.encap) {
             self.udp_ports.release(local_port);
         }
@@ -275,7 +302,17 @@ impl Engine {
     /// The MTU of the path towards `peer` (0: unknown): the outbound SAs to that peer check
     /// packets against it before they are encrypted ([`Verdict::TooBig`]).
     pub fn set_path_mtu(&mut self, peer: IpAddr, mtu: u16) {
-        self.update_path_mtus(|p| (p == peer).then_some(mtu));
+        // most next hops the workers learn are not SA peers: no walk for those
+        if self.peers.contains_key(&peer) {
+            self.update_path_mtus(|p| (p == peer).then_some(mtu));
+        }
+    }
+
+    /// The path MTU of one SA (0: unknown), e.g. right after installing it.
+    pub fn set_sa_path_mtu(&mut self, h: SaHandle, mtu: u16) {
+        if let Some(sa) = self.sad.get_mut(h) {
+            sa.path_mtu = mtu;
+        }
     }
 
     /// Set every outbound SA's path MTU from `mtu_of(peer)` (`None`: leave it).

@@ -1,12 +1,15 @@
 //! xsec's XDP steering program: which received frames go to the dataplane worker's AF_XDP
 //! socket, which keep the kernel's path, and which are dropped.
 //!
-//! The rule is fail-closed: a packet the gateway would *forward* is decided by the SPD in the
-//! worker, never by the kernel. Only what is addressed to the gateway itself (its own
-//! addresses in `LOCAL_V4`/`LOCAL_V6`, multicast, broadcast, IPv6 link-local) and ARP/ND
+//! The rule is fail-closed: an IP packet the gateway would *forward* is decided by the SPD in
+//! the worker, never by the kernel. Only what is addressed to the gateway itself (its own
+//! addresses in `LOCAL_V4`/`LOCAL_V6`, multicast, broadcast, IPv6 link-local: ND included),
+//! ARP and frames that are not IP (VLAN-tagged ones: a VLAN sub-interface is not xsecd's)
 //! keep the kernel's path; everything else goes to the worker, and when the RX queue has no
 //! socket (xsecd starting, stopping, gone, or a queue no worker covers) it is dropped and
-//! counted (`no_socket`), never passed.
+//! counted (`no_socket`), never passed. What the kernel does with what it keeps — forward
+//! it after a DNAT, say — is bounded by the nftables forward guard xsecd installs beside
+//! this program: the two together are the fail-closed design.
 //!
 //! Two entry points share the maps of this one object:
 //! - `xsec_unprotected` (WAN): ESP (IP protocol 50, to any address); to the gateway: ESP in
@@ -255,8 +258,10 @@ fn parse_v6(f: &Frame) -> Parsed {
     }
     // An extension header still unwalked here leaves `nh` naming it: no upper-layer rule
     // applies, and the address decides (the worker's parser has the last word).
-    // ND (RFC 4861 §4): router/neighbour solicitation and advertisement, redirect.
-    if nh == ipproto::ICMPV6 && !later_fragment {
+    // ND (RFC 4861 §4): router/neighbour solicitation and advertisement, redirect. Only to
+    // an address the kernel keeps (multicast, link-local, the gateway's own): ND to any other
+    // address would be forwarded, so the address decides it like everything else.
+    if nh == ipproto::ICMPV6 && !later_fragment && v6_local(&dst) {
         // Type and code: every ICMPv6 message has both.
         match f.bytes::<2>(off) {
             Some(t) if (133..=137).contains(&t[0]) => return Parsed::Done(Class::ArpNd),

@@ -229,17 +229,15 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     let mut xdp = match &opts.replay {
         Some(_) => None,
         None => {
-            let mut x = XdpSteering::load(&gw.unprotected, &gw.protected, mode)
-                .map_err(|e| DaemonError::Setup(e.to_string()))?;
-            x.set_tunnel_ports(&tunnel_ports)
-                .map_err(|e| DaemonError::Setup(e.to_string()))?;
-            x.set_udp_peers(&running.udp_peers())
-                .map_err(|e| DaemonError::Setup(e.to_string()))?;
             let local = res
                 .local_addresses()
                 .map_err(|e| DaemonError::Setup(format!("netlink addresses: {e}")))?;
-            x.set_local_addrs(&local)
-                .map_err(|e| DaemonError::Setup(e.to_string()))?;
+            let x = XdpSteering::load_with(&gw.unprotected, &gw.protected, mode, |x| {
+                x.set_tunnel_ports(&tunnel_ports)?;
+                x.set_udp_peers(&running.udp_peers())?;
+                x.set_local_addrs(&local)
+            })
+            .map_err(|e| DaemonError::Setup(e.to_string()))?;
             Some(x)
         }
     };
@@ -464,18 +462,31 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
             && Instant::now() >= next_addrs
         {
             next_addrs = Instant::now() + Duration::from_secs(1);
-            if let Ok(mut now_addrs) = r.local_addresses() {
-                now_addrs.sort_unstable();
-                now_addrs.dedup();
-                if now_addrs != local_addrs
-                    && let Ok(mut x) = ctl.xdp.try_lock()
-                    && let Some(x) = x.as_mut()
-                {
-                    match x.set_local_addrs(&now_addrs) {
-                        Ok(()) => local_addrs = now_addrs,
-                        Err(e) => info!("XDP local addresses: {e}"),
+            // somebody flushed the ruleset (an nftables service reload): put the guard back
+            if gw.forward_guard && !crate::guard::present(&gw.unprotected, &gw.protected) {
+                match crate::guard::install(&gw.unprotected, &gw.protected) {
+                    Ok(()) => {
+                        info!("forward guard was gone (nftables ruleset flushed?): reinstalled")
+                    }
+                    Err(e) => info!("forward guard was gone and could not be reinstalled: {e}"),
+                }
+            }
+            match r.local_addresses() {
+                Ok(mut now_addrs) => {
+                    now_addrs.sort_unstable();
+                    now_addrs.dedup();
+                    if now_addrs != local_addrs
+                        && let Ok(mut x) = ctl.xdp.try_lock()
+                        && let Some(x) = x.as_mut()
+                    {
+                        // on failure the map keeps the old set; tried again next second
+                        match x.set_local_addrs(&now_addrs) {
+                            Ok(()) => local_addrs = now_addrs,
+                            Err(e) => info!("XDP local addresses: {e}"),
+                        }
                     }
                 }
+                Err(e) => info!("netlink: listing the gateway's addresses: {e}"),
             }
         }
         while let Ok((w, ev)) = events_rx.try_recv() {

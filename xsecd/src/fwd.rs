@@ -96,21 +96,32 @@ pub enum IcmpError {
 /// `None` for a source of the wrong family, a cut header, or an `orig` that must not draw an
 /// error (an ICMP error itself, a non-first fragment, a multicast/broadcast destination is the
 /// caller's concern).
-pub fn icmp_error(out: &mut [u8], src: IpAddr, orig: &[u8], e: IcmpError) -> Option<usize> {
-    match (orig.first()? >> 4, src) {
-        (4, IpAddr::V4(s)) => {
+/// Whether `orig` may draw an ICMP error at all (RFC 1812 §4.3.2.7, RFC 4443 §2.4(e)): a
+/// whole header, not an ICMP error itself, not a non-first IPv4 fragment. Checked before the
+/// rate limit, so packets that never draw an error do not use it up.
+pub fn may_draw_icmp_error(orig: &[u8]) -> bool {
+    match orig.first().map(|b| b >> 4) {
+        Some(4) => {
             let ihl = usize::from(orig[0] & 0x0f) * 4;
             if orig.len() < 20 || ihl < 20 || orig.len() < ihl {
-                return None;
+                return false;
             }
-            // never about an ICMP error, nor a non-first fragment
             let frag_off = u16::from_be_bytes([orig[6], orig[7]]) & 0x1fff;
-            if frag_off != 0 {
-                return None;
-            }
-            if orig[9] == 1 && orig.len() > ihl && !matches!(orig[ihl], 0 | 8 | 13 | 15 | 17) {
-                return None;
-            }
+            frag_off == 0
+                && !(orig[9] == 1 && orig.len() > ihl && !matches!(orig[ihl], 0 | 8 | 13 | 15 | 17))
+        }
+        // never about an ICMPv6 error (types < 128)
+        Some(6) => orig.len() >= 40 && !(orig[6] == 58 && orig.get(40).is_some_and(|&t| t < 128)),
+        _ => false,
+    }
+}
+
+pub fn icmp_error(out: &mut [u8], src: IpAddr, orig: &[u8], e: IcmpError) -> Option<usize> {
+    if !may_draw_icmp_error(orig) {
+        return None;
+    }
+    match (orig.first()? >> 4, src) {
+        (4, IpAddr::V4(s)) => {
             let quote = orig.len().min(576 - 28);
             let total = 28 + quote;
             let out = out.get_mut(..total)?;
@@ -139,13 +150,6 @@ pub fn icmp_error(out: &mut [u8], src: IpAddr, orig: &[u8], e: IcmpError) -> Opt
             Some(total)
         }
         (6, IpAddr::V6(s)) => {
-            if orig.len() < 40 {
-                return None;
-            }
-            // never about an ICMPv6 error (types < 128)
-            if orig[6] == 58 && orig.get(40).is_some_and(|&t| t < 128) {
-                return None;
-            }
             let quote = orig.len().min(1280 - 48);
             let plen = 8 + quote;
             let total = 40 + plen;

@@ -11,7 +11,10 @@
 //! touched.
 //!
 //! The table outlives xsecd on purpose: a clean stop leaves it too (forwarding stays blocked
-//! until an xsecd runs again), and only `xsecd --detach` removes it. It is written with `nft`
+//! until an xsecd runs again), and only `xsecd --detach` removes it. A running xsecd checks
+//! every second that it is still there and puts it back if not (`nft flush ruleset`, e.g. an
+//! `nftables.service` reload, removes every table): start such a service before xsecd, and
+//! before `xsecd --install-guard` at boot. It is written with `nft`
 //! in one transaction (`table …` + `delete table …` + the new table), so a second install
 //! replaces the first atomically and never leaves a moment without it.
 
@@ -56,11 +59,9 @@ pub fn ruleset(unprotected: &str, protected: &str) -> String {
     s
 }
 
-/// An interface name as an nftables string (interface names hold no quote: see the config's
-/// name check; anything else is escaped away anyway).
+/// An interface name as an nftables string.
 fn quote(name: &str) -> String {
-    let safe: String = name.chars().filter(|c| *c != '"' && *c != '\\').collect();
-    format!("\"{safe}\"")
+    format!("\"{name}\"")
 }
 
 fn nft(input: &str) -> Result<(), String> {
@@ -94,6 +95,15 @@ fn nft(input: &str) -> Result<(), String> {
 
 /// Install (or replace) the guard for the two interfaces.
 pub fn install(unprotected: &str, protected: &str) -> Result<(), String> {
+    // a name nft cannot quote would guard some other name: refuse it
+    if let Some(bad) = [unprotected, protected]
+        .into_iter()
+        .find(|n| n.contains(['"', '\\']) || n.is_empty())
+    {
+        return Err(format!(
+            "interface name {bad:?} cannot be written in an nftables rule"
+        ));
+    }
     nft(&ruleset(unprotected, protected))
 }
 

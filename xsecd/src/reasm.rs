@@ -135,6 +135,23 @@ pub fn fragment_protocol(ip: &[u8]) -> Option<u8> {
     }
 }
 
+/// A hash of a fragment's datagram (addresses, identification, and for IPv4 the protocol):
+/// every fragment of one datagram has the same, so each datagram can be reassembled by one
+/// worker whatever queues the NIC spread its fragments over.
+pub fn datagram_hash(ip: &[u8]) -> Option<u64> {
+    let key: &[&[u8]] = match ip.first().map(|b| b >> 4) {
+        Some(4) => &[ip.get(12..20)?, ip.get(4..6)?, ip.get(9..10)?],
+        Some(6) => &[ip.get(8..40)?, ip.get(44..48)?],
+        _ => return None,
+    };
+    // FNV-1a: spread, not secrecy (an attacker picks its own worker at worst)
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.iter().flat_map(|k| k.iter()) {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    Some(h)
+}
+
 impl Reassembler {
     pub fn new() -> Self {
         let slots = (0..SLOTS)
@@ -320,6 +337,12 @@ impl Reassembler {
         }
         let total = s.total.unwrap_or(0);
         let n = s.hdr_len + total;
+        // the first fragment's header may be longer than the others': the whole must still
+        // fit the length field
+        if !key.v6 && n > MAX_PAYLOAD {
+            s.reset();
+            return Outcome::Dropped;
+        }
         let Some(o) = out.get_mut(..n) else {
             s.reset();
             return Outcome::Dropped;

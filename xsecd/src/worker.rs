@@ -30,6 +30,11 @@ pub const HANDOFF_BUF: usize = 2048;
 pub type HandoffBuf = Box<[u8; HANDOFF_BUF]>;
 /// A worker's pool of handoff buffers: where they are returned, where they are taken.
 pub type HandoffPool = (Sender<HandoffBuf>, Receiver<HandoffBuf>);
+/// The MTU of a next hop's link, or the configured one if smaller.
+fn link_mtu(configured: Option<u16>, h: Hop) -> u16 {
+    configured.map_or(h.mtu, |m| m.min(h.mtu))
+}
+
 /// Room in front of a reassembled packet in [`Worker::big`].
 const BIG_HEAD: usize = 64;
 /// Where built or copied packets start in a UMEM frame (room for the Ethernet header and
@@ -558,8 +563,14 @@ impl Worker {
     fn apply(&mut self, cmd: Cmd, now: Timestamp) {
         match cmd {
             Cmd::InstallSa(sa) => {
-                let _ = self.engine.install_sa(*sa);
-                self.path_mtus();
+                let remote = sa.info().remote;
+                if let Ok(h) = self.engine.install_sa(*sa)
+                    && let Some(Some(hop)) = remote.and_then(|r| self.hops.get(&r))
+                    && hop.side == Side::Unprotected
+                {
+                    let mtu = self.link_mtu(*hop);
+                    self.engine.set_sa_path_mtu(h, mtu);
+                }
             }
             Cmd::Apply(change, reply) => {
                 let report = self.change(*change, now);
@@ -694,7 +705,7 @@ impl Worker {
 
     /// The MTU of a next hop's link (or the configured one, if smaller).
     fn link_mtu(&self, h: Hop) -> u16 {
-        self.mtu.map_or(h.mtu, |m| m.min(h.mtu))
+        link_mtu(self.mtu, h)
     }
 
     /// After SAs came or changed: the outbound SAs get the MTU of the link towards their
@@ -703,9 +714,7 @@ impl Worker {
         let hops = &self.hops;
         let cfg = self.mtu;
         self.engine.update_path_mtus(|peer| match hops.get(&peer) {
-            Some(Some(h)) if h.side == Side::Unprotected => {
-                Some(cfg.map_or(h.mtu, |m| m.min(h.mtu)))
-            }
+            Some(Some(h)) if h.side == Side::Unprotected => Some(link_mtu(cfg, *h)),
             _ => None,
         });
     }
@@ -769,7 +778,7 @@ impl Worker {
             let Some(pkt) = self.ip_packet(f) else {
                 continue;
             };
-            if let Some((pkt, spi)) = self.stage_unprotected(pkt, now) {
+            if let Some((pkt, spi)) = self.stage_unprotected(pkt, now, false) {
                 batch.push(pkt);
                 spis.push(spi);
             }
@@ -794,21 +803,37 @@ impl Worker {
         &mut self,
         pkt: PacketBuf<Frame>,
         now: Timestamp,
+        handed: bool,
     ) -> Option<(PacketBuf<Frame>, Option<u32>)> {
-        let reassemble = match reasm::fragment_protocol(pkt.data()) {
-            Some(50) => true,
-            // UDP fragments to the gateway's end of a UDP-encapsulated SA (any worker's);
-            // other UDP fragments are forwarded traffic, decided as they are
-            Some(17) => fwd::ip_dst(pkt.data()).is_some_and(|d| {
-                self.engine
-                    .shards()
-                    .is_some_and(|s| s.udp_locals.contains(&d))
-            }),
-            _ => false,
-        };
-        if reassemble {
-            self.reassemble(pkt, now);
-            return None;
+        if let Some(proto) = reasm::fragment_protocol(pkt.data()) {
+            let data = pkt.data();
+            let shards = self.engine.shards();
+            let ours = match proto {
+                50 => true,
+                // UDP fragments to the gateway's end of a UDP-encapsulated SA (any worker's);
+                // other UDP fragments are forwarded traffic, decided as they are
+                17 => fwd::ip_dst(data)
+                    .is_some_and(|d| shards.is_some_and(|s| s.udp_locals.contains(&d))),
+                _ => false,
+            };
+            // only the SAs' peers get reassembly slots (and can evict each other's)
+            let from_peer =
+                fwd::ip_src(data).is_some_and(|s| shards.is_none_or(|sh| sh.fragments_from(s)));
+            if ours && from_peer {
+                // one worker per datagram: the NIC may spread its fragments over queues
+                // (with ports in the hash, the first of a UDP datagram goes elsewhere)
+                let n = self.mesh.inboxes.len();
+                if n > 1 && !handed {
+                    let owner =
+                        reasm::datagram_hash(data).map_or(self.id, |h| (h % n as u64) as u16);
+                    if owner != self.id {
+                        self.handoff(pkt, Side::Unprotected, owner, false);
+                        return None;
+                    }
+                }
+                self.reassemble(pkt, now);
+                return None;
+            }
         }
         let spi = match &self.trace {
             Some(t) => crate::trace::esp_spi(pkt.data(), &t.filter.udp_ports),
@@ -918,7 +943,7 @@ impl Worker {
         };
         match side {
             Side::Unprotected => {
-                if let Some((mut pkt, spi)) = self.stage_unprotected(pkt, now) {
+                if let Some((mut pkt, spi)) = self.stage_unprotected(pkt, now, handed) {
                     let v = self.engine.inbound(now, &mut pkt);
                     self.finish_unprotected(pkt, spi, v, now, handed);
                 }
@@ -1031,9 +1056,15 @@ impl Worker {
             self.c.not_forwarded += 1;
             return;
         }
-        let mtu = usize::from(self.link_mtu(hop));
+        // what a frame carries bounds the MTU too: a larger packet cannot be sent at all
+        let mtu = usize::from(self.link_mtu(hop)).min(FRAME_SIZE as usize - FRAME_START - ETH_HDR);
         if ip[0] >> 4 == 6 || fwd::dont_fragment(ip) {
             self.icmp(ip, IcmpError::TooBig { mtu: mtu as u16 }, now);
+            return;
+        }
+        if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
+            // already a fragment: cutting it again would lose its offset (as `fragment`)
+            self.c.not_forwarded += 1;
             return;
         }
         let hl = usize::from(ip[0] & 0x0f) * 4;
@@ -1170,9 +1201,7 @@ impl Worker {
                 Some(h) if unchecked && h.side == Side::Unprotected => {
                     self.forward(pkt, now, false, false)
                 }
-                Some(h) if pkt.len() <= usize::from(self.mtu.map_or(h.mtu, |m| m.min(h.mtu))) => {
-                    self.send(pkt, h)
-                }
+                Some(h) if pkt.len() <= usize::from(self.link_mtu(h)) => self.send(pkt, h),
                 _ => {
                     self.c.no_neighbour += 1;
                     self.xsk.release(pkt.into_inner());
@@ -1247,15 +1276,21 @@ impl Worker {
         };
         if hop.side == Side::Unprotected && !checked {
             match self.engine.outbound(now, &mut pkt) {
-                // too big after encapsulation: fragmented (no ICMP error about a packet that
-                // is itself being forwarded through the tunnel a second time)
+                // too big after encapsulation (no path MTU known, or a bundle): the outer
+                // packet is fragmented
                 Verdict::Forward => self.forward_esp(pkt, now, None),
                 Verdict::Bypass => self.forward(pkt, now, false, true),
+                // protected again, it would not fit the path and may not be fragmented:
+                // nothing was encrypted; the source is told
+                Verdict::TooBig { mtu } => {
+                    self.icmp(pkt.data(), IcmpError::TooBig { mtu }, now);
+                    self.xsk.release(pkt.into_inner());
+                }
                 _ => self.xsk.release(pkt.into_inner()),
             }
             return;
         }
-        let mtu = usize::from(self.mtu.map_or(hop.mtu, |m| m.min(hop.mtu)));
+        let mtu = usize::from(self.link_mtu(hop));
         if pkt.len() > mtu {
             // plaintext too big for the next link: IPv4 without DF is fragmented; otherwise
             // (DF, or IPv6: routers never fragment it) the source is told
@@ -1285,7 +1320,7 @@ impl Worker {
             self.park(dst, pkt, now, false);
             return;
         };
-        let mtu = usize::from(self.mtu.map_or(hop.mtu, |m| m.min(hop.mtu)));
+        let mtu = usize::from(self.link_mtu(hop));
         if pkt.len() <= mtu {
             self.send(pkt, hop);
             return;
@@ -1343,7 +1378,7 @@ impl Worker {
                 return;
             };
             let data = pkt.data();
-            let start = 128;
+            let start = FRAME_START;
             let n = if v6 {
                 let mut base = [0u8; 40];
                 base.copy_from_slice(&data[..40]);
@@ -1418,6 +1453,9 @@ impl Worker {
         if fwd::ip_dst(orig).is_some_and(|d| d.is_multicast()) {
             return;
         }
+        if !fwd::may_draw_icmp_error(orig) {
+            return;
+        }
         if !self.icmp_limit.allow(now) {
             self.c.icmp_suppressed += 1;
             return;
@@ -1426,7 +1464,7 @@ impl Worker {
             self.c.no_frame += 1;
             return;
         };
-        let start = 128;
+        let start = FRAME_START;
         let Some(n) = fwd::icmp_error(&mut f.as_mut()[start..], src, orig, e) else {
             self.xsk.release(f);
             return;
@@ -1449,7 +1487,7 @@ impl Worker {
                 self.c.no_frame += 1;
                 continue;
             };
-            let start = 128;
+            let start = FRAME_START;
             let Some(n) =
                 fwd::keepalive(&mut f.as_mut()[start..], hb.src, hb.dst, hb.sport, hb.dport)
             else {

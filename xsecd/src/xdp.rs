@@ -227,18 +227,30 @@ impl XdpSteering {
     /// until the tunnel ports and selectors are set, and no redirect succeeds until the
     /// sockets are registered. On error nothing stays attached.
     pub fn load(unprotected: &str, protected: &str, mode: XdpMode) -> Result<Self, XdpError> {
+        Self::load_with(unprotected, protected, mode, |_| Ok(()))
+    }
+
+    /// [`load`](Self::load), with the maps filled by `prepare` before the programs are
+    /// attached: from its first frame the program knows the gateway's addresses and ports.
+    pub fn load_with(
+        unprotected: &str,
+        protected: &str,
+        mode: XdpMode,
+        prepare: impl FnOnce(&mut XdpSteering) -> Result<(), XdpError>,
+    ) -> Result<Self, XdpError> {
         if unprotected == protected {
             return Err(XdpError::SameInterface(unprotected.to_owned()));
         }
-        let mut ebpf = object()?;
-        attach(&mut ebpf, programs::UNPROTECTED, unprotected, mode)?;
-        attach(&mut ebpf, programs::PROTECTED, protected, mode)?;
-        Ok(XdpSteering {
-            ebpf,
+        let mut x = XdpSteering {
+            ebpf: object()?,
             unprotected: unprotected.to_owned(),
             protected: protected.to_owned(),
             mode,
-        })
+        };
+        prepare(&mut x)?;
+        attach(&mut x.ebpf, programs::UNPROTECTED, unprotected, mode)?;
+        attach(&mut x.ebpf, programs::PROTECTED, protected, mode)?;
+        Ok(x)
     }
 
     /// Load the embedded object and attach only `xsec_unprotected`, on `iface`: a receiver

@@ -683,6 +683,22 @@ fn classes_body(mode: XdpMode) {
         &neighbour_solicitation(),
         ArpNd,
     );
+    let mut ns = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    ns.extend_from_slice(&v6("fd02::1").octets());
+    check(
+        &x,
+        p,
+        "a neighbour solicitation to a remote unicast address",
+        &ipv6("fd01::9", "fd02::1", 58, &ns),
+        Spd,
+    );
+    check(
+        &x,
+        p,
+        "a neighbour solicitation to the gateway",
+        &ipv6("fd01::9", "fd01::1", 58, &ns),
+        ArpNd,
+    );
     check(
         &x,
         p,

@@ -348,7 +348,13 @@ impl Running {
                 s.udp_ports.push(local_port);
                 s.udp_locals.extend(p.inbound.local);
             }
+            match p.inbound.remote {
+                Some(r) => s.peers.push(r),
+                None => s.any_peer = true,
+            }
         }
+        s.peers.sort_unstable();
+        s.peers.dedup();
         s.udp_ports.sort_unstable();
         s.udp_ports.dedup();
         s.udp_locals.sort_unstable();
