@@ -1092,25 +1092,7 @@ fn two_queues_two_workers() {
     // 16 flows: the sender's veth spreads them over both queues by flow hash, so both workers
     // receive; SA pair 0 belongs to worker 0, so worker 1 must hand its packets over.
     let recv = s.udp_receiver(Node::HostB, 5000, 80, "flows");
-    for sport in 40001..=40016u16 {
-        let o = s.run_tool(
-            Node::HostA,
-            &[
-                "udp-send",
-                "--dst",
-                addr::HOST_B,
-                "--port",
-                "5000",
-                "--sport",
-                &sport.to_string(),
-                "--count",
-                "5",
-                "--interval-ms",
-                "5",
-            ],
-        );
-        s.check(o.ok(), || o.to_string());
-    }
+    s.sixteen_flows();
     let out = s.finish_recv(&recv, Duration::from_secs(5));
     let n = received_count(&out);
     s.check(n == 80, || {
@@ -2288,6 +2270,30 @@ fn replay_backend_encrypts_and_decrypts_without_the_kernel() {
 // ---- fail closed (issue 15) ----
 
 impl Scenario {
+    /// 16 flows of 5 datagrams from host A to host B's port 5000 (source ports 40001-40016):
+    /// the sender's veth spreads them over its queues by flow hash.
+    fn sixteen_flows(&self) {
+        for sport in 40001..=40016u16 {
+            let o = self.run_tool(
+                Node::HostA,
+                &[
+                    "udp-send",
+                    "--dst",
+                    addr::HOST_B,
+                    "--port",
+                    "5000",
+                    "--sport",
+                    &sport.to_string(),
+                    "--count",
+                    "5",
+                    "--interval-ms",
+                    "5",
+                ],
+            );
+            self.check(o.ok(), || o.to_string());
+        }
+    }
+
     /// `kill -9` the xsecd of `node` and forget it (the lab no longer stops it).
     fn kill9(&mut self, node: Node) {
         let Some(i) = self.daemons.iter().position(|d| d.node == node) else {
@@ -2757,25 +2763,7 @@ fn uncovered_queue_is_refused_or_dropped() {
     let cap = s.capture();
     s.ping(Node::HostB, addr::HOST_A, 2);
     let recv = s.udp_receiver(Node::HostB, 5000, 80, "flows");
-    for sport in 40001..=40016u16 {
-        let o = s.run_tool(
-            Node::HostA,
-            &[
-                "udp-send",
-                "--dst",
-                addr::HOST_B,
-                "--port",
-                "5000",
-                "--sport",
-                &sport.to_string(),
-                "--count",
-                "5",
-                "--interval-ms",
-                "5",
-            ],
-        );
-        s.check(o.ok(), || o.to_string());
-    }
+    s.sixteen_flows();
     let out = s.finish_recv(&recv, Duration::from_secs(3));
     let n = received_count(&out);
     let st = s.stats(Node::GwA);

@@ -1071,27 +1071,8 @@ impl Worker {
         let Some(per) = fwd::v4_fragment_size(hl, mtu) else {
             return;
         };
-        let payload = ip.len().saturating_sub(hl);
         self.c.fragmented += 1;
-        let mut off = 0;
-        while off < payload {
-            let end = (off + per).min(payload);
-            let Some(mut f) = self.xsk.alloc() else {
-                self.c.no_frame += 1;
-                return;
-            };
-            let n = fwd::v4_fragment(
-                &mut f.as_mut()[FRAME_START..],
-                &ip[..hl],
-                &ip[hl + off..hl + end],
-                off,
-                end < payload,
-            );
-            if let Some(p) = self.window(f, FRAME_START, n) {
-                self.send(p, hop);
-            }
-            off = end;
-        }
+        self.send_fragments(ip, hl, per, 0, None, hop);
     }
 
     /// A packet another worker handed over: copy it into a frame and process it.
@@ -1367,42 +1348,10 @@ impl Worker {
         self.c.fragmented += 1;
         self.frag_id = self.frag_id.wrapping_add(1);
         let ident = self.frag_id;
-        let payload_len = pkt.len() - hdr;
         // Fragments after the first go into new frames; the first is rewritten in place.
-        let mut off = per;
-        while off < payload_len {
-            let end = (off + per).min(payload_len);
-            let Some(mut f) = self.xsk.alloc() else {
-                self.c.no_frame += 1;
-                self.xsk.release(pkt.into_inner());
-                return;
-            };
-            let data = pkt.data();
-            let start = FRAME_START;
-            let n = if v6 {
-                let mut base = [0u8; 40];
-                base.copy_from_slice(&data[..40]);
-                fwd::v6_fragment(
-                    &mut f.as_mut()[start..],
-                    &base,
-                    &data[hdr + off..hdr + end],
-                    off,
-                    end < payload_len,
-                    ident,
-                )
-            } else {
-                fwd::v4_fragment(
-                    &mut f.as_mut()[start..],
-                    &data[..hdr],
-                    &data[hdr + off..hdr + end],
-                    off,
-                    end < payload_len,
-                )
-            };
-            if let Some(p) = self.window(f, start, n) {
-                self.send(p, hop);
-            }
-            off = end;
+        if !self.send_fragments(pkt.data(), hdr, per, per, v6.then_some(ident), hop) {
+            self.xsk.release(pkt.into_inner());
+            return;
         }
         // The first fragment, in place: only its header changes.
         let head = pkt.head();
@@ -1428,6 +1377,44 @@ impl Worker {
         if let Some(p) = self.window(frame, start, n) {
             self.send(p, hop);
         }
+    }
+
+    /// Send the fragments of `ip` (a `hdr`-byte header, then the fragmentable part) that
+    /// start at `from`, `per` payload bytes each, in new frames: IPv4 fragments, or with
+    /// `ident` IPv6 Fragment headers. `false` when the frames ran out.
+    fn send_fragments(
+        &mut self,
+        ip: &[u8],
+        hdr: usize,
+        per: usize,
+        from: usize,
+        ident: Option<u32>,
+        hop: Hop,
+    ) -> bool {
+        let payload_len = ip.len().saturating_sub(hdr);
+        let mut off = from;
+        while off < payload_len {
+            let end = (off + per).min(payload_len);
+            let Some(mut f) = self.xsk.alloc() else {
+                self.c.no_frame += 1;
+                return false;
+            };
+            let out = &mut f.as_mut()[FRAME_START..];
+            let part = &ip[hdr + off..hdr + end];
+            let n = match ident {
+                Some(id) => {
+                    let mut base = [0u8; 40];
+                    base.copy_from_slice(&ip[..40]);
+                    fwd::v6_fragment(out, &base, part, off, end < payload_len, id)
+                }
+                None => fwd::v4_fragment(out, &ip[..hdr], part, off, end < payload_len),
+            };
+            if let Some(p) = self.window(f, FRAME_START, n) {
+                self.send(p, hop);
+            }
+            off = end;
+        }
+        true
     }
 
     /// The packet `f[head .. head + len]`, or `None` (the frame back on the free list,

@@ -432,39 +432,31 @@ pub fn metrics(run: &Running, snaps: &[Snapshot], sys: &System, uptime: Duration
         }
     }
     // the worker's own counters (forwarding, ICMP, handoff) and reassembly, by name
-    family(
-        &mut o,
-        "xsec_worker_forward",
-        "counter",
-        "The worker's forwarding counters (ICMP sent and suppressed, TTL expiries, ...), by name.",
-    );
-    for s in snaps {
-        if let Value::Object(m) = json!(s.counters) {
-            for (k, v) in m {
-                let _ = writeln!(
-                    o,
-                    "xsec_worker_forward_total{{worker=\"{}\",counter=\"{k}\"}} {}",
-                    s.id,
-                    v.as_u64().unwrap_or(0)
-                );
-            }
-        }
-    }
-    family(
-        &mut o,
-        "xsec_reassembly",
-        "counter",
-        "Outer fragments and reassembly outcomes per worker.",
-    );
-    for s in snaps {
-        if let Value::Object(m) = json!(s.reasm) {
-            for (k, v) in m {
-                let _ = writeln!(
-                    o,
-                    "xsec_reassembly_total{{worker=\"{}\",counter=\"{k}\"}} {}",
-                    s.id,
-                    v.as_u64().unwrap_or(0)
-                );
+    type Named = (&'static str, &'static str, fn(&Snapshot) -> Value);
+    let named: [Named; 2] = [
+        (
+            "xsec_worker_forward",
+            "The worker's forwarding counters (ICMP sent and suppressed, TTL expiries, ...), by name.",
+            |s| json!(s.counters),
+        ),
+        (
+            "xsec_reassembly",
+            "Outer fragments and reassembly outcomes per worker.",
+            |s| json!(s.reasm),
+        ),
+    ];
+    for (name, help, f) in named {
+        family(&mut o, name, "counter", help);
+        for s in snaps {
+            if let Value::Object(m) = f(s) {
+                for (k, v) in m {
+                    let _ = writeln!(
+                        o,
+                        "{name}_total{{worker=\"{}\",counter=\"{k}\"}} {}",
+                        s.id,
+                        v.as_u64().unwrap_or(0)
+                    );
+                }
             }
         }
     }
