@@ -1759,7 +1759,7 @@ fn control_reload_and_live_changes_leave_other_tunnels_untouched() {
                 &sock_a,
                 "events",
                 "--count",
-                "1",
+                "4",
                 "--seconds",
                 "90",
             ],
@@ -1815,16 +1815,38 @@ fn control_reload_and_live_changes_leave_other_tunnels_untouched() {
     let n6 = s.udp(Node::HostA, Node::HostB, addr::HOST_B6, 5006, 10);
     s.check(n6 == 10, || format!("v6 after the rekey: {n6}/10"));
     s.ping(Node::HostB, addr::HOST_A6, 2);
-    let st = s.lab.procs().wait(&events, Duration::from_secs(10));
-    let ev: Value = serde_json::from_str(events.stdout_text().lines().next().unwrap_or("{}"))
+    // ... and, not acted on, again 5 s later, numbered so that a gap would show
+    let st = s.lab.procs().wait(&events, Duration::from_secs(20));
+    let out = events.stdout_text();
+    let evs: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_default())
+        .collect();
+    // the outbound SA's soft expiry (the inbound one's comes too), and its repeat
+    let ev = evs
+        .iter()
+        .find(|e| e["direction"] == "out")
+        .cloned()
         .unwrap_or_default();
+    let again = evs
+        .iter()
+        .find(|e| e["spi"] == ev["spi"] && e["repeat"] == 1)
+        .cloned()
+        .unwrap_or_default();
+    let numbered = evs
+        .windows(2)
+        .all(|w| u(&w[1]["seq"]) == u(&w[0]["seq"]) + 1);
     s.check(
         st.is_some_and(|x| x.success())
+            && evs.len() == 4
+            && numbered
             && ev["type"] == "soft-expire"
             && ev["sa"] == "ab6"
             && ev["limit"] == "packets"
-            && ev["rekey_needed"] == true,
-        || format!("event: {ev} ({st:?}) {}", events.stderr_tail(5)),
+            && ev["rekey_needed"] == true
+            && again["type"] == "soft-expire"
+            && u(&again["seq"]) > u(&ev["seq"]),
+        || format!("events: {out} ({st:?}) {}", events.stderr_tail(5)),
     );
     // per-name counters survive the replacement
     let m = String::from_utf8_lossy(&s.ctl_raw(Node::GwA, &["metrics"]).stdout).into_owned();
@@ -2758,6 +2780,11 @@ fn uncovered_queue_is_refused_or_dropped() {
         msg.contains("exit status: 2") && msg.contains("RX queue(s) 1 of wan0"),
         || format!("refusal does not name the queue: {msg}"),
     );
+    // a failed start leaves no control socket behind
+    let sock = s.lab.workdir().join("xsecd-gwA.sock");
+    s.check(!sock.exists(), || {
+        format!("{} left after a failed start", sock.display())
+    });
     s.pair.a.uncovered_queues = vec![1];
     s.start(&[Node::GwA, Node::GwB]);
     let cap = s.capture();

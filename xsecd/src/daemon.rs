@@ -24,9 +24,13 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use xsec_dataplane::events::EventKind;
 use xsec_dataplane::spd::Direction;
 use xsec_dataplane::time::MonotonicClock;
 use zeroize::Zeroizing;
+
+/// How often a soft-lifetime event nobody acted on is raised again.
+const SOFT_REPEAT: Duration = Duration::from_secs(5);
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +67,17 @@ macro_rules! info {
 struct WorkerHandle {
     cmds: Sender<Cmd>,
     join: Option<JoinHandle<()>>,
+}
+
+/// The control socket's file, removed on drop unless taken (`None`).
+struct SocketFile(Option<PathBuf>);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 /// Validate a configuration without touching the system.
@@ -166,6 +181,9 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         None => None,
     };
     let listener = control::bind(&control_cfg, gid).map_err(DaemonError::Setup)?;
+    // a start that fails from here on removes the socket it created (the control thread
+    // removes it once it serves)
+    let mut socket_file = SocketFile(Some(control_cfg.socket.clone()));
     let metrics_listener = match control_cfg.metrics {
         Some(a) => Some(
             std::net::TcpListener::bind(a)
@@ -405,6 +423,7 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
                 .spawn(move || control::serve(c, listener))
                 .map_err(|e| DaemonError::Setup(format!("spawn control: {e}")))?,
         );
+        socket_file.0 = None;
     }
     if let Some(l) = metrics_listener {
         let c = ctl.clone();
@@ -446,6 +465,8 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     let mut local_addrs: Vec<IpAddr> = vec![];
     let mut next_addrs = Instant::now();
     let mut died = None;
+    let mut soft_pending: HashMap<(u32, Direction), (serde_json::Value, Instant, u32)> =
+        HashMap::new();
     while !stop.load(Ordering::Relaxed) {
         // A worker that is gone (a panic) left its queue without a socket: the XDP program
         // drops that queue's traffic and the guard keeps the kernel from forwarding it. Stop
@@ -496,8 +517,36 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
                 ev.direction.name(),
                 ev.kind
             );
-            ctl.publish(ctl.event_json(w, &ev));
+            let json = ctl.event_json(w, &ev);
+            let key = (ev.spi, ev.direction);
+            match ev.kind {
+                EventKind::SoftLifetime(_) => {
+                    soft_pending.insert(key, (json.clone(), Instant::now() + SOFT_REPEAT, 0));
+                }
+                EventKind::HardLifetime(_) => {
+                    soft_pending.remove(&key);
+                }
+                EventKind::PeerChanged { .. } => {}
+            }
+            ctl.publish(json);
         }
+        // A soft expiry nobody acted on is raised again until the SA is replaced, removed or
+        // hard-expires: one lost event must not become an outage.
+        let now_i = Instant::now();
+        soft_pending.retain(|&(spi, dir), (json, due, repeat)| {
+            if now_i < *due {
+                return true;
+            }
+            if !ctl.sa_configured(spi, dir) {
+                return false;
+            }
+            *repeat += 1;
+            *due = now_i + SOFT_REPEAT;
+            let mut again = json.clone();
+            again["repeat"] = serde_json::json!(*repeat);
+            ctl.publish(again);
+            true
+        });
         if Instant::now() >= next_stats {
             next_stats += interval;
             if let Some(path) = &opts.stats_file {

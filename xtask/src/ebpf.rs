@@ -205,17 +205,4 @@ mod tests {
         assert_eq!(fs::read(&b).unwrap(), b"two");
         fs::remove_dir_all(&dir).unwrap();
     }
-
-    /// The checked-in object is what the source builds to (needs the toolchain, minutes on a
-    /// fresh machine): `cargo test -p xtask -- --ignored`.
-    #[test]
-    #[ignore]
-    fn checked_in_object_is_current() {
-        let root = crate::workspace_root();
-        assert_eq!(
-            build_ebpf(&root),
-            Ok(false),
-            "{OBJECT} was stale and has been rebuilt"
-        );
-    }
 }

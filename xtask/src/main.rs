@@ -25,7 +25,7 @@ commands:
         the nightly toolchain, cargo-fuzz), then cargo fmt --check and cargo clippy
         (skipped by --no-lint), cargo test --workspace, and a fuzz smoke run of every
         target in fuzz/ (N seconds each, default 20; skipped by --no-fuzz). The last line
-        is `xsec: N passed, M failed`; the exit status is non-zero if anything failed.
+        is `xsec: N passed, M failed` (`, K skipped` if anything could not run); the exit status is non-zero if anything failed.
   fuzz [--seconds N] [TARGET...]
         fuzz each target (default: all of fuzz/fuzz_targets/) for N seconds (default 60)
         and report executions, exec/s, corpus size and crashes. Corpora: fuzz/corpus/.
@@ -163,9 +163,11 @@ fn main() -> ExitCode {
 // The lab: two xsecd on AF_XDP in network namespaces (the xsec-lab binary does the work).
 
 /// Build the XDP program if the toolchain is there (installing it if need be); otherwise keep
-/// the checked-in object that xsecd embeds.
-pub fn ebpf_object(root: &Path) {
-    match ebpf::build_ebpf(root) {
+/// the checked-in object that xsecd embeds. `Ok(true)`: the checked-in object was stale (and
+/// is now replaced by the build).
+pub fn ebpf_object(root: &Path) -> Result<bool, String> {
+    let r = ebpf::build_ebpf(root);
+    match &r {
         Ok(true) => println!("setup: eBPF object rebuilt: xsecd/bpf/xsec_xdp.o updated"),
         Ok(false) => println!("setup: eBPF object rebuilt: identical to the checked-in one"),
         Err(e) => println!(
@@ -173,6 +175,7 @@ pub fn ebpf_object(root: &Path) {
              xsecd/bpf/xsec_xdp.o"
         ),
     }
+    r
 }
 
 fn lab(args: &[String]) -> ExitCode {
@@ -181,7 +184,8 @@ fn lab(args: &[String]) -> ExitCode {
         eprintln!("xtask lab: {e}");
         return ExitCode::FAILURE;
     }
-    ebpf_object(&root);
+    // stale or not buildable here: the lab runs what the build left (said above)
+    let _ = ebpf_object(&root);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = std::process::Command::new(&cargo);
     build

@@ -85,6 +85,7 @@ struct Part {
     name: &'static str,
     passed: u64,
     failed: u64,
+    skipped: u64,
     note: String,
     secs: String,
 }
@@ -106,13 +107,18 @@ fn finish(parts: &[Part], total: Instant) -> ExitCode {
     println!("\n== summary ({})", proc::secs(total.elapsed()));
     for p in parts {
         println!(
-            "{:<6} {:>5} passed {:>3} failed  {:<10} {}",
-            p.name, p.passed, p.failed, p.secs, p.note
+            "{:<6} {:>5} passed {:>3} failed {:>3} skipped  {:<10} {}",
+            p.name, p.passed, p.failed, p.skipped, p.secs, p.note
         );
     }
     let passed: u64 = parts.iter().map(|p| p.passed).sum();
     let failed: u64 = parts.iter().map(|p| p.failed).sum();
-    println!("xsec: {passed} passed, {failed} failed");
+    let skipped: u64 = parts.iter().map(|p| p.skipped).sum();
+    if skipped > 0 {
+        println!("xsec: {passed} passed, {failed} failed, {skipped} skipped");
+    } else {
+        println!("xsec: {passed} passed, {failed} failed");
+    }
     proc::flush();
     if failed == 0 {
         ExitCode::SUCCESS
@@ -121,19 +127,56 @@ fn finish(parts: &[Part], total: Instant) -> ExitCode {
     }
 }
 
-fn setup_all(root: &Path, opts: &Options) -> Result<(), String> {
+/// Set-up; what the eBPF build said (see [`ebpf_part`]).
+fn setup_all(root: &Path, opts: &Options) -> Result<Result<bool, String>, String> {
     setup::debian_packages(root)?;
     setup::lab_packages()?;
     // The XDP program is rebuilt from source whenever the toolchain can be had, so the tests
     // run what ebpf/ says; without it, xsecd embeds the checked-in object.
-    crate::ebpf_object(root);
+    let ebpf = crate::ebpf_object(root);
     if opts.lint {
         setup::lint_tools()?;
     }
     if opts.fuzz {
         setup::fuzz_tools()?;
     }
-    Ok(())
+    Ok(ebpf)
+}
+
+/// The checked-in XDP object against what `ebpf/` builds to: passed when identical, failed
+/// when it was stale (the build replaced it: commit the new one), skipped (and counted so)
+/// when the toolchain cannot be had here.
+fn ebpf_part(built: Result<bool, String>) -> Part {
+    let (passed, failed, skipped, note) = match built {
+        Ok(false) => (
+            1,
+            0,
+            0,
+            "xsecd/bpf/xsec_xdp.o is what ebpf/ builds".to_owned(),
+        ),
+        Ok(true) => (
+            0,
+            1,
+            0,
+            "FAILED: xsecd/bpf/xsec_xdp.o was stale; the rebuilt object is in the work tree: \
+             commit it"
+                .to_owned(),
+        ),
+        Err(e) => (
+            0,
+            0,
+            1,
+            format!("skipped: the eBPF toolchain is not here ({e})"),
+        ),
+    };
+    Part {
+        name: "ebpf",
+        passed,
+        failed,
+        skipped,
+        note,
+        secs: String::new(),
+    }
 }
 
 fn lint(root: &Path) -> Part {
@@ -171,6 +214,7 @@ fn lint(root: &Path) -> Part {
             name: "lint",
             passed: 1,
             failed: 0,
+            skipped: 0,
             note: "fmt, clippy clean".into(),
             secs,
         }
@@ -181,6 +225,7 @@ fn lint(root: &Path) -> Part {
             name: "lint",
             passed: 0,
             failed: 1,
+            skipped: 0,
             note,
             secs,
         }
@@ -222,6 +267,8 @@ fn tests(root: &Path) -> Part {
         name: "test",
         passed: c.passed,
         failed,
+        // #[ignore]d tests did not run: counted, never hidden
+        skipped: c.ignored,
         note,
         secs,
     }
@@ -267,6 +314,7 @@ fn fuzz_smoke(root: &Path, seconds: u64) -> Part {
         name: "fuzz",
         passed,
         failed,
+        skipped: 0,
         note,
         secs,
     }
@@ -280,16 +328,20 @@ pub fn run(opts: &Options) -> ExitCode {
     let start = header("setup");
     let r = setup_all(&root, opts);
     let secs = footer("setup", start);
-    if let Err(e) = r {
-        eprintln!("xtask: set-up failed: {e}");
-        parts.push(Part {
-            name: "setup",
-            passed: 0,
-            failed: 1,
-            note: e,
-            secs,
-        });
-        return finish(&parts, total);
+    match r {
+        Err(e) => {
+            eprintln!("xtask: set-up failed: {e}");
+            parts.push(Part {
+                name: "setup",
+                passed: 0,
+                failed: 1,
+                skipped: 0,
+                note: e,
+                secs,
+            });
+            return finish(&parts, total);
+        }
+        Ok(ebpf) => parts.push(ebpf_part(ebpf)),
     }
 
     if opts.lint {

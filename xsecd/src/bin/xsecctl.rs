@@ -334,7 +334,8 @@ fn print_sas(v: &Value, counters: bool) {
         .map(|x| {
             vec![
                 s(&x["name"]),
-                s(&x["spi_hex"]),
+                // hex as XFRM and strongSwan print it, decimal as the appliances configure it
+                format!("{} ({})", s(&x["spi_hex"]), s(&x["spi"])),
                 s(&x["direction"]),
                 s(&x["mode"]),
                 s(&x["peer"]),

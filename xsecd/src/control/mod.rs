@@ -559,8 +559,12 @@ impl Control {
 
     /// Push an event to every subscriber; a subscriber whose queue is full misses it
     /// (counted), one that left is forgotten.
-    pub fn publish(&self, ev: Value) {
-        self.counters.events.fetch_add(1, Ordering::Relaxed);
+    /// Send an event to every subscriber, numbered: `seq` counts from 1 with no gaps, so a
+    /// subscriber that sees one knows it missed events (its queue was full) and re-reads the
+    /// state (`show-sa`).
+    pub fn publish(&self, mut ev: Value) {
+        let seq = self.counters.events.fetch_add(1, Ordering::Relaxed) + 1;
+        ev["seq"] = json!(seq);
         let mut subs = lock(&self.subscribers);
         subs.retain(|s| match s.try_send(ev.clone()) {
             Ok(()) => true,
@@ -570,6 +574,18 @@ impl Control {
             }
             Err(crossbeam_channel::TrySendError::Disconnected(_)) => false,
         });
+    }
+}
+
+impl Control {
+    /// Whether the SA of this SPI and direction is still configured (not removed, not
+    /// replaced by one with another SPI).
+    pub fn sa_configured(&self, spi: u32, dir: Direction) -> bool {
+        let run = lock(&self.running);
+        run.cfg.sas.iter().any(|p| match dir {
+            Direction::Inbound => p.inbound.spi == spi,
+            Direction::Outbound => p.outbound.spi == spi,
+        })
     }
 }
 
