@@ -156,6 +156,9 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         }
     })?);
     let mut cfg = config::parse(&text, &opts.config)?;
+    for w in &cfg.warnings {
+        info!("warning: {w}");
+    }
     if let Some(p) = &opts.control {
         cfg.control.socket = p.clone();
     }

@@ -50,6 +50,9 @@ fn main() -> ExitCode {
     if args.check {
         return match daemon::check(&args.config) {
             Ok(cfg) => {
+                for w in &cfg.warnings {
+                    eprintln!("xsecd: warning: {w}");
+                }
                 println!(
                     "{}: OK ({} SA pair(s), {} policies)",
                     args.config.display(),

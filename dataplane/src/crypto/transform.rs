@@ -187,6 +187,22 @@ impl Transform {
         usize::from(self.align)
     }
 
+    /// Continue `old`'s IV generator: the same key with the sequence numbers carried on must
+    /// keep the same mask (AEAD) or seed (CBC), or a (key, nonce) pair could repeat
+    /// (RFC 4106 §3.1: a nonce is never used twice with one key).
+    pub(crate) fn continue_ivs(&mut self, old: &Transform) {
+        self.iv_mask = old.iv_mask;
+        if let (
+            Kind::Cbc { iv_seed, .. },
+            Kind::Cbc {
+                iv_seed: old_seed, ..
+            },
+        ) = (&mut self.kind, &old.kind)
+        {
+            *iv_seed = *old_seed;
+        }
+    }
+
     /// Test hook: make the IV generator produce `iv` for sequence number `seq`, so that
     /// published vectors (which fix the IV) can be reproduced byte for byte.
     #[cfg(test)]

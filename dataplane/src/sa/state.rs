@@ -329,12 +329,14 @@ impl Sa {
     /// Continue `old`, the SA this one replaces with the same SPI and keys (a configuration
     /// change that did not touch the cryptography): the outbound sequence number, the
     /// anti-replay window (when its size and ESN setting are unchanged, else its top), the
-    /// drop counters and the last NAT-T peer carry over. The lifetime starts anew with this
-    /// SA's limits.
+    /// drop counters and the last NAT-T peer carry over, and so does the IV generator's
+    /// mask (same key, sequence numbers carried on: no nonce may repeat). The lifetime starts
+    /// anew with this SA's limits.
     pub fn take_over(&mut self, old: &Sa) {
         if self.spi != old.spi || self.dir != old.dir {
             return;
         }
+        self.xform.continue_ivs(&old.xform);
         self.seq = self.seq.max(old.seq);
         if self.replay.size() == old.replay.size() && self.esn == old.esn {
             self.replay = old.replay.clone();

@@ -251,6 +251,25 @@ fn build(
             ));
         }
     }
+    // RFC 4106 §2 (and RFC 7634 §2, RFC 4543 §3): combined modes need automated keying. A
+    // manual key outlives restarts, and a restarted sender numbers from 1 again under a new
+    // random IV mask: (key, nonce) pairs can repeat. Warned, not refused: the appliances
+    // configure it.
+    for d in drafts.iter().flatten() {
+        let enc = d.pair.outbound.enc;
+        if enc.is_combined() {
+            warnings.push(d.locs.fail(
+                "encryption",
+                format!(
+                    "{} is a combined mode, and RFC 4106 §2 requires automated keying for it: \
+                     with a manual key, a restart or a key used again can repeat a nonce, which \
+                     breaks its confidentiality and integrity; negotiate it with IKE, or use \
+                     AES-CBC with HMAC for manual keys",
+                    enc.name()
+                ),
+            ));
+        }
+    }
     if policy_vals.is_empty() {
         warnings.push(Fail {
             at: 0,
