@@ -1551,7 +1551,7 @@ fn nonces_never_repeat_across_takeovers() {
             // a settings-only reload: a new SA (fresh random IV seed) takes over the old one
             let old = p.a.remove_sa(p.out).expect("installed");
             let mut cfg = p.out_cfg.clone();
-            cfg.dscp = xsec_dataplane::sa::DscpMode::Set(u8::from(round) * 8 % 64);
+            cfg.dscp = xsec_dataplane::sa::DscpMode::Set(round * 8 % 64);
             let mut new = Sa::new(&cfg, T0).expect("valid");
             new.take_over(&old);
             p.out = p.a.install_sa(new).expect("install");
