@@ -261,9 +261,12 @@ fn connection(ctl: &Control, mut s: UnixStream) {
                 return;
             }
         };
+        // requests may carry keys (`add sa`, `reload` texts): the frame and every string
+        // parsed from it are wiped when this request is done
+        let body = Zeroizing::new(body);
         ctl.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let req: Value = match serde_json::from_slice(&body) {
-            Ok(v @ Value::Object(_)) => v,
+        let req: Wiped = match serde_json::from_slice(&body) {
+            Ok(v @ Value::Object(_)) => Wiped(v),
             Ok(_) => {
                 ctl.counters.errors.fetch_add(1, Ordering::Relaxed);
                 let _ = proto::write_frame(
@@ -285,7 +288,7 @@ fn connection(ctl: &Control, mut s: UnixStream) {
         let answer = match req.get("version").and_then(Value::as_u64) {
             Some(proto::VERSION) => {
                 let cmd = req.get("command").and_then(Value::as_str).unwrap_or("");
-                let args = req.get("args").cloned().unwrap_or(Value::Null);
+                let args = Wiped(req.get("args").cloned().unwrap_or(Value::Null));
                 match cmd {
                     "subscribe" => {
                         subscribe(ctl, &mut s, id);
@@ -320,6 +323,33 @@ fn connection(ctl: &Control, mut s: UnixStream) {
             // an answer too big for a frame is an error the client must hear about
             let _ = proto::write_frame(&mut s, &proto::error(id, kind::INTERNAL, e.to_string()));
         }
+    }
+}
+
+/// A JSON value whose strings are zeroized when it is dropped.
+struct Wiped(Value);
+
+impl std::ops::Deref for Wiped {
+    type Target = Value;
+    fn deref(&self) -> &Value {
+        &self.0
+    }
+}
+
+impl Drop for Wiped {
+    fn drop(&mut self) {
+        wipe(&mut self.0);
+    }
+}
+
+/// Zeroize every string of a JSON value (object keys are short names, not secrets).
+fn wipe(v: &mut Value) {
+    use zeroize::Zeroize;
+    match v {
+        Value::String(s) => s.zeroize(),
+        Value::Array(a) => a.iter_mut().for_each(wipe),
+        Value::Object(m) => m.values_mut().for_each(wipe),
+        _ => {}
     }
 }
 
@@ -1031,4 +1061,31 @@ pub fn default_socket() -> PathBuf {
 pub fn is_socket(p: &Path) -> bool {
     use std::os::unix::fs::FileTypeExt;
     std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wipe_zeroizes_every_string_however_deep() {
+        let mut v = json!({
+            "command": "add-sa",
+            "args": {"text": "[[sa]]\nenc_key_in = \"0x0102\"", "list": ["k1", {"k": "k2"}], "n": 3}
+        });
+        wipe(&mut v);
+        fn strings(v: &Value, out: &mut Vec<String>) {
+            match v {
+                Value::String(s) => out.push(s.clone()),
+                Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
+                Value::Object(m) => m.values().for_each(|x| strings(x, out)),
+                _ => {}
+            }
+        }
+        let mut left = vec![];
+        strings(&v, &mut left);
+        assert_eq!(left.len(), 4);
+        assert!(left.iter().all(String::is_empty), "{left:?}");
+        assert_eq!(v["args"]["n"], 3);
+    }
 }
