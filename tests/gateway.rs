@@ -2440,6 +2440,15 @@ impl Scenario {
         vec![sink, recv, ping, udp, tcp]
     }
 
+    /// Stop the flows, the capture and the daemons; the whole capture must be free of inner
+    /// traffic in clear.
+    fn finish_without_leaks(&mut self, flows: &[Proc], cap: &xsec_lab::topo::Capture) {
+        self.stop_procs(flows);
+        let pcap = self.stop_capture(cap);
+        self.stop_all();
+        self.assert_no_leak(&pcap, |_| false);
+    }
+
     fn stop_procs(&self, ps: &[Proc]) {
         for p in ps {
             self.lab.procs().stop(p, Duration::from_secs(2));
@@ -2616,10 +2625,7 @@ fn killed_during_start_up_leaks_nothing() {
     s.nothing_gets_through();
     s.restart_pair();
     s.ping(Node::HostA, addr::HOST_B, 3);
-    s.stop_procs(&flows);
-    let pcap = s.stop_capture(&cap);
-    s.stop_all();
-    s.assert_no_leak(&pcap, |_| false);
+    s.finish_without_leaks(&flows, &cap);
 }
 
 /// A worker that panics (the debug-build test hook `XSECD_TEST_WORKER_PANIC`: after N
@@ -2678,10 +2684,7 @@ fn a_panicking_worker_stops_xsecd_and_nothing_leaks() {
     s.nothing_gets_through();
     s.restart_pair();
     s.ping(Node::HostA, addr::HOST_B, 3);
-    s.stop_procs(&flows);
-    let pcap = s.stop_capture(&cap);
-    s.stop_all();
-    s.assert_no_leak(&pcap, |_| false);
+    s.finish_without_leaks(&flows, &cap);
 }
 
 /// Traffic no policy names (host A to gateway B's WAN address, and back), both ways: dropped

@@ -482,19 +482,6 @@ impl Engine {
         };
         // a bundle's inner SAs must be sealed before the outer ones wrap them
         let single = bundle.reqids().len() == 1;
-        // The path MTU is checked before anything is encrypted (single SAs: a bundle's size
-        // is known only once its layers are on).
-        if single
-            && let Some(h) = self.sad.lookup_outbound(bundle.reqids()[0])
-            && let Some(sa) = self.sad.get_mut(h)
-            && sa.path_mtu != 0
-            && pkt.len() + esp::MAX_OVERHEAD > usize::from(sa.path_mtu)
-            && let Some(mtu) = esp::path_mtu_room(sa, pkt.data())
-        {
-            sa.drops.bump(DropReason::PathMtu);
-            self.stats.drops.bump(DropReason::PathMtu);
-            return (Verdict::TooBig { mtu }, false);
-        }
         let mut v = Verdict::Drop(DropReason::NoSa);
         for &reqid in bundle.reqids() {
             let Some(h) = self.sad.lookup_outbound(reqid) else {
@@ -511,6 +498,18 @@ impl Engine {
                 }
                 return (self.drop(DropReason::NoSa), false);
             };
+            // The path MTU is checked before anything is encrypted (single SAs: a bundle's
+            // size is known only once its layers are on).
+            if single
+                && let Some(sa) = self.sad.get_mut(h)
+                && sa.path_mtu != 0
+                && pkt.len() + esp::MAX_OVERHEAD > usize::from(sa.path_mtu)
+                && let Some(mtu) = esp::path_mtu_room(sa, pkt.data())
+            {
+                sa.drops.bump(DropReason::PathMtu);
+                self.stats.drops.bump(DropReason::PathMtu);
+                return (Verdict::TooBig { mtu }, false);
+            }
             let (r, deferred) = match defer.as_deref_mut() {
                 Some(slot) if single => {
                     slot.1 = h;

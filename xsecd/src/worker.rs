@@ -1004,20 +1004,44 @@ impl Worker {
             self.c.handoff_drop += 1;
             return;
         }
+        if self
+            .send_handoff(
+                to,
+                HandoffData::Reassembled(ip.to_vec()),
+                0,
+                Side::Unprotected,
+            )
+            .is_some()
+        {
+            self.mesh.big_in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Put a handoff on worker `to`'s inbox (counted, its waker noted); the data comes back
+    /// when the inbox is full, for the caller to return to where it came from.
+    fn send_handoff(
+        &mut self,
+        to: u16,
+        buf: HandoffData,
+        len: u16,
+        side: Side,
+    ) -> Option<HandoffData> {
         let h = Handoff {
-            buf: HandoffData::Reassembled(ip.to_vec()),
-            len: 0,
-            side: Side::Unprotected,
+            buf,
+            len,
+            side,
             from: self.id,
         };
         match self.mesh.inboxes[usize::from(to)].try_send(h) {
             Ok(()) => {
                 self.c.handoff_tx += 1;
+                // wakers of workers 64 apart share a bit: one more check, no lost wake
                 self.to_wake |= 1 << (to % 64);
+                None
             }
-            Err(_) => {
-                self.mesh.big_in_flight.fetch_sub(1, Ordering::AcqRel);
+            Err(e) => {
                 self.c.handoff_drop += 1;
+                Some(e.into_inner().buf)
             }
         }
     }
@@ -1134,24 +1158,10 @@ impl Worker {
         };
         buf[..len].copy_from_slice(&frame.as_ref()[head..head + len]);
         self.xsk.release(frame);
-        let h = Handoff {
-            buf: HandoffData::Frame(buf),
-            len: len as u16,
-            side,
-            from: self.id,
-        };
-        match self.mesh.inboxes[usize::from(to)].try_send(h) {
-            Ok(()) => {
-                self.c.handoff_tx += 1;
-                // wakers of workers 64 apart share a bit: one more check, no lost wake
-                self.to_wake |= 1 << (to % 64);
-            }
-            Err(e) => {
-                self.c.handoff_drop += 1;
-                if let HandoffData::Frame(b) = e.into_inner().buf {
-                    let _ = self.pool.0.try_send(b);
-                }
-            }
+        if let Some(HandoffData::Frame(b)) =
+            self.send_handoff(to, HandoffData::Frame(buf), len as u16, side)
+        {
+            let _ = self.pool.0.try_send(b);
         }
     }
 
