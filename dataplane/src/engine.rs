@@ -327,7 +327,9 @@ impl Engine {
         }
     }
 
-    /// Mutable access for tests and benchmarks (e.g. to move a sequence number).
+    /// Test hook (feature `test-hooks`): mutable access to an installed SA (e.g. to move a
+    /// sequence number).
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn sa_mut(&mut self, h: SaHandle) -> Option<&mut Sa> {
         self.sad.get_mut(h)
     }

@@ -209,6 +209,13 @@ fn run_in(o: &RunOptions, lab: &Lab, xsecd: Option<&std::path::Path>, pair: &Pai
     let pcap = lab.stop_capture(&cap)?;
 
     println!("\n==== summary ====");
+    if xsecd.is_some() {
+        println!(
+            "keys: this run's random SA keys are in {} (xsecd-gwA.toml, xsecd-gwB.toml, esp_sa; \
+             folder mode 0700); they are lab keys, used once",
+            lab.workdir().display()
+        );
+    }
     for (name, p) in &t.pings {
         match parse_ping(&p.stdout_text()) {
             Some(r) => {

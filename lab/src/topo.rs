@@ -25,6 +25,7 @@
 
 use std::ffi::OsStr;
 use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -247,6 +248,9 @@ impl Lab {
         let _ = std::fs::remove_dir_all(&workdir);
         std::fs::create_dir_all(&workdir)
             .map_err(|e| err!("cannot create {}: {e}", workdir.display()))?;
+        // the gateways' configs and the esp_sa table hold the run's keys: owner only
+        std::fs::set_permissions(&workdir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| err!("chmod 700 {}: {e}", workdir.display()))?;
         remove_stale(&opts.prefix);
         let mut lab = Lab {
             opts,

@@ -208,6 +208,23 @@ fn lint(root: &Path) -> Part {
     ])) {
         failures.push("cargo clippy");
     }
+    // The dataplane's `test-hooks` (chosen IV seeds, moving sequence numbers) may serve tests,
+    // benches, fuzzing and pktgen, never the daemon: xsecd built alone must not enable them.
+    let tree = Command::new("cargo")
+        .args(["tree", "-p", "xsecd", "-e", "normal", "--prefix", "none"])
+        .args(["-f", "{p} [{f}]"])
+        .current_dir(root)
+        .output();
+    match tree {
+        Ok(o) if o.status.success() => {
+            let out = String::from_utf8_lossy(&o.stdout);
+            if out.lines().any(|l| l.contains("test-hooks")) {
+                println!("lint: xsecd's dependency graph enables xsec-dataplane/test-hooks");
+                failures.push("xsecd enables test-hooks");
+            }
+        }
+        _ => failures.push("cargo tree -p xsecd"),
+    }
     let secs = footer("lint", start);
     if failures.is_empty() {
         Part {
@@ -215,7 +232,7 @@ fn lint(root: &Path) -> Part {
             passed: 1,
             failed: 0,
             skipped: 0,
-            note: "fmt, clippy clean".into(),
+            note: "fmt, clippy clean; xsecd without test-hooks".into(),
             secs,
         }
     } else {

@@ -164,11 +164,18 @@ impl Sa {
                 msg: "the system random generator failed".into(),
             },
         )?;
-        Self::with_random(cfg, now, random)
+        Self::build(cfg, now, random)
     }
 
-    /// Build with a given IV seed (deterministic tests).
+    /// Test hook (feature `test-hooks`): build with a given IV seed, for deterministic tests.
+    /// Two SAs built with one key and one seed repeat their AEAD nonces; nothing that keys
+    /// real traffic may call this.
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn with_random(cfg: &SaConfig, now: Timestamp, random: [u8; 16]) -> Result<Sa, SaError> {
+        Self::build(cfg, now, random)
+    }
+
+    fn build(cfg: &SaConfig, now: Timestamp, random: [u8; 16]) -> Result<Sa, SaError> {
         cfg.validate()?;
         let outbound = cfg.direction == Direction::Outbound;
         let xform = Transform::new(
@@ -315,13 +322,16 @@ impl Sa {
         }
     }
 
-    /// Test and benchmark hook: continue from sequence number `seq`.
+    /// Test hook (feature `test-hooks`): continue from sequence number `seq`. Moving an
+    /// outbound sequence number back repeats (key, nonce) pairs.
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn set_seq(&mut self, seq: u64) {
         self.seq = seq;
     }
 
-    /// Test and benchmark hook: let the anti-replay window behave as if `seq` had been
+    /// Test hook (feature `test-hooks`): let the anti-replay window behave as if `seq` had been
     /// received (e.g. to place it just below an ESN epoch boundary).
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn set_replay_top(&mut self, seq: u64) {
         self.replay.commit(seq);
     }

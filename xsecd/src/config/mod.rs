@@ -69,7 +69,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         field: f.field,
         message: f.msg,
     };
-    let doc = match DeTable::parse(text) {
+    let mut doc = match DeTable::parse(text) {
         Ok(d) => d,
         Err(e) => {
             // The parser's message only: its Display would quote the line, which may be a key.
@@ -82,6 +82,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     };
     let mut fails = vec![];
     let (cfg, warnings) = build(text, &doc, &mut fails);
+    reader::wipe(doc.get_mut());
     match cfg {
         Some(mut cfg) if fails.is_empty() => {
             cfg.path = path.to_owned();

@@ -35,6 +35,28 @@ pub(super) fn keep<T>(fails: &mut Vec<Fail>, r: Res<T>) -> Option<T> {
     }
 }
 
+/// Wipe every string of `doc` the parser had to copy out of the text (those with escapes);
+/// the rest borrow the text, which the caller wipes. Key material travels as strings.
+pub(super) fn wipe(doc: &mut DeTable<'_>) {
+    use zeroize::Zeroize;
+    fn string(s: &mut DeString<'_>) {
+        if let std::borrow::Cow::Owned(o) = s {
+            o.zeroize();
+        }
+    }
+    fn value(v: &mut DeValue<'_>) {
+        match v {
+            DeValue::String(s) => string(s),
+            DeValue::Array(a) => a.iter_mut().for_each(|e| value(e.get_mut())),
+            DeValue::Table(t) => wipe(t),
+            _ => {}
+        }
+    }
+    for (_, v) in doc.iter_mut() {
+        value(v.get_mut());
+    }
+}
+
 /// 1-based line of a byte offset.
 pub(super) fn line_of(text: &str, at: usize) -> usize {
     let end = at.min(text.len());
@@ -308,5 +330,32 @@ impl<'t, 'i> Val<'t, 'i> {
             DeValue::Table(t) => Ok(Table::new(self.field.clone(), self.span_start, t)),
             _ => Err(self.expected("a table")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wipe_clears_the_strings_the_parser_copied() {
+        // an escape makes the parser copy the string out of the text
+        let text = "[[sa]]\nenc_key = \"0x\\u0030102\"\nname = \"plain\"\n";
+        let mut doc = DeTable::parse(text).unwrap();
+        let key = |doc: &Spanned<DeTable<'_>>| -> (bool, String) {
+            let DeValue::Array(a) = doc.get_ref()["sa"].get_ref() else {
+                panic!("sa is an array")
+            };
+            let DeValue::Table(t) = a[0].get_ref() else {
+                panic!("an array of tables")
+            };
+            let DeValue::String(s) = t["enc_key"].get_ref() else {
+                panic!("a string")
+            };
+            (matches!(s, std::borrow::Cow::Owned(_)), s.to_string())
+        };
+        assert_eq!(key(&doc), (true, "0x0102".to_string()));
+        wipe(doc.get_mut());
+        assert_eq!(key(&doc), (true, String::new()));
     }
 }
