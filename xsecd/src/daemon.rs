@@ -24,6 +24,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use tracing::{error, info, warn};
 use xsec_dataplane::events::EventKind;
 use xsec_dataplane::spd::Direction;
 use xsec_dataplane::time::MonotonicClock;
@@ -54,14 +55,6 @@ pub struct Options {
     /// Replay frames from memory into the workers instead of attaching to the interfaces
     /// (no XDP program, no sockets; next hops still come from the kernel's tables).
     pub replay: Option<Arc<ReplaySource>>,
-}
-
-pub(crate) fn log(msg: std::fmt::Arguments<'_>) {
-    eprintln!("xsecd: {msg}");
-}
-
-macro_rules! info {
-    ($($t:tt)*) => { $crate::daemon::log(format_args!($($t)*)) };
 }
 
 struct WorkerHandle {
@@ -157,7 +150,7 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     })?);
     let mut cfg = config::parse(&text, &opts.config)?;
     for w in &cfg.warnings {
-        info!("warning: {w}");
+        warn!("{w}");
     }
     if let Some(p) = &opts.control {
         cfg.control.socket = p.clone();
@@ -326,11 +319,20 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
             clock,
             replay: opts.replay.clone(),
         };
+        let per_worker_len: Vec<usize> = per_worker.iter().map(Vec::len).collect();
         for sa in per_worker[i].drain(..) {
             let _ = cmd_tx.send(Cmd::InstallSa(Box::new(sa)));
         }
         let _ = cmd_tx.send(Cmd::SetShards(shards.clone()));
         let _ = cmd_tx.send(Cmd::SetHeartbeats(std::mem::take(&mut heartbeats[i])));
+        tracing::debug!(
+            "worker {i}: queue {} of {} and {}, core {:?}, {} SA(s)",
+            gw.queues[i],
+            gw.unprotected,
+            gw.protected,
+            gw.cores.as_ref().and_then(|c| c.get(i)),
+            per_worker_len[i]
+        );
         let rt = ready_tx.clone();
         let join = std::thread::Builder::new()
             .name(format!("xsec-w{i}"))
@@ -438,6 +440,7 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         );
     }
     println!("xsecd: ready");
+    info!("ready");
     if let Some(r) = &opts.replay {
         info!(
             "replaying {} unprotected and {} protected file(s) into the workers; sending to a null sink",
@@ -490,9 +493,9 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
             if gw.forward_guard && !crate::guard::present(&gw.unprotected, &gw.protected) {
                 match crate::guard::install(&gw.unprotected, &gw.protected) {
                     Ok(()) => {
-                        info!("forward guard was gone (nftables ruleset flushed?): reinstalled")
+                        warn!("forward guard was gone (nftables ruleset flushed?): reinstalled")
                     }
-                    Err(e) => info!("forward guard was gone and could not be reinstalled: {e}"),
+                    Err(e) => error!("forward guard was gone and could not be reinstalled: {e}"),
                 }
             }
             match r.local_addresses() {
@@ -506,11 +509,11 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
                         // on failure the map keeps the old set; tried again next second
                         match x.set_local_addrs(&now_addrs) {
                             Ok(()) => local_addrs = now_addrs,
-                            Err(e) => info!("XDP local addresses: {e}"),
+                            Err(e) => warn!("XDP local addresses: {e}"),
                         }
                     }
                 }
-                Err(e) => info!("netlink: listing the gateway's addresses: {e}"),
+                Err(e) => warn!("netlink: listing the gateway's addresses: {e}"),
             }
         }
         while let Ok((w, ev)) = events_rx.try_recv() {
@@ -561,7 +564,7 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
                 };
                 let file = StatsFile::build(started.elapsed(), &snaps, xj);
                 if let Err(e) = stats::write_atomic(path, &file) {
-                    info!("stats file {}: {e}", path.display());
+                    warn!("stats file {}: {e}", path.display());
                 }
             }
         }
@@ -597,7 +600,7 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         match r.write_capture() {
             Ok(0) => {}
             Ok(n) => info!("replay: {n} sent frame(s) captured"),
-            Err(e) => info!("replay capture: {e}"),
+            Err(e) => warn!("replay capture: {e}"),
         }
     }
     Ok(())

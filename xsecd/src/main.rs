@@ -43,6 +43,46 @@ struct Args {
     /// With replay: write the first frames each worker sent to this pcap on exit.
     #[arg(long, value_name = "PCAP")]
     replay_capture: Option<PathBuf>,
+    /// Log level of the running daemon: error, warn, info, debug or trace. `RUST_LOG`, when
+    /// set, takes precedence (e.g. `RUST_LOG=xsecd::control=debug,info`).
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    log_level: tracing::Level,
+}
+
+/// Logs go to stderr, one event per line: UTC timestamp, level, module, message.
+fn init_logging(level: tracing::Level) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => match EnvFilter::try_new(&spec) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("xsecd: RUST_LOG={spec:?} is not a filter ({e}); using --log-level");
+                EnvFilter::new(level.as_str())
+            }
+        },
+        _ => EnvFilter::new(level.as_str()),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// A CLI message: `xsecd: ` before every line, so that each line of a multi-line error
+/// (one per configuration problem) reads `xsecd: FILE:LINE: FIELD: message`.
+fn say(prefix: &str, msg: impl std::fmt::Display) {
+    for line in msg.to_string().lines() {
+        eprintln!("xsecd: {prefix}{line}");
+    }
+}
+
+/// The daemon's fatal error: one log event per line.
+fn fatal(msg: impl std::fmt::Display) {
+    for line in msg.to_string().lines() {
+        tracing::error!("{line}");
+    }
 }
 
 fn main() -> ExitCode {
@@ -51,7 +91,7 @@ fn main() -> ExitCode {
         return match daemon::check(&args.config) {
             Ok(cfg) => {
                 for w in &cfg.warnings {
-                    eprintln!("xsecd: warning: {w}");
+                    say("warning: ", w);
                 }
                 println!(
                     "{}: OK ({} SA pair(s), {} policies)",
@@ -62,7 +102,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("xsecd: {e}");
+                say("", e);
                 ExitCode::from(2)
             }
         };
@@ -71,7 +111,7 @@ fn main() -> ExitCode {
         let cfg = match daemon::check(&args.config) {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("xsecd: {e}");
+                say("", e);
                 return ExitCode::from(2);
             }
         };
@@ -93,15 +133,16 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("xsecd: {e}");
+                say("", e);
                 ExitCode::FAILURE
             }
         };
     }
+    init_logging(args.log_level);
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
-            eprintln!("xsecd: cannot handle signal {sig}: {e}");
+            fatal(format_args!("cannot handle signal {sig}: {e}"));
             return ExitCode::FAILURE;
         }
     }
@@ -113,12 +154,12 @@ fn main() -> ExitCode {
         ) {
             Ok(r) => Some(r),
             Err(e) => {
-                eprintln!("xsecd: replay: {e}");
+                fatal(format_args!("replay: {e}"));
                 return ExitCode::from(2);
             }
         }
     } else if args.replay_capture.is_some() {
-        eprintln!("xsecd: --replay-capture needs --replay-unprotected or --replay-protected");
+        fatal("--replay-capture needs --replay-unprotected or --replay-protected");
         return ExitCode::from(2);
     } else {
         None
@@ -132,11 +173,11 @@ fn main() -> ExitCode {
     match daemon::run(&opts, stop) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ (DaemonError::Config(_) | DaemonError::Refused(_))) => {
-            eprintln!("xsecd: {e}");
+            fatal(e);
             ExitCode::from(2)
         }
         Err(e) => {
-            eprintln!("xsecd: {e}");
+            fatal(e);
             ExitCode::FAILURE
         }
     }

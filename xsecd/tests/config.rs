@@ -308,18 +308,31 @@ fn syntax_error() {
 #[test]
 fn unknown_keys() {
     fails(
-        &edit("mode = \"tunnel\"", "mode = \"tunnel\"\nesp = true"),
-        "gw.toml:8: sa[0].esp: unknown key (expected one of: name, mode,",
+        &edit("mode = \"tunnel\"", "mode = \"tunnel\"\nbogus = true"),
+        "gw.toml:8: sa[0].bogus: unknown key (expected one of: name, mode,",
     );
-    fails(
+    // a misspelt key names what was meant, and the key it stands for is not reported missing
+    let s = fails(
         &edit("[gateway]", "[gatway]"),
-        "gw.toml:1: gateway: missing required key",
+        "gw.toml:1: gatway: unknown key; did you mean \"gateway\"?",
     );
+    assert!(!s.contains("missing"), "{s}");
     let s = fails(
         &edit("[gateway]", "[gateway]\nqueue = [1]"),
-        "gw.toml:2: gateway.queue: unknown key",
+        "gw.toml:2: gateway.queue: unknown key; did you mean \"queues\"?",
     );
-    assert!(s.contains("queues"), "{s}");
+    assert_eq!(s.lines().count(), 1, "{s}");
+    let s = fails(
+        &edit("encryption = ", "encr = "),
+        "gw.toml:12: sa[0].encr: unknown key; did you mean \"encryption\"?",
+    );
+    assert_eq!(s.lines().count(), 1, "{s}");
+    // another tool's name for a key
+    let s = fails(&edit("local = \"192.168.", "src = \"192.168."), "gw.toml:");
+    assert!(
+        s.contains("src: unknown key; did you mean \"local\"?") && !s.contains("missing"),
+        "{s}"
+    );
     fails(
         &edit("sa = \"branch\"\n", "sa = \"branch\"\n[policy.x]\ny = 1\n"),
         "gw.toml:25: policy[0].x: unknown key",

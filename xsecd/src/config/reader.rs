@@ -57,6 +57,68 @@ pub(super) fn wipe(doc: &mut DeTable<'_>) {
     }
 }
 
+/// The keys of `candidates` that `typed` probably meant: those it abbreviates or extends
+/// (`encr`, `enc_key` for `enc_key_in`/`enc_key_out`), else those within a small edit
+/// distance (`intergity`).
+fn suggestions(typed: &str, candidates: &[&'static str]) -> Vec<&'static str> {
+    let typed = typed.to_ascii_lowercase();
+    // other tools' names (strongSwan, VPP, appliances) for xsec's keys
+    const OTHER_NAMES: &[(&str, &[&str])] = &[
+        ("src", &["local"]),
+        ("dst", &["remote"]),
+        ("source", &["local"]),
+        ("destination", &["remote"]),
+        ("local_ts", &["local"]),
+        ("remote_ts", &["remote"]),
+        ("auth", &["integrity"]),
+        ("spi", &["spi_in", "spi_out"]),
+        ("proto", &["protocol"]),
+    ];
+    if let Some((_, meant)) = OTHER_NAMES.iter().find(|(other, _)| *other == typed) {
+        let found: Vec<&'static str> = candidates
+            .iter()
+            .copied()
+            .filter(|c| meant.contains(c))
+            .collect();
+        if !found.is_empty() {
+            return found;
+        }
+    }
+    let affix: Vec<&'static str> = candidates
+        .iter()
+        .copied()
+        .filter(|c| typed.len() >= 3 && (c.starts_with(&typed) || typed.starts_with(c)))
+        .collect();
+    if !affix.is_empty() {
+        return affix;
+    }
+    let limit = (typed.len() / 3).clamp(1, 3);
+    let best = candidates
+        .iter()
+        .map(|c| (edit_distance(&typed, c), *c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d);
+    best.map(|(_, c)| vec![c]).unwrap_or_default()
+}
+
+/// Levenshtein distance over bytes (keys are ASCII).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.bytes().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let next = (diag + usize::from(ca != cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diag = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
 /// 1-based line of a byte offset.
 pub(super) fn line_of(text: &str, at: usize) -> usize {
     let end = at.min(text.len());
@@ -187,13 +249,31 @@ impl<'t, 'i> Table<'t, 'i> {
         }
     }
 
-    /// Report every key that no `get`/`req` asked for.
+    /// Report every key that no `get`/`req` asked for. An unknown key that looks like a
+    /// misspelling of keys asked for and absent names them, and the "missing" failures of
+    /// those keys are withdrawn: one typo, one message.
     pub fn finish(self, fails: &mut Vec<Fail>) {
+        let absent: Vec<&'static str> = self
+            .known
+            .iter()
+            .copied()
+            .filter(|k| !self.entries.iter().any(|e| e.key.get_ref().as_ref() == *k))
+            .collect();
         for e in self.entries.iter().filter(|e| !e.used) {
+            let key: &str = e.key.get_ref();
+            let meant = suggestions(key, &absent);
+            let msg = if meant.is_empty() {
+                format!("unknown key (expected one of: {})", self.known.join(", "))
+            } else {
+                let fields: Vec<String> = meant.iter().map(|k| join(&self.path, k)).collect();
+                fails.retain(|f| !(f.at == self.at && fields.contains(&f.field)));
+                let names: Vec<String> = meant.iter().map(|k| format!("\"{k}\"")).collect();
+                format!("unknown key; did you mean {}?", names.join(" or "))
+            };
             fails.push(Fail {
                 at: e.key.span().start,
-                field: join(&self.path, e.key.get_ref()),
-                msg: format!("unknown key (expected one of: {})", self.known.join(", ")),
+                field: join(&self.path, key),
+                msg,
             });
         }
     }
@@ -336,6 +416,29 @@ impl<'t, 'i> Val<'t, 'i> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn misspelt_keys_find_what_was_meant() {
+        let absent = [
+            "encryption",
+            "integrity",
+            "enc_key_in",
+            "enc_key_out",
+            "local",
+        ];
+        assert_eq!(suggestions("encr", &absent), ["encryption"]);
+        assert_eq!(
+            suggestions("enc_key", &absent),
+            ["enc_key_in", "enc_key_out"]
+        );
+        assert_eq!(suggestions("intergity", &absent), ["integrity"]);
+        assert_eq!(suggestions("locl", &absent), ["local"]);
+        assert_eq!(suggestions("src", &absent), ["local"]);
+        assert!(suggestions("dst", &absent).is_empty());
+        assert!(suggestions("banana", &absent).is_empty());
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+    }
 
     #[test]
     fn wipe_clears_the_strings_the_parser_copied() {

@@ -8,7 +8,6 @@
 //! HTTP connections, and they must never lock operators out of the control socket.
 
 use super::{Control, lock, view};
-use crate::daemon::log;
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
@@ -75,7 +74,7 @@ fn serve_with(ctl: Arc<Control>, l: TcpListener, lim: Limits) {
                 std::thread::sleep(Duration::from_millis(20))
             }
             Err(e) => {
-                log(format_args!("metrics listener: {e}"));
+                tracing::warn!("metrics listener: {e}");
                 std::thread::sleep(Duration::from_millis(100));
             }
         }

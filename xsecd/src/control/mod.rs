@@ -14,7 +14,6 @@ pub mod running;
 pub mod view;
 
 use crate::config::ControlConfig;
-use crate::daemon::log;
 use crate::trace::{self, Filter, Tap};
 use crate::worker::{Change, ChangeReport, Cmd, Snapshot};
 use crate::xdp::XdpSteering;
@@ -30,16 +29,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, UNIX_EPOCH};
+use tracing::{info, warn};
 use xsec_dataplane::events::{Event, EventKind};
 use xsec_dataplane::sa::LimitKind;
 use xsec_dataplane::spd::selector::ICMP_BASE;
 use xsec_dataplane::spd::{Direction, PacketKey};
 use xsec_dataplane::time::MonotonicClock;
 use zeroize::Zeroizing;
-
-macro_rules! info {
-    ($($t:tt)*) => { log(format_args!($($t)*)) };
-}
 
 /// Control-socket connections served at once; more are answered `busy` and closed. HTTP
 /// metrics clients are counted apart ([`http::MAX_HTTP_CONNS`]).
@@ -195,7 +191,7 @@ pub fn serve(ctl: Arc<Control>, listener: UnixListener) {
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err(e) => {
-                info!("control socket: accept: {e}");
+                warn!("control socket: accept: {e}");
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
@@ -241,7 +237,7 @@ fn connection(ctl: &Control, mut s: UnixStream) {
     let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
     if let Err(why) = peer_allowed(ctl, &s) {
         ctl.counters.refused.fetch_add(1, Ordering::Relaxed);
-        info!("control socket: refused a client: {why}");
+        warn!("control socket: refused a client: {why}");
         let _ = proto::write_frame(&mut s, &proto::error(0, kind::REFUSED, why));
         return;
     }
@@ -500,7 +496,7 @@ impl Control {
             );
             Ok(summary)
         } else {
-            info!(
+            warn!(
                 "configuration generation {} applied with errors: {errors:?}",
                 run.generation
             );
