@@ -7,11 +7,19 @@
 //! → the free list. [`Frame`] is the worker's handle on a frame it owns; it is the only way
 //! to touch frame memory.
 //!
+//! Frames are branded: [`Xsk::open`] and [`Xsk::replay`] run a closure with an `Xsk<'id>`
+//! whose `'id` is a fresh lifetime no other socket shares (invariant, chosen by the closure's
+//! caller), and a `Frame<'id>` can only be given back to, or sent by, that `Xsk<'id>`.
+//! The closure cannot return a frame or store one anywhere that outlives it, and the UMEM
+//! is unmapped only after it returns, so no frame outlives its memory. Misuses do not
+//! compile (see the `compile_fail` examples on [`Xsk`]).
+//!
 //! This is the only module of xsecd with `unsafe`: the UMEM mapping, frame access and
 //! `poll(2)`. Every block says why it is sound.
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
+use std::marker::PhantomData;
 use std::num::NonZeroU32;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
@@ -89,33 +97,40 @@ fn errno(e: xdpilone::Errno) -> std::io::Error {
     std::io::Error::from_raw_os_error(e.get_raw().abs())
 }
 
-/// A frame the worker owns: a window into UMEM memory that no ring holds.
+/// The brand of one UMEM's frames: invariant in `'id`, so the frames of two sockets have
+/// different types (`fn(&'id ()) -> &'id ()` is neither co- nor contravariant).
+type Brand<'id> = PhantomData<fn(&'id ()) -> &'id ()>;
+
+/// A frame the worker owns: a window into UMEM memory that no ring holds. `'id` names the
+/// [`Xsk`] it belongs to.
 #[derive(Debug)]
-pub struct Frame {
+pub struct Frame<'id> {
     base: NonNull<u8>,
     /// Offset of the frame in the UMEM (what the rings carry, minus the in-frame offset).
     addr: u64,
+    _brand: Brand<'id>,
 }
 
-impl Frame {
+impl Frame<'_> {
     /// The frame's UMEM address (its first byte).
     pub fn addr(&self) -> u64 {
         self.addr
     }
 }
 
-impl AsRef<[u8]> for Frame {
+impl AsRef<[u8]> for Frame<'_> {
     fn as_ref(&self) -> &[u8] {
-        // SAFETY: `base` points at FRAME_SIZE bytes inside the UMEM mapping, which outlives
-        // every Frame (the worker drops its frames before its Xsk), and a Frame exists only
-        // for a frame no ring holds, so the kernel is not writing it and no other Frame
-        // aliases it (frames are created from RX descriptors and the free list, each address
-        // once).
+        // SAFETY: `base` points at FRAME_SIZE bytes inside the UMEM mapping (`frame_at`
+        // checks the offset). The mapping outlives every Frame: a `Frame<'id>` cannot leave
+        // the closure given to `Xsk::open`/`Xsk::replay`, which unmap only after it returns.
+        // A Frame exists only for a frame no ring holds, so the kernel is not writing it, and
+        // no other Frame aliases it: frames are created from RX descriptors and the free
+        // list, each address once, and only the `Xsk<'id>` that made a frame takes it back.
         unsafe { std::slice::from_raw_parts(self.base.as_ptr(), FRAME_SIZE as usize) }
     }
 }
 
-impl AsMut<[u8]> for Frame {
+impl AsMut<[u8]> for Frame<'_> {
     fn as_mut(&mut self) -> &mut [u8] {
         // SAFETY: as in `as_ref`; `&mut self` makes this the only live view of the frame.
         unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr(), FRAME_SIZE as usize) }
@@ -135,8 +150,8 @@ pub struct SocketStats {
 
 /// A received frame: the Ethernet frame is `frame[off .. off + len]`.
 #[derive(Debug)]
-pub struct RxFrame {
-    pub frame: Frame,
+pub struct RxFrame<'id> {
+    pub frame: Frame<'id>,
     pub off: usize,
     pub len: usize,
 }
@@ -166,6 +181,28 @@ impl Area {
         }
         let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(std::io::Error::last_os_error)?;
         Ok(Area { ptr, len })
+    }
+}
+
+impl Area {
+    /// The frame holding offset `addr`; `None` (and the address is not used) when the frame
+    /// is not wholly inside the mapping.
+    fn frame<'id>(&self, addr: u64) -> Option<Frame<'id>> {
+        let base = addr & !u64::from(FRAME_SIZE - 1);
+        let end = usize::try_from(base)
+            .ok()?
+            .checked_add(FRAME_SIZE as usize)?;
+        if end > self.len {
+            return None;
+        }
+        // SAFETY: `base + FRAME_SIZE` is within the mapping (checked above), so the result
+        // points at a whole frame inside it.
+        let ptr = unsafe { self.ptr.add(base as usize) };
+        Some(Frame {
+            base: ptr,
+            addr: base,
+            _brand: PhantomData,
+        })
     }
 }
 
@@ -227,8 +264,42 @@ impl Drop for ReplayIo {
 /// (XDP_PACKET_HEADROOM), which encapsulation grows into.
 const REPLAY_OFF: usize = 256;
 
-/// One worker's pair of sockets and their UMEM.
-pub struct Xsk {
+/// One worker's pair of sockets and their UMEM, branded `'id` (see the module docs).
+///
+/// A frame cannot be given to another socket:
+/// ```compile_fail,E0521
+/// # use xsecd::xsk::{Xsk, XskConfig};
+/// # use std::sync::Arc;
+/// # let src = Arc::new(xsecd::replay::ReplaySource { files: [vec![], vec![]], capture: None });
+/// let cfg = XskConfig::default();
+/// Xsk::replay(src.clone(), 0, &cfg, |a| {
+///     Xsk::replay(src.clone(), 0, &cfg, |b| {
+///         let f = a.alloc().unwrap();
+///         b.release(f); // error: `'id` of `a` is not `'id` of `b`
+///     })
+/// });
+/// ```
+/// nor outlive the socket's closure:
+/// ```compile_fail
+/// # use xsecd::xsk::{Xsk, XskConfig};
+/// # use std::sync::Arc;
+/// # let src = Arc::new(xsecd::replay::ReplaySource { files: [vec![], vec![]], capture: None });
+/// let f = Xsk::replay(src, 0, &XskConfig::default(), |x| x.alloc().unwrap());
+/// ```
+/// while using a frame inside it is fine:
+/// ```
+/// # use xsecd::xsk::{Xsk, XskConfig};
+/// # use std::sync::Arc;
+/// # let src = Arc::new(xsecd::replay::ReplaySource { files: [vec![], vec![]], capture: None });
+/// let n = Xsk::replay(src, 0, &XskConfig::default(), |x| {
+///     let mut f = x.alloc().unwrap();
+///     f.as_mut()[0] = 1;
+///     x.release(f);
+///     x.free_frames()
+/// });
+/// assert_eq!(n.unwrap(), XskConfig::default().frames as usize);
+/// ```
+pub struct Xsk<'id> {
     // Field order is drop order: the sockets (and UMEM registration) before the memory.
     io: Io,
     area: Area,
@@ -236,9 +307,10 @@ pub struct Xsk {
     frames: u32,
     /// Per side: TX descriptors submitted but not yet completed.
     in_flight: [u32; 2],
+    _brand: Brand<'id>,
 }
 
-impl std::fmt::Debug for Xsk {
+impl std::fmt::Debug for Xsk<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Xsk")
             .field("frames", &self.frames)
@@ -362,14 +434,16 @@ fn free_list(frames: u32) -> Vec<u64> {
         .collect()
 }
 
-impl Xsk {
-    /// Create the UMEM and bind a socket to `queue` of each interface.
-    pub fn open(
+impl Xsk<'_> {
+    /// Create the UMEM, bind a socket to `queue` of each interface and run `f` with them;
+    /// the sockets close and the UMEM is unmapped when `f` returns.
+    pub fn open<R>(
         unprotected: &str,
         protected: &str,
         queue: u32,
         cfg: &XskConfig,
-    ) -> Result<Xsk, XskError> {
+        f: impl for<'id> FnOnce(&mut Xsk<'id>) -> R,
+    ) -> Result<R, XskError> {
         let fail = |iface: &str| {
             let iface = iface.to_string();
             move |(what, source)| XskError {
@@ -393,16 +467,23 @@ impl Xsk {
             free,
             frames: cfg.frames,
             in_flight: [0; 2],
+            _brand: PhantomData,
         };
         for s in Side::BOTH {
             x.refill(s);
         }
-        Ok(x)
+        Ok(f(&mut x))
     }
 
     /// A worker without sockets that receives copies of `src`'s frames (the replay
-    /// backend): the same UMEM-backed frames, free list and burst handling as with sockets.
-    pub fn replay(src: Arc<ReplaySource>, worker: usize, cfg: &XskConfig) -> Result<Xsk, XskError> {
+    /// backend): the same UMEM-backed frames, free list and burst handling as with sockets;
+    /// run `f` with it.
+    pub fn replay<R>(
+        src: Arc<ReplaySource>,
+        worker: usize,
+        cfg: &XskConfig,
+        f: impl for<'id> FnOnce(&mut Xsk<'id>) -> R,
+    ) -> Result<R, XskError> {
         let len = cfg.frames as usize * FRAME_SIZE as usize;
         let area = Area::new(len).map_err(|source| XskError {
             what: "replay memory",
@@ -411,7 +492,7 @@ impl Xsk {
             source,
         })?;
         let free = free_list(cfg.frames);
-        Ok(Xsk {
+        let mut x = Xsk {
             io: Io::Replay(ReplayIo {
                 src,
                 worker,
@@ -422,9 +503,13 @@ impl Xsk {
             free,
             frames: cfg.frames,
             in_flight: [0; 2],
-        })
+            _brand: PhantomData,
+        };
+        Ok(f(&mut x))
     }
+}
 
+impl<'id> Xsk<'id> {
     /// The socket descriptor of a side (for the XSKMAP); -1 when replaying.
     pub fn fd(&self, side: Side) -> i32 {
         match &self.io {
@@ -433,28 +518,20 @@ impl Xsk {
         }
     }
 
-    fn frame_at(&self, addr: u64) -> Frame {
-        let base = addr & !u64::from(FRAME_SIZE - 1);
-        debug_assert!((base as usize) < self.area.len);
-        // SAFETY: `base` is a frame offset below the area length (it comes from this UMEM's
-        // free list or from a descriptor the kernel returned for it), so the result stays
-        // inside the mapping.
-        let ptr = unsafe { self.area.ptr.add(base as usize) };
-        Frame {
-            base: ptr,
-            addr: base,
-        }
+    /// The frame holding UMEM address `addr` (see [`Area::frame`]).
+    fn frame_at(&self, addr: u64) -> Option<Frame<'id>> {
+        self.area.frame(addr)
     }
 
     /// Take a free frame (for packets the worker builds: heartbeats, ICMP, fragments,
     /// handed-off packets).
-    pub fn alloc(&mut self) -> Option<Frame> {
+    pub fn alloc(&mut self) -> Option<Frame<'id>> {
         let a = self.free.pop()?;
-        Some(self.frame_at(a))
+        self.frame_at(a)
     }
 
     /// Give a frame back to the free list.
-    pub fn release(&mut self, f: Frame) {
+    pub fn release(&mut self, f: Frame<'id>) {
         self.free.push(f.addr);
     }
 
@@ -510,7 +587,7 @@ impl Xsk {
 
     /// Receive up to `max` packets from a side, appended to `out` (which the caller keeps
     /// with capacity for a burst, so this does not allocate).
-    pub fn recv(&mut self, side: Side, out: &mut Vec<RxFrame>, max: usize) -> usize {
+    pub fn recv(&mut self, side: Side, out: &mut Vec<RxFrame<'id>>, max: usize) -> usize {
         let (area, area_len) = (self.area.ptr, self.area.len);
         let p = match &mut self.io {
             Io::Sockets { ports, .. } => &mut ports[side as usize],
@@ -520,18 +597,20 @@ impl Xsk {
         let mut n = 0;
         while let Some(d) = r.read() {
             let base = d.addr & !u64::from(FRAME_SIZE - 1);
-            if base as usize >= area_len {
+            let (off, len) = ((d.addr - base) as usize, d.len as usize);
+            if base as usize + FRAME_SIZE as usize > area_len || off + len > FRAME_SIZE as usize {
                 continue; // not ours: cannot happen with a sane kernel; never touch it
             }
-            // SAFETY: `base` is below the area length (checked above).
+            // SAFETY: the whole frame at `base` is inside the area (checked above).
             let ptr = unsafe { area.add(base as usize) };
             out.push(RxFrame {
                 frame: Frame {
                     base: ptr,
                     addr: base,
+                    _brand: PhantomData,
                 },
-                off: (d.addr - base) as usize,
-                len: d.len as usize,
+                off,
+                len,
             });
             n += 1;
         }
@@ -541,7 +620,7 @@ impl Xsk {
 
     /// The replay backend's receive: copies of the side's template frames, in turn, into
     /// free frames (keeping the same reserve as the fill rings do).
-    fn replay_recv(&mut self, side: Side, out: &mut Vec<RxFrame>, max: usize) -> usize {
+    fn replay_recv(&mut self, side: Side, out: &mut Vec<RxFrame<'id>>, max: usize) -> usize {
         let reserve = self.frames as usize / 4;
         let Io::Replay(r) = &mut self.io else {
             return 0;
@@ -554,16 +633,11 @@ impl Xsk {
             };
             r.next[side as usize] = (r.next[side as usize] + 1) % templates.len();
             let Some(a) = self.free.pop() else { break };
-            let base = a & !u64::from(FRAME_SIZE - 1);
-            // SAFETY: `base` comes from this area's free list, so it is a frame offset below
-            // the area length.
-            let ptr = unsafe { self.area.ptr.add(base as usize) };
-            let mut frame = Frame {
-                base: ptr,
-                addr: base,
+            let Some(mut frame) = self.area.frame(a) else {
+                continue;
             };
             let Some(dst) = frame.as_mut().get_mut(REPLAY_OFF..REPLAY_OFF + t.len()) else {
-                self.free.push(base);
+                self.free.push(frame.addr);
                 break; // longer than a frame: refused when the file was read
             };
             dst.copy_from_slice(t);
@@ -579,7 +653,19 @@ impl Xsk {
 
     /// Queue a frame for transmission on a side: `off..off+len` is the Ethernet frame. On a
     /// full ring the frame is handed back.
-    pub fn send(&mut self, side: Side, f: Frame, off: usize, len: usize) -> Result<(), Frame> {
+    pub fn send(
+        &mut self,
+        side: Side,
+        f: Frame<'id>,
+        off: usize,
+        len: usize,
+    ) -> Result<(), Frame<'id>> {
+        if off
+            .checked_add(len)
+            .is_none_or(|end| end > FRAME_SIZE as usize)
+        {
+            return Err(f); // not a window of the frame
+        }
         let p = match &mut self.io {
             Io::Sockets { ports, .. } => &mut ports[side as usize],
             Io::Replay(r) => {
@@ -690,6 +776,19 @@ impl Single {
     }
 }
 
+/// What [`XskTx::send_with`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxOutcome {
+    /// On the TX ring.
+    Queued,
+    /// No free frame: kick and reap, then try again.
+    NoFrame,
+    /// The TX ring is full: kick and reap, then try again.
+    RingFull,
+    /// The builder's window is not inside the frame: nothing sent.
+    BadWindow,
+}
+
 /// A transmit-only AF_XDP socket on one interface queue with its own UMEM: for traffic
 /// generators (`xsec-pktgen --io xdp`). No XDP program is needed to transmit; the fill ring
 /// is never stocked, so nothing is received on it.
@@ -716,22 +815,72 @@ impl XskTx {
         })
     }
 
+    /// Build a packet in a free frame and queue it: `build` writes the frame and returns the
+    /// window `(off, len)` to send. No frame leaves this call, so none can outlive the UMEM
+    /// or reach another socket. `Err` is `build`'s; the frame then goes back to the free list.
+    pub fn send_with<E>(
+        &mut self,
+        build: impl FnOnce(&mut [u8]) -> Result<(usize, usize), E>,
+    ) -> Result<TxOutcome, E> {
+        let s = &mut self.s;
+        let Some(a) = s.free.pop() else {
+            return Ok(TxOutcome::NoFrame);
+        };
+        if a as usize + FRAME_SIZE as usize > s.area.len {
+            return Ok(TxOutcome::NoFrame); // not a frame of ours: dropped from the list
+        }
+        // SAFETY: the whole frame at `a` is inside the area (checked above); it came off the
+        // free list, so no ring holds it and nothing else refers to it; the slice does not
+        // outlive this call.
+        let buf = unsafe {
+            std::slice::from_raw_parts_mut(s.area.ptr.as_ptr().add(a as usize), FRAME_SIZE as usize)
+        };
+        let (off, len) = match build(buf) {
+            Ok(w) => w,
+            Err(e) => {
+                s.free.push(a);
+                return Err(e);
+            }
+        };
+        if off
+            .checked_add(len)
+            .is_none_or(|end| end > FRAME_SIZE as usize)
+        {
+            s.free.push(a);
+            return Ok(TxOutcome::BadWindow);
+        }
+        if !s.port.transmit(a + off as u64, len) {
+            s.free.push(a);
+            return Ok(TxOutcome::RingFull);
+        }
+        Ok(TxOutcome::Queued)
+    }
+
     /// Take a free frame.
-    pub fn alloc(&mut self) -> Option<Frame> {
+    pub fn alloc(&mut self) -> Option<Frame<'static>> {
         let a = self.s.free.pop()?;
         // SAFETY: `a` comes from this area's free list: a frame offset below its length.
         let ptr = unsafe { self.s.area.ptr.add(a as usize) };
-        Some(Frame { base: ptr, addr: a })
+        Some(Frame {
+            base: ptr,
+            addr: a,
+            _brand: PhantomData,
+        })
     }
 
     /// Give a frame back unsent.
-    pub fn release(&mut self, f: Frame) {
+    pub fn release(&mut self, f: Frame<'static>) {
         self.s.free.push(f.addr);
     }
 
     /// Queue `f[off..off + len]` for transmission; on a full ring (or a window outside the
     /// frame) the frame is handed back.
-    pub fn send(&mut self, f: Frame, off: usize, len: usize) -> Result<(), Frame> {
+    pub fn send(
+        &mut self,
+        f: Frame<'static>,
+        off: usize,
+        len: usize,
+    ) -> Result<(), Frame<'static>> {
         if off + len > FRAME_SIZE as usize || !self.s.port.transmit(f.addr + off as u64, len) {
             return Err(f);
         }
@@ -856,5 +1005,64 @@ impl XskRx {
     /// The kernel's counters of the socket (drops on a full RX ring or an empty fill ring).
     pub fn socket_stats(&self) -> SocketStats {
         self.s.port.stats()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_cut_only_inside_the_mapping() {
+        let f = FRAME_SIZE as usize;
+        let area = Area::new(2 * f).unwrap();
+        let at = |a: u64| area.frame(a).map(|fr| fr.addr());
+        assert_eq!(at(0), Some(0));
+        assert_eq!(
+            at(100),
+            Some(0),
+            "an address inside a frame names that frame"
+        );
+        assert_eq!(at(f as u64 + 7), Some(f as u64));
+        assert_eq!(at(2 * f as u64), None);
+        assert_eq!(at(u64::MAX), None);
+        // a mapping that ends inside a frame does not give out that frame
+        let short = Area::new(f + f / 2).unwrap();
+        assert!(short.frame(0).is_some());
+        assert!(short.frame(f as u64).is_none());
+    }
+
+    #[test]
+    fn replayed_frames_are_sent_only_as_windows_of_their_frame() {
+        let src = Arc::new(ReplaySource {
+            files: [vec![vec![vec![0x45; 60]]], vec![]],
+            capture: None,
+        });
+        let cfg = XskConfig {
+            frames: 64,
+            ring: 64,
+            force_copy: false,
+        };
+        let r = Xsk::replay(src, 0, &cfg, |x| {
+            let mut rx = Vec::new();
+            assert_eq!(x.recv(Side::Unprotected, &mut rx, 8), 8);
+            assert!(
+                rx.iter()
+                    .all(|r| r.frame.as_ref()[REPLAY_OFF] == 0x45 && r.len == 60)
+            );
+            let mut frames = rx.into_iter().map(|r| r.frame);
+            let f = frames.next().unwrap();
+            // a window past the frame's end is refused, the frame handed back
+            let f = x
+                .send(Side::Protected, f, FRAME_SIZE as usize - 10, 20)
+                .unwrap_err();
+            let f = x.send(Side::Protected, f, usize::MAX, 2).unwrap_err();
+            assert!(x.send(Side::Protected, f, 0, 60).is_ok());
+            for f in frames {
+                x.release(f);
+            }
+            x.free_frames()
+        });
+        assert_eq!(r.unwrap(), 64, "every frame is back on the free list");
     }
 }
