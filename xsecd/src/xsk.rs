@@ -150,8 +150,8 @@ pub struct SocketStats {
 
 /// A received frame: the Ethernet frame is `frame[off .. off + len]`.
 #[derive(Debug)]
-pub struct RxFrame<'id> {
-    pub frame: Frame<'id>,
+pub struct RxFrame<F> {
+    pub frame: F,
     pub off: usize,
     pub len: usize,
 }
@@ -587,7 +587,7 @@ impl<'id> Xsk<'id> {
 
     /// Receive up to `max` packets from a side, appended to `out` (which the caller keeps
     /// with capacity for a burst, so this does not allocate).
-    pub fn recv(&mut self, side: Side, out: &mut Vec<RxFrame<'id>>, max: usize) -> usize {
+    pub fn recv(&mut self, side: Side, out: &mut Vec<RxFrame<Frame<'id>>>, max: usize) -> usize {
         let (area, area_len) = (self.area.ptr, self.area.len);
         let p = match &mut self.io {
             Io::Sockets { ports, .. } => &mut ports[side as usize],
@@ -620,7 +620,7 @@ impl<'id> Xsk<'id> {
 
     /// The replay backend's receive: copies of the side's template frames, in turn, into
     /// free frames (keeping the same reserve as the fill rings do).
-    fn replay_recv(&mut self, side: Side, out: &mut Vec<RxFrame<'id>>, max: usize) -> usize {
+    fn replay_recv(&mut self, side: Side, out: &mut Vec<RxFrame<Frame<'id>>>, max: usize) -> usize {
         let reserve = self.frames as usize / 4;
         let Io::Replay(r) = &mut self.io else {
             return 0;

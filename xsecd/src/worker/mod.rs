@@ -1,0 +1,629 @@
+//! The poll-mode worker: one per NIC queue, pinned, owning one shard of the SAD.
+//!
+//! Loop: commands (between bursts) → completions → fill → RX burst per side → engine →
+//! next hop → TX → handed-off packets → kick TX → timers and heartbeats → idle policy.
+//! Nothing on the packet path locks, allocates or makes a syscall per packet; the TX kick
+//! (`sendto`, needed by copy mode) is per burst.
+
+use crate::fwd::{self, ETH_HDR, IcmpError};
+use crate::reasm::{self, Reassembler};
+use crate::replay::ReplaySource;
+use crate::trace::Tap;
+mod forward;
+mod io;
+mod mesh;
+
+pub use mesh::{HANDOFF_BUF, HANDOFF_POOL, Handoff, HandoffBuf, HandoffPool, Mesh, Waker};
+
+use crate::xsk::{BURST, FRAME_SIZE, RxFrame, Side, SocketStats, Xsk, XskConfig};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+pub use io::FrameIo;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use xsec_dataplane::sa::{Sa, SaStatus};
+use xsec_dataplane::spd::{Direction, Spd};
+use xsec_dataplane::stats::WorkerStats;
+use xsec_dataplane::time::MonotonicClock;
+use xsec_dataplane::{Engine, MAX_ESP_OVERHEAD, PacketBuf, Shards, Timestamp, Verdict};
+
+/// The MTU of a next hop's link, or the configured one if smaller.
+fn link_mtu(configured: Option<u16>, h: Hop) -> u16 {
+    configured.map_or(h.mtu, |m| m.min(h.mtu))
+}
+
+/// Room in front of a reassembled packet in [`Worker::big`].
+const BIG_HEAD: usize = 64;
+/// Where built or copied packets start in a UMEM frame (room for the Ethernet header and
+/// more in front).
+const FRAME_START: usize = 128;
+/// Packets a worker keeps while their next hop is resolved.
+const PARK_MAX: usize = 256;
+/// The most of an inner packet an ICMP error quotes (IPv6: 1280 - 40 - 8).
+const QUOTE_MAX: usize = 1232;
+
+/// What the worker keeps of a protected-side packet while the engine protects its burst.
+#[derive(Debug)]
+struct Staged {
+    /// (quote slot, quoted bytes, inner length) when the result could outgrow its link.
+    quote: Option<(usize, usize, usize)>,
+    /// The plaintext, when it is traced.
+    traced: Option<Vec<u8>>,
+}
+
+/// A resolved next hop, as the worker needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hop {
+    pub side: Side,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub mtu: u16,
+}
+
+/// A heartbeat / NAT keepalive this worker sends for one of its outbound SAs.
+#[derive(Debug, Clone, Copy)]
+pub struct Heartbeat {
+    pub reqid: u32,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    pub interval: Duration,
+}
+
+/// Changes for a worker, applied between bursts.
+#[derive(Debug)]
+pub enum Cmd {
+    InstallSa(Box<Sa>),
+    SetShards(Arc<Shards>),
+    SetHeartbeats(Vec<Heartbeat>),
+    /// A next hop resolved (or gone, `None`).
+    Hop {
+        dst: IpAddr,
+        hop: Option<Hop>,
+    },
+    /// A configuration change, applied in one step; the report is sent back.
+    Apply(Box<Change>, Sender<ChangeReport>),
+    /// Start (`Some`) or stop tracing packets.
+    Trace(Option<Box<Tap>>),
+    /// Reply with a snapshot of the counters.
+    Snapshot(Sender<Snapshot>),
+    Stop,
+}
+
+/// One worker's part of a configuration change (`xsecctl reload`, `add sa`, ...), applied
+/// between two bursts in this order: removals, installations, shards, SPD, heartbeats.
+#[derive(Debug, Default)]
+pub struct Change {
+    /// SAs to remove, by direction and SPI.
+    pub remove: Vec<(Direction, u32)>,
+    /// SAs to install. With `true`, the SA continues the one of the same direction and SPI
+    /// removed by this change ([`Sa::take_over`]): same keys, other settings changed.
+    pub install: Vec<(Box<Sa>, bool)>,
+    pub shards: Option<Arc<Shards>>,
+    pub spd: Option<Arc<Spd>>,
+    pub heartbeats: Option<Vec<Heartbeat>>,
+}
+
+/// What a worker did with a [`Change`].
+#[derive(Debug, Default)]
+pub struct ChangeReport {
+    pub id: u16,
+    /// Final state of every SA removed (for counters that outlive the SA).
+    pub removed: Vec<SaStatus>,
+    /// SAs that could not be installed or removed.
+    pub errors: Vec<String>,
+}
+
+/// A struct of `u64` counters with `add`, for summing workers.
+macro_rules! counters {
+    ($(#[$m:meta])* pub struct $name:ident { $( $(#[$fm:meta])* pub $f:ident: u64, )* }) => {
+        $(#[$m])*
+        pub struct $name { $( $(#[$fm])* pub $f: u64, )* }
+
+        impl $name {
+            /// Add `o`'s counters to these.
+            pub fn add(&mut self, o: &Self) {
+                $( self.$f += o.$f; )*
+            }
+        }
+    };
+}
+pub(crate) use counters;
+
+counters! {
+/// Counters of the worker's own (non-engine) work.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WorkerCounters {
+    pub rx_unprot: u64,
+    pub rx_prot: u64,
+    pub tx_unprot: u64,
+    pub tx_prot: u64,
+    pub handoff_tx: u64,
+    pub handoff_rx: u64,
+    /// Packets that could not be handed off (queue full, too big, loop).
+    pub handoff_drop: u64,
+    pub loops: u64,
+    pub busy_loops: u64,
+    /// Not IPv4/IPv6 (steered by mistake): dropped.
+    pub non_ip: u64,
+    /// Packets dropped for want of a next-hop MAC (parking full or resolution timed out).
+    pub no_neighbour: u64,
+    /// Packets held while their next hop was resolved (most are sent a moment later).
+    pub parked: u64,
+    pub ttl_exceeded: u64,
+    pub fragmented: u64,
+    pub icmp_sent: u64,
+    /// ICMP errors not sent: over the rate limit (`icmp_rate`, `icmp_burst`).
+    pub icmp_suppressed: u64,
+    pub tx_full: u64,
+    /// No free frame for a packet the worker builds.
+    pub no_frame: u64,
+    /// The route points to another interface, or the destination is local.
+    pub not_forwarded: u64,
+    /// IKE that reached the dataplane (the XDP program should pass it to the kernel).
+    pub punt_dropped: u64,
+    pub heartbeats_sent: u64,
+}
+}
+
+/// What a worker reports.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub id: u16,
+    pub queue: u32,
+    pub core: Option<usize>,
+    pub counters: WorkerCounters,
+    pub engine: WorkerStats,
+    pub reasm: reasm::ReasmStats,
+    /// The kernel's counters of the unprotected and protected sockets.
+    pub sockets: [SocketStats; 2],
+    pub sas: Vec<SaStatus>,
+    pub hits_in: Vec<u64>,
+    pub hits_out: Vec<u64>,
+    /// Trace copies that found the trace channel full.
+    pub trace_lost: u64,
+}
+
+/// Everything a worker thread needs.
+#[derive(Debug)]
+pub struct WorkerSetup {
+    pub id: u16,
+    pub queue: u32,
+    pub core: Option<usize>,
+    pub unprotected: String,
+    pub protected: String,
+    pub xsk: XskConfig,
+    pub busy_poll: bool,
+    pub spd: Arc<Spd>,
+    pub cmds: Receiver<Cmd>,
+    /// Destinations to resolve.
+    pub resolve: Sender<IpAddr>,
+    /// Engine events (lifetimes) for the control thread.
+    pub events: Sender<(u16, xsec_dataplane::events::Event)>,
+    pub inbox: Receiver<Handoff>,
+    pub pool: HandoffPool,
+    pub mesh: Mesh,
+    /// ICMP errors are sent from these addresses (the gateway's own, per family).
+    pub icmp_src: [Option<IpAddr>; 2],
+    /// MTU override (else the next hop's).
+    pub mtu: Option<u16>,
+    /// ICMP errors per second and bucket size.
+    pub icmp_limit: (u32, u32),
+    pub clock: MonotonicClock,
+    /// Replay frames from memory instead of opening sockets (`crate::replay`).
+    pub replay: Option<Arc<ReplaySource>>,
+    /// Test hook (debug builds only, `XSECD_TEST_WORKER_PANIC`): panic once this many
+    /// packets were received, to test what a dying worker leaves behind.
+    pub panic_after: Option<u64>,
+}
+
+/// Reported back once the sockets are open: their descriptors for the XSKMAP.
+pub type Ready = Result<(u16, u32, [i32; 2]), String>;
+
+/// The next-hop tables' hasher: foldhash's fast hasher with a per-process random seed.
+/// SipHash cost ~9 % of a worker's time at 64 B (profiled with `xsec-lab capacity`); a
+/// lookup of an IPv4/IPv6 mix in a 256-entry table took 0.60-0.67x the time of the
+/// multiply-rotate hasher this replaced and ~0.2x SipHash's. The random seed keeps a sender
+/// from choosing destinations that collide (the keys are unauthenticated protected-side
+/// addresses).
+type HopHash = foldhash::fast::RandomState;
+
+struct PendingHop {
+    asked: Timestamp,
+}
+
+struct HeartbeatState {
+    hb: Heartbeat,
+    next: Timestamp,
+}
+
+struct Worker<'x, I: FrameIo> {
+    id: u16,
+    queue: u32,
+    core: Option<usize>,
+    /// The frames' source and sink: the sockets and UMEM, owned by [`Xsk::open`] for as
+    /// long as the worker runs (no `I::Frame` the worker holds outlives them).
+    xsk: &'x mut I,
+    engine: Engine,
+    c: WorkerCounters,
+    /// Next hops: `None` = known unreachable / local (refreshed by the resolver).
+    hops: HashMap<IpAddr, Option<Hop>, HopHash>,
+    /// The last destination found in `hops` and its hop (emptied whenever `hops` changes).
+    last_hop: Option<(IpAddr, Hop)>,
+    pending: HashMap<IpAddr, PendingHop, HopHash>,
+    resolve: Sender<IpAddr>,
+    events: Sender<(u16, xsec_dataplane::events::Event)>,
+    inbox: Receiver<Handoff>,
+    pool: HandoffPool,
+    mesh: Mesh,
+    /// Workers handed packets in this loop (bit `id % 64`): woken if they sleep.
+    to_wake: u64,
+    icmp_src: [Option<IpAddr>; 2],
+    icmp_limit: fwd::IcmpLimiter,
+    mtu: Option<u16>,
+    heartbeats: Vec<HeartbeatState>,
+    /// The smallest MTU of any next hop seen (or the configured one): packets that cannot
+    /// outgrow it need no copy kept for an ICMP error.
+    min_mtu: usize,
+    reasm: Reassembler,
+    /// Where a reassembled outer packet is put together and processed ([`BIG_HEAD`] bytes of
+    /// room in front for a handed-off packet's outer headers).
+    big: Vec<u8>,
+    /// Packets waiting for a next hop: (destination, packet, since, not seen by the
+    /// outbound SPD).
+    parked: Vec<(IpAddr, PacketBuf<I::Frame>, Timestamp, bool)>,
+    frag_id: u32,
+    /// The start of each protected-side packet of a burst that could outgrow its link, for
+    /// the ICMP error that would quote it (one slot per packet of the burst).
+    quotes: Box<[[u8; QUOTE_MAX]; BURST]>,
+    /// A protected-side burst between its stages (allocated once).
+    batch: Vec<PacketBuf<I::Frame>>,
+    staged: Vec<Staged>,
+    spis: Vec<Option<u32>>,
+    verdicts: Vec<Verdict>,
+    trace: Option<Box<Tap>>,
+    trace_lost: u64,
+}
+
+/// Run a worker until `Cmd::Stop`. Sends `Ready` once its sockets are open (or failed).
+pub fn run(setup: WorkerSetup, ready: Sender<Ready>) {
+    if let Some(core) = setup.core
+        && !core_affinity::set_for_current(core_affinity::CoreId { id: core })
+    {
+        let _ = ready.send(Err(format!(
+            "worker {}: cannot pin to core {core}",
+            setup.id
+        )));
+        return;
+    }
+    let id = setup.id;
+    let failed = ready.clone();
+    let opened = match setup.replay.clone() {
+        Some(src) => Xsk::replay(src, usize::from(id), &setup.xsk.clone(), |xsk| {
+            serve(xsk, setup, ready)
+        }),
+        None => {
+            let (u, p, q, cfg) = (
+                setup.unprotected.clone(),
+                setup.protected.clone(),
+                setup.queue,
+                setup.xsk.clone(),
+            );
+            Xsk::open(&u, &p, q, &cfg, |xsk| serve(xsk, setup, ready))
+        }
+    };
+    if let Err(e) = opened {
+        let _ = failed.send(Err(format!("worker {id}: {e}")));
+    }
+}
+
+/// The worker's life once its sockets are open: announce them, then poll until `Cmd::Stop`.
+fn serve(xsk: &mut Xsk<'_>, setup: WorkerSetup, ready: Sender<Ready>) {
+    let fds = [xsk.fd(Side::Unprotected), xsk.fd(Side::Protected)];
+    for _ in 0..HANDOFF_POOL {
+        let _ = setup.pool.0.send(Box::new([0u8; HANDOFF_BUF]));
+    }
+    let mut w = Worker::new(xsk, &setup);
+    if ready.send(Ok((w.id, w.queue, fds))).is_err() {
+        return;
+    }
+    let clock = setup.clock;
+    let mut rx = Vec::with_capacity(BURST);
+    let mut idle_loops = 0u32;
+    let mut next_timer = clock.now();
+    loop {
+        // Control between bursts: never blocks.
+        loop {
+            match setup.cmds.try_recv() {
+                Ok(Cmd::Stop) | Err(TryRecvError::Disconnected) => return,
+                Ok(cmd) => w.apply(cmd, clock.now()),
+                Err(TryRecvError::Empty) => break,
+            }
+        }
+        let now = clock.now();
+        let work = w.poll(&mut rx, now, &mut next_timer);
+        if let Some(n) = setup.panic_after
+            && w.c.rx_unprot + w.c.rx_prot >= n
+        {
+            panic!("worker {}: test hook: panicking after {n} packets", w.id);
+        }
+        if work > 0 {
+            w.c.busy_loops += 1;
+            idle_loops = 0;
+        } else if !setup.busy_poll {
+            idle_loops += 1;
+            // Spinning with nothing to do: let whatever else is runnable on this CPU
+            // (generators, other gateways, the kernel's own threads) go first.
+            std::thread::yield_now();
+            if idle_loops > 256 {
+                match w.mesh.wakers.get(usize::from(w.id)) {
+                    Some(me) => me.sleep(w.xsk, &w.inbox, 1),
+                    None => {
+                        w.xsk.wait(1, None);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<'x, I: FrameIo> Worker<'x, I> {
+    fn new(xsk: &'x mut I, setup: &WorkerSetup) -> Self {
+        Worker {
+            id: setup.id,
+            queue: setup.queue,
+            core: setup.core,
+            xsk,
+            engine: Engine::new(setup.spd.clone()),
+            c: WorkerCounters::default(),
+            hops: HashMap::with_capacity_and_hasher(256, HopHash::default()),
+            last_hop: None,
+            pending: HashMap::with_capacity_and_hasher(64, HopHash::default()),
+            resolve: setup.resolve.clone(),
+            events: setup.events.clone(),
+            inbox: setup.inbox.clone(),
+            pool: setup.pool.clone(),
+            to_wake: 0,
+            mesh: setup.mesh.clone(),
+            icmp_src: setup.icmp_src,
+            icmp_limit: fwd::IcmpLimiter::new(setup.icmp_limit.0, setup.icmp_limit.1),
+            mtu: setup.mtu,
+            heartbeats: Vec::new(),
+            min_mtu: usize::from(setup.mtu.unwrap_or(u16::MAX)),
+            parked: Vec::with_capacity(PARK_MAX),
+            reasm: Reassembler::new(),
+            big: vec![0; BIG_HEAD + reasm::MAX_DATAGRAM],
+            frag_id: u32::from(setup.id) << 24,
+            quotes: Box::new([[0u8; QUOTE_MAX]; BURST]),
+            batch: Vec::with_capacity(BURST),
+            staged: Vec::with_capacity(BURST),
+            spis: Vec::with_capacity(BURST),
+            verdicts: vec![Verdict::Unset; BURST],
+            trace: None,
+            trace_lost: 0,
+        }
+    }
+
+    /// One turn of the loop: completions, fill, an RX burst per side through the engine to
+    /// TX, handed-off packets, wake-ups, the TX kick and (every millisecond) the timers.
+    /// Returns the packets taken.
+    fn poll(
+        &mut self,
+        rx: &mut Vec<RxFrame<I::Frame>>,
+        now: Timestamp,
+        next_timer: &mut Timestamp,
+    ) -> usize {
+        self.c.loops += 1;
+        self.xsk.reap();
+        let mut work = 0;
+        for side in Side::BOTH {
+            self.xsk.refill(side);
+            rx.clear();
+            let n = self.xsk.recv(side, rx, BURST);
+            work += n;
+            match side {
+                Side::Unprotected => self.c.rx_unprot += n as u64,
+                Side::Protected => self.c.rx_prot += n as u64,
+            }
+            match side {
+                Side::Protected => self.protected_burst(rx, now),
+                Side::Unprotected => self.unprotected_burst(rx, now),
+            }
+        }
+        for _ in 0..BURST {
+            let Ok(h) = self.inbox.try_recv() else { break };
+            work += 1;
+            self.handed(h, now);
+        }
+        if self.to_wake != 0 {
+            std::sync::atomic::fence(Ordering::SeqCst);
+            for (i, waker) in self.mesh.wakers.iter().enumerate() {
+                if self.to_wake & (1 << (i % 64)) != 0 {
+                    waker.wake();
+                }
+            }
+            self.to_wake = 0;
+        }
+        self.xsk.kick();
+        if now >= *next_timer {
+            *next_timer = now.plus(Duration::from_millis(1));
+            self.engine.poll_timers(now, 64);
+            self.heartbeats(now);
+            self.expire_parked(now);
+            self.reasm.expire(now);
+            for ev in self.engine.drain_events() {
+                let _ = self.events.try_send((self.id, ev));
+            }
+        }
+        work
+    }
+}
+
+impl<I: FrameIo> Worker<'_, I> {
+    fn apply(&mut self, cmd: Cmd, now: Timestamp) {
+        match cmd {
+            Cmd::InstallSa(sa) => {
+                let remote = sa.info().remote;
+                if let Ok(h) = self.engine.install_sa(*sa)
+                    && let Some(Some(hop)) = remote.and_then(|r| self.hops.get(&r))
+                    && hop.side == Side::Unprotected
+                {
+                    let mtu = self.link_mtu(*hop);
+                    self.engine.set_sa_path_mtu(h, mtu);
+                }
+            }
+            Cmd::Apply(change, reply) => {
+                let report = self.change(*change, now);
+                self.path_mtus();
+                let _ = reply.send(report);
+            }
+            Cmd::Trace(tap) => {
+                if let Some(old) = self.trace.take() {
+                    self.trace_lost += old.lost;
+                }
+                self.trace = tap;
+            }
+            Cmd::SetShards(s) => self.engine.set_shards(Some(s)),
+            Cmd::SetHeartbeats(hbs) => {
+                self.heartbeats = hbs
+                    .into_iter()
+                    .map(|hb| HeartbeatState { next: now, hb })
+                    .collect();
+            }
+            Cmd::Hop { dst, hop } => {
+                self.last_hop = None;
+                self.pending.remove(&dst);
+                if let Some(h) = hop {
+                    self.min_mtu = self.min_mtu.min(usize::from(h.mtu));
+                }
+                if self.hops.len() < 65536 || self.hops.contains_key(&dst) {
+                    self.hops.insert(dst, hop);
+                }
+                if let Some(h) = hop
+                    && h.side == Side::Unprotected
+                {
+                    self.engine.set_path_mtu(dst, self.link_mtu(h));
+                }
+                self.unpark(dst, now);
+            }
+            Cmd::Snapshot(reply) => {
+                let sas = self
+                    .engine
+                    .sad()
+                    .iter()
+                    .map(|(_, sa)| sa.status(now))
+                    .collect();
+                let _ = reply.send(Snapshot {
+                    id: self.id,
+                    queue: self.queue,
+                    core: self.core,
+                    counters: self.c.clone(),
+                    engine: self.engine.stats().clone(),
+                    reasm: self.reasm.stats,
+                    sockets: [
+                        self.xsk.socket_stats(Side::Unprotected),
+                        self.xsk.socket_stats(Side::Protected),
+                    ],
+                    sas,
+                    hits_in: self.engine.policy_hits(Direction::Inbound).to_vec(),
+                    hits_out: self.engine.policy_hits(Direction::Outbound).to_vec(),
+                    trace_lost: self.trace_lost + self.trace.as_ref().map_or(0, |t| t.lost),
+                });
+            }
+            Cmd::Stop => {}
+        }
+    }
+
+    fn set_spd(&mut self, spd: Arc<Spd>) {
+        if let Some(t) = &mut self.trace {
+            t.set_spd(&spd);
+        }
+        self.engine.set_spd(spd);
+    }
+
+    /// Apply one configuration change; see [`Change`].
+    fn change(&mut self, c: Change, now: Timestamp) -> ChangeReport {
+        let mut report = ChangeReport {
+            id: self.id,
+            ..ChangeReport::default()
+        };
+        let mut gone: Vec<Sa> = Vec::with_capacity(c.remove.len());
+        for (dir, spi) in c.remove {
+            match self.engine.sad().find(dir, spi, None) {
+                Some(h) => {
+                    if let Some(sa) = self.engine.remove_sa(h) {
+                        report.removed.push(sa.status(now));
+                        gone.push(sa);
+                    }
+                }
+                None => report.errors.push(format!(
+                    "worker {}: no {} SA with SPI {spi:#010x} to remove",
+                    self.id,
+                    dir.name()
+                )),
+            }
+        }
+        for (mut sa, carry) in c.install {
+            if carry
+                && let Some(old) = gone
+                    .iter()
+                    .find(|o| o.spi() == sa.spi() && o.direction() == sa.direction())
+            {
+                sa.take_over(old);
+            }
+            let (dir, spi) = (sa.direction(), sa.spi());
+            if let Err(e) = self.engine.install_sa(*sa) {
+                report.errors.push(format!(
+                    "worker {}: {} SA {spi:#010x}: {e}",
+                    self.id,
+                    dir.name()
+                ));
+            }
+        }
+        if let Some(s) = c.shards {
+            self.engine.set_shards(Some(s));
+        }
+        if let Some(spd) = c.spd {
+            self.set_spd(spd);
+        }
+        if let Some(hbs) = c.heartbeats {
+            // a heartbeat that continues keeps its schedule
+            let old = std::mem::take(&mut self.heartbeats);
+            self.heartbeats = hbs
+                .into_iter()
+                .map(|hb| {
+                    let next = old
+                        .iter()
+                        .find(|o| o.hb.reqid == hb.reqid && o.hb.interval == hb.interval)
+                        .map_or(now, |o| o.next);
+                    HeartbeatState { next, hb }
+                })
+                .collect();
+        }
+        report
+    }
+
+    /// The MTU of a next hop's link (or the configured one, if smaller).
+    fn link_mtu(&self, h: Hop) -> u16 {
+        link_mtu(self.mtu, h)
+    }
+
+    /// After SAs came or changed: the outbound SAs get the MTU of the link towards their
+    /// peers, where the next hop is known.
+    fn path_mtus(&mut self) {
+        let hops = &self.hops;
+        let cfg = self.mtu;
+        self.engine.update_path_mtus(|peer| match hops.get(&peer) {
+            Some(Some(h)) if h.side == Side::Unprotected => Some(link_mtu(cfg, *h)),
+            _ => None,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;

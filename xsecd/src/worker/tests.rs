@@ -1,0 +1,384 @@
+//! The worker's logic on in-memory frames ([`MemIo`]): no sockets, no namespaces, no root.
+//! Two gateways' workers (the mirrored `examples/ar410-tunnel-*.toml`, keyed by the same
+//! config path as xsecd's) pass packets to each other through the real engine.
+
+use super::io::MemIo;
+use super::*;
+use crate::control::running::{Running, Source};
+use std::path::Path;
+use xsec_dataplane::wire::{
+    EspPacket, EtherType, EthernetFrame, EthernetRepr, IcmpPacket, IpProtocol, Ipv4Packet,
+    Ipv4Repr, UdpPacket,
+};
+
+const GW_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xaa];
+const PEER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xbb];
+const HOST_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xcc];
+const HOST_A: [u8; 4] = [192, 168, 10, 5];
+const HOST_B: [u8; 4] = [192, 168, 20, 7];
+const ELSEWHERE: [u8; 4] = [198, 51, 100, 9];
+const FRAMES: usize = 256;
+
+/// A gateway's config (an example, plus `extra` policies first) made ready for one worker.
+struct Gw {
+    setup: WorkerSetup,
+    sas: Vec<Sa>,
+    shards: Arc<Shards>,
+    _cmds: Sender<Cmd>,
+    resolve: Receiver<IpAddr>,
+}
+
+fn gateway(example: &str, extra: &str) -> Gw {
+    let text = format!("{extra}\n{example}");
+    let path = Path::new("test.toml");
+    let cfg = crate::config::parse(&text, path).expect("the example parses");
+    let running = Running::new(cfg, Source::split(&text, path), 1).expect("running config");
+    let clock = MonotonicClock::default();
+    let sas = running
+        .initial_sas(clock.now())
+        .expect("SAs")
+        .pop()
+        .expect("one worker");
+    let (cmds_tx, cmds) = crossbeam_channel::unbounded();
+    let (resolve_tx, resolve) = crossbeam_channel::unbounded();
+    let (events, _) = crossbeam_channel::unbounded();
+    let (inbox_tx, inbox) = crossbeam_channel::unbounded();
+    let (pool_tx, pool_rx) = crossbeam_channel::unbounded();
+    for _ in 0..4 {
+        let _ = pool_tx.send(Box::new([0u8; HANDOFF_BUF]));
+    }
+    let mesh = Mesh {
+        inboxes: vec![inbox_tx],
+        pools: vec![pool_tx.clone()],
+        wakers: vec![Waker::new().expect("eventfd")],
+        big_in_flight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+    };
+    Gw {
+        setup: WorkerSetup {
+            id: 0,
+            queue: 0,
+            core: None,
+            unprotected: "wan0".into(),
+            protected: "lan0".into(),
+            xsk: XskConfig::default(),
+            busy_poll: false,
+            spd: running.spd.clone(),
+            cmds,
+            resolve: resolve_tx,
+            events,
+            inbox,
+            pool: (pool_tx, pool_rx),
+            mesh,
+            icmp_src: [Some(IpAddr::from([192, 168, 10, 1])), None],
+            mtu: None,
+            icmp_limit: (100, 20),
+            clock,
+            replay: None,
+            panic_after: None,
+        },
+        sas,
+        shards: running.shards.clone(),
+        _cmds: cmds_tx,
+        resolve,
+    }
+}
+
+const A: &str = include_str!("../../../examples/ar410-tunnel-a.toml");
+const B: &str = include_str!("../../../examples/ar410-tunnel-b.toml");
+/// Gateway A also lets host A reach 198.51.100.0/24 in clear (BYPASS).
+const A_BYPASS: &str = r#"[[policy]]
+name = "web"
+direction = "both"
+local = "192.168.10.0/24"
+remote = "198.51.100.0/24"
+action = "bypass"
+"#;
+
+fn hop(side: Side, mtu: u16) -> Option<Hop> {
+    Some(Hop {
+        side,
+        src_mac: GW_MAC,
+        dst_mac: if side == Side::Unprotected {
+            PEER_MAC
+        } else {
+            HOST_MAC
+        },
+        mtu,
+    })
+}
+
+impl<'x> Worker<'x, MemIo> {
+    fn start(io: &'x mut MemIo, gw: &mut Gw) -> Self {
+        let mut w = Worker::new(io, &gw.setup);
+        let now = gw.setup.clock.now();
+        for sa in gw.sas.drain(..) {
+            w.apply(Cmd::InstallSa(Box::new(sa)), now);
+        }
+        w.apply(Cmd::SetShards(gw.shards.clone()), now);
+        w
+    }
+
+    fn hop_to(&mut self, dst: [u8; 4], h: Option<Hop>) {
+        let now = self.engine_now();
+        self.apply(
+            Cmd::Hop {
+                dst: IpAddr::from(dst),
+                hop: h,
+            },
+            now,
+        );
+    }
+
+    fn engine_now(&self) -> Timestamp {
+        MonotonicClock::default().now()
+    }
+
+    /// One turn of the loop, now.
+    fn turn(&mut self) -> usize {
+        let mut rx = Vec::with_capacity(BURST);
+        let now = self.engine_now();
+        let mut next = now;
+        self.poll(&mut rx, now, &mut next)
+    }
+}
+
+/// An Ethernet frame carrying IPv4/UDP from `src` to `dst` with `payload` bytes.
+fn udp_frame(src: [u8; 4], dst: [u8; 4], ttl: u8, payload: usize, df: bool) -> Vec<u8> {
+    let mut f = vec![0u8; 14 + 20 + 8 + payload];
+    EthernetRepr {
+        dst: GW_MAC,
+        src: HOST_MAC,
+        ethertype: EtherType::IPV4,
+    }
+    .emit(&mut EthernetFrame::new_unchecked(&mut f[..]));
+    let mut ip = Ipv4Packet::new_unchecked(&mut f[14..]);
+    Ipv4Repr {
+        src,
+        dst,
+        protocol: IpProtocol::UDP,
+        payload_len: 8 + payload,
+        ttl,
+        tos: 0,
+        ident: 0x1234,
+        dont_frag: df,
+    }
+    .emit(&mut ip);
+    let mut udp = UdpPacket::new_unchecked(&mut f[34..]);
+    udp.set_src_port(40000);
+    udp.set_dst_port(9);
+    udp.set_len((8 + payload) as u16);
+    for (i, b) in udp.payload_mut().iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    f
+}
+
+fn ipv4(frame: &[u8]) -> Ipv4Packet<&[u8]> {
+    Ipv4Packet::new_checked(&frame[14..]).expect("an IPv4 packet")
+}
+
+#[test]
+fn a_protected_packet_crosses_two_workers_encrypted_and_comes_out_whole() {
+    let (mut ga, mut gb) = (gateway(A, ""), gateway(B, ""));
+    let (mut ia, mut ib) = (MemIo::new(FRAMES), MemIo::new(FRAMES));
+    let sent = {
+        let mut a = Worker::start(&mut ia, &mut ga);
+        a.hop_to([10, 0, 0, 2], hop(Side::Unprotected, 1500));
+        a.xsk
+            .inject(Side::Protected, &udp_frame(HOST_A, HOST_B, 64, 100, false));
+        assert_eq!(a.turn(), 1);
+        a.xsk.take_sent(Side::Unprotected)
+    };
+    assert_eq!(sent.len(), 1, "one ESP packet to the peer");
+    let esp = &sent[0];
+    let eth = EthernetFrame::new_checked(&esp[..]).expect("Ethernet");
+    assert_eq!((eth.dst_addr(), eth.src_addr()), (PEER_MAC, GW_MAC));
+    let outer = ipv4(esp);
+    assert_eq!(outer.protocol(), IpProtocol::ESP);
+    assert_eq!(
+        (outer.src_addr(), outer.dst_addr()),
+        ([10, 0, 0, 1], [10, 0, 0, 2])
+    );
+    assert!(outer.verify_checksum());
+    let spi = EspPacket::new_checked(outer.payload()).expect("ESP").spi();
+    assert_eq!(spi, 0x1111, "A's spi_out");
+    assert!(
+        !esp.windows(16)
+            .any(|w| w == &udp_frame(HOST_A, HOST_B, 64, 100, false)[50..66]),
+        "the payload is not in clear"
+    );
+
+    let delivered = {
+        let mut b = Worker::start(&mut ib, &mut gb);
+        b.hop_to(HOST_B, hop(Side::Protected, 1500));
+        b.xsk.inject(Side::Unprotected, esp);
+        assert_eq!(b.turn(), 1);
+        assert_eq!(b.xsk.take_sent(Side::Unprotected), Vec::<Vec<u8>>::new());
+        b.xsk.take_sent(Side::Protected)
+    };
+    assert_eq!(delivered.len(), 1);
+    let inner = ipv4(&delivered[0]);
+    assert_eq!((inner.src_addr(), inner.dst_addr()), (HOST_A, HOST_B));
+    assert!(inner.verify_checksum());
+    // each gateway decrements the TTL once
+    assert_eq!(inner.ttl(), 62);
+    let sent_inner = udp_frame(HOST_A, HOST_B, 64, 100, false);
+    assert_eq!(inner.payload(), ipv4(&sent_inner).payload());
+    assert_eq!((ia.free, ib.free), (FRAMES, FRAMES), "no frame lost");
+}
+
+#[test]
+fn a_packet_waits_for_its_next_hop_and_goes_when_it_is_resolved() {
+    let mut ga = gateway(A, A_BYPASS);
+    let mut io = MemIo::new(FRAMES);
+    {
+        let mut a = Worker::start(&mut io, &mut ga);
+        a.xsk.inject(
+            Side::Protected,
+            &udp_frame(HOST_A, ELSEWHERE, 64, 40, false),
+        );
+        a.turn();
+        assert!(a.xsk.take_sent(Side::Unprotected).is_empty());
+        assert_eq!(a.c.parked, 1);
+        assert_eq!(ga.resolve.try_recv().ok(), Some(IpAddr::from(ELSEWHERE)));
+        a.hop_to(ELSEWHERE, hop(Side::Unprotected, 1500));
+        a.turn();
+        let out = a.xsk.take_sent(Side::Unprotected);
+        assert_eq!(out.len(), 1, "sent once the hop is known");
+        let ip = ipv4(&out[0]);
+        assert_eq!(ip.protocol(), IpProtocol::UDP, "BYPASS: in clear");
+        assert_eq!((ip.dst_addr(), ip.ttl()), (ELSEWHERE, 63));
+    }
+    assert_eq!(io.free, FRAMES);
+}
+
+#[test]
+fn unresolvable_and_unlisted_traffic_is_dropped_and_counted() {
+    let mut ga = gateway(A, A_BYPASS);
+    let mut io = MemIo::new(FRAMES);
+    {
+        let mut a = Worker::start(&mut io, &mut ga);
+        // no policy for 203.0.113.0/24: implicit DISCARD
+        a.xsk.inject(
+            Side::Protected,
+            &udp_frame(HOST_A, [203, 0, 113, 1], 64, 40, false),
+        );
+        // not IP at all
+        let mut arp = udp_frame(HOST_A, ELSEWHERE, 64, 40, false);
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        a.xsk.inject(Side::Protected, &arp);
+        // a destination known to be unreachable
+        a.hop_to(ELSEWHERE, None);
+        a.xsk.inject(
+            Side::Protected,
+            &udp_frame(HOST_A, ELSEWHERE, 64, 40, false),
+        );
+        a.turn();
+        assert!(a.xsk.take_sent(Side::Unprotected).is_empty());
+        assert!(a.xsk.take_sent(Side::Protected).is_empty());
+        assert_eq!(a.c.non_ip, 1);
+        let dropped = a.engine.stats().drops.total();
+        assert!(dropped >= 1, "the SPD's discard is counted");
+        assert_eq!(a.c.not_forwarded, 1);
+    }
+    assert_eq!(io.free, FRAMES, "every dropped frame went back");
+}
+
+#[test]
+fn ttl_one_draws_a_rate_limited_time_exceeded() {
+    let mut ga = gateway(A, A_BYPASS);
+    ga.setup.icmp_limit = (1, 2);
+    let mut io = MemIo::new(FRAMES);
+    {
+        let mut a = Worker::start(&mut io, &mut ga);
+        a.hop_to(ELSEWHERE, hop(Side::Unprotected, 1500));
+        a.hop_to(HOST_A, hop(Side::Protected, 1500));
+        for _ in 0..5 {
+            a.xsk
+                .inject(Side::Protected, &udp_frame(HOST_A, ELSEWHERE, 1, 40, false));
+        }
+        a.turn();
+        assert!(
+            a.xsk.take_sent(Side::Unprotected).is_empty(),
+            "TTL 1 is not forwarded"
+        );
+        let back = a.xsk.take_sent(Side::Protected);
+        assert_eq!(back.len(), 2, "the burst of the token bucket, no more");
+        assert_eq!(
+            (a.c.ttl_exceeded, a.c.icmp_sent, a.c.icmp_suppressed),
+            (5, 2, 3)
+        );
+        let ip = ipv4(&back[0]);
+        assert_eq!(ip.protocol(), IpProtocol::ICMP);
+        assert_eq!((ip.src_addr(), ip.dst_addr()), ([192, 168, 10, 1], HOST_A));
+        let icmp = IcmpPacket::new_checked(ip.payload()).expect("ICMP");
+        assert_eq!((icmp.msg_type(), icmp.code()), (11, 0));
+    }
+    assert_eq!(io.free, FRAMES);
+}
+
+#[test]
+fn a_packet_larger_than_the_link_is_fragmented_unless_df_is_set() {
+    let mut ga = gateway(A, A_BYPASS);
+    let mut io = MemIo::new(FRAMES);
+    {
+        let mut a = Worker::start(&mut io, &mut ga);
+        a.hop_to(ELSEWHERE, hop(Side::Unprotected, 576));
+        a.hop_to(HOST_A, hop(Side::Protected, 1500));
+        let big = udp_frame(HOST_A, ELSEWHERE, 64, 1372, false);
+        a.xsk.inject(Side::Protected, &big);
+        a.turn();
+        let mut frags = a.xsk.take_sent(Side::Unprotected);
+        assert!(frags.len() >= 3, "{} fragments", frags.len());
+        // in whatever order they were sent
+        frags.sort_by_key(|f| ipv4(f).frag_offset());
+        let mut data = vec![];
+        for (i, f) in frags.iter().enumerate() {
+            let ip = ipv4(f);
+            assert!(usize::from(ip.total_len()) <= 576 && ip.verify_checksum());
+            assert_eq!(usize::from(ip.frag_offset()), data.len());
+            assert_eq!(ip.more_frags(), i + 1 < frags.len());
+            data.extend_from_slice(ip.payload());
+        }
+        assert_eq!(
+            data,
+            ipv4(&big).payload(),
+            "the fragments carry the datagram"
+        );
+        // with DF: dropped, and the sender is told the MTU
+        a.xsk.inject(
+            Side::Protected,
+            &udp_frame(HOST_A, ELSEWHERE, 64, 1372, true),
+        );
+        a.turn();
+        assert!(a.xsk.take_sent(Side::Unprotected).is_empty());
+        let back = a.xsk.take_sent(Side::Protected);
+        assert_eq!(back.len(), 1);
+        let ip = ipv4(&back[0]);
+        let icmp = IcmpPacket::new_checked(ip.payload()).expect("ICMP");
+        assert_eq!(
+            (icmp.msg_type(), icmp.code()),
+            (3, 4),
+            "fragmentation needed"
+        );
+    }
+    assert_eq!(io.free, FRAMES);
+}
+
+#[test]
+fn a_worker_out_of_frames_drops_and_counts_instead_of_blocking() {
+    let mut ga = gateway(A, A_BYPASS);
+    let mut io = MemIo::new(1);
+    {
+        let mut a = Worker::start(&mut io, &mut ga);
+        a.hop_to(ELSEWHERE, hop(Side::Unprotected, 576));
+        // one frame: the packet itself; its fragments need frames there are none of
+        a.xsk.inject(
+            Side::Protected,
+            &udp_frame(HOST_A, ELSEWHERE, 64, 1372, false),
+        );
+        a.turn();
+        assert!(a.c.no_frame >= 1);
+    }
+    assert_eq!(io.free, 1);
+}
