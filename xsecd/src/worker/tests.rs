@@ -19,71 +19,97 @@ const HOST_B: [u8; 4] = [192, 168, 20, 7];
 const ELSEWHERE: [u8; 4] = [198, 51, 100, 9];
 const FRAMES: usize = 256;
 
+/// One clock for every worker of the tests (a clock counts from its creation).
+fn clock() -> MonotonicClock {
+    static CLOCK: std::sync::OnceLock<MonotonicClock> = std::sync::OnceLock::new();
+    *CLOCK.get_or_init(MonotonicClock::default)
+}
+
 /// A gateway's config (an example, plus `extra` policies first) made ready for one worker.
 struct Gw {
     setup: WorkerSetup,
     sas: Vec<Sa>,
+    heartbeats: Vec<Heartbeat>,
+    /// The worker of each SA pair, by name.
+    owner: std::collections::BTreeMap<String, u16>,
     shards: Arc<Shards>,
     _cmds: Sender<Cmd>,
     resolve: Receiver<IpAddr>,
 }
 
 fn gateway(example: &str, extra: &str) -> Gw {
+    gateways(example, extra, 1).pop().expect("one worker")
+}
+
+/// `n` workers of one gateway, sharing a handoff mesh.
+fn gateways(example: &str, extra: &str, n: usize) -> Vec<Gw> {
     let text = format!("{extra}\n{example}");
     let path = Path::new("test.toml");
     let cfg = crate::config::parse(&text, path).expect("the example parses");
-    let running = Running::new(cfg, Source::split(&text, path), 1).expect("running config");
-    let clock = MonotonicClock::default();
-    let sas = running
-        .initial_sas(clock.now())
-        .expect("SAs")
-        .pop()
-        .expect("one worker");
-    let (cmds_tx, cmds) = crossbeam_channel::unbounded();
-    let (resolve_tx, resolve) = crossbeam_channel::unbounded();
-    let (events, _) = crossbeam_channel::unbounded();
-    let (inbox_tx, inbox) = crossbeam_channel::unbounded();
-    let (pool_tx, pool_rx) = crossbeam_channel::unbounded();
-    for _ in 0..4 {
-        let _ = pool_tx.send(Box::new([0u8; HANDOFF_BUF]));
+    let running = Running::new(cfg, Source::split(&text, path), n).expect("running config");
+    let clock = clock();
+    let mut sas = running.initial_sas(clock.now()).expect("SAs");
+    let mut heartbeats = running.heartbeats();
+    let (mut inboxes, mut pools, mut wakers, mut ends) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..n {
+        let (inbox_tx, inbox) = crossbeam_channel::unbounded();
+        let (pool_tx, pool_rx) = crossbeam_channel::unbounded();
+        for _ in 0..4 {
+            let _ = pool_tx.send(Box::new([0u8; HANDOFF_BUF]));
+        }
+        inboxes.push(inbox_tx);
+        pools.push(pool_tx.clone());
+        wakers.push(Waker::new().expect("eventfd"));
+        ends.push((inbox, (pool_tx, pool_rx)));
     }
     let mesh = Mesh {
-        inboxes: vec![inbox_tx],
-        pools: vec![pool_tx.clone()],
-        wakers: vec![Waker::new().expect("eventfd")],
+        inboxes,
+        pools,
+        wakers,
         big_in_flight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
     };
-    Gw {
-        setup: WorkerSetup {
-            id: 0,
-            queue: 0,
-            core: None,
-            unprotected: "wan0".into(),
-            protected: "lan0".into(),
-            xsk: XskConfig::default(),
-            busy_poll: false,
-            spd: running.spd.clone(),
-            cmds,
-            resolve: resolve_tx,
-            events,
-            inbox,
-            pool: (pool_tx, pool_rx),
-            mesh,
-            icmp_src: [Some(IpAddr::from([192, 168, 10, 1])), None],
-            mtu: None,
-            icmp_limit: (100, 20),
-            clock,
-            replay: None,
-            panic_after: None,
-        },
-        sas,
-        shards: running.shards.clone(),
-        _cmds: cmds_tx,
-        resolve,
-    }
+    ends.into_iter()
+        .enumerate()
+        .map(|(i, (inbox, pool))| {
+            let (cmds_tx, cmds) = crossbeam_channel::unbounded();
+            let (resolve_tx, resolve) = crossbeam_channel::unbounded();
+            let (events, _) = crossbeam_channel::unbounded();
+            Gw {
+                setup: WorkerSetup {
+                    id: i as u16,
+                    queue: i as u32,
+                    core: None,
+                    unprotected: "wan0".into(),
+                    protected: "lan0".into(),
+                    xsk: XskConfig::default(),
+                    busy_poll: false,
+                    spd: running.spd.clone(),
+                    cmds,
+                    resolve: resolve_tx,
+                    events,
+                    inbox,
+                    pool,
+                    mesh: mesh.clone(),
+                    icmp_src: [Some(IpAddr::from([192, 168, 10, 1])), None],
+                    mtu: None,
+                    icmp_limit: (100, 20),
+                    clock,
+                    replay: None,
+                    panic_after: None,
+                },
+                sas: std::mem::take(&mut sas[i]),
+                heartbeats: std::mem::take(&mut heartbeats[i]),
+                owner: running.owner.clone(),
+                shards: running.shards.clone(),
+                _cmds: cmds_tx,
+                resolve,
+            }
+        })
+        .collect()
 }
 
 const A: &str = include_str!("../../../examples/ar410-tunnel-a.toml");
+const A_UDP: &str = include_str!("../../../examples/ar410-udp2746-a.toml");
 const B: &str = include_str!("../../../examples/ar410-tunnel-b.toml");
 /// Gateway A also lets host A reach 198.51.100.0/24 in clear (BYPASS).
 const A_BYPASS: &str = r#"[[policy]]
@@ -115,6 +141,7 @@ impl<'x> Worker<'x, MemIo> {
             w.apply(Cmd::InstallSa(Box::new(sa)), now);
         }
         w.apply(Cmd::SetShards(gw.shards.clone()), now);
+        w.apply(Cmd::SetHeartbeats(std::mem::take(&mut gw.heartbeats)), now);
         w
     }
 
@@ -130,7 +157,7 @@ impl<'x> Worker<'x, MemIo> {
     }
 
     fn engine_now(&self) -> Timestamp {
-        MonotonicClock::default().now()
+        clock().now()
     }
 
     /// One turn of the loop, now.
@@ -381,4 +408,119 @@ fn a_worker_out_of_frames_drops_and_counts_instead_of_blocking() {
         assert!(a.c.no_frame >= 1);
     }
     assert_eq!(io.free, 1);
+}
+
+/// A protected packet from host A to host B as gateway A's worker sends it (ESP).
+fn esp_from_a() -> Vec<u8> {
+    let mut ga = gateway(A, "");
+    let mut io = MemIo::new(FRAMES);
+    let mut a = Worker::start(&mut io, &mut ga);
+    a.hop_to([10, 0, 0, 2], hop(Side::Unprotected, 1500));
+    a.xsk
+        .inject(Side::Protected, &udp_frame(HOST_A, HOST_B, 64, 100, false));
+    a.turn();
+    a.xsk
+        .take_sent(Side::Unprotected)
+        .pop()
+        .expect("an ESP packet")
+}
+
+#[test]
+fn a_packet_for_another_workers_sa_is_handed_to_it_and_processed_there() {
+    let esp = esp_from_a();
+    let mut gbs = gateways(B, "", 2);
+    let owner = usize::from(gbs[0].owner["to-a"]);
+    let other = 1 - owner;
+    let (mut io0, mut io1) = (MemIo::new(FRAMES), MemIo::new(FRAMES));
+    let (first, second) = gbs.split_at_mut(1);
+    let mut ws = [
+        Worker::start(&mut io0, &mut first[0]),
+        Worker::start(&mut io1, &mut second[0]),
+    ];
+    for w in &mut ws {
+        w.hop_to(HOST_B, hop(Side::Protected, 1500));
+    }
+    // the packet reaches the worker that does not own the SA
+    ws[other].xsk.inject(Side::Unprotected, &esp);
+    ws[other].turn();
+    assert!(ws[other].xsk.take_sent(Side::Protected).is_empty());
+    assert_eq!(ws[other].c.handoff_tx, 1);
+    assert_eq!(ws[other].to_wake, 0, "the owner was told (woken if asleep)");
+    // the owner takes it from its inbox and decrypts it
+    ws[owner].turn();
+    assert_eq!(ws[owner].c.handoff_rx, 1);
+    let out = ws[owner].xsk.take_sent(Side::Protected);
+    assert_eq!(out.len(), 1);
+    assert_eq!(ipv4(&out[0]).src_addr(), HOST_A);
+    drop(ws);
+    assert_eq!((io0.free, io1.free), (FRAMES, FRAMES));
+    let pool_back = first[0].setup.pool.1.len() + second[0].setup.pool.1.len();
+    assert_eq!(pool_back, 8, "the handoff buffer went back to its pool");
+}
+
+#[test]
+fn heartbeats_go_to_the_peer_once_per_interval() {
+    let mut ga = gateway(A_UDP, "");
+    assert_eq!(ga.heartbeats.len(), 1, "keepalive = 30");
+    let mut io = MemIo::new(FRAMES);
+    {
+        let mut a = Worker::start(&mut io, &mut ga);
+        a.hop_to([10, 0, 0, 2], hop(Side::Unprotected, 1500));
+        a.turn();
+        let out = a.xsk.take_sent(Side::Unprotected);
+        assert_eq!(out.len(), 1, "{:?}", a.c);
+        let ip = ipv4(&out[0]);
+        assert_eq!(
+            (ip.protocol(), ip.dst_addr()),
+            (IpProtocol::UDP, [10, 0, 0, 2])
+        );
+        let udp = UdpPacket::new_checked(ip.payload()).expect("UDP");
+        assert_eq!((udp.src_port(), udp.dst_port()), (2746, 2746));
+        assert_eq!(udp.payload(), [0xff], "a one-byte keepalive");
+        // not again within the interval
+        std::thread::sleep(Duration::from_millis(2));
+        a.turn();
+        assert!(a.xsk.take_sent(Side::Unprotected).is_empty());
+        assert_eq!(a.c.heartbeats_sent, 1);
+    }
+    assert_eq!(io.free, FRAMES);
+}
+
+#[test]
+fn a_trace_copies_the_plaintext_of_the_traced_policy_only() {
+    let mut ga = gateway(A, A_BYPASS);
+    let (tx, rx) = crossbeam_channel::bounded(16);
+    let filter = crate::trace::Filter {
+        policy: Some("lan-to-lan".into()),
+        in_spi: None,
+        out_reqid: None,
+        udp_ports: vec![],
+    };
+    let tap = crate::trace::Tap::new(filter, 10, tx, &ga.setup.spd);
+    let mut io = MemIo::new(FRAMES);
+    {
+        let mut a = Worker::start(&mut io, &mut ga);
+        let now = a.engine_now();
+        a.apply(Cmd::Trace(Some(Box::new(tap))), now);
+        a.hop_to([10, 0, 0, 2], hop(Side::Unprotected, 1500));
+        a.hop_to(ELSEWHERE, hop(Side::Unprotected, 1500));
+        let traced = udp_frame(HOST_A, HOST_B, 64, 100, false);
+        a.xsk.inject(Side::Protected, &traced);
+        a.xsk.inject(
+            Side::Protected,
+            &udp_frame(HOST_A, ELSEWHERE, 64, 100, false),
+        );
+        a.turn();
+        assert_eq!(a.xsk.take_sent(Side::Unprotected).len(), 2);
+        let copies: Vec<_> = rx.try_iter().collect();
+        assert_eq!(copies.len(), 1, "the BYPASS packet is not traced");
+        assert_eq!(copies[0].direction, Direction::Outbound);
+        assert_eq!(
+            ipv4(&traced).payload(),
+            Ipv4Packet::new_checked(&copies[0].data[..])
+                .expect("IPv4")
+                .payload()
+        );
+    }
+    assert_eq!(io.free, FRAMES);
 }
