@@ -3,7 +3,7 @@
 //! failure instead of panicking.
 
 use std::net::IpAddr;
-use xsec_dataplane::wire::checksum;
+use xsec_dataplane::wire::{IpProtocol, Ipv4Packet, Ipv6Packet, checksum};
 
 pub const ETH_HDR: usize = 14;
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -19,22 +19,26 @@ pub struct TtlExceeded;
 pub fn dec_ttl(ip: &mut [u8]) -> Result<(), TtlExceeded> {
     match ip.first().map(|b| b >> 4) {
         Some(4) if ip.len() >= 20 => {
-            let ttl = ip[8];
+            let mut p = Ipv4Packet::new_unchecked(ip);
+            let ttl = p.ttl();
             if ttl <= 1 {
                 return Err(TtlExceeded);
             }
-            let old = u16::from_be_bytes([ip[8], ip[9]]);
-            ip[8] = ttl - 1;
-            let new = u16::from_be_bytes([ip[8], ip[9]]);
-            let c = checksum::update16(u16::from_be_bytes([ip[10], ip[11]]), old, new);
-            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            // RFC 1624: the 16-bit word of TTL and protocol changes by one
+            let word = |ttl: u8, proto: IpProtocol| u16::from(ttl) << 8 | u16::from(proto.0);
+            let old = word(ttl, p.protocol());
+            p.set_ttl(ttl - 1);
+            let c = checksum::update16(p.checksum(), old, word(ttl - 1, p.protocol()));
+            p.set_checksum(c);
             Ok(())
         }
         Some(6) if ip.len() >= 40 => {
-            if ip[7] <= 1 {
+            let mut p = Ipv6Packet::new_unchecked(ip);
+            let hops = p.hop_limit();
+            if hops <= 1 {
                 return Err(TtlExceeded);
             }
-            ip[7] -= 1;
+            p.set_hop_limit(hops - 1);
             Ok(())
         }
         _ => Err(TtlExceeded),
@@ -102,16 +106,23 @@ pub enum IcmpError {
 pub fn may_draw_icmp_error(orig: &[u8]) -> bool {
     match orig.first().map(|b| b >> 4) {
         Some(4) => {
+            // the header must be whole; the quoted packet may be cut
             let ihl = usize::from(orig[0] & 0x0f) * 4;
             if orig.len() < 20 || ihl < 20 || orig.len() < ihl {
                 return false;
             }
-            let frag_off = u16::from_be_bytes([orig[6], orig[7]]) & 0x1fff;
-            frag_off == 0
-                && !(orig[9] == 1 && orig.len() > ihl && !matches!(orig[ihl], 0 | 8 | 13 | 15 | 17))
+            let p = Ipv4Packet::new_unchecked(orig);
+            let icmp_error = p.protocol() == IpProtocol::ICMP
+                && orig
+                    .get(ihl)
+                    .is_some_and(|&t| !matches!(t, 0 | 8 | 13 | 15 | 17));
+            p.frag_offset() == 0 && !icmp_error
         }
         // never about an ICMPv6 error (types < 128)
-        Some(6) => orig.len() >= 40 && !(orig[6] == 58 && orig.get(40).is_some_and(|&t| t < 128)),
+        Some(6) if orig.len() >= 40 => {
+            let p = Ipv6Packet::new_unchecked(orig);
+            !(p.next_header() == IpProtocol::ICMPV6 && orig.get(40).is_some_and(|&t| t < 128))
+        }
         _ => false,
     }
 }
@@ -186,7 +197,7 @@ pub fn icmp_error(out: &mut [u8], src: IpAddr, orig: &[u8], e: IcmpError) -> Opt
 /// Whether an IPv4 packet has DF set; IPv6 packets are never fragmented by routers.
 pub fn dont_fragment(ip: &[u8]) -> bool {
     match ip.first().map(|b| b >> 4) {
-        Some(4) => ip.get(6).is_some_and(|b| b & 0x40 != 0),
+        Some(4) if ip.len() >= 20 => Ipv4Packet::new_unchecked(ip).dont_frag(),
         _ => true,
     }
 }

@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 use xsec_dataplane::Timestamp;
-use xsec_dataplane::wire::checksum;
+use xsec_dataplane::wire::{Ipv4Packet, checksum};
 
 /// The fragmentable part of a datagram: 65,535 bytes (IPv4 total length, IPv6 payload
 /// length).
@@ -127,8 +127,9 @@ impl Default for Reassembler {
 /// next header after an IPv6 Fragment header that directly follows the base header).
 pub fn fragment_protocol(ip: &[u8]) -> Option<u8> {
     match ip.first().map(|b| b >> 4) {
-        Some(4) if ip.len() >= 20 && u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 => {
-            Some(ip[9])
+        Some(4) => {
+            let p = Ipv4Packet::new_checked(ip).ok()?;
+            p.is_fragment().then_some(p.protocol().0)
         }
         Some(6) if ip.len() >= 48 && ip[6] == 44 => Some(ip[40]),
         _ => None,
@@ -199,30 +200,27 @@ impl Reassembler {
         // Parse: key, header, offset, more, payload.
         let (key, hdr_len, nh, offset, more, payload) = match ip.first().map(|b| b >> 4) {
             Some(4) => {
-                let hl = usize::from(ip[0] & 0x0f) * 4;
-                let total = ip
-                    .get(2..4)
-                    .map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]])));
-                if hl < 20 || total < hl || total > ip.len() {
+                let Ok(p) = Ipv4Packet::new_checked(ip) else {
                     return Outcome::Dropped;
-                }
-                let fo = u16::from_be_bytes([ip[6], ip[7]]);
+                };
+                let (hl, total) = (p.header_len(), usize::from(p.total_len()));
                 let mut src = [0u8; 16];
-                src[..4].copy_from_slice(&ip[12..16]);
+                src[..4].copy_from_slice(&p.src_addr());
                 let mut dst = [0u8; 16];
-                dst[..4].copy_from_slice(&ip[16..20]);
+                dst[..4].copy_from_slice(&p.dst_addr());
+                let proto = p.protocol().0;
                 let key = Key {
                     v6: false,
                     src,
                     dst,
-                    id: u32::from(u16::from_be_bytes([ip[4], ip[5]])) | u32::from(ip[9]) << 16,
+                    id: u32::from(p.ident()) | u32::from(proto) << 16,
                 };
                 (
                     key,
                     hl,
-                    ip[9],
-                    usize::from(fo & 0x1fff) * 8,
-                    fo & 0x2000 != 0,
+                    proto,
+                    usize::from(p.frag_offset()),
+                    p.more_frags(),
                     &ip[hl..total],
                 )
             }

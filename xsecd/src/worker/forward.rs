@@ -3,6 +3,7 @@
 //! heartbeats it originates, and outer reassembly.
 
 use super::*;
+use xsec_dataplane::wire::{EtherType, EthernetFrame, Ipv4Packet};
 
 impl<I: FrameIo> Worker<'_, I> {
     /// The IP packet of a received Ethernet frame; `None` (counted, released) for anything
@@ -11,9 +12,10 @@ impl<I: FrameIo> Worker<'_, I> {
         let RxFrame { frame, off, len } = f;
         let et = frame
             .as_ref()
-            .get(off + 12..off + 14)
-            .map(|b| u16::from_be_bytes([b[0], b[1]]));
-        if len < ETH_HDR || !matches!(et, Some(fwd::ETHERTYPE_IPV4 | fwd::ETHERTYPE_IPV6)) {
+            .get(off..off + len)
+            .and_then(|b| EthernetFrame::new_checked(b).ok())
+            .map(|e| e.ethertype());
+        if !matches!(et, Some(EtherType::IPV4 | EtherType::IPV6)) {
             self.c.non_ip += 1;
             self.xsk.release(frame);
             return None;
@@ -324,7 +326,7 @@ impl<I: FrameIo> Worker<'_, I> {
             self.icmp(ip, IcmpError::TooBig { mtu: mtu as u16 }, now);
             return;
         }
-        if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
+        if Ipv4Packet::new_unchecked(&ip[..]).is_fragment() {
             // already a fragment: cutting it again would lose its offset (as `fragment`)
             self.c.not_forwarded += 1;
             return;
@@ -524,7 +526,7 @@ impl<I: FrameIo> Worker<'_, I> {
     /// the outer packet's source).
     pub(super) fn fragment(&mut self, pkt: PacketBuf<I::Frame>, hop: Hop, mtu: usize) {
         let v6 = pkt.data()[0] >> 4 == 6;
-        if !v6 && u16::from_be_bytes([pkt.data()[6], pkt.data()[7]]) & 0x3fff != 0 {
+        if !v6 && Ipv4Packet::new_unchecked(pkt.data()).is_fragment() {
             // already a fragment: not re-fragmented here
             self.xsk.release(pkt.into_inner());
             return;
