@@ -21,11 +21,13 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{self, Read};
+use std::io;
+use std::os::fd::OwnedFd;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use socket2::{Domain, Protocol, Socket, Type};
+use rustix::io::Errno;
+use rustix::net::{AddressFamily, SendFlags, SocketFlags, SocketType};
 
 /// Longest a single netlink request waits for its reply before failing with `TimedOut`.
 pub const REPLY_TIMEOUT: Duration = Duration::from_millis(500);
@@ -149,7 +151,7 @@ use uapi::*;
 
 /// One rtnetlink socket plus the per-interface cache. Owned by the control thread.
 pub struct Resolver {
-    sock: Socket,
+    sock: OwnedFd,
     seq: u32,
     links: HashMap<u32, LinkInfo>,
     buf: Vec<u8>,
@@ -171,13 +173,16 @@ const RECV_BUF: usize = 64 * 1024;
 impl Resolver {
     /// Opens an rtnetlink socket in the calling thread's network namespace.
     pub fn new() -> io::Result<Self> {
-        let sock = Socket::new(
-            Domain::from(libc::AF_NETLINK),
-            Type::from(libc::SOCK_RAW),
-            Some(Protocol::from(libc::NETLINK_ROUTE)),
+        // NETLINK_ROUTE is protocol 0: `None`
+        let sock = rustix::net::socket_with(
+            AddressFamily::NETLINK,
+            SocketType::RAW,
+            SocketFlags::CLOEXEC,
+            None,
         )?;
-        sock.set_read_timeout(Some(REPLY_TIMEOUT))?;
-        sock.set_write_timeout(Some(REPLY_TIMEOUT))?;
+        for t in [rustix::net::sockopt::Timeout::Recv, rustix::net::sockopt::Timeout::Send] {
+            rustix::net::sockopt::set_socket_timeout(&sock, t, Some(REPLY_TIMEOUT))?;
+        }
         // No bind: the first send auto-binds a port id, and an unconnected netlink socket
         // sends to the kernel (port 0).
         Ok(Resolver {
@@ -366,7 +371,7 @@ impl Resolver {
         });
         match res {
             Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => return Ok(None),
             Err(e) => return Err(e),
         }
         let (state, lladdr) = found.ok_or_else(|| invalid("RTM_GETNEIGH without RTM_NEWNEIGH"))?;
@@ -405,7 +410,7 @@ impl Resolver {
         msg.extend_from_slice(&seq.to_ne_bytes());
         msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: filled in by the kernel
         msg.extend_from_slice(body);
-        if self.sock.send(&msg)? != msg.len() {
+        if rustix::net::send(&self.sock, &msg, SendFlags::empty())? != msg.len() {
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
                 "short netlink send",
@@ -413,7 +418,7 @@ impl Resolver {
         }
         let wants_ack = flags & NLM_F_ACK != 0;
         loop {
-            let n = match (&self.sock).read(&mut self.buf) {
+            let n = match rustix::io::read(&self.sock, &mut self.buf[..]).map_err(io::Error::from) {
                 Ok(n) => n,
                 Err(e)
                     if matches!(
@@ -468,8 +473,8 @@ impl Resolver {
 /// (`EINVAL`) route: `fib_props[].error` for IPv4, `ip6_rt_type_to_error` for IPv6.
 fn is_no_route(e: &io::Error) -> bool {
     matches!(
-        e.raw_os_error(),
-        Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EACCES | libc::EPERM | libc::EINVAL)
+        e.raw_os_error().map(Errno::from_raw_os_error),
+        Some(Errno::NETUNREACH | Errno::HOSTUNREACH | Errno::ACCESS | Errno::PERM | Errno::INVAL)
     )
 }
 

@@ -21,7 +21,7 @@
 use std::ffi::CString;
 use std::marker::PhantomData;
 use std::num::NonZeroU32;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
@@ -164,21 +164,17 @@ struct Area {
 
 impl Area {
     fn new(len: usize) -> std::io::Result<Area> {
-        // SAFETY: an anonymous private mapping with no address hint; the result is checked
-        // for MAP_FAILED before use.
+        use rustix::mm::{MapFlags, ProtFlags};
+        // SAFETY: an anonymous private mapping with no address hint: it aliases nothing, and
+        // the pointer is only used through `Area`, which unmaps it once.
         let p = unsafe {
-            libc::mmap(
+            rustix::mm::mmap_anonymous(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-                -1,
-                0,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE | MapFlags::POPULATE,
             )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
+        }?;
         let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(std::io::Error::last_os_error)?;
         Ok(Area { ptr, len })
     }
@@ -209,10 +205,9 @@ impl Area {
 impl Drop for Area {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the mapping made in `new`; the sockets using it were dropped
-        // first (field order of `Xsk`), so the kernel no longer references it.
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.len);
-        }
+        // first (field order of `Xsk`), so the kernel no longer references it, and no Frame
+        // outlives the `Xsk` (see the module docs).
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
 
@@ -727,22 +722,33 @@ impl<'id> Xsk<'id> {
         let Io::Sockets { ports, .. } = &self.io else {
             return false;
         };
-        let fd = |fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
+        use rustix::event::{PollFd, PollFlags};
+        // SAFETY: the two descriptors belong to the sockets `ports` owns, open for as long
+        // as `self` is borrowed here.
+        let (u, p) = unsafe {
+            (
+                BorrowedFd::borrow_raw(ports[0].fd),
+                BorrowedFd::borrow_raw(ports[1].fd),
+            )
         };
         let mut fds = [
-            fd(ports[0].fd),
-            fd(ports[1].fd),
-            fd(also.map_or(-1, |f| f.as_raw_fd())),
+            PollFd::new(&u, PollFlags::IN),
+            PollFd::new(&p, PollFlags::IN),
+            PollFd::new(&u, PollFlags::empty()),
         ];
-        // SAFETY: `fds` is a valid array of three pollfd for the duration of the call (a
-        // negative descriptor is ignored by poll(2)).
-        unsafe {
-            libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms);
-        }
-        fds[2].revents & libc::POLLIN != 0
+        let n = match also {
+            Some(a) => {
+                fds[2] = PollFd::from_borrowed_fd(a, PollFlags::IN);
+                3
+            }
+            None => 2,
+        };
+        let timeout = rustix::event::Timespec {
+            tv_sec: i64::from(timeout_ms / 1000),
+            tv_nsec: i64::from(timeout_ms % 1000) * 1_000_000,
+        };
+        let _ = rustix::event::poll(&mut fds[..n], Some(&timeout));
+        n == 3 && fds[2].revents().contains(PollFlags::IN)
     }
 }
 
