@@ -10,7 +10,7 @@
 use std::ffi::OsStr;
 use std::fmt;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,6 +18,10 @@ use std::sync::Arc;
 
 use xsec_dataplane::crypto::{AuthAlg, EncAlg};
 use xsec_dataplane::spd::{Action, NonPolicy, Policy, SaBundle, Selector, SpdConfig};
+use xsec_dataplane::wire::pcap::{self, LinkType};
+use xsec_dataplane::wire::{
+    IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, UdpPacket, UdpRepr, checksum, udp,
+};
 use xsec_dataplane::{Engine, PacketBuf, Timestamp, Verdict};
 
 /// What a missing piece of the harness tells the developer.
@@ -195,82 +199,42 @@ impl Drop for TempDir {
 }
 
 /// Write raw IP packets (IPv4 or IPv6, no link layer) to a classic pcap file with
-/// LINKTYPE_RAW (101).
+/// LINKTYPE_RAW (101). Packet `i` is stamped 1 700 000 000 s + `i` µs: the order stays
+/// visible in tshark.
 pub fn write_pcap(path: &Path, packets: &[Vec<u8>]) -> io::Result<()> {
-    const LINKTYPE_RAW: u32 = 101;
-    let mut out = Vec::with_capacity(24 + packets.iter().map(|p| p.len() + 16).sum::<usize>());
-    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes()); // magic, microsecond timestamps
-    out.extend_from_slice(&2u16.to_le_bytes()); // version 2.4
-    out.extend_from_slice(&4u16.to_le_bytes());
-    out.extend_from_slice(&0i32.to_le_bytes()); // thiszone
-    out.extend_from_slice(&0u32.to_le_bytes()); // sigfigs
-    out.extend_from_slice(&65535u32.to_le_bytes()); // snaplen
-    out.extend_from_slice(&LINKTYPE_RAW.to_le_bytes());
-    for (i, p) in packets.iter().enumerate() {
-        let len = u32::try_from(p.len())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "packet too large"))?;
-        let t = u32::try_from(i).unwrap_or(u32::MAX);
-        out.extend_from_slice(&1_700_000_000u32.to_le_bytes()); // seconds
-        out.extend_from_slice(&t.to_le_bytes()); // microseconds: keeps the order visible
-        out.extend_from_slice(&len.to_le_bytes()); // captured length
-        out.extend_from_slice(&len.to_le_bytes()); // original length
-        out.extend_from_slice(p);
+    let mut out = pcap::header(LinkType::RAW).to_vec();
+    for (i, p) in (0u64..).zip(packets) {
+        pcap::push_record(&mut out, 1_700_000_000_000_000 + i, p);
     }
-    fs::File::create(path)?.write_all(&out)
-}
-
-/// The Internet checksum's one's-complement sum (RFC 1071), not yet complemented.
-pub fn ones_sum(data: &[u8], mut acc: u32) -> u32 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        acc += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        acc += u32::from(*last) << 8;
-    }
-    while acc >> 16 != 0 {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc
-}
-
-fn finish(sum: u32) -> u16 {
-    !(ones_sum(&[], sum) as u16)
+    fs::write(path, out)
 }
 
 /// A UDP datagram with its checksum over the pseudo-header of `src`/`dst`.
 fn udp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let len = 8 + payload.len();
-    let mut d = Vec::with_capacity(len);
-    d.extend_from_slice(&sport.to_be_bytes());
-    d.extend_from_slice(&dport.to_be_bytes());
-    d.extend_from_slice(&(len as u16).to_be_bytes());
-    d.extend_from_slice(&[0, 0]);
-    d.extend_from_slice(payload);
-    let mut pseudo = Vec::with_capacity(40);
-    match (src, dst) {
+    let len = udp::HEADER_LEN + payload.len();
+    let mut d = vec![0u8; len];
+    let mut u = UdpPacket::new_unchecked(&mut d[..]);
+    UdpRepr {
+        src_port: sport,
+        dst_port: dport,
+        payload_len: payload.len(),
+    }
+    .emit(&mut u);
+    u.payload_mut().copy_from_slice(payload);
+    let pseudo = match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d4)) => {
-            pseudo.extend_from_slice(&s.octets());
-            pseudo.extend_from_slice(&d4.octets());
-            pseudo.extend_from_slice(&[0, 17]);
-            pseudo.extend_from_slice(&(len as u16).to_be_bytes());
+            checksum::pseudo_v4(s.octets(), d4.octets(), 17, len as u16)
         }
         _ => {
             let v6 = |a: IpAddr| match a {
                 IpAddr::V6(a) => a.octets(),
                 IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
             };
-            pseudo.extend_from_slice(&v6(src));
-            pseudo.extend_from_slice(&v6(dst));
-            pseudo.extend_from_slice(&(len as u32).to_be_bytes());
-            pseudo.extend_from_slice(&[0, 0, 0, 17]);
+            checksum::pseudo_v6(v6(src), v6(dst), 17, len as u32)
         }
-    }
-    let mut c = finish(ones_sum(&d, ones_sum(&pseudo, 0)));
-    if c == 0 {
-        c = 0xffff; // 0 means "no checksum" (RFC 768)
-    }
-    d[6..8].copy_from_slice(&c.to_be_bytes());
+    };
+    // a computed 0 is sent as 0xffff: 0 means "no checksum" (RFC 768)
+    u.fill_checksum(pseudo);
     d
 }
 
@@ -285,15 +249,18 @@ pub fn ipv4_udp(
 ) -> Vec<u8> {
     let l4 = udp(src.into(), dst.into(), sport, dport, payload);
     let total = u16::try_from(20 + l4.len()).expect("packet fits in IPv4");
-    let mut p = Vec::with_capacity(usize::from(total));
-    p.extend_from_slice(&[0x45, 0]);
-    p.extend_from_slice(&total.to_be_bytes());
-    p.extend_from_slice(&id.to_be_bytes());
-    p.extend_from_slice(&[0, 0, 64, 17, 0, 0]);
-    p.extend_from_slice(&src.octets());
-    p.extend_from_slice(&dst.octets());
-    let c = finish(ones_sum(&p, 0));
-    p[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut p = vec![0u8; 20];
+    Ipv4Repr {
+        src: src.octets(),
+        dst: dst.octets(),
+        protocol: IpProtocol::UDP,
+        payload_len: usize::from(total) - 20,
+        ttl: 64,
+        tos: 0,
+        ident: id,
+        dont_frag: false,
+    }
+    .emit(&mut Ipv4Packet::new_unchecked(&mut p[..]));
     p.extend_from_slice(&l4);
     p
 }
@@ -308,13 +275,18 @@ pub fn ipv6_udp(
     payload: &[u8],
 ) -> Vec<u8> {
     let l4 = udp(src.into(), dst.into(), sport, dport, payload);
-    let plen = u16::try_from(l4.len()).expect("packet fits in IPv6");
-    let mut p = Vec::with_capacity(40 + l4.len());
-    p.extend_from_slice(&(0x6000_0000u32 | (flow & 0xf_ffff)).to_be_bytes());
-    p.extend_from_slice(&plen.to_be_bytes());
-    p.extend_from_slice(&[17, 64]);
-    p.extend_from_slice(&src.octets());
-    p.extend_from_slice(&dst.octets());
+    assert!(l4.len() <= usize::from(u16::MAX), "packet fits in IPv6");
+    let mut p = vec![0u8; 40];
+    Ipv6Repr {
+        src: src.octets(),
+        dst: dst.octets(),
+        next_header: IpProtocol::UDP,
+        payload_len: l4.len(),
+        hop_limit: 64,
+        traffic_class: 0,
+        flow_label: flow & 0xf_ffff,
+    }
+    .emit(&mut Ipv6Packet::new_unchecked(&mut p[..]));
     p.extend_from_slice(&l4);
     p
 }
@@ -350,26 +322,16 @@ pub fn payload(name: &str, len: usize) -> Vec<u8> {
     p
 }
 
-/// A seeded SplitMix64 generator for keys (shared with the lab's config generator).
+/// The seeded generator for keys (the lab's: fastrand's, from the seed).
 pub use xsec_lab::config::Rng;
 
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+/// Lower-case hex of bytes.
+pub use hex::encode as hex;
 
 /// Parse hex (an optional `0x` prefix); panics on bad input.
 pub fn unhex(s: &str) -> Vec<u8> {
     let s = s.trim();
-    let s = s.strip_prefix("0x").unwrap_or(s);
-    assert!(s.len().is_multiple_of(2), "odd-length hex {s:?}");
-    (0..s.len())
-        .step_by(2)
-        .map(|i| {
-            s.get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .unwrap_or_else(|| panic!("bad hex {s:?}"))
-        })
-        .collect()
+    hex::decode(s.strip_prefix("0x").unwrap_or(s)).unwrap_or_else(|e| panic!("hex {s:?}: {e}"))
 }
 
 /// The name of an encryption algorithm in Wireshark 4.0's `esp_sa` table (the strings of
@@ -496,4 +458,59 @@ pub fn packet_lines(stdout: &str) -> std::collections::BTreeMap<usize, (String, 
         }
     }
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xsec_dataplane::wire::pcap::PcapReader;
+
+    #[test]
+    fn udp_packets_have_valid_checksums() {
+        let p = ipv4_udp(
+            Ipv4Addr::new(10, 1, 0, 10),
+            Ipv4Addr::new(10, 2, 0, 10),
+            4000,
+            5000,
+            7,
+            b"payload",
+        );
+        let ip = Ipv4Packet::new_checked(&p[..]).expect("IPv4");
+        assert!(ip.verify_checksum());
+        assert_eq!((ip.ident(), ip.ttl(), ip.dont_frag()), (7, 64, false));
+        let pseudo = checksum::pseudo_v4(ip.src_addr(), ip.dst_addr(), 17, 15);
+        let u = UdpPacket::new_checked(ip.payload()).expect("UDP");
+        assert!(u.checksum() != 0 && u.verify_checksum(pseudo));
+        assert_eq!(
+            (u.src_port(), u.dst_port(), u.payload()),
+            (4000, 5000, &b"payload"[..])
+        );
+
+        let (s, d) = (
+            "fd01::10".parse().expect("ip"),
+            "fd02::10".parse().expect("ip"),
+        );
+        let p = ipv6_udp(s, d, 4000, 5000, 0x12345, b"six");
+        let ip = Ipv6Packet::new_checked(&p[..]).expect("IPv6");
+        assert_eq!((ip.flow_label(), ip.hop_limit()), (0x12345, 64));
+        let pseudo = checksum::pseudo_v6(ip.src_addr(), ip.dst_addr(), 17, 11);
+        assert!(
+            UdpPacket::new_checked(ip.payload())
+                .expect("UDP")
+                .verify_checksum(pseudo)
+        );
+    }
+
+    #[test]
+    fn pcap_of_raw_packets_keeps_their_order() {
+        let dir = TempDir::new("lib-pcap");
+        let path = dir.join("t.pcap");
+        write_pcap(&path, &[vec![0x45, 1], vec![0x60, 2, 3]]).expect("write");
+        let bytes = fs::read(&path).expect("read");
+        let r = PcapReader::new(&bytes).expect("pcap");
+        assert_eq!(r.link_type(), LinkType::RAW);
+        let got: Vec<_> = r.map(|x| x.expect("record")).collect();
+        assert_eq!(got[1].data, &[0x60, 2, 3]);
+        assert_eq!(got[1].time_ns, 1_700_000_000_000_001_000);
+    }
 }

@@ -18,6 +18,7 @@
 use std::time::Instant;
 use xsec_benches::*;
 use xsec_dataplane::{PacketBuf, Timestamp, Verdict};
+use xsec_lab::bench::median;
 
 const T0: Timestamp = Timestamp::ZERO;
 /// Packets per round (a multiple of every burst size).
@@ -90,11 +91,6 @@ fn vs_dpdk(name: &str, label: &str, per_ring: f64) -> String {
         }
         _ => " | ".to_string(),
     }
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 /// Decapsulation: fresh ESP packets every round (the replay window sees each once), through

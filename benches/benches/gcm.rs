@@ -9,17 +9,13 @@ use std::hint::black_box;
 use std::time::Instant;
 use xsec_benches::{SIZES, cpu_features, tsc_mhz};
 use xsec_dataplane::crypto::gcmni::{self, GcmJob, GcmKey};
+use xsec_lab::bench::median;
 
 /// Packets per round (a multiple of every burst size).
 const ROUND: usize = 32;
 const BURSTS: &[usize] = &[1, 8, 32];
 /// The last column of each half: the 128-bit-only kernels at burst 32, for the design choice.
 const NARROW: usize = 32;
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 fn nonce(i: usize) -> [u8; 12] {
     core::array::from_fn(|b| (b * 17 + i) as u8)

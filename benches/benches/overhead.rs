@@ -9,6 +9,7 @@
 use std::time::Instant;
 use xsec_benches::*;
 use xsec_dataplane::{PacketBuf, Timestamp, Verdict};
+use xsec_lab::bench::median;
 
 const BURST: usize = 32;
 const T0: Timestamp = Timestamp::ZERO;
@@ -17,10 +18,6 @@ const T0: Timestamp = Timestamp::ZERO;
 fn quantile(v: &mut [f64], q: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[((v.len() - 1) as f64 * q) as usize]
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    quantile(v, 0.5)
 }
 
 fn main() {

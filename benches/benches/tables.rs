@@ -5,6 +5,7 @@
 //! The SAD benchmark also prints the resident memory per SA it measured.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use fastrand::Rng;
 use std::hint::black_box;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -17,17 +18,6 @@ use xsec_dataplane::spd::{
     Action, AddrRange, Direction, Lookup, PacketKey, Policy, PortSel, SaBundle, Selector, SpdConfig,
 };
 use xsec_dataplane::wire::IpProtocol;
-
-/// xorshift: deterministic pseudo-random numbers without a dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 fn bench_sad(c: &mut Criterion) {
     let mut g = c.benchmark_group("sad-lookup");
@@ -48,10 +38,10 @@ fn bench_sad(c: &mut Criterion) {
     for &n in &[1usize, 1_000, 100_000, 1_000_000] {
         let before = rss_bytes();
         let mut t = SaTable::with_capacity(n);
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut rng = Rng::with_seed(0x9e37_79b9_7f4a_7c15);
         let mut spis = Vec::with_capacity(n);
         while spis.len() < n {
-            let spi = (rng.next() as u32) | 0x100;
+            let spi = rng.u32(..) | 0x100;
             let mut cfg = template.clone();
             cfg.spi = spi;
             // key expansion per SA, as control would do
@@ -69,9 +59,7 @@ fn bench_sad(c: &mut Criterion) {
             std::mem::size_of::<Sa>()
         );
         // look up in a random order that defeats the cache at large sizes
-        let order: Vec<u32> = (0..4096)
-            .map(|_| spis[(rng.next() % n as u64) as usize])
-            .collect();
+        let order: Vec<u32> = (0..4096).map(|_| spis[rng.usize(..n)]).collect();
         let mut i = 0;
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| {
@@ -136,12 +124,12 @@ fn bench_spd(c: &mut Criterion) {
             t.elapsed(),
             spd.memory_bytes() / 1024
         );
-        let mut rng = Rng(12345);
+        let mut rng = Rng::with_seed(12345);
         // packets towards random sites (hits spread over the whole list) plus 1 in 8 misses
         let keys: Vec<PacketKey> = (0..1024)
             .map(|_| {
-                let i = (rng.next() % n as u64) as usize;
-                let miss = rng.next().is_multiple_of(8);
+                let i = rng.usize(..n);
+                let miss = rng.usize(..8) == 0;
                 let dst = if miss {
                     IpAddr::from([192, 0, 2, 1])
                 } else {
@@ -198,13 +186,13 @@ fn bench_replay(c: &mut Criterion) {
             })
         });
         let mut win = ReplayWindow::new(w, true);
-        let mut rng = Rng(777);
+        let mut rng = Rng::with_seed(777);
         let mut top = u64::from(w);
         g.bench_with_input(BenchmarkId::new("out-of-order", w), &w, |b, _| {
             b.iter(|| {
                 top += 1;
                 // a packet from anywhere in the window (mostly new, some duplicates)
-                let s = top - rng.next() % u64::from(w);
+                let s = top - rng.u64(..u64::from(w));
                 let s = win.infer(s as u32).expect("infer");
                 if win.check(s).is_ok() {
                     win.commit(s);

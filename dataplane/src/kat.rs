@@ -41,10 +41,7 @@ impl Vector {
 
 /// Hex text to bytes (the vector files and the kernels' own tests).
 pub(crate) fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
+    hex::decode(s).unwrap_or_else(|e| panic!("{s:?}: {e}"))
 }
 
 fn vectors(text: &str) -> Vec<Vector> {

@@ -14,6 +14,7 @@
 //! The counts are a test-profile compromise: `XSEC_DIFF_CASES` raises them for a long run.
 #![cfg(target_arch = "x86_64")]
 
+use fastrand::Rng;
 use xsec_dataplane::crypto::{aesni, gcmni, shani};
 
 /// Random cases per family (default one million).
@@ -24,31 +25,24 @@ fn cases() -> usize {
         .unwrap_or(1_000_000)
 }
 
-/// xorshift64*: reproducible, fast, and not what any kernel uses.
-struct Rng(u64);
+/// What the cases draw, from fastrand's seeded generator: reproducible from the seed, and
+/// not what any kernel uses.
+trait Draw {
+    fn bytes(&mut self, n: usize) -> Vec<u8>;
+    /// `n` random arrays.
+    fn arrays<const N: usize>(&mut self, n: usize) -> Vec<[u8; N]>;
+    /// `n` random messages, each of a length `len` draws.
+    fn messages(&mut self, n: usize, len: impl FnMut(&mut Rng) -> usize) -> Vec<Vec<u8>>;
+    /// A payload length: mostly small packets, some full-size, a few jumbo.
+    fn len(&mut self, align: usize) -> usize;
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn fill(&mut self, b: &mut [u8]) {
-        for c in b.chunks_mut(8) {
-            let r = self.next().to_le_bytes();
-            c.copy_from_slice(&r[..c.len()]);
-        }
-    }
+impl Draw for Rng {
     fn bytes(&mut self, n: usize) -> Vec<u8> {
         let mut v = vec![0; n];
         self.fill(&mut v);
         v
     }
-    /// `n` random arrays.
     fn arrays<const N: usize>(&mut self, n: usize) -> Vec<[u8; N]> {
         (0..n)
             .map(|_| {
@@ -58,7 +52,6 @@ impl Rng {
             })
             .collect()
     }
-    /// `n` random messages, each of a length `len` draws.
     fn messages(&mut self, n: usize, mut len: impl FnMut(&mut Rng) -> usize) -> Vec<Vec<u8>> {
         (0..n)
             .map(|_| {
@@ -67,12 +60,11 @@ impl Rng {
             })
             .collect()
     }
-    /// A payload length: mostly small packets, some full-size, a few jumbo.
     fn len(&mut self, align: usize) -> usize {
-        let l = match self.below(1000) {
-            0..=599 => self.below(160),
-            600..=989 => self.below(1600),
-            _ => self.below(9001),
+        let l = match self.usize(..1000) {
+            0..=599 => self.usize(..160),
+            600..=989 => self.usize(..1600),
+            _ => self.usize(..9001),
         };
         l / align * align
     }
@@ -82,10 +74,10 @@ impl Rng {
 /// and returns how many cases it ran.
 fn run(seed: u64, burst: impl Fn(&mut Rng, usize) -> usize) -> usize {
     let total = cases();
-    let mut rng = Rng(seed);
+    let mut rng = Rng::with_seed(seed);
     let mut done = 0;
     while done < total {
-        let n = 1 + rng.below(16);
+        let n = 1 + rng.usize(..16);
         done += burst(&mut rng, n.min(total - done));
     }
     done
@@ -99,7 +91,7 @@ fn gcm_kernels_match_ring_over_a_million_cases() {
         "this CPU lacks AES-NI/PCLMULQDQ/AVX: the kernel cannot be compared here; run the tests on one that has it"
     );
     let n = run(0x5eed_0001, |rng, n| {
-        let klen = if rng.below(2) == 0 { 16 } else { 32 };
+        let klen = if rng.bool() { 16 } else { 32 };
         let key = rng.bytes(klen);
         let alg = if klen == 16 {
             &ring::aead::AES_128_GCM
@@ -109,13 +101,13 @@ fn gcm_kernels_match_ring_over_a_million_cases() {
         let ring_key =
             ring::aead::LessSafeKey::new(ring::aead::UnboundKey::new(alg, &key).expect("key"));
         let mut gk = gcmni::GcmKey::new(&key).expect("key");
-        if rng.below(4) == 0 {
+        if rng.usize(..4) == 0 {
             gk = gk.narrow();
         }
         // the burst entry points or the one-packet ones (what the engine calls)
-        let one = rng.below(2) == 0;
+        let one = rng.bool();
         let nonces: Vec<[u8; 12]> = rng.arrays(n);
-        let aads = rng.messages(n, |r| if r.below(2) == 0 { 8 } else { 12 });
+        let aads = rng.messages(n, |r| if r.bool() { 8 } else { 12 });
         let plain = rng.messages(n, |r| r.len(1));
         let mut ours = plain.clone();
         let mut jobs: Vec<gcmni::GcmJob<'_>> = ours
@@ -156,7 +148,7 @@ fn gcm_kernels_match_ring_over_a_million_cases() {
             assert_eq!(&tags[k][..], tag.as_ref(), "tag, job {k}");
         }
         // open it all again, one job with a flipped bit
-        let bad = rng.below(n);
+        let bad = rng.usize(..n);
         let mut jobs: Vec<gcmni::GcmJob<'_>> = ours
             .iter_mut()
             .zip(&nonces)
@@ -169,7 +161,7 @@ fn gcm_kernels_match_ring_over_a_million_cases() {
                 tag: *tag,
             })
             .collect();
-        let flip = rng.below(8 * (jobs[bad].data.len() + 16));
+        let flip = rng.usize(..8 * (jobs[bad].data.len() + 16));
         if flip / 8 < jobs[bad].data.len() {
             jobs[bad].data[flip / 8] ^= 1 << (flip % 8);
         } else {
@@ -229,7 +221,7 @@ fn cbc_kernels_match_rustcrypto_over_a_million_cases() {
         "this CPU lacks AES-NI: the kernel cannot be compared here; run the tests on one that has it"
     );
     let n = run(0x5eed_0002, |rng, n| {
-        let klen = [16, 24, 32][rng.below(3)];
+        let klen = [16, 24, 32][rng.usize(..3)];
         let key = rng.bytes(klen);
         let ak = aesni::AesNiKey::new(&key).expect("key");
         let ivs: Vec<[u8; 16]> = rng.arrays(n);
@@ -291,13 +283,11 @@ fn hmac_kernels_match_ring_over_a_million_cases() {
     );
     let n = run(0x5eed_0003, |rng, n| {
         let n = n.min(4);
-        let sha256 = rng.below(2) == 0;
+        let sha256 = rng.bool();
         // key lengths around the block size: shorter, equal, longer (hashed first)
-        let keys = rng.messages(n, |r| [20, 32, 64, 65, 100][r.below(5)]);
+        let keys = rng.messages(n, |r| [20, 32, 64, 65, 100][r.usize(..5)]);
         let data = rng.messages(n, |r| r.len(1));
-        let his: Vec<Option<u32>> = (0..n)
-            .map(|_| (rng.below(2) == 0).then(|| rng.next() as u32))
-            .collect();
+        let his: Vec<Option<u32>> = (0..n).map(|_| (rng.bool()).then(|| rng.u32(..))).collect();
         let (alg, out_len) = if sha256 {
             (ring::hmac::HMAC_SHA256, 32)
         } else {

@@ -1183,29 +1183,20 @@ fn transport_mode_refuses_fragments_and_keeps_ipv6_routing_header_in_front() {
 fn fuzz_regressions() {
     let o = PairOpts::new(EncAlg::AesGcm128, AuthAlg::None);
     let mut p = pair(&o);
-    for hex in [
+    for text in [
         "4500001400000000403266b60a0000010a000002",
         "6000000000003240fd000000000000000000000000000001fd000000000000000000000000000002",
         "4500001700000000403266b30a0000010a000002000010",
     ] {
-        let bytes: Vec<u8> = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-            .collect();
-        let mut bytes = bytes;
+        let mut bytes = hex::decode(text).unwrap();
         if bytes[0] == 0x45 {
-            bytes[10] = 0;
-            bytes[11] = 0;
-            let c = xsec_dataplane::wire::checksum::finish(xsec_dataplane::wire::checksum::sum(
-                &bytes[..20],
-            ));
-            bytes[10..12].copy_from_slice(&c.to_be_bytes());
+            xsec_dataplane::wire::Ipv4Packet::new_unchecked(&mut bytes[..20]).fill_checksum();
         }
         let mut pkt = frame(&bytes);
         assert_eq!(
             p.b.inbound(T0, &mut pkt),
             Verdict::Drop(DropReason::Malformed),
-            "{hex}"
+            "{text}"
         );
     }
     // 12 extension headers then UDP: walked, and the inbound default applies

@@ -176,7 +176,7 @@ fn fixup_inner(p: &mut [u8], addr_set: u8, tfc: usize) {
             p[16..20].copy_from_slice(&d);
             p[10] = 0;
             p[11] = 0;
-            let c = checksum(ones_sum(&p[..hl]));
+            let c = checksum::compute(0, &p[..hl]);
             p[10..12].copy_from_slice(&c.to_be_bytes());
         }
         Some(6) if len >= 40 => {
@@ -377,8 +377,7 @@ fn model(
                 inner[1] = (inner[1] & !3) | new;
                 let m = u16::from_be_bytes([inner[0], inner[1]]);
                 let hc = u16::from_be_bytes([inner[10], inner[11]]);
-                let s = u64::from(!hc) + u64::from(!old) + u64::from(m);
-                inner[10..12].copy_from_slice(&(!fold(s)).to_be_bytes());
+                inner[10..12].copy_from_slice(&checksum::update16(hc, old, m).to_be_bytes());
             }
         }
         Ok(inner)
@@ -393,7 +392,7 @@ fn model(
             p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
             p[10] = 0;
             p[11] = 0;
-            let ck = checksum(ones_sum(&p[..hl]));
+            let ck = checksum::compute(0, &p[..hl]);
             p[10..12].copy_from_slice(&ck.to_be_bytes());
         }
         if c.udp.is_some() && (nh == PROTO_TCP || nh == PROTO_UDP) {

@@ -144,7 +144,7 @@ fn canonical(c: &Choice, inner: &[u8]) -> bool {
         let mut h = p[..ip.hl].to_vec();
         h[10] = 0;
         h[11] = 0;
-        if checksum(ones_sum(&h)) != u16::from_be_bytes([p[10], p[11]]) {
+        if checksum::compute(0, &h) != u16::from_be_bytes([p[10], p[11]]) {
             return false;
         }
     }

@@ -1,7 +1,8 @@
 //! Shared pieces of xsec's fuzz targets: frames, packet builders, seed output, and a small
 //! reference model of IP parsing written from the RFCs (RFC 791, RFC 8200, RFC 4301
-//! §4.4.1.1, RFC 768/793 checksums) rather than from the engine's code, so that the targets
-//! can say what the engine must do with a packet, not only that it must not panic.
+//! §4.4.1.1) rather than from the engine's code, so that the targets can say what the engine
+//! must do with a packet, not only that it must not panic. Checksums (RFC 768/793/1071) are
+//! summed with the dataplane's [`checksum`] module.
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -72,36 +73,19 @@ pub fn write_seeds(seeds: &[(String, Vec<u8>)]) {
 }
 
 /// Hex of a byte string (for assertion messages).
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+pub use hex::encode as hex;
 
-// ---- checksums (RFC 1071) ----------------------------------------------------------------
+/// The checksums are the dataplane's own (RFC 1071; its unit tests hold it against a naive
+/// sum), so a target's expectations and the engine's output are summed alike.
+pub use xsec_dataplane::wire::checksum;
 
-/// One's-complement sum of 16-bit big-endian words (an odd last byte is padded with zero).
-pub fn ones_sum(data: &[u8]) -> u64 {
-    let mut s = 0u64;
-    for c in data.chunks(2) {
-        s += u64::from(c[0]) << 8 | u64::from(*c.get(1).unwrap_or(&0));
+/// Pseudo-header sum (RFC 768, RFC 8200 §8.1) for 4- or 16-byte addresses.
+pub fn pseudo(src: &[u8], dst: &[u8], proto: u8, len: usize) -> u32 {
+    if src.len() == 16 {
+        checksum::pseudo_v6(to16(src), to16(dst), proto, len as u32)
+    } else {
+        checksum::pseudo_v4(to4(src), to4(dst), proto, len as u16)
     }
-    s
-}
-
-pub fn fold(mut s: u64) -> u16 {
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
-}
-
-/// The checksum field value over data whose field is zero.
-pub fn checksum(s: u64) -> u16 {
-    !fold(s)
-}
-
-/// Pseudo-header sum (RFC 768, RFC 8200 §8.1).
-pub fn pseudo(src: &[u8], dst: &[u8], proto: u8, len: usize) -> u64 {
-    ones_sum(src) + ones_sum(dst) + u64::from(proto) + (len as u64 & 0xffff) + (len as u64 >> 16)
 }
 
 /// An IPv4 header (20 bytes + `options`, a multiple of 4) with a valid checksum, followed
@@ -124,7 +108,7 @@ pub fn ipv4(
     p.extend_from_slice(&src);
     p.extend_from_slice(&dst);
     p.extend_from_slice(options);
-    let c = checksum(ones_sum(&p[..hl]));
+    let c = checksum::compute(0, &p[..hl]);
     p[10..12].copy_from_slice(&c.to_be_bytes());
     p.extend_from_slice(payload);
     p
@@ -157,7 +141,7 @@ pub fn udp(sport: u16, dport: u16, payload: &[u8], addrs: Option<(&[u8], &[u8])>
     u.extend_from_slice(&[0, 0]);
     u.extend_from_slice(payload);
     if let Some((s, d)) = addrs {
-        let mut c = checksum(pseudo(s, d, PROTO_UDP, len) + ones_sum(&u));
+        let mut c = checksum::compute(pseudo(s, d, PROTO_UDP, len), &u);
         if c == 0 {
             c = 0xffff;
         }
@@ -197,7 +181,7 @@ pub fn tcp_packet(
     t.extend_from_slice(&dport.to_be_bytes());
     t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
     t.extend_from_slice(payload);
-    let c = checksum(pseudo(src, dst, PROTO_TCP, t.len()) + ones_sum(&t));
+    let c = checksum::compute(pseudo(src, dst, PROTO_TCP, t.len()), &t);
     t[16..18].copy_from_slice(&c.to_be_bytes());
     if v6 {
         ipv6(to16(src), to16(dst), 0, PROTO_TCP, &t)
@@ -222,12 +206,13 @@ pub fn ping_packet(v6: bool, src: &[u8], dst: &[u8]) -> Vec<u8> {
         b'e',
         b'c',
     ];
-    let s = if v6 {
+    let ps = if v6 {
         pseudo(src, dst, PROTO_ICMPV6, m.len())
     } else {
         0
-    } + ones_sum(&m);
-    m[2..4].copy_from_slice(&checksum(s).to_be_bytes());
+    };
+    let c = checksum::compute(ps, &m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
     if v6 {
         ipv6(to16(src), to16(dst), 0, PROTO_ICMPV6, &m)
     } else {
@@ -315,7 +300,7 @@ pub fn parse_ip(p: &[u8]) -> Option<Ip> {
                 nh_field: 9,
                 fragment: mf || offset != 0,
                 later_fragment: offset != 0,
-                checksum_ok: fold(ones_sum(&p[..hl])) == 0xffff,
+                checksum_ok: checksum::verify(0, &p[..hl]),
             })
         }
         6 => {
@@ -483,7 +468,7 @@ pub fn fix_l4_checksum(p: &mut [u8], hl: usize, proto: u8, v6: bool) {
     } else {
         pseudo(&p[12..16], &p[16..20], proto, l4_len)
     };
-    let mut c = checksum(ps + ones_sum(&p[hl..]));
+    let mut c = checksum::compute(ps, &p[hl..]);
     if proto == PROTO_UDP && c == 0 {
         c = 0xffff;
     }
@@ -518,8 +503,7 @@ pub fn check_esp_packet(p: &[u8]) -> Result<(), String> {
             let c = u16::from_be_bytes([l4[6], l4[7]]);
             if ip.v6 {
                 if c == 0
-                    || fold(pseudo(&p[8..24], &p[24..40], PROTO_UDP, l4.len()) + ones_sum(l4))
-                        != 0xffff
+                    || !checksum::verify(pseudo(&p[8..24], &p[24..40], PROTO_UDP, l4.len()), l4)
                 {
                     return Err("bad UDP checksum over IPv6".into());
                 }

@@ -24,6 +24,7 @@
 //! gateways' workers take is lost in the AF_XDP RX ring, which xsecd does not count (compare
 //! `gwA lan rx` with `gwA xsecd` in the last table).
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -129,9 +130,14 @@ fn check_stop(o: &BenchOptions) -> Result<()> {
     }
 }
 
-/// The median (the mean of the middle two for an even count); 0 for none.
-pub fn median(mut v: Vec<f64>) -> f64 {
-    v.retain(|x| x.is_finite());
+/// The median of the finite values (the mean of the middle two for an even count); 0 for
+/// none. The lab's tables and the cycle-counting benches of `benches/` use this one.
+pub fn median<T: Borrow<f64>>(values: impl IntoIterator<Item = T>) -> f64 {
+    let mut v: Vec<f64> = values
+        .into_iter()
+        .map(|x| *x.borrow())
+        .filter(|x| x.is_finite())
+        .collect();
     if v.is_empty() {
         return 0.0;
     }
@@ -581,7 +587,7 @@ struct Row<'a> {
 }
 
 fn row<'a>(mode: &'a str, size: usize, ts: &[&Trial]) -> Row<'a> {
-    let m = |f: &dyn Fn(&Trial) -> f64| median(ts.iter().map(|t| f(t)).collect());
+    let m = |f: &dyn Fn(&Trial) -> f64| median(ts.iter().map(|t| f(t)));
     let cores = ts.iter().map(|t| t.cpu.len()).max().unwrap_or(0);
     let cpu = (0..cores)
         .map(|i| m(&|t| t.cpu.get(i).map_or(f64::NAN, |c| c.busy_pct)))
@@ -594,10 +600,7 @@ fn row<'a>(mode: &'a str, size: usize, ts: &[&Trial]) -> Row<'a> {
             maps.iter().flat_map(|m| m.keys()).collect();
         keys.into_iter()
             .map(|k| {
-                let v = maps
-                    .iter()
-                    .map(|m| m.get(k).copied().unwrap_or(0) as f64)
-                    .collect();
+                let v = maps.iter().map(|m| m.get(k).copied().unwrap_or(0) as f64);
                 (k.clone(), median(v))
             })
             .collect()
@@ -613,7 +616,7 @@ fn row<'a>(mode: &'a str, size: usize, ts: &[&Trial]) -> Row<'a> {
                 .iter()
                 .filter_map(|t| t.daemons.iter().find(|d| d.gw == gw))
                 .collect();
-            let cpu = median(ds.iter().map(|d| d.cpu_pct).collect());
+            let cpu = median(ds.iter().map(|d| d.cpu_pct));
             (
                 gw,
                 cpu,
@@ -814,8 +817,8 @@ fn summarize(trials: &[Trial], o: &BenchOptions) -> (String, Value) {
             .iter()
             .filter(|t| t.mode == r.mode && t.size == r.size)
             .collect();
-        let sent = median(ts.iter().map(|t| t.sent as f64).collect());
-        let recv = median(ts.iter().map(|t| t.received as f64).collect());
+        let sent = median(ts.iter().map(|t| t.sent as f64));
+        let recv = median(ts.iter().map(|t| t.received as f64));
         let _ = write!(s, "{:>5} {:<15} {:>9.1} ", r.size, r.mode, sent / 1e3);
         for (_, k) in cols {
             let v = match k.strip_prefix("xsecd:").and_then(|k| k.split_once(':')) {
@@ -876,10 +879,10 @@ mod tests {
 
     #[test]
     fn medians() {
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median([3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
-        assert_eq!(median(vec![]), 0.0);
-        assert_eq!(median(vec![f64::NAN, 5.0]), 5.0);
+        assert_eq!(median([0.0f64; 0]), 0.0);
+        assert_eq!(median([f64::NAN, 5.0, f64::INFINITY]), 5.0);
     }
 
     #[test]

@@ -22,6 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use xsec_dataplane::wire::pcap::{self, LinkType};
+use xsec_dataplane::wire::{EspPacket, EthernetFrame, Ipv4Packet, UdpPacket};
 
 use crate::bench::{deltas, median, xsecd_counters};
 use crate::config::{Alg, Pair, PairOptions};
@@ -79,14 +81,7 @@ pub fn plain_frame(size: usize, flow: usize, seq: u64) -> Vec<u8> {
     let dst: std::net::Ipv4Addr = addr::HOST_B.parse().unwrap_or([10, 2, 0, 10].into());
     ip[12..16].copy_from_slice(&src.octets());
     ip[16..20].copy_from_slice(&dst.octets());
-    let mut sum: u32 = 0;
-    for w in ip[..20].chunks(2) {
-        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    Ipv4Packet::new_unchecked(&mut ip[..]).fill_checksum();
     let udp = &mut ip[20..];
     udp[0..2].copy_from_slice(&(10_000 + flow as u16).to_be_bytes());
     udp[2..4].copy_from_slice(&5301u16.to_be_bytes());
@@ -276,10 +271,18 @@ pub fn flow_sa(f: usize, n: usize, flows: usize) -> usize {
     f * n / flows.max(n).max(1)
 }
 
-/// The SPI of a raw-ESP IPv4 frame (Ethernet + 20-byte IP header).
+/// The SPI of a raw-ESP IPv4 frame.
 fn esp_spi(f: &[u8]) -> Option<u32> {
-    let b = f.get(14 + 20..14 + 24)?;
-    Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    let eth = EthernetFrame::new_checked(f).ok()?;
+    let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+    Some(EspPacket::new_checked(ip.payload()).ok()?.spi())
+}
+
+/// The UDP source port of an IPv4 frame.
+fn udp_src_port(f: &[u8]) -> Option<u16> {
+    let eth = EthernetFrame::new_checked(f).ok()?;
+    let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+    Some(UdpPacket::new_checked(ip.payload()).ok()?.src_port())
 }
 
 /// Split `frames` over `workers` files by the worker that owns each frame's SA (SA `i` is
@@ -422,10 +425,7 @@ fn cell(
     );
     // flow f is UDP source port 10000 + f
     let sa_of_flow = |f: &[u8]| {
-        f.get(14 + 20..14 + 22).map(|p| {
-            let flow = usize::from(u16::from_be_bytes([p[0], p[1]]).wrapping_sub(10_000));
-            flow_sa(flow, c.sas, flows)
-        })
+        udp_src_port(f).map(|p| flow_sa(usize::from(p.wrapping_sub(10_000)), c.sas, flows))
     };
     let mut plain_files = vec![];
     for (w, frames) in per_worker(&plain, c.workers, c.sas, sa_of_flow)
@@ -512,20 +512,7 @@ fn cell(
 
 /// A pcap file (Ethernet link type, zero timestamps) of `frames`.
 pub fn pcap(frames: &[Vec<u8>]) -> Vec<u8> {
-    let mut v = vec![];
-    v.extend_from_slice(&0xa1b2_c3d4_u32.to_le_bytes());
-    v.extend_from_slice(&2u16.to_le_bytes());
-    v.extend_from_slice(&4u16.to_le_bytes());
-    v.extend_from_slice(&[0; 8]);
-    v.extend_from_slice(&65535u32.to_le_bytes());
-    v.extend_from_slice(&1u32.to_le_bytes());
-    for f in frames {
-        v.extend_from_slice(&[0; 8]);
-        v.extend_from_slice(&(f.len() as u32).to_le_bytes());
-        v.extend_from_slice(&(f.len() as u32).to_le_bytes());
-        v.extend_from_slice(f);
-    }
-    v
+    pcap::file(LinkType::ETHERNET, frames.iter().map(Vec::as_slice))
 }
 
 /// The medians per (alg, workers, SAs, size, dir), with DPDK's AES-128-GCM figures beside.
@@ -561,7 +548,7 @@ fn summarize(trials: &[Trial], o: &CapacityOptions) -> (String, Value) {
                             String::new()
                         }
                     };
-                    let (enc, dec) = (median(ev.clone()), median(dv.clone()));
+                    let (enc, dec) = (median(&ev), median(&dv));
                     let bad: Vec<String> = trials
                         .iter()
                         .filter(|t| {
@@ -596,4 +583,33 @@ fn summarize(trials: &[Trial], o: &CapacityOptions) -> (String, Value) {
         }
     }
     (text, Value::Array(rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_frames_and_their_pcap() {
+        let frames = plain_frames(64, 4);
+        assert_eq!(frames.len(), 1024);
+        let f = &frames[5];
+        assert_eq!(f.len(), 14 + 64);
+        let ip = Ipv4Packet::new_checked(&f[14..]).expect("IPv4");
+        assert!(ip.verify_checksum());
+        assert_eq!(udp_src_port(f), Some(10_000 + 5 % 4));
+        let mut esp = f.clone();
+        esp[14 + 9] = 50;
+        Ipv4Packet::new_unchecked(&mut esp[14..]).fill_checksum();
+        assert_eq!(
+            esp_spi(&esp),
+            Some(0x2711_14b5),
+            "the first word behind the IP header"
+        );
+        assert_eq!(esp_spi(&esp[..30]), None);
+        let back = crate::wire::parse_pcap(&pcap(&frames)).expect("parses");
+        assert_eq!(back.len(), frames.len());
+        assert!(back[7].ethernet);
+        assert_eq!(back[7].data, frames[7]);
+    }
 }

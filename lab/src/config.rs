@@ -10,7 +10,6 @@
 
 use std::fmt::Write as _;
 
-use crate::hex;
 use crate::topo::{Node, Wan, addr};
 
 /// The algorithms the lab configures (those esp_tool.py and tshark both know).
@@ -278,7 +277,7 @@ fn q(s: &str) -> String {
 }
 
 fn key(k: &[u8]) -> String {
-    q(&format!("0x{}", hex(k)))
+    q(&format!("0x{}", hex::encode(k)))
 }
 
 impl GatewayConf {
@@ -366,31 +365,35 @@ impl GatewayConf {
     }
 }
 
-/// A seeded SplitMix64 generator (keys, fuzz frames): reproducible, no dependencies.
+/// Seeded pseudo-random numbers (keys, fuzz frames; the tests' too): fastrand's generator,
+/// whose whole state is the `u64` here, so `Rng(seed)` starts a reproducible sequence.
 #[derive(Debug, Clone)]
 pub struct Rng(pub u64);
 
 impl Rng {
+    /// Draw with fastrand's generator from this state, and keep the state it leaves.
+    fn draw<T>(&mut self, f: impl FnOnce(&mut fastrand::Rng) -> T) -> T {
+        let mut r = fastrand::Rng::with_seed(self.0);
+        let v = f(&mut r);
+        self.0 = r.get_seed();
+        v
+    }
+
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.draw(|r| r.u64(..))
     }
 
     pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(n + 8);
-        while v.len() < n {
-            v.extend_from_slice(&self.next_u64().to_le_bytes());
-        }
-        v.truncate(n);
-        v
+        self.draw(|r| {
+            let mut v = vec![0; n];
+            r.fill(&mut v);
+            v
+        })
     }
 
     /// A number in `0..n` (`n` > 0).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
+        self.draw(|r| r.u64(..n.max(1)))
     }
 }
 
@@ -422,14 +425,14 @@ impl EspSa {
             "--enc".to_owned(),
             self.alg.encryption().to_owned(),
             "--enc-key".to_owned(),
-            hex(&self.enc_key),
+            hex::encode(&self.enc_key),
         ];
         if let Some(a) = self.alg.integrity() {
             v.extend([
                 "--auth".to_owned(),
                 a.to_owned(),
                 "--auth-key".to_owned(),
-                hex(&self.auth_key),
+                hex::encode(&self.auth_key),
             ]);
         }
         v.extend(["--mode".to_owned(), self.mode.name().to_owned()]);
@@ -447,14 +450,14 @@ impl EspSa {
         let ak = if self.auth_key.is_empty() {
             String::new()
         } else {
-            format!("0x{}", hex(&self.auth_key))
+            format!("0x{}", hex::encode(&self.auth_key))
         };
         format!(
             "\"{proto}\",\"{}\",\"{}\",\"{:#010x}\",\"{enc}\",\"0x{}\",\"{auth}\",\"{ak}\"",
             self.src,
             self.dst,
             self.spi,
-            hex(&self.enc_key)
+            hex::encode(&self.enc_key)
         )
     }
 }
@@ -746,5 +749,19 @@ mod tests {
         assert_eq!(t.sa(Node::GwA, true).src, "fd01::10");
         assert!(t.a.to_toml().contains("udp_local_port = 2746"));
         assert!(t.sa(Node::GwA, true).uat_line().starts_with("\"IPv6\""));
+    }
+
+    #[test]
+    fn rng_is_fastrand_from_the_seed() {
+        let mut a = Rng(42);
+        let mut f = fastrand::Rng::with_seed(42);
+        assert_eq!(a.next_u64(), f.u64(..));
+        let mut want = [0u8; 13];
+        f.fill(&mut want);
+        assert_eq!(a.bytes(13), want);
+        assert_eq!(a.below(1000), f.u64(..1000));
+        assert_eq!(Rng(7).bytes(32), Rng(7).bytes(32));
+        assert_ne!(Rng(7).bytes(32), Rng(8).bytes(32));
+        assert_eq!(Rng(7).below(0), 0);
     }
 }

@@ -10,6 +10,8 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use xsec_dataplane::wire::Ipv4Packet;
+
 use crate::config::Rng;
 
 /// Where the frames go.
@@ -51,14 +53,7 @@ fn ipv4(t: &Target, proto: u8, l4: &[u8]) -> Vec<u8> {
     p.extend_from_slice(&[0x12, 0x34, 0x40, 0, 64, proto, 0, 0]);
     p.extend_from_slice(&t.src.octets());
     p.extend_from_slice(&t.dst.octets());
-    let mut sum: u32 = p
-        .chunks_exact(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum();
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    p[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    Ipv4Packet::new_unchecked(&mut p[..]).fill_checksum();
     p.extend_from_slice(l4);
     p
 }

@@ -16,9 +16,9 @@
 //! * [`tools`]: the traffic programs (`udp-recv`, `udp-send`, `tcp-sink`, `tcp-send`,
 //!   `udp-flood`, `udp-count`) that
 //!   the `xsec-lab` binary runs as subcommands inside the namespaces.
-//! * [`wire`]: reading the capture of the middle link: a classic-pcap reader that sorts every
-//!   frame into ESP / UDP-encapsulated ESP / keep-alive / IKE / ARP-ND / clear, and tshark's
-//!   decryption with an `esp_sa` table written from the generated keys.
+//! * [`wire`]: reading the capture of the middle link (the dataplane's pcap reader and header
+//!   views): every frame sorted into ESP / UDP-encapsulated ESP / keep-alive / IKE / ARP-ND /
+//!   clear, and tshark's decryption with an `esp_sa` table written from the generated keys.
 //! * [`fuzz`]: random and mutated Ethernet frames for the robustness test.
 //! * [`demo`]: `xsec-lab run`, the bounded demo with the live counter table.
 //! * [`bench`]: `xsec-lab bench`, packets/s through two xsecd against kernel forwarding, with
@@ -85,9 +85,4 @@ pub fn tail(path: &std::path::Path, n: usize) -> String {
         .unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// Lower-case hex of `b`.
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

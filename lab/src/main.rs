@@ -278,17 +278,6 @@ fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.clamp(0.0, 86_400.0))
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    let s = s.trim().trim_start_matches("0x");
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 fn exit(r: xsec_lab::Result<u64>) -> ExitCode {
     match r {
         Ok(_) => ExitCode::SUCCESS,
@@ -549,12 +538,15 @@ fn main() -> ExitCode {
             tag,
             payload_hex,
         } => {
-            let payload = match payload_hex.as_deref().map(unhex) {
-                Some(None) => {
-                    eprintln!("udp-send: --payload-hex is not hex");
-                    return ExitCode::from(2);
-                }
-                Some(Some(p)) => Some(p),
+            // hex digits, `0x` in front allowed
+            let payload = match payload_hex.as_deref().map(str::trim) {
+                Some(h) => match hex::decode(h.strip_prefix("0x").unwrap_or(h)) {
+                    Ok(p) => Some(p),
+                    Err(_) => {
+                        eprintln!("udp-send: --payload-hex is not hex");
+                        return ExitCode::from(2);
+                    }
+                },
                 None => None,
             };
             exit(tools::udp_send(&tools::UdpSend {

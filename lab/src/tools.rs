@@ -57,7 +57,7 @@ fn preview(b: &[u8]) -> String {
     if text {
         String::from_utf8_lossy(&b[..b.len().min(48)]).into_owned()
     } else {
-        format!("0x{}", crate::hex(&b[..b.len().min(24)]))
+        format!("0x{}", hex::encode(&b[..b.len().min(24)]))
     }
 }
 

@@ -1,10 +1,11 @@
 //! The capture of the middle link: what went over it, and whether tshark decrypts it.
 //!
 //! [`read_pcap`] reads the classic pcap files tcpdump writes (Ethernet or raw-IP link type,
-//! micro- or nanosecond magic, either byte order); [`classify`] sorts each frame into ESP
-//! (IP protocol 50), UDP-encapsulated ESP on the given ports (RFC 3948), NAT keep-alives /
-//! heartbeats (one 0xFF byte), IKE (UDP 500, or the 4-byte non-ESP marker on an encapsulation
-//! port), ARP and IPv6 neighbour discovery / MLD, or clear traffic. [`analyze`] sums that up
+//! micro- or nanosecond magic, either byte order) with the dataplane's `wire::pcap`;
+//! [`classify`] sorts each frame, through the dataplane's header views, into ESP (IP protocol
+//! 50), UDP-encapsulated ESP on the given ports (RFC 3948), NAT keep-alives / heartbeats (one
+//! 0xFF byte), IKE (UDP 500, or the 4-byte non-ESP marker on an encapsulation port), ARP and
+//! IPv6 neighbour discovery / MLD, or clear traffic. [`analyze`] sums that up
 //! and lists clear packets that carry an inner-subnet address: the leaks a gateway must not
 //! have. [`tshark_decrypt`] asks tshark to decrypt every ESP packet with an `esp_sa` table.
 
@@ -13,6 +14,15 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::process::Command;
+
+use xsec_dataplane::wire::ethernet::HEADER_LEN as ETHERNET_HEADER_LEN;
+use xsec_dataplane::wire::ipv4::MIN_HEADER_LEN as IPV4_HEADER_LEN;
+use xsec_dataplane::wire::ipv6::HEADER_LEN as IPV6_HEADER_LEN;
+use xsec_dataplane::wire::pcap::{LinkType, PcapError, PcapReader};
+use xsec_dataplane::wire::udp::HEADER_LEN as UDP_HEADER_LEN;
+use xsec_dataplane::wire::{
+    EspPacket, EtherType, EthernetFrame, IcmpPacket, IpProtocol, Ipv4Packet, Ipv6Packet, UdpPacket,
+};
 
 use crate::procs;
 use crate::{Result, err};
@@ -25,53 +35,31 @@ pub struct RawFrame {
     pub ethernet: bool,
 }
 
-fn rd16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn rd32(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
 /// Read a classic pcap file.
 pub fn read_pcap(path: &Path) -> Result<Vec<RawFrame>> {
     let b = std::fs::read(path).map_err(|e| err!("read {}: {e}", path.display()))?;
     parse_pcap(&b).map_err(|e| err!("{}: {e}", path.display()))
 }
 
-/// Parse the bytes of a classic pcap file.
+/// Parse the bytes of a classic pcap file. A record header cut off at the very end (tcpdump
+/// stopped in the middle of writing it) ends the capture; any other damage is an error.
 pub fn parse_pcap(b: &[u8]) -> Result<Vec<RawFrame>> {
-    let magic = b.get(0..4).ok_or("too short for a pcap header")?;
-    let le = match magic {
-        [0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1] => true,
-        [0xa1, 0xb2, 0xc3, 0xd4] | [0xa1, 0xb2, 0x3c, 0x4d] => false,
-        _ => return Err(err!("not a classic pcap file (pcapng? magic {magic:02x?})")),
-    };
-    let u32_at = |at: usize| -> Option<u32> {
-        let w: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
-        Some(if le {
-            u32::from_le_bytes(w)
-        } else {
-            u32::from_be_bytes(w)
-        })
-    };
-    let link = u32_at(20).ok_or("truncated pcap header")?;
-    let ethernet = match link {
-        1 => true,
-        101 | 228 | 229 => false,
-        _ => return Err(err!("unsupported link type {link}")),
+    let records = PcapReader::new(b).map_err(|e| err!("{e}"))?;
+    let ethernet = match records.link_type() {
+        LinkType::ETHERNET => true,
+        LinkType::RAW | LinkType::IPV4 | LinkType::IPV6 => false,
+        LinkType(l) => return Err(err!("unsupported link type {l}")),
     };
     let mut frames = vec![];
-    let mut at = 24;
-    while at + 16 <= b.len() {
-        let caplen = u32_at(at + 8).ok_or("truncated record header")? as usize;
-        let start = at + 16;
-        let data = b
-            .get(start..start + caplen)
-            .ok_or("truncated record")?
-            .to_vec();
-        frames.push(RawFrame { data, ethernet });
-        at = start + caplen;
+    for r in records {
+        match r {
+            Ok(r) => frames.push(RawFrame {
+                data: r.data.to_vec(),
+                ethernet,
+            }),
+            Err(PcapError::RecordHeader { .. }) => break,
+            Err(e) => return Err(err!("{e}")),
+        }
     }
     Ok(frames)
 }
@@ -154,58 +142,58 @@ pub fn classify(number: usize, raw: &RawFrame, encap_ports: &[u16]) -> Frame {
         note: None,
     };
     let (ethertype, ip) = if raw.ethernet {
-        let Some(t) = rd16(&raw.data, 12) else {
+        let Ok(eth) = EthernetFrame::new_checked(&raw.data[..]) else {
             return fr;
         };
-        (t, raw.data.get(14..).unwrap_or(&[]))
+        (eth.ethertype(), &raw.data[ETHERNET_HEADER_LEN..])
     } else {
         let v = raw.data.first().map_or(0, |b| b >> 4);
-        (if v == 6 { 0x86dd } else { 0x0800 }, &raw.data[..])
+        let t = if v == 6 {
+            EtherType::IPV6
+        } else {
+            EtherType::IPV4
+        };
+        (t, &raw.data[..])
     };
+    // The IP headers are read through the views, but a packet shorter than its length
+    // fields is still classified (from what it holds): a truncated clear packet is a leak too.
     let (proto, l4): (u8, &[u8]) = match ethertype {
-        0x0806 => {
+        EtherType::ARP => {
             fr.kind = Kind::Arp;
             return fr;
         }
-        0x0800 => {
-            let Some(&v_ihl) = ip.first() else { return fr };
-            let ihl = usize::from(v_ihl & 0x0f) * 4;
-            let total = usize::from(rd16(ip, 2).unwrap_or(0)).min(ip.len());
-            if ihl < 20 || total < ihl {
-                fr.kind = Kind::Other(ethertype);
+        EtherType::IPV4 => {
+            if ip.len() < IPV4_HEADER_LEN {
+                fr.kind = Kind::Other(ethertype.0);
                 return fr;
             }
-            fr.src = ip
-                .get(12..16)
-                .and_then(|a| <[u8; 4]>::try_from(a).ok())
-                .map(|a| Ipv4Addr::from(a).into());
-            fr.dst = ip
-                .get(16..20)
-                .and_then(|a| <[u8; 4]>::try_from(a).ok())
-                .map(|a| Ipv4Addr::from(a).into());
-            let frag = rd16(ip, 6).unwrap_or(0) & 0x1fff;
-            let proto = ip.get(9).copied().unwrap_or(0);
-            if frag != 0 {
+            let v4 = Ipv4Packet::new_unchecked(ip);
+            let ihl = v4.header_len();
+            let total = usize::from(v4.total_len()).min(ip.len());
+            if ihl < IPV4_HEADER_LEN || total < ihl {
+                fr.kind = Kind::Other(ethertype.0);
+                return fr;
+            }
+            fr.src = Some(Ipv4Addr::from(v4.src_addr()).into());
+            fr.dst = Some(Ipv4Addr::from(v4.dst_addr()).into());
+            let proto = v4.protocol().0;
+            if v4.frag_offset() != 0 {
                 fr.kind = Kind::Clear { proto };
                 return fr;
             }
             (proto, &ip[ihl..total])
         }
-        0x86dd => {
-            if ip.len() < 40 {
-                fr.kind = Kind::Other(ethertype);
+        EtherType::IPV6 => {
+            if ip.len() < IPV6_HEADER_LEN {
+                fr.kind = Kind::Other(ethertype.0);
                 return fr;
             }
-            fr.src = <[u8; 16]>::try_from(&ip[8..24])
-                .ok()
-                .map(|a| Ipv6Addr::from(a).into());
-            fr.dst = <[u8; 16]>::try_from(&ip[24..40])
-                .ok()
-                .map(|a| Ipv6Addr::from(a).into());
-            let plen = usize::from(rd16(ip, 4).unwrap_or(0));
-            let end = (40 + plen).min(ip.len());
-            let mut nh = ip[6];
-            let mut off = 40;
+            let v6 = Ipv6Packet::new_unchecked(ip);
+            fr.src = Some(Ipv6Addr::from(v6.src_addr()).into());
+            fr.dst = Some(Ipv6Addr::from(v6.dst_addr()).into());
+            let end = v6.total_len().min(ip.len());
+            let mut nh = v6.next_header().0;
+            let mut off = IPV6_HEADER_LEN;
             // hop-by-hop options precede MLD reports
             if nh == 0 && off + 8 <= end {
                 nh = ip[off];
@@ -214,22 +202,25 @@ pub fn classify(number: usize, raw: &RawFrame, encap_ports: &[u16]) -> Frame {
             (nh, ip.get(off..end).unwrap_or(&[]))
         }
         t => {
-            fr.kind = Kind::Other(t);
+            fr.kind = Kind::Other(t.0);
             return fr;
         }
     };
+    let esp = |b: &[u8]| EspPacket::new_checked(b).map_or((0, 0), |e| (e.spi(), e.seq()));
     fr.kind = match proto {
-        50 => Kind::Esp {
-            spi: rd32(l4, 0).unwrap_or(0),
-            seq: rd32(l4, 4).unwrap_or(0),
-        },
+        50 => {
+            let (spi, seq) = esp(l4);
+            Kind::Esp { spi, seq }
+        }
         58 if l4.first().is_some_and(|t| ND_TYPES.contains(t)) => Kind::NeighbourDiscovery,
         2 => Kind::NeighbourDiscovery,
-        17 if l4.len() >= 8 => {
-            let (sp, dp) = (rd16(l4, 0).unwrap_or(0), rd16(l4, 2).unwrap_or(0));
+        17 if l4.len() >= UDP_HEADER_LEN => {
+            // the ports only: the length field may disagree with a damaged packet
+            let udp = UdpPacket::new_unchecked(l4);
+            let (sp, dp) = (udp.src_port(), udp.dst_port());
             fr.sport = Some(sp);
             fr.dport = Some(dp);
-            let payload = &l4[8..];
+            let payload = &l4[UDP_HEADER_LEN..];
             fr.udp_payload = payload.to_vec();
             let encap = encap_ports.contains(&sp) || encap_ports.contains(&dp);
             if sp == 500 || dp == 500 {
@@ -239,17 +230,17 @@ pub fn classify(number: usize, raw: &RawFrame, encap_ports: &[u16]) -> Frame {
             } else if encap && payload.len() >= 4 && payload[..4] == [0, 0, 0, 0] {
                 Kind::Ike
             } else if encap && payload.len() >= 8 {
-                Kind::UdpEsp {
-                    spi: rd32(payload, 0).unwrap_or(0),
-                    seq: rd32(payload, 4).unwrap_or(0),
-                }
+                let (spi, seq) = esp(payload);
+                Kind::UdpEsp { spi, seq }
             } else {
                 Kind::Clear { proto }
             }
         }
         6 if l4.len() >= 4 => {
-            fr.sport = rd16(l4, 0);
-            fr.dport = rd16(l4, 2);
+            // TCP's ports are where UDP's are (there is no TCP view)
+            let ports = UdpPacket::new_unchecked(l4);
+            fr.sport = Some(ports.src_port());
+            fr.dport = Some(ports.dst_port());
             Kind::Clear { proto }
         }
         p => {
@@ -264,20 +255,27 @@ pub fn classify(number: usize, raw: &RawFrame, encap_ports: &[u16]) -> Frame {
 
 /// An ICMPv4 error's type, code and the UDP datagram it quotes, if any.
 fn icmp_note(l4: &[u8]) -> Option<String> {
-    let (t, c) = (*l4.first()?, *l4.get(1)?);
-    let mut note = format!("ICMP type {t} code {c}");
+    let icmp = IcmpPacket::new_checked(l4).ok()?;
+    let mut note = format!("ICMP type {} code {}", icmp.msg_type(), icmp.code());
+    // the quoted IP header, then at least the first 8 bytes of its payload (RFC 792)
     let q = l4.get(8..)?;
-    let ihl = usize::from(q.first()? & 0x0f) * 4;
-    if q.get(9) == Some(&17) {
-        let u = q.get(ihl..)?;
-        let (sp, dp, len) = (rd16(u, 0)?, rd16(u, 2)?, rd16(u, 4)?);
-        let first = u
-            .get(8)
-            .map_or(String::new(), |b| format!(", first byte {b:#04x}"));
-        note.push_str(&format!(
-            " quoting UDP {sp} -> {dp} with {} payload bytes{first}",
-            len.saturating_sub(8)
-        ));
+    if q.len() >= IPV4_HEADER_LEN {
+        let ip = Ipv4Packet::new_unchecked(q);
+        if ip.protocol() == IpProtocol::UDP {
+            let ub = q
+                .get(ip.header_len()..)
+                .filter(|u| u.len() >= UDP_HEADER_LEN)?;
+            let u = UdpPacket::new_unchecked(ub);
+            let first = ub
+                .get(UDP_HEADER_LEN)
+                .map_or(String::new(), |b| format!(", first byte {b:#04x}"));
+            note.push_str(&format!(
+                " quoting UDP {} -> {} with {} payload bytes{first}",
+                u.src_port(),
+                u.dst_port(),
+                u.len().saturating_sub(8)
+            ));
+        }
     }
     Some(note)
 }
@@ -586,5 +584,44 @@ mod tests {
             }]
         );
         assert!(parse_pcap(&[0x0a, 0x0d, 0x0d, 0x0a]).is_err());
+        // a record header cut off at the end ends the capture; cut-off data is an error
+        b.extend_from_slice(&[0; 5]);
+        assert_eq!(parse_pcap(&b).expect("parses").len(), 1);
+        assert!(parse_pcap(&b[..b.len() - 6]).is_err());
+        // raw IP (229: IPv6) and an unsupported link type
+        b[20] = 229;
+        assert!(!parse_pcap(&b).expect("parses")[0].ethernet);
+        b[20] = 113;
+        assert!(
+            parse_pcap(&b)
+                .unwrap_err()
+                .to_string()
+                .contains("link type 113")
+        );
+    }
+
+    #[test]
+    fn truncated_clear_packets_are_still_clear() {
+        // an IPv4/UDP packet whose length fields promise more than the frame holds
+        let mut ip = ipv4(17, [10, 1, 0, 10], [10, 2, 0, 10], &udp(7, 7, &[1; 40]));
+        ip.truncate(30);
+        let f = classify(1, &eth(0x0800, &ip), &[4500]);
+        assert_eq!(f.kind, Kind::Clear { proto: 17 });
+        assert_eq!(f.dport, Some(7));
+        // an ICMP error quoting a UDP datagram
+        let quoted = ipv4(17, [10, 0, 0, 1], [10, 0, 0, 2], &udp(4500, 4500, &[0xff]));
+        let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(&quoted);
+        let f = classify(
+            2,
+            &eth(0x0800, &ipv4(1, [10, 0, 0, 2], [10, 0, 0, 1], &icmp)),
+            &[],
+        );
+        assert_eq!(
+            f.note.as_deref(),
+            Some(
+                "ICMP type 3 code 3 quoting UDP 4500 -> 4500 with 1 payload bytes, first byte 0xff"
+            )
+        );
     }
 }

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use xsec_dataplane::time::MonotonicClock;
+use xsec_dataplane::wire::{Ipv4Packet, Ipv6Packet};
 use xsec_dataplane::{Engine, PacketBuf, Verdict};
 
 /// Offset of the inner IP header in a UMEM frame: room in front for Ethernet and the
@@ -84,14 +85,8 @@ impl Protector {
 /// The destination of the IP packet in `p` (v4 or v6).
 pub fn ip_dst(p: &[u8]) -> Option<IpAddr> {
     match p.first()? >> 4 {
-        4 => {
-            let b: [u8; 4] = p.get(16..20)?.try_into().ok()?;
-            Some(IpAddr::from(b))
-        }
-        6 => {
-            let b: [u8; 16] = p.get(24..40)?.try_into().ok()?;
-            Some(IpAddr::from(b))
-        }
+        4 => Some(Ipv4Packet::new_checked(p).ok()?.dst_addr().into()),
+        6 => Some(Ipv6Packet::new_checked(p).ok()?.dst_addr().into()),
         _ => None,
     }
 }
@@ -99,6 +94,7 @@ pub fn ip_dst(p: &[u8]) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use xsec_dataplane::wire::{EspPacket, IpProtocol};
 
     const CONF: &str = r#"
 [gateway]
@@ -154,11 +150,13 @@ sa = "t"
             let mut f = frame(100);
             let (off, len) = p.protect(&mut f, 100).unwrap();
             let esp = &f[off..off + len];
-            assert_eq!(esp[0], 0x45);
-            assert_eq!(esp[9], 50, "outer protocol ESP");
+            let outer = Ipv4Packet::new_checked(esp).unwrap();
+            assert_eq!(outer.header_len(), 20);
+            assert_eq!(outer.protocol(), IpProtocol::ESP, "outer protocol ESP");
             assert_eq!(ip_dst(esp), Some("192.0.2.2".parse().unwrap()));
-            assert_eq!(&esp[20..24], &0x1001u32.to_be_bytes(), "SPI");
-            assert_eq!(&esp[24..28], &(1000 + k).to_be_bytes(), "sequence number");
+            let hdr = EspPacket::new_checked(outer.payload()).unwrap();
+            assert_eq!(hdr.spi(), 0x1001, "SPI");
+            assert_eq!(hdr.seq(), 1000 + k, "sequence number");
             // 20 outer + 8 ESP + 8 IV + 100 inner + 2 pad + 2 trailer + 16 ICV
             assert_eq!(len, 20 + 8 + 8 + 100 + 2 + 2 + 16);
             assert!(

@@ -14,6 +14,9 @@ use std::time::Duration;
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 use serde_json::{Value, json};
+use xsec_dataplane::wire::{
+    EtherType, EthernetFrame, IpProtocol, Ipv4Packet, Ipv6Packet, UdpPacket, ethernet, ipv6, udp,
+};
 use xsecd::xdp::{XdpMode, XdpSteering};
 use xsecd::xsk::{XskConfig, XskRx};
 
@@ -31,38 +34,33 @@ const MAX_QUEUES: u32 = 64;
 /// for anything else: other protocols and ports, fragments, truncated or inconsistent
 /// headers.
 pub fn udp_payload(frame: &[u8], port: u16) -> Option<&[u8]> {
-    let ethertype = u16::from_be_bytes(frame.get(12..14)?.try_into().ok()?);
-    let ip = frame.get(14..)?;
-    let (l4, ip_payload_len) = match ethertype {
-        0x0800 => {
-            let ihl = usize::from(*ip.first()? & 0x0f) * 4;
-            if ip[0] >> 4 != 4 || ihl < 20 || ip.len() < ihl || ip[9] != 17 {
+    let ethertype = EthernetFrame::new_checked(frame).ok()?.ethertype();
+    let ip = &frame[ethernet::HEADER_LEN..];
+    // (offset of the UDP header, end of the IP payload)
+    let (l4, end) = match ethertype {
+        EtherType::IPV4 => {
+            let v4 = Ipv4Packet::new_checked(ip).ok()?;
+            // a fragment (MF set or an offset) has no whole datagram
+            if v4.protocol() != IpProtocol::UDP || v4.is_fragment() {
                 return None;
             }
-            let frag = u16::from_be_bytes([ip[6], ip[7]]);
-            if frag & 0x3fff != 0 {
-                return None; // a fragment (MF set or an offset)
-            }
-            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-            (ihl, total.checked_sub(ihl)?)
+            (v4.header_len(), usize::from(v4.total_len()))
         }
-        0x86dd => {
-            if ip.len() < 40 || ip[0] >> 4 != 6 || ip[6] != 17 {
+        EtherType::IPV6 => {
+            let v6 = Ipv6Packet::new_checked(ip).ok()?;
+            if v6.next_header() != IpProtocol::UDP {
                 return None;
             }
-            (40, usize::from(u16::from_be_bytes([ip[4], ip[5]])))
+            (ipv6::HEADER_LEN, v6.total_len())
         }
         _ => return None,
     };
-    let udp = ip.get(l4..l4 + 8)?;
-    if u16::from_be_bytes([udp[2], udp[3]]) != port {
+    let datagram = &ip[l4..end];
+    let udp = UdpPacket::new_checked(datagram).ok()?;
+    if udp.dst_port() != port {
         return None;
     }
-    let ulen = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
-    if ulen < 8 || ulen > ip_payload_len {
-        return None;
-    }
-    ip.get(l4 + 8..l4 + ulen)
+    Some(&datagram[udp::HEADER_LEN..usize::from(udp.len())])
 }
 
 /// The sink's input.

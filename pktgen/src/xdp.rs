@@ -9,22 +9,15 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use xsec_dataplane::wire::{
+    EtherType, EthernetFrame, EthernetRepr, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
+    ethernet, ipv4, udp,
+};
 use xsec_pktgen::*;
 use xsecd::neigh::{NextHop, Resolution, Resolver};
 use xsecd::xsk::{FRAME_SIZE, XskConfig, XskTx};
 
 use crate::{Gen, check_sizes, esp, gen_summary, stop_flag};
-
-fn ipv4_checksum(h: &[u8]) -> u16 {
-    let mut s: u32 = h
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
-        .sum();
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    !(s as u16)
-}
 
 /// The 42 bytes in front of the payload: Ethernet, IPv4 (DF, TTL 64), UDP.
 pub fn headers(
@@ -37,23 +30,31 @@ pub fn headers(
     payload: usize,
 ) -> [u8; 42] {
     let mut h = [0u8; 42];
-    h[0..6].copy_from_slice(&dst_mac);
-    h[6..12].copy_from_slice(&src_mac);
-    h[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ip = &mut h[14..34];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&((28 + payload) as u16).to_be_bytes());
-    ip[6] = 0x40; // DF
-    ip[8] = 64;
-    ip[9] = 17;
-    ip[12..16].copy_from_slice(&src);
-    ip[16..20].copy_from_slice(&dst);
-    let c = ipv4_checksum(ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let udp = &mut h[34..42];
-    udp[0..2].copy_from_slice(&sport.to_be_bytes());
-    udp[2..4].copy_from_slice(&dport.to_be_bytes());
-    udp[4..6].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
+    let (eth, rest) = h.split_at_mut(ethernet::HEADER_LEN);
+    let (ip, udp) = rest.split_at_mut(ipv4::MIN_HEADER_LEN);
+    EthernetRepr {
+        src: src_mac,
+        dst: dst_mac,
+        ethertype: EtherType::IPV4,
+    }
+    .emit(&mut EthernetFrame::new_unchecked(eth));
+    Ipv4Repr {
+        src,
+        dst,
+        protocol: IpProtocol::UDP,
+        payload_len: udp::HEADER_LEN + payload,
+        ttl: 64,
+        tos: 0,
+        ident: 0,
+        dont_frag: true,
+    }
+    .emit(&mut Ipv4Packet::new_unchecked(ip));
+    UdpRepr {
+        src_port: sport,
+        dst_port: dport,
+        payload_len: payload,
+    }
+    .emit(&mut UdpPacket::new_unchecked(udp));
     h
 }
 
@@ -359,13 +360,20 @@ mod tests {
             5301,
             100,
         );
+        let ip = Ipv4Packet::new_unchecked(&h[14..34]);
+        assert!(ip.verify_checksum());
+        assert!(ip.dont_frag());
         assert_eq!(
-            ipv4_checksum(&h[14..34]),
-            0,
-            "a header with its checksum sums to 0"
+            (ip.total_len(), ip.ttl(), ip.protocol()),
+            (128, 64, IpProtocol::UDP)
         );
-        assert_eq!(u16::from_be_bytes([h[16], h[17]]), 128);
-        assert_eq!(u16::from_be_bytes([h[38], h[39]]), 108);
-        assert_eq!(&h[12..14], &[0x08, 0x00]);
+        let udp = UdpPacket::new_unchecked(&h[34..]);
+        assert_eq!(
+            (udp.src_port(), udp.dst_port(), udp.len()),
+            (10_000, 5301, 108)
+        );
+        let eth = EthernetFrame::new_unchecked(&h[..]);
+        assert_eq!(eth.ethertype(), EtherType::IPV4);
+        assert_eq!((eth.dst_addr(), eth.src_addr()), ([1; 6], [2; 6]));
     }
 }

@@ -15,9 +15,11 @@
 //! independent ESP implementation.
 #![forbid(unsafe_code)]
 
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+use xsec_dataplane::wire::pcap::{self, LinkType, PcapReader};
 
 use crate::fwd::{ETH_HDR, ETHERTYPE_IPV4, ETHERTYPE_IPV6};
 
@@ -27,9 +29,6 @@ pub const CAPTURE_MAX: usize = 1024;
 pub const FRAME_MAX: usize = 3000;
 /// Frames read from one file at most (they are cycled).
 pub const FRAMES_MAX: usize = 1 << 16;
-
-const LINKTYPE_ETHERNET: u32 = 1;
-const LINKTYPE_RAW: u32 = 101;
 
 /// Why a replay file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -109,19 +108,12 @@ impl ReplaySource {
             return Ok(0);
         };
         let frames = c.frames.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out = io::BufWriter::new(std::fs::File::create(&c.path)?);
-        write_pcap_header(&mut out, LINKTYPE_ETHERNET)?;
-        for f in frames.iter() {
-            write_pcap_record(&mut out, f)?;
-        }
-        out.flush()?;
+        std::fs::write(
+            &c.path,
+            pcap::file(LinkType::ETHERNET, frames.iter().map(Vec::as_slice)),
+        )?;
         Ok(frames.len())
     }
-}
-
-fn rd32(b: &[u8], at: usize, swap: bool) -> Option<u32> {
-    let v = u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?);
-    Some(if swap { v.swap_bytes() } else { v })
 }
 
 /// The frames of a pcap file (microsecond or nanosecond, either byte order), as Ethernet
@@ -129,33 +121,26 @@ fn rd32(b: &[u8], at: usize, swap: bool) -> Option<u32> {
 /// at them). Anything else, or a truncated or oversized record, is an error naming the
 /// record.
 pub fn read_pcap(b: &[u8]) -> Result<Vec<Vec<u8>>, String> {
-    let magic = rd32(b, 0, false).ok_or("not a pcap file: shorter than its header")?;
-    let swap = match magic {
-        0xa1b2_c3d4 | 0xa1b2_3c4d => false,
-        0xd4c3_b2a1 | 0x4d3c_b2a1 => true,
-        _ => return Err(format!("not a pcap file (magic {magic:#010x})")),
-    };
-    let link = rd32(b, 20, swap).ok_or("not a pcap file: shorter than its header")?;
-    if link != LINKTYPE_ETHERNET && link != LINKTYPE_RAW {
+    let records = PcapReader::new(b).map_err(|e| e.to_string())?;
+    let link = records.link_type();
+    if link != LinkType::ETHERNET && link != LinkType::RAW {
         return Err(format!(
-            "link type {link}: only Ethernet (1) and raw IP (101) can be replayed"
+            "link type {}: only Ethernet (1) and raw IP (101) can be replayed",
+            link.0
         ));
     }
-    let mut at = 24;
     let mut out = vec![];
-    while at < b.len() {
-        let n = out.len() + 1;
-        let incl = rd32(b, at + 8, swap).ok_or(format!("record {n}: truncated header"))? as usize;
-        let orig = rd32(b, at + 12, swap).ok_or(format!("record {n}: truncated header"))? as usize;
-        let data = b
-            .get(at + 16..at + 16 + incl)
-            .ok_or(format!("record {n}: truncated ({incl} bytes announced)"))?;
-        if incl != orig {
+    for r in records {
+        let r = r.map_err(|e| e.to_string())?;
+        let (n, data) = (r.number, r.data);
+        if data.len() != r.orig_len as usize {
             return Err(format!(
-                "record {n}: captured {incl} of {orig} bytes (a snap length cut it)"
+                "record {n}: captured {} of {} bytes (a snap length cut it)",
+                data.len(),
+                r.orig_len
             ));
         }
-        let frame = if link == LINKTYPE_RAW {
+        let frame = if link == LinkType::RAW {
             let et = match data.first().map(|v| v >> 4) {
                 Some(4) => ETHERTYPE_IPV4,
                 Some(6) => ETHERTYPE_IPV6,
@@ -178,38 +163,8 @@ pub fn read_pcap(b: &[u8]) -> Result<Vec<Vec<u8>>, String> {
             return Err(format!("more than {FRAMES_MAX} frames"));
         }
         out.push(frame);
-        at += 16 + incl;
     }
     Ok(out)
-}
-
-/// A pcap file header (microsecond timestamps, snap length 65535).
-pub fn write_pcap_header(w: &mut impl Write, link: u32) -> io::Result<()> {
-    w.write_all(&0xa1b2_c3d4_u32.to_le_bytes())?;
-    w.write_all(&2u16.to_le_bytes())?;
-    w.write_all(&4u16.to_le_bytes())?;
-    w.write_all(&[0; 8])?;
-    w.write_all(&65535u32.to_le_bytes())?;
-    w.write_all(&link.to_le_bytes())
-}
-
-/// One record with a zero timestamp.
-pub fn write_pcap_record(w: &mut impl Write, data: &[u8]) -> io::Result<()> {
-    let n = (data.len() as u32).to_le_bytes();
-    w.write_all(&[0; 8])?;
-    w.write_all(&n)?;
-    w.write_all(&n)?;
-    w.write_all(data)
-}
-
-/// Ethernet pcap bytes of `frames` (for tests and tools).
-pub fn pcap_bytes(frames: &[Vec<u8>]) -> Vec<u8> {
-    let mut v = vec![];
-    let _ = write_pcap_header(&mut v, LINKTYPE_ETHERNET);
-    for f in frames {
-        let _ = write_pcap_record(&mut v, f);
-    }
-    v
 }
 
 #[cfg(test)]
@@ -223,14 +178,18 @@ mod tests {
         f
     }
 
+    fn file(link: LinkType, frames: &[Vec<u8>]) -> Vec<u8> {
+        pcap::file(link, frames.iter().map(Vec::as_slice))
+    }
+
     #[test]
     fn round_trip_and_raw_ip_gets_an_ethernet_header() {
         let frames = vec![frame(60), frame(1514)];
-        assert_eq!(read_pcap(&pcap_bytes(&frames)).unwrap(), frames);
-        let mut raw = vec![];
-        write_pcap_header(&mut raw, LINKTYPE_RAW).unwrap();
-        write_pcap_record(&mut raw, &[0x60, 0, 0, 0]).unwrap();
-        let got = read_pcap(&raw).unwrap();
+        assert_eq!(
+            read_pcap(&file(LinkType::ETHERNET, &frames)).unwrap(),
+            frames
+        );
+        let got = read_pcap(&file(LinkType::RAW, &[vec![0x60, 0, 0, 0]])).unwrap();
         assert_eq!(got[0].len(), ETH_HDR + 4);
         assert_eq!(&got[0][12..15], &[0x86, 0xdd, 0x60]);
     }
@@ -239,24 +198,21 @@ mod tests {
     fn bad_files_are_errors_naming_the_record() {
         assert!(read_pcap(b"").unwrap_err().contains("shorter"));
         assert!(read_pcap(&[0u8; 24]).unwrap_err().contains("magic"));
-        let mut b = pcap_bytes(&[frame(60), frame(60)]);
+        let mut b = file(LinkType::ETHERNET, &[frame(60), frame(60)]);
         b.truncate(b.len() - 1);
         assert!(
             read_pcap(&b)
                 .unwrap_err()
                 .starts_with("record 2: truncated")
         );
-        let mut b = pcap_bytes(&[frame(60)]);
-        b[20] = 113; // Linux cooked capture
+        let b = file(LinkType(113), &[frame(60)]); // Linux cooked capture
         assert!(read_pcap(&b).unwrap_err().contains("link type 113"));
-        let b = pcap_bytes(&[frame(FRAME_MAX + 1)]);
+        let b = file(LinkType::ETHERNET, &[frame(FRAME_MAX + 1)]);
         assert!(read_pcap(&b).unwrap_err().contains("record 1"));
-        let mut b = pcap_bytes(&[frame(60)]);
+        let mut b = file(LinkType::ETHERNET, &[frame(60)]);
         b[24 + 12] = 99; // orig_len != incl_len
         assert!(read_pcap(&b).unwrap_err().contains("snap length"));
-        let mut raw = vec![];
-        write_pcap_header(&mut raw, LINKTYPE_RAW).unwrap();
-        write_pcap_record(&mut raw, &[0x20, 0]).unwrap();
+        let raw = file(LinkType::RAW, &[vec![0x20, 0]]);
         assert!(read_pcap(&raw).unwrap_err().contains("not an IP packet"));
     }
 }

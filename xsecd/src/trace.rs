@@ -7,7 +7,6 @@
 //! slow client loses trace packets (counted), never dataplane packets.
 
 use crossbeam_channel::Sender;
-use std::io::{self, Write};
 use std::time::SystemTime;
 use xsec_dataplane::spd::{Action, Direction, Lookup, PacketKey, Spd};
 
@@ -148,31 +147,6 @@ pub fn esp_spi(ip: &[u8], udp_ports: &[u16]) -> Option<u32> {
     (spi != 0).then_some(spi)
 }
 
-/// pcap file header for raw IP packets (LINKTYPE_RAW = 101), microsecond timestamps.
-pub fn pcap_header(w: &mut impl Write) -> io::Result<()> {
-    let mut h = Vec::with_capacity(24);
-    h.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
-    h.extend_from_slice(&2u16.to_le_bytes());
-    h.extend_from_slice(&4u16.to_le_bytes());
-    h.extend_from_slice(&0i32.to_le_bytes());
-    h.extend_from_slice(&0u32.to_le_bytes());
-    h.extend_from_slice(&65535u32.to_le_bytes());
-    h.extend_from_slice(&101u32.to_le_bytes());
-    w.write_all(&h)
-}
-
-/// One pcap record.
-pub fn pcap_record(w: &mut impl Write, time_us: u64, data: &[u8]) -> io::Result<()> {
-    let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
-    let mut h = Vec::with_capacity(16);
-    h.extend_from_slice(&((time_us / 1_000_000) as u32).to_le_bytes());
-    h.extend_from_slice(&((time_us % 1_000_000) as u32).to_le_bytes());
-    h.extend_from_slice(&len.to_le_bytes());
-    h.extend_from_slice(&len.to_le_bytes());
-    w.write_all(&h)?;
-    w.write_all(data)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,17 +174,5 @@ mod tests {
         assert_eq!(esp_spi(&v6, &[]), Some(9));
         assert_eq!(esp_spi(&v6[..42], &[]), None, "truncated");
         assert_eq!(esp_spi(&[], &[]), None);
-    }
-
-    #[test]
-    fn pcap_layout() {
-        let mut out = vec![];
-        pcap_header(&mut out).unwrap();
-        pcap_record(&mut out, 1_500_000, &[0x45, 0]).unwrap();
-        assert_eq!(out.len(), 24 + 16 + 2);
-        assert_eq!(&out[20..24], &101u32.to_le_bytes());
-        assert_eq!(&out[24..28], &1u32.to_le_bytes());
-        assert_eq!(&out[28..32], &500_000u32.to_le_bytes());
-        assert_eq!(&out[32..36], &2u32.to_le_bytes());
     }
 }

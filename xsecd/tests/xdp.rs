@@ -18,6 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use std::net::IpAddr;
+use xsec_dataplane::wire::Ipv4Packet;
 use xsecd::xdp::{Side, XdpCounters, XdpError, XdpMode, XdpSteering};
 
 const CHILD_ENV: &str = "XSEC_XDPT_CHILD";
@@ -158,25 +159,13 @@ fn ipv4_full(
     h.extend_from_slice(&v4(src).octets());
     h.extend_from_slice(&v4(dst).octets());
     h.extend_from_slice(options);
-    let sum = checksum(&h);
-    h[10..12].copy_from_slice(&sum.to_be_bytes());
+    Ipv4Packet::new_unchecked(&mut h[..]).fill_checksum();
     h.extend_from_slice(payload);
     eth(0x0800, &h)
 }
 
 fn ipv4(src: &str, dst: &str, proto: u8, payload: &[u8]) -> Vec<u8> {
     ipv4_full(src, dst, proto, &[], 0, payload)
-}
-
-fn checksum(b: &[u8]) -> u16 {
-    let mut s: u32 = b
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    !(s as u16)
 }
 
 /// IPv6 whose payload starts with the given chain of headers (`nh` is the first).
@@ -236,7 +225,7 @@ fn neighbour_solicitation() -> Vec<u8> {
 
 /// Sends frames on an interface of the current namespace.
 fn send(ifname: &str, frame: &[u8]) {
-    let hex: String = frame.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = hex::encode(frame);
     run(&[
         "python3",
         "-c",

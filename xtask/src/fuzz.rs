@@ -259,7 +259,7 @@ fn crash_excerpt(output: &str, n: usize) -> String {
 fn hex_of(path: &str, max: usize) -> String {
     match std::fs::read(path) {
         Ok(b) => {
-            let h: String = b.iter().take(max).map(|x| format!("{x:02x}")).collect();
+            let h = hex::encode(&b[..b.len().min(max)]);
             let more = if b.len() > max { "..." } else { "" };
             format!("{} bytes: {h}{more}", b.len())
         }

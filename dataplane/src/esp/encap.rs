@@ -13,7 +13,7 @@ use crate::stats::DropReason;
 use crate::time::Timestamp;
 use crate::wire::checksum;
 use crate::wire::esp::{EspTrailer, HEADER_LEN as ESP_HDR, TRAILER_LEN};
-use crate::wire::{IpProtocol, Ipv4Packet, Ipv6Packet};
+use crate::wire::{IpProtocol, Ipv4Packet, Ipv6Packet, UdpPacket};
 
 /// A packet laid out, with its IV field seeded, whose encryption and ICV are left to the
 /// burst ([`crate::crypto::Transform::defer_seal`]): its ESP packet is
@@ -47,8 +47,7 @@ impl Deferred {
     /// The UDP/IPv6 checksum, once the ESP bytes are final.
     pub(crate) fn checksum(&self, frame: &mut [u8]) {
         if let Some((ip, udp, len)) = self.udp6 {
-            let (src, dst) = v6_addrs(frame, ip);
-            fill_udp6_checksum(frame, udp, len, &src, &dst);
+            fill_udp6_checksum(frame, ip, udp, len);
         }
     }
 }
@@ -124,13 +123,18 @@ fn write_udp(u: &mut [u8], sport: u16, dport: u16, len: usize) {
     u[7] = 0;
 }
 
-/// UDP checksum over IPv6 (mandatory, RFC 8200 §8.1), computed once the ESP bytes are final.
+/// UDP checksum over IPv6 (mandatory, RFC 8200 §8.1) of the datagram of `len` bytes at `udp`
+/// behind the IPv6 header at `ip`, computed once the ESP bytes are final.
 #[inline]
-fn fill_udp6_checksum(frame: &mut [u8], udp: usize, len: usize, src: &[u8; 16], dst: &[u8; 16]) {
-    let pseudo = checksum::pseudo_v6(*src, *dst, IpProtocol::UDP.0, len as u32);
-    let c = checksum::finish(checksum::add(pseudo, checksum::sum(&frame[udp..udp + len])));
-    let c = if c == 0 { 0xffff } else { c };
-    frame[udp + 6..udp + 8].copy_from_slice(&c.to_be_bytes());
+fn fill_udp6_checksum(frame: &mut [u8], ip: usize, udp: usize, len: usize) {
+    let ip6 = Ipv6Packet::new_unchecked(&frame[ip..ip + 40]);
+    let pseudo = checksum::pseudo_v6(
+        ip6.src_addr(),
+        ip6.dst_addr(),
+        IpProtocol::UDP.0,
+        len as u32,
+    );
+    UdpPacket::new_unchecked(&mut frame[udp..udp + len]).fill_checksum(pseudo);
 }
 
 #[inline(always)]
@@ -202,26 +206,13 @@ fn seal_or_defer<'a>(
     Ok(None)
 }
 
-/// Source and destination of the IPv6 header at `ip`.
-#[inline(always)]
-fn v6_addrs(frame: &[u8], ip: usize) -> ([u8; 16], [u8; 16]) {
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    src.copy_from_slice(&frame[ip + 8..ip + 24]);
-    dst.copy_from_slice(&frame[ip + 24..ip + 40]);
-    (src, dst)
-}
-
 /// The UDP checksum of ESP in UDP over the IPv6 header at `ip`: now, or recorded in `d` for
 /// after the deferred seal.
 #[inline(always)]
 fn udp6_checksum(frame: &mut [u8], d: Option<&mut Deferred>, ip: usize, udp: usize, len: usize) {
     match d {
         Some(d) => d.udp6 = Some((ip, udp, len)),
-        None => {
-            let (src, dst) = v6_addrs(frame, ip);
-            fill_udp6_checksum(frame, udp, len, &src, &dst);
-        }
+        None => fill_udp6_checksum(frame, ip, udp, len),
     }
 }
 

@@ -107,21 +107,15 @@ impl SecretKey {
         Self(Zeroizing::new(b.to_vec()))
     }
 
-    /// Parse hex (`0x` prefix, `:` and spaces allowed).
+    /// Parse hex (`0x` prefix, `:` and spaces allowed). The digits and the bytes are only
+    /// ever held in zeroizing buffers of their final size.
     pub fn from_hex(s: &str) -> Option<Self> {
-        let t: String = s
-            .trim()
-            .trim_start_matches("0x")
-            .chars()
-            .filter(|c| *c != ':' && *c != ' ')
-            .collect();
-        if !t.len().is_multiple_of(2) {
-            return None;
-        }
-        let mut v = Zeroizing::new(Vec::with_capacity(t.len() / 2));
-        for i in (0..t.len()).step_by(2) {
-            v.push(u8::from_str_radix(t.get(i..i + 2)?, 16).ok()?);
-        }
+        let s = s.trim();
+        let s = s.strip_prefix("0x").unwrap_or(s);
+        let mut digits = Zeroizing::new(Vec::with_capacity(s.len()));
+        digits.extend(s.bytes().filter(|c| *c != b':' && *c != b' '));
+        let mut v = Zeroizing::new(vec![0u8; digits.len() / 2]);
+        hex::decode_to_slice(&*digits, &mut v).ok()?;
         Some(Self(v))
     }
 
@@ -530,5 +524,7 @@ mod tests {
             &[1, 2, 255]
         );
         assert!(SecretKey::from_hex("abc").is_none());
+        assert_eq!(SecretKey::from_hex(" 0A 0b ").unwrap().bytes(), &[10, 11]);
+        assert!(SecretKey::from_hex("0x0g").is_none());
     }
 }

@@ -68,6 +68,20 @@ pub fn finish(s: u32) -> u16 {
     !fold(s)
 }
 
+/// The checksum field value for `data` (whose own checksum field is zero) behind a
+/// pseudo-header with partial sum `pseudo` (0 where there is none: IPv4 header, ICMP).
+#[inline]
+pub fn compute(pseudo: u32, data: &[u8]) -> u16 {
+    finish(add(pseudo, sum(data)))
+}
+
+/// Whether `data`, its checksum field included, verifies behind a pseudo-header with
+/// partial sum `pseudo`: the whole sums to all ones (RFC 1071 §1).
+#[inline]
+pub fn verify(pseudo: u32, data: &[u8]) -> bool {
+    fold(add(pseudo, sum(data))) == 0xffff
+}
+
 /// Combine partial sums.
 #[inline(always)]
 pub fn add(a: u32, b: u32) -> u32 {
@@ -148,6 +162,25 @@ mod tests {
             assert_eq!(fold(sum20(&h)), fold(sum(&h)), "{h:?}");
             assert_eq!(finish(sum20(&h)), naive(&h));
         }
+    }
+
+    #[test]
+    fn compute_then_verify() {
+        // a UDP datagram over IPv4 with its checksum filled in verifies; one bit off does not
+        let mut d = [
+            0x11u8, 0x94, 0x11, 0x94, 0, 13, 0, 0, b'h', b'e', b'l', b'l', b'o',
+        ];
+        let pseudo = pseudo_v4([10, 0, 0, 1], [10, 0, 0, 2], 17, 13);
+        let c = compute(pseudo, &d);
+        assert_eq!(
+            c,
+            naive(&[&[10, 0, 0, 1, 10, 0, 0, 2, 0, 17, 0, 13][..], &d].concat())
+        );
+        d[6..8].copy_from_slice(&c.to_be_bytes());
+        assert!(verify(pseudo, &d));
+        d[9] ^= 1;
+        assert!(!verify(pseudo, &d));
+        assert_eq!(compute(0, &[]), 0xffff);
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //! is the parsed, owned form with `parse`, `emit` and `buffer_len`.
 //!
 //! Protocol numbers are newtypes with named constants so unknown values round-trip.
+//!
+//! [`pcap`] is the classic capture file those packets are read from and written to by the
+//! tools and tests (not by the engine).
 
 pub mod checksum;
 pub mod esp;
@@ -13,6 +16,7 @@ pub mod ethernet;
 pub mod icmp;
 pub mod ipv4;
 pub mod ipv6;
+pub mod pcap;
 pub mod udp;
 pub mod udp_encap;
 

@@ -65,8 +65,7 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
 
     /// Whether the checksum is right given the pseudo-header sum (0 means "none" for IPv4).
     pub fn verify_checksum(&self, pseudo: u32) -> bool {
-        let s = checksum::sum(&self.buffer.as_ref()[..usize::from(self.len())]);
-        checksum::fold(checksum::add(pseudo, s)) == 0xffff
+        checksum::verify(pseudo, &self.buffer.as_ref()[..usize::from(self.len())])
     }
 }
 
@@ -91,8 +90,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpPacket<T> {
     /// as 0xffff (RFC 768).
     pub fn fill_checksum(&mut self, pseudo: u32) {
         self.set_checksum(0);
-        let s = checksum::sum(&self.buffer.as_ref()[..usize::from(self.len())]);
-        let c = checksum::finish(checksum::add(pseudo, s));
+        let c = checksum::compute(pseudo, &self.buffer.as_ref()[..usize::from(self.len())]);
         self.set_checksum(if c == 0 { 0xffff } else { c });
     }
 

@@ -10,7 +10,7 @@ use xsec_dataplane::sa::{Encap, Mode, Sa, SaConfig, SaHandle};
 use xsec_dataplane::spd::{
     Action, AddrRange, Direction, NonPolicy, Policy, SaBundle, Selector, SpdConfig,
 };
-use xsec_dataplane::wire::checksum;
+use xsec_dataplane::wire::{IpProtocol, Ipv4Packet, Ipv6Packet, UdpPacket, checksum};
 use xsec_dataplane::{Engine, PacketBuf, Timestamp};
 
 pub const HEADROOM: usize = 128;
@@ -50,10 +50,6 @@ pub fn key(n: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-fn sum_finish(pseudo: u32, data: &[u8]) -> u16 {
-    checksum::finish(checksum::add(pseudo, checksum::sum(data)))
-}
-
 /// IPv4 header + `l4` with correct checksums (UDP/TCP/ICMP checksum filled in).
 pub fn ipv4(src: &str, dst: &str, proto: u8, tos: u8, df: bool, l4: &[u8]) -> Vec<u8> {
     let (s, d): (std::net::Ipv4Addr, std::net::Ipv4Addr) =
@@ -75,14 +71,14 @@ pub fn ipv4(src: &str, dst: &str, proto: u8, tos: u8, df: bool, l4: &[u8]) -> Ve
     ];
     p.extend_from_slice(&s.octets());
     p.extend_from_slice(&d.octets());
-    let c = checksum::finish(checksum::sum(&p));
+    let c = checksum::compute(0, &p);
     p[10..12].copy_from_slice(&c.to_be_bytes());
     let mut l4 = l4.to_vec();
     match proto {
         17 if l4.len() >= 8 => {
             l4[6] = 0;
             l4[7] = 0;
-            let c = sum_finish(
+            let c = checksum::compute(
                 checksum::pseudo_v4(s.octets(), d.octets(), 17, l4.len() as u16),
                 &l4,
             );
@@ -91,7 +87,7 @@ pub fn ipv4(src: &str, dst: &str, proto: u8, tos: u8, df: bool, l4: &[u8]) -> Ve
         6 if l4.len() >= 20 => {
             l4[16] = 0;
             l4[17] = 0;
-            let c = sum_finish(
+            let c = checksum::compute(
                 checksum::pseudo_v4(s.octets(), d.octets(), 6, l4.len() as u16),
                 &l4,
             );
@@ -100,7 +96,7 @@ pub fn ipv4(src: &str, dst: &str, proto: u8, tos: u8, df: bool, l4: &[u8]) -> Ve
         1 if l4.len() >= 4 => {
             l4[2] = 0;
             l4[3] = 0;
-            let c = checksum::finish(checksum::sum(&l4));
+            let c = checksum::compute(0, &l4);
             l4[2..4].copy_from_slice(&c.to_be_bytes());
         }
         _ => {}
@@ -135,7 +131,7 @@ pub fn ipv6(src: &str, dst: &str, nh: u8, tc: u8, l4: &[u8]) -> Vec<u8> {
     if let Some(o) = off {
         l4[o] = 0;
         l4[o + 1] = 0;
-        let c = sum_finish(
+        let c = checksum::compute(
             checksum::pseudo_v6(s.octets(), d.octets(), nh, l4.len() as u32),
             &l4,
         );
@@ -194,43 +190,36 @@ pub fn icmp_echo(v6: bool, payload: &[u8]) -> Vec<u8> {
     m
 }
 
-/// Verify an IPv4 or IPv6 packet's header and L4 checksums.
+/// Verify an IPv4 or IPv6 packet's header and L4 checksums (a zero UDP checksum over IPv4
+/// is "none").
 pub fn checksums_ok(p: &[u8]) -> bool {
-    match p[0] >> 4 {
-        4 => {
-            let hl = usize::from(p[0] & 15) * 4;
-            if checksum::fold(checksum::sum(&p[..hl])) != 0xffff {
+    match p.first().map(|b| b >> 4) {
+        Some(4) => {
+            let Ok(ip) = Ipv4Packet::new_checked(p) else {
                 return false;
-            }
-            let proto = p[9];
-            let l4 = &p[hl..];
-            let pseudo = checksum::pseudo_v4(
-                [p[12], p[13], p[14], p[15]],
-                [p[16], p[17], p[18], p[19]],
-                proto,
-                l4.len() as u16,
-            );
-            match proto {
-                17 if l4[6] == 0 && l4[7] == 0 => true,
-                6 | 17 => checksum::fold(checksum::add(pseudo, checksum::sum(l4))) == 0xffff,
-                1 => checksum::fold(checksum::sum(l4)) == 0xffff,
-                _ => true,
-            }
-        }
-        6 => {
-            let nh = p[6];
-            let l4 = &p[40..];
-            let mut s = [0u8; 16];
-            let mut d = [0u8; 16];
-            s.copy_from_slice(&p[8..24]);
-            d.copy_from_slice(&p[24..40]);
-            match nh {
-                6 | 17 | 58 => {
-                    checksum::fold(checksum::add(
-                        checksum::pseudo_v6(s, d, nh, l4.len() as u32),
-                        checksum::sum(l4),
-                    )) == 0xffff
+            };
+            let (proto, l4) = (ip.protocol(), ip.payload());
+            let pseudo =
+                checksum::pseudo_v4(ip.src_addr(), ip.dst_addr(), proto.0, l4.len() as u16);
+            ip.verify_checksum()
+                && match proto {
+                    IpProtocol::UDP => UdpPacket::new_checked(l4)
+                        .is_ok_and(|u| u.checksum() == 0 || u.verify_checksum(pseudo)),
+                    IpProtocol::TCP => checksum::verify(pseudo, l4),
+                    IpProtocol::ICMP => checksum::verify(0, l4),
+                    _ => true,
                 }
+        }
+        Some(6) => {
+            let Ok(ip) = Ipv6Packet::new_checked(p) else {
+                return false;
+            };
+            let (nh, l4) = (ip.next_header(), ip.payload());
+            match nh {
+                IpProtocol::UDP | IpProtocol::TCP | IpProtocol::ICMPV6 => checksum::verify(
+                    checksum::pseudo_v6(ip.src_addr(), ip.dst_addr(), nh.0, l4.len() as u32),
+                    l4,
+                ),
                 _ => true,
             }
         }

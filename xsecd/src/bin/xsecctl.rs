@@ -8,6 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+use xsec_dataplane::wire::pcap::{self, LinkType};
 use xsecd::control::{self, proto};
 
 /// Operate a running xsecd: show SAs, policies and counters, change SAs and policies live,
@@ -861,9 +862,9 @@ fn policy_toml(a: &PolicyArgs) -> Res<String> {
 }
 
 fn trace(c: &mut Client, t: &TraceArgs, json_out: bool) -> Res<()> {
-    let mut f =
-        std::fs::File::create(&t.pcap).map_err(|e| (2, format!("{}: {e}", t.pcap.display())))?;
-    xsecd::trace::pcap_header(&mut f).map_err(|e| (2, format!("{}: {e}", t.pcap.display())))?;
+    let fail = |e: std::io::Error| (2, format!("{}: {e}", t.pcap.display()));
+    let mut f = std::fs::File::create(&t.pcap).map_err(fail)?;
+    f.write_all(&pcap::header(LinkType::RAW)).map_err(fail)?;
     let id = c.send(
         "trace",
         json!({"policy": t.policy, "sa": t.sa, "count": t.count, "seconds": t.seconds}),
@@ -891,12 +892,14 @@ fn trace(c: &mut Client, t: &TraceArgs, json_out: bool) -> Res<()> {
             return Ok(());
         }
         let p = &v["stream"]["packet"];
-        let Some(data) = p["hex"].as_str().and_then(control::unhex) else {
+        let Some(data) = p["hex"].as_str().and_then(|h| hex::decode(h).ok()) else {
             continue;
         };
-        xsecd::trace::pcap_record(&mut f, p["time_us"].as_u64().unwrap_or(0), &data)
-            .and_then(|_| f.flush())
-            .map_err(|e| (2, format!("{}: {e}", t.pcap.display())))?;
+        let mut record = Vec::with_capacity(pcap::RECORD_HEADER_LEN + data.len());
+        pcap::push_record(&mut record, p["time_us"].as_u64().unwrap_or(0), &data);
+        f.write_all(&record)
+            .and_then(|()| f.flush())
+            .map_err(fail)?;
         n += 1;
     }
 }

@@ -407,16 +407,17 @@ fn secret(v: &Val<'_, '_>) -> Res<SecretKey> {
             )));
         }
         // Decoded straight into a zeroizing buffer of the final size: no copy is left behind.
-        let mut out = Zeroizing::new(Vec::with_capacity(h.len() / 2));
-        for (i, pair) in h.as_bytes().chunks(2).enumerate() {
-            let digit = |j: usize| pair.get(j).and_then(|&c| hex(c));
-            let (Some(hi), Some(lo)) = (digit(0), digit(1)) else {
-                return Err(v.fail(format!(
-                    "not a hex digit in byte {} of the key (after \"0x\")",
-                    i + 1
-                )));
+        // The message names the position only, never the character (key material).
+        let mut out = Zeroizing::new(vec![0u8; h.len() / 2]);
+        if let Err(e) = hex::decode_to_slice(h, &mut out) {
+            let at = match e {
+                hex::FromHexError::InvalidHexCharacter { index, .. } => index,
+                hex::FromHexError::OddLength | hex::FromHexError::InvalidStringLength => 0,
             };
-            out.push((hi << 4) | lo);
+            return Err(v.fail(format!(
+                "not a hex digit in byte {} of the key (after \"0x\")",
+                at / 2 + 1
+            )));
         }
         Ok(SecretKey::new(core::mem::take(&mut *out)))
     } else if let Some(a) = s.strip_prefix("ascii:") {
@@ -432,10 +433,6 @@ fn secret(v: &Val<'_, '_>) -> Res<SecretKey> {
             "a key is \"0x\" followed by hex digits, or \"ascii:\" followed by the literal key",
         ))
     }
-}
-
-fn hex(c: u8) -> Option<u8> {
-    (c as char).to_digit(16).map(|d| d as u8)
 }
 
 /// `[sa.lifetime]`: soft and hard limits (RFC 4301 §4.4.2.1) and the idle timeout.

@@ -986,7 +986,7 @@ fn trace(ctl: &Control, s: &mut UnixStream, id: u64, args: &Value) -> Result<Val
                     "worker": p.worker,
                     "direction": p.direction.name(),
                     "len": p.data.len(),
-                    "hex": hex(&p.data),
+                    "hex": hex::encode(&p.data),
                 }});
                 if proto::write_frame(s, &proto::stream(id, item)).is_err() {
                     client_gone = true;
@@ -1024,26 +1024,6 @@ fn trace(ctl: &Control, s: &mut UnixStream, id: u64, args: &Value) -> Result<Val
         return Err((kind::INTERNAL, "client left".into(), Value::Null));
     }
     Ok(json!({"captured": got}))
-}
-
-fn hex(b: &[u8]) -> String {
-    let mut s = String::with_capacity(b.len() * 2);
-    for x in b {
-        use std::fmt::Write;
-        let _ = write!(s, "{x:02x}");
-    }
-    s
-}
-
-/// Decode [`hex`] (for the client).
-pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// The socket path a client uses: `--socket`, else `$XSEC_SOCKET`, else the default.
