@@ -22,8 +22,8 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::os::fd::OwnedFd;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use rustix::io::Errno;
@@ -180,7 +180,10 @@ impl Resolver {
             SocketFlags::CLOEXEC,
             None,
         )?;
-        for t in [rustix::net::sockopt::Timeout::Recv, rustix::net::sockopt::Timeout::Send] {
+        for t in [
+            rustix::net::sockopt::Timeout::Recv,
+            rustix::net::sockopt::Timeout::Send,
+        ] {
             rustix::net::sockopt::set_socket_timeout(&sock, t, Some(REPLY_TIMEOUT))?;
         }
         // No bind: the first send auto-binds a port id, and an unconnected netlink socket

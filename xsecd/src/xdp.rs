@@ -320,7 +320,9 @@ impl XdpSteering {
         let mut m = self.xsk_map(side, queue)?;
         match m.unset(queue) {
             // Unsetting an empty slot is not an error for the caller.
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(rustix::io::Errno::NOENT.raw_os_error()) => {
+            Err(MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(rustix::io::Errno::NOENT.raw_os_error()) =>
+            {
                 Ok(())
             }
             r => r.map_err(map_err(name)),
@@ -419,7 +421,11 @@ impl XdpSteering {
 /// A removal of a key another writer already removed is fine.
 fn remove_present(r: Result<(), MapError>) -> Result<(), MapError> {
     match r {
-        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(rustix::io::Errno::NOENT.raw_os_error()) => Ok(()),
+        Err(MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(rustix::io::Errno::NOENT.raw_os_error()) =>
+        {
+            Ok(())
+        }
         Err(MapError::KeyNotFound) => Ok(()),
         r => r,
     }

@@ -368,7 +368,10 @@ fn link_lookup_and_refresh() {
         );
 
         let missing = r.ifindex("nosuchdev0").expect_err("no such device");
-        assert_eq!(missing.raw_os_error(), Some(rustix::io::Errno::NODEV.raw_os_error()));
+        assert_eq!(
+            missing.raw_os_error(),
+            Some(rustix::io::Errno::NODEV.raw_os_error())
+        );
         assert!(r.link(999_999).is_err());
 
         // The cache keeps the old MTU until asked to refresh.
