@@ -1392,7 +1392,7 @@ fn control_show_policy_test_trace_and_metrics() {
     );
     let text = sas.to_string().to_lowercase();
     for sa in &s.pair.sas {
-        let k: String = sa.enc_key.iter().map(|b| format!("{b:02x}")).collect();
+        let k = xsec_interop_tests::hex(&sa.enc_key);
         s.check(!text.contains(&k), || "show sa printed a key".into());
     }
     let one = s.ctl(Node::GwA, &["show", "sa", "--spi", "0x2001"]);

@@ -15,7 +15,7 @@ use xsec_dataplane::wire::{
 };
 use xsec_pktgen::*;
 use xsecd::neigh::{NextHop, Resolution, Resolver};
-use xsecd::xsk::{FRAME_SIZE, XskConfig, XskTx};
+use xsecd::xsk::{FRAME_SIZE, TxOutcome, XskConfig, XskTx};
 
 use crate::{Gen, check_sizes, esp, gen_summary, stop_flag};
 
@@ -274,28 +274,24 @@ pub fn generate(g: &Gen, iface: &str, io: &str) -> Result<(), String> {
         let mut k = 0;
         while k < n {
             match &mut tx {
-                Tx::Xdp(x) => {
-                    let Some(mut f) = x.alloc() else {
+                Tx::Xdp(x) => match x.send_with(|f| build(f, seq, ts))? {
+                    TxOutcome::Queued => {}
+                    TxOutcome::NoFrame => {
                         if x.kick_and_reap() == 0 {
                             std::thread::yield_now();
                         }
                         continue;
-                    };
-                    let (off, len) = match build(f.as_mut(), seq, ts) {
-                        Ok(r) => r,
-                        Err(e) => {
-                            x.release(f);
-                            return Err(e);
-                        }
-                    };
+                    }
                     // on a full ring the datagram is built again (an ESP sequence number
                     // is skipped: a gap the receiver tolerates)
-                    if let Err(f) = x.send(f, off, len) {
-                        x.release(f);
+                    TxOutcome::RingFull => {
                         x.kick_and_reap();
                         continue;
                     }
-                }
+                    TxOutcome::BadWindow => {
+                        return Err("a built packet does not fit an AF_XDP frame".into());
+                    }
+                },
                 Tx::Packet { tx, buf } => {
                     let (off, len) = build(buf, seq, ts)?;
                     match tx.send_to(&buf[off..off + len], None) {

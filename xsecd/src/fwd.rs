@@ -3,7 +3,9 @@
 //! failure instead of panicking.
 
 use std::net::IpAddr;
-use xsec_dataplane::wire::{IpProtocol, Ipv4Packet, Ipv6Packet, checksum};
+use xsec_dataplane::wire::{
+    IcmpPacket, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6FragHeader, Ipv6Packet, UdpPacket, checksum,
+};
 
 pub const ETH_HDR: usize = 14;
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -136,28 +138,27 @@ pub fn icmp_error(out: &mut [u8], src: IpAddr, orig: &[u8], e: IcmpError) -> Opt
             let quote = orig.len().min(576 - 28);
             let total = 28 + quote;
             let out = out.get_mut(..total)?;
-            out[0] = 0x45;
-            out[1] = 0xc0; // internetwork control
-            out[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-            out[4..8].fill(0);
-            out[8] = 64;
-            out[9] = 1;
-            out[10..12].fill(0);
-            out[12..16].copy_from_slice(&s.octets());
-            out[16..20].copy_from_slice(&orig[12..16]);
-            let c = checksum::finish(checksum::sum(&out[..20]));
-            out[10..12].copy_from_slice(&c.to_be_bytes());
+            let (hdr, msg) = out.split_at_mut(20);
+            Ipv4Repr {
+                src: s.octets(),
+                dst: Ipv4Packet::new_unchecked(orig).src_addr(),
+                protocol: IpProtocol::ICMP,
+                payload_len: 8 + quote,
+                ttl: 64,
+                tos: 0xc0, // internetwork control
+                ident: 0,
+                dont_frag: false,
+            }
+            .emit(&mut Ipv4Packet::new_unchecked(hdr));
             let (ty, code, rest) = match e {
                 IcmpError::TooBig { mtu } => (3u8, 4u8, u32::from(mtu)),
                 IcmpError::TimeExceeded => (11, 0, 0),
             };
-            out[20] = ty;
-            out[21] = code;
-            out[22..24].fill(0);
-            out[24..28].copy_from_slice(&rest.to_be_bytes());
-            out[28..].copy_from_slice(&orig[..quote]);
-            let c = checksum::finish(checksum::sum(&out[20..]));
-            out[22..24].copy_from_slice(&c.to_be_bytes());
+            let mut icmp = IcmpPacket::new_unchecked(&mut msg[..]);
+            icmp.emit_error_header(ty, code, rest);
+            msg[8..].copy_from_slice(&orig[..quote]);
+            let c = checksum::finish(checksum::sum(msg));
+            IcmpPacket::new_unchecked(msg).set_checksum(c);
             Some(total)
         }
         (6, IpAddr::V6(s)) => {
@@ -165,29 +166,24 @@ pub fn icmp_error(out: &mut [u8], src: IpAddr, orig: &[u8], e: IcmpError) -> Opt
             let plen = 8 + quote;
             let total = 40 + plen;
             let out = out.get_mut(..total)?;
-            out[0] = 0x60;
-            out[1..4].fill(0);
-            out[4..6].copy_from_slice(&(plen as u16).to_be_bytes());
-            out[6] = 58;
-            out[7] = 64;
-            out[8..24].copy_from_slice(&s.octets());
-            out[24..40].copy_from_slice(&orig[8..24]);
+            let dst = Ipv6Packet::new_unchecked(orig).src_addr();
+            let (hdr, msg) = out.split_at_mut(40);
+            let mut ip = Ipv6Packet::new_unchecked(hdr);
+            ip.set_version_tc_flow(0, 0);
+            ip.set_payload_len(plen as u16);
+            ip.set_next_header(IpProtocol::ICMPV6);
+            ip.set_hop_limit(64);
+            ip.set_src_addr(s.octets());
+            ip.set_dst_addr(dst);
             let (ty, code, rest) = match e {
                 IcmpError::TooBig { mtu } => (2u8, 0u8, u32::from(mtu.max(1280))),
                 IcmpError::TimeExceeded => (3, 0, 0),
             };
-            out[40] = ty;
-            out[41] = code;
-            out[42..44].fill(0);
-            out[44..48].copy_from_slice(&rest.to_be_bytes());
-            out[48..].copy_from_slice(&orig[..quote]);
-            let mut src16 = [0u8; 16];
-            src16.copy_from_slice(&out[8..24]);
-            let mut dst16 = [0u8; 16];
-            dst16.copy_from_slice(&out[24..40]);
-            let ps = checksum::pseudo_v6(src16, dst16, 58, plen as u32);
-            let c = checksum::finish(checksum::add(ps, checksum::sum(&out[40..])));
-            out[42..44].copy_from_slice(&c.to_be_bytes());
+            IcmpPacket::new_unchecked(&mut msg[..]).emit_error_header(ty, code, rest);
+            msg[8..].copy_from_slice(&orig[..quote]);
+            let ps = checksum::pseudo_v6(s.octets(), dst, IpProtocol::ICMPV6.0, plen as u32);
+            let c = checksum::finish(checksum::add(ps, checksum::sum(msg)));
+            IcmpPacket::new_unchecked(msg).set_checksum(c);
             Some(total)
         }
         _ => None,
@@ -220,13 +216,10 @@ pub fn v4_fragment_header(
     if hdr.len() < 20 || !offset.is_multiple_of(8) || offset / 8 > 0x1fff || total > 0xffff {
         return None;
     }
-    hdr[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    let keep = u16::from_be_bytes([hdr[6], hdr[7]]) & 0x8000; // the reserved bit as it was
-    let fo = keep | if more { 0x2000 } else { 0 } | (offset / 8) as u16;
-    hdr[6..8].copy_from_slice(&fo.to_be_bytes());
-    hdr[10..12].fill(0);
-    let c = checksum::finish(checksum::sum(hdr));
-    hdr[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut p = Ipv4Packet::new_unchecked(hdr);
+    p.set_total_len(total as u16);
+    p.set_fragment(offset, more);
+    p.fill_checksum();
     Some(total)
 }
 
@@ -261,13 +254,12 @@ pub fn v6_fragment_header(
     }
     let out = out.get_mut(..48)?;
     out[..40].copy_from_slice(base);
-    out[4..6].copy_from_slice(&((8 + payload_len) as u16).to_be_bytes());
-    out[6] = 44;
-    out[40] = base[6];
-    out[41] = 0;
-    let fo = ((offset / 8) as u16) << 3 | u16::from(more);
-    out[42..44].copy_from_slice(&fo.to_be_bytes());
-    out[44..48].copy_from_slice(&ident.to_be_bytes());
+    let (hdr, frag) = out.split_at_mut(40);
+    let mut ip = Ipv6Packet::new_unchecked(hdr);
+    let next = ip.next_header();
+    ip.set_payload_len((8 + payload_len) as u16);
+    ip.set_next_header(IpProtocol::IPV6_FRAGMENT);
+    Ipv6FragHeader::new_unchecked(frag).emit(next, offset, more, ident);
     Some(48 + payload_len)
 }
 
@@ -298,20 +290,20 @@ pub fn keepalive(
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             let out = out.get_mut(..29)?;
-            out[0] = 0x45;
-            out[1] = 0;
-            out[2..4].copy_from_slice(&29u16.to_be_bytes());
-            out[4..6].fill(0);
-            out[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
-            out[8] = 64;
-            out[9] = 17;
-            out[10..12].fill(0);
-            out[12..16].copy_from_slice(&s.octets());
-            out[16..20].copy_from_slice(&d.octets());
-            let c = checksum::finish(checksum::sum(&out[..20]));
-            out[10..12].copy_from_slice(&c.to_be_bytes());
+            let (hdr, u) = out.split_at_mut(20);
+            Ipv4Repr {
+                src: s.octets(),
+                dst: d.octets(),
+                protocol: IpProtocol::UDP,
+                payload_len: 9,
+                ttl: 64,
+                tos: 0,
+                ident: 0,
+                dont_frag: true,
+            }
+            .emit(&mut Ipv4Packet::new_unchecked(hdr));
             udp(
-                &mut out[20..],
+                u,
                 sport,
                 dport,
                 checksum::pseudo_v4(s.octets(), d.octets(), 17, 9),
@@ -320,15 +312,16 @@ pub fn keepalive(
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
             let out = out.get_mut(..49)?;
-            out[0] = 0x60;
-            out[1..4].fill(0);
-            out[4..6].copy_from_slice(&9u16.to_be_bytes());
-            out[6] = 17;
-            out[7] = 64;
-            out[8..24].copy_from_slice(&s.octets());
-            out[24..40].copy_from_slice(&d.octets());
+            let (hdr, u) = out.split_at_mut(40);
+            let mut ip = Ipv6Packet::new_unchecked(hdr);
+            ip.set_version_tc_flow(0, 0);
+            ip.set_payload_len(9);
+            ip.set_next_header(IpProtocol::UDP);
+            ip.set_hop_limit(64);
+            ip.set_src_addr(s.octets());
+            ip.set_dst_addr(d.octets());
             udp(
-                &mut out[40..],
+                u,
                 sport,
                 dport,
                 checksum::pseudo_v6(s.octets(), d.octets(), 17, 9),
@@ -340,16 +333,12 @@ pub fn keepalive(
 }
 
 fn udp(u: &mut [u8], sport: u16, dport: u16, pseudo: u32) {
-    u[0..2].copy_from_slice(&sport.to_be_bytes());
-    u[2..4].copy_from_slice(&dport.to_be_bytes());
-    u[4..6].copy_from_slice(&9u16.to_be_bytes());
-    u[6..8].fill(0);
     u[8] = 0xff;
-    let mut c = checksum::finish(checksum::add(pseudo, checksum::sum(&u[..9])));
-    if c == 0 {
-        c = 0xffff;
-    }
-    u[6..8].copy_from_slice(&c.to_be_bytes());
+    let mut p = UdpPacket::new_unchecked(u);
+    p.set_src_port(sport);
+    p.set_dst_port(dport);
+    p.set_len(9);
+    p.fill_checksum(pseudo);
 }
 
 /// The ICMP error rate limit of one worker (RFC 4443 §2.4(f), RFC 1812 §4.3.2.8): a token
@@ -519,11 +508,9 @@ mod tests {
         assert_eq!(n, 1280);
         let ip = Ipv6Packet::new_checked(&out[..n]).expect("v6");
         assert_eq!(ip.dst_addr()[0], 0xfd);
-        assert_eq!(out[40], 2);
-        assert_eq!(
-            u32::from_be_bytes([out[44], out[45], out[46], out[47]]),
-            1300
-        );
+        let icmp = IcmpPacket::new_checked(ip.payload()).expect("icmpv6");
+        assert_eq!((icmp.msg_type(), icmp.code()), (2, 0));
+        assert_eq!(&ip.payload()[4..8], &1300u32.to_be_bytes(), "the MTU");
         let mut s = [0u8; 16];
         s.copy_from_slice(&out[8..24]);
         let mut d = [0u8; 16];
@@ -557,9 +544,8 @@ mod tests {
             assert!(n <= 1000);
             let ip = Ipv4Packet::new_checked(&out[..n]).expect("v4");
             assert!(ip.verify_checksum());
-            let fo = u16::from_be_bytes([out[6], out[7]]);
-            assert_eq!(usize::from(fo & 0x1fff) * 8, off);
-            assert_eq!(fo & 0x2000 != 0, end < 1453);
+            assert_eq!(usize::from(ip.frag_offset()), off);
+            assert_eq!(ip.more_frags(), end < 1453);
             got[off..end].copy_from_slice(&out[20..n]);
             off = end;
             frags += 1;

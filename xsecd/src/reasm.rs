@@ -16,7 +16,8 @@
 
 use std::time::Duration;
 use xsec_dataplane::Timestamp;
-use xsec_dataplane::wire::{Ipv4Packet, checksum};
+use xsec_dataplane::wire::ipv6::FRAG_HEADER_LEN;
+use xsec_dataplane::wire::{IpProtocol, Ipv4Packet, Ipv6FragHeader, Ipv6Packet, checksum};
 
 /// The fragmentable part of a datagram: 65,535 bytes (IPv4 total length, IPv6 payload
 /// length).
@@ -131,7 +132,11 @@ pub fn fragment_protocol(ip: &[u8]) -> Option<u8> {
             let p = Ipv4Packet::new_checked(ip).ok()?;
             p.is_fragment().then_some(p.protocol().0)
         }
-        Some(6) if ip.len() >= 48 && ip[6] == 44 => Some(ip[40]),
+        Some(6) => {
+            let p = Ipv6Packet::new_checked(ip).ok()?;
+            let frag = Ipv6FragHeader::new_checked(p.payload()).ok()?;
+            (p.next_header() == IpProtocol::IPV6_FRAGMENT).then_some(frag.next_header().0)
+        }
         _ => None,
     }
 }
@@ -225,30 +230,26 @@ impl Reassembler {
                 )
             }
             Some(6) => {
-                if ip.len() < 48 || ip[6] != 44 {
+                let Ok(p) = Ipv6Packet::new_checked(ip) else {
+                    return Outcome::Dropped;
+                };
+                let plen = usize::from(p.payload_len());
+                if p.next_header() != IpProtocol::IPV6_FRAGMENT || plen < FRAG_HEADER_LEN {
                     return Outcome::Dropped;
                 }
-                let plen = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
-                if 40 + plen > ip.len() || plen < 8 {
-                    return Outcome::Dropped;
-                }
-                let fo = u16::from_be_bytes([ip[42], ip[43]]);
-                let mut src = [0u8; 16];
-                src.copy_from_slice(&ip[8..24]);
-                let mut dst = [0u8; 16];
-                dst.copy_from_slice(&ip[24..40]);
+                let frag = Ipv6FragHeader::new_unchecked(&ip[40..48]);
                 let key = Key {
                     v6: true,
-                    src,
-                    dst,
-                    id: u32::from_be_bytes([ip[44], ip[45], ip[46], ip[47]]),
+                    src: p.src_addr(),
+                    dst: p.dst_addr(),
+                    id: frag.ident(),
                 };
                 (
                     key,
                     40,
-                    ip[40],
-                    usize::from(fo >> 3) * 8,
-                    fo & 1 != 0,
+                    frag.next_header().0,
+                    frag.frag_offset(),
+                    frag.more_frags(),
                     &ip[48..40 + plen],
                 )
             }

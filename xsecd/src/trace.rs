@@ -9,6 +9,7 @@
 use crossbeam_channel::Sender;
 use std::time::SystemTime;
 use xsec_dataplane::spd::{Action, Direction, Lookup, PacketKey, Spd};
+use xsec_dataplane::wire::{EspPacket, IpProtocol, Ipv4Packet, Ipv6Packet, UdpPacket};
 
 /// What to trace, resolved by the daemon from a policy name or an SPI.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,24 +126,32 @@ impl Tap {
 /// header; `None` for anything else. IPv6 extension headers are not walked (the engine
 /// would not decapsulate such a packet either before reassembly).
 pub fn esp_spi(ip: &[u8], udp_ports: &[u16]) -> Option<u32> {
-    let (proto, off) = match ip.first()? >> 4 {
-        4 => (*ip.get(9)?, usize::from(ip[0] & 0x0f) * 4),
-        6 => (*ip.get(6)?, 40),
-        _ => return None,
-    };
-    let spi_at = match proto {
-        50 => off,
-        17 => {
-            let dport = u16::from_be_bytes([*ip.get(off + 2)?, *ip.get(off + 3)?]);
-            if !udp_ports.contains(&dport) {
-                return None;
-            }
-            off + 8
+    let (proto, payload) = match ip.first()? >> 4 {
+        4 => {
+            let p = Ipv4Packet::new_checked(ip).ok()?;
+            (
+                p.protocol(),
+                ip.get(p.header_len()..usize::from(p.total_len()))?,
+            )
+        }
+        6 => {
+            let p = Ipv6Packet::new_checked(ip).ok()?;
+            (p.next_header(), ip.get(40..p.total_len())?)
         }
         _ => return None,
     };
-    let b = ip.get(spi_at..spi_at + 4)?;
-    let spi = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    let esp = match proto {
+        IpProtocol::ESP => payload,
+        IpProtocol::UDP => {
+            let u = UdpPacket::new_checked(payload).ok()?;
+            if !udp_ports.contains(&u.dst_port()) {
+                return None;
+            }
+            payload.get(8..)?
+        }
+        _ => return None,
+    };
+    let spi = EspPacket::new_checked(esp).ok()?.spi();
     // a zero "SPI" is the non-ESP marker (IKE)
     (spi != 0).then_some(spi)
 }
@@ -153,14 +162,19 @@ mod tests {
 
     #[test]
     fn spi_of_raw_and_udp_encapsulated_esp() {
+        // lengths in the headers as on the wire: a packet shorter than its header says is
+        // not looked into
         let mut v4 = vec![0u8; 20 + 8];
         v4[0] = 0x45;
         v4[9] = 50;
+        v4[3] = 28;
         v4[20..24].copy_from_slice(&0x1234u32.to_be_bytes());
         assert_eq!(esp_spi(&v4, &[4500]), Some(0x1234));
         let mut udp = vec![0u8; 20 + 8 + 8];
         udp[0] = 0x45;
         udp[9] = 17;
+        udp[3] = 36;
+        udp[25] = 16;
         udp[22..24].copy_from_slice(&4500u16.to_be_bytes());
         udp[28..32].copy_from_slice(&7u32.to_be_bytes());
         assert_eq!(esp_spi(&udp, &[4500]), Some(7));
@@ -170,9 +184,16 @@ mod tests {
         let mut v6 = vec![0u8; 40 + 8];
         v6[0] = 0x60;
         v6[6] = 50;
+        v6[5] = 8;
         v6[40..44].copy_from_slice(&9u32.to_be_bytes());
         assert_eq!(esp_spi(&v6, &[]), Some(9));
         assert_eq!(esp_spi(&v6[..42], &[]), None, "truncated");
         assert_eq!(esp_spi(&[], &[]), None);
+        v4[3] = 40;
+        assert_eq!(
+            esp_spi(&v4, &[]),
+            None,
+            "shorter than its IPv4 total length"
+        );
     }
 }

@@ -862,37 +862,6 @@ impl XskTx {
         Ok(TxOutcome::Queued)
     }
 
-    /// Take a free frame.
-    pub fn alloc(&mut self) -> Option<Frame<'static>> {
-        let a = self.s.free.pop()?;
-        // SAFETY: `a` comes from this area's free list: a frame offset below its length.
-        let ptr = unsafe { self.s.area.ptr.add(a as usize) };
-        Some(Frame {
-            base: ptr,
-            addr: a,
-            _brand: PhantomData,
-        })
-    }
-
-    /// Give a frame back unsent.
-    pub fn release(&mut self, f: Frame<'static>) {
-        self.s.free.push(f.addr);
-    }
-
-    /// Queue `f[off..off + len]` for transmission; on a full ring (or a window outside the
-    /// frame) the frame is handed back.
-    pub fn send(
-        &mut self,
-        f: Frame<'static>,
-        off: usize,
-        len: usize,
-    ) -> Result<(), Frame<'static>> {
-        if off + len > FRAME_SIZE as usize || !self.s.port.transmit(f.addr + off as u64, len) {
-            return Err(f);
-        }
-        Ok(())
-    }
-
     /// Push queued descriptors to the kernel (copy mode moves 32 per `sendto`: kick until
     /// drained, bounded) and take completed frames back. Returns the frames completed.
     pub fn kick_and_reap(&mut self) -> u32 {

@@ -1,6 +1,6 @@
 //! ICMP (RFC 792) and ICMPv6 (RFC 4443) message type and code: what the SPD selects on.
 
-use super::{Result, WireError, be16};
+use super::{Result, WireError, be16, put16};
 
 /// A view of the first four bytes of an ICMP or ICMPv6 message.
 #[derive(Debug, Clone)]
@@ -11,6 +11,10 @@ pub struct IcmpPacket<T: AsRef<[u8]>> {
 pub const HEADER_LEN: usize = 4;
 
 impl<T: AsRef<[u8]>> IcmpPacket<T> {
+    pub const fn new_unchecked(buffer: T) -> Self {
+        Self { buffer }
+    }
+
     pub fn new_checked(buffer: T) -> Result<Self> {
         if buffer.as_ref().len() < HEADER_LEN {
             return Err(WireError::Truncated);
@@ -28,6 +32,23 @@ impl<T: AsRef<[u8]>> IcmpPacket<T> {
 
     pub fn checksum(&self) -> u16 {
         be16(self.buffer.as_ref(), 2)
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> IcmpPacket<T> {
+    /// Write an error message's 8-byte header: type, code, a zero checksum and the 32-bit
+    /// field after it (the MTU of "fragmentation needed"/"packet too big", else zero).
+    /// The buffer must hold 8 bytes.
+    pub fn emit_error_header(&mut self, msg_type: u8, code: u8, rest: u32) {
+        let b = self.buffer.as_mut();
+        b[0] = msg_type;
+        b[1] = code;
+        put16(b, 2, 0);
+        super::put32(b, 4, rest);
+    }
+
+    pub fn set_checksum(&mut self, v: u16) {
+        put16(self.buffer.as_mut(), 2, v);
     }
 }
 

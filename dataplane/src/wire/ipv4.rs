@@ -212,6 +212,21 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         );
     }
 
+    /// Make this header a fragment's: `offset` bytes into the datagram (a multiple of 8,
+    /// below 65,536), more fragments following or not. DF and the reserved bit stay as they
+    /// were.
+    pub fn set_fragment(&mut self, offset: usize, more: bool) {
+        debug_assert!(offset.is_multiple_of(8) && offset / 8 <= 0x1fff);
+        let b = self.buffer.as_mut();
+        let keep = be16(b, field::FLG_OFF) & 0xc000;
+        let mf = if more { MF } else { 0 };
+        put16(
+            b,
+            field::FLG_OFF,
+            keep | mf | ((offset / 8) as u16 & 0x1fff),
+        );
+    }
+
     pub fn set_ttl(&mut self, v: u8) {
         self.buffer.as_mut()[field::TTL] = v;
     }
@@ -308,6 +323,20 @@ impl Ipv4Repr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fragment_fields_roundtrip() {
+        let mut b = [0u8; 20];
+        b[0] = 0x45;
+        b[6] = 0x80; // the reserved bit, kept
+        let mut p = Ipv4Packet::new_unchecked(&mut b[..]);
+        p.set_fragment(1480, true);
+        assert!(p.more_frags() && p.is_fragment() && !p.dont_frag());
+        assert_eq!(p.frag_offset(), 1480);
+        p.set_fragment(0, false);
+        assert!(!p.is_fragment());
+        assert_eq!(b[6] & 0x80, 0x80);
+    }
 
     // A real ICMP echo header (captured), checksum 0xb861.
     const PKT: [u8; 20] = [

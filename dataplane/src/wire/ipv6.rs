@@ -163,6 +163,59 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6Packet<T> {
     }
 }
 
+/// Length of the Fragment extension header.
+pub const FRAG_HEADER_LEN: usize = 8;
+
+/// A read/write view of an IPv6 Fragment header (RFC 8200 §4.5): next header, reserved,
+/// offset and M flag, identification.
+#[derive(Debug, Clone)]
+pub struct Ipv6FragHeader<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> Ipv6FragHeader<T> {
+    pub const fn new_unchecked(buffer: T) -> Self {
+        Self { buffer }
+    }
+
+    pub fn new_checked(buffer: T) -> Result<Self> {
+        if buffer.as_ref().len() < FRAG_HEADER_LEN {
+            return Err(WireError::Truncated);
+        }
+        Ok(Self { buffer })
+    }
+
+    pub fn next_header(&self) -> IpProtocol {
+        IpProtocol(self.buffer.as_ref()[0])
+    }
+
+    /// Offset of the fragment's data in the datagram, in bytes.
+    pub fn frag_offset(&self) -> usize {
+        usize::from(be16(self.buffer.as_ref(), 2) >> 3) * 8
+    }
+
+    pub fn more_frags(&self) -> bool {
+        be16(self.buffer.as_ref(), 2) & 1 != 0
+    }
+
+    pub fn ident(&self) -> u32 {
+        super::be32(self.buffer.as_ref(), 4)
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6FragHeader<T> {
+    /// Write the whole header: `offset` bytes (a multiple of 8, below 65,536) into the
+    /// datagram, more fragments following or not, reserved fields zero.
+    pub fn emit(&mut self, next_header: IpProtocol, offset: usize, more: bool, ident: u32) {
+        debug_assert!(offset.is_multiple_of(8) && offset / 8 <= 0x1fff);
+        let b = self.buffer.as_mut();
+        b[0] = next_header.0;
+        b[1] = 0;
+        put16(b, 2, ((offset / 8) as u16) << 3 | u16::from(more));
+        super::put32(b, 4, ident);
+    }
+}
+
 /// Where the upper layer starts, found by walking the extension headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UpperLayer {
@@ -309,6 +362,19 @@ impl Ipv6Repr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fragment_header_roundtrip() {
+        let mut b = [0xffu8; 8];
+        Ipv6FragHeader::new_unchecked(&mut b[..]).emit(IpProtocol::ESP, 1232, true, 0xabcd_ef01);
+        assert_eq!(b, [50, 0, 0x04, 0xd1, 0xab, 0xcd, 0xef, 0x01]);
+        let h = Ipv6FragHeader::new_checked(&b[..]).unwrap();
+        assert_eq!(
+            (h.next_header(), h.frag_offset(), h.more_frags(), h.ident()),
+            (IpProtocol::ESP, 1232, true, 0xabcd_ef01)
+        );
+        assert!(Ipv6FragHeader::new_checked(&b[..7]).is_err());
+    }
 
     fn packet(nh: u8, ext: &[u8], upper: &[u8]) -> Vec<u8> {
         let mut b = vec![0u8; 40];

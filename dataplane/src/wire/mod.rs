@@ -24,7 +24,7 @@ pub use esp::{EspPacket, EspTrailer};
 pub use ethernet::{EtherType, EthernetFrame, EthernetRepr};
 pub use icmp::IcmpPacket;
 pub use ipv4::{Ipv4Packet, Ipv4Repr};
-pub use ipv6::{Ipv6Packet, Ipv6Repr, UpperLayer};
+pub use ipv6::{Ipv6FragHeader, Ipv6Packet, Ipv6Repr, UpperLayer};
 pub use udp::{UdpPacket, UdpRepr};
 pub use udp_encap::{UdpEncapKind, classify_udp_encap};
 
