@@ -2032,7 +2032,14 @@ fn control_socket_refuses_strangers_and_survives_garbage() {
     });
     let flow = s.udp_flow(addr::HOST_B, 5000, 1000, "v4-under-garbage");
 
-    // not root: the file mode keeps it out; with the mode opened, SO_PEERCRED does
+    // not root: the file mode keeps it out; with the mode opened, SO_PEERCRED does. The
+    // lab's work folder (0700: it holds the keys) is opened for traversal meanwhile, so
+    // that only the socket's own mode and credentials decide.
+    let folder = sock
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let _ = std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o711));
     let ctl = xsecctl(&s);
     let as_nobody = || {
         std::process::Command::new(&ctl)
@@ -2051,6 +2058,7 @@ fn control_socket_refuses_strangers_and_survives_garbage() {
     let _ = std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666));
     let o = as_nobody();
     let _ = std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600));
+    let _ = std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o700));
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     s.check(
         o.status.code() == Some(1) && err.contains("refused") && err.contains("uid 65534"),
