@@ -172,7 +172,12 @@ impl Area {
                 std::ptr::null_mut(),
                 len,
                 ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::PRIVATE | MapFlags::POPULATE,
+                // (Miri, which checks this module's tests, maps only private anonymous)
+                if cfg!(miri) {
+                    MapFlags::PRIVATE
+                } else {
+                    MapFlags::PRIVATE | MapFlags::POPULATE
+                },
             )
         }?;
         let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(std::io::Error::last_os_error)?;

@@ -141,6 +141,26 @@ pub fn lab_packages() -> Result<(), String> {
     Ok(())
 }
 
+/// Nightly's miri component (for the frame code's Miri run).
+pub fn miri() -> Result<(), String> {
+    let have = || {
+        Command::new("cargo")
+            .args(["+nightly", "miri", "--version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if have() {
+        return Ok(());
+    }
+    println!("setup: cargo miri missing: adding nightly's miri component");
+    if !proc::inherit(Command::new("rustup").args(["+nightly", "component", "add", "miri"]))
+        || !have()
+    {
+        return Err("rustup +nightly component add miri failed".into());
+    }
+    Ok(())
+}
+
 /// rustfmt and clippy for the lint step (components of the default toolchain).
 pub fn lint_tools() -> Result<(), String> {
     for (sub, component) in [("fmt", "rustfmt"), ("clippy", "clippy")] {
