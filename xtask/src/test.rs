@@ -311,7 +311,10 @@ fn miri(root: &Path) -> Part {
                 c.passed,
                 failed,
                 0,
-                format!("xsk.rs frame code: {} tests under Miri", c.passed + c.failed),
+                format!(
+                    "xsk.rs frame code: {} tests under Miri",
+                    c.passed + c.failed
+                ),
             )
         }
     };
