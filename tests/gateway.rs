@@ -1783,6 +1783,16 @@ fn control_reload_and_live_changes_leave_other_tunnels_untouched() {
         .lab
         .write_file("reload-b.toml", &conf_b)
         .unwrap_or_else(|e| s.fail(&e.to_string()));
+    // a dry run first: the same summary, nothing applied, the generation unchanged
+    let dry = s.ctl(Node::GwA, &["reload", "--dry-run", &file_a.to_string_lossy()]);
+    let st = s.ctl(Node::GwA, &["status"]);
+    s.check(
+        dry["applied"] == false
+            && dry["sas"]["changed"] == serde_json::json!(["ab6"])
+            && dry["generation"] == 1
+            && st["generation"] == 0,
+        || format!("reload --dry-run: {dry}; status after it: {st}"),
+    );
     let rb = s.ctl(Node::GwB, &["reload", &file_b.to_string_lossy()]);
     let ra = s.ctl(Node::GwA, &["reload", &file_a.to_string_lossy()]);
     for r in [&ra, &rb] {

@@ -133,3 +133,128 @@ fn the_daemon_logs_with_timestamp_and_level() {
     );
     assert_eq!(o.status.code(), Some(2), "clap refuses an unknown level");
 }
+
+fn xsecctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xsecctl"))
+        .args(args)
+        .output()
+        .expect("run xsecctl")
+}
+
+fn example(name: &str) -> String {
+    format!("{}/../examples/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `xsecctl policy test --config FILE`: no daemon, no root; `any` for ports, ICMP type and
+/// code columns, one record per result with "none" where no policy of a disposition matched.
+#[test]
+fn policy_test_works_on_a_file_without_a_daemon() {
+    let cfg = example("ar410-tunnel-a.toml");
+    let nowhere = "/nonexistent/xsecd.sock";
+    let o = xsecctl(&[
+        "--socket",
+        nowhere,
+        "policy",
+        "test",
+        "--config",
+        &cfg,
+        "--dir",
+        "out",
+        "--proto",
+        "tcp",
+        "--local",
+        "192.168.10.5:any",
+        "--remote",
+        "192.168.20.7:80",
+        "--name",
+        "web",
+        "--records",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.starts_with("test web:\nLOCAL PORTS  REMOTE PORTS  FIRST MATCH"),
+        "{out}"
+    );
+    assert!(
+        out.contains("0-65535      80            lan-to-lan   protect"),
+        "{out}"
+    );
+    for line in [
+        "test:         web",
+        "protocol:     tcp",
+        "direction:    outbound",
+        "local:        192.168.10.5 port 0-65535",
+        "remote:       192.168.20.7 port 80",
+        "first match:  lan-to-lan (#1)",
+        "protect:      lan-to-lan",
+        "bypass:       none",
+        "discard:      none",
+    ] {
+        assert!(out.lines().any(|l| l == line), "no {line:?} in\n{out}");
+    }
+
+    // ICMP: type and code, not ports; nothing matches towards another network
+    let o = xsecctl(&[
+        "policy",
+        "test",
+        "--config",
+        &cfg,
+        "--dir",
+        "out",
+        "--proto",
+        "icmp",
+        "--local",
+        "192.168.10.5:8",
+        "--remote",
+        "192.168.99.1:0",
+        "--records",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.starts_with("ICMP TYPE  ICMP CODE  FIRST MATCH  DISPOSITION"),
+        "{out}"
+    );
+    assert!(out.contains("local:        192.168.10.5 type 8"), "{out}");
+    assert!(out.contains("remote:       192.168.99.1 code 0"), "{out}");
+    assert!(out.contains("first match:  none (discard)"), "{out}");
+    assert!(out.contains("protect:      none"), "{out}");
+
+    // refusals: exit 2 with the reason, never a hang
+    let o = xsecctl(&[
+        "policy",
+        "test",
+        "--config",
+        &cfg,
+        "--dir",
+        "out",
+        "--proto",
+        "icmp",
+        "--local",
+        "192.168.10.5:300",
+        "--remote",
+        "192.168.20.7",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("an ICMP type is 0-255, not 300"));
+    let bad = write("bad-policy.toml", BAD);
+    let o = xsecctl(&[
+        "policy",
+        "test",
+        "--config",
+        bad.to_str().unwrap_or_default(),
+        "--dir",
+        "out",
+        "--local",
+        "1.1.1.1",
+        "--remote",
+        "2.2.2.2",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("sa[0].encr: unknown key"));
+}

@@ -313,6 +313,12 @@ impl<A: Addr> Table<A> {
             &self.local_port
         };
         let mut out = vec![];
+        // outside the port domain there is nothing to cut (and a loop to the end of it
+        // would never reach `hi`)
+        let hi = hi.min(super::selector::PORT_DOMAIN_MAX);
+        if lo > hi {
+            return out;
+        }
         let mut i = d.interval(lo);
         let mut start = lo;
         loop {

@@ -624,6 +624,26 @@ mod tests {
         assert!(r.iter().all(|s| s.local_ports == (0, 65535)));
     }
 
+    /// Ranges past the port domain (an ICMP "type 300") end, clipped, instead of looping.
+    #[test]
+    fn test_ranges_past_the_port_domain_terminate() {
+        let spd = sample();
+        let k = key(1, "10.1.0.5", Some(0), "10.2.0.5", Some(0));
+        let base = selector::ICMP_BASE;
+        let r = spd.test_ranges(
+            Direction::Outbound,
+            &k,
+            (base + 300, base + 300),
+            (base, base),
+        );
+        assert!(r.is_empty(), "{r:#?}");
+        let r = spd.test_ranges(Direction::Outbound, &k, (base, base + 70_000), (base, base));
+        assert_eq!(
+            r.last().map(|s| s.local_ports.1),
+            Some(selector::PORT_DOMAIN_MAX)
+        );
+    }
+
     fn arb_addr() -> impl Strategy<Value = AddrRange> {
         prop_oneof![
             Just(AddrRange::Any),

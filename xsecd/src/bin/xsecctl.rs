@@ -44,7 +44,12 @@ enum Cmd {
     Move(Move),
     /// Replace the configuration: validate all of CONFIG, apply only what changed, or
     /// nothing and say why.
-    Reload { config: PathBuf },
+    Reload {
+        config: PathBuf,
+        /// Say what the reload would change (or why it would be refused), apply nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Policy tools.
     #[command(subcommand)]
     Policy(PolicyCmd),
@@ -155,18 +160,30 @@ enum Move {
 #[derive(Debug, Subcommand)]
 enum PolicyCmd {
     /// Which policies match a described packet: the first, and all of them by disposition,
-    /// split by port ranges where the answer differs.
+    /// split by port ranges (ICMP: type and code ranges) where the answer differs. Asks the
+    /// running daemon, or with --config tests a configuration file (no daemon, no root).
     Test {
         #[arg(long, value_name = "in|out")]
         dir: String,
+        /// any, a name (tcp, udp, icmp, ipv6-icmp, ...) or a number.
         #[arg(long, default_value = "any")]
         proto: String,
-        /// Our side: A, A:port, A:lo-hi, [v6]:port.
+        /// Our side: A, A:port, A:lo-hi, A:any, [v6]:port. ICMP: A:type.
         #[arg(long)]
         local: String,
-        /// The peer's side, likewise.
+        /// The peer's side, likewise. ICMP: B:code.
         #[arg(long)]
         remote: String,
+        /// Test this configuration file instead of the daemon's running policies.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The test's name, printed with its results.
+        #[arg(long)]
+        name: Option<String>,
+        /// Beside the table, one record per result: the test, protocol, direction,
+        /// addresses, first match and the matching PROTECT/BYPASS/DISCARD policies.
+        #[arg(long)]
+        records: bool,
     },
 }
 
@@ -457,6 +474,20 @@ fn print_policies(v: &Value, counters: bool) {
 }
 
 fn run(cli: Cli) -> Res<()> {
+    if let Cmd::Policy(PolicyCmd::Test {
+        dir,
+        proto,
+        local,
+        remote,
+        config: Some(file),
+        name,
+        records,
+    }) = &cli.cmd
+    {
+        let v = policy_test_file(file, dir, proto, local, remote, name.as_deref())?;
+        policy_test_out(&v, cli.json, *records);
+        return Ok(());
+    }
     let sock = cli.socket.clone().unwrap_or_else(control::default_socket);
     let mut c = Client::connect(&sock)?;
     let json_out = cli.json;
@@ -671,10 +702,13 @@ fn run(cli: Cli) -> Res<()> {
             &c.call("move-policy", json!({"name": name, "position": position}))?,
             json_out,
         ),
-        Cmd::Reload { config } => {
+        Cmd::Reload { config, dry_run } => {
             let text = zeroize::Zeroizing::new(read_input(&config)?);
             let path = std::fs::canonicalize(&config).unwrap_or(config);
-            let v = c.call("reload", json!({"path": path, "text": text.as_str()}))?;
+            let v = c.call(
+                "reload",
+                json!({"path": path, "text": text.as_str(), "dry_run": dry_run}),
+            )?;
             change_out(&v, json_out);
         }
         Cmd::Policy(PolicyCmd::Test {
@@ -682,64 +716,16 @@ fn run(cli: Cli) -> Res<()> {
             proto,
             local,
             remote,
+            config: _,
+            name,
+            records,
         }) => {
             let v = c.call(
                 "policy-test",
-                json!({"direction": dir, "proto": proto, "local": local, "remote": remote}),
+                json!({"direction": dir, "proto": proto, "local": local, "remote": remote,
+                       "name": name}),
             )?;
-            if json_out {
-                print_json(&v);
-            } else {
-                let rows: Vec<Vec<String>> = v["results"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|r| {
-                        let pr = |p: &Value| match p.as_array() {
-                            Some(a) if a.len() == 2 && a[0] == a[1] => s(&a[0]),
-                            Some(a) if a.len() == 2 => format!("{}-{}", s(&a[0]), s(&a[1])),
-                            _ => "-".into(),
-                        };
-                        let by: Vec<String> = r["by_disposition"]
-                            .as_object()
-                            .into_iter()
-                            .flatten()
-                            .map(|(d, names)| {
-                                format!(
-                                    "{d}: {}",
-                                    names
-                                        .as_array()
-                                        .into_iter()
-                                        .flatten()
-                                        .map(s)
-                                        .collect::<Vec<_>>()
-                                        .join(",")
-                                )
-                            })
-                            .collect();
-                        vec![
-                            pr(&r["local_ports"]),
-                            pr(&r["remote_ports"]),
-                            s(&r["first"]),
-                            s(&r["disposition"]),
-                            by.join("; "),
-                        ]
-                    })
-                    .collect();
-                print!(
-                    "{}",
-                    table(
-                        &[
-                            "LOCAL PORTS",
-                            "REMOTE PORTS",
-                            "FIRST MATCH",
-                            "DISPOSITION",
-                            "ALL MATCHES"
-                        ],
-                        &rows
-                    )
-                );
-            }
+            policy_test_out(&v, json_out, records);
         }
         Cmd::Trace(t) => trace(&mut c, &t, json_out)?,
         Cmd::Monitor { interval, count } => monitor(&mut c, interval, count)?,
@@ -797,7 +783,12 @@ fn change_out(v: &Value, json_out: bool) {
     };
     let sa = &v["sas"];
     println!(
-        "applied (generation {}): SAs added {}, removed {}, changed {}, unchanged {}",
+        "{} (generation {}): SAs added {}, removed {}, changed {}, unchanged {}",
+        if v["applied"] == json!(false) {
+            "dry run, nothing applied; would apply"
+        } else {
+            "applied"
+        },
         s(&v["generation"]),
         list(&sa["added"]),
         list(&sa["removed"]),
@@ -820,6 +811,116 @@ fn change_out(v: &Value, json_out: bool) {
     }
     for w in v["warnings"].as_array().into_iter().flatten() {
         println!("warning: {}", s(w));
+    }
+}
+
+/// `policy test --config FILE`: the file's SPD, compiled as xsecd would, tested here.
+fn policy_test_file(
+    file: &std::path::Path,
+    dir: &str,
+    proto: &str,
+    local: &str,
+    remote: &str,
+    name: Option<&str>,
+) -> Res<Value> {
+    let cfg = xsecd::config::load(file).map_err(|e| (2, e.to_string()))?;
+    let spd = cfg
+        .spd
+        .compile()
+        .map_err(|e| (2, format!("{}: {e}", file.display())))?;
+    let probe =
+        control::policy_test::Probe::parse(dir, proto, local, remote, name).map_err(|m| (2, m))?;
+    Ok(control::policy_test::run(&spd, &probe))
+}
+
+/// A policy test's answer: a table of its port (or ICMP type/code) ranges, and with
+/// `records` one record per range in the appliances' terms.
+fn policy_test_out(v: &Value, json_out: bool, records: bool) {
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        return;
+    }
+    let icmp = v["icmp"] == json!(true);
+    let range = |p: &Value| match p.as_array() {
+        Some(a) if a.len() == 2 && a[0] == a[1] => s(&a[0]),
+        Some(a) if a.len() == 2 => format!("{}-{}", s(&a[0]), s(&a[1])),
+        _ => "-".into(),
+    };
+    let names = |x: &Value| -> String {
+        let v: Vec<String> = x.as_array().into_iter().flatten().map(s).collect();
+        if v.is_empty() {
+            "none".into()
+        } else {
+            v.join(",")
+        }
+    };
+    let results: Vec<&Value> = v["results"].as_array().into_iter().flatten().collect();
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .map(|r| {
+            let by: Vec<String> = control::policy_test::DISPOSITIONS
+                .iter()
+                .filter(|d| r["by_disposition"].get(**d).is_some())
+                .map(|d| format!("{d}: {}", names(&r["by_disposition"][*d])))
+                .collect();
+            vec![
+                range(&r["local_ports"]),
+                range(&r["remote_ports"]),
+                s(&r["first"]),
+                s(&r["disposition"]),
+                by.join("; "),
+            ]
+        })
+        .collect();
+    let (l, r) = if icmp {
+        ("ICMP TYPE", "ICMP CODE")
+    } else {
+        ("LOCAL PORTS", "REMOTE PORTS")
+    };
+    if let Some(n) = v["name"].as_str() {
+        println!("test {n}:");
+    }
+    print!(
+        "{}",
+        table(&[l, r, "FIRST MATCH", "DISPOSITION", "ALL MATCHES"], &rows)
+    );
+    if !records {
+        return;
+    }
+    for r in &results {
+        let side = |addr: &Value, ports: &Value, what: &str| match ports {
+            Value::Null => s(addr),
+            p => format!("{} {what} {}", s(addr), range(p)),
+        };
+        let (lw, rw) = if icmp {
+            ("type", "code")
+        } else {
+            ("port", "port")
+        };
+        println!();
+        println!("test:         {}", v["name"].as_str().unwrap_or("-"));
+        println!("protocol:     {}", s(&v["proto"]));
+        let dir = match v["direction"].as_str() {
+            Some("in") => "inbound",
+            Some("out") => "outbound",
+            _ => "-",
+        };
+        println!("direction:    {dir}");
+        println!("local:        {}", side(&v["local"], &r["local_ports"], lw));
+        println!(
+            "remote:       {}",
+            side(&v["remote"], &r["remote_ports"], rw)
+        );
+        println!(
+            "first match:  {}",
+            match r["first"].as_str() {
+                Some(f) => format!("{f} (#{})", s(&r["first_position"])),
+                None => format!("none ({})", s(&r["disposition"])),
+            }
+        );
+        for d in control::policy_test::DISPOSITIONS {
+            println!("{:<13} {}", format!("{d}:"), names(&r["by_disposition"][d]));
+        }
     }
 }
 

@@ -415,4 +415,58 @@ mod tests {
         ctl.stop.store(true, Ordering::Relaxed);
         server.join().unwrap();
     }
+
+    /// `reload` with `dry_run`: the summary of what would change, `applied: false`, and the
+    /// running configuration untouched; a bad file is refused the same way a reload is.
+    #[test]
+    fn a_dry_run_reload_says_what_would_change_and_changes_nothing() {
+        let dir = TempDir::new("dry-run");
+        let (ctl, _unix) = control(&dir.0);
+        let text = format!(
+            "{CONFIG}\n[[policy]]\nname = \"web\"\ndirection = \"out\"\n\
+             local = \"10.1.0.0/24\"\nremote = \"0.0.0.0/0\"\naction = \"bypass\"\n"
+        );
+        let before = control::lock(&ctl.running).generation;
+        let args = json!({"path": dir.0.join("gw.toml"), "text": text, "dry_run": true});
+        let v = control::dispatch(&ctl, "reload", &args).unwrap();
+        assert_eq!(
+            v["generation"],
+            json!(before + 1),
+            "the generation it would make"
+        );
+        assert_eq!(v["applied"], json!(false), "{v}");
+        assert_eq!(v["policies"]["out"]["added"], json!(["web"]), "{v}");
+        let run = control::lock(&ctl.running);
+        assert_eq!(run.generation, before, "nothing applied");
+        assert!(
+            run.spd
+                .policies(xsec_dataplane::spd::Direction::Outbound)
+                .is_empty()
+        );
+        drop(run);
+        let bad = json!({"path": "gw.toml", "text": "[gateway]\nunprotected = 1\n",
+                         "dry_run": true});
+        let (kind, _, detail) = control::dispatch(&ctl, "reload", &bad).unwrap_err();
+        assert_eq!(kind, proto::kind::CONFIG);
+        assert!(detail[0]["line"].as_u64().is_some(), "{detail}");
+    }
+
+    /// `policy-test` on the running SPD: `any` ports, and an ICMP type past 255 refused (it
+    /// once looped forever in the port cutter while holding the configuration lock).
+    #[test]
+    fn policy_test_takes_any_and_refuses_icmp_types_past_255() {
+        let dir = TempDir::new("policy-test");
+        let (ctl, _unix) = control(&dir.0);
+        let args = json!({"direction": "out", "proto": "tcp", "local": "10.1.0.1:any",
+                          "remote": "10.2.0.1:443", "name": "t1"});
+        let v = control::dispatch(&ctl, "policy-test", &args).unwrap();
+        assert_eq!(v["name"], json!("t1"));
+        assert_eq!(v["results"][0]["disposition"], json!("discard"), "{v}");
+        assert_eq!(v["results"][0]["local_ports"], json!([0, 65535]));
+        let args = json!({"direction": "out", "proto": "icmp", "local": "10.1.0.1:300",
+                          "remote": "10.2.0.1"});
+        let (kind, msg, _) = control::dispatch(&ctl, "policy-test", &args).unwrap_err();
+        assert_eq!(kind, proto::kind::BAD_ARGS);
+        assert!(msg.contains("0-255"), "{msg}");
+    }
 }

@@ -9,6 +9,7 @@
 //! take.
 
 pub mod http;
+pub mod policy_test;
 pub mod proto;
 pub mod running;
 pub mod view;
@@ -32,8 +33,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use tracing::{info, warn};
 use xsec_dataplane::events::{Event, EventKind};
 use xsec_dataplane::sa::LimitKind;
-use xsec_dataplane::spd::selector::ICMP_BASE;
-use xsec_dataplane::spd::{Direction, PacketKey};
+use xsec_dataplane::spd::Direction;
 use xsec_dataplane::time::MonotonicClock;
 use zeroize::Zeroizing;
 
@@ -428,21 +428,21 @@ impl Control {
         })
     }
 
+    /// What `edit` would change, without applying it (`--dry-run`): the summary of
+    /// [`Control::apply`] with `"applied": false`, or the same refusal.
+    pub fn plan(&self, edit: Edit) -> Result<Value, Fail> {
+        let run = lock(&self.running);
+        let plan = run.prepare(&edit, self.clock.now()).map_err(refusal)?;
+        let mut summary = plan.summary;
+        summary["applied"] = json!(false);
+        Ok(summary)
+    }
+
     /// Apply a change: validate, plan, three rounds to the workers, XDP maps, commit.
     pub fn apply(&self, edit: Edit) -> Result<Value, Fail> {
         let mut run = lock(&self.running);
         let now = self.clock.now();
-        let plan = run.prepare(&edit, now).map_err(|r: Refusal| {
-            let detail =
-                if r.diagnostics.is_empty() {
-                    Value::Null
-                } else {
-                    json!(r.diagnostics.iter().map(|d| json!({
-                    "path": d.path, "line": d.line, "field": d.field, "message": d.message,
-                })).collect::<Vec<_>>())
-                };
-            (r.kind, r.message, detail)
-        })?;
+        let plan = run.prepare(&edit, now).map_err(refusal)?;
         let mut guard = lock(&self.xdp);
         let Some(xdp) = guard.as_mut() else {
             return Err((kind::BUSY, "xsecd is stopping".into(), Value::Null));
@@ -684,11 +684,15 @@ fn dispatch(ctl: &Control, cmd: &str, args: &Value) -> Result<Value, Fail> {
         }
         "policy-test" => policy_test(ctl, args),
         "reload" => {
-            let path = PathBuf::from(req_str(args, "path")?);
-            ctl.apply(Edit::Reload {
-                path,
+            let edit = Edit::Reload {
+                path: PathBuf::from(req_str(args, "path")?),
                 text: text_arg(args)?,
-            })
+            };
+            if arg_bool(args, "dry_run")? {
+                ctl.plan(edit)
+            } else {
+                ctl.apply(edit)
+            }
         }
         "add-sa" => ctl.apply(Edit::AddSa {
             text: text_arg(args)?,
@@ -755,119 +759,36 @@ fn interfaces(ctl: &Control) -> Value {
     )
 }
 
-/// `policy test`: the first matching policy and every matching one, split by port ranges.
-fn policy_test(ctl: &Control, args: &Value) -> Result<Value, Fail> {
-    let dir = match req_str(args, "direction")? {
-        "in" | "inbound" => Direction::Inbound,
-        "out" | "outbound" => Direction::Outbound,
-        d => return Err(bad(format!("args.direction: {d:?}; expected in or out"))),
-    };
-    let proto_s = arg_str(args, "proto")?.unwrap_or("any");
-    let proto = xsec_dataplane::spd::selector::parse_protocol(proto_s)
-        .map_err(|e| bad(format!("args.proto: {e}")))?;
-    let ep = |key: &str| -> Result<(IpAddr, Option<(u32, u32)>), Fail> {
-        let s = req_str(args, key)?;
-        parse_endpoint(s).map_err(|m| bad(format!("args.{key}: {m}")))
-    };
-    let (local, lports) = ep("local")?;
-    let (remote, rports) = ep("remote")?;
-    if local.is_ipv6() != remote.is_ipv6() {
-        return Err(bad("local and remote must be of the same address family"));
-    }
-    let has_ports = proto.is_some_and(|p| p.has_ports());
-    let icmp = proto.is_some_and(|p| p.is_icmp());
-    let base = if icmp { ICMP_BASE } else { 0 };
-    let full = if icmp { (0, 255) } else { (0, 65535) };
-    let shift = |r: (u32, u32)| (r.0 + base, r.1 + base);
-    let lr = shift(lports.unwrap_or(full));
-    let rr = shift(rports.unwrap_or(full));
-    let (src, dst) = match dir {
-        Direction::Outbound => (local, remote),
-        Direction::Inbound => (remote, local),
-    };
-    let probe = (has_ports || icmp).then_some(0u16);
-    let key = PacketKey::describe(proto, src, probe, dst, probe);
-    let run = lock(&ctl.running);
-    let spd = run.spd.clone();
-    let pols = spd.policies(dir);
-    let name = |i: usize| pols.get(i).map(|p| p.name.clone());
-    let splits = if has_ports || icmp {
-        spd.test_ranges(dir, &key, lr, rr)
+/// A refused change as an error answer: its diagnostics (file, line, field) in `detail`.
+fn refusal(r: Refusal) -> Fail {
+    let detail = if r.diagnostics.is_empty() {
+        Value::Null
     } else {
-        vec![xsec_dataplane::spd::PolicyTestSplit {
-            local_ports: (0, 0),
-            remote_ports: (0, 0),
-            result: spd.test(dir, &key),
-        }]
+        json!(
+            r.diagnostics
+                .iter()
+                .map(|d| json!({
+                    "path": d.path, "line": d.line, "field": d.field, "message": d.message,
+                }))
+                .collect::<Vec<_>>()
+        )
     };
-    let rows: Vec<Value> = splits
-        .iter()
-        .map(|s| {
-            let r = &s.result;
-            let mut by: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-            for &i in &r.matches {
-                if let Some(p) = pols.get(i) {
-                    by.entry(p.action.disposition().to_string().to_lowercase())
-                        .or_default()
-                        .push(p.name.clone());
-                }
-            }
-            let ports = |p: (u32, u32)| {
-                if has_ports || icmp {
-                    json!([p.0 - base, p.1 - base])
-                } else {
-                    Value::Null
-                }
-            };
-            json!({
-                "local_ports": ports(s.local_ports),
-                "remote_ports": ports(s.remote_ports),
-                "first": r.first.and_then(name),
-                "first_position": r.first.map(|i| i + 1),
-                "disposition": r.disposition.to_string().to_lowercase(),
-                "matches": r.matches.iter().filter_map(|&i| name(i)).collect::<Vec<_>>(),
-                "by_disposition": by,
-            })
-        })
-        .collect();
-    Ok(
-        json!({"direction": dir.name(), "proto": proto.map_or("any".to_owned(), |p| p.to_string()),
-               "local": local, "remote": remote, "results": rows}),
-    )
+    (r.kind, r.message, detail)
 }
 
-/// `A`, `A:port`, `A:lo-hi`, `[v6]:port`, `v6`.
-pub fn parse_endpoint(s: &str) -> Result<(IpAddr, Option<(u32, u32)>), String> {
-    let s = s.trim();
-    let (addr, port) = if let Some(rest) = s.strip_prefix('[') {
-        let (a, p) = rest.split_once(']').ok_or("missing ']'")?;
-        (a, p.strip_prefix(':'))
-    } else if s.matches(':').count() == 1 {
-        let (a, p) = s.split_once(':').ok_or("bad address")?;
-        (a, Some(p))
-    } else {
-        (s, None)
-    };
-    let ip: IpAddr = addr
-        .parse()
-        .map_err(|_| format!("{addr:?} is not an IP address"))?;
-    let port = match port {
-        None => None,
-        Some(p) => {
-            let (lo, hi) = p.split_once('-').unwrap_or((p, p));
-            let lo: u16 = lo
-                .parse()
-                .map_err(|_| format!("{p:?} is not a port or range"))?;
-            let hi: u16 = hi
-                .parse()
-                .map_err(|_| format!("{p:?} is not a port or range"))?;
-            if lo > hi {
-                return Err(format!("port range {lo}-{hi} is empty"));
-            }
-            Some((u32::from(lo), u32::from(hi)))
-        }
-    };
-    Ok((ip, port))
+/// `policy test`: the first matching policy and every matching one, split by port ranges
+/// ([`policy_test`]); the SPD is the running one, the lock held only to take it.
+fn policy_test(ctl: &Control, args: &Value) -> Result<Value, Fail> {
+    let probe = policy_test::Probe::parse(
+        req_str(args, "direction")?,
+        arg_str(args, "proto")?.unwrap_or("any"),
+        req_str(args, "local")?,
+        req_str(args, "remote")?,
+        arg_str(args, "name")?,
+    )
+    .map_err(|m| bad(format!("args.{m}")))?;
+    let spd = lock(&ctl.running).spd.clone();
+    Ok(policy_test::run(&spd, &probe))
 }
 
 /// Stream events until the client leaves.
