@@ -1784,7 +1784,10 @@ fn control_reload_and_live_changes_leave_other_tunnels_untouched() {
         .write_file("reload-b.toml", &conf_b)
         .unwrap_or_else(|e| s.fail(&e.to_string()));
     // a dry run first: the same summary, nothing applied, the generation unchanged
-    let dry = s.ctl(Node::GwA, &["reload", "--dry-run", &file_a.to_string_lossy()]);
+    let dry = s.ctl(
+        Node::GwA,
+        &["reload", "--dry-run", &file_a.to_string_lossy()],
+    );
     let st = s.ctl(Node::GwA, &["status"]);
     s.check(
         dry["applied"] == false
