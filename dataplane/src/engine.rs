@@ -8,7 +8,7 @@
 
 use crate::crypto::Transform;
 use crate::esp::{self, Deferred, InboundEsp};
-use crate::events::{Event, EventQueue};
+use crate::events::{Event, EventKind, EventQueue};
 use crate::packet::PacketBuf;
 use crate::sa::{Encap, Sa, SaConfig, SaError, SaHandle, SaTable};
 use crate::spd::flow_cache::FlowCache;
@@ -195,7 +195,12 @@ pub struct Engine {
     peers: std::collections::HashMap<IpAddr, u32>,
     /// The first pass's findings for the current inbound chunk. Allocated once.
     pre: Vec<Option<Pre>>,
+    /// Per outbound policy: when it may raise its next ACQUIRE.
+    acquire_next: Vec<Timestamp>,
 }
+
+/// An outbound PROTECT policy without its SA raises ACQUIRE at most this often (per worker).
+pub const ACQUIRE_INTERVAL: core::time::Duration = core::time::Duration::from_secs(1);
 
 /// What an inbound burst's first pass learned about an ESP packet, for its decapsulation.
 #[derive(Debug, Clone, Copy)]
@@ -226,7 +231,6 @@ impl Engine {
         ];
         Engine {
             sad: SaTable::with_capacity(cfg.sa_capacity),
-            spd,
             flows: FlowCache::default(),
             hits,
             stats: WorkerStats::default(),
@@ -238,6 +242,8 @@ impl Engine {
             grouped_icv_sas: 0,
             peers: std::collections::HashMap::new(),
             pre: Vec::with_capacity(BATCH),
+            acquire_next: vec![Timestamp::ZERO; spd.policies(Direction::Outbound).len()],
+            spd,
         }
     }
 
@@ -352,6 +358,8 @@ impl Engine {
                 .collect()
         };
         self.hits = [carry(Direction::Inbound), carry(Direction::Outbound)];
+        // a new SPD may ACQUIRE at once
+        self.acquire_next = vec![Timestamp::ZERO; spd.policies(Direction::Outbound).len()];
         self.spd = spd;
         self.flows.clear();
     }
@@ -436,6 +444,44 @@ impl Engine {
         }
     }
 
+    /// Raise ACQUIRE for outbound `policy`, whose SA `reqid` is missing, unless it did within
+    /// [`ACQUIRE_INTERVAL`].
+    #[cold]
+    fn acquire(&mut self, policy: usize, reqid: u32, key: &PacketKey, now: Timestamp) {
+        let Some(next) = self.acquire_next.get_mut(policy) else {
+            return;
+        };
+        if now < *next {
+            return;
+        }
+        *next = now.plus(ACQUIRE_INTERVAL);
+        let addr = |a: u128| {
+            if key.v6 {
+                IpAddr::from(std::net::Ipv6Addr::from(a))
+            } else {
+                IpAddr::from(std::net::Ipv4Addr::from(a as u32))
+            }
+        };
+        let port = |p: u32| u16::try_from(p).ok();
+        let ports = match (port(key.src_port), port(key.dst_port)) {
+            (Some(s), Some(d)) => Some((s, d)),
+            _ => None,
+        };
+        self.events.push(Event {
+            kind: EventKind::Acquire {
+                policy: policy as u32,
+                src: addr(key.src),
+                dst: addr(key.dst),
+                proto: key.proto,
+                ports,
+            },
+            spi: 0,
+            reqid,
+            direction: Direction::Outbound,
+            handle: SaHandle::NONE,
+        });
+    }
+
     /// Outbound processing of one plaintext packet from the protected side: SPD lookup, then
     /// PROTECT (encapsulate with each SA of the bundle), BYPASS or DISCARD.
     #[inline]
@@ -498,6 +544,7 @@ impl Engine {
                     }
                     return (Verdict::Handoff(w), false);
                 }
+                self.acquire(policy, reqid, &key, now);
                 return (self.drop(DropReason::NoSa), false);
             };
             // The path MTU is checked before anything is encrypted (single SAs: a bundle's

@@ -18,9 +18,23 @@ pub enum EventKind {
     /// Authenticated UDP-encapsulated ESP arrived from a new address or port (NAT rebinding,
     /// RFC 7296 §2.23); control decides whether to move the outbound SA.
     PeerChanged { addr: IpAddr, port: u16 },
+    /// ACQUIRE (RFC 4301 §5.1, PF_KEY's SADB_ACQUIRE): an outbound packet matched PROTECT
+    /// policy `policy` (its index in the outbound SPD) and no SA with the event's reqid is
+    /// installed. The packet was dropped (`no_sa`); the packet's addresses, protocol and
+    /// ports are there for the key manager's traffic selectors (RFC 7296 §2.9). At most one
+    /// per policy per second per worker.
+    Acquire {
+        policy: u32,
+        src: IpAddr,
+        dst: IpAddr,
+        proto: u8,
+        /// Ports of a TCP/UDP/SCTP packet; `None` otherwise.
+        ports: Option<(u16, u16)>,
+    },
 }
 
-/// An event about one SA.
+/// An event about one SA (for [`EventKind::Acquire`]: about the SA that is missing; its
+/// `spi` is 0 and its `handle` [`SaHandle::NONE`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Event {
     pub kind: EventKind,

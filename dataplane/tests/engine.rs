@@ -1557,3 +1557,82 @@ fn nonces_never_repeat_across_takeovers() {
         }
     }
 }
+
+/// ACQUIRE: a packet that matches a PROTECT policy whose SA is not installed is dropped
+/// (`no_sa`) and raises one event naming the policy, the reqid and the packet — at most one
+/// per policy per second.
+#[test]
+fn a_protect_policy_without_its_sa_raises_acquire_once_a_second() {
+    use xsec_dataplane::sa::SaHandle;
+    let spd = SpdConfig {
+        outbound: vec![Policy {
+            name: "web".into(),
+            selector: Selector::ANY,
+            action: Action::Protect(SaBundle::single(7)),
+        }],
+        inbound: vec![],
+        inbound_default: NonPolicy::Discard,
+        outbound_default: NonPolicy::Discard,
+    }
+    .compile()
+    .unwrap();
+    let mut e = Engine::new(Arc::new(spd));
+    let pkt = || {
+        ipv4(
+            "10.1.0.5",
+            "10.2.0.9",
+            17,
+            0,
+            false,
+            &udp(40000, 53, b"query"),
+        )
+    };
+    let t0 = Timestamp::ZERO.plus(std::time::Duration::from_secs(5));
+    let v = e.outbound(t0, &mut frame(&pkt()));
+    assert_eq!(v, Verdict::Drop(DropReason::NoSa));
+    let evs: Vec<_> = e.drain_events().collect();
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert_eq!(
+        (evs[0].reqid, evs[0].spi, evs[0].handle, evs[0].direction),
+        (7, 0, SaHandle::NONE, Direction::Outbound)
+    );
+    assert_eq!(
+        evs[0].kind,
+        EventKind::Acquire {
+            policy: 0,
+            src: ip("10.1.0.5"),
+            dst: ip("10.2.0.9"),
+            proto: 17,
+            ports: Some((40000, 53)),
+        }
+    );
+    // within the second: dropped and counted, no new event
+    for ms in [1, 500, 999] {
+        let t = t0.plus(std::time::Duration::from_millis(ms));
+        assert_eq!(
+            e.outbound(t, &mut frame(&pkt())),
+            Verdict::Drop(DropReason::NoSa)
+        );
+    }
+    assert_eq!(e.drain_events().count(), 0);
+    assert_eq!(e.stats().drops.get(DropReason::NoSa), 4);
+    // a second later: again
+    let t = t0.plus(std::time::Duration::from_millis(1000));
+    e.outbound(t, &mut frame(&pkt()));
+    assert_eq!(e.drain_events().count(), 1);
+    // ICMP has no ports to report
+    let echo = ipv4("10.1.0.5", "10.2.0.9", 1, 0, false, &icmp_echo(false, b"x"));
+    e.outbound(t.plus(std::time::Duration::from_secs(2)), &mut frame(&echo));
+    let evs: Vec<_> = e.drain_events().collect();
+    assert!(
+        matches!(
+            evs[0].kind,
+            EventKind::Acquire {
+                proto: 1,
+                ports: None,
+                ..
+            }
+        ),
+        "{evs:?}"
+    );
+}

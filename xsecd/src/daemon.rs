@@ -517,12 +517,18 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
             }
         }
         while let Ok((w, ev)) = events_rx.try_recv() {
-            info!(
-                "worker {w}: SA spi 0x{:08x} ({}): {:?}",
-                ev.spi,
-                ev.direction.name(),
-                ev.kind
-            );
+            match ev.kind {
+                EventKind::Acquire { src, dst, .. } => info!(
+                    "worker {w}: ACQUIRE: no SA for reqid {} ({src} -> {dst} matched a protect \
+                     policy); packet dropped",
+                    ev.reqid
+                ),
+                k => info!(
+                    "worker {w}: SA spi 0x{:08x} ({}): {k:?}",
+                    ev.spi,
+                    ev.direction.name(),
+                ),
+            }
             let json = ctl.event_json(w, &ev);
             let key = (ev.spi, ev.direction);
             match ev.kind {
@@ -532,7 +538,7 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
                 EventKind::HardLifetime(_) => {
                     soft_pending.remove(&key);
                 }
-                EventKind::PeerChanged { .. } => {}
+                EventKind::PeerChanged { .. } | EventKind::Acquire { .. } => {}
             }
             ctl.publish(json);
         }

@@ -21,6 +21,11 @@ use std::net::IpAddr;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SaHandle(pub u32);
 
+impl SaHandle {
+    /// No SA (the handle of an event about an SA that is missing).
+    pub const NONE: SaHandle = SaHandle(u32::MAX);
+}
+
 const EMPTY: u32 = u32::MAX;
 
 /// Open-addressing multimap u32 → handle.

@@ -552,6 +552,14 @@ impl Control {
     pub fn event_json(&self, worker: u16, ev: &Event) -> Value {
         let run = lock(&self.running);
         let name = run.pair_by_reqid(ev.reqid).map(|p| p.name.clone());
+        let policy = match ev.kind {
+            EventKind::Acquire { policy, .. } => run
+                .spd
+                .policies(Direction::Outbound)
+                .get(policy as usize)
+                .map(|p| p.name.clone()),
+            _ => None,
+        };
         drop(run);
         let (kind, limit, rekey) = match ev.kind {
             EventKind::SoftLifetime(LimitKind::Sequence) => ("seq-soft", Some("sequence"), true),
@@ -561,6 +569,7 @@ impl Control {
             EventKind::SoftLifetime(k) => ("soft-expire", Some(limit_name(k)), true),
             EventKind::HardLifetime(k) => ("hard-expire", Some(limit_name(k)), false),
             EventKind::PeerChanged { .. } => ("peer-changed", None, false),
+            EventKind::Acquire { .. } => ("acquire", None, false),
         };
         let mut v = json!({
             "type": kind,
@@ -579,6 +588,28 @@ impl Control {
         if let EventKind::PeerChanged { addr, port } = ev.kind {
             v["addr"] = json!(addr);
             v["port"] = json!(port);
+        }
+        if let EventKind::Acquire {
+            src,
+            dst,
+            proto,
+            ports,
+            ..
+        } = ev.kind
+        {
+            // the SA to negotiate: the policy that wants it and the packet that asked
+            v["policy"] = json!(policy);
+            v["packet"] = json!({
+                "src": src,
+                "dst": dst,
+                "proto": proto,
+                "src_port": ports.map(|p| p.0),
+                "dst_port": ports.map(|p| p.1),
+            });
+            if let Some(o) = v.as_object_mut() {
+                o.remove("spi");
+                o.remove("spi_hex");
+            }
         }
         v
     }

@@ -35,6 +35,7 @@ struct Gw {
     shards: Arc<Shards>,
     _cmds: Sender<Cmd>,
     resolve: Receiver<IpAddr>,
+    events: Receiver<(u16, xsec_dataplane::events::Event)>,
 }
 
 fn gateway(example: &str, extra: &str) -> Gw {
@@ -73,7 +74,7 @@ fn gateways(example: &str, extra: &str, n: usize) -> Vec<Gw> {
         .map(|(i, (inbox, pool))| {
             let (cmds_tx, cmds) = crossbeam_channel::unbounded();
             let (resolve_tx, resolve) = crossbeam_channel::unbounded();
-            let (events, _) = crossbeam_channel::unbounded();
+            let (events, events_rx) = crossbeam_channel::unbounded();
             Gw {
                 setup: WorkerSetup {
                     id: i as u16,
@@ -103,6 +104,7 @@ fn gateways(example: &str, extra: &str, n: usize) -> Vec<Gw> {
                 shards: running.shards.clone(),
                 _cmds: cmds_tx,
                 resolve,
+                events: events_rx,
             }
         })
         .collect()
@@ -522,5 +524,42 @@ fn a_trace_copies_the_plaintext_of_the_traced_policy_only() {
                 .payload()
         );
     }
+    assert_eq!(io.free, FRAMES);
+}
+
+#[test]
+fn a_protect_policy_without_its_sa_raises_acquire_and_sends_nothing() {
+    let mut ga = gateway(A, "");
+    ga.sas.clear(); // the policy is there, its SAs are not
+    let mut io = MemIo::new(FRAMES);
+    {
+        let mut a = Worker::start(&mut io, &mut ga);
+        let now = a.engine_now();
+        // and no worker holds them
+        a.apply(Cmd::SetShards(Arc::new(Shards::default())), now);
+        a.hop_to([10, 0, 0, 2], hop(Side::Unprotected, 1500));
+        for _ in 0..3 {
+            a.xsk
+                .inject(Side::Protected, &udp_frame(HOST_A, HOST_B, 64, 10, false));
+        }
+        a.turn();
+        assert!(
+            a.xsk.take_sent(Side::Unprotected).is_empty(),
+            "nothing leaves"
+        );
+        assert!(a.xsk.take_sent(Side::Protected).is_empty());
+    }
+    let evs: Vec<_> = ga.events.try_iter().collect();
+    assert_eq!(evs.len(), 1, "one ACQUIRE for three packets: {evs:?}");
+    let (_, ev) = evs[0];
+    assert_eq!(ev.reqid, 1);
+    assert!(
+        matches!(
+            ev.kind,
+            xsec_dataplane::events::EventKind::Acquire { src, dst, proto: 17, ports: Some((40000, 9)), .. }
+                if src == IpAddr::from(HOST_A) && dst == IpAddr::from(HOST_B)
+        ),
+        "{ev:?}"
+    );
     assert_eq!(io.free, FRAMES);
 }
