@@ -203,9 +203,64 @@ fn bench_replay(c: &mut Criterion) {
     g.finish();
 }
 
+/// A policy change as a worker sees it: the new SPD (one policy added in front of `n`) and
+/// its counters carried over. Baseline in the same run: the by-name search every worker did
+/// before (O(P²) string compares on the worker thread); now: the mapping computed once on the
+/// control thread (`carry_from`, O(P)) and the worker's swap (`set_spd_carrying`, O(P) by
+/// index).
+fn bench_spd_swap(c: &mut Criterion) {
+    use std::sync::Arc;
+    use xsec_dataplane::Engine;
+    let mut g = c.benchmark_group("spd-swap");
+    for &n in &[1_000usize, 10_000] {
+        let old = Arc::new(spd_config(n).compile().expect("spd"));
+        let mut cfg = spd_config(n);
+        let mut first = cfg.outbound[0].clone();
+        first.name = "added".into();
+        cfg.outbound.insert(0, first);
+        let new = Arc::new(cfg.compile().expect("spd"));
+        let hits = vec![7u64; n];
+        g.bench_with_input(BenchmarkId::new("by-name-on-worker", n), &n, |b, _| {
+            b.iter(|| {
+                let old_p = old.policies(Direction::Outbound);
+                let carried: Vec<u64> = new
+                    .policies(Direction::Outbound)
+                    .iter()
+                    .map(|p| {
+                        old_p
+                            .iter()
+                            .position(|o| o.name == p.name)
+                            .and_then(|i| hits.get(i).copied())
+                            .unwrap_or(0)
+                    })
+                    .collect();
+                black_box(carried)
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("carry-from-on-control", n), &n, |b, _| {
+            b.iter(|| black_box(new.carry_from(&old)))
+        });
+        let (there, back) = (new.carry_from(&old), old.carry_from(&new));
+        let mut e = Engine::new(old.clone());
+        let mut flip = false;
+        g.bench_with_input(BenchmarkId::new("swap-on-worker", n), &n, |b, _| {
+            b.iter(|| {
+                // alternate, so every swap changes the SPD
+                if flip {
+                    e.set_spd_carrying(old.clone(), &back);
+                } else {
+                    e.set_spd_carrying(new.clone(), &there);
+                }
+                flip = !flip;
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_millis(1500)).sample_size(30);
-    targets = bench_sad, bench_spd, bench_replay
+    targets = bench_sad, bench_spd, bench_replay, bench_spd_swap
 }
 criterion_main!(benches);

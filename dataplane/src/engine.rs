@@ -12,7 +12,7 @@ use crate::events::{Event, EventKind, EventQueue};
 use crate::packet::PacketBuf;
 use crate::sa::{Encap, Sa, SaConfig, SaError, SaHandle, SaTable};
 use crate::spd::flow_cache::FlowCache;
-use crate::spd::{Action, Direction, Disposition, Lookup, MAX_BUNDLE, PacketKey, Spd};
+use crate::spd::{Action, Direction, Disposition, Lookup, MAX_BUNDLE, PacketKey, Spd, SpdCarry};
 use crate::stats::{DropReason, WorkerStats};
 use crate::time::Timestamp;
 use crate::wire::udp_encap::{UdpEncapKind, classify_udp_encap};
@@ -344,20 +344,17 @@ impl Engine {
     /// SPD keeps the hit counter of the old policy of the same name and direction, wherever
     /// it moved; new policies start at zero.
     pub fn set_spd(&mut self, spd: Arc<Spd>) {
-        let carry = |dir: Direction| -> Vec<u64> {
-            let old = self.spd.policies(dir);
-            let hits = &self.hits[dir.index()];
-            spd.policies(dir)
-                .iter()
-                .map(|p| {
-                    old.iter()
-                        .position(|o| o.name == p.name)
-                        .and_then(|i| hits.get(i).copied())
-                        .unwrap_or(0)
-                })
-                .collect()
-        };
-        self.hits = [carry(Direction::Inbound), carry(Direction::Outbound)];
+        let carry = spd.carry_from(&self.spd);
+        self.set_spd_carrying(spd, &carry);
+    }
+
+    /// [`set_spd`](Self::set_spd) with the counters' mapping computed by the caller
+    /// ([`Spd::carry_from`], once for all workers): O(P) here, no name compared.
+    pub fn set_spd_carrying(&mut self, spd: Arc<Spd>, carry: &SpdCarry) {
+        self.hits = [
+            carry.apply(Direction::Inbound, &self.hits[0]),
+            carry.apply(Direction::Outbound, &self.hits[1]),
+        ];
         // a new SPD may ACQUIRE at once
         self.acquire_next = vec![Timestamp::ZERO; spd.policies(Direction::Outbound).len()];
         self.spd = spd;

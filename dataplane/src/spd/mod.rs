@@ -197,6 +197,24 @@ pub struct Spd {
     tables: [DirTables; 2],
 }
 
+/// Which counters a new SPD's policies continue: per direction (inbound, outbound), per new
+/// policy, the old policy's index ([`Spd::carry_from`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpdCarry(pub [Vec<Option<u32>>; 2]);
+
+impl SpdCarry {
+    /// The new counters: each policy's old count, or 0.
+    pub fn apply(&self, dir: Direction, old_hits: &[u64]) -> Vec<u64> {
+        self.0[dir.index()]
+            .iter()
+            .map(|o| {
+                o.and_then(|i| old_hits.get(i as usize).copied())
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+}
+
 /// Result of an SPD lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lookup<'a> {
@@ -264,6 +282,25 @@ impl Spd {
 
     pub fn config(&self) -> &SpdConfig {
         &self.config
+    }
+
+    /// For each policy of this SPD (per direction, inbound first): the index of the policy of
+    /// the same name in `old`, whose counters it continues. O(P): one hash of the old names.
+    /// Computed once, off the workers, for every worker that swaps `old` for this SPD.
+    pub fn carry_from(&self, old: &Spd) -> SpdCarry {
+        let map = |dir: Direction| -> Vec<Option<u32>> {
+            let by_name: std::collections::HashMap<&str, u32> = old
+                .policies(dir)
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.name.as_str(), i as u32))
+                .collect();
+            self.policies(dir)
+                .iter()
+                .map(|p| by_name.get(p.name.as_str()).copied())
+                .collect()
+        };
+        SpdCarry([map(Direction::Inbound), map(Direction::Outbound)])
     }
 
     pub fn policies(&self, dir: Direction) -> &[Policy] {

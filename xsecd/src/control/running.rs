@@ -752,6 +752,19 @@ impl Running {
             removed.push(o.name.clone());
         }
 
+        // Policies unchanged (an SA-only edit): the workers keep their SPD, its flow cache
+        // and counters. Changed: they swap a pointer and carry counters by index, the mapping
+        // computed here once (O(P)).
+        let spd_change = if spd.config() == self.spd.config() {
+            None
+        } else {
+            Some((spd.clone(), Arc::new(spd.carry_from(&self.spd))))
+        };
+        let spd = if spd_change.is_none() {
+            self.spd.clone()
+        } else {
+            spd
+        };
         let mut next = Running {
             spd: spd.clone(),
             shards: Arc::new(Shards::default()),
@@ -770,7 +783,7 @@ impl Running {
         for (i, (c, hb)) in rounds[1].iter_mut().zip(hbs).enumerate() {
             let _ = i;
             c.shards = Some(next.shards.clone());
-            c.spd = Some(spd.clone());
+            c.spd = spd_change.clone();
             c.heartbeats = Some(hb);
         }
 
@@ -939,16 +952,50 @@ sa = "v6"
     }
 
     #[test]
-    fn same_text_changes_nothing_but_the_spd_round() {
+    fn same_text_changes_nothing_not_even_the_spd() {
         let r = running(BASE);
         let p = reload(&r, BASE).unwrap();
         assert_eq!(counts(&p), [(0, 0), (0, 0), (0, 0)]);
         assert_eq!(p.summary["sas"]["unchanged"], 2);
+        // the workers keep their SPD (its flow cache and counters): same policies
         assert!(
             p.rounds[1]
                 .iter()
-                .all(|c| c.spd.is_some() && c.shards.is_some())
+                .all(|c| c.spd.is_none() && c.shards.is_some())
         );
+        assert!(Arc::ptr_eq(&p.next.spd, &r.spd));
+    }
+
+    /// A policy change sends the new SPD with the counters' mapping by index, computed once:
+    /// a policy moved keeps its counter, a new one starts at zero.
+    #[test]
+    fn a_policy_change_carries_counters_by_index() {
+        let r = running(BASE);
+        let names: Vec<String> = r
+            .spd
+            .policies(Direction::Outbound)
+            .iter()
+            .map(|p| p.name.clone())
+            .collect();
+        assert!(names.len() >= 2, "{names:?}");
+        // the same policies, the last first
+        let last = names.last().cloned().unwrap_or_default();
+        let moved = Edit::MovePolicy {
+            name: last.clone(),
+            position: 1,
+        };
+        let p = r.prepare(&moved, Timestamp::ZERO).unwrap();
+        let (spd, carry) = p.rounds[1][0].spd.clone().expect("a new SPD");
+        assert_eq!(spd.policies(Direction::Outbound)[0].name, last);
+        let old_hits: Vec<u64> = (0..names.len() as u64).map(|i| 100 + i).collect();
+        let new_hits = carry.apply(Direction::Outbound, &old_hits);
+        for (i, pol) in spd.policies(Direction::Outbound).iter().enumerate() {
+            let was = names
+                .iter()
+                .position(|n| *n == pol.name)
+                .expect("same names");
+            assert_eq!(new_hits[i], old_hits[was], "{}", pol.name);
+        }
     }
 
     #[test]

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use xsec_dataplane::sa::{Sa, SaStatus};
-use xsec_dataplane::spd::{Direction, Spd};
+use xsec_dataplane::spd::{Direction, Spd, SpdCarry};
 use xsec_dataplane::stats::WorkerStats;
 use xsec_dataplane::time::MonotonicClock;
 use xsec_dataplane::{Engine, MAX_ESP_OVERHEAD, PacketBuf, Shards, Timestamp, Verdict};
@@ -105,7 +105,9 @@ pub struct Change {
     /// removed by this change ([`Sa::take_over`]): same keys, other settings changed.
     pub install: Vec<(Box<Sa>, bool)>,
     pub shards: Option<Arc<Shards>>,
-    pub spd: Option<Arc<Spd>>,
+    /// A new SPD, and which old policy's counters each of its policies continues (computed
+    /// once on the control thread for every worker).
+    pub spd: Option<(Arc<Spd>, Arc<SpdCarry>)>,
     pub heartbeats: Option<Vec<Heartbeat>>,
 }
 
@@ -539,13 +541,6 @@ impl<I: FrameIo> Worker<'_, I> {
         }
     }
 
-    fn set_spd(&mut self, spd: Arc<Spd>) {
-        if let Some(t) = &mut self.trace {
-            t.set_spd(&spd);
-        }
-        self.engine.set_spd(spd);
-    }
-
     /// Apply one configuration change; see [`Change`].
     fn change(&mut self, c: Change, now: Timestamp) -> ChangeReport {
         let mut report = ChangeReport {
@@ -588,8 +583,11 @@ impl<I: FrameIo> Worker<'_, I> {
         if let Some(s) = c.shards {
             self.engine.set_shards(Some(s));
         }
-        if let Some(spd) = c.spd {
-            self.set_spd(spd);
+        if let Some((spd, carry)) = c.spd {
+            if let Some(t) = &mut self.trace {
+                t.set_spd(&spd);
+            }
+            self.engine.set_spd_carrying(spd, &carry);
         }
         if let Some(hbs) = c.heartbeats {
             // a heartbeat that continues keeps its schedule
