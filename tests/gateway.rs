@@ -1986,7 +1986,26 @@ fn control_reload_and_live_changes_leave_other_tunnels_untouched() {
         .lab
         .write_file("ab6-policy.toml", pol_text)
         .unwrap_or_else(|e| s.fail(&e.to_string()));
+    // a key manager reserves the freed inbound SPI first, then installs the SA with it;
+    // once installed the SPI is not handed out again
+    let one = [
+        "alloc-spi",
+        "--min",
+        "0x2101",
+        "--max",
+        "0x2101",
+        "--lifetime",
+        "30",
+    ];
+    let r = s.ctl(Node::GwA, &one);
+    s.check(r["spi"] == 0x2101 && r["spi_hex"] == "0x00002101", || {
+        format!("alloc-spi: {r}")
+    });
     s.ctl(Node::GwA, &["add", "sa", &f_sa.to_string_lossy()]);
+    let e = s.ctl_refused(Node::GwA, &one);
+    s.check(e.contains("no free SPI"), || {
+        format!("alloc-spi of an installed SPI: {e}")
+    });
     s.ctl(Node::GwA, &["add", "policy", &f_pol.to_string_lossy()]);
     let n6 = s.udp(Node::HostA, Node::HostB, addr::HOST_B6, 5007, 5);
     s.check(n6 == 5, || format!("v6 after del + add: {n6}/5"));

@@ -396,6 +396,7 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     }
     let pairs = running.cfg.sas.len();
     let ctl = Arc::new(Control {
+        spis: Mutex::new(Default::default()),
         running: Mutex::new(running),
         xdp: Mutex::new(xdp),
         workers: cmd_senders.clone(),

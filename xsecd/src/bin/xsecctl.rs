@@ -53,6 +53,20 @@ enum Cmd {
     /// Policy tools.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Reserve an inbound SPI that no installed SA uses and no other client holds (for a key
+    /// manager that installs the SA later); the reservation ends when it expires or an SA
+    /// with the SPI is installed.
+    AllocSpi {
+        /// Seconds the reservation holds (1-3600).
+        #[arg(long, default_value_t = 60)]
+        lifetime: u64,
+        /// Lowest SPI (default 0xc0000000, as strongSwan's spi_min); hex with 0x.
+        #[arg(long, value_parser = parse_u32)]
+        min: Option<u32>,
+        /// Highest SPI (default 0xcfffffff).
+        #[arg(long, value_parser = parse_u32)]
+        max: Option<u32>,
+    },
     /// Copy the packets of one policy or SA (plaintext, before encryption and after
     /// decryption) to a pcap file.
     Trace(TraceArgs),
@@ -727,6 +741,22 @@ fn run(cli: Cli) -> Res<()> {
             )?;
             policy_test_out(&v, json_out, records);
         }
+        Cmd::AllocSpi { lifetime, min, max } => {
+            let v = c.call(
+                "alloc-spi",
+                json!({"lifetime_s": lifetime, "min": min, "max": max}),
+            )?;
+            if json_out {
+                print_json(&v);
+            } else {
+                println!(
+                    "spi {} ({}) reserved for {} s",
+                    s(&v["spi_hex"]),
+                    s(&v["spi"]),
+                    s(&v["expires_in_s"])
+                );
+            }
+        }
         Cmd::Trace(t) => trace(&mut c, &t, json_out)?,
         Cmd::Monitor { interval, count } => monitor(&mut c, interval, count)?,
         Cmd::Metrics => {
@@ -922,6 +952,15 @@ fn policy_test_out(v: &Value, json_out: bool, records: bool) {
             println!("{:<13} {}", format!("{d}:"), names(&r["by_disposition"][d]));
         }
     }
+}
+
+/// A 32-bit number, decimal or hex with `0x`.
+fn parse_u32(v: &str) -> Result<u32, String> {
+    let r = match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        Some(h) => u32::from_str_radix(h, 16),
+        None => v.parse(),
+    };
+    r.map_err(|_| format!("{v:?} is not a 32-bit number (decimal, or hex with 0x)"))
 }
 
 fn toml_str(x: &str) -> String {

@@ -266,6 +266,7 @@ mod tests {
         };
         let unix = control::bind(&cc, None).unwrap();
         let ctl = Control {
+            spis: Mutex::new(Default::default()),
             running: Mutex::new(running),
             xdp: Mutex::new(None),
             workers: vec![],
@@ -468,5 +469,40 @@ mod tests {
         let (kind, msg, _) = control::dispatch(&ctl, "policy-test", &args).unwrap_err();
         assert_eq!(kind, proto::kind::BAD_ARGS);
         assert!(msg.contains("0-255"), "{msg}");
+    }
+
+    /// `alloc-spi`: distinct SPIs, never an installed one, a narrow range runs out (busy),
+    /// a reservation ends when an SA with its SPI is installed.
+    #[test]
+    fn alloc_spi_hands_out_each_spi_once() {
+        let dir = TempDir::new("alloc-spi");
+        let (ctl, _unix) = control(&dir.0);
+        let a = |args: Value| control::dispatch(&ctl, "alloc-spi", &args);
+        let s1 = a(json!({})).unwrap();
+        let spi = s1["spi"].as_u64().unwrap();
+        assert!((0xc000_0000..=0xcfff_ffff).contains(&spi), "{s1}");
+        assert_eq!(s1["expires_in_s"], json!(60));
+        let r = json!({"min": 0x1000, "max": 0x1001, "lifetime_s": 30});
+        let mut two = [
+            a(r.clone()).unwrap()["spi"].as_u64(),
+            a(r.clone()).unwrap()["spi"].as_u64(),
+        ];
+        two.sort_unstable();
+        assert_eq!(two, [Some(0x1000), Some(0x1001)]);
+        let (kind, msg, _) = a(r.clone()).unwrap_err();
+        assert_eq!(kind, proto::kind::BUSY, "{msg}");
+        let (kind, _, _) = a(json!({"min": 5, "max": 10})).unwrap_err();
+        assert_eq!(kind, proto::kind::BAD_ARGS);
+        // an installed SA's SPI is never handed out (the example's spi_in is 0x2222)
+        let text = include_str!("../../../examples/ar410-tunnel-a.toml");
+        let path = dir.0.join("a.toml");
+        let cfg = config::parse(text, &path).unwrap();
+        *control::lock(&ctl.running) = Running::new(cfg, Source::split(text, &path), 1).unwrap();
+        let (kind, _, _) = a(json!({"min": 0x2222, "max": 0x2222})).unwrap_err();
+        assert_eq!(kind, proto::kind::BUSY, "0x2222 is installed");
+        assert_eq!(
+            a(json!({"min": 0x2222, "max": 0x2223})).unwrap()["spi"],
+            json!(0x2223)
+        );
     }
 }

@@ -12,6 +12,7 @@ pub mod http;
 pub mod policy_test;
 pub mod proto;
 pub mod running;
+pub mod spi;
 pub mod view;
 
 use crate::config::ControlConfig;
@@ -87,6 +88,8 @@ pub struct Control {
     pub tracing: AtomicBool,
     pub counters: CtlCounters,
     pub stop: Arc<AtomicBool>,
+    /// Inbound SPIs handed out by `alloc-spi` and not yet installed or expired.
+    pub spis: Mutex<spi::Reservations>,
 }
 
 impl std::fmt::Debug for Control {
@@ -487,6 +490,13 @@ impl Control {
             let _ = self.resolve.try_send(*p);
         }
         run.commit(plan.next, &removed);
+        {
+            // a reserved SPI now installed is used: its reservation ends
+            let mut spis = lock(&self.spis);
+            for p in &run.cfg.sas {
+                spis.used(p.inbound.spi);
+            }
+        }
         let mut summary = plan.summary;
         summary["applied"] = json!(true);
         if errors.is_empty() {
@@ -714,6 +724,7 @@ fn dispatch(ctl: &Control, cmd: &str, args: &Value) -> Result<Value, Fail> {
             Ok(json!({"text": view::metrics(&run, &snaps, &ctl.system(), ctl.started.elapsed())}))
         }
         "policy-test" => policy_test(ctl, args),
+        "alloc-spi" => alloc_spi(ctl, args),
         "reload" => {
             let edit = Edit::Reload {
                 path: PathBuf::from(req_str(args, "path")?),
@@ -748,8 +759,8 @@ fn dispatch(ctl: &Control, cmd: &str, args: &Value) -> Result<Value, Fail> {
             kind::UNKNOWN_COMMAND,
             format!(
                 "unknown command {other:?}; commands: hello, show-sa, show-policy, show-workers, \
-                 show-interfaces, show-counters, metrics, policy-test, reload, add-sa, del-sa, \
-                 add-policy, del-policy, move-policy, trace, subscribe"
+                 show-interfaces, show-counters, metrics, policy-test, alloc-spi, reload, add-sa, \
+                 del-sa, add-policy, del-policy, move-policy, trace, subscribe"
             ),
             Value::Null,
         )),
@@ -788,6 +799,42 @@ fn interfaces(ctl: &Control) -> Value {
             })
             .collect(),
     )
+}
+
+/// `alloc-spi`: an inbound SPI no installed SA uses and no other client holds, reserved for
+/// `lifetime_s` (default 60, at most 3600) seconds or until an SA with it is installed. The
+/// range defaults to strongSwan's (`0xc0000000`-`0xcfffffff`); `min`/`max` choose another.
+fn alloc_spi(ctl: &Control, args: &Value) -> Result<Value, Fail> {
+    let num = |key: &str, default: u64| -> Result<u64, Fail> {
+        Ok(arg_u64(args, key)?.unwrap_or(default))
+    };
+    let lo = u32::try_from(num("min", 0xc000_0000)?).map_err(|_| bad("args.min: past 32 bits"))?;
+    let hi = u32::try_from(num("max", 0xcfff_ffff)?).map_err(|_| bad("args.max: past 32 bits"))?;
+    let hold = std::time::Duration::from_secs(num("lifetime_s", 60)?.clamp(1, 3600));
+    let mut random = [0u8; 4];
+    rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty()).map_err(|e| {
+        (
+            kind::INTERNAL,
+            format!("the system random generator failed: {e}"),
+            Value::Null,
+        )
+    })?;
+    let run = lock(&ctl.running);
+    let installed = |spi: u32| run.cfg.sas.iter().any(|p| p.inbound.spi == spi);
+    let spi = lock(&ctl.spis)
+        .alloc(
+            lo,
+            hi,
+            hold,
+            Instant::now(),
+            &installed,
+            u32::from_ne_bytes(random),
+        )
+        .map_err(|e| match e {
+            spi::AllocError::BadRange { .. } => bad(format!("args: {e}")),
+            _ => (kind::BUSY, e.to_string(), Value::Null),
+        })?;
+    Ok(json!({"spi": spi, "spi_hex": format!("{spi:#010x}"), "expires_in_s": hold.as_secs()}))
 }
 
 /// A refused change as an error answer: its diagnostics (file, line, field) in `detail`.
