@@ -253,6 +253,13 @@ mod tests {
         }
     }
 
+    /// A request as a client sends it: framed body, decoded, dispatched.
+    fn call(ctl: &Control, cmd: &str, args: &Value) -> Result<Value, control::Fail> {
+        let body = proto::request(1, cmd, args.clone()).to_string();
+        let (_, req) = control::request::decode(body.as_bytes());
+        control::dispatch(ctl, req?)
+    }
+
     /// A control plane without workers or XDP (no root needed): enough for both listeners,
     /// `status`, `show-counters` and `GET /metrics`.
     fn control(dir: &Path) -> (Arc<Control>, UnixListener) {
@@ -429,7 +436,7 @@ mod tests {
         );
         let before = control::lock(&ctl.running).generation;
         let args = json!({"path": dir.0.join("gw.toml"), "text": text, "dry_run": true});
-        let v = control::dispatch(&ctl, "reload", &args).unwrap();
+        let v = call(&ctl, "reload", &args).unwrap();
         assert_eq!(
             v["generation"],
             json!(before + 1),
@@ -447,7 +454,7 @@ mod tests {
         drop(run);
         let bad = json!({"path": "gw.toml", "text": "[gateway]\nunprotected = 1\n",
                          "dry_run": true});
-        let (kind, _, detail) = control::dispatch(&ctl, "reload", &bad).unwrap_err();
+        let (kind, _, detail) = call(&ctl, "reload", &bad).unwrap_err();
         assert_eq!(kind, proto::kind::CONFIG);
         assert!(detail[0]["line"].as_u64().is_some(), "{detail}");
     }
@@ -460,13 +467,13 @@ mod tests {
         let (ctl, _unix) = control(&dir.0);
         let args = json!({"direction": "out", "proto": "tcp", "local": "10.1.0.1:any",
                           "remote": "10.2.0.1:443", "name": "t1"});
-        let v = control::dispatch(&ctl, "policy-test", &args).unwrap();
+        let v = call(&ctl, "policy-test", &args).unwrap();
         assert_eq!(v["name"], json!("t1"));
         assert_eq!(v["results"][0]["disposition"], json!("discard"), "{v}");
         assert_eq!(v["results"][0]["local_ports"], json!([0, 65535]));
         let args = json!({"direction": "out", "proto": "icmp", "local": "10.1.0.1:300",
                           "remote": "10.2.0.1"});
-        let (kind, msg, _) = control::dispatch(&ctl, "policy-test", &args).unwrap_err();
+        let (kind, msg, _) = call(&ctl, "policy-test", &args).unwrap_err();
         assert_eq!(kind, proto::kind::BAD_ARGS);
         assert!(msg.contains("0-255"), "{msg}");
     }
@@ -477,7 +484,7 @@ mod tests {
     fn alloc_spi_hands_out_each_spi_once() {
         let dir = TempDir::new("alloc-spi");
         let (ctl, _unix) = control(&dir.0);
-        let a = |args: Value| control::dispatch(&ctl, "alloc-spi", &args);
+        let a = |args: Value| call(&ctl, "alloc-spi", &args);
         let s1 = a(json!({})).unwrap();
         let spi = s1["spi"].as_u64().unwrap();
         assert!((0xc000_0000..=0xcfff_ffff).contains(&spi), "{s1}");

@@ -11,6 +11,7 @@
 pub mod http;
 pub mod policy_test;
 pub mod proto;
+pub mod request;
 pub mod running;
 pub mod spi;
 pub mod view;
@@ -21,6 +22,7 @@ use crate::worker::{Change, ChangeReport, Cmd, Snapshot};
 use crate::xdp::XdpSteering;
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use proto::kind;
+use request::Request;
 use running::{Edit, Refusal, Running};
 use serde_json::{Value, json};
 use std::io;
@@ -264,48 +266,15 @@ fn connection(ctl: &Control, mut s: UnixStream) {
         // parsed from it are wiped when this request is done
         let body = Zeroizing::new(body);
         ctl.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let req: Wiped = match serde_json::from_slice(&body) {
-            Ok(v @ Value::Object(_)) => Wiped(v),
-            Ok(_) => {
-                ctl.counters.errors.fetch_add(1, Ordering::Relaxed);
-                let _ = proto::write_frame(
-                    &mut s,
-                    &proto::error(0, kind::BAD_JSON, "a request is a JSON object"),
-                );
-                continue;
+        let (id, req) = request::decode(&body);
+        let answer = match req {
+            Ok(Request::Subscribe(_)) => {
+                subscribe(ctl, &mut s, id);
+                return;
             }
-            Err(e) => {
-                ctl.counters.errors.fetch_add(1, Ordering::Relaxed);
-                let _ = proto::write_frame(
-                    &mut s,
-                    &proto::error(0, kind::BAD_JSON, format!("not JSON: {e}")),
-                );
-                continue;
-            }
-        };
-        let id = req.get("id").and_then(Value::as_u64).unwrap_or(0);
-        let answer = match req.get("version").and_then(Value::as_u64) {
-            Some(proto::VERSION) => {
-                let cmd = req.get("command").and_then(Value::as_str).unwrap_or("");
-                let args = Wiped(req.get("args").cloned().unwrap_or(Value::Null));
-                match cmd {
-                    "subscribe" => {
-                        subscribe(ctl, &mut s, id);
-                        return;
-                    }
-                    "trace" => trace(ctl, &mut s, id, &args),
-                    _ => dispatch(ctl, cmd, &args),
-                }
-            }
-            v => Err((
-                kind::VERSION,
-                format!(
-                    "protocol version {} is not spoken here; this xsecd speaks version {}",
-                    v.map_or("(missing)".to_owned(), |v| v.to_string()),
-                    proto::VERSION
-                ),
-                Value::Null,
-            )),
+            Ok(Request::Trace(t)) => trace(ctl, &mut s, id, &t),
+            Ok(r) => dispatch(ctl, r),
+            Err(e) => Err(e),
         };
         let frame = match answer {
             Ok(result) => proto::ok(id, result),
@@ -326,7 +295,7 @@ fn connection(ctl: &Control, mut s: UnixStream) {
 }
 
 /// A JSON value whose strings are zeroized when it is dropped.
-struct Wiped(Value);
+pub(crate) struct Wiped(pub(crate) Value);
 
 impl std::ops::Deref for Wiped {
     type Target = Value;
@@ -352,40 +321,11 @@ fn wipe(v: &mut Value) {
     }
 }
 
-type Fail = (&'static str, String, Value);
+/// An error answer: kind, message, detail (null when there is none).
+pub type Fail = (&'static str, String, Value);
 
 fn bad(msg: impl Into<String>) -> Fail {
     (kind::BAD_ARGS, msg.into(), Value::Null)
-}
-
-fn arg_str<'a>(args: &'a Value, key: &str) -> Result<Option<&'a str>, Fail> {
-    match args.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(bad(format!("args.{key}: expected a string"))),
-    }
-}
-
-fn arg_u64(args: &Value, key: &str) -> Result<Option<u64>, Fail> {
-    match args.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| bad(format!("args.{key}: expected a non-negative integer"))),
-    }
-}
-
-fn arg_bool(args: &Value, key: &str) -> Result<bool, Fail> {
-    match args.get(key) {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(_) => Err(bad(format!("args.{key}: expected true or false"))),
-    }
-}
-
-fn req_str<'a>(args: &'a Value, key: &str) -> Result<&'a str, Fail> {
-    arg_str(args, key)?.ok_or_else(|| bad(format!("args.{key} is required")))
 }
 
 /// Parse an SPI given as decimal or 0x-hex.
@@ -666,25 +606,18 @@ fn limit_name(k: LimitKind) -> &'static str {
     }
 }
 
-fn text_arg(args: &Value) -> Result<Zeroizing<String>, Fail> {
-    Ok(Zeroizing::new(req_str(args, "text")?.to_owned()))
-}
-
-fn dispatch(ctl: &Control, cmd: &str, args: &Value) -> Result<Value, Fail> {
-    if !(args.is_object() || args.is_null()) {
-        return Err(bad("args must be a JSON object"));
-    }
-    match cmd {
-        "hello" | "status" => Ok(ctl.summary()),
-        "show-sa" => {
-            let spi = match arg_str(args, "spi")? {
+fn dispatch(ctl: &Control, req: Request) -> Result<Value, Fail> {
+    match req {
+        Request::Hello(_) => Ok(ctl.summary()),
+        Request::ShowSa(a) => {
+            let spi = match &a.spi {
                 Some(s) => Some(parse_spi(s).ok_or_else(|| {
                     bad(format!("args.spi: {s:?} is not an SPI (decimal or 0x-hex)"))
                 })?),
-                None => arg_u64(args, "spi_num")?.map(|n| n as u32),
+                None => a.spi_num,
             };
             let snaps = ctl.snapshots();
-            let v = view::sas(&snaps, spi, arg_bool(args, "counters")?);
+            let v = view::sas(&snaps, spi, a.counters);
             if spi.is_some() && v.as_array().is_some_and(Vec::is_empty) {
                 return Err((
                     kind::NOT_FOUND,
@@ -694,13 +627,13 @@ fn dispatch(ctl: &Control, cmd: &str, args: &Value) -> Result<Value, Fail> {
             }
             Ok(v)
         }
-        "show-policy" => {
+        Request::ShowPolicy(a) => {
             let snaps = ctl.snapshots();
             let run = lock(&ctl.running);
-            Ok(view::policies(&run, &snaps, arg_bool(args, "counters")?))
+            Ok(view::policies(&run, &snaps, a.counters))
         }
-        "show-workers" => Ok(view::workers(&ctl.snapshots())),
-        "show-counters" => {
+        Request::ShowWorkers(_) => Ok(view::workers(&ctl.snapshots())),
+        Request::ShowCounters(_) => {
             let mut v = view::counters(&ctl.snapshots(), &ctl.system());
             let c = &ctl.counters;
             v["control"] = json!({
@@ -717,53 +650,38 @@ fn dispatch(ctl: &Control, cmd: &str, args: &Value) -> Result<Value, Fail> {
             });
             Ok(v)
         }
-        "show-interfaces" => Ok(interfaces(ctl)),
-        "metrics" => {
+        Request::ShowInterfaces(_) => Ok(interfaces(ctl)),
+        Request::Metrics(_) => {
             let snaps = ctl.snapshots();
             let run = lock(&ctl.running);
             Ok(json!({"text": view::metrics(&run, &snaps, &ctl.system(), ctl.started.elapsed())}))
         }
-        "policy-test" => policy_test(ctl, args),
-        "alloc-spi" => alloc_spi(ctl, args),
-        "reload" => {
+        Request::PolicyTest(a) => policy_test(ctl, &a),
+        Request::AllocSpi(a) => alloc_spi(ctl, &a),
+        Request::Reload(a) => {
             let edit = Edit::Reload {
-                path: PathBuf::from(req_str(args, "path")?),
-                text: text_arg(args)?,
+                path: PathBuf::from(a.path),
+                text: a.text,
             };
-            if arg_bool(args, "dry_run")? {
+            if a.dry_run {
                 ctl.plan(edit)
             } else {
                 ctl.apply(edit)
             }
         }
-        "add-sa" => ctl.apply(Edit::AddSa {
-            text: text_arg(args)?,
+        Request::AddSa(a) => ctl.apply(Edit::AddSa { text: a.text }),
+        Request::DelSa(a) => ctl.apply(Edit::DelSa { name: a.name }),
+        Request::AddPolicy(a) => ctl.apply(Edit::AddPolicy {
+            text: a.text,
+            position: a.position,
         }),
-        "del-sa" => ctl.apply(Edit::DelSa {
-            name: req_str(args, "name")?.to_owned(),
+        Request::DelPolicy(a) => ctl.apply(Edit::DelPolicy { name: a.name }),
+        Request::MovePolicy(a) => ctl.apply(Edit::MovePolicy {
+            name: a.name,
+            position: a.position,
         }),
-        "add-policy" => ctl.apply(Edit::AddPolicy {
-            text: text_arg(args)?,
-            position: arg_u64(args, "position")?.map(|p| p as usize),
-        }),
-        "del-policy" => ctl.apply(Edit::DelPolicy {
-            name: req_str(args, "name")?.to_owned(),
-        }),
-        "move-policy" => ctl.apply(Edit::MovePolicy {
-            name: req_str(args, "name")?.to_owned(),
-            position: arg_u64(args, "position")?.ok_or_else(|| bad("args.position is required"))?
-                as usize,
-        }),
-        "" => Err(bad("request has no command")),
-        other => Err((
-            kind::UNKNOWN_COMMAND,
-            format!(
-                "unknown command {other:?}; commands: hello, show-sa, show-policy, show-workers, \
-                 show-interfaces, show-counters, metrics, policy-test, alloc-spi, reload, add-sa, \
-                 del-sa, add-policy, del-policy, move-policy, trace, subscribe"
-            ),
-            Value::Null,
-        )),
+        // answered by the connection itself (they stream)
+        Request::Trace(_) | Request::Subscribe(_) => Err(bad("a streaming request")),
     }
 }
 
@@ -804,13 +722,9 @@ fn interfaces(ctl: &Control) -> Value {
 /// `alloc-spi`: an inbound SPI no installed SA uses and no other client holds, reserved for
 /// `lifetime_s` (default 60, at most 3600) seconds or until an SA with it is installed. The
 /// range defaults to strongSwan's (`0xc0000000`-`0xcfffffff`); `min`/`max` choose another.
-fn alloc_spi(ctl: &Control, args: &Value) -> Result<Value, Fail> {
-    let num = |key: &str, default: u64| -> Result<u64, Fail> {
-        Ok(arg_u64(args, key)?.unwrap_or(default))
-    };
-    let lo = u32::try_from(num("min", 0xc000_0000)?).map_err(|_| bad("args.min: past 32 bits"))?;
-    let hi = u32::try_from(num("max", 0xcfff_ffff)?).map_err(|_| bad("args.max: past 32 bits"))?;
-    let hold = std::time::Duration::from_secs(num("lifetime_s", 60)?.clamp(1, 3600));
+fn alloc_spi(ctl: &Control, a: &request::AllocSpi) -> Result<Value, Fail> {
+    let (lo, hi) = (a.min.unwrap_or(0xc000_0000), a.max.unwrap_or(0xcfff_ffff));
+    let hold = std::time::Duration::from_secs(a.lifetime_s.unwrap_or(60).clamp(1, 3600));
     let mut random = [0u8; 4];
     rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty()).map_err(|e| {
         (
@@ -856,13 +770,13 @@ fn refusal(r: Refusal) -> Fail {
 
 /// `policy test`: the first matching policy and every matching one, split by port ranges
 /// ([`policy_test`]); the SPD is the running one, the lock held only to take it.
-fn policy_test(ctl: &Control, args: &Value) -> Result<Value, Fail> {
+fn policy_test(ctl: &Control, a: &request::PolicyTest) -> Result<Value, Fail> {
     let probe = policy_test::Probe::parse(
-        req_str(args, "direction")?,
-        arg_str(args, "proto")?.unwrap_or("any"),
-        req_str(args, "local")?,
-        req_str(args, "remote")?,
-        arg_str(args, "name")?,
+        &a.direction,
+        a.proto.as_deref().unwrap_or("any"),
+        &a.local,
+        &a.remote,
+        a.name.as_deref(),
     )
     .map_err(|m| bad(format!("args.{m}")))?;
     let spd = lock(&ctl.running).spd.clone();
@@ -908,9 +822,9 @@ fn subscribe(ctl: &Control, s: &mut UnixStream, id: u64) {
 }
 
 /// `trace`: stream the packets of one policy or SA, then answer with the count.
-fn trace(ctl: &Control, s: &mut UnixStream, id: u64, args: &Value) -> Result<Value, Fail> {
-    let count = arg_u64(args, "count")?.unwrap_or(100).clamp(1, 1_000_000);
-    let seconds = arg_u64(args, "seconds")?.unwrap_or(0);
+fn trace(ctl: &Control, s: &mut UnixStream, id: u64, a: &request::Trace) -> Result<Value, Fail> {
+    let count = a.count.unwrap_or(100).clamp(1, 1_000_000);
+    let seconds = a.seconds.unwrap_or(0);
     let mut filter = Filter {
         policy: None,
         in_spi: None,
@@ -921,7 +835,7 @@ fn trace(ctl: &Control, s: &mut UnixStream, id: u64, args: &Value) -> Result<Val
         let run = lock(&ctl.running);
         filter.udp_ports = run.tunnel_ports();
         filter.udp_ports.push(4500);
-        match (arg_str(args, "policy")?, arg_str(args, "sa")?) {
+        match (a.policy.as_deref(), a.sa.as_deref()) {
             (Some(p), None) => {
                 let known = [Direction::Outbound, Direction::Inbound]
                     .iter()

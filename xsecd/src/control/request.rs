@@ -1,0 +1,251 @@
+//! Control requests, decoded into types: the envelope (`version`, `id`, `command`, `args`)
+//! is checked first, then the command and its arguments become one [`Request`] — an unknown
+//! command, a missing or misspelt argument, a wrong type: each is a clear error before any
+//! handler runs. Key material (`text` of `add-sa`/`reload`) is held in [`Zeroizing`] strings.
+
+use super::{Fail, proto, proto::kind};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+/// Every command and its arguments. `args` may be omitted when a command takes none (or only
+/// optional ones); arguments a command does not take are refused.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "command", content = "args", rename_all = "kebab-case")]
+pub enum Request {
+    #[serde(alias = "status")]
+    Hello(NoArgs),
+    ShowSa(ShowSa),
+    ShowPolicy(Counters),
+    ShowWorkers(NoArgs),
+    ShowCounters(NoArgs),
+    ShowInterfaces(NoArgs),
+    Metrics(NoArgs),
+    PolicyTest(PolicyTest),
+    AllocSpi(AllocSpi),
+    Reload(Reload),
+    AddSa(Text),
+    DelSa(Name),
+    AddPolicy(AddPolicy),
+    DelPolicy(Name),
+    MovePolicy(MovePolicy),
+    Trace(Trace),
+    Subscribe(NoArgs),
+}
+
+/// The commands, for the unknown-command message.
+pub const COMMANDS: &str = "hello (status), show-sa, show-policy, show-workers, \
+    show-interfaces, show-counters, metrics, policy-test, alloc-spi, reload, add-sa, del-sa, \
+    add-policy, del-policy, move-policy, trace, subscribe";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoArgs {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Counters {
+    #[serde(default)]
+    pub counters: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShowSa {
+    /// Decimal or `0x` hex.
+    pub spi: Option<String>,
+    pub spi_num: Option<u32>,
+    #[serde(default)]
+    pub counters: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyTest {
+    pub direction: String,
+    pub proto: Option<String>,
+    pub local: String,
+    pub remote: String,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllocSpi {
+    pub lifetime_s: Option<u64>,
+    pub min: Option<u32>,
+    pub max: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reload {
+    pub path: String,
+    pub text: Zeroizing<String>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Text {
+    pub text: Zeroizing<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Name {
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddPolicy {
+    pub text: Zeroizing<String>,
+    pub position: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MovePolicy {
+    pub name: String,
+    pub position: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Trace {
+    pub policy: Option<String>,
+    /// An SPI, decimal or `0x` hex.
+    pub sa: Option<String>,
+    pub count: Option<u64>,
+    pub seconds: Option<u64>,
+}
+
+/// Decode one request frame's body: its `id` (0 when there is none) and the request, or the
+/// error to answer with that `id`. Never panics, whatever the bytes.
+pub fn decode(body: &[u8]) -> (u64, Result<Request, Fail>) {
+    let v: Value = match serde_json::from_slice(body) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => return (0, Err(fail(kind::BAD_JSON, "a request is a JSON object"))),
+        Err(e) => return (0, Err(fail(kind::BAD_JSON, format!("not JSON: {e}")))),
+    };
+    let v = super::Wiped(v);
+    let id = v.get("id").and_then(Value::as_u64).unwrap_or(0);
+    (id, typed(&v))
+}
+
+fn typed(v: &Value) -> Result<Request, Fail> {
+    match v.get("version").and_then(Value::as_u64) {
+        Some(proto::VERSION) => {}
+        other => {
+            return Err(fail(
+                kind::VERSION,
+                format!(
+                    "protocol version {} is not spoken here; this xsecd speaks version {}",
+                    other.map_or("(missing)".to_owned(), |v| v.to_string()),
+                    proto::VERSION
+                ),
+            ));
+        }
+    }
+    let command = match v.get("command") {
+        Some(Value::String(c)) if !c.is_empty() => c.as_str(),
+        Some(Value::String(_)) | None | Some(Value::Null) => {
+            return Err(fail(kind::BAD_ARGS, "request has no command"));
+        }
+        Some(_) => return Err(fail(kind::BAD_ARGS, "command must be a string")),
+    };
+    let args = match v.get("args") {
+        None | Some(Value::Null) => json!({}),
+        Some(a @ Value::Object(_)) => a.clone(),
+        Some(_) => return Err(fail(kind::BAD_ARGS, "args must be a JSON object")),
+    };
+    let known = super::Wiped(json!({ "command": command, "args": args }));
+    Request::deserialize(&*known).map_err(|e| {
+        let msg = e.to_string();
+        if msg.starts_with("unknown variant") {
+            fail(
+                kind::UNKNOWN_COMMAND,
+                format!("unknown command {command:?}; commands: {COMMANDS}"),
+            )
+        } else {
+            fail(kind::BAD_ARGS, format!("{command}: args: {msg}"))
+        }
+    })
+}
+
+fn fail(k: &'static str, msg: impl Into<String>) -> Fail {
+    (k, msg.into(), Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(v: Value) -> Result<Request, Fail> {
+        decode(v.to_string().as_bytes()).1
+    }
+
+    #[test]
+    fn commands_and_arguments_are_typed() {
+        let r = req(json!({"version": 1, "id": 7, "command": "status"}));
+        assert!(matches!(r, Ok(Request::Hello(_))));
+        let r = req(json!({"version": 1, "command": "move-policy",
+                           "args": {"name": "p", "position": 2}}));
+        assert!(matches!(
+            r,
+            Ok(Request::MovePolicy(MovePolicy { position: 2, .. }))
+        ));
+        let r = req(json!({"version": 1, "command": "reload",
+                           "args": {"path": "a.toml", "text": "[gateway]"}}));
+        assert!(matches!(
+            r,
+            Ok(Request::Reload(Reload { dry_run: false, .. }))
+        ));
+    }
+
+    #[test]
+    fn each_refusal_has_its_kind() {
+        let k = |v: Value| req(v).map(|_| ()).unwrap_err().0;
+        assert_eq!(k(json!({"version": 2, "command": "hello"})), kind::VERSION);
+        assert_eq!(k(json!({"command": "hello"})), kind::VERSION);
+        assert_eq!(
+            k(json!({"version": 1, "command": "fly"})),
+            kind::UNKNOWN_COMMAND
+        );
+        assert_eq!(k(json!({"version": 1})), kind::BAD_ARGS);
+        assert_eq!(k(json!({"version": 1, "command": 3})), kind::BAD_ARGS);
+        assert_eq!(
+            k(json!({"version": 1, "command": "hello", "args": [1]})),
+            kind::BAD_ARGS
+        );
+        // missing, misspelt, mistyped arguments
+        assert_eq!(
+            k(json!({"version": 1, "command": "del-sa"})),
+            kind::BAD_ARGS
+        );
+        assert_eq!(
+            k(json!({"version": 1, "command": "del-sa", "args": {"nmae": "x"}})),
+            kind::BAD_ARGS
+        );
+        assert_eq!(
+            k(json!({"version": 1, "command": "move-policy",
+                     "args": {"name": "x", "position": "2"}})),
+            kind::BAD_ARGS
+        );
+        let (_, r) = decode(b"[1,2]");
+        assert_eq!(r.unwrap_err().0, kind::BAD_JSON);
+        let (_, r) = decode(b"{\"version\": 1,");
+        assert_eq!(r.unwrap_err().0, kind::BAD_JSON);
+        let (_, e) = (
+            0,
+            req(json!({"version": 1, "command": "del-sa", "args": {"nmae": "x"}})),
+        );
+        let msg = e.unwrap_err().1;
+        assert!(
+            msg.contains("unknown field `nmae`") && msg.contains("`name`"),
+            "{msg}"
+        );
+    }
+}
