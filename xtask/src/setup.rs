@@ -149,14 +149,18 @@ pub fn miri() -> Result<(), String> {
             .output()
             .is_ok_and(|o| o.status.success())
     };
-    if have() {
-        return Ok(());
+    if !have() {
+        println!("setup: cargo miri missing: adding nightly's miri component");
+        let add = Command::new("rustup")
+            .args(["+nightly", "component", "add", "miri"])
+            .status();
+        if !add.is_ok_and(|s| s.success()) || !have() {
+            return Err("rustup +nightly component add miri failed".into());
+        }
     }
-    println!("setup: cargo miri missing: adding nightly's miri component");
-    if !proc::inherit(Command::new("rustup").args(["+nightly", "component", "add", "miri"]))
-        || !have()
-    {
-        return Err("rustup +nightly component add miri failed".into());
+    // Miri's standard library is built from nightly's rust-src
+    if !proc::inherit(Command::new("cargo").args(["+nightly", "miri", "setup"])) {
+        return Err("cargo +nightly miri setup failed (it needs nightly's rust-src)".into());
     }
     Ok(())
 }
