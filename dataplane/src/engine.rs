@@ -356,7 +356,9 @@ impl Engine {
             carry.apply(Direction::Outbound, &self.hits[1]),
         ];
         // a new SPD may ACQUIRE at once
-        self.acquire_next = vec![Timestamp::ZERO; spd.policies(Direction::Outbound).len()];
+        self.acquire_next.clear();
+        self.acquire_next
+            .resize(spd.policies(Direction::Outbound).len(), Timestamp::ZERO);
         self.spd = spd;
         self.flows.clear();
     }

@@ -3,7 +3,8 @@
 //!
 //! Direct-mapped: a key hashes to one slot, which holds the last key seen there and its
 //! first-match answer. The answer for a key depends on the compiled SPD only, so a hit is
-//! exact; the owner empties the cache whenever it installs another SPD. A collision costs a
+//! exact; the owner empties the cache whenever it installs another SPD (in O(1): a slot
+//! answers only for the cache's current epoch). A collision costs a
 //! classifier lookup and replaces the slot, nothing else, so traffic chosen to collide makes
 //! lookups no slower than without the cache. One cache per worker: no sharing, no locks.
 
@@ -18,6 +19,8 @@ struct Slot {
     /// `None`: the slot is empty.
     dir: Option<Direction>,
     first: Option<u32>,
+    /// The cache's epoch when the slot was filled: valid only in that epoch.
+    epoch: u32,
 }
 
 const EMPTY: Slot = Slot {
@@ -32,12 +35,14 @@ const EMPTY: Slot = Slot {
     },
     dir: None,
     first: None,
+    epoch: 0,
 };
 
 /// The cache; see the module documentation.
 #[derive(Debug, Clone)]
 pub struct FlowCache {
     slots: Box<[Slot]>,
+    epoch: u32,
     hits: u64,
     misses: u64,
 }
@@ -46,6 +51,7 @@ impl Default for FlowCache {
     fn default() -> Self {
         Self {
             slots: vec![EMPTY; SLOTS].into_boxed_slice(),
+            epoch: 0,
             hits: 0,
             misses: 0,
         }
@@ -72,7 +78,7 @@ impl FlowCache {
         let Some(s) = self.slots.get_mut(i) else {
             return spd.lookup(dir, k);
         };
-        if s.dir == Some(dir) && s.key == *k {
+        if s.epoch == self.epoch && s.dir == Some(dir) && s.key == *k {
             self.hits += 1;
             return spd.resolve(dir, s.first);
         }
@@ -82,17 +88,88 @@ impl FlowCache {
             key: *k,
             dir: Some(dir),
             first,
+            epoch: self.epoch,
         };
         spd.resolve(dir, first)
     }
 
     /// Forget every answer (a new SPD is in force).
     pub fn clear(&mut self) {
-        self.slots.fill(EMPTY);
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            // after 2^32 clears an old slot's epoch could come round again
+            self.slots.fill(EMPTY);
+        }
     }
 
     /// Lookups answered from the cache and lookups that went to the classifier.
     pub fn counts(&self) -> (u64, u64) {
         (self.hits, self.misses)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spd::{Action, Policy, SaBundle, Selector, SpdConfig};
+    use crate::wire::IpProtocol;
+    use std::net::IpAddr;
+
+    fn spd(action: Action) -> Spd {
+        SpdConfig {
+            outbound: vec![Policy {
+                name: "p".into(),
+                selector: Selector::ANY,
+                action,
+            }],
+            ..SpdConfig::default()
+        }
+        .compile()
+        .unwrap()
+    }
+
+    /// After `clear` (a new SPD), no slot answers from before, however many clears there
+    /// were — the epoch's wrap included.
+    #[test]
+    fn a_cleared_cache_answers_from_the_new_spd() {
+        let (bypass, protect) = (
+            spd(Action::Bypass),
+            spd(Action::Protect(SaBundle::single(3))),
+        );
+        let k = PacketKey::describe(
+            Some(IpProtocol::UDP),
+            IpAddr::from([10, 0, 0, 1]),
+            Some(1),
+            IpAddr::from([10, 0, 0, 2]),
+            Some(2),
+        );
+        let mut c = FlowCache::default();
+        let action = |c: &mut FlowCache, s: &Spd| match c.lookup(s, Direction::Outbound, &k) {
+            Lookup::Policy { action, .. } => *action,
+            Lookup::Default { .. } => panic!("the policy matches"),
+        };
+        assert_eq!(action(&mut c, &bypass), Action::Bypass);
+        assert_eq!(action(&mut c, &bypass), Action::Bypass);
+        assert_eq!(c.counts(), (1, 1), "the second lookup was a hit");
+        // the same slot, another SPD: without a clear it would answer from the old one...
+        c.clear();
+        assert_eq!(
+            action(&mut c, &protect),
+            Action::Protect(SaBundle::single(3))
+        );
+        assert_eq!(c.counts(), (1, 2), "a miss after the clear");
+        // ...and at the epoch's wrap the slots are emptied for real: a slot filled in epoch
+        // 0, untouched through 2^32 - 1 clears, must not answer in the next epoch 0
+        let mut c = FlowCache::default();
+        assert_eq!(action(&mut c, &bypass), Action::Bypass);
+        c.epoch = u32::MAX;
+        c.clear();
+        assert_eq!(c.epoch, 0);
+        let (h, m) = c.counts();
+        assert_eq!(
+            action(&mut c, &protect),
+            Action::Protect(SaBundle::single(3))
+        );
+        assert_eq!(c.counts(), (h, m + 1), "no stale hit after the wrap");
     }
 }
