@@ -145,6 +145,13 @@ fn example(name: &str) -> String {
     format!("{}/../examples/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `xsecctl policy test --config CFG` and `words` (whitespace-separated), no daemon.
+fn policy_test(cfg: &str, words: &str) -> Output {
+    let mut args = vec!["policy", "test", "--config", cfg];
+    args.extend(words.split_whitespace());
+    xsecctl(&args)
+}
+
 /// `xsecctl policy test --config FILE`: no daemon, no root; `any` for ports, ICMP type and
 /// code columns, one record per result with "none" where no policy of a disposition matched.
 #[test]
@@ -199,21 +206,10 @@ fn policy_test_works_on_a_file_without_a_daemon() {
     }
 
     // ICMP: type and code, not ports; nothing matches towards another network
-    let o = xsecctl(&[
-        "policy",
-        "test",
-        "--config",
+    let o = policy_test(
         &cfg,
-        "--dir",
-        "out",
-        "--proto",
-        "icmp",
-        "--local",
-        "192.168.10.5:8",
-        "--remote",
-        "192.168.99.1:0",
-        "--records",
-    ]);
+        "--dir out --proto icmp --local 192.168.10.5:8 --remote 192.168.99.1:0 --records",
+    );
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{out}");
     assert!(
@@ -226,35 +222,17 @@ fn policy_test_works_on_a_file_without_a_daemon() {
     assert!(out.contains("protect:      none"), "{out}");
 
     // refusals: exit 2 with the reason, never a hang
-    let o = xsecctl(&[
-        "policy",
-        "test",
-        "--config",
+    let o = policy_test(
         &cfg,
-        "--dir",
-        "out",
-        "--proto",
-        "icmp",
-        "--local",
-        "192.168.10.5:300",
-        "--remote",
-        "192.168.20.7",
-    ]);
+        "--dir out --proto icmp --local 192.168.10.5:300 --remote 192.168.20.7",
+    );
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("an ICMP type is 0-255, not 300"));
     let bad = write("bad-policy.toml", BAD);
-    let o = xsecctl(&[
-        "policy",
-        "test",
-        "--config",
+    let o = policy_test(
         bad.to_str().unwrap_or_default(),
-        "--dir",
-        "out",
-        "--local",
-        "1.1.1.1",
-        "--remote",
-        "2.2.2.2",
-    ]);
+        "--dir out --local 1.1.1.1 --remote 2.2.2.2",
+    );
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("sa[0].encr: unknown key"));
 }

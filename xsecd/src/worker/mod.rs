@@ -227,12 +227,11 @@ pub struct WorkerSetup {
 /// Reported back once the sockets are open: their descriptors for the XSKMAP.
 pub type Ready = Result<(u16, u32, [i32; 2]), String>;
 
-/// The next-hop tables' hasher: foldhash's fast hasher with a per-process random seed.
-/// SipHash cost ~9 % of a worker's time at 64 B (profiled with `xsec-lab capacity`); a
-/// lookup of an IPv4/IPv6 mix in a 256-entry table took 0.60-0.67x the time of the
-/// multiply-rotate hasher this replaced and ~0.2x SipHash's. The random seed keeps a sender
-/// from choosing destinations that collide (the keys are unauthenticated protected-side
-/// addresses).
+/// The next-hop tables' hasher: foldhash's fast hasher with a per-process random seed
+/// (std's SipHash showed up in worker profiles; foldhash was faster than the hand-written
+/// hasher it replaced in a one-off comparison, not kept as a benchmark). The random seed
+/// keeps a sender from choosing destinations that collide (the keys are unauthenticated
+/// protected-side addresses).
 type HopHash = foldhash::fast::RandomState;
 
 struct PendingHop {
