@@ -2131,9 +2131,9 @@ fn control_socket_refuses_strangers_and_survives_garbage() {
         (b"[1,2,3]", "bad-json"),
         (br#"{"version":99,"id":1,"command":"hello"}"#, "version"),
         (br#"{"id":2,"command":"hello"}"#, "version"),
-        (br#"{"version":1,"id":3,"command":"format-disk"}"#, "unknown-command"),
-        (br#"{"version":1,"id":4,"command":"show-sa","args":{"spi":"zz"}}"#, "bad-args"),
-        (br#"{"version":1,"id":5,"command":"policy-test","args":{"direction":"out","local":"::1","remote":"10.0.0.1"}}"#, "bad-args"),
+        (br#"{"version":2,"id":3,"command":"format-disk"}"#, "unknown-command"),
+        (br#"{"version":2,"id":4,"command":"show-sa","args":{"spi":"zz"}}"#, "bad-args"),
+        (br#"{"version":2,"id":5,"command":"policy-test","args":{"direction":"out","local":"::1","remote":"10.0.0.1"}}"#, "bad-args"),
     ];
     for (body, want) in cases {
         c.write_all(&frame(body)).ok();
@@ -2145,7 +2145,7 @@ fn control_socket_refuses_strangers_and_survives_garbage() {
             )
         });
     }
-    c.write_all(&frame(br#"{"version":1,"id":6,"command":"hello"}"#))
+    c.write_all(&frame(br#"{"version":2,"id":6,"command":"hello"}"#))
         .ok();
     let a = read_answer(&mut c);
     s.check(
@@ -2173,13 +2173,13 @@ fn control_socket_refuses_strangers_and_survives_garbage() {
     // truncated: the client leaves mid-frame
     for n in [1usize, 3, 7, 40] {
         let mut c = connect();
-        let f = frame(br#"{"version":1,"id":1,"command":"hello"}"#);
+        let f = frame(br#"{"version":2,"id":1,"command":"hello"}"#);
         c.write_all(&f[..n]).ok();
         drop(c);
     }
     // slow: a frame that does not finish within 5 s is an error
     let mut c = connect();
-    let f = frame(br#"{"version":1,"id":1,"command":"hello"}"#);
+    let f = frame(br#"{"version":2,"id":1,"command":"hello"}"#);
     c.write_all(&f[..10]).ok();
     let t0 = Instant::now();
     let a = read_answer(&mut c);

@@ -257,6 +257,12 @@ impl Engine {
         self.shards.as_deref()
     }
 
+    /// The shard map to edit in place (made empty if there was none). It is copied first
+    /// only if another engine shares it: give each engine its own to keep edits O(1).
+    pub fn shards_mut(&mut self) -> &mut Shards {
+        Arc::make_mut(self.shards.get_or_insert_with(Default::default))
+    }
+
     /// Build and install an SA from its configuration.
     pub fn add_sa(&mut self, cfg: &SaConfig, now: Timestamp) -> Result<SaHandle, SaError> {
         self.install_sa(Sa::new(cfg, now)?)

@@ -165,7 +165,7 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     let clock = MonotonicClock::default();
     let now = clock.now();
     let spd = running.spd.clone();
-    let shards = running.shards.clone();
+    let shards = running.shard_map();
     let mut per_worker = running.initial_sas(now).map_err(DaemonError::Setup)?;
     let mut heartbeats = running.heartbeats();
     let tunnel_ports = running.tunnel_ports();
@@ -323,7 +323,8 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         for sa in per_worker[i].drain(..) {
             let _ = cmd_tx.send(Cmd::InstallSa(Box::new(sa)));
         }
-        let _ = cmd_tx.send(Cmd::SetShards(shards.clone()));
+        // each worker its own copy: it edits it in place on changes
+        let _ = cmd_tx.send(Cmd::SetShards(Arc::new(shards.clone())));
         let _ = cmd_tx.send(Cmd::SetHeartbeats(std::mem::take(&mut heartbeats[i])));
         tracing::debug!(
             "worker {i}: queue {} of {} and {}, core {:?}, {} SA(s)",
@@ -389,8 +390,8 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     };
 
     // Resolve the tunnel peers now rather than on the first packet.
-    for pair in &running.cfg.sas {
-        if let Some(remote) = pair.outbound.remote {
+    for e in running.store.sas() {
+        if let (Direction::Outbound, Some(remote)) = (e.cfg.direction, e.cfg.remote) {
             let _ = resolve_tx.try_send(remote);
         }
     }

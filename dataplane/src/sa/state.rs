@@ -358,6 +358,17 @@ impl Sa {
         self.ip_id = old.ip_id;
     }
 
+    /// Continue `old` entirely: [`Sa::take_over`] and the lifetime's use so far (bytes,
+    /// packets, age, soft events fired), for the same SA moved to other endpoints (NAT
+    /// rebinding, MOBIKE). Only when both have the same lifetime settings.
+    pub fn take_over_all(&mut self, old: &Sa) {
+        if self.spi != old.spi || self.dir != old.dir {
+            return;
+        }
+        self.take_over(old);
+        self.life = old.life.clone();
+    }
+
     /// Time-driven lifetime check without traffic (called by the engine's timer sweep).
     pub(crate) fn poll(&mut self, now: Timestamp) -> Option<LifeEvent> {
         self.life.usable(now).1

@@ -81,6 +81,22 @@ enum Cmd {
     },
     /// OpenMetrics text of every counter.
     Metrics,
+    /// Every SA and policy of the store with its client tag and attributes (no keys; their
+    /// lengths), as JSON: what a restarting key manager rebuilds its view from.
+    Dump {
+        /// Only this client's objects.
+        #[arg(long)]
+        client: Option<String>,
+    },
+    /// Apply store operations from a JSON file (`-`: standard input) all or nothing: a list
+    /// of `{"command": "add-sa", "args": {...}}` (docs/control-protocol.md). Keys belong in
+    /// the file, never on the command line.
+    Batch {
+        file: PathBuf,
+        /// The client tag the objects belong to.
+        #[arg(long, default_value = "xsecctl")]
+        client: String,
+    },
     /// Print SA lifetime and rekey events as they happen (one JSON object per line).
     Events {
         /// Stop after this many events (0 = until interrupted).
@@ -695,7 +711,7 @@ fn run(cli: Cli) -> Res<()> {
         },
         Cmd::Add(Add::Sa { file }) => {
             let text = zeroize::Zeroizing::new(read_input(&file)?);
-            let v = c.call("add-sa", json!({"text": text.as_str()}))?;
+            let v = c.call("config-add-sa", json!({"text": text.as_str()}))?;
             change_out(&v, json_out);
         }
         Cmd::Add(Add::Policy(a)) => {
@@ -703,17 +719,24 @@ fn run(cli: Cli) -> Res<()> {
                 Some(f) => read_input(f)?,
                 None => policy_toml(&a)?,
             };
-            let v = c.call("add-policy", json!({"text": text, "position": a.position}))?;
+            let v = c.call(
+                "config-add-policy",
+                json!({"text": text, "position": a.position}),
+            )?;
             change_out(&v, json_out);
         }
         Cmd::Del(Del::Sa { name }) => {
-            change_out(&c.call("del-sa", json!({"name": name}))?, json_out)
+            change_out(&c.call("config-del-sa", json!({"name": name}))?, json_out)
         }
-        Cmd::Del(Del::Policy { name }) => {
-            change_out(&c.call("del-policy", json!({"name": name}))?, json_out)
-        }
+        Cmd::Del(Del::Policy { name }) => change_out(
+            &c.call("config-del-policy", json!({"name": name}))?,
+            json_out,
+        ),
         Cmd::Move(Move::Policy { name, position }) => change_out(
-            &c.call("move-policy", json!({"name": name, "position": position}))?,
+            &c.call(
+                "config-move-policy",
+                json!({"name": name, "position": position}),
+            )?,
             json_out,
         ),
         Cmd::Reload { config, dry_run } => {
@@ -740,6 +763,15 @@ fn run(cli: Cli) -> Res<()> {
                        "name": name}),
             )?;
             policy_test_out(&v, json_out, records);
+        }
+        Cmd::Dump { client } => print_json(&c.call("dump", json!({"client": client}))?),
+        Cmd::Batch { file, client } => {
+            let text = zeroize::Zeroizing::new(read_input(&file)?);
+            let ops: Value = serde_json::from_str(&text)
+                .map_err(|e| (2, format!("{}: not JSON: {e}", file.display())))?;
+            c.call("hello", json!({"client": client}))?;
+            let v = c.call("batch", json!({"ops": ops}))?;
+            change_out(&v, json_out);
         }
         Cmd::AllocSpi { lifetime, min, max } => {
             let v = c.call(

@@ -255,9 +255,19 @@ mod tests {
 
     /// A request as a client sends it: framed body, decoded, dispatched.
     fn call(ctl: &Control, cmd: &str, args: &Value) -> Result<Value, control::Fail> {
+        call_as(ctl, &mut control::ANONYMOUS.to_owned(), cmd, args)
+    }
+
+    /// The same from a connection whose client tag is `client` (`hello` changes it).
+    fn call_as(
+        ctl: &Control,
+        client: &mut String,
+        cmd: &str,
+        args: &Value,
+    ) -> Result<Value, control::Fail> {
         let body = proto::request(1, cmd, args.clone()).to_string();
         let (_, req) = control::request::decode(body.as_bytes());
-        control::dispatch(ctl, req?)
+        control::dispatch(ctl, req?, client)
     }
 
     /// A control plane without workers or XDP (no root needed): enough for both listeners,

@@ -9,11 +9,13 @@
 //! take.
 
 pub mod http;
+pub mod objects;
 pub mod policy_test;
 pub mod proto;
 pub mod request;
 pub mod running;
 pub mod spi;
+pub mod store;
 pub mod view;
 
 use crate::config::ControlConfig;
@@ -33,6 +35,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, UNIX_EPOCH};
+use store::Op;
 use tracing::{info, warn};
 use xsec_dataplane::events::{Event, EventKind};
 use xsec_dataplane::sa::LimitKind;
@@ -246,6 +249,8 @@ fn connection(ctl: &Control, mut s: UnixStream) {
         let _ = proto::write_frame(&mut s, &proto::error(0, kind::REFUSED, why));
         return;
     }
+    // the client tag of this connection's objects (`hello`)
+    let mut client = String::from(ANONYMOUS);
     loop {
         if ctl.stop.load(Ordering::Relaxed) {
             return;
@@ -273,7 +278,7 @@ fn connection(ctl: &Control, mut s: UnixStream) {
                 return;
             }
             Ok(Request::Trace(t)) => trace(ctl, &mut s, id, &t),
-            Ok(r) => dispatch(ctl, r),
+            Ok(r) => dispatch(ctl, r, &mut client),
             Err(e) => Err(e),
         };
         let frame = match answer {
@@ -367,16 +372,17 @@ impl Control {
             "config": run.cfg.path,
             "generation": run.generation,
             "workers": self.workers.len(),
-            "sa_pairs": run.cfg.sas.len(),
+            "sas": run.store.sa_count(),
         })
     }
 
     /// What `edit` would change, without applying it (`--dry-run`): the summary of
     /// [`Control::apply`] with `"applied": false`, or the same refusal.
     pub fn plan(&self, edit: Edit) -> Result<Value, Fail> {
-        let run = lock(&self.running);
-        let plan = run.prepare(&edit, self.clock.now()).map_err(refusal)?;
+        let mut run = lock(&self.running);
+        let plan = run.prepare(edit, self.clock.now()).map_err(refusal)?;
         let mut summary = plan.summary;
+        run.revert(plan.undo);
         summary["applied"] = json!(false);
         Ok(summary)
     }
@@ -385,23 +391,27 @@ impl Control {
     pub fn apply(&self, edit: Edit) -> Result<Value, Fail> {
         let mut run = lock(&self.running);
         let now = self.clock.now();
-        let plan = run.prepare(&edit, now).map_err(refusal)?;
+        let plan = run.prepare(edit, now).map_err(refusal)?;
         let mut guard = lock(&self.xdp);
         let Some(xdp) = guard.as_mut() else {
+            run.revert(plan.undo);
             return Err((kind::BUSY, "xsecd is stopping".into(), Value::Null));
         };
         let mut errors: Vec<String> = vec![];
         // steer the union of old and new tunnel ports while SAs move
-        let mut ports = run.tunnel_ports();
-        ports.extend(&plan.tunnel_ports);
-        ports.sort_unstable();
-        ports.dedup();
-        if let Err(e) = xdp.set_tunnel_ports(&ports) {
-            return Err((
-                kind::INTERNAL,
-                format!("XDP tunnel ports: {e}; nothing was applied"),
-                Value::Null,
-            ));
+        if let Some((old, new)) = &plan.tunnel_ports {
+            let mut ports = old.clone();
+            ports.extend(new);
+            ports.sort_unstable();
+            ports.dedup();
+            if let Err(e) = xdp.set_tunnel_ports(&ports) {
+                run.revert(plan.undo);
+                return Err((
+                    kind::INTERNAL,
+                    format!("XDP tunnel ports: {e}; nothing was applied"),
+                    Value::Null,
+                ));
+            }
         }
         let mut removed = vec![];
         let [r0, r1, r2] = plan.rounds;
@@ -417,39 +427,36 @@ impl Control {
                 }
             }
             if i == 1
-                && let Err(e) = xdp.set_udp_peers(&plan.udp_peers)
+                && let Some(peers) = &plan.udp_peers
+                && let Err(e) = xdp.set_udp_peers(peers)
             {
                 errors.push(format!("XDP UDP peers: {e}"));
             }
         }
-        if let Err(e) = xdp.set_tunnel_ports(&plan.tunnel_ports) {
+        if let Some((_, new)) = &plan.tunnel_ports
+            && let Err(e) = xdp.set_tunnel_ports(new)
+        {
             errors.push(format!("XDP tunnel ports: {e}"));
         }
         drop(guard);
         for p in &plan.peers {
             let _ = self.resolve.try_send(*p);
         }
-        run.commit(plan.next, &removed);
+        run.commit(plan.undo, &removed);
         {
             // a reserved SPI now installed is used: its reservation ends
             let mut spis = lock(&self.spis);
-            for p in &run.cfg.sas {
-                spis.used(p.inbound.spi);
+            for &spi in &plan.inbound_spis {
+                spis.used(spi);
             }
         }
         let mut summary = plan.summary;
         summary["applied"] = json!(true);
         if errors.is_empty() {
-            info!(
-                "configuration generation {} applied: {}",
-                run.generation, summary["sas"]
-            );
+            info!("change {} applied: SAs {}", run.generation, summary["sas"]);
             Ok(summary)
         } else {
-            warn!(
-                "configuration generation {} applied with errors: {errors:?}",
-                run.generation
-            );
+            warn!("change {} applied with errors: {errors:?}", run.generation);
             summary["errors"] = json!(errors);
             Err((
                 kind::INTERNAL,
@@ -464,12 +471,7 @@ impl Control {
         let (tx, rx) = unbounded();
         let mut asked = vec![];
         for (i, c) in changes.into_iter().enumerate() {
-            let empty = c.remove.is_empty()
-                && c.install.is_empty()
-                && c.spd.is_none()
-                && c.shards.is_none()
-                && c.heartbeats.is_none();
-            if empty {
+            if c.is_empty() {
                 continue;
             }
             if let Some(w) = self.workers.get(i)
@@ -501,7 +503,14 @@ impl Control {
     /// An engine event as subscribers see it.
     pub fn event_json(&self, worker: u16, ev: &Event) -> Value {
         let run = lock(&self.running);
-        let name = run.pair_by_reqid(ev.reqid).map(|p| p.name.clone());
+        let sa = run.store.sa_by_spi(ev.direction, ev.spi);
+        let name = sa
+            .map(|e| e.cfg.name.clone())
+            .or_else(|| run.store.reqid_name(ev.reqid).map(str::to_owned));
+        let id = sa.map(|e| e.id.clone());
+        let client = sa
+            .map(|e| e.client.clone())
+            .or_else(|| run.store.reqid_client(ev.reqid).map(str::to_owned));
         let policy = match ev.kind {
             EventKind::Acquire { policy, .. } => run
                 .spd
@@ -524,6 +533,8 @@ impl Control {
         let mut v = json!({
             "type": kind,
             "sa": name,
+            "id": id,
+            "client": client,
             "spi": ev.spi,
             "spi_hex": format!("{:#010x}", ev.spi),
             "reqid": ev.reqid,
@@ -588,11 +599,7 @@ impl Control {
     /// Whether the SA of this SPI and direction is still configured (not removed, not
     /// replaced by one with another SPI).
     pub fn sa_configured(&self, spi: u32, dir: Direction) -> bool {
-        let run = lock(&self.running);
-        run.cfg.sas.iter().any(|p| match dir {
-            Direction::Inbound => p.inbound.spi == spi,
-            Direction::Outbound => p.outbound.spi == spi,
-        })
+        lock(&self.running).store.sa_by_spi(dir, spi).is_some()
     }
 }
 
@@ -606,9 +613,138 @@ fn limit_name(k: LimitKind) -> &'static str {
     }
 }
 
-fn dispatch(ctl: &Control, req: Request) -> Result<Value, Fail> {
+/// The client tag of a connection that did not say `hello` with one.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// Is `tag` a client tag a connection may take?
+fn client_tag(tag: &str) -> Result<(), Fail> {
+    let ok = !tag.is_empty()
+        && tag.len() <= 64
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        return Err(bad("args.client: 1 to 64 letters, digits, '-', '_' or '.'"));
+    }
+    if tag == store::CONFIG_CLIENT {
+        return Err((
+            kind::REFUSED,
+            "the client tag \"config\" is the configuration file's: change its objects \
+             with reload or the config-* commands"
+                .into(),
+            Value::Null,
+        ));
+    }
+    Ok(())
+}
+
+/// The store operations of a request (one, or a batch's).
+fn ops_of(req: Request, ops: &mut Vec<Op>) -> Result<(), Fail> {
+    let dir = |d: &Option<String>| -> Result<Option<Direction>, Fail> {
+        d.as_deref()
+            .map(|d| objects::direction("args.direction", d))
+            .transpose()
+    };
     match req {
-        Request::Hello(_) => Ok(ctl.summary()),
+        Request::AddSa(a) => ops.push(Op::AddSa(a.sa.entry()?)),
+        Request::UpdateSa(a) => ops.push(Op::UpdateSa(a.sa.entry()?)),
+        Request::DelSa(a) => ops.push(Op::DelSa(a.id)),
+        Request::UpdateSaEndpoints(a) => ops.push(Op::UpdateSaEndpoints {
+            endpoints: a.endpoints(),
+            id: a.id,
+        }),
+        Request::AddPolicy(a) => {
+            for (dir, entry) in a.policy.entries()? {
+                ops.push(Op::AddPolicy {
+                    dir,
+                    entry,
+                    position: a.position,
+                });
+            }
+        }
+        Request::UpdatePolicy(a) => {
+            for (dir, entry) in a.policy.entries()? {
+                ops.push(Op::UpdatePolicy { dir, entry });
+            }
+        }
+        Request::DelPolicy(a) => ops.push(Op::DelPolicy {
+            dir: dir(&a.direction)?,
+            name: a.id,
+        }),
+        Request::MovePolicy(a) => ops.push(Op::MovePolicy {
+            dir: dir(&a.direction)?,
+            name: a.id,
+            position: a.position,
+        }),
+        Request::Batch(b) => {
+            for (i, r) in b.ops.into_iter().enumerate() {
+                if matches!(r, Request::Batch(_)) {
+                    return Err(bad(format!("args.ops[{i}]: a batch cannot hold a batch")));
+                }
+                ops_of(r, ops).map_err(|(k, m, d)| (k, format!("args.ops[{i}]: {m}"), d))?;
+            }
+        }
+        other => {
+            return Err(bad(format!(
+                "{}: not a store operation (batch takes add-sa, update-sa, del-sa, \
+                 update-sa-endpoints, add-policy, update-policy, del-policy, move-policy)",
+                format!("{other:?}").split(['(', ' ']).next().unwrap_or("")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `dump`: every SA and policy of the store (of one client), with no keys.
+fn dump(ctl: &Control, only: Option<&str>) -> Value {
+    let run = lock(&ctl.running);
+    let mine = |c: &str| only.is_none_or(|o| o == c);
+    let mut sas: Vec<Value> = run
+        .store
+        .sas()
+        .filter(|e| mine(&e.client))
+        .map(|e| objects::sa_json(e, run.store.worker_of(e.cfg.reqid)))
+        .collect();
+    sas.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    let mut policies = vec![];
+    for dir in [Direction::Outbound, Direction::Inbound] {
+        for (i, e) in run.store.policies(dir).iter().enumerate() {
+            if mine(&e.client) {
+                policies.push(objects::policy_json(dir, i + 1, e));
+            }
+        }
+    }
+    json!({"generation": run.generation, "sas": sas, "policies": policies})
+}
+
+pub(crate) fn dispatch(ctl: &Control, req: Request, client: &mut String) -> Result<Value, Fail> {
+    match req {
+        Request::Hello(h) => {
+            if let Some(c) = h.client {
+                client_tag(&c)?;
+                *client = c;
+            }
+            let mut v = ctl.summary();
+            v["client"] = json!(client);
+            Ok(v)
+        }
+        Request::Dump(d) => Ok(dump(ctl, d.client.as_deref())),
+        r @ (Request::AddSa(_)
+        | Request::UpdateSa(_)
+        | Request::DelSa(_)
+        | Request::UpdateSaEndpoints(_)
+        | Request::AddPolicy(_)
+        | Request::UpdatePolicy(_)
+        | Request::DelPolicy(_)
+        | Request::MovePolicy(_)
+        | Request::Batch(_)) => {
+            let mut ops = vec![];
+            ops_of(r, &mut ops)?;
+            ctl.apply(Edit::Ops {
+                client: client.clone(),
+                ops,
+            })
+        }
         Request::ShowSa(a) => {
             let spi = match &a.spi {
                 Some(s) => Some(parse_spi(s).ok_or_else(|| {
@@ -669,14 +805,14 @@ fn dispatch(ctl: &Control, req: Request) -> Result<Value, Fail> {
                 ctl.apply(edit)
             }
         }
-        Request::AddSa(a) => ctl.apply(Edit::AddSa { text: a.text }),
-        Request::DelSa(a) => ctl.apply(Edit::DelSa { name: a.name }),
-        Request::AddPolicy(a) => ctl.apply(Edit::AddPolicy {
+        Request::ConfigAddSa(a) => ctl.apply(Edit::AddSa { text: a.text }),
+        Request::ConfigDelSa(a) => ctl.apply(Edit::DelSa { name: a.name }),
+        Request::ConfigAddPolicy(a) => ctl.apply(Edit::AddPolicy {
             text: a.text,
             position: a.position,
         }),
-        Request::DelPolicy(a) => ctl.apply(Edit::DelPolicy { name: a.name }),
-        Request::MovePolicy(a) => ctl.apply(Edit::MovePolicy {
+        Request::ConfigDelPolicy(a) => ctl.apply(Edit::DelPolicy { name: a.name }),
+        Request::ConfigMovePolicy(a) => ctl.apply(Edit::MovePolicy {
             name: a.name,
             position: a.position,
         }),
@@ -734,7 +870,7 @@ fn alloc_spi(ctl: &Control, a: &request::AllocSpi) -> Result<Value, Fail> {
         )
     })?;
     let run = lock(&ctl.running);
-    let installed = |spi: u32| run.cfg.sas.iter().any(|p| p.inbound.spi == spi);
+    let installed = |spi: u32| run.store.sa_by_spi(Direction::Inbound, spi).is_some();
     let spi = lock(&ctl.spis)
         .alloc(
             lo,
@@ -852,13 +988,11 @@ fn trace(ctl: &Control, s: &mut UnixStream, id: u64, a: &request::Trace) -> Resu
             (None, Some(spi_s)) => {
                 let spi = parse_spi(spi_s)
                     .ok_or_else(|| bad(format!("args.sa: {spi_s:?} is not an SPI")))?;
-                for p in &run.cfg.sas {
-                    if p.inbound.spi == spi {
-                        filter.in_spi = Some(spi);
-                    }
-                    if p.outbound.spi == spi {
-                        filter.out_reqid = Some(p.outbound.reqid);
-                    }
+                if run.store.sa_by_spi(Direction::Inbound, spi).is_some() {
+                    filter.in_spi = Some(spi);
+                }
+                if let Some(e) = run.store.sa_by_spi(Direction::Outbound, spi) {
+                    filter.out_reqid = Some(e.cfg.reqid);
                 }
                 if filter.in_spi.is_none() && filter.out_reqid.is_none() {
                     return Err((

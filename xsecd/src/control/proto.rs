@@ -12,7 +12,7 @@ use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
 /// The protocol version this build speaks.
-pub const VERSION: u64 = 1;
+pub const VERSION: u64 = 2;
 /// Largest frame accepted (either way).
 pub const MAX_FRAME: usize = 1 << 20;
 /// A frame that has started must be complete within this time.

@@ -3,6 +3,7 @@
 //! command, a missing or misspelt argument, a wrong type: each is a clear error before any
 //! handler runs. Key material (`text` of `add-sa`/`reload`) is held in [`Zeroizing`] strings.
 
+use super::objects::{EndpointsSpec, PolicySpec, SaSpec};
 use super::{Fail, proto, proto::kind};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -14,7 +15,7 @@ use zeroize::Zeroizing;
 #[serde(tag = "command", content = "args", rename_all = "kebab-case")]
 pub enum Request {
     #[serde(alias = "status")]
-    Hello(NoArgs),
+    Hello(Hello),
     ShowSa(ShowSa),
     ShowPolicy(Counters),
     ShowWorkers(NoArgs),
@@ -23,20 +24,99 @@ pub enum Request {
     Metrics(NoArgs),
     PolicyTest(PolicyTest),
     AllocSpi(AllocSpi),
-    Reload(Reload),
-    AddSa(Text),
-    DelSa(Name),
+    Dump(Dump),
+    // the store, one SA (one direction) or one policy at a time
+    AddSa(SaArg),
+    UpdateSa(SaArg),
+    DelSa(Id),
+    UpdateSaEndpoints(EndpointsSpec),
     AddPolicy(AddPolicy),
-    DelPolicy(Name),
+    UpdatePolicy(PolicyArg),
+    DelPolicy(PolicyRef),
     MovePolicy(MovePolicy),
+    /// Several of the above, all or nothing.
+    Batch(Batch),
+    // the configuration file's tables
+    Reload(Reload),
+    ConfigAddSa(Text),
+    ConfigDelSa(Name),
+    ConfigAddPolicy(ConfigAddPolicy),
+    ConfigDelPolicy(Name),
+    ConfigMovePolicy(ConfigMovePolicy),
     Trace(Trace),
     Subscribe(NoArgs),
 }
 
 /// The commands, for the unknown-command message.
 pub const COMMANDS: &str = "hello (status), show-sa, show-policy, show-workers, \
-    show-interfaces, show-counters, metrics, policy-test, alloc-spi, reload, add-sa, del-sa, \
-    add-policy, del-policy, move-policy, trace, subscribe";
+    show-interfaces, show-counters, metrics, policy-test, alloc-spi, dump, add-sa, update-sa, \
+    del-sa, update-sa-endpoints, add-policy, update-policy, del-policy, move-policy, batch, \
+    reload, config-add-sa, config-del-sa, config-add-policy, config-del-policy, \
+    config-move-policy, trace, subscribe";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    /// This connection's client tag: the objects it adds are its own, and a client that
+    /// comes back under the same tag finds them (`dump`). Default `anonymous`.
+    pub client: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dump {
+    /// Only this client's objects.
+    pub client: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaArg {
+    pub sa: SaSpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Id {
+    pub id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddPolicy {
+    pub policy: PolicySpec,
+    /// 1 = first; default last.
+    pub position: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyArg {
+    pub policy: PolicySpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRef {
+    pub id: String,
+    /// `in` or `out`; default: each direction the policy is in.
+    pub direction: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MovePolicy {
+    pub id: String,
+    pub direction: Option<String>,
+    pub position: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Batch {
+    /// Each `{"command": ..., "args": ...}` of a store operation.
+    pub ops: Vec<Request>,
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,14 +180,14 @@ pub struct Name {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AddPolicy {
+pub struct ConfigAddPolicy {
     pub text: Zeroizing<String>,
     pub position: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct MovePolicy {
+pub struct ConfigMovePolicy {
     pub name: String,
     pub position: usize,
 }
@@ -189,15 +269,15 @@ mod tests {
 
     #[test]
     fn commands_and_arguments_are_typed() {
-        let r = req(json!({"version": 1, "id": 7, "command": "status"}));
+        let r = req(json!({"version": 2, "id": 7, "command": "status"}));
         assert!(matches!(r, Ok(Request::Hello(_))));
-        let r = req(json!({"version": 1, "command": "move-policy",
-                           "args": {"name": "p", "position": 2}}));
+        let r = req(json!({"version": 2, "command": "move-policy",
+                           "args": {"id": "p", "position": 2}}));
         assert!(matches!(
             r,
             Ok(Request::MovePolicy(MovePolicy { position: 2, .. }))
         ));
-        let r = req(json!({"version": 1, "command": "reload",
+        let r = req(json!({"version": 2, "command": "reload",
                            "args": {"path": "a.toml", "text": "[gateway]"}}));
         assert!(matches!(
             r,
@@ -208,30 +288,30 @@ mod tests {
     #[test]
     fn each_refusal_has_its_kind() {
         let k = |v: Value| req(v).map(|_| ()).unwrap_err().0;
-        assert_eq!(k(json!({"version": 2, "command": "hello"})), kind::VERSION);
+        assert_eq!(k(json!({"version": 1, "command": "hello"})), kind::VERSION);
         assert_eq!(k(json!({"command": "hello"})), kind::VERSION);
         assert_eq!(
-            k(json!({"version": 1, "command": "fly"})),
+            k(json!({"version": 2, "command": "fly"})),
             kind::UNKNOWN_COMMAND
         );
-        assert_eq!(k(json!({"version": 1})), kind::BAD_ARGS);
-        assert_eq!(k(json!({"version": 1, "command": 3})), kind::BAD_ARGS);
+        assert_eq!(k(json!({"version": 2})), kind::BAD_ARGS);
+        assert_eq!(k(json!({"version": 2, "command": 3})), kind::BAD_ARGS);
         assert_eq!(
-            k(json!({"version": 1, "command": "hello", "args": [1]})),
+            k(json!({"version": 2, "command": "hello", "args": [1]})),
             kind::BAD_ARGS
         );
         // missing, misspelt, mistyped arguments
         assert_eq!(
-            k(json!({"version": 1, "command": "del-sa"})),
+            k(json!({"version": 2, "command": "del-sa"})),
             kind::BAD_ARGS
         );
         assert_eq!(
-            k(json!({"version": 1, "command": "del-sa", "args": {"nmae": "x"}})),
+            k(json!({"version": 2, "command": "del-sa", "args": {"nmae": "x"}})),
             kind::BAD_ARGS
         );
         assert_eq!(
-            k(json!({"version": 1, "command": "move-policy",
-                     "args": {"name": "x", "position": "2"}})),
+            k(json!({"version": 2, "command": "move-policy",
+                     "args": {"id": "x", "position": "2"}})),
             kind::BAD_ARGS
         );
         let (_, r) = decode(b"[1,2]");
@@ -240,7 +320,7 @@ mod tests {
         assert_eq!(r.unwrap_err().0, kind::BAD_JSON);
         let (_, e) = (
             0,
-            req(json!({"version": 1, "command": "del-sa", "args": {"nmae": "x"}})),
+            req(json!({"version": 2, "command": "config-del-sa", "args": {"nmae": "x"}})),
         );
         let msg = e.unwrap_err().1;
         assert!(

@@ -125,8 +125,9 @@ fn policy(p: &Policy, index: usize, hits: Option<u64>, run: &Running) -> Value {
                 b.reqids()
                     .iter()
                     .map(|r| run
-                        .pair_by_reqid(*r)
-                        .map_or(format!("reqid {r}"), |p| p.name.clone()))
+                        .store
+                        .reqid_name(*r)
+                        .map_or(format!("reqid {r}"), str::to_owned))
                     .collect::<Vec<_>>()
                     .join("+")
             ),

@@ -67,6 +67,8 @@ pub struct Hop {
 /// A heartbeat / NAT keepalive this worker sends for one of its outbound SAs.
 #[derive(Debug, Clone, Copy)]
 pub struct Heartbeat {
+    /// The outbound SA that sends it.
+    pub spi: u32,
     pub reqid: u32,
     pub src: IpAddr,
     pub dst: IpAddr,
@@ -101,14 +103,54 @@ pub enum Cmd {
 pub struct Change {
     /// SAs to remove, by direction and SPI.
     pub remove: Vec<(Direction, u32)>,
-    /// SAs to install. With `true`, the SA continues the one of the same direction and SPI
-    /// removed by this change ([`Sa::take_over`]): same keys, other settings changed.
-    pub install: Vec<(Box<Sa>, bool)>,
-    pub shards: Option<Arc<Shards>>,
+    /// SAs to install, and how much of the SA of the same direction and SPI removed by this
+    /// change each continues.
+    pub install: Vec<(Box<Sa>, Carry)>,
+    /// Edits of the shard map (applied in order).
+    pub shards: Vec<ShardEdit>,
     /// A new SPD, and which old policy's counters each of its policies continues (computed
     /// once on the control thread for every worker).
     pub spd: Option<(Arc<Spd>, Arc<SpdCarry>)>,
-    pub heartbeats: Option<Vec<Heartbeat>>,
+    /// Heartbeats to start (`Some`) or stop (`None`), by the SPI of their outbound SA.
+    pub heartbeats: Vec<(u32, Option<Heartbeat>)>,
+}
+
+impl Change {
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty()
+            && self.install.is_empty()
+            && self.shards.is_empty()
+            && self.spd.is_none()
+            && self.heartbeats.is_empty()
+    }
+}
+
+/// How much of an old SA its successor continues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carry {
+    /// A new SA: nothing.
+    Nothing,
+    /// Same keys, other settings: sequence numbers, replay window, IVs ([`Sa::take_over`]).
+    State,
+    /// The same SA at other endpoints: the state and the lifetime's use so far
+    /// ([`Sa::take_over_all`]).
+    Everything,
+}
+
+/// One edit of a worker's shard map ([`Shards`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardEdit {
+    /// Inbound SPI → its worker, or gone.
+    Inbound(u32, Option<u16>),
+    /// Outbound reqid → its worker, or gone.
+    Outbound(u32, Option<u16>),
+    /// The endpoint sets, whole (they change only when a value comes first or goes last).
+    Endpoints {
+        udp_ports: Vec<u16>,
+        udp_locals: Vec<IpAddr>,
+        peers: Vec<IpAddr>,
+        any_peer: bool,
+    },
 }
 
 /// What a worker did with a [`Change`].
@@ -563,12 +605,16 @@ impl<I: FrameIo> Worker<'_, I> {
             }
         }
         for (mut sa, carry) in c.install {
-            if carry
+            if carry != Carry::Nothing
                 && let Some(old) = gone
                     .iter()
                     .find(|o| o.spi() == sa.spi() && o.direction() == sa.direction())
             {
-                sa.take_over(old);
+                if carry == Carry::Everything {
+                    sa.take_over_all(old);
+                } else {
+                    sa.take_over(old);
+                }
             }
             let (dir, spi) = (sa.direction(), sa.spi());
             if let Err(e) = self.engine.install_sa(*sa) {
@@ -579,8 +625,35 @@ impl<I: FrameIo> Worker<'_, I> {
                 ));
             }
         }
-        if let Some(s) = c.shards {
-            self.engine.set_shards(Some(s));
+        if !c.shards.is_empty() {
+            let s = self.engine.shards_mut();
+            for e in c.shards {
+                match e {
+                    ShardEdit::Inbound(spi, Some(w)) => {
+                        s.inbound.insert(spi, w);
+                    }
+                    ShardEdit::Inbound(spi, None) => {
+                        s.inbound.remove(&spi);
+                    }
+                    ShardEdit::Outbound(reqid, Some(w)) => {
+                        s.outbound.insert(reqid, w);
+                    }
+                    ShardEdit::Outbound(reqid, None) => {
+                        s.outbound.remove(&reqid);
+                    }
+                    ShardEdit::Endpoints {
+                        udp_ports,
+                        udp_locals,
+                        peers,
+                        any_peer,
+                    } => {
+                        s.udp_ports = udp_ports;
+                        s.udp_locals = udp_locals;
+                        s.peers = peers;
+                        s.any_peer = any_peer;
+                    }
+                }
+            }
         }
         if let Some((spd, carry)) = c.spd {
             if let Some(t) = &mut self.trace {
@@ -588,19 +661,18 @@ impl<I: FrameIo> Worker<'_, I> {
             }
             self.engine.set_spd_carrying(spd, &carry);
         }
-        if let Some(hbs) = c.heartbeats {
+        for (spi, hb) in c.heartbeats {
             // a heartbeat that continues keeps its schedule
-            let old = std::mem::take(&mut self.heartbeats);
-            self.heartbeats = hbs
-                .into_iter()
-                .map(|hb| {
-                    let next = old
-                        .iter()
-                        .find(|o| o.hb.reqid == hb.reqid && o.hb.interval == hb.interval)
-                        .map_or(now, |o| o.next);
-                    HeartbeatState { next, hb }
-                })
-                .collect();
+            let next = self
+                .heartbeats
+                .iter()
+                .find(|o| o.hb.spi == spi)
+                .map(|o| o.next);
+            self.heartbeats.retain(|o| o.hb.spi != spi);
+            if let Some(hb) = hb {
+                let next = next.unwrap_or(now);
+                self.heartbeats.push(HeartbeatState { next, hb });
+            }
         }
         report
     }

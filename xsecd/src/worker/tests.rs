@@ -31,6 +31,7 @@ struct Gw {
     sas: Vec<Sa>,
     heartbeats: Vec<Heartbeat>,
     /// The worker of each SA pair, by name.
+    /// SA pair name → worker.
     owner: std::collections::BTreeMap<String, u16>,
     shards: Arc<Shards>,
     _cmds: Sender<Cmd>,
@@ -100,8 +101,16 @@ fn gateways(example: &str, extra: &str, n: usize) -> Vec<Gw> {
                 },
                 sas: std::mem::take(&mut sas[i]),
                 heartbeats: std::mem::take(&mut heartbeats[i]),
-                owner: running.owner.clone(),
-                shards: running.shards.clone(),
+                owner: running
+                    .cfg
+                    .sas
+                    .iter()
+                    .map(|p| {
+                        let w = running.store.worker_of(p.outbound.reqid).unwrap_or(0);
+                        (p.name.clone(), w)
+                    })
+                    .collect(),
+                shards: Arc::new(running.shard_map()),
                 _cmds: cmds_tx,
                 resolve,
                 events: events_rx,
