@@ -1364,7 +1364,7 @@ fn control_show_policy_test_trace_and_metrics() {
 
     let st = s.ctl(Node::GwA, &["status"]);
     s.check(
-        st["workers"] == 1 && st["sa_pairs"] == 1 && st["protocol"] == 1,
+        st["workers"] == 1 && st["sa_pairs"] == 1 && st["sas"] == 2 && st["protocol"] == 2,
         || format!("status: {st}"),
     );
 
@@ -1791,7 +1791,7 @@ fn control_reload_and_live_changes_leave_other_tunnels_untouched() {
     let st = s.ctl(Node::GwA, &["status"]);
     s.check(
         dry["applied"] == false
-            && dry["sas"]["changed"] == serde_json::json!(["ab6"])
+            && dry["pairs"]["changed"] == serde_json::json!(["ab6"])
             && dry["generation"] == 1
             && st["generation"] == 0,
         || format!("reload --dry-run: {dry}; status after it: {st}"),
@@ -1801,8 +1801,8 @@ fn control_reload_and_live_changes_leave_other_tunnels_untouched() {
     for r in [&ra, &rb] {
         s.check(
             r["applied"] == true
-                && r["sas"]["changed"] == serde_json::json!(["ab6"])
-                && r["sas"]["unchanged"] == 1
+                && r["pairs"]["changed"] == serde_json::json!(["ab6"])
+                && r["pairs"]["unchanged"] == 1
                 && r["generation"] == 1,
             || format!("reload: {r}"),
         );
@@ -1904,7 +1904,7 @@ fn control_reload_and_live_changes_leave_other_tunnels_untouched() {
     );
     s.check(
         r["policies"]["out"]["added"] == serde_json::json!(["no-9999"])
-            && r["sas"]["unchanged"] == 2,
+            && r["pairs"]["unchanged"] == 2,
         || format!("add policy: {r}"),
     );
     let pol = s.ctl(Node::GwA, &["show", "policy"]);
@@ -1955,7 +1955,7 @@ fn control_reload_and_live_changes_leave_other_tunnels_untouched() {
     s.check(e.contains("ab6") && e.contains("config"), || e.clone());
     s.ctl(Node::GwA, &["del", "policy", "lan-lan6"]);
     let r = s.ctl(Node::GwA, &["del", "sa", "ab6"]);
-    s.check(r["sas"]["removed"] == serde_json::json!(["ab6"]), || {
+    s.check(r["pairs"]["removed"] == serde_json::json!(["ab6"]), || {
         format!("{r}")
     });
     let sas = s.ctl(Node::GwA, &["show", "sa"]);
@@ -1970,7 +1970,7 @@ fn control_reload_and_live_changes_leave_other_tunnels_untouched() {
         .write_file("reload-b2.toml", s.pair.b.to_toml())
         .unwrap_or_else(|e| s.fail(&e.to_string()));
     let rb = s.ctl(Node::GwB, &["reload", &file_b.to_string_lossy()]);
-    s.check(rb["sas"]["changed"] == serde_json::json!(["ab6"]), || {
+    s.check(rb["pairs"]["changed"] == serde_json::json!(["ab6"]), || {
         format!("{rb}")
     });
     let toml_a = s.pair.a.to_toml();

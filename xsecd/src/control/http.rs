@@ -522,4 +522,264 @@ mod tests {
             json!(0x2223)
         );
     }
+
+    /// An SA object of control protocol v2.
+    fn sa(id: &str, dir: &str, spi: u32, reqid: u32) -> Value {
+        json!({
+            "id": id, "name": "child", "direction": dir, "spi": format!("{spi:#x}"),
+            "reqid": reqid, "local": "192.0.2.1", "remote": "198.51.100.2",
+            "encryption": "aes-gcm-128",
+            "enc_key": format!("0x{}", "a5".repeat(20)),
+            "selectors": [{"local": "10.1.0.0/24", "remote": "10.2.0.0/24"}],
+        })
+    }
+
+    fn ids(ctl: &Control, client: &str) -> Vec<String> {
+        let d = call(ctl, "dump", &json!({"client": client})).unwrap();
+        d["sas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn every_store_operation_and_refusal() {
+        let dir = TempDir::new("v2-ops");
+        let (ctl, _unix) = control(&dir.0);
+        let mut ike = control::ANONYMOUS.to_owned();
+        let mut other = control::ANONYMOUS.to_owned();
+        let h = call_as(&ctl, &mut ike, "hello", &json!({"client": "ike"})).unwrap();
+        assert_eq!(h["client"], "ike");
+        call_as(&ctl, &mut other, "hello", &json!({"client": "other"})).unwrap();
+        let kind = |r: Result<Value, control::Fail>| r.unwrap_err().0;
+        assert_eq!(
+            kind(call(&ctl, "hello", &json!({"client": "config"}))),
+            proto::kind::REFUSED
+        );
+        assert_eq!(
+            kind(call(&ctl, "hello", &json!({"client": "a b"}))),
+            proto::kind::BAD_ARGS
+        );
+        let op = |c: &mut String, cmd: &str, args: Value| call_as(&ctl, c, cmd, &args);
+
+        let r = op(
+            &mut ike,
+            "add-sa",
+            json!({"sa": sa("in-1", "in", 0xc000_0001, 50)}),
+        )
+        .unwrap();
+        assert_eq!(r["sas"]["added"], json!(["in-1"]));
+        // refusals: nothing applied by any of them
+        let dup_id = op(
+            &mut ike,
+            "add-sa",
+            json!({"sa": sa("in-1", "in", 0xc000_0009, 50)}),
+        );
+        assert_eq!(kind(dup_id), proto::kind::BAD_ARGS);
+        let dup_spi = op(
+            &mut ike,
+            "add-sa",
+            json!({"sa": sa("in-x", "in", 0xc000_0001, 50)}),
+        );
+        let (k, m, _) = dup_spi.unwrap_err();
+        assert_eq!(k, proto::kind::BAD_ARGS);
+        assert!(m.contains("0xc0000001"), "{m}");
+        let mut short = sa("in-s", "in", 0xc000_0002, 50);
+        short["enc_key"] = json!("0x0102");
+        assert_eq!(
+            kind(op(&mut ike, "add-sa", json!({"sa": short}))),
+            proto::kind::BAD_ARGS
+        );
+        let mut nohex = sa("in-s", "in", 0xc000_0002, 50);
+        nohex["enc_key"] = json!("0xzz");
+        assert_eq!(
+            kind(op(&mut ike, "add-sa", json!({"sa": nohex}))),
+            proto::kind::BAD_ARGS
+        );
+        assert_eq!(
+            kind(op(&mut ike, "del-sa", json!({"id": "nope"}))),
+            proto::kind::NOT_FOUND
+        );
+        assert_eq!(
+            kind(op(&mut other, "del-sa", json!({"id": "in-1"}))),
+            proto::kind::REFUSED
+        );
+        let taken = op(
+            &mut other,
+            "add-sa",
+            json!({"sa": sa("o-1", "out", 0x1234, 50)}),
+        );
+        assert_eq!(kind(taken), proto::kind::REFUSED, "reqid 50 is ike's");
+        let mut moved = sa("in-1", "in", 0xc000_0003, 50);
+        moved["ttl"] = json!(9);
+        assert_eq!(
+            kind(op(&mut ike, "update-sa", json!({"sa": moved}))),
+            proto::kind::BAD_ARGS
+        );
+        assert_eq!(ids(&ctl, "ike"), ["in-1"]);
+
+        // a policy may name a reqid that has no outbound SA yet
+        let pol = json!({"policy": {"id": "net", "direction": "out", "local": "10.1.0.0/24",
+                                    "remote": "10.2.0.0/24", "action": "protect", "reqid": 50}});
+        op(&mut ike, "add-policy", pol.clone()).unwrap();
+        assert_eq!(kind(op(&mut ike, "add-policy", pol)), proto::kind::BAD_ARGS);
+
+        // a batch with one bad operation applies nothing
+        let bad = op(
+            &mut ike,
+            "batch",
+            json!({"ops": [
+                {"command": "add-sa", "args": {"sa": sa("out-1", "out", 0x0a00_0001, 50)}},
+                {"command": "del-sa", "args": {"id": "in-1"}},
+                {"command": "del-sa", "args": {"id": "in-1"}},
+            ]}),
+        );
+        let (k, m, _) = bad.unwrap_err();
+        assert_eq!(k, proto::kind::NOT_FOUND);
+        assert!(m.contains("operation 3"), "{m}");
+        assert_eq!(ids(&ctl, "ike"), ["in-1"]);
+        let nested = op(
+            &mut ike,
+            "batch",
+            json!({"ops": [{"command": "dump", "args": {}}]}),
+        );
+        assert_eq!(kind(nested), proto::kind::BAD_ARGS);
+        let r = op(
+            &mut ike,
+            "batch",
+            json!({"ops": [
+                {"command": "add-sa", "args": {"sa": sa("out-1", "out", 0x0a00_0001, 50)}},
+                {"command": "add-sa", "args": {"sa": sa("in-2", "in", 0xc000_0002, 50)}},
+            ]}),
+        )
+        .unwrap();
+        assert_eq!(r["sas"]["added"].as_array().unwrap().len(), 2);
+
+        // endpoints move; the dump shows the new ones and never a key
+        op(
+            &mut ike,
+            "update-sa-endpoints",
+            json!({"id": "out-1", "remote": "198.51.100.99"}),
+        )
+        .unwrap();
+        let d = call(&ctl, "dump", &json!({"client": "ike"})).unwrap();
+        let text = d.to_string();
+        assert!(
+            !text.contains(&"a5".repeat(20)),
+            "a key in the dump: {text}"
+        );
+        let out = d["sas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["id"] == "out-1")
+            .unwrap();
+        assert_eq!(out["remote"], "198.51.100.99");
+        assert_eq!(out["enc_key_bytes"], 20);
+        assert_eq!(d["policies"][0]["reqids"], json!([50]));
+
+        // update, move and delete policies; delete SAs
+        op(
+            &mut ike,
+            "add-policy",
+            json!({"policy": {"id": "ssh", "direction": "both",
+            "local": "10.1.0.0/24", "proto": "tcp", "local_port": "22", "action": "bypass"}}),
+        )
+        .unwrap();
+        op(&mut ike, "move-policy", json!({"id": "ssh", "position": 1})).unwrap();
+        let d = call(&ctl, "dump", &json!({})).unwrap();
+        let outs: Vec<&str> = d["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["direction"] == "out")
+            .map(|p| p["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(outs, ["ssh", "net"]);
+        op(
+            &mut ike,
+            "update-policy",
+            json!({"policy": {"id": "net", "direction": "out",
+            "local": "10.1.0.0/16", "action": "protect", "reqid": 50}}),
+        )
+        .unwrap();
+        op(&mut ike, "del-policy", json!({"id": "ssh"})).unwrap();
+        assert_eq!(
+            kind(op(&mut ike, "del-policy", json!({"id": "ssh"}))),
+            proto::kind::NOT_FOUND
+        );
+        for id in ["out-1", "in-1", "in-2"] {
+            op(&mut ike, "del-sa", json!({"id": id})).unwrap();
+        }
+        assert!(ids(&ctl, "ike").is_empty());
+    }
+
+    /// A client that leaves (crashes) leaves its SAs; under the same tag it lists and deletes
+    /// them. Clients working at once each see all their operations applied.
+    #[test]
+    fn clients_come_back_and_work_at_once_over_the_socket() {
+        let dir = TempDir::new("v2-clients");
+        let (ctl, unix) = control(&dir.0);
+        let server = {
+            let c = ctl.clone();
+            std::thread::spawn(move || control::serve(c, unix))
+        };
+        let req = |u: &mut UnixStream, id: u64, cmd: &str, args: Value| -> Value {
+            proto::write_frame(u, &proto::request(id, cmd, args)).unwrap();
+            let body = proto::read_frame(u, Duration::from_secs(10)).unwrap();
+            serde_json::from_slice(&body).unwrap()
+        };
+        {
+            let mut u = UnixStream::connect(&ctl.cfg.socket).unwrap();
+            req(&mut u, 1, "hello", json!({"client": "ike"}));
+            let a = req(
+                &mut u,
+                2,
+                "add-sa",
+                json!({"sa": sa("in-1", "in", 0xc000_0001, 7)}),
+            );
+            assert_eq!(a["ok"], true, "{a}");
+            // gone without a word
+        }
+        let workers: Vec<_> = (0..4u32)
+            .map(|t| {
+                let path = ctl.cfg.socket.clone();
+                std::thread::spawn(move || {
+                    let mut u = UnixStream::connect(path).unwrap();
+                    req(&mut u, 1, "hello", json!({"client": format!("c{t}")}));
+                    for i in 0..25u32 {
+                        let spi = 0x1_0000 + t * 100 + i;
+                        let a = req(
+                            &mut u,
+                            2 + u64::from(i),
+                            "add-sa",
+                            json!({"sa": sa(&format!("c{t}-{i}"), "in", spi, 100 + t)}),
+                        );
+                        assert_eq!(a["ok"], true, "{a}");
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        let mut u = UnixStream::connect(&ctl.cfg.socket).unwrap();
+        req(&mut u, 1, "hello", json!({"client": "ike"}));
+        let d = req(&mut u, 2, "dump", json!({"client": "ike"}));
+        assert_eq!(d["result"]["sas"][0]["id"], "in-1", "{d}");
+        assert_eq!(ids(&ctl, "c3").len(), 25);
+        assert_eq!(
+            call(&ctl, "dump", &json!({})).unwrap()["sas"]
+                .as_array()
+                .unwrap()
+                .len(),
+            101
+        );
+        let del = req(&mut u, 3, "del-sa", json!({"id": "in-1"}));
+        assert_eq!(del["ok"], true, "{del}");
+        ctl.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        server.join().unwrap();
+    }
 }

@@ -373,6 +373,7 @@ impl Control {
             "generation": run.generation,
             "workers": self.workers.len(),
             "sas": run.store.sa_count(),
+            "sa_pairs": run.cfg.sas.len(),
         })
     }
 
@@ -392,19 +393,21 @@ impl Control {
         let mut run = lock(&self.running);
         let now = self.clock.now();
         let plan = run.prepare(edit, now).map_err(refusal)?;
-        let mut guard = lock(&self.xdp);
-        let Some(xdp) = guard.as_mut() else {
+        if self.stop.load(Ordering::Relaxed) {
             run.revert(plan.undo);
             return Err((kind::BUSY, "xsecd is stopping".into(), Value::Null));
-        };
+        }
+        // no XDP program (replay, tests): nothing to steer
+        let mut guard = lock(&self.xdp);
         let mut errors: Vec<String> = vec![];
         // steer the union of old and new tunnel ports while SAs move
-        if let Some((old, new)) = &plan.tunnel_ports {
+        if let (Some((old, new)), Some(xdp)) = (&plan.tunnel_ports, guard.as_mut()) {
             let mut ports = old.clone();
             ports.extend(new);
             ports.sort_unstable();
             ports.dedup();
             if let Err(e) = xdp.set_tunnel_ports(&ports) {
+                drop(guard);
                 run.revert(plan.undo);
                 return Err((
                     kind::INTERNAL,
@@ -427,13 +430,13 @@ impl Control {
                 }
             }
             if i == 1
-                && let Some(peers) = &plan.udp_peers
+                && let (Some(peers), Some(xdp)) = (&plan.udp_peers, guard.as_mut())
                 && let Err(e) = xdp.set_udp_peers(peers)
             {
                 errors.push(format!("XDP UDP peers: {e}"));
             }
         }
-        if let Some((_, new)) = &plan.tunnel_ports
+        if let (Some((_, new)), Some(xdp)) = (&plan.tunnel_ports, guard.as_mut())
             && let Err(e) = xdp.set_tunnel_ports(new)
         {
             errors.push(format!("XDP tunnel ports: {e}"));

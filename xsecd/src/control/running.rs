@@ -1120,6 +1120,7 @@ impl Running {
         let spd = p.spd.map(|s| std::mem::replace(&mut self.spd, s));
         let mut summary = p.summary;
         let config = config.map(|mut state| {
+            summary["pairs"] = pair_summary(&self.cfg, &state.cfg, &applied);
             summary["warnings"] = json!(
                 state
                     .cfg
@@ -1196,6 +1197,29 @@ struct Parts {
     peers: Vec<IpAddr>,
     inbound_spis: Vec<u32>,
     spd: Option<Arc<Spd>>,
+}
+
+/// A configuration edit in the file's terms: which SA pairs were added, removed, changed.
+fn pair_summary(old: &Config, new: &Config, applied: &Applied) -> Value {
+    let names = |c: &Config| -> std::collections::BTreeSet<String> {
+        c.sas.iter().map(|p| p.name.clone()).collect()
+    };
+    let (o, n) = (names(old), names(new));
+    let touched: std::collections::BTreeSet<&str> = applied
+        .sas
+        .iter()
+        .filter_map(|d| d.id.rsplit_once('/').map(|(name, _)| name))
+        .collect();
+    let changed: Vec<&String> = n
+        .iter()
+        .filter(|p| o.contains(*p) && touched.contains(p.as_str()))
+        .collect();
+    json!({
+        "added": n.difference(&o).collect::<Vec<_>>(),
+        "removed": o.difference(&n).collect::<Vec<_>>(),
+        "changed": changed,
+        "unchanged": n.iter().filter(|p| o.contains(*p) && !touched.contains(p.as_str())).count(),
+    })
 }
 
 /// Which policies of a direction were added, removed, changed or reordered (O(P)).
