@@ -150,8 +150,9 @@ pub struct Shards {
     /// The gateway's addresses of every UDP-encapsulated inbound SA (where their UDP
     /// fragments are sent, to be reassembled by whichever worker receives them).
     pub udp_locals: Vec<IpAddr>,
-    /// The peers of every inbound SA: outer fragments are reassembled only from them.
-    pub peers: Vec<IpAddr>,
+    /// The peers of every inbound SA: outer fragments are reassembled only from them. A set,
+    /// so that a tunnel coming or going is one edit however many there are.
+    pub peers: std::collections::HashSet<IpAddr>,
     /// Some inbound SA has no peer address (transport mode without `remote`): fragments are
     /// reassembled from anyone.
     pub any_peer: bool,
@@ -160,7 +161,7 @@ pub struct Shards {
 impl Shards {
     /// Whether outer fragments from `src` are reassembled.
     pub fn fragments_from(&self, src: IpAddr) -> bool {
-        self.any_peer || self.peers.binary_search(&src).is_ok()
+        self.any_peer || self.peers.contains(&src)
     }
 }
 

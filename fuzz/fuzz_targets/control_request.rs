@@ -1,13 +1,16 @@
 //! The control socket's request decoding (`xsecd::control::request::decode`): any bytes give
 //! a request or an error of the right kind — never a panic. Not JSON, or not an object:
-//! `bad-json`; a version other than 1 (or none): `version`; the `id` answered is the one
-//! asked.
+//! `bad-json`; a version other than 2 (or none): `version`; the `id` answered is the one
+//! asked. A store operation (`add-sa`, `batch`, ...) is then turned into the store's
+//! operations (SA objects, keys from hex, selectors, policies): refused as `bad-args` or
+//! built, never a panic.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use xsecd::control::request::decode;
+use xsecd::control::request::{Request, decode};
+use xsecd::control::store_ops;
 
 fuzz_target!(|data: &[u8]| {
     let (id, r) = decode(data);
@@ -15,13 +18,31 @@ fuzz_target!(|data: &[u8]| {
     match parsed {
         Some(Value::Object(o)) => {
             assert_eq!(id, o.get("id").and_then(Value::as_u64).unwrap_or(0));
-            if o.get("version").and_then(Value::as_u64) != Some(1) {
+            if o.get("version").and_then(Value::as_u64) != Some(2) {
                 assert_eq!(r.map(|_| ()).unwrap_err().0, "version");
-            } else if let Err(e) = r {
-                assert!(
-                    ["bad-args", "unknown-command"].contains(&e.0),
-                    "{e:?} for {o:?}"
-                );
+            } else {
+                match r {
+                    Err(e) => assert!(
+                        ["bad-args", "unknown-command"].contains(&e.0),
+                        "{e:?} for {o:?}"
+                    ),
+                    Ok(
+                        req @ (Request::AddSa(_)
+                        | Request::UpdateSa(_)
+                        | Request::DelSa(_)
+                        | Request::UpdateSaEndpoints(_)
+                        | Request::AddPolicy(_)
+                        | Request::UpdatePolicy(_)
+                        | Request::DelPolicy(_)
+                        | Request::MovePolicy(_)
+                        | Request::Batch(_)),
+                    ) => {
+                        if let Err(e) = store_ops(req) {
+                            assert_eq!(e.0, "bad-args", "{e:?}");
+                        }
+                    }
+                    Ok(_) => {}
+                }
             }
         }
         _ => {

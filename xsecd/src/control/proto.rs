@@ -1,7 +1,7 @@
 //! The control protocol (docs/control-protocol.md): frames of a 4-byte big-endian length and
 //! that many bytes of UTF-8 JSON, over a Unix stream socket.
 //!
-//! A request is `{"version": 1, "id": N, "command": "...", "args": {...}}`; its answer
+//! A request is `{"version": 2, "id": N, "command": "...", "args": {...}}`; its answer
 //! carries the same `id` and either `"ok": true, "result": ...` or `"ok": false, "error":
 //! {"kind": ..., "message": ...}`. Commands that stream (`trace`, `subscribe`) send
 //! `{"version", "id", "stream": ...}` frames before their answer (`subscribe` never answers:

@@ -1,7 +1,8 @@
 //! Control requests, decoded into types: the envelope (`version`, `id`, `command`, `args`)
 //! is checked first, then the command and its arguments become one [`Request`] — an unknown
 //! command, a missing or misspelt argument, a wrong type: each is a clear error before any
-//! handler runs. Key material (`text` of `add-sa`/`reload`) is held in [`Zeroizing`] strings.
+//! handler runs. Key material (the hex keys of `add-sa`, the texts of `reload` and
+//! `config-add-sa`) is held in [`Zeroizing`] strings.
 
 use super::objects::{EndpointsSpec, PolicySpec, SaSpec};
 use super::{Fail, proto, proto::kind};

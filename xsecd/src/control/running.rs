@@ -316,8 +316,10 @@ struct EndpointSets {
     udp_peers: Counted<IpAddr>,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct SetsChanged {
+    /// Peers of inbound SAs that came (`true`) or went.
+    peers: Vec<(IpAddr, bool)>,
     shards: bool,
     tunnel_ports: bool,
     udp_peers: bool,
@@ -337,7 +339,11 @@ impl EndpointSets {
                 }
             }
             match c.remote {
-                Some(r) => ch.shards |= self.peers.step(r, add),
+                Some(r) => {
+                    if self.peers.step(r, add) {
+                        ch.peers.push((r, add));
+                    }
+                }
                 None => {
                     let before = self.any_peer > 0;
                     self.any_peer = if add {
@@ -362,7 +368,6 @@ impl EndpointSets {
         ShardEdit::Endpoints {
             udp_ports: self.udp_ports.keys(),
             udp_locals: self.udp_locals.keys(),
-            peers: self.peers.keys(),
             any_peer: self.any_peer > 0,
         }
     }
@@ -569,15 +574,14 @@ impl Running {
         if let ShardEdit::Endpoints {
             udp_ports,
             udp_locals,
-            peers,
             any_peer,
         } = self.sets.shard_endpoints()
         {
             s.udp_ports = udp_ports;
             s.udp_locals = udp_locals;
-            s.peers = peers;
             s.any_peer = any_peer;
         }
+        s.peers = self.sets.peers.0.keys().copied().collect();
         s
     }
 
@@ -1111,6 +1115,14 @@ impl Running {
             }
         }
         let mut rounds = p.rounds;
+        // a peer that went and came back in one change is no edit
+        for &(peer, add) in &ch.peers {
+            if self.sets.peers.0.contains_key(&peer) == add {
+                for c in &mut rounds[1] {
+                    c.shards.push(ShardEdit::Peer(peer, add));
+                }
+            }
+        }
         if ch.shards {
             let eps = self.sets.shard_endpoints();
             for c in &mut rounds[1] {

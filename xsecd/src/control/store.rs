@@ -193,6 +193,8 @@ pub struct Store {
     defaults: (NonPolicy, NonPolicy),
     /// Reqids per worker (for placing new ones).
     load: Vec<usize>,
+    /// Reqids whose use changed since the last [`Store::gc`].
+    touched: Vec<u32>,
 }
 
 fn dir_slot(d: Direction) -> usize {
@@ -225,6 +227,7 @@ impl Store {
             policies: [vec![], vec![]],
             defaults: (NonPolicy::default(), NonPolicy::default()),
             load: vec![0; workers.max(1)],
+            touched: vec![],
         }
     }
 
@@ -366,6 +369,12 @@ impl Store {
                     return Err(Reason::Immutable {
                         id: e.id,
                         field: "spi",
+                    });
+                }
+                if old.cfg.reqid != e.cfg.reqid {
+                    return Err(Reason::Immutable {
+                        id: e.id,
+                        field: "reqid",
                     });
                 }
                 self.check_sa(&e, Some(&old))?;
@@ -651,6 +660,7 @@ impl Store {
                     self.by_spi.remove(&key);
                 }
             }
+            self.touched.push(o.cfg.reqid);
             if let Some(r) = self.reqids.get_mut(&o.cfg.reqid) {
                 r.sas = r.sas.saturating_sub(1);
                 if o.cfg.direction == Direction::Outbound {
@@ -676,6 +686,7 @@ impl Store {
 
     /// The use record of a reqid, made (on the least loaded worker) if it is new.
     fn reqid_entry(&mut self, reqid: u32, client: &str) -> &mut ReqidUse {
+        self.touched.push(reqid);
         if !self.reqids.contains_key(&reqid) {
             let w = (0..self.load.len())
                 .min_by_key(|&i| (self.load[i], i))
@@ -740,16 +751,22 @@ impl Store {
         }
     }
 
-    /// Forget reqids nothing refers to any more.
+    /// Forget reqids nothing refers to any more (of those touched since the last time).
     fn gc(&mut self) {
-        let load = &mut self.load;
-        self.reqids.retain(|_, r| {
-            let keep = r.sas > 0 || r.policies > 0;
-            if !keep && let Some(l) = load.get_mut(usize::from(r.worker)) {
-                *l = l.saturating_sub(1);
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.sort_unstable();
+        touched.dedup();
+        for r in touched {
+            if let Some(u) = self.reqids.get(&r)
+                && u.sas == 0
+                && u.policies == 0
+            {
+                if let Some(l) = self.load.get_mut(usize::from(u.worker)) {
+                    *l = l.saturating_sub(1);
+                }
+                self.reqids.remove(&r);
             }
-            keep
-        });
+        }
     }
 }
 

@@ -144,11 +144,13 @@ pub enum ShardEdit {
     Inbound(u32, Option<u16>),
     /// Outbound reqid → its worker, or gone.
     Outbound(u32, Option<u16>),
-    /// The endpoint sets, whole (they change only when a value comes first or goes last).
+    /// A peer of inbound SAs comes (`true`) or goes.
+    Peer(IpAddr, bool),
+    /// The UDP endpoint sets, whole (they change only when a value comes first or goes
+    /// last), and whether some inbound SA has no peer address.
     Endpoints {
         udp_ports: Vec<u16>,
         udp_locals: Vec<IpAddr>,
-        peers: Vec<IpAddr>,
         any_peer: bool,
     },
 }
@@ -641,15 +643,19 @@ impl<I: FrameIo> Worker<'_, I> {
                     ShardEdit::Outbound(reqid, None) => {
                         s.outbound.remove(&reqid);
                     }
+                    ShardEdit::Peer(p, true) => {
+                        s.peers.insert(p);
+                    }
+                    ShardEdit::Peer(p, false) => {
+                        s.peers.remove(&p);
+                    }
                     ShardEdit::Endpoints {
                         udp_ports,
                         udp_locals,
-                        peers,
                         any_peer,
                     } => {
                         s.udp_ports = udp_ports;
                         s.udp_locals = udp_locals;
-                        s.peers = peers;
                         s.any_peer = any_peer;
                     }
                 }
