@@ -9,7 +9,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use xsecd::control::request::{Request, decode};
+use xsecd::control::request::decode;
 use xsecd::control::store_ops;
 
 fuzz_target!(|data: &[u8]| {
@@ -26,17 +26,7 @@ fuzz_target!(|data: &[u8]| {
                         ["bad-args", "unknown-command"].contains(&e.0),
                         "{e:?} for {o:?}"
                     ),
-                    Ok(
-                        req @ (Request::AddSa(_)
-                        | Request::UpdateSa(_)
-                        | Request::DelSa(_)
-                        | Request::UpdateSaEndpoints(_)
-                        | Request::AddPolicy(_)
-                        | Request::UpdatePolicy(_)
-                        | Request::DelPolicy(_)
-                        | Request::MovePolicy(_)
-                        | Request::Batch(_)),
-                    ) => {
+                    Ok(req) if req.is_store_op() => {
                         if let Err(e) = store_ops(req) {
                             assert_eq!(e.0, "bad-args", "{e:?}");
                         }

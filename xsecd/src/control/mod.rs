@@ -740,22 +740,6 @@ pub(crate) fn dispatch(ctl: &Control, req: Request, client: &mut String) -> Resu
             Ok(v)
         }
         Request::Dump(d) => Ok(dump(ctl, d.client.as_deref())),
-        r @ (Request::AddSa(_)
-        | Request::UpdateSa(_)
-        | Request::DelSa(_)
-        | Request::UpdateSaEndpoints(_)
-        | Request::AddPolicy(_)
-        | Request::UpdatePolicy(_)
-        | Request::DelPolicy(_)
-        | Request::MovePolicy(_)
-        | Request::Batch(_)) => {
-            let mut ops = vec![];
-            ops_of(r, &mut ops)?;
-            ctl.apply(Edit::Ops {
-                client: client.clone(),
-                ops,
-            })
-        }
         Request::ShowSa(a) => {
             let spi = match &a.spi {
                 Some(s) => Some(parse_spi(s).ok_or_else(|| {
@@ -829,6 +813,11 @@ pub(crate) fn dispatch(ctl: &Control, req: Request, client: &mut String) -> Resu
         }),
         // answered by the connection itself (they stream)
         Request::Trace(_) | Request::Subscribe(_) => Err(bad("a streaming request")),
+        // the rest: store operations
+        r => ctl.apply(Edit::Ops {
+            client: client.clone(),
+            ops: store_ops(r)?,
+        }),
     }
 }
 

@@ -48,6 +48,24 @@ pub enum Request {
     Subscribe(NoArgs),
 }
 
+impl Request {
+    /// Is this an operation on the store (what `batch` may hold)?
+    pub fn is_store_op(&self) -> bool {
+        matches!(
+            self,
+            Request::AddSa(_)
+                | Request::UpdateSa(_)
+                | Request::DelSa(_)
+                | Request::UpdateSaEndpoints(_)
+                | Request::AddPolicy(_)
+                | Request::UpdatePolicy(_)
+                | Request::DelPolicy(_)
+                | Request::MovePolicy(_)
+                | Request::Batch(_)
+        )
+    }
+}
+
 /// The commands, for the unknown-command message.
 pub const COMMANDS: &str = "hello (status), show-sa, show-policy, show-workers, \
     show-interfaces, show-counters, metrics, policy-test, alloc-spi, dump, add-sa, update-sa, \

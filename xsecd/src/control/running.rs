@@ -1104,7 +1104,9 @@ impl Running {
     /// Take the state a plan leads to (the store has it already): endpoint sets, SPD,
     /// configuration; what it replaces is kept for [`Running::revert`].
     fn take(&mut self, applied: Applied, p: Parts, config: Option<ConfigState>) -> Plan {
-        let (old_ports, old_peers) = (self.tunnel_ports(), self.udp_peers());
+        // (a few UDP ports; the peers, which may be one per tunnel, are listed only if they
+        // changed)
+        let old_ports = self.tunnel_ports();
         let mut ch = SetsChanged::default();
         for d in &applied.sas {
             if let Some((e, _)) = &d.before {
@@ -1151,7 +1153,7 @@ impl Running {
             rounds,
             summary,
             tunnel_ports: ch.tunnel_ports.then(|| (old_ports, self.tunnel_ports())),
-            udp_peers: (ch.udp_peers || old_peers != self.udp_peers()).then(|| self.udp_peers()),
+            udp_peers: ch.udp_peers.then(|| self.udp_peers()),
             peers: p.peers,
             inbound_spis: p.inbound_spis,
             undo: Undo {
@@ -1277,8 +1279,7 @@ fn policy_diff(old: &Spd, new: &Spd, dir: Direction) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::store::{Endpoints, PolicyEntry};
-    use xsec_dataplane::crypto::{AuthAlg, EncAlg};
+    use crate::control::store::{Endpoints, PolicyEntry, test_sa};
     use xsec_dataplane::spd::Selector;
 
     const BASE: &str = r#"[gateway]
@@ -1376,28 +1377,6 @@ sa = "v6"
             .iter()
             .map(|p| p.name.clone())
             .collect()
-    }
-
-    fn api_sa(id: &str, dir: Direction, spi: u32, reqid: u32) -> SaEntry {
-        let mut cfg = SaConfig::tunnel(
-            spi,
-            dir,
-            "10.0.0.1".parse().unwrap(),
-            "10.0.0.9".parse().unwrap(),
-            EncAlg::AesGcm128,
-            &[spi as u8; 20],
-            AuthAlg::None,
-            &[],
-        );
-        cfg.reqid = reqid;
-        cfg.name = "ike-child".into();
-        cfg.selectors = vec![Selector::ANY];
-        SaEntry {
-            id: id.into(),
-            client: String::new(),
-            cfg,
-            keepalive: None,
-        }
     }
 
     fn ops(ops: Vec<Op>) -> Edit {
@@ -1639,8 +1618,8 @@ sa = "v6"
         let p = done(
             &mut r,
             ops(vec![
-                Op::AddSa(api_sa("in-1", Direction::Inbound, 0xc000_0001, 50)),
-                Op::AddSa(api_sa("out-1", Direction::Outbound, 0x0a00_0001, 50)),
+                Op::AddSa(test_sa("in-1", Direction::Inbound, 0xc000_0001, 50)),
+                Op::AddSa(test_sa("out-1", Direction::Outbound, 0x0a00_0001, 50)),
                 Op::AddPolicy {
                     dir: Direction::Outbound,
                     entry: PolicyEntry {
@@ -1659,7 +1638,7 @@ sa = "v6"
 
         let p = done(
             &mut r,
-            ops(vec![Op::AddSa(api_sa(
+            ops(vec![Op::AddSa(test_sa(
                 "in-2",
                 Direction::Inbound,
                 0xc000_0002,
@@ -1678,7 +1657,7 @@ sa = "v6"
         let p = done(
             &mut r,
             ops(vec![
-                Op::AddSa(api_sa("out-2", Direction::Outbound, 0x0a00_0002, 50)),
+                Op::AddSa(test_sa("out-2", Direction::Outbound, 0x0a00_0002, 50)),
                 Op::DelSa("out-1".into()),
             ]),
         );
@@ -1704,7 +1683,7 @@ sa = "v6"
     #[test]
     fn endpoints_update_carries_everything_and_a_reload_leaves_other_clients_alone() {
         let mut r = running(BASE);
-        let mut o = api_sa("out-1", Direction::Outbound, 0x0a00_0001, 50);
+        let mut o = test_sa("out-1", Direction::Outbound, 0x0a00_0001, 50);
         o.cfg.encap = Encap::Udp {
             local_port: 4500,
             remote_port: 4500,
@@ -1765,7 +1744,7 @@ sa = "v6"
             )
         };
         let before = dump(&r);
-        let mut o = api_sa("x", Direction::Outbound, 0x777, 60);
+        let mut o = test_sa("x", Direction::Outbound, 0x777, 60);
         o.cfg.encap = Encap::Udp {
             local_port: 2746,
             remote_port: 2746,
@@ -1780,13 +1759,13 @@ sa = "v6"
         assert_eq!(dump(&r), before);
         assert_eq!(r.cfg.sas[1].outbound.spi, 0x400);
         // the engine refuses a key of the wrong length: nothing applied
-        let mut bad = api_sa("y", Direction::Inbound, 0x778, 61);
+        let mut bad = test_sa("y", Direction::Inbound, 0x778, 61);
         bad.cfg.enc_key = xsec_dataplane::sa::SecretKey::from_slice(&[1; 3]);
         assert!(
             edit(
                 &mut r,
                 ops(vec![
-                    Op::AddSa(api_sa("z", Direction::Inbound, 0x779, 62)),
+                    Op::AddSa(test_sa("z", Direction::Inbound, 0x779, 62)),
                     Op::AddSa(bad)
                 ])
             )

@@ -778,33 +778,35 @@ fn hint(owner: &str) -> &'static str {
     }
 }
 
+/// A valid tunnel-mode SA for tests: AES-GCM-128, any selector, name `tun`.
+#[cfg(test)]
+pub(crate) fn test_sa(id: &str, dir: Direction, spi: u32, reqid: u32) -> SaEntry {
+    use xsec_dataplane::crypto::{AuthAlg, EncAlg};
+    let mut cfg = SaConfig::tunnel(
+        spi,
+        dir,
+        IpAddr::from([192, 0, 2, 1]),
+        IpAddr::from([192, 0, 2, 2]),
+        EncAlg::AesGcm128,
+        &[7; 20],
+        AuthAlg::None,
+        &[],
+    );
+    cfg.reqid = reqid;
+    cfg.name = "tun".into();
+    cfg.selectors = vec![xsec_dataplane::spd::Selector::ANY];
+    SaEntry {
+        id: id.into(),
+        client: String::new(),
+        cfg,
+        keepalive: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use xsec_dataplane::crypto::{AuthAlg, EncAlg};
     use xsec_dataplane::spd::{SaBundle, Selector};
-
-    fn sa(id: &str, dir: Direction, spi: u32, reqid: u32) -> SaEntry {
-        let mut cfg = SaConfig::tunnel(
-            spi,
-            dir,
-            "192.0.2.1".parse().unwrap(),
-            "192.0.2.2".parse().unwrap(),
-            EncAlg::AesGcm128,
-            &[7; 20],
-            AuthAlg::None,
-            &[],
-        );
-        cfg.reqid = reqid;
-        cfg.name = "tun".into();
-        cfg.selectors = vec![Selector::ANY];
-        SaEntry {
-            id: id.into(),
-            client: String::new(),
-            cfg,
-            keepalive: None,
-        }
-    }
 
     fn protect(name: &str, reqid: u32) -> Policy {
         Policy {
@@ -834,7 +836,7 @@ mod tests {
         let mut s = Store::new(2);
         s.apply(
             "ike",
-            vec![Op::AddSa(sa("a-in", Direction::Inbound, 0x100, 1))],
+            vec![Op::AddSa(test_sa("a-in", Direction::Inbound, 0x100, 1))],
         )
         .unwrap();
         let before = snapshot(&s);
@@ -842,7 +844,7 @@ mod tests {
             .apply(
                 "ike",
                 vec![
-                    Op::AddSa(sa("b-in", Direction::Inbound, 0x200, 2)),
+                    Op::AddSa(test_sa("b-in", Direction::Inbound, 0x200, 2)),
                     Op::AddPolicy {
                         dir: Direction::Outbound,
                         entry: PolicyEntry {
@@ -853,7 +855,7 @@ mod tests {
                     },
                     Op::DelSa("a-in".into()),
                     // the SPI b-in took
-                    Op::AddSa(sa("c-in", Direction::Inbound, 0x200, 3)),
+                    Op::AddSa(test_sa("c-in", Direction::Inbound, 0x200, 3)),
                 ],
             )
             .unwrap_err();
@@ -867,12 +869,16 @@ mod tests {
         let mut s = Store::new(2);
         s.apply(
             "ike",
-            vec![Op::AddSa(sa("a", Direction::Inbound, 0x100, 1))],
+            vec![Op::AddSa(test_sa("a", Direction::Inbound, 0x100, 1))],
         )
         .unwrap();
         let err = |s: &mut Store, c: &str, op: Op| s.apply(c, vec![op]).unwrap_err().reason;
         assert!(matches!(
-            err(&mut s, "ike", Op::AddSa(sa("a", Direction::Outbound, 9, 1))),
+            err(
+                &mut s,
+                "ike",
+                Op::AddSa(test_sa("a", Direction::Outbound, 9, 1))
+            ),
             Reason::DuplicateId(_)
         ));
         assert!(matches!(
@@ -883,7 +889,7 @@ mod tests {
             err(
                 &mut s,
                 "other",
-                Op::AddSa(sa("b", Direction::Outbound, 0x300, 1))
+                Op::AddSa(test_sa("b", Direction::Outbound, 0x300, 1))
             ),
             Reason::ReqidTaken { reqid: 1, .. }
         ));
@@ -891,13 +897,13 @@ mod tests {
             err(&mut s, "other", Op::DelSa("a".into())),
             Reason::NotYours { .. }
         ));
-        let mut spi_change = sa("a", Direction::Inbound, 0x101, 1);
+        let mut spi_change = test_sa("a", Direction::Inbound, 0x101, 1);
         spi_change.cfg.name = "x".into();
         assert!(matches!(
             err(&mut s, "ike", Op::UpdateSa(spi_change)),
             Reason::Immutable { field: "spi", .. }
         ));
-        let mut bad_key = sa("k", Direction::Inbound, 0x500, 5);
+        let mut bad_key = test_sa("k", Direction::Inbound, 0x500, 5);
         bad_key.cfg.enc_key = xsec_dataplane::sa::SecretKey::from_slice(&[1; 5]);
         assert!(matches!(
             err(&mut s, "ike", Op::AddSa(bad_key)),
@@ -906,7 +912,7 @@ mod tests {
         // the same SPI outbound is another slot
         s.apply(
             "ike",
-            vec![Op::AddSa(sa("a-out", Direction::Outbound, 0x100, 1))],
+            vec![Op::AddSa(test_sa("a-out", Direction::Outbound, 0x100, 1))],
         )
         .unwrap();
     }
@@ -918,8 +924,8 @@ mod tests {
             .apply(
                 "ike",
                 vec![
-                    Op::AddSa(sa("in-1", Direction::Inbound, 0x1001, 7)),
-                    Op::AddSa(sa("out-1", Direction::Outbound, 0x2001, 7)),
+                    Op::AddSa(test_sa("in-1", Direction::Inbound, 0x1001, 7)),
+                    Op::AddSa(test_sa("out-1", Direction::Outbound, 0x2001, 7)),
                 ],
             )
             .unwrap();
@@ -927,12 +933,12 @@ mod tests {
         let w = s.worker_of(7).unwrap();
         s.apply(
             "ike",
-            vec![Op::AddSa(sa("in-2", Direction::Inbound, 0x1002, 7))],
+            vec![Op::AddSa(test_sa("in-2", Direction::Inbound, 0x1002, 7))],
         )
         .unwrap();
         s.apply(
             "ike",
-            vec![Op::AddSa(sa("out-2", Direction::Outbound, 0x2002, 7))],
+            vec![Op::AddSa(test_sa("out-2", Direction::Outbound, 0x2002, 7))],
         )
         .unwrap();
         s.apply("ike", vec![Op::DelSa("out-1".into())]).unwrap();
@@ -1041,8 +1047,11 @@ mod tests {
         assert_eq!(s.reqid_name(9), None);
         // another client cannot put an SA under it
         assert!(
-            s.apply("x", vec![Op::AddSa(sa("o", Direction::Outbound, 0x900, 9))])
-                .is_err()
+            s.apply(
+                "x",
+                vec![Op::AddSa(test_sa("o", Direction::Outbound, 0x900, 9))]
+            )
+            .is_err()
         );
         s.apply(
             "ike",
@@ -1058,7 +1067,7 @@ mod tests {
     #[test]
     fn endpoints_move_and_are_checked() {
         let mut s = Store::new(1);
-        let mut e = sa("o", Direction::Outbound, 0x900, 9);
+        let mut e = test_sa("o", Direction::Outbound, 0x900, 9);
         e.cfg.encap = Encap::Udp {
             local_port: 4500,
             remote_port: 4500,
@@ -1086,7 +1095,7 @@ mod tests {
                 remote_port: 61000
             }
         );
-        let mut plain = sa("p", Direction::Outbound, 0x901, 10);
+        let mut plain = test_sa("p", Direction::Outbound, 0x901, 10);
         plain.cfg.encap = Encap::None;
         s.apply("ike", vec![Op::AddSa(plain)]).unwrap();
         assert!(
