@@ -4,12 +4,12 @@
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use xsec_dataplane::wire::pcap::{self, LinkType};
-use xsecd::control::{self, proto};
+use xsecd::control;
+use xsecd::control::client::{self, ClientError};
 
 /// Operate a running xsecd: show SAs, policies and counters, change SAs and policies live,
 /// test the SPD, trace packets, export metrics.
@@ -234,71 +234,53 @@ struct TraceArgs {
     pcap: PathBuf,
 }
 
-struct Client {
-    s: UnixStream,
-    next: u64,
-}
+/// The library's client, with xsecctl's exit codes: 2 when the daemon could not be asked,
+/// 1 when it said no.
+struct Client(client::Client);
 
 type Res<T> = Result<T, (u8, String)>;
 
+fn exit_code(e: ClientError) -> (u8, String) {
+    match e {
+        ClientError::Io(m) => (2, m),
+        ClientError::Refused {
+            kind,
+            message,
+            detail,
+        } => {
+            let mut msg = format!("{kind}: {message}");
+            if let Some(d) = detail.filter(|d| !d.is_array()) {
+                msg.push_str(&format!(
+                    "\n{}",
+                    serde_json::to_string_pretty(&d).unwrap_or_default()
+                ));
+            }
+            (1, msg)
+        }
+    }
+}
+
 impl Client {
     fn connect(path: &Path) -> Res<Client> {
-        let s = UnixStream::connect(path).map_err(|e| {
-            let hint = match e.kind() {
-                std::io::ErrorKind::PermissionDenied => {
-                    " (the socket is for root, xsecd's user and control.group)"
-                }
-                std::io::ErrorKind::NotFound if !control::is_socket(path) => {
-                    " (is xsecd running? see --socket)"
-                }
-                std::io::ErrorKind::ConnectionRefused => " (is xsecd running?)",
-                _ => "",
-            };
-            (2, format!("{}: {e}{hint}", path.display()))
-        })?;
-        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-        Ok(Client { s, next: 1 })
+        client::Client::connect(path).map(Client).map_err(exit_code)
     }
 
     fn send(&mut self, cmd: &str, args: Value) -> Res<u64> {
-        let id = self.next;
-        self.next += 1;
-        proto::write_frame(&mut self.s, &proto::request(id, cmd, args))
-            .map_err(|e| (2, format!("send: {e}")))?;
-        Ok(id)
+        self.0.send(cmd, args).map_err(exit_code)
     }
 
     fn recv(&mut self, wait: Duration) -> Res<Value> {
-        let body =
-            proto::read_frame(&mut self.s, wait).map_err(|e| (2, format!("receive: {e}")))?;
-        serde_json::from_slice(&body).map_err(|e| (2, format!("receive: not JSON: {e}")))
+        self.0.recv(wait).map_err(exit_code)
     }
 
     /// One request, one answer: the result, or the daemon's error.
     fn call(&mut self, cmd: &str, args: Value) -> Res<Value> {
-        self.send(cmd, args)?;
-        let v = self.recv(Duration::from_secs(30))?;
-        answer(v)
+        self.0.call(cmd, args).map_err(exit_code)
     }
 }
 
 fn answer(v: Value) -> Res<Value> {
-    if v["ok"] == json!(true) {
-        return Ok(v["result"].clone());
-    }
-    let e = &v["error"];
-    let mut msg = format!(
-        "{}: {}",
-        e["kind"].as_str().unwrap_or("error"),
-        e["message"].as_str().unwrap_or("(no message)")
-    );
-    if let Some(d) = e.get("detail").filter(|d| !d.is_null() && !d.is_array()) {
-        msg.push_str(&format!(
-            "\n{}",
-            serde_json::to_string_pretty(d).unwrap_or_default()
-        ));
-    }
-    Err((1, msg))
+    client::answer(v).map_err(exit_code)
 }
 
 fn read_input(p: &Path) -> Res<String> {

@@ -8,6 +8,7 @@
 //! packet path. Changes are serialized by the [`Running`] mutex, which only control threads
 //! take.
 
+pub mod client;
 pub mod http;
 pub mod objects;
 pub mod policy_test;

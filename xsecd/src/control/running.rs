@@ -263,6 +263,16 @@ pub struct Retired {
     pub generations: u64,
 }
 
+impl Retired {
+    /// One more retired SA.
+    fn add(&mut self, st: &SaStatus) {
+        self.packets += st.packets;
+        self.bytes += st.bytes;
+        self.drops.add(&st.drops);
+        self.generations += 1;
+    }
+}
+
 /// Reference counts of a value several SAs share (a peer, a port): a set that knows when a
 /// value comes first and goes last.
 #[derive(Debug, Clone)]
@@ -398,6 +408,8 @@ pub struct Running {
     pub workers: usize,
     /// (SA name, direction) → counters of its retired SAs.
     pub retired: BTreeMap<(String, Direction), Retired>,
+    /// (reqid, direction) → counters of its retired SAs.
+    pub retired_reqid: BTreeMap<(u32, Direction), Retired>,
     /// Changes applied since start.
     pub generation: u64,
     /// `xsecd --control PATH`: replaces `control.socket` of every configuration read.
@@ -522,6 +534,7 @@ impl Running {
             next_reqid: 1,
             workers: n,
             retired: BTreeMap::new(),
+            retired_reqid: BTreeMap::new(),
             generation: 0,
             socket_override: None,
             source: source.clone(),
@@ -1169,14 +1182,15 @@ impl Running {
         drop(undo);
         self.generation += 1;
         for st in removed {
-            let r = self
+            let by_name = self
                 .retired
                 .entry((st.info.name.clone(), st.direction))
                 .or_default();
-            r.packets += st.packets;
-            r.bytes += st.bytes;
-            r.drops.add(&st.drops);
-            r.generations += 1;
+            by_name.add(st);
+            self.retired_reqid
+                .entry((st.reqid, st.direction))
+                .or_default()
+                .add(st);
         }
     }
 

@@ -261,7 +261,7 @@ pub fn metrics(run: &Running, snaps: &[Snapshot], sys: &System, uptime: Duration
     );
     let _ = writeln!(o, "xsec_uptime_seconds {:.3}", uptime.as_secs_f64());
 
-    // per SA name and direction: live + retired
+    // per SA name and direction, and per reqid and direction: live + retired
     #[derive(Default)]
     struct Acc {
         packets: u64,
@@ -269,24 +269,42 @@ pub fn metrics(run: &Running, snaps: &[Snapshot], sys: &System, uptime: Duration
         drops: xsec_dataplane::stats::DropCounters,
         spi: Option<u32>,
         generations: u64,
+        live: u64,
+    }
+    impl Acc {
+        fn retired(&mut self, r: &super::running::Retired) {
+            self.packets += r.packets;
+            self.bytes += r.bytes;
+            self.drops.add(&r.drops);
+            self.generations += r.generations;
+        }
+        fn live(&mut self, st: &xsec_dataplane::sa::SaStatus) {
+            self.packets += st.packets;
+            self.bytes += st.bytes;
+            self.drops.add(&st.drops);
+            self.spi = Some(st.spi);
+            self.live += 1;
+        }
     }
     let mut acc: BTreeMap<(String, &'static str), Acc> = BTreeMap::new();
+    let mut by_reqid: BTreeMap<(u32, &'static str), Acc> = BTreeMap::new();
     for ((name, dir), r) in &run.retired {
-        let a = acc.entry((name.clone(), dir.name())).or_default();
-        a.packets += r.packets;
-        a.bytes += r.bytes;
-        a.drops.add(&r.drops);
-        a.generations += r.generations;
+        acc.entry((name.clone(), dir.name()))
+            .or_default()
+            .retired(r);
+    }
+    for ((reqid, dir), r) in &run.retired_reqid {
+        by_reqid.entry((*reqid, dir.name())).or_default().retired(r);
     }
     for s in snaps {
         for st in &s.sas {
-            let a = acc
-                .entry((st.info.name.clone(), st.direction.name()))
-                .or_default();
-            a.packets += st.packets;
-            a.bytes += st.bytes;
-            a.drops.add(&st.drops);
-            a.spi = Some(st.spi);
+            acc.entry((st.info.name.clone(), st.direction.name()))
+                .or_default()
+                .live(st);
+            by_reqid
+                .entry((st.reqid, st.direction.name()))
+                .or_default()
+                .live(st);
         }
     }
     type SaCounter = (&'static str, &'static str, fn(&Acc) -> u64);
@@ -348,6 +366,59 @@ pub fn metrics(run: &Running, snaps: &[Snapshot], sys: &System, uptime: Duration
                 esc(n)
             );
         }
+    }
+    let per_reqid: [SaCounter; 3] = [
+        (
+            "xsec_reqid_packets",
+            "Packets through the SAs of this reqid and direction, across rekeys.",
+            |a| a.packets,
+        ),
+        (
+            "xsec_reqid_bytes",
+            "Bytes (inner packets) through the SAs of this reqid and direction.",
+            |a| a.bytes,
+        ),
+        (
+            "xsec_reqid_replaced",
+            "SAs of this reqid and direction replaced or removed so far.",
+            |a| a.generations,
+        ),
+    ];
+    for (name, help, f) in per_reqid {
+        family(&mut o, name, "counter", help);
+        for ((r, d), a) in &by_reqid {
+            let _ = writeln!(
+                o,
+                "{name}_total{{reqid=\"{r}\",direction=\"{d}\"}} {}",
+                f(a)
+            );
+        }
+    }
+    family(
+        &mut o,
+        "xsec_reqid_drops",
+        "counter",
+        "Packets dropped by the SAs of this reqid and direction (all reasons).",
+    );
+    for ((r, d), a) in &by_reqid {
+        let _ = writeln!(
+            o,
+            "xsec_reqid_drops_total{{reqid=\"{r}\",direction=\"{d}\"}} {}",
+            a.drops.total()
+        );
+    }
+    family(
+        &mut o,
+        "xsec_reqid_sas",
+        "gauge",
+        "SAs of this reqid and direction installed now (two while a rekey overlaps).",
+    );
+    for ((r, d), a) in &by_reqid {
+        let _ = writeln!(
+            o,
+            "xsec_reqid_sas{{reqid=\"{r}\",direction=\"{d}\"}} {}",
+            a.live
+        );
     }
 
     family(
