@@ -12,10 +12,12 @@ use crate::control::{self, Control, CtlCounters};
 use crate::neigh::{Resolution, Resolver};
 use crate::replay::ReplaySource;
 use crate::stats::{self, StatsFile};
-use crate::worker::{self, Cmd, HANDOFF_BUF, HANDOFF_POOL, Hop, Mesh, Snapshot, WorkerSetup};
+use crate::worker::{
+    self, Cmd, CmdSender, HANDOFF_BUF, HANDOFF_POOL, Hop, Mesh, Snapshot, WorkerSetup,
+};
 use crate::xdp::{Side as XdpSide, XdpMode, XdpSteering};
 use crate::xsk::{Side, XskConfig};
-use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use crossbeam_channel::{Receiver, bounded, unbounded};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -58,7 +60,7 @@ pub struct Options {
 }
 
 struct WorkerHandle {
-    cmds: Sender<Cmd>,
+    cmds: CmdSender,
     join: Option<JoinHandle<()>>,
 }
 
@@ -340,7 +342,7 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
             .spawn(move || worker::run(setup, rt))
             .map_err(|e| DaemonError::Setup(format!("spawn worker {i}: {e}")))?;
         workers.push(WorkerHandle {
-            cmds: cmd_tx,
+            cmds: CmdSender::new(cmd_tx, mesh.wakers.get(i).cloned()),
             join: Some(join),
         });
     }
@@ -378,7 +380,7 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     }
 
     // Next-hop resolution for every worker.
-    let cmd_senders: Vec<Sender<Cmd>> = workers.iter().map(|w| w.cmds.clone()).collect();
+    let cmd_senders: Vec<CmdSender> = workers.iter().map(|w| w.cmds.clone()).collect();
     let resolver_stop = Arc::new(AtomicBool::new(false));
     let resolver = {
         let senders = cmd_senders.clone();
@@ -615,7 +617,7 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
 }
 
 /// Ask every worker for its counters (each answers between two bursts).
-pub fn snapshots(workers: &[Sender<Cmd>]) -> Vec<Snapshot> {
+pub fn snapshots(workers: &[CmdSender]) -> Vec<Snapshot> {
     let (tx, rx) = unbounded();
     let mut asked = 0;
     for w in workers {
@@ -640,7 +642,7 @@ fn resolve_loop(
     mut res: Resolver,
     sides: [(u32, Side); 2],
     requests: Receiver<IpAddr>,
-    workers: Vec<Sender<Cmd>>,
+    workers: Vec<CmdSender>,
     stop: Arc<AtomicBool>,
 ) {
     let mut known: HashMap<IpAddr, Option<Hop>> = HashMap::new();

@@ -385,7 +385,7 @@ impl Sa {
         };
         let lim = |v: u64| if v == u64::MAX { None } else { Some(v) };
         SaStatus {
-            info: (*self.info).clone(),
+            info: Arc::clone(&self.info),
             spi: self.spi,
             reqid: self.reqid,
             direction: self.dir,
@@ -420,7 +420,8 @@ impl Sa {
 /// What `show sa` reports. Keys appear only as their lengths.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SaStatus {
-    pub info: SaInfo,
+    /// Shared with the SA (a snapshot of many SAs copies no names).
+    pub info: Arc<SaInfo>,
     pub spi: u32,
     pub reqid: u32,
     pub direction: Direction,

@@ -21,7 +21,7 @@ pub mod view;
 
 use crate::config::ControlConfig;
 use crate::trace::{self, Filter, Tap};
-use crate::worker::{Change, ChangeReport, Cmd, Snapshot};
+use crate::worker::{Change, ChangeReport, Cmd, CmdSender, Snapshot};
 use crate::xdp::XdpSteering;
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use proto::kind;
@@ -71,6 +71,13 @@ pub struct CtlCounters {
     pub errors: AtomicU64,
     pub events: AtomicU64,
     pub events_dropped: AtomicU64,
+    /// Changes applied by a worker (one per worker per non-empty round).
+    pub worker_changes: AtomicU64,
+    /// Their time on the worker (between two bursts): sum, largest, and how many took
+    /// more than 10 µs.
+    pub worker_change_ns: AtomicU64,
+    pub worker_change_max_ns: AtomicU64,
+    pub worker_changes_over_10us: AtomicU64,
 }
 
 /// Everything the control threads share.
@@ -78,7 +85,7 @@ pub struct Control {
     pub running: Mutex<Running>,
     /// `None` once the daemon is stopping (taken and dropped: detached).
     pub xdp: Mutex<Option<XdpSteering>>,
-    pub workers: Vec<Sender<Cmd>>,
+    pub workers: Vec<CmdSender>,
     pub resolve: Sender<IpAddr>,
     pub clock: MonotonicClock,
     pub started: Instant,
@@ -419,7 +426,15 @@ impl Control {
         }
         let mut removed = vec![];
         let [r0, r1, r2] = plan.rounds;
-        for (i, round) in [r0, r1, r2].into_iter().enumerate() {
+        // one worker applies a whole change between two bursts: the three rounds order
+        // several workers' steps, one worker needs one (and one wake-up, not three)
+        let rounds = if self.workers.len() == 1 {
+            vec![single_round(r0, r1, r2)]
+        } else {
+            vec![r0, r1, r2]
+        };
+        let shards_round = rounds.len().min(2) - 1;
+        for (i, round) in rounds.into_iter().enumerate() {
             let reports = self.round(round);
             for r in reports {
                 match r {
@@ -430,7 +445,7 @@ impl Control {
                     Err(e) => errors.push(e),
                 }
             }
-            if i == 1
+            if i == shards_round
                 && let (Some(peers), Some(xdp)) = (&plan.udp_peers, guard.as_mut())
                 && let Err(e) = xdp.set_udp_peers(peers)
             {
@@ -490,6 +505,14 @@ impl Control {
         while answered.len() < asked.len() {
             match rx.recv_deadline(deadline) {
                 Ok(r) => {
+                    let ns = u64::try_from(r.took.as_nanos()).unwrap_or(u64::MAX);
+                    let c = &self.counters;
+                    c.worker_changes.fetch_add(1, Ordering::Relaxed);
+                    c.worker_change_ns.fetch_add(ns, Ordering::Relaxed);
+                    c.worker_change_max_ns.fetch_max(ns, Ordering::Relaxed);
+                    if ns > 10_000 {
+                        c.worker_changes_over_10us.fetch_add(1, Ordering::Relaxed);
+                    }
                     answered.push(r.id);
                     out.push(Ok(r));
                 }
@@ -779,6 +802,10 @@ pub(crate) fn dispatch(ctl: &Control, req: Request, client: &mut String) -> Resu
                 "errors": c.errors.load(Ordering::Relaxed),
                 "events": c.events.load(Ordering::Relaxed),
                 "events_dropped": c.events_dropped.load(Ordering::Relaxed),
+                "worker_changes": c.worker_changes.load(Ordering::Relaxed),
+                "worker_change_ns": c.worker_change_ns.load(Ordering::Relaxed),
+                "worker_change_max_ns": c.worker_change_max_ns.load(Ordering::Relaxed),
+                "worker_changes_over_10us": c.worker_changes_over_10us.load(Ordering::Relaxed),
             });
             Ok(v)
         }
@@ -854,6 +881,24 @@ fn interfaces(ctl: &Control) -> Value {
             })
             .collect(),
     )
+}
+
+/// The three rounds of a change for a daemon of one worker, as one [`Change`] the worker
+/// applies between two bursts in the rounds' order: replacements and installations, then
+/// shard edits, SPD and heartbeats, then the removals of the third round (`remove_last`).
+pub(crate) fn single_round(r0: Vec<Change>, r1: Vec<Change>, r2: Vec<Change>) -> Vec<Change> {
+    r0.into_iter()
+        .zip(r1)
+        .zip(r2)
+        .map(|((mut c, c1), c2)| {
+            debug_assert!(c1.remove.is_empty() && c1.install.is_empty() && c2.install.is_empty());
+            c.shards = c1.shards;
+            c.spd = c1.spd;
+            c.heartbeats = c1.heartbeats;
+            c.remove_last = c2.remove;
+            c
+        })
+        .collect()
 }
 
 /// `alloc-spi`: an inbound SPI no installed SA uses and no other client holds, reserved for

@@ -193,6 +193,7 @@ pub fn workers(snaps: &[Snapshot]) -> Value {
                     "encap_packets": s.engine.encap_packets, "decap_packets": s.engine.decap_packets,
                     "drops": s.engine.drops.total(),
                     "handoff_tx": c.handoff_tx, "handoff_rx": c.handoff_rx,
+                    "snapshot_us": s.took.as_secs_f64() * 1e6,
                 })
             })
             .collect(),

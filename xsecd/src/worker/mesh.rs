@@ -77,16 +77,29 @@ impl Waker {
         }
     }
 
+    /// After a command was queued for this worker (by another thread than the workers):
+    /// the fence that [`Waker::wake`] expects, then the wake-up.
+    pub fn wake_after_queueing(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.wake();
+    }
+
     /// Sleep in `xsk` until packets come on a socket, a waker's write, or `timeout_ms`,
-    /// unless `inbox` already holds handed-off packets.
-    pub(super) fn sleep(&self, xsk: &impl FrameIo, inbox: &Receiver<Handoff>, timeout_ms: i32) {
+    /// unless `inbox` already holds handed-off packets or `cmds` commands.
+    pub(super) fn sleep(
+        &self,
+        xsk: &impl FrameIo,
+        inbox: &Receiver<Handoff>,
+        cmds: &Receiver<super::Cmd>,
+        timeout_ms: i32,
+    ) {
         self.sleeping.store(true, Ordering::Relaxed);
         // a sender queues, fences (SeqCst), then reads `sleeping`; this worker sets
         // `sleeping`, fences (SeqCst), then reads the queue: with a fence on each side, one
         // of the two sees the other's write (a SeqCst store alone would not order the load
         // after it)
         std::sync::atomic::fence(Ordering::SeqCst);
-        if inbox.is_empty() && xsk.wait(timeout_ms, Some(self.fd.as_fd())) {
+        if inbox.is_empty() && cmds.is_empty() && xsk.wait(timeout_ms, Some(self.fd.as_fd())) {
             let mut b = [0u8; 8];
             let _ = rustix::io::read(&self.fd, &mut b);
         }

@@ -97,6 +97,30 @@ pub enum Cmd {
     Stop,
 }
 
+/// The control side's end of a worker's command channel: a send also wakes the worker if it
+/// sleeps in adaptive idle mode, so a change or a snapshot does not wait for the sleep to
+/// end (up to a millisecond per round: a key manager's add-sa takes one to three rounds).
+#[derive(Debug, Clone)]
+pub struct CmdSender {
+    cmds: Sender<Cmd>,
+    waker: Option<Arc<Waker>>,
+}
+
+impl CmdSender {
+    pub fn new(cmds: Sender<Cmd>, waker: Option<Arc<Waker>>) -> CmdSender {
+        CmdSender { cmds, waker }
+    }
+
+    /// Queue `cmd` for the worker and wake it; an error if the worker is gone.
+    pub fn send(&self, cmd: Cmd) -> Result<(), crossbeam_channel::SendError<Cmd>> {
+        self.cmds.send(cmd)?;
+        if let Some(w) = &self.waker {
+            w.wake_after_queueing();
+        }
+        Ok(())
+    }
+}
+
 /// One worker's part of a configuration change (`xsecctl reload`, `add sa`, ...), applied
 /// between two bursts in this order: removals, installations, shards, SPD, heartbeats.
 #[derive(Debug, Default)]
@@ -113,6 +137,8 @@ pub struct Change {
     pub spd: Option<(Arc<Spd>, Arc<SpdCarry>)>,
     /// Heartbeats to start (`Some`) or stop (`None`), by the SPI of their outbound SA.
     pub heartbeats: Vec<(u32, Option<Heartbeat>)>,
+    /// SAs to remove last, after everything else (a one-worker daemon's third round).
+    pub remove_last: Vec<(Direction, u32)>,
 }
 
 impl Change {
@@ -122,6 +148,7 @@ impl Change {
             && self.shards.is_empty()
             && self.spd.is_none()
             && self.heartbeats.is_empty()
+            && self.remove_last.is_empty()
     }
 }
 
@@ -163,6 +190,8 @@ pub struct ChangeReport {
     pub removed: Vec<SaStatus>,
     /// SAs that could not be installed or removed.
     pub errors: Vec<String>,
+    /// How long the worker spent applying the change (its stall between two bursts).
+    pub took: Duration,
 }
 
 /// A struct of `u64` counters with `add`, for summing workers.
@@ -233,6 +262,9 @@ pub struct Snapshot {
     pub hits_out: Vec<u64>,
     /// Trace copies that found the trace channel full.
     pub trace_lost: u64,
+    /// How long the worker spent building this snapshot (its stall between two bursts:
+    /// it grows with the SAs it holds).
+    pub took: Duration,
 }
 
 /// Everything a worker thread needs.
@@ -407,7 +439,7 @@ fn serve(xsk: &mut Xsk<'_>, setup: WorkerSetup, ready: Sender<Ready>) {
             std::thread::yield_now();
             if idle_loops > 256 {
                 match w.mesh.wakers.get(usize::from(w.id)) {
-                    Some(me) => me.sleep(w.xsk, &w.inbox, 1),
+                    Some(me) => me.sleep(w.xsk, &w.inbox, &setup.cmds, 1),
                     None => {
                         w.xsk.wait(1, None);
                     }
@@ -513,18 +545,12 @@ impl<I: FrameIo> Worker<'_, I> {
     fn apply(&mut self, cmd: Cmd, now: Timestamp) {
         match cmd {
             Cmd::InstallSa(sa) => {
-                let remote = sa.info().remote;
-                if let Ok(h) = self.engine.install_sa(*sa)
-                    && let Some(Some(hop)) = remote.and_then(|r| self.hops.get(&r))
-                    && hop.side == Side::Unprotected
-                {
-                    let mtu = self.link_mtu(*hop);
-                    self.engine.set_sa_path_mtu(h, mtu);
-                }
+                let _ = self.install(*sa);
             }
             Cmd::Apply(change, reply) => {
-                let report = self.change(*change, now);
-                self.path_mtus();
+                let t = std::time::Instant::now();
+                let mut report = self.change(*change, now);
+                report.took = t.elapsed();
                 let _ = reply.send(report);
             }
             Cmd::Trace(tap) => {
@@ -557,6 +583,7 @@ impl<I: FrameIo> Worker<'_, I> {
                 self.unpark(dst, now);
             }
             Cmd::Snapshot(reply) => {
+                let t = std::time::Instant::now();
                 let sas = self
                     .engine
                     .sad()
@@ -578,6 +605,7 @@ impl<I: FrameIo> Worker<'_, I> {
                     hits_in: self.engine.policy_hits(Direction::Inbound).to_vec(),
                     hits_out: self.engine.policy_hits(Direction::Outbound).to_vec(),
                     trace_lost: self.trace_lost + self.trace.as_ref().map_or(0, |t| t.lost),
+                    took: t.elapsed(),
                 });
             }
             Cmd::Stop => {}
@@ -592,19 +620,7 @@ impl<I: FrameIo> Worker<'_, I> {
         };
         let mut gone: Vec<Sa> = Vec::with_capacity(c.remove.len());
         for (dir, spi) in c.remove {
-            match self.engine.sad().find(dir, spi, None) {
-                Some(h) => {
-                    if let Some(sa) = self.engine.remove_sa(h) {
-                        report.removed.push(sa.status(now));
-                        gone.push(sa);
-                    }
-                }
-                None => report.errors.push(format!(
-                    "worker {}: no {} SA with SPI {spi:#010x} to remove",
-                    self.id,
-                    dir.name()
-                )),
-            }
+            gone.extend(self.remove(dir, spi, now, &mut report));
         }
         for (mut sa, carry) in c.install {
             if carry != Carry::Nothing
@@ -619,7 +635,7 @@ impl<I: FrameIo> Worker<'_, I> {
                 }
             }
             let (dir, spi) = (sa.direction(), sa.spi());
-            if let Err(e) = self.engine.install_sa(*sa) {
+            if let Err(e) = self.install(*sa) {
                 report.errors.push(format!(
                     "worker {}: {} SA {spi:#010x}: {e}",
                     self.id,
@@ -680,7 +696,31 @@ impl<I: FrameIo> Worker<'_, I> {
                 self.heartbeats.push(HeartbeatState { next, hb });
             }
         }
+        for (dir, spi) in c.remove_last {
+            self.remove(dir, spi, now, &mut report);
+        }
         report
+    }
+
+    /// Remove an SA for a change; its final state goes into the report.
+    fn remove(
+        &mut self,
+        dir: Direction,
+        spi: u32,
+        now: Timestamp,
+        report: &mut ChangeReport,
+    ) -> Option<Sa> {
+        let Some(h) = self.engine.sad().find(dir, spi, None) else {
+            report.errors.push(format!(
+                "worker {}: no {} SA with SPI {spi:#010x} to remove",
+                self.id,
+                dir.name()
+            ));
+            return None;
+        };
+        let sa = self.engine.remove_sa(h)?;
+        report.removed.push(sa.status(now));
+        Some(sa)
     }
 
     /// The MTU of a next hop's link (or the configured one, if smaller).
@@ -688,15 +728,18 @@ impl<I: FrameIo> Worker<'_, I> {
         link_mtu(self.mtu, h)
     }
 
-    /// After SAs came or changed: the outbound SAs get the MTU of the link towards their
-    /// peers, where the next hop is known.
-    fn path_mtus(&mut self) {
-        let hops = &self.hops;
-        let cfg = self.mtu;
-        self.engine.update_path_mtus(|peer| match hops.get(&peer) {
-            Some(Some(h)) if h.side == Side::Unprotected => Some(link_mtu(cfg, *h)),
-            _ => None,
-        });
+    /// Install an SA; an outbound one gets the MTU of the link towards its peer if the next
+    /// hop is known (else when it becomes known: `Cmd::Hop`). O(1): no walk over the SAD.
+    fn install(&mut self, sa: Sa) -> Result<(), xsec_dataplane::sa::SaError> {
+        let remote = sa.info().remote;
+        let h = self.engine.install_sa(sa)?;
+        if let Some(Some(hop)) = remote.and_then(|r| self.hops.get(&r))
+            && hop.side == Side::Unprotected
+        {
+            let mtu = self.link_mtu(*hop);
+            self.engine.set_sa_path_mtu(h, mtu);
+        }
+        Ok(())
     }
 }
 

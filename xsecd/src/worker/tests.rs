@@ -572,3 +572,65 @@ fn a_protect_policy_without_its_sa_raises_acquire_and_sends_nothing() {
     );
     assert_eq!(io.free, FRAMES);
 }
+
+/// A one-worker daemon gets a change's three rounds as one `Change`
+/// (`control::single_round`): a rekey of both SAs (new SPIs, the old SAs removed) leaves
+/// exactly the new SAs, reports the old ones removed, and the next packet leaves under the
+/// new outbound SPI.
+#[test]
+fn one_worker_takes_a_rekey_as_one_change() {
+    let mut ga = gateway(A, "");
+    let mut io = MemIo::new(FRAMES);
+    let mut w = Worker::start(&mut io, &mut ga);
+    w.hop_to([10, 0, 0, 2], hop(Side::Unprotected, 1500));
+    let path = Path::new("test.toml");
+    let cfg = crate::config::parse(A, path).expect("the example parses");
+    let mut run = Running::new(cfg, Source::split(A, path), 1).expect("running");
+    let text = A
+        .replace("spi_out = 0x1111", "spi_out = 0x1112")
+        .replace("spi_in = 0x2222", "spi_in = 0x2223");
+    let now = clock().now();
+    let plan = run
+        .prepare(
+            crate::control::running::Edit::Reload {
+                path: path.to_owned(),
+                text: zeroize::Zeroizing::new(text),
+            },
+            now,
+        )
+        .expect("the rekey is valid");
+    let [r0, r1, r2] = plan.rounds;
+    let mut one = crate::control::single_round(r0, r1, r2);
+    assert_eq!(one.len(), 1);
+    // new SPIs: installed first, the old SAs removed last (the third round)
+    assert_eq!(one[0].install.len(), 2);
+    assert_eq!(one[0].remove_last.len(), 2);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    w.apply(Cmd::Apply(Box::new(one.remove(0)), tx), now);
+    let report = rx.try_recv().expect("a report");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let mut removed: Vec<u32> = report.removed.iter().map(|s| s.spi).collect();
+    removed.sort_unstable();
+    assert_eq!(removed, [0x1111, 0x2222]);
+    let mut spis: Vec<(Direction, u32)> = w
+        .engine
+        .sad()
+        .iter()
+        .map(|(_, sa)| (sa.direction(), sa.spi()))
+        .collect();
+    spis.sort_unstable_by_key(|&(d, s)| (d.index(), s));
+    assert_eq!(
+        spis,
+        [(Direction::Inbound, 0x2223), (Direction::Outbound, 0x1112)]
+    );
+    w.xsk
+        .inject(Side::Protected, &udp_frame(HOST_A, HOST_B, 64, 100, false));
+    assert_eq!(w.turn(), 1);
+    let sent = w.xsk.take_sent(Side::Unprotected);
+    assert_eq!(sent.len(), 1);
+    let outer = ipv4(&sent[0]);
+    assert_eq!(
+        EspPacket::new_checked(outer.payload()).expect("ESP").spi(),
+        0x1112
+    );
+}
