@@ -25,7 +25,7 @@ const CONFIG: &str = "[gateway]\nunprotected = \"wan0\"\nprotected = \"lan0\"\nq
 fn running() -> Running {
     let path = Path::new("bench.toml");
     let cfg = xsecd::config::parse(CONFIG, path).expect("the bench config parses");
-    Running::new(cfg, Source::split(CONFIG, path), 2).expect("an empty gateway starts")
+    Running::new(cfg, Source::new(CONFIG, path), 2).expect("an empty gateway starts")
 }
 
 fn sa(i: u32) -> SaEntry {

@@ -157,7 +157,7 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     if let Some(p) = &opts.control {
         cfg.control.socket = p.clone();
     }
-    let source = Source::split(&text, &opts.config);
+    let source = Source::new(&text, &opts.config);
     drop(text);
     let gw = cfg.gateway.clone();
     let control_cfg = cfg.control.clone();

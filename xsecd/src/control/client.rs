@@ -82,7 +82,8 @@ impl Client {
     pub fn call(&mut self, cmd: &str, args: Value) -> Result<Value, ClientError> {
         let id = self.send(cmd, args)?;
         let v = self.recv(Duration::from_secs(30))?;
-        if v["id"] != json!(id) {
+        // id 0: the daemon's answer to the connection itself (refused, a bad frame)
+        if v["id"] != json!(id) && v["id"] != json!(0) {
             return Err(ClientError::Io(format!(
                 "answer to request {} while waiting for {id}",
                 v["id"]

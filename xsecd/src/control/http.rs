@@ -275,7 +275,7 @@ mod tests {
     fn control(dir: &Path) -> (Arc<Control>, UnixListener) {
         let path = dir.join("gw.toml");
         let cfg = config::parse(CONFIG, &path).unwrap();
-        let running = Running::new(cfg, Source::split(CONFIG, &path), 1).unwrap();
+        let running = Running::new(cfg, Source::new(CONFIG, &path), 1).unwrap();
         let cc = ControlConfig {
             socket: dir.join("xsecd.sock"),
             group: None,
@@ -514,7 +514,7 @@ mod tests {
         let text = include_str!("../../../examples/ar410-tunnel-a.toml");
         let path = dir.0.join("a.toml");
         let cfg = config::parse(text, &path).unwrap();
-        *control::lock(&ctl.running) = Running::new(cfg, Source::split(text, &path), 1).unwrap();
+        *control::lock(&ctl.running) = Running::new(cfg, Source::new(text, &path), 1).unwrap();
         let (kind, _, _) = a(json!({"min": 0x2222, "max": 0x2222})).unwrap_err();
         assert_eq!(kind, proto::kind::BUSY, "0x2222 is installed");
         assert_eq!(

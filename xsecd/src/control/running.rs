@@ -36,167 +36,60 @@ use xsec_dataplane::time::Timestamp;
 use zeroize::Zeroizing;
 
 /// What a piece of the configuration text is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Sa,
-    Policy,
-    Other,
-}
-
-/// One top-level table of the configuration text (with the comments that follow it).
-#[derive(Debug, Clone)]
-struct Fragment {
-    kind: Kind,
-    name: Option<String>,
-    text: Zeroizing<String>,
-}
-
-/// The configuration text, cut into its top-level tables so that one `[[sa]]` or
-/// `[[policy]]` can be added, removed or moved. Holds keys: zeroized when dropped.
+/// The configuration text the daemon runs (the `config` client's objects come from it).
+/// `xsecctl add/del/move` edit it as a TOML document (`toml_edit`: comments and layout are
+/// kept) and the result is validated whole. Holds keys: zeroized when dropped.
 #[derive(Debug, Clone)]
 pub struct Source {
     pub path: PathBuf,
-    frags: Vec<Fragment>,
+    text: Zeroizing<String>,
 }
 
-/// A header line: `[name]` or `[[name]]`, optionally followed by a comment.
-fn header(line: &str) -> Option<(bool, &str)> {
-    let l = line.trim();
-    let l = match l.find('#') {
-        Some(i) => l[..i].trim_end(),
-        None => l,
-    };
-    let (arr, inner) = if let Some(x) = l.strip_prefix("[[").and_then(|x| x.strip_suffix("]]")) {
-        (true, x)
-    } else if let Some(x) = l.strip_prefix('[').and_then(|x| x.strip_suffix(']')) {
-        (false, x)
-    } else {
-        return None;
-    };
-    let inner = inner.trim();
-    (!inner.is_empty()
-        && inner
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
-    .then_some((arr, inner))
-}
-
-/// The `name` of the single table of an `[[sa]]` or `[[policy]]` fragment.
-fn fragment_name(text: &str, key: &str) -> Option<String> {
-    let t: toml::Table = toml::from_str(text).ok()?;
-    let arr = t.get(key)?.as_array()?;
-    if arr.len() != 1 || t.len() != 1 {
-        return None;
-    }
-    arr[0].get("name")?.as_str().map(str::to_owned)
-}
+/// A comment that marks the client's table while its line is looked up.
+const REQUEST_MARK: &str = "# <xsec: the request's table>";
 
 impl Source {
-    /// Cut `text` at its top-level headers. Header-looking lines inside multi-line strings
-    /// are not headers.
-    pub fn split(text: &str, path: &Path) -> Source {
-        let mut frags: Vec<Fragment> = vec![];
-        let mut cur = String::new();
-        let mut kind = Kind::Other;
-        let mut in_str: Option<&str> = None;
-        let flush = |cur: &mut String, kind: Kind, frags: &mut Vec<Fragment>| {
-            if cur.is_empty() {
-                return;
-            }
-            let text = Zeroizing::new(std::mem::take(cur));
-            let name = match kind {
-                Kind::Sa => fragment_name(&text, "sa"),
-                Kind::Policy => fragment_name(&text, "policy"),
-                Kind::Other => None,
-            };
-            frags.push(Fragment { kind, name, text });
-        };
-        for line in text.split_inclusive('\n') {
-            if in_str.is_none()
-                && let Some((arr, name)) = header(line)
-            {
-                flush(&mut cur, kind, &mut frags);
-                kind = match (arr, name) {
-                    (true, "sa") => Kind::Sa,
-                    (true, "policy") => Kind::Policy,
-                    _ => Kind::Other,
-                };
-            }
-            for delim in ["\"\"\"", "'''"] {
-                let n = line.matches(delim).count();
-                if n % 2 == 1 {
-                    in_str = match in_str {
-                        Some(d) if d == delim => None,
-                        None => Some(delim),
-                        other => other,
-                    };
-                }
-            }
-            cur.push_str(line);
-            if !line.ends_with('\n') {
-                cur.push('\n');
-            }
-        }
-        flush(&mut cur, kind, &mut frags);
+    pub fn new(text: &str, path: &Path) -> Source {
         Source {
             path: path.to_owned(),
-            frags,
+            text: Zeroizing::new(text.to_owned()),
         }
     }
 
     /// The whole text.
     pub fn text(&self) -> Zeroizing<String> {
-        let mut s = Zeroizing::new(String::new());
-        for f in &self.frags {
-            s.push_str(&f.text);
-        }
-        s
+        self.text.clone()
     }
+}
 
-    /// Why this text cannot be edited table by table, if it cannot.
-    fn editable(&self) -> Result<(), String> {
-        match self
-            .frags
-            .iter()
-            .find(|f| f.kind != Kind::Other && f.name.is_none())
-        {
-            Some(f) => Err(format!(
-                "the running configuration has a table that cannot be edited on its own (`{}`); \
-                 edit the file and use `reload`",
-                f.text.lines().next().unwrap_or("").trim()
-            )),
-            None => Ok(()),
-        }
-    }
+/// The `name` of a table, if it has a string one.
+fn table_name(t: &toml_edit::Table) -> Option<&str> {
+    t.get("name").and_then(|v| v.as_str())
+}
 
-    fn position(&self, kind: Kind, name: &str) -> Option<usize> {
-        self.frags
-            .iter()
-            .position(|f| f.kind == kind && f.name.as_deref() == Some(name))
-    }
+/// The tables of `doc[key]` (an array of tables), created empty if absent.
+fn tables_mut<'d>(
+    doc: &'d mut toml_edit::DocumentMut,
+    key: &str,
+) -> Result<&'d mut toml_edit::ArrayOfTables, Refusal> {
+    doc.entry(key)
+        .or_insert_with(|| toml_edit::Item::ArrayOfTables(toml_edit::ArrayOfTables::new()))
+        .as_array_of_tables_mut()
+        .ok_or_else(|| {
+            Refusal::new(
+                kind::CONFIG,
+                format!("the running configuration's `{key}` is not an array of [[{key}]] tables; edit the file and use `reload`"),
+            )
+        })
+}
 
-    /// Where a policy placed at `position` (1 = first, `None` or past the end = last) goes.
-    fn policy_slot(&self, position: Option<usize>) -> Result<usize, Refusal> {
-        let pols: Vec<usize> = self
-            .frags
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| f.kind == Kind::Policy)
-            .map(|(i, _)| i)
-            .collect();
-        match position {
-            Some(0) => Err(Refusal::new(kind::BAD_ARGS, "positions start at 1")),
-            Some(p) if p <= pols.len() => Ok(pols[p - 1]),
-            _ => Ok(pols.last().map_or(self.frags.len(), |i| i + 1)),
-        }
-    }
-
-    fn names(&self, kind: Kind) -> Vec<&str> {
-        self.frags
-            .iter()
-            .filter(|f| f.kind == kind)
-            .filter_map(|f| f.name.as_deref())
-            .collect()
+/// Where a table placed at `position` (1 = first, `None` or past the end = last) goes among
+/// `len` tables.
+fn slot(position: Option<usize>, len: usize) -> Result<usize, Refusal> {
+    match position {
+        Some(0) => Err(Refusal::new(kind::BAD_ARGS, "positions start at 1")),
+        Some(p) if p <= len => Ok(p - 1),
+        _ => Ok(len),
     }
 }
 
@@ -834,45 +727,51 @@ impl Running {
     /// The text a change produces, and where the client's part of it starts (its lines are
     /// reported against `<request>`).
     fn edited(&self, edit: &Edit) -> Result<(Source, Option<(usize, usize)>), Refusal> {
-        let lines = |s: &str| s.lines().count();
-        let mut src = self.source.clone();
-        let one = |text: &str, key: &str| -> Result<(), Refusal> {
-            let t: toml::Table = toml::from_str(text).map_err(|e| {
-                Refusal::new(
-                    kind::CONFIG,
-                    format!("<request>: {}", e.message().trim_end()),
-                )
-            })?;
-            let n = t.get(key).and_then(|v| v.as_array()).map_or(0, Vec::len);
-            if n != 1 || t.len() != 1 {
-                return Err(Refusal::new(
+        if let Edit::Reload { path, text } = edit {
+            return Ok((Source::new(text, path), None));
+        }
+        if let Edit::Ops { .. } = edit {
+            return Err(Refusal::new(kind::INTERNAL, "not a configuration edit"));
+        }
+        let mut doc: toml_edit::DocumentMut = self.source.text.parse().map_err(|e| {
+            Refusal::new(
+                kind::CONFIG,
+                format!("the running configuration does not parse as a document ({e}); edit the file and use `reload`"),
+            )
+        })?;
+        // the client's one [[key]] table, and how many lines it has
+        let one = |text: &str, key: &str| -> Result<(toml_edit::Table, usize, usize), Refusal> {
+            let mut d: toml_edit::DocumentMut =
+                text.parse().map_err(|e: toml_edit::TomlError| {
+                    Refusal::new(
+                        kind::CONFIG,
+                        format!("<request>: {}", e.message().trim_end()),
+                    )
+                })?;
+            let only = d.len() == 1;
+            match d.remove(key) {
+                Some(toml_edit::Item::ArrayOfTables(mut a)) if only && a.len() == 1 => {
+                    let mut t = a.remove(0);
+                    // lines before the header in the request (comments), dropped here
+                    let before = t
+                        .decor()
+                        .prefix()
+                        .and_then(|p| p.as_str())
+                        .map_or(0, |p| p.matches('\n').count());
+                    // placed after the table before it in its array (toml_edit keeps a
+                    // table without a position after the one visited before it)
+                    t.set_position(None);
+                    t.decor_mut().set_prefix("\n");
+                    Ok((t, before, text.trim_end().lines().count()))
+                }
+                _ => Err(Refusal::new(
                     kind::BAD_ARGS,
                     format!("<request>: expected exactly one [[{key}]] table and nothing else"),
-                ));
+                )),
             }
-            Ok(())
         };
-        let insert = |src: &mut Source, at: usize, kind: Kind, text: &str| {
-            let mut t = Zeroizing::new(text.to_owned());
-            if !t.ends_with('\n') {
-                t.push('\n');
-            }
-            let name = fragment_name(&t, if kind == Kind::Sa { "sa" } else { "policy" });
-            src.frags.insert(
-                at,
-                Fragment {
-                    kind,
-                    name,
-                    text: t,
-                },
-            );
-            let start: usize = src.frags[..at].iter().map(|f| lines(&f.text)).sum();
-            (start + 1, lines(text))
-        };
-        if !matches!(edit, Edit::Reload { .. }) {
-            src.editable().map_err(|m| Refusal::new(kind::CONFIG, m))?;
-        }
-        let not_found = |what: &str, name: &str, known: Vec<&str>| {
+        let not_found = |what: &str, name: &str, a: &toml_edit::ArrayOfTables| {
+            let known: Vec<&str> = a.iter().filter_map(table_name).collect();
             Refusal::new(
                 kind::NOT_FOUND,
                 format!(
@@ -885,61 +784,87 @@ impl Running {
                 ),
             )
         };
-        // where the table of that kind and name is in the running text
-        let find = |kind: Kind, name: &str| -> Result<usize, Refusal> {
-            let what = if kind == Kind::Sa {
-                "SA pair"
-            } else {
-                "policy"
-            };
-            self.source
-                .position(kind, name)
-                .ok_or_else(|| not_found(what, name, self.source.names(kind)))
+        let find = |a: &toml_edit::ArrayOfTables, what: &str, name: &str| {
+            a.iter()
+                .position(|t| table_name(t) == Some(name))
+                .ok_or_else(|| not_found(what, name, a))
         };
-        let span = match edit {
-            Edit::Ops { .. } => {
-                return Err(Refusal::new(kind::INTERNAL, "not a configuration edit"));
-            }
-            Edit::Reload { path, text } => {
-                return Ok((Source::split(text, path), None));
-            }
+        // (key, index) of the client's table, the request's lines before its header, and
+        // the request's length in lines
+        let mut added: Option<(&str, usize, usize, usize)> = None;
+        match edit {
+            Edit::Reload { .. } | Edit::Ops { .. } => {}
             Edit::AddSa { text } => {
-                one(text, "sa")?;
-                // after the last [[sa]], else before the first [[policy]], else at the end
-                let at = match src.frags.iter().rposition(|f| f.kind == Kind::Sa) {
-                    Some(i) => i + 1,
-                    None => src
-                        .frags
-                        .iter()
-                        .position(|f| f.kind == Kind::Policy)
-                        .unwrap_or(src.frags.len()),
-                };
-                Some(insert(&mut src, at, Kind::Sa, text))
+                let (t, before, n) = one(text, "sa")?;
+                let sas = tables_mut(&mut doc, "sa")?;
+                sas.push(t);
+                added = Some(("sa", sas.len() - 1, before, n));
             }
             Edit::DelSa { name } => {
-                let i = find(Kind::Sa, name)?;
-                src.frags.remove(i);
-                None
+                let sas = tables_mut(&mut doc, "sa")?;
+                let i = find(sas, "SA pair", name)?;
+                sas.remove(i);
             }
             Edit::AddPolicy { text, position } => {
-                one(text, "policy")?;
-                let at = src.policy_slot(*position)?;
-                Some(insert(&mut src, at, Kind::Policy, text))
+                let (t, before, n) = one(text, "policy")?;
+                let pols = tables_mut(&mut doc, "policy")?;
+                let at = slot(*position, pols.len())?;
+                pols.insert(at, t);
+                added = Some(("policy", at, before, n));
             }
             Edit::DelPolicy { name } => {
-                let i = find(Kind::Policy, name)?;
-                src.frags.remove(i);
-                None
+                let pols = tables_mut(&mut doc, "policy")?;
+                let i = find(pols, "policy", name)?;
+                pols.remove(i);
             }
             Edit::MovePolicy { name, position } => {
-                let i = find(Kind::Policy, name)?;
-                let f = src.frags.remove(i);
-                let at = src.policy_slot(Some(*position))?;
-                src.frags.insert(at, f);
-                None
+                let pols = tables_mut(&mut doc, "policy")?;
+                let i = find(pols, "policy", name)?;
+                let mut t = pols.remove(i);
+                let at = slot(Some(*position), pols.len())?;
+                t.set_position(None);
+                pols.insert(at, t);
             }
+        }
+        for key in ["sa", "policy"] {
+            if doc
+                .get(key)
+                .and_then(|i| i.as_array_of_tables())
+                .is_some_and(|a| a.is_empty())
+            {
+                doc.remove(key);
+            }
+        }
+        let Some((key, i, before, n)) = added else {
+            return Ok((Source::new(&doc.to_string(), &self.source.path), None));
         };
-        Ok((src, span))
+        // the line of the client's table: render once with a mark before it
+        fn table<'d>(
+            doc: &'d mut toml_edit::DocumentMut,
+            key: &str,
+            i: usize,
+        ) -> Option<&'d mut toml_edit::Decor> {
+            doc.get_mut(key)
+                .and_then(|x| x.as_array_of_tables_mut())
+                .and_then(|a| a.get_mut(i))
+                .map(|t| t.decor_mut())
+        }
+        if let Some(d) = table(&mut doc, key, i) {
+            d.set_prefix(format!("\n{REQUEST_MARK}\n"));
+        }
+        let marked = Zeroizing::new(doc.to_string());
+        let start = marked
+            .lines()
+            .position(|l| l == REQUEST_MARK)
+            .map_or(0, |l| l + 1);
+        if let Some(d) = table(&mut doc, key, i) {
+            d.set_prefix("\n");
+        }
+        // the request's first line, where the header's line would have it
+        Ok((
+            Source::new(&doc.to_string(), &self.source.path),
+            Some((start.saturating_sub(before), n)),
+        ))
     }
 
     /// Validate a change, apply it to the store and compute the workers' part; the caller
@@ -1343,7 +1268,7 @@ sa = "v6"
     fn running(text: &str) -> Running {
         let path = Path::new("base.toml");
         let cfg = config::parse(text, path).unwrap();
-        Running::new(cfg, Source::split(text, path), 2).unwrap()
+        Running::new(cfg, Source::new(text, path), 2).unwrap()
     }
 
     fn edit(r: &mut Running, e: Edit) -> Result<Plan, Refusal> {
@@ -1400,21 +1325,76 @@ sa = "v6"
         }
     }
 
+    /// The config client's edits go through toml_edit: the operator's comments and layout
+    /// stay, an added [[sa]] follows the last one (not the policies), a policy goes where it
+    /// is asked to and a moved one takes its comment with it; a request's error names the
+    /// request's own line even after a leading comment.
     #[test]
-    fn split_keeps_the_text_and_finds_names() {
-        let t = "# head\n[gateway]\nunprotected = \"a\"\n\n[[sa]]\nname = \"x\"\nnote = \"\"\"\n[[policy]]\n\"\"\"\n[[policy]] # c\nname = \"p\"\n";
-        let s = Source::split(t, Path::new("f.toml"));
-        assert_eq!(s.text().as_str(), t);
-        let kinds: Vec<_> = s.frags.iter().map(|f| (f.kind, f.name.clone())).collect();
-        assert_eq!(
-            kinds,
-            vec![
-                (Kind::Other, None),
-                (Kind::Other, None),
-                (Kind::Sa, Some("x".into())),
-                (Kind::Policy, Some("p".into())),
-            ]
+    fn config_edits_keep_comments_and_place_tables() {
+        let text = BASE
+            .replace(
+                "[gateway]",
+                "# the site's gateway\n[gateway] # wan0 faces the ISP",
+            )
+            .replace(
+                "[[policy]]\nname = \"lan6\"",
+                "# IPv6 next\n[[policy]]\nname = \"lan6\"",
+            );
+        let mut r = running(&text);
+        let v5 = BASE
+            [BASE.find("[[sa]]\nname = \"v6\"").unwrap()..BASE.find("[[policy]]").unwrap()]
+            .replace("\"v6\"", "\"v5\"")
+            .replace("0x300", "0x500")
+            .replace("0x400", "0x600");
+        done(
+            &mut r,
+            Edit::AddSa {
+                text: Zeroizing::new(v5),
+            },
         );
+        done(
+            &mut r,
+            Edit::MovePolicy {
+                name: "lan6".into(),
+                position: 1,
+            },
+        );
+        let t = r.source.text();
+        assert!(
+            t.starts_with("# the site's gateway\n[gateway] # wan0 faces the ISP\n"),
+            "{}",
+            t.as_str()
+        );
+        let at = |needle: &str| {
+            t.find(needle)
+                .unwrap_or_else(|| panic!("{needle:?} in {}", t.as_str()))
+        };
+        assert!(
+            at("name = \"v6\"") < at("name = \"v5\"") && at("name = \"v5\"") < at("[[policy]]")
+        );
+        assert!(at("# IPv6 next\n[[policy]]\nname = \"lan6\"") < at("name = \"lan4\""));
+        assert_eq!(out_names(&r), ["lan6", "lan4"]);
+        // the text parses back to the same configuration
+        let again = config::parse(&t, Path::new("x.toml")).unwrap();
+        assert_eq!(again.sas.len(), 3);
+        done(&mut r, Edit::DelSa { name: "v5".into() });
+        assert!(!r.source.text().contains("v5"));
+
+        let bad = Edit::AddPolicy {
+            text: Zeroizing::new("# mine\n\n[[policy]]\nname = \"x\"\nlocal = \"10.1.0.0/24\"\nremote = \"nowhere\"\naction = \"bypass\"\n".into()),
+            position: Some(1),
+        };
+        let e = edit(&mut r, bad).unwrap_err();
+        assert_eq!(e.diagnostics[0].path, PathBuf::from("<request>"));
+        assert_eq!(
+            (e.diagnostics[0].line, e.diagnostics[0].field.as_str()),
+            (6, "policy.remote")
+        );
+        let two = Edit::AddPolicy {
+            text: Zeroizing::new("[[policy]]\nname = \"a\"\naction = \"bypass\"\n[[policy]]\nname = \"b\"\naction = \"bypass\"\n".into()),
+            position: None,
+        };
+        assert_eq!(edit(&mut r, two).unwrap_err().kind, kind::BAD_ARGS);
     }
 
     #[test]

@@ -48,7 +48,7 @@ fn gateways(example: &str, extra: &str, n: usize) -> Vec<Gw> {
     let text = format!("{extra}\n{example}");
     let path = Path::new("test.toml");
     let cfg = crate::config::parse(&text, path).expect("the example parses");
-    let running = Running::new(cfg, Source::split(&text, path), n).expect("running config");
+    let running = Running::new(cfg, Source::new(&text, path), n).expect("running config");
     let clock = clock();
     let mut sas = running.initial_sas(clock.now()).expect("SAs");
     let mut heartbeats = running.heartbeats();
@@ -585,7 +585,7 @@ fn one_worker_takes_a_rekey_as_one_change() {
     w.hop_to([10, 0, 0, 2], hop(Side::Unprotected, 1500));
     let path = Path::new("test.toml");
     let cfg = crate::config::parse(A, path).expect("the example parses");
-    let mut run = Running::new(cfg, Source::split(A, path), 1).expect("running");
+    let mut run = Running::new(cfg, Source::new(A, path), 1).expect("running");
     let text = A
         .replace("spi_out = 0x1111", "spi_out = 0x1112")
         .replace("spi_in = 0x2222", "spi_in = 0x2223");
