@@ -7,6 +7,11 @@
 //! and commits only *after* it verified (RFC 4303 §3.4.3), so forged packets cannot move the
 //! window.
 
+pub mod shared;
+pub use shared::SharedReplayWindow;
+
+use std::sync::Arc;
+
 /// Largest configurable window, in packets.
 pub const MAX_WINDOW: u32 = 65536;
 /// Window used when the configuration says nothing (RFC 4303 §3.4.3: 32 minimum, 64 default).
@@ -19,6 +24,32 @@ pub enum ReplayError {
     Old,
     /// Already received.
     Duplicate,
+}
+
+/// The full sequence number of `seq_lo` against a window of `size` whose highest number is
+/// `top` (RFC 4303 Appendix A2.2 with ESN; the low bits alone without).
+#[inline]
+fn infer(top: u64, size: u32, esn: bool, seq_lo: u32) -> Option<u64> {
+    if !esn {
+        return Some(u64::from(seq_lo));
+    }
+    // ESN needs a window to infer against; a zero window is refused at configuration.
+    let w = u64::from(size.max(1));
+    let tl = top & 0xffff_ffff;
+    let th = top >> 32;
+    let s = u64::from(seq_lo);
+    let seqh = if tl >= w - 1 {
+        // Case A: the window lies within one epoch.
+        if s >= tl - (w - 1) { th } else { th + 1 }
+    } else {
+        // Case B: the window spans the previous epoch's end.
+        let left = (tl + (1 << 32) - (w - 1)) & 0xffff_ffff;
+        if s >= left { th.checked_sub(1)? } else { th }
+    };
+    if seqh > 0xffff_ffff {
+        return None;
+    }
+    Some((seqh << 32) | s)
 }
 
 /// The receive side of one SA.
@@ -73,26 +104,7 @@ impl ReplayWindow {
     /// be older than the window.
     #[inline]
     pub fn infer(&self, seq_lo: u32) -> Option<u64> {
-        if !self.esn {
-            return Some(u64::from(seq_lo));
-        }
-        // ESN needs a window to infer against; a zero window is refused at configuration.
-        let w = u64::from(self.size.max(1));
-        let tl = self.top & 0xffff_ffff;
-        let th = self.top >> 32;
-        let s = u64::from(seq_lo);
-        let seqh = if tl >= w - 1 {
-            // Case A: the window lies within one epoch.
-            if s >= tl - (w - 1) { th } else { th + 1 }
-        } else {
-            // Case B: the window spans the previous epoch's end.
-            let left = (tl + (1 << 32) - (w - 1)) & 0xffff_ffff;
-            if s >= left { th.checked_sub(1)? } else { th }
-        };
-        if seqh > 0xffff_ffff {
-            return None;
-        }
-        Some((seqh << 32) | s)
+        infer(self.top, self.size, self.esn, seq_lo)
     }
 
     /// Whether `seq` may be accepted (before the ICV check).
@@ -151,6 +163,80 @@ impl ReplayWindow {
         (lo..=self.top)
             .filter(|&s| self.check(s) == Err(ReplayError::Duplicate))
             .count() as u32
+    }
+}
+
+/// An SA's receive window: its own, or one shared by the copies of the SA that several
+/// workers hold (an inbound SA any worker may receive).
+#[derive(Debug, Clone)]
+pub enum Replay {
+    Own(ReplayWindow),
+    Shared(Arc<SharedReplayWindow>),
+}
+
+impl Replay {
+    pub fn size(&self) -> u32 {
+        match self {
+            Replay::Own(w) => w.size(),
+            Replay::Shared(w) => w.size(),
+        }
+    }
+
+    pub fn esn(&self) -> bool {
+        match self {
+            Replay::Own(w) => w.esn(),
+            Replay::Shared(w) => w.esn(),
+        }
+    }
+
+    pub fn top(&self) -> u64 {
+        match self {
+            Replay::Own(w) => w.top(),
+            Replay::Shared(w) => w.top(),
+        }
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            Replay::Own(w) => w.heap_bytes(),
+            Replay::Shared(w) => w.heap_bytes(),
+        }
+    }
+
+    #[inline]
+    pub fn infer(&self, seq_lo: u32) -> Option<u64> {
+        match self {
+            Replay::Own(w) => w.infer(seq_lo),
+            Replay::Shared(w) => w.infer(seq_lo),
+        }
+    }
+
+    #[inline]
+    pub fn check(&self, seq: u64) -> Result<(), ReplayError> {
+        match self {
+            Replay::Own(w) => w.check(seq),
+            Replay::Shared(w) => w.check(seq),
+        }
+    }
+
+    /// Record `seq` (after the ICV verified and [`check`](Replay::check) passed). A shared
+    /// window may still refuse it: another worker took the same number meanwhile.
+    #[inline]
+    pub fn commit(&mut self, seq: u64) -> Result<(), ReplayError> {
+        match self {
+            Replay::Own(w) => {
+                w.commit(seq);
+                Ok(())
+            }
+            Replay::Shared(w) => w.commit(seq),
+        }
+    }
+
+    pub fn received_in_window(&self) -> u32 {
+        match self {
+            Replay::Own(w) => w.received_in_window(),
+            Replay::Shared(w) => w.received_in_window(),
+        }
     }
 }
 

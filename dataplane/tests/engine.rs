@@ -288,6 +288,56 @@ fn replay_duplicates_old_and_reordering() {
     assert_eq!(p.b.stats().drops.get(DropReason::ReplayOld), 1);
 }
 
+/// An inbound SA that any worker may receive: two engines (two workers) hold copies that
+/// share one anti-replay window. A stream split between them is delivered whole; a packet
+/// one worker took is a duplicate at the other; the window's edge is the stream's, not each
+/// copy's. Each copy counts its own packets.
+#[test]
+fn copies_on_two_workers_share_one_replay_window() {
+    let o = PairOpts {
+        window: 64,
+        ..PairOpts::new(EncAlg::AesGcm128, AuthAlg::None)
+    };
+    let mut p = pair(&o);
+    let mut b2 = Engine::new(Arc::new(SpdConfig::default().compile().unwrap()));
+    let shared = p.b.sad().get(p.inb).unwrap().shared_replay_window();
+    let mut copy = xsec_dataplane::sa::Sa::new(&p.in_cfg, T0).unwrap();
+    copy.share_replay(shared.clone());
+    let inb2 = b2.install_sa(copy).unwrap();
+    p.b.sa_mut(p.inb).unwrap().share_replay(shared);
+    let wires: Vec<Vec<u8>> = (0..200)
+        .map(|i| {
+            let mut pkt = frame(&inner(&o, false, 0, &[i as u8; 20]));
+            assert_eq!(p.a.outbound(T0, &mut pkt), Verdict::Forward);
+            pkt.data().to_vec()
+        })
+        .collect();
+    let rx = |e: &mut Engine, i: usize| {
+        let mut pkt = frame(&wires[i]);
+        e.inbound(T0, &mut pkt)
+    };
+    // odd packets to one worker, even to the other, reordered in pairs
+    for i in (0..100).step_by(2) {
+        assert_eq!(rx(&mut b2, i + 1), Verdict::Forward);
+        assert_eq!(rx(&mut p.b, i), Verdict::Forward);
+    }
+    // every one of them is a duplicate at either worker
+    for i in [50, 51, 98, 99] {
+        assert_eq!(rx(&mut p.b, i), Verdict::Drop(DropReason::ReplayDuplicate));
+        assert_eq!(rx(&mut b2, i), Verdict::Drop(DropReason::ReplayDuplicate));
+    }
+    // the window moved with the stream: worker 1 took 199, so 100 is old at worker 2
+    assert_eq!(rx(&mut p.b, 199), Verdict::Forward);
+    assert_eq!(rx(&mut b2, 100), Verdict::Drop(DropReason::ReplayOld));
+    assert_eq!(rx(&mut b2, 150), Verdict::Forward);
+    let (s1, s2) = (
+        p.b.sad().get(p.inb).unwrap().status(T0),
+        b2.sad().get(inb2).unwrap().status(T0),
+    );
+    assert_eq!((s1.packets, s2.packets), (51, 51));
+    assert_eq!((s1.seq, s2.seq), (200, 200));
+}
+
 #[test]
 fn large_window_and_disabled_window() {
     let o = PairOpts {

@@ -125,8 +125,12 @@ fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
         sa.esn.then_some((seq >> 32) as u32),
         checked,
     )?;
-    // Authenticated: now the window may move (RFC 4303 §3.4.3).
-    sa.replay.commit(seq);
+    // Authenticated: now the window may move (RFC 4303 §3.4.3). A window shared with other
+    // workers may have taken this number meanwhile (a replay that reached two workers).
+    sa.replay.commit(seq).map_err(|e| match e {
+        ReplayError::Old => DropReason::ReplayOld,
+        ReplayError::Duplicate => DropReason::ReplayDuplicate,
+    })?;
 
     let pt = esp + ESP_HDR + iv;
     let pt_end = esp + o.esp_len - icv;

@@ -5,7 +5,7 @@
 use super::config::{DfMode, DscpMode, EcnMode, Encap, Lifetime, Mode, SaConfig, SaError};
 use super::lifetime::{LifeEvent, LifeState, LimitKind};
 use crate::crypto::{AuthAlg, EncAlg, Transform};
-use crate::replay::ReplayWindow;
+use crate::replay::{Replay, ReplayWindow, SharedReplayWindow};
 use crate::spd::{Direction, PacketKey, Selector};
 use crate::stats::{DropCounters, DropReason};
 use crate::time::Timestamp;
@@ -108,7 +108,7 @@ pub struct Sa {
     pub(crate) seq: u64,
     pub(crate) seq_max: u64,
     pub(crate) seq_soft: u64,
-    pub(crate) replay: ReplayWindow,
+    pub(crate) replay: Replay,
     pub(crate) xform: Transform,
     /// (local, remote) UDP ports when ESP is UDP-encapsulated.
     pub(crate) udp: Option<(u16, u16)>,
@@ -234,7 +234,10 @@ impl Sa {
             seq: 0,
             seq_max,
             seq_soft: seq_max.saturating_sub(SEQ_SOFT_MARGIN),
-            replay: ReplayWindow::new(if outbound { 0 } else { cfg.replay_window }, cfg.esn),
+            replay: Replay::Own(ReplayWindow::new(
+                if outbound { 0 } else { cfg.replay_window },
+                cfg.esn,
+            )),
             xform,
             udp,
             ip_id: (u32::from(random[0]) << 8 | u32::from(random[1])) as u16,
@@ -333,7 +336,26 @@ impl Sa {
     /// received (e.g. to place it just below an ESN epoch boundary).
     #[cfg(any(test, feature = "test-hooks"))]
     pub fn set_replay_top(&mut self, seq: u64) {
-        self.replay.commit(seq);
+        let _ = self.replay.commit(seq);
+    }
+
+    /// Let this copy of an inbound SA use `window`, shared with the copies other workers
+    /// hold (an SA any worker may receive). Its size and ESN setting must be the SA's.
+    pub fn share_replay(&mut self, window: Arc<SharedReplayWindow>) {
+        if self.dir == Direction::Inbound
+            && window.size() == self.replay.size()
+            && window.esn() == self.esn
+        {
+            self.replay = Replay::Shared(window);
+        }
+    }
+
+    /// The window this SA's copies on other workers may share ([`Sa::share_replay`]).
+    pub fn shared_replay_window(&self) -> Arc<SharedReplayWindow> {
+        match &self.replay {
+            Replay::Shared(w) => w.clone(),
+            Replay::Own(w) => Arc::new(SharedReplayWindow::starting_at(w.size(), w.esn(), w.top())),
+        }
     }
 
     /// Continue `old`, the SA this one replaces with the same SPI and keys (a configuration
@@ -351,7 +373,7 @@ impl Sa {
         if self.replay.size() == old.replay.size() && self.esn == old.esn {
             self.replay = old.replay.clone();
         } else if old.replay.top() > 0 {
-            self.replay.commit(old.replay.top());
+            let _ = self.replay.commit(old.replay.top());
         }
         self.drops = old.drops;
         self.peer_seen = self.peer_seen.or(old.peer_seen);
