@@ -18,7 +18,7 @@ use xsec_dataplane::crypto::{AuthAlg, EncAlg};
 use xsec_dataplane::sa::SaConfig;
 use xsec_dataplane::spd::{Action, AddrRange, Direction, Policy, SaBundle, Selector};
 use xsecd::control::running::{Edit, Running, Source};
-use xsecd::control::store::{Op, PolicyEntry, SaEntry};
+use xsecd::control::store::{Op, Placement, PolicyEntry, SaEntry};
 
 const CONFIG: &str = "[gateway]\nunprotected = \"wan0\"\nprotected = \"lan0\"\nqueues = [0, 1]\n";
 
@@ -43,6 +43,7 @@ fn sa(i: u32) -> SaEntry {
     cfg.name = format!("t{}", i / 2);
     cfg.selectors = vec![Selector::ANY];
     SaEntry {
+        placement: Placement::Reqid,
         id: format!("sa-{i}"),
         client: String::new(),
         cfg,

@@ -738,7 +738,7 @@ fn dump(ctl: &Control, only: Option<&str>) -> Value {
         .store
         .sas()
         .filter(|e| mine(&e.client))
-        .map(|e| objects::sa_json(e, run.store.worker_of(e.cfg.reqid)))
+        .map(|e| objects::sa_json(e, Some(run.store.worker_of_sa(e))))
         .collect();
     sas.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
     let mut policies = vec![];

@@ -2,7 +2,7 @@
 //! `add-policy`, ...) and what `dump` answers. Keys travel as hex strings held in zeroizing
 //! buffers, and are never sent back: a dump gives their lengths.
 
-use super::store::{Endpoints, PolicyEntry, SaEntry};
+use super::store::{Endpoints, Placement, PolicyEntry, SaEntry};
 use super::{Fail, bad, parse_spi};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -78,6 +78,30 @@ pub struct SaSpec {
     /// `copy` (default), `set` or `clear`.
     pub df: Option<String>,
     pub ttl: Option<u8>,
+    /// Which workers hold it: a number (an outbound SA of that worker, RFC 9611: several
+    /// outbound SAs of one reqid, one per worker), `"any"` (an inbound SA every worker
+    /// processes, sharing one anti-replay window), or absent (the reqid's worker).
+    pub worker: Option<WorkerSpec>,
+}
+
+/// `worker` of an SA: a number or `"any"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum WorkerSpec {
+    Num(u16),
+    Text(String),
+}
+
+impl WorkerSpec {
+    fn placement(&self) -> Result<Placement, Fail> {
+        match self {
+            WorkerSpec::Num(w) => Ok(Placement::Worker(*w)),
+            WorkerSpec::Text(t) if t == "any" => Ok(Placement::AnyWorker),
+            WorkerSpec::Text(t) => Err(bad(format!(
+                "sa.worker: {t:?} is neither a worker number nor \"any\""
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -291,6 +315,10 @@ impl SaSpec {
             return Err(bad("sa.ttl: 1-255"));
         }
         Ok(SaEntry {
+            placement: self
+                .worker
+                .as_ref()
+                .map_or(Ok(Placement::Reqid), WorkerSpec::placement)?,
             id: self.id.clone(),
             client: String::new(),
             cfg: SaConfig {
@@ -446,7 +474,12 @@ pub fn sa_json(e: &SaEntry, worker: Option<u16>) -> Value {
         "spi": c.spi,
         "spi_hex": format!("{:#010x}", c.spi),
         "reqid": c.reqid,
-        "worker": worker,
+        "worker": match e.placement {
+            Placement::AnyWorker => json!("any"),
+            _ => json!(worker),
+        },
+        // placed by the client (`worker` in add-sa) rather than with its reqid
+        "worker_pinned": e.placement != Placement::Reqid,
         "mode": c.mode.name(),
         "local": c.local,
         "remote": c.remote,

@@ -19,7 +19,7 @@
 //! replaced or removed are kept per name and direction ([`Retired`]) so that metrics keyed
 //! by name never go backwards.
 
-use super::store::{self, Applied, CONFIG_CLIENT, Op, SaEntry, Store};
+use super::store::{self, ALL_WORKERS, Applied, CONFIG_CLIENT, Op, Placement, SaEntry, Store};
 use crate::config::{self, Config, ConfigError, Diagnostic, SaPair};
 use crate::control::proto::kind;
 use crate::worker::{Carry, Change, Heartbeat, ShardEdit};
@@ -29,6 +29,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use xsec_dataplane::Shards;
+use xsec_dataplane::replay::SharedReplayWindow;
 use xsec_dataplane::sa::{Encap, Sa, SaConfig, SaStatus};
 use xsec_dataplane::spd::{Action, Direction, Policy, SaBundle, Spd, SpdConfig};
 use xsec_dataplane::stats::DropCounters;
@@ -589,6 +590,7 @@ impl Running {
                         client: CONFIG_CLIENT.into(),
                         cfg: sc.clone(),
                         keepalive,
+                        placement: Placement::Reqid,
                     },
                 );
             }
@@ -901,10 +903,10 @@ impl Running {
         let n = self.workers;
         let mut rounds: [Vec<Change>; 3] =
             std::array::from_fn(|_| (0..n).map(|_| Change::default()).collect::<Vec<_>>());
-        let build = |e: &SaEntry| -> Result<Box<Sa>, Refusal> {
-            Sa::new(&e.cfg, now)
+        let build = |id: &str, cfg: &SaConfig| -> Result<Box<Sa>, Refusal> {
+            Sa::new(cfg, now)
                 .map(Box::new)
-                .map_err(|err| Refusal::new(kind::BAD_ARGS, format!("SA {:?}: {err}", e.id)))
+                .map_err(|err| Refusal::new(kind::BAD_ARGS, format!("SA {id:?}: {err}")))
         };
         // (direction, SPI, worker) installed by this change: a removal of the same slot goes
         // in the same round, before it
@@ -912,7 +914,14 @@ impl Running {
             .sas
             .iter()
             .filter_map(|d| d.after.as_ref())
-            .map(|(e, w)| (e.cfg.direction, e.cfg.spi, *w))
+            .flat_map(|(e, w)| {
+                let ws: Vec<u16> = if *w == ALL_WORKERS {
+                    (0..n as u16).collect()
+                } else {
+                    vec![(*w).min(n as u16 - 1)]
+                };
+                ws.into_iter().map(|w| (e.cfg.direction, e.cfg.spi, w))
+            })
             .collect();
         let (mut added, mut removed, mut changed) = (vec![], vec![], vec![]);
         let mut peers = vec![];
@@ -921,47 +930,87 @@ impl Running {
         let mut shard_del = vec![];
         let mut shard_set = vec![];
         let mut reqids = vec![];
-        let at = |w: u16| usize::from(w).min(n - 1);
+        // the workers that hold an SA placed at `w`
+        let held_by = |w: u16| -> std::ops::Range<usize> {
+            if w == ALL_WORKERS {
+                0..n
+            } else {
+                let w = usize::from(w).min(n - 1);
+                w..w + 1
+            }
+        };
         for d in &applied.sas {
-            if let Some((o, w)) = &d.before {
-                let w = at(*w);
-                let same_slot = d.after.as_ref().is_some_and(|(e, nw)| {
-                    at(*nw) == w && e.cfg.direction == o.cfg.direction && e.cfg.spi == o.cfg.spi
-                });
-                let round =
-                    if same_slot || installed.contains(&(o.cfg.direction, o.cfg.spi, w as u16)) {
+            if let Some((o, ow)) = &d.before {
+                for w in held_by(*ow) {
+                    let same_slot = d.after.as_ref().is_some_and(|(e, nw)| {
+                        held_by(*nw).contains(&w)
+                            && e.cfg.direction == o.cfg.direction
+                            && e.cfg.spi == o.cfg.spi
+                    });
+                    let round = if same_slot
+                        || installed.contains(&(o.cfg.direction, o.cfg.spi, w as u16))
+                    {
                         0
                     } else {
                         2
                     };
-                rounds[round][w].remove.push((o.cfg.direction, o.cfg.spi));
-                if heartbeat(o).is_some() {
-                    hb[w].push((o.cfg.spi, None));
+                    rounds[round][w].remove.push((o.cfg.direction, o.cfg.spi));
+                    if heartbeat(o).is_some() {
+                        hb[w].push((o.cfg.spi, None));
+                    }
                 }
                 match o.cfg.direction {
-                    Direction::Inbound => shard_del.push(ShardEdit::Inbound(o.cfg.spi, None)),
+                    // an SA every worker holds has no owner to hand packets to
+                    Direction::Inbound if *ow != ALL_WORKERS => {
+                        shard_del.push(ShardEdit::Inbound(o.cfg.spi, None));
+                    }
+                    Direction::Inbound => {}
                     Direction::Outbound => reqids.push(o.cfg.reqid),
                 }
             }
-            if let Some((e, w)) = &d.after {
-                let w = at(*w);
-                let carry = match &d.before {
-                    Some((o, ow)) if at(*ow) == w && same_keys(&o.cfg, &e.cfg) => {
-                        if endpoints_only(&o.cfg, &e.cfg) {
-                            Carry::Everything
-                        } else {
-                            Carry::State
-                        }
+            if let Some((e, ew)) = &d.after {
+                let holders = held_by(*ew);
+                // copies on several workers: one anti-replay window, the lifetime's bytes
+                // and packets shared out (so that together they never exceed it)
+                let copies = holders.len();
+                let (cfg, window) = if copies > 1 {
+                    let mut c = e.cfg.clone();
+                    for l in [&mut c.lifetime.soft, &mut c.lifetime.hard] {
+                        let share = |v: u64| (v / copies as u64).max(1);
+                        l.bytes = l.bytes.map(share);
+                        l.packets = l.packets.map(share);
                     }
-                    _ => Carry::Nothing,
+                    let w = Arc::new(SharedReplayWindow::new(c.replay_window, c.esn));
+                    (std::borrow::Cow::Owned(c), Some(w))
+                } else {
+                    (std::borrow::Cow::Borrowed(&e.cfg), None)
                 };
-                rounds[0][w].install.push((build(e)?, carry));
-                if let Some(h) = heartbeat(e) {
-                    hb[w].push((e.cfg.spi, Some(h)));
+                for w in holders {
+                    let carry = match &d.before {
+                        Some((o, ow)) if held_by(*ow).contains(&w) && same_keys(&o.cfg, &e.cfg) => {
+                            if endpoints_only(&o.cfg, &e.cfg) {
+                                Carry::Everything
+                            } else {
+                                Carry::State
+                            }
+                        }
+                        _ => Carry::Nothing,
+                    };
+                    let mut sa = build(&e.id, &cfg)?;
+                    if let Some(win) = &window {
+                        sa.share_replay(win.clone());
+                    }
+                    rounds[0][w].install.push((sa, carry));
+                    if let Some(h) = heartbeat(e) {
+                        hb[w].push((e.cfg.spi, Some(h)));
+                    }
                 }
                 match e.cfg.direction {
                     Direction::Inbound => {
-                        shard_set.push(ShardEdit::Inbound(e.cfg.spi, Some(w as u16)));
+                        if *ew != ALL_WORKERS {
+                            let w = usize::from(*ew).min(n - 1) as u16;
+                            shard_set.push(ShardEdit::Inbound(e.cfg.spi, Some(w)));
+                        }
                         inbound_spis.push(e.cfg.spi);
                     }
                     Direction::Outbound => {
@@ -1601,6 +1650,62 @@ sa = "v6"
 
     /// RFC 7296 §2.8: install the new inbound SA, switch outbound, delete the old inbound
     /// later. Each step touches only its SA, on the reqid's worker, and never the SPD.
+    /// Item 6: an inbound SA of worker "any" is installed on every worker (no shard entry:
+    /// nobody hands its packets over), with the lifetime's bytes and packets shared out; an
+    /// outbound SA pinned to a worker goes there whatever its reqid's worker; the placement
+    /// cannot change and must exist.
+    #[test]
+    fn sas_on_any_worker_and_pinned_to_one() {
+        let mut r = running(BASE);
+        let mut any = test_sa("in-any", Direction::Inbound, 0xc000_0009, 60);
+        any.placement = Placement::AnyWorker;
+        any.cfg.lifetime.hard.packets = Some(1001);
+        let p = done(&mut r, ops(vec![Op::AddSa(any.clone())]));
+        assert_eq!(counts(&p), [(0, 2), (0, 0), (0, 0)]);
+        for w in 0..2 {
+            let (sa, carry) = &p.rounds[0][w].install[0];
+            assert_eq!((sa.spi(), *carry), (0xc000_0009, Carry::Nothing));
+            assert_eq!(sa.status(NOW).hard_packets, Some(500));
+            assert!(
+                !p.rounds[1][w]
+                    .shards
+                    .iter()
+                    .any(|e| matches!(e, ShardEdit::Inbound(0xc000_0009, _))),
+                "{:?}",
+                p.rounds[1][w].shards
+            );
+        }
+        let owner = r.store.worker_of(60).unwrap();
+        let mut pinned = test_sa("out-w", Direction::Outbound, 0x0a00_0009, 60);
+        pinned.placement = Placement::Worker(1 - owner);
+        let p = done(&mut r, ops(vec![Op::AddSa(pinned.clone())]));
+        assert_eq!(p.rounds[0][usize::from(1 - owner)].install.len(), 1);
+        assert!(p.rounds[0][usize::from(owner)].install.is_empty());
+
+        // refusals: no such worker, "any" outbound, a placement that changes
+        let mut far = test_sa("out-far", Direction::Outbound, 0x0a00_000a, 60);
+        far.placement = Placement::Worker(2);
+        assert!(edit(&mut r, ops(vec![Op::AddSa(far)])).is_err());
+        let mut any_out = test_sa("out-any", Direction::Outbound, 0x0a00_000b, 60);
+        any_out.placement = Placement::AnyWorker;
+        assert!(edit(&mut r, ops(vec![Op::AddSa(any_out)])).is_err());
+        let mut moved = any.clone();
+        moved.placement = Placement::Reqid;
+        let e = edit(&mut r, ops(vec![Op::UpdateSa(moved)])).unwrap_err();
+        assert!(e.message.contains("worker cannot change"), "{}", e.message);
+
+        // an update of the any-worker SA replaces every copy in place; a deletion removes all
+        let mut longer = any.clone();
+        longer.cfg.lifetime.hard.packets = Some(4000);
+        let p = done(&mut r, ops(vec![Op::UpdateSa(longer)]));
+        for w in 0..2 {
+            assert_eq!(p.rounds[0][w].remove, [(Direction::Inbound, 0xc000_0009)]);
+            assert_eq!(p.rounds[0][w].install[0].1, Carry::State);
+        }
+        let p = done(&mut r, ops(vec![Op::DelSa("in-any".into())]));
+        assert_eq!(counts(&p), [(0, 0), (0, 0), (2, 0)]);
+    }
+
     #[test]
     fn make_before_break_steps_touch_one_sa_each() {
         let mut r = running(BASE);

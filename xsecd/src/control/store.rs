@@ -35,7 +35,28 @@ pub struct SaEntry {
     pub cfg: SaConfig,
     /// NAT keepalive / ESP-in-UDP heartbeat interval (outbound, UDP-encapsulated).
     pub keepalive: Option<Duration>,
+    /// Which workers hold it.
+    pub placement: Placement,
 }
+
+/// Which workers hold an SA.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Placement {
+    /// The worker of its reqid (all of the reqid's SAs are there unless placed otherwise);
+    /// other workers hand their packets over.
+    #[default]
+    Reqid,
+    /// This worker: an outbound SA of a reqid that several workers each have one of (RFC
+    /// 9611 per-resource SAs): the worker that receives a packet uses its own, no handoff.
+    Worker(u16),
+    /// Every worker (an inbound SA any worker may receive): each holds a copy; the copies
+    /// share one anti-replay window, and each counts a share of the lifetime's bytes and
+    /// packets.
+    AnyWorker,
+}
+
+/// The worker of a [`SaDelta`] whose SA every worker holds ([`Placement::AnyWorker`]).
+pub const ALL_WORKERS: u16 = u16::MAX;
 
 /// One SPD entry; `policy.name` is its id (unique within its direction).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,6 +272,15 @@ impl Store {
             .and_then(|id| self.sas.get(id))
     }
 
+    /// The worker that holds `e` ([`ALL_WORKERS`]: each of them).
+    pub fn worker_of_sa(&self, e: &SaEntry) -> u16 {
+        match e.placement {
+            Placement::Reqid => self.worker_of(e.cfg.reqid).unwrap_or(0),
+            Placement::Worker(w) => w,
+            Placement::AnyWorker => ALL_WORKERS,
+        }
+    }
+
     /// The worker that holds the SAs of `reqid`.
     pub fn worker_of(&self, reqid: u32) -> Option<u16> {
         self.reqids.get(&reqid).map(|r| r.worker)
@@ -308,10 +338,7 @@ impl Store {
         }
         for id in order {
             let before = first.remove(&id).flatten();
-            let after = self.sas.get(&id).map(|e| {
-                let w = self.worker_of(e.cfg.reqid).unwrap_or(0);
-                (e.clone(), w)
-            });
+            let after = self.sas.get(&id).map(|e| (e.clone(), self.worker_of_sa(e)));
             if before != after {
                 applied.sas.push(SaDelta { id, before, after });
             }
@@ -337,10 +364,7 @@ impl Store {
     ) -> Result<(), Reason> {
         let mut touch = |s: &Store, id: &str| {
             if !first.contains_key(id) {
-                let before = s.sas.get(id).map(|e| {
-                    let w = s.worker_of(e.cfg.reqid).unwrap_or(0);
-                    (e.clone(), w)
-                });
+                let before = s.sas.get(id).map(|e| (e.clone(), s.worker_of_sa(e)));
                 first.insert(id.to_owned(), before);
                 order.push(id.to_owned());
             }
@@ -375,6 +399,12 @@ impl Store {
                     return Err(Reason::Immutable {
                         id: e.id,
                         field: "reqid",
+                    });
+                }
+                if old.placement != e.placement {
+                    return Err(Reason::Immutable {
+                        id: e.id,
+                        field: "worker",
                     });
                 }
                 self.check_sa(&e, Some(&old))?;
@@ -604,6 +634,28 @@ impl Store {
             id: e.id.clone(),
             msg: err.to_string(),
         })?;
+        let invalid = |msg: String| {
+            Err(Reason::Invalid {
+                id: e.id.clone(),
+                msg,
+            })
+        };
+        match e.placement {
+            Placement::Worker(w) if usize::from(w) >= self.load.len() => {
+                return invalid(format!(
+                    "worker {w}: xsecd has {} worker(s), 0 to {}",
+                    self.load.len(),
+                    self.load.len().saturating_sub(1)
+                ));
+            }
+            Placement::AnyWorker if e.cfg.direction != Direction::Inbound => {
+                return invalid(
+                    "worker \"any\" is for inbound SAs (an outbound SA is one worker's: give its number)"
+                        .into(),
+                );
+            }
+            _ => {}
+        }
         if let Some(ids) = self.by_spi.get(&(e.cfg.direction, e.cfg.spi)) {
             for other in ids {
                 if replacing.is_some_and(|r| &r.id == other) {
@@ -796,6 +848,7 @@ pub(crate) fn test_sa(id: &str, dir: Direction, spi: u32, reqid: u32) -> SaEntry
     cfg.name = "tun".into();
     cfg.selectors = vec![xsec_dataplane::spd::Selector::ANY];
     SaEntry {
+        placement: Placement::Reqid,
         id: id.into(),
         client: String::new(),
         cfg,
