@@ -544,6 +544,52 @@ mod tests {
             .collect()
     }
 
+    /// `worker` of an SA object: a number pins it, "any" puts an inbound SA on every
+    /// worker; dump says which; anything else, or a worker xsecd does not have, is refused.
+    #[test]
+    fn sa_worker_placement_over_the_protocol() {
+        let dir = TempDir::new("v2-worker");
+        let (ctl, _unix) = control(&dir.0);
+        let mut ike = control::ANONYMOUS.to_owned();
+        call_as(&ctl, &mut ike, "hello", &json!({"client": "ike"})).unwrap();
+        let mut any = sa("in-any", "in", 0xc000_0001, 50);
+        any["worker"] = json!("any");
+        let mut pinned = sa("out-0", "out", 0x0a00_0001, 50);
+        pinned["worker"] = json!(0);
+        let ops = json!({"ops": [
+            {"command": "add-sa", "args": {"sa": any}},
+            {"command": "add-sa", "args": {"sa": pinned}},
+        ]});
+        call_as(&ctl, &mut ike, "batch", &ops).unwrap();
+        let d = call(&ctl, "dump", &json!({"client": "ike"})).unwrap();
+        let by_id = |id: &str| {
+            d["sas"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["id"] == id)
+                .cloned()
+                .unwrap()
+        };
+        assert_eq!(by_id("in-any")["worker"], "any");
+        assert_eq!(
+            (
+                by_id("out-0")["worker"].clone(),
+                by_id("out-0")["worker_pinned"].clone()
+            ),
+            (json!(0), json!(true))
+        );
+        for (w, why) in [
+            (json!(1), "worker 1: xsecd has 1 worker"),
+            (json!("all"), "neither a worker number"),
+        ] {
+            let mut x = sa("out-x", "out", 0x0a00_0002, 50);
+            x["worker"] = w;
+            let e = call_as(&ctl, &mut ike, "add-sa", &json!({"sa": x})).unwrap_err();
+            assert!(e.1.contains(why), "{}", e.1);
+        }
+    }
+
     #[test]
     fn every_store_operation_and_refusal() {
         let dir = TempDir::new("v2-ops");
