@@ -49,6 +49,9 @@ pub struct CapacityOptions {
     pub json: Option<PathBuf>,
     pub prefix: String,
     pub stop: Arc<AtomicBool>,
+    /// One SA pair (`sas` 1) on several workers: per-worker outbound SAs and any-worker
+    /// inbound SAs ([`per_worker_sas`]) instead of one SA pair whose worker takes handoffs.
+    pub per_worker: bool,
 }
 
 /// IMIX as 7 : 4 : 1 by count (64, 576, 1420 B), interleaved.
@@ -147,6 +150,7 @@ fn trial(
     replay_flag: &str,
     inputs: &[PathBuf],
     capture: Option<&Path>,
+    setup: Option<&Path>,
 ) -> Result<(f64, BTreeMap<String, u64>)> {
     let mut args: Vec<&OsStr> = vec![];
     for i in inputs {
@@ -159,6 +163,20 @@ fn trial(
     }
     let d = lab.start_xsecd_with(node, xsecd, toml, Duration::from_secs(30), &args)?;
     let run = || -> Result<(f64, BTreeMap<String, u64>)> {
+        if let Some(batch) = setup {
+            // the SAs and policies through the control socket (the first frames replayed
+            // before they are in are dropped: the measurement starts a second later)
+            let mut c = std::process::Command::new(xsecd.with_file_name("xsecctl"));
+            c.arg("--socket")
+                .arg(&d.control)
+                .arg("batch")
+                .arg(batch)
+                .args(["--client", "bench"]);
+            let o = crate::procs::run(c)?;
+            if !o.ok() {
+                return Err(err!("xsecctl batch {}: {o}", batch.display()));
+            }
+        }
         std::thread::sleep(Duration::from_secs(1));
         let s0 = fresh_stats(&d.stats_file, 0)?;
         let t0 = s0.uptime_ms();
@@ -266,6 +284,58 @@ pub fn spread_sas(pair: &mut Pair, n: usize, flows: usize) {
     }
 }
 
+/// One tunnel on every worker (`--per-worker`): the pair's SAs and policies go, and each
+/// gateway gets instead, through the control socket (`xsecctl batch`, client `bench`), one
+/// reqid with `workers` SAs: gwA one outbound SA pinned to each worker (SPI 0x10000 + w,
+/// keys varied per SA), gwB their inbound SAs on worker "any" (copies on every worker, one
+/// shared anti-replay window) — no packet changes worker on either side. The batches'
+/// JSON, gwA's then gwB's.
+pub fn per_worker_sas(pair: &mut Pair, workers: usize, flows: usize) -> [String; 2] {
+    spread_sas(pair, workers, flows);
+    let sa = |s: &crate::config::SaConf, dir: &str, w: usize| {
+        let (spi, ek, ak) = if dir == "out" {
+            (s.spi_out, &s.enc_key_out, &s.auth_key_out)
+        } else {
+            (s.spi_in, &s.enc_key_in, &s.auth_key_in)
+        };
+        let mut v = json!({
+            "id": format!("{dir}-{w}"), "name": "tunnel", "direction": dir, "spi": spi,
+            "reqid": 1, "mode": s.mode.name(), "local": s.local, "remote": s.remote,
+            "encryption": s.alg.encryption(), "enc_key": format!("0x{}", hex::encode(ek)),
+        });
+        if let Some(i) = s.alg.integrity() {
+            v["integrity"] = json!(i);
+            v["auth_key"] = json!(format!("0x{}", hex::encode(ak)));
+        }
+        v
+    };
+    let policy = |local: &str, remote: &str| {
+        json!({"command": "add-policy", "args": {"policy": {
+            "id": "tunnel", "direction": "both", "local": local, "remote": remote,
+            "proto": "udp", "action": "protect", "reqid": 1}}})
+    };
+    let mut a_ops = vec![];
+    let mut b_ops = vec![];
+    for w in 0..workers {
+        let mut out = sa(&pair.a.sas[w], "out", w);
+        out["worker"] = json!(w);
+        a_ops.push(json!({"command": "add-sa", "args": {"sa": out}}));
+        let mut inb = sa(&pair.b.sas[w], "in", w);
+        inb["worker"] = json!("any");
+        // the replay backend sends the same sequence numbers lap after lap
+        inb["replay_window"] = json!(0);
+        inb["selectors"] = json!([{"local": addr::NET_B, "remote": addr::NET_A}]);
+        b_ops.push(json!({"command": "add-sa", "args": {"sa": inb}}));
+    }
+    a_ops.push(policy(addr::NET_A, addr::NET_B));
+    b_ops.push(policy(addr::NET_B, addr::NET_A));
+    for g in [&mut pair.a, &mut pair.b] {
+        g.sas.clear();
+        g.policies.clear();
+    }
+    [a_ops, b_ops].map(|ops| json!(ops).to_string())
+}
+
 /// The SA (of `n`, over `flows` flows) that protects flow `f`.
 pub fn flow_sa(f: usize, n: usize, flows: usize) -> usize {
     f * n / flows.max(n).max(1)
@@ -342,7 +412,12 @@ pub fn run(o: &CapacityOptions) -> Result<Vec<Trial>> {
                             queues: (0..workers as u16).collect(),
                             ..PairOptions::default()
                         });
-                        spread_sas(&mut pair, sas, flows);
+                        // one tunnel on every worker: per-worker SAs, no handoff
+                        let batches = (o.per_worker && sas == 1 && workers > 1)
+                            .then(|| per_worker_sas(&mut pair, workers, flows));
+                        if batches.is_none() {
+                            spread_sas(&mut pair, sas, flows);
+                        }
                         // the workers on the last cores, the control thread and the lab on core 0
                         let cores: Vec<usize> = (cpus - workers..cpus).collect();
                         for g in [&mut pair.a, &mut pair.b] {
@@ -363,7 +438,16 @@ pub fn run(o: &CapacityOptions) -> Result<Vec<Trial>> {
                                 sas,
                                 size,
                             };
-                            trials.extend(cell(o, &lab, &xsecd, &pair, c, flows, rep)?);
+                            trials.extend(cell(
+                                o,
+                                &lab,
+                                &xsecd,
+                                &pair,
+                                batches.as_ref(),
+                                c,
+                                flows,
+                                rep,
+                            )?);
                         }
                     }
                 }
@@ -382,7 +466,7 @@ pub fn run(o: &CapacityOptions) -> Result<Vec<Trial>> {
                 "cpus": info.cpus,
                 "flags": info.flags.iter().map(|(f, h)| (f.to_string(), json!(h))).collect::<serde_json::Map<_, _>>(),
             },
-            "options": {"seconds": o.seconds, "repeat": o.repeat, "flows": o.flows},
+            "options": {"seconds": o.seconds, "repeat": o.repeat, "flows": o.flows, "per_worker": o.per_worker},
             "summary": doc,
             "trials": trials.iter().map(|t| json!({
                 "alg": t.alg, "dir": t.dir, "workers": t.workers, "sas": t.sas,
@@ -411,6 +495,7 @@ fn cell(
     lab: &Lab,
     xsecd: &Path,
     pair: &Pair,
+    batches: Option<&[String; 2]>,
     c: Cell,
     flows: usize,
     rep: usize,
@@ -474,7 +559,22 @@ fn cell(
                 "workers.tx_prot",
             )
         };
-        let (secs, delta) = trial(o, lab, xsecd, node, &toml, flag, &files, cap.as_deref())?;
+        let setup = match (&batches, dir) {
+            (Some([a, _]), "encrypt") => Some(lab.write_file(&format!("batch-a-{tag}.json"), a)?),
+            (Some([_, b]), _) => Some(lab.write_file(&format!("batch-b-{tag}.json"), b)?),
+            (None, _) => None,
+        };
+        let (secs, delta) = trial(
+            o,
+            lab,
+            xsecd,
+            node,
+            &toml,
+            flag,
+            &files,
+            cap.as_deref(),
+            setup.as_deref(),
+        )?;
         let sent = delta.get(tx).copied().unwrap_or(0);
         let mpps = sent as f64 / secs / 1e6;
         let t = Trial {

@@ -117,6 +117,11 @@ enum Cmd {
         /// Namespace prefix.
         #[arg(long, default_value = "xsec-cap")]
         prefix: String,
+        /// With one SA pair and several workers: per-worker outbound SAs (one per worker,
+        /// pinned) and any-worker inbound SAs, installed with `xsecctl batch` (next to
+        /// xsecd), instead of one pair whose worker takes the others' packets.
+        #[arg(long)]
+        per_worker: bool,
     },
     /// NDR/PDR searches (RFC 2544 style) hA -> hB with xsec-pktgen: plain kernel forwarding,
     /// xsecd in BYPASS and xsecd tunnels, in one run; latency at half the NDR.
@@ -352,6 +357,7 @@ fn main() -> ExitCode {
             repeat,
             json,
             prefix,
+            per_worker,
         } => {
             let Some(stop) = stop_flag() else {
                 return ExitCode::FAILURE;
@@ -372,6 +378,7 @@ fn main() -> ExitCode {
                 json,
                 prefix,
                 stop,
+                per_worker,
             };
             match capacity::run(&o) {
                 Ok(_) => ExitCode::SUCCESS,
