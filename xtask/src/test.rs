@@ -291,6 +291,45 @@ fn tests(root: &Path) -> Part {
     }
 }
 
+/// The shared anti-replay window under loom (every interleaving of two workers): the
+/// dataplane with its `loom` feature, which only swaps that module's atomics.
+fn loom(root: &Path) -> Part {
+    let start = header("loom");
+    let o = proc::tee(
+        Command::new("cargo")
+            .args([
+                "test",
+                "-p",
+                "xsec-dataplane",
+                "--features",
+                "loom",
+                "--lib",
+                "replay::shared::loom_tests",
+            ])
+            .current_dir(root),
+    );
+    let c = parse_test_output(&o.stdout, &o.stderr);
+    let mut failed = c.failed + c.crashed;
+    let mut note = String::from("replay::shared under loom");
+    if (!o.success() || c.passed == 0) && failed == 0 {
+        failed = 1;
+        note.push_str(&format!(
+            ", cargo test failed ({}) or ran nothing",
+            o.describe()
+        ));
+    }
+    let secs = footer("loom", start);
+    println!("loom: {} passed, {failed} failed", c.passed);
+    Part {
+        name: "loom",
+        passed: c.passed,
+        failed,
+        skipped: c.ignored,
+        note,
+        secs,
+    }
+}
+
 /// The unsafe frame code of `xsecd/src/xsk.rs` (the UMEM mapping, frames cut from it, the
 /// replay backend's receive and send) under Miri, which checks every access for undefined
 /// behaviour. The AF_XDP rings themselves need a kernel socket Miri cannot open. Skipped, and
@@ -403,6 +442,7 @@ pub fn run(opts: &Options) -> ExitCode {
         parts.push(lint(&root));
     }
     parts.push(tests(&root));
+    parts.push(loom(&root));
     parts.push(miri(&root));
     if opts.fuzz {
         parts.push(fuzz_smoke(&root, opts.fuzz_seconds));
