@@ -490,6 +490,7 @@ struct Cell {
 }
 
 /// Encrypt then decrypt for one cell.
+#[allow(clippy::too_many_arguments)]
 fn cell(
     o: &CapacityOptions,
     lab: &Lab,
