@@ -283,6 +283,44 @@ fn answer(v: Value) -> Res<Value> {
     client::answer(v).map_err(exit_code)
 }
 
+/// Every page of `dump`, as one object; started again if the store changed meanwhile (its
+/// generation moved), a few times at most.
+fn dump_all(c: &mut Client, client: Option<&str>) -> Res<Value> {
+    for _ in 0..5 {
+        let (mut sas, mut policies) = (vec![], vec![]);
+        let mut after = Value::Null;
+        let mut generation = None;
+        loop {
+            let mut args = json!({"client": client, "limit": 1000});
+            if !after.is_null() {
+                args["after"] = after;
+            }
+            let mut page = c.call("dump", args)?;
+            if generation.is_some_and(|g| g != page["generation"]) {
+                generation = None;
+                break;
+            }
+            generation = Some(page["generation"].clone());
+            for (k, out) in [("sas", &mut sas), ("policies", &mut policies)] {
+                if let Some(v) = page[k].as_array_mut() {
+                    out.append(v);
+                }
+            }
+            after = page["next"].take();
+            if after.is_null() {
+                break;
+            }
+        }
+        if let Some(g) = generation {
+            return Ok(json!({"generation": g, "sas": sas, "policies": policies}));
+        }
+    }
+    Err((
+        2,
+        "dump: the store kept changing between pages; try again".into(),
+    ))
+}
+
 fn read_input(p: &Path) -> Res<String> {
     if p == Path::new("-") {
         let mut s = String::new();
@@ -746,7 +784,7 @@ fn run(cli: Cli) -> Res<()> {
             )?;
             policy_test_out(&v, json_out, records);
         }
-        Cmd::Dump { client } => print_json(&c.call("dump", json!({"client": client}))?),
+        Cmd::Dump { client } => print_json(&dump_all(&mut c, client.as_deref())?),
         Cmd::Batch { file, client } => {
             let text = zeroize::Zeroizing::new(read_input(&file)?);
             let ops: Value = serde_json::from_str(&text)

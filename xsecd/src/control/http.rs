@@ -544,6 +544,67 @@ mod tests {
             .collect()
     }
 
+    /// `dump` pages: every object once, SAs by id then policies in SPD order, whatever the
+    /// page size; the last page says `next: null`; a bad limit is refused.
+    #[test]
+    fn dump_pages_cover_everything_once() {
+        let dir = TempDir::new("v2-dump");
+        let (ctl, _unix) = control(&dir.0);
+        let mut ike = control::ANONYMOUS.to_owned();
+        call_as(&ctl, &mut ike, "hello", &json!({"client": "ike"})).unwrap();
+        let mut ops: Vec<Value> = (0..1203u32)
+            .map(|i| json!({"command": "add-sa", "args": {"sa": sa(&format!("in-{i:05}"), "in", 0x10_0000 + i, 100 + i)}}))
+            .collect();
+        for i in 0..7 {
+            ops.push(json!({"command": "add-policy", "args": {"policy": {
+                "id": format!("p{i}"), "direction": if i % 2 == 0 { "out" } else { "both" },
+                "local": format!("10.{i}.0.0/16"), "action": "bypass"}}}));
+        }
+        call_as(&ctl, &mut ike, "batch", &json!({"ops": ops})).unwrap();
+        for limit in [1usize, 7, 500, 1000] {
+            let (mut sas, mut pols, mut after, mut pages) = (vec![], vec![], Value::Null, 0);
+            loop {
+                let mut args = json!({"client": "ike", "limit": limit});
+                if !after.is_null() {
+                    args["after"] = after.clone();
+                }
+                let page = call(&ctl, "dump", &args).unwrap();
+                let n = page["sas"].as_array().unwrap().len()
+                    + page["policies"].as_array().unwrap().len();
+                assert!(n <= limit && (n > 0 || page["next"].is_null()), "{page}");
+                for x in page["sas"].as_array().unwrap() {
+                    sas.push(x["id"].as_str().unwrap().to_owned());
+                }
+                for x in page["policies"].as_array().unwrap() {
+                    pols.push(format!(
+                        "{}/{}",
+                        x["direction"].as_str().unwrap(),
+                        x["id"].as_str().unwrap()
+                    ));
+                }
+                pages += 1;
+                after = page["next"].clone();
+                if after.is_null() {
+                    break;
+                }
+            }
+            let want: Vec<String> = (0..1203).map(|i| format!("in-{i:05}")).collect();
+            assert_eq!(sas, want, "limit {limit}");
+            // 4 outbound-only, 3 both: 7 outbound, then 3 inbound
+            assert_eq!(pols.len(), 10, "limit {limit}: {pols:?}");
+            assert_eq!(pols[0], "out/p0");
+            assert_eq!(pols[9], "in/p5");
+            assert_eq!(pages, (1213usize).div_ceil(limit), "limit {limit}");
+        }
+        for bad in [
+            json!({"limit": 0}),
+            json!({"limit": 1001}),
+            json!({"after": {"policy": ["up", 1]}}),
+        ] {
+            assert!(call(&ctl, "dump", &bad).is_err(), "{bad}");
+        }
+    }
+
     /// `worker` of an SA object: a number pins it, "any" puts an inbound SA on every
     /// worker; dump says which; anything else, or a worker xsecd does not have, is refused.
     #[test]

@@ -731,25 +731,77 @@ fn ops_of(req: Request, ops: &mut Vec<Op>) -> Result<(), Fail> {
 }
 
 /// `dump`: every SA and policy of the store (of one client), with no keys.
-fn dump(ctl: &Control, only: Option<&str>) -> Value {
+/// One page of `dump`: up to `limit` objects after `after` — SAs by id, then policies,
+/// outbound then inbound, by position — and the cursor of the next page (`null`: the last).
+/// O(SAs) per page: the page's SAs are selected, not the whole store sorted.
+fn dump(ctl: &Control, d: &request::Dump) -> Result<Value, Fail> {
+    use request::DumpCursor;
+    let limit = d.limit.unwrap_or(request::DUMP_DEFAULT);
+    if !(1..=request::DUMP_MAX).contains(&limit) {
+        return Err(bad(format!("args.limit: 1 to {}", request::DUMP_MAX)));
+    }
+    let only = d.client.as_deref();
     let run = lock(&ctl.running);
     let mine = |c: &str| only.is_none_or(|o| o == c);
-    let mut sas: Vec<Value> = run
-        .store
-        .sas()
-        .filter(|e| mine(&e.client))
-        .map(|e| objects::sa_json(e, Some(run.store.worker_of_sa(e))))
-        .collect();
-    sas.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    let (sa_after, pol_after): (Option<&str>, Option<(Direction, usize)>) = match &d.after {
+        None => (None, None),
+        Some(DumpCursor::Sa(id)) => (Some(id.as_str()), None),
+        Some(DumpCursor::Policy(dir, pos)) => {
+            let dir = objects::direction("args.after.policy", dir)?;
+            (None, Some((dir, *pos)))
+        }
+    };
+    let mut sas: Vec<&store::SaEntry> = if pol_after.is_some() {
+        vec![]
+    } else {
+        run.store
+            .sas()
+            .filter(|e| mine(&e.client) && sa_after.is_none_or(|a| e.id.as_str() > a))
+            .collect()
+    };
+    let by_id = |a: &&store::SaEntry, b: &&store::SaEntry| a.id.cmp(&b.id);
+    if sas.len() > limit {
+        sas.select_nth_unstable_by(limit, by_id);
+        sas.truncate(limit + 1);
+    }
+    sas.sort_unstable_by(by_id);
+    let mut next = None;
+    if sas.len() > limit {
+        sas.truncate(limit);
+        next = sas.last().map(|e| json!({"sa": e.id}));
+    }
+    let room = limit - sas.len();
     let mut policies = vec![];
-    for dir in [Direction::Outbound, Direction::Inbound] {
-        for (i, e) in run.store.policies(dir).iter().enumerate() {
-            if mine(&e.client) {
+    if next.is_none() {
+        let dirs = [Direction::Outbound, Direction::Inbound];
+        'dirs: for (k, dir) in dirs.into_iter().enumerate() {
+            // a policy cursor: skip the directions before it and the positions up to it
+            let from = match pol_after {
+                Some((d, p)) if d == dir => p,
+                Some((d, _)) if dirs[..k].contains(&d) => 0,
+                Some(_) => continue,
+                None => 0,
+            };
+            for (i, e) in run.store.policies(dir).iter().enumerate().skip(from) {
+                if !mine(&e.client) {
+                    continue;
+                }
+                if policies.len() == room {
+                    next = Some(json!({"policy": [
+                        match dir { Direction::Outbound => "out", Direction::Inbound => "in" },
+                        i,
+                    ]}));
+                    break 'dirs;
+                }
                 policies.push(objects::policy_json(dir, i + 1, e));
             }
         }
     }
-    json!({"generation": run.generation, "sas": sas, "policies": policies})
+    let sas: Vec<Value> = sas
+        .into_iter()
+        .map(|e| objects::sa_json(e, Some(run.store.worker_of_sa(e))))
+        .collect();
+    Ok(json!({"generation": run.generation, "sas": sas, "policies": policies, "next": next}))
 }
 
 pub(crate) fn dispatch(ctl: &Control, req: Request, client: &mut String) -> Result<Value, Fail> {
@@ -763,7 +815,7 @@ pub(crate) fn dispatch(ctl: &Control, req: Request, client: &mut String) -> Resu
             v["client"] = json!(client);
             Ok(v)
         }
-        Request::Dump(d) => Ok(dump(ctl, d.client.as_deref())),
+        Request::Dump(d) => dump(ctl, &d),
         Request::ShowSa(a) => {
             let spi = match &a.spi {
                 Some(s) => Some(parse_spi(s).ok_or_else(|| {

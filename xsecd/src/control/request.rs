@@ -86,6 +86,27 @@ pub struct Hello {
 pub struct Dump {
     /// Only this client's objects.
     pub client: Option<String>,
+    /// The page after this object (a previous page's `next`).
+    pub after: Option<DumpCursor>,
+    /// Objects per page (SAs and policies together): 1 to [`DUMP_MAX`], default
+    /// [`DUMP_DEFAULT`].
+    pub limit: Option<usize>,
+}
+
+/// Objects in a `dump` page unless the request says otherwise.
+pub const DUMP_DEFAULT: usize = 500;
+/// At most this many objects in a `dump` page (well within a frame).
+pub const DUMP_MAX: usize = 1000;
+
+/// Where a `dump` page ends: SAs come first, by id, then policies, outbound then inbound, by
+/// position.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum DumpCursor {
+    /// After the SA of this id.
+    Sa(String),
+    /// After the policy at this position (1-based) of this direction (`out`, `in`).
+    Policy(String, usize),
 }
 
 #[derive(Debug, Deserialize)]
