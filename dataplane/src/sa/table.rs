@@ -311,6 +311,11 @@ impl SaTable {
         self.slots.get_mut(h.0 as usize)?.as_mut()
     }
 
+    /// Handles run from 0 to this (exclusive); some may be free.
+    pub fn slots(&self) -> u32 {
+        self.slots.len() as u32
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (SaHandle, &Sa)> {
         self.slots
             .iter()

@@ -634,3 +634,53 @@ fn one_worker_takes_a_rekey_as_one_change() {
         0x1112
     );
 }
+
+/// A counters snapshot of many SAs is built a chunk per loop turn (the worker never stops
+/// long between bursts) and sent once complete, to every asker; an SA removed meanwhile is
+/// in it only if it was not taken back (its counters go with the removed SAs instead).
+#[test]
+fn a_snapshot_of_many_sas_is_spread_over_turns() {
+    let mut ga = gateway(A, "");
+    let mut io = MemIo::new(FRAMES);
+    let mut w = Worker::start(&mut io, &mut ga);
+    let path = Path::new("test.toml");
+    let cfg = crate::config::parse(A, path).expect("the example parses");
+    let n = 200u32;
+    let now = clock().now();
+    for i in 0..n {
+        let mut c = cfg.sas[0].inbound.clone();
+        c.spi = 0x10_0000 + i;
+        w.apply(
+            Cmd::InstallSa(Box::new(Sa::new(&c, now).expect("an SA"))),
+            now,
+        );
+    }
+    let total = w.engine.sad().len();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    w.apply(Cmd::Snapshot(tx.clone()), now);
+    w.apply(Cmd::Snapshot(tx), now);
+    assert!(rx.try_recv().is_err(), "not all at once");
+    // take one of the SAs already copied back out
+    let (tx_r, rx_r) = crossbeam_channel::unbounded();
+    let gone = Change {
+        remove: vec![(Direction::Inbound, 0x10_0000)],
+        ..Change::default()
+    };
+    w.apply(Cmd::Apply(Box::new(gone), tx_r), now);
+    assert_eq!(rx_r.try_recv().expect("a report").removed.len(), 1);
+    let mut turns = 0;
+    while rx.is_empty() {
+        w.turn();
+        turns += 1;
+        assert!(turns < 100, "the snapshot never came");
+    }
+    assert!(
+        turns >= (total as u32 / SNAPSHOT_CHUNK) as usize - 1,
+        "{turns} turns"
+    );
+    for _ in 0..2 {
+        let s = rx.try_recv().expect("both askers answered");
+        assert_eq!(s.sas.len(), total - 1);
+        assert!(!s.sas.iter().any(|x| x.spi == 0x10_0000));
+    }
+}
