@@ -179,6 +179,10 @@ enum Cmd {
         /// Namespace prefix.
         #[arg(long, default_value = "xsec-ndr")]
         prefix: String,
+        /// `ipsec` with one SA pair and several workers: per-worker outbound SAs and
+        /// any-worker inbound SAs (`xsecctl batch`, next to xsecd), as `capacity --per-worker`.
+        #[arg(long)]
+        per_worker: bool,
     },
     /// SVG charts from the JSON of `capacity` (Mpps against size) or `ndr` (latency
     /// percentiles at half the NDR).
@@ -405,6 +409,7 @@ fn main() -> ExitCode {
             sink_io,
             json,
             prefix,
+            per_worker,
         } => {
             let Some(stop) = stop_flag() else {
                 return ExitCode::FAILURE;
@@ -437,6 +442,7 @@ fn main() -> ExitCode {
                 json,
                 prefix,
                 stop,
+                per_worker,
             };
             match ndr::run(&o) {
                 Ok(_) => ExitCode::SUCCESS,

@@ -60,6 +60,9 @@ pub struct NdrOptions {
     pub json: Option<PathBuf>,
     pub prefix: String,
     pub stop: Arc<AtomicBool>,
+    /// `ipsec` with one SA pair on several workers: per-worker SAs (see
+    /// [`crate::capacity::per_worker_sas`]).
+    pub per_worker: bool,
 }
 
 const PORT: u16 = 5301;
@@ -498,6 +501,32 @@ pub fn run(o: &NdrOptions) -> Result<Vec<Result1>> {
                 let conf = lab.write_file("ndr-gwA-standin.toml", p.a.to_toml())?;
                 c.esp = Some((conf, std::cell::Cell::new(1)));
                 vec![lab.start_xsecd(Node::GwB, &xsecd, &p.b.to_toml(), Duration::from_secs(30))?]
+            }
+            Some(mut p)
+                if o.per_worker && c.mode.starts_with("ipsec-") && c.sas == 1 && c.workers > 1 =>
+            {
+                let batches =
+                    crate::capacity::per_worker_sas(&mut p, c.workers, usize::from(c.flows));
+                let ds = start_daemons(lab, &xsecd, &p)?;
+                for (d, batch) in ds.iter().zip(batches) {
+                    let file = lab.write_file(&format!("batch-{}.json", d.node.suffix()), batch)?;
+                    let mut cmd = std::process::Command::new(xsecd.with_file_name("xsecctl"));
+                    cmd.arg("--socket")
+                        .arg(&d.control)
+                        .arg("batch")
+                        .arg(&file)
+                        .args(["--client", "bench"]);
+                    let out = crate::procs::run(cmd)?;
+                    if !out.ok() {
+                        for d in &ds {
+                            let _ = lab.stop_xsecd(d);
+                        }
+                        return Err(err!("xsecctl batch {}: {out}", file.display()));
+                    }
+                }
+                // per-worker SAs: `…-int-<alg>-perworker-ndrpdr`
+                c.mode = format!("{}-perworker", c.mode);
+                ds
             }
             Some(p) => start_daemons(lab, &xsecd, &p)?,
             None => vec![],
