@@ -13,4 +13,4 @@ pub use config::{
 pub(crate) use lifetime::LifeEvent;
 pub use lifetime::LimitKind;
 pub use state::{Sa, SaStatus};
-pub use table::{SaHandle, SaTable};
+pub use table::{SaHandle, SaKey, SaTable, sa_address};

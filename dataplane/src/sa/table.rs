@@ -155,6 +155,50 @@ impl Default for SaTable {
     }
 }
 
+/// What tells SAs of one direction and SPI apart: the gateway's own address for an inbound
+/// SA (RFC 4301 §4.1: lookup by SPI and destination), the peer's for an outbound one (the
+/// peer chose the SPI, and two peers may choose the same one). `None`: any.
+pub fn sa_address(dir: Direction, local: Option<IpAddr>, remote: Option<IpAddr>) -> Option<IpAddr> {
+    match dir {
+        Direction::Inbound => local,
+        Direction::Outbound => remote,
+    }
+}
+
+/// Which SA a management operation means: direction, SPI and [`sa_address`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SaKey {
+    pub dir: Direction,
+    pub spi: u32,
+    pub addr: Option<IpAddr>,
+}
+
+impl SaKey {
+    pub fn of_config(c: &SaConfig) -> SaKey {
+        SaKey {
+            dir: c.direction,
+            spi: c.spi,
+            addr: sa_address(c.direction, c.local, c.remote),
+        }
+    }
+
+    pub fn of(sa: &Sa) -> SaKey {
+        SaKey {
+            dir: sa.dir,
+            spi: sa.spi,
+            addr: sa_address(sa.dir, sa.info.local, sa.info.remote),
+        }
+    }
+}
+
+/// [`sa_address`] of an installed SA, as an index key.
+fn address_key(s: &Sa) -> Option<(bool, u128)> {
+    match s.dir {
+        Direction::Inbound => s.local_match,
+        Direction::Outbound => ip_key(s.info.remote),
+    }
+}
+
 fn ip_key(a: Option<IpAddr>) -> Option<(bool, u128)> {
     a.map(|a| match a {
         IpAddr::V4(a) => (false, u128::from(u32::from(a))),
@@ -184,15 +228,21 @@ impl SaTable {
 
     /// Build and install an SA.
     pub fn install(&mut self, cfg: &SaConfig, now: Timestamp) -> Result<SaHandle, SaError> {
-        self.check_duplicate(cfg.direction, cfg.spi, ip_key(cfg.local))?;
+        self.check_duplicate(
+            cfg.direction,
+            cfg.spi,
+            ip_key(sa_address(cfg.direction, cfg.local, cfg.remote)),
+        )?;
         self.insert(Sa::new(cfg, now)?)
     }
 
+    /// An SA of this direction and SPI whose [`sa_address`] is the same, or either is any,
+    /// is installed already.
     fn check_duplicate(
         &self,
         dir: Direction,
         spi: u32,
-        local: Option<(bool, u128)>,
+        addr: Option<(bool, u128)>,
     ) -> Result<(), SaError> {
         let dup = self.by_spi[dir.index()]
             .find(spi, |h| {
@@ -200,7 +250,8 @@ impl SaTable {
                     .get(h as usize)
                     .and_then(|s| s.as_ref())
                     .is_some_and(|s| {
-                        s.local_match == local || s.local_match.is_none() || local.is_none()
+                        let k = address_key(s);
+                        k == addr || k.is_none() || addr.is_none()
                     })
             })
             .is_some();
@@ -214,7 +265,7 @@ impl SaTable {
     /// Install an SA built elsewhere (the control thread builds SAs so that key expansion
     /// never runs on a worker).
     pub fn insert(&mut self, sa: Sa) -> Result<SaHandle, SaError> {
-        self.check_duplicate(sa.dir, sa.spi, sa.local_match)?;
+        self.check_duplicate(sa.dir, sa.spi, address_key(&sa))?;
         if self.count >= EMPTY as usize - 1 {
             return Err(SaError::Full(self.count));
         }
@@ -237,14 +288,16 @@ impl SaTable {
         Ok(SaHandle(h))
     }
 
-    /// Find an SA by direction, SPI and (optionally) local address.
-    pub fn find(&self, dir: Direction, spi: u32, local: Option<IpAddr>) -> Option<SaHandle> {
-        let lk = ip_key(local);
+    /// Find an SA by direction, SPI and (optionally) [`sa_address`]: the local address of an
+    /// inbound SA, the peer's of an outbound one.
+    pub fn find(&self, dir: Direction, spi: u32, addr: Option<IpAddr>) -> Option<SaHandle> {
+        let want = ip_key(addr);
         self.by_spi[dir.index()]
             .find(spi, |h| {
-                self.slots[h as usize]
-                    .as_ref()
-                    .is_some_and(|s| lk.is_none() || s.local_match.is_none() || s.local_match == lk)
+                self.slots[h as usize].as_ref().is_some_and(|s| {
+                    let k = address_key(s);
+                    want.is_none() || k.is_none() || k == want
+                })
             })
             .map(SaHandle)
     }

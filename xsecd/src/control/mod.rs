@@ -530,7 +530,7 @@ impl Control {
     /// An engine event as subscribers see it.
     pub fn event_json(&self, worker: u16, ev: &Event) -> Value {
         let run = lock(&self.running);
-        let sa = run.store.sa_by_spi(ev.direction, ev.spi);
+        let sa = run.store.sa_of_event(ev.direction, ev.spi, ev.reqid);
         let name = sa
             .map(|e| e.cfg.name.clone())
             .or_else(|| run.store.reqid_name(ev.reqid).map(str::to_owned));

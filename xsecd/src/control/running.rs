@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use xsec_dataplane::Shards;
 use xsec_dataplane::replay::SharedReplayWindow;
-use xsec_dataplane::sa::{Encap, Sa, SaConfig, SaStatus};
+use xsec_dataplane::sa::{Encap, Sa, SaConfig, SaKey, SaStatus};
 use xsec_dataplane::spd::{Action, Direction, Policy, SaBundle, Spd, SpdConfig};
 use xsec_dataplane::stats::DropCounters;
 use xsec_dataplane::time::Timestamp;
@@ -910,7 +910,7 @@ impl Running {
         };
         // (direction, SPI, worker) installed by this change: a removal of the same slot goes
         // in the same round, before it
-        let installed: std::collections::HashSet<(Direction, u32, u16)> = applied
+        let installed: std::collections::HashSet<(SaKey, u16)> = applied
             .sas
             .iter()
             .filter_map(|d| d.after.as_ref())
@@ -920,13 +920,13 @@ impl Running {
                 } else {
                     vec![(*w).min(n as u16 - 1)]
                 };
-                ws.into_iter().map(|w| (e.cfg.direction, e.cfg.spi, w))
+                ws.into_iter().map(|w| (SaKey::of_config(&e.cfg), w))
             })
             .collect();
         let (mut added, mut removed, mut changed) = (vec![], vec![], vec![]);
         let mut peers = vec![];
         let mut inbound_spis = vec![];
-        let mut hb: Vec<Vec<(u32, Option<Heartbeat>)>> = vec![vec![]; n];
+        let mut hb: Vec<Vec<(SaKey, Option<Heartbeat>)>> = vec![vec![]; n];
         let mut shard_del = vec![];
         let mut shard_set = vec![];
         let mut reqids = vec![];
@@ -942,21 +942,22 @@ impl Running {
         for d in &applied.sas {
             if let Some((o, ow)) = &d.before {
                 for w in held_by(*ow) {
+                    let key = SaKey::of_config(&o.cfg);
+                    // the same SA of the store on the same worker: replaced in one step (its
+                    // address may change: new endpoints)
                     let same_slot = d.after.as_ref().is_some_and(|(e, nw)| {
                         held_by(*nw).contains(&w)
                             && e.cfg.direction == o.cfg.direction
                             && e.cfg.spi == o.cfg.spi
                     });
-                    let round = if same_slot
-                        || installed.contains(&(o.cfg.direction, o.cfg.spi, w as u16))
-                    {
+                    let round = if same_slot || installed.contains(&(key, w as u16)) {
                         0
                     } else {
                         2
                     };
-                    rounds[round][w].remove.push((o.cfg.direction, o.cfg.spi));
+                    rounds[round][w].remove.push(SaKey::of_config(&o.cfg));
                     if heartbeat(o).is_some() {
-                        hb[w].push((o.cfg.spi, None));
+                        hb[w].push((SaKey::of_config(&o.cfg), None));
                     }
                 }
                 match o.cfg.direction {
@@ -1000,9 +1001,10 @@ impl Running {
                     if let Some(win) = &window {
                         sa.share_replay(win.clone());
                     }
-                    rounds[0][w].install.push((sa, carry));
+                    let from = d.before.as_ref().map(|(o, _)| SaKey::of_config(&o.cfg));
+                    rounds[0][w].install.push((sa, carry, from));
                     if let Some(h) = heartbeat(e) {
-                        hb[w].push((e.cfg.spi, Some(h)));
+                        hb[w].push((SaKey::of_config(&e.cfg), Some(h)));
                     }
                 }
                 match e.cfg.direction {
@@ -1349,6 +1351,11 @@ sa = "v6"
         )
     }
 
+    /// (direction, SPI) of SA keys.
+    fn keys(v: &[SaKey]) -> Vec<(Direction, u32)> {
+        v.iter().map(|k| (k.dir, k.spi)).collect()
+    }
+
     fn counts(p: &Plan) -> [(usize, usize); 3] {
         let f = |r: &Vec<Change>| {
             (
@@ -1511,7 +1518,7 @@ sa = "v6"
         // only the inbound SA of v6 (its key changed), on v6's worker, replaced at once
         assert_eq!(counts(&p), [(1, 1), (0, 0), (0, 0)]);
         let c = &p.rounds[0][1];
-        assert_eq!(c.remove, vec![(Direction::Inbound, 0x300)]);
+        assert_eq!(keys(&c.remove), vec![(Direction::Inbound, 0x300)]);
         assert_eq!(
             c.install[0].1,
             Carry::Nothing,
@@ -1532,7 +1539,7 @@ sa = "v6"
             p.rounds[0][1]
                 .install
                 .iter()
-                .all(|(_, carry)| *carry == Carry::State)
+                .all(|(_, carry, _)| *carry == Carry::State)
         );
     }
 
@@ -1663,7 +1670,7 @@ sa = "v6"
         let p = done(&mut r, ops(vec![Op::AddSa(any.clone())]));
         assert_eq!(counts(&p), [(0, 2), (0, 0), (0, 0)]);
         for w in 0..2 {
-            let (sa, carry) = &p.rounds[0][w].install[0];
+            let (sa, carry, _) = &p.rounds[0][w].install[0];
             assert_eq!((sa.spi(), *carry), (0xc000_0009, Carry::Nothing));
             assert_eq!(sa.status(NOW).hard_packets, Some(500));
             assert!(
@@ -1699,7 +1706,10 @@ sa = "v6"
         longer.cfg.lifetime.hard.packets = Some(4000);
         let p = done(&mut r, ops(vec![Op::UpdateSa(longer)]));
         for w in 0..2 {
-            assert_eq!(p.rounds[0][w].remove, [(Direction::Inbound, 0xc000_0009)]);
+            assert_eq!(
+                keys(&p.rounds[0][w].remove),
+                [(Direction::Inbound, 0xc000_0009)]
+            );
             assert_eq!(p.rounds[0][w].install[0].1, Carry::State);
         }
         let p = done(&mut r, ops(vec![Op::DelSa("in-any".into())]));
@@ -1763,13 +1773,13 @@ sa = "v6"
         // the new outbound SA goes in before the old one leaves; both on the reqid's worker
         assert_eq!(p.rounds[0][w].install.len(), 1);
         assert_eq!(
-            p.rounds[2][w].remove,
+            keys(&p.rounds[2][w].remove),
             vec![(Direction::Outbound, 0x0a00_0001)]
         );
         assert!(r.store.sa("in-1").is_some() && r.store.sa("in-2").is_some());
         let p = done(&mut r, ops(vec![Op::DelSa("in-1".into())]));
         assert_eq!(
-            p.rounds[2][w].remove,
+            keys(&p.rounds[2][w].remove),
             vec![(Direction::Inbound, 0xc000_0001)]
         );
         assert!(
@@ -1792,7 +1802,13 @@ sa = "v6"
         let w = usize::from(r.store.worker_of(50).unwrap());
         assert!(matches!(
             p.rounds[1][w].heartbeats[..],
-            [(0x0a00_0001, Some(_))]
+            [(
+                SaKey {
+                    spi: 0x0a00_0001,
+                    ..
+                },
+                Some(_)
+            )]
         ));
         let p = done(
             &mut r,
@@ -1807,7 +1823,7 @@ sa = "v6"
         );
         assert_eq!(p.rounds[0][w].install[0].1, Carry::Everything);
         assert_eq!(
-            p.rounds[0][w].remove,
+            keys(&p.rounds[0][w].remove),
             vec![(Direction::Outbound, 0x0a00_0001)]
         );
         assert_eq!(p.peers, vec!["192.0.2.77".parse::<IpAddr>().unwrap()]);

@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
-use xsec_dataplane::sa::{Encap, SaConfig};
+use xsec_dataplane::sa::{Encap, SaConfig, sa_address};
 use xsec_dataplane::spd::{Action, Direction, NonPolicy, Policy, SpdConfig};
 
 /// The client tag of the objects the configuration file defines.
@@ -225,10 +225,15 @@ fn dir_slot(d: Direction) -> usize {
     }
 }
 
-/// Does an SA with local address `a` take the same (direction, SPI) slot as one with `b`?
-/// As the engine's SAD decides it: equal, or either unset.
-fn locals_clash(a: Option<IpAddr>, b: Option<IpAddr>) -> bool {
-    a.is_none() || b.is_none() || a == b
+/// Do two SAs of one direction and SPI take the same slot? As the engine's SAD decides it:
+/// their [`sa_address`]es (an inbound SA's own address, an outbound SA's peer) are equal, or
+/// either is unset. Two peers may choose the same SPI for our outbound SAs.
+fn same_slot(a: &SaConfig, b: &SaConfig) -> bool {
+    let (x, y) = (
+        sa_address(a.direction, a.local, a.remote),
+        sa_address(b.direction, b.local, b.remote),
+    );
+    x.is_none() || y.is_none() || x == y
 }
 
 fn bundle_reqids(p: &Policy) -> &[u32] {
@@ -270,6 +275,15 @@ impl Store {
             .get(&(dir, spi))
             .and_then(|ids| ids.first())
             .and_then(|id| self.sas.get(id))
+    }
+
+    /// The SA of an engine event: by direction and SPI, and among SAs that share them (two
+    /// peers' outbound SAs may), the one of the event's reqid.
+    pub fn sa_of_event(&self, dir: Direction, spi: u32, reqid: u32) -> Option<&SaEntry> {
+        let ids = self.by_spi.get(&(dir, spi))?;
+        let mut sas = ids.iter().filter_map(|id| self.sas.get(id));
+        let first = sas.clone().next();
+        sas.find(|e| e.cfg.reqid == reqid).or(first)
     }
 
     /// The worker that holds `e` ([`ALL_WORKERS`]: each of them).
@@ -662,7 +676,7 @@ impl Store {
                     continue;
                 }
                 if let Some(o) = self.sas.get(other)
-                    && locals_clash(o.cfg.local, e.cfg.local)
+                    && same_slot(&o.cfg, &e.cfg)
                 {
                     return Err(Reason::DuplicateSpi {
                         id: e.id.clone(),

@@ -25,7 +25,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use xsec_dataplane::sa::{Sa, SaStatus};
+use xsec_dataplane::sa::{Sa, SaKey, SaStatus};
 use xsec_dataplane::spd::{Direction, Spd, SpdCarry};
 use xsec_dataplane::stats::WorkerStats;
 use xsec_dataplane::time::MonotonicClock;
@@ -125,20 +125,20 @@ impl CmdSender {
 /// between two bursts in this order: removals, installations, shards, SPD, heartbeats.
 #[derive(Debug, Default)]
 pub struct Change {
-    /// SAs to remove, by direction and SPI.
-    pub remove: Vec<(Direction, u32)>,
-    /// SAs to install, and how much of the SA of the same direction and SPI removed by this
-    /// change each continues.
-    pub install: Vec<(Box<Sa>, Carry)>,
+    /// SAs to remove.
+    pub remove: Vec<SaKey>,
+    /// SAs to install; how much each continues of the SA this change removes that it
+    /// replaces, and which that is (the same SA of the store with, perhaps, new endpoints).
+    pub install: Vec<(Box<Sa>, Carry, Option<SaKey>)>,
     /// Edits of the shard map (applied in order).
     pub shards: Vec<ShardEdit>,
     /// A new SPD, and which old policy's counters each of its policies continues (computed
     /// once on the control thread for every worker).
     pub spd: Option<(Arc<Spd>, Arc<SpdCarry>)>,
-    /// Heartbeats to start (`Some`) or stop (`None`), by the SPI of their outbound SA.
-    pub heartbeats: Vec<(u32, Option<Heartbeat>)>,
+    /// Heartbeats to start (`Some`) or stop (`None`), by their outbound SA.
+    pub heartbeats: Vec<(SaKey, Option<Heartbeat>)>,
     /// SAs to remove last, after everything else (a one-worker daemon's third round).
-    pub remove_last: Vec<(Direction, u32)>,
+    pub remove_last: Vec<SaKey>,
 }
 
 impl Change {
@@ -634,14 +634,12 @@ impl<I: FrameIo> Worker<'_, I> {
             ..ChangeReport::default()
         };
         let mut gone: Vec<Sa> = Vec::with_capacity(c.remove.len());
-        for (dir, spi) in c.remove {
-            gone.extend(self.remove(dir, spi, now, &mut report));
+        for key in c.remove {
+            gone.extend(self.remove(key, now, &mut report));
         }
-        for (mut sa, carry) in c.install {
+        for (mut sa, carry, from) in c.install {
             if carry != Carry::Nothing
-                && let Some(old) = gone
-                    .iter()
-                    .find(|o| o.spi() == sa.spi() && o.direction() == sa.direction())
+                && let Some(old) = gone.iter().find(|o| Some(SaKey::of(o)) == from)
             {
                 if carry == Carry::Everything {
                     sa.take_over_all(old);
@@ -698,21 +696,19 @@ impl<I: FrameIo> Worker<'_, I> {
             }
             self.engine.set_spd_carrying(spd, &carry);
         }
-        for (spi, hb) in c.heartbeats {
+        for (key, hb) in c.heartbeats {
             // a heartbeat that continues keeps its schedule
-            let next = self
-                .heartbeats
-                .iter()
-                .find(|o| o.hb.spi == spi)
-                .map(|o| o.next);
-            self.heartbeats.retain(|o| o.hb.spi != spi);
+            let same =
+                |o: &HeartbeatState| o.hb.spi == key.spi && key.addr.is_none_or(|a| a == o.hb.dst);
+            let next = self.heartbeats.iter().find(|o| same(o)).map(|o| o.next);
+            self.heartbeats.retain(|o| !same(o));
             if let Some(hb) = hb {
                 let next = next.unwrap_or(now);
                 self.heartbeats.push(HeartbeatState { next, hb });
             }
         }
-        for (dir, spi) in c.remove_last {
-            self.remove(dir, spi, now, &mut report);
+        for key in c.remove_last {
+            self.remove(key, now, &mut report);
         }
         report
     }
@@ -766,18 +762,13 @@ impl<I: FrameIo> Worker<'_, I> {
     }
 
     /// Remove an SA for a change; its final state goes into the report.
-    fn remove(
-        &mut self,
-        dir: Direction,
-        spi: u32,
-        now: Timestamp,
-        report: &mut ChangeReport,
-    ) -> Option<Sa> {
-        let Some(h) = self.engine.sad().find(dir, spi, None) else {
+    fn remove(&mut self, key: SaKey, now: Timestamp, report: &mut ChangeReport) -> Option<Sa> {
+        let Some(h) = self.engine.sad().find(key.dir, key.spi, key.addr) else {
             report.errors.push(format!(
-                "worker {}: no {} SA with SPI {spi:#010x} to remove",
+                "worker {}: no {} SA with SPI {:#010x} to remove",
                 self.id,
-                dir.name()
+                key.dir.name(),
+                key.spi
             ));
             return None;
         };

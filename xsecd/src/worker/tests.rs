@@ -663,7 +663,11 @@ fn a_snapshot_of_many_sas_is_spread_over_turns() {
     // take one of the SAs already copied back out
     let (tx_r, rx_r) = crossbeam_channel::unbounded();
     let gone = Change {
-        remove: vec![(Direction::Inbound, 0x10_0000)],
+        remove: vec![xsec_dataplane::sa::SaKey {
+            dir: Direction::Inbound,
+            spi: 0x10_0000,
+            addr: None,
+        }],
         ..Change::default()
     };
     w.apply(Cmd::Apply(Box::new(gone), tx_r), now);
@@ -683,4 +687,91 @@ fn a_snapshot_of_many_sas_is_spread_over_turns() {
         assert_eq!(s.sas.len(), total - 1);
         assert!(!s.sas.iter().any(|x| x.spi == 0x10_0000));
     }
+}
+
+/// Outbound SAs are told apart by SPI *and peer* (the peer chose the SPI; two peers may
+/// choose the same): two with one SPI install side by side and a deletion takes the right
+/// one. New endpoints (NAT rebinding, MOBIKE) keep the outbound SA's sequence numbers.
+#[test]
+fn outbound_sas_are_keyed_by_spi_and_peer_and_new_endpoints_keep_the_sequence() {
+    use crate::control::store::{Endpoints, Op, test_sa};
+    let mut ga = gateway(A, "");
+    let mut io = MemIo::new(FRAMES);
+    let mut w = Worker::start(&mut io, &mut ga);
+    w.hop_to([10, 0, 0, 2], hop(Side::Unprotected, 1500));
+    w.hop_to([10, 0, 0, 9], hop(Side::Unprotected, 1500));
+    let path = Path::new("test.toml");
+    let cfg = crate::config::parse(A, path).expect("the example parses");
+    let mut run = Running::new(cfg, Source::new(A, path), 1).expect("running");
+    let mut apply = |w: &mut Worker<'_, MemIo>, client: &str, ops: Vec<Op>| {
+        let plan = run
+            .prepare(
+                crate::control::running::Edit::Ops {
+                    client: client.into(),
+                    ops,
+                },
+                clock().now(),
+            )
+            .expect("a valid change");
+        let [r0, r1, r2] = plan.rounds;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let one = crate::control::single_round(r0, r1, r2)
+            .pop()
+            .expect("one worker");
+        w.apply(Cmd::Apply(Box::new(one), tx), clock().now());
+        let report = rx.try_recv().expect("a report");
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+    };
+    let to = |peer: [u8; 4], id: &str, reqid: u32| {
+        let mut e = test_sa(id, Direction::Outbound, 0x7777, reqid);
+        e.cfg.remote = Some(IpAddr::from(peer));
+        e
+    };
+    let (a, b) = (to([10, 0, 0, 2], "p2", 70), to([10, 0, 0, 3], "p3", 71));
+    apply(&mut w, "ike", vec![Op::AddSa(a), Op::AddSa(b)]);
+    let peers = |w: &Worker<'_, MemIo>| {
+        let mut v: Vec<_> = w
+            .engine
+            .sad()
+            .iter()
+            .filter(|(_, sa)| sa.spi() == 0x7777)
+            .map(|(_, sa)| sa.info().remote)
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        peers(&w),
+        [
+            Some(IpAddr::from([10, 0, 0, 2])),
+            Some(IpAddr::from([10, 0, 0, 3]))
+        ]
+    );
+    apply(&mut w, "ike", vec![Op::DelSa("p3".into())]);
+    assert_eq!(peers(&w), [Some(IpAddr::from([10, 0, 0, 2]))]);
+
+    // the configuration's SA to B sends one packet, moves to 10.0.0.9, sends the next
+    let send = |w: &mut Worker<'_, MemIo>| {
+        w.xsk
+            .inject(Side::Protected, &udp_frame(HOST_A, HOST_B, 64, 100, false));
+        assert_eq!(w.turn(), 1);
+        let sent = w.xsk.take_sent(Side::Unprotected);
+        assert_eq!(sent.len(), 1);
+        let outer = ipv4(&sent[0]);
+        let esp = EspPacket::new_checked(outer.payload()).expect("ESP");
+        (outer.dst_addr(), esp.spi(), esp.seq())
+    };
+    assert_eq!(send(&mut w), ([10, 0, 0, 2], 0x1111, 1));
+    apply(
+        &mut w,
+        crate::control::store::CONFIG_CLIENT,
+        vec![Op::UpdateSaEndpoints {
+            id: "to-b/out".into(),
+            endpoints: Endpoints {
+                remote: Some(IpAddr::from([10, 0, 0, 9])),
+                ..Endpoints::default()
+            },
+        }],
+    );
+    assert_eq!(send(&mut w), ([10, 0, 0, 9], 0x1111, 2));
 }
