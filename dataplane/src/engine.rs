@@ -271,13 +271,20 @@ impl Engine {
 
     /// Install an SA built elsewhere.
     pub fn install_sa(&mut self, sa: Sa) -> Result<SaHandle, SaError> {
+        self.install_sa_as(sa, true)
+    }
+
+    /// [`install_sa`](Engine::install_sa), making an outbound SA its reqid's current one
+    /// only if `current` (or the reqid has none): what replaces an SA that was not current
+    /// stays behind the one that is.
+    pub fn install_sa_as(&mut self, sa: Sa, current: bool) -> Result<SaHandle, SaError> {
         let port = match (sa.dir, sa.info.encap) {
             (Direction::Inbound, Encap::Udp { local_port, .. }) => Some(local_port),
             _ => None,
         };
         let grouped = sa.dir == Direction::Inbound && sa.xform.pairs();
         let peer = sa.info.remote.filter(|_| sa.dir == Direction::Outbound);
-        let h = self.sad.insert(sa)?;
+        let h = self.sad.insert_as(sa, current)?;
         if let Some(p) = peer {
             *self.peers.entry(p).or_default() += 1;
         }

@@ -265,6 +265,13 @@ impl SaTable {
     /// Install an SA built elsewhere (the control thread builds SAs so that key expansion
     /// never runs on a worker).
     pub fn insert(&mut self, sa: Sa) -> Result<SaHandle, SaError> {
+        self.insert_as(sa, true)
+    }
+
+    /// [`insert`](SaTable::insert); an outbound SA becomes its reqid's current one only if
+    /// `current`, or if the reqid has none (a replacement of an SA that was not current
+    /// must not take the traffic over).
+    pub fn insert_as(&mut self, sa: Sa, current: bool) -> Result<SaHandle, SaError> {
         self.check_duplicate(sa.dir, sa.spi, address_key(&sa))?;
         if self.count >= EMPTY as usize - 1 {
             return Err(SaError::Full(self.count));
@@ -281,7 +288,7 @@ impl SaTable {
             }
         };
         self.by_spi[dir.index()].insert(spi, h);
-        if dir == Direction::Outbound {
+        if dir == Direction::Outbound && (current || self.lookup_outbound(reqid).is_none()) {
             self.out_by_reqid.set_unique(reqid, h);
         }
         self.count += 1;

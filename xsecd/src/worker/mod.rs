@@ -570,7 +570,7 @@ impl<I: FrameIo> Worker<'_, I> {
     fn apply(&mut self, cmd: Cmd, now: Timestamp) {
         match cmd {
             Cmd::InstallSa(sa) => {
-                let _ = self.install(*sa);
+                let _ = self.install(*sa, true);
             }
             Cmd::Apply(change, reply) => {
                 let t = std::time::Instant::now();
@@ -633,13 +633,30 @@ impl<I: FrameIo> Worker<'_, I> {
             id: self.id,
             ..ChangeReport::default()
         };
-        let mut gone: Vec<Sa> = Vec::with_capacity(c.remove.len());
+        // the SAs removed, and whether each was its reqid's current outbound SA
+        let mut gone: Vec<(Sa, bool)> = Vec::with_capacity(c.remove.len());
         for key in c.remove {
-            gone.extend(self.remove(key, now, &mut report));
+            let current = key.dir == Direction::Outbound
+                && self
+                    .engine
+                    .sad()
+                    .find(key.dir, key.spi, key.addr)
+                    .is_some_and(|h| {
+                        self.engine.sad().get(h).is_some_and(|sa| {
+                            self.engine.sad().lookup_outbound(sa.reqid()) == Some(h)
+                        })
+                    });
+            if let Some(sa) = self.remove(key, now, &mut report) {
+                gone.push((sa, current));
+            }
         }
         for (mut sa, carry, from) in c.install {
+            let old = gone.iter().find(|(o, _)| Some(SaKey::of(o)) == from);
+            // a replacement takes its predecessor's place: the reqid's current outbound SA
+            // only if that was
+            let current = old.is_none_or(|(_, cur)| *cur);
             if carry != Carry::Nothing
-                && let Some(old) = gone.iter().find(|o| Some(SaKey::of(o)) == from)
+                && let Some((old, _)) = old
             {
                 if carry == Carry::Everything {
                     sa.take_over_all(old);
@@ -648,7 +665,7 @@ impl<I: FrameIo> Worker<'_, I> {
                 }
             }
             let (dir, spi) = (sa.direction(), sa.spi());
-            if let Err(e) = self.install(*sa) {
+            if let Err(e) = self.install(*sa, current) {
                 report.errors.push(format!(
                     "worker {}: {} SA {spi:#010x}: {e}",
                     self.id,
@@ -793,9 +810,9 @@ impl<I: FrameIo> Worker<'_, I> {
 
     /// Install an SA; an outbound one gets the MTU of the link towards its peer if the next
     /// hop is known (else when it becomes known: `Cmd::Hop`). O(1): no walk over the SAD.
-    fn install(&mut self, sa: Sa) -> Result<(), xsec_dataplane::sa::SaError> {
+    fn install(&mut self, sa: Sa, current: bool) -> Result<(), xsec_dataplane::sa::SaError> {
         let remote = sa.info().remote;
-        let h = self.engine.install_sa(sa)?;
+        let h = self.engine.install_sa_as(sa, current)?;
         if let Some(Some(hop)) = remote.and_then(|r| self.hops.get(&r))
             && hop.side == Side::Unprotected
         {

@@ -750,6 +750,27 @@ fn outbound_sas_are_keyed_by_spi_and_peer_and_new_endpoints_keep_the_sequence() 
     apply(&mut w, "ike", vec![Op::DelSa("p3".into())]);
     assert_eq!(peers(&w), [Some(IpAddr::from([10, 0, 0, 2]))]);
 
+    // during a rekey the newest outbound SA of a reqid sends; an update of the old one
+    // (its lifetime, say) leaves it behind the new one
+    let current = |w: &Worker<'_, MemIo>| {
+        let h = w.engine.sad().lookup_outbound(70).expect("an outbound SA");
+        w.engine.sad().get(h).map(Sa::spi)
+    };
+    let mut new = to([10, 0, 0, 2], "p2-new", 70);
+    new.cfg.spi = 0x7778;
+    apply(&mut w, "ike", vec![Op::AddSa(new)]);
+    assert_eq!(current(&w), Some(0x7778));
+    let mut old = to([10, 0, 0, 2], "p2", 70);
+    old.cfg.lifetime.hard.time = Some(std::time::Duration::from_secs(30));
+    apply(&mut w, "ike", vec![Op::UpdateSa(old)]);
+    assert_eq!(
+        current(&w),
+        Some(0x7778),
+        "the updated old SA took the traffic back"
+    );
+    apply(&mut w, "ike", vec![Op::DelSa("p2-new".into())]);
+    assert_eq!(current(&w), Some(0x7777));
+
     // the configuration's SA to B sends one packet, moves to 10.0.0.9, sends the next
     let send = |w: &mut Worker<'_, MemIo>| {
         w.xsk
