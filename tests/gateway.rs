@@ -3517,10 +3517,26 @@ fn per_worker_sas_carry_one_tunnel_without_handoff() {
             "id": "tunnel", "direction": "both", "action": "protect", "reqid": 1,
             "local": nets.0, "remote": nets.1}}}),
         );
-        let mut c = Client::connect_as(&s.daemon(node).control, "ike-test")
-            .unwrap_or_else(|e| s.fail(&format!("control socket of {node:?}: {e}")));
-        c.call("batch", serde_json::json!({ "ops": ops }))
-            .unwrap_or_else(|e| s.fail(&format!("{node:?}: batch: {e}")));
+        if node == Node::GwA {
+            let mut c = Client::connect_as(&s.daemon(node).control, "ike-test")
+                .unwrap_or_else(|e| s.fail(&format!("control socket of {node:?}: {e}")));
+            c.call("batch", serde_json::json!({ "ops": ops }))
+                .unwrap_or_else(|e| s.fail(&format!("{node:?}: batch: {e}")));
+        } else {
+            // gwB's through `xsecctl batch FILE` (the keys go as the file's text)
+            let file = s
+                .lab
+                .write_file("batch-gwB.json", serde_json::Value::from(ops).to_string())
+                .unwrap_or_else(|e| s.fail(&e.to_string()));
+            let v = s.ctl(
+                node,
+                &["batch", &file.to_string_lossy(), "--client", "ike-test"],
+            );
+            s.check(
+                v["sas"]["added"].as_array().is_some_and(|a| a.len() == 4),
+                || format!("xsecctl batch on gwB: {v}"),
+            );
+        }
     }
     s.ping(Node::HostA, addr::HOST_B, 2);
     let recv = s.udp_receiver(Node::HostB, 5000, 80, "flows");

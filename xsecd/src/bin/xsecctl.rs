@@ -321,6 +321,22 @@ fn dump_all(c: &mut Client, client: Option<&str>) -> Res<Value> {
     ))
 }
 
+/// A file (or `-`: standard input) that holds keys, in a buffer wiped when dropped (a file
+/// is read in one allocation of its size).
+fn read_secret_input(p: &Path) -> Res<zeroize::Zeroizing<Vec<u8>>> {
+    if p == Path::new("-") {
+        let mut v = zeroize::Zeroizing::new(Vec::with_capacity(1 << 20));
+        std::io::stdin()
+            .read_to_end(&mut v)
+            .map_err(|e| (2, format!("stdin: {e}")))?;
+        Ok(v)
+    } else {
+        std::fs::read(p)
+            .map(zeroize::Zeroizing::new)
+            .map_err(|e| (2, format!("{}: {e}", p.display())))
+    }
+}
+
 fn read_input(p: &Path) -> Res<String> {
     if p == Path::new("-") {
         let mut s = String::new();
@@ -786,11 +802,21 @@ fn run(cli: Cli) -> Res<()> {
         }
         Cmd::Dump { client } => print_json(&dump_all(&mut c, client.as_deref())?),
         Cmd::Batch { file, client } => {
-            let text = zeroize::Zeroizing::new(read_input(&file)?);
-            let ops: Value = serde_json::from_str(&text)
-                .map_err(|e| (2, format!("{}: not JSON: {e}", file.display())))?;
+            // the keys in the file stay in this one buffer (and the request's frame), both
+            // wiped: the operations are checked as JSON text and sent as they are
+            let text = read_secret_input(&file)?;
+            serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(&text).map_err(|e| {
+                (
+                    2,
+                    format!("{}: not a JSON list of operations: {e}", file.display()),
+                )
+            })?;
             c.call("hello", json!({"client": client}))?;
-            let v = c.call("batch", json!({"ops": ops}))?;
+            let mut args = zeroize::Zeroizing::new(Vec::with_capacity(text.len() + 8));
+            args.extend_from_slice(b"{\"ops\":");
+            args.extend_from_slice(&text);
+            args.push(b'}');
+            let v = c.0.call_with_raw_args("batch", &args).map_err(exit_code)?;
             change_out(&v, json_out);
         }
         Cmd::AllocSpi { lifetime, min, max } => {

@@ -70,6 +70,37 @@ impl Client {
         Ok(id)
     }
 
+    /// One request whose `args` is `args_json` as it stands (JSON text the caller checked),
+    /// without parsing it into values: for arguments that hold keys, which then exist only
+    /// in the caller's buffer and in this request's zeroized frame.
+    pub fn call_with_raw_args(
+        &mut self,
+        cmd: &str,
+        args_json: &[u8],
+    ) -> Result<Value, ClientError> {
+        let id = self.next;
+        self.next += 1;
+        let head = format!(
+            "{{\"version\":{},\"id\":{id},\"command\":{},\"args\":",
+            proto::VERSION,
+            serde_json::Value::from(cmd)
+        );
+        let mut body =
+            zeroize::Zeroizing::new(Vec::with_capacity(head.len() + args_json.len() + 1));
+        body.extend_from_slice(head.as_bytes());
+        body.extend_from_slice(args_json);
+        body.push(b'}');
+        proto::write_body(&mut self.s, &body).map_err(|e| ClientError::Io(format!("send: {e}")))?;
+        let v = self.recv(Duration::from_secs(30))?;
+        if v["id"] != json!(id) && v["id"] != json!(0) {
+            return Err(ClientError::Io(format!(
+                "answer to request {} while waiting for {id}",
+                v["id"]
+            )));
+        }
+        answer(v)
+    }
+
     /// The next frame (an answer or a streamed item), waiting at most `wait` for it.
     pub fn recv(&mut self, wait: Duration) -> Result<Value, ClientError> {
         let body = proto::read_frame(&mut self.s, wait)

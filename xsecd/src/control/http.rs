@@ -633,6 +633,18 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(by_id("in-any")["worker"], "any");
+        // what a restarting client needs to rebuild the SA, but its keys
+        let a = by_id("in-any");
+        assert_eq!(
+            (
+                a["ttl"].clone(),
+                a["dscp"].clone(),
+                a["df"].clone(),
+                a["ecn"].clone()
+            ),
+            (json!(64), json!("copy"), json!("copy"), json!("normal"))
+        );
+        assert!(a.get("enc_key").is_none() && a["enc_key_bytes"] == 20);
         assert_eq!(
             (
                 by_id("out-0")["worker"].clone(),

@@ -492,6 +492,21 @@ pub fn sa_json(e: &SaEntry, worker: Option<u16>) -> Value {
         "integrity": c.auth.name(),
         "auth_key_bytes": c.auth_key.len(),
         "esn": c.esn,
+        "allow_legacy": c.allow_legacy,
+        "dscp": match c.dscp {
+            DscpMode::Copy => json!("copy"),
+            DscpMode::Set(v) => json!(v),
+        },
+        "ecn": match c.ecn {
+            EcnMode::Normal => "normal",
+            EcnMode::Compatibility => "compatibility",
+        },
+        "df": match c.df {
+            DfMode::Copy => "copy",
+            DfMode::Set => "set",
+            DfMode::Clear => "clear",
+        },
+        "ttl": c.ttl,
         "replay_window": c.replay_window,
         "lifetime": {
             "soft_s": secs(l.soft.time), "hard_s": secs(l.hard.time),

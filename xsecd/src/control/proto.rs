@@ -52,15 +52,21 @@ pub mod kind {
 /// Write one frame.
 pub fn write_frame(w: &mut impl Write, v: &Value) -> io::Result<()> {
     let body = serde_json::to_vec(v).map_err(io::Error::other)?;
+    write_body(w, &body)
+}
+
+/// Write one frame of `body` (JSON text). The frame is built in a buffer wiped afterwards:
+/// bodies may hold keys.
+pub fn write_body(w: &mut impl Write, body: &[u8]) -> io::Result<()> {
     if body.len() > MAX_FRAME {
         return Err(io::Error::other(format!(
             "frame of {} bytes exceeds the {MAX_FRAME}-byte limit",
             body.len()
         )));
     }
-    let mut buf = Vec::with_capacity(4 + body.len());
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(4 + body.len()));
     buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    buf.extend_from_slice(&body);
+    buf.extend_from_slice(body);
     w.write_all(&buf)?;
     w.flush()
 }
