@@ -1076,30 +1076,29 @@ fn fuzzed_frames_leave_xsecd_alive_and_forwarding() {
     s.stop_all();
 }
 
-#[test]
-fn two_queues_two_workers() {
+/// Two gateways of two workers each, on two veth queues in driver-mode XDP: veth spreads
+/// frames over its RX queues only with native XDP (NAPI per queue); generic XDP sees every
+/// frame on queue 0.
+fn two_worker_scenario(name: &'static str, seed: u64, edit: impl FnOnce(&mut Pair)) -> Scenario {
     let opts = PairOptions {
         queues: vec![0, 1],
-        seed: 12,
+        seed,
         ..PairOptions::default()
     };
-    // Driver-mode XDP: veth spreads frames over its RX queues only with native XDP (NAPI per
-    // queue); generic XDP sees every frame on queue 0.
-    let mut s = scenario_with("two-queues", opts, 2, |p| {
+    scenario_with(name, opts, 2, |p| {
         p.a.xdp_mode = "driver".to_owned();
         p.b.xdp_mode = "driver".to_owned();
-    });
+        edit(p);
+    })
+}
+
+#[test]
+fn two_queues_two_workers() {
+    let mut s = two_worker_scenario("two-queues", 12, |_| {});
     s.start(&[Node::GwA, Node::GwB]);
     // 16 flows: the sender's veth spreads them over both queues by flow hash, so both workers
     // receive; SA pair 0 belongs to worker 0, so worker 1 must hand its packets over.
-    let recv = s.udp_receiver(Node::HostB, 5000, 80, "flows");
-    s.sixteen_flows();
-    let out = s.finish_recv(&recv, Duration::from_secs(5));
-    let n = received_count(&out);
-    s.check(n == 80, || {
-        format!("16 flows over 2 queues: {n}/80 delivered")
-    });
-    s.ping(Node::HostB, addr::HOST_A, 3);
+    s.sixteen_flows_delivered();
     let st = s.stats(Node::GwA);
     s.check(st.worker_count() == 2, || {
         format!("gwA reports {} workers, not 2", st.worker_count())
@@ -2335,6 +2334,18 @@ fn replay_backend_encrypts_and_decrypts_without_the_kernel() {
 impl Scenario {
     /// 16 flows of 5 datagrams from host A to host B's port 5000 (source ports 40001-40016):
     /// the sender's veth spreads them over its queues by flow hash.
+    /// [`Scenario::sixteen_flows`] to hB, all 80 datagrams delivered; then hB pings hA.
+    fn sixteen_flows_delivered(&self) {
+        let recv = self.udp_receiver(Node::HostB, 5000, 80, "flows");
+        self.sixteen_flows();
+        let out = self.finish_recv(&recv, Duration::from_secs(5));
+        let n = received_count(&out);
+        self.check(n == 80, || {
+            format!("16 flows over 2 queues: {n}/80 delivered")
+        });
+        self.ping(Node::HostB, addr::HOST_A, 3);
+    }
+
     fn sixteen_flows(&self) {
         for sport in 40001..=40016u16 {
             let o = self.run_tool(
@@ -3434,14 +3445,8 @@ fn make_before_break_rekeys_lose_nothing() {
 /// gateway, and nothing is dropped.
 #[test]
 fn per_worker_sas_carry_one_tunnel_without_handoff() {
-    let opts = PairOptions {
-        queues: vec![0, 1],
-        seed: 17,
-        ..PairOptions::default()
-    };
-    let mut s = scenario_with("per-worker-sas", opts, 2, |p| {
+    let mut s = two_worker_scenario("per-worker-sas", 17, |p| {
         for g in [&mut p.a, &mut p.b] {
-            g.xdp_mode = "driver".to_owned();
             g.sas.clear();
             g.policies.clear();
         }
@@ -3539,14 +3544,7 @@ fn per_worker_sas_carry_one_tunnel_without_handoff() {
         }
     }
     s.ping(Node::HostA, addr::HOST_B, 2);
-    let recv = s.udp_receiver(Node::HostB, 5000, 80, "flows");
-    s.sixteen_flows();
-    let out = s.finish_recv(&recv, Duration::from_secs(5));
-    let n = received_count(&out);
-    s.check(n == 80, || {
-        format!("16 flows over 2 queues: {n}/80 delivered")
-    });
-    s.ping(Node::HostB, addr::HOST_A, 3);
+    s.sixteen_flows_delivered();
     let field = |w: &serde_json::Value, k: &str| w[k].as_u64().unwrap_or(0);
     for node in [Node::GwA, Node::GwB] {
         let st = s.stats(node);

@@ -52,6 +52,14 @@ fn infer(top: u64, size: u32, esn: bool, seq_lo: u32) -> Option<u64> {
     Some((seqh << 32) | s)
 }
 
+/// Whether `seq` is refused as old before its bits are looked at: 0 (never sent, RFC 4303
+/// §3.3.3), or at least `size` below `top`.
+#[inline]
+fn left_of(top: u64, size: u32, seq: u64) -> bool {
+    // written as a difference so that it cannot overflow near 2^64
+    seq == 0 || (seq <= top && top - seq >= u64::from(size))
+}
+
 /// The receive side of one SA.
 #[derive(Debug, Clone)]
 pub struct ReplayWindow {
@@ -113,16 +121,11 @@ impl ReplayWindow {
         if self.size == 0 {
             return Ok(());
         }
-        // Sequence number 0 is never sent (the counter starts at 1, RFC 4303 §3.3.3).
-        if seq == 0 {
+        if left_of(self.top, self.size, seq) {
             return Err(ReplayError::Old);
         }
         if seq > self.top {
             return Ok(());
-        }
-        // seq ≤ top here; written as a difference so that it cannot overflow near 2^64.
-        if self.top - seq >= u64::from(self.size) {
-            return Err(ReplayError::Old);
         }
         let mask = self.blocks.len() - 1;
         let block = self.blocks[(seq >> 6) as usize & mask];

@@ -254,6 +254,17 @@ proptest! {
     }
 }
 
+/// `n` packets (payload byte `i`) encapsulated by the pair's gateway A, as sent.
+fn sealed(p: &mut Pair, o: &PairOpts, n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let mut pkt = frame(&inner(o, false, 0, &[i as u8; 20]));
+            assert_eq!(p.a.outbound(T0, &mut pkt), Verdict::Forward);
+            pkt.data().to_vec()
+        })
+        .collect()
+}
+
 #[test]
 fn replay_duplicates_old_and_reordering() {
     let o = PairOpts {
@@ -261,13 +272,7 @@ fn replay_duplicates_old_and_reordering() {
         ..PairOpts::new(EncAlg::AesGcm128, AuthAlg::None)
     };
     let mut p = pair(&o);
-    let wires: Vec<Vec<u8>> = (0..200)
-        .map(|i| {
-            let mut pkt = frame(&inner(&o, false, 0, &[i as u8; 20]));
-            assert_eq!(p.a.outbound(T0, &mut pkt), Verdict::Forward);
-            pkt.data().to_vec()
-        })
-        .collect();
+    let wires = sealed(&mut p, &o, 200);
     let rx = |p: &mut Pair, i: usize| {
         let mut pkt = frame(&wires[i]);
         p.b.inbound(T0, &mut pkt)
@@ -305,13 +310,7 @@ fn copies_on_two_workers_share_one_replay_window() {
     copy.share_replay(shared.clone());
     let inb2 = b2.install_sa(copy).unwrap();
     p.b.sa_mut(p.inb).unwrap().share_replay(shared);
-    let wires: Vec<Vec<u8>> = (0..200)
-        .map(|i| {
-            let mut pkt = frame(&inner(&o, false, 0, &[i as u8; 20]));
-            assert_eq!(p.a.outbound(T0, &mut pkt), Verdict::Forward);
-            pkt.data().to_vec()
-        })
-        .collect();
+    let wires = sealed(&mut p, &o, 200);
     let rx = |e: &mut Engine, i: usize| {
         let mut pkt = frame(&wires[i]);
         e.inbound(T0, &mut pkt)

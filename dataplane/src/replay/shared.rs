@@ -25,7 +25,7 @@ use loom::sync::atomic::{AtomicU64, Ordering};
 #[cfg(not(feature = "loom"))]
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{MAX_WINDOW, ReplayError, infer};
+use super::{MAX_WINDOW, ReplayError, infer, left_of};
 
 /// Sequence numbers per slot.
 pub const BLOCK: u64 = 16;
@@ -147,11 +147,7 @@ impl SharedReplayWindow {
         if self.size == 0 {
             return Ok(());
         }
-        if seq == 0 {
-            return Err(ReplayError::Old);
-        }
-        let top = self.top();
-        if seq <= top && top - seq >= u64::from(self.size) {
+        if left_of(self.top(), self.size, seq) {
             return Err(ReplayError::Old);
         }
         let (slot, block, bit) = self.slot(seq);
@@ -171,11 +167,7 @@ impl SharedReplayWindow {
             self.raise_top(seq);
             return Ok(());
         }
-        if seq == 0 {
-            return Err(ReplayError::Old);
-        }
-        let top = self.top();
-        if seq <= top && top - seq >= u64::from(self.size) {
+        if left_of(self.top(), self.size, seq) {
             return Err(ReplayError::Old);
         }
         let (slot, block, bit) = self.slot(seq);

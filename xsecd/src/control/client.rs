@@ -91,14 +91,7 @@ impl Client {
         body.extend_from_slice(args_json);
         body.push(b'}');
         proto::write_body(&mut self.s, &body).map_err(|e| ClientError::Io(format!("send: {e}")))?;
-        let v = self.recv(Duration::from_secs(30))?;
-        if v["id"] != json!(id) && v["id"] != json!(0) {
-            return Err(ClientError::Io(format!(
-                "answer to request {} while waiting for {id}",
-                v["id"]
-            )));
-        }
-        answer(v)
+        self.answer_to(id)
     }
 
     /// The next frame (an answer or a streamed item), waiting at most `wait` for it.
@@ -112,6 +105,11 @@ impl Client {
     /// One request, one answer: the result, or the daemon's error.
     pub fn call(&mut self, cmd: &str, args: Value) -> Result<Value, ClientError> {
         let id = self.send(cmd, args)?;
+        self.answer_to(id)
+    }
+
+    /// The answer to request `id` (the next frame): its result, or the daemon's error.
+    fn answer_to(&mut self, id: u64) -> Result<Value, ClientError> {
         let v = self.recv(Duration::from_secs(30))?;
         // id 0: the daemon's answer to the connection itself (refused, a bad frame)
         if v["id"] != json!(id) && v["id"] != json!(0) {

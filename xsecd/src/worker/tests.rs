@@ -119,6 +119,24 @@ fn gateways(example: &str, extra: &str, n: usize) -> Vec<Gw> {
         .collect()
 }
 
+/// The control side of a one-worker gateway running `text`.
+fn running_one(text: &str) -> Running {
+    let path = Path::new("test.toml");
+    let cfg = crate::config::parse(text, path).expect("the config parses");
+    Running::new(cfg, Source::new(text, path), 1).expect("running")
+}
+
+/// Carry `plan` out on the worker of a one-worker daemon (its rounds as one change, as
+/// `Control::apply` sends them); the worker's report.
+fn carry_out(w: &mut Worker<'_, MemIo>, plan: crate::control::running::Plan) -> ChangeReport {
+    let [r0, r1, r2] = plan.rounds;
+    let mut one = crate::control::single_round(r0, r1, r2);
+    assert_eq!(one.len(), 1);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    w.apply(Cmd::Apply(Box::new(one.remove(0)), tx), clock().now());
+    rx.try_recv().expect("a report")
+}
+
 const A: &str = include_str!("../../../examples/ar410-tunnel-a.toml");
 const A_UDP: &str = include_str!("../../../examples/ar410-udp2746-a.toml");
 const B: &str = include_str!("../../../examples/ar410-tunnel-b.toml");
@@ -583,31 +601,23 @@ fn one_worker_takes_a_rekey_as_one_change() {
     let mut io = MemIo::new(FRAMES);
     let mut w = Worker::start(&mut io, &mut ga);
     w.hop_to([10, 0, 0, 2], hop(Side::Unprotected, 1500));
-    let path = Path::new("test.toml");
-    let cfg = crate::config::parse(A, path).expect("the example parses");
-    let mut run = Running::new(cfg, Source::new(A, path), 1).expect("running");
+    let mut run = running_one(A);
     let text = A
         .replace("spi_out = 0x1111", "spi_out = 0x1112")
         .replace("spi_in = 0x2222", "spi_in = 0x2223");
-    let now = clock().now();
     let plan = run
         .prepare(
             crate::control::running::Edit::Reload {
-                path: path.to_owned(),
+                path: Path::new("test.toml").to_owned(),
                 text: zeroize::Zeroizing::new(text),
             },
-            now,
+            clock().now(),
         )
         .expect("the rekey is valid");
-    let [r0, r1, r2] = plan.rounds;
-    let mut one = crate::control::single_round(r0, r1, r2);
-    assert_eq!(one.len(), 1);
     // new SPIs: installed first, the old SAs removed last (the third round)
-    assert_eq!(one[0].install.len(), 2);
-    assert_eq!(one[0].remove_last.len(), 2);
-    let (tx, rx) = crossbeam_channel::unbounded();
-    w.apply(Cmd::Apply(Box::new(one.remove(0)), tx), now);
-    let report = rx.try_recv().expect("a report");
+    assert_eq!(plan.rounds[0][0].install.len(), 2);
+    assert_eq!(plan.rounds[2][0].remove.len(), 2);
+    let report = carry_out(&mut w, plan);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     let mut removed: Vec<u32> = report.removed.iter().map(|s| s.spi).collect();
     removed.sort_unstable();
@@ -700,9 +710,7 @@ fn outbound_sas_are_keyed_by_spi_and_peer_and_new_endpoints_keep_the_sequence() 
     let mut w = Worker::start(&mut io, &mut ga);
     w.hop_to([10, 0, 0, 2], hop(Side::Unprotected, 1500));
     w.hop_to([10, 0, 0, 9], hop(Side::Unprotected, 1500));
-    let path = Path::new("test.toml");
-    let cfg = crate::config::parse(A, path).expect("the example parses");
-    let mut run = Running::new(cfg, Source::new(A, path), 1).expect("running");
+    let mut run = running_one(A);
     let mut apply = |w: &mut Worker<'_, MemIo>, client: &str, ops: Vec<Op>| {
         let plan = run
             .prepare(
@@ -713,13 +721,7 @@ fn outbound_sas_are_keyed_by_spi_and_peer_and_new_endpoints_keep_the_sequence() 
                 clock().now(),
             )
             .expect("a valid change");
-        let [r0, r1, r2] = plan.rounds;
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let one = crate::control::single_round(r0, r1, r2)
-            .pop()
-            .expect("one worker");
-        w.apply(Cmd::Apply(Box::new(one), tx), clock().now());
-        let report = rx.try_recv().expect("a report");
+        let report = carry_out(w, plan);
         assert!(report.errors.is_empty(), "{:?}", report.errors);
     };
     let to = |peer: [u8; 4], id: &str, reqid: u32| {
