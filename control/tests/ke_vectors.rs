@@ -86,18 +86,8 @@ fn fresh_pairs_agree_and_bad_peer_values_are_refused() {
     let mut one = vec![0u8; 256];
     one[255] = 1;
     let p_minus_1 = {
-        // p is all ones in its top and bottom 64 bits: p - 1 ends in ...fe
-        let mut v = hex::decode(concat!(
-            "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74",
-            "020BBEA63B139B22514A08798E3404DDEF9519B3CD3A431B302B0A6DF25F1437",
-            "4FE1356D6D51C245E485B576625E7EC6F44C42E9A637ED6B0BFF5CB6F406B7ED",
-            "EE386BFB5A899FA5AE9F24117C4B1FE649286651ECE45B3DC2007CB8A163BF05",
-            "98DA48361C55D39A69163FA8FD24CF5F83655D23DCA3AD961C62F356208552BB",
-            "9ED529077096966D670C354E4ABC9804F1746C08CA18217C32905E462E36CE3B",
-            "E39E772C180E86039B2783A2EC07A28FB5C55DF06F4C52C9DE2BCBF695581718",
-            "3995497CEA956AE515D2261898FA051015728E5A8AACAA68FFFFFFFFFFFFFFFF",
-        ))
-        .expect("hex");
+        // p ends in ...ff: p - 1 ends in ...fe
+        let mut v = hex::decode(xsec_ike::ke::MODP2048_PRIME_HEX).expect("hex");
         v[255] = 0xfe;
         v
     };
