@@ -5,7 +5,7 @@
 //! Then the peer values a responder must refuse.
 
 use std::path::PathBuf;
-use xsec_ike::ke::{Group, KeError, KeyPair};
+use xsec_ike::ike::ke::{Group, KeError, KeyPair};
 
 fn vectors() -> serde_json::Value {
     let dir = std::env::var_os("XSEC_VECTORS").map_or_else(
@@ -87,7 +87,7 @@ fn fresh_pairs_agree_and_bad_peer_values_are_refused() {
     one[255] = 1;
     let p_minus_1 = {
         // p ends in ...ff: p - 1 ends in ...fe
-        let mut v = hex::decode(xsec_ike::ke::MODP2048_PRIME_HEX).expect("hex");
+        let mut v = hex::decode(xsec_ike::ike::ke::MODP2048_PRIME_HEX).expect("hex");
         v[255] = 0xfe;
         v
     };

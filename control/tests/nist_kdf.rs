@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use xsec_ike::kdf::{KeyLengths, Prf};
+use xsec_ike::ike::kdf::{KeyLengths, Prf};
 
 fn vectors() -> String {
     let dir = std::env::var_os("XSEC_VECTORS").map_or_else(

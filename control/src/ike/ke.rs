@@ -5,7 +5,7 @@
 //! x25519-dalek. Peers' public values are checked before use, shared secrets are wiped when
 //! dropped.
 
-use crate::kdf::Secret;
+use super::kdf::Secret;
 use crypto_bigint::modular::{FixedMontyForm, FixedMontyParams};
 use crypto_bigint::{Odd, U2048};
 use zeroize::Zeroizing;

@@ -37,6 +37,19 @@ fn hmac<M: Mac + KeyInit>(key: &[u8], parts: &[&[u8]]) -> Secret {
     Zeroizing::new(m.finalize().into_bytes().to_vec())
 }
 
+fn hmac_check<M: Mac + KeyInit>(key: &[u8], parts: &[&[u8]], tag: &[u8], truncated: bool) -> bool {
+    let mut m = <M as KeyInit>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    for p in parts {
+        m.update(p);
+    }
+    if truncated {
+        m.verify_truncated_left(tag).is_ok()
+    } else {
+        m.verify_slice(tag).is_ok()
+    }
+}
+
 impl Prf {
     /// Its transform ID (IANA "Transform Type 2 - Pseudorandom Function Transform IDs").
     pub fn transform_id(self) -> u16 {
@@ -65,6 +78,17 @@ impl Prf {
             Prf::HmacSha256 => hmac::<Hmac<sha2::Sha256>>(key, parts),
             Prf::HmacSha384 => hmac::<Hmac<sha2::Sha384>>(key, parts),
             Prf::HmacSha512 => hmac::<Hmac<sha2::Sha512>>(key, parts),
+        }
+    }
+
+    /// Whether `tag` is `prf(key, parts...)` (whole, or its left part when `truncated`),
+    /// compared in constant time.
+    pub fn verify(self, key: &[u8], parts: &[&[u8]], tag: &[u8], truncated: bool) -> bool {
+        match self {
+            Prf::HmacSha1 => hmac_check::<Hmac<sha1::Sha1>>(key, parts, tag, truncated),
+            Prf::HmacSha256 => hmac_check::<Hmac<sha2::Sha256>>(key, parts, tag, truncated),
+            Prf::HmacSha384 => hmac_check::<Hmac<sha2::Sha384>>(key, parts, tag, truncated),
+            Prf::HmacSha512 => hmac_check::<Hmac<sha2::Sha512>>(key, parts, tag, truncated),
         }
     }
 
