@@ -1,0 +1,667 @@
+//! xsec-ike against xsec-ike, without sockets: two endpoints exchange datagrams through an
+//! in-memory network (optionally with a NAT, loss, or a clock that jumps), and every
+//! exchange is checked from both sides, down to the Child SA keys.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use xsec_ike::ike::config::{ChildConfig, Connection, DpdAction, Mode, Timing, parse_id};
+use xsec_ike::ike::endpoint::Endpoint;
+use xsec_ike::ike::proposal::{Encr, Suite};
+use xsec_ike::ike::sa::{ChildSaUp, Event, RandomSpis, Reason, State, Transmit};
+use xsec_ike::ike::ts::prefix;
+use xsec_ike::ike::wire::{Message, NotifyType, Payload};
+use zeroize::Zeroizing;
+
+const A: &str = "10.0.0.1";
+const B: &str = "10.0.0.2";
+
+struct Side {
+    ike: Vec<&'static str>,
+    esp: Vec<&'static str>,
+    psk: &'static str,
+    mode: Mode,
+    local_net: &'static str,
+    remote_net: &'static str,
+    dpd: Option<Duration>,
+}
+
+impl Default for Side {
+    fn default() -> Self {
+        Side {
+            ike: vec!["aes128gcm16-prfsha256-x25519"],
+            esp: vec!["aes128gcm16"],
+            psk: "a shared secret of some length",
+            mode: Mode::Tunnel,
+            local_net: "10.1.0.0/24",
+            remote_net: "10.2.0.0/24",
+            dpd: None,
+        }
+    }
+}
+
+fn net(s: &str) -> xsec_ike::ike::wire::TrafficSelector {
+    let (a, l) = s.split_once('/').expect("prefix");
+    prefix(a.parse().expect("ip"), l.parse().expect("len")).expect("prefix")
+}
+
+fn conn(me: &str, peer: &str, my_id: &str, peer_id: &str, s: &Side) -> Arc<Connection> {
+    Arc::new(Connection {
+        name: "gw-gw".into(),
+        local_addr: Some(me.parse().expect("ip")),
+        remote_addr: Some(peer.parse().expect("ip")),
+        local_id: parse_id(my_id).expect("id"),
+        remote_id: Some(parse_id(peer_id).expect("id")),
+        psk: Zeroizing::new(s.psk.as_bytes().to_vec()),
+        ike: s
+            .ike
+            .iter()
+            .map(|p| Suite::parse(p, true).expect("ike"))
+            .collect(),
+        children: vec![ChildConfig {
+            name: "net-net".into(),
+            esp: s
+                .esp
+                .iter()
+                .map(|p| Suite::parse(p, false).expect("esp"))
+                .collect(),
+            local_ts: vec![net(s.local_net)],
+            remote_ts: vec![net(s.remote_net)],
+            mode: s.mode,
+            rekey_time: None,
+            life_time: None,
+        }],
+        dpd_delay: s.dpd,
+        dpd_action: DpdAction::Clear,
+        rekey_time: None,
+    })
+}
+
+fn timing() -> Timing {
+    Timing {
+        retransmit_timeout: Duration::from_millis(500),
+        retransmit_base: 2.0,
+        retransmit_tries: 3,
+        ..Timing::default()
+    }
+}
+
+/// Two endpoints and the wire between them.
+struct Net {
+    a: Endpoint,
+    b: Endpoint,
+    now: Instant,
+    events_a: Vec<Event>,
+    events_b: Vec<Event>,
+    /// A's packets leave from this address and port (a NAT in front of A).
+    nat: Option<SocketAddr>,
+    /// Drop the next N datagrams from B to A / A to B.
+    drop_b_to_a: usize,
+    drop_a_to_b: usize,
+    /// Everything that crossed, (from A?, bytes).
+    wire: Vec<(bool, Vec<u8>)>,
+    /// Deliver nothing (the peer is gone).
+    cut: bool,
+}
+
+impl Net {
+    fn new(a: Side, b: Side) -> Net {
+        let now = Instant::now();
+        let ca = conn(A, B, "gw-a.example", "gw-b.example", &a);
+        let cb = conn(B, A, "gw-b.example", "gw-a.example", &b);
+        Net {
+            a: Endpoint::new(vec![ca], timing(), now),
+            b: Endpoint::new(vec![cb], timing(), now),
+            now,
+            events_a: vec![],
+            events_b: vec![],
+            nat: None,
+            drop_b_to_a: 0,
+            drop_a_to_b: 0,
+            wire: vec![],
+            cut: false,
+        }
+    }
+
+    fn step(&mut self) -> bool {
+        let mut moved = false;
+        while let Some(t) = self.a.poll_transmit() {
+            moved = true;
+            self.wire.push((true, t.data.clone()));
+            if self.cut {
+                continue;
+            }
+            if self.drop_a_to_b > 0 {
+                self.drop_a_to_b -= 1;
+                continue;
+            }
+            let from = match self.nat {
+                Some(n) => SocketAddr::new(
+                    n.ip(),
+                    if t.local.port() == 500 {
+                        n.port()
+                    } else {
+                        n.port() + 1
+                    },
+                ),
+                None => t.local,
+            };
+            let to = t.remote;
+            self.b.handle(self.now, to, from, &t.data, &mut RandomSpis);
+        }
+        while let Some(t) = self.b.poll_transmit() {
+            moved = true;
+            self.wire.push((false, t.data.clone()));
+            if self.cut {
+                continue;
+            }
+            if self.drop_b_to_a > 0 {
+                self.drop_b_to_a -= 1;
+                continue;
+            }
+            let Transmit {
+                local,
+                remote,
+                data,
+            } = t;
+            // through the NAT back to A's real address
+            let to = match self.nat {
+                Some(n) if remote.ip() == n.ip() => SocketAddr::new(
+                    A.parse().expect("ip"),
+                    if remote.port() == n.port() { 500 } else { 4500 },
+                ),
+                _ => remote,
+            };
+            self.a.handle(self.now, to, local, &data, &mut RandomSpis);
+        }
+        while let Some(e) = self.a.poll_event() {
+            self.events_a.push(e);
+        }
+        while let Some(e) = self.b.poll_event() {
+            self.events_b.push(e);
+        }
+        moved
+    }
+
+    fn run(&mut self) {
+        for _ in 0..100 {
+            if !self.step() {
+                return;
+            }
+        }
+        panic!("the exchange does not settle");
+    }
+
+    /// Advance the virtual clock to the next timer, `n` times, delivering in between.
+    fn tick(&mut self, n: usize) {
+        for _ in 0..n {
+            let next = [self.a.poll_timeout(), self.b.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            let Some(t) = next else { return };
+            self.now = self.now.max(t);
+            self.a.handle_timeout(self.now, &mut RandomSpis);
+            self.b.handle_timeout(self.now, &mut RandomSpis);
+            self.run();
+        }
+    }
+
+    fn connect(&mut self) -> u64 {
+        let id = self
+            .a
+            .initiate(self.now, "gw-gw", 500, &mut RandomSpis)
+            .expect("initiate");
+        self.run();
+        id
+    }
+}
+
+fn child_ups(ev: &[Event]) -> Vec<&ChildSaUp> {
+    ev.iter()
+        .filter_map(|e| match e {
+            Event::ChildUp(c) => Some(&**c),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ike_up(ev: &[Event]) -> usize {
+    ev.iter()
+        .filter(|e| matches!(e, Event::IkeUp { .. }))
+        .count()
+}
+
+/// Both sides hold the same Child SA: each one's outbound SPI and keys are the other's
+/// inbound ones.
+fn assert_child_pair(a: &ChildSaUp, b: &ChildSaUp) {
+    assert_eq!(a.spi_out, b.spi_in);
+    assert_eq!(a.spi_in, b.spi_out);
+    assert_eq!(a.alg, b.alg);
+    assert_eq!(a.keys_out.encr[..], b.keys_in.encr[..]);
+    assert_eq!(a.keys_out.integ[..], b.keys_in.integ[..]);
+    assert_eq!(a.keys_in.encr[..], b.keys_out.encr[..]);
+    assert_eq!(a.keys_in.integ[..], b.keys_out.integ[..]);
+    assert_ne!(a.keys_in.encr[..], a.keys_out.encr[..]);
+    assert_eq!(a.keys_in.encr.len(), a.alg.encr.keymat_len());
+    assert_eq!(a.local_ts, b.remote_ts);
+    assert_eq!(a.remote_ts, b.local_ts);
+}
+
+#[test]
+fn establishes_with_each_proposal_and_derives_the_same_child_keys() {
+    for (ike, esp) in [
+        ("aes128gcm16-prfsha256-x25519", "aes128gcm16"),
+        ("aes256-sha256-modp2048", "aes256-sha256"),
+        ("chacha20poly1305-prfsha256-ecp256", "chacha20poly1305"),
+        ("aes256gcm16-prfsha384-ecp384", "aes256gcm16-esn"),
+        ("aes128-sha512-x25519", "aes128-sha1"),
+    ] {
+        let mut n = Net::new(
+            Side {
+                ike: vec![ike],
+                esp: vec![esp],
+                ..Side::default()
+            },
+            Side {
+                ike: vec![ike],
+                esp: vec![esp],
+                local_net: "10.2.0.0/24",
+                remote_net: "10.1.0.0/24",
+                ..Side::default()
+            },
+        );
+        n.connect();
+        assert_eq!(ike_up(&n.events_a), 1, "{ike}: A up");
+        assert_eq!(ike_up(&n.events_b), 1, "{ike}: B up");
+        let (ca, cb) = (child_ups(&n.events_a), child_ups(&n.events_b));
+        assert_eq!((ca.len(), cb.len()), (1, 1), "{ike}/{esp}");
+        assert_child_pair(ca[0], cb[0]);
+        assert_eq!(ca[0].alg.to_string(), esp);
+        assert!(!ca[0].encap, "no NAT, no encapsulation");
+        // two exchanges, four messages, nothing retransmitted
+        assert_eq!(n.wire.len(), 4, "{ike}");
+        let sa = n.a.sas().next().expect("sa");
+        assert_eq!(sa.state, State::Established);
+        let want = Suite::parse(ike, true).expect("ike").to_string();
+        assert_eq!(sa.alg.map(|a| a.to_string()), Some(want));
+    }
+}
+
+#[test]
+fn wrong_psk_is_authentication_failed_and_installs_nothing() {
+    let mut n = Net::new(
+        Side::default(),
+        Side {
+            psk: "another secret",
+            local_net: "10.2.0.0/24",
+            remote_net: "10.1.0.0/24",
+            ..Side::default()
+        },
+    );
+    n.connect();
+    assert!(child_ups(&n.events_a).is_empty());
+    assert!(child_ups(&n.events_b).is_empty());
+    assert_eq!(ike_up(&n.events_a) + ike_up(&n.events_b), 0);
+    assert!(n.events_a.iter().any(|e| matches!(
+        e,
+        Event::IkeDown {
+            reason: Reason::PeerError(NotifyType::AUTHENTICATION_FAILED),
+            ..
+        }
+    )));
+    assert!(
+        n.events_b
+            .iter()
+            .any(|e| matches!(e, Event::IkeDown { .. }))
+    );
+    assert_eq!(
+        n.a.sas().count() + n.b.sas().count(),
+        0,
+        "no SA left behind"
+    );
+}
+
+#[test]
+fn invalid_ke_payload_round_then_success() {
+    let mut n = Net::new(
+        Side {
+            ike: vec!["aes128gcm16-prfsha256-x25519-modp2048"],
+            ..Side::default()
+        },
+        Side {
+            ike: vec!["aes128gcm16-prfsha256-modp2048"],
+            local_net: "10.2.0.0/24",
+            remote_net: "10.1.0.0/24",
+            ..Side::default()
+        },
+    );
+    n.connect();
+    assert_eq!(ike_up(&n.events_a), 1);
+    // the first answer is INVALID_KE_PAYLOAD naming group 14
+    let first_answer = Message::parse(&n.wire[1].1).expect("parse");
+    assert!(matches!(&first_answer.payloads[..],
+        [Payload::Notify(x)] if x.ty == NotifyType::INVALID_KE_PAYLOAD && x.data == vec![0, 14]));
+    assert_eq!(n.wire.len(), 6);
+    assert_child_pair(child_ups(&n.events_a)[0], child_ups(&n.events_b)[0]);
+    assert_eq!(n.b.stats.init_refused, 1);
+}
+
+#[test]
+fn cookie_round_when_half_open_limit_reached() {
+    let mut n = Net::new(
+        Side::default(),
+        Side {
+            local_net: "10.2.0.0/24",
+            remote_net: "10.1.0.0/24",
+            ..Side::default()
+        },
+    );
+    n.b.cookie_threshold = 0;
+    n.connect();
+    assert_eq!(n.b.stats.cookies_sent, 1);
+    assert_eq!(ike_up(&n.events_a), 1);
+    assert_eq!(n.wire.len(), 6);
+    let second = Message::parse(&n.wire[2].1).expect("parse");
+    assert!(matches!(&second.payloads[0], Payload::Notify(x) if x.ty == NotifyType::COOKIE));
+    assert_child_pair(child_ups(&n.events_a)[0], child_ups(&n.events_b)[0]);
+}
+
+#[test]
+fn forged_cookie_is_refused() {
+    let mut n = Net::new(Side::default(), Side::default());
+    n.b.cookie_threshold = 0;
+    n.a.initiate(n.now, "gw-gw", 500, &mut RandomSpis)
+        .expect("initiate");
+    let t = n.a.poll_transmit().expect("init");
+    // put a made-up COOKIE in front
+    let m = Message::parse(&t.data).expect("parse");
+    let mut p = vec![Payload::Notify(xsec_ike::ike::wire::Notify::new(
+        NotifyType::COOKIE,
+        vec![0; 33],
+    ))];
+    p.extend(m.payloads);
+    let forged = Message::encode(&m.header, &p);
+    n.b.handle(n.now, t.remote, t.local, &forged, &mut RandomSpis);
+    assert_eq!(n.b.stats.dropped_bad_cookie, 1);
+    assert_eq!(n.b.sas().count(), 0);
+}
+
+#[test]
+fn lost_auth_response_is_answered_from_cache_once() {
+    let mut n = Net::new(
+        Side::default(),
+        Side {
+            local_net: "10.2.0.0/24",
+            remote_net: "10.1.0.0/24",
+            ..Side::default()
+        },
+    );
+    n.a.initiate(n.now, "gw-gw", 500, &mut RandomSpis)
+        .expect("initiate");
+    n.step(); // IKE_SA_INIT request and response; A queues IKE_AUTH
+    n.drop_b_to_a = 1;
+    n.run(); // B answers IKE_AUTH, the answer is lost
+    assert_eq!(ike_up(&n.events_b), 1);
+    assert_eq!(ike_up(&n.events_a), 0);
+    n.tick(1); // A retransmits, B answers from its cache
+    assert_eq!(ike_up(&n.events_a), 1);
+    let b_sa = n.b.sas().next().expect("sa");
+    assert_eq!(b_sa.stats.retransmits_answered, 1);
+    assert_eq!(n.a.sas().next().expect("sa").stats.retransmits_sent, 1);
+    // B installed its Child SA once
+    assert_eq!(child_ups(&n.events_b).len(), 1);
+    assert_child_pair(child_ups(&n.events_a)[0], child_ups(&n.events_b)[0]);
+}
+
+#[test]
+fn retransmits_give_up_after_the_limit() {
+    let mut n = Net::new(Side::default(), Side::default());
+    n.cut = true;
+    n.connect();
+    n.tick(10);
+    // 1 + 3 retransmits of IKE_SA_INIT, then the SA is gone
+    assert_eq!(n.wire.len(), 4);
+    assert!(n.events_a.iter().any(|e| matches!(
+        e,
+        Event::IkeDown {
+            reason: Reason::Timeout,
+            ..
+        }
+    )));
+    assert_eq!(n.a.sas().count(), 0);
+}
+
+#[test]
+fn dpd_finds_a_dead_peer_and_removes_the_children() {
+    let mut n = Net::new(
+        Side {
+            dpd: Some(Duration::from_secs(10)),
+            ..Side::default()
+        },
+        Side {
+            local_net: "10.2.0.0/24",
+            remote_net: "10.1.0.0/24",
+            ..Side::default()
+        },
+    );
+    n.connect();
+    assert_eq!(child_ups(&n.events_a).len(), 1);
+    // a live peer answers the liveness check
+    n.tick(1);
+    assert_eq!(n.wire.len(), 6);
+    assert!(
+        !n.events_a
+            .iter()
+            .any(|e| matches!(e, Event::IkeDown { .. }))
+    );
+    n.cut = true;
+    n.tick(10);
+    let spi = child_ups(&n.events_a)[0].spi_in;
+    assert!(n.events_a.iter().any(
+        |e| matches!(e, Event::ChildDown { spi_in, reason: Reason::DeadPeer, .. } if *spi_in == spi)
+    ));
+    assert!(n.events_a.iter().any(|e| matches!(
+        e,
+        Event::IkeDown {
+            reason: Reason::DeadPeer,
+            ..
+        }
+    )));
+    assert_eq!(n.a.sas().count(), 0);
+}
+
+#[test]
+fn delete_from_either_side() {
+    for from_a in [true, false] {
+        let mut n = Net::new(
+            Side::default(),
+            Side {
+                local_net: "10.2.0.0/24",
+                remote_net: "10.1.0.0/24",
+                ..Side::default()
+            },
+        );
+        n.connect();
+        let (ida, idb) = (
+            n.a.sas().next().expect("a").id(),
+            n.b.sas().next().expect("b").id(),
+        );
+        if from_a {
+            n.a.terminate(n.now, ida, &mut RandomSpis);
+        } else {
+            n.b.terminate(n.now, idb, &mut RandomSpis);
+        }
+        n.run();
+        for ev in [&n.events_a, &n.events_b] {
+            assert!(ev.iter().any(|e| matches!(e, Event::ChildDown { .. })));
+            assert!(ev.iter().any(|e| matches!(e, Event::IkeDown { .. })));
+        }
+        assert_eq!(n.a.sas().count() + n.b.sas().count(), 0);
+    }
+}
+
+#[test]
+fn nat_is_detected_and_ike_moves_to_4500() {
+    let mut n = Net::new(
+        Side::default(),
+        Side {
+            local_net: "10.2.0.0/24",
+            remote_net: "10.1.0.0/24",
+            ..Side::default()
+        },
+    );
+    n.nat = Some("10.0.0.1:31000".parse().expect("addr"));
+    // A's own address is private behind the NAT
+    n.a = Endpoint::new(
+        vec![conn(
+            "172.16.0.2",
+            B,
+            "gw-a.example",
+            "gw-b.example",
+            &Side::default(),
+        )],
+        timing(),
+        n.now,
+    );
+    n.connect();
+    let (ca, cb) = (child_ups(&n.events_a), child_ups(&n.events_b));
+    assert_eq!((ca.len(), cb.len()), (1, 1));
+    assert!(ca[0].encap && cb[0].encap);
+    let a = n.a.sas().next().expect("a");
+    let b = n.b.sas().next().expect("b");
+    assert!(a.nat_local && !a.nat_remote);
+    assert!(b.nat_remote && !b.nat_local);
+    assert_eq!(a.remote.port(), 4500);
+    assert_eq!(
+        b.remote,
+        "10.0.0.1:31001".parse::<SocketAddr>().expect("addr")
+    );
+    assert_eq!(cb[0].remote, b.remote);
+}
+
+#[test]
+fn transport_mode_and_narrowing() {
+    // A asks for 10.0.0.0/8 <-> 10.2.0.0/16; B allows only 10.1.0.0/24 <-> 10.2.0.0/24
+    let mut n = Net::new(
+        Side {
+            local_net: "10.0.0.0/8",
+            remote_net: "10.2.0.0/16",
+            mode: Mode::Transport,
+            ..Side::default()
+        },
+        Side {
+            local_net: "10.2.0.0/24",
+            remote_net: "10.1.0.0/24",
+            mode: Mode::Transport,
+            ..Side::default()
+        },
+    );
+    n.connect();
+    let (ca, cb) = (child_ups(&n.events_a), child_ups(&n.events_b));
+    assert_eq!(ca[0].mode, Mode::Transport);
+    assert_eq!(cb[0].mode, Mode::Transport);
+    assert_eq!(ca[0].local_ts, vec![net("10.1.0.0/24")]);
+    assert_eq!(ca[0].remote_ts, vec![net("10.2.0.0/24")]);
+    assert_child_pair(ca[0], cb[0]);
+}
+
+#[test]
+fn unacceptable_selectors_fail_the_child_not_the_ike_sa() {
+    let mut n = Net::new(
+        Side::default(),
+        Side {
+            local_net: "192.168.0.0/24",
+            remote_net: "10.1.0.0/24",
+            ..Side::default()
+        },
+    );
+    n.connect();
+    assert_eq!(ike_up(&n.events_a), 1);
+    assert!(child_ups(&n.events_a).is_empty() && child_ups(&n.events_b).is_empty());
+    assert!(n.events_a.iter().any(|e| matches!(
+        e,
+        Event::ChildFailed {
+            reason: Reason::PeerError(NotifyType::TS_UNACCEPTABLE),
+            ..
+        }
+    )));
+}
+
+#[test]
+fn no_common_proposal() {
+    let mut n = Net::new(
+        Side::default(),
+        Side {
+            ike: vec!["aes256-sha256-modp2048"],
+            ..Side::default()
+        },
+    );
+    n.connect();
+    assert!(n.events_a.iter().any(|e| matches!(
+        e,
+        Event::IkeDown {
+            reason: Reason::PeerError(NotifyType::NO_PROPOSAL_CHOSEN),
+            ..
+        }
+    )));
+    assert_eq!(n.b.sas().count(), 0);
+}
+
+#[test]
+fn tampered_replayed_and_out_of_window_messages_are_counted_drops() {
+    let mut n = Net::new(
+        Side {
+            dpd: Some(Duration::from_secs(5)),
+            ..Side::default()
+        },
+        Side {
+            local_net: "10.2.0.0/24",
+            remote_net: "10.1.0.0/24",
+            ..Side::default()
+        },
+    );
+    n.connect();
+    n.tick(1); // a DPD exchange: wire[4] is A's request (message ID 2)
+    let req = n.wire[4].1.clone();
+    let from: SocketAddr = SocketAddr::new(IpAddr::from([10, 0, 0, 1]), 500);
+    let to: SocketAddr = SocketAddr::new(IpAddr::from([10, 0, 0, 2]), 500);
+    // replayed: answered from the cache, not processed again
+    n.b.handle(n.now, to, from, &req, &mut RandomSpis);
+    // tampered: a flipped bit in the encrypted part, with a fresh message ID
+    let mut bad = req.clone();
+    bad[20..24].copy_from_slice(&3u32.to_be_bytes());
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    n.b.handle(n.now, to, from, &bad, &mut RandomSpis);
+    // too far ahead
+    let mut ahead = req.clone();
+    ahead[20..24].copy_from_slice(&9u32.to_be_bytes());
+    n.b.handle(n.now, to, from, &ahead, &mut RandomSpis);
+    // unknown SPI, and garbage
+    let mut unknown = req.clone();
+    unknown[8] ^= 0xff;
+    n.b.handle(n.now, to, from, &unknown, &mut RandomSpis);
+    n.b.handle(n.now, to, from, &req[..40], &mut RandomSpis);
+    let s = n.b.sas().next().expect("b").stats;
+    assert_eq!(s.retransmits_answered, 1);
+    assert_eq!(s.dropped_integrity, 1);
+    assert_eq!(s.dropped_message_id, 1);
+    assert_eq!(n.b.stats.dropped_unknown_spi, 1);
+    assert_eq!(n.b.stats.dropped_malformed, 1);
+    // and the SA still works: the next DPD round trips
+    while n.b.poll_transmit().is_some() {}
+    n.tick(1);
+    assert_eq!(n.a.sas().next().expect("a").state, State::Established);
+    assert!(
+        !n.events_a
+            .iter()
+            .any(|e| matches!(e, Event::IkeDown { .. }))
+    );
+}
+
+#[test]
+fn encr_names_round_trip() {
+    assert_eq!(Encr::AesGcm16(256).name(), "aes256gcm16");
+}
