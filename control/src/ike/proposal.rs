@@ -557,7 +557,7 @@ mod tests {
         assert_eq!(c.group, Some(Group::Modp2048));
         let answer = c.proposal(p.num, ProtocolId::IKE, vec![]);
         assert_eq!(
-            check_answer(&ours, &[answer.clone()], ProtocolId::IKE),
+            check_answer(&ours, std::slice::from_ref(&answer), ProtocolId::IKE),
             Some(c)
         );
         // two answers, or a transform type twice, are refused
