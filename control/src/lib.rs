@@ -3,3 +3,5 @@
 //! bytes and time and return bytes and actions, testable without sockets.
 
 pub mod ike;
+
+pub mod config;

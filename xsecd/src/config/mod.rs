@@ -17,7 +17,7 @@ mod control;
 mod error;
 mod gateway;
 mod policy;
-mod reader;
+pub mod reader;
 mod sa;
 
 pub use control::{ControlConfig, DEFAULT_SOCKET};
@@ -63,39 +63,11 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Parse configuration text; `path` is only used in messages and [`Config::path`].
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-    let diag = |f: Fail| Diagnostic {
-        path: path.to_owned(),
-        line: line_of(text, f.at),
-        field: f.field,
-        message: f.msg,
-    };
-    let mut doc = match DeTable::parse(text) {
-        Ok(d) => d,
-        Err(e) => {
-            // The parser's message only: its Display would quote the line, which may be a key.
-            return Err(ConfigError::Invalid(vec![diag(Fail {
-                at: e.span().map_or(0, |s| s.start),
-                field: "syntax".into(),
-                msg: e.message().trim_end().to_owned(),
-            })]));
-        }
-    };
-    let mut fails = vec![];
-    let (cfg, warnings) = build(text, &doc, &mut fails);
-    reader::wipe(doc.get_mut());
-    match cfg {
-        Some(mut cfg) if fails.is_empty() => {
-            cfg.path = path.to_owned();
-            cfg.warnings = warnings.into_iter().map(diag).collect();
-            Ok(cfg)
-        }
-        _ => {
-            let mut d: Vec<Diagnostic> = fails.into_iter().map(diag).collect();
-            d.sort_by_key(|d| d.line);
-            d.dedup();
-            Err(ConfigError::Invalid(d))
-        }
-    }
+    let (mut cfg, warnings) =
+        reader::read_document(text, path, |doc, fails| build(text, doc, fails))?;
+    cfg.path = path.to_owned();
+    cfg.warnings = warnings;
+    Ok(cfg)
 }
 
 /// An array of tables (`[[sa]]`), each element with its path and location.

@@ -14,18 +14,20 @@ use core::str::FromStr;
 use toml::Spanned;
 use toml::de::{DeString, DeTable, DeValue};
 
+use super::error::{ConfigError, Diagnostic};
+
 /// One problem found while reading: where (byte offset), which field, what.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Fail {
+pub struct Fail {
     pub at: usize,
     pub field: String,
     pub msg: String,
 }
 
-pub(super) type Res<T> = Result<T, Fail>;
+pub type Res<T> = Result<T, Fail>;
 
 /// Keep the value of `r`, or record its failure and return `None`.
-pub(super) fn keep<T>(fails: &mut Vec<Fail>, r: Res<T>) -> Option<T> {
+pub fn keep<T>(fails: &mut Vec<Fail>, r: Res<T>) -> Option<T> {
     match r {
         Ok(v) => Some(v),
         Err(f) => {
@@ -37,7 +39,7 @@ pub(super) fn keep<T>(fails: &mut Vec<Fail>, r: Res<T>) -> Option<T> {
 
 /// Wipe every string of `doc` the parser had to copy out of the text (those with escapes);
 /// the rest borrow the text, which the caller wipes. Key material travels as strings.
-pub(super) fn wipe(doc: &mut DeTable<'_>) {
+pub fn wipe(doc: &mut DeTable<'_>) {
     use zeroize::Zeroize;
     fn string(s: &mut DeString<'_>) {
         if let std::borrow::Cow::Owned(o) = s {
@@ -119,8 +121,48 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
+/// Parse `text` (from `path`, named in messages) into a spanned document, let `build` read
+/// it, wipe the strings the parser copied, and turn the failures and warnings `build`
+/// recorded into located [`Diagnostic`]s. `build` returns `None`, or leaves failures in
+/// its vector, when the document is not usable: then the whole load fails.
+pub fn read_document<T>(
+    text: &str,
+    path: &std::path::Path,
+    build: impl FnOnce(&Spanned<DeTable<'_>>, &mut Vec<Fail>) -> (Option<T>, Vec<Fail>),
+) -> Result<(T, Vec<Diagnostic>), ConfigError> {
+    let diag = |f: Fail| Diagnostic {
+        path: path.to_owned(),
+        line: line_of(text, f.at),
+        field: f.field,
+        message: f.msg,
+    };
+    let mut doc = match DeTable::parse(text) {
+        Ok(d) => d,
+        Err(e) => {
+            // The parser's message only: its Display would quote the line, which may be a key.
+            return Err(ConfigError::Invalid(vec![diag(Fail {
+                at: e.span().map_or(0, |s| s.start),
+                field: "syntax".into(),
+                msg: e.message().trim_end().to_owned(),
+            })]));
+        }
+    };
+    let mut fails = vec![];
+    let (value, warnings) = build(&doc, &mut fails);
+    wipe(doc.get_mut());
+    match value {
+        Some(v) if fails.is_empty() => Ok((v, warnings.into_iter().map(diag).collect())),
+        _ => {
+            let mut d: Vec<Diagnostic> = fails.into_iter().map(diag).collect();
+            d.sort_by_key(|d| d.line);
+            d.dedup();
+            Err(ConfigError::Invalid(d))
+        }
+    }
+}
+
 /// 1-based line of a byte offset.
-pub(super) fn line_of(text: &str, at: usize) -> usize {
+pub fn line_of(text: &str, at: usize) -> usize {
     let end = at.min(text.len());
     1 + text.as_bytes()[..end]
         .iter()
@@ -129,7 +171,7 @@ pub(super) fn line_of(text: &str, at: usize) -> usize {
 }
 
 /// A table being read.
-pub(super) struct Table<'t, 'i> {
+pub struct Table<'t, 'i> {
     /// Dotted path of the table (`sa[1]`, `sa[1].lifetime`); empty for the document root.
     path: String,
     /// Offset of the table's header (or of its inline `{`).
@@ -148,7 +190,7 @@ struct Entry<'t, 'i> {
 /// Byte offsets of a table's keys, kept after the table is consumed so that checks made
 /// later (engine validation, cross-references) can point at the right line.
 #[derive(Debug, Clone)]
-pub(super) struct Locs {
+pub struct Locs {
     pub path: String,
     pub header: usize,
     keys: Vec<(String, usize)>,
@@ -240,6 +282,28 @@ impl<'t, 'i> Table<'t, 'i> {
             .ok_or_else(|| self.missing(key, "missing required key"))
     }
 
+    /// Every key not asked for yet, marked as used: the entries of a table whose keys are
+    /// names (`[connections.NAME]`), in file order.
+    pub fn rest(&mut self) -> Vec<(String, Val<'t, 'i>)> {
+        self.entries
+            .iter_mut()
+            .filter(|e| !e.used)
+            .map(|e| {
+                e.used = true;
+                let key: &str = e.key.get_ref();
+                (
+                    key.to_owned(),
+                    Val {
+                        field: join(&self.path, key),
+                        at: e.key.span().start,
+                        v: e.val.get_ref(),
+                        span_start: e.val.span().start,
+                    },
+                )
+            })
+            .collect()
+    }
+
     /// A failure for a key that is absent, located at the table header.
     pub fn missing(&self, key: &str, msg: impl Into<String>) -> Fail {
         Fail {
@@ -279,9 +343,26 @@ impl<'t, 'i> Table<'t, 'i> {
     }
 }
 
+// Debug shows where, never what: values may be key material.
+impl core::fmt::Debug for Table<'_, '_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Table")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl core::fmt::Debug for Val<'_, '_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Val")
+            .field("field", &self.field)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A value with its field path and location.
 #[derive(Clone)]
-pub(super) struct Val<'t, 'i> {
+pub struct Val<'t, 'i> {
     pub field: String,
     /// Offset of the key (or, for an array element, of the element).
     pub at: usize,
