@@ -5,6 +5,7 @@ pub mod control;
 pub mod daemon;
 pub mod fwd;
 pub mod guard;
+pub mod logging;
 pub mod neigh;
 pub mod reasm;
 pub mod replay;

@@ -49,27 +49,6 @@ struct Args {
     log_level: tracing::Level,
 }
 
-/// Logs go to stderr, one event per line: UTC timestamp, level, module, message.
-fn init_logging(level: tracing::Level) {
-    use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(spec) if !spec.trim().is_empty() => match EnvFilter::try_new(&spec) {
-            Ok(f) => f,
-            Err(e) => {
-                eprintln!("xsecd: RUST_LOG={spec:?} is not a filter ({e}); using --log-level");
-                EnvFilter::new(level.as_str())
-            }
-        },
-        _ => EnvFilter::new(level.as_str()),
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-}
-
 /// A CLI message: `xsecd: ` before every line, so that each line of a multi-line error
 /// (one per configuration problem) reads `xsecd: FILE:LINE: FIELD: message`.
 fn say(prefix: &str, msg: impl std::fmt::Display) {
@@ -138,7 +117,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    init_logging(args.log_level);
+    xsecd::logging::init("xsecd", args.log_level);
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {

@@ -1,0 +1,387 @@
+//! The xsec-ike process: UDP sockets on 500 and 4500 (non-ESP marker) for each local
+//! address, one event loop that feeds the sans-I/O [`Endpoint`] and carries out what it
+//! decides (send, install or remove SAs in xsecd), and signals for a clean stop. It needs
+//! its UDP ports and xsecd's control socket, nothing else.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+
+use crate::config::{ConnEntry, IkeConfig, StartAction};
+use crate::ike::endpoint::Endpoint;
+use crate::ike::sa::{Event, IKE_PORT, NATT_PORT, Transmit};
+use crate::install::Installer;
+
+/// The four zero bytes in front of IKE on port 4500 (RFC 3948 §2.2).
+const NON_ESP_MARKER: [u8; 4] = [0; 4];
+
+/// What `run` needs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config: PathBuf,
+    /// xsecd's control socket; `None` with `no_xsecd`.
+    pub control: Option<PathBuf>,
+    /// Negotiate only: install nothing (interop checks without a dataplane).
+    pub no_xsecd: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Config(#[from] xsecd::config::ConfigError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+struct Socket {
+    sock: UdpSocket,
+    local: SocketAddr,
+}
+
+/// Counters of the loop itself.
+#[derive(Debug, Default)]
+struct LoopStats {
+    keepalives_received: u64,
+    non_ike_dropped: u64,
+    send_errors: u64,
+    install_errors: u64,
+}
+
+fn bind(addr: IpAddr, port: u16) -> Result<Socket, DaemonError> {
+    let local = SocketAddr::new(addr, port);
+    let sock = UdpSocket::bind(local).map_err(|e| DaemonError::Setup(format!("bind UDP {local}: {e}")))?;
+    sock.set_nonblocking(true)
+        .map_err(|e| DaemonError::Setup(format!("UDP {local}: {e}")))?;
+    Ok(Socket { sock, local })
+}
+
+/// The child settings (reqid, start action) of a connection's child, by names.
+fn settings<'a>(conns: &'a [ConnEntry], conn: &str, child: &str) -> Option<&'a crate::config::ChildSettings> {
+    conns
+        .iter()
+        .find(|c| c.conn.name == conn)?
+        .children
+        .iter()
+        .find(|c| c.name == child)
+}
+
+/// A Child SA installed in xsecd, for removal and for following the peer.
+#[derive(Debug, Clone, Copy)]
+struct Installed {
+    ike: u64,
+    reqid: u32,
+    spi_in: u32,
+    spi_out: u32,
+}
+
+struct Daemon {
+    cfg: IkeConfig,
+    endpoint: Endpoint,
+    sockets: Vec<Socket>,
+    installer: Installer,
+    installed: HashMap<u32, Installed>,
+    stats: LoopStats,
+}
+
+impl Daemon {
+    fn send(&mut self, t: Transmit) {
+        let Some(s) = self.sockets.iter().find(|s| s.local == t.local) else {
+            tracing::error!("no socket for {}", t.local);
+            self.stats.send_errors += 1;
+            return;
+        };
+        let r = if t.local.port() == IKE_PORT {
+            s.sock.send_to(&t.data, t.remote)
+        } else {
+            let mut d = Vec::with_capacity(t.data.len() + 4);
+            d.extend_from_slice(&NON_ESP_MARKER);
+            d.extend_from_slice(&t.data);
+            s.sock.send_to(&d, t.remote)
+        };
+        if let Err(e) = r {
+            self.stats.send_errors += 1;
+            tracing::warn!("send to {}: {e}", t.remote);
+        }
+    }
+
+    fn flush(&mut self) {
+        while let Some(t) = self.endpoint.poll_transmit() {
+            self.send(t);
+        }
+        while let Some(e) = self.endpoint.poll_event() {
+            self.on_event(e);
+        }
+        // events may have queued more (none do today, but keep the order right)
+        while let Some(t) = self.endpoint.poll_transmit() {
+            self.send(t);
+        }
+    }
+
+    fn on_event(&mut self, e: Event) {
+        match e {
+            Event::IkeUp {
+                ike,
+                conn,
+                peer_id,
+                alg,
+                local,
+                remote,
+            } => {
+                tracing::info!(conn, ike, "IKE_SA established between {local}[{}]...{remote}[{peer_id}], {alg}", local.ip());
+                println!("xsec-ike: IKE_SA {conn}[{ike:016x}] established between {local}...{remote} with {alg}");
+            }
+            Event::IkeDown { ike, conn, reason } => {
+                tracing::info!(conn, ike, "IKE_SA down: {reason}");
+                println!("xsec-ike: IKE_SA {conn}[{ike:016x}] down: {reason}");
+            }
+            Event::ChildUp(c) => {
+                let Some(s) = settings(&self.cfg.conns, &c.conn, &c.child) else {
+                    tracing::error!(conn = c.conn, child = c.child, "a Child SA of no configured child");
+                    return;
+                };
+                let reqid = s.reqid;
+                let life = self
+                    .cfg
+                    .conns
+                    .iter()
+                    .find(|e| e.conn.name == c.conn)
+                    .and_then(|e| e.conn.children.iter().find(|x| x.name == c.child))
+                    .and_then(|x| x.life_time)
+                    .map(|d| d.as_secs().max(1));
+                match self.installer.install(&c, reqid, life) {
+                    Ok(()) => {
+                        self.installed.insert(
+                            c.spi_in,
+                            Installed {
+                                ike: c.ike,
+                                reqid,
+                                spi_in: c.spi_in,
+                                spi_out: c.spi_out,
+                            },
+                        );
+                        tracing::info!(conn = c.conn, child = c.child, "CHILD_SA established with SPIs {:08x}_i {:08x}_o, {}", c.spi_in, c.spi_out, c.alg);
+                        println!(
+                            "xsec-ike: CHILD_SA {}.{}{{{reqid}}} established with SPIs {:08x}_i {:08x}_o, {}, {}{}",
+                            c.conn,
+                            c.child,
+                            c.spi_in,
+                            c.spi_out,
+                            c.alg,
+                            c.mode.name(),
+                            if c.encap { ", UDP-encapsulated" } else { "" }
+                        );
+                    }
+                    Err(e) => {
+                        self.stats.install_errors += 1;
+                        tracing::error!(conn = c.conn, child = c.child, "installing the CHILD_SA in xsecd failed: {e}");
+                    }
+                }
+            }
+            Event::ChildDown {
+                conn,
+                child,
+                spi_in,
+                spi_out,
+                reason,
+                ..
+            } => {
+                if let Some(i) = self.installed.remove(&spi_in) {
+                    let trapped = settings(&self.cfg.conns, &conn, &child).is_some_and(|s| s.start_action == StartAction::Trap);
+                    let others = self.installed.values().any(|o| o.reqid == i.reqid);
+                    if let Err(e) = self.installer.remove(i.reqid, spi_in, spi_out, !others && !trapped) {
+                        self.stats.install_errors += 1;
+                        tracing::error!(conn, child, "removing the CHILD_SA from xsecd failed: {e}");
+                    }
+                }
+                tracing::info!(conn, child, "CHILD_SA {spi_in:08x}_i {spi_out:08x}_o down: {reason}");
+                println!("xsec-ike: CHILD_SA {conn}.{child} {spi_in:08x}_i {spi_out:08x}_o down: {reason}");
+            }
+            Event::ChildFailed {
+                conn, child, reason, ..
+            } => {
+                tracing::warn!(conn, child, "CHILD_SA failed: {reason}");
+                println!("xsec-ike: CHILD_SA {conn}.{child} failed: {reason}");
+            }
+            Event::PeerMoved { ike, remote } => {
+                let mine: Vec<Installed> = self.installed.values().filter(|i| i.ike == ike).copied().collect();
+                for i in mine {
+                    if let Err(e) = self.installer.move_peer(i.reqid, i.spi_in, i.spi_out, remote) {
+                        tracing::error!("following the peer to {remote}: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn receive(&mut self, i: usize, now: Instant) {
+        let mut buf = vec![0u8; crate::ike::wire::MAX_MESSAGE];
+        loop {
+            let (n, from) = match self.sockets[i].sock.recv_from(&mut buf) {
+                Ok(x) => x,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::debug!("recv: {e}");
+                    return;
+                }
+            };
+            let local = self.sockets[i].local;
+            let data = &buf[..n];
+            let msg = if local.port() == IKE_PORT {
+                data
+            } else if n == 1 && data[0] == 0xff {
+                self.stats.keepalives_received += 1;
+                continue;
+            } else if n > 4 && data[..4] == NON_ESP_MARKER {
+                &data[4..]
+            } else {
+                // ESP on 4500 belongs to xsecd's dataplane; the XDP program keeps it there
+                self.stats.non_ike_dropped += 1;
+                continue;
+            };
+            self.endpoint.handle(now, local, from, msg, &mut self.installer);
+            self.flush();
+        }
+    }
+
+    fn start(&mut self, now: Instant) {
+        let starts: Vec<String> = self
+            .cfg
+            .conns
+            .iter()
+            .filter(|c| c.children.iter().any(|s| s.start_action == StartAction::Start))
+            .map(|c| c.conn.name.clone())
+            .collect();
+        for name in starts {
+            if let Err(e) = self.endpoint.initiate(now, &name, IKE_PORT, &mut self.installer) {
+                tracing::error!(conn = name, "cannot initiate: {e}");
+            }
+            self.flush();
+        }
+    }
+
+    /// Delete every IKE SA (their children leave xsecd at once), and give the peers a
+    /// moment to hear it.
+    fn shutdown(&mut self) {
+        let now = Instant::now();
+        let ids: Vec<u64> = self.endpoint.sas().map(|s| s.id()).collect();
+        for id in ids {
+            self.endpoint.terminate(now, id, &mut self.installer);
+        }
+        self.flush();
+        let end = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < end && self.endpoint.sas().next().is_some() {
+            self.wait(Duration::from_millis(50));
+            let now = Instant::now();
+            for i in 0..self.sockets.len() {
+                self.receive(i, now);
+            }
+        }
+        match self.installer.remove_leftovers() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("removed {n} SAs/policies from xsecd"),
+            Err(e) => tracing::warn!("cleaning up xsecd: {e}"),
+        }
+    }
+
+    fn wait(&self, d: Duration) {
+        let mut fds: Vec<PollFd<'_>> = self.sockets.iter().map(|s| PollFd::new(&s.sock, PollFlags::IN)).collect();
+        let t = Timespec {
+            tv_sec: d.as_secs() as _,
+            tv_nsec: d.subsec_nanos() as _,
+        };
+        let _ = rustix::event::poll(&mut fds, Some(&t));
+    }
+}
+
+/// Load the configuration, bind, connect to xsecd, and run until `stop`.
+pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
+    let cfg = crate::config::load(&opts.config)?;
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
+    let control = if opts.no_xsecd {
+        None
+    } else {
+        Some(
+            opts.control
+                .clone()
+                .or_else(|| cfg.control.clone())
+                .unwrap_or_else(|| PathBuf::from(xsecd::config::DEFAULT_SOCKET)),
+        )
+    };
+    let mut installer = connect_xsecd(control.as_deref(), &stop)?;
+    match installer.remove_leftovers() {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::warn!("removed {n} SAs/policies a previous xsec-ike left in xsecd; renegotiating");
+            println!("xsec-ike: removed {n} SAs/policies left by a previous xsec-ike");
+        }
+        Err(e) => return Err(DaemonError::Setup(format!("reading xsecd's store: {e}"))),
+    }
+    let mut addrs: Vec<IpAddr> = cfg.conns.iter().filter_map(|c| c.conn.local_addr).collect();
+    addrs.sort();
+    addrs.dedup();
+    let mut sockets = vec![];
+    for a in addrs {
+        sockets.push(bind(a, IKE_PORT)?);
+        sockets.push(bind(a, NATT_PORT)?);
+    }
+    let now = Instant::now();
+    let mut endpoint = Endpoint::new(cfg.conns.iter().map(|c| c.conn.clone()).collect(), cfg.timing, now);
+    endpoint.cookie_threshold = cfg.cookie_threshold;
+    let mut d = Daemon {
+        cfg,
+        endpoint,
+        sockets,
+        installer,
+        installed: HashMap::new(),
+        stats: LoopStats::default(),
+    };
+    println!(
+        "xsec-ike: ready ({} connections{})",
+        d.cfg.conns.len(),
+        if d.installer.is_connected() { "" } else { ", not installing: --no-xsecd" }
+    );
+    d.start(now);
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let wait = d
+            .endpoint
+            .poll_timeout()
+            .map(|t| t.saturating_duration_since(now))
+            .unwrap_or(Duration::from_millis(500))
+            .min(Duration::from_millis(500));
+        d.wait(wait);
+        let now = Instant::now();
+        for i in 0..d.sockets.len() {
+            d.receive(i, now);
+        }
+        d.endpoint.handle_timeout(now, &mut d.installer);
+        d.flush();
+    }
+    d.shutdown();
+    tracing::info!("stopped; {:?} {:?}", d.endpoint.stats, d.stats);
+    Ok(())
+}
+
+fn connect_xsecd(path: Option<&Path>, stop: &AtomicBool) -> Result<Installer, DaemonError> {
+    let Some(p) = path else {
+        return Installer::connect(None).map_err(|e| DaemonError::Setup(e.to_string()));
+    };
+    // xsecd may still be starting: wait up to 10 s for its socket
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Installer::connect(Some(p)) {
+            Ok(i) => return Ok(i),
+            Err(e) if Instant::now() >= end || stop.load(Ordering::Relaxed) => {
+                return Err(DaemonError::Setup(format!("xsecd's control socket: {e}")));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! Installing Child SAs in xsecd through control protocol v2, as the protocol document's
+//! make-before-break recipe says: inbound SA first, then (one batch) the outbound SA and,
+//! for a new CHILD_SA, its PROTECT policies; on deletion the reverse. xsec-ike's objects
+//! are owned by the client tag `xsec-ike`, so nothing else can change them and a restarted
+//! xsec-ike finds its own with `dump`.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+use xsecd::control::client::{Client, ClientError};
+use zeroize::Zeroizing;
+
+use crate::ike::config::Mode;
+use crate::ike::sa::{ChildSaUp, RandomSpis, SpiSource};
+use crate::ike::wire::TrafficSelector;
+
+/// The client tag of xsec-ike's objects in xsecd.
+pub const CLIENT_TAG: &str = "xsec-ike";
+/// NAT keepalive interval of outbound UDP-encapsulated SAs (strongSwan's `keep_alive`).
+pub const KEEPALIVE_S: u64 = 20;
+
+/// A selector's address range as xsecd writes it: a prefix when it is one, else `A-B`.
+pub fn range_text(start: IpAddr, end: IpAddr) -> String {
+    let (s, e, bits) = match (start, end) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => (u128::from(u32::from(a)), u128::from(u32::from(b)), 32u32),
+        (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), 128),
+        _ => return format!("{start}-{end}"),
+    };
+    let span = e.wrapping_sub(s);
+    // a prefix: span + 1 is a power of two and start is aligned to it
+    if s <= e && span.wrapping_add(1) & span == 0 && s & span == 0 {
+        let host = if span == u128::MAX { 128 } else { (span + 1).trailing_zeros() };
+        return format!("{start}/{}", bits - host.min(bits));
+    }
+    format!("{start}-{end}")
+}
+
+fn ports_text(lo: u16, hi: u16) -> Option<String> {
+    match (lo, hi) {
+        (0, 65535) => None,
+        (a, b) if a == b => Some(a.to_string()),
+        (a, b) => Some(format!("{a}-{b}")),
+    }
+}
+
+/// The selector fields of one local/remote pair (omitted: any).
+fn selector(local: &TrafficSelector, remote: &TrafficSelector) -> serde_json::Map<String, Value> {
+    let mut m = serde_json::Map::new();
+    m.insert("local".into(), range_text(local.start, local.end).into());
+    m.insert("remote".into(), range_text(remote.start, remote.end).into());
+    let proto = if local.ip_proto != 0 { local.ip_proto } else { remote.ip_proto };
+    if proto != 0 {
+        m.insert("proto".into(), proto.to_string().into());
+    }
+    if let Some(p) = ports_text(local.start_port, local.end_port) {
+        m.insert("local_port".into(), p.into());
+    }
+    if let Some(p) = ports_text(remote.start_port, remote.end_port) {
+        m.insert("remote_port".into(), p.into());
+    }
+    m
+}
+
+/// Pairs of a Child SA's selectors of the same IP version.
+fn pairs(c: &ChildSaUp) -> Vec<(TrafficSelector, TrafficSelector)> {
+    let mut v = vec![];
+    for l in &c.local_ts {
+        for r in &c.remote_ts {
+            if l.start.is_ipv4() == r.start.is_ipv4() {
+                v.push((*l, *r));
+            }
+        }
+    }
+    v
+}
+
+pub fn sa_id(reqid: u32, inbound: bool, spi: u32) -> String {
+    format!("ike-{reqid}-{}-{spi:08x}", if inbound { "in" } else { "out" })
+}
+
+fn policy_id(reqid: u32, i: usize) -> String {
+    format!("ike-{reqid}-{i}")
+}
+
+/// The connection to xsecd, or none (`--no-xsecd`: negotiate only).
+#[derive(Debug)]
+pub struct Installer {
+    client: Option<Client>,
+    path: Option<PathBuf>,
+    /// PROTECT policies installed, by reqid: how many.
+    policies: std::collections::HashMap<u32, usize>,
+}
+
+impl Installer {
+    pub fn connect(path: Option<&Path>) -> Result<Installer, ClientError> {
+        let client = match path {
+            Some(p) => Some(Client::connect_as(p, CLIENT_TAG)?),
+            None => None,
+        };
+        Ok(Installer {
+            client,
+            path: path.map(Path::to_path_buf),
+            policies: Default::default(),
+        })
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.client.is_some()
+    }
+
+    fn call(&mut self, cmd: &str, args: Value) -> Result<Value, String> {
+        let Some(c) = self.client.as_mut() else {
+            return Ok(Value::Null);
+        };
+        match c.call(cmd, args.clone()) {
+            Ok(v) => Ok(v),
+            Err(ClientError::Io(e)) => {
+                // one reconnection: xsecd may have restarted
+                tracing::warn!("xsecd connection: {e}; reconnecting");
+                let path = self.path.clone().ok_or_else(|| e.clone())?;
+                let mut c = Client::connect_as(&path, CLIENT_TAG).map_err(|e| e.to_string())?;
+                let r = c.call(cmd, args).map_err(|e| format!("{cmd}: {e}"));
+                self.client = Some(c);
+                r
+            }
+            Err(e) => Err(format!("{cmd}: {e}")),
+        }
+    }
+
+    /// Remove every SA and policy xsec-ike left in xsecd (a restart after a crash): the
+    /// IKE SAs they belonged to are gone with the old process, so they are renegotiated.
+    /// Until then their traffic meets no policy and is dropped (fail closed).
+    pub fn remove_leftovers(&mut self) -> Result<usize, String> {
+        let Some(c) = self.client.as_mut() else {
+            return Ok(0);
+        };
+        let mut ops = vec![];
+        let mut policies = std::collections::BTreeSet::new();
+        let mut after: Option<Value> = None;
+        loop {
+            let mut args = json!({"client": CLIENT_TAG, "limit": 1000});
+            if let Some(a) = &after {
+                args["after"] = a.clone();
+            }
+            let page = c.call("dump", args).map_err(|e| format!("dump: {e}"))?;
+            for sa in page["sas"].as_array().into_iter().flatten() {
+                if sa["client"] == CLIENT_TAG
+                    && let Some(id) = sa["id"].as_str()
+                {
+                    ops.push(json!({"command": "del-sa", "args": {"id": id}}));
+                }
+            }
+            for p in page["policies"].as_array().into_iter().flatten() {
+                if p["client"] == CLIENT_TAG
+                    && let Some(id) = p["id"].as_str()
+                {
+                    policies.insert(id.to_owned());
+                }
+            }
+            match &page["next"] {
+                Value::Null => break,
+                n => after = Some(n.clone()),
+            }
+        }
+        for id in policies {
+            ops.push(json!({"command": "del-policy", "args": {"id": id}}));
+        }
+        let n = ops.len();
+        if n > 0 {
+            c.call("batch", json!({"ops": ops})).map_err(|e| format!("batch: {e}"))?;
+        }
+        Ok(n)
+    }
+
+    fn sa_json(c: &ChildSaUp, reqid: u32, inbound: bool, life_s: Option<u64>) -> Zeroizing<String> {
+        let (spi, keys) = if inbound { (c.spi_in, &c.keys_in) } else { (c.spi_out, &c.keys_out) };
+        let mut sa = json!({
+            "id": sa_id(reqid, inbound, spi),
+            "name": format!("{}.{}", c.conn, c.child),
+            "direction": if inbound { "in" } else { "out" },
+            "spi": spi,
+            "reqid": reqid,
+            "mode": c.mode.name(),
+            "local": c.local.ip().to_string(),
+            "remote": c.remote.ip().to_string(),
+            "encryption": c.alg.encr.name(),
+            "esn": c.alg.esn,
+            "replay_window": if inbound { 1024 } else { 64 },
+        });
+        if let Some(i) = c.alg.integ {
+            sa["integrity"] = i.name().into();
+        }
+        if c.encap {
+            sa["encap"] = "nat-t".into();
+            sa["local_port"] = c.local.port().into();
+            sa["remote_port"] = c.remote.port().into();
+            if !inbound {
+                sa["keepalive_s"] = KEEPALIVE_S.into();
+            }
+        }
+        if let Some(h) = life_s {
+            sa["lifetime"] = json!({"hard_s": h});
+        }
+        if inbound {
+            let sels: Vec<Value> = pairs(c).iter().map(|(l, r)| Value::Object(selector(l, r))).collect();
+            sa["selectors"] = sels.into();
+        }
+        if c.mode == Mode::Transport {
+            // transport mode: xsecd takes the addresses from the packet
+            sa["local"] = c.local.ip().to_string().into();
+        }
+        // the keys go into the text last, in zeroized buffers only
+        let text = Zeroizing::new(sa.to_string());
+        let mut out = Zeroizing::new(String::with_capacity(text.len() + 200));
+        out.push_str(&text[..text.len() - 1]);
+        out.push_str(",\"enc_key\":\"0x");
+        out.push_str(&Zeroizing::new(hex::encode(&keys.encr[..])));
+        out.push('"');
+        if c.alg.integ.is_some() {
+            out.push_str(",\"auth_key\":\"0x");
+            out.push_str(&Zeroizing::new(hex::encode(&keys.integ[..])));
+            out.push('"');
+        }
+        out.push('}');
+        out
+    }
+
+    fn raw(&mut self, cmd: &str, args: &str) -> Result<Value, String> {
+        let Some(c) = self.client.as_mut() else {
+            return Ok(Value::Null);
+        };
+        c.call_with_raw_args(cmd, args.as_bytes()).map_err(|e| format!("{cmd}: {e}"))
+    }
+
+    /// Install a Child SA: the inbound SA, then in one batch the outbound SA and (for a new
+    /// CHILD_SA) its policies; a rekey's old outbound SA is deleted in the same batch.
+    pub fn install(&mut self, c: &ChildSaUp, reqid: u32, life_s: Option<u64>) -> Result<(), String> {
+        let inbound = Self::sa_json(c, reqid, true, life_s);
+        let mut args = Zeroizing::new(String::from("{\"sa\":"));
+        args.push_str(&inbound);
+        args.push('}');
+        self.raw("add-sa", &args)?;
+        let outbound = Self::sa_json(c, reqid, false, life_s);
+        let mut ops = Zeroizing::new(String::from("{\"ops\":[{\"command\":\"add-sa\",\"args\":{\"sa\":"));
+        ops.push_str(&outbound);
+        ops.push_str("}}");
+        if !self.policies.contains_key(&reqid) {
+            let ps = pairs(c);
+            for (i, (l, r)) in ps.iter().enumerate() {
+                let mut p = selector(l, r);
+                p.insert("id".into(), policy_id(reqid, i).into());
+                p.insert("direction".into(), "both".into());
+                p.insert("action".into(), "protect".into());
+                p.insert("reqid".into(), reqid.into());
+                ops.push_str(",{\"command\":\"add-policy\",\"args\":{\"policy\":");
+                ops.push_str(&Value::Object(p).to_string());
+                ops.push_str("}}");
+            }
+            if self.client.is_some() {
+                self.policies.insert(reqid, ps.len());
+            }
+        }
+        ops.push_str("]}");
+        if let Err(e) = self.raw("batch", &ops) {
+            // do not leave a lone inbound SA behind
+            let _ = self.call("del-sa", json!({"id": sa_id(reqid, true, c.spi_in)}));
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Remove a Child SA's SAs; with `last` (no other Child SA of the reqid remains and it
+    /// is not trapped) its policies too, in the same batch, so its traffic is discarded.
+    pub fn remove(&mut self, reqid: u32, spi_in: u32, spi_out: u32, last: bool) -> Result<(), String> {
+        let mut ops = vec![
+            json!({"command": "del-sa", "args": {"id": sa_id(reqid, false, spi_out)}}),
+            json!({"command": "del-sa", "args": {"id": sa_id(reqid, true, spi_in)}}),
+        ];
+        if last && let Some(n) = self.policies.remove(&reqid) {
+            for i in 0..n {
+                ops.push(json!({"command": "del-policy", "args": {"id": policy_id(reqid, i)}}));
+            }
+        }
+        self.call("batch", json!({ "ops": ops })).map(|_| ())
+    }
+
+    /// Move a Child SA's SAs to the peer's new address/port (NAT rebinding), keeping their
+    /// sequence numbers and replay windows.
+    pub fn move_peer(&mut self, reqid: u32, spi_in: u32, spi_out: u32, remote: std::net::SocketAddr) -> Result<(), String> {
+        for (inbound, spi) in [(false, spi_out), (true, spi_in)] {
+            self.call(
+                "update-sa-endpoints",
+                json!({"id": sa_id(reqid, inbound, spi), "remote": remote.ip().to_string(), "remote_port": remote.port()}),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl SpiSource for Installer {
+    /// An SPI reserved by xsecd (`alloc-spi`), so no other SA can take it meanwhile.
+    fn inbound_spi(&mut self) -> Option<u32> {
+        let Some(c) = self.client.as_mut() else {
+            return RandomSpis.inbound_spi();
+        };
+        match c.call("alloc-spi", json!({"lifetime_s": 120})) {
+            Ok(v) => v["spi"].as_u64().and_then(|s| u32::try_from(s).ok()),
+            Err(e) => {
+                tracing::error!("alloc-spi: {e}");
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_as_prefixes_when_they_are() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert_eq!(range_text(ip("10.1.0.0"), ip("10.1.0.255")), "10.1.0.0/24");
+        assert_eq!(range_text(ip("10.1.0.7"), ip("10.1.0.7")), "10.1.0.7/32");
+        assert_eq!(range_text(ip("0.0.0.0"), ip("255.255.255.255")), "0.0.0.0/0");
+        assert_eq!(range_text(ip("10.1.0.1"), ip("10.1.0.9")), "10.1.0.1-10.1.0.9");
+        assert_eq!(range_text(ip("10.1.0.128"), ip("10.1.1.127")), "10.1.0.128-10.1.1.127");
+        assert_eq!(range_text(ip("::"), ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")), "::/0");
+        assert_eq!(range_text(ip("fd02::"), ip("fd02::ffff:ffff:ffff:ffff")), "fd02::/64");
+        assert_eq!(ports_text(0, 65535), None);
+        assert_eq!(ports_text(500, 500).as_deref(), Some("500"));
+    }
+}
