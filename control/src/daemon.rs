@@ -54,14 +54,19 @@ struct LoopStats {
 
 fn bind(addr: IpAddr, port: u16) -> Result<Socket, DaemonError> {
     let local = SocketAddr::new(addr, port);
-    let sock = UdpSocket::bind(local).map_err(|e| DaemonError::Setup(format!("bind UDP {local}: {e}")))?;
+    let sock =
+        UdpSocket::bind(local).map_err(|e| DaemonError::Setup(format!("bind UDP {local}: {e}")))?;
     sock.set_nonblocking(true)
         .map_err(|e| DaemonError::Setup(format!("UDP {local}: {e}")))?;
     Ok(Socket { sock, local })
 }
 
 /// The child settings (reqid, start action) of a connection's child, by names.
-fn settings<'a>(conns: &'a [ConnEntry], conn: &str, child: &str) -> Option<&'a crate::config::ChildSettings> {
+fn settings<'a>(
+    conns: &'a [ConnEntry],
+    conn: &str,
+    child: &str,
+) -> Option<&'a crate::config::ChildSettings> {
     conns
         .iter()
         .find(|c| c.conn.name == conn)?
@@ -132,8 +137,15 @@ impl Daemon {
                 local,
                 remote,
             } => {
-                tracing::info!(conn, ike, "IKE_SA established between {local}[{}]...{remote}[{peer_id}], {alg}", local.ip());
-                println!("xsec-ike: IKE_SA {conn}[{ike:016x}] established between {local}...{remote} with {alg}");
+                tracing::info!(
+                    conn,
+                    ike,
+                    "IKE_SA established between {local}[{}]...{remote}[{peer_id}], {alg}",
+                    local.ip()
+                );
+                println!(
+                    "xsec-ike: IKE_SA {conn}[{ike:016x}] established between {local}...{remote} with {alg}"
+                );
             }
             Event::IkeDown { ike, conn, reason } => {
                 tracing::info!(conn, ike, "IKE_SA down: {reason}");
@@ -141,7 +153,11 @@ impl Daemon {
             }
             Event::ChildUp(c) => {
                 let Some(s) = settings(&self.cfg.conns, &c.conn, &c.child) else {
-                    tracing::error!(conn = c.conn, child = c.child, "a Child SA of no configured child");
+                    tracing::error!(
+                        conn = c.conn,
+                        child = c.child,
+                        "a Child SA of no configured child"
+                    );
                     return;
                 };
                 let reqid = s.reqid;
@@ -164,7 +180,14 @@ impl Daemon {
                                 spi_out: c.spi_out,
                             },
                         );
-                        tracing::info!(conn = c.conn, child = c.child, "CHILD_SA established with SPIs {:08x}_i {:08x}_o, {}", c.spi_in, c.spi_out, c.alg);
+                        tracing::info!(
+                            conn = c.conn,
+                            child = c.child,
+                            "CHILD_SA established with SPIs {:08x}_i {:08x}_o, {}",
+                            c.spi_in,
+                            c.spi_out,
+                            c.alg
+                        );
                         println!(
                             "xsec-ike: CHILD_SA {}.{}{{{reqid}}} established with SPIs {:08x}_i {:08x}_o, {}, {}{}",
                             c.conn,
@@ -178,7 +201,11 @@ impl Daemon {
                     }
                     Err(e) => {
                         self.stats.install_errors += 1;
-                        tracing::error!(conn = c.conn, child = c.child, "installing the CHILD_SA in xsecd failed: {e}");
+                        tracing::error!(
+                            conn = c.conn,
+                            child = c.child,
+                            "installing the CHILD_SA in xsecd failed: {e}"
+                        );
                     }
                 }
             }
@@ -191,26 +218,51 @@ impl Daemon {
                 ..
             } => {
                 if let Some(i) = self.installed.remove(&spi_in) {
-                    let trapped = settings(&self.cfg.conns, &conn, &child).is_some_and(|s| s.start_action == StartAction::Trap);
+                    let trapped = settings(&self.cfg.conns, &conn, &child)
+                        .is_some_and(|s| s.start_action == StartAction::Trap);
                     let others = self.installed.values().any(|o| o.reqid == i.reqid);
-                    if let Err(e) = self.installer.remove(i.reqid, spi_in, spi_out, !others && !trapped) {
+                    if let Err(e) =
+                        self.installer
+                            .remove(i.reqid, spi_in, spi_out, !others && !trapped)
+                    {
                         self.stats.install_errors += 1;
-                        tracing::error!(conn, child, "removing the CHILD_SA from xsecd failed: {e}");
+                        tracing::error!(
+                            conn,
+                            child,
+                            "removing the CHILD_SA from xsecd failed: {e}"
+                        );
                     }
                 }
-                tracing::info!(conn, child, "CHILD_SA {spi_in:08x}_i {spi_out:08x}_o down: {reason}");
-                println!("xsec-ike: CHILD_SA {conn}.{child} {spi_in:08x}_i {spi_out:08x}_o down: {reason}");
+                tracing::info!(
+                    conn,
+                    child,
+                    "CHILD_SA {spi_in:08x}_i {spi_out:08x}_o down: {reason}"
+                );
+                println!(
+                    "xsec-ike: CHILD_SA {conn}.{child} {spi_in:08x}_i {spi_out:08x}_o down: {reason}"
+                );
             }
             Event::ChildFailed {
-                conn, child, reason, ..
+                conn,
+                child,
+                reason,
+                ..
             } => {
                 tracing::warn!(conn, child, "CHILD_SA failed: {reason}");
                 println!("xsec-ike: CHILD_SA {conn}.{child} failed: {reason}");
             }
             Event::PeerMoved { ike, remote } => {
-                let mine: Vec<Installed> = self.installed.values().filter(|i| i.ike == ike).copied().collect();
+                let mine: Vec<Installed> = self
+                    .installed
+                    .values()
+                    .filter(|i| i.ike == ike)
+                    .copied()
+                    .collect();
                 for i in mine {
-                    if let Err(e) = self.installer.move_peer(i.reqid, i.spi_in, i.spi_out, remote) {
+                    if let Err(e) = self
+                        .installer
+                        .move_peer(i.reqid, i.spi_in, i.spi_out, remote)
+                    {
                         tracing::error!("following the peer to {remote}: {e}");
                     }
                 }
@@ -243,7 +295,8 @@ impl Daemon {
                 self.stats.non_ike_dropped += 1;
                 continue;
             };
-            self.endpoint.handle(now, local, from, msg, &mut self.installer);
+            self.endpoint
+                .handle(now, local, from, msg, &mut self.installer);
             self.flush();
         }
     }
@@ -253,11 +306,18 @@ impl Daemon {
             .cfg
             .conns
             .iter()
-            .filter(|c| c.children.iter().any(|s| s.start_action == StartAction::Start))
+            .filter(|c| {
+                c.children
+                    .iter()
+                    .any(|s| s.start_action == StartAction::Start)
+            })
             .map(|c| c.conn.name.clone())
             .collect();
         for name in starts {
-            if let Err(e) = self.endpoint.initiate(now, &name, IKE_PORT, &mut self.installer) {
+            if let Err(e) = self
+                .endpoint
+                .initiate(now, &name, IKE_PORT, &mut self.installer)
+            {
                 tracing::error!(conn = name, "cannot initiate: {e}");
             }
             self.flush();
@@ -289,7 +349,11 @@ impl Daemon {
     }
 
     fn wait(&self, d: Duration) {
-        let mut fds: Vec<PollFd<'_>> = self.sockets.iter().map(|s| PollFd::new(&s.sock, PollFlags::IN)).collect();
+        let mut fds: Vec<PollFd<'_>> = self
+            .sockets
+            .iter()
+            .map(|s| PollFd::new(&s.sock, PollFlags::IN))
+            .collect();
         let t = Timespec {
             tv_sec: d.as_secs() as _,
             tv_nsec: d.subsec_nanos() as _,
@@ -318,7 +382,9 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     match installer.remove_leftovers() {
         Ok(0) => {}
         Ok(n) => {
-            tracing::warn!("removed {n} SAs/policies a previous xsec-ike left in xsecd; renegotiating");
+            tracing::warn!(
+                "removed {n} SAs/policies a previous xsec-ike left in xsecd; renegotiating"
+            );
             println!("xsec-ike: removed {n} SAs/policies left by a previous xsec-ike");
         }
         Err(e) => return Err(DaemonError::Setup(format!("reading xsecd's store: {e}"))),
@@ -332,7 +398,11 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         sockets.push(bind(a, NATT_PORT)?);
     }
     let now = Instant::now();
-    let mut endpoint = Endpoint::new(cfg.conns.iter().map(|c| c.conn.clone()).collect(), cfg.timing, now);
+    let mut endpoint = Endpoint::new(
+        cfg.conns.iter().map(|c| c.conn.clone()).collect(),
+        cfg.timing,
+        now,
+    );
     endpoint.cookie_threshold = cfg.cookie_threshold;
     let mut d = Daemon {
         cfg,
@@ -345,7 +415,11 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     println!(
         "xsec-ike: ready ({} connections{})",
         d.cfg.conns.len(),
-        if d.installer.is_connected() { "" } else { ", not installing: --no-xsecd" }
+        if d.installer.is_connected() {
+            ""
+        } else {
+            ", not installing: --no-xsecd"
+        }
     );
     d.start(now);
     while !stop.load(Ordering::Relaxed) {

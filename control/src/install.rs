@@ -23,14 +23,20 @@ pub const KEEPALIVE_S: u64 = 20;
 /// A selector's address range as xsecd writes it: a prefix when it is one, else `A-B`.
 pub fn range_text(start: IpAddr, end: IpAddr) -> String {
     let (s, e, bits) = match (start, end) {
-        (IpAddr::V4(a), IpAddr::V4(b)) => (u128::from(u32::from(a)), u128::from(u32::from(b)), 32u32),
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            (u128::from(u32::from(a)), u128::from(u32::from(b)), 32u32)
+        }
         (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), 128),
         _ => return format!("{start}-{end}"),
     };
     let span = e.wrapping_sub(s);
     // a prefix: span + 1 is a power of two and start is aligned to it
     if s <= e && span.wrapping_add(1) & span == 0 && s & span == 0 {
-        let host = if span == u128::MAX { 128 } else { (span + 1).trailing_zeros() };
+        let host = if span == u128::MAX {
+            128
+        } else {
+            (span + 1).trailing_zeros()
+        };
         return format!("{start}/{}", bits - host.min(bits));
     }
     format!("{start}-{end}")
@@ -49,7 +55,11 @@ fn selector(local: &TrafficSelector, remote: &TrafficSelector) -> serde_json::Ma
     let mut m = serde_json::Map::new();
     m.insert("local".into(), range_text(local.start, local.end).into());
     m.insert("remote".into(), range_text(remote.start, remote.end).into());
-    let proto = if local.ip_proto != 0 { local.ip_proto } else { remote.ip_proto };
+    let proto = if local.ip_proto != 0 {
+        local.ip_proto
+    } else {
+        remote.ip_proto
+    };
     if proto != 0 {
         m.insert("proto".into(), proto.to_string().into());
     }
@@ -76,7 +86,10 @@ fn pairs(c: &ChildSaUp) -> Vec<(TrafficSelector, TrafficSelector)> {
 }
 
 pub fn sa_id(reqid: u32, inbound: bool, spi: u32) -> String {
-    format!("ike-{reqid}-{}-{spi:08x}", if inbound { "in" } else { "out" })
+    format!(
+        "ike-{reqid}-{}-{spi:08x}",
+        if inbound { "in" } else { "out" }
+    )
 }
 
 fn policy_id(reqid: u32, i: usize) -> String {
@@ -168,13 +181,18 @@ impl Installer {
         }
         let n = ops.len();
         if n > 0 {
-            c.call("batch", json!({"ops": ops})).map_err(|e| format!("batch: {e}"))?;
+            c.call("batch", json!({"ops": ops}))
+                .map_err(|e| format!("batch: {e}"))?;
         }
         Ok(n)
     }
 
     fn sa_json(c: &ChildSaUp, reqid: u32, inbound: bool, life_s: Option<u64>) -> Zeroizing<String> {
-        let (spi, keys) = if inbound { (c.spi_in, &c.keys_in) } else { (c.spi_out, &c.keys_out) };
+        let (spi, keys) = if inbound {
+            (c.spi_in, &c.keys_in)
+        } else {
+            (c.spi_out, &c.keys_out)
+        };
         let mut sa = json!({
             "id": sa_id(reqid, inbound, spi),
             "name": format!("{}.{}", c.conn, c.child),
@@ -203,7 +221,10 @@ impl Installer {
             sa["lifetime"] = json!({"hard_s": h});
         }
         if inbound {
-            let sels: Vec<Value> = pairs(c).iter().map(|(l, r)| Value::Object(selector(l, r))).collect();
+            let sels: Vec<Value> = pairs(c)
+                .iter()
+                .map(|(l, r)| Value::Object(selector(l, r)))
+                .collect();
             sa["selectors"] = sels.into();
         }
         if c.mode == Mode::Transport {
@@ -230,19 +251,27 @@ impl Installer {
         let Some(c) = self.client.as_mut() else {
             return Ok(Value::Null);
         };
-        c.call_with_raw_args(cmd, args.as_bytes()).map_err(|e| format!("{cmd}: {e}"))
+        c.call_with_raw_args(cmd, args.as_bytes())
+            .map_err(|e| format!("{cmd}: {e}"))
     }
 
     /// Install a Child SA: the inbound SA, then in one batch the outbound SA and (for a new
     /// CHILD_SA) its policies; a rekey's old outbound SA is deleted in the same batch.
-    pub fn install(&mut self, c: &ChildSaUp, reqid: u32, life_s: Option<u64>) -> Result<(), String> {
+    pub fn install(
+        &mut self,
+        c: &ChildSaUp,
+        reqid: u32,
+        life_s: Option<u64>,
+    ) -> Result<(), String> {
         let inbound = Self::sa_json(c, reqid, true, life_s);
         let mut args = Zeroizing::new(String::from("{\"sa\":"));
         args.push_str(&inbound);
         args.push('}');
         self.raw("add-sa", &args)?;
         let outbound = Self::sa_json(c, reqid, false, life_s);
-        let mut ops = Zeroizing::new(String::from("{\"ops\":[{\"command\":\"add-sa\",\"args\":{\"sa\":"));
+        let mut ops = Zeroizing::new(String::from(
+            "{\"ops\":[{\"command\":\"add-sa\",\"args\":{\"sa\":",
+        ));
         ops.push_str(&outbound);
         ops.push_str("}}");
         if !self.policies.contains_key(&reqid) {
@@ -272,7 +301,13 @@ impl Installer {
 
     /// Remove a Child SA's SAs; with `last` (no other Child SA of the reqid remains and it
     /// is not trapped) its policies too, in the same batch, so its traffic is discarded.
-    pub fn remove(&mut self, reqid: u32, spi_in: u32, spi_out: u32, last: bool) -> Result<(), String> {
+    pub fn remove(
+        &mut self,
+        reqid: u32,
+        spi_in: u32,
+        spi_out: u32,
+        last: bool,
+    ) -> Result<(), String> {
         let mut ops = vec![
             json!({"command": "del-sa", "args": {"id": sa_id(reqid, false, spi_out)}}),
             json!({"command": "del-sa", "args": {"id": sa_id(reqid, true, spi_in)}}),
@@ -287,7 +322,13 @@ impl Installer {
 
     /// Move a Child SA's SAs to the peer's new address/port (NAT rebinding), keeping their
     /// sequence numbers and replay windows.
-    pub fn move_peer(&mut self, reqid: u32, spi_in: u32, spi_out: u32, remote: std::net::SocketAddr) -> Result<(), String> {
+    pub fn move_peer(
+        &mut self,
+        reqid: u32,
+        spi_in: u32,
+        spi_out: u32,
+        remote: std::net::SocketAddr,
+    ) -> Result<(), String> {
         for (inbound, spi) in [(false, spi_out), (true, spi_in)] {
             self.call(
                 "update-sa-endpoints",
@@ -323,11 +364,26 @@ mod tests {
         let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
         assert_eq!(range_text(ip("10.1.0.0"), ip("10.1.0.255")), "10.1.0.0/24");
         assert_eq!(range_text(ip("10.1.0.7"), ip("10.1.0.7")), "10.1.0.7/32");
-        assert_eq!(range_text(ip("0.0.0.0"), ip("255.255.255.255")), "0.0.0.0/0");
-        assert_eq!(range_text(ip("10.1.0.1"), ip("10.1.0.9")), "10.1.0.1-10.1.0.9");
-        assert_eq!(range_text(ip("10.1.0.128"), ip("10.1.1.127")), "10.1.0.128-10.1.1.127");
-        assert_eq!(range_text(ip("::"), ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")), "::/0");
-        assert_eq!(range_text(ip("fd02::"), ip("fd02::ffff:ffff:ffff:ffff")), "fd02::/64");
+        assert_eq!(
+            range_text(ip("0.0.0.0"), ip("255.255.255.255")),
+            "0.0.0.0/0"
+        );
+        assert_eq!(
+            range_text(ip("10.1.0.1"), ip("10.1.0.9")),
+            "10.1.0.1-10.1.0.9"
+        );
+        assert_eq!(
+            range_text(ip("10.1.0.128"), ip("10.1.1.127")),
+            "10.1.0.128-10.1.1.127"
+        );
+        assert_eq!(
+            range_text(ip("::"), ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")),
+            "::/0"
+        );
+        assert_eq!(
+            range_text(ip("fd02::"), ip("fd02::ffff:ffff:ffff:ffff")),
+            "fd02::/64"
+        );
         assert_eq!(ports_text(0, 65535), None);
         assert_eq!(ports_text(500, 500).as_deref(), Some("500"));
     }

@@ -5,5 +5,5 @@
 pub mod ike;
 
 pub mod config;
-pub mod install;
 pub mod daemon;
+pub mod install;

@@ -10,7 +10,11 @@ use clap::Parser;
 use xsec_ike::daemon::{self, DaemonError, Options};
 
 #[derive(Debug, Parser)]
-#[command(name = "xsec-ike", version, about = "xsec's IKEv2 daemon (RFC 7296), installing SAs in xsecd")]
+#[command(
+    name = "xsec-ike",
+    version,
+    about = "xsec's IKEv2 daemon (RFC 7296), installing SAs in xsecd"
+)]
 struct Args {
     /// The configuration file (TOML, modelled on swanctl.conf).
     #[arg(long, short, value_name = "FILE")]
@@ -44,7 +48,11 @@ fn main() -> ExitCode {
                 for w in &c.warnings {
                     say(format_args!("warning: {w}"));
                 }
-                println!("xsec-ike: {}: {} connections", args.config.display(), c.conns.len());
+                println!(
+                    "xsec-ike: {}: {} connections",
+                    args.config.display(),
+                    c.conns.len()
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -1,0 +1,605 @@
+//! xsec-ike against strongSwan: charon 5.9.8 (kernel-libipsec) from the IPsec peer harness
+//! on one side, xsec-ike driving xsecd on the other, in the lab's namespaces.
+//!
+//! ```text
+//! hA 10.1.0.10 -- gwA 10.0.0.1 ===== 10.0.0.2 gwB -- hB 10.2.0.10
+//! ```
+//!
+//! Each test checks the whole chain: the IKE SA and its Child SA come up on both sides with
+//! the same SPIs, xsecd carries ping both ways through the tunnel, the middle link carries
+//! nothing in clear, every ESP packet on it decrypts with the keys **charon** derived (the
+//! harness reads them from charon's log), and when xsec-ike stops it deletes the IKE SA at
+//! the peer and leaves nothing in xsecd. strongSwan with kernel-libipsec always
+//! UDP-encapsulates ESP (it fakes a NAT), so xsec-ike moves IKE to 4500 and installs
+//! UDP-encapsulated SAs.
+//!
+//! They need root and the harness (`XSEC_HARNESS`, default `../shared/harness`) with charon
+//! installed; they never skip.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use xsec_interop_tests::Harness;
+use xsec_lab::procs::Proc;
+use xsec_lab::topo::{Lab, Node, TopoOptions, Xsecd, addr};
+use xsec_lab::wire;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+static BINS: OnceLock<Result<Bins, String>> = OnceLock::new();
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+const PSK: &str = "harness-psk-0123456789abcdef";
+const ID_A: &str = "gw-a.harness.test";
+const ID_B: &str = "gw-b.harness.test";
+
+#[derive(Debug, Clone)]
+struct Bins {
+    xsecd: PathBuf,
+    ike: PathBuf,
+}
+
+fn bins() -> Bins {
+    BINS.get_or_init(|| {
+        let m = xsec_lab::build::cargo_build(&["xsecd", "xsec-ike"]).map_err(|e| e.0)?;
+        Ok(Bins {
+            xsecd: m.get("xsecd").cloned().ok_or("no xsecd built")?,
+            ike: m.get("xsec-ike").cloned().ok_or("no xsec-ike built")?,
+        })
+    })
+    .clone()
+    .unwrap_or_else(|e| panic!("the IKE tests need the xsecd and xsec-ike executables: {e}"))
+}
+
+/// Which side runs what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// xsec-ike (with xsecd) in gwA initiates to charon in gwB.
+    XsecInitiates,
+    /// charon in gwA initiates to xsec-ike (with xsecd) in gwB.
+    SwanInitiates,
+}
+
+struct Ike {
+    name: String,
+    lab: Lab,
+    harness: Harness,
+    bins: Bins,
+    role: Role,
+    xsecd: Option<Xsecd>,
+    ike: Option<Proc>,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Ike {
+    fn new(name: &str, role: Role) -> Ike {
+        let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let bins = bins();
+        let harness = Harness::locate();
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("xsec-i{}-{n}", std::process::id());
+        let workdir = std::env::temp_dir().join(format!("{prefix}-{name}"));
+        let lab = Lab::up(TopoOptions::new(&prefix).workdir(&workdir))
+            .unwrap_or_else(|e| panic!("{name}: cannot build the topology: {e}"));
+        eprintln!(
+            "{name}: namespaces {prefix}-*, work folder {}",
+            workdir.display()
+        );
+        let t = Ike {
+            name: name.to_owned(),
+            lab,
+            harness,
+            bins,
+            role,
+            xsecd: None,
+            ike: None,
+            _serial: guard,
+        };
+        t.lab
+            .warm_neighbours()
+            .unwrap_or_else(|e| t.fail(&e.to_string()));
+        t
+    }
+
+    /// The gateway xsec runs on, and charon's.
+    fn xsec_node(&self) -> Node {
+        match self.role {
+            Role::XsecInitiates => Node::GwA,
+            Role::SwanInitiates => Node::GwB,
+        }
+    }
+
+    fn swan_inst(&self) -> &'static str {
+        match self.role {
+            Role::XsecInitiates => "gwB",
+            Role::SwanInitiates => "gwA",
+        }
+    }
+
+    fn fail(&self, msg: &str) -> ! {
+        let mut s = format!(
+            "{}: {msg}\n(work folder {})",
+            self.name,
+            self.lab.workdir().display()
+        );
+        if let Some(p) = &self.ike {
+            s.push_str(&format!(
+                "\n--- xsec-ike stdout ---\n{}\n--- xsec-ike stderr (tail) ---\n{}",
+                p.stdout_text(),
+                p.stderr_tail(30)
+            ));
+        }
+        if let Some(x) = &self.xsecd {
+            s.push_str(&format!(
+                "\n--- xsecd stderr (tail) ---\n{}",
+                x.proc.stderr_tail(15)
+            ));
+        }
+        let log = self.swan_dir().join(self.swan_inst()).join("charon.log");
+        if let Ok(l) = std::fs::read_to_string(&log) {
+            let tail: Vec<&str> = l.lines().rev().take(40).collect();
+            s.push_str("\n--- charon.log (tail) ---\n");
+            for line in tail.into_iter().rev() {
+                s.push_str(line);
+                s.push('\n');
+            }
+        }
+        panic!("{s}");
+    }
+
+    fn swan_dir(&self) -> PathBuf {
+        self.lab.workdir().join("ipp").join("swan")
+    }
+
+    /// `swan.sh ARGS` on this lab's namespaces.
+    fn swan(&self, args: &[&str]) -> String {
+        let mut c = Command::new("bash");
+        c.arg(self.harness.dir.join("swan.sh"))
+            .args(args)
+            .env(
+                "IPP_PREFIX",
+                self.lab.ns(Node::GwA).trim_end_matches("-gwA"),
+            )
+            .env("IPP_WORK", self.lab.workdir().join("ipp"));
+        let o = c
+            .output()
+            .unwrap_or_else(|e| self.fail(&format!("cannot run swan.sh: {e}")));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        if !o.status.success() {
+            self.fail(&format!("swan.sh {args:?} failed:\n{text}"));
+        }
+        text
+    }
+
+    fn charon_log(&self) -> String {
+        std::fs::read_to_string(self.swan_dir().join(self.swan_inst()).join("charon.log"))
+            .unwrap_or_default()
+    }
+
+    fn start_xsecd(&mut self) {
+        let node = self.xsec_node();
+        let toml = "[gateway]\nunprotected = \"wan0\"\nprotected = \"lan0\"\nidle = \"adaptive\"\n";
+        let x = self
+            .lab
+            .start_xsecd_with(node, &self.bins.xsecd, toml, Duration::from_secs(20), &[])
+            .unwrap_or_else(|e| self.fail(&e.to_string()));
+        self.xsecd = Some(x);
+    }
+
+    /// xsec-ike's configuration for this role: the harness's identities, PSK, subnets.
+    fn ike_config(&self, ike: &str, esp: &str, psk: &str, start: bool) -> String {
+        let (me, peer, my_id, peer_id, lnet, rnet) = match self.role {
+            Role::XsecInitiates => (
+                addr::GWA_WAN,
+                addr::GWB_WAN,
+                ID_A,
+                ID_B,
+                addr::NET_A,
+                addr::NET_B,
+            ),
+            Role::SwanInitiates => (
+                addr::GWB_WAN,
+                addr::GWA_WAN,
+                ID_B,
+                ID_A,
+                addr::NET_B,
+                addr::NET_A,
+            ),
+        };
+        format!(
+            r#"[ike]
+retransmit_timeout = "2s"
+retransmit_tries = 3
+
+[connections.gw-gw]
+local_addrs = "{me}"
+remote_addrs = "{peer}"
+proposals = ["{ike}"]
+
+[connections.gw-gw.local]
+auth = "psk"
+id = "{my_id}"
+
+[connections.gw-gw.remote]
+auth = "psk"
+id = "{peer_id}"
+
+[connections.gw-gw.children.net-net]
+local_ts = "{lnet}"
+remote_ts = "{rnet}"
+esp_proposals = ["{esp}"]
+start_action = "{}"
+
+[secrets.gw]
+id = ["{my_id}", "{peer_id}"]
+secret = "{psk}"
+"#,
+            if start { "start" } else { "none" }
+        )
+    }
+
+    fn start_ike(&mut self, config: &str) {
+        let node = self.xsec_node();
+        let path = self
+            .lab
+            .write_file("xsec-ike.toml", config)
+            .unwrap_or_else(|e| self.fail(&e.to_string()));
+        let control = self.xsecd.as_ref().map(|x| x.control.clone());
+        let mut args = vec![
+            self.bins.ike.to_string_lossy().into_owned(),
+            "--config".into(),
+            path.to_string_lossy().into_owned(),
+            "--log-level".into(),
+            "debug".into(),
+        ];
+        match control {
+            Some(c) => {
+                args.push("--control".into());
+                args.push(c.to_string_lossy().into_owned());
+            }
+            None => args.push("--no-xsecd".into()),
+        }
+        let p = self
+            .lab
+            .spawn(node, "xsec-ike", &args)
+            .unwrap_or_else(|e| self.fail(&e.to_string()));
+        self.ike = Some(p);
+        self.wait_stdout("xsec-ike: ready", Duration::from_secs(15));
+    }
+
+    fn ike_stdout(&self) -> String {
+        self.ike
+            .as_ref()
+            .map(|p| p.stdout_text())
+            .unwrap_or_default()
+    }
+
+    /// Wait for a line of xsec-ike's stdout containing `what`; the line.
+    fn wait_stdout(&self, what: &str, limit: Duration) -> String {
+        let end = Instant::now() + limit;
+        loop {
+            if let Some(l) = self.ike_stdout().lines().find(|l| l.contains(what)) {
+                return l.to_owned();
+            }
+            if let Some(p) = &self.ike
+                && let Some(st) = self.lab.procs().try_status(p)
+            {
+                self.fail(&format!("xsec-ike exited ({st}) before printing {what:?}"));
+            }
+            if Instant::now() >= end {
+                self.fail(&format!("xsec-ike printed no {what:?} within {limit:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stop_ike(&mut self) {
+        if let Some(p) = self.ike.take() {
+            let st = self.lab.procs().stop(&p, Duration::from_secs(5));
+            eprintln!(
+                "{}: xsec-ike stopped ({st:?})\n{}",
+                self.name,
+                p.stdout_text()
+            );
+            self.ike = Some(p);
+        }
+    }
+
+    fn dump(&self) -> serde_json::Value {
+        let x = self.xsecd.as_ref().unwrap_or_else(|| self.fail("no xsecd"));
+        let mut c = xsecd::control::client::Client::connect(&x.control)
+            .unwrap_or_else(|e| self.fail(&e.to_string()));
+        c.call("dump", serde_json::json!({}))
+            .unwrap_or_else(|e| self.fail(&e.to_string()))
+    }
+
+    /// The SPIs of a `CHILD_SA ... established with SPIs X_i Y_o` line.
+    fn spis(line: &str) -> (u32, u32) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let find = |suffix: &str| {
+            words
+                .iter()
+                .find_map(|w| w.trim_end_matches(',').strip_suffix(suffix))
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                .unwrap_or_else(|| panic!("no SPI{suffix} in {line:?}"))
+        };
+        (find("_i"), find("_o"))
+    }
+
+    fn ping(&self, from: Node, to: &str, n: u32) {
+        let p = self
+            .lab
+            .ping(from, to, n, 0.2, 10)
+            .unwrap_or_else(|e| self.fail(&e.to_string()));
+        if p.received != n {
+            self.fail(&format!(
+                "ping {to}: {} of {n} answered\n{}",
+                p.received, p.output
+            ));
+        }
+    }
+}
+
+/// Establish, carry traffic both ways, check the wire against charon's keys, stop.
+fn xsec_initiates_with(name: &str, ike: &str, esp: &str) {
+    let mut t = Ike::new(name, Role::XsecInitiates);
+    t.swan(&[
+        "up",
+        "--only",
+        "gwB",
+        "--no-initiate",
+        "--ike",
+        ike,
+        "--esp",
+        esp,
+    ]);
+    t.start_xsecd();
+    let cap = t
+        .lab
+        .capture_wire("wire")
+        .unwrap_or_else(|e| t.fail(&e.to_string()));
+    let cfg = t.ike_config(ike, esp, PSK, true);
+    t.start_ike(&cfg);
+    let ike_line = t.wait_stdout("IKE_SA gw-gw", Duration::from_secs(15));
+    if !ike_line.contains("established") {
+        t.fail(&format!("the IKE SA did not come up: {ike_line}"));
+    }
+    let child = t.wait_stdout("CHILD_SA gw-gw.net-net", Duration::from_secs(10));
+    if !child.contains("established") {
+        t.fail(&format!("the Child SA did not come up: {child}"));
+    }
+    let (spi_in, spi_out) = Ike::spis(&child);
+    t.ping(Node::HostA, addr::HOST_B, 5);
+    t.ping(Node::HostB, addr::HOST_A, 5);
+    // charon's view: the same SPIs, crossed
+    let log = t.charon_log();
+    let want = format!("established with SPIs {spi_out:08x}_i {spi_in:08x}_o");
+    if !log.contains(&want) {
+        t.fail(&format!("charon's log has no CHILD_SA {want:?}"));
+    }
+    t.swan(&["keys"]);
+    t.stop_ike();
+    let pcap = t
+        .lab
+        .stop_capture(&cap)
+        .unwrap_or_else(|e| t.fail(&e.to_string()));
+    // nothing in clear, ESP both ways with the negotiated SPIs
+    let frames = wire::read_pcap(&pcap).unwrap_or_else(|e| t.fail(&e.to_string()));
+    let r = wire::analyze(&frames, &[4500], &[addr::NET_A, addr::NET_B]);
+    eprintln!("{name}: wire: {}", r.summary());
+    if !r.leaks.is_empty() {
+        t.fail(&format!(
+            "inner traffic in clear on the wire: {}",
+            r.describe_clear(5)
+        ));
+    }
+    for spi in [spi_in, spi_out] {
+        if r.esp_by_spi.get(&spi).copied().unwrap_or(0) < 10 {
+            t.fail(&format!(
+                "fewer than 10 ESP packets with SPI {spi:08x}: {}",
+                r.summary()
+            ));
+        }
+    }
+    if r.ike.len() < 4 {
+        t.fail(&format!(
+            "fewer than 4 IKE messages on the wire: {}",
+            r.summary()
+        ));
+    }
+    // every ESP packet decrypts with the keys charon derived, checked by two
+    // implementations that are not xsec: esp_check.py (Python `cryptography`, every
+    // algorithm) and esp_tool.py (scapy; no ChaCha20-Poly1305)
+    let sas_path = t.swan_dir().join("sas.json");
+    let sas: serde_json::Value = std::fs::read_to_string(&sas_path)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_else(|| t.fail("swan.sh keys wrote no sas.json"));
+    let check_sas: Vec<serde_json::Value> = sas
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|sa| {
+            let enc = match (sa["encr_alg"].as_str(), sa["encr_bits"].as_u64()) {
+                (Some("AES_GCM_16"), Some(160)) => "aes-gcm-128",
+                (Some("AES_GCM_16"), Some(288)) => "aes-gcm-256",
+                (Some("AES_CBC"), Some(128)) => "aes-cbc-128",
+                (Some("AES_CBC"), Some(256)) => "aes-cbc-256",
+                (Some("CHACHA20_POLY1305"), _) => "chacha20-poly1305",
+                other => t.fail(&format!(
+                    "charon's SA uses {other:?}, which this test does not map"
+                )),
+            };
+            let auth = match sa["integ_alg"].as_str() {
+                Some("HMAC_SHA2_256_128") => "hmac-sha256-128",
+                Some("HMAC_SHA2_384_192") => "hmac-sha384-192",
+                Some("HMAC_SHA2_512_256") => "hmac-sha512-256",
+                Some("HMAC_SHA1_96") => "hmac-sha1-96",
+                _ => "none",
+            };
+            serde_json::json!({"spi": sa["spi"], "enc": enc, "enc_key": sa["encr_key"],
+                "auth": auth, "auth_key": sa["integ_key"], "mode": "tunnel", "esn": false})
+        })
+        .collect();
+    let check_path = t
+        .lab
+        .write_file(
+            "esp_check_sas.json",
+            serde_json::Value::from(check_sas).to_string(),
+        )
+        .unwrap_or_else(|e| t.fail(&e.to_string()));
+    let run = t.harness.python_script(
+        &xsec_interop_tests::crate_file("esp_check.py"),
+        &[
+            "--pcap".as_ref(),
+            pcap.as_os_str(),
+            "--sas".as_ref(),
+            check_path.as_os_str(),
+        ],
+    );
+    let total = r.esp_total();
+    if !run.ok() || !run.stdout.contains(&format!("{total} passed, 0 failed")) {
+        t.fail(&format!(
+            "esp_check.py did not pass all {total} ESP packets with charon's keys:\n{run}"
+        ));
+    }
+    eprintln!(
+        "{name}: esp_check: {}",
+        run.stdout.lines().last().unwrap_or("")
+    );
+    if !sas
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|sa| sa.get("warning").is_some())
+    {
+        let run = t.harness.esp_tool(&[
+            "decrypt".as_ref(),
+            "--sa-json".as_ref(),
+            sas_path.as_os_str(),
+            "--pcap".as_ref(),
+            pcap.as_os_str(),
+        ]);
+        if !run.ok() {
+            t.fail(&format!(
+                "esp_tool.py could not decrypt the capture with charon's keys:\n{run}"
+            ));
+        }
+        eprintln!(
+            "{name}: esp_tool: {}",
+            run.stdout.lines().last().unwrap_or("")
+        );
+    }
+    // the peer heard the DELETE, xsecd holds nothing of xsec-ike's
+    let end = Instant::now() + Duration::from_secs(5);
+    while !t.charon_log().contains("received DELETE for IKE_SA") {
+        if Instant::now() > end {
+            t.fail("charon never received the DELETE of the IKE SA");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let d = t.dump();
+    if !d["sas"].as_array().is_some_and(|a| a.is_empty())
+        || !d["policies"].as_array().is_some_and(|a| a.is_empty())
+    {
+        t.fail(&format!(
+            "xsecd still holds objects after xsec-ike stopped: {d}"
+        ));
+    }
+    t.swan(&["down"]);
+}
+
+#[test]
+fn xsec_ike_initiates_aes_gcm_x25519() {
+    xsec_initiates_with(
+        "init-gcm-x25519",
+        "aes128gcm16-prfsha256-x25519",
+        "aes128gcm16",
+    );
+}
+
+#[test]
+fn xsec_ike_initiates_aes_cbc_sha256_modp2048() {
+    xsec_initiates_with(
+        "init-cbc-modp2048",
+        "aes256-sha256-modp2048",
+        "aes256-sha256",
+    );
+}
+
+#[test]
+fn xsec_ike_initiates_chacha20_ecp256() {
+    xsec_initiates_with(
+        "init-chacha-ecp256",
+        "chacha20poly1305-prfsha256-ecp256",
+        "chacha20poly1305",
+    );
+}
+
+/// charon initiates; xsec-ike answers, narrows nothing, installs, and traffic flows.
+#[test]
+fn strongswan_initiates_to_xsec_ike() {
+    let mut t = Ike::new("resp-gcm", Role::SwanInitiates);
+    t.start_xsecd();
+    let cfg = t.ike_config("aes128gcm16-prfsha256-x25519", "aes128gcm16", PSK, false);
+    t.start_ike(&cfg);
+    t.swan(&["up", "--only", "gwA"]);
+    let child = t.wait_stdout("CHILD_SA gw-gw.net-net", Duration::from_secs(15));
+    if !child.contains("established") {
+        t.fail(&format!("the Child SA did not come up: {child}"));
+    }
+    let (spi_in, spi_out) = Ike::spis(&child);
+    let log = t.charon_log();
+    if !log.contains(&format!(
+        "established with SPIs {spi_out:08x}_i {spi_in:08x}_o"
+    )) {
+        t.fail("charon's Child SA SPIs are not ours crossed");
+    }
+    t.ping(Node::HostB, addr::HOST_A, 5);
+    t.ping(Node::HostA, addr::HOST_B, 5);
+    // charon deletes: xsec-ike removes the SAs and policies from xsecd
+    t.swan(&["swanctl", "gwA", "--terminate", "--ike", "gw-gw"]);
+    t.wait_stdout("down: deleted by the peer", Duration::from_secs(10));
+    let d = t.dump();
+    if !d["sas"].as_array().is_some_and(|a| a.is_empty()) {
+        t.fail(&format!(
+            "xsecd still holds SAs after the peer's DELETE: {d}"
+        ));
+    }
+    t.stop_ike();
+    t.swan(&["down"]);
+}
+
+/// A wrong pre-shared key: AUTHENTICATION_FAILED both ways, nothing installed.
+#[test]
+fn wrong_psk_fails_authentication_and_installs_nothing() {
+    let mut t = Ike::new("wrong-psk", Role::XsecInitiates);
+    t.swan(&["up", "--only", "gwB", "--no-initiate"]);
+    t.start_xsecd();
+    let cfg = t.ike_config(
+        "aes128gcm16-prfsha256-x25519",
+        "aes128gcm16",
+        "not-the-harness-psk",
+        true,
+    );
+    t.start_ike(&cfg);
+    let line = t.wait_stdout("IKE_SA gw-gw", Duration::from_secs(15));
+    if !line.contains("AUTHENTICATION_FAILED") {
+        t.fail(&format!("expected AUTHENTICATION_FAILED, got {line:?}"));
+    }
+    if t.ike_stdout().contains("CHILD_SA") {
+        t.fail("a Child SA despite the failed authentication");
+    }
+    let d = t.dump();
+    if !d["sas"].as_array().is_some_and(|a| a.is_empty()) {
+        t.fail(&format!("xsecd holds SAs: {d}"));
+    }
+    t.stop_ike();
+    t.swan(&["down"]);
+}
