@@ -82,6 +82,9 @@ struct Installed {
     reqid: u32,
     spi_in: u32,
     spi_out: u32,
+    /// Its outbound SA is in xsecd (not yet for the responder of a rekey, no more once
+    /// a rekey moved the traffic on).
+    out: bool,
 }
 
 struct Daemon {
@@ -169,7 +172,15 @@ impl Daemon {
                     .and_then(|e| e.conn.children.iter().find(|x| x.name == c.child))
                     .and_then(|x| x.life_time)
                     .map(|d| d.as_secs().max(1));
-                match self.installer.install(&c, reqid, life) {
+                // a rekey's initiator moves the traffic now: the old outbound SA goes
+                let old_out = match (c.replaces, c.outbound_now) {
+                    (Some(old), true) => self.installed.get_mut(&old).filter(|o| o.out).map(|o| {
+                        o.out = false;
+                        o.spi_out
+                    }),
+                    _ => None,
+                };
+                match self.installer.install(&c, reqid, life, old_out) {
                     Ok(()) => {
                         self.installed.insert(
                             c.spi_in,
@@ -178,6 +189,7 @@ impl Daemon {
                                 reqid,
                                 spi_in: c.spi_in,
                                 spi_out: c.spi_out,
+                                out: c.outbound_now,
                             },
                         );
                         tracing::info!(
@@ -221,9 +233,10 @@ impl Daemon {
                     let trapped = settings(&self.cfg.conns, &conn, &child)
                         .is_some_and(|s| s.start_action == StartAction::Trap);
                     let others = self.installed.values().any(|o| o.reqid == i.reqid);
-                    if let Err(e) =
-                        self.installer
-                            .remove(i.reqid, spi_in, spi_out, !others && !trapped)
+                    let out = i.out.then_some(i.spi_out);
+                    if let Err(e) = self
+                        .installer
+                        .remove(i.reqid, spi_in, out, !others && !trapped)
                     {
                         self.stats.install_errors += 1;
                         tracing::error!(
@@ -250,6 +263,39 @@ impl Daemon {
             } => {
                 tracing::warn!(conn, child, "CHILD_SA failed: {reason}");
                 println!("xsec-ike: CHILD_SA {conn}.{child} failed: {reason}");
+            }
+            Event::ChildSwitch {
+                spi_in,
+                old_spi_out,
+                ..
+            } => {
+                let old = old_spi_out.and_then(|o| {
+                    let i = self
+                        .installed
+                        .values_mut()
+                        .find(|i| i.spi_out == o && i.out)?;
+                    i.out = false;
+                    Some(o)
+                });
+                match self.installer.switch(spi_in, old) {
+                    Ok(()) => {
+                        if let Some(i) = self.installed.get_mut(&spi_in) {
+                            i.out = true;
+                        }
+                        tracing::info!("outbound traffic moved to CHILD_SA {spi_in:08x}_i");
+                    }
+                    Err(e) => {
+                        self.stats.install_errors += 1;
+                        tracing::error!("moving the outbound traffic to {spi_in:08x}_i: {e}");
+                    }
+                }
+            }
+            Event::IkeRekeyed { old, new, conn } => {
+                for i in self.installed.values_mut().filter(|i| i.ike == old) {
+                    i.ike = new;
+                }
+                tracing::info!(conn, "IKE_SA rekeyed: {old:016x} -> {new:016x}");
+                println!("xsec-ike: IKE_SA {conn}[{old:016x}] rekeyed to [{new:016x}]");
             }
             Event::PeerMoved { ike, remote } => {
                 let mine: Vec<Installed> = self

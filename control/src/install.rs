@@ -103,6 +103,8 @@ pub struct Installer {
     path: Option<PathBuf>,
     /// PROTECT policies installed, by reqid: how many.
     policies: std::collections::HashMap<u32, usize>,
+    /// Outbound SAs of rekeys we answered, waiting for the switch: by the new inbound SPI.
+    pending_out: std::collections::HashMap<u32, (u32, Zeroizing<String>)>,
 }
 
 impl Installer {
@@ -115,6 +117,7 @@ impl Installer {
             client,
             path: path.map(Path::to_path_buf),
             policies: Default::default(),
+            pending_out: Default::default(),
         })
     }
 
@@ -255,13 +258,16 @@ impl Installer {
             .map_err(|e| format!("{cmd}: {e}"))
     }
 
-    /// Install a Child SA: the inbound SA, then in one batch the outbound SA and (for a new
-    /// CHILD_SA) its policies; a rekey's old outbound SA is deleted in the same batch.
+    /// Install a Child SA: the inbound SA, then in one batch the outbound SA, the deletion
+    /// of the outbound SA it replaces (`old_out`), and for a new CHILD_SA its policies.
+    /// Without `c.outbound_now` only the inbound SA goes in; [`Installer::switch`] adds the
+    /// outbound one later.
     pub fn install(
         &mut self,
         c: &ChildSaUp,
         reqid: u32,
         life_s: Option<u64>,
+        old_out: Option<u32>,
     ) -> Result<(), String> {
         let inbound = Self::sa_json(c, reqid, true, life_s);
         let mut args = Zeroizing::new(String::from("{\"sa\":"));
@@ -269,11 +275,21 @@ impl Installer {
         args.push('}');
         self.raw("add-sa", &args)?;
         let outbound = Self::sa_json(c, reqid, false, life_s);
+        if !c.outbound_now {
+            self.pending_out.insert(c.spi_in, (reqid, outbound));
+            return Ok(());
+        }
         let mut ops = Zeroizing::new(String::from(
             "{\"ops\":[{\"command\":\"add-sa\",\"args\":{\"sa\":",
         ));
         ops.push_str(&outbound);
         ops.push_str("}}");
+        if let Some(o) = old_out {
+            ops.push_str(&format!(
+                ",{{\"command\":\"del-sa\",\"args\":{{\"id\":\"{}\"}}}}",
+                sa_id(reqid, false, o)
+            ));
+        }
         if !self.policies.contains_key(&reqid) {
             let ps = pairs(c);
             for (i, (l, r)) in ps.iter().enumerate() {
@@ -299,19 +315,43 @@ impl Installer {
         Ok(())
     }
 
-    /// Remove a Child SA's SAs; with `last` (no other Child SA of the reqid remains and it
-    /// is not trapped) its policies too, in the same batch, so its traffic is discarded.
+    /// Move the outbound traffic to the Child SA installed without its outbound SA
+    /// (responder of a rekey), deleting the old outbound SA in the same batch.
+    pub fn switch(&mut self, spi_in: u32, old_out: Option<u32>) -> Result<(), String> {
+        let Some((reqid, outbound)) = self.pending_out.remove(&spi_in) else {
+            return Err(format!("no outbound SA waits for {spi_in:08x}_i"));
+        };
+        let mut ops = Zeroizing::new(String::from(
+            "{\"ops\":[{\"command\":\"add-sa\",\"args\":{\"sa\":",
+        ));
+        ops.push_str(&outbound);
+        ops.push_str("}}");
+        if let Some(o) = old_out {
+            ops.push_str(&format!(
+                ",{{\"command\":\"del-sa\",\"args\":{{\"id\":\"{}\"}}}}",
+                sa_id(reqid, false, o)
+            ));
+        }
+        ops.push_str("]}");
+        self.raw("batch", &ops).map(|_| ())
+    }
+
+    /// Remove a Child SA's SAs (its outbound one unless already gone); with `last` (no
+    /// other Child SA of the reqid remains and it is not trapped) its policies too, in the
+    /// same batch, so its traffic is discarded.
     pub fn remove(
         &mut self,
         reqid: u32,
         spi_in: u32,
-        spi_out: u32,
+        spi_out: Option<u32>,
         last: bool,
     ) -> Result<(), String> {
-        let mut ops = vec![
-            json!({"command": "del-sa", "args": {"id": sa_id(reqid, false, spi_out)}}),
-            json!({"command": "del-sa", "args": {"id": sa_id(reqid, true, spi_in)}}),
-        ];
+        self.pending_out.remove(&spi_in);
+        let mut ops = vec![];
+        if let Some(o) = spi_out {
+            ops.push(json!({"command": "del-sa", "args": {"id": sa_id(reqid, false, o)}}));
+        }
+        ops.push(json!({"command": "del-sa", "args": {"id": sa_id(reqid, true, spi_in)}}));
         if last && let Some(n) = self.policies.remove(&reqid) {
             for i in 0..n {
                 ops.push(json!({"command": "del-policy", "args": {"id": policy_id(reqid, i)}}));

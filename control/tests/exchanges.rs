@@ -25,6 +25,7 @@ struct Side {
     local_net: &'static str,
     remote_net: &'static str,
     dpd: Option<Duration>,
+    child_rekey: Option<Duration>,
 }
 
 impl Default for Side {
@@ -37,6 +38,7 @@ impl Default for Side {
             local_net: "10.1.0.0/24",
             remote_net: "10.2.0.0/24",
             dpd: None,
+            child_rekey: None,
         }
     }
 }
@@ -69,7 +71,7 @@ fn conn(me: &str, peer: &str, my_id: &str, peer_id: &str, s: &Side) -> Arc<Conne
             local_ts: vec![net(s.local_net)],
             remote_ts: vec![net(s.remote_net)],
             mode: s.mode,
-            rekey_time: None,
+            rekey_time: s.child_rekey,
             life_time: None,
         }],
         dpd_delay: s.dpd,
@@ -664,4 +666,248 @@ fn tampered_replayed_and_out_of_window_messages_are_counted_drops() {
 #[test]
 fn encr_names_round_trip() {
     assert_eq!(Encr::AesGcm16(256).name(), "aes256gcm16");
+}
+
+fn b_side() -> Side {
+    Side {
+        local_net: "10.2.0.0/24",
+        remote_net: "10.1.0.0/24",
+        ..Side::default()
+    }
+}
+
+fn children_of(e: &Endpoint) -> Vec<(u32, u32)> {
+    let mut v: Vec<(u32, u32)> = e
+        .sas()
+        .flat_map(|s| s.children.iter().map(|c| (c.spi_in, c.spi_out)))
+        .collect();
+    v.sort();
+    v
+}
+
+fn switches(ev: &[Event]) -> usize {
+    ev.iter()
+        .filter(|e| matches!(e, Event::ChildSwitch { .. }))
+        .count()
+}
+
+fn downs(ev: &[Event]) -> Vec<u32> {
+    ev.iter()
+        .filter_map(|e| match e {
+            Event::ChildDown { spi_in, .. } => Some(*spi_in),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A rekey of a Child SA, from either side, with and without PFS: the new pair's keys
+/// agree, the initiator moves its traffic at once, the responder when the old SA is
+/// deleted, and the old inbound SAs go after the grace period.
+#[test]
+fn child_rekey_make_before_break_both_ways() {
+    for (from_a, esp) in [
+        (true, "aes128gcm16"),
+        (false, "aes256-sha256-x25519"),
+        (true, "chacha20poly1305-ecp256"),
+    ] {
+        let mut n = Net::new(
+            Side {
+                esp: vec![esp],
+                ..Side::default()
+            },
+            Side {
+                esp: vec![esp],
+                ..b_side()
+            },
+        );
+        n.connect();
+        let old_a = child_ups(&n.events_a)[0].spi_in;
+        let old_b = child_ups(&n.events_b)[0].spi_in;
+        let (ida, idb) = (
+            n.a.sas().next().expect("a").id(),
+            n.b.sas().next().expect("b").id(),
+        );
+        if from_a {
+            assert!(n.a.rekey(n.now, ida, Some(old_a), &mut RandomSpis));
+        } else {
+            assert!(n.b.rekey(n.now, idb, Some(old_b), &mut RandomSpis));
+        }
+        n.run();
+        let (ca, cb) = (child_ups(&n.events_a), child_ups(&n.events_b));
+        assert_eq!((ca.len(), cb.len()), (2, 2), "{esp}");
+        assert_child_pair(ca[1], cb[1]);
+        assert_eq!(ca[1].replaces, Some(old_a));
+        assert_eq!(cb[1].replaces, Some(old_b));
+        let (init, resp) = if from_a {
+            (ca[1], cb[1])
+        } else {
+            (cb[1], ca[1])
+        };
+        assert!(init.outbound_now && !resp.outbound_now, "{esp}");
+        // the responder moved its traffic when the old SA was deleted
+        let resp_events = if from_a { &n.events_b } else { &n.events_a };
+        assert_eq!(switches(resp_events), 1);
+        // new keys, not the old ones
+        assert_ne!(ca[1].keys_in.encr[..], ca[0].keys_in.encr[..]);
+        if esp.contains("x25519") || esp.contains("ecp") {
+            assert!(ca[1].alg.group.is_some(), "PFS used");
+        }
+        let new_a = (ca[1].spi_in, ca[1].spi_out);
+        let new_b = (cb[1].spi_in, cb[1].spi_out);
+        // the old inbound SAs stay until the grace period is over
+        assert!(downs(&n.events_a).is_empty() && downs(&n.events_b).is_empty());
+        n.tick(3);
+        assert_eq!(downs(&n.events_a), vec![old_a], "{esp}");
+        assert_eq!(downs(&n.events_b), vec![old_b], "{esp}");
+        assert_eq!(children_of(&n.a), vec![new_a]);
+        assert_eq!(children_of(&n.b), vec![new_b]);
+    }
+}
+
+/// A PFS group the responder does not take: INVALID_KE_PAYLOAD in CREATE_CHILD_SA, and
+/// the initiator retries with the group asked for.
+#[test]
+fn child_rekey_invalid_ke_payload_retry() {
+    let mut n = Net::new(
+        Side {
+            esp: vec!["aes128gcm16-x25519-modp2048"],
+            ..Side::default()
+        },
+        Side {
+            esp: vec!["aes128gcm16-modp2048"],
+            ..b_side()
+        },
+    );
+    n.connect();
+    let old = child_ups(&n.events_a)[0].spi_in;
+    let id = n.a.sas().next().expect("a").id();
+    n.a.rekey(n.now, id, Some(old), &mut RandomSpis);
+    n.run();
+    let (ca, cb) = (child_ups(&n.events_a), child_ups(&n.events_b));
+    assert_eq!(ca.len(), 2);
+    assert_child_pair(ca[1], cb[1]);
+    assert_eq!(ca[1].alg.group.map(|g| g.id()), Some(14));
+    assert!(
+        !n.events_a
+            .iter()
+            .any(|e| matches!(e, Event::ChildFailed { .. }))
+    );
+}
+
+/// The Child SAs' `rekey_time` rekeys them without anyone asking.
+#[test]
+fn child_rekey_on_lifetime() {
+    let mut n = Net::new(
+        Side {
+            child_rekey: Some(Duration::from_secs(60)),
+            ..Side::default()
+        },
+        b_side(),
+    );
+    n.connect();
+    for _ in 0..3 {
+        n.tick(1);
+    }
+    assert!(
+        child_ups(&n.events_a).len() >= 2,
+        "rekeyed within its lifetime"
+    );
+    let (ca, cb) = (child_ups(&n.events_a), child_ups(&n.events_b));
+    assert_child_pair(ca[1], cb[1]);
+}
+
+/// Both sides rekey the same Child SA at once (RFC 7296 §2.8.1): one new Child SA
+/// survives, the same on both sides, and the old one is gone.
+#[test]
+fn simultaneous_child_rekey_leaves_one_pair() {
+    for _ in 0..8 {
+        let mut n = Net::new(Side::default(), b_side());
+        n.connect();
+        let old_a = child_ups(&n.events_a)[0].spi_in;
+        let old_b = child_ups(&n.events_b)[0].spi_in;
+        let (ida, idb) = (
+            n.a.sas().next().expect("a").id(),
+            n.b.sas().next().expect("b").id(),
+        );
+        n.a.rekey(n.now, ida, Some(old_a), &mut RandomSpis);
+        n.b.rekey(n.now, idb, Some(old_b), &mut RandomSpis);
+        n.run();
+        n.tick(4);
+        let (a, b) = (children_of(&n.a), children_of(&n.b));
+        assert_eq!(a.len(), 1, "A keeps one Child SA: {a:?}");
+        assert_eq!(b.len(), 1, "B keeps one Child SA: {b:?}");
+        assert_eq!(a[0], (b[0].1, b[0].0), "the same pair on both sides");
+        assert!(a[0].0 != old_a && b[0].0 != old_b, "the old pair is gone");
+        // what A sends to is what B receives on, and its keys agree
+        let ua = child_ups(&n.events_a)
+            .into_iter()
+            .find(|c| c.spi_in == a[0].0)
+            .expect("A's up");
+        let ub = child_ups(&n.events_b)
+            .into_iter()
+            .find(|c| c.spi_in == b[0].0)
+            .expect("B's up");
+        assert_child_pair(ua, ub);
+        // everything not kept was reported down on each side
+        let kept_a = a[0].0;
+        let ups_a: Vec<u32> = child_ups(&n.events_a)
+            .iter()
+            .map(|c| c.spi_in)
+            .filter(|s| *s != kept_a)
+            .collect();
+        let mut d = downs(&n.events_a);
+        d.sort();
+        let mut u = ups_a;
+        u.sort();
+        assert_eq!(d, u, "A: every other Child SA went down");
+    }
+}
+
+/// An IKE SA rekey from either side: a new IKE SA with the Child SAs, the old one
+/// deleted as "rekeyed", and the new one works (a Child SA rekey over it).
+#[test]
+fn ike_rekey_both_ways_keeps_the_children() {
+    for from_a in [true, false] {
+        let mut n = Net::new(Side::default(), b_side());
+        n.connect();
+        let (ida, idb) = (
+            n.a.sas().next().expect("a").id(),
+            n.b.sas().next().expect("b").id(),
+        );
+        let kids = (children_of(&n.a), children_of(&n.b));
+        if from_a {
+            assert!(n.a.rekey(n.now, ida, None, &mut RandomSpis));
+        } else {
+            assert!(n.b.rekey(n.now, idb, None, &mut RandomSpis));
+        }
+        n.run();
+        assert_eq!(n.a.sas().count(), 1, "A: one IKE SA after the rekey");
+        assert_eq!(n.b.sas().count(), 1);
+        let (na, nb) = (n.a.sas().next().expect("a"), n.b.sas().next().expect("b"));
+        assert_ne!(na.id(), ida);
+        assert_ne!(nb.id(), idb);
+        assert_eq!(na.state, State::Established);
+        assert_eq!(
+            (children_of(&n.a), children_of(&n.b)),
+            kids,
+            "the Child SAs moved over"
+        );
+        for ev in [&n.events_a, &n.events_b] {
+            assert!(ev.iter().any(|e| matches!(e, Event::IkeRekeyed { .. })));
+            assert!(ev.iter().any(|e| matches!(
+                e,
+                Event::IkeDown {
+                    reason: Reason::Local("rekeyed"),
+                    ..
+                }
+            )));
+            assert!(downs(ev).is_empty(), "no Child SA went down");
+        }
+        // the new IKE SA carries a Child SA rekey
+        let (nid, spi) = (na.id(), children_of(&n.a)[0].0);
+        assert!(n.a.rekey(n.now, nid, Some(spi), &mut RandomSpis));
+        n.run();
+        assert_eq!(child_ups(&n.events_a).len(), 2);
+        assert_child_pair(child_ups(&n.events_a)[1], child_ups(&n.events_b)[1]);
+    }
 }

@@ -118,6 +118,7 @@ impl Endpoint {
         spis: &mut dyn SpiSource,
         f: impl FnOnce(&mut Ctx<'_>, &mut HashMap<u64, IkeSa>) -> R,
     ) -> R {
+        let mut new_sas = vec![];
         let mut ctx = Ctx {
             now,
             conns: &self.conns,
@@ -125,8 +126,32 @@ impl Endpoint {
             spis,
             transmits: &mut self.transmits,
             events: &mut self.events,
+            new_sas: &mut new_sas,
         };
-        f(&mut ctx, &mut self.sas)
+        let r = f(&mut ctx, &mut self.sas);
+        for sa in new_sas {
+            self.sas.insert(sa.id(), sa);
+        }
+        r
+    }
+
+    /// Rekey the IKE SA `id` (`Some(spi)`: only its Child SA with that inbound SPI).
+    pub fn rekey(
+        &mut self,
+        now: Instant,
+        id: u64,
+        child: Option<u32>,
+        spis: &mut dyn SpiSource,
+    ) -> bool {
+        let r = self.with_ctx(now, spis, |ctx, sas| match sas.get_mut(&id) {
+            Some(sa) => match child {
+                Some(c) => sa.rekey_child(c, ctx),
+                None => sa.rekey_ike(ctx),
+            },
+            None => false,
+        });
+        self.reap(now, spis);
+        r
     }
 
     /// Start the connection `name` (its first child rides in IKE_AUTH). Returns the new

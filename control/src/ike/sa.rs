@@ -19,6 +19,8 @@ use super::ke::{Group, KeyPair};
 use super::proposal::{Chosen, Encr, Integ, Suite, check_answer, choose};
 use super::sk::Protection;
 use super::ts;
+mod create;
+
 use super::wire::{
     AuthMethod, Delete, ExchangeType, Header, Id, Message, Notify, NotifyType, Payload, ProtocolId,
     TrafficSelector, VERSION, find_notify, flags,
@@ -109,6 +111,9 @@ pub struct ChildSaUp {
     pub keys_out: EspKeys,
     /// The inbound SPI of the Child SA this one replaces (a rekey).
     pub replaces: Option<u32>,
+    /// Install the outbound SA now (the traffic moves to it). `false` for the responder
+    /// of a rekey: [`Event::ChildSwitch`] says when.
+    pub outbound_now: bool,
 }
 
 /// Why an SA went away.
@@ -158,6 +163,13 @@ pub enum Event {
         reason: Reason,
     },
     ChildUp(Box<ChildSaUp>),
+    /// Move the outbound traffic to this Child SA (installed earlier without it); the
+    /// outbound SA of `old_spi_out` goes.
+    ChildSwitch {
+        ike: u64,
+        spi_in: u32,
+        old_spi_out: Option<u32>,
+    },
     ChildDown {
         ike: u64,
         conn: String,
@@ -171,6 +183,12 @@ pub enum Event {
         conn: String,
         child: String,
         reason: Reason,
+    },
+    /// The IKE SA was rekeyed: its Child SAs now belong to `new`.
+    IkeRekeyed {
+        old: u64,
+        new: u64,
+        conn: String,
     },
     /// The peer moved (NAT mapping changed; seen in an authenticated message).
     PeerMoved {
@@ -198,6 +216,8 @@ pub struct Ctx<'a> {
     pub spis: &'a mut dyn SpiSource,
     pub transmits: &'a mut VecDeque<Transmit>,
     pub events: &'a mut VecDeque<Event>,
+    /// IKE SAs born of a rekey, for the endpoint to take in.
+    pub new_sas: &'a mut Vec<IkeSa>,
 }
 
 /// A Child SA as the IKE SA keeps it.
@@ -211,6 +231,14 @@ pub struct Child {
     pub local_ts: Vec<TrafficSelector>,
     pub remote_ts: Vec<TrafficSelector>,
     pub created: Instant,
+    /// When to rekey it (the child's `rekey_time`), and when it dies (`life_time`).
+    pub rekey_at: Option<Instant>,
+    pub expire_at: Option<Instant>,
+    /// Responder of its rekey: the outbound SA is not switched to it until the peer
+    /// deletes the old Child SA (this inbound SPI) or the deadline passes.
+    pub switch_from: Option<(u32, Instant)>,
+    /// A rekey of it is under way.
+    pub rekeying: bool,
 }
 
 /// The Child SA the initiator offers in IKE_AUTH.
@@ -237,6 +265,7 @@ enum Request {
     Informational {
         what: Info,
     },
+    Create(create::Create),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -308,8 +337,24 @@ pub struct IkeSa {
     pending: Option<Pending>,
     /// Our last response: (message ID, bytes), answered again to a retransmitted request.
     cached: Option<(u32, Vec<u8>)>,
-    /// Children waiting to be negotiated (none yet; the first rides in IKE_AUTH).
+    /// The child whose Child SA rides in IKE_AUTH.
     initial_child: Option<String>,
+    /// Rekeyed or deleted Child SAs kept until the time given, for packets in flight.
+    retiring: Vec<(Child, Instant)>,
+    /// Work waiting for the request window (one exchange at a time).
+    queue: VecDeque<create::Task>,
+    /// Peer rekeys of our Child SAs answered while our own rekey of the same one was
+    /// outstanding (RFC 7296 §2.8.1): old inbound SPI -> (the new inbound SPI, the lowest
+    /// nonce of that exchange).
+    collisions: std::collections::HashMap<u32, (u32, Vec<u8>)>,
+    /// When to rekey the IKE SA.
+    pub rekey_at: Option<Instant>,
+    /// Replaced by a rekey: its deletion is no failure.
+    rekeyed: bool,
+    /// The group an INVALID_KE_PAYLOAD answer names.
+    wanted_group: Option<Group>,
+    /// The IKE SA our answer to a rekey created, handed to the endpoint after the answer.
+    successor_out: Option<Box<IkeSa>>,
 }
 
 impl std::fmt::Debug for IkeSa {
@@ -486,6 +531,13 @@ impl IkeSa {
             pending: None,
             cached: None,
             initial_child,
+            retiring: vec![],
+            queue: VecDeque::new(),
+            collisions: Default::default(),
+            rekey_at: None,
+            rekeyed: false,
+            wanted_group: None,
+            successor_out: None,
         };
         sa.send_init(ke, None, ctx);
         Ok(sa)
@@ -863,7 +915,10 @@ impl IkeSa {
         self.establish(ctx);
         let Some(offer) = child else { return };
         match self.accept_child_answer(&offer, p) {
-            Ok(child) => self.child_up(child, None, None, ctx),
+            Ok(child) => {
+                let (ni, nr) = (self.ni.clone(), self.nr.clone());
+                self.child_up(child, None, (&ni, &nr), true, None, true, ctx)
+            }
             Err(reason) => {
                 ctx.events.push_back(Event::ChildFailed {
                     ike: self.id(),
@@ -946,36 +1001,48 @@ impl IkeSa {
             local_ts: tsi.clone(),
             remote_ts: tsr.clone(),
             created: Instant::now(),
+            rekey_at: None,
+            expire_at: None,
+            switch_from: None,
+            rekeying: false,
         })
     }
 
     /// Derive a Child SA's keys, keep it and tell the driver.
+    /// Derive a Child SA's keys (from the nonces of the exchange that made it, and its new
+    /// Diffie-Hellman secret if it had one), keep it and tell the driver. `we_initiated`:
+    /// we were the initiator of that exchange (RFC 7296 §2.17: its keys come first).
+    #[allow(clippy::too_many_arguments)]
     fn child_up(
         &mut self,
         mut child: Child,
         g_ir: Option<&[u8]>,
+        (ni, nr): (&[u8], &[u8]),
+        we_initiated: bool,
         replaces: Option<u32>,
+        outbound_now: bool,
         ctx: &mut Ctx<'_>,
     ) {
         let Some(s) = self.secrets.as_ref() else {
             return;
         };
         child.created = ctx.now;
-        let (keys_in, keys_out) = match child_keymat(
-            s.prf,
-            &s.d,
-            &child.alg,
-            g_ir,
-            &self.ni,
-            &self.nr,
-            self.initiator,
-        ) {
-            Ok(k) => k,
-            Err(e) => {
-                tracing::error!(ike = self.id(), "child keys: {e}");
-                return;
-            }
-        };
+        if let Some(cfg) = self.conn.children.iter().find(|c| c.name == child.cfg) {
+            // rekey a little early, spread (strongSwan's rand_time): 0-10 % before
+            child.rekey_at = cfg.rekey_time.map(|t| {
+                let jitter = u64::from(random_bytes::<1>()[0]) * t.as_millis() as u64 / 2550;
+                ctx.now + t - Duration::from_millis(jitter)
+            });
+            child.expire_at = cfg.life_time.map(|t| ctx.now + t);
+        }
+        let (keys_in, keys_out) =
+            match child_keymat(s.prf, &s.d, &child.alg, g_ir, ni, nr, we_initiated) {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::error!(ike = self.id(), "child keys: {e}");
+                    return;
+                }
+            };
         ctx.events.push_back(Event::ChildUp(Box::new(ChildSaUp {
             ike: self.id(),
             conn: self.conn.name.clone(),
@@ -992,6 +1059,7 @@ impl IkeSa {
             keys_in,
             keys_out,
             replaces,
+            outbound_now,
         })));
         self.children.push(child);
     }
@@ -1087,6 +1155,13 @@ impl IkeSa {
             pending: None,
             cached: None,
             initial_child: None,
+            retiring: vec![],
+            queue: VecDeque::new(),
+            collisions: Default::default(),
+            rekey_at: None,
+            rekeyed: false,
+            wanted_group: None,
+            successor_out: None,
         };
         if ike.derive(&ke, kdata, alg).is_err() {
             return Err(err(NotifyType::INVALID_SYNTAX, vec![]));
@@ -1230,7 +1305,8 @@ impl IkeSa {
         self.respond(ExchangeType::IKE_AUTH, id, &out, ctx);
         self.establish(ctx);
         if let Some(c) = child {
-            self.child_up(c, None, None, ctx);
+            let (ni, nr) = (self.ni.clone(), self.nr.clone());
+            self.child_up(c, None, (&ni, &nr), false, None, true, ctx);
         }
     }
 
@@ -1310,6 +1386,10 @@ impl IkeSa {
                     local_ts: nr,
                     remote_ts: ni,
                     created: ctx.now,
+                    rekey_at: None,
+                    expire_at: None,
+                    switch_from: None,
+                    rekeying: false,
                 },
                 answer,
             ));
@@ -1331,22 +1411,11 @@ impl IkeSa {
             match d.protocol {
                 ProtocolId::IKE => delete_ike = true,
                 ProtocolId::ESP => {
-                    let mut ours = vec![];
-                    for spi in &d.spis {
-                        let spi = u32::from_be_bytes(*spi);
-                        if let Some(i) = self.children.iter().position(|c| c.spi_out == spi) {
-                            let c = self.children.remove(i);
-                            ours.push(c.spi_in.to_be_bytes());
-                            ctx.events.push_back(Event::ChildDown {
-                                ike: self.id(),
-                                conn: self.conn.name.clone(),
-                                child: c.cfg,
-                                spi_in: c.spi_in,
-                                spi_out: c.spi_out,
-                                reason: Reason::PeerDeleted,
-                            });
-                        }
-                    }
+                    let ours: Vec<[u8; 4]> = d
+                        .spis
+                        .iter()
+                        .filter_map(|spi| self.peer_deleted_child(u32::from_be_bytes(*spi), ctx))
+                        .collect();
                     if !ours.is_empty() {
                         answer.push(Payload::Delete(Delete {
                             protocol: ProtocolId::ESP,
@@ -1359,7 +1428,12 @@ impl IkeSa {
         }
         if delete_ike {
             self.respond(ExchangeType::INFORMATIONAL, id, &[], ctx);
-            return self.fail(Reason::PeerDeleted, ctx);
+            let r = if self.rekeyed {
+                Reason::Local("rekeyed")
+            } else {
+                Reason::PeerDeleted
+            };
+            return self.fail(r, ctx);
         }
         self.respond(ExchangeType::INFORMATIONAL, id, &answer, ctx);
     }
@@ -1460,13 +1534,16 @@ impl IkeSa {
                         _ => return,
                     };
                     if what == Info::DeleteIke {
-                        self.fail(Reason::Local("deleted"), ctx);
+                        let r = if self.rekeyed { "rekeyed" } else { "deleted" };
+                        return self.fail(Reason::Local(r), ctx);
                     }
                 }
+                ExchangeType::CREATE_CHILD_SA => self.on_create_response(&inner, ctx),
                 _ => {
                     self.pending = None;
                 }
             }
+            self.run_queue(ctx);
             return;
         }
         self.peer_next = h.message_id.wrapping_add(1);
@@ -1478,12 +1555,15 @@ impl IkeSa {
                 self.on_informational_request(h.message_id, &inner, ctx)
             }
             (ExchangeType::CREATE_CHILD_SA, State::Established) => {
-                // Not negotiated yet: refuse cleanly, the peer keeps its SAs
+                self.on_create_request(h.message_id, &inner, ctx)
+            }
+            (ExchangeType::CREATE_CHILD_SA, State::Deleting) => {
+                // rekeyed or being deleted: no new SAs here
                 self.respond(
                     ExchangeType::CREATE_CHILD_SA,
                     h.message_id,
                     &[Payload::Notify(Notify::new(
-                        NotifyType::NO_ADDITIONAL_SAS,
+                        NotifyType::TEMPORARY_FAILURE,
                         vec![],
                     ))],
                     ctx,
@@ -1514,37 +1594,38 @@ impl IkeSa {
             return self.fail(Reason::Failed("half-open IKE SA expired".into()), ctx);
         }
         let me = self.id();
-        if let Some(p) = self.pending.as_mut() {
-            if ctx.now >= p.next {
-                if p.sent > ctx.timing.retransmit_tries {
-                    let dpd = matches!(p.req, Request::Informational { what: Info::Dpd });
-                    let deleting = matches!(
-                        p.req,
-                        Request::Informational {
-                            what: Info::DeleteIke
-                        }
-                    );
-                    return self.fail(
-                        if dpd {
-                            Reason::DeadPeer
-                        } else if deleting {
-                            Reason::Local("deleted (peer not answering)")
-                        } else {
-                            Reason::Timeout
-                        },
-                        ctx,
-                    );
-                }
-                let bytes = p.bytes.clone();
-                p.next = ctx.now + ctx.timing.backoff(p.sent);
-                p.sent += 1;
-                self.stats.retransmits_sent += 1;
-                tracing::debug!(ike = me, "retransmit {} of request {}", p.sent - 1, p.id);
-                self.send(ctx, bytes);
+        if let Some(p) = self.pending.as_mut()
+            && ctx.now >= p.next
+        {
+            if p.sent > ctx.timing.retransmit_tries {
+                let dpd = matches!(p.req, Request::Informational { what: Info::Dpd });
+                let deleting = matches!(
+                    p.req,
+                    Request::Informational {
+                        what: Info::DeleteIke
+                    }
+                );
+                return self.fail(
+                    if dpd {
+                        Reason::DeadPeer
+                    } else if deleting {
+                        Reason::Local("deleted (peer not answering)")
+                    } else {
+                        Reason::Timeout
+                    },
+                    ctx,
+                );
             }
-            return;
+            let bytes = p.bytes.clone();
+            p.next = ctx.now + ctx.timing.backoff(p.sent);
+            p.sent += 1;
+            self.stats.retransmits_sent += 1;
+            tracing::debug!(ike = me, "retransmit {} of request {}", p.sent - 1, p.id);
+            self.send(ctx, bytes);
         }
-        if self.state == State::Established
+        self.child_timers(ctx);
+        if self.pending.is_none()
+            && self.state == State::Established
             && let Some(d) = self.conn.dpd_delay
             && ctx.now >= self.last_heard + d
         {
@@ -1562,13 +1643,16 @@ impl IkeSa {
         match self.state {
             State::Dead => None,
             State::InitAnswered => Some(self.created + timing.half_open_timeout),
-            _ => match &self.pending {
-                Some(p) => Some(p.next),
-                None if self.state == State::Established => {
-                    self.conn.dpd_delay.map(|d| self.last_heard + d)
-                }
-                None => None,
-            },
+            _ => {
+                let exchange = match &self.pending {
+                    Some(p) => Some(p.next),
+                    None if self.state == State::Established => {
+                        self.conn.dpd_delay.map(|d| self.last_heard + d)
+                    }
+                    None => None,
+                };
+                [exchange, self.child_timer()].into_iter().flatten().min()
+            }
         }
     }
 
