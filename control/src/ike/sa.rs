@@ -934,6 +934,7 @@ impl IkeSa {
         self.state = State::Established;
         self.msg1 = vec![];
         self.msg2 = vec![];
+        self.rekey_at = self.conn.rekey_time.map(|t| ctx.now + t);
         if let Some(alg) = self.alg {
             ctx.events.push_back(Event::IkeUp {
                 ike: self.id(),
