@@ -385,7 +385,7 @@ pub fn choose_one(ours: &Suite, theirs: &Proposal, ike: bool) -> Option<Chosen> 
         theirs
             .transforms
             .iter()
-            .filter(|t| t.ty == ty && !t.unknown_attribute)
+            .filter(|t| t.ty == ty && !t.has_unknown_attribute())
             .collect()
     };
     let has = |ty: TransformType| theirs.transforms.iter().any(|t| t.ty == ty);
@@ -601,7 +601,7 @@ mod tests {
             None
         );
         p.transforms[0].key_len = Some(256);
-        p.transforms[0].unknown_attribute = true;
+        p.transforms[0].unknown_attributes = vec![0x80, 15, 0, 1];
         assert_eq!(choose(&ours, &[p], ProtocolId::IKE), None);
     }
 }

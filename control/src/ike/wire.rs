@@ -371,13 +371,14 @@ impl Header {
 }
 
 /// A transform (RFC 7296 §3.3.2), with its key length attribute (§3.3.5) when it has one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Transform {
     pub ty: TransformType,
     pub id: u16,
     pub key_len: Option<u16>,
-    /// It carried an attribute xsec-ike does not know: it must not be chosen (§3.3.6).
-    pub unknown_attribute: bool,
+    /// Attributes xsec-ike does not know (a second key length included), as they came:
+    /// such a transform must not be chosen (§3.3.6); kept so that it encodes again.
+    pub unknown_attributes: Vec<u8>,
 }
 
 impl Transform {
@@ -386,8 +387,13 @@ impl Transform {
             ty,
             id,
             key_len,
-            unknown_attribute: false,
+            unknown_attributes: vec![],
         }
+    }
+
+    /// It carried an attribute xsec-ike does not know.
+    pub fn has_unknown_attribute(&self) -> bool {
+        !self.unknown_attributes.is_empty()
     }
 }
 
@@ -717,27 +723,30 @@ fn parse_proposals(r: &mut Reader<'_>) -> Result<Vec<Proposal>, WireError> {
             t.u8("transform reserved")?;
             let id = t.u16("transform ID")?;
             let mut key_len = None;
-            let mut unknown_attribute = false;
+            let mut unknown_attributes = vec![];
             while t.left() > 0 {
                 let at = t.u16("attribute type")?;
                 if at & 0x8000 != 0 {
                     let v = t.u16("attribute value")?;
-                    if at & 0x7fff == 14 {
+                    if at & 0x7fff == 14 && key_len.is_none() {
                         key_len = Some(v);
                     } else {
-                        unknown_attribute = true;
+                        unknown_attributes.extend_from_slice(&at.to_be_bytes());
+                        unknown_attributes.extend_from_slice(&v.to_be_bytes());
                     }
                 } else {
-                    let l = t.u16("attribute length")? as usize;
-                    t.take(l, "attribute value")?;
-                    unknown_attribute = true;
+                    let l = t.u16("attribute length")?;
+                    let v = t.take(l as usize, "attribute value")?;
+                    unknown_attributes.extend_from_slice(&at.to_be_bytes());
+                    unknown_attributes.extend_from_slice(&l.to_be_bytes());
+                    unknown_attributes.extend_from_slice(v);
                 }
             }
             transforms.push(Transform {
                 ty,
                 id,
                 key_len,
-                unknown_attribute,
+                unknown_attributes,
             });
             let want_last = if i + 1 == n { 0 } else { 3 };
             if t_last != want_last {
@@ -781,7 +790,8 @@ fn emit_proposals(props: &[Proposal], out: &mut Vec<u8>) {
         ]);
         out.extend_from_slice(&p.spi);
         for (j, t) in p.transforms.iter().enumerate() {
-            let tlen: u16 = if t.key_len.is_some() { 12 } else { 8 };
+            let tlen =
+                (8 + if t.key_len.is_some() { 4 } else { 0 } + t.unknown_attributes.len()) as u16;
             out.extend_from_slice(&[if j + 1 == p.transforms.len() { 0 } else { 3 }, 0]);
             out.extend_from_slice(&tlen.to_be_bytes());
             out.extend_from_slice(&[t.ty.0, 0]);
@@ -790,6 +800,7 @@ fn emit_proposals(props: &[Proposal], out: &mut Vec<u8>) {
                 out.extend_from_slice(&(0x8000u16 | 14).to_be_bytes());
                 out.extend_from_slice(&k.to_be_bytes());
             }
+            out.extend_from_slice(&t.unknown_attributes);
         }
         let len = (out.len() - start) as u16;
         out[start + 2..start + 4].copy_from_slice(&len.to_be_bytes());
@@ -1152,7 +1163,25 @@ mod tests {
         let Payload::Sa(props) = &m.payloads[0] else {
             panic!("SA")
         };
-        assert!(props[0].transforms[0].unknown_attribute);
+        assert!(props[0].transforms[0].has_unknown_attribute());
+        // and it encodes again as it came
+        assert_eq!(Message::encode(&m.header, &m.payloads), bytes);
         assert_eq!(props[0].transforms[0].key_len, None);
+    }
+}
+#[cfg(test)]
+mod fuzz_regressions {
+    use super::*;
+
+    /// An unknown transform attribute was dropped when the message was encoded again
+    /// (found by the `ike_message` fuzz target).
+    #[test]
+    fn unknown_attribute_survives_reencoding() {
+        let h = "7f9455cc457e962f00000000000000002120220800000000000000f0220000300000002c010100040300000c0100000c880e01000300000802000005030000080300000c0000000804000013280000480013000099b04e7d5c0fcb1bae2febe08aa47c745f32528645d3f7e00db62e473c4a8fa9b9177a9317379fa34c5c61c027cad0d80994507496a9bb6ef01685a2f835219c290000247a26598a93090de747088b2a66f21c93a46fa7c39c71a2548259cceb88c012c22900001c00004004bfaed6b7dca96e98dd9b756775057d12000000000000001c00004005671708303380929cd7bcdeaadcbcb35a389fc7ab";
+        let d = hex::decode(h).expect("hex");
+        let m = Message::parse(&d).expect("parse");
+        let again = Message::encode(&m.header, &m.payloads);
+        assert_eq!(again, d);
+        assert_eq!(Message::parse(&again).expect("back").payloads, m.payloads);
     }
 }
