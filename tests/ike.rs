@@ -39,6 +39,7 @@ const ID_B: &str = "gw-b.harness.test";
 struct Bins {
     xsecd: PathBuf,
     ike: PathBuf,
+    xsecctl: PathBuf,
 }
 
 fn bins() -> Bins {
@@ -47,6 +48,7 @@ fn bins() -> Bins {
         Ok(Bins {
             xsecd: m.get("xsecd").cloned().ok_or("no xsecd built")?,
             ike: m.get("xsec-ike").cloned().ok_or("no xsec-ike built")?,
+            xsecctl: m.get("xsecctl").cloned().ok_or("no xsecctl built")?,
         })
     })
     .clone()
@@ -272,6 +274,8 @@ secret = "{psk}"
             path.to_string_lossy().into_owned(),
             "--log-level".into(),
             "debug".into(),
+            "--socket".into(),
+            self.ike_socket().to_string_lossy().into_owned(),
         ];
         match control {
             Some(c) => {
@@ -286,6 +290,30 @@ secret = "{psk}"
             .unwrap_or_else(|e| self.fail(&e.to_string()));
         self.ike = Some(p);
         self.wait_stdout("xsec-ike: ready", Duration::from_secs(15));
+    }
+
+    fn ike_socket(&self) -> PathBuf {
+        self.lab.workdir().join("xsec-ike.sock")
+    }
+
+    /// `xsecctl ike ARGS` against this test's xsec-ike; its stdout (fails on an error).
+    fn xsecctl_ike(&self, args: &[&str]) -> String {
+        let mut c = Command::new(&self.bins.xsecctl);
+        c.arg("ike")
+            .arg("--ike-socket")
+            .arg(self.ike_socket())
+            .args(args);
+        let o = c
+            .output()
+            .unwrap_or_else(|e| self.fail(&format!("xsecctl: {e}")));
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        if !o.status.success() {
+            self.fail(&format!(
+                "xsecctl ike {args:?} failed: {}{out}",
+                String::from_utf8_lossy(&o.stderr)
+            ));
+        }
+        out
     }
 
     fn ike_stdout(&self) -> String {
@@ -770,6 +798,99 @@ fn rekeys_from_both_sides_during_traffic_lose_nothing() {
             "xsecd's SAs never matched xsec-ike's live Child SAs: {}",
             t.dump()
         ));
+    }
+    t.stop_ike();
+    t.swan(&["down"]);
+}
+
+/// The operator's view: `xsecctl ike` starts, shows, rekeys, reloads and stops connections
+/// of a running xsec-ike, and never prints the pre-shared key.
+#[test]
+fn xsecctl_ike_operates_xsec_ike() {
+    let mut t = Ike::new("xsecctl-ike", Role::XsecInitiates);
+    t.swan(&["up", "--only", "gwB", "--no-initiate"]);
+    t.start_xsecd();
+    let cfg = t.ike_config("aes128gcm16-prfsha256-x25519", "aes128gcm16", PSK, false);
+    t.start_ike(&cfg);
+    let conns = t.xsecctl_ike(&["list-conns"]);
+    if !conns.contains("psk (28 bytes)") || conns.contains(PSK) {
+        t.fail(&format!(
+            "list-conns must show the key's length, never the key:\n{conns}"
+        ));
+    }
+    if !t.xsecctl_ike(&["list-sas"]).contains("no IKE SAs") {
+        t.fail("an IKE SA before initiate");
+    }
+    t.xsecctl_ike(&["initiate", "gw-gw"]);
+    let child = t.wait_stdout("CHILD_SA gw-gw.net-net", Duration::from_secs(15));
+    let (spi_in, spi_out) = Ike::spis(&child);
+    let sas = t.xsecctl_ike(&["list-sas"]);
+    eprintln!("{sas}");
+    for want in [
+        "gw-gw: ESTABLISHED, IKEv2".to_string(),
+        format!("SPIs: {spi_in:08x}_i {spi_out:08x}_o"),
+        "remote 'gw-b.harness.test' @ 10.0.0.2:4500".into(),
+        "10.1.0.0/24 === 10.2.0.0/24".into(),
+        "aes128gcm16 (keys: encryption 160 bits".into(),
+    ] {
+        if !sas.contains(&want) {
+            t.fail(&format!("list-sas lacks {want:?}:\n{sas}"));
+        }
+    }
+    let j: serde_json::Value = serde_json::from_str(&{
+        let mut c = Command::new(&t.bins.xsecctl);
+        c.args(["--json", "ike", "--ike-socket"])
+            .arg(t.ike_socket())
+            .arg("list-sas");
+        String::from_utf8_lossy(&c.output().expect("xsecctl").stdout).into_owned()
+    })
+    .unwrap_or_else(|e| t.fail(&format!("list-sas --json: {e}")));
+    if j["sas"][0]["children"][0]["spi_in"] != format!("{spi_in:08x}") {
+        t.fail(&format!("list-sas --json: {j}"));
+    }
+    t.xsecctl_ike(&["rekey", "gw-gw"]);
+    let end = Instant::now() + Duration::from_secs(10);
+    while t.ike_stdout().matches("established with SPIs").count() < 2 {
+        if Instant::now() > end {
+            t.fail("`xsecctl ike rekey` made no new Child SA");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    t.xsecctl_ike(&["rekey", "gw-gw", "--ike"]);
+    t.wait_stdout("rekeyed to", Duration::from_secs(10));
+    t.ping(Node::HostA, addr::HOST_B, 3);
+    let stats = t.xsecctl_ike(&["stats"]);
+    if !stats.contains("ike_sas") {
+        t.fail(&format!("stats: {stats}"));
+    }
+    // a reload with a broken file changes nothing and says where
+    let path = t.lab.workdir().join("xsec-ike.toml");
+    std::fs::write(
+        &path,
+        cfg.replace("retransmit_tries = 3", "retransmit_tries = \"many\""),
+    )
+    .unwrap_or_else(|e| t.fail(&e.to_string()));
+    let o = Command::new(&t.bins.xsecctl)
+        .args(["ike", "--ike-socket"])
+        .arg(t.ike_socket())
+        .arg("reload")
+        .output()
+        .expect("xsecctl");
+    let err = String::from_utf8_lossy(&o.stderr);
+    if o.status.success() || !err.contains("xsec-ike.toml:3: ike.retransmit_tries") {
+        t.fail(&format!("a bad reload: {err}"));
+    }
+    std::fs::write(&path, &cfg).unwrap_or_else(|e| t.fail(&e.to_string()));
+    let r = t.xsecctl_ike(&["reload"]);
+    if !r.contains("reloaded: 1 connections") {
+        t.fail(&format!("reload: {r}"));
+    }
+    t.ping(Node::HostA, addr::HOST_B, 3);
+    t.xsecctl_ike(&["terminate", "gw-gw"]);
+    t.wait_stdout("down: deleted", Duration::from_secs(10));
+    let d = t.dump();
+    if !d["sas"].as_array().is_some_and(|a| a.is_empty()) {
+        t.fail(&format!("xsecd holds SAs after terminate: {d}"));
     }
     t.stop_ike();
     t.swan(&["down"]);

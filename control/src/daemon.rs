@@ -28,6 +28,9 @@ pub struct Options {
     pub control: Option<PathBuf>,
     /// Negotiate only: install nothing (interop checks without a dataplane).
     pub no_xsecd: bool,
+    /// xsec-ike's own control socket (default: `[ike] socket`, else
+    /// [`crate::socket::DEFAULT_SOCKET`]).
+    pub socket: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +91,7 @@ struct Installed {
 }
 
 struct Daemon {
+    server: crate::socket::Server,
     cfg: IkeConfig,
     endpoint: Endpoint,
     sockets: Vec<Socket>,
@@ -394,12 +398,176 @@ impl Daemon {
         }
     }
 
+    /// One request of `xsecctl ike ...`.
+    fn command(&mut self, r: &crate::socket::Request, config: &Path) -> serde_json::Value {
+        use crate::socket::{error, kind, ok};
+        use serde_json::json;
+        let now = Instant::now();
+        let conn_arg = r.args["conn"].as_str().map(str::to_owned);
+        match r.command.as_str() {
+            "list-sas" => ok(
+                r.id,
+                json!({"sas": self.endpoint.sas().map(|sa| sa_json(sa, now, &self.cfg)).collect::<Vec<_>>()}),
+            ),
+            "list-conns" => ok(
+                r.id,
+                json!({"conns": self.cfg.conns.iter().map(conn_json).collect::<Vec<_>>()}),
+            ),
+            "stats" => {
+                let e = &self.endpoint.stats;
+                ok(
+                    r.id,
+                    json!({
+                        "received": e.received,
+                        "sent": e.sent,
+                        "dropped_malformed": e.dropped_malformed,
+                        "dropped_unknown_spi": e.dropped_unknown_spi,
+                        "dropped_no_connection": e.dropped_no_connection,
+                        "dropped_bad_cookie": e.dropped_bad_cookie,
+                        "cookies_sent": e.cookies_sent,
+                        "init_refused": e.init_refused,
+                        "keepalives_received": self.stats.keepalives_received,
+                        "non_ike_dropped": self.stats.non_ike_dropped,
+                        "send_errors": self.stats.send_errors,
+                        "install_errors": self.stats.install_errors,
+                        "ike_sas": self.endpoint.sas().count(),
+                    }),
+                )
+            }
+            "initiate" => {
+                let Some(c) = conn_arg else {
+                    return error(r.id, kind::BAD_ARGS, "initiate needs conn");
+                };
+                let r2 = self
+                    .endpoint
+                    .initiate(now, &c, IKE_PORT, &mut self.installer);
+                self.flush();
+                match r2 {
+                    Ok(id) => ok(r.id, json!({"ike": format!("{id:016x}")})),
+                    Err(e) => error(r.id, kind::NOT_FOUND, e),
+                }
+            }
+            "terminate" | "rekey" => {
+                let Some(c) = conn_arg else {
+                    return error(r.id, kind::BAD_ARGS, format!("{} needs conn", r.command));
+                };
+                let ids: Vec<(u64, Vec<(String, u32)>)> = self
+                    .endpoint
+                    .sas()
+                    .filter(|s| s.conn.name == c && s.state == crate::ike::sa::State::Established)
+                    .map(|s| {
+                        (
+                            s.id(),
+                            s.children
+                                .iter()
+                                .map(|ch| (ch.cfg.clone(), ch.spi_in))
+                                .collect(),
+                        )
+                    })
+                    .collect();
+                if ids.is_empty() {
+                    return error(
+                        r.id,
+                        kind::NOT_FOUND,
+                        format!("no established IKE SA of {c:?}"),
+                    );
+                }
+                let child = r.args["child"].as_str();
+                let mut n = 0;
+                for (id, children) in ids {
+                    if r.command == "terminate" {
+                        n += usize::from(self.endpoint.terminate(now, id, &mut self.installer));
+                    } else if r.args["ike"] == json!(true) || child.is_none() && children.is_empty()
+                    {
+                        n += usize::from(self.endpoint.rekey(now, id, None, &mut self.installer));
+                    } else {
+                        for (_, spi) in children
+                            .iter()
+                            .filter(|(name, _)| child.is_none_or(|c| c == name))
+                        {
+                            n += usize::from(self.endpoint.rekey(
+                                now,
+                                id,
+                                Some(*spi),
+                                &mut self.installer,
+                            ));
+                        }
+                    }
+                }
+                self.flush();
+                ok(r.id, json!({"started": n}))
+            }
+            "reload" => match crate::config::load(config) {
+                Ok(new) => {
+                    let names: Vec<String> =
+                        new.conns.iter().map(|c| c.conn.name.clone()).collect();
+                    let gone: Vec<u64> = self
+                        .endpoint
+                        .sas()
+                        .filter(|s| !names.contains(&s.conn.name))
+                        .map(|s| s.id())
+                        .collect();
+                    for id in &gone {
+                        self.endpoint.terminate(now, *id, &mut self.installer);
+                    }
+                    let old: Vec<String> =
+                        self.cfg.conns.iter().map(|c| c.conn.name.clone()).collect();
+                    self.endpoint
+                        .set_connections(new.conns.iter().map(|c| c.conn.clone()).collect());
+                    let added: Vec<String> =
+                        names.iter().filter(|n| !old.contains(n)).cloned().collect();
+                    self.cfg = new;
+                    for name in &added {
+                        let start = self.cfg.conns.iter().any(|c| {
+                            &c.conn.name == name
+                                && c.children
+                                    .iter()
+                                    .any(|s| s.start_action == StartAction::Start)
+                        });
+                        if start
+                            && let Err(e) =
+                                self.endpoint
+                                    .initiate(now, name, IKE_PORT, &mut self.installer)
+                        {
+                            tracing::error!(conn = name, "cannot initiate: {e}");
+                        }
+                    }
+                    self.flush();
+                    tracing::info!(
+                        "configuration reloaded: {} connections, {} added, {} IKE SAs of removed ones deleted",
+                        names.len(),
+                        added.len(),
+                        gone.len()
+                    );
+                    ok(
+                        r.id,
+                        json!({"conns": names.len(), "added": added, "terminated": gone.len()}),
+                    )
+                }
+                Err(e) => {
+                    let d: Vec<String> = e.diagnostics().iter().map(|d| d.to_string()).collect();
+                    let mut v = error(r.id, kind::CONFIG, e.to_string());
+                    v["error"]["detail"] = json!(d);
+                    v
+                }
+            },
+            other => error(
+                r.id,
+                kind::UNKNOWN_COMMAND,
+                format!(
+                    "unknown command {other:?} (list-sas, list-conns, initiate, terminate, rekey, reload, stats)"
+                ),
+            ),
+        }
+    }
+
     fn wait(&self, d: Duration) {
         let mut fds: Vec<PollFd<'_>> = self
             .sockets
             .iter()
             .map(|s| PollFd::new(&s.sock, PollFlags::IN))
             .collect();
+        fds.push(PollFd::new(&self.server.listener, PollFlags::IN));
         let t = Timespec {
             tv_sec: d.as_secs() as _,
             tv_nsec: d.subsec_nanos() as _,
@@ -450,7 +618,14 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         now,
     );
     endpoint.cookie_threshold = cfg.cookie_threshold;
+    let socket = opts
+        .socket
+        .clone()
+        .or_else(|| cfg.socket.clone())
+        .unwrap_or_else(|| PathBuf::from(crate::socket::DEFAULT_SOCKET));
+    let server = crate::socket::Server::bind(&socket).map_err(DaemonError::Setup)?;
     let mut d = Daemon {
+        server,
         cfg,
         endpoint,
         sockets,
@@ -483,6 +658,18 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         }
         d.endpoint.handle_timeout(now, &mut d.installer);
         d.flush();
+        while let Some((s, req)) = d.server.accept() {
+            let v = match req {
+                Some(r) => d.command(&r, &opts.config),
+                None => crate::socket::error(
+                    0,
+                    crate::socket::kind::BAD_JSON,
+                    "not a version 2 request",
+                ),
+            };
+            crate::socket::answer(s, &v);
+            d.flush();
+        }
     }
     d.shutdown();
     tracing::info!("stopped; {:?} {:?}", d.endpoint.stats, d.stats);
@@ -504,4 +691,128 @@ fn connect_xsecd(path: Option<&Path>, stop: &AtomicBool) -> Result<Installer, Da
             Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
     }
+}
+
+fn secs_until(t: Option<Instant>, now: Instant) -> serde_json::Value {
+    t.map_or(serde_json::Value::Null, |t| {
+        t.saturating_duration_since(now).as_secs().into()
+    })
+}
+
+fn ts_text(ts: &[crate::ike::wire::TrafficSelector]) -> Vec<String> {
+    ts.iter()
+        .map(|t| {
+            let mut s = crate::install::range_text(t.start, t.end);
+            if t.ip_proto != 0 {
+                s.push_str(&format!("[{}", t.ip_proto));
+                if (t.start_port, t.end_port) != (0, 65535) {
+                    s.push_str(&format!("/{}-{}", t.start_port, t.end_port));
+                }
+                s.push(']');
+            }
+            s
+        })
+        .collect()
+}
+
+fn key_bits(a: &crate::ike::proposal::Chosen) -> serde_json::Value {
+    serde_json::json!({
+        "encr": a.encr.keymat_len() * 8,
+        "integ": a.integ.map_or(0, |i| i.key_len() * 8),
+    })
+}
+
+/// An IKE SA for `list-sas`: identities, addresses, algorithms (with key lengths), timers,
+/// counters and its Child SAs. No key.
+fn sa_json(sa: &crate::ike::sa::IkeSa, now: Instant, cfg: &IkeConfig) -> serde_json::Value {
+    use serde_json::json;
+    let reqid = |child: &str| {
+        cfg.conns
+            .iter()
+            .find(|c| c.conn.name == sa.conn.name)
+            .and_then(|c| c.children.iter().find(|s| s.name == child))
+            .map(|s| s.reqid)
+    };
+    let children: Vec<serde_json::Value> = sa
+        .children
+        .iter()
+        .map(|c| {
+            json!({
+                "name": c.cfg,
+                "reqid": reqid(&c.cfg),
+                "spi_in": format!("{:08x}", c.spi_in),
+                "spi_out": format!("{:08x}", c.spi_out),
+                "mode": c.mode.name(),
+                "encap": sa.encap(),
+                "algorithms": c.alg.to_string(),
+                "key_bits": key_bits(&c.alg),
+                "local_ts": ts_text(&c.local_ts),
+                "remote_ts": ts_text(&c.remote_ts),
+                "established_s": now.saturating_duration_since(c.created).as_secs(),
+                "rekey_in_s": secs_until(if c.rekeying { None } else { c.rekey_at }, now),
+                "expire_in_s": secs_until(c.expire_at, now),
+                "rekeying": c.rekeying,
+            })
+        })
+        .collect();
+    json!({
+        "conn": sa.conn.name,
+        "ike": format!("{:016x}", sa.id()),
+        "spi_i": hex::encode(sa.spi_i),
+        "spi_r": hex::encode(sa.spi_r),
+        "state": format!("{:?}", sa.state),
+        "initiator": sa.initiator,
+        "local": sa.local.to_string(),
+        "remote": sa.remote.to_string(),
+        "local_id": sa.conn.local_id.to_string(),
+        "remote_id": sa.peer_id.as_ref().map(|i| i.to_string()),
+        "nat_local": sa.nat_local,
+        "nat_remote": sa.nat_remote,
+        "algorithms": sa.alg.map(|a| a.to_string()),
+        "key_bits": sa.alg.as_ref().map(key_bits),
+        "established_s": sa.age(now).as_secs(),
+        "rekey_in_s": secs_until(sa.rekey_at, now),
+        "retransmits_sent": sa.stats.retransmits_sent,
+        "retransmits_answered": sa.stats.retransmits_answered,
+        "dropped_integrity": sa.stats.dropped_integrity,
+        "dropped_message_id": sa.stats.dropped_message_id,
+        "dropped_malformed": sa.stats.dropped_malformed,
+        "children": children,
+    })
+}
+
+fn conn_json(c: &ConnEntry) -> serde_json::Value {
+    use serde_json::json;
+    let k = &c.conn;
+    let children: Vec<serde_json::Value> = k
+        .children
+        .iter()
+        .zip(&c.children)
+        .map(|(ch, s)| {
+            json!({
+                "name": ch.name,
+                "reqid": s.reqid,
+                "start_action": format!("{:?}", s.start_action).to_lowercase(),
+                "mode": ch.mode.name(),
+                "esp_proposals": ch.esp.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+                "local_ts": ts_text(&ch.local_ts),
+                "remote_ts": ts_text(&ch.remote_ts),
+                "rekey_time_s": ch.rekey_time.map(|d| d.as_secs()),
+                "life_time_s": ch.life_time.map(|d| d.as_secs()),
+            })
+        })
+        .collect();
+    json!({
+        "name": k.name,
+        "local_addr": k.local_addr.map(|a| a.to_string()),
+        "remote_addr": k.remote_addr.map(|a| a.to_string()),
+        "local_id": k.local_id.to_string(),
+        "remote_id": k.remote_id.as_ref().map(|i| i.to_string()),
+        "psk_bytes": k.psk.len(),
+        "proposals": k.ike.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        "dpd_delay_s": k.dpd_delay.map(|d| d.as_secs()),
+        "dpd_action": format!("{:?}", k.dpd_action).to_lowercase(),
+        "rekey_time_s": k.rekey_time.map(|d| d.as_secs()),
+        "children": children,
+    })
 }

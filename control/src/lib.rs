@@ -7,3 +7,4 @@ pub mod ike;
 pub mod config;
 pub mod daemon;
 pub mod install;
+pub mod socket;

@@ -26,6 +26,10 @@ struct Args {
     /// is protected).
     #[arg(long)]
     no_xsecd: bool,
+    /// xsec-ike's control socket, for `xsecctl ike` (default: `[ike] socket`, else
+    /// /run/xsec/xsec-ike.sock).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
     /// Check the configuration and exit.
     #[arg(long)]
     check: bool,
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
         config: args.config,
         control: args.control,
         no_xsecd: args.no_xsecd,
+        socket: args.socket,
     };
     match daemon::run(&opts, stop) {
         Ok(()) => ExitCode::SUCCESS,

@@ -911,3 +911,28 @@ fn ike_rekey_both_ways_keeps_the_children() {
         assert_child_pair(child_ups(&n.events_a)[1], child_ups(&n.events_b)[1]);
     }
 }
+
+/// Deleting the IKE SA while an old Child SA waits out its grace period reports that one
+/// down too: nothing stays installed.
+#[test]
+fn terminate_during_the_grace_period_reports_every_child_down() {
+    let mut n = Net::new(Side::default(), b_side());
+    n.connect();
+    let old = child_ups(&n.events_a)[0].spi_in;
+    let id = n.a.sas().next().expect("a").id();
+    n.a.rekey(n.now, id, Some(old), &mut RandomSpis);
+    n.run();
+    let new = child_ups(&n.events_a)[1].spi_in;
+    assert!(
+        downs(&n.events_a).is_empty(),
+        "the old one is still in its grace period"
+    );
+    n.a.terminate(n.now, id, &mut RandomSpis);
+    n.run();
+    let mut d = downs(&n.events_a);
+    d.sort();
+    let mut want = vec![old, new];
+    want.sort();
+    assert_eq!(d, want);
+    assert_eq!(downs(&n.events_b).len(), 2);
+}

@@ -624,7 +624,11 @@ impl IkeSa {
     }
 
     fn fail(&mut self, reason: Reason, ctx: &mut Ctx<'_>) {
-        for c in std::mem::take(&mut self.children) {
+        let retiring: Vec<Child> = self.retiring.drain(..).map(|(c, _)| c).collect();
+        for c in std::mem::take(&mut self.children)
+            .into_iter()
+            .chain(retiring)
+        {
             ctx.events.push_back(Event::ChildDown {
                 ike: self.id(),
                 conn: self.conn.name.clone(),
@@ -1663,7 +1667,11 @@ impl IkeSa {
         if self.state != State::Established {
             return self.fail(Reason::Local("terminated"), ctx);
         }
-        for c in std::mem::take(&mut self.children) {
+        let retiring: Vec<Child> = self.retiring.drain(..).map(|(c, _)| c).collect();
+        for c in std::mem::take(&mut self.children)
+            .into_iter()
+            .chain(retiring)
+        {
             ctx.events.push_back(Event::ChildDown {
                 ike: self.id(),
                 conn: self.conn.name.clone(),

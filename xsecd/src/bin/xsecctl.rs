@@ -97,6 +97,9 @@ enum Cmd {
         #[arg(long, default_value = "xsecctl")]
         client: String,
     },
+    /// The IKE daemon (xsec-ike): its IKE and Child SAs and connections; start, stop,
+    /// rekey, reload. Talks to xsec-ike's socket (`--ike-socket`).
+    Ike(IkeArgs),
     /// Print SA lifetime and rekey events as they happen (one JSON object per line).
     Events {
         /// Stop after this many events (0 = until interrupted).
@@ -232,6 +235,42 @@ struct TraceArgs {
     seconds: u64,
     #[arg(long)]
     pcap: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct IkeArgs {
+    /// xsec-ike's control socket (default: $XSEC_IKE_SOCKET, else /run/xsec/xsec-ike.sock).
+    #[arg(long, value_name = "PATH")]
+    ike_socket: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: IkeCmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum IkeCmd {
+    /// IKE SAs and their Child SAs: identities, addresses, NAT, algorithms and key lengths,
+    /// SPIs, selectors, ages, rekey times, counters (as `swanctl --list-sas`).
+    ListSas,
+    /// The configured connections and children (no secrets: their lengths).
+    ListConns,
+    /// Start the connection NAME (an IKE SA and its first Child SA).
+    Initiate { name: String },
+    /// Delete the IKE SAs of connection NAME and their Child SAs.
+    Terminate { name: String },
+    /// Rekey the Child SAs of connection NAME (only CHILD with --child), or its IKE SA
+    /// with --ike.
+    Rekey {
+        name: String,
+        #[arg(long)]
+        child: Option<String>,
+        #[arg(long)]
+        ike: bool,
+    },
+    /// Read the configuration file again: new connections start, removed ones are
+    /// deleted, IKE SAs of the others stay up.
+    Reload,
+    /// Message counters: received, sent, dropped by reason, COOKIEs.
+    Stats,
 }
 
 /// The library's client, with xsecctl's exit codes: 2 when the daemon could not be asked,
@@ -554,12 +593,16 @@ fn run(cli: Cli) -> Res<()> {
         policy_test_out(&v, cli.json, *records);
         return Ok(());
     }
+    if let Cmd::Ike(a) = &cli.cmd {
+        return ike(a, cli.json);
+    }
     let sock = cli.socket.clone().unwrap_or_else(control::default_socket);
     let mut c = Client::connect(&sock)?;
     let json_out = cli.json;
     let print_json =
         |v: &Value| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     match cli.cmd {
+        Cmd::Ike(a) => ike(&a, json_out)?,
         Cmd::Status => {
             let v = c.call("hello", json!({}))?;
             if json_out {
@@ -1230,4 +1273,189 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// `xsecctl ike ...`: one request to xsec-ike.
+fn ike(a: &IkeArgs, json_out: bool) -> Res<()> {
+    let path = a
+        .ike_socket
+        .clone()
+        .or_else(|| std::env::var_os("XSEC_IKE_SOCKET").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/run/xsec/xsec-ike.sock"));
+    let (cmd, args) = match &a.cmd {
+        IkeCmd::ListSas => ("list-sas", json!({})),
+        IkeCmd::ListConns => ("list-conns", json!({})),
+        IkeCmd::Initiate { name } => ("initiate", json!({ "conn": name })),
+        IkeCmd::Terminate { name } => ("terminate", json!({ "conn": name })),
+        IkeCmd::Rekey { name, child, ike } => {
+            ("rekey", json!({ "conn": name, "child": child, "ike": ike }))
+        }
+        IkeCmd::Reload => ("reload", json!({})),
+        IkeCmd::Stats => ("stats", json!({})),
+    };
+    let mut c = Client::connect(&path).map_err(|(code, m)| {
+        (
+            code,
+            m.replace(
+                "is xsecd running? see --socket",
+                "is xsec-ike running? see --ike-socket",
+            ),
+        )
+    })?;
+    let v = c.call(cmd, args)?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(());
+    }
+    match &a.cmd {
+        IkeCmd::ListSas => {
+            let sas = v["sas"].as_array().cloned().unwrap_or_default();
+            if sas.is_empty() {
+                println!("no IKE SAs");
+            }
+            for sa in sas {
+                let nat = match (sa["nat_local"].as_bool(), sa["nat_remote"].as_bool()) {
+                    (Some(true), Some(true)) => " [NAT both]",
+                    (Some(true), _) => " [NAT here]",
+                    (_, Some(true)) => " [NAT peer]",
+                    _ => "",
+                };
+                println!(
+                    "{}: {}, IKEv2, {}_i{} {}_r{}",
+                    s(&sa["conn"]),
+                    s(&sa["state"]).to_uppercase(),
+                    s(&sa["spi_i"]),
+                    if sa["initiator"] == json!(true) {
+                        "*"
+                    } else {
+                        ""
+                    },
+                    s(&sa["spi_r"]),
+                    if sa["initiator"] == json!(false) {
+                        "*"
+                    } else {
+                        ""
+                    },
+                );
+                println!("  local  '{}' @ {}", s(&sa["local_id"]), s(&sa["local"]));
+                println!(
+                    "  remote '{}' @ {}{nat}",
+                    s(&sa["remote_id"]),
+                    s(&sa["remote"])
+                );
+                println!(
+                    "  {} (keys: encryption {} bits, integrity {} bits)",
+                    s(&sa["algorithms"]),
+                    s(&sa["key_bits"]["encr"]),
+                    s(&sa["key_bits"]["integ"])
+                );
+                println!(
+                    "  established {}s ago, rekeying in {}s; retransmits {}, answered from cache {}, dropped: integrity {}, message ID {}, malformed {}",
+                    s(&sa["established_s"]),
+                    s(&sa["rekey_in_s"]),
+                    s(&sa["retransmits_sent"]),
+                    s(&sa["retransmits_answered"]),
+                    s(&sa["dropped_integrity"]),
+                    s(&sa["dropped_message_id"]),
+                    s(&sa["dropped_malformed"])
+                );
+                for ch in sa["children"].as_array().into_iter().flatten() {
+                    println!(
+                        "  {}: INSTALLED, {}, reqid {}, {}SPIs: {}_i {}_o{}",
+                        s(&ch["name"]),
+                        s(&ch["mode"]).to_uppercase(),
+                        s(&ch["reqid"]),
+                        if ch["encap"] == json!(true) {
+                            "ESP in UDP "
+                        } else {
+                            "ESP "
+                        },
+                        s(&ch["spi_in"]),
+                        s(&ch["spi_out"]),
+                        if ch["rekeying"] == json!(true) {
+                            " (rekeying)"
+                        } else {
+                            ""
+                        }
+                    );
+                    println!(
+                        "    {} (keys: encryption {} bits, integrity {} bits), established {}s ago, rekeying in {}s, expires in {}s",
+                        s(&ch["algorithms"]),
+                        s(&ch["key_bits"]["encr"]),
+                        s(&ch["key_bits"]["integ"]),
+                        s(&ch["established_s"]),
+                        s(&ch["rekey_in_s"]),
+                        s(&ch["expire_in_s"])
+                    );
+                    let list = |k: &str| {
+                        ch[k]
+                            .as_array()
+                            .map(|a| a.iter().map(s).collect::<Vec<_>>().join(" "))
+                            .unwrap_or_default()
+                    };
+                    println!("    {} === {}", list("local_ts"), list("remote_ts"));
+                }
+            }
+        }
+        IkeCmd::ListConns => {
+            for c in v["conns"].as_array().into_iter().flatten() {
+                println!(
+                    "{}: {}...{} IKEv2, dpd_delay {}s ({}), rekey_time {}s",
+                    s(&c["name"]),
+                    s(&c["local_addr"]),
+                    s(&c["remote_addr"]),
+                    s(&c["dpd_delay_s"]),
+                    s(&c["dpd_action"]),
+                    s(&c["rekey_time_s"])
+                );
+                println!(
+                    "  local  '{}' psk ({} bytes)\n  remote '{}' psk\n  proposals: {}",
+                    s(&c["local_id"]),
+                    s(&c["psk_bytes"]),
+                    s(&c["remote_id"]),
+                    c["proposals"]
+                        .as_array()
+                        .map(|a| a.iter().map(s).collect::<Vec<_>>().join(", "))
+                        .unwrap_or_default()
+                );
+                for ch in c["children"].as_array().into_iter().flatten() {
+                    let list = |k: &str| {
+                        ch[k]
+                            .as_array()
+                            .map(|a| a.iter().map(s).collect::<Vec<_>>().join(" "))
+                            .unwrap_or_default()
+                    };
+                    println!(
+                        "  {}: {}, reqid {}, start_action {}, rekey_time {}s, life_time {}s\n    esp: {}\n    {} === {}",
+                        s(&ch["name"]),
+                        s(&ch["mode"]).to_uppercase(),
+                        s(&ch["reqid"]),
+                        s(&ch["start_action"]),
+                        s(&ch["rekey_time_s"]),
+                        s(&ch["life_time_s"]),
+                        list("esp_proposals"),
+                        list("local_ts"),
+                        list("remote_ts")
+                    );
+                }
+            }
+        }
+        IkeCmd::Initiate { name } => println!("initiating {name}: IKE SA {}", s(&v["ike"])),
+        IkeCmd::Terminate { name } => println!("deleting {} IKE SA(s) of {name}", s(&v["started"])),
+        IkeCmd::Rekey { name, .. } => println!("{} rekey(s) of {name} started", s(&v["started"])),
+        IkeCmd::Reload => println!(
+            "reloaded: {} connections, added {}, {} IKE SA(s) of removed connections deleted",
+            s(&v["conns"]),
+            s(&v["added"]),
+            s(&v["terminated"])
+        ),
+        IkeCmd::Stats => {
+            if let Some(o) = v.as_object() {
+                for (k, x) in o {
+                    println!("{k:<22} {}", s(x));
+                }
+            }
+        }
+    }
+    Ok(())
 }
