@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use xsec_interop_tests::Harness;
 use xsec_lab::procs::Proc;
-use xsec_lab::topo::{Lab, Node, TopoOptions, Xsecd, addr};
+use xsec_lab::topo::{Lab, Node, TopoOptions, Wan, Xsecd, addr};
 use xsec_lab::wire;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -72,18 +72,23 @@ struct Ike {
     role: Role,
     xsecd: Option<Xsecd>,
     ike: Option<Proc>,
+    nat: bool,
     _serial: MutexGuard<'static, ()>,
 }
 
 impl Ike {
     fn new(name: &str, role: Role) -> Ike {
+        Ike::with_wan(name, role, Wan::Direct)
+    }
+
+    fn with_wan(name: &str, role: Role, wan: Wan) -> Ike {
         let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let bins = bins();
         let harness = Harness::locate();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("xsec-i{}-{n}", std::process::id());
         let workdir = std::env::temp_dir().join(format!("{prefix}-{name}"));
-        let lab = Lab::up(TopoOptions::new(&prefix).workdir(&workdir))
+        let lab = Lab::up(TopoOptions::new(&prefix).wan(wan).workdir(&workdir))
             .unwrap_or_else(|e| panic!("{name}: cannot build the topology: {e}"));
         eprintln!(
             "{name}: namespaces {prefix}-*, work folder {}",
@@ -97,6 +102,7 @@ impl Ike {
             role,
             xsecd: None,
             ike: None,
+            nat: wan == Wan::Nat,
             _serial: guard,
         };
         t.lab
@@ -211,7 +217,11 @@ impl Ike {
     ) -> String {
         let (me, peer, my_id, peer_id, lnet, rnet) = match self.role {
             Role::XsecInitiates => (
-                addr::GWA_WAN,
+                if self.nat {
+                    addr::GWA_PRIVATE
+                } else {
+                    addr::GWA_WAN
+                },
                 addr::GWB_WAN,
                 ID_A,
                 ID_B,
@@ -892,6 +902,315 @@ fn xsecctl_ike_operates_xsec_ike() {
     if !d["sas"].as_array().is_some_and(|a| a.is_empty()) {
         t.fail(&format!("xsecd holds SAs after terminate: {d}"));
     }
+    t.stop_ike();
+    t.swan(&["down"]);
+}
+
+/// The JSON of `xsecctl ike list-sas`.
+fn list_sas_json(t: &Ike) -> serde_json::Value {
+    let o = Command::new(&t.bins.xsecctl)
+        .args(["--json", "ike", "--ike-socket"])
+        .arg(t.ike_socket())
+        .arg("list-sas")
+        .output()
+        .unwrap_or_else(|e| t.fail(&format!("xsecctl: {e}")));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| t.fail(&format!("list-sas --json: {e}")))
+}
+
+/// xsec-ike behind a masquerading NAT (gwA 172.16.0.2 -> 10.0.0.1): NAT detected on our
+/// side, IKE moves to 4500, UDP-encapsulated ESP carries traffic both ways.
+#[test]
+fn through_a_nat() {
+    let mut t = Ike::with_wan("nat", Role::XsecInitiates, Wan::Nat);
+    t.swan(&["up", "--only", "gwB", "--no-initiate", "--topo", "nat"]);
+    t.start_xsecd();
+    let cfg = t.ike_config("aes128gcm16-prfsha256-x25519", "aes128gcm16", PSK, true);
+    t.start_ike(&cfg);
+    let child = t.wait_stdout("CHILD_SA gw-gw.net-net", Duration::from_secs(15));
+    if !child.contains("established") || !child.contains("UDP-encapsulated") {
+        t.fail(&child);
+    }
+    t.ping(Node::HostA, addr::HOST_B, 5);
+    t.ping(Node::HostB, addr::HOST_A, 5);
+    let j = list_sas_json(&t);
+    if j["sas"][0]["nat_local"] != serde_json::json!(true) {
+        t.fail(&format!("the NAT in front of us was not detected: {j}"));
+    }
+    if !t.charon_log().contains("remote host is behind NAT") {
+        t.fail("charon did not see us behind the NAT");
+    }
+    t.stop_ike();
+    t.swan(&["down"]);
+}
+
+/// DPD: charon dies (SIGKILL, no DELETE); xsec-ike's liveness checks go unanswered, the IKE
+/// SA and its Child SA are removed, and hA's traffic to hB is then dropped by xsecd —
+/// never sent in clear.
+#[test]
+fn dpd_clears_a_dead_peer_fail_closed() {
+    let mut t = Ike::new("dpd", Role::XsecInitiates);
+    t.swan(&["up", "--only", "gwB", "--no-initiate"]);
+    t.start_xsecd();
+    let cfg = t
+        .ike_config_with(
+            "aes128gcm16-prfsha256-x25519",
+            "aes128gcm16",
+            PSK,
+            true,
+            "dpd_delay = \"2s\"\ndpd_action = \"clear\"",
+            "",
+        )
+        .replace(
+            "retransmit_timeout = \"2s\"\nretransmit_tries = 3",
+            "retransmit_timeout = \"1s\"\nretransmit_tries = 2",
+        );
+    t.start_ike(&cfg);
+    t.wait_stdout("CHILD_SA gw-gw.net-net", Duration::from_secs(15));
+    t.ping(Node::HostA, addr::HOST_B, 3);
+    let pid =
+        std::fs::read_to_string(t.swan_dir().join("gwB").join("charon.pid")).unwrap_or_default();
+    let st = Command::new("kill").args(["-KILL", pid.trim()]).status();
+    if !st.is_ok_and(|s| s.success()) {
+        t.fail(&format!("cannot kill charon (pid {pid:?})"));
+    }
+    let cap = t
+        .lab
+        .capture_wire("after-dpd")
+        .unwrap_or_else(|e| t.fail(&e.to_string()));
+    t.wait_stdout("down: dead peer detected", Duration::from_secs(20));
+    let d = t.dump();
+    if !d["sas"].as_array().is_some_and(|a| a.is_empty())
+        || !d["policies"].as_array().is_some_and(|a| a.is_empty())
+    {
+        t.fail(&format!("xsecd holds objects of a dead peer: {d}"));
+    }
+    let p = t
+        .lab
+        .ping(Node::HostA, addr::HOST_B, 3, 0.2, 3)
+        .unwrap_or_else(|e| t.fail(&e.to_string()));
+    if p.received != 0 {
+        t.fail("traffic still reaches hB after the SAs were cleared");
+    }
+    let pcap = t
+        .lab
+        .stop_capture(&cap)
+        .unwrap_or_else(|e| t.fail(&e.to_string()));
+    let frames = wire::read_pcap(&pcap).unwrap_or_else(|e| t.fail(&e.to_string()));
+    let r = wire::analyze(&frames, &[4500], &[addr::NET_A, addr::NET_B]);
+    eprintln!("dpd: wire: {}", r.summary());
+    if !r.leaks.is_empty() {
+        t.fail(&format!(
+            "inner traffic left in clear: {}",
+            r.describe_clear(5)
+        ));
+    }
+    t.stop_ike();
+}
+
+/// kill -9 xsec-ike during traffic: xsecd keeps forwarding with the SAs it has; a new
+/// xsec-ike removes what the old one left, negotiates again (INITIAL_CONTACT makes charon
+/// drop the old SAs), and traffic flows on the new SAs. Nothing leaves in clear.
+#[test]
+fn kill_9_xsec_ike_then_restart() {
+    let mut t = Ike::new("kill9", Role::XsecInitiates);
+    t.swan(&["up", "--only", "gwB", "--no-initiate"]);
+    t.start_xsecd();
+    let cap = t
+        .lab
+        .capture_wire("wire")
+        .unwrap_or_else(|e| t.fail(&e.to_string()));
+    let cfg = t.ike_config("aes128gcm16-prfsha256-x25519", "aes128gcm16", PSK, true);
+    t.start_ike(&cfg);
+    let first = t.wait_stdout("CHILD_SA gw-gw.net-net", Duration::from_secs(15));
+    let (old_in, _) = Ike::spis(&first);
+    t.ping(Node::HostA, addr::HOST_B, 3);
+    if let Some(p) = t.ike.take() {
+        let _ = Command::new("kill")
+            .args(["-KILL", &p.pid.to_string()])
+            .status();
+        let _ = t.lab.procs().stop(&p, Duration::from_secs(2));
+    }
+    // the dataplane carries on alone
+    t.ping(Node::HostA, addr::HOST_B, 5);
+    t.ping(Node::HostB, addr::HOST_A, 3);
+    t.start_ike(&cfg);
+    t.wait_stdout("left by a previous xsec-ike", Duration::from_secs(5));
+    let again = t.wait_stdout("CHILD_SA gw-gw.net-net", Duration::from_secs(15));
+    let (new_in, new_out) = Ike::spis(&again);
+    if new_in == old_in {
+        t.fail("the old Child SA was adopted, not renegotiated");
+    }
+    t.ping(Node::HostA, addr::HOST_B, 5);
+    let d = t.dump();
+    let spis: Vec<u64> = d["sas"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["spi"].as_u64())
+        .collect();
+    if spis.len() != 2 || !spis.contains(&u64::from(new_in)) || !spis.contains(&u64::from(new_out))
+    {
+        t.fail(&format!("xsecd should hold exactly the new pair: {d}"));
+    }
+    let sas = t.swan(&["swanctl", "gwB", "--list-sas"]);
+    if sas.matches("INSTALLED").count() != 1 {
+        t.fail(&format!(
+            "charon should hold one Child SA (INITIAL_CONTACT):\n{sas}"
+        ));
+    }
+    t.stop_ike();
+    let pcap = t
+        .lab
+        .stop_capture(&cap)
+        .unwrap_or_else(|e| t.fail(&e.to_string()));
+    let frames = wire::read_pcap(&pcap).unwrap_or_else(|e| t.fail(&e.to_string()));
+    let r = wire::analyze(&frames, &[4500], &[addr::NET_A, addr::NET_B]);
+    eprintln!("kill9: wire: {}", r.summary());
+    if !r.leaks.is_empty() {
+        t.fail(&format!("inner traffic in clear: {}", r.describe_clear(5)));
+    }
+    t.swan(&["down"]);
+}
+
+/// The rounds strongSwan users meet, with charon initiating: its x25519 KE gets
+/// INVALID_KE_PAYLOAD (xsec-ike takes MODP-2048 only) and it retries; xsec-ike, over its
+/// COOKIE threshold, asks for a COOKIE first; xsec-ike's IKE_AUTH answer is lost on the way
+/// and sent again from its cache when charon retransmits.
+#[test]
+fn cookie_invalid_ke_and_retransmission_with_charon() {
+    let mut t = Ike::new("rounds", Role::SwanInitiates);
+    t.start_xsecd();
+    let cfg = t
+        .ike_config("aes128gcm16-prfsha256-modp2048", "aes128gcm16", PSK, false)
+        .replace("[ike]\n", "[ike]\ncookie_threshold = 0\n");
+    t.start_ike(&cfg);
+    // drop xsec-ike's first IKE answer on port 4500 (the IKE_AUTH response)
+    let gw = t.xsec_node();
+    let rules = "table inet xike_drop {\n  chain out {\n    type filter hook output priority 0; policy accept;\n    udp sport 4500 counter drop\n  }\n}\n";
+    let f = t
+        .lab
+        .write_file("drop.nft", rules)
+        .unwrap_or_else(|e| t.fail(&e.to_string()));
+    let f = f.to_string_lossy().into_owned();
+    t.lab
+        .exec(gw, &["nft", "-f", &f])
+        .unwrap_or_else(|e| t.fail(&e.to_string()));
+    t.swan(&[
+        "up",
+        "--only",
+        "gwA",
+        "--no-initiate",
+        "--ike",
+        "aes128gcm16-prfsha256-x25519,aes128gcm16-prfsha256-modp2048",
+    ]);
+    let mut initiate = {
+        let mut c = Command::new("bash");
+        c.arg(t.harness.dir.join("swan.sh"))
+            .args([
+                "swanctl",
+                "gwA",
+                "--initiate",
+                "--child",
+                "net-net",
+                "--timeout",
+                "30",
+            ])
+            .env("IPP_PREFIX", t.lab.ns(Node::GwA).trim_end_matches("-gwA"))
+            .env("IPP_WORK", t.lab.workdir().join("ipp"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        c.spawn()
+            .unwrap_or_else(|e| t.fail(&format!("swanctl --initiate: {e}")))
+    };
+    // lift the drop once it has dropped one answer
+    let end = Instant::now() + Duration::from_secs(15);
+    loop {
+        let o = t
+            .lab
+            .exec(gw, &["nft", "list", "table", "inet", "xike_drop"])
+            .unwrap_or_else(|e| t.fail(&e.to_string()));
+        if !o.stdout.contains("packets 0 ") {
+            t.lab
+                .exec(gw, &["nft", "delete", "table", "inet", "xike_drop"])
+                .unwrap_or_else(|e| t.fail(&e.to_string()));
+            break;
+        }
+        if Instant::now() > end {
+            t.fail("xsec-ike never answered on 4500");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t.wait_stdout("CHILD_SA gw-gw.net-net", Duration::from_secs(20));
+    let _ = initiate.wait();
+    let stats = t.xsecctl_ike(&["stats"]);
+    eprintln!("rounds: {stats}");
+    let field = |k: &str| -> u64 {
+        stats
+            .lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    if field("cookies_sent") < 1 || field("init_refused") < 1 {
+        t.fail(&format!(
+            "expected a COOKIE round and an INVALID_KE_PAYLOAD round:\n{stats}"
+        ));
+    }
+    let j = list_sas_json(&t);
+    if j["sas"][0]["retransmits_answered"].as_u64().unwrap_or(0) < 1 {
+        t.fail(&format!(
+            "charon's retransmitted IKE_AUTH was not answered from the cache: {j}"
+        ));
+    }
+    let log = t.charon_log();
+    for want in [
+        "parsed IKE_SA_INIT response 0 [ N(INVAL_KE) ]",
+        "received COOKIE notify",
+        "retransmit 1 of request with message ID 1",
+    ] {
+        if !log.contains(want) {
+            t.fail(&format!("charon's log lacks {want:?}"));
+        }
+    }
+    t.ping(Node::HostB, addr::HOST_A, 3);
+    t.stop_ike();
+    t.swan(&["down"]);
+}
+
+/// charon (x25519 only) answers xsec-ike's MODP-2048 KE with INVALID_KE_PAYLOAD; xsec-ike
+/// retries with x25519.
+#[test]
+fn charon_asks_xsec_ike_for_another_group() {
+    let mut t = Ike::new("invalid-ke", Role::XsecInitiates);
+    t.swan(&[
+        "up",
+        "--only",
+        "gwB",
+        "--no-initiate",
+        "--ike",
+        "aes128gcm16-prfsha256-x25519",
+    ]);
+    t.start_xsecd();
+    let cfg = t.ike_config(
+        "aes128gcm16-prfsha256-modp2048-x25519",
+        "aes128gcm16",
+        PSK,
+        true,
+    );
+    t.start_ike(&cfg);
+    let line = t.wait_stdout("IKE_SA gw-gw", Duration::from_secs(15));
+    if !line.contains("established") || !line.contains("x25519") {
+        t.fail(&line);
+    }
+    if !t
+        .charon_log()
+        .contains("generating IKE_SA_INIT response 0 [ N(INVAL_KE) ]")
+    {
+        t.fail("charon sent no INVALID_KE_PAYLOAD");
+    }
+    t.wait_stdout("CHILD_SA gw-gw.net-net", Duration::from_secs(5));
+    t.ping(Node::HostA, addr::HOST_B, 3);
     t.stop_ike();
     t.swan(&["down"]);
 }
