@@ -1214,3 +1214,83 @@ fn charon_asks_xsec_ike_for_another_group() {
     t.stop_ike();
     t.swan(&["down"]);
 }
+
+/// On-demand tunnels and xsecd's volume limits: a trapped child installs its PROTECT
+/// policies at start and negotiates when hA's first packet raises an ACQUIRE (the packets
+/// before are dropped, never sent in clear); then xsecd's packet limit (`rekey_packets`)
+/// makes xsec-ike rekey the Child SA while pings flow, losing none.
+#[test]
+fn trap_negotiates_on_traffic_and_volume_limits_rekey() {
+    let mut t = Ike::new("trap", Role::XsecInitiates);
+    t.swan(&["up", "--only", "gwB", "--no-initiate"]);
+    t.start_xsecd();
+    let cap = t
+        .lab
+        .capture_wire("wire")
+        .unwrap_or_else(|e| t.fail(&e.to_string()));
+    let cfg = t
+        .ike_config_with(
+            "aes128gcm16-prfsha256-x25519",
+            "aes128gcm16",
+            PSK,
+            false,
+            "",
+            "rekey_packets = 100",
+        )
+        .replace("start_action = \"none\"", "start_action = \"trap\"");
+    t.start_ike(&cfg);
+    std::thread::sleep(Duration::from_millis(500));
+    if t.ike_stdout().contains("IKE_SA") {
+        t.fail("a trapped connection negotiated before any traffic");
+    }
+    let d = t.dump();
+    if d["policies"].as_array().map_or(0, |a| a.len()) != 2
+        || !d["sas"].as_array().is_some_and(|a| a.is_empty())
+    {
+        t.fail(&format!("expected the trap's policies and no SA: {d}"));
+    }
+    let p = t
+        .lab
+        .ping(Node::HostA, addr::HOST_B, 10, 0.3, 8)
+        .unwrap_or_else(|e| t.fail(&e.to_string()));
+    t.wait_stdout("ACQUIRE for gw-gw", Duration::from_secs(1));
+    t.wait_stdout("CHILD_SA gw-gw.net-net", Duration::from_secs(5));
+    if p.received < 5 {
+        t.fail(&format!(
+            "only {} of 10 pings after the ACQUIRE",
+            p.received
+        ));
+    }
+    // 100 packets per SA, 300 pings (600 ESP packets counted both ways): rekeys by volume
+    let before = t.ike_stdout().matches("established with SPIs").count();
+    let p = t
+        .lab
+        .ping(Node::HostA, addr::HOST_B, 300, 0.01, 20)
+        .unwrap_or_else(|e| t.fail(&e.to_string()));
+    let after = t.ike_stdout().matches("established with SPIs").count();
+    eprintln!(
+        "trap: {} of 300 pings, Child SAs {before} -> {after}",
+        p.received
+    );
+    if p.received != 300 {
+        t.fail(&format!(
+            "pings lost across volume rekeys: {} of 300",
+            p.received
+        ));
+    }
+    if after < before + 2 {
+        t.fail("xsecd's packet limit did not make xsec-ike rekey");
+    }
+    t.stop_ike();
+    let pcap = t
+        .lab
+        .stop_capture(&cap)
+        .unwrap_or_else(|e| t.fail(&e.to_string()));
+    let frames = wire::read_pcap(&pcap).unwrap_or_else(|e| t.fail(&e.to_string()));
+    let r = wire::analyze(&frames, &[4500], &[addr::NET_A, addr::NET_B]);
+    eprintln!("trap: wire: {}", r.summary());
+    if !r.leaks.is_empty() {
+        t.fail(&format!("inner traffic in clear: {}", r.describe_clear(5)));
+    }
+    t.swan(&["down"]);
+}

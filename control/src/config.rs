@@ -35,6 +35,12 @@ pub struct ChildSettings {
     pub start_action: StartAction,
     /// The reqid of its SAs and policies in xsecd.
     pub reqid: u32,
+    /// Volume limits xsecd counts (swanctl's `rekey_bytes`, `life_bytes`,
+    /// `rekey_packets`, `life_packets`): a soft limit rekeys, a hard one deletes.
+    pub rekey_bytes: Option<u64>,
+    pub life_bytes: Option<u64>,
+    pub rekey_packets: Option<u64>,
+    pub life_packets: Option<u64>,
 }
 
 /// A loaded connection.
@@ -330,6 +336,27 @@ fn read_child(
     let life_time = t
         .get("life_time")
         .and_then(|v| keep_in(duration(&v), fails));
+    let mut volume = |key: &'static str, fails: &mut Vec<Fail>| {
+        t.get(key)
+            .and_then(|v| keep_in(v.uint(1u64, u64::MAX >> 1), fails))
+    };
+    let rekey_bytes = volume("rekey_bytes", fails);
+    let life_bytes = volume("life_bytes", fails);
+    let rekey_packets = volume("rekey_packets", fails);
+    let life_packets = volume("life_packets", fails);
+    for (soft, hard, name) in [
+        (rekey_bytes, life_bytes, "rekey_bytes"),
+        (rekey_packets, life_packets, "rekey_packets"),
+    ] {
+        if let (Some(s), Some(h)) = (soft, hard)
+            && s >= h
+        {
+            fails.push(
+                t.locs()
+                    .fail(name, format!("{s} is not below its life_ limit {h}")),
+            );
+        }
+    }
     let reqid = match t.get("reqid") {
         Some(v) => keep_in(v.uint(1u32, u32::MAX), fails),
         None => {
@@ -355,6 +382,10 @@ fn read_child(
             name: name.to_owned(),
             start_action: start_action?,
             reqid: reqid?,
+            rekey_bytes,
+            life_bytes,
+            rekey_packets,
+            life_packets,
         },
     ))
 }

@@ -92,6 +92,7 @@ struct Installed {
 
 struct Daemon {
     server: crate::socket::Server,
+    events: Option<crate::events::Events>,
     cfg: IkeConfig,
     endpoint: Endpoint,
     sockets: Vec<Socket>,
@@ -168,14 +169,20 @@ impl Daemon {
                     return;
                 };
                 let reqid = s.reqid;
-                let life = self
-                    .cfg
-                    .conns
-                    .iter()
-                    .find(|e| e.conn.name == c.conn)
-                    .and_then(|e| e.conn.children.iter().find(|x| x.name == c.child))
-                    .and_then(|x| x.life_time)
-                    .map(|d| d.as_secs().max(1));
+                let life = crate::install::Lifetime {
+                    hard_s: self
+                        .cfg
+                        .conns
+                        .iter()
+                        .find(|e| e.conn.name == c.conn)
+                        .and_then(|e| e.conn.children.iter().find(|x| x.name == c.child))
+                        .and_then(|x| x.life_time)
+                        .map(|d| d.as_secs().max(1)),
+                    soft_bytes: s.rekey_bytes,
+                    hard_bytes: s.life_bytes,
+                    soft_packets: s.rekey_packets,
+                    hard_packets: s.life_packets,
+                };
                 // a rekey's initiator moves the traffic now: the old outbound SA goes
                 let old_out = match (c.replaces, c.outbound_now) {
                     (Some(old), true) => self.installed.get_mut(&old).filter(|o| o.out).map(|o| {
@@ -184,7 +191,7 @@ impl Daemon {
                     }),
                     _ => None,
                 };
-                match self.installer.install(&c, reqid, life, old_out) {
+                match self.installer.install(&c, reqid, &life, old_out) {
                     Ok(()) => {
                         self.installed.insert(
                             c.spi_in,
@@ -351,7 +358,109 @@ impl Daemon {
         }
     }
 
+    /// An event of xsecd about one of our SAs or policies.
+    fn on_xsecd_event(&mut self, ev: &serde_json::Value, now: Instant) {
+        if ev["client"] != crate::install::CLIENT_TAG {
+            return;
+        }
+        let reqid = ev["reqid"].as_u64().and_then(|r| u32::try_from(r).ok());
+        let spi = ev["spi"].as_u64().and_then(|r| u32::try_from(r).ok());
+        let inbound = ev["direction"] == "in";
+        let child = spi.and_then(|spi| {
+            self.installed
+                .values()
+                .find(|i| {
+                    if inbound {
+                        i.spi_in == spi
+                    } else {
+                        i.spi_out == spi
+                    }
+                })
+                .copied()
+        });
+        match ev["type"].as_str() {
+            Some("acquire") => {
+                let Some(r) = reqid else { return };
+                let Some(conn) = self
+                    .cfg
+                    .conns
+                    .iter()
+                    .find(|c| {
+                        c.children
+                            .iter()
+                            .any(|s| s.reqid == r && s.start_action == StartAction::Trap)
+                    })
+                    .map(|c| c.conn.name.clone())
+                else {
+                    return;
+                };
+                // one negotiation at a time per connection
+                if self
+                    .endpoint
+                    .sas()
+                    .any(|s| s.conn.name == conn && s.state != crate::ike::sa::State::Dead)
+                {
+                    return;
+                }
+                tracing::info!(conn, "ACQUIRE for reqid {r}: initiating");
+                println!("xsec-ike: ACQUIRE for {conn} (reqid {r}): initiating");
+                if let Err(e) = self
+                    .endpoint
+                    .initiate(now, &conn, IKE_PORT, &mut self.installer)
+                {
+                    tracing::error!(conn, "cannot initiate: {e}");
+                }
+            }
+            Some("soft-expire" | "seq-soft") if ev["rekey_needed"] != false => {
+                if let Some(i) = child {
+                    tracing::info!(
+                        "xsecd: soft limit ({}) of {:08x}_i reached: rekeying",
+                        ev["limit"],
+                        i.spi_in
+                    );
+                    self.endpoint
+                        .rekey(now, i.ike, Some(i.spi_in), &mut self.installer);
+                }
+            }
+            Some("hard-expire" | "seq-exhausted") => {
+                if let Some(i) = child {
+                    tracing::info!(
+                        "xsecd: hard limit ({}) of {:08x}_i reached: deleting",
+                        ev["limit"],
+                        i.spi_in
+                    );
+                    self.endpoint
+                        .delete_child(now, i.ike, i.spi_in, &mut self.installer);
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn start(&mut self, now: Instant) {
+        let traps: Vec<(
+            u32,
+            Vec<crate::ike::wire::TrafficSelector>,
+            Vec<crate::ike::wire::TrafficSelector>,
+        )> = self
+            .cfg
+            .conns
+            .iter()
+            .flat_map(|c| {
+                c.conn
+                    .children
+                    .iter()
+                    .zip(&c.children)
+                    .filter(|(_, s)| s.start_action == StartAction::Trap)
+                    .map(|(ch, s)| (s.reqid, ch.local_ts.clone(), ch.remote_ts.clone()))
+            })
+            .collect();
+        for (reqid, l, r) in traps {
+            match self.installer.trap(reqid, &l, &r) {
+                Ok(()) => tracing::info!("trap policies of reqid {reqid} installed"),
+                Err(e) => tracing::error!("trap policies of reqid {reqid}: {e}"),
+            }
+        }
         let starts: Vec<String> = self
             .cfg
             .conns
@@ -568,6 +677,9 @@ impl Daemon {
             .map(|s| PollFd::new(&s.sock, PollFlags::IN))
             .collect();
         fds.push(PollFd::new(&self.server.listener, PollFlags::IN));
+        if let Some(e) = &self.events {
+            fds.push(PollFd::new(&e.wake, PollFlags::IN));
+        }
         let t = Timespec {
             tv_sec: d.as_secs() as _,
             tv_nsec: d.subsec_nanos() as _,
@@ -624,8 +736,16 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         .or_else(|| cfg.socket.clone())
         .unwrap_or_else(|| PathBuf::from(crate::socket::DEFAULT_SOCKET));
     let server = crate::socket::Server::bind(&socket).map_err(DaemonError::Setup)?;
+    let events = match &control {
+        Some(p) if installer.is_connected() => Some(
+            crate::events::Events::spawn(p.clone(), stop.clone())
+                .map_err(|e| DaemonError::Setup(format!("xsecd's events: {e}")))?,
+        ),
+        _ => None,
+    };
     let mut d = Daemon {
         server,
+        events,
         cfg,
         endpoint,
         sockets,
@@ -658,6 +778,11 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         }
         d.endpoint.handle_timeout(now, &mut d.installer);
         d.flush();
+        let evs = d.events.as_mut().map(|e| e.drain()).unwrap_or_default();
+        for ev in evs {
+            d.on_xsecd_event(&ev, now);
+            d.flush();
+        }
         while let Some((s, req)) = d.server.accept() {
             let v = match req {
                 Some(r) => d.command(&r, &opts.config),

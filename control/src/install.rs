@@ -72,11 +72,14 @@ fn selector(local: &TrafficSelector, remote: &TrafficSelector) -> serde_json::Ma
     m
 }
 
-/// Pairs of a Child SA's selectors of the same IP version.
-fn pairs(c: &ChildSaUp) -> Vec<(TrafficSelector, TrafficSelector)> {
+/// Pairs of local and remote selectors of the same IP version.
+fn pairs(
+    local: &[TrafficSelector],
+    remote: &[TrafficSelector],
+) -> Vec<(TrafficSelector, TrafficSelector)> {
     let mut v = vec![];
-    for l in &c.local_ts {
-        for r in &c.remote_ts {
+    for l in local {
+        for r in remote {
             if l.start.is_ipv4() == r.start.is_ipv4() {
                 v.push((*l, *r));
             }
@@ -94,6 +97,17 @@ pub fn sa_id(reqid: u32, inbound: bool, spi: u32) -> String {
 
 fn policy_id(reqid: u32, i: usize) -> String {
     format!("ike-{reqid}-{i}")
+}
+
+/// The limits xsecd enforces on a Child SA's SAs (time hard limit: `life_time`; the
+/// soft time limit is xsec-ike's own `rekey_time` timer).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Lifetime {
+    pub hard_s: Option<u64>,
+    pub soft_bytes: Option<u64>,
+    pub hard_bytes: Option<u64>,
+    pub soft_packets: Option<u64>,
+    pub hard_packets: Option<u64>,
 }
 
 /// The connection to xsecd, or none (`--no-xsecd`: negotiate only).
@@ -190,7 +204,7 @@ impl Installer {
         Ok(n)
     }
 
-    fn sa_json(c: &ChildSaUp, reqid: u32, inbound: bool, life_s: Option<u64>) -> Zeroizing<String> {
+    fn sa_json(c: &ChildSaUp, reqid: u32, inbound: bool, life: &Lifetime) -> Zeroizing<String> {
         let (spi, keys) = if inbound {
             (c.spi_in, &c.keys_in)
         } else {
@@ -220,11 +234,23 @@ impl Installer {
                 sa["keepalive_s"] = KEEPALIVE_S.into();
             }
         }
-        if let Some(h) = life_s {
-            sa["lifetime"] = json!({"hard_s": h});
+        let mut l = serde_json::Map::new();
+        for (k, v) in [
+            ("hard_s", life.hard_s),
+            ("soft_bytes", life.soft_bytes),
+            ("hard_bytes", life.hard_bytes),
+            ("soft_packets", life.soft_packets),
+            ("hard_packets", life.hard_packets),
+        ] {
+            if let Some(v) = v {
+                l.insert(k.into(), v.into());
+            }
+        }
+        if !l.is_empty() {
+            sa["lifetime"] = Value::Object(l);
         }
         if inbound {
-            let sels: Vec<Value> = pairs(c)
+            let sels: Vec<Value> = pairs(&c.local_ts, &c.remote_ts)
                 .iter()
                 .map(|(l, r)| Value::Object(selector(l, r)))
                 .collect();
@@ -266,15 +292,15 @@ impl Installer {
         &mut self,
         c: &ChildSaUp,
         reqid: u32,
-        life_s: Option<u64>,
+        life: &Lifetime,
         old_out: Option<u32>,
     ) -> Result<(), String> {
-        let inbound = Self::sa_json(c, reqid, true, life_s);
+        let inbound = Self::sa_json(c, reqid, true, life);
         let mut args = Zeroizing::new(String::from("{\"sa\":"));
         args.push_str(&inbound);
         args.push('}');
         self.raw("add-sa", &args)?;
-        let outbound = Self::sa_json(c, reqid, false, life_s);
+        let outbound = Self::sa_json(c, reqid, false, life);
         if !c.outbound_now {
             self.pending_out.insert(c.spi_in, (reqid, outbound));
             return Ok(());
@@ -291,7 +317,7 @@ impl Installer {
             ));
         }
         if !self.policies.contains_key(&reqid) {
-            let ps = pairs(c);
+            let ps = pairs(&c.local_ts, &c.remote_ts);
             for (i, (l, r)) in ps.iter().enumerate() {
                 let mut p = selector(l, r);
                 p.insert("id".into(), policy_id(reqid, i).into());
@@ -312,6 +338,35 @@ impl Installer {
             let _ = self.call("del-sa", json!({"id": sa_id(reqid, true, c.spi_in)}));
             return Err(e);
         }
+        Ok(())
+    }
+
+    /// PROTECT policies for a trapped child before any SA exists: its traffic raises an
+    /// ACQUIRE (and is dropped) until the negotiation installs the SAs.
+    pub fn trap(
+        &mut self,
+        reqid: u32,
+        local: &[TrafficSelector],
+        remote: &[TrafficSelector],
+    ) -> Result<(), String> {
+        if self.policies.contains_key(&reqid) || self.client.is_none() {
+            return Ok(());
+        }
+        let ps = pairs(local, remote);
+        let ops: Vec<Value> = ps
+            .iter()
+            .enumerate()
+            .map(|(i, (l, r))| {
+                let mut p = selector(l, r);
+                p.insert("id".into(), policy_id(reqid, i).into());
+                p.insert("direction".into(), "both".into());
+                p.insert("action".into(), "protect".into());
+                p.insert("reqid".into(), reqid.into());
+                json!({"command": "add-policy", "args": {"policy": Value::Object(p)}})
+            })
+            .collect();
+        self.call("batch", json!({ "ops": ops }))?;
+        self.policies.insert(reqid, ps.len());
         Ok(())
     }
 

@@ -6,5 +6,6 @@ pub mod ike;
 
 pub mod config;
 pub mod daemon;
+pub mod events;
 pub mod install;
 pub mod socket;

@@ -135,6 +135,23 @@ impl Endpoint {
         r
     }
 
+    /// Delete the Child SA with inbound SPI `spi_in` of IKE SA `id` (queued behind any
+    /// exchange under way).
+    pub fn delete_child(
+        &mut self,
+        now: Instant,
+        id: u64,
+        spi_in: u32,
+        spis: &mut dyn SpiSource,
+    ) -> bool {
+        let r = self.with_ctx(now, spis, |ctx, sas| match sas.get_mut(&id) {
+            Some(sa) => sa.queue_delete_child(spi_in, ctx),
+            None => false,
+        });
+        self.reap(now, spis);
+        r
+    }
+
     /// Rekey the IKE SA `id` (`Some(spi)`: only its Child SA with that inbound SPI).
     pub fn rekey(
         &mut self,

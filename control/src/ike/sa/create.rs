@@ -75,13 +75,32 @@ fn asked_group(n: &Notify) -> Option<Group> {
 }
 
 impl IkeSa {
-    /// Queue a rekey of the Child SA with this inbound SPI.
+    /// Queue a rekey of the Child SA with this inbound SPI (once: a rekey under way is not
+    /// started again).
     pub fn rekey_child(&mut self, spi_in: u32, ctx: &mut Ctx<'_>) -> bool {
-        if self.state != State::Established || !self.children.iter().any(|c| c.spi_in == spi_in) {
+        let Some(c) = self.children.iter().find(|c| c.spi_in == spi_in) else {
             return false;
+        };
+        if self.state != State::Established {
+            return false;
+        }
+        if c.rekeying {
+            return true;
         }
         if !self.queue.contains(&Task::RekeyChild(spi_in)) {
             self.queue.push_back(Task::RekeyChild(spi_in));
+        }
+        self.run_queue(ctx);
+        true
+    }
+
+    /// Queue the deletion of the Child SA with this inbound SPI.
+    pub fn queue_delete_child(&mut self, spi_in: u32, ctx: &mut Ctx<'_>) -> bool {
+        if self.state != State::Established || !self.children.iter().any(|c| c.spi_in == spi_in) {
+            return false;
+        }
+        if !self.queue.contains(&Task::DeleteChild(spi_in)) {
+            self.queue.push_back(Task::DeleteChild(spi_in));
         }
         self.run_queue(ctx);
         true
