@@ -230,7 +230,7 @@ impl Installer {
             sa["encap"] = "nat-t".into();
             sa["local_port"] = c.local.port().into();
             sa["remote_port"] = c.remote.port().into();
-            if !inbound {
+            if !inbound && c.keepalive {
                 sa["keepalive_s"] = KEEPALIVE_S.into();
             }
         }

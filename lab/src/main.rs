@@ -48,6 +48,10 @@ enum Cmd {
         /// Namespace prefix.
         #[arg(long, default_value = "xsec-lab")]
         prefix: String,
+        /// Negotiate the SAs with xsec-ike (this executable) on both gateways, PSK, instead
+        /// of manual keys; rekeys are shown as they happen.
+        #[arg(long, value_name = "XSEC_IKE", conflicts_with_all = ["plain", "udp_tunnel"])]
+        ike: Option<PathBuf>,
     },
     /// Packets/s and Gbps hA -> hB through two xsecd (AES-128-GCM tunnel) and through plain
     /// kernel forwarding on the same topology, in one run; medians over the repeats.
@@ -500,6 +504,7 @@ fn main() -> ExitCode {
             plain,
             keep,
             prefix,
+            ike,
         } => {
             let Some(stop) = stop_flag() else {
                 return ExitCode::FAILURE;
@@ -512,6 +517,7 @@ fn main() -> ExitCode {
                 }
             };
             let o = demo::RunOptions {
+                ike,
                 xsecd,
                 seconds: seconds.max(1),
                 nat,

@@ -29,7 +29,7 @@ commands:
   fuzz [--seconds N] [TARGET...]
         fuzz each target (default: all of fuzz/fuzz_targets/) for N seconds (default 60)
         and report executions, exec/s, corpus size and crashes. Corpora: fuzz/corpus/.
-  lab [--seconds N] [--nat] [--udp-tunnel] [--plain] [--keep]
+  lab [--seconds N] [--nat] [--udp-tunnel] [--plain] [--ike] [--keep]
         install what the lab needs (iproute2, nftables, ethtool, ping, tcpdump, tshark;
         the eBPF toolchain if it can), build xsecd and xsec-lab, then run the lab:
         network namespaces host A - gateway A - [NAT router] - gateway B - host B, two
@@ -37,8 +37,9 @@ commands:
         counters, a capture of the middle link checked to carry only ESP and decrypted by
         tshark. --nat puts a masquerading router between the gateways (NAT-T, UDP 4500),
         --udp-tunnel uses ESP-in-UDP on port 2746 with heartbeats, --plain runs the same
-        topology with kernel forwarding and no IPsec (the baseline), --keep leaves it up.
-        Exits 0 only if encrypted traffic flowed both ways.
+        topology with kernel forwarding and no IPsec (the baseline), --ike negotiates the
+        SAs with xsec-ike on both gateways (IKEv2, PSK; rekeys shown live) instead of
+        manual keys, --keep leaves it up. Exits 0 only if encrypted traffic flowed both ways.
   ebpf  build the XDP program (ebpf/) and refresh the checked-in xsecd/bpf/xsec_xdp.o that
         xsecd embeds (installs nightly rust-src and bpf-linker 0.10 if missing)
   help  this text
@@ -126,7 +127,7 @@ fn main() -> ExitCode {
                             return usage_error(&e);
                         }
                     }
-                    "--nat" | "--udp-tunnel" | "--plain" | "--keep" => {}
+                    "--nat" | "--udp-tunnel" | "--plain" | "--keep" | "--ike" => {}
                     f if f.starts_with('-') => {
                         return usage_error(&format!("lab: unknown argument {a:?}"));
                     }
@@ -188,20 +189,32 @@ fn lab(args: &[String]) -> ExitCode {
     let _ = ebpf_object(&root);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = std::process::Command::new(&cargo);
-    build
-        .current_dir(&root)
-        .args(["build", "--release", "-p", "xsecd", "-p", "xsec-lab"]);
+    build.current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "xsecd",
+        "-p",
+        "xsec-lab",
+        "-p",
+        "xsec-ike",
+    ]);
     if !proc::inherit(&mut build) {
         eprintln!("xtask lab: build failed");
         return ExitCode::FAILURE;
     }
     let bin = root.join("target/release");
     let mut cmd = std::process::Command::new(bin.join("xsec-lab"));
-    cmd.arg("run")
-        .arg("--xsecd")
-        .arg(bin.join("xsecd"))
-        .args(args)
-        .current_dir(&root);
+    cmd.arg("run").arg("--xsecd").arg(bin.join("xsecd"));
+    for a in args {
+        // `--ike`: the IKE daemon built above negotiates the SAs
+        if a == "--ike" {
+            cmd.arg("--ike").arg(bin.join("xsec-ike"));
+        } else {
+            cmd.arg(a);
+        }
+    }
+    cmd.current_dir(&root);
     if proc::inherit(&mut cmd) {
         ExitCode::SUCCESS
     } else {

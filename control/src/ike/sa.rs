@@ -107,6 +107,8 @@ pub struct ChildSaUp {
     pub remote: SocketAddr,
     /// UDP-encapsulated ESP (RFC 3948) on the IKE SA's ports.
     pub encap: bool,
+    /// A NAT is in front of us: send NAT keepalives to hold its mapping.
+    pub keepalive: bool,
     pub keys_in: EspKeys,
     pub keys_out: EspKeys,
     /// The inbound SPI of the Child SA this one replaces (a rekey).
@@ -1061,6 +1063,7 @@ impl IkeSa {
             local: self.local,
             remote: self.remote,
             encap: self.encap(),
+            keepalive: self.nat_local,
             keys_in,
             keys_out,
             replaces,
