@@ -39,6 +39,30 @@ const PAIRS: &[(&str, &str)] = &[
     ("mcp-transport-a.toml", "mcp-transport-b.toml"),
 ];
 
+/// xsec-ike's examples: its two configurations and secrets file are tested in
+/// control/tests/examples.rs; the xsecd file beside them here.
+const IKE_EXAMPLES: &[&str] = &[
+    "tk800-ike-a.toml",
+    "tk800-ike-b.toml",
+    "tk800-ike-secrets.toml",
+    "tk800-ike-xsecd.toml",
+];
+
+/// The gateway of an IKE setup starts with no SA and no policy: everything between the
+/// subnets is discarded until xsec-ike installs a Child SA, and the file says so.
+#[test]
+fn ike_gateway_example_loads_with_nothing_allowed() {
+    let c = config::load(&example("tk800-ike-xsecd.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.sas.is_empty());
+    assert!(c.spd.outbound.is_empty() && c.spd.inbound.is_empty());
+    let w: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("no [[policy]]: all outbound traffic is discarded"),
+        "{w:?}"
+    );
+}
+
 #[test]
 fn every_example_is_tested() {
     let mut on_disk: Vec<String> = std::fs::read_dir(example(""))
@@ -50,6 +74,7 @@ fn every_example_is_tested() {
     let mut listed: Vec<String> = PAIRS
         .iter()
         .flat_map(|(a, b)| [a.to_string(), b.to_string()])
+        .chain(IKE_EXAMPLES.iter().map(|n| n.to_string()))
         .collect();
     listed.sort();
     assert_eq!(on_disk, listed);
