@@ -377,6 +377,7 @@ fn read_child(
             mode: mode?,
             rekey_time,
             life_time,
+            auto_start: start_action == Some(StartAction::Start),
         },
         ChildSettings {
             name: name.to_owned(),

@@ -381,33 +381,32 @@ impl Daemon {
         match ev["type"].as_str() {
             Some("acquire") => {
                 let Some(r) = reqid else { return };
-                let Some(conn) = self
-                    .cfg
-                    .conns
-                    .iter()
-                    .find(|c| {
-                        c.children
-                            .iter()
-                            .any(|s| s.reqid == r && s.start_action == StartAction::Trap)
-                    })
-                    .map(|c| c.conn.name.clone())
-                else {
+                let Some((conn, child)) = self.cfg.conns.iter().find_map(|c| {
+                    c.children
+                        .iter()
+                        .find(|s| s.reqid == r && s.start_action == StartAction::Trap)
+                        .map(|s| (c.conn.name.clone(), s.name.clone()))
+                }) else {
                     return;
                 };
-                // one negotiation at a time per connection
-                if self
-                    .endpoint
-                    .sas()
-                    .any(|s| s.conn.name == conn && s.state != crate::ike::sa::State::Dead)
-                {
+                // already up, or a negotiation under way: nothing to start
+                let busy = self.endpoint.sas().any(|s| {
+                    s.conn.name == conn
+                        && (s.state != crate::ike::sa::State::Established
+                            || s.children.iter().any(|c| c.cfg == child))
+                });
+                if busy {
                     return;
                 }
-                tracing::info!(conn, "ACQUIRE for reqid {r}: initiating");
+                tracing::info!(conn, child, "ACQUIRE for reqid {r}: initiating");
                 println!("xsec-ike: ACQUIRE for {conn} (reqid {r}): initiating");
-                if let Err(e) = self
-                    .endpoint
-                    .initiate(now, &conn, IKE_PORT, &mut self.installer)
-                {
+                if let Err(e) = self.endpoint.initiate_child(
+                    now,
+                    &conn,
+                    Some(&child),
+                    IKE_PORT,
+                    &mut self.installer,
+                ) {
                     tracing::error!(conn, "cannot initiate: {e}");
                 }
             }

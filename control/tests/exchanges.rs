@@ -73,6 +73,7 @@ fn conn(me: &str, peer: &str, my_id: &str, peer_id: &str, s: &Side) -> Arc<Conne
             mode: s.mode,
             rekey_time: s.child_rekey,
             life_time: None,
+            auto_start: true,
         }],
         dpd_delay: s.dpd,
         dpd_action: DpdAction::Clear,
@@ -935,4 +936,78 @@ fn terminate_during_the_grace_period_reports_every_child_down() {
     want.sort();
     assert_eq!(d, want);
     assert_eq!(downs(&n.events_b).len(), 2);
+}
+
+/// A connection with two children that both start: the first rides in IKE_AUTH, the second
+/// follows in a CREATE_CHILD_SA; a third, not started, comes up when asked
+/// (`initiate_child`, as an ACQUIRE does), over the same IKE SA.
+#[test]
+fn further_children_in_create_child_sa() {
+    let two = |me: &str, peer: &str, my: &str, their: &str, nets: [(&str, &str); 3]| {
+        let base = conn(me, peer, my, their, &Side::default());
+        let mut children = vec![];
+        for (i, (l, r)) in nets.iter().enumerate() {
+            let mut c = base.children[0].clone();
+            c.name = ["net-net", "mgmt", "backup"][i].into();
+            c.local_ts = vec![net(l)];
+            c.remote_ts = vec![net(r)];
+            c.auto_start = i < 2;
+            children.push(c);
+        }
+        Arc::new(Connection {
+            name: base.name.clone(),
+            local_addr: base.local_addr,
+            remote_addr: base.remote_addr,
+            local_id: base.local_id.clone(),
+            remote_id: base.remote_id.clone(),
+            psk: base.psk.clone(),
+            ike: base.ike.clone(),
+            children,
+            dpd_delay: None,
+            dpd_action: DpdAction::Clear,
+            rekey_time: None,
+        })
+    };
+    let nets_a = [
+        ("10.1.0.0/24", "10.2.0.0/24"),
+        ("10.1.99.0/24", "10.2.99.0/24"),
+        ("10.1.7.0/24", "10.2.7.0/24"),
+    ];
+    let nets_b = nets_a.map(|(l, r)| (r, l));
+    let mut n = Net::new(Side::default(), b_side());
+    n.a = Endpoint::new(
+        vec![two(A, B, "gw-a.example", "gw-b.example", nets_a)],
+        timing(),
+        n.now,
+    );
+    n.b = Endpoint::new(
+        vec![two(B, A, "gw-b.example", "gw-a.example", nets_b)],
+        timing(),
+        n.now,
+    );
+    n.connect();
+    let (ca, cb) = (child_ups(&n.events_a), child_ups(&n.events_b));
+    assert_eq!(
+        ca.iter().map(|c| c.child.as_str()).collect::<Vec<_>>(),
+        ["net-net", "mgmt"]
+    );
+    assert_eq!(ca.len(), cb.len());
+    for (x, y) in ca.iter().zip(&cb) {
+        assert_child_pair(x, y);
+    }
+    assert_eq!(ca[1].local_ts, vec![net("10.1.99.0/24")]);
+    let id =
+        n.a.initiate_child(n.now, "gw-gw", Some("backup"), 500, &mut RandomSpis)
+            .expect("backup");
+    n.run();
+    assert_eq!(n.a.sas().count(), 1, "the same IKE SA carries it");
+    assert_eq!(n.a.sas().next().expect("sa").id(), id);
+    let (ca, cb) = (child_ups(&n.events_a), child_ups(&n.events_b));
+    assert_eq!(ca.len(), 3);
+    assert_eq!(ca[2].child, "backup");
+    assert_child_pair(ca[2], cb[2]);
+    assert!(
+        n.a.initiate_child(n.now, "gw-gw", Some("nope"), 500, &mut RandomSpis)
+            .is_err()
+    );
 }

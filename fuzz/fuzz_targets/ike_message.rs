@@ -40,6 +40,7 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
                 mode: Mode::Tunnel,
                 rekey_time: None,
                 life_time: None,
+                auto_start: true,
             }],
             dpd_delay: None,
             dpd_action: DpdAction::Clear,

@@ -36,6 +36,7 @@ fn conn(local: &str, remote: Option<&str>, id: &str, proposals: &[&str]) -> Arc<
             mode: Mode::Tunnel,
             rekey_time: None,
             life_time: None,
+            auto_start: true,
         }],
         dpd_delay: None,
         dpd_action: DpdAction::Clear,

@@ -49,6 +49,9 @@ pub struct ChildConfig {
     pub rekey_time: Option<Duration>,
     /// Delete this long after creation if not rekeyed (hard lifetime).
     pub life_time: Option<Duration>,
+    /// Negotiate it whenever its connection's IKE SA is initiated (swanctl's
+    /// `start_action = start`); otherwise only when asked (a trap's ACQUIRE, `initiate`).
+    pub auto_start: bool,
 }
 
 /// A connection (swanctl's `connections.<name>`).

@@ -180,12 +180,45 @@ impl Endpoint {
         local_port: u16,
         spis: &mut dyn SpiSource,
     ) -> Result<u64, String> {
+        self.initiate_child(now, name, None, local_port, spis)
+    }
+
+    /// Bring up the child `child` of connection `name` (or its default one): over the
+    /// connection's established IKE SA if it has one (CREATE_CHILD_SA), else with a new IKE
+    /// SA whose IKE_AUTH carries it. Returns the IKE SA's handle.
+    pub fn initiate_child(
+        &mut self,
+        now: Instant,
+        name: &str,
+        child: Option<&str>,
+        local_port: u16,
+        spis: &mut dyn SpiSource,
+    ) -> Result<u64, String> {
         let conn = self
             .conns
             .iter()
             .find(|c| c.name == name)
             .cloned()
             .ok_or_else(|| format!("no connection {name:?}"))?;
+        if let Some(c) = child
+            && !conn.children.iter().any(|x| x.name == c)
+        {
+            return Err(format!("connection {name:?} has no child {c:?}"));
+        }
+        if let Some(c) = child
+            && let Some(id) = self
+                .sas
+                .values()
+                .find(|s| s.conn.name == name && s.state == super::sa::State::Established)
+                .map(|s| s.id())
+        {
+            self.with_ctx(now, spis, |ctx, sas| {
+                if let Some(sa) = sas.get_mut(&id) {
+                    sa.create_child(c, ctx);
+                }
+            });
+            return Ok(id);
+        }
         let remote = conn
             .remote_addr
             .ok_or_else(|| format!("connection {name:?} has no remote address to initiate to"))?;
@@ -195,6 +228,7 @@ impl Endpoint {
         let r = self.with_ctx(now, spis, |ctx, sas| {
             let sa = IkeSa::initiate(
                 conn,
+                child,
                 SocketAddr::new(local, local_port),
                 SocketAddr::new(remote, super::sa::IKE_PORT),
                 ctx,

@@ -495,6 +495,7 @@ impl IkeSa {
     /// Start an IKE SA for `conn` (with its first child, if it has one).
     pub fn initiate(
         conn: Arc<Connection>,
+        first_child: Option<&str>,
         local: SocketAddr,
         remote: SocketAddr,
         ctx: &mut Ctx<'_>,
@@ -506,7 +507,17 @@ impl IkeSa {
             .copied()
             .ok_or("the connection has no IKE proposal")?;
         let ke = KeyPair::generate(group).map_err(|e| e.to_string())?;
-        let initial_child = conn.children.first().map(|c| c.name.clone());
+        // the child asked for, else the first one that starts with its connection, else
+        // the first one
+        let initial_child = first_child
+            .map(str::to_owned)
+            .or_else(|| {
+                conn.children
+                    .iter()
+                    .find(|c| c.auto_start)
+                    .map(|c| c.name.clone())
+            })
+            .or_else(|| conn.children.first().map(|c| c.name.clone()));
         let mut sa = IkeSa {
             conn,
             initiator: true,
@@ -941,6 +952,14 @@ impl IkeSa {
         self.msg1 = vec![];
         self.msg2 = vec![];
         self.rekey_at = self.conn.rekey_time.map(|t| ctx.now + t);
+        // the other children that start with the connection follow in CREATE_CHILD_SA
+        if self.initiator {
+            for c in self.conn.children.iter().filter(|c| c.auto_start) {
+                if self.initial_child.as_deref() != Some(c.name.as_str()) {
+                    self.queue.push_back(create::Task::NewChild(c.name.clone()));
+                }
+            }
+        }
         if let Some(alg) = self.alg {
             ctx.events.push_back(Event::IkeUp {
                 ike: self.id(),

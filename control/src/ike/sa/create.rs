@@ -31,6 +31,8 @@ pub(crate) enum Task {
     RekeyChild(u32),
     RekeyIke,
     DeleteChild(u32),
+    /// A further Child SA of this configured child.
+    NewChild(String),
 }
 
 /// A CREATE_CHILD_SA exchange we started.
@@ -130,6 +132,7 @@ impl IkeSa {
                 Task::DeleteChild(spi) => {
                     self.delete_child(spi, ctx);
                 }
+                Task::NewChild(name) => self.start_new_child(&name, None, ctx),
             }
         }
     }
@@ -219,6 +222,83 @@ impl IkeSa {
                 ke,
                 ni,
                 rekey: Some(spi_in),
+            }),
+            ctx,
+        );
+    }
+
+    /// Queue a new Child SA of the configured child `name` (an ACQUIRE, `initiate`).
+    pub fn create_child(&mut self, name: &str, ctx: &mut Ctx<'_>) -> bool {
+        if self.state != State::Established || !self.conn.children.iter().any(|c| c.name == name) {
+            return false;
+        }
+        let t = Task::NewChild(name.to_owned());
+        if !self.queue.contains(&t) {
+            self.queue.push_back(t);
+        }
+        self.run_queue(ctx);
+        true
+    }
+
+    fn start_new_child(&mut self, name: &str, group: Option<Group>, ctx: &mut Ctx<'_>) {
+        let Some(cfg) = self.conn.children.iter().find(|c| c.name == name).cloned() else {
+            return;
+        };
+        let Some(spi) = ctx.spis.inbound_spi() else {
+            tracing::warn!(ike = self.id(), "no inbound SPI for a new Child SA");
+            return;
+        };
+        let group = group.or_else(|| cfg.esp.first().and_then(|s| s.groups.first().copied()));
+        let ke = match group.map(KeyPair::generate) {
+            Some(Ok(k)) => Some(k),
+            Some(Err(e)) => {
+                tracing::error!(ike = self.id(), "key exchange: {e}");
+                return;
+            }
+            None => None,
+        };
+        let offer = ChildOffer {
+            cfg: cfg.name.clone(),
+            spi_in: spi,
+            suites: cfg.esp.clone(),
+            tsi: cfg.local_ts.clone(),
+            tsr: cfg.remote_ts.clone(),
+            mode: cfg.mode,
+        };
+        let ni = nonce();
+        let mut p = vec![];
+        if offer.mode == Mode::Transport {
+            p.push(Payload::Notify(Notify::new(
+                NotifyType::USE_TRANSPORT_MODE,
+                vec![],
+            )));
+        }
+        p.push(Payload::Sa(
+            offer
+                .suites
+                .iter()
+                .enumerate()
+                .map(|(i, s)| s.proposal(i as u8 + 1, ProtocolId::ESP, spi.to_be_bytes().to_vec()))
+                .collect(),
+        ));
+        p.push(Payload::Nonce(ni.clone()));
+        if let Some(k) = &ke {
+            p.push(Payload::Ke {
+                group: k.group().id(),
+                data: k.public().to_vec(),
+            });
+        }
+        p.push(Payload::TsI(offer.tsi.clone()));
+        p.push(Payload::TsR(offer.tsr.clone()));
+        tracing::info!(ike = self.id(), "creating a CHILD_SA of {name}");
+        self.request(
+            ExchangeType::CREATE_CHILD_SA,
+            &p,
+            Request::Create(Create::Child {
+                offer,
+                ke,
+                ni,
+                rekey: None,
             }),
             ctx,
         );
@@ -331,6 +411,11 @@ impl IkeSa {
                         c.rekeying = false;
                     }
                     return self.start_child_rekey(old, Some(g), ctx);
+                }
+                (Some(g), None)
+                    if ours.contains(&g) && ke.as_ref().is_none_or(|k| k.group() != g) =>
+                {
+                    return self.start_new_child(&offer.cfg, Some(g), ctx);
                 }
                 _ => {
                     return self.child_failed(
