@@ -58,6 +58,8 @@ pub struct IkeConfig {
     pub control: Option<PathBuf>,
     pub timing: Timing,
     pub cookie_threshold: usize,
+    /// How many of the connections that start at once may be in negotiation together.
+    pub initiate_window: usize,
     /// Our own control socket, for `xsecctl ike ...`.
     pub socket: Option<PathBuf>,
     pub conns: Vec<ConnEntry>,
@@ -518,6 +520,7 @@ pub fn parse(text: &str, path: &Path) -> Result<IkeConfig, ConfigError> {
         let mut root = Table::root(doc);
         let mut timing = Timing::default();
         let mut cookie_threshold = 10;
+        let mut initiate_window = 32;
         let mut control = None;
         let mut socket = None;
         if let Some(v) = root.get("ike") {
@@ -551,6 +554,12 @@ pub fn parse(text: &str, path: &Path) -> Result<IkeConfig, ConfigError> {
                     if let Some(c) = t.get("retransmit_tries") {
                         match c.uint(0u32, 20) {
                             Ok(n) => timing.retransmit_tries = n,
+                            Err(f) => fails.push(f),
+                        }
+                    }
+                    if let Some(c) = t.get("initiate_window") {
+                        match c.uint(1u32, 100_000) {
+                            Ok(n) => initiate_window = n as usize,
                             Err(f) => fails.push(f),
                         }
                     }
@@ -593,6 +602,7 @@ pub fn parse(text: &str, path: &Path) -> Result<IkeConfig, ConfigError> {
             control,
             timing,
             cookie_threshold,
+            initiate_window,
             socket,
             conns: vec![],
             warnings: vec![],

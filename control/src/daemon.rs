@@ -99,6 +99,8 @@ struct Daemon {
     installer: Installer,
     installed: HashMap<u32, Installed>,
     stats: LoopStats,
+    /// Connections waiting to be initiated (`pump_starts`).
+    starts: std::collections::VecDeque<String>,
 }
 
 impl Daemon {
@@ -308,6 +310,9 @@ impl Daemon {
                 tracing::info!(conn, "IKE_SA rekeyed: {old:016x} -> {new:016x}");
                 println!("xsec-ike: IKE_SA {conn}[{old:016x}] rekeyed to [{new:016x}]");
             }
+            Event::InitialContact { conn, peer_id, .. } => {
+                tracing::info!(conn, "INITIAL_CONTACT from {peer_id}");
+            }
             Event::PeerMoved { ike, remote } => {
                 let mine: Vec<Installed> = self
                     .installed
@@ -471,13 +476,31 @@ impl Daemon {
             })
             .map(|c| c.conn.name.clone())
             .collect();
-        for name in starts {
+        self.starts.extend(starts);
+        self.pump_starts(now);
+    }
+
+    /// Initiate queued connections, keeping at most `initiate_window` of our IKE SAs in
+    /// negotiation at once (a thousand tunnels starting together would otherwise overrun
+    /// the peer's socket buffers and retransmit).
+    fn pump_starts(&mut self, now: Instant) {
+        use crate::ike::sa::State;
+        let mut busy = self
+            .endpoint
+            .sas()
+            .filter(|s| s.initiator && matches!(s.state, State::InitSent | State::AuthSent))
+            .count();
+        while busy < self.cfg.initiate_window.max(1) {
+            let Some(name) = self.starts.pop_front() else {
+                return;
+            };
             if let Err(e) = self
                 .endpoint
                 .initiate(now, &name, IKE_PORT, &mut self.installer)
             {
                 tracing::error!(conn = name, "cannot initiate: {e}");
             }
+            busy += 1;
             self.flush();
         }
     }
@@ -751,6 +774,7 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         installer,
         installed: HashMap::new(),
         stats: LoopStats::default(),
+        starts: Default::default(),
     };
     println!(
         "xsec-ike: ready ({} connections{})",
@@ -777,6 +801,9 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         }
         d.endpoint.handle_timeout(now, &mut d.installer);
         d.flush();
+        if !d.starts.is_empty() {
+            d.pump_starts(now);
+        }
         let evs = d.events.as_mut().map(|e| e.drain()).unwrap_or_default();
         for ev in evs {
             d.on_xsecd_event(&ev, now);

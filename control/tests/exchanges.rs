@@ -1011,3 +1011,43 @@ fn further_children_in_create_child_sa() {
             .is_err()
     );
 }
+
+/// INITIAL_CONTACT: a restarted peer's first IKE SA makes the responder drop the IKE SAs it
+/// still had with that identity (and their Child SAs), without a DELETE; a second IKE SA
+/// from a peer that has one already carries no INITIAL_CONTACT and replaces nothing.
+#[test]
+fn initial_contact_replaces_the_stale_sas_of_a_restarted_peer() {
+    let mut n = Net::new(Side::default(), b_side());
+    n.connect();
+    let old_b = child_ups(&n.events_b)[0].spi_in;
+    // a second IKE SA from the same, running, peer
+    n.a.initiate(n.now, "gw-gw", 500, &mut RandomSpis)
+        .expect("second");
+    n.run();
+    assert_eq!(n.b.sas().count(), 2, "no INITIAL_CONTACT the second time");
+    assert!(downs(&n.events_b).is_empty());
+    // the peer restarts: a fresh endpoint, the first IKE SA again
+    n.a = Endpoint::new(
+        vec![conn(A, B, "gw-a.example", "gw-b.example", &Side::default())],
+        timing(),
+        n.now,
+    );
+    n.a.initiate(n.now, "gw-gw", 500, &mut RandomSpis)
+        .expect("after restart");
+    n.run();
+    assert_eq!(n.b.sas().count(), 1, "the stale IKE SAs are gone");
+    assert!(downs(&n.events_b).contains(&old_b));
+    assert!(n.events_b.iter().any(|e| matches!(
+        e,
+        Event::IkeDown {
+            reason: Reason::Local("replaced (INITIAL_CONTACT)"),
+            ..
+        }
+    )));
+    // nothing was sent to the peer about them
+    assert!(
+        !n.events_a
+            .iter()
+            .any(|e| matches!(e, Event::IkeDown { .. }))
+    );
+}

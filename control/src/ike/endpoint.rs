@@ -225,14 +225,20 @@ impl Endpoint {
         let local = conn
             .local_addr
             .ok_or_else(|| format!("connection {name:?} has no local address to initiate from"))?;
+        // INITIAL_CONTACT only for the first IKE SA with this peer
+        let first = !self
+            .sas
+            .values()
+            .any(|s| s.remote.ip() == remote && s.state != super::sa::State::Dead);
         let r = self.with_ctx(now, spis, |ctx, sas| {
-            let sa = IkeSa::initiate(
+            let mut sa = IkeSa::initiate(
                 conn,
                 child,
                 SocketAddr::new(local, local_port),
                 SocketAddr::new(remote, super::sa::IKE_PORT),
                 ctx,
             )?;
+            sa.send_initial_contact = first;
             let id = sa.id();
             sas.insert(id, sa);
             Ok(id)
@@ -342,7 +348,50 @@ impl Endpoint {
             self.stats.dropped_unknown_spi += 1;
             tracing::debug!(%remote, "dropping an IKE message for an unknown SA");
         }
+        self.initial_contact(now, spis);
         self.reap(now, spis);
+    }
+
+    /// INITIAL_CONTACT: remove our other IKE SAs with the same peer identity on the same
+    /// connection, and their Child SAs, without a DELETE (the peer has lost them).
+    fn initial_contact(&mut self, now: Instant, spis: &mut dyn SpiSource) {
+        let contacts: Vec<(u64, String, String)> = self
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::InitialContact { ike, conn, peer_id } => {
+                    Some((*ike, conn.clone(), peer_id.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        for (ike, conn, peer) in contacts {
+            let stale: Vec<u64> = self
+                .sas
+                .values()
+                .filter(|s| {
+                    s.id() != ike
+                        && s.conn.name == conn
+                        && s.peer_id.as_ref().is_some_and(|p| p.to_string() == peer)
+                })
+                .map(|s| s.id())
+                .collect();
+            if stale.is_empty() {
+                continue;
+            }
+            tracing::info!(
+                conn,
+                "INITIAL_CONTACT from {peer}: removing {} stale IKE SA(s)",
+                stale.len()
+            );
+            self.with_ctx(now, spis, |ctx, sas| {
+                for id in stale {
+                    if let Some(sa) = sas.get_mut(&id) {
+                        sa.forget(Reason::Local("replaced (INITIAL_CONTACT)"), ctx);
+                    }
+                }
+            });
+        }
     }
 
     fn on_init_request(

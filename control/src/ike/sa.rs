@@ -192,6 +192,13 @@ pub enum Event {
         new: u64,
         conn: String,
     },
+    /// The peer authenticated with INITIAL_CONTACT: our other IKE SAs with it are stale
+    /// (the endpoint removes them without a DELETE, RFC 7296 §2.4).
+    InitialContact {
+        ike: u64,
+        conn: String,
+        peer_id: String,
+    },
     /// The peer moved (NAT mapping changed; seen in an authenticated message).
     PeerMoved {
         ike: u64,
@@ -353,6 +360,9 @@ pub struct IkeSa {
     pub rekey_at: Option<Instant>,
     /// Replaced by a rekey: its deletion is no failure.
     rekeyed: bool,
+    /// Send INITIAL_CONTACT in IKE_AUTH (the endpoint clears it when another IKE SA with
+    /// the peer exists).
+    pub send_initial_contact: bool,
     /// The group an INVALID_KE_PAYLOAD answer names.
     wanted_group: Option<Group>,
     /// The IKE SA our answer to a rekey created, handed to the endpoint after the answer.
@@ -551,6 +561,7 @@ impl IkeSa {
             rekeyed: false,
             wanted_group: None,
             successor_out: None,
+            send_initial_contact: true,
         };
         sa.send_init(ke, None, ctx);
         Ok(sa)
@@ -634,6 +645,11 @@ impl IkeSa {
             }
             Err(e) => tracing::error!(ike = self.id(), "cannot protect a response: {e}"),
         }
+    }
+
+    /// Drop the IKE SA and its Child SAs without telling the peer.
+    pub fn forget(&mut self, reason: Reason, ctx: &mut Ctx<'_>) {
+        self.fail(reason, ctx);
     }
 
     fn fail(&mut self, reason: Reason, ctx: &mut Ctx<'_>) {
@@ -829,10 +845,12 @@ impl IkeSa {
             },
         );
         let mut p = vec![Payload::IdI(id)];
-        p.push(Payload::Notify(Notify::new(
-            NotifyType::INITIAL_CONTACT,
-            vec![],
-        )));
+        if self.send_initial_contact {
+            p.push(Payload::Notify(Notify::new(
+                NotifyType::INITIAL_CONTACT,
+                vec![],
+            )));
+        }
         if let Some(r) = &self.conn.remote_id {
             p.push(Payload::IdR(r.clone()));
         }
@@ -1189,6 +1207,7 @@ impl IkeSa {
             rekeyed: false,
             wanted_group: None,
             successor_out: None,
+            send_initial_contact: true,
         };
         if ike.derive(&ke, kdata, alg).is_err() {
             return Err(err(NotifyType::INVALID_SYNTAX, vec![]));
@@ -1331,6 +1350,13 @@ impl IkeSa {
         };
         self.respond(ExchangeType::IKE_AUTH, id, &out, ctx);
         self.establish(ctx);
+        if find_notify(p, NotifyType::INITIAL_CONTACT).is_some() {
+            ctx.events.push_back(Event::InitialContact {
+                ike: self.id(),
+                conn: self.conn.name.clone(),
+                peer_id: idi.to_string(),
+            });
+        }
         if let Some(c) = child {
             let (ni, nr) = (self.ni.clone(), self.nr.clone());
             self.child_up(c, None, (&ni, &nr), false, None, true, ctx);

@@ -690,6 +690,7 @@ impl IkeSa {
             rekeyed: false,
             wanted_group: None,
             successor_out: None,
+            send_initial_contact: false,
         })
     }
 
