@@ -34,6 +34,7 @@ pub mod capacity;
 pub mod config;
 pub mod demo;
 pub mod fuzz;
+pub mod ikebench;
 pub mod ndr;
 pub mod plot;
 pub mod procs;

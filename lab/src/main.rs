@@ -53,6 +53,33 @@ enum Cmd {
         #[arg(long, value_name = "XSEC_IKE", conflicts_with_all = ["plain", "udp_tunnel"])]
         ike: Option<PathBuf>,
     },
+    /// IKE SA + Child SA setups per second (PSK) for xsec-ike and strongSwan's charon in
+    /// every pairing, interleaved in one run; memory per IKE SA of each responder.
+    IkeBench {
+        /// The xsec-ike executable.
+        #[arg(long)]
+        ike: PathBuf,
+        /// Tunnels per measurement.
+        #[arg(long, default_value_t = 300)]
+        tunnels: usize,
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// IKE proposals, comma-separated (strongSwan syntax).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "aes128gcm16-prfsha256-x25519,aes128gcm16-prfsha256-modp2048"
+        )]
+        proposals: Vec<String>,
+        /// Tunnels of the memory measurement (0: skip it).
+        #[arg(long, default_value_t = 10000)]
+        memory_tunnels: usize,
+        #[arg(long, default_value = "xsec-ikeb")]
+        prefix: String,
+        /// Write the results here as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Packets/s and Gbps hA -> hB through two xsecd (AES-128-GCM tunnel) and through plain
     /// kernel forwarding on the same topology, in one run; medians over the repeats.
     Bench {
@@ -317,6 +344,32 @@ fn stop_flag() -> Option<Arc<AtomicBool>> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::IkeBench {
+            ike,
+            tunnels,
+            repeat,
+            proposals,
+            memory_tunnels,
+            prefix,
+            json,
+        } => {
+            let o = xsec_lab::ikebench::IkeBenchOptions {
+                ike,
+                tunnels,
+                repeat,
+                proposals,
+                memory_tunnels,
+                prefix,
+                json,
+            };
+            match xsec_lab::ikebench::run(&o) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("xsec-lab ike-bench: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Bench {
             xsecd,
             seconds,
