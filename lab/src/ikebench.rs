@@ -384,8 +384,15 @@ pub fn run(o: &IkeBenchOptions) -> Result<Value> {
             );
         }
     }
+    let info = crate::sysstat::cpuinfo();
     let v = json!({
         "bench": "ike-setups",
+        "cpu": {
+            "model": info.model,
+            "cpus": info.cpus,
+            "flags": info.flags.iter().map(|(f, h)| (f.to_string(), json!(h))).collect::<serde_json::Map<_, _>>(),
+        },
+        "options": {"tunnels": o.tunnels, "repeat": o.repeat, "proposals": o.proposals, "memory_tunnels": o.memory_tunnels},
         "method": "N connections start at once on the initiator (gwA, CPU 0) towards one responder connection (gwB, CPU 1); rate = N / time to the N-th Child SA on the initiator; xsec-ike without xsecd, charon with kernel-libipsec (no routes)",
         "results": results,
         "memory": memory,
