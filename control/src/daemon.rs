@@ -160,6 +160,29 @@ impl Daemon {
             Event::IkeDown { ike, conn, reason } => {
                 tracing::info!(conn, ike, "IKE_SA down: {reason}");
                 println!("xsec-ike: IKE_SA {conn}[{ike:016x}] down: {reason}");
+                // dpd_action = trap: the children's policies stay (SA-less), so the next
+                // packet raises an ACQUIRE and the tunnel comes back on demand
+                let dead = matches!(
+                    reason,
+                    crate::ike::sa::Reason::DeadPeer | crate::ike::sa::Reason::Timeout
+                );
+                let trap = self.cfg.conns.iter().find(|c| {
+                    c.conn.name == conn && c.conn.dpd_action == crate::ike::config::DpdAction::Trap
+                });
+                if dead && let Some(c) = trap {
+                    let kids: Vec<_> = c
+                        .conn
+                        .children
+                        .iter()
+                        .zip(&c.children)
+                        .map(|(ch, s)| (s.reqid, ch.local_ts.clone(), ch.remote_ts.clone()))
+                        .collect();
+                    for (reqid, l, r) in kids {
+                        if let Err(e) = self.installer.trap(reqid, &l, &r) {
+                            tracing::error!(conn, "trap policies after DPD: {e}");
+                        }
+                    }
+                }
             }
             Event::ChildUp(c) => {
                 let Some(s) = settings(&self.cfg.conns, &c.conn, &c.child) else {
@@ -389,7 +412,11 @@ impl Daemon {
                 let Some((conn, child)) = self.cfg.conns.iter().find_map(|c| {
                     c.children
                         .iter()
-                        .find(|s| s.reqid == r && s.start_action == StartAction::Trap)
+                        .find(|s| {
+                            s.reqid == r
+                                && (s.start_action == StartAction::Trap
+                                    || c.conn.dpd_action == crate::ike::config::DpdAction::Trap)
+                        })
                         .map(|s| (c.conn.name.clone(), s.name.clone()))
                 }) else {
                     return;

@@ -25,6 +25,7 @@ struct Side {
     local_net: &'static str,
     remote_net: &'static str,
     dpd: Option<Duration>,
+    dpd_action: DpdAction,
     child_rekey: Option<Duration>,
 }
 
@@ -38,6 +39,7 @@ impl Default for Side {
             local_net: "10.1.0.0/24",
             remote_net: "10.2.0.0/24",
             dpd: None,
+            dpd_action: DpdAction::Clear,
             child_rekey: None,
         }
     }
@@ -76,7 +78,7 @@ fn conn(me: &str, peer: &str, my_id: &str, peer_id: &str, s: &Side) -> Arc<Conne
             auto_start: true,
         }],
         dpd_delay: s.dpd,
-        dpd_action: DpdAction::Clear,
+        dpd_action: s.dpd_action,
         rekey_time: None,
     })
 }
@@ -1050,4 +1052,40 @@ fn initial_contact_replaces_the_stale_sas_of_a_restarted_peer() {
             .iter()
             .any(|e| matches!(e, Event::IkeDown { .. }))
     );
+}
+
+/// `dpd_action = restart`: when DPD finds the peer dead, the connection is initiated again
+/// (and comes up once the peer answers).
+#[test]
+fn dpd_restart_initiates_again() {
+    let mut n = Net::new(
+        Side {
+            dpd: Some(Duration::from_secs(10)),
+            dpd_action: DpdAction::Restart,
+            ..Side::default()
+        },
+        b_side(),
+    );
+    n.connect();
+    n.cut = true;
+    n.tick(8);
+    assert!(n.events_a.iter().any(|e| matches!(
+        e,
+        Event::IkeDown {
+            reason: Reason::DeadPeer,
+            ..
+        }
+    )));
+    assert_eq!(n.a.sas().count(), 1, "a new IKE SA is under way");
+    assert_ne!(n.a.sas().next().expect("sa").state, State::Established);
+    // the peer is back (it lost its state too)
+    n.cut = false;
+    n.b = Endpoint::new(
+        vec![conn(B, A, "gw-b.example", "gw-a.example", &b_side())],
+        timing(),
+        n.now,
+    );
+    n.tick(4);
+    assert_eq!(ike_up(&n.events_a), 2, "restarted and established");
+    assert_eq!(child_ups(&n.events_a).len(), 2);
 }
