@@ -385,6 +385,25 @@ secret = "{psk}"
         (find("_i"), find("_o"))
     }
 
+    /// Stop the capture; its file and what it carried, failed if any inner-subnet packet
+    /// crossed in clear.
+    fn wire_report(&self, cap: &xsec_lab::topo::Capture) -> (PathBuf, wire::WireReport) {
+        let pcap = self
+            .lab
+            .stop_capture(cap)
+            .unwrap_or_else(|e| self.fail(&e.to_string()));
+        let frames = wire::read_pcap(&pcap).unwrap_or_else(|e| self.fail(&e.to_string()));
+        let r = wire::analyze(&frames, &[4500], &[addr::NET_A, addr::NET_B]);
+        eprintln!("{}: wire: {}", self.name, r.summary());
+        if !r.leaks.is_empty() {
+            self.fail(&format!(
+                "inner traffic in clear on the wire: {}",
+                r.describe_clear(5)
+            ));
+        }
+        (pcap, r)
+    }
+
     fn ping(&self, from: Node, to: &str, n: u32) {
         let p = self
             .lab
@@ -438,20 +457,7 @@ fn xsec_initiates_with(name: &str, ike: &str, esp: &str) {
     }
     t.swan(&["keys"]);
     t.stop_ike();
-    let pcap = t
-        .lab
-        .stop_capture(&cap)
-        .unwrap_or_else(|e| t.fail(&e.to_string()));
-    // nothing in clear, ESP both ways with the negotiated SPIs
-    let frames = wire::read_pcap(&pcap).unwrap_or_else(|e| t.fail(&e.to_string()));
-    let r = wire::analyze(&frames, &[4500], &[addr::NET_A, addr::NET_B]);
-    eprintln!("{name}: wire: {}", r.summary());
-    if !r.leaks.is_empty() {
-        t.fail(&format!(
-            "inner traffic in clear on the wire: {}",
-            r.describe_clear(5)
-        ));
-    }
+    let (pcap, r) = t.wire_report(&cap);
     for spi in [spi_in, spi_out] {
         if r.esp_by_spi.get(&spi).copied().unwrap_or(0) < 10 {
             t.fail(&format!(
@@ -991,19 +997,7 @@ fn dpd_clears_a_dead_peer_fail_closed() {
     if p.received != 0 {
         t.fail("traffic still reaches hB after the SAs were cleared");
     }
-    let pcap = t
-        .lab
-        .stop_capture(&cap)
-        .unwrap_or_else(|e| t.fail(&e.to_string()));
-    let frames = wire::read_pcap(&pcap).unwrap_or_else(|e| t.fail(&e.to_string()));
-    let r = wire::analyze(&frames, &[4500], &[addr::NET_A, addr::NET_B]);
-    eprintln!("dpd: wire: {}", r.summary());
-    if !r.leaks.is_empty() {
-        t.fail(&format!(
-            "inner traffic left in clear: {}",
-            r.describe_clear(5)
-        ));
-    }
+    t.wire_report(&cap);
     t.stop_ike();
 }
 
@@ -1059,16 +1053,7 @@ fn kill_9_xsec_ike_then_restart() {
         ));
     }
     t.stop_ike();
-    let pcap = t
-        .lab
-        .stop_capture(&cap)
-        .unwrap_or_else(|e| t.fail(&e.to_string()));
-    let frames = wire::read_pcap(&pcap).unwrap_or_else(|e| t.fail(&e.to_string()));
-    let r = wire::analyze(&frames, &[4500], &[addr::NET_A, addr::NET_B]);
-    eprintln!("kill9: wire: {}", r.summary());
-    if !r.leaks.is_empty() {
-        t.fail(&format!("inner traffic in clear: {}", r.describe_clear(5)));
-    }
+    t.wire_report(&cap);
     t.swan(&["down"]);
 }
 
@@ -1282,15 +1267,6 @@ fn trap_negotiates_on_traffic_and_volume_limits_rekey() {
         t.fail("xsecd's packet limit did not make xsec-ike rekey");
     }
     t.stop_ike();
-    let pcap = t
-        .lab
-        .stop_capture(&cap)
-        .unwrap_or_else(|e| t.fail(&e.to_string()));
-    let frames = wire::read_pcap(&pcap).unwrap_or_else(|e| t.fail(&e.to_string()));
-    let r = wire::analyze(&frames, &[4500], &[addr::NET_A, addr::NET_B]);
-    eprintln!("trap: wire: {}", r.summary());
-    if !r.leaks.is_empty() {
-        t.fail(&format!("inner traffic in clear: {}", r.describe_clear(5)));
-    }
+    t.wire_report(&cap);
     t.swan(&["down"]);
 }

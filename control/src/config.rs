@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use xsecd::config::reader::{Fail, Table, Val, keep, read_document};
+use xsecd::config::reader::{Fail, Table, Val, keep, read_document, read_text};
 use xsecd::config::{ConfigError, Diagnostic};
 use zeroize::Zeroizing;
 
@@ -502,13 +502,7 @@ fn read_conn(
 
 /// Read and check a configuration file (and its secrets file).
 pub fn load(path: &Path) -> Result<IkeConfig, ConfigError> {
-    let text =
-        Zeroizing::new(
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.to_owned(),
-                source,
-            })?,
-        );
+    let text = read_text(path)?;
     parse(&text, path)
 }
 
@@ -616,13 +610,7 @@ pub fn parse(text: &str, path: &Path) -> Result<IkeConfig, ConfigError> {
         } else {
             file
         };
-        let stext =
-            Zeroizing::new(
-                std::fs::read_to_string(&file).map_err(|source| ConfigError::Read {
-                    path: file.clone(),
-                    source,
-                })?,
-            );
+        let stext = read_text(&file)?;
         let (more, _) = read_document(&stext, &file, |doc, fails| {
             let mut root = Table::root(doc);
             let mut out = vec![];

@@ -88,6 +88,23 @@ fn pairs(
     v
 }
 
+/// The `add-policy` operations of a reqid's PROTECT policies, one per selector pair, both
+/// directions.
+fn add_policies(reqid: u32, pairs: &[(TrafficSelector, TrafficSelector)]) -> Vec<Value> {
+    pairs
+        .iter()
+        .enumerate()
+        .map(|(i, (l, r))| {
+            let mut p = selector(l, r);
+            p.insert("id".into(), policy_id(reqid, i).into());
+            p.insert("direction".into(), "both".into());
+            p.insert("action".into(), "protect".into());
+            p.insert("reqid".into(), reqid.into());
+            json!({"command": "add-policy", "args": {"policy": Value::Object(p)}})
+        })
+        .collect()
+}
+
 pub fn sa_id(reqid: u32, inbound: bool, spi: u32) -> String {
     format!(
         "ike-{reqid}-{}-{spi:08x}",
@@ -318,15 +335,9 @@ impl Installer {
         }
         if !self.policies.contains_key(&reqid) {
             let ps = pairs(&c.local_ts, &c.remote_ts);
-            for (i, (l, r)) in ps.iter().enumerate() {
-                let mut p = selector(l, r);
-                p.insert("id".into(), policy_id(reqid, i).into());
-                p.insert("direction".into(), "both".into());
-                p.insert("action".into(), "protect".into());
-                p.insert("reqid".into(), reqid.into());
-                ops.push_str(",{\"command\":\"add-policy\",\"args\":{\"policy\":");
-                ops.push_str(&Value::Object(p).to_string());
-                ops.push_str("}}");
+            for op in add_policies(reqid, &ps) {
+                ops.push(',');
+                ops.push_str(&op.to_string());
             }
             if self.client.is_some() {
                 self.policies.insert(reqid, ps.len());
@@ -353,18 +364,7 @@ impl Installer {
             return Ok(());
         }
         let ps = pairs(local, remote);
-        let ops: Vec<Value> = ps
-            .iter()
-            .enumerate()
-            .map(|(i, (l, r))| {
-                let mut p = selector(l, r);
-                p.insert("id".into(), policy_id(reqid, i).into());
-                p.insert("direction".into(), "both".into());
-                p.insert("action".into(), "protect".into());
-                p.insert("reqid".into(), reqid.into());
-                json!({"command": "add-policy", "args": {"policy": Value::Object(p)}})
-            })
-            .collect();
+        let ops = add_policies(reqid, &ps);
         self.call("batch", json!({ "ops": ops }))?;
         self.policies.insert(reqid, ps.len());
         Ok(())

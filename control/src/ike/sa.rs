@@ -22,8 +22,8 @@ use super::ts;
 mod create;
 
 use super::wire::{
-    AuthMethod, Delete, ExchangeType, Header, Id, Message, Notify, NotifyType, Payload, ProtocolId,
-    TrafficSelector, VERSION, find_notify, flags,
+    AuthMethod, Delete, ExchangeType, Header, Id, Message, Notify, NotifyType, Payload, Proposal,
+    ProtocolId, TrafficSelector, VERSION, find_notify, flags,
 };
 
 /// The IKE port and the NAT-T port (RFC 7296 §2.23, RFC 3948).
@@ -402,6 +402,24 @@ fn notify_of(payloads: &[Payload]) -> impl Iterator<Item = &Notify> {
     })
 }
 
+/// The SA, TSi and TSr payloads of a Child SA request or answer.
+fn child_payloads(
+    p: &[Payload],
+) -> Option<(&Vec<Proposal>, &Vec<TrafficSelector>, &Vec<TrafficSelector>)> {
+    let mut sa = None;
+    let mut tsi = None;
+    let mut tsr = None;
+    for x in p {
+        match x {
+            Payload::Sa(s) => sa = Some(s),
+            Payload::TsI(t) => tsi = Some(t),
+            Payload::TsR(t) => tsr = Some(t),
+            _ => {}
+        }
+    }
+    Some((sa?, tsi?, tsr?))
+}
+
 fn first_error(payloads: &[Payload]) -> Option<NotifyType> {
     notify_of(payloads).map(|n| n.ty).find(|t| t.is_error())
 }
@@ -658,14 +676,7 @@ impl IkeSa {
             .into_iter()
             .chain(retiring)
         {
-            ctx.events.push_back(Event::ChildDown {
-                ike: self.id(),
-                conn: self.conn.name.clone(),
-                child: c.cfg,
-                spi_in: c.spi_in,
-                spi_out: c.spi_out,
-                reason: reason.clone(),
-            });
+            ctx.events.push_back(self.child_down(c, reason.clone()));
         }
         if self.state != State::Dead {
             ctx.events.push_back(Event::IkeDown {
@@ -1000,18 +1011,7 @@ impl IkeSa {
         if let Some(e) = first_error(p) {
             return Err(Reason::PeerError(e));
         }
-        let mut sa = None;
-        let mut tsi = None;
-        let mut tsr = None;
-        for x in p {
-            match x {
-                Payload::Sa(s) => sa = Some(s),
-                Payload::TsI(t) => tsi = Some(t),
-                Payload::TsR(t) => tsr = Some(t),
-                _ => {}
-            }
-        }
-        let (Some(props), Some(tsi), Some(tsr)) = (sa, tsi, tsr) else {
+        let Some((props, tsi, tsr)) = child_payloads(p) else {
             return Err(Reason::Failed("no Child SA in the answer".into()));
         };
         let alg = check_answer(&o.suites, props, ProtocolId::ESP).ok_or_else(|| {
@@ -1372,18 +1372,7 @@ impl IkeSa {
         first: bool,
         ctx: &mut Ctx<'_>,
     ) -> Result<(Child, Vec<Payload>), NotifyType> {
-        let mut sa = None;
-        let mut tsi = None;
-        let mut tsr = None;
-        for x in p {
-            match x {
-                Payload::Sa(s) => sa = Some(s),
-                Payload::TsI(t) => tsi = Some(t),
-                Payload::TsR(t) => tsr = Some(t),
-                _ => {}
-            }
-        }
-        let (Some(props), Some(tsi), Some(tsr)) = (sa, tsi, tsr) else {
+        let Some((props, tsi, tsr)) = child_payloads(p) else {
             return Err(NotifyType::INVALID_SYNTAX);
         };
         let transport = find_notify(p, NotifyType::USE_TRANSPORT_MODE).is_some();
@@ -1720,16 +1709,16 @@ impl IkeSa {
             .into_iter()
             .chain(retiring)
         {
-            ctx.events.push_back(Event::ChildDown {
-                ike: self.id(),
-                conn: self.conn.name.clone(),
-                child: c.cfg,
-                spi_in: c.spi_in,
-                spi_out: c.spi_out,
-                reason: Reason::Local("terminated"),
-            });
+            ctx.events
+                .push_back(self.child_down(c, Reason::Local("terminated")));
         }
         self.pending = None;
+        self.send_delete_ike(ctx);
+    }
+
+    /// Ask the peer to delete this IKE SA (an INFORMATIONAL with a DELETE); it is dead
+    /// when the answer comes or the retransmissions give up.
+    fn send_delete_ike(&mut self, ctx: &mut Ctx<'_>) {
         self.request(
             ExchangeType::INFORMATIONAL,
             &[Payload::Delete(Delete {
@@ -1744,6 +1733,18 @@ impl IkeSa {
         self.state = State::Deleting;
     }
 
+    /// The event that says Child SA `c` is gone.
+    fn child_down(&self, c: Child, reason: Reason) -> Event {
+        Event::ChildDown {
+            ike: self.id(),
+            conn: self.conn.name.clone(),
+            child: c.cfg,
+            spi_in: c.spi_in,
+            spi_out: c.spi_out,
+            reason,
+        }
+    }
+
     /// Delete one Child SA (by its inbound SPI).
     pub fn delete_child(&mut self, spi_in: u32, ctx: &mut Ctx<'_>) -> bool {
         if self.state != State::Established || self.pending.is_some() {
@@ -1753,14 +1754,8 @@ impl IkeSa {
             return false;
         };
         let c = self.children.remove(i);
-        ctx.events.push_back(Event::ChildDown {
-            ike: self.id(),
-            conn: self.conn.name.clone(),
-            child: c.cfg,
-            spi_in: c.spi_in,
-            spi_out: c.spi_out,
-            reason: Reason::Local("deleted"),
-        });
+        ctx.events
+            .push_back(self.child_down(c, Reason::Local("deleted")));
         self.request(
             ExchangeType::INFORMATIONAL,
             &[Payload::Delete(Delete {

@@ -32,7 +32,6 @@ use std::path::{Path, PathBuf};
 use toml::de::DeTable;
 use xsec_dataplane::sa::Mode;
 use xsec_dataplane::spd::{Action, Policy, SaBundle, SpdConfig, SpdError};
-use zeroize::Zeroizing;
 
 /// A loaded configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,14 +49,8 @@ pub struct Config {
 
 /// Read and parse a configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    // The file holds keys: keep the text in a buffer that is wiped when dropped.
-    let text =
-        Zeroizing::new(
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.to_owned(),
-                source,
-            })?,
-        );
+    // The file holds keys: the text is kept in a buffer that is wiped when dropped.
+    let text = reader::read_text(path)?;
     parse(&text, path)
 }
 

@@ -121,6 +121,16 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
+/// A configuration file's text, in a buffer wiped when dropped (files hold keys).
+pub fn read_text(path: &std::path::Path) -> Result<zeroize::Zeroizing<String>, ConfigError> {
+    std::fs::read_to_string(path)
+        .map(zeroize::Zeroizing::new)
+        .map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })
+}
+
 /// Parse `text` (from `path`, named in messages) into a spanned document, let `build` read
 /// it, wipe the strings the parser copied, and turn the failures and warnings `build`
 /// recorded into located [`Diagnostic`]s. `build` returns `None`, or leaves failures in

@@ -76,6 +76,55 @@ fn asked_group(n: &Notify) -> Option<Group> {
         .and_then(Group::from_id)
 }
 
+/// The payloads of a CREATE_CHILD_SA request for a Child SA (RFC 7296 §1.3.1, §1.3.3):
+/// [N(REKEY_SA)], [N(USE_TRANSPORT_MODE)], SA, Ni, [KEi], TSi, TSr.
+fn child_request(
+    offer: &ChildOffer,
+    ni: &[u8],
+    ke: Option<&KeyPair>,
+    rekey: Option<u32>,
+) -> Vec<Payload> {
+    let mut p = vec![];
+    if let Some(old) = rekey {
+        p.push(Payload::Notify(Notify {
+            protocol: ProtocolId::ESP,
+            spi: old.to_be_bytes().to_vec(),
+            ty: NotifyType::REKEY_SA,
+            data: vec![],
+        }));
+    }
+    if offer.mode == Mode::Transport {
+        p.push(Payload::Notify(Notify::new(
+            NotifyType::USE_TRANSPORT_MODE,
+            vec![],
+        )));
+    }
+    p.push(Payload::Sa(
+        offer
+            .suites
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.proposal(
+                    i as u8 + 1,
+                    ProtocolId::ESP,
+                    offer.spi_in.to_be_bytes().to_vec(),
+                )
+            })
+            .collect(),
+    ));
+    p.push(Payload::Nonce(ni.to_vec()));
+    if let Some(k) = ke {
+        p.push(Payload::Ke {
+            group: k.group().id(),
+            data: k.public().to_vec(),
+        });
+    }
+    p.push(Payload::TsI(offer.tsi.clone()));
+    p.push(Payload::TsR(offer.tsr.clone()));
+    p
+}
+
 impl IkeSa {
     /// Queue a rekey of the Child SA with this inbound SPI (once: a rekey under way is not
     /// started again).
@@ -184,35 +233,7 @@ impl IkeSa {
             c.rekeying = true;
         }
         let ni = nonce();
-        let mut p = vec![Payload::Notify(Notify {
-            protocol: ProtocolId::ESP,
-            spi: spi_in.to_be_bytes().to_vec(),
-            ty: NotifyType::REKEY_SA,
-            data: vec![],
-        })];
-        if offer.mode == Mode::Transport {
-            p.push(Payload::Notify(Notify::new(
-                NotifyType::USE_TRANSPORT_MODE,
-                vec![],
-            )));
-        }
-        p.push(Payload::Sa(
-            offer
-                .suites
-                .iter()
-                .enumerate()
-                .map(|(i, s)| s.proposal(i as u8 + 1, ProtocolId::ESP, spi.to_be_bytes().to_vec()))
-                .collect(),
-        ));
-        p.push(Payload::Nonce(ni.clone()));
-        if let Some(k) = &ke {
-            p.push(Payload::Ke {
-                group: k.group().id(),
-                data: k.public().to_vec(),
-            });
-        }
-        p.push(Payload::TsI(offer.tsi.clone()));
-        p.push(Payload::TsR(offer.tsr.clone()));
+        let p = child_request(&offer, &ni, ke.as_ref(), Some(spi_in));
         tracing::info!(ike = self.id(), "rekeying CHILD_SA {spi_in:08x}_i");
         self.request(
             ExchangeType::CREATE_CHILD_SA,
@@ -266,30 +287,7 @@ impl IkeSa {
             mode: cfg.mode,
         };
         let ni = nonce();
-        let mut p = vec![];
-        if offer.mode == Mode::Transport {
-            p.push(Payload::Notify(Notify::new(
-                NotifyType::USE_TRANSPORT_MODE,
-                vec![],
-            )));
-        }
-        p.push(Payload::Sa(
-            offer
-                .suites
-                .iter()
-                .enumerate()
-                .map(|(i, s)| s.proposal(i as u8 + 1, ProtocolId::ESP, spi.to_be_bytes().to_vec()))
-                .collect(),
-        ));
-        p.push(Payload::Nonce(ni.clone()));
-        if let Some(k) = &ke {
-            p.push(Payload::Ke {
-                group: k.group().id(),
-                data: k.public().to_vec(),
-            });
-        }
-        p.push(Payload::TsI(offer.tsi.clone()));
-        p.push(Payload::TsR(offer.tsr.clone()));
+        let p = child_request(&offer, &ni, ke.as_ref(), None);
         tracing::info!(ike = self.id(), "creating a CHILD_SA of {name}");
         self.request(
             ExchangeType::CREATE_CHILD_SA,
@@ -595,18 +593,7 @@ impl IkeSa {
                 });
                 ctx.new_sas.push(new);
                 self.rekeyed = true;
-                self.request(
-                    ExchangeType::INFORMATIONAL,
-                    &[Payload::Delete(Delete {
-                        protocol: ProtocolId::IKE,
-                        spis: vec![],
-                    })],
-                    Request::Informational {
-                        what: Info::DeleteIke,
-                    },
-                    ctx,
-                );
-                self.state = State::Deleting;
+                self.send_delete_ike(ctx);
             }
             Err(e) => self.fail(Reason::Failed(e), ctx),
         }
@@ -900,15 +887,10 @@ impl IkeSa {
             return Some(old_in.to_be_bytes());
         }
         let c = self.children.remove(i);
-        ctx.events.push_back(Event::ChildDown {
-            ike: self.id(),
-            conn: self.conn.name.clone(),
-            child: c.cfg,
-            spi_in: c.spi_in,
-            spi_out: c.spi_out,
-            reason: Reason::PeerDeleted,
-        });
-        Some(c.spi_in.to_be_bytes())
+        let ours = c.spi_in.to_be_bytes();
+        ctx.events
+            .push_back(self.child_down(c, Reason::PeerDeleted));
+        Some(ours)
     }
 
     /// Lifetimes: rekeys due, hard expiries, switches whose DELETE never came, retired
@@ -925,14 +907,8 @@ impl IkeSa {
             }
         });
         for c in gone {
-            ctx.events.push_back(Event::ChildDown {
-                ike: self.id(),
-                conn: self.conn.name.clone(),
-                child: c.cfg,
-                spi_in: c.spi_in,
-                spi_out: c.spi_out,
-                reason: Reason::Local("rekeyed"),
-            });
+            ctx.events
+                .push_back(self.child_down(c, Reason::Local("rekeyed")));
         }
         if self.state != State::Established {
             return;
