@@ -261,6 +261,25 @@ struct ChildOffer {
     mode: Mode,
 }
 
+impl ChildOffer {
+    /// The SA payload offering our suites, with our inbound SPI.
+    fn sa_payload(&self) -> Payload {
+        Payload::Sa(
+            self.suites
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    s.proposal(
+                        i as u8 + 1,
+                        ProtocolId::ESP,
+                        self.spi_in.to_be_bytes().to_vec(),
+                    )
+                })
+                .collect(),
+        )
+    }
+}
+
 /// What our outstanding request was.
 #[derive(Debug)]
 enum Request {
@@ -400,6 +419,22 @@ fn notify_of(payloads: &[Payload]) -> impl Iterator<Item = &Notify> {
         Payload::Notify(n) => Some(n),
         _ => None,
     })
+}
+
+/// The identity (IDi from the initiator, else IDr) and AUTH payloads of an IKE_AUTH message.
+fn id_and_auth(p: &[Payload], initiator: bool) -> Option<(&Id, AuthMethod, &Vec<u8>)> {
+    let mut id = None;
+    let mut auth = None;
+    for x in p {
+        match x {
+            Payload::IdI(i) if initiator => id = Some(i),
+            Payload::IdR(i) if !initiator => id = Some(i),
+            Payload::Auth { method, data } => auth = Some((*method, data)),
+            _ => {}
+        }
+    }
+    let (method, data) = auth?;
+    Some((id?, method, data))
 }
 
 /// The SA, TSi and TSr payloads of a Child SA request or answer.
@@ -882,19 +917,7 @@ impl IkeSa {
                     vec![],
                 )));
             }
-            p.push(Payload::Sa(
-                o.suites
-                    .iter()
-                    .enumerate()
-                    .map(|(i, s)| {
-                        s.proposal(
-                            i as u8 + 1,
-                            ProtocolId::ESP,
-                            o.spi_in.to_be_bytes().to_vec(),
-                        )
-                    })
-                    .collect(),
-            ));
+            p.push(o.sa_payload());
             p.push(Payload::TsI(o.tsi.clone()));
             p.push(Payload::TsR(o.tsr.clone()));
         }
@@ -914,16 +937,7 @@ impl IkeSa {
         else {
             return;
         };
-        let mut idr = None;
-        let mut auth = None;
-        for x in p {
-            match x {
-                Payload::IdR(i) => idr = Some(i),
-                Payload::Auth { method, data } => auth = Some((*method, data)),
-                _ => {}
-            }
-        }
-        let (Some(idr), Some((method, data))) = (idr, auth) else {
+        let Some((idr, method, data)) = id_and_auth(p, false) else {
             let e = first_error(p).unwrap_or(NotifyType::AUTHENTICATION_FAILED);
             return self.fail(Reason::PeerError(e), ctx);
         };
@@ -1237,16 +1251,7 @@ impl IkeSa {
     }
 
     fn on_auth_request(&mut self, id: u32, p: &[Payload], ctx: &mut Ctx<'_>) {
-        let mut idi = None;
-        let mut auth = None;
-        for x in p {
-            match x {
-                Payload::IdI(i) => idi = Some(i),
-                Payload::Auth { method, data } => auth = Some((*method, data)),
-                _ => {}
-            }
-        }
-        let (Some(idi), Some((method, data))) = (idi, auth) else {
+        let Some((idi, method, data)) = id_and_auth(p, true) else {
             self.respond(
                 ExchangeType::IKE_AUTH,
                 id,

@@ -99,20 +99,7 @@ fn child_request(
             vec![],
         )));
     }
-    p.push(Payload::Sa(
-        offer
-            .suites
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                s.proposal(
-                    i as u8 + 1,
-                    ProtocolId::ESP,
-                    offer.spi_in.to_be_bytes().to_vec(),
-                )
-            })
-            .collect(),
-    ));
+    p.push(offer.sa_payload());
     p.push(Payload::Nonce(ni.to_vec()));
     if let Some(k) = ke {
         p.push(Payload::Ke {
@@ -126,6 +113,35 @@ fn child_request(
 }
 
 impl IkeSa {
+    /// What a CREATE_CHILD_SA for `cfg` needs first: an inbound SPI, and with PFS the
+    /// group (`group`, else the child's first) and our key pair. `None` (logged) when no
+    /// SPI or no key could be had.
+    fn child_keys(
+        &self,
+        cfg: &crate::ike::config::ChildConfig,
+        group: Option<Group>,
+        ctx: &mut Ctx<'_>,
+    ) -> Option<(u32, Option<Group>, Option<KeyPair>)> {
+        let Some(spi) = ctx.spis.inbound_spi() else {
+            tracing::warn!(
+                ike = self.id(),
+                "no inbound SPI for a Child SA of {}; later",
+                cfg.name
+            );
+            return None;
+        };
+        let group = group.or_else(|| cfg.esp.first().and_then(|s| s.groups.first().copied()));
+        let ke = match group.map(KeyPair::generate) {
+            Some(Ok(k)) => Some(k),
+            Some(Err(e)) => {
+                tracing::error!(ike = self.id(), "key exchange: {e}");
+                return None;
+            }
+            None => None,
+        };
+        Some((spi, group, ke))
+    }
+
     /// Queue a rekey of the Child SA with this inbound SPI (once: a rekey under way is not
     /// started again).
     pub fn rekey_child(&mut self, spi_in: u32, ctx: &mut Ctx<'_>) -> bool {
@@ -199,18 +215,8 @@ impl IkeSa {
         else {
             return;
         };
-        let Some(spi) = ctx.spis.inbound_spi() else {
-            tracing::warn!(ike = self.id(), "no inbound SPI for a rekey; trying later");
+        let Some((spi, group, ke)) = self.child_keys(&cfg, group, ctx) else {
             return;
-        };
-        let group = group.or_else(|| cfg.esp.first().and_then(|s| s.groups.first().copied()));
-        let ke = match group.map(KeyPair::generate) {
-            Some(Ok(k)) => Some(k),
-            Some(Err(e)) => {
-                tracing::error!(ike = self.id(), "key exchange: {e}");
-                return;
-            }
-            None => None,
         };
         // the PFS group asked for goes first in each proposal
         let mut suites = cfg.esp.clone();
@@ -265,18 +271,8 @@ impl IkeSa {
         let Some(cfg) = self.conn.children.iter().find(|c| c.name == name).cloned() else {
             return;
         };
-        let Some(spi) = ctx.spis.inbound_spi() else {
-            tracing::warn!(ike = self.id(), "no inbound SPI for a new Child SA");
+        let Some((spi, _, ke)) = self.child_keys(&cfg, group, ctx) else {
             return;
-        };
-        let group = group.or_else(|| cfg.esp.first().and_then(|s| s.groups.first().copied()));
-        let ke = match group.map(KeyPair::generate) {
-            Some(Ok(k)) => Some(k),
-            Some(Err(e)) => {
-                tracing::error!(ike = self.id(), "key exchange: {e}");
-                return;
-            }
-            None => None,
         };
         let offer = ChildOffer {
             cfg: cfg.name.clone(),
