@@ -1270,3 +1270,184 @@ fn trap_negotiates_on_traffic_and_volume_limits_rekey() {
     t.wire_report(&cap);
     t.swan(&["down"]);
 }
+
+/// xsec-ike on both gateways (xsecd on both), over IPv6 outer addresses (IKE on fd00::1 <->
+/// fd00::2, ESP over IPv6 carrying both families) and a second connection in transport mode
+/// between the hosts (bump in the wire: ESP between hA and hB's own addresses); traffic
+/// both ways on each, nothing in clear. xsec-ike runs as `nobody` after start-up, with
+/// xsecd's control socket opened to its group.
+#[test]
+fn xsec_ike_to_xsec_ike_ipv6_outer_and_transport_as_nobody() {
+    let t = Ike::new("xsec-xsec", Role::XsecInitiates);
+    let lab = &t.lab;
+    let mut procs = vec![];
+    for (node, me, peer, lnet, rnet, lh, rh, start) in [
+        (
+            Node::GwB,
+            "fd00::2",
+            "fd00::1",
+            addr::NET_B,
+            addr::NET_A,
+            addr::HOST_B,
+            addr::HOST_A,
+            false,
+        ),
+        (
+            Node::GwA,
+            "fd00::1",
+            "fd00::2",
+            addr::NET_A,
+            addr::NET_B,
+            addr::HOST_A,
+            addr::HOST_B,
+            true,
+        ),
+    ] {
+        let toml = "[gateway]\nunprotected = \"wan0\"\nprotected = \"lan0\"\nidle = \"adaptive\"\n\n[control]\ngroup = \"nogroup\"\n";
+        let x = lab
+            .start_xsecd_with(node, &t.bins.xsecd, toml, Duration::from_secs(20), &[])
+            .unwrap_or_else(|e| t.fail(&e.to_string()));
+        let (lv6, rv6) = if node == Node::GwA {
+            (addr::NET_A6, addr::NET_B6)
+        } else {
+            (addr::NET_B6, addr::NET_A6)
+        };
+        let start_s = if start { "start" } else { "none" };
+        let cfg = format!(
+            "[ike]\nretransmit_timeout = \"2s\"\n\n\
+             [connections.v6]\nlocal_addrs = \"{me}\"\nremote_addrs = \"{peer}\"\nproposals = [\"aes256gcm16-prfsha384-ecp384\"]\n\
+             [connections.v6.local]\nid = \"{me}\"\n[connections.v6.remote]\nid = \"{peer}\"\n\
+             [connections.v6.children.nets]\nlocal_ts = [\"{lnet}\", \"{lv6}\"]\nremote_ts = [\"{rnet}\", \"{rv6}\"]\n\
+             esp_proposals = [\"aes256gcm16-esn\"]\nstart_action = \"{start_s}\"\n\
+             [connections.v6.children.hosts]\nlocal_ts = \"{lh}/32\"\nremote_ts = \"{rh}/32\"\nmode = \"transport\"\n\
+             esp_proposals = [\"aes128-sha256\"]\nstart_action = \"{start_s}\"\n\n\
+             [secrets.v6]\nid = [\"{me}\", \"{peer}\"]\nsecret = \"{PSK}\"\n"
+        );
+        let path = lab
+            .write_file(&format!("xsec-ike-{}.toml", node.suffix()), &cfg)
+            .unwrap_or_else(|e| t.fail(&e.to_string()));
+        let sock = lab
+            .workdir()
+            .join(format!("xsec-ike-{}.sock", node.suffix()));
+        let p = lab
+            .spawn(
+                node,
+                &format!("xsec-ike-{}", node.suffix()),
+                &[
+                    t.bins.ike.to_string_lossy().as_ref(),
+                    "--config",
+                    path.to_string_lossy().as_ref(),
+                    "--control",
+                    x.control.to_string_lossy().as_ref(),
+                    "--socket",
+                    sock.to_string_lossy().as_ref(),
+                    "--user",
+                    "nobody",
+                ],
+            )
+            .unwrap_or_else(|e| t.fail(&e.to_string()));
+        let end = Instant::now() + Duration::from_secs(10);
+        while !p.stdout_text().contains("xsec-ike: ready") {
+            if Instant::now() > end {
+                t.fail(&format!("xsec-ike in {node:?}: {}", p.stderr_tail(10)));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        procs.push((p, x));
+    }
+    let end = Instant::now() + Duration::from_secs(15);
+    while !procs
+        .iter()
+        .all(|(p, _)| p.stdout_text().matches("established with SPIs").count() >= 2)
+    {
+        if Instant::now() > end {
+            t.fail(&format!(
+                "two Child SAs on each side:\n{}",
+                procs
+                    .iter()
+                    .map(|(p, _)| p.stdout_text() + &p.stderr_tail(10))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (p, _) in &procs {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid)).unwrap_or_default();
+        let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or("");
+        if !uid.split_whitespace().skip(1).all(|u| u == "65534") {
+            t.fail(&format!("xsec-ike still runs as {uid:?}"));
+        }
+        let out = p.stdout_text();
+        if !out.contains("hosts{") || !out.contains(", aes128-sha256, transport") {
+            t.fail(&format!("no transport-mode Child SA:\n{out}"));
+        }
+    }
+    let cap = lab
+        .capture_wire("wire")
+        .unwrap_or_else(|e| t.fail(&e.to_string()));
+    // hA <-> hB IPv4: the transport-mode Child SA (more specific policy); the subnets'
+    // IPv6: the tunnel over IPv6
+    t.ping(Node::HostA, addr::HOST_B, 5);
+    t.ping(Node::HostB, addr::HOST_A, 5);
+    t.ping(Node::HostA, addr::HOST_B6, 5);
+    t.ping(Node::HostB, addr::HOST_A6, 5);
+    let (_, r) = t.wire_report(&cap);
+    let from = |a: &str| r.esp_from(a.parse().expect("ip"));
+    if from(addr::HOST_A) < 5 || from(addr::HOST_B) < 5 {
+        t.fail(&format!(
+            "no transport-mode ESP between the hosts: {}",
+            r.summary()
+        ));
+    }
+    if from("fd00::1") < 5 || from("fd00::2") < 5 {
+        t.fail(&format!(
+            "no ESP over IPv6 between the gateways: {}",
+            r.summary()
+        ));
+    }
+    for (p, _) in &procs {
+        lab.procs().stop(p, Duration::from_secs(5));
+    }
+}
+
+/// strongSwan refuses transport-mode Child SAs with kernel-libipsec: the negotiation is
+/// what can be checked against it. xsec-ike asks for transport mode (USE_TRANSPORT_MODE),
+/// charon answers NO_PROPOSAL_CHOSEN ("unsupported mode"): the IKE SA stands, no Child SA
+/// is installed.
+#[test]
+fn transport_mode_refused_by_charon_installs_nothing() {
+    let mut t = Ike::new("transport-charon", Role::XsecInitiates);
+    t.swan(&[
+        "up",
+        "--only",
+        "gwB",
+        "--no-initiate",
+        "--mode",
+        "transport",
+    ]);
+    t.start_xsecd();
+    let cfg = t
+        .ike_config("aes128gcm16-prfsha256-x25519", "aes128gcm16", PSK, true)
+        .replace(
+            "local_ts = \"10.1.0.0/24\"",
+            "local_ts = \"10.0.0.1/32\"\nmode = \"transport\"",
+        )
+        .replace("remote_ts = \"10.2.0.0/24\"", "remote_ts = \"10.0.0.2/32\"");
+    t.start_ike(&cfg);
+    let line = t.wait_stdout("CHILD_SA gw-gw.net-net", Duration::from_secs(15));
+    if !line.contains("failed") {
+        t.fail(&format!(
+            "charon accepted a transport-mode Child SA? {line}"
+        ));
+    }
+    if !t.ike_stdout().contains("IKE_SA gw-gw[") || !t.charon_log().contains("USE_TRANSP") {
+        t.fail("the IKE SA did not come up, or no USE_TRANSPORT_MODE reached charon");
+    }
+    let d = t.dump();
+    if !d["sas"].as_array().is_some_and(|a| a.is_empty()) {
+        t.fail(&format!("xsecd holds SAs: {d}"));
+    }
+    t.stop_ike();
+    t.swan(&["down"]);
+}

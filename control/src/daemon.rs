@@ -31,6 +31,10 @@ pub struct Options {
     /// xsec-ike's own control socket (default: `[ike] socket`, else
     /// [`crate::socket::DEFAULT_SOCKET`]).
     pub socket: Option<PathBuf>,
+    /// Run as this user (a name from /etc/passwd, or `UID:GID`) once the UDP ports are
+    /// bound and xsecd is connected; xsecd's control socket must then be open to its group
+    /// (`[control] group`) for reconnections and the event stream.
+    pub user: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -785,6 +789,11 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         .or_else(|| cfg.socket.clone())
         .unwrap_or_else(|| PathBuf::from(crate::socket::DEFAULT_SOCKET));
     let server = crate::socket::Server::bind(&socket).map_err(DaemonError::Setup)?;
+    // everything that needs root is done: sockets bound, xsecd connected, leftovers gone
+    if let Some(user) = &opts.user {
+        drop_privileges(user).map_err(DaemonError::Setup)?;
+        tracing::info!("running as {user}");
+    }
     let events = match &control {
         Some(p) if installer.is_connected() => Some(
             crate::events::Events::spawn(p.clone(), stop.clone())
@@ -993,4 +1002,39 @@ fn conn_json(c: &ConnEntry) -> serde_json::Value {
         "rekey_time_s": k.rekey_time.map(|d| d.as_secs()),
         "children": children,
     })
+}
+
+/// A user's uid and primary gid: `NAME` looked up in /etc/passwd, or `UID:GID`.
+pub fn lookup_user(user: &str) -> Result<(u32, u32), String> {
+    if let Some((u, g)) = user.split_once(':')
+        && let (Ok(u), Ok(g)) = (u.parse(), g.parse())
+    {
+        return Ok((u, g));
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").map_err(|e| format!("/etc/passwd: {e}"))?;
+    passwd
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() >= 4 && f[0] == user)
+                .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+        })
+        .ok_or_else(|| format!("no user {user:?} in /etc/passwd"))
+}
+
+/// Become `user` (groups, gid, then uid; no way back). Linux keeps credentials per thread:
+/// this runs before xsec-ike starts any thread, so it holds for the whole process.
+fn drop_privileges(user: &str) -> Result<(), String> {
+    use rustix::process::{Gid, Uid};
+    let (uid, gid) = lookup_user(user)?;
+    let g = Gid::from_raw(gid);
+    let u = Uid::from_raw(uid);
+    rustix::thread::set_thread_groups(&[g]).map_err(|e| format!("setgroups: {e}"))?;
+    rustix::thread::set_thread_res_gid(g, g, g).map_err(|e| format!("setresgid {gid}: {e}"))?;
+    rustix::thread::set_thread_res_uid(u, u, u).map_err(|e| format!("setresuid {uid}: {e}"))?;
+    if rustix::process::getuid() != u || rustix::process::geteuid() != u {
+        return Err(format!("still not uid {uid} after setresuid"));
+    }
+    Ok(())
 }

@@ -273,9 +273,13 @@ impl Installer {
                 .collect();
             sa["selectors"] = sels.into();
         }
-        if c.mode == Mode::Transport {
-            // transport mode: xsecd takes the addresses from the packet
-            sa["local"] = c.local.ip().to_string().into();
+        if c.mode == Mode::Transport && !c.encap {
+            // transport mode: the packet's own addresses are the outer ones, and its selectors
+            // decide (an SA with endpoints would restrict it to the IKE peers' addresses)
+            if let Some(o) = sa.as_object_mut() {
+                o.remove("local");
+                o.remove("remote");
+            }
         }
         // the keys go into the text last, in zeroized buffers only
         let text = Zeroizing::new(sa.to_string());

@@ -30,6 +30,11 @@ struct Args {
     /// /run/xsec/xsec-ike.sock).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// Run as this user (name or UID:GID) once the UDP ports are bound and xsecd is
+    /// connected. xsecd's control socket must be open to the user's group
+    /// (`[control] group` in xsecd's file).
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
     /// Check the configuration and exit.
     #[arg(long)]
     check: bool,
@@ -78,6 +83,7 @@ fn main() -> ExitCode {
         control: args.control,
         no_xsecd: args.no_xsecd,
         socket: args.socket,
+        user: args.user,
     };
     match daemon::run(&opts, stop) {
         Ok(()) => ExitCode::SUCCESS,
