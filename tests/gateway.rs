@@ -2571,6 +2571,40 @@ fn killed_xsecd_leaks_nothing_and_a_restart_resumes() {
     });
     let cap = s.capture();
     s.ping(Node::HostA, addr::HOST_B, 2);
+    // the gateway's own traffic: from its LAN address it speaks for the protected side and
+    // must not leave in clear (the capture's leak check below sees it if it does); from its
+    // WAN address (management, IKE) it goes out as before
+    let o = s
+        .lab
+        .exec(
+            Node::GwA,
+            &[
+                "ping",
+                "-n",
+                "-c",
+                "2",
+                "-W",
+                "1",
+                "-I",
+                addr::GWA_LAN,
+                addr::HOST_B,
+            ],
+        )
+        .unwrap_or_else(|e| s.fail(&e.to_string()));
+    s.check(
+        !o.ok() && o.stdout.contains("2 packets transmitted, 0 received"),
+        || format!("the gateway's own ping from its LAN address got through: {o}"),
+    );
+    let o = s
+        .lab
+        .exec(
+            Node::GwA,
+            &["ping", "-n", "-c", "2", "-W", "1", addr::GWB_WAN],
+        )
+        .unwrap_or_else(|e| s.fail(&e.to_string()));
+    s.check(o.ok(), || {
+        format!("the gateways' WAN addresses cannot reach each other: {o}")
+    });
     let flows = s.background_flows("kill9", 5300, 5301);
     std::thread::sleep(Duration::from_secs(1));
     s.kill9(Node::GwA);

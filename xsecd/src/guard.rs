@@ -10,6 +10,14 @@
 //! to the gateway itself (IKE, ARP/ND, management) never crosses the forward hook and is not
 //! touched.
 //!
+//! The gateway's own traffic never meets the workers either: the kernel sends it. In the
+//! output hook the guard drops what the gateway itself would send out of the unprotected
+//! interface from one of its *other* addresses (the protected interface's, say
+//! `ping -I 10.1.0.1 10.2.0.10`): such a packet speaks for the protected side, and only the
+//! SPD may let that out, which it cannot see there. The gateway's traffic from the
+//! unprotected interface's own addresses (IKE, management, NAT keepalives) and from no
+//! address at all (DAD) is untouched.
+//!
 //! The table outlives xsecd on purpose: a clean stop leaves it too (forwarding stays blocked
 //! until an xsecd runs again), and only `xsecd --detach` removes it. A running xsecd checks
 //! every second that it is still there and puts it back if not (`nft flush ruleset`, e.g. an
@@ -44,7 +52,7 @@ pub fn ruleset(unprotected: &str, protected: &str) -> String {
         "table {FAMILY} {t} {{}}\ndelete table {FAMILY} {t}\n"
     ));
     s.push_str(&format!("table {FAMILY} {t} {{\n"));
-    s.push_str("  comment \"xsecd: only the SPD forwards between these interfaces\"\n");
+    s.push_str("  comment \"xsecd: only the SPD forwards here; no protected-side source leaves by the unprotected side\"\n");
     s.push_str("  chain forward {\n");
     s.push_str("    type filter hook forward priority filter - 10; policy accept;\n");
     for (dir, name) in [
@@ -55,6 +63,13 @@ pub fn ruleset(unprotected: &str, protected: &str) -> String {
     ] {
         s.push_str(&format!("    {dir} {} counter drop\n", quote(name)));
     }
+    s.push_str("  }\n");
+    s.push_str("  chain output {\n");
+    s.push_str("    type filter hook output priority filter - 10; policy accept;\n");
+    s.push_str(&format!(
+        "    oifname {} fib saddr type local fib saddr . oif type != local counter drop\n",
+        quote(unprotected)
+    ));
     s.push_str("  }\n}\n");
     s
 }
@@ -173,6 +188,19 @@ mod tests {
             assert!(r.contains(rule), "{rule} missing from\n{r}");
         }
         assert!(r.contains("hook forward"));
+        assert!(r.contains(
+            "oifname \"wan0\" fib saddr type local fib saddr . oif type != local counter drop"
+        ));
+        assert!(r.contains("hook output"));
+        // nft refuses comments over 128 characters (and with it the whole guard)
+        let comment = r
+            .lines()
+            .find(|l| l.trim_start().starts_with("comment"))
+            .expect("comment");
+        assert!(
+            comment.trim().len() - "comment \"\"".len() <= 128,
+            "{comment}"
+        );
     }
 
     #[test]
