@@ -1451,3 +1451,59 @@ fn transport_mode_refused_by_charon_installs_nothing() {
     t.stop_ike();
     t.swan(&["down"]);
 }
+
+/// Reauthentication (`reauth_time`) during traffic against charon: every 5 s a new IKE SA
+/// with a new Child SA, the old IKE SA deleted once the new one is up, and xsecd ends with
+/// one SA pair. A ping every 10 ms loses at most one packet per reauthentication: charon,
+/// answering IKE_AUTH, sends on the new Child SA at once, and our inbound SA goes in only
+/// when its answer has arrived (strongSwan's own reauthentication has the same window; a
+/// Child SA rekey, with CREATE_CHILD_SA, has none and loses nothing).
+#[test]
+fn reauthentication_with_charon_during_traffic() {
+    let mut t = Ike::new("reauth", Role::XsecInitiates);
+    t.swan(&["up", "--only", "gwB", "--no-initiate"]);
+    t.start_xsecd();
+    let cfg = t.ike_config_with(
+        "aes128gcm16-prfsha256-x25519",
+        "aes128gcm16",
+        PSK,
+        true,
+        "reauth_time = \"5s\"",
+        "",
+    );
+    t.start_ike(&cfg);
+    t.wait_stdout("CHILD_SA gw-gw.net-net", Duration::from_secs(15));
+    t.ping(Node::HostA, addr::HOST_B, 2);
+    let p = t
+        .lab
+        .ping(Node::HostA, addr::HOST_B, 1200, 0.01, 25)
+        .unwrap_or_else(|e| t.fail(&e.to_string()));
+    let out = t.ike_stdout();
+    let reauths = out
+        .lines()
+        .filter(|l| l.contains("IKE_SA gw-gw[") && l.contains("down: reauthenticated"))
+        .count();
+    eprintln!(
+        "reauth: {} of {} pings, {reauths} IKE SAs reauthenticated\n{out}",
+        p.received, p.transmitted
+    );
+    if reauths < 2 {
+        t.fail(&format!(
+            "expected at least 2 reauthentications, saw {reauths}"
+        ));
+    }
+    let lost = p.transmitted.saturating_sub(p.received) as usize;
+    if lost > reauths {
+        t.fail(&format!(
+            "{lost} pings lost across {reauths} reauthentications ({} of {})",
+            p.received, p.transmitted
+        ));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let d = t.dump();
+    if d["sas"].as_array().map_or(0, |a| a.len()) != 2 {
+        t.fail(&format!("xsecd should hold one SA pair: {d}"));
+    }
+    t.stop_ike();
+    t.swan(&["down"]);
+}

@@ -283,6 +283,7 @@ struct Draft {
     dpd_delay: Option<Duration>,
     dpd_action: DpdAction,
     rekey_time: Option<Duration>,
+    reauth_time: Option<Duration>,
 }
 
 fn keep_in<T>(r: Result<T, Fail>, fails: &mut Vec<Fail>) -> Option<T> {
@@ -449,6 +450,10 @@ fn read_conn(
     let rekey_time = t
         .get("rekey_time")
         .and_then(|v| keep_in(duration(&v), fails));
+    let reauth_time = t
+        .get("reauth_time")
+        .and_then(|v| keep_in(duration(&v), fails))
+        .filter(|d| !d.is_zero());
     let mut local_id = None;
     let mut remote_id = None;
     let header = t.missing("local", "");
@@ -497,6 +502,7 @@ fn read_conn(
         dpd_delay,
         dpd_action,
         rekey_time,
+        reauth_time,
     })
 }
 
@@ -698,6 +704,7 @@ pub fn parse(text: &str, path: &Path) -> Result<IkeConfig, ConfigError> {
                 dpd_delay: d.dpd_delay,
                 dpd_action: d.dpd_action,
                 rekey_time: d.rekey_time,
+                reauth_time: d.reauth_time,
             }),
             children: settings,
         });

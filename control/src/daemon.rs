@@ -337,6 +337,8 @@ impl Daemon {
                 tracing::info!(conn, "IKE_SA rekeyed: {old:016x} -> {new:016x}");
                 println!("xsec-ike: IKE_SA {conn}[{old:016x}] rekeyed to [{new:016x}]");
             }
+            // the endpoint acts on these itself
+            Event::Reauth { .. } => {}
             Event::InitialContact { conn, peer_id, .. } => {
                 tracing::info!(conn, "INITIAL_CONTACT from {peer_id}");
             }

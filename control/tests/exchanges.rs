@@ -27,6 +27,7 @@ struct Side {
     dpd: Option<Duration>,
     dpd_action: DpdAction,
     child_rekey: Option<Duration>,
+    reauth: Option<Duration>,
 }
 
 impl Default for Side {
@@ -41,6 +42,7 @@ impl Default for Side {
             dpd: None,
             dpd_action: DpdAction::Clear,
             child_rekey: None,
+            reauth: None,
         }
     }
 }
@@ -80,6 +82,7 @@ fn conn(me: &str, peer: &str, my_id: &str, peer_id: &str, s: &Side) -> Arc<Conne
         dpd_delay: s.dpd,
         dpd_action: s.dpd_action,
         rekey_time: None,
+        reauth_time: s.reauth,
     })
 }
 
@@ -968,6 +971,7 @@ fn further_children_in_create_child_sa() {
             dpd_delay: None,
             dpd_action: DpdAction::Clear,
             rekey_time: None,
+            reauth_time: None,
         })
     };
     let nets_a = [
@@ -1088,4 +1092,50 @@ fn dpd_restart_initiates_again() {
     n.tick(4);
     assert_eq!(ike_up(&n.events_a), 2, "restarted and established");
     assert_eq!(child_ups(&n.events_a).len(), 2);
+}
+
+/// `reauth_time`: a new IKE SA with the same Child SAs comes up before the old IKE SA is
+/// deleted (make-before-break), on both sides; the new Child SAs' keys agree.
+#[test]
+fn reauthentication_makes_before_it_breaks() {
+    let mut n = Net::new(
+        Side {
+            reauth: Some(Duration::from_secs(60)),
+            ..Side::default()
+        },
+        b_side(),
+    );
+    n.connect();
+    let old = n.a.sas().next().expect("a").id();
+    let old_child = child_ups(&n.events_a)[0].spi_in;
+    n.tick(1);
+    assert_eq!(n.a.sas().count(), 1, "A: only the new IKE SA is left");
+    assert_eq!(n.b.sas().count(), 1, "B: only the new IKE SA is left");
+    assert_ne!(n.a.sas().next().expect("a").id(), old);
+    let (ca, cb) = (child_ups(&n.events_a), child_ups(&n.events_b));
+    assert_eq!(ca.len(), 2);
+    assert_child_pair(ca[1], cb[1]);
+    // the new Child SA came up before the old one went down, on both sides
+    let pos = |ev: &[Event], f: &dyn Fn(&Event) -> bool| ev.iter().position(f).expect("event");
+    let up_new = pos(
+        &n.events_a,
+        &|e| matches!(e, Event::ChildUp(c) if c.spi_in == ca[1].spi_in),
+    );
+    let down_old = pos(
+        &n.events_a,
+        &|e| matches!(e, Event::ChildDown { spi_in, .. } if *spi_in == old_child),
+    );
+    assert!(up_new < down_old);
+    assert!(n.events_a.iter().any(|e| matches!(e,
+        Event::IkeDown { ike, reason: Reason::Local("reauthenticated"), .. } if *ike == old)));
+    // INITIAL_CONTACT came with the first IKE SA only, not with the reauthentication
+    assert_eq!(
+        n.events_b
+            .iter()
+            .filter(|e| matches!(e, Event::InitialContact { .. }))
+            .count(),
+        1
+    );
+    assert_eq!(children_of(&n.a).len(), 1);
+    assert_eq!(children_of(&n.b).len(), 1);
 }

@@ -45,6 +45,7 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
             dpd_delay: None,
             dpd_action: DpdAction::Clear,
             rekey_time: None,
+            reauth_time: None,
         })
     };
     let mut out = vec![];

@@ -41,6 +41,7 @@ fn conn(local: &str, remote: Option<&str>, id: &str, proposals: &[&str]) -> Arc<
         dpd_delay: None,
         dpd_action: DpdAction::Clear,
         rekey_time: None,
+        reauth_time: None,
     })
 }
 

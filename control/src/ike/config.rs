@@ -71,6 +71,9 @@ pub struct Connection {
     pub dpd_action: DpdAction,
     /// Rekey the IKE SA this long after creation.
     pub rekey_time: Option<Duration>,
+    /// Authenticate again this long after creation: a new IKE SA with the same Child SAs,
+    /// then the old one deleted (make-before-break; swanctl's `reauth_time`).
+    pub reauth_time: Option<Duration>,
 }
 
 impl std::fmt::Debug for Connection {

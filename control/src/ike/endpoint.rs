@@ -219,6 +219,25 @@ impl Endpoint {
             });
             return Ok(id);
         }
+        self.initiate_new(now, name, child, local_port, spis)
+    }
+
+    /// A new IKE SA of connection `name`, its IKE_AUTH carrying the child `child` (or the
+    /// default one).
+    fn initiate_new(
+        &mut self,
+        now: Instant,
+        name: &str,
+        child: Option<&str>,
+        local_port: u16,
+        spis: &mut dyn SpiSource,
+    ) -> Result<u64, String> {
+        let conn = self
+            .conns
+            .iter()
+            .find(|c| c.name == name)
+            .cloned()
+            .ok_or_else(|| format!("no connection {name:?}"))?;
         let remote = conn
             .remote_addr
             .ok_or_else(|| format!("connection {name:?} has no remote address to initiate to"))?;
@@ -349,7 +368,76 @@ impl Endpoint {
             tracing::debug!(%remote, "dropping an IKE message for an unknown SA");
         }
         self.initial_contact(now, spis);
+        self.reauthenticate(now, spis);
         self.reap(now, spis);
+    }
+
+    /// Reauthentication, make-before-break: for each `Reauth` event a new IKE SA of the
+    /// connection with the old one's children (the first in IKE_AUTH, the others in
+    /// CREATE_CHILD_SA); once it is established and has made them, the old IKE SA is
+    /// deleted (its Child SAs' SAs leave xsecd, the new ones are already in).
+    fn reauthenticate(&mut self, now: Instant, spis: &mut dyn SpiSource) {
+        let due: Vec<u64> = self
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Reauth { ike } => Some(*ike),
+                _ => None,
+            })
+            .collect();
+        self.events.retain(|e| !matches!(e, Event::Reauth { .. }));
+        for old in due {
+            let Some((conn, mut kids)) = self
+                .sas
+                .get(&old)
+                .filter(|s| s.state == State::Established)
+                .map(|s| {
+                    (
+                        s.conn.name.clone(),
+                        s.children.iter().map(|c| c.cfg.clone()).collect::<Vec<_>>(),
+                    )
+                })
+            else {
+                continue;
+            };
+            kids.dedup();
+            tracing::info!(conn, ike = old, "reauthenticating");
+            match self.initiate_new(
+                now,
+                &conn,
+                kids.first().map(String::as_str),
+                super::sa::IKE_PORT,
+                spis,
+            ) {
+                Ok(new) => {
+                    if let Some(sa) = self.sas.get_mut(&new) {
+                        sa.replaces = Some(old);
+                        sa.queue_children(&kids);
+                    }
+                }
+                Err(e) => tracing::warn!(conn, "reauthentication failed to start: {e}"),
+            }
+        }
+        let done: Vec<(u64, u64)> = self
+            .sas
+            .values()
+            .filter(|s| s.is_idle())
+            .filter_map(|s| s.replaces.map(|old| (s.id(), old)))
+            .collect();
+        for (new, old) in done {
+            if let Some(sa) = self.sas.get_mut(&new) {
+                sa.replaces = None;
+            }
+            tracing::info!(
+                ike = new,
+                "reauthenticated: deleting the IKE SA it replaces"
+            );
+            self.with_ctx(now, spis, |ctx, sas| {
+                if let Some(sa) = sas.get_mut(&old) {
+                    sa.terminate_as("reauthenticated", ctx);
+                }
+            });
+        }
     }
 
     /// INITIAL_CONTACT: remove our other IKE SAs with the same peer identity on the same
@@ -540,6 +628,7 @@ impl Endpoint {
                 }
             }
         });
+        self.reauthenticate(now, spis);
         self.reap(now, spis);
     }
 }

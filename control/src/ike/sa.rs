@@ -199,6 +199,10 @@ pub enum Event {
         conn: String,
         peer_id: String,
     },
+    /// Time to authenticate again: the endpoint starts the IKE SA that replaces this one.
+    Reauth {
+        ike: u64,
+    },
     /// The peer moved (NAT mapping changed; seen in an authenticated message).
     PeerMoved {
         ike: u64,
@@ -382,6 +386,12 @@ pub struct IkeSa {
     /// Send INITIAL_CONTACT in IKE_AUTH (the endpoint clears it when another IKE SA with
     /// the peer exists).
     pub send_initial_contact: bool,
+    /// When to authenticate again (a new IKE SA replaces this one).
+    pub reauth_at: Option<Instant>,
+    /// The IKE SA this one reauthenticates: deleted once this one has its Child SAs.
+    pub replaces: Option<u64>,
+    /// Why we are deleting it (said when the peer's answer comes).
+    closing: Option<&'static str>,
     /// The group an INVALID_KE_PAYLOAD answer names.
     wanted_group: Option<Group>,
     /// The IKE SA our answer to a rekey created, handed to the endpoint after the answer.
@@ -615,6 +625,9 @@ impl IkeSa {
             wanted_group: None,
             successor_out: None,
             send_initial_contact: true,
+            reauth_at: None,
+            replaces: None,
+            closing: None,
         };
         sa.send_init(ke, None, ctx);
         Ok(sa)
@@ -995,11 +1008,20 @@ impl IkeSa {
         self.msg1 = vec![];
         self.msg2 = vec![];
         self.rekey_at = self.conn.rekey_time.map(|t| ctx.now + t);
+        // only a side that can reach the peer authenticates again
+        self.reauth_at = self
+            .conn
+            .reauth_time
+            .filter(|_| self.conn.remote_addr.is_some())
+            .map(|t| ctx.now + t);
         // the other children that start with the connection follow in CREATE_CHILD_SA
         if self.initiator {
             for c in self.conn.children.iter().filter(|c| c.auto_start) {
-                if self.initial_child.as_deref() != Some(c.name.as_str()) {
-                    self.queue.push_back(create::Task::NewChild(c.name.clone()));
+                let t = create::Task::NewChild(c.name.clone());
+                if self.initial_child.as_deref() != Some(c.name.as_str())
+                    && !self.queue.contains(&t)
+                {
+                    self.queue.push_back(t);
                 }
             }
         }
@@ -1222,6 +1244,9 @@ impl IkeSa {
             wanted_group: None,
             successor_out: None,
             send_initial_contact: true,
+            reauth_at: None,
+            replaces: None,
+            closing: None,
         };
         if ike.derive(&ke, kdata, alg).is_err() {
             return Err(err(NotifyType::INVALID_SYNTAX, vec![]));
@@ -1581,7 +1606,11 @@ impl IkeSa {
                         _ => return,
                     };
                     if what == Info::DeleteIke {
-                        let r = if self.rekeyed { "rekeyed" } else { "deleted" };
+                        let r = match (self.rekeyed, self.closing) {
+                            (true, _) => "rekeyed",
+                            (false, Some(why)) if why != "terminated" => why,
+                            _ => "deleted",
+                        };
                         return self.fail(Reason::Local(r), ctx);
                     }
                 }
@@ -1706,18 +1735,23 @@ impl IkeSa {
     /// Delete the IKE SA (and with it its children): the children are reported down at
     /// once, so their SAs leave xsecd before the peer answers.
     pub fn terminate(&mut self, ctx: &mut Ctx<'_>) {
+        self.terminate_as("terminated", ctx)
+    }
+
+    /// [`IkeSa::terminate`], saying why (`reauthenticated`, ...) in the events.
+    pub fn terminate_as(&mut self, why: &'static str, ctx: &mut Ctx<'_>) {
         if self.state != State::Established {
-            return self.fail(Reason::Local("terminated"), ctx);
+            return self.fail(Reason::Local(why), ctx);
         }
         let retiring: Vec<Child> = self.retiring.drain(..).map(|(c, _)| c).collect();
         for c in std::mem::take(&mut self.children)
             .into_iter()
             .chain(retiring)
         {
-            ctx.events
-                .push_back(self.child_down(c, Reason::Local("terminated")));
+            ctx.events.push_back(self.child_down(c, Reason::Local(why)));
         }
         self.pending = None;
+        self.closing = Some(why);
         self.send_delete_ike(ctx);
     }
 

@@ -161,6 +161,22 @@ impl IkeSa {
         true
     }
 
+    /// Queue new Child SAs of these configured children (they start once the IKE SA is
+    /// established).
+    pub fn queue_children(&mut self, names: &[String]) {
+        for n in names {
+            let t = Task::NewChild(n.clone());
+            if self.initial_child.as_deref() != Some(n.as_str()) && !self.queue.contains(&t) {
+                self.queue.push_back(t);
+            }
+        }
+    }
+
+    /// Established, with no exchange under way and none waiting.
+    pub fn is_idle(&self) -> bool {
+        self.state == State::Established && self.pending.is_none() && self.queue.is_empty()
+    }
+
     /// Queue the deletion of the Child SA with this inbound SPI.
     pub fn queue_delete_child(&mut self, spi_in: u32, ctx: &mut Ctx<'_>) -> bool {
         if self.state != State::Established || !self.children.iter().any(|c| c.spi_in == spi_in) {
@@ -674,6 +690,9 @@ impl IkeSa {
             wanted_group: None,
             successor_out: None,
             send_initial_contact: false,
+            reauth_at: self.reauth_at,
+            replaces: None,
+            closing: None,
         })
     }
 
@@ -956,6 +975,10 @@ impl IkeSa {
                 self.queue.push_back(t);
             }
         }
+        if self.reauth_at.is_some_and(|t| t <= now) {
+            self.reauth_at = None;
+            ctx.events.push_back(Event::Reauth { ike: self.id() });
+        }
         if self.rekey_at.is_some_and(|t| t <= now) {
             self.rekey_at = None;
             if !self.queue.contains(&Task::RekeyIke) {
@@ -983,7 +1006,10 @@ impl IkeSa {
             })
             .flatten()
             .min();
-        [r, c, self.rekey_at].into_iter().flatten().min()
+        [r, c, self.rekey_at, self.reauth_at]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Whether this SA's children include one configured as `cfg` with these selectors
