@@ -864,7 +864,53 @@ fn xsecctl_ike_operates_xsec_ike() {
     if j["sas"][0]["children"][0]["spi_in"] != format!("{spi_in:08x}") {
         t.fail(&format!("list-sas --json: {j}"));
     }
+    // xsec-ike's events reach xsecd's subscribers (`xsecctl events`), and only a client's
+    // own event types may be published
+    let xc = t
+        .xsecd
+        .as_ref()
+        .map(|x| x.control.clone())
+        .unwrap_or_else(|| t.fail("no xsecd"));
+    let mut sub =
+        xsecd::control::client::Client::connect(&xc).unwrap_or_else(|e| t.fail(&e.to_string()));
+    let sub_id = sub
+        .send("subscribe", serde_json::json!({}))
+        .unwrap_or_else(|e| t.fail(&e.to_string()));
+    {
+        let mut c =
+            xsecd::control::client::Client::connect(&xc).unwrap_or_else(|e| t.fail(&e.to_string()));
+        let r = c.call(
+            "publish-event",
+            serde_json::json!({"event": {"type": "acquire"}}),
+        );
+        if r.is_ok() {
+            t.fail("a client published one of the engine's event types");
+        }
+    }
     t.xsecctl_ike(&["rekey", "gw-gw"]);
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut seen = vec![];
+    loop {
+        if Instant::now() > end {
+            t.fail(&format!(
+                "no ike-child-up event for the rekey among {seen:?}"
+            ));
+        }
+        let Ok(v) = sub.recv(Duration::from_millis(500)) else {
+            continue;
+        };
+        if v["id"] != serde_json::json!(sub_id) {
+            continue;
+        }
+        let ev = v["stream"]["event"].clone();
+        if ev.to_string().contains("key\"") || ev.to_string().contains("enc_key") {
+            t.fail(&format!("an event with a key in it: {ev}"));
+        }
+        if ev["type"] == "ike-child-up" && ev["client"] == "xsec-ike" && !ev["rekey_of"].is_null() {
+            break;
+        }
+        seen.push(ev["type"].clone());
+    }
     let end = Instant::now() + Duration::from_secs(10);
     while t.ike_stdout().matches("established with SPIs").count() < 2 {
         if Instant::now() > end {

@@ -142,6 +142,9 @@ impl Daemon {
     }
 
     fn on_event(&mut self, e: Event) {
+        if let Some(v) = event_json(&e) {
+            self.installer.publish(v);
+        }
         match e {
             Event::IkeUp {
                 ike,
@@ -1039,4 +1042,56 @@ fn drop_privileges(user: &str) -> Result<(), String> {
         return Err(format!("still not uid {uid} after setresuid"));
     }
     Ok(())
+}
+
+/// An event as xsecd's subscribers see it (`xsecctl events`): names, SPIs, algorithms,
+/// never a key.
+fn event_json(e: &Event) -> Option<serde_json::Value> {
+    use serde_json::json;
+    Some(match e {
+        Event::IkeUp {
+            ike,
+            conn,
+            peer_id,
+            alg,
+            local,
+            remote,
+        } => json!({
+            "type": "ike-up", "conn": conn, "ike": format!("{ike:016x}"), "peer_id": peer_id,
+            "algorithms": alg.to_string(), "local": local.to_string(), "remote": remote.to_string(),
+        }),
+        Event::IkeDown { ike, conn, reason } => json!({
+            "type": "ike-down", "conn": conn, "ike": format!("{ike:016x}"), "reason": reason.to_string(),
+        }),
+        Event::IkeRekeyed { old, new, conn } => json!({
+            "type": "ike-rekeyed", "conn": conn, "ike": format!("{new:016x}"), "old": format!("{old:016x}"),
+        }),
+        Event::ChildUp(c) => json!({
+            "type": "ike-child-up", "conn": c.conn, "child": c.child, "ike": format!("{:016x}", c.ike),
+            "spi_in": format!("{:08x}", c.spi_in), "spi_out": format!("{:08x}", c.spi_out),
+            "algorithms": c.alg.to_string(), "mode": c.mode.name(), "encap": c.encap,
+            "rekey_of": c.replaces.map(|s| format!("{s:08x}")),
+        }),
+        Event::ChildDown {
+            ike,
+            conn,
+            child,
+            spi_in,
+            spi_out,
+            reason,
+        } => json!({
+            "type": "ike-child-down", "conn": conn, "child": child, "ike": format!("{ike:016x}"),
+            "spi_in": format!("{spi_in:08x}"), "spi_out": format!("{spi_out:08x}"), "reason": reason.to_string(),
+        }),
+        Event::ChildFailed {
+            ike,
+            conn,
+            child,
+            reason,
+        } => json!({
+            "type": "ike-child-failed", "conn": conn, "child": child, "ike": format!("{ike:016x}"),
+            "reason": reason.to_string(),
+        }),
+        _ => return None,
+    })
 }

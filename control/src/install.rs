@@ -356,6 +356,17 @@ impl Installer {
         Ok(())
     }
 
+    /// Tell xsecd's subscribers (`xsecctl events`) what happened: `ev` is an object with a
+    /// `type` (`ike-up`, `ike-child-up`, ...) and no key, ever.
+    pub fn publish(&mut self, ev: Value) {
+        if self.client.is_none() {
+            return;
+        }
+        if let Err(e) = self.call("publish-event", json!({ "event": ev })) {
+            tracing::debug!("publish-event: {e}");
+        }
+    }
+
     /// PROTECT policies for a trapped child before any SA exists: its traffic raises an
     /// ACQUIRE (and is dropped) until the negotiation installs the SAs.
     pub fn trap(

@@ -100,7 +100,8 @@ enum Cmd {
     /// The IKE daemon (xsec-ike): its IKE and Child SAs and connections; start, stop,
     /// rekey, reload. Talks to xsec-ike's socket (`--ike-socket`).
     Ike(IkeArgs),
-    /// Print SA lifetime and rekey events as they happen (one JSON object per line).
+    /// Print SA lifetime and rekey events as they happen (one JSON object per line), and
+    /// the events clients publish (xsec-ike: IKE and Child SAs up, down, rekeyed).
     Events {
         /// Stop after this many events (0 = until interrupted).
         #[arg(long, default_value_t = 0)]

@@ -869,6 +869,7 @@ pub(crate) fn dispatch(ctl: &Control, req: Request, client: &mut String) -> Resu
         }
         Request::PolicyTest(a) => policy_test(ctl, &a),
         Request::AllocSpi(a) => alloc_spi(ctl, &a),
+        Request::PublishEvent(a) => publish_event(ctl, a.event, client),
         Request::Reload(a) => {
             let edit = Edit::Reload {
                 path: PathBuf::from(a.path),
@@ -956,6 +957,59 @@ pub(crate) fn single_round(r0: Vec<Change>, r1: Vec<Change>, r2: Vec<Change>) ->
 /// `alloc-spi`: an inbound SPI no installed SA uses and no other client holds, reserved for
 /// `lifetime_s` (default 60, at most 3600) seconds or until an SA with it is installed. The
 /// range defaults to strongSwan's (`0xc0000000`-`0xcfffffff`); `min`/`max` choose another.
+/// The engine's event types: a client may not publish these.
+const ENGINE_EVENTS: [&str; 6] = [
+    "soft-expire",
+    "hard-expire",
+    "seq-soft",
+    "seq-exhausted",
+    "peer-changed",
+    "acquire",
+];
+
+/// `publish-event`: a client's event (`type` of its own: lower-case letters, digits and
+/// `-`, at most 32; at most 4 KiB in all) goes to every subscriber with the client's tag in
+/// `client` and the time, numbered like the engine's.
+fn publish_event(ctl: &Control, ev: Value, client: &str) -> Result<Value, Fail> {
+    let Value::Object(mut o) = ev else {
+        return Err(bad("publish-event: event must be a JSON object"));
+    };
+    let ty = o
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let ok_name = !ty.is_empty()
+        && ty.len() <= 32
+        && ty
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !ok_name {
+        return Err(bad(
+            "publish-event: event.type must be 1-32 of a-z, 0-9 and -",
+        ));
+    }
+    if ENGINE_EVENTS.contains(&ty.as_str()) {
+        return Err(bad(format!(
+            "publish-event: {ty:?} is one of the engine's event types"
+        )));
+    }
+    if serde_json::to_vec(&o).map_or(usize::MAX, |v| v.len()) > 4096 {
+        return Err(bad("publish-event: an event is at most 4096 bytes"));
+    }
+    o.insert("client".into(), json!(client));
+    o.insert(
+        "time".into(),
+        json!(
+            std::time::SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64())
+        ),
+    );
+    ctl.publish(Value::Object(o));
+    Ok(json!({"published": true}))
+}
+
 fn alloc_spi(ctl: &Control, a: &request::AllocSpi) -> Result<Value, Fail> {
     let (lo, hi) = (a.min.unwrap_or(0xc000_0000), a.max.unwrap_or(0xcfff_ffff));
     let hold = std::time::Duration::from_secs(a.lifetime_s.unwrap_or(60).clamp(1, 3600));

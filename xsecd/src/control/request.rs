@@ -46,6 +46,8 @@ pub enum Request {
     ConfigMovePolicy(ConfigMovePolicy),
     Trace(Trace),
     Subscribe(NoArgs),
+    /// A client's own event (a key manager's IKE SA up or down), sent to every subscriber.
+    PublishEvent(PublishEvent),
 }
 
 impl Request {
@@ -71,7 +73,7 @@ pub const COMMANDS: &str = "hello (status), show-sa, show-policy, show-workers, 
     show-interfaces, show-counters, metrics, policy-test, alloc-spi, dump, add-sa, update-sa, \
     del-sa, update-sa-endpoints, add-policy, update-policy, del-policy, move-policy, batch, \
     reload, config-add-sa, config-del-sa, config-add-policy, config-del-policy, \
-    config-move-policy, trace, subscribe";
+    config-move-policy, trace, subscribe, publish-event";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -187,6 +189,13 @@ pub struct PolicyTest {
     pub local: String,
     pub remote: String,
     pub name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishEvent {
+    /// A JSON object with a `type` of the client's own (not one of the engine's).
+    pub event: Value,
 }
 
 #[derive(Debug, Deserialize)]
