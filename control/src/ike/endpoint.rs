@@ -171,6 +171,15 @@ impl Endpoint {
         r
     }
 
+    /// The connection called `name`.
+    fn conn(&self, name: &str) -> Result<Arc<Connection>, String> {
+        self.conns
+            .iter()
+            .find(|c| c.name == name)
+            .cloned()
+            .ok_or_else(|| format!("no connection {name:?}"))
+    }
+
     /// Start the connection `name` (its first child rides in IKE_AUTH). Returns the new
     /// IKE SA's handle.
     pub fn initiate(
@@ -194,12 +203,7 @@ impl Endpoint {
         local_port: u16,
         spis: &mut dyn SpiSource,
     ) -> Result<u64, String> {
-        let conn = self
-            .conns
-            .iter()
-            .find(|c| c.name == name)
-            .cloned()
-            .ok_or_else(|| format!("no connection {name:?}"))?;
+        let conn = self.conn(name)?;
         if let Some(c) = child
             && !conn.children.iter().any(|x| x.name == c)
         {
@@ -232,12 +236,7 @@ impl Endpoint {
         local_port: u16,
         spis: &mut dyn SpiSource,
     ) -> Result<u64, String> {
-        let conn = self
-            .conns
-            .iter()
-            .find(|c| c.name == name)
-            .cloned()
-            .ok_or_else(|| format!("no connection {name:?}"))?;
+        let conn = self.conn(name)?;
         let remote = conn
             .remote_addr
             .ok_or_else(|| format!("connection {name:?} has no remote address to initiate to"))?;

@@ -375,6 +375,19 @@ impl std::fmt::Display for Chosen {
     }
 }
 
+/// The suites that offer the key exchange group `id`, with only that group: to prefer the
+/// group of the peer's KE payload (no INVALID_KE_PAYLOAD round trip).
+pub fn with_group(suites: &[Suite], id: u16) -> Vec<Suite> {
+    suites
+        .iter()
+        .map(|s| Suite {
+            groups: s.groups.iter().copied().filter(|g| g.id() == id).collect(),
+            ..s.clone()
+        })
+        .filter(|s| !s.groups.is_empty())
+        .collect()
+}
+
 /// Pick the transforms of one peer proposal that `ours` accepts, in our order of
 /// preference; `None` when some transform type has no match or the proposal carries a
 /// type `ours` does not use (such as a KE group in a Child SA proposal without PFS).

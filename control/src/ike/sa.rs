@@ -563,6 +563,59 @@ impl IkeSa {
         self.nat_local || self.nat_remote || self.remote.port() != IKE_PORT
     }
 
+    /// A new IKE SA before IKE_SA_INIT: `[spi_i, spi_r]`, `(local, remote)`; the original
+    /// initiator's waits for the response (InitSent), the responder's for IKE_AUTH.
+    fn fresh(
+        conn: Arc<Connection>,
+        initiator: bool,
+        [spi_i, spi_r]: [[u8; 8]; 2],
+        (local, remote): (SocketAddr, SocketAddr),
+        now: Instant,
+    ) -> IkeSa {
+        IkeSa {
+            conn,
+            initiator,
+            spi_i,
+            spi_r,
+            local,
+            remote,
+            state: if initiator {
+                State::InitSent
+            } else {
+                State::InitAnswered
+            },
+            alg: None,
+            nat_local: false,
+            nat_remote: false,
+            peer_id: None,
+            children: vec![],
+            stats: SaStats::default(),
+            created: now,
+            last_heard: now,
+            secrets: None,
+            ni: vec![],
+            nr: vec![],
+            msg1: vec![],
+            msg2: vec![],
+            next_request: 0,
+            peer_next: 0,
+            pending: None,
+            cached: None,
+            initial_child: None,
+            retiring: vec![],
+            queue: VecDeque::new(),
+            collisions: Default::default(),
+            rekey_at: None,
+            rekeyed: false,
+            wanted_group: None,
+            successor_out: None,
+            send_initial_contact: true,
+            reauth_at: None,
+            replaces: None,
+            closing: None,
+        }
+    }
+
     // ---- initiator -------------------------------------------------------------------
 
     /// Start an IKE SA for `conn` (with its first child, if it has one).
@@ -591,44 +644,15 @@ impl IkeSa {
                     .map(|c| c.name.clone())
             })
             .or_else(|| conn.children.first().map(|c| c.name.clone()));
-        let mut sa = IkeSa {
+        let mut sa = IkeSa::fresh(
             conn,
-            initiator: true,
-            spi_i: random_bytes(),
-            spi_r: [0; 8],
-            local,
-            remote,
-            state: State::InitSent,
-            alg: None,
-            nat_local: false,
-            nat_remote: false,
-            peer_id: None,
-            children: vec![],
-            stats: SaStats::default(),
-            created: ctx.now,
-            last_heard: ctx.now,
-            secrets: None,
-            ni: random_bytes::<NONCE_LEN>().to_vec(),
-            nr: vec![],
-            msg1: vec![],
-            msg2: vec![],
-            next_request: 0,
-            peer_next: 0,
-            pending: None,
-            cached: None,
-            initial_child,
-            retiring: vec![],
-            queue: VecDeque::new(),
-            collisions: Default::default(),
-            rekey_at: None,
-            rekeyed: false,
-            wanted_group: None,
-            successor_out: None,
-            send_initial_contact: true,
-            reauth_at: None,
-            replaces: None,
-            closing: None,
-        };
+            true,
+            [random_bytes(), [0; 8]],
+            (local, remote),
+            ctx.now,
+        );
+        sa.ni = random_bytes::<NONCE_LEN>().to_vec();
+        sa.initial_child = initial_child;
         sa.send_init(ke, None, ctx);
         Ok(sa)
     }
@@ -1181,20 +1205,7 @@ impl IkeSa {
             return Err(err(NotifyType::INVALID_SYNTAX, vec![]));
         };
         // prefer a proposal whose group is the KE payload's (saves a round trip)
-        let with_ke: Vec<Suite> = conn
-            .ike
-            .iter()
-            .map(|s| Suite {
-                groups: s
-                    .groups
-                    .iter()
-                    .copied()
-                    .filter(|g| g.id() == group)
-                    .collect(),
-                ..s.clone()
-            })
-            .filter(|s| !s.groups.is_empty())
-            .collect();
+        let with_ke = super::proposal::with_group(&conn.ike, group);
         let chosen = choose(&with_ke, props, ProtocolId::IKE)
             .or_else(|| choose(&conn.ike, props, ProtocolId::IKE));
         let Some((prop, alg)) = chosen else {
@@ -1210,44 +1221,17 @@ impl IkeSa {
             ));
         }
         let ke = KeyPair::generate(g).map_err(|_| err(NotifyType::TEMPORARY_FAILURE, vec![]))?;
-        let mut ike = IkeSa {
+        let mut ike = IkeSa::fresh(
             conn,
-            initiator: false,
-            spi_i: h.spi_i,
-            spi_r: random_bytes(),
-            local,
-            remote,
-            state: State::InitAnswered,
-            alg: None,
-            nat_local: false,
-            nat_remote: false,
-            peer_id: None,
-            children: vec![],
-            stats: SaStats::default(),
-            created: ctx.now,
-            last_heard: ctx.now,
-            secrets: None,
-            ni: ni.clone(),
-            nr: random_bytes::<NONCE_LEN>().to_vec(),
-            msg1: bytes.to_vec(),
-            msg2: vec![],
-            next_request: 0,
-            peer_next: 1,
-            pending: None,
-            cached: None,
-            initial_child: None,
-            retiring: vec![],
-            queue: VecDeque::new(),
-            collisions: Default::default(),
-            rekey_at: None,
-            rekeyed: false,
-            wanted_group: None,
-            successor_out: None,
-            send_initial_contact: true,
-            reauth_at: None,
-            replaces: None,
-            closing: None,
-        };
+            false,
+            [h.spi_i, random_bytes()],
+            (local, remote),
+            ctx.now,
+        );
+        ike.ni = ni.clone();
+        ike.nr = random_bytes::<NONCE_LEN>().to_vec();
+        ike.msg1 = bytes.to_vec();
+        ike.peer_next = 1;
         if ike.derive(&ke, kdata, alg).is_err() {
             return Err(err(NotifyType::INVALID_SYNTAX, vec![]));
         }

@@ -824,35 +824,15 @@ impl IkeSa {
         let (prop, alg) =
             choose(&self.conn.ike, props, ProtocolId::IKE).ok_or(NotifyType::NO_PROPOSAL_CHOSEN)?;
         let g = alg.group.ok_or(NotifyType::NO_PROPOSAL_CHOSEN)?;
-        if g.id() != pg {
-            // another acceptable group in the peer's proposals that is its KE's?
-            let with: Vec<_> = self
-                .conn
-                .ike
-                .iter()
-                .map(|s| crate::ike::proposal::Suite {
-                    groups: s.groups.iter().copied().filter(|x| x.id() == pg).collect(),
-                    ..s.clone()
-                })
-                .filter(|s| !s.groups.is_empty())
-                .collect();
-            if choose(&with, props, ProtocolId::IKE).is_none() {
+        // prefer the group of the peer's KE payload; another one costs an INVALID_KE_PAYLOAD
+        let with = crate::ike::proposal::with_group(&self.conn.ike, pg);
+        let (prop, alg) = match choose(&with, props, ProtocolId::IKE) {
+            Some(x) => x,
+            None if g.id() != pg => {
                 self.wanted_group = Some(g);
                 return Err(NotifyType::INVALID_KE_PAYLOAD);
             }
-        }
-        let (prop, alg) = {
-            let with: Vec<_> = self
-                .conn
-                .ike
-                .iter()
-                .map(|s| crate::ike::proposal::Suite {
-                    groups: s.groups.iter().copied().filter(|x| x.id() == pg).collect(),
-                    ..s.clone()
-                })
-                .filter(|s| !s.groups.is_empty())
-                .collect();
-            choose(&with, props, ProtocolId::IKE).unwrap_or((prop, alg))
+            None => (prop, alg),
         };
         let peer_spi: [u8; 8] = prop
             .spi
