@@ -1756,6 +1756,21 @@ impl IkeSa {
         self.state = State::Deleting;
     }
 
+    /// Ask the peer to delete the Child SA we receive on `spi_in`.
+    fn send_delete_child(&mut self, spi_in: u32, ctx: &mut Ctx<'_>) {
+        self.request(
+            ExchangeType::INFORMATIONAL,
+            &[Payload::Delete(Delete {
+                protocol: ProtocolId::ESP,
+                spis: vec![spi_in.to_be_bytes()],
+            })],
+            Request::Informational {
+                what: Info::DeleteChild,
+            },
+            ctx,
+        );
+    }
+
     /// The event that says Child SA `c` is gone.
     fn child_down(&self, c: Child, reason: Reason) -> Event {
         Event::ChildDown {
@@ -1779,17 +1794,7 @@ impl IkeSa {
         let c = self.children.remove(i);
         ctx.events
             .push_back(self.child_down(c, Reason::Local("deleted")));
-        self.request(
-            ExchangeType::INFORMATIONAL,
-            &[Payload::Delete(Delete {
-                protocol: ProtocolId::ESP,
-                spis: vec![spi_in.to_be_bytes()],
-            })],
-            Request::Informational {
-                what: Info::DeleteChild,
-            },
-            ctx,
-        );
+        self.send_delete_child(spi_in, ctx);
         true
     }
 

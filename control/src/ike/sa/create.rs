@@ -13,17 +13,14 @@ use std::time::Instant;
 use zeroize::Zeroizing;
 
 use super::{
-    Child, ChildOffer, Ctx, Event, IkeSa, Info, Pending, Reason, Request, Secrets, State,
-    random_bytes,
+    Child, ChildOffer, Ctx, Event, IkeSa, Pending, Reason, Request, Secrets, State, random_bytes,
 };
 use crate::ike::config::Mode;
 use crate::ike::kdf::{KeyLengths, Secret};
 use crate::ike::ke::{Group, KeyPair};
 use crate::ike::proposal::{Integ, check_answer, choose};
 use crate::ike::sk::Protection;
-use crate::ike::wire::{
-    Delete, ExchangeType, Notify, NotifyType, Payload, ProtocolId, find_notify,
-};
+use crate::ike::wire::{ExchangeType, Notify, NotifyType, Payload, ProtocolId, find_notify};
 
 /// Work that waits for the request window.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,6 +254,19 @@ impl IkeSa {
         let ni = nonce();
         let p = child_request(&offer, &ni, ke.as_ref(), Some(spi_in));
         tracing::info!(ike = self.id(), "rekeying CHILD_SA {spi_in:08x}_i");
+        self.send_create_child(p, offer, ke, ni, Some(spi_in), ctx);
+    }
+
+    /// Send a CREATE_CHILD_SA request for a Child SA and remember what it offered.
+    fn send_create_child(
+        &mut self,
+        p: Vec<Payload>,
+        offer: ChildOffer,
+        ke: Option<KeyPair>,
+        ni: Vec<u8>,
+        rekey: Option<u32>,
+        ctx: &mut Ctx<'_>,
+    ) {
         self.request(
             ExchangeType::CREATE_CHILD_SA,
             &p,
@@ -264,7 +274,7 @@ impl IkeSa {
                 offer,
                 ke,
                 ni,
-                rekey: Some(spi_in),
+                rekey,
             }),
             ctx,
         );
@@ -301,17 +311,7 @@ impl IkeSa {
         let ni = nonce();
         let p = child_request(&offer, &ni, ke.as_ref(), None);
         tracing::info!(ike = self.id(), "creating a CHILD_SA of {name}");
-        self.request(
-            ExchangeType::CREATE_CHILD_SA,
-            &p,
-            Request::Create(Create::Child {
-                offer,
-                ke,
-                ni,
-                rekey: None,
-            }),
-            ctx,
-        );
+        self.send_create_child(p, offer, ke, ni, None, ctx);
     }
 
     fn start_ike_rekey(&mut self, group: Option<Group>, ctx: &mut Ctx<'_>) {
@@ -494,17 +494,7 @@ impl IkeSa {
                     c.rekey_at = None;
                 }
                 let _ = their_new;
-                self.request(
-                    ExchangeType::INFORMATIONAL,
-                    &[Payload::Delete(Delete {
-                        protocol: ProtocolId::ESP,
-                        spis: vec![child.spi_in.to_be_bytes()],
-                    })],
-                    Request::Informational {
-                        what: Info::DeleteChild,
-                    },
-                    ctx,
-                );
+                self.send_delete_child(child.spi_in, ctx);
                 return;
             }
             tracing::info!(
@@ -524,17 +514,7 @@ impl IkeSa {
         if let Some(old) = rekey {
             // the traffic has moved: delete the old Child SA, keep its inbound SA a while
             self.retire(old, ctx);
-            self.request(
-                ExchangeType::INFORMATIONAL,
-                &[Payload::Delete(Delete {
-                    protocol: ProtocolId::ESP,
-                    spis: vec![old.to_be_bytes()],
-                })],
-                Request::Informational {
-                    what: Info::DeleteChild,
-                },
-                ctx,
-            );
+            self.send_delete_child(old, ctx);
         }
     }
 
