@@ -431,6 +431,34 @@ fn notify_of(payloads: &[Payload]) -> impl Iterator<Item = &Notify> {
     })
 }
 
+/// The KE payload's group and data.
+fn kex(p: &[Payload]) -> Option<(u16, &Vec<u8>)> {
+    p.iter().find_map(|x| match x {
+        Payload::Ke { group, data } => Some((*group, data)),
+        _ => None,
+    })
+}
+
+fn nonce_of(p: &[Payload]) -> Option<&Vec<u8>> {
+    p.iter().find_map(|x| match x {
+        Payload::Nonce(n) => Some(n),
+        _ => None,
+    })
+}
+
+/// The SA payload's proposals, the KE payload's (group, data), the Nonce.
+type SaKeNonce<'a> = (&'a Vec<Proposal>, (u16, &'a Vec<u8>), &'a Vec<u8>);
+
+/// The SA, KE and Nonce payloads of an exchange that makes an IKE SA (IKE_SA_INIT, an IKE
+/// SA rekey).
+fn sa_ke_nonce(p: &[Payload]) -> Option<SaKeNonce<'_>> {
+    let sa = p.iter().find_map(|x| match x {
+        Payload::Sa(s) => Some(s),
+        _ => None,
+    })?;
+    Some((sa, kex(p)?, nonce_of(p)?))
+}
+
 /// The identity (IDi from the initiator, else IDr) and AUTH payloads of an IKE_AUTH message.
 fn id_and_auth(p: &[Payload], initiator: bool) -> Option<(&Id, AuthMethod, &Vec<u8>)> {
     let mut id = None;
@@ -812,18 +840,7 @@ impl IkeSa {
         if msg.header.spi_r == [0; 8] {
             return self.fail(Reason::Failed("responder SPI is zero".into()), ctx);
         }
-        let mut sa = None;
-        let mut kex = None;
-        let mut nr = None;
-        for x in p {
-            match x {
-                Payload::Sa(props) => sa = Some(props),
-                Payload::Ke { group, data } => kex = Some((*group, data)),
-                Payload::Nonce(n) => nr = Some(n),
-                _ => {}
-            }
-        }
-        let (Some(props), Some((group, kdata)), Some(nr)) = (sa, kex, nr) else {
+        let Some((props, (group, kdata), nr)) = sa_ke_nonce(p) else {
             return self.fail(
                 Reason::Failed("IKE_SA_INIT response lacks SA, KE or Nonce".into()),
                 ctx,
@@ -1190,18 +1207,7 @@ impl IkeSa {
             };
             Message::encode(&hdr, &[Payload::Notify(Notify::new(ty, data))])
         };
-        let mut sa = None;
-        let mut kex = None;
-        let mut ni = None;
-        for x in &msg.payloads {
-            match x {
-                Payload::Sa(props) => sa = Some(props),
-                Payload::Ke { group, data } => kex = Some((*group, data)),
-                Payload::Nonce(n) => ni = Some(n),
-                _ => {}
-            }
-        }
-        let (Some(props), Some((group, kdata)), Some(ni)) = (sa, kex, ni) else {
+        let Some((props, (group, kdata), ni)) = sa_ke_nonce(&msg.payloads) else {
             return Err(err(NotifyType::INVALID_SYNTAX, vec![]));
         };
         // prefer a proposal whose group is the KE payload's (saves a round trip)

@@ -13,7 +13,8 @@ use std::time::Instant;
 use zeroize::Zeroizing;
 
 use super::{
-    Child, ChildOffer, Ctx, Event, IkeSa, Pending, Reason, Request, Secrets, State, random_bytes,
+    Child, ChildOffer, Ctx, Event, IkeSa, Pending, Reason, Request, Secrets, State, kex, nonce_of,
+    random_bytes, sa_ke_nonce,
 };
 use crate::ike::config::Mode;
 use crate::ike::kdf::{KeyLengths, Secret};
@@ -51,20 +52,6 @@ pub(crate) enum Create {
 
 fn nonce() -> Vec<u8> {
     random_bytes::<32>().to_vec()
-}
-
-fn kex(p: &[Payload]) -> Option<(u16, &Vec<u8>)> {
-    p.iter().find_map(|x| match x {
-        Payload::Ke { group, data } => Some((*group, data)),
-        _ => None,
-    })
-}
-
-fn nonce_of(p: &[Payload]) -> Option<&Vec<u8>> {
-    p.iter().find_map(|x| match x {
-        Payload::Nonce(n) => Some(n),
-        _ => None,
-    })
 }
 
 fn asked_group(n: &Notify) -> Option<Group> {
@@ -546,11 +533,7 @@ impl IkeSa {
             self.rekey_at = Some(ctx.now + ctx.timing.retransmit_timeout * 4);
             return;
         }
-        let props = p.iter().find_map(|x| match x {
-            Payload::Sa(s) => Some(s),
-            _ => None,
-        });
-        let (Some(props), Some(nr), Some((g, data))) = (props, nonce_of(p), kex(p)) else {
+        let Some((props, (g, data), nr)) = sa_ke_nonce(p) else {
             return self.fail(
                 Reason::Failed("IKE rekey answer lacks SA, Nonce or KE".into()),
                 ctx,
@@ -792,15 +775,8 @@ impl IkeSa {
         p: &[Payload],
         ctx: &mut Ctx<'_>,
     ) -> Result<Vec<Payload>, NotifyType> {
-        let props = p
-            .iter()
-            .find_map(|x| match x {
-                Payload::Sa(s) => Some(s),
-                _ => None,
-            })
-            .ok_or(NotifyType::INVALID_SYNTAX)?;
-        let ni = nonce_of(p).cloned().ok_or(NotifyType::INVALID_SYNTAX)?;
-        let (pg, data) = kex(p).ok_or(NotifyType::INVALID_SYNTAX)?;
+        let (props, (pg, data), ni) = sa_ke_nonce(p).ok_or(NotifyType::INVALID_SYNTAX)?;
+        let ni = ni.clone();
         let (prop, alg) =
             choose(&self.conn.ike, props, ProtocolId::IKE).ok_or(NotifyType::NO_PROPOSAL_CHOSEN)?;
         let g = alg.group.ok_or(NotifyType::NO_PROPOSAL_CHOSEN)?;
