@@ -289,6 +289,12 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         big_in_flight: Arc::new(AtomicUsize::new(0)),
     };
     let icmp_src = interface_addrs(&mut res, sides[1].0);
+    let probes = {
+        // a random identifier: a LAN host's own pings from a probe's address keep theirs
+        let mut r = [0u8; 2];
+        let _ = rustix::rand::getrandom(&mut r, rustix::rand::GetRandomFlags::empty());
+        Arc::new(crate::probe::ProbeBoard::new(u16::from_ne_bytes(r)))
+    };
     let (ready_tx, ready_rx) = unbounded();
     let mut workers = Vec::new();
     for (i, (inbox, pool_r)) in inbox_rx.into_iter().zip(pool_rx).enumerate() {
@@ -319,6 +325,7 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
                 None
             },
             clock,
+            probes: probes.clone(),
             replay: opts.replay.clone(),
         };
         let per_worker_len: Vec<usize> = per_worker.iter().map(Vec::len).collect();
@@ -422,6 +429,8 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         tracing: AtomicBool::new(false),
         counters: CtlCounters::default(),
         stop: stop.clone(),
+        probes,
+        own_addrs: icmp_src,
     });
     let mut servers = vec![];
     {

@@ -278,6 +278,109 @@ pub fn v6_fragment(
     v6_fragment_header(out, base, payload.len(), offset, more, ident)
 }
 
+/// An ICMP echo request (IPv4 type 8, ICMPv6 type 128) from `src` to `dst` with
+/// `ident`, `seq` and `size` bytes of data (a pattern, as ping's), into `out`; returns the IP
+/// packet length. `None` for addresses of two families or an `out` too small.
+pub fn echo_request(
+    out: &mut [u8],
+    src: IpAddr,
+    dst: IpAddr,
+    ident: u16,
+    seq: u16,
+    size: usize,
+) -> Option<usize> {
+    let fill = |msg: &mut [u8], ty: u8| {
+        msg[0] = ty;
+        msg[1] = 0;
+        msg[2..4].fill(0);
+        msg[4..6].copy_from_slice(&ident.to_be_bytes());
+        msg[6..8].copy_from_slice(&seq.to_be_bytes());
+        for (i, b) in msg[8..].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+    };
+    let plen = 8 + size;
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let out = out.get_mut(..20 + plen)?;
+            let (hdr, msg) = out.split_at_mut(20);
+            Ipv4Repr {
+                src: s.octets(),
+                dst: d.octets(),
+                protocol: IpProtocol::ICMP,
+                payload_len: plen,
+                ttl: 64,
+                tos: 0,
+                ident: seq,
+                dont_frag: true,
+            }
+            .emit(&mut Ipv4Packet::new_unchecked(hdr));
+            fill(msg, 8);
+            let c = checksum::finish(checksum::sum(msg));
+            IcmpPacket::new_unchecked(msg).set_checksum(c);
+            Some(20 + plen)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let out = out.get_mut(..40 + plen)?;
+            let (hdr, msg) = out.split_at_mut(40);
+            let mut ip = Ipv6Packet::new_unchecked(hdr);
+            ip.set_version_tc_flow(0, 0);
+            ip.set_payload_len(u16::try_from(plen).ok()?);
+            ip.set_next_header(IpProtocol::ICMPV6);
+            ip.set_hop_limit(64);
+            ip.set_src_addr(s.octets());
+            ip.set_dst_addr(d.octets());
+            fill(msg, 128);
+            let ps = checksum::pseudo_v6(s.octets(), d.octets(), IpProtocol::ICMPV6.0, plen as u32);
+            let c = checksum::finish(checksum::add(ps, checksum::sum(msg)));
+            IcmpPacket::new_unchecked(msg).set_checksum(c);
+            Some(40 + plen)
+        }
+        _ => None,
+    }
+}
+
+/// An ICMP echo reply (IPv4 type 0 without options or fragmentation, ICMPv6 type 129 right
+/// after the base header) with a correct checksum: its destination, identifier and sequence
+/// number. `None` for anything else.
+pub fn echo_reply(ip: &[u8]) -> Option<(IpAddr, u16, u16)> {
+    let (dst, msg) = match ip.first()? >> 4 {
+        4 => {
+            let p = Ipv4Packet::new_checked(ip).ok()?;
+            let hl = usize::from(ip[0] & 0x0f) * 4;
+            if hl != 20 || p.protocol() != IpProtocol::ICMP || p.is_fragment() {
+                return None;
+            }
+            let msg = ip.get(20..usize::from(p.total_len()))?;
+            if msg.len() < 8 || msg[0] != 0 || !checksum::verify(0, msg) {
+                return None;
+            }
+            (IpAddr::from(p.dst_addr()), msg)
+        }
+        6 => {
+            let p = Ipv6Packet::new_checked(ip).ok()?;
+            if p.next_header() != IpProtocol::ICMPV6 {
+                return None;
+            }
+            let msg = ip.get(40..40 + usize::from(p.payload_len()))?;
+            let ps = checksum::pseudo_v6(
+                p.src_addr(),
+                p.dst_addr(),
+                IpProtocol::ICMPV6.0,
+                msg.len() as u32,
+            );
+            if msg.len() < 8 || msg[0] != 129 || !checksum::verify(ps, msg) {
+                return None;
+            }
+            (IpAddr::from(p.dst_addr()), msg)
+        }
+        _ => return None,
+    };
+    let ident = u16::from_be_bytes([msg[4], msg[5]]);
+    let seq = u16::from_be_bytes([msg[6], msg[7]]);
+    Some((dst, ident, seq))
+}
+
 /// A UDP datagram with a one-byte 0xFF payload: the NAT-keepalive format of RFC 3948 §2.3,
 /// also the heartbeat of the ESP-in-UDP tunnel port. Returns the IP packet length.
 pub fn keepalive(

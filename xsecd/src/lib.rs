@@ -7,6 +7,7 @@ pub mod fwd;
 pub mod guard;
 pub mod logging;
 pub mod neigh;
+pub mod probe;
 pub mod reasm;
 pub mod replay;
 pub mod stats;

@@ -97,6 +97,28 @@ enum Cmd {
         #[arg(long, default_value = "xsecctl")]
         client: String,
     },
+    /// Send ICMP echo requests from the gateway itself through the outbound SPD: a check of
+    /// a tunnel from inside (only replies that come back decrypted count). Exit status 1
+    /// when no reply came.
+    Ping {
+        /// The destination: a host behind a peer.
+        dst: String,
+        /// The source: an address of this gateway (default: the protected interface's).
+        #[arg(long = "from", short = 'I')]
+        src: Option<String>,
+        /// Echo requests.
+        #[arg(short, long, default_value_t = 3)]
+        count: u32,
+        /// Seconds between two requests.
+        #[arg(short, long, default_value_t = 1.0)]
+        interval: f64,
+        /// Seconds each request waits for its reply.
+        #[arg(short = 'W', long, default_value_t = 1.0)]
+        timeout: f64,
+        /// Echo data bytes.
+        #[arg(short, long, default_value_t = 56)]
+        size: u16,
+    },
     /// The IKE daemon (xsec-ike): its IKE and Child SAs and connections; start, stop,
     /// rekey, reload. Talks to xsec-ike's socket (`--ike-socket`).
     Ike(IkeArgs),
@@ -845,6 +867,25 @@ fn run(cli: Cli) -> Res<()> {
             policy_test_out(&v, json_out, records);
         }
         Cmd::Dump { client } => print_json(&dump_all(&mut c, client.as_deref())?),
+        Cmd::Ping {
+            dst,
+            src,
+            count,
+            interval,
+            timeout,
+            size,
+        } => {
+            let ms = |s: f64| (s * 1000.0).round().max(0.0) as u64;
+            let v = c.call(
+                "ping",
+                json!({"dst": dst, "src": src, "count": count, "size": size,
+                       "interval_ms": ms(interval), "timeout_ms": ms(timeout)}),
+            )?;
+            ping_out(&v, json_out);
+            if v["received"].as_u64() == Some(0) {
+                return Err((1, format!("no reply from {dst}")));
+            }
+        }
         Cmd::Batch { file, client } => {
             // the keys in the file stay in this one buffer (and the request's frame), both
             // wiped: the operations are checked as JSON text and sent as they are
@@ -967,6 +1008,56 @@ fn change_out(v: &Value, json_out: bool) {
 }
 
 /// `policy test --config FILE`: the file's SPD, compiled as xsecd would, tested here.
+/// `ping`'s answer, as ping prints it.
+fn ping_out(v: &Value, json_out: bool) {
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        return;
+    }
+    let s = |k: &str| v[k].as_str().unwrap_or("?").to_owned();
+    let policy = match (
+        v["policy"]["name"].as_str(),
+        v["policy"]["disposition"].as_str(),
+    ) {
+        (Some(n), Some(d)) => format!("policy {n} ({d})"),
+        (None, Some(d)) => format!("no policy ({d})"),
+        _ => "no policy".to_owned(),
+    };
+    println!(
+        "PING {} from {} via {policy}: {} data bytes",
+        s("dst"),
+        s("src"),
+        v["size"]
+    );
+    for (i, r) in v["rtt_ms"].as_array().into_iter().flatten().enumerate() {
+        match r.as_f64() {
+            Some(ms) => println!("seq {i}: reply in {ms:.3} ms"),
+            None => println!("seq {i}: no reply"),
+        }
+    }
+    let (sent, got) = (
+        v["sent"].as_u64().unwrap_or(0),
+        v["received"].as_u64().unwrap_or(0),
+    );
+    let lost = if sent == 0 {
+        0
+    } else {
+        (sent - got) * 100 / sent
+    };
+    print!(
+        "--- {}: {sent} sent, {got} received, {lost}% lost",
+        s("dst")
+    );
+    match (
+        v["min_ms"].as_f64(),
+        v["avg_ms"].as_f64(),
+        v["max_ms"].as_f64(),
+    ) {
+        (Some(a), Some(b), Some(c)) => println!("; rtt min/avg/max {a:.3}/{b:.3}/{c:.3} ms"),
+        _ => println!(),
+    }
+}
+
 fn policy_test_file(
     file: &std::path::Path,
     dir: &str,

@@ -299,6 +299,8 @@ mod tests {
             tracing: AtomicBool::new(false),
             counters: CtlCounters::default(),
             stop: Arc::new(AtomicBool::new(false)),
+            probes: Arc::new(crate::probe::ProbeBoard::new(1)),
+            own_addrs: [None, None],
         };
         (Arc::new(ctl), unix)
     }

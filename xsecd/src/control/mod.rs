@@ -103,6 +103,10 @@ pub struct Control {
     pub stop: Arc<AtomicBool>,
     /// Inbound SPIs handed out by `alloc-spi` and not yet installed or expired.
     pub spis: Mutex<spi::Reservations>,
+    /// The probes out (`ping`), shared with the workers.
+    pub probes: Arc<crate::probe::ProbeBoard>,
+    /// The protected interface's addresses (IPv4, IPv6): `ping`'s default source.
+    pub own_addrs: [Option<IpAddr>; 2],
 }
 
 impl std::fmt::Debug for Control {
@@ -870,6 +874,7 @@ pub(crate) fn dispatch(ctl: &Control, req: Request, client: &mut String) -> Resu
         Request::PolicyTest(a) => policy_test(ctl, &a),
         Request::AllocSpi(a) => alloc_spi(ctl, &a),
         Request::PublishEvent(a) => publish_event(ctl, a.event, client),
+        Request::Ping(a) => ping(ctl, &a),
         Request::Reload(a) => {
             let edit = Edit::Reload {
                 path: PathBuf::from(a.path),
@@ -1008,6 +1013,155 @@ fn publish_event(ctl: &Control, ev: Value, client: &str) -> Result<Value, Fail> 
     );
     ctl.publish(Value::Object(o));
     Ok(json!({"published": true}))
+}
+
+/// `ping`: echo requests from an address of the gateway through the outbound SPD
+/// ([`crate::probe`]), `count` of them `interval_ms` apart, each awaited `timeout_ms`; the
+/// answer has each one's round trip (or `null`) and the outbound policy the SPD chose for
+/// them. Only a reply that came decapsulated counts.
+fn ping(ctl: &Control, a: &request::Ping) -> Result<Value, Fail> {
+    let dst: IpAddr = a
+        .dst
+        .trim()
+        .parse()
+        .map_err(|_| bad(format!("args.dst: {:?} is not an IP address", a.dst)))?;
+    let src: IpAddr = match &a.src {
+        Some(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| bad(format!("args.src: {s:?} is not an IP address")))?,
+        None => ctl.own_addrs[usize::from(dst.is_ipv6())].ok_or_else(|| {
+            bad(format!(
+                "args.src: {} has no {} address; name one",
+                ctl.ifaces[1].0,
+                if dst.is_ipv6() { "IPv6" } else { "IPv4" }
+            ))
+        })?,
+    };
+    if src.is_ipv6() != dst.is_ipv6() {
+        return Err(bad("args: src and dst are of two address families"));
+    }
+    if dst.is_unspecified() || dst.is_multicast() || src.is_unspecified() || src.is_multicast() {
+        return Err(bad("args: src and dst must be unicast addresses"));
+    }
+    // the replies come back to the source: it must be the gateway's own
+    if std::net::UdpSocket::bind(std::net::SocketAddr::new(src, 0)).is_err() {
+        return Err(bad(format!(
+            "args.src: {src} is not an address of this gateway"
+        )));
+    }
+    let count = a.count.unwrap_or(1);
+    if !(1..=100).contains(&count) {
+        return Err(bad("args.count: 1 to 100"));
+    }
+    let ms = |v: Option<u64>, what: &str| match v.unwrap_or(1000) {
+        m @ 10..=10_000 => Ok(Duration::from_millis(m)),
+        _ => Err(bad(format!("args.{what}: 10 to 10000"))),
+    };
+    let (interval, timeout) = (
+        ms(a.interval_ms, "interval_ms")?,
+        ms(a.timeout_ms, "timeout_ms")?,
+    );
+    if interval * (count - 1) + timeout > Duration::from_secs(25) {
+        return Err(bad(
+            "args: (count - 1) × interval_ms + timeout_ms is at most 25 s",
+        ));
+    }
+    let size = a.size.unwrap_or(56);
+    if size > 1400 {
+        return Err(bad("args.size: 0 to 1400"));
+    }
+    let policy = {
+        let spd = lock(&ctl.running).spd.clone();
+        // an echo request: ICMP type 8 / ICMPv6 128 (the local "port"), code 0
+        let ep = |a: IpAddr, port: u8| match a {
+            IpAddr::V4(_) => format!("{a}:{port}"),
+            IpAddr::V6(_) => format!("[{a}]:{port}"),
+        };
+        let ty = if dst.is_ipv6() { 128 } else { 8 };
+        let test = policy_test::Probe::parse("out", "icmp", &ep(src, ty), &ep(dst, 0), None)
+            .map_err(|m| bad(format!("args.{m}")))?;
+        policy_test::run(&spd, &test)
+    };
+    let worker = ctl
+        .workers
+        .first()
+        .ok_or_else(|| (kind::INTERNAL, "no worker".to_owned(), Value::Null))?;
+    let board = &ctl.probes;
+    // (ticket, sent at, reply time)
+    let mut out: Vec<(crate::probe::Ticket, u64, Option<u64>)> = vec![];
+    let start = Instant::now();
+    let mut sent = 0;
+    let result = loop {
+        let now = Instant::now();
+        if sent < count && now >= start + interval * sent {
+            let Some(t) = board.arm(src) else {
+                break Err((
+                    kind::BUSY,
+                    format!("{} probes are out already", crate::probe::SLOTS),
+                    Value::Null,
+                ));
+            };
+            let at = ctl.clock.now().as_nanos();
+            let p = crate::probe::Probe {
+                src,
+                dst,
+                ticket: t,
+                size,
+            };
+            if worker.send(Cmd::Probe(p)).is_err() {
+                board.disarm(t);
+                break Err((kind::INTERNAL, "worker 0 is gone".to_owned(), Value::Null));
+            }
+            out.push((t, at, None));
+            sent += 1;
+        }
+        let mut waiting = false;
+        for (t, at, got) in out.iter_mut() {
+            if got.is_some() {
+                continue;
+            }
+            if let Some(ns) = board.reply(*t) {
+                *got = Some(ns.saturating_sub(*at));
+                board.disarm(*t);
+            } else if ctl.clock.now().as_nanos().saturating_sub(*at) > timeout.as_nanos() as u64 {
+                board.disarm(*t);
+                *got = Some(u64::MAX);
+            } else {
+                waiting = true;
+            }
+        }
+        if sent == count && !waiting || ctl.stop.load(Ordering::Relaxed) {
+            break Ok(());
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    };
+    for (t, _, got) in &out {
+        if got.is_none() {
+            board.disarm(*t);
+        }
+    }
+    result?;
+    let rtts: Vec<Option<f64>> = out
+        .iter()
+        .map(|(_, _, g)| match g {
+            Some(ns) if *ns != u64::MAX => Some(*ns as f64 / 1e6),
+            _ => None,
+        })
+        .collect();
+    let ok: Vec<f64> = rtts.iter().flatten().copied().collect();
+    let avg = (!ok.is_empty()).then(|| ok.iter().sum::<f64>() / ok.len() as f64);
+    Ok(json!({
+        "src": src, "dst": dst, "size": size,
+        "sent": out.len(), "received": ok.len(), "lost": out.len() - ok.len(),
+        "rtt_ms": rtts,
+        "min_ms": ok.iter().copied().reduce(f64::min),
+        "avg_ms": avg,
+        "max_ms": ok.iter().copied().reduce(f64::max),
+        "policy": policy.get("results").and_then(|r| r.get(0)).map_or(Value::Null, |r| json!({
+            "name": r.get("first"), "disposition": r.get("disposition"),
+        })),
+    }))
 }
 
 fn alloc_spi(ctl: &Control, a: &request::AllocSpi) -> Result<Value, Fail> {

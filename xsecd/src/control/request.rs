@@ -48,6 +48,8 @@ pub enum Request {
     Subscribe(NoArgs),
     /// A client's own event (a key manager's IKE SA up or down), sent to every subscriber.
     PublishEvent(PublishEvent),
+    /// ICMP echo requests the gateway originates through the outbound SPD.
+    Ping(Ping),
 }
 
 impl Request {
@@ -73,7 +75,7 @@ pub const COMMANDS: &str = "hello (status), show-sa, show-policy, show-workers, 
     show-interfaces, show-counters, metrics, policy-test, alloc-spi, dump, add-sa, update-sa, \
     del-sa, update-sa-endpoints, add-policy, update-policy, del-policy, move-policy, batch, \
     reload, config-add-sa, config-del-sa, config-add-policy, config-del-policy, \
-    config-move-policy, trace, subscribe, publish-event";
+    config-move-policy, trace, subscribe, publish-event, ping";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -196,6 +198,23 @@ pub struct PolicyTest {
 pub struct PublishEvent {
     /// A JSON object with a `type` of the client's own (not one of the engine's).
     pub event: Value,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ping {
+    /// The destination (a host behind a peer, reached through a tunnel).
+    pub dst: String,
+    /// An address of this gateway (default: the protected interface's, of `dst`'s family).
+    pub src: Option<String>,
+    /// Echo requests (1-100, default 1).
+    pub count: Option<u32>,
+    /// Between two requests (10-10,000 ms, default 1,000).
+    pub interval_ms: Option<u64>,
+    /// How long each waits for its reply (10-10,000 ms, default 1,000).
+    pub timeout_ms: Option<u64>,
+    /// Echo data bytes (0-1,400, default 56).
+    pub size: Option<u16>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -148,6 +148,11 @@ impl<I: FrameIo> Worker<'_, I> {
             }
         }
         match v {
+            // the reply to one of the gateway's own probes, come through a tunnel
+            Verdict::Forward if self.probes.take_reply(pkt.data(), now.as_nanos()) => {
+                self.c.probe_replies += 1;
+                self.xsk.release(pkt.into_inner());
+            }
             // decapsulated (or bypassed plaintext): forwarded by this router
             Verdict::Forward | Verdict::Bypass => self.forward(pkt, now, true, false),
             Verdict::Handoff(w) => self.handoff(pkt, Side::Unprotected, w, handed),
@@ -463,6 +468,30 @@ impl<I: FrameIo> Worker<'_, I> {
                     self.icmp(pkt.data(), IcmpError::TooBig { mtu }, now);
                     self.xsk.release(pkt.into_inner());
                 }
+                // the SA is another worker's: it gets the packet as if from the protected
+                // side (a packet this worker built has no Ethernet header yet; the owner
+                // reads only its type)
+                Verdict::Handoff(w) => {
+                    let v6 = pkt.data().first().is_some_and(|b| b >> 4 == 6);
+                    let ethertype = if v6 {
+                        fwd::ETHERTYPE_IPV6
+                    } else {
+                        fwd::ETHERTYPE_IPV4
+                    };
+                    let (eth, len) = (pkt.head().checked_sub(ETH_HDR), pkt.len());
+                    let mut frame = pkt.into_inner();
+                    let written = eth.and_then(|e| {
+                        fwd::write_eth(&mut frame.as_mut()[e..], [0; 6], [0; 6], ethertype)
+                    });
+                    match (written, eth) {
+                        (Some(()), Some(e)) => {
+                            if let Some(p) = self.window(frame, e + ETH_HDR, Some(len)) {
+                                self.handoff(p, Side::Protected, w, false);
+                            }
+                        }
+                        _ => self.xsk.release(frame),
+                    }
+                }
                 _ => self.xsk.release(pkt.into_inner()),
             }
             return;
@@ -661,6 +690,29 @@ impl<I: FrameIo> Worker<'_, I> {
             return;
         };
         self.c.icmp_sent += 1;
+        self.forward(pkt, now, false, false);
+    }
+
+    /// Originate a probe ([`crate::probe`]): built in a new frame and forwarded like a
+    /// packet from the protected side, so the outbound SPD decides it (protected, bypassed or
+    /// dropped).
+    pub(super) fn probe(&mut self, p: Probe, now: Timestamp) {
+        let Some(mut f) = self.xsk.alloc() else {
+            self.c.no_frame += 1;
+            return;
+        };
+        let n = fwd::echo_request(
+            &mut f.as_mut()[FRAME_START..],
+            p.src,
+            p.dst,
+            p.ticket.ident,
+            p.ticket.seq,
+            usize::from(p.size),
+        );
+        let Some(pkt) = self.window(f, FRAME_START, n) else {
+            return;
+        };
+        self.c.probes_sent += 1;
         self.forward(pkt, now, false, false);
     }
 

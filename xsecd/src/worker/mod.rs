@@ -6,6 +6,7 @@
 //! (`sendto`, needed by copy mode) is per burst.
 
 use crate::fwd::{self, ETH_HDR, IcmpError};
+use crate::probe::{Probe, ProbeBoard};
 use crate::reasm::{self, Reassembler};
 use crate::replay::ReplaySource;
 use crate::trace::Tap;
@@ -94,6 +95,8 @@ pub enum Cmd {
     Trace(Option<Box<Tap>>),
     /// Reply with a snapshot of the counters.
     Snapshot(Sender<Snapshot>),
+    /// Originate an ICMP echo request through the outbound SPD ([`crate::probe`]).
+    Probe(Probe),
     Stop,
 }
 
@@ -243,6 +246,10 @@ pub struct WorkerCounters {
     /// IKE that reached the dataplane (the XDP program should pass it to the kernel).
     pub punt_dropped: u64,
     pub heartbeats_sent: u64,
+    /// Echo requests this gateway originated ([`crate::probe`]: `ping`, tunnel watchdogs).
+    pub probes_sent: u64,
+    /// Their replies, taken after decapsulation (never forwarded).
+    pub probe_replies: u64,
 }
 }
 
@@ -293,6 +300,8 @@ pub struct WorkerSetup {
     /// ICMP errors per second and bucket size.
     pub icmp_limit: (u32, u32),
     pub clock: MonotonicClock,
+    /// The probes out ([`crate::probe`]), shared with the control threads.
+    pub probes: Arc<ProbeBoard>,
     /// Replay frames from memory instead of opening sockets (`crate::replay`).
     pub replay: Option<Arc<ReplaySource>>,
     /// Test hook (debug builds only, `XSECD_TEST_WORKER_PANIC`): panic once this many
@@ -344,6 +353,7 @@ struct Worker<'x, I: FrameIo> {
     icmp_limit: fwd::IcmpLimiter,
     mtu: Option<u16>,
     heartbeats: Vec<HeartbeatState>,
+    probes: Arc<ProbeBoard>,
     /// The smallest MTU of any next hop seen (or the configured one): packets that cannot
     /// outgrow it need no copy kept for an ICMP error.
     min_mtu: usize,
@@ -490,6 +500,7 @@ impl<'x, I: FrameIo> Worker<'x, I> {
             icmp_limit: fwd::IcmpLimiter::new(setup.icmp_limit.0, setup.icmp_limit.1),
             mtu: setup.mtu,
             heartbeats: Vec::new(),
+            probes: setup.probes.clone(),
             min_mtu: usize::from(setup.mtu.unwrap_or(u16::MAX)),
             parked: Vec::with_capacity(PARK_MAX),
             reasm: Reassembler::new(),
@@ -623,6 +634,7 @@ impl<I: FrameIo> Worker<'_, I> {
                     }
                 }
             }
+            Cmd::Probe(p) => self.probe(p, now),
             Cmd::Stop => {}
         }
     }

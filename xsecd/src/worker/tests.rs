@@ -64,6 +64,7 @@ fn gateways(example: &str, extra: &str, n: usize) -> Vec<Gw> {
         wakers.push(Waker::new().expect("eventfd"));
         ends.push((inbox, (pool_tx, pool_rx)));
     }
+    let probes = Arc::new(crate::probe::ProbeBoard::new(0x7e57));
     let mesh = Mesh {
         inboxes,
         pools,
@@ -96,6 +97,7 @@ fn gateways(example: &str, extra: &str, n: usize) -> Vec<Gw> {
                     mtu: None,
                     icmp_limit: (100, 20),
                     clock,
+                    probes: probes.clone(),
                     replay: None,
                     panic_after: None,
                 },
@@ -797,4 +799,171 @@ fn outbound_sas_are_keyed_by_spi_and_peer_and_new_endpoints_keep_the_sequence() 
         }],
     );
     assert_eq!(send(&mut w), ([10, 0, 0, 9], 0x1111, 2));
+}
+
+/// Gateway A's own address on its protected side (the probes' source).
+const GW_A_LAN: [u8; 4] = [192, 168, 10, 1];
+
+/// The Ethernet frame of the reply HOST_B sends to an echo request delivered to it.
+fn echo_reply_frame(req: &[u8]) -> Vec<u8> {
+    let ip = crate::probe::reply_of(&req[14..]);
+    let mut f = req[..14].to_vec();
+    f.extend_from_slice(&ip);
+    f
+}
+
+#[test]
+fn a_probe_crosses_the_tunnel_and_only_its_decrypted_reply_is_taken() {
+    let (mut ga, mut gb) = (gateway(A, A_BYPASS), gateway(B, ""));
+    let (mut ia, mut ib) = (MemIo::new(FRAMES), MemIo::new(FRAMES));
+    {
+        let mut a = Worker::start(&mut ia, &mut ga);
+        let mut b = Worker::start(&mut ib, &mut gb);
+        a.hop_to([10, 0, 0, 2], hop(Side::Unprotected, 1500));
+        a.hop_to(HOST_B, hop(Side::Unprotected, 1500));
+        a.hop_to(GW_A_LAN, None);
+        b.hop_to(HOST_B, hop(Side::Protected, 1500));
+        b.hop_to([10, 0, 0, 1], hop(Side::Unprotected, 1500));
+        b.hop_to(GW_A_LAN, hop(Side::Unprotected, 1500));
+        let board = a.probes.clone();
+        let t = board.arm(IpAddr::from(GW_A_LAN)).expect("a slot");
+        let probe = Probe {
+            src: IpAddr::from(GW_A_LAN),
+            dst: IpAddr::from(HOST_B),
+            ticket: t,
+            size: 56,
+        };
+        let now = a.engine_now();
+        a.apply(Cmd::Probe(probe), now);
+        assert!(a.xsk.take_sent(Side::Protected).is_empty());
+        let esp = a.xsk.take_sent(Side::Unprotected);
+        assert_eq!(esp.len(), 1, "{:?}", a.c);
+        let outer = ipv4(&esp[0]);
+        assert_eq!(outer.protocol(), IpProtocol::ESP, "never in clear");
+        let spi = EspPacket::new_checked(outer.payload()).expect("ESP").spi();
+        assert_eq!(spi, 0x1111, "the policy's SA");
+        assert_eq!(a.c.probes_sent, 1);
+
+        // B decrypts it and delivers an echo request from A's LAN address to host B
+        b.xsk.inject(Side::Unprotected, &esp[0]);
+        b.turn();
+        let delivered = b.xsk.take_sent(Side::Protected);
+        assert_eq!(delivered.len(), 1);
+        let req = ipv4(&delivered[0]);
+        assert_eq!(
+            (req.src_addr(), req.dst_addr(), req.protocol()),
+            (GW_A_LAN, HOST_B, IpProtocol::ICMP)
+        );
+        assert!(req.verify_checksum());
+        let icmp = req.payload();
+        assert_eq!(icmp[0], 8, "an echo request");
+        assert!(xsec_dataplane::wire::checksum::verify(0, icmp));
+        assert_eq!(&icmp[4..8], &[t.ident.to_be_bytes(), t.seq.to_be_bytes()].concat()[..]);
+
+        // host B answers; B protects the reply back to A
+        b.xsk.inject(Side::Protected, &echo_reply_frame(&delivered[0]));
+        b.turn();
+        let back = b.xsk.take_sent(Side::Unprotected);
+        assert_eq!(back.len(), 1);
+
+        // the same reply in clear (a BYPASS policy lets 198.51.100.0/24 in) is not taken: a
+        // reply that did not come through a tunnel proves nothing about it
+        let mut clear = echo_reply_frame(&delivered[0]);
+        clear[14 + 12..14 + 16].copy_from_slice(&ELSEWHERE);
+        let fix = xsec_dataplane::wire::checksum::finish(xsec_dataplane::wire::checksum::sum(
+            &{
+                let mut h = clear[14..34].to_vec();
+                h[10..12].fill(0);
+                h
+            },
+        ));
+        clear[14 + 10..14 + 12].copy_from_slice(&fix.to_be_bytes());
+        a.xsk.inject(Side::Unprotected, &clear);
+        a.turn();
+        assert_eq!(a.c.probe_replies, 0);
+        assert_eq!(board.reply(t), None);
+
+        // the decrypted reply is taken, marked, and goes nowhere
+        a.xsk.inject(Side::Unprotected, &back[0]);
+        a.turn();
+        assert_eq!(a.c.probe_replies, 1);
+        assert!(board.reply(t).is_some());
+        assert!(a.xsk.take_sent(Side::Protected).is_empty());
+        assert!(a.xsk.take_sent(Side::Unprotected).is_empty());
+        board.disarm(t);
+    }
+    assert_eq!((ia.free, ib.free), (FRAMES, FRAMES), "no frame lost");
+}
+
+#[test]
+fn a_probe_the_spd_does_not_protect_is_dropped_or_sent_as_it_says() {
+    let mut ga = gateway(A, A_BYPASS);
+    let mut io = MemIo::new(FRAMES);
+    {
+        let mut a = Worker::start(&mut io, &mut ga);
+        let nowhere: [u8; 4] = [203, 0, 113, 1];
+        a.hop_to(nowhere, hop(Side::Unprotected, 1500));
+        a.hop_to(ELSEWHERE, hop(Side::Unprotected, 1500));
+        let board = a.probes.clone();
+        let send = |a: &mut Worker<'_, MemIo>, dst: [u8; 4]| {
+            let t = board.arm(IpAddr::from(GW_A_LAN)).expect("a slot");
+            let p = Probe {
+                src: IpAddr::from(GW_A_LAN),
+                dst: IpAddr::from(dst),
+                ticket: t,
+                size: 8,
+            };
+            let now = a.engine_now();
+            a.apply(Cmd::Probe(p), now);
+            board.disarm(t);
+        };
+        // no policy: the implicit DISCARD drops it, counted
+        let before = a.engine.stats().drops.total();
+        send(&mut a, nowhere);
+        assert!(a.xsk.take_sent(Side::Unprotected).is_empty());
+        assert_eq!(a.engine.stats().drops.total(), before + 1);
+        // BYPASS: in clear, because the SPD says so
+        send(&mut a, ELSEWHERE);
+        let out = a.xsk.take_sent(Side::Unprotected);
+        assert_eq!(out.len(), 1);
+        assert_eq!(ipv4(&out[0]).protocol(), IpProtocol::ICMP);
+        assert_eq!(a.c.probes_sent, 2);
+    }
+    assert_eq!(io.free, FRAMES);
+}
+
+#[test]
+fn a_probe_for_another_workers_sa_is_handed_to_it_and_protected_there() {
+    let mut gas = gateways(A, "", 2);
+    let owner = usize::from(gas[0].owner["to-b"]);
+    let other = 1 - owner;
+    let (mut io0, mut io1) = (MemIo::new(FRAMES), MemIo::new(FRAMES));
+    let (first, second) = gas.split_at_mut(1);
+    let mut ws = [
+        Worker::start(&mut io0, &mut first[0]),
+        Worker::start(&mut io1, &mut second[0]),
+    ];
+    for w in &mut ws {
+        w.hop_to([10, 0, 0, 2], hop(Side::Unprotected, 1500));
+        w.hop_to(HOST_B, hop(Side::Unprotected, 1500));
+    }
+    let board = ws[other].probes.clone();
+    let t = board.arm(IpAddr::from(GW_A_LAN)).expect("a slot");
+    let p = Probe {
+        src: IpAddr::from(GW_A_LAN),
+        dst: IpAddr::from(HOST_B),
+        ticket: t,
+        size: 56,
+    };
+    let now = ws[other].engine_now();
+    ws[other].apply(Cmd::Probe(p), now);
+    assert!(ws[other].xsk.take_sent(Side::Unprotected).is_empty());
+    assert_eq!(ws[other].c.handoff_tx, 1);
+    ws[owner].turn();
+    let out = ws[owner].xsk.take_sent(Side::Unprotected);
+    assert_eq!(out.len(), 1);
+    assert_eq!(ipv4(&out[0]).protocol(), IpProtocol::ESP);
+    board.disarm(t);
+    drop(ws);
+    assert_eq!((io0.free, io1.free), (FRAMES, FRAMES));
 }
