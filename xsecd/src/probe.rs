@@ -166,9 +166,8 @@ pub(crate) fn reply_of(req: &[u8]) -> Vec<u8> {
         r[16..20].copy_from_slice(&s);
         r[20] = 0;
         r[22..24].fill(0);
-        let c = xsec_dataplane::wire::checksum::finish(xsec_dataplane::wire::checksum::sum(
-            &r[20..],
-        ));
+        let c =
+            xsec_dataplane::wire::checksum::finish(xsec_dataplane::wire::checksum::sum(&r[20..]));
         r[22..24].copy_from_slice(&c.to_be_bytes());
     } else {
         let (s, d) = (r[8..24].to_vec(), r[24..40].to_vec());

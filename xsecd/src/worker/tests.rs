@@ -858,10 +858,14 @@ fn a_probe_crosses_the_tunnel_and_only_its_decrypted_reply_is_taken() {
         let icmp = req.payload();
         assert_eq!(icmp[0], 8, "an echo request");
         assert!(xsec_dataplane::wire::checksum::verify(0, icmp));
-        assert_eq!(&icmp[4..8], &[t.ident.to_be_bytes(), t.seq.to_be_bytes()].concat()[..]);
+        assert_eq!(
+            &icmp[4..8],
+            &[t.ident.to_be_bytes(), t.seq.to_be_bytes()].concat()[..]
+        );
 
         // host B answers; B protects the reply back to A
-        b.xsk.inject(Side::Protected, &echo_reply_frame(&delivered[0]));
+        b.xsk
+            .inject(Side::Protected, &echo_reply_frame(&delivered[0]));
         b.turn();
         let back = b.xsk.take_sent(Side::Unprotected);
         assert_eq!(back.len(), 1);
@@ -870,13 +874,11 @@ fn a_probe_crosses_the_tunnel_and_only_its_decrypted_reply_is_taken() {
         // reply that did not come through a tunnel proves nothing about it
         let mut clear = echo_reply_frame(&delivered[0]);
         clear[14 + 12..14 + 16].copy_from_slice(&ELSEWHERE);
-        let fix = xsec_dataplane::wire::checksum::finish(xsec_dataplane::wire::checksum::sum(
-            &{
-                let mut h = clear[14..34].to_vec();
-                h[10..12].fill(0);
-                h
-            },
-        ));
+        let fix = xsec_dataplane::wire::checksum::finish(xsec_dataplane::wire::checksum::sum(&{
+            let mut h = clear[14..34].to_vec();
+            h[10..12].fill(0);
+            h
+        }));
         clear[14 + 10..14 + 12].copy_from_slice(&fix.to_be_bytes());
         a.xsk.inject(Side::Unprotected, &clear);
         a.turn();
