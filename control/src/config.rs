@@ -43,11 +43,26 @@ pub struct ChildSettings {
     pub life_packets: Option<u64>,
 }
 
+/// A connection's tunnel watchdog (the branch routers' "ICMP detect"): an echo request to
+/// `host` from `source` through the tunnel every `interval`, each awaited `timeout`; after
+/// `tries` unanswered in a row the IKE SA is restarted. Beside DPD, not instead of it: DPD
+/// sees the peer's IKE daemon, the watchdog sees the data path to a host behind it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchdogConfig {
+    pub host: IpAddr,
+    /// An address of this gateway (default: xsecd's protected interface's).
+    pub source: Option<IpAddr>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub tries: u32,
+}
+
 /// A loaded connection.
 #[derive(Debug, Clone)]
 pub struct ConnEntry {
     pub conn: Arc<Connection>,
     pub children: Vec<ChildSettings>,
+    pub watchdog: Option<WatchdogConfig>,
 }
 
 /// The whole file.
@@ -284,6 +299,7 @@ struct Draft {
     dpd_action: DpdAction,
     rekey_time: Option<Duration>,
     reauth_time: Option<Duration>,
+    watchdog: Option<WatchdogConfig>,
 }
 
 fn keep_in<T>(r: Result<T, Fail>, fails: &mut Vec<Fail>) -> Option<T> {
@@ -394,6 +410,80 @@ fn read_child(
     ))
 }
 
+fn one_addr(v: &Val<'_, '_>) -> Result<IpAddr, Fail> {
+    let s = v.string()?;
+    s.trim()
+        .parse()
+        .map_err(|_| v.fail(format!("{s:?} is not an IP address")))
+}
+
+/// `[connections.NAME.watchdog]`.
+fn read_watchdog(v: &Val<'_, '_>, fails: &mut Vec<Fail>) -> Option<WatchdogConfig> {
+    let mut t = match v.table() {
+        Ok(t) => t,
+        Err(f) => {
+            fails.push(f);
+            return None;
+        }
+    };
+    let before = fails.len();
+    let host = keep_in(t.req("host").and_then(|v| one_addr(&v)), fails);
+    let source = t.get("source").and_then(|v| keep_in(one_addr(&v), fails));
+    let mut secs =
+        |key: &'static str, default: u64, lo: u64, hi: u64, fails: &mut Vec<Fail>| match t.get(key)
+        {
+            None => Some(Duration::from_secs(default)),
+            Some(v) => match duration(&v) {
+                Ok(d) if (lo..=hi).contains(&d.as_secs()) => Some(d),
+                Ok(_) => {
+                    fails.push(v.fail(format!("{lo}s to {hi}s")));
+                    None
+                }
+                Err(f) => {
+                    fails.push(f);
+                    None
+                }
+            },
+        };
+    let interval = secs("interval", 10, 1, 3600, fails);
+    let timeout = secs("timeout", 2, 1, 10, fails);
+    let tries = match t.get("tries") {
+        Some(v) => keep_in(v.uint(1u32, 100), fails),
+        None => Some(3),
+    };
+    if let (Some(h), Some(s)) = (host, source)
+        && h.is_ipv6() != s.is_ipv6()
+    {
+        fails.push(
+            t.locs()
+                .fail("source", "host and source are of two address families"),
+        );
+    }
+    if let (Some(i), Some(to)) = (interval, timeout)
+        && to > i
+    {
+        fails.push(t.locs().fail(
+            "timeout",
+            format!(
+                "{}s is longer than the interval ({}s)",
+                to.as_secs(),
+                i.as_secs()
+            ),
+        ));
+    }
+    t.finish(fails);
+    if fails.len() > before {
+        return None;
+    }
+    Some(WatchdogConfig {
+        host: host?,
+        source,
+        interval: interval?,
+        timeout: timeout?,
+        tries: tries?,
+    })
+}
+
 fn read_conn(
     name: &str,
     v: &Val<'_, '_>,
@@ -473,6 +563,7 @@ fn read_conn(
         Some(Err(f)) => fails.push(f),
         None => {}
     }
+    let watchdog = t.get("watchdog").and_then(|v| read_watchdog(&v, fails));
     let mut children = vec![];
     match t.get("children").map(|v| v.table()) {
         Some(Ok(mut ct)) => {
@@ -503,6 +594,7 @@ fn read_conn(
         dpd_action,
         rekey_time,
         reauth_time,
+        watchdog,
     })
 }
 
@@ -681,6 +773,12 @@ pub fn parse(text: &str, path: &Path) -> Result<IkeConfig, ConfigError> {
             ));
             continue;
         }
+        if d.watchdog.is_some() && d.remote_addr.is_none() {
+            diags.push(err(
+                "watchdog needs remote_addrs (its restart initiates the IKE SA)".into(),
+            ));
+            continue;
+        }
         for (_, s) in &d.children {
             if !reqids.insert(s.reqid) {
                 diags.push(err(format!(
@@ -707,6 +805,7 @@ pub fn parse(text: &str, path: &Path) -> Result<IkeConfig, ConfigError> {
                 reauth_time: d.reauth_time,
             }),
             children: settings,
+            watchdog: d.watchdog,
         });
     }
     if !diags.is_empty() {
@@ -787,6 +886,63 @@ secret = "a secret of some length"
             "{text}"
         );
         assert!(text.contains("ike.toml:24: connections.gw-gw.children.net-net.start_acton: unknown key; did you mean \"start_action\"?"), "{text}");
+    }
+
+    #[test]
+    fn a_watchdog_is_read_with_defaults_and_checked() {
+        let with = |extra: &str| {
+            GOOD.replace(
+                "[connections.gw-gw.local]",
+                &format!("[connections.gw-gw.watchdog]\n{extra}\n\n[connections.gw-gw.local]"),
+            )
+        };
+        let c = parse(&with("host = \"10.2.0.10\""), Path::new("ike.toml")).expect("loads");
+        assert_eq!(
+            c.conns[0].watchdog,
+            Some(WatchdogConfig {
+                host: "10.2.0.10".parse().unwrap(),
+                source: None,
+                interval: Duration::from_secs(10),
+                timeout: Duration::from_secs(2),
+                tries: 3,
+            })
+        );
+        let c = parse(
+            &with("host = \"fd02::10\"\nsource = \"fd01::1\"\ninterval = 5\ntimeout = \"1s\"\ntries = 2"),
+            Path::new("ike.toml"),
+        )
+        .expect("loads");
+        let w = c.conns[0].watchdog.clone().expect("a watchdog");
+        assert_eq!(
+            (w.interval, w.timeout, w.tries),
+            (Duration::from_secs(5), Duration::from_secs(1), 2)
+        );
+        assert_eq!(w.source, Some("fd01::1".parse().unwrap()));
+        let e = parse(
+            &with("host = \"10.2.0.10\"\nsource = \"fd01::1\"\ninterval = \"2s\"\ntimeout = \"5s\"\ntries = 0\nretry = 3"),
+            Path::new("ike.toml"),
+        )
+        .expect_err("bad");
+        let text = e.to_string();
+        for want in [
+            "ike.toml:14: connections.gw-gw.watchdog.source: host and source are of two address families",
+            "ike.toml:16: connections.gw-gw.watchdog.timeout: 5s is longer than the interval (2s)",
+            "ike.toml:17: connections.gw-gw.watchdog.tries: 0 is out of range",
+            "ike.toml:18: connections.gw-gw.watchdog.retry: unknown key",
+        ] {
+            assert!(text.contains(want), "{want:?} in {text}");
+        }
+        let e = parse(&with("source = \"10.1.0.1\""), Path::new("ike.toml")).expect_err("no host");
+        assert!(
+            e.to_string().contains("connections.gw-gw.watchdog.host"),
+            "{e}"
+        );
+        let e = parse(
+            &with("host = \"10.2.0.10\"").replace("remote_addrs = [\"10.0.0.2\"]\n", ""),
+            Path::new("ike.toml"),
+        )
+        .expect_err("no remote address");
+        assert!(e.to_string().contains("watchdog needs remote_addrs"), "{e}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::config::{ConnEntry, IkeConfig, StartAction};
 use crate::ike::endpoint::Endpoint;
 use crate::ike::sa::{Event, IKE_PORT, NATT_PORT, Transmit};
 use crate::install::Installer;
+use crate::watchdog::{Prober, Verdict, Watch, WatchState};
 
 /// The four zero bytes in front of IKE on port 4500 (RFC 3948 §2.2).
 const NON_ESP_MARKER: [u8; 4] = [0; 4];
@@ -105,6 +106,10 @@ struct Daemon {
     stats: LoopStats,
     /// Connections waiting to be initiated (`pump_starts`).
     starts: std::collections::VecDeque<String>,
+    /// Tunnel watchdogs by connection, and the thread that sends their probes (none
+    /// without xsecd).
+    watches: HashMap<String, Watch>,
+    prober: Option<Prober>,
 }
 
 impl Daemon {
@@ -477,6 +482,101 @@ impl Daemon {
         }
     }
 
+    /// Is `conn`'s tunnel up (an established IKE SA with a Child SA)?
+    fn tunnel_up(&self, conn: &str) -> bool {
+        self.endpoint.sas().any(|s| {
+            s.conn.name == conn
+                && s.state == crate::ike::sa::State::Established
+                && !s.children.is_empty()
+        })
+    }
+
+    /// The watchdogs: send the probes due, act on the outcomes that came.
+    fn watchdogs(&mut self, now: Instant) {
+        let Some(prober) = &mut self.prober else {
+            return;
+        };
+        let outcomes = prober.drain();
+        let names: Vec<String> = self.watches.keys().cloned().collect();
+        for name in names {
+            let up = self.tunnel_up(&name);
+            if let (Some(w), Some(p)) = (self.watches.get_mut(&name), &self.prober)
+                && w.due(now, up)
+            {
+                p.send(&name, &w.cfg);
+            }
+        }
+        for o in outcomes {
+            let Some(w) = self.watches.get_mut(&o.conn) else {
+                continue;
+            };
+            let was_error = matches!(w.state, WatchState::Error(_));
+            let verdict = w.outcome(&o);
+            let (host, tries, lost) = (w.cfg.host, w.cfg.tries, w.lost);
+            let conn = o.conn.clone();
+            if let Some(e) = &o.error
+                && !was_error
+            {
+                tracing::error!(conn, "watchdog: cannot probe {host}: {e}");
+            }
+            let event = |state: &str| {
+                serde_json::json!({"type": "ike-watchdog", "conn": conn, "host": host,
+                                   "state": state, "lost": lost})
+            };
+            match verdict {
+                Verdict::Nothing => {}
+                Verdict::Failing => {
+                    tracing::warn!(conn, "watchdog: no reply from {host}");
+                    self.installer.publish(event("failing"));
+                }
+                Verdict::Recovered => {
+                    tracing::info!(conn, "watchdog: {host} answers again");
+                    self.installer.publish(event("recovered"));
+                }
+                Verdict::Restart => {
+                    tracing::warn!(
+                        conn,
+                        "watchdog: {tries} probes to {host} unanswered: restarting the IKE SA"
+                    );
+                    println!(
+                        "xsec-ike: watchdog of {conn}: {host} unreachable through the tunnel, restarting"
+                    );
+                    self.installer.publish(event("restart"));
+                    let ids: Vec<u64> = self
+                        .endpoint
+                        .sas()
+                        .filter(|s| s.conn.name == conn)
+                        .map(|s| s.id())
+                        .collect();
+                    for id in ids {
+                        self.endpoint.terminate(now, id, &mut self.installer);
+                    }
+                    if let Err(e) =
+                        self.endpoint
+                            .initiate(now, &conn, IKE_PORT, &mut self.installer)
+                    {
+                        tracing::error!(conn, "watchdog: cannot initiate: {e}");
+                    }
+                    self.flush();
+                }
+            }
+        }
+    }
+
+    /// The watchdogs of the configuration; those that did not change keep their state.
+    fn set_watches(&mut self) {
+        let mut old = std::mem::take(&mut self.watches);
+        for c in &self.cfg.conns {
+            if let Some(cfg) = &c.watchdog {
+                let w = match old.remove(&c.conn.name) {
+                    Some(w) if &w.cfg == cfg => w,
+                    _ => Watch::new(cfg.clone()),
+                };
+                self.watches.insert(c.conn.name.clone(), w);
+            }
+        }
+    }
+
     fn start(&mut self, now: Instant) {
         let traps: Vec<(
             u32,
@@ -578,7 +678,11 @@ impl Daemon {
             ),
             "list-conns" => ok(
                 r.id,
-                json!({"conns": self.cfg.conns.iter().map(conn_json).collect::<Vec<_>>()}),
+                json!({"conns": self.cfg.conns.iter().map(|c| {
+                    let mut v = conn_json(c);
+                    v["watchdog"] = self.watches.get(&c.conn.name).map_or(serde_json::Value::Null, Watch::json);
+                    v
+                }).collect::<Vec<_>>()}),
             ),
             "stats" => {
                 let e = &self.endpoint.stats;
@@ -684,6 +788,7 @@ impl Daemon {
                     let added: Vec<String> =
                         names.iter().filter(|n| !old.contains(n)).cloned().collect();
                     self.cfg = new;
+                    self.set_watches();
                     for name in &added {
                         let start = self.cfg.conns.iter().any(|c| {
                             &c.conn.name == name
@@ -737,6 +842,9 @@ impl Daemon {
         fds.push(PollFd::new(&self.server.listener, PollFlags::IN));
         if let Some(e) = &self.events {
             fds.push(PollFd::new(&e.wake, PollFlags::IN));
+        }
+        if let Some(p) = &self.prober {
+            fds.push(PollFd::new(&p.wake, PollFlags::IN));
         }
         let t = Timespec {
             tv_sec: d.as_secs() as _,
@@ -806,6 +914,14 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         ),
         _ => None,
     };
+    let prober = match &control {
+        // always: a reload may add a watchdog
+        Some(p) if installer.is_connected() => Some(
+            Prober::spawn(p.clone(), stop.clone())
+                .map_err(|e| DaemonError::Setup(format!("the watchdog thread: {e}")))?,
+        ),
+        _ => None,
+    };
     let mut d = Daemon {
         server,
         events,
@@ -816,7 +932,10 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         installed: HashMap::new(),
         stats: LoopStats::default(),
         starts: Default::default(),
+        watches: HashMap::new(),
+        prober,
     };
+    d.set_watches();
     println!(
         "xsec-ike: ready ({} connections{})",
         d.cfg.conns.len(),
@@ -834,7 +953,14 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
             .poll_timeout()
             .map(|t| t.saturating_duration_since(now))
             .unwrap_or(Duration::from_millis(500))
-            .min(Duration::from_millis(500));
+            .min(Duration::from_millis(500))
+            .min(
+                d.watches
+                    .values()
+                    .filter_map(Watch::next_due)
+                    .min()
+                    .map_or(Duration::MAX, |t| t.saturating_duration_since(now)),
+            );
         d.wait(wait);
         let now = Instant::now();
         for i in 0..d.sockets.len() {
@@ -845,6 +971,7 @@ pub fn run(opts: &Options, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         if !d.starts.is_empty() {
             d.pump_starts(now);
         }
+        d.watchdogs(now);
         let evs = d.events.as_mut().map(|e| e.drain()).unwrap_or_default();
         for ev in evs {
             d.on_xsecd_event(&ev, now);

@@ -9,3 +9,4 @@ pub mod daemon;
 pub mod events;
 pub mod install;
 pub mod socket;
+pub mod watchdog;

@@ -1530,6 +1530,32 @@ fn ike(a: &IkeArgs, json_out: bool) -> Res<()> {
                         list("remote_ts")
                     );
                 }
+                let w = &c["watchdog"];
+                if !w.is_null() {
+                    let from = if w["source"].is_null() {
+                        String::new()
+                    } else {
+                        format!(" from {}", s(&w["source"]))
+                    };
+                    let rtt = w["last_rtt_ms"]
+                        .as_f64()
+                        .map_or(String::new(), |ms| format!(", last rtt {ms:.3} ms"));
+                    let err = w["error"]
+                        .as_str()
+                        .map_or(String::new(), |e| format!(" ({e})"));
+                    println!(
+                        "  watchdog: {}{from} every {}s, timeout {}s, {} tries: {}{err}; sent {}, replies {}, lost {}, restarts {}{rtt}",
+                        s(&w["host"]),
+                        s(&w["interval_s"]),
+                        s(&w["timeout_s"]),
+                        s(&w["tries"]),
+                        s(&w["state"]).to_uppercase(),
+                        s(&w["sent"]),
+                        s(&w["replies"]),
+                        s(&w["lost"]),
+                        s(&w["restarts"]),
+                    );
+                }
             }
         }
         IkeCmd::Initiate { name } => println!("initiating {name}: IKE SA {}", s(&v["ike"])),
