@@ -1553,3 +1553,142 @@ fn reauthentication_with_charon_during_traffic() {
     t.stop_ike();
     t.swan(&["down"]);
 }
+
+/// `xsecctl --json ike list-conns`: the watchdog of connection gw-gw.
+fn watchdog_json(t: &Ike) -> serde_json::Value {
+    let o = Command::new(&t.bins.xsecctl)
+        .args(["--json", "ike", "--ike-socket"])
+        .arg(t.ike_socket())
+        .arg("list-conns")
+        .output()
+        .unwrap_or_else(|e| t.fail(&format!("xsecctl: {e}")));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| t.fail(&format!("list-conns --json: {e}")));
+    v["conns"][0]["watchdog"].clone()
+}
+
+/// Wait until the watchdog's JSON satisfies `ok`; the JSON.
+fn wait_watchdog(
+    t: &Ike,
+    what: &str,
+    limit: Duration,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let end = Instant::now() + limit;
+    loop {
+        let w = watchdog_json(t);
+        if ok(&w) {
+            return w;
+        }
+        if Instant::now() >= end {
+            t.fail(&format!("watchdog: {what} not within {limit:?}: {w}"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The tunnel watchdog ("ICMP detect") against charon: xsec-ike probes host B from gwA's
+/// LAN address through the tunnel (xsecd's `ping`: answered only through ESP). When host B
+/// stops answering pings — charon and its IKE stay alive, so DPD sees nothing — three
+/// unanswered probes restart the IKE SA (new Child SA SPIs); once host B answers again the
+/// watchdog is back to OK. No probe crosses the wire in clear.
+#[test]
+fn watchdog_restarts_the_ike_sa_when_the_far_host_stops_answering() {
+    let mut t = Ike::new("watchdog", Role::XsecInitiates);
+    t.swan(&["up", "--only", "gwB", "--no-initiate"]);
+    t.start_xsecd();
+    let wd = format!(
+        "dpd_delay = \"2s\"\ndpd_action = \"restart\"\n\n[connections.gw-gw.watchdog]\n\
+         host = \"{}\"\nsource = \"{}\"\ninterval = 1\ntimeout = 1\ntries = 3\n",
+        addr::HOST_B,
+        addr::GWA_LAN
+    );
+    let cfg = t.ike_config_with(
+        "aes128gcm16-prfsha256-x25519",
+        "aes128gcm16",
+        PSK,
+        true,
+        &wd,
+        "",
+    );
+    t.start_ike(&cfg);
+    let first = t.wait_stdout("CHILD_SA gw-gw.net-net", Duration::from_secs(15));
+    let cap = t
+        .lab
+        .capture_wire("watchdog")
+        .unwrap_or_else(|e| t.fail(&e.to_string()));
+    t.ping(Node::HostA, addr::HOST_B, 3);
+    let w = wait_watchdog(&t, "3 replies", Duration::from_secs(10), |w| {
+        w["state"] == "ok" && w["replies"].as_u64().unwrap_or(0) >= 3
+    });
+    if w["lost"] != 0 || w["restarts"] != 0 || w["last_rtt_ms"].as_f64().is_none() {
+        t.fail(&format!("watchdog while host B answers: {w}"));
+    }
+    let text = t.xsecctl_ike(&["list-conns"]);
+    if !text.contains("watchdog: 10.2.0.10 from 10.1.0.1 every 1s, timeout 1s, 3 tries: OK") {
+        t.fail(&format!("list-conns: {text}"));
+    }
+    // host B stops answering pings; nothing else changes
+    let block = t.lab.sh(
+        Node::HostB,
+        "nft add table inet wd && \
+         nft add chain inet wd in '{ type filter hook input priority 0; policy accept; }' && \
+         nft add rule inet wd in icmp type echo-request drop",
+    );
+    if !block.as_ref().is_ok_and(|o| o.ok()) {
+        t.fail(&format!("cannot block pings on host B: {block:?}"));
+    }
+    let w = wait_watchdog(&t, "failing", Duration::from_secs(10), |w| {
+        w["state"] == "failing"
+    });
+    eprintln!("watchdog failing: {w}");
+    t.wait_stdout(
+        "watchdog of gw-gw: 10.2.0.10 unreachable through the tunnel, restarting",
+        Duration::from_secs(15),
+    );
+    // a new Child SA with new SPIs
+    let end = Instant::now() + Duration::from_secs(20);
+    let second = loop {
+        let out = t.ike_stdout();
+        let lines: Vec<&str> = out
+            .lines()
+            .filter(|l| l.contains("CHILD_SA gw-gw.net-net"))
+            .collect();
+        if lines.len() >= 2 {
+            break lines[lines.len() - 1].to_owned();
+        }
+        if Instant::now() >= end {
+            t.fail("no new Child SA after the watchdog's restart");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (a, b) = (Ike::spis(&first), Ike::spis(&second));
+    if a.0 == b.0 || a.1 == b.1 {
+        t.fail(&format!("the restart kept the SPIs: {first} / {second}"));
+    }
+    // host B answers again: OK, and traffic flows on the new SAs
+    let _ = t.lab.sh(Node::HostB, "nft delete table inet wd");
+    let w = wait_watchdog(&t, "ok again", Duration::from_secs(15), |w| {
+        w["state"] == "ok" && w["restarts"].as_u64().unwrap_or(0) >= 1
+    });
+    let replies = w["replies"].as_u64().unwrap_or(0);
+    wait_watchdog(
+        &t,
+        "a reply after the restart",
+        Duration::from_secs(10),
+        |w| w["replies"].as_u64().unwrap_or(0) > replies,
+    );
+    t.ping(Node::HostA, addr::HOST_B, 3);
+    let (_, r) = t.wire_report(&cap);
+    let lan: std::net::IpAddr = addr::GWA_LAN.parse().expect("address");
+    if r.clear
+        .iter()
+        .any(|f| f.src == Some(lan) || f.dst == Some(lan))
+    {
+        t.fail(&format!(
+            "a probe crossed in clear: {}",
+            r.describe_clear(5)
+        ));
+    }
+    t.stop_ike();
+}
