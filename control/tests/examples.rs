@@ -29,6 +29,23 @@ fn tk800_pair_loads_mirrors_and_negotiates() {
     assert_eq!(ca.children[0].remote_ts, cb.children[0].local_ts);
     assert_eq!(ca.children[0].esp, cb.children[0].esp);
     assert_eq!(ca.dpd_delay.map(|d| d.as_secs()), Some(30));
+    let w = a.conns[0].watchdog.as_ref().expect("A's ICMP detect");
+    assert_eq!(
+        (w.host.to_string(), w.source.map(|s| s.to_string())),
+        ("192.168.20.1".into(), Some("192.168.10.1".into()))
+    );
+    let within = |ts: &xsec_ike::ike::wire::TrafficSelector, a: std::net::IpAddr| {
+        ts.start <= a && a <= ts.end
+    };
+    assert!(
+        within(&ca.children[0].remote_ts[0], w.host)
+            && within(&ca.children[0].local_ts[0], w.source.expect("a source")),
+        "the probe goes through the child's selectors"
+    );
+    assert_eq!(
+        (w.interval.as_secs(), w.timeout.as_secs(), w.tries),
+        (10, 2, 3)
+    );
     assert_eq!(a.conns[0].children[0].start_action, StartAction::Start);
     assert_eq!(b.conns[0].children[0].start_action, StartAction::Trap);
     assert_eq!(
