@@ -147,12 +147,23 @@ fn ike_config(initiator: bool, nat: bool, psk: &str) -> String {
          [connections.lab.remote]\nauth = \"psk\"\nid = \"{peer_id}\"\n\n\
          [connections.lab.children.nets]\nlocal_ts = [\"{}\", \"{}\"]\nremote_ts = [\"{}\", \"{}\"]\n\
          esp_proposals = [\"aes128gcm16-x25519\"]\nrekey_time = \"8s\"\nstart_action = \"{}\"\n\n\
-         [secrets.lab]\nid = [\"{id}\", \"{peer_id}\"]\nsecret = \"{psk}\"\n",
+         [secrets.lab]\nid = [\"{id}\", \"{peer_id}\"]\nsecret = \"{psk}\"\n{}",
         lnets[0],
         lnets[1],
         rnets[0],
         rnets[1],
-        if initiator { "start" } else { "none" }
+        if initiator { "start" } else { "none" },
+        // the initiator watches the tunnel: host B pinged from gwA's LAN address through it
+        if initiator {
+            format!(
+                "\n[connections.lab.watchdog]\nhost = \"{}\"\nsource = \"{}\"\n\
+                 interval = \"2s\"\ntimeout = \"1s\"\ntries = 3\n",
+                addr::HOST_B,
+                addr::GWA_LAN
+            )
+        } else {
+            String::new()
+        }
     )
 }
 
@@ -377,6 +388,35 @@ fn run_in(o: &RunOptions, lab: &Lab, xsecd: Option<&std::path::Path>, pair: &Pai
             ),
             Ok(out) => failures.push(format!(
                 "xsecctl ike list-sas: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Err(e) => failures.push(format!("xsecctl ({}): {e}", ctl.display())),
+        }
+        // the watchdog: its probes crossed the tunnel and were answered, and it never
+        // restarted the IKE SA (rekeys included)
+        match std::process::Command::new(&ctl)
+            .args(["--json", "ike", "--ike-socket"])
+            .arg(&sock)
+            .arg("list-conns")
+            .output()
+        {
+            Ok(out) if out.status.success() => {
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                let w = &v["conns"][0]["watchdog"];
+                println!(
+                    "watchdog of gwA (host B through the tunnel): {}, {} sent, {} replies, {} lost, {} restarts",
+                    w["state"].as_str().unwrap_or("?"),
+                    w["sent"],
+                    w["replies"],
+                    w["lost"],
+                    w["restarts"]
+                );
+                if w["replies"].as_u64().unwrap_or(0) == 0 || w["restarts"] != 0 {
+                    failures.push(format!("the watchdog: {w}"));
+                }
+            }
+            Ok(out) => failures.push(format!(
+                "xsecctl ike list-conns: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             )),
             Err(e) => failures.push(format!("xsecctl ({}): {e}", ctl.display())),
