@@ -918,6 +918,56 @@ fn ike_rekey_both_ways_keeps_the_children() {
     }
 }
 
+/// Both ends rekey the IKE SA at once (§2.8.2): each refuses the other's with
+/// TEMPORARY_FAILURE (its own is under way), both try again at random moments, and the first
+/// wins: one new IKE SA on each side, the same one, with the Child SAs, none of them down.
+#[test]
+fn simultaneous_ike_rekeys_leave_one_ike_sa_with_the_children() {
+    for _ in 0..8 {
+        let mut n = Net::new(Side::default(), b_side());
+        n.connect();
+        let (ida, idb) = (
+            n.a.sas().next().expect("a").id(),
+            n.b.sas().next().expect("b").id(),
+        );
+        let kids = (children_of(&n.a), children_of(&n.b));
+        assert!(n.a.rekey(n.now, ida, None, &mut RandomSpis));
+        assert!(n.b.rekey(n.now, idb, None, &mut RandomSpis));
+        n.run();
+        // both were refused: nothing changed yet
+        assert_eq!((n.a.sas().count(), n.b.sas().count()), (1, 1));
+        assert_eq!(n.a.sas().next().expect("a").id(), ida);
+        let refused = n
+            .wire
+            .iter()
+            .filter(|(_, d)| d.len() > 28 && d[18] == 36 && d[19] & 0x20 != 0)
+            .count();
+        assert_eq!(refused, 2, "two CREATE_CHILD_SA answers (the refusals)");
+        n.tick(6);
+        assert_eq!(n.a.sas().count(), 1, "A: one IKE SA");
+        assert_eq!(n.b.sas().count(), 1, "B: one IKE SA");
+        let (na, nb) = (n.a.sas().next().expect("a"), n.b.sas().next().expect("b"));
+        assert!(na.id() != ida && nb.id() != idb, "rekeyed");
+        assert_eq!(
+            (na.spi_i, na.spi_r),
+            (nb.spi_i, nb.spi_r),
+            "the same IKE SA on both sides"
+        );
+        assert_eq!(
+            (children_of(&n.a), children_of(&n.b)),
+            kids,
+            "the Child SAs moved over"
+        );
+        assert!(downs(&n.events_a).is_empty() && downs(&n.events_b).is_empty());
+        // and it works: a Child SA rekey over it
+        let (nid, spi) = (na.id(), children_of(&n.a)[0].0);
+        assert!(n.a.rekey(n.now, nid, Some(spi), &mut RandomSpis));
+        n.run();
+        assert_eq!(child_ups(&n.events_a).len(), 2);
+        assert_child_pair(child_ups(&n.events_a)[1], child_ups(&n.events_b)[1]);
+    }
+}
+
 /// Deleting the IKE SA while an old Child SA waits out its grace period reports that one
 /// down too: nothing stays installed.
 #[test]

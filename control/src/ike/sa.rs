@@ -43,6 +43,14 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     b
 }
 
+/// When to rekey an SA made `now` with lifetime `t`: a little early, spread (strongSwan's
+/// rand_time), 0-10 % before, so that two ends with the same settings rarely start the same
+/// rekey at once.
+pub(crate) fn rekey_time(now: Instant, t: Duration) -> Instant {
+    let jitter = u64::from(random_bytes::<1>()[0]) * t.as_millis() as u64 / 2550;
+    now + t - Duration::from_millis(jitter)
+}
+
 /// Where inbound SPIs come from: xsecd's `alloc-spi` in the daemon, random numbers in
 /// tests. `None` means none could be had (the exchange then fails with
 /// TEMPORARY_FAILURE / NO_ADDITIONAL_SAS instead of inventing one).
@@ -1048,7 +1056,7 @@ impl IkeSa {
         self.state = State::Established;
         self.msg1 = vec![];
         self.msg2 = vec![];
-        self.rekey_at = self.conn.rekey_time.map(|t| ctx.now + t);
+        self.rekey_at = self.conn.rekey_time.map(|t| rekey_time(ctx.now, t));
         // only a side that can reach the peer authenticates again
         self.reauth_at = self
             .conn
@@ -1149,11 +1157,7 @@ impl IkeSa {
         };
         child.created = ctx.now;
         if let Some(cfg) = self.conn.children.iter().find(|c| c.name == child.cfg) {
-            // rekey a little early, spread (strongSwan's rand_time): 0-10 % before
-            child.rekey_at = cfg.rekey_time.map(|t| {
-                let jitter = u64::from(random_bytes::<1>()[0]) * t.as_millis() as u64 / 2550;
-                ctx.now + t - Duration::from_millis(jitter)
-            });
+            child.rekey_at = cfg.rekey_time.map(|t| rekey_time(ctx.now, t));
             child.expire_at = cfg.life_time.map(|t| ctx.now + t);
         }
         let (keys_in, keys_out) =

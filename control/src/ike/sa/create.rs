@@ -156,6 +156,17 @@ impl IkeSa {
         }
     }
 
+    /// Is our own rekey of this IKE SA under way (sent, not yet answered)?
+    fn ike_rekey_pending(&self) -> bool {
+        matches!(
+            &self.pending,
+            Some(super::Pending {
+                req: Request::Create(Create::Ike { .. }),
+                ..
+            })
+        )
+    }
+
     /// Established, with no exchange under way and none waiting.
     pub fn is_idle(&self) -> bool {
         self.state == State::Established && self.pending.is_none() && self.queue.is_empty()
@@ -529,8 +540,17 @@ impl IkeSa {
             return self.start_ike_rekey(Some(g), ctx);
         }
         if let Some(e) = super::first_error(p) {
-            tracing::warn!(ike = self.id(), "IKE rekey refused: {e}");
-            self.rekey_at = Some(ctx.now + ctx.timing.retransmit_timeout * 4);
+            // later, at a random moment: after a collision both ends were refused (below),
+            // and the first to try again wins
+            let spread = u32::from(random_bytes::<1>()[0]);
+            let later = ctx.timing.retransmit_timeout * 2
+                + ctx.timing.retransmit_timeout * 2 * spread / 255;
+            tracing::warn!(
+                ike = self.id(),
+                "IKE rekey refused: {e}; again in {} ms",
+                later.as_millis()
+            );
+            self.rekey_at = Some(ctx.now + later);
             return;
         }
         let Some((props, (g, data), nr)) = sa_ke_nonce(p) else {
@@ -618,7 +638,7 @@ impl IkeSa {
             prot: Protection::new(alg.encr, alg.integ, &keys, we_initiated),
         };
         let children = std::mem::take(&mut self.children);
-        let rekey_at = self.conn.rekey_time.map(|t| ctx.now + t);
+        let rekey_at = self.conn.rekey_time.map(|t| super::rekey_time(ctx.now, t));
         Ok(IkeSa {
             conn: self.conn.clone(),
             initiator: we_initiated,
@@ -776,6 +796,17 @@ impl IkeSa {
         ctx: &mut Ctx<'_>,
     ) -> Result<Vec<Payload>, NotifyType> {
         let (props, (pg, data), ni) = sa_ke_nonce(p).ok_or(NotifyType::INVALID_SYNTAX)?;
+        // A collision (§2.8.2): we are rekeying this IKE SA ourselves. Answering both would
+        // make two new IKE SAs, each side's Child SAs moving to another one; refusing the
+        // peer's lets ours finish (strongSwan retries after a TEMPORARY_FAILURE). If both
+        // ends refuse, both retry at random moments (`on_ike_rekeyed`).
+        if self.ike_rekey_pending() {
+            tracing::info!(
+                ike = self.id(),
+                "IKE rekey collision: ours is under way; TEMPORARY_FAILURE to the peer's"
+            );
+            return Err(NotifyType::TEMPORARY_FAILURE);
+        }
         let ni = ni.clone();
         let (prop, alg) =
             choose(&self.conn.ike, props, ProtocolId::IKE).ok_or(NotifyType::NO_PROPOSAL_CHOSEN)?;
