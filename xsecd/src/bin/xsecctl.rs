@@ -1039,11 +1039,9 @@ fn ping_out(v: &Value, json_out: bool) {
         v["sent"].as_u64().unwrap_or(0),
         v["received"].as_u64().unwrap_or(0),
     );
-    let lost = if sent == 0 {
-        0
-    } else {
-        (sent - got) * 100 / sent
-    };
+    let lost = (sent.saturating_sub(got) * 100)
+        .checked_div(sent)
+        .unwrap_or(0);
     print!(
         "--- {}: {sent} sent, {got} received, {lost}% lost",
         s("dst")
