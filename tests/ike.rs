@@ -960,13 +960,18 @@ fn xsecctl_ike_operates_xsec_ike() {
 
 /// The JSON of `xsecctl ike list-sas`.
 fn list_sas_json(t: &Ike) -> serde_json::Value {
+    ike_json(t, "list-sas")
+}
+
+/// `xsecctl --json ike COMMAND` against this test's xsec-ike.
+fn ike_json(t: &Ike, command: &str) -> serde_json::Value {
     let o = Command::new(&t.bins.xsecctl)
         .args(["--json", "ike", "--ike-socket"])
         .arg(t.ike_socket())
-        .arg("list-sas")
+        .arg(command)
         .output()
         .unwrap_or_else(|e| t.fail(&format!("xsecctl: {e}")));
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| t.fail(&format!("list-sas --json: {e}")))
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| t.fail(&format!("{command} --json: {e}")))
 }
 
 /// xsec-ike behind a masquerading NAT (gwA 172.16.0.2 -> 10.0.0.1): NAT detected on our
@@ -1556,15 +1561,7 @@ fn reauthentication_with_charon_during_traffic() {
 
 /// `xsecctl --json ike list-conns`: the watchdog of connection gw-gw.
 fn watchdog_json(t: &Ike) -> serde_json::Value {
-    let o = Command::new(&t.bins.xsecctl)
-        .args(["--json", "ike", "--ike-socket"])
-        .arg(t.ike_socket())
-        .arg("list-conns")
-        .output()
-        .unwrap_or_else(|e| t.fail(&format!("xsecctl: {e}")));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| t.fail(&format!("list-conns --json: {e}")));
-    v["conns"][0]["watchdog"].clone()
+    ike_json(t, "list-conns")["conns"][0]["watchdog"].clone()
 }
 
 /// Wait until the watchdog's JSON satisfies `ok`; the JSON.

@@ -312,13 +312,7 @@ fn read_child(
     next_reqid: &mut u32,
     fails: &mut Vec<Fail>,
 ) -> Option<(ChildConfig, ChildSettings)> {
-    let mut t = match v.table() {
-        Ok(t) => t,
-        Err(f) => {
-            fails.push(f);
-            return None;
-        }
-    };
+    let mut t = keep_in(v.table(), fails)?;
     let before = fails.len();
     let local_ts = t.req("local_ts").and_then(|v| selectors(&v));
     let local_ts = keep_in(local_ts, fails);
@@ -419,13 +413,7 @@ fn one_addr(v: &Val<'_, '_>) -> Result<IpAddr, Fail> {
 
 /// `[connections.NAME.watchdog]`.
 fn read_watchdog(v: &Val<'_, '_>, fails: &mut Vec<Fail>) -> Option<WatchdogConfig> {
-    let mut t = match v.table() {
-        Ok(t) => t,
-        Err(f) => {
-            fails.push(f);
-            return None;
-        }
-    };
+    let mut t = keep_in(v.table(), fails)?;
     let before = fails.len();
     let host = keep_in(t.req("host").and_then(|v| one_addr(&v)), fails);
     let source = t.get("source").and_then(|v| keep_in(one_addr(&v), fails));
@@ -490,13 +478,7 @@ fn read_conn(
     next_reqid: &mut u32,
     fails: &mut Vec<Fail>,
 ) -> Option<Draft> {
-    let mut t = match v.table() {
-        Ok(t) => t,
-        Err(f) => {
-            fails.push(f);
-            return None;
-        }
-    };
+    let mut t = keep_in(v.table(), fails)?;
     let before = fails.len();
     if let Some(ver) = t.get("version")
         && let Err(f) = ver.uint(2u8, 2)

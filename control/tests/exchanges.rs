@@ -869,6 +869,16 @@ fn simultaneous_child_rekey_leaves_one_pair() {
     }
 }
 
+/// A Child SA rekey from A over IKE SA `ike`, the connection's second Child SA up: the
+/// same pair on both sides.
+fn child_rekey_over(n: &mut Net, ike: u64) {
+    let spi = children_of(&n.a)[0].0;
+    assert!(n.a.rekey(n.now, ike, Some(spi), &mut RandomSpis));
+    n.run();
+    assert_eq!(child_ups(&n.events_a).len(), 2);
+    assert_child_pair(child_ups(&n.events_a)[1], child_ups(&n.events_b)[1]);
+}
+
 /// An IKE SA rekey from either side: a new IKE SA with the Child SAs, the old one
 /// deleted as "rekeyed", and the new one works (a Child SA rekey over it).
 #[test]
@@ -910,11 +920,8 @@ fn ike_rekey_both_ways_keeps_the_children() {
             assert!(downs(ev).is_empty(), "no Child SA went down");
         }
         // the new IKE SA carries a Child SA rekey
-        let (nid, spi) = (na.id(), children_of(&n.a)[0].0);
-        assert!(n.a.rekey(n.now, nid, Some(spi), &mut RandomSpis));
-        n.run();
-        assert_eq!(child_ups(&n.events_a).len(), 2);
-        assert_child_pair(child_ups(&n.events_a)[1], child_ups(&n.events_b)[1]);
+        let nid = na.id();
+        child_rekey_over(&mut n, nid);
     }
 }
 
@@ -960,11 +967,8 @@ fn simultaneous_ike_rekeys_leave_one_ike_sa_with_the_children() {
         );
         assert!(downs(&n.events_a).is_empty() && downs(&n.events_b).is_empty());
         // and it works: a Child SA rekey over it
-        let (nid, spi) = (na.id(), children_of(&n.a)[0].0);
-        assert!(n.a.rekey(n.now, nid, Some(spi), &mut RandomSpis));
-        n.run();
-        assert_eq!(child_ups(&n.events_a).len(), 2);
-        assert_child_pair(child_ups(&n.events_a)[1], child_ups(&n.events_b)[1]);
+        let nid = na.id();
+        child_rekey_over(&mut n, nid);
     }
 }
 
