@@ -2,16 +2,8 @@
 //! against the same packets through `Engine::outbound` one at a time (and decapsulation through
 //! `Engine::inbound_burst` against `Engine::inbound`), in the same process on
 //! a pinned core, at burst sizes 1, 8, 32 and 64: what batching across a burst buys. Cycles per
-//! packet, medians of paired rounds; DPDK's figures from issue 5 (librte_ipsec + ipsec-mb on a
-//! machine of this kind) for reference.
-//!
-//! "burst 32 / DPDK" is the issue's target ratio. DPDK was not run here, so its cycles are
-//! scaled by ring's AES-128-GCM seal of the same size, which issue 5 measured beside DPDK and
-//! which this bench times in every round next to xsec: the median of (burst 32 / ring seal)
-//! per round × (ring seal then / DPDK then). The host's speed drifts by up to 1.5× between
-//! runs; the per-round ratio cancels that out. † marks a row compared with a DPDK figure for
-//! a near algorithm (AES-256-GCM with AES-128-GCM, HMAC-SHA-256 with HMAC-SHA1-96), the only
-//! figures the issue gives.
+//! packet, medians of paired rounds. DPDK's librte_ipsec is measured beside it, in the same
+//! minutes, by `xsec-lab vs-dpdk --cycles` (no DPDK figure is kept here).
 //!
 //! `cargo bench -p xsec-benches --bench burst [-- ROUNDS] [ALGORITHM…]`
 
@@ -25,82 +17,14 @@ const T0: Timestamp = Timestamp::ZERO;
 const ROUND: usize = 64;
 const BURSTS: &[usize] = &[1, 8, 32, 64];
 
-/// DPDK whole-ESP-encap cycles per packet at 64 / 512 / 1420 B (issue 5), measured on a
-/// machine of this kind but not in this run.
-fn dpdk(name: &str, label: &str) -> Option<u32> {
-    let i = ["64", "512", "1420"].iter().position(|l| *l == label)?;
-    match name {
-        "aes128-sha1" => Some([486, 993, 2012][i]),
-        "aes128gcm16" => Some([213, 514, 1041][i]),
-        _ => None,
-    }
-}
-
-/// Issue 5's figure for one ring AES-128-GCM seal call at 64 / 512 / 1420 B, measured with
-/// the DPDK figures: timing the same call here scales them to this run's speed.
-fn ring_then(label: &str) -> Option<f64> {
-    let i = ["64", "512", "1420"].iter().position(|l| *l == label)?;
-    Some([221.0, 361.0, 719.0][i])
-}
-
-/// The yardstick: ring's AES-128-GCM seal of one ESP packet of `size` inner bytes, timed
-/// inside every round so that the host's changing speed cancels out of the ratio.
-struct Ruler {
-    raw: RawCrypto,
-    buf: Vec<u8>,
-    iv: usize,
-    icv: usize,
-}
-
-impl Ruler {
-    fn new(size: usize) -> Self {
-        use xsec_dataplane::crypto::{AuthAlg, EncAlg};
-        let (len, iv, icv) = esp_layout(EncAlg::AesGcm128, AuthAlg::None, size);
-        Ruler {
-            raw: RawCrypto::new(EncAlg::AesGcm128, AuthAlg::None),
-            buf: vec![7u8; len],
-            iv,
-            icv,
-        }
-    }
-
-    /// Nanoseconds for ROUND seals.
-    fn time(&mut self) -> f64 {
-        let t0 = Instant::now();
-        for _ in 0..ROUND {
-            self.raw.seal(&mut self.buf, self.iv, self.icv);
-        }
-        t0.elapsed().as_nanos() as f64
-    }
-}
-
-/// `per_ring` (median of a cell's time over ring's seal time in the same rounds) as a
-/// multiple of DPDK's encap: DPDK's cycles scaled by how fast ring's seal runs here and now
-/// against when DPDK was measured.
-fn vs_dpdk(name: &str, label: &str, per_ring: f64) -> String {
-    let dpdk_name = match name {
-        "aes256gcm16" => "aes128gcm16",
-        "aes128-sha256" => "aes128-sha1",
-        n => n,
-    };
-    match (dpdk(dpdk_name, label), ring_then(label)) {
-        (Some(d), Some(then)) => {
-            let ratio = per_ring * then / f64::from(d);
-            let mark = if name == dpdk_name { "" } else { "†" };
-            format!("{d}{mark} | {ratio:.2}")
-        }
-        _ => " | ".to_string(),
-    }
-}
-
 /// Decapsulation: fresh ESP packets every round (the replay window sees each once), through
 /// `Engine::inbound` one at a time and `Engine::inbound_burst` at each burst size, each on its
 /// own engine with the same SA.
 fn decap_table(rounds: usize, only: &[&str], mhz: f64) {
     println!(
-        "\n| algorithm | size | decap one at a time | burst 1 | burst 8 | burst 32 | burst 64 | ratio at 32 | DPDK encap | burst 32 / DPDK |"
+        "\n| algorithm | size | decap one at a time | burst 1 | burst 8 | burst 32 | burst 64 | ratio at 32 |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let cyc = |ns: f64| ns * mhz / 1000.0 / ROUND as f64;
     for &(name, enc, auth) in BENCH_ALGS {
         if !only.is_empty() && !only.contains(&name) {
@@ -118,10 +42,7 @@ fn decap_table(rounds: usize, only: &[&str], mhz: f64) {
             let mut verdicts = vec![Verdict::Unset; ROUND];
             let mut t: Vec<Vec<f64>> = vec![vec![]; BURSTS.len() + 1];
             let mut ratio32 = vec![];
-            let mut ruler = Ruler::new(sizes[0]);
-            let mut per_ring = vec![];
             for round in 0..rounds + 30 {
-                let ring = ruler.time();
                 for (f, p) in sealed.iter_mut().zip(&inners) {
                     reset(f, p);
                     let v = seal.outbound(T0, f);
@@ -152,7 +73,6 @@ fn decap_table(rounds: usize, only: &[&str], mhz: f64) {
                         t[k].push(*x);
                     }
                     ratio32.push(times[3] / times[0]);
-                    per_ring.push(times[3] / ring);
                 }
             }
             let cells: Vec<String> = t
@@ -160,10 +80,9 @@ fn decap_table(rounds: usize, only: &[&str], mhz: f64) {
                 .map(|v| format!("{:.0}", cyc(median(v))))
                 .collect();
             println!(
-                "| {name} | {label} | {} | {:.2} | {} |",
+                "| {name} | {label} | {} | {:.2} |",
                 cells.join(" | "),
                 median(&mut ratio32),
-                vs_dpdk(name, &label, median(&mut per_ring)),
             );
         }
     }
@@ -179,9 +98,9 @@ fn main() {
          medians; ratio = burst / one at a time (median of per-round ratios)\n"
     );
     println!(
-        "| algorithm | size | one at a time | burst 1 | burst 8 | burst 32 | burst 64 | ratio at 32 | DPDK encap | burst 32 / DPDK |"
+        "| algorithm | size | one at a time | burst 1 | burst 8 | burst 32 | burst 64 | ratio at 32 |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let cyc = |ns: f64| ns * mhz / 1000.0 / ROUND as f64;
     for &(name, enc, auth) in BENCH_ALGS {
         if !only.is_empty() && !only.contains(&name) {
@@ -197,10 +116,7 @@ fn main() {
             let mut t_one = vec![];
             let mut t_burst: Vec<Vec<f64>> = vec![vec![]; BURSTS.len()];
             let mut ratio32 = vec![];
-            let mut ruler = Ruler::new(sizes[0]);
-            let mut per_ring = vec![];
             for round in 0..rounds + 30 {
-                let ring = ruler.time();
                 for (f, p) in f1.iter_mut().zip(&inners) {
                     reset(f, p);
                 }
@@ -228,7 +144,6 @@ fn main() {
                         t_burst[k].push(*x);
                     }
                     ratio32.push(bs[2] / a);
-                    per_ring.push(bs[2] / ring);
                 }
             }
             let b: Vec<String> = t_burst
@@ -236,11 +151,10 @@ fn main() {
                 .map(|v| format!("{:.0}", cyc(median(v))))
                 .collect();
             println!(
-                "| {name} | {label} | {:.0} | {} | {:.2} | {} |",
+                "| {name} | {label} | {:.0} | {} | {:.2} |",
                 cyc(median(&mut t_one)),
                 b.join(" | "),
                 median(&mut ratio32),
-                vs_dpdk(name, &label, median(&mut per_ring)),
             );
         }
     }

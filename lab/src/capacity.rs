@@ -57,11 +57,6 @@ pub struct CapacityOptions {
 /// IMIX as 7 : 4 : 1 by count (64, 576, 1420 B), interleaved.
 pub const IMIX: [usize; 12] = [64, 576, 64, 64, 576, 64, 1420, 64, 576, 64, 64, 576];
 
-/// DPDK ipsec-secgw, one core, AES-128-GCM, net_pcap infinite_rx → net_null, on a machine of
-/// this kind (issue 6): Mpps at 64 / 512 / 1420 B, encrypt and decrypt.
-pub const DPDK_GCM128: [(usize, f64, f64); 3] =
-    [(64, 5.49, 5.22), (512, 3.21, 2.90), (1420, 1.59, 1.68)];
-
 fn size_name(s: usize) -> String {
     if s == 0 { "imix".into() } else { s.to_string() }
 }
@@ -616,10 +611,11 @@ pub fn pcap(frames: &[Vec<u8>]) -> Vec<u8> {
     pcap::file(LinkType::ETHERNET, frames.iter().map(Vec::as_slice))
 }
 
-/// The medians per (alg, workers, SAs, size, dir), with DPDK's AES-128-GCM figures beside.
+/// The medians per (alg, workers, SAs, size, dir). DPDK is measured beside it, in the same
+/// minutes, by `xsec-lab vs-dpdk` (no DPDK figure is kept here).
 fn summarize(trials: &[Trial], o: &CapacityOptions) -> (String, Value) {
     let mut text = String::from(
-        "| algorithm | workers | SAs | size | encrypt Mpps | decrypt Mpps | encrypt / DPDK | decrypt / DPDK | spread (min–max Mpps) | notes |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "| algorithm | workers | SAs | size | encrypt Mpps | decrypt Mpps | spread (min–max Mpps) | notes |\n|---|---|---|---|---|---|---|---|\n",
     );
     let mut rows = vec![];
     for &alg in &o.algs {
@@ -657,17 +653,9 @@ fn summarize(trials: &[Trial], o: &CapacityOptions) -> (String, Value) {
                         })
                         .flat_map(|t| t.problems.iter().map(move |p| format!("{} {p}", t.dir)))
                         .collect();
-                    let dpdk = DPDK_GCM128.iter().find(|d| d.0 == size);
-                    let ratio = |x: f64, d: Option<f64>| match d {
-                        Some(d) if alg == Alg::AesGcm128 && w == 1 && n == 1 => {
-                            format!("{:.2}", x / d)
-                        }
-                        _ => String::new(),
-                    };
-                    let (re, rd) = (ratio(enc, dpdk.map(|d| d.1)), ratio(dec, dpdk.map(|d| d.2)));
                     let sp = format!("{} / {}", spread(&ev), spread(&dv));
                     text.push_str(&format!(
-                        "| {} | {w} | {n} | {} | {enc:.2} | {dec:.2} | {re} | {rd} | {} | {} |\n",
+                        "| {} | {w} | {n} | {} | {enc:.2} | {dec:.2} | {} | {} |\n",
                         alg.name(),
                         size_name(size),
                         if sp == " / " { String::new() } else { sp },
@@ -677,7 +665,7 @@ fn summarize(trials: &[Trial], o: &CapacityOptions) -> (String, Value) {
                         "alg": alg.name(), "workers": w, "sas": n, "size": size_name(size),
                         "encrypt_mpps": enc, "decrypt_mpps": dec,
                         "encrypt_runs": ev, "decrypt_runs": dv,
-                        "encrypt_vs_dpdk": re, "decrypt_vs_dpdk": rd, "problems": bad,
+                        "problems": bad,
                     }));
                 }
             }

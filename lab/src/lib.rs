@@ -42,6 +42,7 @@ pub mod stats;
 pub mod sysstat;
 pub mod tools;
 pub mod topo;
+pub mod versus;
 pub mod wire;
 
 use std::fmt;

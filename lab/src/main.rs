@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use xsec_lab::{bench, capacity, config, demo, ndr, plot, tools};
+use xsec_lab::{bench, capacity, config, demo, ndr, plot, tools, versus};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -153,6 +153,36 @@ enum Cmd {
         /// xsecd), instead of one pair whose worker takes the others' packets.
         #[arg(long)]
         per_worker: bool,
+    },
+    /// xsec's worker capacity against DPDK's ipsec-secgw in the same minutes: each cell
+    /// A/B then B/A on alternate repetitions, both under the baseline's boost; paired ratios
+    /// (min / median / max) to stdout and JSON. Installs and builds the baseline
+    /// (`../shared/baselines/dpdk`) on first use.
+    VsDpdk {
+        /// The xsecd executable.
+        #[arg(long)]
+        xsecd: PathBuf,
+        /// The DPDK baseline folder.
+        #[arg(long, default_value = "../shared/baselines/dpdk")]
+        baseline: PathBuf,
+        /// Repetitions of every cell (each one pair per direction).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Inner IP packet sizes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "64,512,1420")]
+        sizes: Vec<String>,
+        /// aes128gcm16 and/or aes128-sha1 (the baseline's two).
+        #[arg(long, value_delimiter = ',', default_value = "aes128gcm16,aes128-sha1")]
+        algs: Vec<String>,
+        /// Measurement window of each run (after its warm-up).
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Write the pairs and the summary as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Namespace prefix.
+        #[arg(long, default_value = "xsec-vs")]
+        prefix: String,
     },
     /// NDR/PDR searches (RFC 2544 style) hA -> hB with xsec-pktgen: plain kernel forwarding,
     /// xsecd in BYPASS and xsecd tunnels, in one run; latency at half the NDR.
@@ -445,6 +475,62 @@ fn main() -> ExitCode {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("xsec-lab capacity: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Cmd::VsDpdk {
+            xsecd,
+            baseline,
+            reps,
+            sizes,
+            algs,
+            seconds,
+            json,
+            prefix,
+        } => {
+            // both sides under the baseline's boost (its own autogroup at nice -20): enter it
+            // once, so the DPDK script (which checks its niceness) runs in it too
+            let boost = baseline.join("boost");
+            if std::env::var_os("XSEC_LAB_BOOSTED").is_none() && boost.exists() {
+                let me = std::env::current_exe().unwrap_or_else(|_| "xsec-lab".into());
+                let st = std::process::Command::new(&boost)
+                    .arg(me)
+                    .args(std::env::args_os().skip(1))
+                    .env("XSEC_LAB_BOOSTED", "1")
+                    .status();
+                return match st {
+                    Ok(s) if s.success() => ExitCode::SUCCESS,
+                    Ok(_) => ExitCode::from(2),
+                    Err(e) => {
+                        eprintln!("xsec-lab vs-dpdk: {}: {e}", boost.display());
+                        ExitCode::from(2)
+                    }
+                };
+            }
+            let Some(stop) = stop_flag() else {
+                return ExitCode::FAILURE;
+            };
+            let (sizes, algs) = match parse_sizes_algs("vs-dpdk", &sizes, &algs) {
+                Ok(v) => v,
+                Err(code) => return code,
+            };
+            let baseline = std::fs::canonicalize(&baseline).unwrap_or(baseline);
+            let o = versus::VersusOptions {
+                xsecd,
+                baseline,
+                reps,
+                sizes,
+                algs,
+                seconds: seconds.max(1.0),
+                json,
+                prefix,
+                stop,
+            };
+            match versus::run(&o) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("xsec-lab vs-dpdk: {e}");
                     ExitCode::from(2)
                 }
             }

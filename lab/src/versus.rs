@@ -1,0 +1,393 @@
+//! `xsec-lab vs-dpdk`: xsec's worker capacity against DPDK's ipsec-secgw **in the same
+//! minutes**. This machine's speed drifts by 15-25 % between minutes, so a ratio against a
+//! figure from another run is not a comparison. Each cell (algorithm, size) is measured A/B
+//! then B/A on alternate repetitions: `xsec-lab capacity` (xsecd's replay backend: pcap
+//! frames in, a null sink out, one worker on the last core) and the baseline's
+//! `secgw/run_inproc.sh` (ipsec-secgw: net_pcap infinite_rx in, net_null out, one lcore on
+//! core 1), both under the baseline's `boost` (its own autogroup at nice -20, which this
+//! command enters once for both). Each repetition gives one paired ratio per direction; the
+//! report is their minimum, median and maximum (JSON under `docs/bench/`).
+//!
+//! The baseline (`../shared/baselines/dpdk`, its README) is installed and built on first use
+//! (`01_install.sh`, `secgw/build_secgw.sh`: Debian's DPDK 22.11 and intel-ipsec-mb).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use serde_json::{Value, json};
+
+use crate::bench::median;
+use crate::capacity::{self, CapacityOptions};
+use crate::config::Alg;
+use crate::sysstat;
+use crate::{Result, err};
+
+/// Options of `xsec-lab vs-dpdk`.
+#[derive(Debug, Clone)]
+pub struct VersusOptions {
+    pub xsecd: PathBuf,
+    /// The DPDK baseline folder (`secgw/`, `boost`, `01_install.sh`).
+    pub baseline: PathBuf,
+    pub reps: usize,
+    pub sizes: Vec<usize>,
+    pub algs: Vec<Alg>,
+    /// Measurement window of each run, after its warm-up.
+    pub seconds: f64,
+    pub json: Option<PathBuf>,
+    pub prefix: String,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Who runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Xsec,
+    Dpdk,
+}
+
+/// The order of the two runs of a cell in repetition `rep` (from 1): xsec first on odd
+/// repetitions, DPDK first on even ones, so that neither always runs in the warmer minute.
+pub fn order(rep: usize) -> [Side; 2] {
+    if rep % 2 == 1 {
+        [Side::Xsec, Side::Dpdk]
+    } else {
+        [Side::Dpdk, Side::Xsec]
+    }
+}
+
+/// The baseline's name of an algorithm: `gcm` (AES-128-GCM) or `cbc` (AES-128-CBC +
+/// HMAC-SHA1-96); the others have no baseline.
+pub fn dpdk_alg(a: Alg) -> Option<&'static str> {
+    match a {
+        Alg::AesGcm128 => Some("gcm"),
+        Alg::AesCbc128Sha1 => Some("cbc"),
+        _ => None,
+    }
+}
+
+/// `run_inproc.sh`'s CSV lines for `size`: (direction as xsec names it, Mpps = the output
+/// port's median packets per second). Lines that are not results are skipped.
+pub fn parse_secgw(text: &str, size: usize) -> Vec<(&'static str, f64)> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.trim().split(',').collect();
+            if f.len() < 7 || f[2].parse::<usize>().ok() != Some(size) {
+                return None;
+            }
+            let dir = match f[1] {
+                "out" => "encrypt",
+                "in" => "decrypt",
+                _ => return None,
+            };
+            let pps: f64 = f[6].parse().ok()?;
+            Some((dir, pps / 1e6))
+        })
+        .collect()
+}
+
+/// One paired measurement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pair {
+    pub alg: &'static str,
+    pub size: usize,
+    pub dir: &'static str,
+    pub rep: usize,
+    pub xsec_first: bool,
+    pub xsec_mpps: f64,
+    pub dpdk_mpps: f64,
+    /// Counters xsec reported that must stay 0 (drops...).
+    pub problems: Vec<String>,
+}
+
+impl Pair {
+    pub fn ratio(&self) -> f64 {
+        if self.dpdk_mpps > 0.0 {
+            self.xsec_mpps / self.dpdk_mpps
+        } else {
+            f64::NAN
+        }
+    }
+}
+
+/// Per (algorithm, size, direction): the paired ratios' minimum, median and maximum and each
+/// side's median rate, as a Markdown table and JSON.
+pub fn summarize(pairs: &[Pair]) -> (String, Value) {
+    let mut keys: Vec<(&str, usize, &str)> = vec![];
+    for p in pairs {
+        if !keys.contains(&(p.alg, p.size, p.dir)) {
+            keys.push((p.alg, p.size, p.dir));
+        }
+    }
+    let mut text = String::from(
+        "| algorithm | size | direction | xsec ÷ DPDK median | min | max | xsec Mpps (median) | DPDK Mpps (median) | pairs |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut rows = vec![];
+    for (alg, size, dir) in keys {
+        let of: Vec<&Pair> = pairs
+            .iter()
+            .filter(|p| p.alg == alg && p.size == size && p.dir == dir)
+            .collect();
+        let ratios: Vec<f64> = of
+            .iter()
+            .map(|p| p.ratio())
+            .filter(|r| r.is_finite())
+            .collect();
+        let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let med = median(&ratios);
+        let xm = median(of.iter().map(|p| p.xsec_mpps));
+        let dm = median(of.iter().map(|p| p.dpdk_mpps));
+        text.push_str(&format!(
+            "| {alg} | {size} | {dir} | {med:.2} | {lo:.2} | {hi:.2} | {xm:.2} | {dm:.2} | {} |\n",
+            ratios.len()
+        ));
+        rows.push(json!({
+            "alg": alg, "size": size, "dir": dir, "pairs": ratios.len(),
+            "ratio_median": med, "ratio_min": lo, "ratio_max": hi,
+            "xsec_mpps_median": xm, "dpdk_mpps_median": dm,
+        }));
+    }
+    (text, Value::Array(rows))
+}
+
+/// The baseline's secgw binary, installed and built if missing.
+fn ensure_baseline(o: &VersusOptions) -> Result<()> {
+    let work = std::env::var("WORK").unwrap_or_else(|_| "/tmp/dpdk-base".into());
+    let secgw = Path::new(&work).join("secgw-patched/build/ipsec-secgw");
+    if secgw.exists() {
+        return Ok(());
+    }
+    println!("vs-dpdk: installing and building the DPDK baseline (once)");
+    for script in ["01_install.sh", "secgw/build_secgw.sh"] {
+        let st = Command::new("bash")
+            .arg(o.baseline.join(script))
+            .status()
+            .map_err(|e| err!("{script}: {e}"))?;
+        if !st.success() {
+            return Err(err!("{}: {st}", o.baseline.join(script).display()));
+        }
+    }
+    Ok(())
+}
+
+/// One DPDK run of a cell: (encrypt, decrypt) Mpps.
+fn dpdk_cell(o: &VersusOptions, alg: &str, size: usize, rep: usize) -> Result<(f64, f64)> {
+    let script = o.baseline.join("secgw/run_inproc.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .env("ALG", alg)
+        .env("DIRS", "out in")
+        .env("SIZES", size.to_string())
+        .env("REP", rep.to_string())
+        .env("WINDOW", format!("{}", o.seconds.round().max(1.0)))
+        .output()
+        .map_err(|e| err!("{}: {e}", script.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let got = parse_secgw(&text, size);
+    let find = |d: &str| got.iter().find(|(x, _)| *x == d).map(|(_, m)| *m);
+    match (find("encrypt"), find("decrypt")) {
+        (Some(e), Some(d)) if e > 0.0 && d > 0.0 => Ok((e, d)),
+        _ => Err(err!(
+            "ipsec-secgw {alg} {size} B gave no rates: {}{}",
+            text.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+    }
+}
+
+/// One xsec run of a cell: (encrypt, decrypt) Mpps and problems.
+fn xsec_cell(o: &VersusOptions, alg: Alg, size: usize) -> Result<(f64, f64, Vec<String>)> {
+    let trials = capacity::run(&CapacityOptions {
+        xsecd: o.xsecd.clone(),
+        seconds: o.seconds,
+        sizes: vec![size],
+        algs: vec![alg],
+        workers: vec![1],
+        sas: vec![1],
+        flows: 64,
+        repeat: 1,
+        json: None,
+        prefix: o.prefix.clone(),
+        stop: o.stop.clone(),
+        per_worker: false,
+    })?;
+    let find = |d: &str| trials.iter().find(|t| t.dir == d).map(|t| t.mpps);
+    let problems = trials
+        .iter()
+        .flat_map(|t| t.problems.iter().map(move |p| format!("{} {p}", t.dir)))
+        .collect();
+    match (find("encrypt"), find("decrypt")) {
+        (Some(e), Some(d)) => Ok((e, d, problems)),
+        _ => Err(err!(
+            "xsec-lab capacity {} {size} B gave no rates",
+            alg.name()
+        )),
+    }
+}
+
+/// The commit measured (`git rev-parse HEAD` here), if known.
+fn commit() -> Option<String> {
+    let o = Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()?;
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+}
+
+/// Run the comparison: every cell `reps` times, interleaved; the pairs.
+pub fn run(o: &VersusOptions) -> Result<Vec<Pair>> {
+    if o.reps < 1 {
+        return Err(err!("--reps: at least 1 (5 for a figure worth quoting)"));
+    }
+    for &a in &o.algs {
+        if dpdk_alg(a).is_none() {
+            return Err(err!(
+                "--algs {}: the baseline has aes128gcm16 and aes128-sha1 only",
+                a.name()
+            ));
+        }
+    }
+    ensure_baseline(o)?;
+    let info = sysstat::cpuinfo();
+    println!("cpu: {} ({} CPUs)", info.model, info.cpus);
+    let mut pairs = vec![];
+    for rep in 1..=o.reps {
+        for &alg in &o.algs {
+            for &size in &o.sizes {
+                let mut x = None;
+                let mut d = None;
+                for side in order(rep) {
+                    if o.stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return Err(err!("interrupted"));
+                    }
+                    match side {
+                        Side::Xsec => x = Some(xsec_cell(o, alg, size)?),
+                        Side::Dpdk => {
+                            d = Some(dpdk_cell(o, dpdk_alg(alg).unwrap_or("gcm"), size, rep)?)
+                        }
+                    }
+                }
+                let (Some((xe, xd, problems)), Some((de, dd))) = (x, d) else {
+                    continue;
+                };
+                for (dir, xm, dm) in [("encrypt", xe, de), ("decrypt", xd, dd)] {
+                    let p = Pair {
+                        alg: alg.name(),
+                        size,
+                        dir,
+                        rep,
+                        xsec_first: order(rep)[0] == Side::Xsec,
+                        xsec_mpps: xm,
+                        dpdk_mpps: dm,
+                        problems: problems
+                            .iter()
+                            .filter(|s| s.starts_with(dir))
+                            .cloned()
+                            .collect(),
+                    };
+                    println!(
+                        "rep {rep} {} {size} B {dir}: xsec {xm:.3} Mpps, DPDK {dm:.3} Mpps, ratio {:.2}{}",
+                        alg.name(),
+                        p.ratio(),
+                        if p.xsec_first {
+                            " (xsec first)"
+                        } else {
+                            " (DPDK first)"
+                        }
+                    );
+                    pairs.push(p);
+                }
+            }
+        }
+    }
+    let (text, summary) = summarize(&pairs);
+    println!("\n{text}");
+    if let Some(path) = &o.json {
+        let doc = json!({
+            "what": "worker capacity, one core: xsec-lab capacity (xsecd replay backend) vs DPDK 22.11 ipsec-secgw (net_pcap infinite_rx -> net_null, librte_ipsec), interleaved in the same minutes, order flipped on even repetitions, both under the baseline's boost",
+            "commit": commit(),
+            "cpu": {
+                "model": info.model,
+                "cpus": info.cpus,
+                "flags": info.flags.iter().map(|(f, h)| (f.to_string(), json!(h))).collect::<serde_json::Map<_, _>>(),
+            },
+            "options": {"reps": o.reps, "seconds": o.seconds, "sizes": o.sizes,
+                        "algs": o.algs.iter().map(|a| a.name()).collect::<Vec<_>>()},
+            "summary": summary,
+            "pairs": pairs.iter().map(|p| json!({
+                "alg": p.alg, "size": p.size, "dir": p.dir, "rep": p.rep,
+                "xsec_first": p.xsec_first, "xsec_mpps": p.xsec_mpps, "dpdk_mpps": p.dpdk_mpps,
+                "ratio": p.ratio(), "problems": p.problems,
+            })).collect::<Vec<_>>(),
+        });
+        let text =
+            serde_json::to_string_pretty(&doc).map_err(|e| err!("cannot write JSON: {e}"))?;
+        std::fs::write(path, text).map_err(|e| err!("write {}: {e}", path.display()))?;
+        println!("JSON: {}", path.display());
+    }
+    Ok(pairs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repetitions_alternate_who_goes_first() {
+        assert_eq!(order(1), [Side::Xsec, Side::Dpdk]);
+        assert_eq!(order(2), [Side::Dpdk, Side::Xsec]);
+        let firsts: Vec<Side> = (1..=5).map(|r| order(r)[0]).collect();
+        assert_eq!(firsts.iter().filter(|s| **s == Side::Xsec).count(), 3);
+    }
+
+    #[test]
+    fn secgw_csv_lines_become_rates() {
+        let out = "## not a result\n\
+            tag,dir,size,rep,window_s,rx_pps_med,tx_pps_med,tx_pps_min_1s\n\
+            gcm_crypto_aesni_gcm,out,64,1,5.0,5500000,5490000,5400000,5600000,5480000,0,0,0,12,1.0\n\
+            gcm_crypto_aesni_gcm,in,64,1,5.0,5300000,5220000,5100000,5300000,5200000,0,0,0,9,1.0\n\
+            gcm_crypto_aesni_gcm,out,512,1,5.0,1,3210000,1,1,1,0,0,0,0,1.0\n";
+        assert_eq!(
+            parse_secgw(out, 64),
+            vec![("encrypt", 5.49), ("decrypt", 5.22)]
+        );
+        assert_eq!(parse_secgw(out, 512), vec![("encrypt", 3.21)]);
+        assert!(parse_secgw(out, 1420).is_empty());
+        assert_eq!(dpdk_alg(Alg::AesGcm128), Some("gcm"));
+        assert_eq!(dpdk_alg(Alg::AesCbc128Sha1), Some("cbc"));
+        assert_eq!(dpdk_alg(Alg::Chacha20Poly1305), None);
+    }
+
+    #[test]
+    fn the_summary_is_of_paired_ratios_not_of_medians() {
+        let p = |rep, x: f64, d: f64| Pair {
+            alg: "aes128gcm16",
+            size: 64,
+            dir: "encrypt",
+            rep,
+            xsec_first: rep % 2 == 1,
+            xsec_mpps: x,
+            dpdk_mpps: d,
+            problems: vec![],
+        };
+        // the machine slows down between repetitions: the ratios stay 1.2
+        let pairs = vec![p(1, 6.0, 5.0), p(2, 4.8, 4.0), p(3, 3.6, 3.0)];
+        let (text, v) = summarize(&pairs);
+        let row = &v[0];
+        assert!((row["ratio_median"].as_f64().unwrap() - 1.2).abs() < 1e-9);
+        assert!((row["ratio_min"].as_f64().unwrap() - 1.2).abs() < 1e-9);
+        assert!((row["ratio_max"].as_f64().unwrap() - 1.2).abs() < 1e-9);
+        assert_eq!(row["pairs"], 3);
+        assert!(
+            text.contains("| aes128gcm16 | 64 | encrypt | 1.20 | 1.20 | 1.20 | 4.80 | 4.00 | 3 |"),
+            "{text}"
+        );
+        // a DPDK run that gave nothing is not a ratio
+        let (_, v) = summarize(&[p(1, 6.0, 0.0), p(2, 5.0, 4.0)]);
+        assert_eq!(v[0]["pairs"], 1);
+    }
+}
