@@ -183,6 +183,13 @@ enum Cmd {
         /// Namespace prefix.
         #[arg(long, default_value = "xsec-vs")]
         prefix: String,
+        /// What to compare: capacity (ipsec-secgw vs xsec-lab capacity) and/or cycles
+        /// (librte_ipsec cpu-crypto vs the engine's burst bench, bursts of 32).
+        #[arg(long, value_delimiter = ',', default_value = "capacity,cycles")]
+        what: Vec<String>,
+        /// Rounds of the burst bench per repetition.
+        #[arg(long, default_value_t = 300)]
+        rounds: usize,
     },
     /// NDR/PDR searches (RFC 2544 style) hA -> hB with xsec-pktgen: plain kernel forwarding,
     /// xsecd in BYPASS and xsecd tunnels, in one run; latency at half the NDR.
@@ -488,7 +495,16 @@ fn main() -> ExitCode {
             seconds,
             json,
             prefix,
+            what,
+            rounds,
         } => {
+            if let Some(w) = what
+                .iter()
+                .find(|w| !["capacity", "cycles"].contains(&w.as_str()))
+            {
+                eprintln!("xsec-lab vs-dpdk: --what {w}: capacity and/or cycles");
+                return ExitCode::from(2);
+            }
             // both sides under the baseline's boost (its own autogroup at nice -20): enter it
             // once, so the DPDK script (which checks its niceness) runs in it too
             let boost = baseline.join("boost");
@@ -526,6 +542,9 @@ fn main() -> ExitCode {
                 json,
                 prefix,
                 stop,
+                capacity: what.iter().any(|w| w == "capacity"),
+                cycles: what.iter().any(|w| w == "cycles"),
+                rounds: rounds.max(10),
             };
             match versus::run(&o) {
                 Ok(_) => ExitCode::SUCCESS,

@@ -38,6 +38,12 @@ pub struct VersusOptions {
     pub json: Option<PathBuf>,
     pub prefix: String,
     pub stop: Arc<AtomicBool>,
+    /// Worker capacity (ipsec-secgw against `capacity`).
+    pub capacity: bool,
+    /// Cycles per packet without I/O (librte_ipsec cpu-crypto, bursts of 32, against the
+    /// engine's burst bench at 32), `rounds` rounds of the burst bench per repetition.
+    pub cycles: bool,
+    pub rounds: usize,
 }
 
 /// Who runs.
@@ -87,6 +93,82 @@ pub fn parse_secgw(text: &str, size: usize) -> Vec<(&'static str, f64)> {
         .collect()
 }
 
+/// The burst bench's tables: (algorithm, size, "encrypt" | "decrypt", cycles per packet at
+/// burst 32) for every row.
+pub fn parse_burst(text: &str) -> Vec<(String, usize, &'static str, f64)> {
+    let mut dir = None;
+    let mut out = vec![];
+    for l in text.lines() {
+        let cells: Vec<&str> = l
+            .trim()
+            .trim_matches('|')
+            .split('|')
+            .map(str::trim)
+            .collect();
+        if cells.first() == Some(&"algorithm") {
+            dir = Some(if l.contains("decap") {
+                "decrypt"
+            } else {
+                "encrypt"
+            });
+            continue;
+        }
+        let (Some(d), true) = (dir, cells.len() >= 6) else {
+            continue;
+        };
+        let (Ok(size), Ok(c)) = (cells[1].parse::<usize>(), cells[5].parse::<f64>()) else {
+            continue;
+        };
+        out.push((cells[0].to_owned(), size, d, c));
+    }
+    out
+}
+
+/// librte_ipsec's bench CSV (its header names the columns): (algorithm as xsec names it,
+/// size, direction, cycles per packet) of the cpu-crypto rows without ESN that passed their
+/// round trip, AES-GCM from the aesni_gcm PMD and CBC+HMAC from aesni_mb.
+pub fn parse_lib_bench(csv: &str) -> Vec<(&'static str, usize, &'static str, f64)> {
+    let mut lines = csv.lines();
+    let Some(header) = lines.next() else {
+        return vec![];
+    };
+    let cols: Vec<&str> = header.split(',').collect();
+    let at = |name: &str| cols.iter().position(|c| *c == name);
+    let (Some(pmd), Some(alg), Some(esn), Some(size), Some(mode), Some(ot), Some(it), Some(ok)) = (
+        at("pmd"),
+        at("alg"),
+        at("esn"),
+        at("size"),
+        at("mode"),
+        at("out_total"),
+        at("in_total"),
+        at("ok"),
+    ) else {
+        return vec![];
+    };
+    let mut out = vec![];
+    for l in lines {
+        let f: Vec<&str> = l.split(',').collect();
+        if f.len() < cols.len() || f[mode] != "cpu" || f[esn] != "0" || f[ok] != "1" {
+            continue;
+        }
+        let name = match (f[alg], f[pmd]) {
+            ("aes-128-gcm", p) if p.starts_with("crypto_aesni_gcm") => "aes128gcm16",
+            ("aes-128-cbc+sha1-hmac-96", p) if p.starts_with("crypto_aesni_mb") => "aes128-sha1",
+            _ => continue,
+        };
+        let Ok(sz) = f[size].parse::<usize>() else {
+            continue;
+        };
+        for (dir, col) in [("encrypt", ot), ("decrypt", it)] {
+            if let Ok(c) = f[col].parse::<f64>() {
+                out.push((name, sz, dir, c));
+            }
+        }
+    }
+    out
+}
+
 /// One paired measurement.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pair {
@@ -95,16 +177,16 @@ pub struct Pair {
     pub dir: &'static str,
     pub rep: usize,
     pub xsec_first: bool,
-    pub xsec_mpps: f64,
-    pub dpdk_mpps: f64,
+    pub xsec: f64,
+    pub dpdk: f64,
     /// Counters xsec reported that must stay 0 (drops...).
     pub problems: Vec<String>,
 }
 
 impl Pair {
     pub fn ratio(&self) -> f64 {
-        if self.dpdk_mpps > 0.0 {
-            self.xsec_mpps / self.dpdk_mpps
+        if self.dpdk > 0.0 {
+            self.xsec / self.dpdk
         } else {
             f64::NAN
         }
@@ -112,16 +194,16 @@ impl Pair {
 }
 
 /// Per (algorithm, size, direction): the paired ratios' minimum, median and maximum and each
-/// side's median rate, as a Markdown table and JSON.
-pub fn summarize(pairs: &[Pair]) -> (String, Value) {
+/// side's median (in `unit`), as a Markdown table and JSON.
+pub fn summarize(pairs: &[Pair], unit: &str) -> (String, Value) {
     let mut keys: Vec<(&str, usize, &str)> = vec![];
     for p in pairs {
         if !keys.contains(&(p.alg, p.size, p.dir)) {
             keys.push((p.alg, p.size, p.dir));
         }
     }
-    let mut text = String::from(
-        "| algorithm | size | direction | xsec ÷ DPDK median | min | max | xsec Mpps (median) | DPDK Mpps (median) | pairs |\n|---|---|---|---|---|---|---|---|---|\n",
+    let mut text = format!(
+        "| algorithm | size | direction | xsec ÷ DPDK median | min | max | xsec {unit} (median) | DPDK {unit} (median) | pairs |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut rows = vec![];
     for (alg, size, dir) in keys {
@@ -137,8 +219,8 @@ pub fn summarize(pairs: &[Pair]) -> (String, Value) {
         let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let med = median(&ratios);
-        let xm = median(of.iter().map(|p| p.xsec_mpps));
-        let dm = median(of.iter().map(|p| p.dpdk_mpps));
+        let xm = median(of.iter().map(|p| p.xsec));
+        let dm = median(of.iter().map(|p| p.dpdk));
         text.push_str(&format!(
             "| {alg} | {size} | {dir} | {med:.2} | {lo:.2} | {hi:.2} | {xm:.2} | {dm:.2} | {} |\n",
             ratios.len()
@@ -146,7 +228,7 @@ pub fn summarize(pairs: &[Pair]) -> (String, Value) {
         rows.push(json!({
             "alg": alg, "size": size, "dir": dir, "pairs": ratios.len(),
             "ratio_median": med, "ratio_min": lo, "ratio_max": hi,
-            "xsec_mpps_median": xm, "dpdk_mpps_median": dm,
+            "xsec_median": xm, "dpdk_median": dm, "unit": unit,
         }));
     }
     (text, Value::Array(rows))
@@ -238,22 +320,61 @@ fn commit() -> Option<String> {
         .then(|| String::from_utf8_lossy(&o.stdout).trim().to_owned())
 }
 
-/// Run the comparison: every cell `reps` times, interleaved; the pairs.
-pub fn run(o: &VersusOptions) -> Result<Vec<Pair>> {
-    if o.reps < 1 {
-        return Err(err!("--reps: at least 1 (5 for a figure worth quoting)"));
+/// One run of the engine's burst bench (built by cargo if needed) for `algs`.
+fn xsec_cycles(o: &VersusOptions) -> Result<Vec<(String, usize, &'static str, f64)>> {
+    let mut c = Command::new("cargo");
+    c.args([
+        "bench",
+        "-q",
+        "-p",
+        "xsec-benches",
+        "--bench",
+        "burst",
+        "--",
+    ])
+    .arg(o.rounds.to_string());
+    for a in &o.algs {
+        c.arg(a.name());
     }
-    for &a in &o.algs {
-        if dpdk_alg(a).is_none() {
-            return Err(err!(
-                "--algs {}: the baseline has aes128gcm16 and aes128-sha1 only",
-                a.name()
-            ));
-        }
+    let out = c.output().map_err(|e| err!("cargo bench: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rows = parse_burst(&text);
+    if !out.status.success() || rows.is_empty() {
+        return Err(err!(
+            "the burst bench gave no rows ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
-    ensure_baseline(o)?;
-    let info = sysstat::cpuinfo();
-    println!("cpu: {} ({} CPUs)", info.model, info.cpus);
+    Ok(rows)
+}
+
+/// One run of librte_ipsec's bench (every algorithm, mode and size, one repetition).
+fn dpdk_cycles(o: &VersusOptions) -> Result<Vec<(&'static str, usize, &'static str, f64)>> {
+    let script = o.baseline.join("04_ipsec_lib_bench.sh");
+    let st = Command::new("bash")
+        .arg(&script)
+        .args(["1", "300000"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map_err(|e| err!("{}: {e}", script.display()))?;
+    let work = std::env::var("WORK").unwrap_or_else(|_| "/tmp/dpdk-base".into());
+    let results = std::env::var("RESULTS").unwrap_or_else(|_| format!("{work}/results"));
+    let raw = Path::new(&results).join("ipsec_lib_bench_raw.csv");
+    let csv = std::fs::read_to_string(&raw).map_err(|e| err!("{}: {e}", raw.display()))?;
+    let rows = parse_lib_bench(&csv);
+    if !st.success() || rows.is_empty() {
+        return Err(err!(
+            "{}: {st}, no rows in {}",
+            script.display(),
+            raw.display()
+        ));
+    }
+    Ok(rows)
+}
+
+/// Worker capacity, every cell `reps` times, interleaved.
+fn run_capacity(o: &VersusOptions) -> Result<Vec<Pair>> {
     let mut pairs = vec![];
     for rep in 1..=o.reps {
         for &alg in &o.algs {
@@ -281,8 +402,8 @@ pub fn run(o: &VersusOptions) -> Result<Vec<Pair>> {
                         dir,
                         rep,
                         xsec_first: order(rep)[0] == Side::Xsec,
-                        xsec_mpps: xm,
-                        dpdk_mpps: dm,
+                        xsec: xm,
+                        dpdk: dm,
                         problems: problems
                             .iter()
                             .filter(|s| s.starts_with(dir))
@@ -290,46 +411,129 @@ pub fn run(o: &VersusOptions) -> Result<Vec<Pair>> {
                             .collect(),
                     };
                     println!(
-                        "rep {rep} {} {size} B {dir}: xsec {xm:.3} Mpps, DPDK {dm:.3} Mpps, ratio {:.2}{}",
+                        "capacity rep {rep} {} {size} B {dir}: xsec {xm:.3} Mpps, DPDK {dm:.3} Mpps, ratio {:.2}",
                         alg.name(),
                         p.ratio(),
-                        if p.xsec_first {
-                            " (xsec first)"
-                        } else {
-                            " (DPDK first)"
-                        }
                     );
                     pairs.push(p);
                 }
             }
         }
     }
-    let (text, summary) = summarize(&pairs);
-    println!("\n{text}");
+    Ok(pairs)
+}
+
+/// Cycles per packet at bursts of 32, `reps` times, interleaved.
+fn run_cycles(o: &VersusOptions) -> Result<Vec<Pair>> {
+    let mut pairs = vec![];
+    for rep in 1..=o.reps {
+        let mut x = vec![];
+        let mut d = vec![];
+        for side in order(rep) {
+            if o.stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(err!("interrupted"));
+            }
+            match side {
+                Side::Xsec => x = xsec_cycles(o)?,
+                Side::Dpdk => d = dpdk_cycles(o)?,
+            }
+        }
+        for &alg in &o.algs {
+            for &size in &o.sizes {
+                for dir in ["encrypt", "decrypt"] {
+                    let xc = x
+                        .iter()
+                        .find(|r| r.0 == alg.name() && r.1 == size && r.2 == dir)
+                        .map(|r| r.3);
+                    let dc = d
+                        .iter()
+                        .find(|r| r.0 == alg.name() && r.1 == size && r.2 == dir)
+                        .map(|r| r.3);
+                    let (Some(xc), Some(dc)) = (xc, dc) else {
+                        continue;
+                    };
+                    let p = Pair {
+                        alg: alg.name(),
+                        size,
+                        dir,
+                        rep,
+                        xsec_first: order(rep)[0] == Side::Xsec,
+                        xsec: xc,
+                        dpdk: dc,
+                        problems: vec![],
+                    };
+                    println!(
+                        "cycles rep {rep} {} {size} B {dir}: xsec {xc:.0}, DPDK {dc:.0} cycles/packet, ratio {:.2}",
+                        alg.name(),
+                        p.ratio()
+                    );
+                    pairs.push(p);
+                }
+            }
+        }
+    }
+    Ok(pairs)
+}
+
+fn pairs_json(pairs: &[Pair]) -> Vec<Value> {
+    pairs
+        .iter()
+        .map(|p| {
+            json!({
+                "alg": p.alg, "size": p.size, "dir": p.dir, "rep": p.rep,
+                "xsec_first": p.xsec_first, "xsec": p.xsec, "dpdk": p.dpdk,
+                "ratio": p.ratio(), "problems": p.problems,
+            })
+        })
+        .collect()
+}
+
+/// Run the comparison: every cell `reps` times, interleaved; the capacity and cycle pairs.
+pub fn run(o: &VersusOptions) -> Result<(Vec<Pair>, Vec<Pair>)> {
+    if o.reps < 1 {
+        return Err(err!("--reps: at least 1 (5 for a figure worth quoting)"));
+    }
+    for &a in &o.algs {
+        if dpdk_alg(a).is_none() {
+            return Err(err!(
+                "--algs {}: the baseline has aes128gcm16 and aes128-sha1 only",
+                a.name()
+            ));
+        }
+    }
+    ensure_baseline(o)?;
+    let info = sysstat::cpuinfo();
+    println!("cpu: {} ({} CPUs)", info.model, info.cpus);
+    let cap = if o.capacity { run_capacity(o)? } else { vec![] };
+    let cyc = if o.cycles { run_cycles(o)? } else { vec![] };
+    let (cap_text, cap_summary) = summarize(&cap, "Mpps");
+    let (cyc_text, cyc_summary) = summarize(&cyc, "cycles");
+    if o.capacity {
+        println!("\nworker capacity (higher is better for xsec):\n{cap_text}");
+    }
+    if o.cycles {
+        println!("\ncycles per packet, bursts of 32 (lower is better for xsec):\n{cyc_text}");
+    }
     if let Some(path) = &o.json {
         let doc = json!({
-            "what": "worker capacity, one core: xsec-lab capacity (xsecd replay backend) vs DPDK 22.11 ipsec-secgw (net_pcap infinite_rx -> net_null, librte_ipsec), interleaved in the same minutes, order flipped on even repetitions, both under the baseline's boost",
+            "what": "xsec against DPDK 22.11 in the same minutes, each cell A/B then B/A on alternate repetitions, both under the baseline's boost. capacity: xsec-lab capacity (xsecd replay backend, one worker) vs ipsec-secgw (net_pcap infinite_rx -> net_null, librte_ipsec, one lcore), Mpps. cycles: the engine's burst bench at burst 32 vs librte_ipsec cpu-crypto at burst 32 (prepare + crypto + process), TSC cycles per packet",
             "commit": commit(),
             "cpu": {
                 "model": info.model,
                 "cpus": info.cpus,
                 "flags": info.flags.iter().map(|(f, h)| (f.to_string(), json!(h))).collect::<serde_json::Map<_, _>>(),
             },
-            "options": {"reps": o.reps, "seconds": o.seconds, "sizes": o.sizes,
+            "options": {"reps": o.reps, "seconds": o.seconds, "rounds": o.rounds, "sizes": o.sizes,
                         "algs": o.algs.iter().map(|a| a.name()).collect::<Vec<_>>()},
-            "summary": summary,
-            "pairs": pairs.iter().map(|p| json!({
-                "alg": p.alg, "size": p.size, "dir": p.dir, "rep": p.rep,
-                "xsec_first": p.xsec_first, "xsec_mpps": p.xsec_mpps, "dpdk_mpps": p.dpdk_mpps,
-                "ratio": p.ratio(), "problems": p.problems,
-            })).collect::<Vec<_>>(),
+            "capacity": {"summary": cap_summary, "pairs": pairs_json(&cap)},
+            "cycles": {"summary": cyc_summary, "pairs": pairs_json(&cyc)},
         });
         let text =
             serde_json::to_string_pretty(&doc).map_err(|e| err!("cannot write JSON: {e}"))?;
         std::fs::write(path, text).map_err(|e| err!("write {}: {e}", path.display()))?;
         println!("JSON: {}", path.display());
     }
-    Ok(pairs)
+    Ok((cap, cyc))
 }
 
 #[cfg(test)]
@@ -363,6 +567,40 @@ mod tests {
     }
 
     #[test]
+    fn burst_bench_and_lib_bench_rows_become_cycles() {
+        let burst = "CPU: x\n\
+            | algorithm | size | one at a time | burst 1 | burst 8 | burst 32 | burst 64 | ratio at 32 |\n\
+            |---|---|---|---|---|---|---|---|\n\
+            | aes128gcm16 | 64 | 300 | 290 | 250 | 241 | 240 | 0.80 |\n\
+            | aes128gcm16 | imix | 400 | 390 | 350 | 341 | 340 | 0.85 |\n\
+            \n| algorithm | size | decap one at a time | burst 1 | burst 8 | burst 32 | burst 64 | ratio at 32 |\n\
+            | aes128gcm16 | 64 | 280 | 270 | 230 | 200 | 199 | 0.71 |\n";
+        assert_eq!(
+            parse_burst(burst),
+            vec![
+                ("aes128gcm16".to_owned(), 64, "encrypt", 241.0),
+                ("aes128gcm16".to_owned(), 64, "decrypt", 200.0)
+            ]
+        );
+        let csv = "rep,pmd,alg,esn,size,mode,burst,pkts,out_ops,out_prepare,out_crypto,out_process,out_total,in_ops,in_prepare,in_crypto,in_process,in_total,out_mpps,in_mpps,roundtrip_cyc,ok\n\
+            1,crypto_aesni_gcm0,aes-128-gcm,0,64,cpu,32,300000,1,2,3,4,221.0,1,2,3,4,230.5,9,9,9,1\n\
+            1,crypto_aesni_gcm0,aes-128-gcm,1,64,cpu,32,300000,1,2,3,4,999.0,1,2,3,4,999.0,9,9,9,1\n\
+            1,crypto_aesni_gcm0,aes-128-gcm,0,64,lookaside,32,300000,1,2,3,4,888.0,1,2,3,4,888.0,9,9,9,1\n\
+            1,crypto_aesni_mb0,aes-128-gcm,0,64,cpu,32,300000,1,2,3,4,777.0,1,2,3,4,777.0,9,9,9,1\n\
+            1,crypto_aesni_mb0,aes-128-cbc+sha1-hmac-96,0,1420,cpu,32,300000,1,2,3,4,2012.0,1,2,3,4,1900.0,9,9,9,1\n\
+            1,crypto_aesni_mb0,aes-128-cbc+sha1-hmac-96,0,512,cpu,32,300000,1,2,3,4,1.0,1,2,3,4,1.0,9,9,9,0\n";
+        assert_eq!(
+            parse_lib_bench(csv),
+            vec![
+                ("aes128gcm16", 64, "encrypt", 221.0),
+                ("aes128gcm16", 64, "decrypt", 230.5),
+                ("aes128-sha1", 1420, "encrypt", 2012.0),
+                ("aes128-sha1", 1420, "decrypt", 1900.0),
+            ]
+        );
+    }
+
+    #[test]
     fn the_summary_is_of_paired_ratios_not_of_medians() {
         let p = |rep, x: f64, d: f64| Pair {
             alg: "aes128gcm16",
@@ -370,13 +608,13 @@ mod tests {
             dir: "encrypt",
             rep,
             xsec_first: rep % 2 == 1,
-            xsec_mpps: x,
-            dpdk_mpps: d,
+            xsec: x,
+            dpdk: d,
             problems: vec![],
         };
         // the machine slows down between repetitions: the ratios stay 1.2
         let pairs = vec![p(1, 6.0, 5.0), p(2, 4.8, 4.0), p(3, 3.6, 3.0)];
-        let (text, v) = summarize(&pairs);
+        let (text, v) = summarize(&pairs, "Mpps");
         let row = &v[0];
         assert!((row["ratio_median"].as_f64().unwrap() - 1.2).abs() < 1e-9);
         assert!((row["ratio_min"].as_f64().unwrap() - 1.2).abs() < 1e-9);
@@ -387,7 +625,7 @@ mod tests {
             "{text}"
         );
         // a DPDK run that gave nothing is not a ratio
-        let (_, v) = summarize(&[p(1, 6.0, 0.0), p(2, 5.0, 4.0)]);
+        let (_, v) = summarize(&[p(1, 6.0, 0.0), p(2, 5.0, 4.0)], "Mpps");
         assert_eq!(v[0]["pairs"], 1);
     }
 }
