@@ -220,7 +220,7 @@ fn tunnel<B: AsRef<[u8]> + AsMut<[u8]>>(
 /// one without selectors accepts nothing (no policy names it: fail closed).
 #[inline(always)]
 fn check_selectors(sa: &Sa, packet: &[u8]) -> Result<(), DropReason> {
-    if sa.selectors_any {
+    if sa.selectors.is_any() {
         return Ok(());
     }
     if sa.selectors.is_empty() {

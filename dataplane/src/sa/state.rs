@@ -6,7 +6,8 @@ use super::config::{DfMode, DscpMode, EcnMode, Encap, Lifetime, Mode, SaConfig, 
 use super::lifetime::{LifeEvent, LifeState, LimitKind};
 use crate::crypto::{AuthAlg, EncAlg, Transform};
 use crate::replay::{Replay, ReplayWindow, SharedReplayWindow};
-use crate::spd::{Direction, PacketKey, Selector};
+use crate::spd::selector_set::SelectorSet;
+use crate::spd::{Direction, PacketKey};
 use crate::stats::{DropCounters, DropReason};
 use crate::time::Timestamp;
 use core::time::Duration;
@@ -118,11 +119,10 @@ pub struct Sa {
     pub(crate) tmpl: OuterTemplate,
     pub(crate) life: LifeState,
     pub(crate) drops: DropCounters,
-    /// Traffic selectors of an inbound SA (RFC 4301 §5.2); empty matches nothing.
-    pub(crate) selectors: Box<[Selector]>,
-    /// One of `selectors` is [`Selector::ANY`]: every packet matches, so decapsulation
-    /// skips the upper-layer parse (the common case must not pay for the check).
-    pub(crate) selectors_any: bool,
+    /// Traffic selectors of an inbound SA (RFC 4301 §5.2), indexed when there are many;
+    /// empty matches nothing. With [`Selector::ANY`](crate::spd::Selector::ANY) among them every packet matches, and
+    /// decapsulation skips the upper-layer parse (the common case must not pay for it).
+    pub(crate) selectors: SelectorSet,
     /// Inbound lookup also matches this destination (IPv6 flag, address).
     pub(crate) local_match: Option<(bool, u128)>,
     /// Last authenticated outer source (address, port) of a UDP-encapsulated inbound SA.
@@ -245,8 +245,7 @@ impl Sa {
             tmpl: OuterTemplate::new(&outer, udp, cfg.ttl, cfg.dscp, cfg.ecn, cfg.df),
             life: LifeState::new(&cfg.lifetime, now),
             drops: DropCounters::default(),
-            selectors: cfg.selectors.clone().into_boxed_slice(),
-            selectors_any: cfg.selectors.contains(&Selector::ANY),
+            selectors: SelectorSet::new(&cfg.selectors),
             local_match: cfg.local.map(ip_u128),
             peer_seen: None,
             path_mtu: 0,
@@ -288,11 +287,7 @@ impl Sa {
     /// arrive through it (fail closed); "any" is spelled [`Selector::ANY`].
     #[inline]
     pub(crate) fn selectors_match(&self, k: &PacketKey) -> bool {
-        self.selectors_any
-            || self
-                .selectors
-                .iter()
-                .any(|s| s.matches(Direction::Inbound, k))
+        self.selectors.matches(k)
     }
 
     /// Take the next outbound sequence number, or refuse when it would wrap (RFC 4303

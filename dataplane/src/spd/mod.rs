@@ -11,6 +11,7 @@
 mod classifier;
 pub mod flow_cache;
 pub mod selector;
+pub mod selector_set;
 
 pub use selector::{AddrRange, Direction, Family, PacketKey, PortSel, Selector, SelectorError};
 
