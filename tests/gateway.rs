@@ -3699,3 +3699,68 @@ fn gateway_ping_goes_through_the_tunnel_and_nowhere_else() {
         format!("{clear} packets from gwA's LAN address in clear")
     });
 }
+
+/// `xsec-lab capacity --policies 10000`: the SPD it builds is issue 19's, as xsecd reads it —
+/// on each gateway 1,000 TCP port-range policies (BYPASS, DISCARD in turn) in front of 9,000
+/// PROTECT /24 sites, the traffic's own (10.1.0.0/24 ↔ 10.2.0.0/24) last and the first match
+/// of the traffic; all sites on one SA pair, or with `--site-sas` one pair each.
+#[test]
+fn capacity_policies_builds_the_spd_it_describes() {
+    use xsec_dataplane::spd::{Action as SpdAction, Direction, PacketKey};
+    for per_site in [false, true] {
+        let mut pair = Pair::new(PairOptions::default());
+        let sas = xsec_lab::capacity::scale_spd(&mut pair, 10_000, per_site);
+        assert_eq!(sas, if per_site { 9_000 } else { 1 });
+        for (g, dir, src, dst) in [
+            (&pair.a, Direction::Outbound, addr::HOST_A, addr::HOST_B),
+            (&pair.b, Direction::Inbound, addr::HOST_A, addr::HOST_B),
+        ] {
+            let toml = g.to_toml();
+            let cfg = xsecd::config::parse(&toml, Path::new("capacity.toml"))
+                .unwrap_or_else(|e| panic!("xsecd refuses the generated file: {e}"));
+            assert_eq!(cfg.sas.len(), sas);
+            let pols = match dir {
+                Direction::Outbound => &cfg.spd.outbound,
+                Direction::Inbound => &cfg.spd.inbound,
+            };
+            assert_eq!(pols.len(), 10_000);
+            for (i, p) in pols.iter().enumerate() {
+                match i {
+                    0..1000 => {
+                        assert_eq!(
+                            p.selector.proto,
+                            Some(xsec_dataplane::wire::IpProtocol::TCP)
+                        );
+                        let want_bypass = i % 2 == 0;
+                        assert_eq!(
+                            matches!(p.action, SpdAction::Bypass),
+                            want_bypass,
+                            "policy {i}: {:?}",
+                            p.action
+                        );
+                    }
+                    _ => assert!(
+                        matches!(p.action, SpdAction::Protect(_)),
+                        "policy {i}: {:?}",
+                        p.action
+                    ),
+                }
+            }
+            // the traffic (UDP hA -> hB) meets its site last, and nothing before it
+            let ip = |s: &str| u128::from(u32::from(s.parse::<Ipv4Addr>().expect("address")));
+            let k = PacketKey {
+                v6: false,
+                src: ip(src),
+                dst: ip(dst),
+                proto: 17,
+                src_port: 10_000,
+                dst_port: 5301,
+                dst_multicast: false,
+            };
+            let spd = cfg.spd.compile().expect("compiles");
+            let t = spd.test(dir, &k);
+            assert_eq!(t.first, Some(9_999), "{dir:?}: {:?}", t.matches);
+            assert_eq!(t.matches, vec![9_999]);
+        }
+    }
+}

@@ -52,6 +52,11 @@ pub struct CapacityOptions {
     /// One SA pair (`sas` 1) on several workers: per-worker outbound SAs and any-worker
     /// inbound SAs ([`per_worker_sas`]) instead of one SA pair whose worker takes handoffs.
     pub per_worker: bool,
+    /// SPD sizes to measure: 1 is the plain one-policy tunnel; more builds [`scale_spd`]'s
+    /// mix of that many policies.
+    pub policies: Vec<usize>,
+    /// With `policies` > 1: each site its own SA pair (else all sites on one SA pair).
+    pub site_sas: bool,
 }
 
 /// IMIX as 7 : 4 : 1 by count (64, 576, 1420 B), interleaved.
@@ -115,6 +120,8 @@ pub struct Trial {
     pub dir: &'static str,
     pub workers: usize,
     pub sas: usize,
+    /// Policies in the SPD (1: the plain tunnel).
+    pub policies: usize,
     pub size: usize,
     pub mpps: f64,
     pub gbps: f64,
@@ -331,6 +338,60 @@ pub fn per_worker_sas(pair: &mut Pair, workers: usize, flows: usize) -> [String;
     [a_ops, b_ops].map(|ops| json!(ops).to_string())
 }
 
+/// Issue 19's large SPD, `n` policies on each gateway: `n / 10` TCP port-range policies in
+/// front (BYPASS and DISCARD in turn, which the UDP traffic never matches but every lookup
+/// must get past), then `n - n / 10` PROTECT /24 sites behind gwB — 100.64.0.0/24,
+/// 100.64.1.0/24, … — the last of them the traffic's own (NET_A ↔ NET_B). All sites on the
+/// pair's one SA pair (gwB's inbound SA then carries every site as a selector), or with
+/// `per_site` each site its own SA pair (`t0`, `t1`, …: the traffic's is the last). Returns
+/// the SA pairs there are.
+pub fn scale_spd(pair: &mut Pair, n: usize, per_site: bool) -> usize {
+    use crate::config::{Action, PolicyConf};
+    let front = n / 10;
+    let sites = n.saturating_sub(front).max(1);
+    let sa_pairs = if per_site { sites } else { 1 };
+    spread_sas(pair, sa_pairs, sa_pairs);
+    pair.a.policies.clear();
+    pair.b.policies.clear();
+    for i in 0..front {
+        let lo = 1024 + 8 * (i % 8000);
+        let action = if i % 2 == 0 {
+            Action::Bypass
+        } else {
+            Action::Discard
+        };
+        let mut p = PolicyConf::new(&format!("f{i}"), "any", "any", action).protocol("tcp");
+        p.remote_port = format!("{lo}-{}", lo + 3);
+        pair.a.policies.push(p.clone());
+        pair.b.policies.push(p);
+    }
+    for i in 0..sites {
+        let site = if i + 1 == sites {
+            addr::NET_B.to_owned()
+        } else {
+            format!("100.{}.{}.0/24", 64 + (i >> 8), i & 0xff)
+        };
+        let sa = if per_site {
+            format!("t{i}")
+        } else {
+            "t0".to_owned()
+        };
+        pair.a.policies.push(PolicyConf::new(
+            &format!("s{i}"),
+            addr::NET_A,
+            &site,
+            Action::Protect(sa.clone()),
+        ));
+        pair.b.policies.push(PolicyConf::new(
+            &format!("s{i}"),
+            &site,
+            addr::NET_A,
+            Action::Protect(sa),
+        ));
+    }
+    sa_pairs
+}
+
 /// The SA (of `n`, over `flows` flows) that protects flow `f`.
 pub fn flow_sa(f: usize, n: usize, flows: usize) -> usize {
     f * n / flows.max(n).max(1)
@@ -400,7 +461,11 @@ pub fn run(o: &CapacityOptions) -> Result<Vec<Trial>> {
         for rep in 0..o.repeat {
             for &alg in &o.algs {
                 for &workers in &o.workers {
-                    for &sas in &o.sas {
+                    for (&sas, &policies) in o
+                        .sas
+                        .iter()
+                        .flat_map(|s| o.policies.iter().map(move |p| (s, p)))
+                    {
                         let flows = o.flows.max(sas);
                         let mut pair = Pair::new(PairOptions {
                             alg,
@@ -408,11 +473,16 @@ pub fn run(o: &CapacityOptions) -> Result<Vec<Trial>> {
                             ..PairOptions::default()
                         });
                         // one tunnel on every worker: per-worker SAs, no handoff
-                        let batches = (o.per_worker && sas == 1 && workers > 1)
+                        let batches = (o.per_worker && sas == 1 && workers > 1 && policies <= 1)
                             .then(|| per_worker_sas(&mut pair, workers, flows));
-                        if batches.is_none() {
-                            spread_sas(&mut pair, sas, flows);
-                        }
+                        let sas = if policies > 1 {
+                            scale_spd(&mut pair, policies, o.site_sas)
+                        } else {
+                            if batches.is_none() {
+                                spread_sas(&mut pair, sas, flows);
+                            }
+                            sas
+                        };
                         // the workers on the last cores, the control thread and the lab on core 0
                         let cores: Vec<usize> = (cpus - workers..cpus).collect();
                         for g in [&mut pair.a, &mut pair.b] {
@@ -431,6 +501,7 @@ pub fn run(o: &CapacityOptions) -> Result<Vec<Trial>> {
                                 alg,
                                 workers,
                                 sas,
+                                policies,
                                 size,
                             };
                             trials.extend(cell(
@@ -452,7 +523,7 @@ pub fn run(o: &CapacityOptions) -> Result<Vec<Trial>> {
     })();
     drop(lab);
     r?;
-    let (text, doc) = summarize(&trials, o);
+    let (text, doc) = summarize(&trials);
     println!("\n{text}");
     if let Some(path) = &o.json {
         let doc = json!({
@@ -461,10 +532,11 @@ pub fn run(o: &CapacityOptions) -> Result<Vec<Trial>> {
                 "cpus": info.cpus,
                 "flags": info.flags.iter().map(|(f, h)| (f.to_string(), json!(h))).collect::<serde_json::Map<_, _>>(),
             },
-            "options": {"seconds": o.seconds, "repeat": o.repeat, "flows": o.flows, "per_worker": o.per_worker},
+            "options": {"seconds": o.seconds, "repeat": o.repeat, "flows": o.flows, "per_worker": o.per_worker,
+                        "policies": o.policies, "site_sas": o.site_sas},
             "summary": doc,
             "trials": trials.iter().map(|t| json!({
-                "alg": t.alg, "dir": t.dir, "workers": t.workers, "sas": t.sas,
+                "alg": t.alg, "dir": t.dir, "workers": t.workers, "sas": t.sas, "policies": t.policies,
                 "size": size_name(t.size), "mpps": t.mpps, "gbps": t.gbps, "problems": t.problems,
             })).collect::<Vec<_>>(),
         });
@@ -481,6 +553,7 @@ struct Cell {
     alg: Alg,
     workers: usize,
     sas: usize,
+    policies: usize,
     size: usize,
 }
 
@@ -498,10 +571,11 @@ fn cell(
 ) -> Result<Vec<Trial>> {
     let plain = plain_frames(c.size, flows);
     let tag = format!(
-        "{}-{}w-{}sa-{}",
+        "{}-{}w-{}sa-{}p-{}",
         c.alg.name(),
         c.workers,
         c.sas,
+        c.policies,
         size_name(c.size)
     );
     // flow f is UDP source port 10000 + f
@@ -578,6 +652,7 @@ fn cell(
             dir,
             workers: c.workers,
             sas: c.sas,
+            policies: c.policies,
             size: c.size,
             mpps,
             gbps: mpps * 1e6 * inner * 8.0 / 1e9,
@@ -611,65 +686,62 @@ pub fn pcap(frames: &[Vec<u8>]) -> Vec<u8> {
     pcap::file(LinkType::ETHERNET, frames.iter().map(Vec::as_slice))
 }
 
-/// The medians per (alg, workers, SAs, size, dir). DPDK is measured beside it, in the same
+/// The medians per (alg, workers, SAs, policies, size, dir), in the order the cells ran. DPDK is measured beside it, in the same
 /// minutes, by `xsec-lab vs-dpdk` (no DPDK figure is kept here).
-fn summarize(trials: &[Trial], o: &CapacityOptions) -> (String, Value) {
+fn summarize(trials: &[Trial]) -> (String, Value) {
     let mut text = String::from(
-        "| algorithm | workers | SAs | size | encrypt Mpps | decrypt Mpps | spread (min–max Mpps) | notes |\n|---|---|---|---|---|---|---|---|\n",
+        "| algorithm | workers | SAs | policies | size | encrypt Mpps | decrypt Mpps | spread (min–max Mpps) | notes |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut rows = vec![];
-    for &alg in &o.algs {
-        for &w in &o.workers {
-            for &n in &o.sas {
-                for &size in &o.sizes {
-                    let of = |dir: &str| -> Vec<f64> {
-                        trials
-                            .iter()
-                            .filter(|t| {
-                                t.alg == alg.name()
-                                    && t.workers == w
-                                    && t.sas == n
-                                    && t.size == size
-                                    && t.dir == dir
-                            })
-                            .map(|t| t.mpps)
-                            .collect()
-                    };
-                    let (ev, dv) = (of("encrypt"), of("decrypt"));
-                    let spread = |v: &[f64]| {
-                        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-                        let hi = v.iter().copied().fold(0.0, f64::max);
-                        if v.len() > 1 {
-                            format!("{lo:.2}–{hi:.2}")
-                        } else {
-                            String::new()
-                        }
-                    };
-                    let (enc, dec) = (median(&ev), median(&dv));
-                    let bad: Vec<String> = trials
-                        .iter()
-                        .filter(|t| {
-                            t.alg == alg.name() && t.workers == w && t.sas == n && t.size == size
-                        })
-                        .flat_map(|t| t.problems.iter().map(move |p| format!("{} {p}", t.dir)))
-                        .collect();
-                    let sp = format!("{} / {}", spread(&ev), spread(&dv));
-                    text.push_str(&format!(
-                        "| {} | {w} | {n} | {} | {enc:.2} | {dec:.2} | {} | {} |\n",
-                        alg.name(),
-                        size_name(size),
-                        if sp == " / " { String::new() } else { sp },
-                        bad.join(", ")
-                    ));
-                    rows.push(json!({
-                        "alg": alg.name(), "workers": w, "sas": n, "size": size_name(size),
-                        "encrypt_mpps": enc, "decrypt_mpps": dec,
-                        "encrypt_runs": ev, "decrypt_runs": dv,
-                        "problems": bad,
-                    }));
-                }
-            }
+    // the cells in the order they ran
+    let mut cells: Vec<(&str, usize, usize, usize, usize)> = vec![];
+    for t in trials {
+        let k = (t.alg, t.workers, t.sas, t.policies, t.size);
+        if !cells.contains(&k) {
+            cells.push(k);
         }
+    }
+    for (alg, w, n, pol, size) in cells {
+        let same = |t: &&Trial| {
+            t.alg == alg && t.workers == w && t.sas == n && t.policies == pol && t.size == size
+        };
+        let of = |dir: &str| -> Vec<f64> {
+            trials
+                .iter()
+                .filter(same)
+                .filter(|t| t.dir == dir)
+                .map(|t| t.mpps)
+                .collect()
+        };
+        let (ev, dv) = (of("encrypt"), of("decrypt"));
+        let spread = |v: &[f64]| {
+            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = v.iter().copied().fold(0.0, f64::max);
+            if v.len() > 1 {
+                format!("{lo:.2}–{hi:.2}")
+            } else {
+                String::new()
+            }
+        };
+        let (enc, dec) = (median(&ev), median(&dv));
+        let bad: Vec<String> = trials
+            .iter()
+            .filter(same)
+            .flat_map(|t| t.problems.iter().map(move |p| format!("{} {p}", t.dir)))
+            .collect();
+        let sp = format!("{} / {}", spread(&ev), spread(&dv));
+        text.push_str(&format!(
+            "| {alg} | {w} | {n} | {pol} | {} | {enc:.2} | {dec:.2} | {} | {} |\n",
+            size_name(size),
+            if sp == " / " { String::new() } else { sp },
+            bad.join(", ")
+        ));
+        rows.push(json!({
+            "alg": alg, "workers": w, "sas": n, "policies": pol, "size": size_name(size),
+            "encrypt_mpps": enc, "decrypt_mpps": dec,
+            "encrypt_runs": ev, "decrypt_runs": dv,
+            "problems": bad,
+        }));
     }
     (text, Value::Array(rows))
 }

@@ -153,6 +153,14 @@ enum Cmd {
         /// xsecd), instead of one pair whose worker takes the others' packets.
         #[arg(long)]
         per_worker: bool,
+        /// SPD sizes, comma-separated: 1 is the one-policy tunnel; N builds issue 19's mix of
+        /// N policies (N/10 TCP port-range BYPASS/DISCARD in front of PROTECT /24 sites, the
+        /// traffic's site last), all sites on one SA pair unless --site-sas.
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        policies: Vec<usize>,
+        /// With --policies N: one SA pair per site instead of one for all.
+        #[arg(long)]
+        site_sas: bool,
     },
     /// xsec's worker capacity against DPDK's ipsec-secgw in the same minutes: each cell
     /// A/B then B/A on alternate repetitions, both under the baseline's boost; paired ratios
@@ -456,10 +464,16 @@ fn main() -> ExitCode {
             json,
             prefix,
             per_worker,
+            policies,
+            site_sas,
         } => {
             let Some(stop) = stop_flag() else {
                 return ExitCode::FAILURE;
             };
+            if policies.iter().any(|&p| p == 0 || p > 100_000) {
+                eprintln!("xsec-lab capacity: --policies: 1 to 100000");
+                return ExitCode::from(2);
+            }
             let (parsed_sizes, parsed_algs) = match parse_sizes_algs("capacity", &sizes, &algs) {
                 Ok(v) => v,
                 Err(code) => return code,
@@ -477,6 +491,8 @@ fn main() -> ExitCode {
                 prefix,
                 stop,
                 per_worker,
+                policies,
+                site_sas,
             };
             match capacity::run(&o) {
                 Ok(_) => ExitCode::SUCCESS,

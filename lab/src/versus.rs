@@ -294,6 +294,8 @@ fn xsec_cell(o: &VersusOptions, alg: Alg, size: usize) -> Result<(f64, f64, Vec<
         prefix: o.prefix.clone(),
         stop: o.stop.clone(),
         per_worker: false,
+        policies: vec![1],
+        site_sas: false,
     })?;
     let find = |d: &str| trials.iter().find(|t| t.dir == d).map(|t| t.mpps);
     let problems = trials
