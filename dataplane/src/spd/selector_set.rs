@@ -64,6 +64,8 @@ struct Intervals<A> {
     base: A,
     shift: u32,
     lo: Box<[u32]>,
+    /// The index of `base` in `starts`: a key below it searches `starts[..=below]` only.
+    below: u32,
 }
 
 impl<A: FromKey> Intervals<A> {
@@ -103,7 +105,7 @@ impl<A: FromKey> Intervals<A> {
             flat.extend_from_slice(l);
             offs.push(flat.len() as u32);
         }
-        let (base, shift, lo) = buckets(&points);
+        let (base, shift, lo, below) = buckets(&points);
         Intervals {
             remote,
             starts: points.into_boxed_slice(),
@@ -113,15 +115,18 @@ impl<A: FromKey> Intervals<A> {
             base,
             shift,
             lo,
+            below,
         }
     }
 
     /// The interval holding `k`.
     #[inline]
     fn interval(&self, k: A) -> usize {
-        let (a, z) = match k.diff(self.base).filter(|_| self.lo.len() > 1) {
-            // below the table (or no table): the search over everything
-            None => (0, self.starts.len() - 1),
+        let (a, z) = match k.diff(self.base) {
+            // no table: the search over everything
+            _ if self.lo.len() < 2 => (0, self.starts.len() - 1),
+            // below the table: the few far-away starts below it
+            None => (0, self.below as usize),
             Some(d) => {
                 let b = usize::try_from(d >> self.shift).unwrap_or(usize::MAX);
                 match (self.lo.get(b), self.lo.get(b.saturating_add(1))) {
@@ -159,9 +164,9 @@ impl<A: FromKey> Intervals<A> {
 /// first and last 1 % are then left to the plain search): the base, the shift (bucket width
 /// `1 << shift`, about two buckets per interval, at most 65,536 of them) and, per bucket
 /// edge, the interval holding it.
-fn buckets<A: FromKey>(starts: &[A]) -> (A, u32, Box<[u32]>) {
+fn buckets<A: FromKey>(starts: &[A]) -> (A, u32, Box<[u32]>, u32) {
     if starts.len() < 4 {
-        return (A::ZERO, 0, Box::new([]));
+        return (A::ZERO, 0, Box::new([]), 0);
     }
     let target = (starts.len() as u128 * 2).clamp(64, 1 << 16);
     let fit = |first: usize, last: usize| {
@@ -170,14 +175,14 @@ fn buckets<A: FromKey>(starts: &[A]) -> (A, u32, Box<[u32]>) {
         while (span >> shift) >= target {
             shift += 1;
         }
-        (starts[first], span, shift)
+        (starts[first], span, shift, first)
     };
     // all the starts after zero, or without the first and last 1 % when those stretch the
     // range so much that the buckets would be 16 times wider (a far-away site)
     let out = (starts.len() / 100).max(1);
     let whole = fit(1, starts.len() - 1);
     let trimmed = fit(out, starts.len() - 1 - out);
-    let (base, span, shift) = if trimmed.2 + 4 <= whole.2 {
+    let (base, span, shift, first) = if trimmed.2 + 4 <= whole.2 {
         trimmed
     } else {
         whole
@@ -193,7 +198,7 @@ fn buckets<A: FromKey>(starts: &[A]) -> (A, u32, Box<[u32]>) {
         }
         lo.push(i.saturating_sub(1) as u32);
     }
-    (base, shift, lo.into_boxed_slice())
+    (base, shift, lo.into_boxed_slice(), first as u32)
 }
 
 /// The family's address of a packet's field, as the classifier's key type, and differences
