@@ -869,6 +869,19 @@ fn simultaneous_child_rekey_leaves_one_pair() {
     }
 }
 
+/// Both ends connected: the net, A's and B's IKE SA, and their Child SAs.
+type Kids = (Vec<(u32, u32)>, Vec<(u32, u32)>);
+fn connected() -> (Net, u64, u64, Kids) {
+    let mut n = Net::new(Side::default(), b_side());
+    n.connect();
+    let (ida, idb) = (
+        n.a.sas().next().expect("a").id(),
+        n.b.sas().next().expect("b").id(),
+    );
+    let kids = (children_of(&n.a), children_of(&n.b));
+    (n, ida, idb, kids)
+}
+
 /// A Child SA rekey from A over IKE SA `ike`, the connection's second Child SA up: the
 /// same pair on both sides.
 fn child_rekey_over(n: &mut Net, ike: u64) {
@@ -884,13 +897,7 @@ fn child_rekey_over(n: &mut Net, ike: u64) {
 #[test]
 fn ike_rekey_both_ways_keeps_the_children() {
     for from_a in [true, false] {
-        let mut n = Net::new(Side::default(), b_side());
-        n.connect();
-        let (ida, idb) = (
-            n.a.sas().next().expect("a").id(),
-            n.b.sas().next().expect("b").id(),
-        );
-        let kids = (children_of(&n.a), children_of(&n.b));
+        let (mut n, ida, idb, kids) = connected();
         if from_a {
             assert!(n.a.rekey(n.now, ida, None, &mut RandomSpis));
         } else {
@@ -931,13 +938,7 @@ fn ike_rekey_both_ways_keeps_the_children() {
 #[test]
 fn simultaneous_ike_rekeys_leave_one_ike_sa_with_the_children() {
     for _ in 0..8 {
-        let mut n = Net::new(Side::default(), b_side());
-        n.connect();
-        let (ida, idb) = (
-            n.a.sas().next().expect("a").id(),
-            n.b.sas().next().expect("b").id(),
-        );
-        let kids = (children_of(&n.a), children_of(&n.b));
+        let (mut n, ida, idb, kids) = connected();
         assert!(n.a.rekey(n.now, ida, None, &mut RandomSpis));
         assert!(n.b.rekey(n.now, idb, None, &mut RandomSpis));
         n.run();

@@ -184,6 +184,27 @@ pub struct Pair {
 }
 
 impl Pair {
+    /// The pair of repetition `rep` (its order from [`order`]).
+    pub fn of(
+        alg: Alg,
+        size: usize,
+        dir: &'static str,
+        rep: usize,
+        (xsec, dpdk): (f64, f64),
+        problems: Vec<String>,
+    ) -> Pair {
+        Pair {
+            alg: alg.name(),
+            size,
+            dir,
+            rep,
+            xsec_first: order(rep)[0] == Side::Xsec,
+            xsec,
+            dpdk,
+            problems,
+        }
+    }
+
     pub fn ratio(&self) -> f64 {
         if self.dpdk > 0.0 {
             self.xsec / self.dpdk
@@ -398,20 +419,12 @@ fn run_capacity(o: &VersusOptions) -> Result<Vec<Pair>> {
                     continue;
                 };
                 for (dir, xm, dm) in [("encrypt", xe, de), ("decrypt", xd, dd)] {
-                    let p = Pair {
-                        alg: alg.name(),
-                        size,
-                        dir,
-                        rep,
-                        xsec_first: order(rep)[0] == Side::Xsec,
-                        xsec: xm,
-                        dpdk: dm,
-                        problems: problems
-                            .iter()
-                            .filter(|s| s.starts_with(dir))
-                            .cloned()
-                            .collect(),
-                    };
+                    let mine = problems
+                        .iter()
+                        .filter(|s| s.starts_with(dir))
+                        .cloned()
+                        .collect();
+                    let p = Pair::of(alg, size, dir, rep, (xm, dm), mine);
                     println!(
                         "capacity rep {rep} {} {size} B {dir}: xsec {xm:.3} Mpps, DPDK {dm:.3} Mpps, ratio {:.2}",
                         alg.name(),
@@ -454,16 +467,7 @@ fn run_cycles(o: &VersusOptions) -> Result<Vec<Pair>> {
                     let (Some(xc), Some(dc)) = (xc, dc) else {
                         continue;
                     };
-                    let p = Pair {
-                        alg: alg.name(),
-                        size,
-                        dir,
-                        rep,
-                        xsec_first: order(rep)[0] == Side::Xsec,
-                        xsec: xc,
-                        dpdk: dc,
-                        problems: vec![],
-                    };
+                    let p = Pair::of(alg, size, dir, rep, (xc, dc), vec![]);
                     println!(
                         "cycles rep {rep} {} {size} B {dir}: xsec {xc:.0}, DPDK {dc:.0} cycles/packet, ratio {:.2}",
                         alg.name(),
