@@ -99,9 +99,11 @@ pub fn plain_frame(size: usize, flow: usize, seq: u64) -> Vec<u8> {
     f
 }
 
-/// The frames replayed for a size: 1024 of them over `flows` flows.
+/// The frames replayed for a size: 1024 of them over `flows` flows, or one per flow when
+/// there are more flows (so that every flow is in the trace: `--flows 16384` defeats the flow
+/// cache).
 pub fn plain_frames(size: usize, flows: usize) -> Vec<Vec<u8>> {
-    (0..1024u64)
+    (0..flows.max(1024) as u64)
         .map(|i| {
             let s = if size == 0 {
                 IMIX[i as usize % IMIX.len()]
@@ -754,6 +756,7 @@ mod tests {
     fn plain_frames_and_their_pcap() {
         let frames = plain_frames(64, 4);
         assert_eq!(frames.len(), 1024);
+        assert_eq!(plain_frames(64, 16_384).len(), 16_384);
         let f = &frames[5];
         assert_eq!(f.len(), 14 + 64);
         let ip = Ipv4Packet::new_checked(&f[14..]).expect("IPv4");
