@@ -281,11 +281,6 @@ impl SelectorSet {
         }
     }
 
-    /// The selectors, in configuration order.
-    pub fn selectors(&self) -> &[Selector] {
-        &self.sels
-    }
-
     /// No selector: nothing matches (fail closed).
     pub fn is_empty(&self) -> bool {
         self.sels.is_empty()
