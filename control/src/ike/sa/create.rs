@@ -637,46 +637,28 @@ impl IkeSa {
             pr: Zeroizing::new(keys.pr.to_vec()),
             prot: Protection::new(alg.encr, alg.integ, &keys, we_initiated),
         };
-        let children = std::mem::take(&mut self.children);
-        let rekey_at = self.conn.rekey_time.map(|t| super::rekey_time(ctx.now, t));
-        Ok(IkeSa {
-            conn: self.conn.clone(),
-            initiator: we_initiated,
-            spi_i,
-            spi_r,
-            local: self.local,
-            remote: self.remote,
-            state: State::Established,
-            alg: Some(alg),
-            nat_local: self.nat_local,
-            nat_remote: self.nat_remote,
-            peer_id: self.peer_id.clone(),
-            children,
-            stats: Default::default(),
-            created: ctx.now,
-            last_heard: ctx.now,
-            secrets: Some(secrets),
-            ni,
-            nr,
-            msg1: vec![],
-            msg2: vec![],
-            next_request: 0,
-            peer_next: 0,
-            pending: None,
-            cached: None,
-            initial_child: None,
-            retiring: std::mem::take(&mut self.retiring),
-            queue: Default::default(),
-            collisions: Default::default(),
-            rekey_at,
-            rekeyed: false,
-            wanted_group: None,
-            successor_out: None,
-            send_initial_contact: false,
-            reauth_at: self.reauth_at,
-            replaces: None,
-            closing: None,
-        })
+        // a fresh IKE SA, established with the new keys, holding the old one's children
+        let mut new = IkeSa::fresh(
+            self.conn.clone(),
+            we_initiated,
+            [spi_i, spi_r],
+            (self.local, self.remote),
+            ctx.now,
+        );
+        new.state = State::Established;
+        new.alg = Some(alg);
+        new.nat_local = self.nat_local;
+        new.nat_remote = self.nat_remote;
+        new.peer_id = self.peer_id.clone();
+        new.children = std::mem::take(&mut self.children);
+        new.retiring = std::mem::take(&mut self.retiring);
+        new.secrets = Some(secrets);
+        new.ni = ni;
+        new.nr = nr;
+        new.rekey_at = self.conn.rekey_time.map(|t| super::rekey_time(ctx.now, t));
+        new.reauth_at = self.reauth_at;
+        new.send_initial_contact = false;
+        Ok(new)
     }
 
     /// The peer's CREATE_CHILD_SA request.
