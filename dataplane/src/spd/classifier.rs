@@ -5,8 +5,12 @@
 //! interval gets the bitset of policies whose selector covers it. A lookup finds the interval
 //! of each field (binary search; a table for the protocol), ANDs the five bitsets a word at a
 //! time and stops at the first non-zero word: its lowest bit is the first matching policy in
-//! SPD order. The cost grows with policies/64 words in the worst case instead of one full
-//! selector comparison per policy as in a linear SPD, and identical bitsets are stored once.
+//! SPD order. Identical bitsets are stored once.
+//!
+//! Each bitset also has a summary: one bit per word, set where the word is not zero. A lookup
+//! ANDs the five summaries first and visits only the words whose bit survives, so a packet
+//! that matches the 10,000th policy reads a handful of words, not 157: the cost follows the
+//! words where every field has a candidate, not the size of the SPD.
 //!
 //! Built off the packet path, never mutated: a new SPD is compiled whole and swapped in.
 
@@ -73,22 +77,44 @@ impl<K: Copy + Ord> Dim<K> {
     }
 }
 
-/// Deduplicating store of bitset rows.
+/// Deduplicating store of bitset rows and their summaries.
 struct RowStore {
     words: usize,
+    /// Summary words per row: one bit per row word.
+    swords: usize,
     data: Vec<u64>,
+    sums: Vec<u64>,
     index: HashMap<Vec<u64>, u32>,
 }
 
 impl RowStore {
-    fn intern(&mut self, row: &[u64]) -> u32 {
-        if let Some(&off) = self.index.get(row) {
-            return off;
+    fn new(words: usize) -> Self {
+        RowStore {
+            words,
+            swords: words.div_ceil(64),
+            data: vec![],
+            sums: vec![],
+            index: HashMap::new(),
         }
-        let off = self.data.len() as u32;
+    }
+
+    /// The row's number (its words start at `number × words`, its summary at
+    /// `number × swords`).
+    fn intern(&mut self, row: &[u64]) -> u32 {
+        if let Some(&n) = self.index.get(row) {
+            return n;
+        }
+        let n = (self.data.len() / self.words) as u32;
         self.data.extend_from_slice(row);
-        self.index.insert(row.to_vec(), off);
-        off
+        let at = self.sums.len();
+        self.sums.resize(at + self.swords, 0);
+        for (w, x) in row.iter().enumerate() {
+            if *x != 0 {
+                self.sums[at + w / 64] |= 1 << (w % 64);
+            }
+        }
+        self.index.insert(row.to_vec(), n);
+        n
     }
 }
 
@@ -152,6 +178,10 @@ pub(crate) struct Table<A> {
     local_port: Dim<u32>,
     remote_port: Dim<u32>,
     rows: Box<[u64]>,
+    /// Summary words per row.
+    swords: usize,
+    /// Each row's summary: bit `w` set where word `w` of the row is not zero.
+    sums: Box<[u64]>,
     /// Row with the bits of non-PROTECT policies: multicast and broadcast are never protected.
     unprotected: u32,
     /// Bit position → index in the direction's policy list.
@@ -178,11 +208,7 @@ impl<A: Addr> Table<A> {
         }
         let n = idx.len();
         let words = n.div_ceil(64).max(1);
-        let mut store = RowStore {
-            words,
-            data: vec![],
-            index: HashMap::new(),
-        };
+        let mut store = RowStore::new(words);
         let succ_a = |a: A| if a == A::MAX { None } else { Some(a.succ()) };
         let local = build_dim(&addr_l, A::ZERO, succ_a, &mut store);
         let remote = build_dim(&addr_r, A::ZERO, succ_a, &mut store);
@@ -225,11 +251,14 @@ impl<A: Addr> Table<A> {
             local_port,
             remote_port,
             rows: store.data.into_boxed_slice(),
+            swords: store.swords,
+            sums: store.sums.into_boxed_slice(),
             unprotected,
             bit_policy: idx.into_boxed_slice(),
         }
     }
 
+    /// The numbers of the rows to AND: the five fields', then the multicast mask if any.
     #[inline(always)]
     fn rows_for(&self, local: A, remote: A, proto: u8, lport: u32, rport: u32) -> [usize; 5] {
         [
@@ -239,6 +268,40 @@ impl<A: Addr> Table<A> {
             self.local_port.row(lport),
             self.remote_port.row(rport),
         ]
+    }
+
+    /// Calls `f` with each non-zero word of the AND of the rows (and of the mask of
+    /// non-PROTECT policies if `multicast`), in order, with its word index, until `f` says
+    /// stop. Only the words every row's summary marks are read.
+    #[inline(always)]
+    fn scan(
+        &self,
+        rows: [usize; 5],
+        multicast: bool,
+        mut f: impl FnMut(usize, u64) -> core::ops::ControlFlow<()>,
+    ) {
+        let (w, sw) = (self.words, self.swords);
+        let m = self.unprotected as usize;
+        let [a, b, c, d, e] = rows.map(|r| r * w);
+        let [sa, sb, sc, sd, se] = rows.map(|r| r * sw);
+        let (rw, sm) = (&self.rows, &self.sums);
+        for s in 0..sw {
+            let mut cand = sm[sa + s] & sm[sb + s] & sm[sc + s] & sm[sd + s] & sm[se + s];
+            if multicast {
+                cand &= sm[m * sw + s];
+            }
+            while cand != 0 {
+                let i = s * 64 + cand.trailing_zeros() as usize;
+                cand &= cand - 1;
+                let mut x = rw[a + i] & rw[b + i] & rw[c + i] & rw[d + i] & rw[e + i];
+                if multicast {
+                    x &= rw[m * w + i];
+                }
+                if x != 0 && f(i, x).is_break() {
+                    return;
+                }
+            }
+        }
     }
 
     /// Index (in the direction's policy list) of the first matching policy.
@@ -252,24 +315,14 @@ impl<A: Addr> Table<A> {
         rport: u32,
         multicast: bool,
     ) -> Option<u32> {
-        let [a, b, c, d, e] = self.rows_for(local, remote, proto, lport, rport);
-        let m = if multicast {
-            self.unprotected as usize
-        } else {
-            usize::MAX
-        };
-        let rows = &self.rows;
-        for w in 0..self.words {
-            let mut x = rows[a + w] & rows[b + w] & rows[c + w] & rows[d + w] & rows[e + w];
-            if m != usize::MAX {
-                x &= rows[m + w];
-            }
-            if x != 0 {
-                let bit = w * 64 + x.trailing_zeros() as usize;
-                return self.bit_policy.get(bit).copied();
-            }
-        }
-        None
+        let rows = self.rows_for(local, remote, proto, lport, rport);
+        let mut found = None;
+        self.scan(rows, multicast, |w, x| {
+            let bit = w * 64 + x.trailing_zeros() as usize;
+            found = self.bit_policy.get(bit).copied();
+            core::ops::ControlFlow::Break(())
+        });
+        found
     }
 
     /// Every matching policy, in order.
@@ -282,17 +335,9 @@ impl<A: Addr> Table<A> {
         rport: u32,
         multicast: bool,
     ) -> Vec<u32> {
-        let [a, b, c, d, e] = self.rows_for(local, remote, proto, lport, rport);
+        let rows = self.rows_for(local, remote, proto, lport, rport);
         let mut out = vec![];
-        for w in 0..self.words {
-            let mut x = self.rows[a + w]
-                & self.rows[b + w]
-                & self.rows[c + w]
-                & self.rows[d + w]
-                & self.rows[e + w];
-            if multicast {
-                x &= self.rows[self.unprotected as usize + w];
-            }
+        self.scan(rows, multicast, |w, mut x| {
             while x != 0 {
                 let bit = w * 64 + x.trailing_zeros() as usize;
                 if let Some(&p) = self.bit_policy.get(bit) {
@@ -300,7 +345,8 @@ impl<A: Addr> Table<A> {
                 }
                 x &= x - 1;
             }
-        }
+            core::ops::ControlFlow::Continue(())
+        });
         out
     }
 
@@ -341,6 +387,7 @@ impl<A: Addr> Table<A> {
     pub(crate) fn memory_bytes(&self) -> usize {
         let dim = |starts: usize, k: usize| starts * (k + 4);
         self.rows.len() * 8
+            + self.sums.len() * 8
             + dim(self.local.starts.len(), core::mem::size_of::<A>())
             + dim(self.remote.starts.len(), core::mem::size_of::<A>())
             + dim(self.local_port.starts.len(), 4)

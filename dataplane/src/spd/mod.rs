@@ -816,6 +816,44 @@ mod tests {
             }
         }
 
+        /// SPDs of thousands of policies, where the summaries span several words: the
+        /// random policies sit between runs of fillers that match no key, some because their
+        /// addresses lie elsewhere, some because their protocol (SCTP) never comes, so that
+        /// address rows have bits in words where the protocol row has none.
+        #[test]
+        fn compiled_equals_linear_with_thousands(policies in proptest::collection::vec(arb_policy(), 20..40), gaps in proptest::collection::vec(100usize..450, 40), keys in proptest::collection::vec(arb_key(), 60)) {
+            let mut list = vec![];
+            for (i, p) in policies.into_iter().enumerate() {
+                for g in 0..gaps[i] {
+                    let n = list.len() as u32;
+                    let mut s = if g % 2 == 0 {
+                        Selector::ANY
+                    } else {
+                        Selector::addresses(
+                            AddrRange::V4 { lo: 0xac10_0000 + n * 256, hi: 0xac10_0000 + n * 256 + 255 },
+                            AddrRange::Any,
+                        )
+                    };
+                    if g % 2 == 0 {
+                        s.proto = Some(IpProtocol(132));
+                    }
+                    list.push(pol(&format!("filler{n}"), s, Action::Discard));
+                }
+                list.push(p);
+            }
+            let cfg = SpdConfig { outbound: list.clone(), inbound: list, inbound_default: NonPolicy::Discard, outbound_default: NonPolicy::Discard };
+            let spd = cfg.compile().unwrap();
+            for k in &keys {
+                for dir in [Direction::Inbound, Direction::Outbound] {
+                    let lin = spd.lookup_linear(dir, k);
+                    let got = match spd.lookup(dir, k) { Lookup::Policy { index, .. } => Some(index as usize), Lookup::Default { .. } => None };
+                    prop_assert_eq!(got, lin, "{:?} {:?}", dir, k);
+                    let all: Vec<usize> = spd.policies(dir).iter().enumerate().filter(|(_, p)| p.selector.matches(dir, k) && !(k.dst_multicast && matches!(p.action, Action::Protect(_)))).map(|(i, _)| i).collect();
+                    prop_assert_eq!(spd.test(dir, k).matches, all);
+                }
+            }
+        }
+
         /// The flow cache gives the classifier's answers, through collisions (the keys
         /// twice, interleaved) and across an SPD change (emptied in between).
         #[test]
