@@ -15,6 +15,7 @@
 //! Built off the packet path, never mutated: a new SPD is compiled whole and swapped in.
 
 use super::selector::{AddrRange, Family, Selector};
+use super::starts::Starts;
 use std::collections::HashMap;
 
 /// An address type of one family.
@@ -22,6 +23,8 @@ pub(crate) trait Addr: Copy + Ord + std::hash::Hash + core::fmt::Debug {
     const MAX: Self;
     const ZERO: Self;
     fn succ(self) -> Self;
+    /// `self - base`, if `self` is not below `base`.
+    fn diff(self, base: Self) -> Option<u128>;
     /// The selector's range in this family, or `None` if the selector is for the other one.
     fn range(r: &AddrRange) -> Option<(Self, Self)>;
 }
@@ -31,6 +34,9 @@ impl Addr for u32 {
     const ZERO: Self = 0;
     fn succ(self) -> Self {
         self + 1
+    }
+    fn diff(self, base: Self) -> Option<u128> {
+        self.checked_sub(base).map(u128::from)
     }
     fn range(r: &AddrRange) -> Option<(Self, Self)> {
         match *r {
@@ -47,6 +53,9 @@ impl Addr for u128 {
     fn succ(self) -> Self {
         self + 1
     }
+    fn diff(self, base: Self) -> Option<u128> {
+        self.checked_sub(base)
+    }
     fn range(r: &AddrRange) -> Option<(Self, Self)> {
         match *r {
             AddrRange::Any => Some((0, u128::MAX)),
@@ -56,24 +65,19 @@ impl Addr for u128 {
     }
 }
 
-/// One field: interval starts (sorted, first is the domain's minimum) and each interval's row.
+/// One field: its elementary intervals and each interval's row.
 #[derive(Debug, Clone)]
 struct Dim<K> {
-    starts: Box<[K]>,
+    starts: Starts<K>,
     rows: Box<[u32]>,
 }
 
-impl<K: Copy + Ord> Dim<K> {
+impl<K: Addr> Dim<K> {
     #[inline(always)]
     fn row(&self, k: K) -> usize {
-        // starts[0] is the domain minimum, so the partition point is ≥ 1.
-        let i = self.starts.partition_point(|s| *s <= k);
-        self.rows[i.saturating_sub(1)] as usize
-    }
-
-    /// Interval index and the interval's inclusive end, for the policy test.
-    fn interval(&self, k: K) -> usize {
-        self.starts.partition_point(|s| *s <= k).saturating_sub(1)
+        self.rows
+            .get(self.starts.interval(k))
+            .map_or(0, |&r| r as usize)
     }
 }
 
@@ -119,7 +123,7 @@ impl RowStore {
 }
 
 /// Build one dimension by a sweep over the sorted boundaries: O(intervals × words).
-fn build_dim<K: Copy + Ord + std::hash::Hash>(
+fn build_dim<K: Addr>(
     ranges: &[(K, K)],
     min: K,
     succ: impl Fn(K) -> Option<K>,
@@ -163,7 +167,7 @@ fn build_dim<K: Copy + Ord + std::hash::Hash>(
         rows.push(row);
     }
     Dim {
-        starts: starts.into_boxed_slice(),
+        starts: Starts::new(starts),
         rows: rows.into_boxed_slice(),
     }
 }
@@ -365,11 +369,11 @@ impl<A: Addr> Table<A> {
         if lo > hi {
             return out;
         }
-        let mut i = d.interval(lo);
+        let mut i = d.starts.interval(lo);
+        let starts = d.starts.as_slice();
         let mut start = lo;
         loop {
-            let end = d
-                .starts
+            let end = starts
                 .get(i + 1)
                 .map_or(super::selector::PORT_DOMAIN_MAX, |n| n - 1)
                 .min(hi);
@@ -385,13 +389,14 @@ impl<A: Addr> Table<A> {
 
     /// Bytes of memory used by the tables.
     pub(crate) fn memory_bytes(&self) -> usize {
-        let dim = |starts: usize, k: usize| starts * (k + 4);
+        let dim = |d: &Dim<A>| d.starts.memory_bytes() + d.rows.len() * 4;
+        let port = |d: &Dim<u32>| d.starts.memory_bytes() + d.rows.len() * 4;
         self.rows.len() * 8
             + self.sums.len() * 8
-            + dim(self.local.starts.len(), core::mem::size_of::<A>())
-            + dim(self.remote.starts.len(), core::mem::size_of::<A>())
-            + dim(self.local_port.starts.len(), 4)
-            + dim(self.remote_port.starts.len(), 4)
+            + dim(&self.local)
+            + dim(&self.remote)
+            + port(&self.local_port)
+            + port(&self.remote_port)
             + 256 * 4
             + self.bit_policy.len() * 4
     }

@@ -12,6 +12,7 @@ mod classifier;
 pub mod flow_cache;
 pub mod selector;
 pub mod selector_set;
+mod starts;
 
 pub use selector::{AddrRange, Direction, Family, PacketKey, PortSel, Selector, SelectorError};
 
