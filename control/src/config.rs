@@ -710,7 +710,8 @@ pub fn parse(text: &str, path: &Path) -> Result<IkeConfig, ConfigError> {
     // connections: identities, keys, uniqueness of reqids
     let (ref mut c, ref mut drafts) = cfg;
     let mut diags = vec![];
-    let line_of = |f: &Fail| xsecd::config::reader::line_of(text, f.at);
+    let lines = xsecd::config::reader::Lines::new(text);
+    let line_of = |f: &Fail| lines.line(f.at);
     let mut reqids = std::collections::HashSet::new();
     for d in drafts.drain(..) {
         let err = |msg: String| Diagnostic {

@@ -146,6 +146,9 @@ pub struct SaTable {
     free: Vec<u32>,
     by_spi: [Index; 2],
     out_by_reqid: Index,
+    /// reqid → every outbound SA of it: the successor when the current one goes, without a
+    /// walk over the slots (a reload replacing 10,000 SA pairs made that walk quadratic).
+    out_all: Index,
     count: usize,
 }
 
@@ -214,6 +217,7 @@ impl SaTable {
             free: vec![],
             by_spi: [Index::new(n), Index::new(n)],
             out_by_reqid: Index::new(n),
+            out_all: Index::new(n),
             count: 0,
         }
     }
@@ -288,8 +292,11 @@ impl SaTable {
             }
         };
         self.by_spi[dir.index()].insert(spi, h);
-        if dir == Direction::Outbound && (current || self.lookup_outbound(reqid).is_none()) {
-            self.out_by_reqid.set_unique(reqid, h);
+        if dir == Direction::Outbound {
+            self.out_all.insert(reqid, h);
+            if current || self.lookup_outbound(reqid).is_none() {
+                self.out_by_reqid.set_unique(reqid, h);
+            }
         }
         self.count += 1;
         Ok(SaHandle(h))
@@ -313,15 +320,20 @@ impl SaTable {
     pub fn remove(&mut self, h: SaHandle) -> Option<Sa> {
         let sa = self.slots.get_mut(h.0 as usize)?.take()?;
         self.by_spi[sa.dir.index()].remove(sa.spi, h.0);
+        if sa.dir == Direction::Outbound {
+            self.out_all.remove(sa.reqid, h.0);
+        }
         if sa.dir == Direction::Outbound && self.out_by_reqid.find(sa.reqid, |v| v == h.0).is_some()
         {
             self.out_by_reqid.remove(sa.reqid, h.0);
-            // Fall back to another outbound SA of the same reqid, newest first (cold path).
-            if let Some((i, _)) = self.slots.iter().enumerate().rev().find(|(_, s)| {
-                s.as_ref()
-                    .is_some_and(|s| s.dir == Direction::Outbound && s.reqid == sa.reqid)
-            }) {
-                self.out_by_reqid.insert(sa.reqid, i as u32);
+            // Fall back to another outbound SA of the same reqid: the one in the highest slot.
+            let mut next = None;
+            self.out_all.find(sa.reqid, |v| {
+                next = next.max(Some(v));
+                false
+            });
+            if let Some(i) = next {
+                self.out_by_reqid.insert(sa.reqid, i);
             }
         }
         self.free.push(h.0);
@@ -398,6 +410,7 @@ impl SaTable {
             + self.by_spi[0].bytes()
             + self.by_spi[1].bytes()
             + self.out_by_reqid.bytes()
+            + self.out_all.bytes()
     }
 }
 
@@ -468,12 +481,29 @@ mod tests {
         c.reqid = 9;
         let old = t.install(&c, Timestamp::ZERO).unwrap();
         c.spi = 0x2001;
+        let mid = t.install(&c, Timestamp::ZERO).unwrap();
+        // another reqid's SA, in a higher slot: never a successor for reqid 9
+        let mut o = cfg(0x3000, Direction::Outbound, "10.0.0.1");
+        o.reqid = 10;
+        let other = t.install(&o, Timestamp::ZERO).unwrap();
+        c.spi = 0x2002;
         let new = t.install(&c, Timestamp::ZERO).unwrap();
         assert_eq!(t.lookup_outbound(9), Some(new));
         t.remove(new);
+        // the successor: the remaining SA of the reqid in the highest slot
+        assert_eq!(t.lookup_outbound(9), Some(mid));
+        t.remove(mid);
         assert_eq!(t.lookup_outbound(9), Some(old));
         t.remove(old);
         assert_eq!(t.lookup_outbound(9), None);
+        assert_eq!(t.lookup_outbound(10), Some(other));
+        // removing an SA that is not current leaves the current one
+        c.spi = 0x2003;
+        let a = t.install(&c, Timestamp::ZERO).unwrap();
+        c.spi = 0x2004;
+        let b = t.install(&c, Timestamp::ZERO).unwrap();
+        t.remove(a);
+        assert_eq!(t.lookup_outbound(9), Some(b));
     }
 
     proptest! {

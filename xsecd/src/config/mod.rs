@@ -26,12 +26,14 @@ pub use gateway::{GatewayConfig, IdleMode, XdpModeCfg};
 pub use sa::SaPair;
 
 use policy::{Act, PolicyDraft};
-use reader::{Fail, Table, Val, line_of};
+use reader::{Fail, Table, Val};
 use sa::SaDraft;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use toml::de::DeTable;
 use xsec_dataplane::sa::Mode;
-use xsec_dataplane::spd::{Action, Policy, SaBundle, SpdConfig, SpdError};
+use xsec_dataplane::spd::{Action, Policy, SaBundle, Selector, SpdConfig, SpdError};
 
 /// A loaded configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,11 +118,19 @@ fn build(
 
     // SA pairs. Names are read on their own first so that a policy naming an SA whose table
     // has errors is not reported as naming an unknown SA.
+    let lines = reader::Lines::new(text);
     let names: Vec<Option<String>> = sa_vals.iter().map(sa::peek_name).collect();
+    // the first SA of each name (a second one is reported by check_sa_uniqueness)
+    let mut by_name: HashMap<&str, usize> = HashMap::new();
+    for (i, n) in names.iter().enumerate() {
+        if let Some(n) = n {
+            by_name.entry(n.as_str()).or_insert(i);
+        }
+    }
     let mut drafts: Vec<Option<SaDraft>> = sa_vals
         .iter()
         .enumerate()
-        .map(|(i, v)| match sa::read(v, i, line_of(text, v.at)) {
+        .map(|(i, v)| match sa::read(v, i, lines.line(v.at)) {
             Ok(d) => Some(d),
             Err(f) => {
                 fails.extend(f);
@@ -141,19 +151,21 @@ fn build(
             }
         })
         .collect();
-    for (i, p) in policies.iter().enumerate() {
-        let Some(p) = p else { continue };
-        let earlier = policies[..i].iter().flatten().find(|q| q.name == p.name);
-        if let Some(q) = earlier {
-            fails.push(p.locs.fail(
+    let mut first_policy: HashMap<&str, &PolicyDraft> = HashMap::new();
+    for p in policies.iter().flatten() {
+        match first_policy.entry(p.name.as_str()) {
+            Entry::Vacant(v) => {
+                v.insert(p);
+            }
+            Entry::Occupied(q) => fails.push(p.locs.fail(
                 "name",
                 format!(
                     "policy name {:?} is already used by {} (line {})",
                     p.name,
-                    q.locs.path,
-                    line_of(text, q.locs.header)
+                    q.get().locs.path,
+                    lines.line(q.get().locs.header)
                 ),
-            ));
+            )),
         }
     }
 
@@ -163,13 +175,12 @@ fn build(
     // in for "any".
     let mut resolved: Vec<Option<usize>> = vec![None; policies.len()];
     let mut used = vec![false; drafts.len()];
+    // (pair, selector) already given to the pair's inbound SA
+    let mut seen: HashSet<(usize, Selector)> = HashSet::new();
     for (i, p) in policies.iter().enumerate() {
         let Some(p) = p else { continue };
         let Some(sa_ref) = &p.sa else { continue };
-        let Some(idx) = names
-            .iter()
-            .position(|n| n.as_deref() == Some(sa_ref.name.as_str()))
-        else {
+        let Some(&idx) = by_name.get(sa_ref.name.as_str()) else {
             let known: Vec<&str> = names.iter().flatten().map(String::as_str).collect();
             fails.push(sa_ref.fail(format!(
                 "no [[sa]] is named {:?}{}",
@@ -193,7 +204,7 @@ fn build(
             fails.push(p.locs.fail(key, msg));
             continue;
         }
-        if !d.pair.inbound.selectors.contains(&p.selector) {
+        if seen.insert((idx, p.selector)) {
             d.pair.inbound.selectors.push(p.selector);
         }
         resolved[i] = Some(idx);
@@ -315,35 +326,54 @@ fn build(
 /// SA names are unique; inbound SPIs are unique on this gateway (the inbound SAD is keyed by
 /// SPI); an outbound SPI is unique per peer (the peer's inbound SAD).
 fn check_sa_uniqueness(drafts: &[Option<SaDraft>], fails: &mut Vec<Fail>) {
-    for (i, d) in drafts.iter().enumerate() {
-        let Some(d) = d else { continue };
-        for e in drafts[..i].iter().flatten() {
-            let (a, b) = (&d.pair, &e.pair);
-            let other = format!("{} {:?} (line {})", e.locs.path, b.name, b.line);
-            if a.name == b.name {
-                fails.push(d.locs.fail(
-                    "name",
-                    format!("SA name {:?} is already used by {}", a.name, e.locs.path),
-                ));
+    // the first draft of each name, inbound SPI, and (outbound SPI, peer): linear in the
+    // number of SAs
+    let mut names: HashMap<&str, &SaDraft> = HashMap::new();
+    let mut spis_in: HashMap<u32, &SaDraft> = HashMap::new();
+    let mut spis_out = HashMap::new();
+    let other = |e: &SaDraft| format!("{} {:?} (line {})", e.locs.path, e.pair.name, e.pair.line);
+    for d in drafts.iter().flatten() {
+        let a = &d.pair;
+        match names.entry(a.name.as_str()) {
+            Entry::Vacant(v) => {
+                v.insert(d);
             }
-            if a.inbound.spi == b.inbound.spi {
-                fails.push(d.locs.fail(
-                    "spi_in",
-                    format!(
-                        "inbound SPI {} ({:#x}) is already used by {other}",
-                        a.inbound.spi, a.inbound.spi
-                    ),
-                ));
+            Entry::Occupied(e) => fails.push(d.locs.fail(
+                "name",
+                format!(
+                    "SA name {:?} is already used by {}",
+                    a.name,
+                    e.get().locs.path
+                ),
+            )),
+        }
+        match spis_in.entry(a.inbound.spi) {
+            Entry::Vacant(v) => {
+                v.insert(d);
             }
-            if a.outbound.spi == b.outbound.spi && a.outbound.remote == b.outbound.remote {
-                fails.push(d.locs.fail(
-                    "spi_out",
-                    format!(
-                        "outbound SPI {} ({:#x}) to the same peer is already used by {other}",
-                        a.outbound.spi, a.outbound.spi
-                    ),
-                ));
+            Entry::Occupied(e) => fails.push(d.locs.fail(
+                "spi_in",
+                format!(
+                    "inbound SPI {} ({:#x}) is already used by {}",
+                    a.inbound.spi,
+                    a.inbound.spi,
+                    other(e.get())
+                ),
+            )),
+        }
+        match spis_out.entry((a.outbound.spi, a.outbound.remote)) {
+            Entry::Vacant(v) => {
+                v.insert(d);
             }
+            Entry::Occupied(e) => fails.push(d.locs.fail(
+                "spi_out",
+                format!(
+                    "outbound SPI {} ({:#x}) to the same peer is already used by {}",
+                    a.outbound.spi,
+                    a.outbound.spi,
+                    other(e.get())
+                ),
+            )),
         }
     }
 }
@@ -351,6 +381,7 @@ fn check_sa_uniqueness(drafts: &[Option<SaDraft>], fails: &mut Vec<Fail>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use reader::line_of;
 
     #[test]
     fn line_of_offsets() {

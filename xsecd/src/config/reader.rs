@@ -140,9 +140,10 @@ pub fn read_document<T>(
     path: &std::path::Path,
     build: impl FnOnce(&Spanned<DeTable<'_>>, &mut Vec<Fail>) -> (Option<T>, Vec<Fail>),
 ) -> Result<(T, Vec<Diagnostic>), ConfigError> {
+    let lines = Lines::new(text);
     let diag = |f: Fail| Diagnostic {
         path: path.to_owned(),
-        line: line_of(text, f.at),
+        line: lines.line(f.at),
         field: f.field,
         message: f.msg,
     };
@@ -171,13 +172,33 @@ pub fn read_document<T>(
     }
 }
 
-/// 1-based line of a byte offset.
+/// 1-based line of a byte offset (for one lookup; many go through [`Lines`]).
 pub fn line_of(text: &str, at: usize) -> usize {
-    let end = at.min(text.len());
-    1 + text.as_bytes()[..end]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
+    Lines::new(text).line(at)
+}
+
+/// The line starts of a text, for many offset-to-line lookups: a file of 10,000 SAs has
+/// 10,000 of them, and counting newlines from the start each time was quadratic.
+#[derive(Debug)]
+pub struct Lines {
+    /// Offsets of the newlines, in order.
+    newlines: Vec<usize>,
+}
+
+impl Lines {
+    pub fn new(text: &str) -> Self {
+        let newlines = text
+            .bytes()
+            .enumerate()
+            .filter_map(|(i, b)| (b == b'\n').then_some(i))
+            .collect();
+        Lines { newlines }
+    }
+
+    /// 1-based line of byte offset `at` (past the end: the last line).
+    pub fn line(&self, at: usize) -> usize {
+        1 + self.newlines.partition_point(|&n| n < at)
+    }
 }
 
 /// A table being read.

@@ -13,8 +13,12 @@ use std::time::{Duration, Instant};
 
 /// The protocol version this build speaks.
 pub const VERSION: u64 = 2;
-/// Largest frame accepted (either way).
-pub const MAX_FRAME: usize = 1 << 20;
+/// Largest frame accepted (either way): a `reload` carries the whole configuration, and
+/// 10,000 SA pairs with their policies are about 5 MB of it.
+pub const MAX_FRAME: usize = 64 << 20;
+/// What a frame's buffer starts at; it grows (4× at a time) as the bytes arrive, so a length
+/// prefix alone allocates no more than this.
+const FIRST_CHUNK: usize = 1 << 20;
 /// A frame that has started must be complete within this time.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -112,10 +116,19 @@ pub fn read_frame(r: &mut impl Read, idle: Duration) -> Result<Vec<u8>, FrameErr
     if len > MAX_FRAME {
         return Err(FrameError::TooBig(len));
     }
-    let mut body = vec![0u8; len];
+    // Grown as the bytes arrive; each outgrown buffer is wiped as it is dropped (frames may
+    // hold keys).
+    let mut body = zeroize::Zeroizing::new(vec![0u8; len.min(FIRST_CHUNK)]);
     let mut got = 0;
-    fill(&mut body, &mut got, &mut first)?;
-    Ok(body)
+    loop {
+        fill(&mut body, &mut got, &mut first)?;
+        if body.len() == len {
+            return Ok(std::mem::take(&mut *body));
+        }
+        let mut bigger = zeroize::Zeroizing::new(vec![0u8; body.len().saturating_mul(4).min(len)]);
+        bigger[..got].copy_from_slice(&body[..got]);
+        body = bigger;
+    }
 }
 
 /// A request.
@@ -164,6 +177,24 @@ mod tests {
         // truncated: the length promises more than arrives before the end
         assert!(matches!(
             read_frame(&mut &[0u8, 0, 0, 9, b'{'][..], Duration::from_secs(1)),
+            Err(FrameError::Closed)
+        ));
+    }
+
+    /// A frame larger than the first buffer (a reload of 10,000 SA pairs) arrives whole
+    /// through the buffer's growth; one that stops short is an error.
+    #[test]
+    fn large_frames_grow_the_buffer() {
+        let text: String = (0..5_000_000u32)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        let mut buf = vec![];
+        write_frame(&mut buf, &request(9, "reload", json!({ "config": text }))).unwrap();
+        let body = read_frame(&mut &buf[..], Duration::from_secs(1)).unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["args"]["config"].as_str(), Some(text.as_str()));
+        assert!(matches!(
+            read_frame(&mut &buf[..buf.len() - 1], Duration::from_secs(1)),
             Err(FrameError::Closed)
         ));
     }

@@ -24,7 +24,7 @@ use crate::config::{self, Config, ConfigError, Diagnostic, SaPair};
 use crate::control::proto::kind;
 use crate::worker::{Carry, Change, Heartbeat, ShardEdit};
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -538,6 +538,7 @@ impl Running {
     fn config_ops(&self, state: &mut ConfigState) -> Vec<Op> {
         let cfg = &mut state.cfg;
         let mut map: HashMap<u32, u32> = HashMap::new();
+        let mut taken: HashSet<u32> = state.reqids.values().copied().collect();
         for p in &mut cfg.sas {
             let r = match state.reqids.get(&p.name) {
                 Some(&r) => r,
@@ -546,12 +547,13 @@ impl Running {
                         .store
                         .reqid_client(state.next_reqid)
                         .is_some_and(|c| c != CONFIG_CLIENT)
-                        || state.reqids.values().any(|&r| r == state.next_reqid)
+                        || taken.contains(&state.next_reqid)
                     {
                         state.next_reqid += 1;
                     }
                     state.next_reqid += 1;
                     state.reqids.insert(p.name.clone(), state.next_reqid - 1);
+                    taken.insert(state.next_reqid - 1);
                     state.next_reqid - 1
                 }
             };
@@ -560,9 +562,8 @@ impl Running {
             p.outbound.reqid = r;
         }
         // names no longer configured lose their reqid (a new name never reuses one)
-        state
-            .reqids
-            .retain(|n, _| cfg.sas.iter().any(|p| &p.name == n));
+        let names: HashSet<&str> = cfg.sas.iter().map(|p| p.name.as_str()).collect();
+        state.reqids.retain(|n, _| names.contains(n.as_str()));
         for pol in cfg
             .spd
             .outbound

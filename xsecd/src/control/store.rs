@@ -518,9 +518,14 @@ impl Store {
             }
             Op::SetPolicies { dir, policies } => {
                 // refused like add/update: a name another client uses, a reqid of another's
+                let owners: HashMap<&str, &str> = self.policies[dir_slot(dir)]
+                    .iter()
+                    .map(|e| (e.policy.name.as_str(), e.client.as_str()))
+                    .collect();
                 for p in &policies {
-                    if let Some(i) = self.policy_index(dir, &p.name)
-                        && self.policies[dir_slot(dir)][i].client != client
+                    if owners
+                        .get(p.name.as_str())
+                        .is_some_and(|&owner| owner != client)
                     {
                         return Err(Reason::DuplicatePolicy {
                             dir,

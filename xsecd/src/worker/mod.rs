@@ -662,8 +662,15 @@ impl<I: FrameIo> Worker<'_, I> {
                 gone.push((sa, current));
             }
         }
+        // each removed SA by its key: a reload replacing 10,000 pairs finds predecessors in
+        // O(1), not by a scan per SA
+        let by_key: HashMap<SaKey, usize> = gone
+            .iter()
+            .enumerate()
+            .map(|(i, (o, _))| (SaKey::of(o), i))
+            .collect();
         for (mut sa, carry, from) in c.install {
-            let old = gone.iter().find(|(o, _)| Some(SaKey::of(o)) == from);
+            let old = from.and_then(|k| by_key.get(&k)).and_then(|&i| gone.get(i));
             // a replacement takes its predecessor's place: the reqid's current outbound SA
             // only if that was
             let current = old.is_none_or(|(_, cur)| *cur);
