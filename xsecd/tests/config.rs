@@ -929,3 +929,43 @@ fn manual_keys_for_a_combined_mode_are_warned_about() {
         assert!(c.warnings.is_empty(), "{name}: {:?}", c.warnings);
     }
 }
+
+/// Thousands of manually keyed GCM SAs (a hub) draw three warnings and a count, not one
+/// line each.
+#[test]
+fn many_combined_mode_sas_are_warned_about_once_each_for_three_then_counted() {
+    let mut text = String::from("[gateway]\nunprotected = \"wan0\"\nprotected = \"lan0\"\n");
+    for i in 0..10u32 {
+        text.push_str(&format!(
+            "\n[[sa]]\nname = \"t{i}\"\nmode = \"tunnel\"\nlocal = \"10.0.0.1\"\n\
+             remote = \"10.0.0.2\"\nspi_in = {}\nspi_out = {}\nencryption = \"aes-gcm-128\"\n\
+             enc_key_in = \"0x{:040x}\"\nenc_key_out = \"0x{:040x}\"\n",
+            0x1000 + i,
+            0x2000 + i,
+            i + 1,
+            i + 100
+        ));
+        text.push_str(&format!(
+            "\n[[policy]]\nname = \"p{i}\"\nlocal = \"192.168.10.0/24\"\n\
+             remote = \"172.16.{i}.0/24\"\naction = \"protect\"\nsa = \"t{i}\"\n"
+        ));
+    }
+    let c = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+    let w: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(w.len(), 4, "{w:?}");
+    for (i, w) in w.iter().take(3).enumerate() {
+        assert!(
+            w.contains(&format!(
+                "sa[{i}].encryption: aes128gcm16 is a combined mode"
+            )),
+            "{w}"
+        );
+    }
+    assert!(
+        w[3].contains(
+            "sa[3].encryption: and 7 more SA pairs from here on with a manually keyed combined mode"
+        ),
+        "{}",
+        w[3]
+    );
+}

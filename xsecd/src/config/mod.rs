@@ -80,6 +80,9 @@ fn tables<'t, 'i>(v: Option<Val<'t, 'i>>, fails: &mut Vec<Fail>) -> Vec<Val<'t, 
     }
 }
 
+/// Manually keyed combined-mode SAs warned about one by one; the rest are counted.
+const COMBINED_WARNINGS: usize = 3;
+
 fn build(
     text: &str,
     doc: &toml::Spanned<DeTable<'_>>,
@@ -232,20 +235,34 @@ fn build(
     // manual key outlives restarts, and a restarted sender numbers from 1 again under a new
     // random IV mask: (key, nonce) pairs can repeat. Warned, not refused: the appliances
     // configure it.
-    for d in drafts.iter().flatten() {
-        let enc = d.pair.outbound.enc;
-        if enc.is_combined() {
-            warnings.push(d.locs.fail(
-                "encryption",
-                format!(
-                    "{} is a combined mode, and RFC 4106 §2 requires automated keying for it: \
-                     with a manual key, a restart or a key used again can repeat a nonce, which \
-                     breaks its confidentiality and integrity; negotiate it with IKE, or use \
-                     AES-CBC with HMAC for manual keys",
-                    enc.name()
-                ),
-            ));
-        }
+    // A hub with thousands of such SAs gets the first few warnings and a count, not one
+    // line per SA.
+    let combined: Vec<&SaDraft> = drafts
+        .iter()
+        .flatten()
+        .filter(|d| d.pair.outbound.enc.is_combined())
+        .collect();
+    for d in combined.iter().take(COMBINED_WARNINGS) {
+        warnings.push(d.locs.fail(
+            "encryption",
+            format!(
+                "{} is a combined mode, and RFC 4106 §2 requires automated keying for it: \
+                 with a manual key, a restart or a key used again can repeat a nonce, which \
+                 breaks its confidentiality and integrity; negotiate it with IKE, or use \
+                 AES-CBC with HMAC for manual keys",
+                d.pair.outbound.enc.name()
+            ),
+        ));
+    }
+    if let Some(d) = combined.get(COMBINED_WARNINGS) {
+        warnings.push(d.locs.fail(
+            "encryption",
+            format!(
+                "and {} more SA pairs from here on with a manually keyed combined mode: the \
+                 same applies to each",
+                combined.len() - COMBINED_WARNINGS
+            ),
+        ));
     }
     if policy_vals.is_empty() {
         warnings.push(Fail {
