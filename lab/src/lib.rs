@@ -38,6 +38,7 @@ pub mod ikebench;
 pub mod ndr;
 pub mod plot;
 pub mod procs;
+pub mod scale;
 pub mod stats;
 pub mod sysstat;
 pub mod tools;

@@ -162,6 +162,26 @@ enum Cmd {
         #[arg(long)]
         site_sas: bool,
     },
+    /// The tables at scale: xsecd's start-up and reload times with N SA pairs (a hub, one
+    /// pair per /24 site, N/9 port-range policies in front) and its resident memory per SA
+    /// pair; xsecd runs in gwB's namespace on its interfaces.
+    Scale {
+        /// The xsecd executable (xsecctl is taken from beside it).
+        #[arg(long)]
+        xsecd: PathBuf,
+        /// SA pair counts, comma-separated (1 is the baseline of the memory per pair).
+        #[arg(long, value_delimiter = ',', default_value = "1,1000,10000")]
+        sas: Vec<usize>,
+        /// Measurements per count (the table gives medians).
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// Also write every sample and the medians as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Namespace prefix.
+        #[arg(long, default_value = "xsec-scale")]
+        prefix: String,
+    },
     /// xsec's worker capacity against DPDK's ipsec-secgw in the same minutes: each cell
     /// A/B then B/A on alternate repetitions, both under the baseline's boost; paired ratios
     /// (min / median / max) to stdout and JSON. Installs and builds the baseline
@@ -498,6 +518,32 @@ fn main() -> ExitCode {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("xsec-lab capacity: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Cmd::Scale {
+            xsecd,
+            sas,
+            repeat,
+            json,
+            prefix,
+        } => {
+            let Some(stop) = stop_flag() else {
+                return ExitCode::FAILURE;
+            };
+            let o = xsec_lab::scale::ScaleOptions {
+                xsecd,
+                sas,
+                repeat: repeat.max(1),
+                json,
+                prefix,
+                stop,
+            };
+            match xsec_lab::scale::run(&o) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("xsec-lab scale: {e}");
                     ExitCode::from(2)
                 }
             }

@@ -557,7 +557,8 @@ impl Lab {
                     config.display()
                 ));
             }
-            std::thread::sleep(Duration::from_millis(50));
+            // fine enough to time a start (`xsec-lab scale`)
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
