@@ -10,7 +10,8 @@
 //! Each bitset also has a summary: one bit per word, set where the word is not zero. A lookup
 //! ANDs the five summaries first and visits only the words whose bit survives, so a packet
 //! that matches the 10,000th policy reads a handful of words, not 157: the cost follows the
-//! words where every field has a candidate, not the size of the SPD.
+//! words where every field has a candidate, not the size of the SPD. Rows keep only their
+//! non-zero words (the summary says which), so the memory follows them too.
 //!
 //! Built off the packet path, never mutated: a new SPD is compiled whole and swapped in.
 
@@ -81,13 +82,21 @@ impl<K: Addr> Dim<K> {
     }
 }
 
-/// Deduplicating store of bitset rows and their summaries.
+/// Deduplicating store of bitset rows, packed: each row keeps its summary (one bit per
+/// word, set where the word is not zero) and only its non-zero words. A hub's remote-address
+/// rows have a bit or two beyond the policies every row shares, so most of their 174 words
+/// are zero: packed, 10,000 policies take a few MB instead of 30 per direction.
 struct RowStore {
     words: usize,
-    /// Summary words per row: one bit per row word.
+    /// Summary words per row.
     swords: usize,
+    /// The non-zero words of every row, row after row.
     data: Vec<u64>,
+    /// `swords` summary words per row.
     sums: Vec<u64>,
+    /// Where each row's words start in `data`.
+    base: Vec<u32>,
+    /// Packed form (summary, then the non-zero words) → row number.
     index: HashMap<Vec<u64>, u32>,
 }
 
@@ -98,26 +107,29 @@ impl RowStore {
             swords: words.div_ceil(64),
             data: vec![],
             sums: vec![],
+            base: vec![],
             index: HashMap::new(),
         }
     }
 
-    /// The row's number (its words start at `number × words`, its summary at
-    /// `number × swords`).
+    /// The number of the row `row` (`words` words), stored once.
     fn intern(&mut self, row: &[u64]) -> u32 {
-        if let Some(&n) = self.index.get(row) {
-            return n;
-        }
-        let n = (self.data.len() / self.words) as u32;
-        self.data.extend_from_slice(row);
-        let at = self.sums.len();
-        self.sums.resize(at + self.swords, 0);
+        debug_assert_eq!(row.len(), self.words);
+        let mut packed = vec![0u64; self.swords];
         for (w, x) in row.iter().enumerate() {
             if *x != 0 {
-                self.sums[at + w / 64] |= 1 << (w % 64);
+                packed[w / 64] |= 1 << (w % 64);
+                packed.push(*x);
             }
         }
-        self.index.insert(row.to_vec(), n);
+        if let Some(&n) = self.index.get(&packed) {
+            return n;
+        }
+        let n = self.base.len() as u32;
+        self.base.push(self.data.len() as u32);
+        self.sums.extend_from_slice(&packed[..self.swords]);
+        self.data.extend_from_slice(&packed[self.swords..]);
+        self.index.insert(packed, n);
         n
     }
 }
@@ -175,13 +187,15 @@ fn build_dim<K: Addr>(
 /// The classifier for one direction and one address family.
 #[derive(Debug, Clone)]
 pub(crate) struct Table<A> {
-    words: usize,
     local: Dim<A>,
     remote: Dim<A>,
     proto: Box<[u32; 256]>,
     local_port: Dim<u32>,
     remote_port: Dim<u32>,
+    /// The rows' non-zero words (see [`RowStore`]).
     rows: Box<[u64]>,
+    /// Where each row's words start in `rows`.
+    base: Box<[u32]>,
     /// Summary words per row.
     swords: usize,
     /// Each row's summary: bit `w` set where word `w` of the row is not zero.
@@ -248,13 +262,13 @@ impl<A: Addr> Table<A> {
         }
         let unprotected = store.intern(&unp);
         Table {
-            words,
             local,
             remote,
             proto,
             local_port,
             remote_port,
             rows: store.data.into_boxed_slice(),
+            base: store.base.into_boxed_slice(),
             swords: store.swords,
             sums: store.sums.into_boxed_slice(),
             unprotected,
@@ -274,37 +288,56 @@ impl<A: Addr> Table<A> {
         ]
     }
 
-    /// Calls `f` with each non-zero word of the AND of the rows (and of the mask of
-    /// non-PROTECT policies if `multicast`), in order, with its word index, until `f` says
-    /// stop. Only the words every row's summary marks are read.
+    /// Calls `f` with each non-zero word of the AND of the rows, in order, with its word
+    /// index, until `f` says stop. Only the words every row's summary marks are read; a
+    /// row's word is found by counting the summary bits before it.
+    #[inline(always)]
+    fn scan_rows<const N: usize>(
+        &self,
+        rows: [usize; N],
+        mut f: impl FnMut(usize, u64) -> core::ops::ControlFlow<()>,
+    ) {
+        let sw = self.swords;
+        let (data, sm) = (&self.rows, &self.sums);
+        let sums = rows.map(|r| r * sw);
+        // per row: where its words for the current summary word start
+        let mut at = rows.map(|r| self.base.get(r).map_or(0, |&b| b as usize));
+        for s in 0..sw {
+            let ss: [u64; N] = core::array::from_fn(|k| sm.get(sums[k] + s).copied().unwrap_or(0));
+            let mut cand = ss.iter().fold(!0u64, |c, x| c & x);
+            while cand != 0 {
+                let bit = cand.trailing_zeros();
+                cand &= cand - 1;
+                let below = (1u64 << bit) - 1;
+                let mut x = !0u64;
+                for k in 0..N {
+                    let i = at[k] + (ss[k] & below).count_ones() as usize;
+                    x &= data.get(i).copied().unwrap_or(0);
+                }
+                if x != 0 && f(s * 64 + bit as usize, x).is_break() {
+                    return;
+                }
+            }
+            for k in 0..N {
+                at[k] += ss[k].count_ones() as usize;
+            }
+        }
+    }
+
+    /// [`Table::scan_rows`] of the five fields' rows, and of the mask of non-PROTECT
+    /// policies if `multicast`.
     #[inline(always)]
     fn scan(
         &self,
         rows: [usize; 5],
         multicast: bool,
-        mut f: impl FnMut(usize, u64) -> core::ops::ControlFlow<()>,
+        f: impl FnMut(usize, u64) -> core::ops::ControlFlow<()>,
     ) {
-        let (w, sw) = (self.words, self.swords);
-        let m = self.unprotected as usize;
-        let [a, b, c, d, e] = rows.map(|r| r * w);
-        let [sa, sb, sc, sd, se] = rows.map(|r| r * sw);
-        let (rw, sm) = (&self.rows, &self.sums);
-        for s in 0..sw {
-            let mut cand = sm[sa + s] & sm[sb + s] & sm[sc + s] & sm[sd + s] & sm[se + s];
-            if multicast {
-                cand &= sm[m * sw + s];
-            }
-            while cand != 0 {
-                let i = s * 64 + cand.trailing_zeros() as usize;
-                cand &= cand - 1;
-                let mut x = rw[a + i] & rw[b + i] & rw[c + i] & rw[d + i] & rw[e + i];
-                if multicast {
-                    x &= rw[m * w + i];
-                }
-                if x != 0 && f(i, x).is_break() {
-                    return;
-                }
-            }
+        if multicast {
+            let [a, b, c, d, e] = rows;
+            self.scan_rows([a, b, c, d, e, self.unprotected as usize], f);
+        } else {
+            self.scan_rows(rows, f);
         }
     }
 
@@ -392,6 +425,7 @@ impl<A: Addr> Table<A> {
         let dim = |d: &Dim<A>| d.starts.memory_bytes() + d.rows.len() * 4;
         let port = |d: &Dim<u32>| d.starts.memory_bytes() + d.rows.len() * 4;
         self.rows.len() * 8
+            + self.base.len() * 4
             + self.sums.len() * 8
             + dim(&self.local)
             + dim(&self.remote)
