@@ -10,8 +10,9 @@ pub(crate) const MAX_HMAC_ICV: usize = 32;
 #[derive(Clone)]
 pub(crate) enum Integ {
     None,
-    Sha1(Hmac<sha1::Sha1>),
-    Sha256(Hmac<sha2::Sha256>),
+    // boxed like the rest: an SA's transform stays small (the SAD holds millions)
+    Sha1(Box<Hmac<sha1::Sha1>>),
+    Sha256(Box<Hmac<sha2::Sha256>>),
     Sha384(Box<Hmac<sha2::Sha384>>),
     Sha512(Box<Hmac<sha2::Sha512>>),
     /// HMAC-SHA1 with the SHA-NI kernel (chosen when the CPU has it).
@@ -96,8 +97,8 @@ impl Integ {
     pub(crate) fn portable(alg: AuthAlg, key: &[u8]) -> Option<Self> {
         Some(match alg {
             AuthAlg::None => Integ::None,
-            AuthAlg::HmacSha1_96 => Integ::Sha1(Hmac::new_from_slice(key).ok()?),
-            AuthAlg::HmacSha256_128 => Integ::Sha256(Hmac::new_from_slice(key).ok()?),
+            AuthAlg::HmacSha1_96 => Integ::Sha1(Box::new(Hmac::new_from_slice(key).ok()?)),
+            AuthAlg::HmacSha256_128 => Integ::Sha256(Box::new(Hmac::new_from_slice(key).ok()?)),
             AuthAlg::HmacSha384_192 => Integ::Sha384(Box::new(Hmac::new_from_slice(key).ok()?)),
             AuthAlg::HmacSha512_256 => Integ::Sha512(Box::new(Hmac::new_from_slice(key).ok()?)),
             AuthAlg::HmacMd5_96 => return None,
@@ -109,8 +110,8 @@ impl Integ {
     fn full(&self, data: &[u8], esn_hi: Option<u32>, out: &mut [u8; MAX_HMAC_ICV]) {
         match self {
             Integ::None => {}
-            Integ::Sha1(m) => mac_into(m, data, esn_hi, out),
-            Integ::Sha256(m) => mac_into(m, data, esn_hi, out),
+            Integ::Sha1(m) => mac_into(&**m, data, esn_hi, out),
+            Integ::Sha256(m) => mac_into(&**m, data, esn_hi, out),
             Integ::Sha384(m) => mac_into(m.as_ref(), data, esn_hi, out),
             Integ::Sha512(m) => mac_into(m.as_ref(), data, esn_hi, out),
             #[cfg(target_arch = "x86_64")]

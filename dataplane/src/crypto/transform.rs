@@ -26,20 +26,12 @@ pub const MAX_IV_LEN: usize = 16;
 pub const MAX_ICV_LEN: usize = 32;
 enum Kind {
     /// AES-GCM or ChaCha20-Poly1305: encrypts the payload, authenticates header + payload.
-    Aead {
-        key: AeadKey,
-        salt: [u8; 4],
-        /// AES-128/256-GCM on a CPU with AES-NI and PCLMULQDQ: the key of the `gcmni`
-        /// kernels, which seal and open every packet in place of ring (faster at every size,
-        /// even one packet per call: `cargo bench -p xsec-benches --bench gcm`).
-        #[cfg(target_arch = "x86_64")]
-        ni: Option<Box<super::gcmni::GcmKey>>,
-    },
+    Aead { key: AeadImpl, salt: [u8; 4] },
     /// AES-GMAC (RFC 4543): payload in clear, everything authenticated.
-    Gmac { key: AeadKey, salt: [u8; 4] },
+    Gmac { key: Box<AeadKey>, salt: [u8; 4] },
     /// CBC encryption then HMAC over header, IV and ciphertext.
     Cbc {
-        key: CbcKey,
+        key: Box<CbcKey>,
         integ: Integ,
         iv_seed: [u8; 16],
         /// Outbound AES on a CPU with AES-NI: the multi-buffer kernel's key schedule, for
@@ -49,6 +41,18 @@ enum Kind {
     },
     /// NULL encryption with HMAC (RFC 2410).
     Null { integ: Integ },
+}
+
+/// The key of an AES-GCM or ChaCha20-Poly1305 transform: one of the two, never both (ring's
+/// expanded key is 544 bytes, and the SAD holds millions of SAs).
+enum AeadImpl {
+    /// AES-128/256-GCM on a CPU with AES-NI and PCLMULQDQ: the `gcmni` kernels' key, which
+    /// seal and open every packet in place of ring (faster at every size, even one packet
+    /// per call: `cargo bench -p xsec-benches --bench gcm`).
+    #[cfg(target_arch = "x86_64")]
+    Ni(Box<super::gcmni::GcmKey>),
+    /// ring (AES-128/256-GCM elsewhere, ChaCha20-Poly1305) or RustCrypto (AES-192-GCM).
+    Portable(Box<AeadKey>),
 }
 
 /// An SA's crypto state, for one direction.
@@ -99,6 +103,18 @@ fn nonce(salt: [u8; 4], iv: &[u8]) -> [u8; 12] {
     n
 }
 
+/// [`Transform::new`]'s arguments.
+#[derive(Clone, Copy)]
+struct Params<'a> {
+    enc: EncAlg,
+    enc_key: &'a [u8],
+    auth: AuthAlg,
+    auth_key: &'a [u8],
+    outbound: bool,
+    allow_legacy: bool,
+    random: [u8; 16],
+}
+
 impl Transform {
     /// Build the transform for one direction. `random` seeds the IV generator (16 bytes from
     /// a CSPRNG, fresh per SA).
@@ -111,6 +127,52 @@ impl Transform {
         allow_legacy: bool,
         random: [u8; 16],
     ) -> Result<Self, CryptoError> {
+        let p = Params {
+            enc,
+            enc_key,
+            auth,
+            auth_key,
+            outbound,
+            allow_legacy,
+            random,
+        };
+        Self::build(&p, true)
+    }
+
+    /// [`Transform::new`] without the CPU-specific kernels (ring and RustCrypto only): the
+    /// fallback, for tests on a CPU that has the kernels.
+    #[cfg(test)]
+    pub(crate) fn new_portable(
+        enc: EncAlg,
+        enc_key: &[u8],
+        auth: AuthAlg,
+        auth_key: &[u8],
+        outbound: bool,
+        random: [u8; 16],
+    ) -> Result<Self, CryptoError> {
+        let p = Params {
+            enc,
+            enc_key,
+            auth,
+            auth_key,
+            outbound,
+            allow_legacy: false,
+            random,
+        };
+        Self::build(&p, false)
+    }
+
+    /// Build with the CPU's kernels where it has them (`kernels`), else the portable code.
+    fn build(p: &Params<'_>, kernels: bool) -> Result<Self, CryptoError> {
+        let Params {
+            enc,
+            enc_key,
+            auth,
+            auth_key,
+            outbound,
+            allow_legacy,
+            random,
+        } = *p;
         alg::check_algorithms(enc, auth, allow_legacy)?;
         alg::check_keys(enc, enc_key, auth, auth_key)?;
         let broken = || CryptoError::Refused {
@@ -126,25 +188,31 @@ impl Transform {
             EncAlg::AesGcm128
             | EncAlg::AesGcm192
             | EncAlg::AesGcm256
-            | EncAlg::ChaCha20Poly1305 => Kind::Aead {
-                key: AeadKey::new(enc, key).ok_or_else(broken)?,
-                salt: salt4,
+            | EncAlg::ChaCha20Poly1305 => {
                 #[cfg(target_arch = "x86_64")]
-                ni: matches!(enc, EncAlg::AesGcm128 | EncAlg::AesGcm256)
-                    .then(|| super::gcmni::GcmKey::new(key).map(Box::new))
-                    .flatten(),
-            },
+                let ni = (kernels && matches!(enc, EncAlg::AesGcm128 | EncAlg::AesGcm256))
+                    .then(|| super::gcmni::GcmKey::new(key))
+                    .flatten();
+                #[cfg(not(target_arch = "x86_64"))]
+                let _ = kernels;
+                let key = match ni {
+                    #[cfg(target_arch = "x86_64")]
+                    Some(k) => AeadImpl::Ni(Box::new(k)),
+                    _ => AeadImpl::Portable(Box::new(AeadKey::new(enc, key).ok_or_else(broken)?)),
+                };
+                Kind::Aead { key, salt: salt4 }
+            }
             EncAlg::AesGmac128 | EncAlg::AesGmac192 | EncAlg::AesGmac256 => Kind::Gmac {
-                key: AeadKey::new(enc, key).ok_or_else(broken)?,
+                key: Box::new(AeadKey::new(enc, key).ok_or_else(broken)?),
                 salt: salt4,
             },
             EncAlg::AesCbc128 | EncAlg::AesCbc192 | EncAlg::AesCbc256 | EncAlg::TripleDesCbc => {
                 Kind::Cbc {
-                    key: CbcKey::new(enc, key, outbound).ok_or_else(broken)?,
+                    key: Box::new(CbcKey::new(enc, key, outbound).ok_or_else(broken)?),
                     integ: Integ::new(auth, auth_key).ok_or_else(broken)?,
                     iv_seed: random,
                     #[cfg(target_arch = "x86_64")]
-                    ni: (outbound && enc != EncAlg::TripleDesCbc)
+                    ni: (kernels && outbound && enc != EncAlg::TripleDesCbc)
                         .then(|| super::aesni::AesNiKey::new(key).map(Box::new))
                         .flatten(),
                 }
@@ -250,7 +318,7 @@ impl Transform {
         let icv = len - icv_len;
         let spi = [pkt[0], pkt[1], pkt[2], pkt[3]];
         match &self.kind {
-            Kind::Aead { key, salt, .. } => {
+            Kind::Aead { key, salt } => {
                 // fixed layout: 8-byte header, 8-byte IV, 16-byte tag; no length-dependent copies
                 let (hdr, rest) = pkt
                     .split_first_chunk_mut::<16>()
@@ -262,14 +330,14 @@ impl Transform {
                 let tag = tag
                     .first_chunk_mut::<TAG_LEN>()
                     .ok_or(DropReason::BadLength)?;
-                match self.gcm_ni_key() {
+                match key {
                     // faster than ring at every size, even for one packet (`--bench gcm`); the
                     // tag goes from the register straight into the packet
                     #[cfg(target_arch = "x86_64")]
-                    Some((k, _)) => {
+                    AeadImpl::Ni(k) => {
                         super::gcmni::seal_one(k, &nonce(*salt, &iv), &aad[..n], body, tag);
                     }
-                    _ => {
+                    AeadImpl::Portable(key) => {
                         *tag = key
                             .seal(nonce(*salt, &iv), &aad[..n], body)
                             .map_err(|_| DropReason::TooBig)?;
@@ -361,32 +429,6 @@ impl Transform {
         }
         let _ = (buf, esp, len, seq);
         false
-    }
-
-    /// The same transform without the CPU-specific kernels (ring and RustCrypto only): the
-    /// fallback, for tests on a CPU that has the kernels.
-    #[cfg(test)]
-    pub(crate) fn portable(mut self) -> Self {
-        #[cfg(target_arch = "x86_64")]
-        match &mut self.kind {
-            Kind::Aead { ni, .. } => *ni = None,
-            Kind::Cbc { ni, .. } => *ni = None,
-            _ => {}
-        }
-        self
-    }
-
-    /// The `gcmni` kernels' key and the salt of an AES-GCM transform, where the CPU runs
-    /// them.
-    #[cfg(target_arch = "x86_64")]
-    #[inline]
-    pub(crate) fn gcm_ni_key(&self) -> Option<(&super::gcmni::GcmKey, [u8; 4])> {
-        match &self.kind {
-            Kind::Aead {
-                ni: Some(k), salt, ..
-            } => Some((k, *salt)),
-            _ => None,
-        }
     }
 
     /// The multi-buffer kernel's key of a CBC transform that defers sealing.
@@ -538,26 +580,27 @@ impl Transform {
         let seq = (u64::from(seq_hi.unwrap_or(0)) << 32)
             | u64::from(u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]));
         match &self.kind {
-            Kind::Aead { key, salt, .. } => {
+            Kind::Aead { key, salt } => {
                 let Some((iv, ct_tag)) = rest.split_first_chunk_mut::<8>() else {
                     return Err(DropReason::BadLength);
                 };
                 let (aad, an) = aead_aad(spi, seq, seq_hi.is_some());
-                #[cfg(target_arch = "x86_64")]
-                if let Some((k, _)) = self.gcm_ni_key() {
-                    let (body, tag) = ct_tag.split_at_mut(ct_tag.len() - TAG_LEN);
-                    let tag: &[u8; TAG_LEN] =
-                        (&*tag).try_into().map_err(|_| DropReason::BadLength)?;
-                    let ok = super::gcmni::open_one(k, &nonce(*salt, iv), &aad[..an], body, tag);
-                    return if ok {
-                        Ok(())
-                    } else {
-                        Err(DropReason::IcvFailed)
-                    };
-                }
-                return key
-                    .open(nonce(*salt, iv), &aad[..an], ct_tag)
-                    .map_err(|_| DropReason::IcvFailed);
+                return match key {
+                    #[cfg(target_arch = "x86_64")]
+                    AeadImpl::Ni(k) => {
+                        let (body, tag) = ct_tag.split_at_mut(ct_tag.len() - TAG_LEN);
+                        let tag: &[u8; TAG_LEN] =
+                            (&*tag).try_into().map_err(|_| DropReason::BadLength)?;
+                        if super::gcmni::open_one(k, &nonce(*salt, iv), &aad[..an], body, tag) {
+                            Ok(())
+                        } else {
+                            Err(DropReason::IcvFailed)
+                        }
+                    }
+                    AeadImpl::Portable(key) => key
+                        .open(nonce(*salt, iv), &aad[..an], ct_tag)
+                        .map_err(|_| DropReason::IcvFailed),
+                };
             }
             _ if !(icv - pt).is_multiple_of(self.enc.block_len()) => {
                 return Err(DropReason::BadLength);
