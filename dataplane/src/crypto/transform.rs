@@ -103,18 +103,6 @@ fn nonce(salt: [u8; 4], iv: &[u8]) -> [u8; 12] {
     n
 }
 
-/// [`Transform::new`]'s arguments.
-#[derive(Clone, Copy)]
-struct Params<'a> {
-    enc: EncAlg,
-    enc_key: &'a [u8],
-    auth: AuthAlg,
-    auth_key: &'a [u8],
-    outbound: bool,
-    allow_legacy: bool,
-    random: [u8; 16],
-}
-
 impl Transform {
     /// Build the transform for one direction. `random` seeds the IV generator (16 bytes from
     /// a CSPRNG, fresh per SA).
@@ -127,52 +115,6 @@ impl Transform {
         allow_legacy: bool,
         random: [u8; 16],
     ) -> Result<Self, CryptoError> {
-        let p = Params {
-            enc,
-            enc_key,
-            auth,
-            auth_key,
-            outbound,
-            allow_legacy,
-            random,
-        };
-        Self::build(&p, true)
-    }
-
-    /// [`Transform::new`] without the CPU-specific kernels (ring and RustCrypto only): the
-    /// fallback, for tests on a CPU that has the kernels.
-    #[cfg(test)]
-    pub(crate) fn new_portable(
-        enc: EncAlg,
-        enc_key: &[u8],
-        auth: AuthAlg,
-        auth_key: &[u8],
-        outbound: bool,
-        random: [u8; 16],
-    ) -> Result<Self, CryptoError> {
-        let p = Params {
-            enc,
-            enc_key,
-            auth,
-            auth_key,
-            outbound,
-            allow_legacy: false,
-            random,
-        };
-        Self::build(&p, false)
-    }
-
-    /// Build with the CPU's kernels where it has them (`kernels`), else the portable code.
-    fn build(p: &Params<'_>, kernels: bool) -> Result<Self, CryptoError> {
-        let Params {
-            enc,
-            enc_key,
-            auth,
-            auth_key,
-            outbound,
-            allow_legacy,
-            random,
-        } = *p;
         alg::check_algorithms(enc, auth, allow_legacy)?;
         alg::check_keys(enc, enc_key, auth, auth_key)?;
         let broken = || CryptoError::Refused {
@@ -190,11 +132,11 @@ impl Transform {
             | EncAlg::AesGcm256
             | EncAlg::ChaCha20Poly1305 => {
                 #[cfg(target_arch = "x86_64")]
-                let ni = (kernels && matches!(enc, EncAlg::AesGcm128 | EncAlg::AesGcm256))
+                let ni = matches!(enc, EncAlg::AesGcm128 | EncAlg::AesGcm256)
                     .then(|| super::gcmni::GcmKey::new(key))
                     .flatten();
                 #[cfg(not(target_arch = "x86_64"))]
-                let _ = kernels;
+                let ni: Option<()> = None;
                 let key = match ni {
                     #[cfg(target_arch = "x86_64")]
                     Some(k) => AeadImpl::Ni(Box::new(k)),
@@ -212,7 +154,7 @@ impl Transform {
                     integ: Integ::new(auth, auth_key).ok_or_else(broken)?,
                     iv_seed: random,
                     #[cfg(target_arch = "x86_64")]
-                    ni: (kernels && outbound && enc != EncAlg::TripleDesCbc)
+                    ni: (outbound && enc != EncAlg::TripleDesCbc)
                         .then(|| super::aesni::AesNiKey::new(key).map(Box::new))
                         .flatten(),
                 }
@@ -429,6 +371,34 @@ impl Transform {
         }
         let _ = (buf, esp, len, seq);
         false
+    }
+
+    /// [`Transform::new`] without the CPU-specific kernels (ring and RustCrypto only): the
+    /// fallback, for tests on a CPU that has the kernels.
+    #[cfg(test)]
+    pub(crate) fn new_portable(
+        enc: EncAlg,
+        enc_key: &[u8],
+        auth: AuthAlg,
+        auth_key: &[u8],
+        outbound: bool,
+        random: [u8; 16],
+    ) -> Result<Self, CryptoError> {
+        let mut t = Self::new(enc, enc_key, auth, auth_key, outbound, false, random)?;
+        match &mut t.kind {
+            Kind::Aead { key, .. } => {
+                let k =
+                    AeadKey::new(enc, &enc_key[..enc.key_len()]).ok_or(CryptoError::Refused {
+                        alg: enc.name(),
+                        reason: "key schedule failed",
+                    })?;
+                *key = AeadImpl::Portable(Box::new(k));
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kind::Cbc { ni, .. } => *ni = None,
+            _ => {}
+        }
+        Ok(t)
     }
 
     /// The multi-buffer kernel's key of a CBC transform that defers sealing.

@@ -156,19 +156,16 @@ fn build(
         .collect();
     let mut first_policy: HashMap<&str, &PolicyDraft> = HashMap::new();
     for p in policies.iter().flatten() {
-        match first_policy.entry(p.name.as_str()) {
-            Entry::Vacant(v) => {
-                v.insert(p);
-            }
-            Entry::Occupied(q) => fails.push(p.locs.fail(
+        if let Some(q) = first_of(&mut first_policy, p.name.as_str(), p) {
+            fails.push(p.locs.fail(
                 "name",
                 format!(
                     "policy name {:?} is already used by {} (line {})",
                     p.name,
-                    q.get().locs.path,
-                    lines.line(q.get().locs.header)
+                    q.locs.path,
+                    lines.line(q.locs.header)
                 ),
-            )),
+            ));
         }
     }
 
@@ -351,47 +348,49 @@ fn check_sa_uniqueness(drafts: &[Option<SaDraft>], fails: &mut Vec<Fail>) {
     let other = |e: &SaDraft| format!("{} {:?} (line {})", e.locs.path, e.pair.name, e.pair.line);
     for d in drafts.iter().flatten() {
         let a = &d.pair;
-        match names.entry(a.name.as_str()) {
-            Entry::Vacant(v) => {
-                v.insert(d);
-            }
-            Entry::Occupied(e) => fails.push(d.locs.fail(
+        if let Some(e) = first_of(&mut names, a.name.as_str(), d) {
+            fails.push(d.locs.fail(
                 "name",
-                format!(
-                    "SA name {:?} is already used by {}",
-                    a.name,
-                    e.get().locs.path
-                ),
-            )),
+                format!("SA name {:?} is already used by {}", a.name, e.locs.path),
+            ));
         }
-        match spis_in.entry(a.inbound.spi) {
-            Entry::Vacant(v) => {
-                v.insert(d);
-            }
-            Entry::Occupied(e) => fails.push(d.locs.fail(
+        if let Some(e) = first_of(&mut spis_in, a.inbound.spi, d) {
+            fails.push(d.locs.fail(
                 "spi_in",
                 format!(
                     "inbound SPI {} ({:#x}) is already used by {}",
                     a.inbound.spi,
                     a.inbound.spi,
-                    other(e.get())
+                    other(e)
                 ),
-            )),
+            ));
         }
-        match spis_out.entry((a.outbound.spi, a.outbound.remote)) {
-            Entry::Vacant(v) => {
-                v.insert(d);
-            }
-            Entry::Occupied(e) => fails.push(d.locs.fail(
+        if let Some(e) = first_of(&mut spis_out, (a.outbound.spi, a.outbound.remote), d) {
+            fails.push(d.locs.fail(
                 "spi_out",
                 format!(
                     "outbound SPI {} ({:#x}) to the same peer is already used by {}",
                     a.outbound.spi,
                     a.outbound.spi,
-                    other(e.get())
+                    other(e)
                 ),
-            )),
+            ));
         }
+    }
+}
+
+/// Record `v` as the first under `key`, or give the one recorded before it.
+fn first_of<'a, K: std::hash::Hash + Eq, V>(
+    seen: &mut HashMap<K, &'a V>,
+    key: K,
+    v: &'a V,
+) -> Option<&'a V> {
+    match seen.entry(key) {
+        Entry::Vacant(e) => {
+            e.insert(v);
+            None
+        }
+        Entry::Occupied(e) => Some(*e.get()),
     }
 }
 
