@@ -648,6 +648,53 @@ mod tests {
         assert!(matches!(cfg.compile(), Err(SpdError::DuplicateName(_))));
     }
 
+    /// `xsec-lab capacity --sas 1000`'s SPD: one UDP source port per SA between the same
+    /// two subnets. Every flow finds its own policy, compiled or through the flow cache.
+    #[test]
+    fn a_thousand_port_policies_each_find_their_flow() {
+        let n = 1000u16;
+        let mut outbound = vec![];
+        for i in 0..n {
+            let mut sel = Selector::addresses(
+                "10.1.0.0/24".parse().unwrap(),
+                "10.2.0.0/24".parse().unwrap(),
+            );
+            sel.proto = Some(IpProtocol::UDP);
+            sel.local_port = PortSel::port(10_000 + i);
+            outbound.push(pol(
+                &format!("p{i}"),
+                sel,
+                Action::Protect(SaBundle::single(u32::from(i) + 1)),
+            ));
+        }
+        let cfg = SpdConfig {
+            outbound,
+            inbound: vec![],
+            inbound_default: NonPolicy::Discard,
+            outbound_default: NonPolicy::Discard,
+        };
+        let spd = cfg.compile().unwrap();
+        let mut cache = flow_cache::FlowCache::default();
+        for round in 0..2 {
+            for f in 0..n {
+                let k = key(17, "10.1.0.10", Some(10_000 + f), "10.2.0.10", Some(5301));
+                let want = Some(usize::from(f));
+                assert_eq!(spd.lookup_linear(Direction::Outbound, &k), want, "{f}");
+                for got in [
+                    spd.lookup(Direction::Outbound, &k),
+                    cache.lookup(&spd, Direction::Outbound, &k),
+                ] {
+                    match got {
+                        Lookup::Policy { index, .. } => {
+                            assert_eq!(index as usize, usize::from(f), "flow {f}, round {round}")
+                        }
+                        other => panic!("flow {f}: {other:?}"),
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn test_ranges_splits_where_answers_differ() {
         let spd = sample();

@@ -606,11 +606,12 @@ impl Running {
                 Some(_) => {}
             }
         }
-        let mut ids: Vec<&String> = want.keys().collect();
-        ids.sort_unstable();
-        for id in ids {
-            let w = &want[id];
-            match self.store.sa(id).filter(|e| e.client == CONFIG_CLIENT) {
+        // in the file's order: a new reqid goes to the least loaded worker, so pairs are
+        // dealt to the workers round-robin as they stand in the file (pair i on worker
+        // i mod N when all are new), not in the order of their names
+        for id in cfg.sas.iter().flat_map(|p| pair_ids(&p.name)) {
+            let Some(w) = want.get(&id) else { continue };
+            match self.store.sa(&id).filter(|e| e.client == CONFIG_CLIENT) {
                 Some(e) if e.cfg.spi == w.cfg.spi && e.cfg.direction == w.cfg.direction => {
                     if e != w {
                         updates.push(Op::UpdateSa(w.clone()));
@@ -1542,6 +1543,15 @@ sa = "v6"
                 .iter()
                 .all(|(_, carry, _)| *carry == Carry::State)
         );
+    }
+
+    /// Pairs go to the workers round-robin in the file's order, whatever their names: the
+    /// first pair (named so that it sorts last) on worker 0, the second on worker 1.
+    #[test]
+    fn pairs_are_dealt_to_workers_in_file_order() {
+        let r = running(&BASE.replace("\"v4\"", "\"z4\""));
+        assert_eq!(r.store.worker_of(r.reqids["z4"]), Some(0));
+        assert_eq!(r.store.worker_of(r.reqids["v6"]), Some(1));
     }
 
     #[test]
