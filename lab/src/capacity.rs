@@ -542,10 +542,7 @@ pub fn run(o: &CapacityOptions) -> Result<Vec<Trial>> {
                 "size": size_name(t.size), "mpps": t.mpps, "gbps": t.gbps, "problems": t.problems,
             })).collect::<Vec<_>>(),
         });
-        let text =
-            serde_json::to_string_pretty(&doc).map_err(|e| err!("cannot write JSON: {e}"))?;
-        std::fs::write(path, text).map_err(|e| err!("write {}: {e}", path.display()))?;
-        println!("JSON: {}", path.display());
+        crate::write_json(path, &doc)?;
     }
     Ok(trials)
 }

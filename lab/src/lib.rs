@@ -81,6 +81,14 @@ macro_rules! err {
     ($($t:tt)*) => { $crate::Error(format!($($t)*)) };
 }
 
+/// Write `doc` as pretty JSON to `path` and say so on stdout (the measurements' `--json`).
+pub fn write_json(path: &std::path::Path, doc: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(doc).map_err(|e| err!("cannot write JSON: {e}"))?;
+    std::fs::write(path, text).map_err(|e| err!("write {}: {e}", path.display()))?;
+    println!("JSON: {}", path.display());
+    Ok(())
+}
+
 /// The last `n` lines of a file (empty if it cannot be read).
 pub fn tail(path: &std::path::Path, n: usize) -> String {
     let text = std::fs::read(path)

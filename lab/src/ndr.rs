@@ -640,9 +640,7 @@ pub fn run(o: &NdrOptions) -> Result<Vec<Result1>> {
                 })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         });
-        let text = serde_json::to_string_pretty(&doc).map_err(|e| err!("JSON: {e}"))?;
-        std::fs::write(path, text).map_err(|e| err!("write {}: {e}", path.display()))?;
-        println!("JSON: {}", path.display());
+        crate::write_json(path, &doc)?;
     }
     Ok(results)
 }

@@ -226,10 +226,7 @@ pub fn run(o: &ScaleOptions) -> Result<Vec<Sample>> {
                 "rss_kib": s.rss_kib,
             })).collect::<Vec<_>>(),
         });
-        let text =
-            serde_json::to_string_pretty(&doc).map_err(|e| err!("cannot write JSON: {e}"))?;
-        std::fs::write(path, text).map_err(|e| err!("write {}: {e}", path.display()))?;
-        println!("JSON: {}", path.display());
+        crate::write_json(path, &doc)?;
     }
     Ok(samples)
 }

@@ -534,10 +534,7 @@ pub fn run(o: &VersusOptions) -> Result<(Vec<Pair>, Vec<Pair>)> {
             "capacity": {"summary": cap_summary, "pairs": pairs_json(&cap)},
             "cycles": {"summary": cyc_summary, "pairs": pairs_json(&cyc)},
         });
-        let text =
-            serde_json::to_string_pretty(&doc).map_err(|e| err!("cannot write JSON: {e}"))?;
-        std::fs::write(path, text).map_err(|e| err!("write {}: {e}", path.display()))?;
-        println!("JSON: {}", path.display());
+        crate::write_json(path, &doc)?;
     }
     Ok((cap, cyc))
 }
