@@ -847,21 +847,40 @@ mod tests {
             })
     }
 
+    /// The compiled SPD's first match and its every match (`test`) are the linear scan's,
+    /// for every key in both directions.
+    fn answers_as_linear(spd: &Spd, keys: &[PacketKey]) -> Result<(), TestCaseError> {
+        for k in keys {
+            for dir in [Direction::Inbound, Direction::Outbound] {
+                let lin = spd.lookup_linear(dir, k);
+                let got = match spd.lookup(dir, k) {
+                    Lookup::Policy { index, .. } => Some(index as usize),
+                    Lookup::Default { .. } => None,
+                };
+                prop_assert_eq!(got, lin, "{:?} {:?}", dir, k);
+                let all: Vec<usize> = spd
+                    .policies(dir)
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| {
+                        p.selector.matches(dir, k)
+                            && !(k.dst_multicast && matches!(p.action, Action::Protect(_)))
+                    })
+                    .map(|(i, _)| i)
+                    .collect();
+                prop_assert_eq!(spd.test(dir, k).matches, all);
+            }
+        }
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(300))]
         #[test]
         fn compiled_equals_linear(policies in proptest::collection::vec(arb_policy(), 0..150), keys in proptest::collection::vec(arb_key(), 50)) {
             let cfg = SpdConfig { outbound: policies.clone(), inbound: policies, inbound_default: NonPolicy::Discard, outbound_default: NonPolicy::Discard };
             let spd = cfg.compile().unwrap();
-            for k in &keys {
-                for dir in [Direction::Inbound, Direction::Outbound] {
-                    let lin = spd.lookup_linear(dir, k);
-                    let got = match spd.lookup(dir, k) { Lookup::Policy { index, .. } => Some(index as usize), Lookup::Default { .. } => None };
-                    prop_assert_eq!(got, lin, "{:?} {:?}", dir, k);
-                    let all: Vec<usize> = spd.policies(dir).iter().enumerate().filter(|(_, p)| p.selector.matches(dir, k) && !(k.dst_multicast && matches!(p.action, Action::Protect(_)))).map(|(i, _)| i).collect();
-                    prop_assert_eq!(spd.test(dir, k).matches, all);
-                }
-            }
+            answers_as_linear(&spd, &keys)?;
         }
 
         /// SPDs of thousands of policies, where the summaries span several words: the
@@ -891,15 +910,7 @@ mod tests {
             }
             let cfg = SpdConfig { outbound: list.clone(), inbound: list, inbound_default: NonPolicy::Discard, outbound_default: NonPolicy::Discard };
             let spd = cfg.compile().unwrap();
-            for k in &keys {
-                for dir in [Direction::Inbound, Direction::Outbound] {
-                    let lin = spd.lookup_linear(dir, k);
-                    let got = match spd.lookup(dir, k) { Lookup::Policy { index, .. } => Some(index as usize), Lookup::Default { .. } => None };
-                    prop_assert_eq!(got, lin, "{:?} {:?}", dir, k);
-                    let all: Vec<usize> = spd.policies(dir).iter().enumerate().filter(|(_, p)| p.selector.matches(dir, k) && !(k.dst_multicast && matches!(p.action, Action::Protect(_)))).map(|(i, _)| i).collect();
-                    prop_assert_eq!(spd.test(dir, k).matches, all);
-                }
-            }
+            answers_as_linear(&spd, &keys)?;
         }
 
         /// The flow cache gives the classifier's answers, through collisions (the keys
