@@ -283,9 +283,80 @@ fn hmac_shani(c: &mut Criterion) {
 #[cfg(not(target_arch = "x86_64"))]
 fn hmac_shani(_: &mut Criterion) {}
 
+/// HMAC-SHA1 of N packets with different keys in one call of the 16-lane AVX-512 kernel
+/// (`crypto::sha1x16::mac16`), per packet, against the SHA-NI kernel four at a time
+/// (`mac4`): where the wide kernel starts to pay (`sha1x16::MIN_LANES`).
+#[cfg(target_arch = "x86_64")]
+fn hmac_sha1_lanes(c: &mut Criterion) {
+    use std::time::Instant;
+    use xsec_dataplane::crypto::sha1x16;
+    use xsec_dataplane::crypto::shani::HmacSha1Key;
+    if !sha1x16::available() {
+        eprintln!("hmac-sha1-lanes: no AVX-512F/BW here, skipped");
+        return;
+    }
+    let Some(keys) = (1..=16u8)
+        .map(|k| HmacSha1Key::new(&[k; 20]))
+        .collect::<Option<Vec<_>>>()
+    else {
+        eprintln!("hmac-sha1-lanes: no SHA-NI here, skipped");
+        return;
+    };
+    let refs: Vec<&HmacSha1Key> = keys.iter().collect();
+    let esn = [Some(1u32); 16];
+    let mut g = c.benchmark_group("hmac-sha1-lanes");
+    for &n in SIZES {
+        let data: Vec<Vec<u8>> = (0..16u8).map(|k| vec![k; n]).collect();
+        let ds: Vec<&[u8]> = data.iter().map(|d| &d[..]).collect();
+        g.bench_with_input(BenchmarkId::new("shani-x4", n), &n, |bch, _| {
+            bch.iter_custom(|iters| {
+                let mut o = [[0u8; 32]; 4];
+                let t = Instant::now();
+                for _ in 0..iters {
+                    let [oa, ob, oc, od] = &mut o;
+                    HmacSha1Key::mac4(
+                        [refs[0], refs[1], refs[2], refs[3]],
+                        [ds[0], ds[1], ds[2], ds[3]].map(black_box),
+                        [esn[0]; 4],
+                        [oa, ob, oc, od],
+                    );
+                    black_box(&o);
+                }
+                t.elapsed() / 4
+            })
+        });
+        for lanes in [4usize, 6, 8, 12, 16] {
+            g.bench_with_input(
+                BenchmarkId::new(format!("avx512-x{lanes}"), n),
+                &n,
+                |bch, _| {
+                    bch.iter_custom(|iters| {
+                        let mut o = [[0u8; 32]; 16];
+                        let t = Instant::now();
+                        for _ in 0..iters {
+                            sha1x16::mac16(
+                                &refs[..lanes],
+                                black_box(&ds[..lanes]),
+                                &esn[..lanes],
+                                &mut o[..lanes],
+                            );
+                            black_box(&o);
+                        }
+                        t.elapsed() / lanes as u32
+                    })
+                },
+            );
+        }
+    }
+    g.finish();
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn hmac_sha1_lanes(_: &mut Criterion) {}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_millis(1000)).sample_size(20);
-    targets = hmacs, aeads, cbc_burst, hmac_shani
+    targets = hmacs, aeads, cbc_burst, hmac_shani, hmac_sha1_lanes
 }
 criterion_main!(benches);

@@ -6,7 +6,7 @@
 //! allocate, lock or panic, whatever the bytes. Management calls (install/remove SAs, swap the
 //! SPD, drain events, sweep timers) run between bursts.
 
-use crate::crypto::Transform;
+use crate::crypto::{ICV_GROUP, Transform};
 use crate::esp::{self, Deferred, InboundEsp};
 use crate::events::{Event, EventKind, EventQueue};
 use crate::packet::PacketBuf;
@@ -710,8 +710,8 @@ impl Engine {
                 .is_some_and(|k| cbc_encrypt_many(k, &mut jobs[..m]))
         };
         if sealed {
-            // signed four at a time: the SHA-NI kernels interleave the packets' hashes
-            for (f, d) in frames.chunks_mut(4).zip(ds.chunks(4)) {
+            // signed together: the hash kernels take up to ICV_GROUP packets
+            for (f, d) in frames.chunks_mut(ICV_GROUP).zip(ds.chunks(ICV_GROUP)) {
                 Deferred::finish_group(d, sa, f);
             }
         }
@@ -721,7 +721,7 @@ impl Engine {
     /// Process a burst from the unprotected side. Returns how many packets were not dropped.
     ///
     /// When CBC+HMAC SAs with the SHA-NI kernels are installed, a first pass over each chunk
-    /// finds every ESP packet's SA and checks those SAs' ICVs four at a time
+    /// finds every ESP packet's SA and checks those SAs' ICVs together, up to [`ICV_GROUP`] at a time
     /// ([`Transform::verify_group`](crate::crypto::Transform)). Each packet then goes through
     /// [`inbound`](Self::inbound)'s steps as usual, reusing what the first pass found, with
     /// the same result. (AES-GCM packets are opened one at a time by the burst kernel, which
@@ -755,7 +755,7 @@ impl Engine {
     }
 
     /// The first pass of an inbound chunk: classify every packet and find its SA; check the
-    /// ICVs of CBC+HMAC packets four at a time, in the state the SAs are in now (the replay window's ESN inference is repeated at decap, and the
+    /// ICVs of CBC+HMAC packets up to [`ICV_GROUP`] at a time, in the state the SAs are in now (the replay window's ESN inference is repeated at decap, and the
     /// check redone if it moved). `pre[i]` gets what was learned about packet `i`.
     fn prepass<B: AsRef<[u8]> + AsMut<[u8]>>(
         &mut self,
@@ -803,15 +803,15 @@ impl Engine {
             icvs[m] = (i, h, esp, e.esp_len, sa.esn.then_some((seq >> 32) as u32));
             m += 1;
         }
-        // four at a time (a lone last one is left to `open`)
-        for grp in icvs[..m].chunks(4).filter(|g| g.len() > 1) {
+        // ICV_GROUP at a time (a lone last one is left to `open`)
+        for grp in icvs[..m].chunks(ICV_GROUP).filter(|g| g.len() > 1) {
             let n = grp.len();
             let Some(first) = self.sad.get(grp[0].1) else {
                 continue;
             };
-            let mut xf: [&Transform; 4] = [&first.xform; 4];
-            let mut bufs: [&[u8]; 4] = [&[]; 4];
-            let mut at = [(0, 0, None); 4];
+            let mut xf: [&Transform; ICV_GROUP] = [&first.xform; ICV_GROUP];
+            let mut bufs: [&[u8]; ICV_GROUP] = [&[]; ICV_GROUP];
+            let mut at = [(0, 0, None); ICV_GROUP];
             let mut found = 0;
             for (k, &(i, h, esp, len, hi)) in grp.iter().enumerate() {
                 if let Some(sa) = self.sad.get(h) {
@@ -819,7 +819,7 @@ impl Engine {
                     found += 1;
                 }
             }
-            let mut ok = [false; 4];
+            let mut ok = [false; ICV_GROUP];
             if found == n && Transform::verify_group(&xf[..n], &bufs[..n], &at[..n], &mut ok[..n]) {
                 for (k, &(i, _, _, _, hi)) in grp.iter().enumerate() {
                     if let Some(p) = pre[i].as_mut() {

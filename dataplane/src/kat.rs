@@ -138,7 +138,7 @@ fn sha_ni_is_chosen_when_present() {
     }
 }
 
-/// Groups of two and four signed (and checked) together give the ICVs signed one by one,
+/// Groups of 2, 4, 8, 9 and 16 signed (and checked) together give the ICVs signed one by one,
 /// same or different algorithms.
 #[test]
 fn paired_signing_matches_single() {
@@ -158,8 +158,15 @@ fn paired_signing_matches_single() {
                 let (mut sa, mut sb) = (vec![0u8; a.icv_len()], vec![0u8; b.icv_len()]);
                 ia.sign(&da, Some(9), &mut sa);
                 ib.sign(&db, None, &mut sb);
-                // in pairs, and in fours (a a b b, a b a b)
-                for order in [[0, 0, 1, 1], [0, 1, 0, 1]] {
+                // in pairs, fours (a a b b, a b a b), and groups of 8, 9 and 16 (the 16-lane
+                // kernel when all are HMAC-SHA1, four at a time otherwise)
+                let orders: [[usize; 16]; 4] = [
+                    [0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1, 1],
+                    [0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1],
+                    [0; 16],
+                    [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                ];
+                for order in orders {
                     let pick = |k: usize| {
                         if order[k] == 0 {
                             (&ia, &da[..], Some(9), sa.len())
@@ -167,11 +174,11 @@ fn paired_signing_matches_single() {
                             (&ib, &db[..], None, sb.len())
                         }
                     };
-                    let g: Vec<_> = (0..4).map(pick).collect();
+                    let g: Vec<_> = (0..16).map(pick).collect();
                     let integ: Vec<&Integ> = g.iter().map(|x| x.0).collect();
                     let data: Vec<&[u8]> = g.iter().map(|x| x.1).collect();
                     let esn: Vec<Option<u32>> = g.iter().map(|x| x.2).collect();
-                    for n in [2usize, 4] {
+                    for n in [2usize, 4, 8, 9, 16] {
                         let mut tags: Vec<Vec<u8>> = g.iter().map(|x| vec![0u8; x.3]).collect();
                         let mut refs: Vec<&mut [u8]> =
                             tags.iter_mut().map(|t| &mut t[..]).collect();

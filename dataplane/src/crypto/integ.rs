@@ -7,6 +7,10 @@ use hmac::{Hmac, KeyInit, Mac};
 /// Largest truncated ICV (HMAC-SHA-512-256).
 pub(crate) const MAX_HMAC_ICV: usize = 32;
 
+/// Most packets signed or checked in one group ([`Integ::sign_group`]): the lanes of the
+/// 16-lane AVX-512 HMAC-SHA1 kernel.
+pub(crate) const GROUP: usize = 16;
+
 #[derive(Clone)]
 pub(crate) enum Integ {
     None,
@@ -132,10 +136,110 @@ impl Integ {
         false
     }
 
-    /// The full MACs of up to four messages, their hashes interleaved when they use the same
-    /// SHA-NI algorithm (keys may differ): four at once, else two at a time.
+    /// The full MACs of up to [`GROUP`] messages: HMAC-SHA1 (SHA-NI keys) of eight or more
+    /// in one pass of the 16-lane AVX-512 kernel where the CPU has it, the rest four at a
+    /// time, their hashes interleaved when they use the same SHA-NI algorithm (keys may differ).
     #[inline]
     fn full_group(
+        integ: &[&Integ],
+        data: &[&[u8]],
+        esn_hi: &[Option<u32>],
+        out: &mut [[u8; MAX_HMAC_ICV]],
+    ) {
+        let n = integ.len().min(data.len()).min(esn_hi.len()).min(out.len());
+        #[cfg(target_arch = "x86_64")]
+        if n >= super::sha1x16::MIN_LANES && Self::full_group_x16(integ, data, esn_hi, out) {
+            return;
+        }
+        for (((i, d), h), o) in integ[..n]
+            .chunks(4)
+            .zip(data[..n].chunks(4))
+            .zip(esn_hi[..n].chunks(4))
+            .zip(out[..n].chunks_mut(4))
+        {
+            Self::full_group4(i, d, h, o);
+        }
+    }
+
+    /// [`full_group`](Self::full_group) when every message is HMAC-SHA1 with SHA-NI keys and
+    /// the CPU has AVX-512: the lanes sorted by length, the shortest
+    /// [`plan`](super::sha1x16::plan) says through the 16-lane kernel, the others four at a
+    /// time through SHA-NI. `false` (nothing written) when that does not apply.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(never)]
+    fn full_group_x16(
+        integ: &[&Integ],
+        data: &[&[u8]],
+        esn_hi: &[Option<u32>],
+        out: &mut [[u8; MAX_HMAC_ICV]],
+    ) -> bool {
+        use super::sha1x16;
+        let n = integ
+            .len()
+            .min(data.len())
+            .min(esn_hi.len())
+            .min(out.len())
+            .min(GROUP);
+        let Some(Integ::Sha1Ni(first)) = integ.first() else {
+            return false;
+        };
+        if !sha1x16::available() {
+            return false;
+        }
+        let mut keys: [&super::shani::HmacSha1Key; GROUP] = [&**first; GROUP];
+        for (k, i) in keys.iter_mut().zip(&integ[..n]) {
+            match i {
+                Integ::Sha1Ni(key) => *k = &**key,
+                _ => return false,
+            }
+        }
+        // lanes by increasing block count (insertion sort of at most 16 indices)
+        let mut order: [usize; GROUP] = core::array::from_fn(|i| i);
+        let mut blocks = [0usize; GROUP];
+        for ((b, d), h) in blocks.iter_mut().zip(&data[..n]).zip(&esn_hi[..n]) {
+            *b = sha1x16::blocks(d.len(), h.is_some());
+        }
+        for i in 1..n {
+            let mut j = i;
+            while j > 0 && blocks[order[j - 1]] > blocks[order[j]] {
+                order.swap(j - 1, j);
+                j -= 1;
+            }
+        }
+        let sorted: [usize; GROUP] = core::array::from_fn(|i| blocks[order[i]]);
+        let k = sha1x16::plan(&sorted[..n]);
+        if k == 0 {
+            return false;
+        }
+        // the lanes in that order, computed, then put back
+        let ks: [&super::shani::HmacSha1Key; GROUP] = core::array::from_fn(|i| keys[order[i]]);
+        let ds: [&[u8]; GROUP] =
+            core::array::from_fn(|i| data.get(order[i]).copied().unwrap_or(&[]));
+        let hs: [Option<u32>; GROUP] =
+            core::array::from_fn(|i| esn_hi.get(order[i]).copied().flatten());
+        let mut os = [[0u8; MAX_HMAC_ICV]; GROUP];
+        if !sha1x16::mac16(&ks[..k], &ds[..k], &hs[..k], &mut os[..k]) {
+            return false;
+        }
+        let rest: [&Integ; GROUP] =
+            core::array::from_fn(|i| integ.get(order[i]).copied().unwrap_or(integ[0]));
+        for (((i, d), h), o) in rest[k..n]
+            .chunks(4)
+            .zip(ds[k..n].chunks(4))
+            .zip(hs[k..n].chunks(4))
+            .zip(os[k..n].chunks_mut(4))
+        {
+            Self::full_group4(i, d, h, o);
+        }
+        for (i, o) in order[..n].iter().zip(os) {
+            out[*i] = o;
+        }
+        true
+    }
+
+    /// [`full_group`](Self::full_group) of up to four messages.
+    #[inline]
+    fn full_group4(
         integ: &[&Integ],
         data: &[&[u8]],
         esn_hi: &[Option<u32>],
@@ -189,7 +293,7 @@ impl Integ {
         }
     }
 
-    /// Sign up to four packets (`data[i]` ‖ `esn_hi[i]`, truncated ICV into `icv[i]`).
+    /// Sign up to [`GROUP`] packets (`data[i]` ‖ `esn_hi[i]`, truncated ICV into `icv[i]`).
     #[inline]
     pub(crate) fn sign_group(
         integ: &[&Integ],
@@ -197,8 +301,8 @@ impl Integ {
         esn_hi: &[Option<u32>],
         icv: &mut [&mut [u8]],
     ) {
-        let n = integ.len().min(4);
-        let mut full = [[0u8; MAX_HMAC_ICV]; 4];
+        let n = integ.len().min(GROUP);
+        let mut full = [[0u8; MAX_HMAC_ICV]; GROUP];
         Self::full_group(&integ[..n], &data[..n], &esn_hi[..n], &mut full[..n]);
         for (t, f) in icv.iter_mut().zip(&full[..n]) {
             let m = t.len().min(MAX_HMAC_ICV);
@@ -206,7 +310,7 @@ impl Integ {
         }
     }
 
-    /// Check up to four packets' received ICVs (constant time each) into `ok`.
+    /// Check up to [`GROUP`] packets' received ICVs (constant time each) into `ok`.
     #[inline]
     pub(crate) fn verify_group(
         integ: &[&Integ],
@@ -215,8 +319,8 @@ impl Integ {
         icv: &[&[u8]],
         ok: &mut [bool],
     ) {
-        let n = integ.len().min(4);
-        let mut full = [[0u8; MAX_HMAC_ICV]; 4];
+        let n = integ.len().min(GROUP);
+        let mut full = [[0u8; MAX_HMAC_ICV]; GROUP];
         Self::full_group(&integ[..n], &data[..n], &esn_hi[..n], &mut full[..n]);
         for ((o, f), t) in ok.iter_mut().zip(&full[..n]).zip(icv) {
             *o = t.len() <= MAX_HMAC_ICV && ct_eq(&f[..t.len()], t);

@@ -48,7 +48,7 @@ use core::arch::x86_64::{
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 /// SHA-1 and SHA-256 block size (FIPS 180-4 §1).
-const BLOCK: usize = 64;
+pub(super) const BLOCK: usize = 64;
 /// The padding's first word, 0x80 then zeros, as a message word (FIPS 180-4 §5.1.1).
 const PAD_BIT: i32 = 0x8000_0000_u32 as i32;
 
@@ -63,7 +63,7 @@ pub fn available() -> bool {
 /// blocks: the whole blocks of `data` in place, then a copied tail of one or two blocks with
 /// the rest of `data`, the ESN high bits and the padding (FIPS 180-4 §5.1.1: 0x80, zeros,
 /// the message length in bits as a 64-bit big-endian number).
-struct Padded<'a> {
+pub(super) struct Padded<'a> {
     full: &'a [[u8; BLOCK]],
     tail: [[u8; BLOCK]; 2],
     tail_blocks: usize,
@@ -71,7 +71,7 @@ struct Padded<'a> {
 
 impl<'a> Padded<'a> {
     #[inline(always)]
-    fn new(data: &'a [u8], esn_hi: Option<u32>, absorbed: usize) -> Self {
+    pub(super) fn new(data: &'a [u8], esn_hi: Option<u32>, absorbed: usize) -> Self {
         let (full, rest) = data.as_chunks::<BLOCK>();
         let mut tail = [[0u8; BLOCK]; 2];
         let t = tail.as_flattened_mut();
@@ -94,13 +94,13 @@ impl<'a> Padded<'a> {
     }
 
     #[inline(always)]
-    fn blocks(&self) -> usize {
+    pub(super) fn blocks(&self) -> usize {
         self.full.len() + self.tail_blocks
     }
 
     /// Block `i` (< `blocks()`).
     #[inline(always)]
-    fn block(&self, i: usize) -> &[u8; BLOCK] {
+    pub(super) fn block(&self, i: usize) -> &[u8; BLOCK] {
         match self.full.get(i) {
             Some(b) => b,
             // i - full.len() is 0 or 1 here; the mask only spares a bounds check
@@ -426,6 +426,25 @@ fn sha1_hmac<const N: usize>(
 }
 
 impl HmacSha1Key {
+    /// The inner and outer states as the five words A..E each (FIPS 180-4 §6.1.2), for the
+    /// kernels that keep one word of many lanes per register (`sha1x16`).
+    #[inline(always)]
+    pub(super) fn state_words(&self) -> [[u32; 5]; 2] {
+        [&self.inner, &self.outer].map(|s| {
+            let w = |r: &[u8; 16], i: usize| {
+                u32::from_le_bytes([r[4 * i], r[4 * i + 1], r[4 * i + 2], r[4 * i + 3]])
+            };
+            // ABCD: A in the top dword; E in the top dword of the second register
+            [
+                w(&s[0], 3),
+                w(&s[0], 2),
+                w(&s[0], 1),
+                w(&s[0], 0),
+                w(&s[1], 3),
+            ]
+        })
+    }
+
     /// Prepare `key` (any length; RFC 2404 uses 20 bytes). `None` on a CPU without SHA-NI.
     pub fn new(key: &[u8]) -> Option<HmacSha1Key> {
         if !available() {

@@ -3,7 +3,8 @@
 #![allow(unsafe_code)]
 
 use core::arch::x86_64::{
-    __m128i, __m256i, _mm_loadu_si128, _mm_storeu_si128, _mm256_loadu_si256, _mm256_storeu_si256,
+    __m128i, __m256i, __m512i, _mm_loadu_si128, _mm_storeu_si128, _mm256_loadu_si256,
+    _mm256_storeu_si256, _mm512_loadu_si512, _mm512_storeu_si512,
 };
 
 #[inline(always)]
@@ -29,4 +30,17 @@ pub(crate) fn load256(b: &[u8; 32]) -> __m256i {
 pub(crate) fn store256(b: &mut [u8; 32], v: __m256i) {
     // SAFETY: an unaligned 32-byte store to a 32-byte array; AVX as for `load256`.
     unsafe { _mm256_storeu_si256(b.as_mut_ptr().cast(), v) }
+}
+
+#[inline(always)]
+pub(crate) fn load512(b: &[u8; 64]) -> __m512i {
+    // SAFETY: an unaligned 64-byte load from a 64-byte array; reached only from functions
+    // compiled with AVX-512F (the 16-lane SHA-1 kernel).
+    unsafe { _mm512_loadu_si512(b.as_ptr().cast()) }
+}
+
+#[inline(always)]
+pub(crate) fn store512(b: &mut [u8; 64], v: __m512i) {
+    // SAFETY: an unaligned 64-byte store to a 64-byte array; AVX-512F as for `load512`.
+    unsafe { _mm512_storeu_si512(b.as_mut_ptr().cast(), v) }
 }

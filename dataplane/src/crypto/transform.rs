@@ -16,7 +16,7 @@
 use super::aead::{AeadKey, TAG_LEN};
 use super::alg::{self, AuthAlg, CryptoError, EncAlg};
 use super::cbc::CbcKey;
-use super::integ::Integ;
+use super::integ::{GROUP, Integ};
 use crate::stats::DropReason;
 use crate::wire::esp::HEADER_LEN;
 
@@ -419,17 +419,17 @@ impl Transform {
         }
     }
 
-    /// Write the ICVs of up to four ESP packets of this SA whose bytes before the ICV are
-    /// final (their hashes interleaved where the kernel allows): the last step of a deferred
+    /// Write the ICVs of up to [`ICV_GROUP`] ESP packets of this SA whose bytes before the ICV
+    /// are final (hashed together where a kernel allows): the last step of a deferred
     /// seal. Packet `k` is `bufs[k][at[k].0..][..at[k].1]`, with ESN high bits `at[k].2`.
     #[inline]
     pub(crate) fn sign_group(&self, bufs: &mut [&mut [u8]], at: &[(usize, usize, Option<u32>)]) {
         let Some(integ) = self.integ() else { return };
         let icv_len = self.icv_len();
-        let n = bufs.len().min(at.len()).min(4);
-        let mut data: [&[u8]; 4] = [&[]; 4];
-        let mut tags: [&mut [u8]; 4] = [&mut [], &mut [], &mut [], &mut []];
-        let mut esn = [None; 4];
+        let n = bufs.len().min(at.len()).min(GROUP);
+        let mut data: [&[u8]; GROUP] = [&[]; GROUP];
+        let mut tags: [&mut [u8]; GROUP] = Default::default();
+        let mut esn = [None; GROUP];
         for (k, (b, &(esp, len, hi))) in bufs.iter_mut().zip(at).take(n).enumerate() {
             let Some(pkt) = b.get_mut(esp..esp + len) else {
                 return;
@@ -437,7 +437,7 @@ impl Transform {
             let (d, t) = pkt.split_at_mut(len - icv_len);
             (data[k], tags[k], esn[k]) = (d, t, hi);
         }
-        Integ::sign_group(&[integ; 4][..n], &data[..n], &esn[..n], &mut tags[..n]);
+        Integ::sign_group(&[integ; GROUP][..n], &data[..n], &esn[..n], &mut tags[..n]);
     }
 
     /// Whether this transform's ICVs can be checked in groups
@@ -447,7 +447,7 @@ impl Transform {
         self.integ().is_some_and(Integ::pairs)
     }
 
-    /// Check the ICVs of up to four received ESP packets together (packet `k` is
+    /// Check the ICVs of up to [`ICV_GROUP`] received ESP packets together (packet `k` is
     /// `bufs[k][at[k].0..][..at[k].1]`, ESN high bits `at[k].2`, of transforms that
     /// [`pairs`](Self::pairs)) into `ok`. `false`: not checked here (then `open` checks them).
     #[inline]
@@ -458,11 +458,11 @@ impl Transform {
         ok: &mut [bool],
     ) -> bool {
         static NO_INTEG: Integ = Integ::None;
-        let n = xf.len().min(bufs.len()).min(at.len()).min(4);
-        let mut integ: [&Integ; 4] = [&NO_INTEG; 4];
-        let mut data: [&[u8]; 4] = [&[]; 4];
-        let mut icv: [&[u8]; 4] = [&[]; 4];
-        let mut esn = [None; 4];
+        let n = xf.len().min(bufs.len()).min(at.len()).min(GROUP);
+        let mut integ: [&Integ; GROUP] = [&NO_INTEG; GROUP];
+        let mut data: [&[u8]; GROUP] = [&[]; GROUP];
+        let mut icv: [&[u8]; GROUP] = [&[]; GROUP];
+        let mut esn = [None; GROUP];
         for k in 0..n {
             let (esp, len, hi) = at[k];
             let Some(pkt) = bufs[k].get(esp..esp + len) else {

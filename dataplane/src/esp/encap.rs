@@ -6,6 +6,7 @@
 //! the headroom and inserts ESP behind it.
 
 use super::report;
+use crate::crypto::ICV_GROUP;
 use crate::events::EventQueue;
 use crate::packet::PacketBuf;
 use crate::sa::{Mode, Sa, SaHandle};
@@ -29,15 +30,15 @@ pub(crate) struct Deferred {
 }
 
 impl Deferred {
-    /// The last steps once the payloads are encrypted, for up to four packets of `sa`
+    /// The last steps once the payloads are encrypted, for up to [`ICV_GROUP`] packets of `sa`
     /// (`frames[k]` holds `d[k]`): ICVs (signed together), then UDP/IPv6 checksums.
     #[inline]
     pub(crate) fn finish_group(d: &[Deferred], sa: &Sa, frames: &mut [&mut [u8]]) {
-        let mut at = [(0, 0, None); 4];
+        let mut at = [(0, 0, None); ICV_GROUP];
         for (a, d) in at.iter_mut().zip(d) {
             *a = (d.esp, d.len, d.esn_hi);
         }
-        let n = d.len().min(4);
+        let n = d.len().min(ICV_GROUP);
         sa.xform.sign_group(frames, &at[..n]);
         for (d, f) in d.iter().zip(frames.iter_mut()) {
             d.checksum(f);
