@@ -120,11 +120,16 @@ fn aeads(c: &mut Criterion) {
 
 /// AES-128-CBC encryption of a burst of 32 packets: one packet at a time through RustCrypto
 /// (`cbc` over `aes`, the engine's current path) against the AES-NI multi-buffer kernel of
-/// `crypto::aesni` (8 packets in lockstep). Per-packet time = reported time / 32.
+/// `crypto::aesni` (8 packets in lockstep, 128-bit registers) and its VAES kernel (16 packets
+/// in lockstep, four per 512-bit register) given 8, 12 or 16 packets per call. Per-packet
+/// time =
+/// reported time / 32.
 #[cfg(target_arch = "x86_64")]
 fn cbc_burst(c: &mut Criterion) {
     use aes::cipher::{BlockModeEncrypt, InnerIvInit, KeyInit as _};
-    use xsec_dataplane::crypto::aesni::{AesNiKey, CbcJob, cbc_encrypt_many};
+    use xsec_dataplane::crypto::aesni::{
+        AesNiKey, CbcJob, cbc_encrypt_many, cbc_encrypt_narrow, wide_available,
+    };
     let Some(k) = AesNiKey::new(&[7u8; 16]) else {
         eprintln!("cbc-burst: no AES-NI here, skipped");
         return;
@@ -153,9 +158,29 @@ fn cbc_burst(c: &mut Criterion) {
                         data: &mut d[..],
                     })
                     .collect();
-                black_box(cbc_encrypt_many(&k, &mut jobs))
+                black_box(cbc_encrypt_narrow(&k, &mut jobs))
             })
         });
+        // the VAES kernel where the CPU has it, in calls of `lanes` packets
+        for lanes in [8usize, 12, 16] {
+            if !wide_available() {
+                break;
+            }
+            g.bench_with_input(BenchmarkId::new(format!("vaes-x{lanes}"), n), &n, |b, _| {
+                b.iter(|| {
+                    for group in bufs.chunks_mut(lanes) {
+                        let mut jobs: Vec<CbcJob<'_>> = group
+                            .iter_mut()
+                            .map(|d| CbcJob {
+                                iv: [3; 16],
+                                data: &mut d[..],
+                            })
+                            .collect();
+                        black_box(cbc_encrypt_many(&k, &mut jobs));
+                    }
+                })
+            });
+        }
     }
     g.finish();
 }
