@@ -308,80 +308,94 @@ fn hmac_shani(c: &mut Criterion) {
 #[cfg(not(target_arch = "x86_64"))]
 fn hmac_shani(_: &mut Criterion) {}
 
-/// HMAC-SHA1 of N packets with different keys in one call of the 16-lane AVX-512 kernel
-/// (`crypto::sha1x16::mac16`), per packet, against the SHA-NI kernel four at a time
-/// (`mac4`): where the wide kernel starts to pay (`sha1x16::MIN_LANES`).
+/// HMAC-SHA1 and HMAC-SHA-256 of N packets with different keys in one call of the 16-lane
+/// AVX-512 kernels (`crypto::shax16::mac16`), per packet, against the SHA-NI kernels four at
+/// a time (`mac4`): what `shax16`'s cost constants say.
 #[cfg(target_arch = "x86_64")]
-fn hmac_sha1_lanes(c: &mut Criterion) {
+fn hmac_x16_lanes(c: &mut Criterion) {
     use std::time::Instant;
-    use xsec_dataplane::crypto::sha1x16;
-    use xsec_dataplane::crypto::shani::HmacSha1Key;
-    if !sha1x16::available() {
-        eprintln!("hmac-sha1-lanes: no AVX-512F/BW here, skipped");
+    use xsec_dataplane::crypto::shani::{HmacSha1Key, HmacSha256Key};
+    use xsec_dataplane::crypto::shax16;
+    if !shax16::available() {
+        eprintln!("hmac-x16-lanes: no AVX-512F/BW here, skipped");
         return;
     }
-    let Some(keys) = (1..=16u8)
-        .map(|k| HmacSha1Key::new(&[k; 20]))
-        .collect::<Option<Vec<_>>>()
-    else {
-        eprintln!("hmac-sha1-lanes: no SHA-NI here, skipped");
+    let (Some(k1), Some(k256)) = (
+        (1..=16u8)
+            .map(|k| HmacSha1Key::new(&[k; 20]))
+            .collect::<Option<Vec<_>>>(),
+        (1..=16u8)
+            .map(|k| HmacSha256Key::new(&[k; 32]))
+            .collect::<Option<Vec<_>>>(),
+    ) else {
+        eprintln!("hmac-x16-lanes: no SHA-NI here, skipped");
         return;
     };
-    let refs: Vec<&HmacSha1Key> = keys.iter().collect();
     let esn = [Some(1u32); 16];
-    let mut g = c.benchmark_group("hmac-sha1-lanes");
+    let mut g = c.benchmark_group("hmac-x16-lanes");
     for &n in SIZES {
         let data: Vec<Vec<u8>> = (0..16u8).map(|k| vec![k; n]).collect();
         let ds: Vec<&[u8]> = data.iter().map(|d| &d[..]).collect();
-        g.bench_with_input(BenchmarkId::new("shani-x4", n), &n, |bch, _| {
-            bch.iter_custom(|iters| {
-                let mut o = [[0u8; 32]; 4];
-                let t = Instant::now();
-                for _ in 0..iters {
-                    let [oa, ob, oc, od] = &mut o;
-                    HmacSha1Key::mac4(
-                        [refs[0], refs[1], refs[2], refs[3]],
-                        [ds[0], ds[1], ds[2], ds[3]].map(black_box),
-                        [esn[0]; 4],
-                        [oa, ob, oc, od],
+        macro_rules! variants {
+            ($name:literal, $keys:expr, $key:ty) => {
+                let refs: Vec<&$key> = $keys.iter().collect();
+                g.bench_with_input(
+                    BenchmarkId::new(concat!("shani-x4-", $name), n),
+                    &n,
+                    |bch, _| {
+                        bch.iter_custom(|iters| {
+                            let mut o = [[0u8; 32]; 4];
+                            let t = Instant::now();
+                            for _ in 0..iters {
+                                let [oa, ob, oc, od] = &mut o;
+                                <$key>::mac4(
+                                    [refs[0], refs[1], refs[2], refs[3]],
+                                    [ds[0], ds[1], ds[2], ds[3]].map(black_box),
+                                    [esn[0]; 4],
+                                    [oa, ob, oc, od],
+                                );
+                                black_box(&o);
+                            }
+                            t.elapsed() / 4
+                        })
+                    },
+                );
+                for lanes in [4usize, 8, 12, 16] {
+                    g.bench_with_input(
+                        BenchmarkId::new(format!(concat!("avx512-", $name, "-x{}"), lanes), n),
+                        &n,
+                        |bch, _| {
+                            bch.iter_custom(|iters| {
+                                let mut o = [[0u8; 32]; 16];
+                                let t = Instant::now();
+                                for _ in 0..iters {
+                                    shax16::mac16(
+                                        &refs[..lanes],
+                                        black_box(&ds[..lanes]),
+                                        &esn[..lanes],
+                                        &mut o[..lanes],
+                                    );
+                                    black_box(&o);
+                                }
+                                t.elapsed() / lanes as u32
+                            })
+                        },
                     );
-                    black_box(&o);
                 }
-                t.elapsed() / 4
-            })
-        });
-        for lanes in [4usize, 6, 8, 12, 16] {
-            g.bench_with_input(
-                BenchmarkId::new(format!("avx512-x{lanes}"), n),
-                &n,
-                |bch, _| {
-                    bch.iter_custom(|iters| {
-                        let mut o = [[0u8; 32]; 16];
-                        let t = Instant::now();
-                        for _ in 0..iters {
-                            sha1x16::mac16(
-                                &refs[..lanes],
-                                black_box(&ds[..lanes]),
-                                &esn[..lanes],
-                                &mut o[..lanes],
-                            );
-                            black_box(&o);
-                        }
-                        t.elapsed() / lanes as u32
-                    })
-                },
-            );
+            };
         }
+        variants!("sha1", k1, HmacSha1Key);
+        variants!("sha256", k256, HmacSha256Key);
     }
     g.finish();
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn hmac_sha1_lanes(_: &mut Criterion) {}
+fn hmac_x16_lanes(_: &mut Criterion) {}
 
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_millis(1000)).sample_size(20);
-    targets = hmacs, aeads, cbc_burst, hmac_shani, hmac_sha1_lanes
+    targets = hmacs, aeads, cbc_burst, hmac_shani, hmac_x16_lanes
 }
 criterion_main!(benches);

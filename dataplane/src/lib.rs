@@ -13,7 +13,7 @@
 //! Nothing here does I/O, reads a clock or allocates per packet; time is passed in.
 
 // `unsafe` is denied (workspace lints) everywhere but the SIMD kernels of `crypto::aesni`,
-// `crypto::shani`, `crypto::sha1x16` and `crypto::gcmni` (and their loads and stores in
+// `crypto::shani`, `crypto::shax16` and `crypto::gcmni` (and their loads and stores in
 // `crypto::simd`), where each block names the CPU features it relies on.
 #![deny(unsafe_code)]
 

@@ -136,9 +136,10 @@ impl Integ {
         false
     }
 
-    /// The full MACs of up to [`GROUP`] messages: HMAC-SHA1 (SHA-NI keys) of eight or more
-    /// in one pass of the 16-lane AVX-512 kernel where the CPU has it, the rest four at a
-    /// time, their hashes interleaved when they use the same SHA-NI algorithm (keys may differ).
+    /// The full MACs of up to [`GROUP`] messages: HMAC-SHA1 or HMAC-SHA-256 (SHA-NI keys, one
+    /// algorithm for all) of seven or more in one pass of the 16-lane AVX-512 kernel where
+    /// the CPU has it and it pays, the rest four at a time, their hashes interleaved when they
+    /// use the same SHA-NI algorithm (keys may differ).
     #[inline]
     fn full_group(
         integ: &[&Integ],
@@ -148,8 +149,26 @@ impl Integ {
     ) {
         let n = integ.len().min(data.len()).min(esn_hi.len()).min(out.len());
         #[cfg(target_arch = "x86_64")]
-        if n >= super::sha1x16::MIN_LANES && Self::full_group_x16(integ, data, esn_hi, out) {
-            return;
+        if n >= super::shax16::MIN_LANES {
+            use super::shani::{HmacSha1Key, HmacSha256Key};
+            let done = match integ.first() {
+                Some(Integ::Sha1Ni(_)) => {
+                    Self::full_group_x16::<HmacSha1Key>(integ, data, esn_hi, out, |i| match i {
+                        Integ::Sha1Ni(k) => Some(&**k),
+                        _ => None,
+                    })
+                }
+                Some(Integ::Sha256Ni(_)) => {
+                    Self::full_group_x16::<HmacSha256Key>(integ, data, esn_hi, out, |i| match i {
+                        Integ::Sha256Ni(k) => Some(&**k),
+                        _ => None,
+                    })
+                }
+                _ => false,
+            };
+            if done {
+                return;
+            }
         }
         for (((i, d), h), o) in integ[..n]
             .chunks(4)
@@ -161,43 +180,44 @@ impl Integ {
         }
     }
 
-    /// [`full_group`](Self::full_group) when every message is HMAC-SHA1 with SHA-NI keys and
-    /// the CPU has AVX-512: the lanes sorted by length, the shortest
-    /// [`plan`](super::sha1x16::plan) says through the 16-lane kernel, the others four at a
+    /// [`full_group`](Self::full_group) when every message's key is a `K` (`key` finds it)
+    /// and the CPU has AVX-512: the lanes sorted by length, the shortest
+    /// [`plan`](super::shax16::plan) says through the 16-lane kernel, the others four at a
     /// time through SHA-NI. `false` (nothing written) when that does not apply.
     #[cfg(target_arch = "x86_64")]
     #[inline(never)]
-    fn full_group_x16(
-        integ: &[&Integ],
+    fn full_group_x16<'a, K: super::shax16::LaneKey + 'a>(
+        integ: &[&'a Integ],
         data: &[&[u8]],
         esn_hi: &[Option<u32>],
         out: &mut [[u8; MAX_HMAC_ICV]],
+        key: impl Fn(&'a Integ) -> Option<&'a K>,
     ) -> bool {
-        use super::sha1x16;
+        use super::shax16;
         let n = integ
             .len()
             .min(data.len())
             .min(esn_hi.len())
             .min(out.len())
             .min(GROUP);
-        let Some(Integ::Sha1Ni(first)) = integ.first() else {
+        let Some(first) = integ.first().and_then(|i| key(i)) else {
             return false;
         };
-        if !sha1x16::available() {
+        if !shax16::available() {
             return false;
         }
-        let mut keys: [&super::shani::HmacSha1Key; GROUP] = [&**first; GROUP];
+        let mut keys: [&K; GROUP] = [first; GROUP];
         for (k, i) in keys.iter_mut().zip(&integ[..n]) {
-            match i {
-                Integ::Sha1Ni(key) => *k = &**key,
-                _ => return false,
+            match key(i) {
+                Some(x) => *k = x,
+                None => return false,
             }
         }
         // lanes by increasing block count (insertion sort of at most 16 indices)
         let mut order: [usize; GROUP] = core::array::from_fn(|i| i);
         let mut blocks = [0usize; GROUP];
         for ((b, d), h) in blocks.iter_mut().zip(&data[..n]).zip(&esn_hi[..n]) {
-            *b = sha1x16::blocks(d.len(), h.is_some());
+            *b = shax16::blocks(d.len(), h.is_some());
         }
         for i in 1..n {
             let mut j = i;
@@ -207,18 +227,18 @@ impl Integ {
             }
         }
         let sorted: [usize; GROUP] = core::array::from_fn(|i| blocks[order[i]]);
-        let k = sha1x16::plan(&sorted[..n]);
+        let k = shax16::plan::<K>(&sorted[..n]);
         if k == 0 {
             return false;
         }
         // the lanes in that order, computed, then put back
-        let ks: [&super::shani::HmacSha1Key; GROUP] = core::array::from_fn(|i| keys[order[i]]);
+        let ks: [&K; GROUP] = core::array::from_fn(|i| keys[order[i]]);
         let ds: [&[u8]; GROUP] =
             core::array::from_fn(|i| data.get(order[i]).copied().unwrap_or(&[]));
         let hs: [Option<u32>; GROUP] =
             core::array::from_fn(|i| esn_hi.get(order[i]).copied().flatten());
         let mut os = [[0u8; MAX_HMAC_ICV]; GROUP];
-        if !sha1x16::mac16(&ks[..k], &ds[..k], &hs[..k], &mut os[..k]) {
+        if !shax16::mac16(&ks[..k], &ds[..k], &hs[..k], &mut os[..k]) {
             return false;
         }
         let rest: [&Integ; GROUP] =

@@ -13,8 +13,8 @@
 //!
 //! Where the CPU has them, the own SIMD kernels replace those on the hot path, each
 //! differential-tested against ring or RustCrypto: `aesni` (multi-buffer AES-CBC
-//! encryption), `gcmni` (AES-GCM), `shani` (HMAC-SHA1/SHA-256 with SHA-NI) and `sha1x16`
-//! (HMAC-SHA1 of up to 16 packets with AVX-512).
+//! encryption), `gcmni` (AES-GCM), `shani` (HMAC-SHA1/SHA-256 with SHA-NI) and `shax16`
+//! (HMAC-SHA1/SHA-256 of up to 16 packets with AVX-512).
 //!
 //! Transform state is built once per SA (key schedules, HMAC inner/outer states precomputed)
 //! and used per packet without allocation.
@@ -28,9 +28,9 @@ mod cbc;
 pub mod gcmni;
 mod integ;
 #[cfg(target_arch = "x86_64")]
-pub mod sha1x16;
-#[cfg(target_arch = "x86_64")]
 pub mod shani;
+#[cfg(target_arch = "x86_64")]
+pub mod shax16;
 #[cfg(target_arch = "x86_64")]
 mod simd;
 pub(crate) mod transform;

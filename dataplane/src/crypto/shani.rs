@@ -425,22 +425,28 @@ fn sha1_hmac<const N: usize>(
     }
 }
 
+/// A dword of a saved register, as the register holds it (little-endian lanes).
+#[inline(always)]
+fn dword(r: &[u8; 16], i: usize) -> u32 {
+    u32::from_le_bytes([r[4 * i], r[4 * i + 1], r[4 * i + 2], r[4 * i + 3]])
+}
+
 impl HmacSha1Key {
-    /// The inner and outer states as the five words A..E each (FIPS 180-4 §6.1.2), for the
-    /// kernels that keep one word of many lanes per register (`sha1x16`).
+    /// The inner and outer states as the words A..E (FIPS 180-4 §6.1.2; the last three are
+    /// unused), for the kernels that keep one word of many lanes per register (`shax16`).
     #[inline(always)]
-    pub(super) fn state_words(&self) -> [[u32; 5]; 2] {
+    pub(super) fn state_words(&self) -> [[u32; 8]; 2] {
+        // ABCD: A in the top dword; E in the top dword of the second register
         [&self.inner, &self.outer].map(|s| {
-            let w = |r: &[u8; 16], i: usize| {
-                u32::from_le_bytes([r[4 * i], r[4 * i + 1], r[4 * i + 2], r[4 * i + 3]])
-            };
-            // ABCD: A in the top dword; E in the top dword of the second register
             [
-                w(&s[0], 3),
-                w(&s[0], 2),
-                w(&s[0], 1),
-                w(&s[0], 0),
-                w(&s[1], 3),
+                dword(&s[0], 3),
+                dword(&s[0], 2),
+                dword(&s[0], 1),
+                dword(&s[0], 0),
+                dword(&s[1], 3),
+                0,
+                0,
+                0,
             ]
         })
     }
@@ -524,7 +530,7 @@ impl core::fmt::Debug for HmacSha256Key {
 }
 
 /// FIPS 180-4 §4.2.2, four to a register (the first in the bottom dword).
-static K256: [[u32; 4]; 16] = [
+pub(super) static K256: [[u32; 4]; 16] = [
     [0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5],
     [0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5],
     [0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3],
@@ -833,6 +839,26 @@ fn sha256_hmac<const N: usize>(
 }
 
 impl HmacSha256Key {
+    /// The inner and outer states as the words A..H (FIPS 180-4 §6.2.2), for the kernels
+    /// that keep one word of many lanes per register (`shax16`).
+    #[inline(always)]
+    pub(super) fn state_words(&self) -> [[u32; 8]; 2] {
+        // ABEF and CDGH, A and C in the top dwords
+        [&self.inner, &self.outer].map(|s| {
+            let (abef, cdgh) = (&s[0], &s[1]);
+            [
+                dword(abef, 3),
+                dword(abef, 2),
+                dword(cdgh, 3),
+                dword(cdgh, 2),
+                dword(abef, 1),
+                dword(abef, 0),
+                dword(cdgh, 1),
+                dword(cdgh, 0),
+            ]
+        })
+    }
+
     /// Prepare `key` (any length; RFC 4868 uses 32 bytes). `None` on a CPU without SHA-NI.
     pub fn new(key: &[u8]) -> Option<HmacSha256Key> {
         if !available() {
@@ -908,7 +934,7 @@ impl HmacSha256Key {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use hmac::{Hmac, KeyInit, Mac};
     use proptest::prelude::*;
@@ -930,7 +956,7 @@ mod tests {
 
     /// (hash, key, data, expected prefix of the MAC) from the vector files the other HMAC
     /// KATs read.
-    fn vectors(text: &str, hash: &str) -> Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> {
+    pub(in crate::crypto) fn vectors(text: &str, hash: &str) -> Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> {
         let mut out = vec![];
         let mut cur: std::collections::HashMap<&str, &str> = Default::default();
         for line in text.lines().chain(std::iter::once("")) {

@@ -1,15 +1,16 @@
-//! AVX-512 kernel for HMAC-SHA1 (RFC 2104, RFC 2404) of up to 16 packets at once: one
-//! 512-bit register holds the same SHA-1 word (FIPS 180-4 §6.1.2) of 16 independent
-//! messages, so every instruction advances 16 packets' hashes by one step.
+//! AVX-512 kernels for HMAC-SHA1 (RFC 2104, RFC 2404) and HMAC-SHA-256 (RFC 4868) of up to
+//! 16 packets at once: one 512-bit register holds the same hash word (FIPS 180-4 §6.1.2,
+//! §6.2.2) of 16 independent messages, so every instruction advances 16 packets' hashes by
+//! one step.
 //!
-//! Why: on the AVX-512 Intel Xeon of BENCHMARKS section 0, SHA1RNDS4 is throughput-bound at
-//! about 84 TSC cycles per 64-byte block whatever the number of interleaved lanes
-//! (`HmacSha1Key::mac4` is no faster per packet than `mac` there), while DPDK's
-//! intel-ipsec-mb signs a burst with 16-lane AVX-512 SHA-1. This kernel does the same: the
-//! rounds are plain 32-bit adds, rotates (VPROLD) and three-input logic (VPTERNLOGD) on 16
-//! lanes, about 26 cycles per lane-block when all 16 lanes are busy. Fewer busy lanes cost
-//! the same time per step, so [`mac16`]'s callers use it for groups of [`MIN_LANES`] or more
-//! and the SHA-NI kernels below that.
+//! Why: on the AVX-512 Intel Xeon of BENCHMARKS section 0, SHA1RNDS4 and SHA256RNDS2 are
+//! throughput-bound — about 84 TSC cycles per 64-byte block of either hash, however many
+//! lanes are interleaved (`HmacSha1Key::mac4` is no faster per packet
+//! than `mac` there) — while DPDK's intel-ipsec-mb signs a burst with 16-lane AVX-512 code.
+//! These kernels do the same: the rounds are plain 32-bit adds, rotates (VPROLD/VPRORD) and
+//! three-input logic (VPTERNLOGD) on 16 lanes, about 32 cycles per lane-block for SHA-1 and
+//! 44 for SHA-256 when all 16 lanes are busy. Fewer busy lanes cost the same time per step,
+//! so the callers ask [`plan`] which lanes to give them and use SHA-NI for the rest.
 //!
 //! Layout: for each block step, the 16 lanes' 64-byte blocks are loaded as 16 rows, each
 //! byte-swapped to big-endian words, and transposed (four stages of two-source permutes)
@@ -25,49 +26,92 @@
 //! (the loads and stores are `simd::load512` / `store512`).
 #![allow(unsafe_code)]
 
-use super::shani::{BLOCK, HmacSha1Key, Padded};
+use super::shani::{BLOCK, HmacSha1Key, HmacSha256Key, K256, Padded};
 use super::simd::{load512, store512};
 use core::arch::x86_64::{
     __m512i, __mmask16, _mm512_add_epi32, _mm512_mask_add_epi32, _mm512_permutex2var_epi32,
-    _mm512_rol_epi32, _mm512_set1_epi32, _mm512_setr_epi32, _mm512_setzero_si512,
-    _mm512_shuffle_epi8, _mm512_ternarylogic_epi32, _mm512_xor_si512,
+    _mm512_rol_epi32, _mm512_ror_epi32, _mm512_set1_epi32, _mm512_setr_epi32, _mm512_setzero_si512,
+    _mm512_shuffle_epi8, _mm512_srli_epi32, _mm512_ternarylogic_epi32, _mm512_xor_si512,
 };
 
 /// Packets per call.
 pub const LANES: usize = 16;
 
-/// What a call costs, in the time of one SHA-NI block (about 86 TSC cycles): the lanes'
-/// set-up and results, about 1,100 cycles.
-const CALL_COST: usize = 13;
-/// What one block step of all 16 lanes costs, in SHA-NI blocks (about 520 cycles): the same
-/// for 1 busy lane as for 16.
-const STEP_COST: usize = 6;
+/// A key these kernels take: HMAC-SHA1 or HMAC-SHA-256 with its precomputed states.
+pub trait LaneKey: private::Sealed {
+    /// SHA-256 (else SHA-1).
+    const SHA256: bool;
+    /// Hash words: 5 or 8.
+    const WORDS: usize;
+    /// What a call costs, in the time of one SHA-NI block of this hash: the lanes' set-up
+    /// and results.
+    const CALL_COST: usize;
+    /// What one block step of all 16 lanes costs, in SHA-NI blocks: the same for 1 busy
+    /// lane as for 16.
+    const STEP_COST: usize;
+    /// The inner and outer states, word by word (A first).
+    fn words(&self) -> [[u32; 8]; 2];
+}
 
-/// The smallest group this kernel can be worth: `n` lanes of `b` blocks cost
-/// `CALL_COST + STEP_COST * b` here and `n * b` with SHA-NI.
-pub const MIN_LANES: usize = STEP_COST + 1;
+mod private {
+    pub trait Sealed {}
+    impl Sealed for super::HmacSha1Key {}
+    impl Sealed for super::HmacSha256Key {}
+}
+
+// The costs were measured with `cargo bench -p xsec-benches --bench crypto_choice --
+// hmac-x16-lanes` on the AVX-512 Intel Xeon of BENCHMARKS section 0.
+impl LaneKey for HmacSha1Key {
+    const SHA256: bool = false;
+    const WORDS: usize = 5;
+    // about 1,100 and 520 TSC cycles, a SHA-NI block about 86: per packet, 16 lanes took
+    // 0.35× SHA-NI's time at 1420 bytes and 0.63× at 64; 8 lanes 0.66× and 1.16×
+    const CALL_COST: usize = 13;
+    const STEP_COST: usize = 6;
+    fn words(&self) -> [[u32; 8]; 2] {
+        self.state_words()
+    }
+}
+
+impl LaneKey for HmacSha256Key {
+    const SHA256: bool = true;
+    const WORDS: usize = 8;
+    const CALL_COST: usize = SHA256_CALL_COST;
+    const STEP_COST: usize = SHA256_STEP_COST;
+    fn words(&self) -> [[u32; 8]; 2] {
+        self.state_words()
+    }
+}
+
+// About 610 and 335 ns, a SHA-NI SHA-256 block about 39 ns: per packet, 16 lanes took
+// 0.59× the SHA-NI time at 1420 bytes and 0.74× at 64; 12 lanes 0.81× and 1.02×; 8 lanes
+// 1.14× and 1.35×.
+const SHA256_CALL_COST: usize = 16;
+const SHA256_STEP_COST: usize = 9;
+
+/// The smallest group these kernels can be worth: `n` lanes of `b` blocks cost
+/// `CALL_COST + STEP_COST * b` here and `n * b` with SHA-NI, so `n` must exceed the
+/// smaller `STEP_COST`.
+pub const MIN_LANES: usize = 7;
 
 /// The blocks (the inner pass's after the ipad block, and the outer block) of an HMAC-SHA1
-/// of `len` bytes, with the ESN high bits appended or not: the steps a lane takes here, and
-/// the SHA-NI blocks it takes there.
+/// or HMAC-SHA-256 of `len` bytes, with the ESN high bits appended or not: the steps a lane
+/// takes here, and the SHA-NI blocks it takes there.
 pub fn blocks(len: usize, esn: bool) -> usize {
     // the 0x80 byte and the 8-byte length after the data and ESN bits, rounded up; + outer
     (len + 4 * usize::from(esn) + 9).div_ceil(BLOCK) + 1
 }
 
-/// How many of the lanes (their [`blocks`] in increasing order) to give this kernel, the
-/// rest going to SHA-NI: the shortest `k`, for the `k` with the least estimated time
+/// How many of the lanes (their [`blocks`] in increasing order) to give the kernel of `K`,
+/// the rest going to SHA-NI: the shortest `k`, for the `k` with the least estimated time
 /// (0: none). A kernel call lasts as long as its longest lane, so with lengths as mixed as
-/// IMIX's the long packets are left out. The costs were measured with `cargo bench -p
-/// xsec-benches --bench crypto_choice -- hmac-sha1-lanes` on the AVX-512 Intel Xeon of
-/// BENCHMARKS section 0: per packet, 16 lanes took 0.35× SHA-NI's time at 1420 bytes and
-/// 0.63× at 64; 8 lanes 0.66× and 1.16×; 6 lanes 1.0× and 1.45×.
-pub fn plan(sorted_blocks: &[usize]) -> usize {
+/// IMIX's the long packets are left out.
+pub fn plan<K: LaneKey>(sorted_blocks: &[usize]) -> usize {
     let total: usize = sorted_blocks.iter().sum();
     let (mut best, mut best_k, mut prefix) = (total, 0, 0);
     for (i, &b) in sorted_blocks.iter().take(LANES).enumerate() {
         prefix += b;
-        let cost = CALL_COST + STEP_COST * b + (total - prefix);
+        let cost = K::CALL_COST + K::STEP_COST * b + (total - prefix);
         if cost < best {
             (best, best_k) = (cost, i + 1);
         }
@@ -83,12 +127,13 @@ pub fn available() -> bool {
     std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw")
 }
 
-/// HMAC-SHA1 of `data[i]` ‖ `esn_hi[i]` (big-endian, when given) with `keys[i]` into
-/// `out[i][..20]`, for up to [`LANES`] packets (the keys may differ): the same results as
-/// [`HmacSha1Key::mac`] on each. `false`, with nothing written, when the CPU lacks AVX-512F/BW,
-/// or the slices' lengths differ or exceed [`LANES`].
-pub fn mac16(
-    keys: &[&HmacSha1Key],
+/// The HMAC of `data[i]` ‖ `esn_hi[i]` (big-endian, when given) with `keys[i]` into
+/// `out[i][..20]` (SHA-1) or `out[i]` (SHA-256), for up to [`LANES`] packets (the keys may
+/// differ): the same results as [`HmacSha1Key::mac`] / [`HmacSha256Key::mac`] on each.
+/// `false`, with nothing written, when the CPU lacks AVX-512F/BW, or the slices' lengths
+/// differ or exceed [`LANES`].
+pub fn mac16<K: LaneKey>(
+    keys: &[&K],
     data: &[&[u8]],
     esn_hi: &[Option<u32>],
     out: &mut [[u8; 32]],
@@ -151,11 +196,11 @@ fn swap_blocks<const D: usize>(r: &mut [__m512i; LANES]) {
     }
 }
 
-/// Twenty rounds with round function `F` (a VPTERNLOGD truth table) and constant `k`.
-// SAFETY: AVX-512F; reached only from `compress`.
+/// Twenty SHA-1 rounds with round function `F` (a VPTERNLOGD truth table) and constant `k`.
+// SAFETY: AVX-512F; reached only from `compress1`.
 #[target_feature(enable = "avx512f,avx512bw")]
 #[inline]
-fn rounds<const F: i32>(v: &mut [__m512i; 5], w: &[__m512i], k: u32) {
+fn rounds1<const F: i32>(v: &mut [__m512i; 5], w: &[__m512i], k: u32) {
     let k = _mm512_set1_epi32(k as i32);
     let [mut a, mut b, mut c, mut d, mut e] = *v;
     for &w in w {
@@ -170,42 +215,101 @@ fn rounds<const F: i32>(v: &mut [__m512i; 5], w: &[__m512i], k: u32) {
     *v = [a, b, c, d, e];
 }
 
-/// One SHA-1 compression of every lane, `w[..16]` holding the block's words; the lanes in
-/// `busy` take the result, the others keep their state.
+/// One SHA-1 compression (FIPS 180-4 §6.1.2) of every lane, `w[..16]` holding the block's
+/// words; the lanes in `busy` take the result, the others keep their state.
 // SAFETY: AVX-512F; reached only from `hmac`.
 #[target_feature(enable = "avx512f,avx512bw")]
 #[inline]
-fn compress(st: &mut [__m512i; 5], w: &mut [__m512i; 80], busy: __mmask16) {
+fn compress1(st: &mut [__m512i; 8], w: &mut [__m512i; 80], busy: __mmask16) {
     // W[t] = ROTL1(W[t-3] ^ W[t-8] ^ W[t-14] ^ W[t-16])
     for t in 16..80 {
         let x = _mm512_ternarylogic_epi32::<0x96>(w[t - 3], w[t - 8], w[t - 14]);
         w[t] = _mm512_rol_epi32::<1>(_mm512_xor_si512(x, w[t - 16]));
     }
-    let mut v = *st;
-    rounds::<0xca>(&mut v, &w[0..20], K[0]); // Ch: b ? c : d
-    rounds::<0x96>(&mut v, &w[20..40], K[1]); // Parity
-    rounds::<0xe8>(&mut v, &w[40..60], K[2]); // Maj
-    rounds::<0x96>(&mut v, &w[60..80], K[3]); // Parity
+    let mut v = [st[0], st[1], st[2], st[3], st[4]];
+    rounds1::<0xca>(&mut v, &w[0..20], K[0]); // Ch: b ? c : d
+    rounds1::<0x96>(&mut v, &w[20..40], K[1]); // Parity
+    rounds1::<0xe8>(&mut v, &w[40..60], K[2]); // Maj
+    rounds1::<0x96>(&mut v, &w[60..80], K[3]); // Parity
     for (s, v) in st.iter_mut().zip(v) {
         *s = _mm512_mask_add_epi32(*s, busy, *s, v);
     }
 }
 
-/// HMAC-SHA1 of `msgs.len()` (≤ 16) lanes, their inner passes' blocks after the ipad block.
+/// One SHA-256 compression (FIPS 180-4 §6.2.2) of every lane, as [`compress1`].
+// SAFETY: AVX-512F; reached only from `hmac`.
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+fn compress256(st: &mut [__m512i; 8], w: &mut [__m512i; 80], busy: __mmask16) {
+    // W[t] = σ1(W[t-2]) + W[t-7] + σ0(W[t-15]) + W[t-16]
+    for t in 16..64 {
+        let (x, y) = (w[t - 15], w[t - 2]);
+        let s0 = _mm512_ternarylogic_epi32::<0x96>(
+            _mm512_ror_epi32::<7>(x),
+            _mm512_ror_epi32::<18>(x),
+            _mm512_srli_epi32::<3>(x),
+        );
+        let s1 = _mm512_ternarylogic_epi32::<0x96>(
+            _mm512_ror_epi32::<17>(y),
+            _mm512_ror_epi32::<19>(y),
+            _mm512_srli_epi32::<10>(y),
+        );
+        w[t] = _mm512_add_epi32(
+            _mm512_add_epi32(s1, w[t - 7]),
+            _mm512_add_epi32(s0, w[t - 16]),
+        );
+    }
+    let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = *st;
+    for (&k, &w) in K256.as_flattened().iter().zip(&w[..64]) {
+        // T1 = h + Σ1(e) + Ch(e, f, g) + K[t] + W[t]; T2 = Σ0(a) + Maj(a, b, c)
+        let s1 = _mm512_ternarylogic_epi32::<0x96>(
+            _mm512_ror_epi32::<6>(e),
+            _mm512_ror_epi32::<11>(e),
+            _mm512_ror_epi32::<25>(e),
+        );
+        let ch = _mm512_ternarylogic_epi32::<0xca>(e, f, g);
+        let t1 = _mm512_add_epi32(
+            _mm512_add_epi32(h, s1),
+            _mm512_add_epi32(ch, _mm512_add_epi32(w, _mm512_set1_epi32(k as i32))),
+        );
+        let s0 = _mm512_ternarylogic_epi32::<0x96>(
+            _mm512_ror_epi32::<2>(a),
+            _mm512_ror_epi32::<13>(a),
+            _mm512_ror_epi32::<22>(a),
+        );
+        let maj = _mm512_ternarylogic_epi32::<0xe8>(a, b, c);
+        let t2 = _mm512_add_epi32(s0, maj);
+        (h, g, f, e, d, c, b, a) = (
+            g,
+            f,
+            e,
+            _mm512_add_epi32(d, t1),
+            c,
+            b,
+            a,
+            _mm512_add_epi32(t1, t2),
+        );
+    }
+    for (s, v) in st.iter_mut().zip([a, b, c, d, e, f, g, h]) {
+        *s = _mm512_mask_add_epi32(*s, busy, *s, v);
+    }
+}
+
+/// The HMAC of `msgs.len()` (≤ 16) lanes, their inner passes' blocks after the ipad block.
 // SAFETY: AVX-512F and AVX-512BW throughout; entered only from `mac16` after `available()`.
 #[target_feature(enable = "avx512f,avx512bw")]
-fn hmac(keys: &[&HmacSha1Key], msgs: &[Padded<'_>], out: &mut [[u8; 32]]) {
+fn hmac<K: LaneKey>(keys: &[&K], msgs: &[Padded<'_>], out: &mut [[u8; 32]]) {
     let n = keys.len().min(msgs.len()).min(out.len()).min(LANES);
-    let mut inner = [[0u32; LANES]; 5];
-    let mut outer = [[0u32; LANES]; 5];
+    let mut inner = [[0u32; LANES]; 8];
+    let mut outer = [[0u32; LANES]; 8];
     for (i, k) in keys[..n].iter().enumerate() {
-        let [ki, ko] = k.state_words();
-        for w in 0..5 {
+        let [ki, ko] = k.words();
+        for w in 0..8 {
             (inner[w][i], outer[w][i]) = (ki[w], ko[w]);
         }
     }
     let zero = _mm512_setzero_si512();
-    let mut st = [zero; 5];
+    let mut st = [zero; 8];
     for (s, w) in st.iter_mut().zip(inner) {
         *s = dwords(w);
     }
@@ -220,6 +324,13 @@ fn hmac(keys: &[&HmacSha1Key], msgs: &[Padded<'_>], out: &mut [[u8; 32]]) {
         u32::from_le_bytes([b + 3, b + 2, b + 1, b])
     }));
     let mut w = [zero; 80];
+    let compress = |st: &mut [__m512i; 8], w: &mut [__m512i; 80], busy| {
+        if K::SHA256 {
+            compress256(st, w, busy);
+        } else {
+            compress1(st, w, busy);
+        }
+    };
     for j in 0..steps {
         let mut r = [zero; LANES];
         let mut busy: __mmask16 = 0;
@@ -236,22 +347,23 @@ fn hmac(keys: &[&HmacSha1Key], msgs: &[Padded<'_>], out: &mut [[u8; 32]]) {
         w[..LANES].copy_from_slice(&r);
         compress(&mut st, &mut w, busy);
     }
-    // Outer hash: one block, the 20-byte inner digest (the words A..E) then 0x80 and the
-    // length, (64 + 20) * 8 bits.
-    w[..5].copy_from_slice(&st);
-    w[5] = _mm512_set1_epi32(0x8000_0000_u32 as i32);
-    w[6..15].fill(zero);
-    w[15] = _mm512_set1_epi32((BLOCK as i32 + 20) * 8);
+    // Outer hash: one block, the inner digest (the words A...) then 0x80 and the length,
+    // (64 + digest) * 8 bits.
+    let words = K::WORDS;
+    w[..words].copy_from_slice(&st[..words]);
+    w[words] = _mm512_set1_epi32(0x8000_0000_u32 as i32);
+    w[words + 1..15].fill(zero);
+    w[15] = _mm512_set1_epi32(((BLOCK + 4 * words) * 8) as i32);
     for (s, w) in st.iter_mut().zip(outer) {
         *s = dwords(w);
     }
     compress(&mut st, &mut w, 0xffff);
-    let mut words = [[0u32; LANES]; 5];
-    for (w, s) in words.iter_mut().zip(st) {
-        *w = lanes(s);
+    let mut digest = [[0u32; LANES]; 8];
+    for (d, s) in digest.iter_mut().zip(st).take(words) {
+        *d = lanes(s);
     }
     for (i, o) in out[..n].iter_mut().enumerate() {
-        for (k, word) in words.iter().enumerate() {
+        for (k, word) in digest.iter().enumerate().take(words) {
             o[4 * k..4 * k + 4].copy_from_slice(&word[i].to_be_bytes());
         }
     }
@@ -270,6 +382,42 @@ mod tests {
             m.update(&hi.to_be_bytes());
         }
         m.finalize().into_bytes().into()
+    }
+
+    fn reference256(key: &[u8], data: &[u8], esn_hi: Option<u32>) -> [u8; 32] {
+        let mut m = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key).expect("any key length");
+        m.update(data);
+        if let Some(hi) = esn_hi {
+            m.update(&hi.to_be_bytes());
+        }
+        m.finalize().into_bytes().into()
+    }
+
+    /// The cases of RFC 4231 §4 (keys up to 131 bytes, data up to 152), all in one call,
+    /// twice over (14 lanes).
+    #[test]
+    fn rfc4231_sha256_all_lanes_at_once() {
+        if !available() || !super::super::shani::available() {
+            eprintln!("no AVX-512F/BW or SHA-NI: the 16-lane kernel is not used here");
+            return;
+        }
+        let v = super::super::shani::tests::vectors(
+            include_str!("../../tests/vectors/rfc4231_hmac.txt"),
+            "sha256",
+        );
+        assert_eq!(v.len(), 7);
+        let cases: Vec<_> = v.iter().chain(v.iter().rev()).collect();
+        let keys: Vec<HmacSha256Key> = cases
+            .iter()
+            .map(|c| HmacSha256Key::new(&c.0).expect("SHA-NI"))
+            .collect();
+        let refs: Vec<&HmacSha256Key> = keys.iter().collect();
+        let data: Vec<&[u8]> = cases.iter().map(|c| &c.1[..]).collect();
+        let mut out = vec![[0u8; 32]; cases.len()];
+        assert!(mac16(&refs, &data, &vec![None; cases.len()], &mut out));
+        for (i, (c, o)) in cases.iter().zip(&out).enumerate() {
+            assert_eq!(&o[..c.2.len()], &c.2[..], "lane {i}");
+        }
     }
 
     /// The cases of RFC 2202 §3 (keys up to 80 bytes, data up to 73), all in one call.
@@ -342,7 +490,7 @@ mod tests {
         assert!(!mac16(&[&k; 2], &[&[][..]; 3], &[None; 2], &mut out[..2]));
         assert_eq!(out, vec![[0u8; 32]; 17]);
         // none is fine
-        assert_eq!(mac16(&[], &[], &[], &mut []), available());
+        assert_eq!(mac16::<HmacSha1Key>(&[], &[], &[], &mut []), available());
     }
 
     #[test]
@@ -359,16 +507,19 @@ mod tests {
     #[test]
     fn plan_leaves_out_what_does_not_pay() {
         // uniform groups: from 7 lanes of large packets, from 11 of 64-byte ones
-        assert_eq!(plan(&[25; 6]), 0);
-        assert_eq!(plan(&[25; 7]), 7);
-        assert_eq!(plan(&[3; 10]), 0);
-        assert_eq!(plan(&[3; 16]), 16);
+        assert_eq!(plan::<HmacSha1Key>(&[25; 6]), 0);
+        assert_eq!(plan::<HmacSha1Key>(&[25; 7]), 7);
+        assert_eq!(plan::<HmacSha1Key>(&[3; 10]), 0);
+        assert_eq!(plan::<HmacSha1Key>(&[3; 16]), 16);
         // IMIX-like: nine short, five middle, two long; the long ones go to SHA-NI
         let mut imix = [3; 16];
         imix[9..14].fill(11);
         imix[14..].fill(25);
-        assert_eq!(plan(&imix), 14);
-        assert_eq!(plan(&[]), 0);
+        assert_eq!(plan::<HmacSha1Key>(&imix), 14);
+        assert_eq!(plan::<HmacSha1Key>(&[]), 0);
+        // SHA-256's steps cost more: 12 lanes of large packets, not 8
+        assert_eq!(plan::<HmacSha256Key>(&[25; 8]), 0);
+        assert_eq!(plan::<HmacSha256Key>(&[25; 12]), 12);
     }
 
     proptest! {
@@ -401,6 +552,14 @@ mod tests {
             for (i, (l, o)) in lanes.iter().zip(&out).enumerate() {
                 prop_assert_eq!(&o[..20], &reference(&l.0, &l.1, l.2)[..], "lane {}", i);
                 prop_assert_eq!(&o[20..], &[0u8; 12][..], "lane {} past the digest", i);
+            }
+            // and HMAC-SHA-256 with the same lanes
+            let keys: Vec<HmacSha256Key> =
+                lanes.iter().map(|l| HmacSha256Key::new(&l.0).expect("SHA-NI")).collect();
+            let refs: Vec<&HmacSha256Key> = keys.iter().collect();
+            prop_assert!(mac16(&refs, &data, &esn, &mut out));
+            for (i, (l, o)) in lanes.iter().zip(&out).enumerate() {
+                prop_assert_eq!(&o[..], &reference256(&l.0, &l.1, l.2)[..], "lane {}", i);
             }
         }
     }
