@@ -170,11 +170,22 @@ impl Integ {
                 return;
             }
         }
-        for (((i, d), h), o) in integ[..n]
+        Self::in_fours(&integ[..n], &data[..n], &esn_hi[..n], &mut out[..n]);
+    }
+
+    /// [`full_group4`](Self::full_group4) over the messages, four at a time.
+    #[inline]
+    fn in_fours(
+        integ: &[&Integ],
+        data: &[&[u8]],
+        esn_hi: &[Option<u32>],
+        out: &mut [[u8; MAX_HMAC_ICV]],
+    ) {
+        for (((i, d), h), o) in integ
             .chunks(4)
-            .zip(data[..n].chunks(4))
-            .zip(esn_hi[..n].chunks(4))
-            .zip(out[..n].chunks_mut(4))
+            .zip(data.chunks(4))
+            .zip(esn_hi.chunks(4))
+            .zip(out.chunks_mut(4))
         {
             Self::full_group4(i, d, h, o);
         }
@@ -243,14 +254,7 @@ impl Integ {
         }
         let rest: [&Integ; GROUP] =
             core::array::from_fn(|i| integ.get(order[i]).copied().unwrap_or(integ[0]));
-        for (((i, d), h), o) in rest[k..n]
-            .chunks(4)
-            .zip(ds[k..n].chunks(4))
-            .zip(hs[k..n].chunks(4))
-            .zip(os[k..n].chunks_mut(4))
-        {
-            Self::full_group4(i, d, h, o);
-        }
+        Self::in_fours(&rest[k..n], &ds[k..n], &hs[k..n], &mut os[k..n]);
         for (i, o) in order[..n].iter().zip(os) {
             out[*i] = o;
         }
