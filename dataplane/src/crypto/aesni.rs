@@ -19,13 +19,12 @@
 //! (`aes,sse2,avx512f,vaes`) is entered only after [`wide_available`] said so too.
 #![allow(unsafe_code)]
 
-use super::simd::{load, load512, store, store512};
+use super::simd::{load, load512, quad, store, store512};
 use core::arch::x86_64::{
-    __m128i, __m512i, _mm_aesdec_si128, _mm_aesdeclast_si128, _mm_aesenc_si128,
-    _mm_aesenclast_si128, _mm_aesimc_si128, _mm_aeskeygenassist_si128, _mm_set_epi32,
-    _mm_setzero_si128, _mm_xor_si128, _mm512_aesenc_epi128, _mm512_aesenclast_epi128,
-    _mm512_broadcast_i32x4, _mm512_castsi128_si512, _mm512_extracti32x4_epi32, _mm512_inserti32x4,
-    _mm512_setzero_si512, _mm512_xor_si512,
+    __m128i, _mm_aesdec_si128, _mm_aesdeclast_si128, _mm_aesenc_si128, _mm_aesenclast_si128,
+    _mm_aesimc_si128, _mm_aeskeygenassist_si128, _mm_set_epi32, _mm_setzero_si128, _mm_xor_si128,
+    _mm512_aesenc_epi128, _mm512_aesenclast_epi128, _mm512_broadcast_i32x4,
+    _mm512_extracti32x4_epi32, _mm512_setzero_si512, _mm512_xor_si512,
 };
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -255,17 +254,6 @@ unsafe fn encrypt_lanes<const W: usize>(key: &AesNiKey, jobs: &mut [CbcJob<'_>])
     }
 }
 
-/// Four lanes' blocks in one register, lane 0 in the low 128 bits.
-// SAFETY: AVX-512F; reached only from `encrypt_wide`.
-#[target_feature(enable = "aes,sse2,avx512f,vaes")]
-#[inline]
-fn pack(b: [__m128i; 4]) -> __m512i {
-    let v = _mm512_castsi128_si512(b[0]);
-    let v = _mm512_inserti32x4::<1>(v, b[1]);
-    let v = _mm512_inserti32x4::<2>(v, b[2]);
-    _mm512_inserti32x4::<3>(v, b[3])
-}
-
 /// Up to [`WIDE_LANES`] packets, one per lane (four lanes to a register), each from its
 /// own IV: a step encrypts the next block of every packet that has one; a packet that has
 /// run out leaves its lane idle.
@@ -293,7 +281,7 @@ unsafe fn encrypt_wide(key: &AesNiKey, jobs: &mut [CbcJob<'_>]) {
     }
     let mut state = [_mm512_setzero_si512(); 4];
     for (s, q) in state.iter_mut().zip(iv.chunks_exact(4)) {
-        *s = pack([q[0], q[1], q[2], q[3]]);
+        *s = quad([q[0], q[1], q[2], q[3]]);
     }
     let mut stage = [[0u8; LINE]; WIDE_LANES];
     let mut pos = 0;
@@ -316,7 +304,7 @@ unsafe fn encrypt_wide(key: &AesNiKey, jobs: &mut [CbcJob<'_>]) {
             let mut x = [_mm512_setzero_si512(); 4];
             for ((x, s), lanes) in x.iter_mut().zip(&state).zip(stage.chunks_exact(4)) {
                 let p = [0, 1, 2, 3].map(|i| load(&lanes[i].as_chunks::<BLOCK>().0[q]));
-                *x = _mm512_xor_si512(_mm512_xor_si512(pack(p), *s), rk[0]);
+                *x = _mm512_xor_si512(_mm512_xor_si512(quad(p), *s), rk[0]);
             }
             for k in &rk[1..n] {
                 for v in &mut x {

@@ -72,9 +72,29 @@ pub(super) struct Padded<'a> {
 impl<'a> Padded<'a> {
     #[inline(always)]
     pub(super) fn new(data: &'a [u8], esn_hi: Option<u32>, absorbed: usize) -> Self {
+        let mut p = Padded::empty();
+        p.fill(data, esn_hi, absorbed);
+        p
+    }
+
+    /// No data (to be [`fill`](Self::fill)ed).
+    #[inline(always)]
+    pub(super) fn empty() -> Self {
+        Padded {
+            full: &[],
+            tail: [[0u8; BLOCK]; 2],
+            tail_blocks: 1,
+        }
+    }
+
+    /// Make this the message of `data`, in place: an array of them built by moving each new
+    /// one in re-reads its freshly written tail with wide loads, which stall on the narrow
+    /// stores still in flight (the 16-lane kernel lost a quarter of its time at 64 bytes so).
+    #[inline(always)]
+    pub(super) fn fill(&mut self, data: &'a [u8], esn_hi: Option<u32>, absorbed: usize) {
         let (full, rest) = data.as_chunks::<BLOCK>();
-        let mut tail = [[0u8; BLOCK]; 2];
-        let t = tail.as_flattened_mut();
+        self.tail = [[0u8; BLOCK]; 2];
+        let t = self.tail.as_flattened_mut();
         t[..rest.len()].copy_from_slice(rest);
         let mut n = rest.len();
         if let Some(hi) = esn_hi {
@@ -86,11 +106,8 @@ impl<'a> Padded<'a> {
         let tail_blocks = if n + 1 + 8 <= BLOCK { 1 } else { 2 };
         let bits = (absorbed + data.len() + (n - rest.len())) as u64 * 8;
         t[tail_blocks * BLOCK - 8..tail_blocks * BLOCK].copy_from_slice(&bits.to_be_bytes());
-        Padded {
-            full,
-            tail,
-            tail_blocks,
-        }
+        self.full = full;
+        self.tail_blocks = tail_blocks;
     }
 
     #[inline(always)]
@@ -425,30 +442,17 @@ fn sha1_hmac<const N: usize>(
     }
 }
 
-/// A dword of a saved register, as the register holds it (little-endian lanes).
-#[inline(always)]
-fn dword(r: &[u8; 16], i: usize) -> u32 {
-    u32::from_le_bytes([r[4 * i], r[4 * i + 1], r[4 * i + 2], r[4 * i + 3]])
-}
-
 impl HmacSha1Key {
-    /// The inner and outer states as the words A..E (FIPS 180-4 §6.1.2; the last three are
-    /// unused), for the kernels that keep one word of many lanes per register (`shax16`).
+    /// The saved registers: inner ABCD and E, outer ABCD and E (A and E in the top dwords),
+    /// for the kernels that keep one word of many lanes per register (`shax16`).
     #[inline(always)]
-    pub(super) fn state_words(&self) -> [[u32; 8]; 2] {
-        // ABCD: A in the top dword; E in the top dword of the second register
-        [&self.inner, &self.outer].map(|s| {
-            [
-                dword(&s[0], 3),
-                dword(&s[0], 2),
-                dword(&s[0], 1),
-                dword(&s[0], 0),
-                dword(&s[1], 3),
-                0,
-                0,
-                0,
-            ]
-        })
+    pub(super) fn regs(&self) -> [&[u8; 16]; 4] {
+        [
+            &self.inner[0],
+            &self.inner[1],
+            &self.outer[0],
+            &self.outer[1],
+        ]
     }
 
     /// Prepare `key` (any length; RFC 2404 uses 20 bytes). `None` on a CPU without SHA-NI.
@@ -839,24 +843,16 @@ fn sha256_hmac<const N: usize>(
 }
 
 impl HmacSha256Key {
-    /// The inner and outer states as the words A..H (FIPS 180-4 §6.2.2), for the kernels
-    /// that keep one word of many lanes per register (`shax16`).
+    /// The saved registers: inner ABEF and CDGH, outer ABEF and CDGH (A and C in the top
+    /// dwords), for the kernels that keep one word of many lanes per register (`shax16`).
     #[inline(always)]
-    pub(super) fn state_words(&self) -> [[u32; 8]; 2] {
-        // ABEF and CDGH, A and C in the top dwords
-        [&self.inner, &self.outer].map(|s| {
-            let (abef, cdgh) = (&s[0], &s[1]);
-            [
-                dword(abef, 3),
-                dword(abef, 2),
-                dword(cdgh, 3),
-                dword(cdgh, 2),
-                dword(abef, 1),
-                dword(abef, 0),
-                dword(cdgh, 1),
-                dword(cdgh, 0),
-            ]
-        })
+    pub(super) fn regs(&self) -> [&[u8; 16]; 4] {
+        [
+            &self.inner[0],
+            &self.inner[1],
+            &self.outer[0],
+            &self.outer[1],
+        ]
     }
 
     /// Prepare `key` (any length; RFC 4868 uses 32 bytes). `None` on a CPU without SHA-NI.

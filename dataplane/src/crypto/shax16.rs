@@ -27,11 +27,12 @@
 #![allow(unsafe_code)]
 
 use super::shani::{BLOCK, HmacSha1Key, HmacSha256Key, K256, Padded};
-use super::simd::{load512, store512};
+use super::simd::{load, load512, quad, store512};
 use core::arch::x86_64::{
     __m512i, __mmask16, _mm512_add_epi32, _mm512_mask_add_epi32, _mm512_permutex2var_epi32,
-    _mm512_rol_epi32, _mm512_ror_epi32, _mm512_set1_epi32, _mm512_setr_epi32, _mm512_setzero_si512,
-    _mm512_shuffle_epi8, _mm512_srli_epi32, _mm512_ternarylogic_epi32, _mm512_xor_si512,
+    _mm512_permutexvar_epi32, _mm512_rol_epi32, _mm512_ror_epi32, _mm512_set1_epi32,
+    _mm512_setr_epi32, _mm512_setzero_si512, _mm512_shuffle_epi8, _mm512_srli_epi32,
+    _mm512_ternarylogic_epi32, _mm512_xor_si512,
 };
 
 /// Packets per call.
@@ -49,8 +50,12 @@ pub trait LaneKey: private::Sealed {
     /// What one block step of all 16 lanes costs, in SHA-NI blocks: the same for 1 busy
     /// lane as for 16.
     const STEP_COST: usize;
-    /// The inner and outer states, word by word (A first).
-    fn words(&self) -> [[u32; 8]; 2];
+    /// Where the hash words A, B, … of the inner state, then of the outer state, are among
+    /// the dwords of [`regs`](Self::regs) side by side (dword 4r + d is dword d of register
+    /// r); SHA-1's three unused words repeat E.
+    const WORD_AT: [u32; 16];
+    /// The key's four saved SHA-NI registers (inner two, outer two).
+    fn regs(&self) -> [&[u8; 16]; 4];
 }
 
 mod private {
@@ -68,8 +73,10 @@ impl LaneKey for HmacSha1Key {
     // 0.35× SHA-NI's time at 1420 bytes and 0.63× at 64; 8 lanes 0.66× and 1.16×
     const CALL_COST: usize = 13;
     const STEP_COST: usize = 6;
-    fn words(&self) -> [[u32; 8]; 2] {
-        self.state_words()
+    // ABCD with A in dword 3, E in dword 3 of the second register
+    const WORD_AT: [u32; 16] = [3, 2, 1, 0, 7, 7, 7, 7, 11, 10, 9, 8, 15, 15, 15, 15];
+    fn regs(&self) -> [&[u8; 16]; 4] {
+        HmacSha1Key::regs(self)
     }
 }
 
@@ -78,8 +85,10 @@ impl LaneKey for HmacSha256Key {
     const WORDS: usize = 8;
     const CALL_COST: usize = SHA256_CALL_COST;
     const STEP_COST: usize = SHA256_STEP_COST;
-    fn words(&self) -> [[u32; 8]; 2] {
-        self.state_words()
+    // ABEF (A in dword 3) and CDGH (C in dword 3)
+    const WORD_AT: [u32; 16] = [3, 2, 7, 6, 1, 0, 5, 4, 11, 10, 15, 14, 9, 8, 13, 12];
+    fn regs(&self) -> [&[u8; 16]; 4] {
+        HmacSha256Key::regs(self)
     }
 }
 
@@ -142,10 +151,10 @@ pub fn mac16<K: LaneKey>(
     if n > LANES || data.len() != n || esn_hi.len() != n || out.len() != n || !available() {
         return false;
     }
-    let msgs: [Padded<'_>; LANES] = core::array::from_fn(|i| match (data.get(i), esn_hi.get(i)) {
-        (Some(d), Some(h)) => Padded::new(d, *h, BLOCK),
-        _ => Padded::new(&[], None, BLOCK),
-    });
+    let mut msgs: [Padded<'_>; LANES] = core::array::from_fn(|_| Padded::empty());
+    for ((m, d), h) in msgs.iter_mut().zip(data).zip(esn_hi) {
+        m.fill(d, *h, BLOCK);
+    }
     // SAFETY: `available()` confirmed AVX-512F and AVX-512BW, the features `hmac` enables.
     unsafe { hmac(keys, &msgs[..n], out) };
     true
@@ -194,6 +203,17 @@ fn swap_blocks<const D: usize>(r: &mut [__m512i; LANES]) {
             r[i + D] = _mm512_permutex2var_epi32(a, hi, b);
         }
     }
+}
+
+/// The 16 × 16 dword transpose: row i's dword j becomes row j's dword i.
+// SAFETY: AVX-512F; reached only from `hmac`.
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+fn transpose(r: &mut [__m512i; LANES]) {
+    swap_blocks::<8>(r);
+    swap_blocks::<4>(r);
+    swap_blocks::<2>(r);
+    swap_blocks::<1>(r);
 }
 
 /// Twenty SHA-1 rounds with round function `F` (a VPTERNLOGD truth table) and constant `k`.
@@ -300,19 +320,19 @@ fn compress256(st: &mut [__m512i; 8], w: &mut [__m512i; 80], busy: __mmask16) {
 #[target_feature(enable = "avx512f,avx512bw")]
 fn hmac<K: LaneKey>(keys: &[&K], msgs: &[Padded<'_>], out: &mut [[u8; 32]]) {
     let n = keys.len().min(msgs.len()).min(out.len()).min(LANES);
-    let mut inner = [[0u32; LANES]; 8];
-    let mut outer = [[0u32; LANES]; 8];
-    for (i, k) in keys[..n].iter().enumerate() {
-        let [ki, ko] = k.words();
-        for w in 0..8 {
-            (inner[w][i], outer[w][i]) = (ki[w], ko[w]);
-        }
-    }
     let zero = _mm512_setzero_si512();
-    let mut st = [zero; 8];
-    for (s, w) in st.iter_mut().zip(inner) {
-        *s = dwords(w);
+    // Each key's words as a row (inner A.., outer A..), the rows transposed: register w < 8
+    // is inner word w of every lane, 8 + w outer word w. (Built lane by lane into arrays, the
+    // compiler made gathers of it.)
+    let word_at = dwords(K::WORD_AT);
+    let mut rows = [zero; LANES];
+    for (r, k) in rows.iter_mut().zip(&keys[..n]) {
+        let [a, b, c, d] = k.regs();
+        *r = _mm512_permutexvar_epi32(word_at, quad([load(a), load(b), load(c), load(d)]));
     }
+    transpose(&mut rows);
+    let mut st = [zero; 8];
+    st.copy_from_slice(&rows[..8]);
     let mut blocks = [0usize; LANES];
     for (b, m) in blocks.iter_mut().zip(&msgs[..n]) {
         *b = m.blocks();
@@ -340,10 +360,7 @@ fn hmac<K: LaneKey>(keys: &[&K], msgs: &[Padded<'_>], out: &mut [[u8; 32]]) {
                 busy |= 1 << i;
             }
         }
-        swap_blocks::<8>(&mut r);
-        swap_blocks::<4>(&mut r);
-        swap_blocks::<2>(&mut r);
-        swap_blocks::<1>(&mut r);
+        transpose(&mut r);
         w[..LANES].copy_from_slice(&r);
         compress(&mut st, &mut w, busy);
     }
@@ -354,9 +371,7 @@ fn hmac<K: LaneKey>(keys: &[&K], msgs: &[Padded<'_>], out: &mut [[u8; 32]]) {
     w[words] = _mm512_set1_epi32(0x8000_0000_u32 as i32);
     w[words + 1..15].fill(zero);
     w[15] = _mm512_set1_epi32(((BLOCK + 4 * words) * 8) as i32);
-    for (s, w) in st.iter_mut().zip(outer) {
-        *s = dwords(w);
-    }
+    st.copy_from_slice(&rows[8..]);
     compress(&mut st, &mut w, 0xffff);
     let mut digest = [[0u32; LANES]; 8];
     for (d, s) in digest.iter_mut().zip(st).take(words) {

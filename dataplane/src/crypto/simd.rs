@@ -4,7 +4,8 @@
 
 use core::arch::x86_64::{
     __m128i, __m256i, __m512i, _mm_loadu_si128, _mm_storeu_si128, _mm256_loadu_si256,
-    _mm256_storeu_si256, _mm512_loadu_si512, _mm512_storeu_si512,
+    _mm256_storeu_si256, _mm512_castsi128_si512, _mm512_inserti32x4, _mm512_loadu_si512,
+    _mm512_storeu_si512,
 };
 
 #[inline(always)]
@@ -43,4 +44,17 @@ pub(crate) fn load512(b: &[u8; 64]) -> __m512i {
 pub(crate) fn store512(b: &mut [u8; 64], v: __m512i) {
     // SAFETY: an unaligned 64-byte store to a 64-byte array; AVX-512F as for `load512`.
     unsafe { _mm512_storeu_si512(b.as_mut_ptr().cast(), v) }
+}
+
+/// Four 128-bit registers side by side in one 512-bit register, the first in the low bits.
+#[inline(always)]
+pub(crate) fn quad(q: [__m128i; 4]) -> __m512i {
+    // SAFETY: register operations only; reached only from functions compiled with
+    // AVX-512F (the VAES CBC and 16-lane HMAC kernels).
+    unsafe {
+        let v = _mm512_castsi128_si512(q[0]);
+        let v = _mm512_inserti32x4::<1>(v, q[1]);
+        let v = _mm512_inserti32x4::<2>(v, q[2]);
+        _mm512_inserti32x4::<3>(v, q[3])
+    }
 }
