@@ -442,17 +442,19 @@ fn sha1_hmac<const N: usize>(
     }
 }
 
+/// A key's saved registers, inner then outer (the layout of both HMAC keys).
+#[inline(always)]
+fn saved_regs<'a>(inner: &'a [[u8; 16]; 2], outer: &'a [[u8; 16]; 2]) -> [&'a [u8; 16]; 4] {
+    let ([a, b], [c, d]) = (inner, outer);
+    [a, b, c, d]
+}
+
 impl HmacSha1Key {
     /// The saved registers: inner ABCD and E, outer ABCD and E (A and E in the top dwords),
     /// for the kernels that keep one word of many lanes per register (`shax16`).
     #[inline(always)]
     pub(super) fn regs(&self) -> [&[u8; 16]; 4] {
-        [
-            &self.inner[0],
-            &self.inner[1],
-            &self.outer[0],
-            &self.outer[1],
-        ]
+        saved_regs(&self.inner, &self.outer)
     }
 
     /// Prepare `key` (any length; RFC 2404 uses 20 bytes). `None` on a CPU without SHA-NI.
@@ -847,12 +849,7 @@ impl HmacSha256Key {
     /// dwords), for the kernels that keep one word of many lanes per register (`shax16`).
     #[inline(always)]
     pub(super) fn regs(&self) -> [&[u8; 16]; 4] {
-        [
-            &self.inner[0],
-            &self.inner[1],
-            &self.outer[0],
-            &self.outer[1],
-        ]
+        saved_regs(&self.inner, &self.outer)
     }
 
     /// Prepare `key` (any length; RFC 4868 uses 32 bytes). `None` on a CPU without SHA-NI.
