@@ -721,8 +721,8 @@ impl Engine {
     /// Process a burst from the unprotected side. Returns how many packets were not dropped.
     ///
     /// When CBC+HMAC SAs with the SHA-NI kernels are installed, a first pass over each chunk
-    /// finds every ESP packet's SA and checks those SAs' ICVs together, up to [`ICV_GROUP`] at a time
-    /// ([`Transform::verify_group`](crate::crypto::Transform)). Each packet then goes through
+    /// finds every ESP packet's SA and checks those SAs' ICVs together, up to [`ICV_GROUP`]
+    /// at a time ([`Transform::verify_group`](crate::crypto::Transform)). Each packet then goes through
     /// [`inbound`](Self::inbound)'s steps as usual, reusing what the first pass found, with
     /// the same result. (AES-GCM packets are opened one at a time by the burst kernel, which
     /// measured faster than grouping them here: see `crypto::gcmni`.)
@@ -755,8 +755,9 @@ impl Engine {
     }
 
     /// The first pass of an inbound chunk: classify every packet and find its SA; check the
-    /// ICVs of CBC+HMAC packets up to [`ICV_GROUP`] at a time, in the state the SAs are in now (the replay window's ESN inference is repeated at decap, and the
-    /// check redone if it moved). `pre[i]` gets what was learned about packet `i`.
+    /// ICVs of CBC+HMAC packets up to [`ICV_GROUP`] at a time, in the state the SAs are in
+    /// now (the replay window's ESN inference is repeated at decap, and the check redone if
+    /// it moved). `pre[i]` gets what was learned about packet `i`.
     fn prepass<B: AsRef<[u8]> + AsMut<[u8]>>(
         &mut self,
         pkts: &mut [PacketBuf<B>],

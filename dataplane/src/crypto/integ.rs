@@ -214,15 +214,8 @@ impl Integ {
         let Some(first) = integ.first().and_then(|i| key(i)) else {
             return false;
         };
-        if !shax16::available() {
+        if !shax16::available() || integ[..n].iter().any(|i| key(i).is_none()) {
             return false;
-        }
-        let mut keys: [&K; GROUP] = [first; GROUP];
-        for (k, i) in keys.iter_mut().zip(&integ[..n]) {
-            match key(i) {
-                Some(x) => *k = x,
-                None => return false,
-            }
         }
         // lanes by increasing block count (insertion sort of at most 16 indices)
         let mut order: [usize; GROUP] = core::array::from_fn(|i| i);
@@ -243,7 +236,8 @@ impl Integ {
             return false;
         }
         // the lanes in that order, computed, then put back
-        let ks: [&K; GROUP] = core::array::from_fn(|i| keys[order[i]]);
+        let ks: [&K; GROUP] =
+            core::array::from_fn(|i| integ.get(order[i]).and_then(|x| key(x)).unwrap_or(first));
         let ds: [&[u8]; GROUP] =
             core::array::from_fn(|i| data.get(order[i]).copied().unwrap_or(&[]));
         let hs: [Option<u32>; GROUP] =

@@ -419,7 +419,7 @@ impl Transform {
         }
     }
 
-    /// Write the ICVs of up to [`ICV_GROUP`] ESP packets of this SA whose bytes before the ICV
+    /// Write the ICVs of up to [`GROUP`] ESP packets of this SA whose bytes before the ICV
     /// are final (hashed together where a kernel allows): the last step of a deferred
     /// seal. Packet `k` is `bufs[k][at[k].0..][..at[k].1]`, with ESN high bits `at[k].2`.
     #[inline]
@@ -447,7 +447,7 @@ impl Transform {
         self.integ().is_some_and(Integ::pairs)
     }
 
-    /// Check the ICVs of up to [`ICV_GROUP`] received ESP packets together (packet `k` is
+    /// Check the ICVs of up to [`GROUP`] received ESP packets together (packet `k` is
     /// `bufs[k][at[k].0..][..at[k].1]`, ESN high bits `at[k].2`, of transforms that
     /// [`pairs`](Self::pairs)) into `ok`. `false`: not checked here (then `open` checks them).
     #[inline]
