@@ -14,26 +14,30 @@
 //!   the AES unit has 8-9 independent blocks in flight instead of one chain.
 //! * GHASH: aggregated reduction (Intel's "Carry-Less Multiplication and Its Usage for
 //!   Computing the GCM Mode", §"aggregated reduction"): a step's blocks are multiplied by
-//!   H^n … H^1 (Karatsuba, three PCLMULQDQ each), the products summed unreduced and reduced
-//!   once. The AAD block(s) ride in the first step and the length block in the last, so a
-//!   packet of up to 128 bytes with ESP's 8- or 12-byte AAD costs one reduction in all.
+//!   H^n … H^1, the products summed unreduced and reduced once. Products are schoolbook
+//!   (four PCLMULQDQ each): Karatsuba's three need a per-power operand in the key and a
+//!   shuffle per block, and shuffles share the one port with the multiplies. The AAD
+//!   block(s) ride in the first step and the length block in the last, so a packet of up to
+//!   128 bytes with ESP's 8- or 12-byte AAD costs one reduction in all.
 //! * The arithmetic is done in the POLYVAL domain of RFC 8452 Appendix A: byte-reversed
 //!   blocks, key mulX_POLYVAL(ByteReverse(H)), where a product is reduced with two
 //!   PCLMULQDQ by 0xc2000000_00000000 (a Montgomery reduction; no bit shifts).
-//! * Two compilations of the same kernels: `narrow` (AES-NI, PCLMULQDQ, 128-bit registers)
-//!   and `wide`, where a whole step's 8 blocks go through VAES and VPCLMULQDQ on 256-bit
-//!   registers, two blocks per instruction ([`GcmKey::new`] picks `wide` when AVX2, VAES and
-//!   VPCLMULQDQ are present).
+//! * Three compilations ([`Width`]; [`GcmKey::new`] picks the widest the CPU has):
+//!   `narrow` (AES-NI, PCLMULQDQ, 128-bit registers); `wide`, where a whole step's 8
+//!   blocks go through VAES and VPCLMULQDQ on 256-bit registers; and `zmm`
+//!   ([`crypt_zmm`]), 512-bit registers with AVX-512F/BW.
 //! * `wide` runs the whole 256-byte stretches of a packet through `big_steps_wide`: 16
 //!   counter blocks per step in 8 independent 256-bit AES chains, with the GHASH products of
 //!   the previous step's ciphertext issued between the AES rounds (software pipelining).
 //!   Written as plain step-after-step code, the out-of-order core did not overlap one step's
 //!   GHASH with the next step's AES (the waiting AES chains fill the vector scheduler), and
-//!   each 8-block step cost AES latency plus GHASH latency. Measured on this EPYC
-//!   (`cargo bench -p xsec-benches --bench gcm`, AES-128 seal, TSC cycles per packet, one
-//!   packet per call / 32 per call / ring): 64 B 110 / 81 / 205, 512 B 251 / 222 / 324,
-//!   1420 B 570 / 541 / 635; before the pipelined step, 1420 B took 826 / 795.
-//!   512-bit registers were not tried.
+//!   each 8-block step cost AES latency plus GHASH latency (on an EPYC, 1420 B took 826
+//!   cycles before the pipelined step and 570 after).
+//! * `zmm` does the same in 4 chains of four blocks, and the rest of the packet (< 256
+//!   bytes) in one more pass with byte-masked loads and stores, its AES overlapping the
+//!   last step's GHASH. `cargo bench -p xsec-benches --bench gcm`, Intel Xeon (Sapphire
+//!   Rapids family), AES-128 seal at bursts of 32, against the 256-bit kernel in the same
+//!   run: 64 B 0.67×, 512 B 0.69×, 1420 B 0.69× its cycles.
 //! * Opening hashes the ciphertext while it decrypts it, in the same pass; a packet whose
 //!   tag does not verify is re-encrypted with the same key stream before returning, so a
 //!   rejected packet's bytes are left exactly as received and no plaintext is released.
@@ -48,15 +52,20 @@
 //! runtime detection said the CPU has all three features.
 #![allow(unsafe_code)]
 
-use super::simd::{load, load256, store, store256};
+use super::simd::{load, load256, load512, store, store256, store512};
 use core::arch::x86_64::{
-    __m128i, __m256i, _mm_add_epi32, _mm_aesenc_si128, _mm_aesenclast_si128, _mm_and_si128,
-    _mm_clmulepi64_si128, _mm_cmpgt_epi8, _mm_set_epi8, _mm_set_epi32, _mm_set_epi64x,
-    _mm_set1_epi8, _mm_setzero_si128, _mm_shuffle_epi8, _mm_shuffle_epi32, _mm_slli_si128,
-    _mm_srli_si128, _mm_testz_si128, _mm_xor_si128, _mm256_add_epi32, _mm256_aesenc_epi128,
-    _mm256_aesenclast_epi128, _mm256_broadcastsi128_si256, _mm256_castsi256_si128,
-    _mm256_clmulepi64_epi128, _mm256_extracti128_si256, _mm256_set_epi32, _mm256_set_m128i,
-    _mm256_setzero_si256, _mm256_shuffle_epi8, _mm256_shuffle_epi32, _mm256_xor_si256,
+    __m128i, __m256i, __m512i, _mm_add_epi32, _mm_aesenc_si128, _mm_aesenclast_si128,
+    _mm_and_si128, _mm_clmulepi64_si128, _mm_cmpgt_epi8, _mm_set_epi8, _mm_set_epi32,
+    _mm_set_epi64x, _mm_set1_epi8, _mm_setzero_si128, _mm_shuffle_epi8, _mm_shuffle_epi32,
+    _mm_slli_si128, _mm_srli_si128, _mm_testz_si128, _mm_xor_si128, _mm256_add_epi32,
+    _mm256_aesenc_epi128, _mm256_aesenclast_epi128, _mm256_broadcastsi128_si256,
+    _mm256_castsi256_si128, _mm256_clmulepi64_epi128, _mm256_extracti128_si256, _mm256_set_epi32,
+    _mm256_set_m128i, _mm256_setzero_si256, _mm256_shuffle_epi8, _mm256_xor_si256,
+    _mm512_add_epi32, _mm512_aesenc_epi128, _mm512_aesenclast_epi128, _mm512_broadcast_i32x4,
+    _mm512_castsi512_si256, _mm512_clmulepi64_epi128, _mm512_extracti64x4_epi64,
+    _mm512_mask_storeu_epi8, _mm512_maskz_loadu_epi8, _mm512_maskz_loadu_epi64,
+    _mm512_maskz_mov_epi8, _mm512_set_epi32, _mm512_setzero_si512, _mm512_shuffle_epi8,
+    _mm512_ternarylogic_epi32, _mm512_xor_si512, _mm512_zextsi128_si512,
 };
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -88,32 +97,68 @@ pub fn available_wide() -> bool {
         && std::is_x86_feature_detected!("vpclmulqdq")
 }
 
-/// An AES-128 or AES-256 key expanded for GCM: the encryption round keys and H^1 … H^11 in
-/// the POLYVAL domain with their Karatsuba halves. Zeroized on drop.
+/// Which compilation of the kernels a [`GcmKey`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Width {
+    /// AES-NI and PCLMULQDQ on 128-bit registers.
+    Narrow,
+    /// Whole steps on VAES and VPCLMULQDQ, 256-bit registers.
+    Ymm,
+    /// Big steps on VAES and VPCLMULQDQ, 512-bit registers (AVX-512F/BW).
+    Zmm,
+}
+
+/// Whether this CPU can also run the 512-bit variant (AVX-512F/BW on top of
+/// [`available_wide`]).
+pub fn available_zmm() -> bool {
+    available_wide()
+        && std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bw")
+}
+
+/// An AES-128 or AES-256 key expanded for GCM: the encryption round keys and H^1 … H^16 in
+/// the POLYVAL domain, at most 512 bytes (768 with Karatsuba operands). Zeroized on drop.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct GcmKey {
     rk: [[u8; 16]; 15],
-    rounds: usize,
-    /// `h[i]` = H^(i+1) (as the multiplier of a POLYVAL `dot`, see `init_powers`).
-    h: [[u8; 16]; POWERS],
-    /// `hk[i]`: the xor of `h[i]`'s two 64-bit halves (Karatsuba's middle operand).
-    hk: [[u8; 16]; POWERS],
-    /// Whole steps on VAES/VPCLMULQDQ (`available_wide()` at construction).
-    wide: bool,
+    /// H^16 … H^1, highest first (as the multipliers of POLYVAL `dot`s, see `init_powers`):
+    /// a step's block `i` of 16 takes the power at `i`, so whole registers of powers load
+    /// in one piece. Products are schoolbook (four carry-less multiplies, no Karatsuba
+    /// operand to keep per power).
+    h: [u8; BLOCK * POWERS],
+    rounds: u8,
+    #[zeroize(skip)]
+    width: Width,
 }
+
+const _: () = assert!(core::mem::size_of::<GcmKey>() <= 512);
 
 impl core::fmt::Debug for GcmKey {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "GcmKey(AES-{}-GCM, <secret>)", (self.rounds - 6) * 32)
+        write!(
+            f,
+            "GcmKey(AES-{}-GCM, <secret>)",
+            (usize::from(self.rounds) - 6) * 32
+        )
     }
 }
 
 impl GcmKey {
     /// The same key on the 128-bit AES-NI/PCLMULQDQ kernels even where VAES is present
-    /// (for benchmarks and tests that compare the two).
-    pub fn narrow(mut self) -> GcmKey {
-        self.wide = false;
+    /// (for benchmarks and tests that compare the variants).
+    pub fn narrow(self) -> GcmKey {
+        self.at_most(Width::Narrow)
+    }
+
+    /// The same key on at most the kernels of `w` (a CPU's own limit still holds).
+    pub fn at_most(mut self, w: Width) -> GcmKey {
+        self.width = self.width.min(w);
         self
+    }
+
+    /// The kernels this key runs.
+    pub fn width(&self) -> Width {
+        self.width
     }
 
     /// Expand `key` (16 or 32 bytes, without the ESP salt). `None` for another length or a
@@ -122,12 +167,18 @@ impl GcmKey {
         if !matches!(key.len(), 16 | 32) || !available() {
             return None;
         }
+        let width = if available_zmm() {
+            Width::Zmm
+        } else if available_wide() {
+            Width::Ymm
+        } else {
+            Width::Narrow
+        };
         let mut k = GcmKey {
             rk: [[0; 16]; 15],
-            rounds: key.len() / 4 + 6,
-            h: [[0; 16]; POWERS],
-            hk: [[0; 16]; POWERS],
-            wide: available_wide(),
+            h: [0; BLOCK * POWERS],
+            rounds: (key.len() / 4 + 6) as u8,
+            width,
         };
         // the AES-NI key schedule of `aesni` (no S-box table); only its encryption keys
         let sched = super::aesni::AesNiKey::new(key)?;
@@ -138,6 +189,24 @@ impl GcmKey {
         // `init_powers` enables.
         unsafe { init_powers(&mut k) };
         Some(k)
+    }
+
+    /// H^n (1 ≤ n ≤ [`POWERS`]).
+    #[inline(always)]
+    fn pow(&self, n: usize) -> &[u8; 16] {
+        &self.h.as_chunks::<BLOCK>().0[POWERS - n]
+    }
+
+    /// (H^(16-2j), H^(15-2j)): the powers of a 16-block step's blocks 2j and 2j+1.
+    #[inline(always)]
+    fn pow_pair(&self, j: usize) -> &[u8; 32] {
+        &self.h.as_chunks::<32>().0[j]
+    }
+
+    /// (H^(16-4j) … H^(13-4j)): the powers of a 16-block step's blocks 4j … 4j+3.
+    #[inline(always)]
+    fn pow_quad(&self, j: usize) -> &[u8; 64] {
+        &self.h.as_chunks::<64>().0[j]
     }
 }
 
@@ -163,14 +232,16 @@ impl core::fmt::Debug for GcmJob<'_> {
 /// Encrypt every job's data in place and write its tag. Any lengths (GCM's limit of 2^32
 /// blocks per nonce is far above an ESP packet); jobs are independent.
 pub fn seal_many(key: &GcmKey, jobs: &mut [GcmJob<'_>]) {
-    // SAFETY: a `GcmKey` exists only if AES-NI, PCLMULQDQ and AVX were detected, and has
-    // `wide` set only if AVX2, VAES and VPCLMULQDQ were too.
+    // SAFETY: a `GcmKey` exists only if AES-NI, PCLMULQDQ and AVX were detected; its width
+    // is `Ymm` only if AVX2, VAES and VPCLMULQDQ were too, `Zmm` only if also AVX-512F/BW.
     unsafe {
-        match (key.wide, key.rounds) {
-            (true, 10) => wide::seal_jobs::<10>(key, jobs),
-            (true, _) => wide::seal_jobs::<14>(key, jobs),
-            (false, 10) => narrow::seal_jobs::<10>(key, jobs),
-            (false, _) => narrow::seal_jobs::<14>(key, jobs),
+        match (key.width, key.rounds) {
+            (Width::Zmm, 10) => zmm::seal_jobs::<10>(key, jobs),
+            (Width::Zmm, _) => zmm::seal_jobs::<14>(key, jobs),
+            (Width::Ymm, 10) => wide::seal_jobs::<10>(key, jobs),
+            (Width::Ymm, _) => wide::seal_jobs::<14>(key, jobs),
+            (Width::Narrow, 10) => narrow::seal_jobs::<10>(key, jobs),
+            (Width::Narrow, _) => narrow::seal_jobs::<14>(key, jobs),
         }
     }
 }
@@ -180,11 +251,13 @@ pub fn seal_many(key: &GcmKey, jobs: &mut [GcmJob<'_>]) {
 pub fn seal_one(key: &GcmKey, nonce: &[u8; 12], aad: &[u8], data: &mut [u8], tag: &mut [u8; 16]) {
     // SAFETY: as in `seal_many`.
     unsafe {
-        match (key.wide, key.rounds) {
-            (true, 10) => wide::seal_one::<10>(key, nonce, aad, data, tag),
-            (true, _) => wide::seal_one::<14>(key, nonce, aad, data, tag),
-            (false, 10) => narrow::seal_one::<10>(key, nonce, aad, data, tag),
-            (false, _) => narrow::seal_one::<14>(key, nonce, aad, data, tag),
+        match (key.width, key.rounds) {
+            (Width::Zmm, 10) => zmm::seal_one::<10>(key, nonce, aad, data, tag),
+            (Width::Zmm, _) => zmm::seal_one::<14>(key, nonce, aad, data, tag),
+            (Width::Ymm, 10) => wide::seal_one::<10>(key, nonce, aad, data, tag),
+            (Width::Ymm, _) => wide::seal_one::<14>(key, nonce, aad, data, tag),
+            (Width::Narrow, 10) => narrow::seal_one::<10>(key, nonce, aad, data, tag),
+            (Width::Narrow, _) => narrow::seal_one::<14>(key, nonce, aad, data, tag),
         }
     }
 }
@@ -200,11 +273,13 @@ pub fn open_one(
 ) -> bool {
     // SAFETY: as in `seal_many`.
     unsafe {
-        match (key.wide, key.rounds) {
-            (true, 10) => wide::open_one::<10>(key, nonce, aad, data, tag),
-            (true, _) => wide::open_one::<14>(key, nonce, aad, data, tag),
-            (false, 10) => narrow::open_one::<10>(key, nonce, aad, data, tag),
-            (false, _) => narrow::open_one::<14>(key, nonce, aad, data, tag),
+        match (key.width, key.rounds) {
+            (Width::Zmm, 10) => zmm::open_one::<10>(key, nonce, aad, data, tag),
+            (Width::Zmm, _) => zmm::open_one::<14>(key, nonce, aad, data, tag),
+            (Width::Ymm, 10) => wide::open_one::<10>(key, nonce, aad, data, tag),
+            (Width::Ymm, _) => wide::open_one::<14>(key, nonce, aad, data, tag),
+            (Width::Narrow, 10) => narrow::open_one::<10>(key, nonce, aad, data, tag),
+            (Width::Narrow, _) => narrow::open_one::<14>(key, nonce, aad, data, tag),
         }
     }
 }
@@ -214,14 +289,16 @@ pub fn open_one(
 /// its data exactly as received. Jobs beyond `ok.len()` are left untouched (and count as
 /// failed). Returns the number of good jobs.
 pub fn open_many(key: &GcmKey, jobs: &mut [GcmJob<'_>], ok: &mut [bool]) -> usize {
-    // SAFETY: a `GcmKey` exists only if AES-NI, PCLMULQDQ and AVX were detected, and has
-    // `wide` set only if AVX2, VAES and VPCLMULQDQ were too.
+    // SAFETY: a `GcmKey` exists only if AES-NI, PCLMULQDQ and AVX were detected; its width
+    // is `Ymm` only if AVX2, VAES and VPCLMULQDQ were too, `Zmm` only if also AVX-512F/BW.
     unsafe {
-        match (key.wide, key.rounds) {
-            (true, 10) => wide::open_jobs::<10>(key, jobs, ok),
-            (true, _) => wide::open_jobs::<14>(key, jobs, ok),
-            (false, 10) => narrow::open_jobs::<10>(key, jobs, ok),
-            (false, _) => narrow::open_jobs::<14>(key, jobs, ok),
+        match (key.width, key.rounds) {
+            (Width::Zmm, 10) => zmm::open_jobs::<10>(key, jobs, ok),
+            (Width::Zmm, _) => zmm::open_jobs::<14>(key, jobs, ok),
+            (Width::Ymm, 10) => wide::open_jobs::<10>(key, jobs, ok),
+            (Width::Ymm, _) => wide::open_jobs::<14>(key, jobs, ok),
+            (Width::Narrow, 10) => narrow::open_jobs::<10>(key, jobs, ok),
+            (Width::Narrow, _) => narrow::open_jobs::<14>(key, jobs, ok),
         }
     }
 }
@@ -308,6 +385,17 @@ impl<const N: usize> ZeroizeSimd for [__m256i; N] {
     }
 }
 
+impl<const N: usize> ZeroizeSimd for [__m512i; N] {
+    #[inline(always)]
+    fn zeroize_simd(&mut self) {
+        for v in self.iter_mut() {
+            // SAFETY: an all-zero bit pattern is a valid __m512i; no instruction is needed.
+            *v = unsafe { core::mem::zeroed() };
+        }
+        core::hint::black_box(&*self);
+    }
+}
+
 impl<const N: usize> ZeroizeSimd for [__m128i; N] {
     #[inline(always)]
     fn zeroize_simd(&mut self) {
@@ -333,22 +421,16 @@ fn init_powers(k: &mut GcmKey) {
     let h1 = (v << 1) ^ (carry & 0xc200_0000_0000_0000_0000_0000_0000_0001);
     let h1v = load(&h1.to_le_bytes());
     let mut p = h1v;
-    for i in 0..POWERS {
-        if i > 0 {
-            let mut acc = Acc::first(p, h1v, karatsuba_key(h1v));
+    for n in 1..=POWERS {
+        if n > 1 {
+            let mut acc = Acc::first(p, h1v);
             p = acc.reduce();
             acc.zeroize_simd();
         }
-        store(&mut k.h[i], p);
-        store(&mut k.hk[i], karatsuba_key(p));
+        let (powers, _) = k.h.as_chunks_mut::<BLOCK>();
+        store(&mut powers[POWERS - n], p);
     }
     hb.zeroize();
-}
-
-#[target_feature(enable = "aes,pclmulqdq,avx")]
-#[inline]
-fn karatsuba_key(h: __m128i) -> __m128i {
-    xor(h, _mm_shuffle_epi32::<0x4e>(h))
 }
 
 /// One block through AES with the key's own round count (set-up only).
@@ -405,7 +487,8 @@ fn aes_first<const NR: usize>(k: &GcmKey, b: &mut [__m128i; STEP + 1], n: usize)
     arms!(1 2 3 4 5 6 7 8 9);
 }
 
-/// Unreduced Karatsuba sums of a GHASH group.
+/// Unreduced sums of a GHASH group's products: the low, middle and high 128-bit parts
+/// (schoolbook: the middle is the sum of both cross products).
 #[derive(Clone, Copy)]
 struct Acc {
     lo: __m128i,
@@ -423,22 +506,25 @@ impl ZeroizeSimd for Acc {
 }
 
 impl Acc {
-    /// x·h (unreduced); `hk` is `karatsuba_key(h)`.
+    /// x·h (unreduced).
     #[target_feature(enable = "aes,pclmulqdq,avx")]
     #[inline]
-    fn first(x: __m128i, h: __m128i, hk: __m128i) -> Acc {
+    fn first(x: __m128i, h: __m128i) -> Acc {
         Acc {
             lo: _mm_clmulepi64_si128::<0x00>(x, h),
             hi: _mm_clmulepi64_si128::<0x11>(x, h),
-            mid: _mm_clmulepi64_si128::<0x00>(karatsuba_key(x), hk),
+            mid: xor(
+                _mm_clmulepi64_si128::<0x01>(x, h),
+                _mm_clmulepi64_si128::<0x10>(x, h),
+            ),
         }
     }
 
     /// += x·h (unreduced).
     #[target_feature(enable = "aes,pclmulqdq,avx")]
     #[inline]
-    fn add(&mut self, x: __m128i, h: __m128i, hk: __m128i) {
-        let p = Acc::first(x, h, hk);
+    fn add(&mut self, x: __m128i, h: __m128i) {
+        let p = Acc::first(x, h);
         self.lo = xor(self.lo, p.lo);
         self.hi = xor(self.hi, p.hi);
         self.mid = xor(self.mid, p.mid);
@@ -451,9 +537,8 @@ impl Acc {
     #[target_feature(enable = "aes,pclmulqdq,avx")]
     #[inline]
     fn reduce(&self) -> __m128i {
-        let mid = xor(self.mid, xor(self.lo, self.hi));
-        let lo = xor(self.lo, _mm_slli_si128::<8>(mid));
-        let hi = xor(self.hi, _mm_srli_si128::<8>(mid));
+        let lo = xor(self.lo, _mm_slli_si128::<8>(self.mid));
+        let hi = xor(self.hi, _mm_srli_si128::<8>(self.mid));
         let poly = _mm_set_epi64x(0, 0xc200_0000_0000_0000_u64 as i64);
         let t = _mm_clmulepi64_si128::<0x00>(lo, poly);
         let v = xor(_mm_shuffle_epi32::<0x4e>(lo), t);
@@ -467,18 +552,33 @@ impl Acc {
 #[target_feature(enable = "aes,pclmulqdq,avx")]
 #[inline]
 fn ghash_group(k: &GcmKey, s: __m128i, blocks: &[__m128i]) -> __m128i {
-    let n = blocks.len();
-    let (Some(&x0), Some(h0)) = (blocks.first(), k.h.get(n.wrapping_sub(1))) else {
+    let n = blocks.len().min(POWERS);
+    let Some(&x0) = blocks.first() else {
         return s;
     };
-    let mut acc = Acc::first(xor(x0, s), load(h0), load(&k.hk[n - 1]));
-    for (x, p) in blocks[1..].iter().zip((0..n - 1).rev()) {
-        acc.add(*x, load(&k.h[p]), load(&k.hk[p]));
+    let mut acc = Acc::first(xor(x0, s), load(k.pow(n)));
+    for (x, p) in blocks[1..n].iter().zip((1..n).rev()) {
+        acc.add(*x, load(k.pow(p)));
     }
     acc.reduce()
 }
 
 // ---------------------------------------------------------------- packets
+
+/// GHASH state after absorbing `bytes` (zero-padded to whole blocks) from state `s`: an AAD
+/// too long to ride in the first step.
+#[target_feature(enable = "aes,pclmulqdq,avx")]
+#[inline]
+fn ghash_bytes(k: &GcmKey, mut s: __m128i, bytes: &[u8]) -> __m128i {
+    let mut group = [_mm_setzero_si128(); STEP];
+    for chunk in bytes.chunks(STEP * BLOCK) {
+        for (g, b) in group.iter_mut().zip(chunk.chunks(BLOCK)) {
+            *g = _mm_shuffle_epi8(load_partial(b), bswap_mask());
+        }
+        s = ghash_group(k, s, &group[..chunk.len().div_ceil(BLOCK)]);
+    }
+    s
+}
 
 /// Constant-time equality of two tags: one XOR of the whole blocks, one test of the result.
 #[target_feature(enable = "aes,pclmulqdq,avx")]
@@ -510,65 +610,74 @@ fn counter(ctr_rev: __m128i, i: u32) -> __m128i {
     )
 }
 
-/// The per-packet kernels, compiled twice: `narrow` with AES-NI and PCLMULQDQ on 128-bit
-/// registers only, `wide` with the whole steps on 256-bit VAES and VPCLMULQDQ (two blocks
-/// per instruction). `$aes8` and `$ghash8` are the whole-step functions of the variant.
+/// The entry points of a compilation of the kernels, around its `crypt`.
+macro_rules! entry_points {
+    ($features:literal) => {
+        #[target_feature(enable = $features)]
+        pub(super) fn seal_jobs<const NR: usize>(k: &GcmKey, jobs: &mut [GcmJob<'_>]) {
+            for j in jobs {
+                store(&mut j.tag, crypt::<NR, false>(k, &j.nonce, j.aad, j.data));
+            }
+        }
+
+        #[target_feature(enable = $features)]
+        pub(super) fn seal_one<const NR: usize>(
+            k: &GcmKey,
+            nonce: &[u8; 12],
+            aad: &[u8],
+            data: &mut [u8],
+            tag: &mut [u8; 16],
+        ) {
+            store(tag, crypt::<NR, false>(k, nonce, aad, data));
+        }
+
+        #[target_feature(enable = $features)]
+        pub(super) fn open_one<const NR: usize>(
+            k: &GcmKey,
+            nonce: &[u8; 12],
+            aad: &[u8],
+            data: &mut [u8],
+            tag: &[u8; 16],
+        ) -> bool {
+            let ok = ct_eq(crypt::<NR, true>(k, nonce, aad, data), load(tag));
+            if !ok {
+                ctr_xor::<NR>(k, nonce, data);
+            }
+            ok
+        }
+
+        #[target_feature(enable = $features)]
+        pub(super) fn open_jobs<const NR: usize>(
+            k: &GcmKey,
+            jobs: &mut [GcmJob<'_>],
+            ok: &mut [bool],
+        ) -> usize {
+            let mut good = 0;
+            for (j, ok) in jobs.iter_mut().zip(ok.iter_mut()) {
+                let tag = crypt::<NR, true>(k, &j.nonce, j.aad, j.data);
+                *ok = ct_eq(tag, load(&j.tag));
+                if !*ok {
+                    // give the ciphertext back: CTR with the same key stream is its own inverse
+                    ctr_xor::<NR>(k, &j.nonce, j.data);
+                }
+                good += usize::from(*ok);
+            }
+            good
+        }
+    };
+}
+
+/// The per-packet kernels, compiled twice from one `crypt`: `narrow` with AES-NI and
+/// PCLMULQDQ on 128-bit registers only, `wide` with the whole steps on 256-bit VAES and
+/// VPCLMULQDQ (two blocks per instruction). `$aes8` and `$ghash8` are the whole-step
+/// functions of the variant. The 512-bit kernels (`zmm`) have a `crypt` of their own
+/// ([`crypt_zmm`]).
 macro_rules! kernels {
     ($name:ident, $features:literal, $aes8:ident, $ghash8:ident, $big:ident) => {
         mod $name {
             use super::*;
 
-            #[target_feature(enable = $features)]
-            pub(super) fn seal_jobs<const NR: usize>(k: &GcmKey, jobs: &mut [GcmJob<'_>]) {
-                for j in jobs {
-                    store(&mut j.tag, crypt::<NR, false>(k, &j.nonce, j.aad, j.data));
-                }
-            }
-
-            #[target_feature(enable = $features)]
-            pub(super) fn seal_one<const NR: usize>(
-                k: &GcmKey,
-                nonce: &[u8; 12],
-                aad: &[u8],
-                data: &mut [u8],
-                tag: &mut [u8; 16],
-            ) {
-                store(tag, crypt::<NR, false>(k, nonce, aad, data));
-            }
-
-            #[target_feature(enable = $features)]
-            pub(super) fn open_one<const NR: usize>(
-                k: &GcmKey,
-                nonce: &[u8; 12],
-                aad: &[u8],
-                data: &mut [u8],
-                tag: &[u8; 16],
-            ) -> bool {
-                let ok = ct_eq(crypt::<NR, true>(k, nonce, aad, data), load(tag));
-                if !ok {
-                    ctr_xor::<NR>(k, nonce, data);
-                }
-                ok
-            }
-
-            #[target_feature(enable = $features)]
-            pub(super) fn open_jobs<const NR: usize>(
-                k: &GcmKey,
-                jobs: &mut [GcmJob<'_>],
-                ok: &mut [bool],
-            ) -> usize {
-                let mut good = 0;
-                for (j, ok) in jobs.iter_mut().zip(ok.iter_mut()) {
-                    let tag = crypt::<NR, true>(k, &j.nonce, j.aad, j.data);
-                    *ok = ct_eq(tag, load(&j.tag));
-                    if !*ok {
-                        // give the ciphertext back: CTR with the same key stream is its own inverse
-                        ctr_xor::<NR>(k, &j.nonce, j.data);
-                    }
-                    good += usize::from(*ok);
-                }
-                good
-            }
+            entry_points!($features);
 
             /// GCM-AE (`DECRYPT = false`) or the GCM-AD pass (`true`) over one packet: en/decrypt `data`
             /// in place and return the tag of the ciphertext (the output when sealing, the input when
@@ -587,12 +696,7 @@ macro_rules! kernels {
                 let mut group = [_mm_setzero_si128(); MAX_PREFIX + STEP + 1];
                 let mut n = 0;
                 if aad.len() > MAX_PREFIX * BLOCK {
-                    for chunk in aad.chunks(STEP * BLOCK) {
-                        for (g, b) in group.iter_mut().zip(chunk.chunks(BLOCK)) {
-                            *g = _mm_shuffle_epi8(load_partial(b), bswap);
-                        }
-                        s = ghash_group(k, s, &group[..chunk.len().div_ceil(BLOCK)]);
-                    }
+                    s = ghash_bytes(k, s, aad);
                 } else {
                     for b in aad.chunks(BLOCK) {
                         group[n] = _mm_shuffle_epi8(load_partial(b), bswap);
@@ -638,10 +742,10 @@ macro_rules! kernels {
                     }
                     // GHASH of the step, behind the AAD prefix in the first one: Hⁿ … H¹, one reduction
                     let prefix = (n > 0).then(|| {
-                        let p = STEP + n - 1;
-                        let mut acc = Acc::first(xor(group[0], s), load(&k.h[p]), load(&k.hk[p]));
+                        let p = STEP + n;
+                        let mut acc = Acc::first(xor(group[0], s), load(k.pow(p)));
                         for (i, x) in group[1..n].iter().enumerate() {
-                            acc.add(*x, load(&k.h[p - 1 - i]), load(&k.hk[p - 1 - i]));
+                            acc.add(*x, load(k.pow(p - 1 - i)));
                         }
                         acc
                     });
@@ -695,6 +799,12 @@ kernels!(
     ghash8_narrow,
     no_big_steps
 );
+mod zmm {
+    use super::crypt_zmm as crypt;
+    use super::*;
+
+    entry_points!("aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq,avx512f,avx512bw");
+}
 kernels!(
     wide,
     "aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq",
@@ -742,9 +852,8 @@ fn big_steps_wide<const NR: usize, const DECRYPT: bool>(
     }
     let bswap = _mm256_broadcastsi128_si256(bswap_mask());
     let ctr = _mm256_broadcastsi128_si256(ctr);
-    // pair j of a step (blocks 2j, 2j+1) takes (H^(16-2j), H^(15-2j)) = (h[15-2j], h[14-2j])
-    let hp = |j: usize| _mm256_set_m128i(load(&k.h[14 - 2 * j]), load(&k.h[15 - 2 * j]));
-    let hkp = |j: usize| _mm256_set_m128i(load(&k.hk[14 - 2 * j]), load(&k.hk[15 - 2 * j]));
+    // pair j of a step (blocks 2j, 2j+1) takes (H^(16-2j), H^(15-2j))
+    let hp = |j: usize| load256(k.pow_pair(j));
     // the previous step's ciphertext, byte-reversed, by pairs
     let mut pend = [_mm256_setzero_si256(); BIG_STEP / 2];
     let mut pending = false;
@@ -760,8 +869,11 @@ fn big_steps_wide<const NR: usize, const DECRYPT: bool>(
         let h = hp(j);
         *lo = _mm256_xor_si256(*lo, _mm256_clmulepi64_epi128::<0x00>(p, h));
         *hi = _mm256_xor_si256(*hi, _mm256_clmulepi64_epi128::<0x11>(p, h));
-        let pf = _mm256_xor_si256(p, _mm256_shuffle_epi32::<0x4e>(p));
-        *mid = _mm256_xor_si256(*mid, _mm256_clmulepi64_epi128::<0x00>(pf, hkp(j)));
+        let m = _mm256_xor_si256(
+            _mm256_clmulepi64_epi128::<0x01>(p, h),
+            _mm256_clmulepi64_epi128::<0x10>(p, h),
+        );
+        *mid = _mm256_xor_si256(*mid, m);
     };
     let fold = |v: __m256i| xor(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
     for st in steps.iter_mut() {
@@ -830,6 +942,319 @@ fn big_steps_wide<const NR: usize, const DECRYPT: bool>(
     (s, steps.len() * BIG_STEP * BLOCK)
 }
 
+/// GCM-AE / the GCM-AD pass over one packet on 512-bit registers (`crypt` of the `zmm`
+/// kernels; the other variants' `crypt` in [`kernels!`] says what it returns).
+///
+/// * Whole 256-byte steps: 16 counter blocks in 4 VAES chains of four, the previous step's
+///   GHASH issued between the rounds as 4 VPCLMULQDQ products of four blocks each
+///   (schoolbook: 16 multiplies a step, where the 256-bit kernel's Karatsuba needed 24
+///   and shuffles that competed with them for the one shuffle port). On CPUs where 512-bit
+///   VAES issues on one port and 256-bit on two, the rounds cost the same in either width;
+///   the wider registers save every other instruction around them.
+/// * The rest (< 256 bytes, up to 16 blocks) in one more pass ([`tail_zmm`]): its counter
+///   blocks and J0 go through AES while the last whole step is hashed, and the rest is
+///   loaded and stored with byte masks, so a 64-byte packet is one pass as well.
+#[target_feature(enable = "aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq,avx512f,avx512bw")]
+#[inline]
+fn crypt_zmm<const NR: usize, const DECRYPT: bool>(
+    k: &GcmKey,
+    nonce: &[u8; 12],
+    aad: &[u8],
+    data: &mut [u8],
+) -> __m128i {
+    let bswap = bswap_mask();
+    let bswap4 = _mm512_broadcast_i32x4(bswap);
+    let (j0, ctr) = j0(nonce);
+    let mut s = _mm_setzero_si128();
+    // ESP's AAD (8 or 12 bytes) is one block, hashed with the data; a longer one first
+    let mut pre = [_mm_setzero_si128(); MAX_PREFIX];
+    let mut n = 0;
+    if aad.len() > MAX_PREFIX * BLOCK {
+        s = ghash_bytes(k, s, aad);
+    } else {
+        for b in aad.chunks(BLOCK) {
+            pre[n] = _mm_shuffle_epi8(load_partial(b), bswap);
+            n += 1;
+        }
+    }
+    // (len(A) ‖ len(C)) in bits, byte-reversed: len(A) in the high half
+    let lengths = _mm_set_epi64x(
+        (aad.len() as u64 * 8) as i64,
+        (data.len() as u64 * 8) as i64,
+    );
+    let (steps, rest) = data.as_chunks_mut::<{ BIG_STEP * BLOCK }>();
+    if !steps.is_empty() && n > 0 {
+        s = ghash_group(k, s, &pre[..n]);
+        n = 0;
+    }
+    // counters of the next four blocks in the four lanes (byte-reversed J0's low word)
+    let mut ctr4 = _mm512_add_epi32(
+        _mm512_broadcast_i32x4(ctr),
+        _mm512_set_epi32(0, 0, 0, 4, 0, 0, 0, 3, 0, 0, 0, 2, 0, 0, 0, 1),
+    );
+    let four = four_lanes();
+    // the last whole step's ciphertext, byte-reversed, not hashed yet (the state is in
+    // its first block)
+    let zero = _mm512_setzero_si512();
+    let mut pend = [zero; BIG_STEP / 4];
+    let mut pending = false;
+    let mut x = [zero; BIG_STEP / 4];
+    let mut sums = Sums4::default();
+    for st in steps.iter_mut() {
+        for v in x.iter_mut() {
+            *v = _mm512_shuffle_epi8(ctr4, bswap4);
+            ctr4 = _mm512_add_epi32(ctr4, four);
+        }
+        let k0 = _mm512_broadcast_i32x4(load(&k.rk[0]));
+        for v in x.iter_mut() {
+            *v = _mm512_xor_si512(*v, k0);
+        }
+        for (r, rk) in k.rk[1..NR].iter().enumerate() {
+            let kr = _mm512_broadcast_i32x4(load(rk));
+            for v in x.iter_mut() {
+                *v = _mm512_aesenc_epi128(*v, kr);
+            }
+            if pending && r % 2 == 0 && r / 2 < BIG_STEP / 4 {
+                sums.add(pend[r / 2], load512(k.pow_quad(r / 2)));
+            }
+        }
+        let kl = _mm512_broadcast_i32x4(load(&k.rk[NR]));
+        for v in x.iter_mut() {
+            *v = _mm512_aesenclast_epi128(*v, kl);
+        }
+        if pending {
+            s = sums.take().reduce();
+        }
+        let (quads, _) = st.as_chunks_mut::<64>();
+        for ((b, ks), p) in quads.iter_mut().zip(&x).zip(pend.iter_mut()) {
+            let input = load512(b);
+            let output = _mm512_xor_si512(input, *ks);
+            store512(b, output);
+            *p = _mm512_shuffle_epi8(if DECRYPT { input } else { output }, bswap4);
+        }
+        pend[0] = _mm512_xor_si512(pend[0], _mm512_zextsi128_si512(s));
+        pending = true;
+    }
+    x.zeroize_simd();
+    let last = pending.then_some(&pend);
+    let nb = rest.len().div_ceil(BLOCK);
+    // AAD blocks, the rest and the length block in one group of at most 16 powers
+    if n > 0 && n + nb + 1 > POWERS {
+        s = ghash_group(k, s, &pre[..n]);
+        n = 0;
+    }
+    let t = Tail {
+        j0,
+        ctr: ctr4,
+        pre: &pre[..n],
+        s,
+        lengths,
+    };
+    match nb.div_ceil(4) {
+        0 => tail_zmm::<NR, DECRYPT, 0>(k, t, last, rest),
+        1 => tail_zmm::<NR, DECRYPT, 1>(k, t, last, rest),
+        2 => tail_zmm::<NR, DECRYPT, 2>(k, t, last, rest),
+        3 => tail_zmm::<NR, DECRYPT, 3>(k, t, last, rest),
+        _ => tail_zmm::<NR, DECRYPT, 4>(k, t, last, rest),
+    }
+}
+
+/// (4, 4, 4, 4) in the counter word of each lane.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn four_lanes() -> __m512i {
+    _mm512_set_epi32(0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4)
+}
+
+/// What [`tail_zmm`] starts from.
+struct Tail<'a> {
+    j0: __m128i,
+    /// The counters of the rest's first four blocks, byte-reversed (the counter in the
+    /// low word of each lane).
+    ctr: __m512i,
+    /// AAD blocks not hashed yet (byte-reversed), before the rest's.
+    pre: &'a [__m128i],
+    /// GHASH state (after the last whole step only once `last` is hashed).
+    s: __m128i,
+    lengths: __m128i,
+}
+
+/// Unreduced sums of four lanes of products each (lane sums are added at `take`).
+#[derive(Clone, Copy)]
+struct Sums4 {
+    lo: __m512i,
+    mid: __m512i,
+    hi: __m512i,
+}
+
+impl Default for Sums4 {
+    fn default() -> Self {
+        // SAFETY: an all-zero bit pattern is a valid __m512i; no instruction is needed.
+        let z: __m512i = unsafe { core::mem::zeroed() };
+        Sums4 {
+            lo: z,
+            mid: z,
+            hi: z,
+        }
+    }
+}
+
+impl Sums4 {
+    /// += the four products of `x`'s blocks with `h`'s powers, lane by lane.
+    #[target_feature(enable = "avx512f,vpclmulqdq")]
+    #[inline]
+    fn add(&mut self, x: __m512i, h: __m512i) {
+        self.lo = _mm512_xor_si512(self.lo, _mm512_clmulepi64_epi128::<0x00>(x, h));
+        self.hi = _mm512_xor_si512(self.hi, _mm512_clmulepi64_epi128::<0x11>(x, h));
+        self.mid = _mm512_ternarylogic_epi32::<0x96>(
+            self.mid,
+            _mm512_clmulepi64_epi128::<0x01>(x, h),
+            _mm512_clmulepi64_epi128::<0x10>(x, h),
+        );
+    }
+
+    /// The lanes' sums added into one [`Acc`]; `self` starts again from zero.
+    #[target_feature(enable = "aes,pclmulqdq,avx,avx2,avx512f")]
+    #[inline]
+    fn take(&mut self) -> Acc {
+        let fold = |v: __m512i| {
+            let y = _mm256_xor_si256(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v));
+            xor(_mm256_castsi256_si128(y), _mm256_extracti128_si256::<1>(y))
+        };
+        let a = Acc {
+            lo: fold(self.lo),
+            mid: fold(self.mid),
+            hi: fold(self.hi),
+        };
+        *self = Sums4::default();
+        a
+    }
+}
+
+/// The byte mask of the `i`-th 64-byte piece of `len` bytes.
+#[inline(always)]
+fn piece_mask(len: usize, i: usize) -> u64 {
+    let n = len.saturating_sub(64 * i).min(64);
+    if n == 64 { u64::MAX } else { (1u64 << n) - 1 }
+}
+
+/// The last `Q` pieces (up to 64 bytes each, `rest` < 256 bytes) of a packet: their
+/// counter blocks and J0 through AES while `last` (the last whole step, if any) is hashed;
+/// then the masked XOR, and one GHASH group of the AAD prefix, the rest and the length
+/// block. Returns the tag.
+#[target_feature(enable = "aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq,avx512f,avx512bw")]
+#[inline]
+fn tail_zmm<const NR: usize, const DECRYPT: bool, const Q: usize>(
+    k: &GcmKey,
+    t: Tail<'_>,
+    last: Option<&[__m512i; BIG_STEP / 4]>,
+    rest: &mut [u8],
+) -> __m128i {
+    let bswap4 = _mm512_broadcast_i32x4(bswap_mask());
+    let four = four_lanes();
+    let mut x = [_mm512_setzero_si512(); Q];
+    let mut ctr = t.ctr;
+    for v in x.iter_mut() {
+        *v = _mm512_shuffle_epi8(ctr, bswap4);
+        ctr = _mm512_add_epi32(ctr, four);
+    }
+    let mut e = xor(t.j0, load(&k.rk[0]));
+    let k0 = _mm512_broadcast_i32x4(load(&k.rk[0]));
+    for v in x.iter_mut() {
+        *v = _mm512_xor_si512(*v, k0);
+    }
+    let mut sums = Sums4::default();
+    for (r, rk) in k.rk[1..NR].iter().enumerate() {
+        let kx = load(rk);
+        let kr = _mm512_broadcast_i32x4(kx);
+        for v in x.iter_mut() {
+            *v = _mm512_aesenc_epi128(*v, kr);
+        }
+        e = _mm_aesenc_si128(e, kx);
+        if let Some(p) = last
+            && r % 2 == 0
+            && r / 2 < BIG_STEP / 4
+        {
+            sums.add(p[r / 2], load512(k.pow_quad(r / 2)));
+        }
+    }
+    let kx = load(&k.rk[NR]);
+    let kl = _mm512_broadcast_i32x4(kx);
+    for v in x.iter_mut() {
+        *v = _mm512_aesenclast_epi128(*v, kl);
+    }
+    let ej0 = _mm_aesenclast_si128(e, kx);
+    let mut s = t.s;
+    if last.is_some() {
+        s = sums.take().reduce();
+    }
+    // the rest, XORed through byte masks; its ciphertext zero-padded and byte-reversed
+    let len = rest.len();
+    let nb = len.div_ceil(BLOCK);
+    let mut cb = [_mm512_setzero_si512(); Q];
+    for (i, (v, cb)) in x.iter().zip(cb.iter_mut()).enumerate() {
+        let m = piece_mask(len, i);
+        // SAFETY: i < Q = ⌈nb / 4⌉, so piece i starts inside `rest`; the masked load and
+        // store touch only the bytes whose mask bit is set, all of them inside `rest`.
+        let (input, output) = unsafe {
+            let p = rest.as_mut_ptr().add(64 * i);
+            let input = _mm512_maskz_loadu_epi8(m, p.cast());
+            let output = _mm512_xor_si512(input, *v);
+            _mm512_mask_storeu_epi8(p.cast(), m, output);
+            (input, _mm512_maskz_mov_epi8(m, output))
+        };
+        *cb = _mm512_shuffle_epi8(if DECRYPT { input } else { output }, bswap4);
+    }
+    x.zeroize_simd();
+    // one group: pre (n blocks), the rest's nb blocks, the length block when it fits
+    let inline_len = nb < POWERS;
+    let e_pow = nb + usize::from(inline_len);
+    let n = t.pre.len();
+    // the state enters with the group's first block
+    let mut pre = [_mm_setzero_si128(); MAX_PREFIX];
+    pre[..n].copy_from_slice(t.pre);
+    let mut lengths = t.lengths;
+    if n > 0 {
+        pre[0] = xor(pre[0], s);
+    } else if let Some(c0) = cb.first_mut() {
+        *c0 = _mm512_xor_si512(*c0, _mm512_zextsi128_si512(s));
+    } else {
+        lengths = xor(lengths, s);
+    }
+    let mut acc = Acc {
+        lo: _mm_setzero_si128(),
+        mid: _mm_setzero_si128(),
+        hi: _mm_setzero_si128(),
+    };
+    for (i, x) in pre[..n].iter().enumerate() {
+        acc.add(*x, load(k.pow(e_pow + n - i)));
+    }
+    for (j, c) in cb.iter().enumerate() {
+        // blocks 4j … 4j+3 take H^(e-4j) …: powers at index POWERS - e + 4j onwards;
+        // lanes past the rest's blocks are zero and load no power
+        let lanes = nb.saturating_sub(4 * j).min(4);
+        let m = (1u16 << (2 * lanes)).wrapping_sub(1) as u8;
+        let at = (POWERS - e_pow + 4 * j) * BLOCK;
+        // SAFETY: `at` < POWERS × BLOCK (4j < nb ≤ e_pow); the masked load reads only the
+        // lanes of blocks that exist, whose powers are inside `k.h`.
+        let h = unsafe { _mm512_maskz_loadu_epi64(m, k.h.as_ptr().add(at).cast()) };
+        sums.add(*c, h);
+    }
+    let z = sums.take();
+    acc.lo = xor(acc.lo, z.lo);
+    acc.mid = xor(acc.mid, z.mid);
+    acc.hi = xor(acc.hi, z.hi);
+    if inline_len {
+        acc.add(lengths, load(k.pow(1)));
+        s = acc.reduce();
+    } else {
+        s = acc.reduce();
+        s = Acc::first(xor(s, lengths), load(k.pow(1))).reduce();
+    }
+    cb.zeroize_simd();
+    xor(_mm_shuffle_epi8(s, bswap_mask()), ej0)
+}
+
 /// A whole step's 8 blocks through AES, 128-bit registers.
 #[target_feature(enable = "aes,pclmulqdq,avx")]
 #[inline]
@@ -844,13 +1269,13 @@ fn aes8_narrow<const NR: usize>(k: &GcmKey, b: &mut [__m128i; STEP]) {
 fn ghash8_narrow(k: &GcmKey, prefix: Option<Acc>, s: __m128i, c: &[__m128i; STEP]) -> __m128i {
     let mut acc = match prefix {
         Some(mut a) => {
-            a.add(c[0], load(&k.h[STEP - 1]), load(&k.hk[STEP - 1]));
+            a.add(c[0], load(k.pow(STEP)));
             a
         }
-        None => Acc::first(xor(c[0], s), load(&k.h[STEP - 1]), load(&k.hk[STEP - 1])),
+        None => Acc::first(xor(c[0], s), load(k.pow(STEP))),
     };
     for (i, x) in c.iter().enumerate().skip(1) {
-        acc.add(*x, load(&k.h[STEP - 1 - i]), load(&k.hk[STEP - 1 - i]));
+        acc.add(*x, load(k.pow(STEP - i)));
     }
     acc.reduce()
 }
@@ -889,9 +1314,9 @@ fn ghash8_wide(k: &GcmKey, prefix: Option<Acc>, s: __m128i, c: &[__m128i; STEP])
         let lo = if i == 0 { c0 } else { c[2 * i] };
         _mm256_set_m128i(c[2 * i + 1], lo)
     };
-    // block 2i takes H^(8-2i) = h[7-2i] (low lane), block 2i+1 takes h[6-2i]
-    let hp = |i: usize| _mm256_set_m128i(load(&k.h[6 - 2 * i]), load(&k.h[7 - 2 * i]));
-    let hkp = |i: usize| _mm256_set_m128i(load(&k.hk[6 - 2 * i]), load(&k.hk[7 - 2 * i]));
+    // block 2i takes H^(8-2i) (low lane), block 2i+1 takes H^(7-2i): the pairs after
+    // the first four of a 16-block step
+    let hp = |i: usize| load256(k.pow_pair(4 + i));
     let mut lo = _mm256_setzero_si256();
     let mut mid = _mm256_setzero_si256();
     let mut hi = _mm256_setzero_si256();
@@ -900,8 +1325,11 @@ fn ghash8_wide(k: &GcmKey, prefix: Option<Acc>, s: __m128i, c: &[__m128i; STEP])
         let h = hp(i);
         lo = _mm256_xor_si256(lo, _mm256_clmulepi64_epi128::<0x00>(x, h));
         hi = _mm256_xor_si256(hi, _mm256_clmulepi64_epi128::<0x11>(x, h));
-        let xf = _mm256_xor_si256(x, _mm256_shuffle_epi32::<0x4e>(x));
-        mid = _mm256_xor_si256(mid, _mm256_clmulepi64_epi128::<0x00>(xf, hkp(i)));
+        let m = _mm256_xor_si256(
+            _mm256_clmulepi64_epi128::<0x01>(x, h),
+            _mm256_clmulepi64_epi128::<0x10>(x, h),
+        );
+        mid = _mm256_xor_si256(mid, m);
     }
     let fold = |v: __m256i| xor(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
     let mut acc = Acc {
@@ -966,16 +1394,19 @@ mod tests {
 
     /// Both variants: the one `new` picks (VAES here: its absence fails the test) and the
     /// 128-bit one.
-    fn variants(k: &[u8]) -> [GcmKey; 2] {
+    /// The key on each kernel: 512-bit, 256-bit, 128-bit.
+    fn variants(k: &[u8]) -> [GcmKey; 3] {
         assert!(
-            available_wide(),
-            "VAES/VPCLMULQDQ missing: the wide kernel is untested"
+            available_zmm(),
+            "VAES/VPCLMULQDQ or AVX-512 missing: the wide kernels are untested"
         );
-        let wide = key(k);
-        assert!(wide.wide);
+        let zmm = key(k);
+        assert_eq!(zmm.width(), Width::Zmm);
+        let ymm = key(k).at_most(Width::Ymm);
+        assert_eq!(ymm.width(), Width::Ymm);
         let narrow = key(k).narrow();
-        assert!(!narrow.wide);
-        [wide, narrow]
+        assert_eq!(narrow.width(), Width::Narrow);
+        [zmm, ymm, narrow]
     }
 
     fn seal1(k: &GcmKey, nonce: [u8; 12], aad: &[u8], data: &mut [u8]) -> [u8; 16] {
@@ -1127,9 +1558,11 @@ mod tests {
                 "76fc6ece0f4e1768cddf8853bb2d551b",
             ),
         ];
-        for ((case, k, p, iv, a, c, t), v) in cases.iter().flat_map(|c| [(*c, 0), (*c, 1)]) {
-            let [w, n] = variants(&unhex(k));
-            let k = if v == 0 { w } else { n };
+        for ((case, k, p, iv, a, c, t), v) in cases.iter().flat_map(|c| [(*c, 0), (*c, 1), (*c, 2)])
+        {
+            let Some(k) = variants(&unhex(k)).into_iter().nth(v) else {
+                unreachable!("three variants")
+            };
             let nonce: [u8; 12] = unhex(iv).try_into().expect("iv");
             let aad = unhex(a);
             let mut buf = unhex(p);
@@ -1214,8 +1647,8 @@ mod tests {
         }
         assert_eq!(
             tested,
-            2 * (17 - 1),
-            "every 128/256-bit case (one is AES-192)"
+            3 * (17 - 1),
+            "every 128/256-bit case on each kernel (one is AES-192)"
         );
     }
 
@@ -1397,9 +1830,10 @@ mod tests {
         /// RustCrypto `aes-gcm`, and `open_many` gives the plaintext back.
         #[test]
         fn burst_matches_ring_and_rustcrypto(c in case()) {
-            let [w, n] = variants(&c.key);
-            // both variants, the 128-bit one on keys with an odd first byte
-            let k = if c.key[0] & 1 == 0 { w } else { n };
+            // every variant, chosen by the key's first byte
+            let Some(k) = variants(&c.key).into_iter().nth(usize::from(c.key[0] % 3)) else {
+                unreachable!("three variants")
+            };
             let mut bufs: Vec<Vec<u8>> = c.jobs.iter().map(|j| j.2.clone()).collect();
             let mut jobs: Vec<GcmJob<'_>> = c
                 .jobs
@@ -1435,9 +1869,10 @@ mod tests {
             place in 0usize..3,
             bit in any::<prop::sample::Index>(),
         ) {
-            let [w, n] = variants(&c.key);
-            // both variants, the 128-bit one on keys with an odd first byte
-            let k = if c.key[0] & 1 == 0 { w } else { n };
+            // every variant, chosen by the key's first byte
+            let Some(k) = variants(&c.key).into_iter().nth(usize::from(c.key[0] % 3)) else {
+                unreachable!("three variants")
+            };
             let v = victim.index(c.jobs.len());
             let mut aads: Vec<Vec<u8>> = c.jobs.iter().map(|j| j.0.clone()).collect();
             let mut bufs: Vec<Vec<u8>> = c.jobs.iter().map(|j| j.2.clone()).collect();
