@@ -721,8 +721,8 @@ impl Engine {
     /// Process a burst from the unprotected side. Returns how many packets were not dropped.
     ///
     /// When CBC+HMAC SAs with the SHA-NI kernels are installed, a first pass over each chunk
-    /// finds every ESP packet's SA and checks those SAs' ICVs together, up to [`ICV_GROUP`]
-    /// at a time ([`Transform::verify_group`](crate::crypto::Transform)). Each packet then goes through
+    /// finds every ESP packet's SA and checks those SAs' ICVs together, up to `ICV_GROUP`
+    /// at a time (`Transform::verify_group`). Each packet then goes through
     /// [`inbound`](Self::inbound)'s steps as usual, reusing what the first pass found, with
     /// the same result. (AES-GCM packets are opened one at a time by the burst kernel, which
     /// measured faster than grouping them here: see `crypto::gcmni`.)

@@ -25,7 +25,7 @@
 //! * Three compilations ([`Width`]; [`GcmKey::new`] picks the widest the CPU has):
 //!   `narrow` (AES-NI, PCLMULQDQ, 128-bit registers); `wide`, where a whole step's 8
 //!   blocks go through VAES and VPCLMULQDQ on 256-bit registers; and `zmm`
-//!   ([`crypt_zmm`]), 512-bit registers with AVX-512F/BW.
+//!   (`crypt_zmm`), 512-bit registers with AVX-512F/BW.
 //! * `wide` runs the whole 256-byte stretches of a packet through `big_steps_wide`: 16
 //!   counter blocks per step in 8 independent 256-bit AES chains, with the GHASH products of
 //!   the previous step's ciphertext issued between the AES rounds (software pipelining).
