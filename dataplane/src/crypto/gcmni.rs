@@ -1032,6 +1032,8 @@ fn crypt_zmm<const NR: usize, const DECRYPT: bool>(
             store512(b, output);
             *p = _mm512_shuffle_epi8(if DECRYPT { input } else { output }, bswap4);
         }
+        // the state enters with the step's first block (as a product of its own, the
+        // state's multiply and add cost more at 1420 bytes than the shorter chain saved)
         pend[0] = _mm512_xor_si512(pend[0], _mm512_zextsi128_si512(s));
         pending = true;
     }
@@ -1074,7 +1076,8 @@ struct Tail<'a> {
     ctr: __m512i,
     /// AAD blocks not hashed yet (byte-reversed), before the rest's.
     pre: &'a [__m128i],
-    /// GHASH state (after the last whole step only once `last` is hashed).
+    /// GHASH state before the rest if there is no whole step (`last` carries it in its
+    /// first block otherwise).
     s: __m128i,
     lengths: __m128i,
 }
@@ -1151,6 +1154,44 @@ fn tail_zmm<const NR: usize, const DECRYPT: bool, const Q: usize>(
     rest: &mut [u8],
 ) -> __m128i {
     let bswap4 = _mm512_broadcast_i32x4(bswap_mask());
+    let len = rest.len();
+    let nb = len.div_ceil(BLOCK);
+    // one group: pre (n blocks), the rest's nb blocks, the length block when it fits; the
+    // state enters as one more product (its power is the group's first block's), so no
+    // block's product waits for it
+    let inline_len = nb < POWERS;
+    let e_pow = nb + usize::from(inline_len);
+    // the rest's GHASH products (its blocks zero-padded and byte-reversed)
+    let hash_rest = |cb: &[__m512i; Q]| {
+        let mut sums = Sums4::default();
+        for (j, c) in cb.iter().enumerate() {
+            // blocks 4j … 4j+3 take H^(e-4j) …: powers at index POWERS - e + 4j onwards;
+            // lanes past the rest's blocks are zero and load no power
+            let lanes = nb.saturating_sub(4 * j).min(4);
+            let m = (1u16 << (2 * lanes)).wrapping_sub(1) as u8;
+            let at = (POWERS - e_pow + 4 * j) * BLOCK;
+            // SAFETY: `at` < POWERS × BLOCK (4j < nb ≤ e_pow); the masked load reads only
+            // the lanes of blocks that exist, whose powers are inside `k.h`.
+            let h = unsafe { _mm512_maskz_loadu_epi64(m, k.h.as_ptr().add(at).cast()) };
+            sums.add(*c, h);
+        }
+        sums.take()
+    };
+    // opening: the ciphertext is at hand, so its products go in before the AES rounds
+    let mut input = [_mm512_setzero_si512(); Q];
+    let mut rest_acc = None;
+    if DECRYPT {
+        let mut cb = [_mm512_setzero_si512(); Q];
+        for (i, (v, c)) in input.iter_mut().zip(cb.iter_mut()).enumerate() {
+            // SAFETY: i < Q = ⌈nb / 4⌉, so piece i starts inside `rest`; the masked load
+            // touches only the bytes whose mask bit is set, all of them inside `rest`.
+            *v = unsafe {
+                _mm512_maskz_loadu_epi8(piece_mask(len, i), rest.as_ptr().add(64 * i).cast())
+            };
+            *c = _mm512_shuffle_epi8(*v, bswap4);
+        }
+        rest_acc = Some(hash_rest(&cb));
+    }
     let four = four_lanes();
     let mut x = [_mm512_setzero_si512(); Q];
     let mut ctr = t.ctr;
@@ -1188,70 +1229,41 @@ fn tail_zmm<const NR: usize, const DECRYPT: bool, const Q: usize>(
     if last.is_some() {
         s = sums.take().reduce();
     }
-    // the rest, XORed through byte masks; its ciphertext zero-padded and byte-reversed
-    let len = rest.len();
-    let nb = len.div_ceil(BLOCK);
+    // the rest, XORed through byte masks
     let mut cb = [_mm512_setzero_si512(); Q];
-    for (i, (v, cb)) in x.iter().zip(cb.iter_mut()).enumerate() {
+    for (i, ((v, c), inp)) in x.iter().zip(cb.iter_mut()).zip(&input).enumerate() {
         let m = piece_mask(len, i);
-        // SAFETY: i < Q = ⌈nb / 4⌉, so piece i starts inside `rest`; the masked load and
-        // store touch only the bytes whose mask bit is set, all of them inside `rest`.
-        let (input, output) = unsafe {
+        // SAFETY: as for the loads above; the store writes only the masked bytes.
+        unsafe {
             let p = rest.as_mut_ptr().add(64 * i);
-            let input = _mm512_maskz_loadu_epi8(m, p.cast());
-            let output = _mm512_xor_si512(input, *v);
+            let inp = if DECRYPT {
+                *inp
+            } else {
+                _mm512_maskz_loadu_epi8(m, p.cast())
+            };
+            let output = _mm512_xor_si512(inp, *v);
             _mm512_mask_storeu_epi8(p.cast(), m, output);
-            (input, _mm512_maskz_mov_epi8(m, output))
-        };
-        *cb = _mm512_shuffle_epi8(if DECRYPT { input } else { output }, bswap4);
+            if !DECRYPT {
+                *c = _mm512_shuffle_epi8(_mm512_maskz_mov_epi8(m, output), bswap4);
+            }
+        }
     }
     x.zeroize_simd();
-    // one group: pre (n blocks), the rest's nb blocks, the length block when it fits
-    let inline_len = nb < POWERS;
-    let e_pow = nb + usize::from(inline_len);
+    input.zeroize_simd();
+    let mut acc = rest_acc.unwrap_or_else(|| hash_rest(&cb));
+    cb.zeroize_simd();
     let n = t.pre.len();
-    // the state enters with the group's first block
-    let mut pre = [_mm_setzero_si128(); MAX_PREFIX];
-    pre[..n].copy_from_slice(t.pre);
-    let mut lengths = t.lengths;
-    if n > 0 {
-        pre[0] = xor(pre[0], s);
-    } else if let Some(c0) = cb.first_mut() {
-        *c0 = _mm512_xor_si512(*c0, _mm512_zextsi128_si512(s));
-    } else {
-        lengths = xor(lengths, s);
-    }
-    let mut acc = Acc {
-        lo: _mm_setzero_si128(),
-        mid: _mm_setzero_si128(),
-        hi: _mm_setzero_si128(),
-    };
-    for (i, x) in pre[..n].iter().enumerate() {
+    for (i, x) in t.pre.iter().enumerate() {
         acc.add(*x, load(k.pow(e_pow + n - i)));
     }
-    for (j, c) in cb.iter().enumerate() {
-        // blocks 4j … 4j+3 take H^(e-4j) …: powers at index POWERS - e + 4j onwards;
-        // lanes past the rest's blocks are zero and load no power
-        let lanes = nb.saturating_sub(4 * j).min(4);
-        let m = (1u16 << (2 * lanes)).wrapping_sub(1) as u8;
-        let at = (POWERS - e_pow + 4 * j) * BLOCK;
-        // SAFETY: `at` < POWERS × BLOCK (4j < nb ≤ e_pow); the masked load reads only the
-        // lanes of blocks that exist, whose powers are inside `k.h`.
-        let h = unsafe { _mm512_maskz_loadu_epi64(m, k.h.as_ptr().add(at).cast()) };
-        sums.add(*c, h);
-    }
-    let z = sums.take();
-    acc.lo = xor(acc.lo, z.lo);
-    acc.mid = xor(acc.mid, z.mid);
-    acc.hi = xor(acc.hi, z.hi);
+    acc.add(s, load(k.pow(e_pow + n)));
     if inline_len {
-        acc.add(lengths, load(k.pow(1)));
+        acc.add(t.lengths, load(k.pow(1)));
         s = acc.reduce();
     } else {
         s = acc.reduce();
-        s = Acc::first(xor(s, lengths), load(k.pow(1))).reduce();
+        s = Acc::first(xor(s, t.lengths), load(k.pow(1))).reduce();
     }
-    cb.zeroize_simd();
     xor(_mm_shuffle_epi8(s, bswap_mask()), ej0)
 }
 
