@@ -203,6 +203,17 @@ pub struct RawCrypto {
     sha256_ni: Option<xsec_dataplane::crypto::shani::HmacSha256Key>,
 }
 
+/// An AEAD ESP packet's nonce (a zero salt ‖ the IV), AAD (SPI ‖ seq), payload and ICV.
+#[cfg(target_arch = "x86_64")]
+fn aead_parts(esp: &mut [u8], iv: usize, icv: usize) -> ([u8; 12], &[u8], &mut [u8], &mut [u8]) {
+    let n = esp.len();
+    let (head, rest) = esp.split_at_mut(8 + iv);
+    let (body, tag) = rest.split_at_mut(n - 8 - iv - icv);
+    let mut nonce = [0u8; 12];
+    nonce[4..].copy_from_slice(&head[8..16]);
+    (nonce, &head[..8], body, tag)
+}
+
 impl RawCrypto {
     pub fn new(enc: EncAlg, auth: AuthAlg) -> Self {
         use aes::cipher::KeyInit as _;
@@ -266,12 +277,9 @@ impl RawCrypto {
         let n = esp.len();
         #[cfg(target_arch = "x86_64")]
         if let Some(k) = &self.gcm_ni {
-            let (head, rest) = esp.split_at_mut(8 + iv);
-            let (body, tag) = rest.split_at_mut(n - 8 - iv - icv);
-            let mut nonce = [0u8; 12];
-            nonce[4..].copy_from_slice(&head[8..16]);
+            let (nonce, aad, body, tag) = aead_parts(esp, iv, icv);
             if let Ok(tag) = <&mut [u8; 16]>::try_from(tag) {
-                xsec_dataplane::crypto::gcmni::seal_one(k, &nonce, &head[..8], body, tag);
+                xsec_dataplane::crypto::gcmni::seal_one(k, &nonce, aad, body, tag);
             }
             return;
         }
@@ -311,12 +319,9 @@ impl RawCrypto {
         let n = esp.len();
         #[cfg(target_arch = "x86_64")]
         if let Some(k) = &self.gcm_ni {
-            let (head, rest) = esp.split_at_mut(8 + iv);
-            let (body, tag) = rest.split_at_mut(n - 8 - iv - icv);
-            let mut nonce = [0u8; 12];
-            nonce[4..].copy_from_slice(&head[8..16]);
+            let (nonce, aad, body, tag) = aead_parts(esp, iv, icv);
             if let Ok(tag) = <&[u8; 16]>::try_from(&*tag) {
-                let ok = xsec_dataplane::crypto::gcmni::open_one(k, &nonce, &head[..8], body, tag);
+                let ok = xsec_dataplane::crypto::gcmni::open_one(k, &nonce, aad, body, tag);
                 let _ = black_box(ok);
             }
             return;

@@ -565,6 +565,37 @@ fn ghash_group(k: &GcmKey, s: __m128i, blocks: &[__m128i]) -> __m128i {
 
 // ---------------------------------------------------------------- packets
 
+/// What a packet's pass starts from: the GHASH state, the AAD blocks that ride in the first
+/// group (`pre[..n]`, byte-reversed; ESP's 8 or 12 bytes are one block) or none if the AAD
+/// was too long and is in `s` already, and the length block.
+struct Start {
+    s: __m128i,
+    pre: [__m128i; MAX_PREFIX],
+    n: usize,
+    /// (len(A) ‖ len(C)) in bits, byte-reversed: len(A) in the high half.
+    lengths: __m128i,
+}
+
+#[target_feature(enable = "aes,pclmulqdq,avx")]
+#[inline]
+fn start(k: &GcmKey, aad: &[u8], data_len: usize) -> Start {
+    let mut st = Start {
+        s: _mm_setzero_si128(),
+        pre: [_mm_setzero_si128(); MAX_PREFIX],
+        n: 0,
+        lengths: _mm_set_epi64x((aad.len() as u64 * 8) as i64, (data_len as u64 * 8) as i64),
+    };
+    if aad.len() > MAX_PREFIX * BLOCK {
+        st.s = ghash_bytes(k, st.s, aad);
+    } else {
+        for (p, b) in st.pre.iter_mut().zip(aad.chunks(BLOCK)) {
+            *p = _mm_shuffle_epi8(load_partial(b), bswap_mask());
+            st.n += 1;
+        }
+    }
+    st
+}
+
 /// GHASH state after absorbing `bytes` (zero-padded to whole blocks) from state `s`: an AAD
 /// too long to ride in the first step.
 #[target_feature(enable = "aes,pclmulqdq,avx")]
@@ -692,22 +723,10 @@ macro_rules! kernels {
             ) -> __m128i {
                 let bswap = bswap_mask();
                 let (j0, ctr) = j0(nonce);
-                let mut s = _mm_setzero_si128();
+                let st = start(k, aad, data.len());
+                let (s, mut n, lengths) = (st.s, st.n, st.lengths);
                 let mut group = [_mm_setzero_si128(); MAX_PREFIX + STEP + 1];
-                let mut n = 0;
-                if aad.len() > MAX_PREFIX * BLOCK {
-                    s = ghash_bytes(k, s, aad);
-                } else {
-                    for b in aad.chunks(BLOCK) {
-                        group[n] = _mm_shuffle_epi8(load_partial(b), bswap);
-                        n += 1;
-                    }
-                }
-                // (len(A) ‖ len(C)) in bits, byte-reversed: len(A) in the high half
-                let lengths = _mm_set_epi64x(
-                    (aad.len() as u64 * 8) as i64,
-                    (data.len() as u64 * 8) as i64,
-                );
+                group[..MAX_PREFIX].copy_from_slice(&st.pre);
                 // whole big steps first where the variant has them (the AAD hashed ahead)
                 let (mut s, done) = $big::<NR, DECRYPT>(k, ctr, s, &group[..n], data);
                 let data = &mut data[done..];
@@ -962,26 +981,14 @@ fn crypt_zmm<const NR: usize, const DECRYPT: bool>(
     aad: &[u8],
     data: &mut [u8],
 ) -> __m128i {
-    let bswap = bswap_mask();
-    let bswap4 = _mm512_broadcast_i32x4(bswap);
+    let bswap4 = _mm512_broadcast_i32x4(bswap_mask());
     let (j0, ctr) = j0(nonce);
-    let mut s = _mm_setzero_si128();
-    // ESP's AAD (8 or 12 bytes) is one block, hashed with the data; a longer one first
-    let mut pre = [_mm_setzero_si128(); MAX_PREFIX];
-    let mut n = 0;
-    if aad.len() > MAX_PREFIX * BLOCK {
-        s = ghash_bytes(k, s, aad);
-    } else {
-        for b in aad.chunks(BLOCK) {
-            pre[n] = _mm_shuffle_epi8(load_partial(b), bswap);
-            n += 1;
-        }
-    }
-    // (len(A) ‖ len(C)) in bits, byte-reversed: len(A) in the high half
-    let lengths = _mm_set_epi64x(
-        (aad.len() as u64 * 8) as i64,
-        (data.len() as u64 * 8) as i64,
-    );
+    let Start {
+        mut s,
+        pre,
+        mut n,
+        lengths,
+    } = start(k, aad, data.len());
     let (steps, rest) = data.as_chunks_mut::<{ BIG_STEP * BLOCK }>();
     if !steps.is_empty() && n > 0 {
         s = ghash_group(k, s, &pre[..n]);
