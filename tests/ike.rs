@@ -1649,7 +1649,7 @@ fn watchdog_restarts_the_ike_sa_when_the_far_host_stops_answering() {
         let out = t.ike_stdout();
         let lines: Vec<&str> = out
             .lines()
-            .filter(|l| l.contains("CHILD_SA gw-gw.net-net"))
+            .filter(|l| l.contains("CHILD_SA gw-gw.net-net") && l.contains(" established "))
             .collect();
         if lines.len() >= 2 {
             break lines[lines.len() - 1].to_owned();
