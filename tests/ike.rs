@@ -365,10 +365,19 @@ secret = "{psk}"
     }
 
     fn dump(&self) -> serde_json::Value {
+        self.xsecd_call("dump")
+    }
+
+    /// xsecd's `show-counters`, all workers: `["total"]["drops"]` by reason.
+    fn counters(&self) -> serde_json::Value {
+        self.xsecd_call("show-counters")
+    }
+
+    fn xsecd_call(&self, command: &str) -> serde_json::Value {
         let x = self.xsecd.as_ref().unwrap_or_else(|| self.fail("no xsecd"));
         let mut c = xsecd::control::client::Client::connect(&x.control)
             .unwrap_or_else(|e| self.fail(&e.to_string()));
-        c.call("dump", serde_json::json!({}))
+        c.call(command, serde_json::json!({}))
             .unwrap_or_else(|e| self.fail(&e.to_string()))
     }
 
@@ -743,8 +752,24 @@ fn rekeys_from_both_sides_during_traffic_lose_nothing() {
         "rekeys: {tx} sent, {rx} received; {ups} Child SAs, {ike_rekeys} IKE rekeys\n{stdout}"
     );
     if rx != tx || tx != 1400 {
+        let seqs: Vec<u32> = out
+            .lines()
+            .filter_map(|l| l.split("icmp_seq=").nth(1)?.split(' ').next()?.parse().ok())
+            .collect();
+        let missing: Vec<u32> = (1..=tx).filter(|s| !seqs.contains(s)).collect();
         t.fail(&format!(
-            "ping lost packets across the rekeys: {rx} of {tx}"
+            "ping lost packets across the rekeys: {rx} of {tx}, icmp_seq {missing:?} missing\n\
+             --- xsecd drops ---\n{}\n--- charon's SAs ---\n{}",
+            t.counters()["total"]["drops"],
+            t.swan(&["swanctl", "gwB", "--list-sas"])
+        ));
+    }
+    // the precise form of a lost packet: ESP for an SA xsecd did not hold (yet, or any
+    // more); a Child SA must be in xsecd before the message that lets charon use it leaves
+    let drops = t.counters()["total"]["drops"].clone();
+    if drops["no_sa"].as_u64() != Some(0) {
+        t.fail(&format!(
+            "inbound ESP for an SA xsecd did not hold: {drops}"
         ));
     }
     if ups < 4 || ike_rekeys < 2 {

@@ -133,16 +133,25 @@ impl Daemon {
         }
     }
 
+    /// Events before transmits: a Child SA is in xsecd before the message that lets the
+    /// peer use it leaves. A rekey's responder answers CREATE_CHILD_SA, and charon as its
+    /// initiator sends on the new SA as soon as that answer arrives; a rekey's initiator
+    /// sends the DELETE that moves the responder's traffic. Sent first, either raced the
+    /// install, and the peer's first packets on the new SA were `no_sa` drops.
     fn flush(&mut self) {
-        while let Some(t) = self.endpoint.poll_transmit() {
-            self.send(t);
-        }
-        while let Some(e) = self.endpoint.poll_event() {
-            self.on_event(e);
-        }
-        // events may have queued more (none do today, but keep the order right)
-        while let Some(t) = self.endpoint.poll_transmit() {
-            self.send(t);
+        loop {
+            let mut busy = false;
+            while let Some(e) = self.endpoint.poll_event() {
+                self.on_event(e);
+                busy = true;
+            }
+            while let Some(t) = self.endpoint.poll_transmit() {
+                self.send(t);
+                busy = true;
+            }
+            if !busy {
+                break;
+            }
         }
     }
 
