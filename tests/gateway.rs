@@ -2957,29 +2957,42 @@ fn icmp_errors_are_rate_limited() {
 /// `ident`) and sends them in an order: `in-order`, `reversed`, `doubled` (each twice) or
 /// `overlap` (before the second fragment, one that overlaps it with other bytes).
 const FRAGMENT_AND_SEND: &str = r#"
-import sys
-from scapy.all import IP, Raw, rdpcap, fragment, send, raw
-pcap, order, fragsize, ident = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-for p in rdpcap(pcap):
-    p = IP(raw(p))
-    p.id = ident  # a datagram's own IP ID, as a sending stack gives it
-    del p.chksum
-    frags = [IP(raw(f)) for f in fragment(IP(raw(p)), fragsize=fragsize)]
-    if order == 'reversed':
-        frags.reverse()
-    elif order == 'doubled':
-        frags = [f for f in frags for _ in (0, 1)]
-    elif order == 'overlap':
-        f = IP(raw(frags[1]))
-        body = bytes(b ^ 0xff for b in raw(f.payload))
-        f.remove_payload()
-        f.frag += 1
-        f.flags = 'MF'
-        del f.chksum
-        del f.len
-        frags.insert(1, IP(raw(f / Raw(body))))
-    send(frags, verbose=0)
-print('sent')
+import argparse, sys
+from scapy.all import IP, UDP, Raw, fragment, send, raw
+(harness, inner_src, inner_dst, outer_src, outer_dst, udp_port, fragsize, orders,
+ sizes) = sys.argv[1:10]
+sys.path.insert(0, harness)
+import esp_tool  # the harness's ESP oracle: scapy's SecurityAssociation does the ESP
+ap = argparse.ArgumentParser()
+esp_tool.add_sa_args(ap)
+sa = esp_tool.sa_from_args(ap.parse_args(sys.argv[10:]))
+udp = (int(udp_port), int(udp_port)) if int(udp_port) else None
+seq = 0
+for order in orders.split(','):
+    for size in sizes.split(','):
+        seq += 1
+        inner = IP(src=inner_src, dst=inner_dst)/UDP(sport=4000, dport=5000)/Raw(b'x'*int(size))
+        p = IP(raw(esp_tool.encrypt(sa, inner, outer_src, outer_dst, seq=seq, udp=udp)))
+        p.id = seq  # a datagram's own IP ID, as a sending stack gives it
+        del p.chksum
+        frags = [IP(raw(f)) for f in fragment(IP(raw(p)), fragsize=int(fragsize))]
+        if order == 'reversed':
+            frags.reverse()
+        elif order == 'doubled':
+            frags = [f for f in frags for _ in (0, 1)]
+        elif order == 'overlap':
+            f = IP(raw(frags[1]))
+            body = bytes(b ^ 0xff for b in raw(f.payload))
+            f.remove_payload()
+            f.frag += 1
+            f.flags = 'MF'
+            del f.chksum
+            del f.len
+            frags.insert(1, IP(raw(f / Raw(body))))
+        elif order != 'in-order':
+            raise SystemExit('unknown order ' + order)
+        send(frags, verbose=0)
+print('sent', seq)
 "#;
 
 /// Outer fragmentation as real peers produce it: ESP packets of 1,500 to 65,535 bytes
@@ -3030,51 +3043,31 @@ fn fragmented_esp(name: &'static str, encap: Encap, workers: u16) {
         "frag",
     );
     let before = s.stats(Node::GwB);
-    let mut seq = 0;
-    for order in orders {
-        for size in sizes {
-            seq += 1;
-            let pcap = s.lab.workdir().join(format!("esp-{order}-{size}.pcap"));
-            let mut args: Vec<String> = vec!["encrypt".into()];
-            args.extend(sa.esp_tool_args());
-            if let Some(port) = encap.port() {
-                args.extend(["--udp-encap".to_owned(), port.to_string()]);
-            }
-            args.extend([
-                "--outer-src".to_owned(),
-                addr::GWA_WAN.to_owned(),
-                "--outer-dst".to_owned(),
-                addr::GWB_WAN.to_owned(),
-                "--seq".to_owned(),
-                seq.to_string(),
-                "--inner-scapy".to_owned(),
-                format!(
-                    "IP(src='{}',dst='{}')/UDP(sport=4000,dport=5000)/Raw(b'x'*{size})",
-                    addr::HOST_A,
-                    addr::HOST_B
-                ),
-                "--out-pcap".to_owned(),
-                pcap.to_string_lossy().into_owned(),
-            ]);
-            let o = s.esp_tool_in_gwa(&args);
-            s.check(o.ok(), || format!("esp_tool.py encrypt: {o}"));
-            let o = s
-                .lab
-                .exec(
-                    Node::GwA,
-                    &[
-                        h.python.to_string_lossy().as_ref(),
-                        script.to_string_lossy().as_ref(),
-                        pcap.to_string_lossy().as_ref(),
-                        order,
-                        "1400",
-                        &seq.to_string(),
-                    ],
-                )
-                .unwrap_or_else(|e| s.fail(&e.to_string()));
-            s.check(o.ok(), || format!("fragment and send: {o}"));
-        }
-    }
+    // one Python process encrypts (esp_tool's `encrypt`), fragments and sends all 16
+    // datagrams, sequence numbers 1..=16 in the order of the loops
+    let join = |v: &[String]| v.join(",");
+    let mut args: Vec<String> = vec![
+        h.python.to_string_lossy().into_owned(),
+        script.to_string_lossy().into_owned(),
+        h.dir.to_string_lossy().into_owned(),
+        addr::HOST_A.to_owned(),
+        addr::HOST_B.to_owned(),
+        addr::GWA_WAN.to_owned(),
+        addr::GWB_WAN.to_owned(),
+        encap.port().unwrap_or(0).to_string(),
+        "1400".to_owned(),
+        join(&orders.map(str::to_owned)),
+        join(&sizes.map(|n| n.to_string())),
+    ];
+    args.extend(sa.esp_tool_args());
+    let o = s
+        .lab
+        .exec(Node::GwA, &args)
+        .unwrap_or_else(|e| s.fail(&e.to_string()));
+    let sent = format!("sent {}", orders.len() * sizes.len());
+    s.check(o.ok() && o.stdout.contains(&sent), || {
+        format!("encrypt, fragment and send: {o}")
+    });
     let out = s.finish_recv(&recv, Duration::from_secs(5));
     let n = received_count(&out);
     let after = s.stats(Node::GwB);

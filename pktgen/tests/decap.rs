@@ -31,7 +31,10 @@ fn last_json(text: &str, what: &str) -> Value {
 }
 
 /// Run the stand-in generator from `seq_start` and the sink; the sink's summary.
-fn run(lab: &Lab, conf: &str, seq_start: u64, tag: &str) -> Value {
+/// Generate `COUNT` ESP packets from gwA's stand-in and return host B's sink summary. The
+/// sink ends once it has them all, or `sink_s` seconds after it started (a run that should
+/// deliver nothing waits only that long).
+fn run(lab: &Lab, conf: &str, seq_start: u64, tag: &str, sink_s: u64) -> Value {
     let bin = pktgen();
     let sink = lab
         .spawn(
@@ -43,7 +46,7 @@ fn run(lab: &Lab, conf: &str, seq_start: u64, tag: &str) -> Value {
                 "--port",
                 "5301",
                 "--seconds",
-                "20",
+                &sink_s.to_string(),
                 "--idle-exit",
                 "1",
                 "--expect",
@@ -130,7 +133,7 @@ fn standin(encap: Encap, tag: &str) {
         .expect("xsecd on gwB");
 
     // every datagram through, intact
-    let s = run(&lab, &conf, 1, "first");
+    let s = run(&lab, &conf, 1, "first", 20);
     assert_eq!(s["received"], COUNT, "{tag}: sink {s}");
     assert_eq!(s["lost"], 0, "{tag}: sink {s}");
     assert_eq!(s["corrupt"], 0, "{tag}: sink {s}");
@@ -139,14 +142,16 @@ fn standin(encap: Encap, tag: &str) {
     assert_eq!(decap, COUNT, "{tag}: gwB decapsulated {decap}");
 
     // the same sequence numbers again: replays, all refused
-    let s = run(&lab, &conf, 1, "replayed");
+    // the generator sends 2,000 packets in a tenth of a second: 4 s is ample for any of
+    // them to come through
+    let s = run(&lab, &conf, 1, "replayed", 4);
     assert_eq!(s["received"], 0, "{tag}: replayed ESP delivered: {s}");
     let st = lab.stats(&gwb).expect("stats");
     let refused = st.drop_count("replay_old") + st.drop_count("replay_duplicate");
     assert_eq!(refused, COUNT, "{tag}: drops {:?}", st.nonzero_drops());
 
     // above the window: accepted again
-    let s = run(&lab, &conf, 10 * COUNT, "above");
+    let s = run(&lab, &conf, 10 * COUNT, "above", 20);
     assert_eq!(s["received"], COUNT, "{tag}: sink {s}");
     lab.stop_xsecd(&gwb).expect("stop xsecd");
 }
