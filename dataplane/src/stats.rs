@@ -126,6 +126,24 @@ impl DropCounters {
     }
 }
 
+/// One SA's drop counters, allocated at its first drop: most SAs never drop a packet, and
+/// the counters inline were 184 of an SA's 640 bytes (176 MB at a million SAs). The SAs that
+/// do drop allocate once each, so this never holds more than the inline counters did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SaDrops(Option<Box<DropCounters>>);
+
+impl SaDrops {
+    #[inline]
+    pub fn bump(&mut self, r: DropReason) {
+        self.0.get_or_insert_with(Box::default).bump(r);
+    }
+
+    /// The counters (all zero before the first drop).
+    pub fn counters(&self) -> DropCounters {
+        self.0.as_deref().copied().unwrap_or_default()
+    }
+}
+
 /// Per-worker counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkerStats {
@@ -183,6 +201,22 @@ mod tests {
         assert_eq!(a.drops.get(DropReason::NoSa), 4);
         assert_eq!(a.drops.get(DropReason::IcvFailed), 1);
         assert_eq!(a.drops.total(), 5);
+    }
+
+    #[test]
+    fn sa_drops_hold_nothing_until_the_first_drop() {
+        let mut d = SaDrops::default();
+        assert_eq!(d, SaDrops(None));
+        assert_eq!(d.counters(), DropCounters::default());
+        d.bump(DropReason::ReplayDuplicate);
+        d.bump(DropReason::ReplayDuplicate);
+        d.bump(DropReason::IcvFailed);
+        let c = d.counters();
+        assert_eq!(c.get(DropReason::ReplayDuplicate), 2);
+        assert_eq!(c.get(DropReason::IcvFailed), 1);
+        assert_eq!(c.total(), 3);
+        assert_eq!(d.clone().counters(), c);
+        assert!(std::mem::size_of::<SaDrops>() <= 8);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::crypto::{AuthAlg, EncAlg, Transform};
 use crate::replay::{Replay, ReplayWindow, SharedReplayWindow};
 use crate::spd::selector_set::SelectorSet;
 use crate::spd::{Direction, PacketKey};
-use crate::stats::{DropCounters, DropReason};
+use crate::stats::{DropCounters, DropReason, SaDrops};
 use crate::time::Timestamp;
 use core::time::Duration;
 use std::net::IpAddr;
@@ -118,7 +118,7 @@ pub struct Sa {
     /// Tunnel mode: the outer IP (+ UDP) header with every constant field filled in.
     pub(crate) tmpl: OuterTemplate,
     pub(crate) life: LifeState,
-    pub(crate) drops: DropCounters,
+    pub(crate) drops: SaDrops,
     /// Traffic selectors of an inbound SA (RFC 4301 §5.2), indexed when there are many;
     /// empty matches nothing. With [`Selector::ANY`](crate::spd::Selector::ANY) among them every packet matches, and
     /// decapsulation skips the upper-layer parse (the common case must not pay for it).
@@ -244,7 +244,7 @@ impl Sa {
             ecn: cfg.ecn,
             tmpl: OuterTemplate::new(&outer, udp, cfg.ttl, cfg.dscp, cfg.ecn, cfg.df),
             life: LifeState::new(&cfg.lifetime, now),
-            drops: DropCounters::default(),
+            drops: SaDrops::default(),
             selectors: SelectorSet::new(&cfg.selectors),
             local_match: cfg.local.map(ip_u128),
             peer_seen: None,
@@ -370,7 +370,7 @@ impl Sa {
         } else if old.replay.top() > 0 {
             let _ = self.replay.commit(old.replay.top());
         }
-        self.drops = old.drops;
+        self.drops = old.drops.clone();
         self.peer_seen = self.peer_seen.or(old.peer_seen);
         self.ip_id = old.ip_id;
     }
@@ -427,7 +427,7 @@ impl Sa {
             hard_packets: lim(self.life.hard_packets),
             soft_reached: self.life.soft_fired,
             expired: self.life.expired,
-            drops: self.drops,
+            drops: self.drops.counters(),
             iv_len: self.xform.iv_len(),
             icv_len: self.xform.icv_len(),
         }
