@@ -18,7 +18,7 @@ impl Default for Options {
         Self {
             lint: true,
             fuzz: true,
-            fuzz_seconds: 20,
+            fuzz_seconds: 10,
         }
     }
 }
