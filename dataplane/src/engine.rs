@@ -10,7 +10,7 @@ use crate::crypto::{ICV_GROUP, Transform};
 use crate::esp::{self, Deferred, InboundEsp};
 use crate::events::{Event, EventKind, EventQueue};
 use crate::packet::PacketBuf;
-use crate::sa::{Encap, Sa, SaConfig, SaError, SaHandle, SaTable};
+use crate::sa::{Encap, Protocol, Sa, SaConfig, SaError, SaHandle, SaTable};
 use crate::spd::flow_cache::FlowCache;
 use crate::spd::{Action, Direction, Disposition, Lookup, MAX_BUNDLE, PacketKey, Spd, SpdCarry};
 use crate::stats::{DropReason, WorkerStats};
@@ -282,7 +282,7 @@ impl Engine {
             (Direction::Inbound, Encap::Udp { local_port, .. }) => Some(local_port),
             _ => None,
         };
-        let grouped = sa.dir == Direction::Inbound && sa.xform.pairs();
+        let grouped = Self::grouped(&sa);
         let peer = sa.info.remote.filter(|_| sa.dir == Direction::Outbound);
         let h = self.sad.insert_as(sa, current)?;
         if let Some(p) = peer {
@@ -293,6 +293,11 @@ impl Engine {
         }
         self.grouped_icv_sas += usize::from(grouped);
         Ok(h)
+    }
+
+    /// Whether `sa`'s ICVs are checked in groups by an inbound burst's first pass.
+    fn grouped(sa: &Sa) -> bool {
+        sa.dir == Direction::Inbound && sa.protocol == Protocol::Esp && sa.xform.pairs()
     }
 
     /// Remove an SA; its final state is returned.
@@ -309,7 +314,7 @@ impl Engine {
         if let (Direction::Inbound, Encap::Udp { local_port, .. }) = (sa.dir, sa.info.encap) {
             self.udp_ports.release(local_port);
         }
-        if sa.dir == Direction::Inbound && sa.xform.pairs() {
+        if Self::grouped(&sa) {
             self.grouped_icv_sas -= 1;
         }
         Some(sa)
@@ -447,7 +452,11 @@ impl Engine {
         let Some(sa) = self.sad.get_mut(h) else {
             return (self.drop(DropReason::NoSa), false);
         };
-        match esp::encap(sa, h, pkt, now, &mut self.events, defer) {
+        let r = match sa.protocol {
+            Protocol::Esp => esp::encap(sa, h, pkt, now, &mut self.events, defer),
+            Protocol::Ah => crate::ah::encap(sa, h, pkt, now, &mut self.events).map(|n| (n, false)),
+        };
+        match r {
             Ok((bytes, deferred)) => {
                 self.stats.encap_packets += 1;
                 self.stats.encap_bytes += bytes as u64;
@@ -772,6 +781,9 @@ impl Engine {
             let Ok(Inbound::Esp(e)) = self.classify(p) else {
                 continue;
             };
+            if e.ah {
+                continue;
+            }
             let Some(h) = self.sad.lookup_inbound(e.spi(p.data()), e.v6, e.dst) else {
                 continue;
             };
@@ -891,7 +903,17 @@ impl Engine {
                 }
                 return self.drop(DropReason::NoSa);
             };
-            match esp::decap(sa, h, pkt, &esp, now, &mut self.events, checked) {
+            let r = match (esp.ah, sa.protocol) {
+                (false, Protocol::Esp) => {
+                    esp::decap(sa, h, pkt, &esp, now, &mut self.events, checked)
+                }
+                (true, Protocol::Ah) => crate::ah::decap(sa, h, pkt, &esp, now, &mut self.events),
+                _ => {
+                    sa.drops.bump(DropReason::ProtocolMismatch);
+                    Err(DropReason::ProtocolMismatch)
+                }
+            };
+            match r {
                 Ok(bytes) => {
                     self.stats.decap_packets += 1;
                     self.stats.decap_bytes += bytes as u64;
@@ -981,13 +1003,18 @@ impl Engine {
                 Some(6) => {
                     let ip = Ipv6Packet::new_checked(data).map_err(|_| DropReason::Malformed)?;
                     let ul = ip.upper_layer().map_err(|_| DropReason::Malformed)?;
+                    // the walk steps over AH; AH is what an IPsec packet starts with here
+                    let (offset, nh_field, protocol) = match ul.ah {
+                        Some((at, nh)) => (at, nh, IpProtocol::AH),
+                        None => (ul.offset, ul.nh_field, ul.protocol),
+                    };
                     (
                         true,
                         u128::from_be_bytes(ip.src_addr()),
                         u128::from_be_bytes(ip.dst_addr()),
-                        ul.offset,
-                        ul.nh_field,
-                        ul.protocol,
+                        offset,
+                        nh_field,
+                        protocol,
                         ip.total_len(),
                         ip.ecn(),
                         ul.fragment,
@@ -996,7 +1023,7 @@ impl Engine {
                 _ => return Err(DropReason::Malformed),
             },
         };
-        let esp = |esp_off: usize, esp_len: usize, udp: Option<(u16, u16)>| {
+        let esp = |esp_off: usize, esp_len: usize, udp: Option<(u16, u16)>, ah: bool| {
             Inbound::Esp(InboundEsp {
                 v6,
                 src,
@@ -1007,6 +1034,7 @@ impl Engine {
                 esp_len,
                 udp,
                 outer_ecn: ecn,
+                ah,
             })
         };
         let found = match proto {
@@ -1018,7 +1046,17 @@ impl Engine {
                 if total - ip_hdr_len < 8 {
                     return Err(DropReason::Malformed);
                 }
-                esp(ip_hdr_len, total - ip_hdr_len, None)
+                esp(ip_hdr_len, total - ip_hdr_len, None, false)
+            }
+            IpProtocol::AH => {
+                // AH is processed after reassembly too (RFC 4302 §3.4.1)
+                if fragment {
+                    return Err(DropReason::Fragment);
+                }
+                if total < ip_hdr_len + crate::wire::ah::FIXED_LEN {
+                    return Err(DropReason::Malformed);
+                }
+                esp(ip_hdr_len, total - ip_hdr_len, None, true)
             }
             IpProtocol::UDP => {
                 let l4 = data.get(ip_hdr_len..total).unwrap_or_default();
@@ -1042,7 +1080,7 @@ impl Engine {
                         }
                         match classify_udp_encap(&l4[8..ulen]) {
                             UdpEncapKind::Esp => {
-                                esp(ip_hdr_len + 8, ulen - 8, Some((sport, dport)))
+                                esp(ip_hdr_len + 8, ulen - 8, Some((sport, dport)), false)
                             }
                             UdpEncapKind::Ike => Inbound::Ike,
                             UdpEncapKind::Keepalive => Inbound::Keepalive,

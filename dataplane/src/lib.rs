@@ -17,6 +17,7 @@
 // `crypto::simd`), where each block names the CPU features it relies on.
 #![deny(unsafe_code)]
 
+mod ah;
 pub mod crypto;
 pub mod engine;
 mod esp;

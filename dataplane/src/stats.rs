@@ -78,6 +78,8 @@ drop_reasons! {
     BadUdpEncap = "bad_udp_encap",
     /// The SA bundle nests deeper than the engine allows.
     BundleTooDeep = "bundle_too_deep",
+    /// The packet's IPsec protocol (ESP or AH) is not its SA's.
+    ProtocolMismatch = "protocol_mismatch",
 }
 
 impl fmt::Display for DropReason {

@@ -27,6 +27,8 @@ pub struct SaRow {
     pub spi: u32,
     pub worker: u16,
     pub mode: &'static str,
+    /// `esp` or `ah`.
+    pub protocol: &'static str,
     pub packets: u64,
     pub bytes: u64,
     pub drops: u64,
@@ -104,6 +106,7 @@ impl StatsFile {
                     spi: st.spi,
                     worker: s.id,
                     mode: st.mode.name(),
+                    protocol: st.info.protocol.name(),
                     packets: st.packets,
                     bytes: st.bytes,
                     drops: st.drops.total(),

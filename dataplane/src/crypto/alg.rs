@@ -304,9 +304,16 @@ pub enum CryptoError {
     },
     #[error(
         "{alg} is a legacy algorithm (RFC 8221 §5: SHOULD NOT be used); \
-         enable legacy algorithms explicitly to accept it"
+         set allow_legacy = true to accept it"
     )]
     LegacyNotEnabled { alg: &'static str },
+    #[error(
+        "{alg} without integrity is open to active attacks: an attacker can flip bits of the \
+         decrypted packet, splice and replay packets undetected (RFC 4303 §3.2, RFC 8221 §5); \
+         add an integrity algorithm or use an AEAD such as aes128gcm16, or set \
+         allow_legacy = true to accept confidentiality-only ESP"
+    )]
+    NoIntegrity { alg: &'static str },
     #[error("{what} for {alg} must be {expected} bytes{detail}, got {got}")]
     KeyLength {
         what: &'static str,
@@ -356,15 +363,42 @@ pub fn check_algorithms(enc: EncAlg, auth: AuthAlg, allow_legacy: bool) -> Resul
                 reason: "NULL encryption without integrity protects nothing (RFC 4303 §3.2, \
                          RFC 8221 §5: MUST NOT)",
             }
+        } else if allow_legacy && enc.block_len() > 1 {
+            // the appliances' "ESP confidentiality": accepted on request, with a warning
+            // from whoever configures it (see `confidentiality_only`)
+            return Ok(());
         } else {
-            CryptoError::Refused {
-                alg: enc.name(),
-                reason: "encryption without integrity is open to active attacks (RFC 8221 §5); \
-                         add an integrity algorithm or use an AEAD such as aes128gcm16",
-            }
+            CryptoError::NoIntegrity { alg: enc.name() }
         });
     }
     Ok(())
+}
+
+/// Whether (enc, auth) is confidentiality-only ESP (CBC without integrity), which
+/// [`check_algorithms`] accepts only with `allow_legacy`: callers warn when they install one.
+pub const fn confidentiality_only(enc: EncAlg, auth: AuthAlg) -> bool {
+    matches!(auth, AuthAlg::None) && !enc.is_combined() && enc.block_len() > 1
+}
+
+/// The warning for a confidentiality-only SA: the active attacks it lets through.
+pub const CONFIDENTIALITY_ONLY_WARNING: &str = "confidentiality-only ESP (no integrity) is \
+    accepted because allow_legacy = true: an active attacker can flip bits of the decrypted \
+    packets, cut and splice ciphertext blocks, and replay packets without detection (the \
+    anti-replay window needs integrity); RFC 4303 §3.2 and RFC 8221 §5 advise against it";
+
+/// Check AH's integrity algorithm (RFC 4302, RFC 8221 §6 for the HMACs).
+pub fn check_ah_algorithm(auth: AuthAlg) -> Result<(), CryptoError> {
+    match auth {
+        AuthAlg::HmacMd5_96 => Err(CryptoError::Refused {
+            alg: "md5",
+            reason: "HMAC-MD5-96 is deprecated (RFC 8221 §6: MUST NOT); use sha256 or better",
+        }),
+        AuthAlg::None => Err(CryptoError::Refused {
+            alg: "none",
+            reason: "AH without an integrity algorithm protects nothing (RFC 4302 §3.2)",
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Check key lengths (and 3DES key distinctness) for an algorithm pair.
@@ -460,7 +494,25 @@ mod tests {
         assert!(matches!(e, CryptoError::LegacyNotEnabled { .. }));
         assert!(check_algorithms(EncAlg::TripleDesCbc, AuthAlg::HmacSha1_96, true).is_ok());
         assert!(check_algorithms(EncAlg::AesGcm128, AuthAlg::HmacSha1_96, false).is_err());
-        assert!(check_algorithms(EncAlg::AesCbc256, AuthAlg::None, false).is_err());
+        let e = check_algorithms(EncAlg::AesCbc256, AuthAlg::None, false).unwrap_err();
+        assert!(e.to_string().contains("allow_legacy = true"), "{e}");
+        assert!(e.to_string().contains("active attacks"), "{e}");
+        // confidentiality-only ESP: CBC ciphers only, and only on request
+        assert!(check_algorithms(EncAlg::AesCbc256, AuthAlg::None, true).is_ok());
+        assert!(check_algorithms(EncAlg::TripleDesCbc, AuthAlg::None, true).is_ok());
+        assert!(check_algorithms(EncAlg::Null, AuthAlg::None, true).is_err());
+        assert!(check_algorithms(EncAlg::DesCbc, AuthAlg::None, true).is_err());
+        assert!(confidentiality_only(EncAlg::AesCbc128, AuthAlg::None));
+        assert!(!confidentiality_only(EncAlg::AesGcm128, AuthAlg::None));
+        assert!(!confidentiality_only(
+            EncAlg::AesCbc128,
+            AuthAlg::HmacSha1_96
+        ));
+        let e = check_algorithms(EncAlg::TripleDesCbc, AuthAlg::HmacSha1_96, false).unwrap_err();
+        assert!(e.to_string().contains("allow_legacy"), "{e}");
+        assert!(check_ah_algorithm(AuthAlg::HmacSha1_96).is_ok());
+        assert!(check_ah_algorithm(AuthAlg::HmacMd5_96).is_err());
+        assert!(check_ah_algorithm(AuthAlg::None).is_err());
         assert!(check_algorithms(EncAlg::Null, AuthAlg::HmacSha512_256, false).is_ok());
         assert!(check_algorithms(EncAlg::ChaCha20Poly1305, AuthAlg::None, false).is_ok());
     }

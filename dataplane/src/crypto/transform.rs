@@ -419,6 +419,27 @@ impl Transform {
         }
     }
 
+    /// AH (RFC 4302 §3.3.3): the truncated ICV of `data` (the packet as the ICV sees it:
+    /// mutable fields and the ICV field zeroed) followed by the ESN high bits, into `icv`.
+    /// False if this transform has no HMAC (not an AH transform).
+    #[inline]
+    pub(crate) fn ah_sign(&self, data: &[u8], esn_hi: Option<u32>, icv: &mut [u8]) -> bool {
+        match self.integ() {
+            Some(i) if !matches!(i, Integ::None) => {
+                i.sign(data, esn_hi, icv);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// AH: check a received ICV (constant time) against [`ah_sign`](Self::ah_sign)'s.
+    #[inline]
+    pub(crate) fn ah_verify(&self, data: &[u8], esn_hi: Option<u32>, icv: &[u8]) -> bool {
+        self.integ()
+            .is_some_and(|i| !matches!(i, Integ::None) && i.verify(data, esn_hi, icv))
+    }
+
     /// Write the ICVs of up to [`GROUP`] ESP packets of this SA whose bytes before the ICV
     /// are final (hashed together where a kernel allows): the last step of a deferred
     /// seal. Packet `k` is `bufs[k][at[k].0..][..at[k].1]`, with ESN high bits `at[k].2`.

@@ -34,13 +34,18 @@ pub(crate) struct InboundEsp {
     pub udp: Option<(u16, u16)>,
     /// ECN bits of the outer header.
     pub outer_ecn: u8,
+    /// The IPsec header is AH (RFC 4302), not ESP: `esp_off` is where AH starts and
+    /// `esp_len` runs from there to the end of the IP packet.
+    pub ah: bool,
 }
 
 impl InboundEsp {
     /// The SPI (the classifier checked that the 8-byte ESP header is there).
     #[inline(always)]
     pub(crate) fn spi(&self, data: &[u8]) -> u32 {
-        data.get(self.esp_off..)
+        // AH: after next header, payload length and reserved (RFC 4302 §2)
+        let at = self.esp_off + if self.ah { 4 } else { 0 };
+        data.get(at..)
             .and_then(|d| d.first_chunk::<4>())
             .map_or(0, |b| u32::from_be_bytes(*b))
     }
@@ -171,7 +176,7 @@ fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
 }
 
 #[inline(always)]
-fn tunnel<B: AsRef<[u8]> + AsMut<[u8]>>(
+pub(crate) fn tunnel<B: AsRef<[u8]> + AsMut<[u8]>>(
     sa: &Sa,
     pkt: &mut PacketBuf<B>,
     o: &InboundEsp,
@@ -267,7 +272,7 @@ fn ecn_decap(inner: &mut [u8], outer: u8) -> Result<(), DropReason> {
     Ok(())
 }
 
-fn transport<B: AsRef<[u8]> + AsMut<[u8]>>(
+pub(crate) fn transport<B: AsRef<[u8]> + AsMut<[u8]>>(
     sa: &Sa,
     pkt: &mut PacketBuf<B>,
     o: &InboundEsp,

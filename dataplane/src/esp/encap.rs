@@ -9,7 +9,7 @@ use super::report;
 use crate::crypto::ICV_GROUP;
 use crate::events::EventQueue;
 use crate::packet::PacketBuf;
-use crate::sa::{Mode, Sa, SaHandle};
+use crate::sa::{Mode, Protocol, Sa, SaHandle};
 use crate::stats::DropReason;
 use crate::time::Timestamp;
 use crate::wire::checksum;
@@ -168,7 +168,7 @@ fn write_trailer(frame: &mut [u8], pt_end: usize, pad: usize, nh: IpProtocol) {
 /// Inner length, next header, TOS/traffic class and DF, with a fast path for IPv4 without
 /// options.
 #[inline(always)]
-fn inner_fast(data: &[u8]) -> Result<(usize, IpProtocol, u8, bool), DropReason> {
+pub(crate) fn inner_fast(data: &[u8]) -> Result<(usize, IpProtocol, u8, bool), DropReason> {
     if let Some(h) = data.first_chunk::<20>()
         && h[0] == 0x45
     {
@@ -227,6 +227,9 @@ const IPV6_MIN_MTU: usize = 1280;
 /// what the sender is told (RFC 4301 §8.2.1). Nothing is changed and no sequence number is
 /// spent, so the SA's counters count only packets that leave.
 pub(crate) fn path_mtu_room(sa: &Sa, data: &[u8]) -> Option<u16> {
+    if sa.protocol == Protocol::Ah {
+        return crate::ah::path_mtu_room(sa, data);
+    }
     let mtu = usize::from(sa.path_mtu);
     if mtu == 0 {
         return None;
@@ -273,6 +276,46 @@ pub(crate) fn path_mtu_room(sa: &Sa, data: &[u8]) -> Option<u16> {
     Some(u16::try_from(room).unwrap_or(u16::MAX))
 }
 
+/// Write the outer header of tunnel-mode `sa` into `out` (the template's bytes, UDP
+/// included; the UDP length is the caller's) for an outer packet of `total` bytes: TOS or
+/// traffic class, length, identification, DF and checksum.
+#[inline(always)]
+pub(crate) fn write_outer(
+    sa: &mut Sa,
+    out: &mut [u8],
+    total: usize,
+    inner_tos: u8,
+    inner_df: bool,
+) {
+    let t = sa.tmpl;
+    match usize::from(t.len) {
+        20 => out.copy_from_slice(&t.bytes[..20]),
+        28 => out.copy_from_slice(&t.bytes[..28]),
+        40 => out.copy_from_slice(&t.bytes[..40]),
+        _ => out.copy_from_slice(&t.bytes[..48]),
+    }
+    let tos = (inner_tos & t.tos_keep) | t.tos_set;
+    if t.v6 {
+        out[0] = 0x60 | (tos >> 4);
+        out[1] = tos << 4;
+        out[4..6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
+    } else {
+        // DF per RFC 4301 §8.1; the checksum from the template's constant sum (RFC 1624)
+        let flags: u16 = if (inner_df && t.df_copy) || t.df_force {
+            0x4000
+        } else {
+            0
+        };
+        sa.ip_id = sa.ip_id.wrapping_add(1);
+        out[1] = tos;
+        out[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        out[4..6].copy_from_slice(&sa.ip_id.to_be_bytes());
+        out[6..8].copy_from_slice(&flags.to_be_bytes());
+        let sum = t.sum + u32::from(tos) + total as u32 + u32::from(sa.ip_id) + u32::from(flags);
+        out[10..12].copy_from_slice(&checksum::finish(sum).to_be_bytes());
+    }
+}
+
 fn tunnel<B: AsRef<[u8]> + AsMut<[u8]>>(
     sa: &mut Sa,
     h: SaHandle,
@@ -308,32 +351,7 @@ fn tunnel<B: AsRef<[u8]> + AsMut<[u8]>>(
     let frame = pkt.frame_mut();
     write_trailer(frame, pt_end, pad, nh);
     let out = &mut frame[start..esp];
-    match hdr {
-        20 => out.copy_from_slice(&t.bytes[..20]),
-        28 => out.copy_from_slice(&t.bytes[..28]),
-        40 => out.copy_from_slice(&t.bytes[..40]),
-        _ => out.copy_from_slice(&t.bytes[..48]),
-    }
-    let tos = (inner_tos & t.tos_keep) | t.tos_set;
-    if t.v6 {
-        out[0] = 0x60 | (tos >> 4);
-        out[1] = tos << 4;
-        out[4..6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
-    } else {
-        // DF per RFC 4301 §8.1; the checksum from the template's constant sum (RFC 1624)
-        let flags: u16 = if (inner_df && t.df_copy) || t.df_force {
-            0x4000
-        } else {
-            0
-        };
-        sa.ip_id = sa.ip_id.wrapping_add(1);
-        out[1] = tos;
-        out[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-        out[4..6].copy_from_slice(&sa.ip_id.to_be_bytes());
-        out[6..8].copy_from_slice(&flags.to_be_bytes());
-        let sum = t.sum + u32::from(tos) + total as u32 + u32::from(sa.ip_id) + u32::from(flags);
-        out[10..12].copy_from_slice(&checksum::finish(sum).to_be_bytes());
-    }
+    write_outer(sa, out, total, inner_tos, inner_df);
     if hdr == 28 || hdr == 48 {
         let u = hdr - 8;
         out[u + 4..u + 6].copy_from_slice(&((8 + esp_len) as u16).to_be_bytes());

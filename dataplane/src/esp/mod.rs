@@ -7,8 +7,8 @@ mod encap;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use decap::{InboundEsp, decap};
-pub(crate) use encap::{Deferred, encap, path_mtu_room};
+pub(crate) use decap::{InboundEsp, decap, transport as decap_transport, tunnel as decap_tunnel};
+pub(crate) use encap::{Deferred, encap, inner_fast, path_mtu_room, write_outer};
 
 /// The most one ESP layer adds to a packet: an outer IPv6 header, UDP, the ESP header, a
 /// 16-byte IV, 15 bytes of padding, the trailer and a 32-byte ICV.

@@ -25,6 +25,35 @@ impl Mode {
     }
 }
 
+/// The IPsec protocol an SA applies (RFC 4301 §4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Protocol {
+    /// Encapsulating Security Payload (RFC 4303).
+    #[default]
+    Esp,
+    /// Authentication Header (RFC 4302): integrity of the payload and of the IP header's
+    /// immutable fields, no confidentiality.
+    Ah,
+}
+
+impl Protocol {
+    /// The name used in configuration and `show` output.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Protocol::Esp => "esp",
+            Protocol::Ah => "ah",
+        }
+    }
+
+    /// The IP protocol number that carries it.
+    pub const fn ip_protocol(self) -> u8 {
+        match self {
+            Protocol::Esp => 50,
+            Protocol::Ah => 51,
+        }
+    }
+}
+
 /// How ESP is carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Encap {
@@ -145,6 +174,8 @@ pub struct SaConfig {
     pub name: String,
     /// Links the SA to PROTECT policies (an outbound SA) or to its tunnel (inbound).
     pub reqid: u32,
+    /// ESP or AH.
+    pub protocol: Protocol,
     pub spi: u32,
     pub direction: Direction,
     pub mode: Mode,
@@ -195,6 +226,7 @@ impl SaConfig {
         SaConfig {
             name: format!("{}-{spi:08x}", direction.name()),
             reqid: 1,
+            protocol: Protocol::Esp,
             spi,
             direction,
             mode: Mode::Tunnel,
@@ -261,12 +293,58 @@ impl SaConfig {
                 ),
             );
         }
-        crypto::alg::check_algorithms(self.enc, self.auth, self.allow_legacy).map_err(
-            |source| SaError::Crypto {
-                field: "enc",
-                source,
+        if self.protocol == Protocol::Ah {
+            return self.validate_ah();
+        }
+        self.validate_common()
+    }
+
+    /// AH: integrity only (RFC 4302), never UDP-encapsulated (RFC 3948 covers ESP only).
+    fn validate_ah(&self) -> Result<(), SaError> {
+        let bad = |field: &'static str, msg: String| Err(SaError::Invalid { field, msg });
+        if self.enc != EncAlg::Null || !self.enc_key.is_empty() {
+            return bad(
+                "enc",
+                format!(
+                    "AH does not encrypt (RFC 4302): an AH SA takes no encryption algorithm \
+                     (got {}); use ESP for confidentiality",
+                    self.enc
+                ),
+            );
+        }
+        if self.auth == AuthAlg::None {
+            return bad(
+                "auth",
+                "AH needs an integrity algorithm (RFC 4302 §3.2), e.g. hmac-sha256-128".into(),
+            );
+        }
+        if self.encap != Encap::None {
+            return bad(
+                "encap",
+                "AH cannot be UDP-encapsulated: it covers the IP addresses a NAT rewrites \
+                 (RFC 3948 encapsulates ESP only)"
+                    .into(),
+            );
+        }
+        self.validate_common()
+    }
+
+    /// The checks shared by ESP and AH.
+    fn validate_common(&self) -> Result<(), SaError> {
+        let bad = |field: &'static str, msg: String| Err(SaError::Invalid { field, msg });
+        let enc_check = if self.protocol == Protocol::Ah {
+            crypto::alg::check_ah_algorithm(self.auth)
+        } else {
+            crypto::alg::check_algorithms(self.enc, self.auth, self.allow_legacy)
+        };
+        enc_check.map_err(|source| SaError::Crypto {
+            field: if self.protocol == Protocol::Ah {
+                "auth"
+            } else {
+                "enc"
             },
-        )?;
+            source,
+        })?;
         crypto::alg::check_enc_key(self.enc, self.enc_key.bytes()).map_err(|source| {
             SaError::Crypto {
                 field: "enc_key",

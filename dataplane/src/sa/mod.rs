@@ -8,7 +8,8 @@ mod state;
 mod table;
 
 pub use config::{
-    DfMode, DscpMode, EcnMode, Encap, Lifetime, Limits, Mode, SaConfig, SaError, SecretKey,
+    DfMode, DscpMode, EcnMode, Encap, Lifetime, Limits, Mode, Protocol, SaConfig, SaError,
+    SecretKey,
 };
 pub(crate) use lifetime::LifeEvent;
 pub use lifetime::LimitKind;

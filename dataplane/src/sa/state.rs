@@ -2,7 +2,9 @@
 //! expanded, outer header fields precomputed) — this can happen on the control thread — and
 //! then owned by exactly one worker, which mutates it without locks.
 
-use super::config::{DfMode, DscpMode, EcnMode, Encap, Lifetime, Mode, SaConfig, SaError};
+use super::config::{
+    DfMode, DscpMode, EcnMode, Encap, Lifetime, Mode, Protocol, SaConfig, SaError,
+};
 use super::lifetime::{LifeEvent, LifeState, LimitKind};
 use crate::crypto::{AuthAlg, EncAlg, Transform};
 use crate::replay::{Replay, ReplayWindow, SharedReplayWindow};
@@ -44,6 +46,7 @@ pub(crate) struct OuterTemplate {
 impl OuterTemplate {
     fn new(
         outer: &Outer,
+        protocol: Protocol,
         udp: Option<(u16, u16)>,
         ttl: u8,
         dscp: DscpMode,
@@ -51,7 +54,11 @@ impl OuterTemplate {
         df: DfMode,
     ) -> Self {
         let mut b = [0u8; 48];
-        let proto = if udp.is_some() { 17 } else { 50 };
+        let proto = if udp.is_some() {
+            17
+        } else {
+            protocol.ip_protocol()
+        };
         let (ip_len, v6, sum) = match outer {
             Outer::V4 { local, remote } => {
                 b[0] = 0x45;
@@ -101,6 +108,8 @@ const SEQ_SOFT_MARGIN: u64 = 1 << 24;
 #[derive(Debug)]
 pub struct Sa {
     pub(crate) spi: u32,
+    /// ESP or AH.
+    pub(crate) protocol: Protocol,
     pub(crate) reqid: u32,
     pub(crate) dir: Direction,
     pub(crate) mode: Mode,
@@ -137,6 +146,7 @@ pub struct Sa {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SaInfo {
     pub name: String,
+    pub protocol: Protocol,
     pub local: Option<IpAddr>,
     pub remote: Option<IpAddr>,
     pub encap: Encap,
@@ -216,6 +226,7 @@ impl Sa {
         };
         let info = SaInfo {
             name: cfg.name.clone(),
+            protocol: cfg.protocol,
             local: cfg.local,
             remote: cfg.remote,
             encap: cfg.encap,
@@ -227,6 +238,7 @@ impl Sa {
         };
         Ok(Sa {
             spi: cfg.spi,
+            protocol: cfg.protocol,
             reqid: cfg.reqid,
             dir: cfg.direction,
             mode: cfg.mode,
@@ -242,7 +254,15 @@ impl Sa {
             udp,
             ip_id: (u32::from(random[0]) << 8 | u32::from(random[1])) as u16,
             ecn: cfg.ecn,
-            tmpl: OuterTemplate::new(&outer, udp, cfg.ttl, cfg.dscp, cfg.ecn, cfg.df),
+            tmpl: OuterTemplate::new(
+                &outer,
+                cfg.protocol,
+                udp,
+                cfg.ttl,
+                cfg.dscp,
+                cfg.ecn,
+                cfg.df,
+            ),
             life: LifeState::new(&cfg.lifetime, now),
             drops: SaDrops::default(),
             selectors: SelectorSet::new(&cfg.selectors),
@@ -267,6 +287,10 @@ impl Sa {
 
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
     }
 
     pub fn info(&self) -> &SaInfo {

@@ -235,6 +235,9 @@ pub struct UpperLayer {
     pub esp_insert: usize,
     /// Offset of the Next Header byte that must name ESP after insertion.
     pub esp_insert_nh_field: usize,
+    /// The first AH header on the way (RFC 4302): its offset and the offset of the Next
+    /// Header byte that names it.
+    pub ah: Option<(usize, usize)>,
 }
 
 /// Walk the extension-header chain of a whole IPv6 packet (`packet` starts at the fixed header
@@ -250,6 +253,7 @@ pub fn walk(packet: &[u8]) -> Result<UpperLayer> {
     let mut fragment = false;
     let mut esp_insert = HEADER_LEN;
     let mut esp_insert_nh_field = field::NXT_HDR;
+    let mut ah = None;
     let mut headers = 0;
     loop {
         let len = match nh {
@@ -269,6 +273,7 @@ pub fn walk(packet: &[u8]) -> Result<UpperLayer> {
             // AH: (len + 2) * 4 (RFC 4302 §2.2)
             51 => {
                 let l = packet.get(off + 1).ok_or(WireError::Truncated)?;
+                ah = ah.or(Some((off, nh_field)));
                 (usize::from(*l) + 2) * 4
             }
             _ => {
@@ -280,6 +285,7 @@ pub fn walk(packet: &[u8]) -> Result<UpperLayer> {
                     fragment,
                     esp_insert,
                     esp_insert_nh_field,
+                    ah,
                 });
             }
         };
@@ -315,6 +321,7 @@ pub fn walk(packet: &[u8]) -> Result<UpperLayer> {
                 fragment,
                 esp_insert,
                 esp_insert_nh_field,
+                ah,
             });
         }
     }

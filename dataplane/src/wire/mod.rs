@@ -10,6 +10,7 @@
 //! [`pcap`] is the classic capture file those packets are read from and written to by the
 //! tools and tests (not by the engine).
 
+pub mod ah;
 pub mod checksum;
 pub mod esp;
 pub mod ethernet;
@@ -20,6 +21,7 @@ pub mod pcap;
 pub mod udp;
 pub mod udp_encap;
 
+pub use ah::AhHeader;
 pub use esp::{EspPacket, EspTrailer};
 pub use ethernet::{EtherType, EthernetFrame, EthernetRepr};
 pub use icmp::IcmpPacket;

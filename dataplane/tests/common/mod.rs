@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 use xsec_dataplane::crypto::{AuthAlg, EncAlg};
-use xsec_dataplane::sa::{Encap, Mode, Sa, SaConfig, SaHandle};
+use xsec_dataplane::sa::{Encap, Mode, Protocol, Sa, SaConfig, SaHandle};
 use xsec_dataplane::spd::{
     Action, AddrRange, Direction, NonPolicy, Policy, SaBundle, Selector, SpdConfig,
 };
@@ -237,6 +237,7 @@ pub struct PairOpts {
     pub encap: Encap,
     pub esn: bool,
     pub window: u32,
+    pub protocol: Protocol,
 }
 
 impl PairOpts {
@@ -249,6 +250,7 @@ impl PairOpts {
             encap: Encap::None,
             esn: false,
             window: 64,
+            protocol: Protocol::Esp,
         }
     }
 }
@@ -285,6 +287,7 @@ pub fn sa_pair(o: &PairOpts, spi: u32) -> (SaConfig, SaConfig) {
         c.replay_window = o.window;
         c.allow_legacy = true;
         c.reqid = 1;
+        c.protocol = o.protocol;
         if o.mode == Mode::Transport {
             c.local = None;
             c.remote = None;

@@ -450,6 +450,7 @@ fn s(v: &Value) -> String {
 fn encap(v: &Value) -> String {
     match v["type"].as_str() {
         Some("udp") => format!("udp {}→{}", s(&v["local_port"]), s(&v["remote_port"])),
+        Some("ah") => "ah".into(),
         _ => "esp".into(),
     }
 }
@@ -486,7 +487,11 @@ fn print_sas(v: &Value, counters: bool) {
                 s(&x["mode"]),
                 s(&x["peer"]),
                 encap(&x["encap"]),
-                format!("{}/{}", s(&x["encryption"]), s(&x["integrity"])),
+                if x["protocol"] == "ah" {
+                    s(&x["integrity"])
+                } else {
+                    format!("{}/{}", s(&x["encryption"]), s(&x["integrity"]))
+                },
                 format!("{}/{}", s(&x["enc_key_bits"]), s(&x["auth_key_bits"])),
                 s(&x["seq"]),
                 if x["direction"] == "in" {

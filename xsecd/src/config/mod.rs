@@ -32,7 +32,8 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use toml::de::DeTable;
-use xsec_dataplane::sa::Mode;
+use xsec_dataplane::crypto::alg::{CONFIDENTIALITY_ONLY_WARNING, confidentiality_only};
+use xsec_dataplane::sa::{Mode, Protocol};
 use xsec_dataplane::spd::{Action, Policy, SaBundle, Selector, SpdConfig, SpdError};
 
 /// A loaded configuration.
@@ -260,6 +261,13 @@ fn build(
                 combined.len() - COMBINED_WARNINGS
             ),
         ));
+    }
+    // Confidentiality-only ESP (allow_legacy): accepted, never silently.
+    for d in drafts.iter().flatten() {
+        let o = &d.pair.outbound;
+        if o.protocol == Protocol::Esp && confidentiality_only(o.enc, o.auth) {
+            warnings.push(d.locs.fail("integrity", CONFIDENTIALITY_ONLY_WARNING));
+        }
     }
     if policy_vals.is_empty() {
         warnings.push(Fail {

@@ -11,7 +11,8 @@ use std::net::IpAddr;
 use xsec_dataplane::crypto::{AuthAlg, CryptoError, EncAlg};
 use xsec_dataplane::replay::DEFAULT_WINDOW;
 use xsec_dataplane::sa::{
-    DfMode, DscpMode, EcnMode, Encap, Lifetime, Limits, Mode, SaConfig, SaError, SecretKey,
+    DfMode, DscpMode, EcnMode, Encap, Lifetime, Limits, Mode, Protocol, SaConfig, SaError,
+    SecretKey,
 };
 use xsec_dataplane::spd::Direction;
 use zeroize::Zeroizing;
@@ -87,15 +88,32 @@ pub(super) fn read(v: &Val<'_, '_>, index: usize, line: usize) -> Result<SaDraft
             ),
         ));
     }
-    let enc = keep(
+    let protocol = keep(
         f,
-        t.req("encryption").and_then(|v| {
-            v.parse::<EncAlg>().map_err(|e| Fail {
-                msg: format!("{}; expected e.g. {ENC_HINT}", e.msg),
-                ..e
-            })
+        t.get("protocol").map_or(Ok(Protocol::Esp), |v| {
+            v.choice(&[("esp", Protocol::Esp), ("ah", Protocol::Ah)])
         }),
     );
+    let enc = match (protocol, t.get("encryption")) {
+        (Some(Protocol::Ah), Some(v)) => {
+            f.push(v.fail(
+                "AH does not encrypt (RFC 4302): remove encryption, or use protocol = \"esp\" \
+                 for confidentiality",
+            ));
+            None
+        }
+        (Some(Protocol::Ah), None) => Some(EncAlg::Null),
+        (_, v) => keep(
+            f,
+            v.ok_or_else(|| t.missing("encryption", "missing required key"))
+                .and_then(|v| {
+                    v.parse::<EncAlg>().map_err(|e| Fail {
+                        msg: format!("{}; expected e.g. {ENC_HINT}", e.msg),
+                        ..e
+                    })
+                }),
+        ),
+    };
     let auth = keep(
         f,
         t.get("integrity").map_or(Ok(AuthAlg::None), |v| {
@@ -247,6 +265,7 @@ pub(super) fn read(v: &Val<'_, '_>, index: usize, line: usize) -> Result<SaDraft
     }
 
     let (
+        Some(protocol),
         Some(name),
         Some(mode),
         Some(local),
@@ -270,6 +289,7 @@ pub(super) fn read(v: &Val<'_, '_>, index: usize, line: usize) -> Result<SaDraft
         Some(ecn),
         Some(lifetime),
     ) = (
+        protocol,
         name,
         mode,
         local,
@@ -304,6 +324,7 @@ pub(super) fn read(v: &Val<'_, '_>, index: usize, line: usize) -> Result<SaDraft
     let sa = |direction, spi, enc_key, auth_key| SaConfig {
         name: name.clone(),
         reqid,
+        protocol,
         spi,
         direction,
         mode,
@@ -528,8 +549,13 @@ fn toml_key(e: &SaError, sa: &SaConfig) -> String {
         "spi" => format!("spi_{dir}"),
         "enc_key" => format!("enc_key_{dir}"),
         "auth_key" => format!("auth_key_{dir}"),
+        "auth" => "integrity".into(),
         "enc" => {
             let about_integrity = match e {
+                SaError::Crypto {
+                    source: CryptoError::NoIntegrity { .. },
+                    ..
+                } => true,
                 SaError::Crypto {
                     source: CryptoError::Refused { alg, .. },
                     ..

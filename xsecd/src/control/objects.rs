@@ -11,7 +11,7 @@ use std::time::Duration;
 use xsec_dataplane::crypto::{AuthAlg, EncAlg};
 use xsec_dataplane::replay::DEFAULT_WINDOW;
 use xsec_dataplane::sa::{
-    DfMode, DscpMode, EcnMode, Encap, Lifetime, Limits, Mode, SaConfig, SecretKey,
+    DfMode, DscpMode, EcnMode, Encap, Lifetime, Limits, Mode, Protocol, SaConfig, SecretKey,
 };
 use xsec_dataplane::spd::selector::parse_protocol;
 use xsec_dataplane::spd::{Action, AddrRange, Direction, Policy, PortSel, SaBundle, Selector};
@@ -49,6 +49,8 @@ pub struct SaSpec {
     pub reqid: u32,
     /// `tunnel` (default) or `transport`.
     pub mode: Option<String>,
+    /// `esp` (default) or `ah`.
+    pub protocol: Option<String>,
     pub local: Option<IpAddr>,
     pub remote: Option<IpAddr>,
     /// `none` (default), `nat-t` (UDP 4500) or `udp` (ESP-in-UDP 2746).
@@ -57,7 +59,8 @@ pub struct SaSpec {
     pub remote_port: Option<u16>,
     /// NAT keepalive / heartbeat interval of an outbound UDP-encapsulated SA (0: off).
     pub keepalive_s: Option<u64>,
-    pub encryption: String,
+    /// Required for ESP; AH takes none (or `null`).
+    pub encryption: Option<String>,
     pub enc_key: Option<Zeroizing<String>>,
     /// Default `none` (combined modes).
     pub integrity: Option<String>,
@@ -222,10 +225,18 @@ impl SaSpec {
             self.mode.as_deref().unwrap_or("tunnel"),
             &[("tunnel", Mode::Tunnel), ("transport", Mode::Transport)],
         )?;
-        let enc: EncAlg = self
-            .encryption
-            .parse()
-            .map_err(|e| bad(format!("{}: {e}", f("encryption"))))?;
+        let protocol = choice(
+            &f("protocol"),
+            self.protocol.as_deref().unwrap_or("esp"),
+            &[("esp", Protocol::Esp), ("ah", Protocol::Ah)],
+        )?;
+        let enc: EncAlg = match (&self.encryption, protocol) {
+            (Some(e), _) => e
+                .parse()
+                .map_err(|e| bad(format!("{}: {e}", f("encryption"))))?,
+            (None, Protocol::Ah) => EncAlg::Null,
+            (None, Protocol::Esp) => return Err(bad("sa.encryption: required for ESP")),
+        };
         let auth: AuthAlg = match &self.integrity {
             Some(i) => i
                 .parse()
@@ -324,6 +335,7 @@ impl SaSpec {
             cfg: SaConfig {
                 name: self.name.clone().unwrap_or_else(|| self.id.clone()),
                 reqid: self.reqid,
+                protocol,
                 spi,
                 direction,
                 mode,
@@ -481,6 +493,7 @@ pub fn sa_json(e: &SaEntry, worker: Option<u16>) -> Value {
         // placed by the client (`worker` in add-sa) rather than with its reqid
         "worker_pinned": e.placement != Placement::Reqid,
         "mode": c.mode.name(),
+        "protocol": c.protocol.name(),
         "local": c.local,
         "remote": c.remote,
         "encap": encap,

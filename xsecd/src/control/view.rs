@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 use xsec_dataplane::DropReason;
-use xsec_dataplane::sa::{Encap, SaStatus};
+use xsec_dataplane::sa::{Encap, Protocol, SaStatus};
 use xsec_dataplane::spd::{Action, Direction, Policy};
 use xsec_dataplane::stats::WorkerStats;
 
@@ -25,9 +25,9 @@ fn drops(d: &xsec_dataplane::stats::DropCounters, all: bool) -> Value {
     json!(m)
 }
 
-fn encap(e: Encap) -> Value {
+fn encap(e: Encap, protocol: Protocol) -> Value {
     match e {
-        Encap::None => json!({"type": "esp"}),
+        Encap::None => json!({"type": protocol.name()}),
         Encap::Udp {
             local_port,
             remote_port,
@@ -45,9 +45,10 @@ pub fn sa(st: &SaStatus, worker: u16, counters: bool) -> Value {
         "reqid": st.reqid,
         "direction": st.direction.name(),
         "mode": st.mode.name(),
+        "protocol": i.protocol.name(),
         "local": i.local,
         "peer": i.remote,
-        "encap": encap(i.encap),
+        "encap": encap(i.encap, i.protocol),
         "encryption": i.enc.to_string(),
         "integrity": i.auth.to_string(),
         "enc_key_bits": i.enc_key_bits,
@@ -269,6 +270,7 @@ pub fn metrics(run: &Running, snaps: &[Snapshot], sys: &System, uptime: Duration
         bytes: u64,
         drops: xsec_dataplane::stats::DropCounters,
         spi: Option<u32>,
+        protocol: &'static str,
         generations: u64,
         live: u64,
     }
@@ -284,6 +286,7 @@ pub fn metrics(run: &Running, snaps: &[Snapshot], sys: &System, uptime: Duration
             self.bytes += st.bytes;
             self.drops.add(&st.drops);
             self.spi = Some(st.spi);
+            self.protocol = st.info.protocol.name();
             self.live += 1;
         }
     }
@@ -363,8 +366,9 @@ pub fn metrics(run: &Running, snaps: &[Snapshot], sys: &System, uptime: Duration
         if let Some(spi) = a.spi {
             let _ = writeln!(
                 o,
-                "xsec_sa_info{{sa=\"{}\",direction=\"{d}\",spi=\"{spi:#010x}\"}} 1",
-                esc(n)
+                "xsec_sa_info{{sa=\"{}\",direction=\"{d}\",spi=\"{spi:#010x}\",protocol=\"{}\"}} 1",
+                esc(n),
+                a.protocol
             );
         }
     }

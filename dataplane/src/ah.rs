@@ -1,0 +1,515 @@
+//! AH processing of one packet (RFC 4302): outbound and inbound, tunnel and transport mode,
+//! IPv4 and IPv6, with HMAC-SHA1-96 and HMAC-SHA-256/384/512 (RFC 4868).
+//!
+//! AH authenticates the whole IP packet, its header included, except the fields routers may
+//! change on the way (RFC 4302 §3.3.3.1): the ICV is computed over the packet with those
+//! fields and the ICV itself zeroed. The engine does that in place: it saves the bytes in
+//! front of and including the AH header, zeroes the mutable fields, hashes the packet and
+//! writes the saved bytes back; nothing is copied but those few header bytes.
+//!
+//! What counts as mutable:
+//! - IPv4: TOS (DSCP and ECN), flags and fragment offset, TTL, header checksum, and every
+//!   option but End of List, No Operation, the security options (130, 133, 134), Router
+//!   Alert (148) and SDMDD (149) (RFC 4302 Appendix A.1), whose bytes are zeroed whole.
+//! - IPv6: traffic class, flow label, hop limit; the data of hop-by-hop and destination
+//!   options whose type has the "may change en route" bit (0x20, RFC 8200 §4.2); a routing
+//!   header is hashed as the destination will see it — the sender puts the final
+//!   destination in the destination field and sets Segments Left to 0 (types 0 and 2; a
+//!   routing header of another type with segments left is dropped as malformed).
+//!
+//! With ESN the ICV covers the high 32 bits of the sequence number after the packet
+//! (RFC 4302 §2.5.1, Appendix B), as for ESP.
+
+use crate::esp::{InboundEsp, decap_transport, decap_tunnel, inner_fast, report, write_outer};
+use crate::events::EventQueue;
+use crate::packet::PacketBuf;
+use crate::replay::ReplayError;
+use crate::sa::{Mode, Sa, SaHandle};
+use crate::stats::DropReason;
+use crate::time::Timestamp;
+use crate::wire::ah::{self, AhHeader, FIXED_LEN};
+use crate::wire::{IpProtocol, Ipv4Packet, Ipv6Packet};
+
+/// The most bytes of IP header (IPv6 extension headers included) in front of an AH header
+/// that the ICV computation saves and restores.
+const MAX_FRONT: usize = 448;
+/// The saved bytes: the headers in front of AH and the AH header with the longest ICV.
+const SAVE_LEN: usize = MAX_FRONT + 48;
+
+/// IPv4 option numbers (the low 5 bits of the type) that are immutable (RFC 4302
+/// Appendix A.1): EOL, NOP, Security, Extended Security, Commercial Security, Router
+/// Alert, SDMDD. Every other option is zeroed for the ICV.
+const IMMUTABLE_V4_OPTIONS: [u8; 7] = [0, 1, 2, 5, 6, 20, 21];
+
+/// The bytes the ICV computation changes, to put back afterwards.
+struct Saved {
+    at: usize,
+    len: usize,
+    bytes: [u8; SAVE_LEN],
+}
+
+impl Saved {
+    fn restore(&self, frame: &mut [u8]) {
+        frame[self.at..self.at + self.len].copy_from_slice(&self.bytes[..self.len]);
+    }
+}
+
+/// Zero the mutable fields of the IP header at `ip` (and of the extension headers in front
+/// of AH at `ah`) and the ICV of `icv_len` bytes, after saving everything from `ip` to the
+/// end of the ICV. `sending`: predict a routing header's final state (RFC 4302 §3.3.3.1.2.2).
+fn icv_view(
+    frame: &mut [u8],
+    ip: usize,
+    v6: bool,
+    ah: usize,
+    icv_len: usize,
+    sending: bool,
+) -> Result<Saved, DropReason> {
+    let end = ah + FIXED_LEN + icv_len;
+    if ah < ip || ah - ip > MAX_FRONT || end > frame.len() {
+        return Err(DropReason::Malformed);
+    }
+    let mut saved = Saved {
+        at: ip,
+        len: end - ip,
+        bytes: [0; SAVE_LEN],
+    };
+    saved.bytes[..saved.len].copy_from_slice(&frame[ip..end]);
+    let r = if v6 {
+        zero_v6(&mut frame[ip..ah], sending)
+    } else {
+        zero_v4(&mut frame[ip..ah])
+    };
+    if let Err(e) = r {
+        saved.restore(frame);
+        return Err(e);
+    }
+    frame[ah + FIXED_LEN..end].fill(0);
+    Ok(saved)
+}
+
+/// IPv4 (RFC 4302 §3.3.3.1.1): `h` is the header, options included.
+fn zero_v4(h: &mut [u8]) -> Result<(), DropReason> {
+    if h.len() < 20 {
+        return Err(DropReason::Malformed);
+    }
+    h[1] = 0; // TOS
+    h[6] = 0; // flags, fragment offset
+    h[7] = 0;
+    h[8] = 0; // TTL
+    h[10] = 0; // checksum
+    h[11] = 0;
+    let mut i = 20;
+    while i < h.len() {
+        match h[i] {
+            0 => break, // end of list: what follows is padding
+            1 => i += 1,
+            t => {
+                let len = usize::from(*h.get(i + 1).ok_or(DropReason::Malformed)?);
+                if len < 2 || i + len > h.len() {
+                    return Err(DropReason::Malformed);
+                }
+                if !IMMUTABLE_V4_OPTIONS.contains(&(t & 0x1f)) {
+                    h[i..i + len].fill(0);
+                }
+                i += len;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// IPv6 (RFC 4302 §3.3.3.1.2): `h` is the fixed header and the extension headers in front
+/// of AH.
+fn zero_v6(h: &mut [u8], sending: bool) -> Result<(), DropReason> {
+    if h.len() < 40 {
+        return Err(DropReason::Malformed);
+    }
+    // traffic class and flow label; the version stays
+    h[0] &= 0xf0;
+    h[1] = 0;
+    h[2] = 0;
+    h[3] = 0;
+    h[7] = 0; // hop limit
+    let mut nh = h[6];
+    let mut off = 40;
+    while off < h.len() {
+        let len = match nh {
+            0 | 43 | 60 | 139 | 140 => {
+                (usize::from(*h.get(off + 1).ok_or(DropReason::Malformed)?) + 1) * 8
+            }
+            // AH is never applied to a fragment (RFC 4302 §3.4.1)
+            44 => return Err(DropReason::Fragment),
+            _ => return Err(DropReason::Malformed),
+        };
+        if off + len > h.len() {
+            return Err(DropReason::Malformed);
+        }
+        match nh {
+            0 | 60 => zero_v6_options(&mut h[off + 2..off + len])?,
+            43 => routing_as_received(h, off, len, sending)?,
+            _ => {}
+        }
+        nh = h[off];
+        off += len;
+    }
+    Ok(())
+}
+
+/// Zero the data of every option that may change en route (type bit 0x20).
+fn zero_v6_options(opts: &mut [u8]) -> Result<(), DropReason> {
+    let mut i = 0;
+    while i < opts.len() {
+        let t = opts[i];
+        if t == 0 {
+            i += 1; // Pad1
+            continue;
+        }
+        let len = usize::from(*opts.get(i + 1).ok_or(DropReason::Malformed)?);
+        if i + 2 + len > opts.len() {
+            return Err(DropReason::Malformed);
+        }
+        if t & 0x20 != 0 {
+            opts[i + 2..i + 2 + len].fill(0);
+        }
+        i += 2 + len;
+    }
+    Ok(())
+}
+
+/// The routing header at `off` (`len` bytes) of the packet `h` as its final destination
+/// receives it. A receiver must be that destination (Segments Left 0). A sender with
+/// segments left moves the last address into the destination field, the destination to
+/// the front of the list, and sets Segments Left to 0 (types 0 and 2, whose addresses
+/// follow an 8-byte header).
+fn routing_as_received(
+    h: &mut [u8],
+    off: usize,
+    len: usize,
+    sending: bool,
+) -> Result<(), DropReason> {
+    let (kind, left) = (h[off + 2], h[off + 3]);
+    if left == 0 {
+        return Ok(());
+    }
+    if !sending || !matches!(kind, 0 | 2) || len < 24 {
+        return Err(DropReason::Malformed);
+    }
+    let n = (len - 8) / 16;
+    let first = off + 8;
+    let mut dst = [0u8; 16];
+    dst.copy_from_slice(&h[24..40]);
+    let mut last = [0u8; 16];
+    last.copy_from_slice(&h[first + (n - 1) * 16..first + n * 16]);
+    h.copy_within(first..first + (n - 1) * 16, first + 16);
+    h[first..first + 16].copy_from_slice(&dst);
+    h[24..40].copy_from_slice(&last);
+    h[off + 3] = 0;
+    Ok(())
+}
+
+/// Compute the ICV of the packet `frame[ip..ip + total]` whose AH header is at `ah` into
+/// `icv`, restoring every byte the computation zeroed.
+#[allow(clippy::too_many_arguments)] // the packet's geometry and the SA's ICV parameters
+fn compute(
+    sa: &Sa,
+    frame: &mut [u8],
+    ip: usize,
+    total: usize,
+    v6: bool,
+    ah: usize,
+    esn_hi: Option<u32>,
+    icv: &mut [u8],
+    sending: bool,
+) -> Result<(), DropReason> {
+    let saved = icv_view(frame, ip, v6, ah, icv.len(), sending)?;
+    let ok = sa.xform.ah_sign(&frame[ip..ip + total], esn_hi, icv);
+    saved.restore(frame);
+    if ok { Ok(()) } else { Err(DropReason::NoSa) }
+}
+
+/// Protect `pkt` with AH SA `sa`. On error the packet is left as it was. Bytes of the
+/// protected packet come back.
+#[inline]
+pub(crate) fn encap<B: AsRef<[u8]> + AsMut<[u8]>>(
+    sa: &mut Sa,
+    h: SaHandle,
+    pkt: &mut PacketBuf<B>,
+    now: Timestamp,
+    events: &mut EventQueue,
+) -> Result<usize, DropReason> {
+    let (usable, ev) = sa.life.usable(now);
+    report(events, sa, h, ev);
+    let r = if !usable {
+        Err(sa.expired_reason())
+    } else {
+        match sa.mode {
+            Mode::Tunnel => tunnel(sa, h, pkt, events),
+            Mode::Transport => transport(sa, h, pkt, events),
+        }
+    };
+    match r {
+        Ok(bytes) => {
+            let ev = sa.life.account(now, bytes as u64);
+            report(events, sa, h, ev);
+            Ok(bytes)
+        }
+        Err(e) => {
+            sa.drops.bump(e);
+            Err(e)
+        }
+    }
+}
+
+fn tunnel<B: AsRef<[u8]> + AsMut<[u8]>>(
+    sa: &mut Sa,
+    h: SaHandle,
+    pkt: &mut PacketBuf<B>,
+    events: &mut EventQueue,
+) -> Result<usize, DropReason> {
+    let (inner_len, nh, inner_tos, inner_df) = inner_fast(pkt.data())?;
+    let t = sa.tmpl;
+    let hdr = usize::from(t.len);
+    if hdr != 20 && hdr != 40 {
+        return Err(DropReason::NoSa);
+    }
+    let icv_len = sa.xform.icv_len();
+    let ah_len = ah::header_len_for(icv_len, t.v6);
+    let front = hdr + ah_len;
+    let total = front + inner_len;
+    if total - if t.v6 { 40 } else { 0 } > usize::from(u16::MAX) {
+        return Err(DropReason::TooBig);
+    }
+    let head = pkt.head();
+    if head < front {
+        return Err(DropReason::NoBufferSpace);
+    }
+    let (seq, ev) = sa.next_seq()?;
+    report(events, sa, h, ev);
+    let start = head - front;
+    let at = start + hdr;
+    let frame = pkt.frame_mut();
+    write_outer(sa, &mut frame[start..at], total, inner_tos, inner_df);
+    AhHeader::new_unchecked(&mut frame[at..at + ah_len]).emit(nh, ah_len, sa.spi, seq as u32);
+    let mut icv = [0u8; 32];
+    let esn_hi = sa.esn.then_some((seq >> 32) as u32);
+    compute(
+        sa,
+        frame,
+        start,
+        total,
+        t.v6,
+        at,
+        esn_hi,
+        &mut icv[..icv_len],
+        true,
+    )?;
+    frame[at + FIXED_LEN..at + FIXED_LEN + icv_len].copy_from_slice(&icv[..icv_len]);
+    pkt.set_window(start, total);
+    Ok(inner_len)
+}
+
+fn transport<B: AsRef<[u8]> + AsMut<[u8]>>(
+    sa: &mut Sa,
+    h: SaHandle,
+    pkt: &mut PacketBuf<B>,
+    events: &mut EventQueue,
+) -> Result<usize, DropReason> {
+    let data = pkt.data();
+    // (header bytes kept in front of AH, offset of the next-header byte to rewrite,
+    //  total length, IPv6?)
+    let (hl, nh_field, total_len, v6) = match data.first().map(|b| b >> 4) {
+        Some(4) => {
+            let ip = Ipv4Packet::new_checked(data).map_err(|_| DropReason::Malformed)?;
+            // RFC 4302 §3.1: AH in transport mode applies to whole datagrams only.
+            if ip.is_fragment() {
+                return Err(DropReason::Fragment);
+            }
+            (ip.header_len(), 9, usize::from(ip.total_len()), false)
+        }
+        Some(6) => {
+            let ip = Ipv6Packet::new_checked(data).map_err(|_| DropReason::Malformed)?;
+            let ul = ip.upper_layer().map_err(|_| DropReason::Malformed)?;
+            if ul.fragment {
+                return Err(DropReason::Fragment);
+            }
+            // after hop-by-hop, routing and fragment headers (RFC 4302 §3.1.1), where
+            // transport-mode ESP goes too
+            (ul.esp_insert, ul.esp_insert_nh_field, ip.total_len(), true)
+        }
+        _ => return Err(DropReason::Malformed),
+    };
+    let nh = IpProtocol(data[nh_field]);
+    let icv_len = sa.xform.icv_len();
+    let ah_len = ah::header_len_for(icv_len, v6);
+    let total = total_len + ah_len;
+    if total - if v6 { 40 } else { 0 } > usize::from(u16::MAX) {
+        return Err(DropReason::TooBig);
+    }
+    let head = pkt.head();
+    if head < ah_len {
+        return Err(DropReason::NoBufferSpace);
+    }
+    let (seq, ev) = sa.next_seq()?;
+    report(events, sa, h, ev);
+    let start = head - ah_len;
+    let frame = pkt.frame_mut();
+    frame.copy_within(head..head + hl, start);
+    frame[start + nh_field] = IpProtocol::AH.0;
+    fix_length(&mut frame[start..start + hl], v6, total);
+    let at = start + hl;
+    AhHeader::new_unchecked(&mut frame[at..at + ah_len]).emit(nh, ah_len, sa.spi, seq as u32);
+    let mut icv = [0u8; 32];
+    let esn_hi = sa.esn.then_some((seq >> 32) as u32);
+    if let Err(e) = compute(
+        sa,
+        frame,
+        start,
+        total,
+        v6,
+        at,
+        esn_hi,
+        &mut icv[..icv_len],
+        true,
+    ) {
+        // put the packet back as it was
+        frame[start + nh_field] = nh.0;
+        fix_length(&mut frame[start..start + hl], v6, total_len);
+        frame.copy_within(start..start + hl, head);
+        return Err(e);
+    }
+    frame[at + FIXED_LEN..at + FIXED_LEN + icv_len].copy_from_slice(&icv[..icv_len]);
+    pkt.set_window(start, total);
+    Ok(total_len - hl)
+}
+
+/// Set the length of the IP packet whose header is `hdr` (IPv4: all of it, for the
+/// checksum) to `total` bytes.
+fn fix_length(hdr: &mut [u8], v6: bool, total: usize) {
+    if v6 {
+        hdr[4..6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
+    } else {
+        let mut ip = Ipv4Packet::new_unchecked(hdr);
+        ip.set_total_len(total as u16);
+        ip.fill_checksum();
+    }
+}
+
+/// Verify and remove AH (RFC 4302 §3.4). Order of checks: encapsulation, lifetime, lengths,
+/// replay check, ICV, replay commit, then the packet as for ESP (inner header, selectors,
+/// ECN in tunnel mode). On success the window holds the inner packet (tunnel) or the packet
+/// without AH (transport), and its payload's byte count is returned.
+#[inline]
+pub(crate) fn decap<B: AsRef<[u8]> + AsMut<[u8]>>(
+    sa: &mut Sa,
+    h: SaHandle,
+    pkt: &mut PacketBuf<B>,
+    o: &InboundEsp,
+    now: Timestamp,
+    events: &mut EventQueue,
+) -> Result<usize, DropReason> {
+    match run(sa, h, pkt, o, now, events) {
+        Ok(n) => {
+            let ev = sa.life.account(now, n as u64);
+            report(events, sa, h, ev);
+            Ok(n)
+        }
+        Err(e) => {
+            sa.drops.bump(e);
+            Err(e)
+        }
+    }
+}
+
+fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
+    sa: &mut Sa,
+    h: SaHandle,
+    pkt: &mut PacketBuf<B>,
+    o: &InboundEsp,
+    now: Timestamp,
+    events: &mut EventQueue,
+) -> Result<usize, DropReason> {
+    if o.udp.is_some() || sa.udp.is_some() {
+        return Err(DropReason::EncapMismatch);
+    }
+    let (usable, ev) = sa.life.usable(now);
+    report(events, sa, h, ev);
+    if !usable {
+        return Err(sa.expired_reason());
+    }
+    let icv_len = sa.xform.icv_len();
+    let base = pkt.head();
+    let at = base + o.esp_off;
+    let total = o.esp_off + o.esp_len;
+    let frame = pkt.frame_mut();
+    let hdr = AhHeader::new_checked(&frame[at..base + total]).map_err(|_| DropReason::BadLength)?;
+    let ah_len = hdr.header_len();
+    // the ICV field holds this SA's ICV and at most the padding to the alignment
+    if ah_len < FIXED_LEN + icv_len || ah_len != ah::header_len_for(icv_len, o.v6) {
+        return Err(DropReason::BadLength);
+    }
+    let nh = hdr.next_header();
+    let seq = sa.replay.infer(hdr.seq()).ok_or(DropReason::ReplayOld)?;
+    sa.replay.check(seq).map_err(replay_reason)?;
+    let mut got = [0u8; 32];
+    got[..icv_len].copy_from_slice(&frame[at + FIXED_LEN..at + FIXED_LEN + icv_len]);
+    let saved = icv_view(frame, base, o.v6, at, icv_len, false)?;
+    let esn_hi = sa.esn.then_some((seq >> 32) as u32);
+    let ok = sa
+        .xform
+        .ah_verify(&frame[base..base + total], esn_hi, &got[..icv_len]);
+    saved.restore(frame);
+    if !ok {
+        return Err(DropReason::IcvFailed);
+    }
+    // Authenticated: now the window may move (RFC 4302 §3.4.3).
+    sa.replay.commit(seq).map_err(replay_reason)?;
+    let pt = at + ah_len;
+    let data_len = base + total - pt;
+    match sa.mode {
+        Mode::Tunnel => decap_tunnel(sa, pkt, o, pt, data_len, nh),
+        Mode::Transport => decap_transport(sa, pkt, o, pt, data_len, nh),
+    }
+}
+
+fn replay_reason(e: ReplayError) -> DropReason {
+    match e {
+        ReplayError::Old => DropReason::ReplayOld,
+        ReplayError::Duplicate => DropReason::ReplayDuplicate,
+    }
+}
+
+/// The path-MTU check before protection (see [`crate::esp::path_mtu_room`]): `Some(room)`
+/// when `data` would leave longer than `sa`'s known path MTU and may not be fragmented.
+pub(crate) fn path_mtu_room(sa: &Sa, data: &[u8]) -> Option<u16> {
+    let mtu = usize::from(sa.path_mtu);
+    if mtu == 0 {
+        return None;
+    }
+    let (len, v6, df) = match data.first().map(|b| b >> 4) {
+        Some(4) => {
+            let ip = Ipv4Packet::new_checked(data).ok()?;
+            (usize::from(ip.total_len()), false, ip.dont_frag())
+        }
+        Some(6) => (Ipv6Packet::new_checked(data).ok()?.total_len(), true, true),
+        _ => return None,
+    };
+    let outer_v6 = match sa.mode {
+        Mode::Tunnel => sa.tmpl.v6,
+        Mode::Transport => v6,
+    };
+    let added = ah::header_len_for(sa.xform.icv_len(), outer_v6)
+        + if sa.mode == Mode::Tunnel {
+            usize::from(sa.tmpl.len)
+        } else {
+            0
+        };
+    if len + added <= mtu {
+        return None;
+    }
+    let room = mtu.checked_sub(added)?;
+    if !df || (v6 && room < 1280) {
+        return None;
+    }
+    Some(u16::try_from(room).unwrap_or(u16::MAX))
+}
