@@ -216,9 +216,10 @@ def authenticate_decrypt(sa, esp, hi):
             return ChaCha20Poly1305(sa.key).decrypt(nonce, ct + icv, aad)
         AESGCM(sa.key).decrypt(nonce, icv, aad + iv + ct)  # GMAC: all of it is AAD
         return ct
-    want = hmac.new(sa.auth_key, esp[:len(esp) - sa.icv_len] + seqhi, sa.hash).digest()[:sa.icv_len]
-    if not hmac.compare_digest(want, icv):
-        raise InvalidTag()
+    if sa.hash is not None:  # none: confidentiality-only ESP (RFC 4303 §3.2), nothing to check
+        want = hmac.new(sa.auth_key, esp[:len(esp) - sa.icv_len] + seqhi, sa.hash).digest()[:sa.icv_len]
+        if not hmac.compare_digest(want, icv):
+            raise InvalidTag()
     if sa.kind == 'null':
         return ct
     if len(ct) % sa.block:

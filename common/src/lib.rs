@@ -100,6 +100,15 @@ pub mod ipproto {
     pub const ROUTING: u8 = 43;
     pub const FRAGMENT: u8 = 44;
     pub const ESP: u8 = 50;
+    pub const AH: u8 = 51;
+    pub const IPCOMP: u8 = 108;
+
+    /// The IPsec protocols the workers process wherever they are addressed: ESP, AH and
+    /// IPComp (RFC 3173).
+    #[inline(always)]
+    pub const fn is_ipsec(p: u8) -> bool {
+        p == ESP || p == AH || p == IPCOMP
+    }
     pub const ICMPV6: u8 = 58;
     pub const DSTOPTS: u8 = 60;
 }
@@ -126,7 +135,7 @@ pub const MAX_IPV6_EXT_HEADERS: u32 = 6;
 pub struct XdpCounters {
     /// Frames seen.
     pub rx: u64,
-    /// Redirected: IP protocol 50.
+    /// Redirected: IP protocols 50 (ESP), 51 (AH) and 108 (IPComp).
     pub esp: u64,
     /// Redirected: ESP in UDP/4500 (RFC 3948) to the gateway.
     pub udp_esp: u64,

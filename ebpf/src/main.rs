@@ -12,7 +12,8 @@
 //! this program: the two together are the fail-closed design.
 //!
 //! Two entry points share the maps of this one object:
-//! - `xsec_unprotected` (WAN): ESP (IP protocol 50, to any address); to the gateway: ESP in
+//! - `xsec_unprotected` (WAN): ESP, AH and IPComp (IP protocols 50, 51 and 108, to any
+//!   address: the `esp` counter counts all three); to the gateway: ESP in
 //!   UDP/4500 (RFC 3948) and NAT keepalives on it, UDP to the daemon's tunnel ports, UDP
 //!   fragments from a UDP-encapsulated SA's peer (for reassembly); IKE and other traffic to
 //!   the gateway pass. Everything not addressed to the gateway: to the worker (the inbound
@@ -369,7 +370,7 @@ fn classify_unprotected(f: &Frame) -> Class {
     match parse(f) {
         Parsed::Done(c) => c,
         Parsed::V4(ip) => {
-            if ip.proto == ipproto::ESP {
+            if ipproto::is_ipsec(ip.proto) {
                 return Class::Esp;
             }
             if v4_local(&ip.dst) {
@@ -379,7 +380,7 @@ fn classify_unprotected(f: &Frame) -> Class {
             Class::Spd
         }
         Parsed::V6(ip) => {
-            if ip.proto == ipproto::ESP {
+            if ipproto::is_ipsec(ip.proto) {
                 return Class::Esp;
             }
             if v6_local(&ip.dst) {

@@ -165,6 +165,9 @@ pub struct SaConf {
     pub keepalive: u32,
     /// `replay_window` (inbound); `None`: xsecd's default.
     pub replay_window: Option<u32>,
+    /// AH (RFC 4302, `protocol = "ah"`) instead of ESP: integrity only, with `alg`'s HMAC
+    /// (an AES-CBC + HMAC algorithm) and the `auth_key`s.
+    pub ah: bool,
 }
 
 /// A policy's action.
@@ -324,9 +327,13 @@ impl GatewayConf {
             let _ = writeln!(s, "remote = {}", q(&sa.remote));
             let _ = writeln!(s, "spi_in = {:#x}", sa.spi_in);
             let _ = writeln!(s, "spi_out = {:#x}", sa.spi_out);
-            let _ = writeln!(s, "encryption = {}", q(sa.alg.encryption()));
-            let _ = writeln!(s, "enc_key_in = {}", key(&sa.enc_key_in));
-            let _ = writeln!(s, "enc_key_out = {}", key(&sa.enc_key_out));
+            if sa.ah {
+                s.push_str("protocol = \"ah\"\n");
+            } else {
+                let _ = writeln!(s, "encryption = {}", q(sa.alg.encryption()));
+                let _ = writeln!(s, "enc_key_in = {}", key(&sa.enc_key_in));
+                let _ = writeln!(s, "enc_key_out = {}", key(&sa.enc_key_out));
+            }
             if let Some(i) = sa.alg.integrity() {
                 let _ = writeln!(s, "integrity = {}", q(i));
                 let _ = writeln!(s, "auth_key_in = {}", key(&sa.auth_key_in));
@@ -600,6 +607,7 @@ impl Pair {
                 encap: opts.encap,
                 keepalive: opts.keepalive,
                 replay_window: None,
+                ah: false,
             };
             a.sas
                 .push(sa(ep_a, ep_b, spi_ba, spi_ab, &k_ba, &k_ab, &a_ba, &a_ab));

@@ -97,7 +97,9 @@ impl<I: FrameIo> Worker<'_, I> {
             let data = pkt.data();
             let shards = self.engine.shards();
             let ours = match proto {
-                50 => true,
+                // ESP and AH are processed after reassembly (RFC 4303 §3.4.1, RFC 4302
+                // §3.4.1)
+                50 | 51 => true,
                 // UDP fragments to the gateway's end of a UDP-encapsulated SA (any worker's);
                 // other UDP fragments are forwarded traffic, decided as they are
                 17 => fwd::ip_dst(data)
