@@ -1,6 +1,6 @@
 //! Arbitrary bytes as one packet from the unprotected side (`Engine::inbound`) and from the
 //! protected side (`Engine::outbound`), against an engine with inbound SAs of several
-//! algorithms, modes and encapsulations (raw ESP, UDP 4500, UDP 2746), outbound SAs behind
+//! algorithms, modes and encapsulations (raw ESP, UDP 4500, UDP 2746; two AH SAs), outbound SAs behind
 //! PROTECT policies (one a two-SA bundle), and BYPASS and DISCARD policies both ways.
 //!
 //! The corpus is seeded (XSEC_FUZZ_SEED_DIR) with valid ESP packets made by a peer engine
@@ -18,7 +18,7 @@ use libfuzzer_sys::fuzz_target;
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 use xsec_dataplane::crypto::{AuthAlg, EncAlg};
-use xsec_dataplane::sa::{EcnMode, Encap, Lifetime, Limits, Mode, Sa, SaConfig};
+use xsec_dataplane::sa::{EcnMode, Encap, Lifetime, Limits, Mode, Protocol, Sa, SaConfig};
 use xsec_dataplane::spd::{
     Action, AddrRange, Direction, NonPolicy, Policy, PortSel, SaBundle, Selector, Spd, SpdConfig,
 };
@@ -42,6 +42,7 @@ struct Spec {
     ecn: EcnMode,
     selectors: Vec<Selector>,
     hard_packets: Option<u64>,
+    protocol: Protocol,
 }
 
 fn net(s: &str) -> AddrRange {
@@ -65,6 +66,7 @@ fn specs() -> &'static [Spec] {
             // An inbound SA without selectors accepts nothing; these accept any inner packet.
             selectors: vec![Selector::ANY],
             hard_packets: None,
+            protocol: Protocol::Esp,
         };
         vec![
             // 0: AES-GCM-128 tunnel, raw ESP, IPv4, with traffic selectors
@@ -150,6 +152,26 @@ fn specs() -> &'static [Spec] {
                 enc: EncAlg::AesGcm192,
                 ..spec_clone(&base)
             },
+            // 9: AH HMAC-SHA1-96 tunnel, IPv4, ESN
+            Spec {
+                spi: 0x0000_100a,
+                enc: EncAlg::Null,
+                auth: AuthAlg::HmacSha1_96,
+                esn: true,
+                protocol: Protocol::Ah,
+                ..spec_clone(&base)
+            },
+            // 10: AH HMAC-SHA-256-128 transport, IPv6 addresses
+            Spec {
+                spi: 0x0000_100b,
+                mode: Mode::Transport,
+                v6: true,
+                addrs: true,
+                enc: EncAlg::Null,
+                auth: AuthAlg::HmacSha256_128,
+                protocol: Protocol::Ah,
+                ..spec_clone(&base)
+            },
         ]
     })
 }
@@ -182,6 +204,7 @@ fn config(i: usize, s: &Spec, dir: Direction, peer: bool) -> SaConfig {
         }
     };
     c.reqid = i as u32 + 1;
+    c.protocol = s.protocol;
     c.encap = s.encap;
     c.esn = s.esn;
     c.replay_window = s.window;
@@ -368,6 +391,14 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
         ),
         (7, vec![udp4(h4(1, 10), h4(2, 10))]),
         (8, vec![ping_packet(false, &h4(1, 10), &h4(2, 10))]),
+        (9, vec![udp4(h4(1, 10), h4(2, 10))]),
+        (
+            10,
+            vec![
+                udp6(PEER6, GW6),
+                tcp_packet(true, &PEER6, &GW6, 40000, 22, b"ssh"),
+            ],
+        ),
     ];
     for (i, inners) in plan {
         for (j, inner) in inners.into_iter().enumerate() {

@@ -27,6 +27,7 @@ pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ESP: u8 = 50;
+pub const PROTO_AH: u8 = 51;
 pub const PROTO_ICMPV6: u8 = 58;
 
 /// `data` in a frame with [`HEADROOM`] bytes before it and [`TAILROOM`] after.
@@ -436,7 +437,7 @@ pub fn plain_after_decap(p: &[u8], udp_ports: &[u16]) -> bool {
         return false;
     }
     match ip.proto {
-        PROTO_ESP => false,
+        PROTO_ESP | PROTO_AH => false,
         PROTO_UDP => {
             let l4 = &p[ip.ul_off..ip.total];
             if l4.len() < 8 {

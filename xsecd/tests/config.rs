@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use xsec_dataplane::crypto::{AuthAlg, EncAlg};
-use xsec_dataplane::sa::{Encap, Mode};
+use xsec_dataplane::sa::{Encap, Mode, Protocol};
 use xsec_dataplane::spd::{
     Action, AddrRange, Direction, NonPolicy, PacketKey, PortSel, SaBundle, Selector,
 };
@@ -37,6 +37,7 @@ const PAIRS: &[(&str, &str)] = &[
     ("ar410-udp2746-a.toml", "ar410-udp2746-b.toml"),
     ("smartware-cbc-a.toml", "smartware-cbc-b.toml"),
     ("mcp-transport-a.toml", "mcp-transport-b.toml"),
+    ("mcp-ah-transport-a.toml", "mcp-ah-transport-b.toml"),
 ];
 
 /// xsec-ike's examples: its two configurations and secrets file are tested in
@@ -109,7 +110,10 @@ fn example_pairs_are_mirror_images() {
                 assert_eq!(out.spi, inb.spi, "{ctx}");
                 assert_eq!(out.enc_key, inb.enc_key, "{ctx}");
                 assert_eq!(out.auth_key, inb.auth_key, "{ctx}");
-                assert_eq!((out.enc, out.auth, out.mode), (inb.enc, inb.auth, inb.mode));
+                assert_eq!(
+                    (out.protocol, out.enc, out.auth, out.mode),
+                    (inb.protocol, inb.enc, inb.auth, inb.mode)
+                );
                 assert_eq!((out.local, out.remote), (inb.remote, inb.local), "{ctx}");
                 match (out.encap, inb.encap) {
                     (Encap::None, Encap::None) => {}
@@ -127,7 +131,8 @@ fn example_pairs_are_mirror_images() {
                 }
             }
             assert_ne!(
-                x.outbound.enc_key, x.inbound.enc_key,
+                (&x.outbound.enc_key, &x.outbound.auth_key),
+                (&x.inbound.enc_key, &x.inbound.auth_key),
                 "{ctx}: one key per direction"
             );
             assert_eq!(x.keepalive, y.keepalive, "{ctx}");
@@ -967,5 +972,132 @@ fn many_combined_mode_sas_are_warned_about_once_each_for_three_then_counted() {
         ),
         "{}",
         w[3]
+    );
+}
+
+/// GOOD's SA as AH: `protocol = "ah"`, no encryption, HMAC-SHA1-96 keys.
+fn good_ah() -> String {
+    edit(
+        "encryption = \"aes-cbc-128\"\nintegrity = \"hmac-sha1-96\"\n\
+         enc_key_in = \"0x0f0e0d0c0b0a09080706050403020100\"\n\
+         enc_key_out = \"0x000102030405060708090a0b0c0d0e0f\"\n",
+        "protocol = \"ah\"\nintegrity = \"hmac-sha1-96\"\n",
+    )
+}
+
+/// The MCP-style AH pair: host-to-host transport AH with HMAC-SHA1-96, manual keys.
+#[test]
+fn mcp_ah_transport_example() {
+    let c = load("mcp-ah-transport-a.toml");
+    let sa = &c.sas[0];
+    for x in [&sa.inbound, &sa.outbound] {
+        assert_eq!(x.protocol, Protocol::Ah);
+        assert_eq!(x.mode, Mode::Transport);
+        assert_eq!((x.enc, x.auth), (EncAlg::Null, AuthAlg::HmacSha1_96));
+        assert_eq!(x.auth_key.len(), 20);
+    }
+    assert_eq!((sa.inbound.spi, sa.outbound.spi), (0x5102, 0x5101));
+}
+
+#[test]
+fn ah_sas_and_their_errors() {
+    let c = parse(&good_ah()).unwrap_or_else(|e| panic!("{e}"));
+    for sa in [&c.sas[0].inbound, &c.sas[0].outbound] {
+        assert_eq!(sa.protocol, Protocol::Ah);
+        assert_eq!((sa.enc, sa.auth), (EncAlg::Null, AuthAlg::HmacSha1_96));
+        assert!(sa.enc_key.is_empty());
+        sa.validate().unwrap();
+    }
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    // ESP stays the default
+    assert_eq!(parse(GOOD).unwrap().sas[0].outbound.protocol, Protocol::Esp);
+
+    let s = fails(
+        &good_ah().replace(
+            "protocol = \"ah\"\n",
+            "protocol = \"ah\"\nencryption = \"aes-cbc-128\"\n",
+        ),
+        "gw.toml:13: sa[0].encryption: AH does not encrypt",
+    );
+    assert!(s.contains("RFC 4302"), "{s}");
+    fails(
+        &good_ah().replace("integrity = \"hmac-sha1-96\"\n", ""),
+        "gw.toml:5: sa[0].integrity: AH needs an integrity algorithm",
+    );
+    let s = fails(
+        &good_ah().replace(
+            "protocol = \"ah\"\n",
+            "protocol = \"ah\"\nencap = \"nat-t\"\n",
+        ),
+        "gw.toml:",
+    );
+    assert!(
+        s.contains("encap") && s.contains("AH cannot be UDP-encapsulated"),
+        "{s}"
+    );
+    let s = fails(
+        &good_ah().replace("protocol = \"ah\"", "protocol = \"ipsec\""),
+        "gw.toml:12: sa[0].protocol:",
+    );
+    assert!(s.contains("\"esp\"") && s.contains("\"ah\""), "{s}");
+    let s = fails(
+        &good_ah().replace("hmac-sha1-96", "hmac-md5-96"),
+        "gw.toml:",
+    );
+    assert!(
+        s.contains("sa[0].integrity") && s.contains("MUST NOT"),
+        "{s}"
+    );
+}
+
+#[test]
+fn confidentiality_only_esp_needs_allow_legacy_and_is_warned_about() {
+    let no_integ = edit("integrity = \"hmac-sha1-96\"\n", "")
+        .replace(
+            "auth_key_in = \"0xa0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3\"\n",
+            "",
+        )
+        .replace(
+            "auth_key_out = \"0xc0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3\"\n",
+            "",
+        );
+    let s = fails(
+        &no_integ,
+        "gw.toml:5: sa[0].integrity: aes128 without integrity",
+    );
+    assert!(
+        s.contains("allow_legacy = true") && s.contains("active attacks"),
+        "{s}"
+    );
+    let legacy = no_integ.replace(
+        "encryption = \"aes-cbc-128\"\n",
+        "encryption = \"aes-cbc-128\"\nallow_legacy = true\n",
+    );
+    let c = parse(&legacy).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.sas[0].outbound.auth, AuthAlg::None);
+    let w: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+    assert!(
+        w.iter().any(
+            |w| w.starts_with("gw.toml:5: sa[0].integrity: confidentiality-only ESP")
+                && w.contains("replay")
+        ),
+        "{w:?}"
+    );
+    // 3DES: refused without the key, and the error names it
+    let s = fails(
+        &edit("encryption = \"aes-cbc-128\"", "encryption = \"3des\"")
+            .replace(
+                "enc_key_in = \"0x0f0e0d0c0b0a09080706050403020100\"",
+                "enc_key_in = \"0x0f0e0d0c0b0a09080706050403020100a1a2a3a4a5a6a7a8\"",
+            )
+            .replace(
+                "enc_key_out = \"0x000102030405060708090a0b0c0d0e0f\"",
+                "enc_key_out = \"0x000102030405060708090a0b0c0d0e0fb1b2b3b4b5b6b7b8\"",
+            ),
+        "gw.toml:",
+    );
+    assert!(
+        s.contains("sa[0].encryption") && s.contains("allow_legacy = true"),
+        "{s}"
     );
 }

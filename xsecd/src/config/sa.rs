@@ -103,6 +103,8 @@ pub(super) fn read(v: &Val<'_, '_>, index: usize, line: usize) -> Result<SaDraft
             None
         }
         (Some(Protocol::Ah), None) => Some(EncAlg::Null),
+        // a bad protocol is reported already: no guess at what the SA needs
+        (None, None) => None,
         (_, v) => keep(
             f,
             v.ok_or_else(|| t.missing("encryption", "missing required key"))
@@ -114,15 +116,24 @@ pub(super) fn read(v: &Val<'_, '_>, index: usize, line: usize) -> Result<SaDraft
                 }),
         ),
     };
-    let auth = keep(
-        f,
-        t.get("integrity").map_or(Ok(AuthAlg::None), |v| {
-            v.parse::<AuthAlg>().map_err(|e| Fail {
-                msg: format!("{}; expected e.g. {AUTH_HINT}", e.msg),
-                ..e
-            })
-        }),
-    );
+    let auth = match (protocol, t.get("integrity")) {
+        (Some(Protocol::Ah), None) => {
+            f.push(t.missing(
+                "integrity",
+                "AH needs an integrity algorithm (RFC 4302 §3.2), e.g. hmac-sha256-128",
+            ));
+            None
+        }
+        (_, v) => keep(
+            f,
+            v.map_or(Ok(AuthAlg::None), |v| {
+                v.parse::<AuthAlg>().map_err(|e| Fail {
+                    msg: format!("{}; expected e.g. {AUTH_HINT}", e.msg),
+                    ..e
+                })
+            }),
+        ),
+    };
     let allow_legacy = keep(f, t.get("allow_legacy").map_or(Ok(false), |v| v.boolean()));
 
     // Keys: required when the algorithm takes one, refused when it takes none.
