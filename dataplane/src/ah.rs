@@ -407,12 +407,12 @@ pub(crate) fn decap<B: AsRef<[u8]> + AsMut<[u8]>>(
     o: &InboundEsp,
     now: Timestamp,
     events: &mut EventQueue,
-) -> Result<usize, DropReason> {
+) -> Result<(usize, bool), DropReason> {
     match run(sa, h, pkt, o, now, events) {
-        Ok(n) => {
+        Ok((n, deferred)) => {
             let ev = sa.life.account(now, n as u64);
             report(events, sa, h, ev);
-            Ok(n)
+            Ok((n, deferred))
         }
         Err(e) => {
             sa.drops.bump(e);
@@ -428,7 +428,7 @@ fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
     o: &InboundEsp,
     now: Timestamp,
     events: &mut EventQueue,
-) -> Result<usize, DropReason> {
+) -> Result<(usize, bool), DropReason> {
     if o.udp.is_some() || sa.udp.is_some() {
         return Err(DropReason::EncapMismatch);
     }

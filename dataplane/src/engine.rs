@@ -7,10 +7,10 @@
 //! SPD, drain events, sweep timers) run between bursts.
 
 use crate::crypto::{ICV_GROUP, Transform};
-use crate::esp::{self, Deferred, InboundEsp};
+use crate::esp::{self, Deferred, Header, InboundEsp};
 use crate::events::{Event, EventKind, EventQueue};
 use crate::packet::PacketBuf;
-use crate::sa::{Encap, Protocol, Sa, SaConfig, SaError, SaHandle, SaTable};
+use crate::sa::{Encap, Protocol, Sa, SaConfig, SaError, SaHandle, SaTable, ip_u128};
 use crate::spd::flow_cache::FlowCache;
 use crate::spd::{Action, Direction, Disposition, Lookup, MAX_BUNDLE, PacketKey, Spd, SpdCarry};
 use crate::stats::{DropReason, WorkerStats};
@@ -165,6 +165,18 @@ impl Shards {
     }
 }
 
+/// See [`Engine::bundled`].
+fn bundled_reqids(spd: &Spd) -> std::collections::HashSet<u32> {
+    spd.policies(Direction::Inbound)
+        .iter()
+        .filter_map(|p| match p.action {
+            Action::Protect(b) if b.reqids().len() > 1 => Some(b.reqids().to_vec()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
 /// The IKE port: always handed to the control plane.
 const IKE_PORT: u16 = 500;
 
@@ -198,6 +210,17 @@ pub struct Engine {
     pre: Vec<Option<Pre>>,
     /// Per outbound policy: when it may raise its next ACQUIRE.
     acquire_next: Vec<Timestamp>,
+    /// IPComp's compressor and decompressor, made with the first IPComp SA.
+    codecs: Option<Box<crate::ipcomp::Codecs>>,
+    /// Inbound tunnel-mode IPComp SAs by (IPv6, remote, local): whose IP-in-IP packets
+    /// are their uncompressed ones.
+    ipcomp_tunnels: Vec<(bool, u128, u128, SaHandle)>,
+    /// Reqids that inbound PROTECT policies of the SPD name in bundles of two or more SAs:
+    /// a packet that came through one of them alone is checked against the SPD too.
+    bundled: std::collections::HashSet<u32>,
+    /// Reqids of installed IPComp SAs, with how many: a bundle need not have used them (an
+    /// uncompressed packet skips IPComp, RFC 3173 §2.2).
+    ipcomp_reqids: BTreeMap<u32, u32>,
 }
 
 /// An outbound PROTECT policy without its SA raises ACQUIRE at most this often (per worker).
@@ -244,6 +267,10 @@ impl Engine {
             peers: std::collections::HashMap::new(),
             pre: Vec::with_capacity(BATCH),
             acquire_next: vec![Timestamp::ZERO; spd.policies(Direction::Outbound).len()],
+            codecs: None,
+            ipcomp_tunnels: Vec::new(),
+            bundled: bundled_reqids(&spd),
+            ipcomp_reqids: BTreeMap::new(),
             spd,
         }
     }
@@ -284,7 +311,24 @@ impl Engine {
         };
         let grouped = Self::grouped(&sa);
         let peer = sa.info.remote.filter(|_| sa.dir == Direction::Outbound);
+        let is_ipcomp = matches!(sa.protocol, Protocol::IpComp(_));
+        let reqid = sa.reqid;
+        let ipcomp_tunnel = match (is_ipcomp, sa.dir, sa.mode, sa.info.remote, sa.info.local) {
+            (true, Direction::Inbound, crate::sa::Mode::Tunnel, Some(r), Some(l)) => {
+                Some((ip_u128(r).0, ip_u128(r).1, ip_u128(l).1))
+            }
+            _ => None,
+        };
         let h = self.sad.insert_as(sa, current)?;
+        if is_ipcomp {
+            if self.codecs.is_none() {
+                self.codecs = Some(Box::default());
+            }
+            *self.ipcomp_reqids.entry(reqid).or_default() += 1;
+        }
+        if let Some((v6, r, l)) = ipcomp_tunnel {
+            self.ipcomp_tunnels.push((v6, r, l, h));
+        }
         if let Some(p) = peer {
             *self.peers.entry(p).or_default() += 1;
         }
@@ -303,6 +347,15 @@ impl Engine {
     /// Remove an SA; its final state is returned.
     pub fn remove_sa(&mut self, h: SaHandle) -> Option<Sa> {
         let sa = self.sad.remove(h)?;
+        self.ipcomp_tunnels.retain(|t| t.3 != h);
+        if matches!(sa.protocol, Protocol::IpComp(_))
+            && let Some(n) = self.ipcomp_reqids.get_mut(&sa.reqid)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.ipcomp_reqids.remove(&sa.reqid);
+            }
+        }
         if let Some(p) = sa.info.remote.filter(|_| sa.dir == Direction::Outbound)
             && let Some(n) = self.peers.get_mut(&p)
         {
@@ -378,6 +431,7 @@ impl Engine {
         self.acquire_next.clear();
         self.acquire_next
             .resize(spd.policies(Direction::Outbound).len(), Timestamp::ZERO);
+        self.bundled = bundled_reqids(&spd);
         self.spd = spd;
         self.flows.clear();
     }
@@ -452,9 +506,16 @@ impl Engine {
         let Some(sa) = self.sad.get_mut(h) else {
             return (self.drop(DropReason::NoSa), false);
         };
-        let r = match sa.protocol {
-            Protocol::Esp => esp::encap(sa, h, pkt, now, &mut self.events, defer),
-            Protocol::Ah => crate::ah::encap(sa, h, pkt, now, &mut self.events).map(|n| (n, false)),
+        let r = match (sa.protocol, self.codecs.as_deref_mut()) {
+            (Protocol::Esp, _) => esp::encap(sa, h, pkt, now, &mut self.events, defer),
+            (Protocol::Ah, _) => {
+                crate::ah::encap(sa, h, pkt, now, &mut self.events).map(|n| (n, false))
+            }
+            (Protocol::IpComp(_), Some(codecs)) => {
+                crate::ipcomp::encap(sa, h, pkt, now, &mut self.events, codecs, &mut self.stats)
+                    .map(|n| (n, false))
+            }
+            (Protocol::IpComp(_), None) => Err(DropReason::NoSa),
         };
         match r {
             Ok((bytes, deferred)) => {
@@ -781,7 +842,7 @@ impl Engine {
             let Ok(Inbound::Esp(e)) = self.classify(p) else {
                 continue;
             };
-            if e.ah {
+            if e.kind != Header::Esp {
                 continue;
             }
             let Some(h) = self.sad.lookup_inbound(e.spi(p.data()), e.v6, e.dst) else {
@@ -864,6 +925,12 @@ impl Engine {
         mut pre: Option<Pre>,
     ) -> Verdict {
         let mut depth = 0;
+        // the reqids of the SAs that decapsulated the packet, outermost first
+        let mut chain = [0u32; MAX_BUNDLE];
+        // an outer layer left its selector check to the bundle check
+        let mut deferred = false;
+        // the innermost SA so far is IPComp, which authenticates nothing
+        let mut ipcomp = false;
         loop {
             let mut checked = None;
             let (esp, found) = match pre.take() {
@@ -881,8 +948,38 @@ impl Engine {
                         self.stats.keepalives += 1;
                         return Verdict::Consumed;
                     }
-                    Ok(Inbound::Plain) if depth > 0 => return Verdict::Forward,
-                    Ok(Inbound::Plain) => return self.plaintext(pkt),
+                    Ok(Inbound::Plain) if depth > 0 => {
+                        // IP in IP inside a bundle: a tunnel-mode IPComp SA's uncompressed
+                        // packet (RFC 3173 §2.2)
+                        if deferred
+                            && depth < MAX_BUNDLE
+                            && let Some(reqid) = self.ipip_uncompressed(now, pkt)
+                        {
+                            chain[depth] = reqid;
+                            depth += 1;
+                            ipcomp = true;
+                            deferred = false;
+                            continue;
+                        }
+                        if deferred
+                            || depth > 1
+                            || ipcomp
+                            || (!self.bundled.is_empty() && self.bundled.contains(&chain[0]))
+                        {
+                            return self.bundle_check(pkt, &chain[..depth]);
+                        }
+                        return Verdict::Forward;
+                    }
+                    Ok(Inbound::Plain) => {
+                        // a tunnel-mode IPComp SA on its own, uncompressed
+                        if let Some(reqid) = self.ipip_uncompressed(now, pkt) {
+                            chain[0] = reqid;
+                            depth = 1;
+                            ipcomp = true;
+                            continue;
+                        }
+                        return self.plaintext(pkt);
+                    }
                     Err(r) => return self.drop(r),
                 },
             };
@@ -903,24 +1000,132 @@ impl Engine {
                 }
                 return self.drop(DropReason::NoSa);
             };
-            let r = match (esp.ah, sa.protocol) {
-                (false, Protocol::Esp) => {
+            let reqid = sa.reqid;
+            let r = match (esp.kind, sa.protocol, self.codecs.as_deref_mut()) {
+                (Header::Esp, Protocol::Esp, _) => {
                     esp::decap(sa, h, pkt, &esp, now, &mut self.events, checked)
                 }
-                (true, Protocol::Ah) => crate::ah::decap(sa, h, pkt, &esp, now, &mut self.events),
+                (Header::Ah, Protocol::Ah, _) => {
+                    crate::ah::decap(sa, h, pkt, &esp, now, &mut self.events)
+                }
+                (Header::IpComp, Protocol::IpComp(_), Some(codecs)) => {
+                    crate::ipcomp::decap(sa, h, pkt, &esp, now, &mut self.events, codecs)
+                }
                 _ => {
                     sa.drops.bump(DropReason::ProtocolMismatch);
                     Err(DropReason::ProtocolMismatch)
                 }
             };
             match r {
-                Ok(bytes) => {
+                Ok((bytes, d)) => {
                     self.stats.decap_packets += 1;
                     self.stats.decap_bytes += bytes as u64;
+                    deferred = d;
                 }
                 Err(r) => return self.drop(r),
             }
+            ipcomp = esp.kind == Header::IpComp;
+            chain[depth] = reqid;
             depth += 1;
+        }
+    }
+
+    /// The packet in the window is IP in IP between the ends of an inbound tunnel-mode
+    /// IPComp SA: the uncompressed form of that SA's packets. Strip the outer header,
+    /// account it to the SA, and give its reqid.
+    fn ipip_uncompressed<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        now: Timestamp,
+        pkt: &mut PacketBuf<B>,
+    ) -> Option<u32> {
+        if self.ipcomp_tunnels.is_empty() {
+            return None;
+        }
+        let data = pkt.data();
+        let (v6, src, dst, hl, proto) = match data.first().map(|b| b >> 4) {
+            Some(4) => {
+                let ip = Ipv4Packet::new_checked(data).ok()?;
+                (
+                    false,
+                    u128::from(u32::from_be_bytes(ip.src_addr())),
+                    u128::from(u32::from_be_bytes(ip.dst_addr())),
+                    ip.header_len(),
+                    ip.protocol(),
+                )
+            }
+            Some(6) => {
+                let ip = Ipv6Packet::new_checked(data).ok()?;
+                (
+                    true,
+                    u128::from_be_bytes(ip.src_addr()),
+                    u128::from_be_bytes(ip.dst_addr()),
+                    40,
+                    ip.next_header(),
+                )
+            }
+            _ => return None,
+        };
+        if proto != IpProtocol::IPV4 && proto != IpProtocol::IPV6 {
+            return None;
+        }
+        let &(_, _, _, h) = self
+            .ipcomp_tunnels
+            .iter()
+            .find(|&&(t6, r, l, _)| (t6, r, l) == (v6, src, dst))?;
+        let sa = self.sad.get_mut(h)?;
+        let inner_len = data.len().checked_sub(hl)?;
+        let (usable, ev) = sa.life.usable(now);
+        esp::report(&mut self.events, sa, h, ev);
+        if !usable {
+            return None;
+        }
+        let ev = sa.life.account(now, inner_len as u64);
+        esp::report(&mut self.events, sa, h, ev);
+        let reqid = sa.reqid;
+        let head = pkt.head();
+        pkt.set_window(head + hl, inner_len);
+        self.stats.decap_packets += 1;
+        self.stats.decap_bytes += inner_len as u64;
+        Some(reqid)
+    }
+
+    /// Whether `chain` (outermost first) is `bundle` (innermost first), but for IPComp SAs
+    /// of the bundle that a packet too small or too random to compress did not use.
+    fn bundle_matches(&self, bundle: &[u32], chain: &[u32]) -> bool {
+        let mut used = chain.iter().rev().peekable();
+        for r in bundle {
+            if used.peek() == Some(&r) {
+                used.next();
+            } else if !self.ipcomp_reqids.contains_key(r) {
+                return false;
+            }
+        }
+        used.next().is_none()
+    }
+
+    /// RFC 4301 §4.5 and §5.2 for a packet that came through a bundle (or through an SA
+    /// that authenticates nothing, IPComp): the inbound SPD entry its contents match must
+    /// PROTECT with exactly the SAs that decapsulated it (`chain`, outermost first; a
+    /// bundle lists them innermost first). Anything else is dropped.
+    fn bundle_check<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        pkt: &PacketBuf<B>,
+        chain: &[u32],
+    ) -> Verdict {
+        let Ok(key) = PacketKey::parse(pkt.data()) else {
+            return self.drop(DropReason::Malformed);
+        };
+        let ok = match self.flows.lookup(&self.spd, Direction::Inbound, &key) {
+            Lookup::Policy {
+                action: Action::Protect(b),
+                ..
+            } => self.bundle_matches(b.reqids(), chain),
+            _ => false,
+        };
+        if ok {
+            Verdict::Forward
+        } else {
+            self.drop(DropReason::BundleMismatch)
         }
     }
 
@@ -940,6 +1145,15 @@ impl Engine {
                         Verdict::Bypass
                     }
                     Action::Discard => self.drop(DropReason::PolicyDiscard),
+                    // a bundle of IPComp alone: what did not compress comes as it was
+                    Action::Protect(b)
+                        if b.reqids()
+                            .iter()
+                            .all(|r| self.ipcomp_reqids.contains_key(r)) =>
+                    {
+                        self.stats.bypass_packets += 1;
+                        Verdict::Bypass
+                    }
                     Action::Protect(_) => self.drop(DropReason::UnprotectedForProtect),
                 }
             }
@@ -1023,7 +1237,7 @@ impl Engine {
                 _ => return Err(DropReason::Malformed),
             },
         };
-        let esp = |esp_off: usize, esp_len: usize, udp: Option<(u16, u16)>, ah: bool| {
+        let esp = |esp_off: usize, esp_len: usize, udp: Option<(u16, u16)>, kind: Header| {
             Inbound::Esp(InboundEsp {
                 v6,
                 src,
@@ -1034,7 +1248,7 @@ impl Engine {
                 esp_len,
                 udp,
                 outer_ecn: ecn,
-                ah,
+                kind,
             })
         };
         let found = match proto {
@@ -1046,7 +1260,7 @@ impl Engine {
                 if total - ip_hdr_len < 8 {
                     return Err(DropReason::Malformed);
                 }
-                esp(ip_hdr_len, total - ip_hdr_len, None, false)
+                esp(ip_hdr_len, total - ip_hdr_len, None, Header::Esp)
             }
             IpProtocol::AH => {
                 // AH is processed after reassembly too (RFC 4302 §3.4.1)
@@ -1056,7 +1270,17 @@ impl Engine {
                 if total < ip_hdr_len + crate::wire::ah::FIXED_LEN {
                     return Err(DropReason::Malformed);
                 }
-                esp(ip_hdr_len, total - ip_hdr_len, None, true)
+                esp(ip_hdr_len, total - ip_hdr_len, None, Header::Ah)
+            }
+            IpProtocol::IPCOMP => {
+                // IPComp is processed after reassembly too (RFC 3173 §3)
+                if fragment {
+                    return Err(DropReason::Fragment);
+                }
+                if total < ip_hdr_len + crate::wire::ipcomp::HEADER_LEN {
+                    return Err(DropReason::Malformed);
+                }
+                esp(ip_hdr_len, total - ip_hdr_len, None, Header::IpComp)
             }
             IpProtocol::UDP => {
                 let l4 = data.get(ip_hdr_len..total).unwrap_or_default();
@@ -1080,7 +1304,7 @@ impl Engine {
                         }
                         match classify_udp_encap(&l4[8..ulen]) {
                             UdpEncapKind::Esp => {
-                                esp(ip_hdr_len + 8, ulen - 8, Some((sport, dport)), false)
+                                esp(ip_hdr_len + 8, ulen - 8, Some((sport, dport)), Header::Esp)
                             }
                             UdpEncapKind::Ike => Inbound::Ike,
                             UdpEncapKind::Keepalive => Inbound::Keepalive,

@@ -22,6 +22,7 @@ pub mod crypto;
 pub mod engine;
 mod esp;
 pub mod events;
+pub mod ipcomp;
 pub mod packet;
 pub mod replay;
 pub mod sa;

@@ -78,8 +78,17 @@ drop_reasons! {
     BadUdpEncap = "bad_udp_encap",
     /// The SA bundle nests deeper than the engine allows.
     BundleTooDeep = "bundle_too_deep",
-    /// The packet's IPsec protocol (ESP or AH) is not its SA's.
+    /// The packet's IPsec protocol (ESP, AH or IPComp) is not its SA's.
     ProtocolMismatch = "protocol_mismatch",
+    /// The IPComp payload is not a valid DEFLATE or LZS stream.
+    DecompressFailed = "decompress_failed",
+    /// The IPComp payload would decompress beyond what the frame holds (or the largest IP
+    /// packet): a compression bomb is dropped here, never given more memory.
+    DecompressTooBig = "decompress_too_big",
+    /// The SAs that decapsulated the packet are not the bundle of the policy its contents
+    /// match, or an outer layer's selectors were left to a bundle check no policy makes
+    /// (RFC 4301 §4.5, §5.2).
+    BundleMismatch = "bundle_mismatch",
 }
 
 impl fmt::Display for DropReason {
@@ -164,6 +173,10 @@ pub struct WorkerStats {
     pub drops: DropCounters,
     /// Events lost because the event queue was full.
     pub events_lost: u64,
+    /// IPComp, outbound: packets sent compressed, and sent as they were because
+    /// compression would not have made them smaller (RFC 3173 §2.2).
+    pub ipcomp_compressed: u64,
+    pub ipcomp_uncompressed: u64,
 }
 
 impl WorkerStats {
@@ -178,6 +191,8 @@ impl WorkerStats {
         self.keepalives += o.keepalives;
         self.drops.add(&o.drops);
         self.events_lost += o.events_lost;
+        self.ipcomp_compressed += o.ipcomp_compressed;
+        self.ipcomp_uncompressed += o.ipcomp_uncompressed;
     }
 }
 

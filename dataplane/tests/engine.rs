@@ -1080,8 +1080,13 @@ fn sa_bundle_transport_inside_tunnel() {
         }],
         ..Default::default()
     };
-    let mut a = Engine::new(Arc::new(spd.compile().unwrap()));
-    let mut b = Engine::new(Arc::new(SpdConfig::default().compile().unwrap()));
+    let mut a = Engine::new(Arc::new(spd.clone().compile().unwrap()));
+    // B accepts what came through exactly this bundle (RFC 4301 §4.5)
+    let b_spd = SpdConfig {
+        inbound: spd.outbound.clone(),
+        ..Default::default()
+    };
+    let mut b = Engine::new(Arc::new(b_spd.compile().unwrap()));
     for c in [&t_out, &u_out] {
         a.add_sa(c, T0).unwrap();
     }
@@ -1103,9 +1108,32 @@ fn sa_bundle_transport_inside_tunnel() {
         0x6002,
         "outer SA on the wire"
     );
+    let wire = pkt.data().to_vec();
     assert_eq!(b.inbound(T0, &mut pkt), Verdict::Forward);
     assert_eq!(pkt.data(), &orig[..]);
     assert_eq!(b.stats().decap_packets, 2);
+
+    // the same SAs are not enough without the policy that bundles them
+    let mut c = Engine::new(Arc::new(SpdConfig::default().compile().unwrap()));
+    for cfg in [&t_in, &u_in] {
+        c.add_sa(cfg, T0).unwrap();
+    }
+    let mut pkt = frame(&wire);
+    assert_eq!(
+        c.inbound(T0, &mut pkt),
+        Verdict::Drop(DropReason::BundleMismatch)
+    );
+    // nor the inner SA alone where the policy wants both
+    let mut lone = frame(&orig);
+    let mut a2 = Engine::new(Arc::new(SpdConfig::default().compile().unwrap()));
+    let h = a2.add_sa(&t_out, T0).unwrap();
+    a2.sa_mut(h).unwrap().set_seq(5);
+    assert_eq!(a2.encap_with(h, T0, &mut lone), Verdict::Forward);
+    assert_eq!(
+        b.inbound(T0, &mut lone),
+        Verdict::Drop(DropReason::BundleMismatch),
+        "an SA of a bundle alone"
+    );
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use xsec_dataplane::crypto::{AuthAlg, EncAlg};
-use xsec_dataplane::sa::{Encap, Mode, Protocol};
+use xsec_dataplane::sa::{CompAlg, Encap, Mode, Protocol};
 use xsec_dataplane::spd::{
     Action, AddrRange, Direction, NonPolicy, PacketKey, PortSel, SaBundle, Selector,
 };
@@ -38,6 +38,7 @@ const PAIRS: &[(&str, &str)] = &[
     ("smartware-cbc-a.toml", "smartware-cbc-b.toml"),
     ("mcp-transport-a.toml", "mcp-transport-b.toml"),
     ("mcp-ah-transport-a.toml", "mcp-ah-transport-b.toml"),
+    ("ar410-bundle-a.toml", "ar410-bundle-b.toml"),
 ];
 
 /// xsec-ike's examples: its two configurations and secrets file are tested in
@@ -130,11 +131,13 @@ fn example_pairs_are_mirror_images() {
                     e => panic!("{ctx}: encap differs: {e:?}"),
                 }
             }
-            assert_ne!(
-                (&x.outbound.enc_key, &x.outbound.auth_key),
-                (&x.inbound.enc_key, &x.inbound.auth_key),
-                "{ctx}: one key per direction"
-            );
+            if !matches!(x.outbound.protocol, Protocol::IpComp(_)) {
+                assert_ne!(
+                    (&x.outbound.enc_key, &x.outbound.auth_key),
+                    (&x.inbound.enc_key, &x.inbound.auth_key),
+                    "{ctx}: one key per direction"
+                );
+            }
             assert_eq!(x.keepalive, y.keepalive, "{ctx}");
         }
         for dir in [Direction::Outbound, Direction::Inbound] {
@@ -576,7 +579,7 @@ fn policy_sa_references() {
     );
     fails(
         &edit("action = \"protect\"", "action = \"bypass\""),
-        "gw.toml:24: policy[0].sa: only protect policies name an SA",
+        "gw.toml:24: policy[0].sa: only protect policies name SAs; remove sa",
     );
     // An SA with errors of its own is not reported again as unknown.
     let s = fails(
@@ -983,6 +986,92 @@ fn good_ah() -> String {
          enc_key_out = \"0x000102030405060708090a0b0c0d0e0f\"\n",
         "protocol = \"ah\"\nintegrity = \"hmac-sha1-96\"\n",
     )
+}
+
+/// The AR410-style bundle: IPComp (LZS, tunnel) → ESP (transport) → AH (transport).
+#[test]
+fn ar410_bundle_example() {
+    let c = load("ar410-bundle-a.toml");
+    let kinds: Vec<(Protocol, Mode, u32)> = c
+        .sas
+        .iter()
+        .map(|p| (p.outbound.protocol, p.outbound.mode, p.outbound.spi))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (Protocol::IpComp(CompAlg::Lzs), Mode::Tunnel, 3),
+            (Protocol::Esp, Mode::Transport, 0x3111),
+            (Protocol::Ah, Mode::Transport, 0x4111),
+        ]
+    );
+    let reqids: Vec<u32> = c.sas.iter().map(|p| p.outbound.reqid).collect();
+    for dir in [Direction::Outbound, Direction::Inbound] {
+        let p = &c.spd.policies(dir)[0];
+        assert_eq!(
+            p.action,
+            Action::Protect(SaBundle::new(&reqids).unwrap()),
+            "{dir}"
+        );
+    }
+    // every inbound SA of the bundle got the policy's selector
+    for p in &c.sas {
+        assert_eq!(p.inbound.selectors.len(), 1, "{}", p.name);
+    }
+    c.spd.compile().unwrap();
+}
+
+#[test]
+fn ipcomp_and_bundle_errors() {
+    let base = std::fs::read_to_string(example("ar410-bundle-a.toml")).unwrap();
+    let p = |t: &str| config::parse(t, Path::new("gw.toml"));
+    let err = |t: &str| p(t).unwrap_err().to_string();
+    let e = err(&base.replace("compression = \"lzs\"", "compression = \"lzw\""));
+    assert!(
+        e.contains("sa[0].compression") && e.contains("\"lzs\""),
+        "{e}"
+    );
+    let e = err(&base.replace("compression = \"lzs\"", ""));
+    assert!(
+        e.contains("sa[0].compression") && e.contains("IPComp SA needs"),
+        "{e}"
+    );
+    let e = err(&base.replace(
+        "protocol = \"ipcomp\"",
+        "protocol = \"ipcomp\"\ncpi_in = 200",
+    ));
+    assert!(e.contains("sa[0].cpi_in") && e.contains("64-255"), "{e}");
+    let e = err(&base.replace(
+        "protocol = \"ipcomp\"",
+        "protocol = \"ipcomp\"\nencryption = \"aes-cbc-128\"",
+    ));
+    assert!(
+        e.contains("sa[0].encryption") && e.contains("IPComp does not encrypt"),
+        "{e}"
+    );
+    let e = err(&base.replace("\"to-b-esp\", \"to-b-ah\"]", "\"to-b-esp\", \"to-b-esp\"]"));
+    assert!(
+        e.contains("policy[0].bundle[2]") && e.contains("twice"),
+        "{e}"
+    );
+    let e = err(&base.replace("\"to-b-ah\"]", "\"to-b-ahh\"]"));
+    assert!(
+        e.contains("policy[0].bundle[2]") && e.contains("no [[sa]] is named"),
+        "{e}"
+    );
+    let e = err(&base.replace(
+        "action = \"protect\"",
+        "action = \"protect\"\nsa = \"to-b-ah\"",
+    ));
+    assert!(e.contains("not both"), "{e}");
+    let e = err(&base.replace("bundle = []", "").replace(
+        "bundle = [\"to-b-comp\", \"to-b-esp\", \"to-b-ah\"]",
+        "bundle = []",
+    ));
+    assert!(
+        e.contains("policy[0].bundle") && e.contains("1 to 4"),
+        "{e}"
+    );
 }
 
 /// The MCP-style AH pair: host-to-host transport AH with HMAC-SHA1-96, manual keys.

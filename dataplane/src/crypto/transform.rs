@@ -182,6 +182,19 @@ impl Transform {
         })
     }
 
+    /// No cryptography: the transform of an IPComp SA, which compresses and nothing else.
+    pub(crate) fn none() -> Self {
+        Self {
+            kind: Kind::Null { integ: Integ::None },
+            enc: EncAlg::Null,
+            auth: AuthAlg::None,
+            iv_len: 0,
+            icv_len: 0,
+            align: 4,
+            iv_mask: 0,
+        }
+    }
+
     #[inline(always)]
     pub(crate) fn iv_len(&self) -> usize {
         usize::from(self.iv_len)

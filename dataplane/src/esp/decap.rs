@@ -34,20 +34,44 @@ pub(crate) struct InboundEsp {
     pub udp: Option<(u16, u16)>,
     /// ECN bits of the outer header.
     pub outer_ecn: u8,
-    /// The IPsec header is AH (RFC 4302), not ESP: `esp_off` is where AH starts and
-    /// `esp_len` runs from there to the end of the IP packet.
-    pub ah: bool,
+    /// Which header `esp_off` points at: ESP, AH (RFC 4302) or IPComp (RFC 3173). For AH
+    /// and IPComp, `esp_len` runs from that header to the end of the IP packet.
+    pub kind: Header,
+}
+
+/// The IPsec header an inbound packet starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Header {
+    Esp,
+    Ah,
+    IpComp,
+}
+
+fn be32_at(data: &[u8], at: usize) -> u32 {
+    data.get(at..)
+        .and_then(|d| d.first_chunk::<4>())
+        .map_or(0, |b| u32::from_be_bytes(*b))
+}
+
+/// Whether a decapsulated packet carries another layer of the bundle: ESP, AH, IPComp, or
+/// IP in IP (the uncompressed form of a tunnel-mode IPComp SA). Its selectors are then
+/// checked on the innermost packet, with the bundle (RFC 4301 §5.2).
+#[inline(always)]
+pub(crate) fn next_is_layer(nh: IpProtocol) -> bool {
+    matches!(nh.0, 4 | 41 | 50 | 51 | 108)
 }
 
 impl InboundEsp {
     /// The SPI (the classifier checked that the 8-byte ESP header is there).
     #[inline(always)]
     pub(crate) fn spi(&self, data: &[u8]) -> u32 {
-        // AH: after next header, payload length and reserved (RFC 4302 §2)
-        let at = self.esp_off + if self.ah { 4 } else { 0 };
-        data.get(at..)
-            .and_then(|d| d.first_chunk::<4>())
-            .map_or(0, |b| u32::from_be_bytes(*b))
+        match self.kind {
+            Header::Esp => be32_at(data, self.esp_off),
+            // after next header, payload length and reserved (RFC 4302 §2)
+            Header::Ah => be32_at(data, self.esp_off + 4),
+            // the 16-bit CPI after next header and flags (RFC 3173 §2.2)
+            Header::IpComp => be32_at(data, self.esp_off) & 0xffff,
+        }
     }
 
     fn src_ip(&self) -> IpAddr {
@@ -71,12 +95,12 @@ pub(crate) fn decap<B: AsRef<[u8]> + AsMut<[u8]>>(
     now: Timestamp,
     events: &mut EventQueue,
     checked: Option<(Option<u32>, bool)>,
-) -> Result<usize, DropReason> {
+) -> Result<(usize, bool), DropReason> {
     match run(sa, h, pkt, o, now, events, checked) {
-        Ok(n) => {
+        Ok((n, deferred)) => {
             let ev = sa.life.account(now, n as u64);
             report(events, sa, h, ev);
-            Ok(n)
+            Ok((n, deferred))
         }
         Err(e) => {
             sa.drops.bump(e);
@@ -94,7 +118,7 @@ fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
     now: Timestamp,
     events: &mut EventQueue,
     checked: Option<(Option<u32>, bool)>,
-) -> Result<usize, DropReason> {
+) -> Result<(usize, bool), DropReason> {
     // The SA fixes the encapsulation: raw ESP for a raw SA, UDP to its port otherwise.
     match (sa.udp, o.udp) {
         (None, None) => {}
@@ -183,7 +207,7 @@ pub(crate) fn tunnel<B: AsRef<[u8]> + AsMut<[u8]>>(
     pt: usize,
     data_len: usize,
     nh: IpProtocol,
-) -> Result<usize, DropReason> {
+) -> Result<(usize, bool), DropReason> {
     let frame = pkt.frame_mut();
     let inner = &mut frame[pt..pt + data_len];
     // The inner header's own length bounds the packet: anything after it is TFC padding
@@ -211,13 +235,28 @@ pub(crate) fn tunnel<B: AsRef<[u8]> + AsMut<[u8]>>(
         _ => return Err(DropReason::BadNextHeader),
     };
     let inner = &mut inner[..inner_len];
-    check_selectors(sa, inner)?;
+    let deferred = inner_is_layer(inner);
+    if !deferred {
+        check_selectors(sa, inner)?;
+    }
     // An outer Not-ECT changes nothing (RFC 6040 Figure 4, first column).
     if sa.ecn == EcnMode::Normal && o.outer_ecn != 0 {
         ecn_decap(inner, o.outer_ecn)?;
     }
     pkt.set_window(pt, inner_len);
-    Ok(inner_len)
+    Ok((inner_len, deferred))
+}
+
+/// Whether the inner IP packet of a tunnel carries another layer (see [`next_is_layer`]).
+fn inner_is_layer(inner: &[u8]) -> bool {
+    match inner.first().map(|b| b >> 4) {
+        Some(4) => inner.get(9).is_some_and(|&p| next_is_layer(IpProtocol(p))),
+        Some(6) => Ipv6Packet::new_checked(inner)
+            .ok()
+            .and_then(|ip| ip.upper_layer().ok())
+            .is_some_and(|ul| ul.ah.is_some() || next_is_layer(ul.protocol)),
+        _ => false,
+    }
 }
 
 /// RFC 4301 §5.2: the decapsulated packet must match the SA's traffic selectors. An SA
@@ -279,7 +318,7 @@ pub(crate) fn transport<B: AsRef<[u8]> + AsMut<[u8]>>(
     pt: usize,
     data_len: usize,
     nh: IpProtocol,
-) -> Result<usize, DropReason> {
+) -> Result<(usize, bool), DropReason> {
     let base = pkt.head();
     let hl = o.ip_hdr_len;
     let start = pt - hl;
@@ -302,9 +341,12 @@ pub(crate) fn transport<B: AsRef<[u8]> + AsMut<[u8]>>(
         // addresses; recompute it over the addresses the packet now carries.
         fix_l4_checksum(&mut frame[start..start + total], hl, nh, o.v6);
     }
-    check_selectors(sa, &frame[start..start + total])?;
+    let deferred = next_is_layer(nh);
+    if !deferred {
+        check_selectors(sa, &frame[start..start + total])?;
+    }
     pkt.set_window(start, total);
-    Ok(data_len)
+    Ok((data_len, deferred))
 }
 
 fn fix_l4_checksum(p: &mut [u8], hl: usize, nh: IpProtocol, v6: bool) {

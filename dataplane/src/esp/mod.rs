@@ -7,7 +7,9 @@ mod encap;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use decap::{InboundEsp, decap, transport as decap_transport, tunnel as decap_tunnel};
+pub(crate) use decap::{
+    Header, InboundEsp, decap, transport as decap_transport, tunnel as decap_tunnel,
+};
 pub(crate) use encap::{Deferred, encap, inner_fast, path_mtu_room, write_outer};
 
 /// The most one ESP layer adds to a packet: an outer IPv6 header, UDP, the ESP header, a

@@ -25,7 +25,54 @@ impl Mode {
     }
 }
 
-/// The IPsec protocol an SA applies (RFC 4301 §4.1).
+/// An IPComp compression algorithm (IANA "IPCOMP Transform Identifiers").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CompAlg {
+    /// DEFLATE (RFC 2394): raw RFC 1951 stream, no zlib header.
+    Deflate,
+    /// LZS (RFC 2395, ANSI X3.241-1994).
+    Lzs,
+}
+
+impl CompAlg {
+    pub const fn name(self) -> &'static str {
+        match self {
+            CompAlg::Deflate => "deflate",
+            CompAlg::Lzs => "lzs",
+        }
+    }
+
+    /// The transform identifier, which is also the algorithm's well-known CPI
+    /// (RFC 3173 §3.3).
+    pub const fn well_known_cpi(self) -> u16 {
+        match self {
+            CompAlg::Deflate => 2,
+            CompAlg::Lzs => 3,
+        }
+    }
+
+    /// Payloads shorter than this are sent uncompressed: they rarely shrink (RFC 2394
+    /// §2 and RFC 2395 §2 suggest 90 and 90 bytes).
+    pub const fn threshold(self) -> usize {
+        90
+    }
+}
+
+impl core::str::FromStr for CompAlg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "deflate" => Ok(CompAlg::Deflate),
+            "lzs" => Ok(CompAlg::Lzs),
+            _ => Err(format!(
+                "unknown compression algorithm {s:?}; expected \"deflate\" or \"lzs\""
+            )),
+        }
+    }
+}
+
+/// The IPsec protocol an SA applies (RFC 4301 §4.1), or IPComp (RFC 3173).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Protocol {
     /// Encapsulating Security Payload (RFC 4303).
@@ -34,6 +81,9 @@ pub enum Protocol {
     /// Authentication Header (RFC 4302): integrity of the payload and of the IP header's
     /// immutable fields, no confidentiality.
     Ah,
+    /// IP payload compression (RFC 3173): the SPI is the CPI. No security of its own: it is
+    /// meant for bundles, inside ESP or AH.
+    IpComp(CompAlg),
 }
 
 impl Protocol {
@@ -42,6 +92,7 @@ impl Protocol {
         match self {
             Protocol::Esp => "esp",
             Protocol::Ah => "ah",
+            Protocol::IpComp(_) => "ipcomp",
         }
     }
 
@@ -50,6 +101,7 @@ impl Protocol {
         match self {
             Protocol::Esp => 50,
             Protocol::Ah => 51,
+            Protocol::IpComp(_) => 108,
         }
     }
 }
@@ -278,6 +330,9 @@ impl SaConfig {
     /// Check every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), SaError> {
         let bad = |field: &'static str, msg: String| Err(SaError::Invalid { field, msg });
+        if let Protocol::IpComp(alg) = self.protocol {
+            return self.validate_ipcomp(alg);
+        }
         if self.spi == 0 {
             return bad(
                 "spi",
@@ -329,9 +384,59 @@ impl SaConfig {
         self.validate_common()
     }
 
+    /// IPComp (RFC 3173): a CPI instead of an SPI, no keys, no sequence numbers.
+    fn validate_ipcomp(&self, alg: CompAlg) -> Result<(), SaError> {
+        let bad = |field: &'static str, msg: String| Err(SaError::Invalid { field, msg });
+        let cpi = self.spi;
+        let wk = u32::from(alg.well_known_cpi());
+        if cpi == 0 || cpi > 0xffff {
+            return bad(
+                "spi",
+                format!("CPI {cpi} is not a 16-bit value from 1 to 65535 (RFC 3173 §3.3)"),
+            );
+        }
+        if (1..64).contains(&cpi) && cpi != wk {
+            return bad(
+                "spi",
+                format!(
+                    "CPI {cpi} is the well-known CPI of another algorithm; {} uses {wk} \
+                     (RFC 3173 §3.3)",
+                    alg.name()
+                ),
+            );
+        }
+        if (64..256).contains(&cpi) {
+            return bad(
+                "spi",
+                format!("CPI {cpi} is in the range 64-255 reserved by RFC 3173 §3.3"),
+            );
+        }
+        if self.enc != EncAlg::Null || !self.enc_key.is_empty() {
+            return bad(
+                "enc",
+                "IPComp takes no encryption algorithm and no key".into(),
+            );
+        }
+        if self.auth != AuthAlg::None || !self.auth_key.is_empty() {
+            return bad(
+                "auth",
+                "IPComp takes no integrity algorithm and no key".into(),
+            );
+        }
+        if self.encap != Encap::None {
+            return bad(
+                "encap",
+                "IPComp is not UDP-encapsulated; bundle it inside a UDP-encapsulated ESP SA".into(),
+            );
+        }
+        if self.esn {
+            return bad("esn", "IPComp has no sequence numbers".into());
+        }
+        self.validate_shape()
+    }
+
     /// The checks shared by ESP and AH.
     fn validate_common(&self) -> Result<(), SaError> {
-        let bad = |field: &'static str, msg: String| Err(SaError::Invalid { field, msg });
         let enc_check = if self.protocol == Protocol::Ah {
             crypto::alg::check_ah_algorithm(self.auth)
         } else {
@@ -357,6 +462,12 @@ impl SaConfig {
                 source,
             }
         })?;
+        self.validate_shape()
+    }
+
+    /// Mode, addresses, encapsulation, window, lifetimes and the outer header: every SA.
+    fn validate_shape(&self) -> Result<(), SaError> {
+        let bad = |field: &'static str, msg: String| Err(SaError::Invalid { field, msg });
         match self.mode {
             Mode::Tunnel => {
                 let (Some(l), Some(r)) = (self.local, self.remote) else {

@@ -8,10 +8,11 @@ mod state;
 mod table;
 
 pub use config::{
-    DfMode, DscpMode, EcnMode, Encap, Lifetime, Limits, Mode, Protocol, SaConfig, SaError,
+    CompAlg, DfMode, DscpMode, EcnMode, Encap, Lifetime, Limits, Mode, Protocol, SaConfig, SaError,
     SecretKey,
 };
 pub(crate) use lifetime::LifeEvent;
 pub use lifetime::LimitKind;
+pub(crate) use state::ip_u128;
 pub use state::{Sa, SaStatus};
 pub use table::{SaHandle, SaKey, SaTable, sa_address};

@@ -157,7 +157,8 @@ pub struct SaInfo {
     pub lifetime: Lifetime,
 }
 
-fn ip_u128(a: IpAddr) -> (bool, u128) {
+/// (IPv6, the address as a number).
+pub(crate) fn ip_u128(a: IpAddr) -> (bool, u128) {
     match a {
         IpAddr::V4(a) => (false, u128::from(u32::from(a))),
         IpAddr::V6(a) => (true, u128::from(a)),
@@ -188,19 +189,24 @@ impl Sa {
     fn build(cfg: &SaConfig, now: Timestamp, random: [u8; 16]) -> Result<Sa, SaError> {
         cfg.validate()?;
         let outbound = cfg.direction == Direction::Outbound;
-        let xform = Transform::new(
-            cfg.enc,
-            cfg.enc_key.bytes(),
-            cfg.auth,
-            cfg.auth_key.bytes(),
-            outbound,
-            cfg.allow_legacy,
-            random,
-        )
-        .map_err(|source| SaError::Crypto {
-            field: "enc",
-            source,
-        })?;
+        let ipcomp = matches!(cfg.protocol, Protocol::IpComp(_));
+        let xform = if ipcomp {
+            Transform::none()
+        } else {
+            Transform::new(
+                cfg.enc,
+                cfg.enc_key.bytes(),
+                cfg.auth,
+                cfg.auth_key.bytes(),
+                outbound,
+                cfg.allow_legacy,
+                random,
+            )
+            .map_err(|source| SaError::Crypto {
+                field: "enc",
+                source,
+            })?
+        };
         let outer = match (cfg.local, cfg.remote) {
             (Some(IpAddr::V4(l)), Some(IpAddr::V4(r))) => Outer::V4 {
                 local: l.octets(),
@@ -246,8 +252,13 @@ impl Sa {
             seq: 0,
             seq_max,
             seq_soft: seq_max.saturating_sub(SEQ_SOFT_MARGIN),
+            // IPComp has no sequence numbers to check
             replay: Replay::Own(ReplayWindow::new(
-                if outbound { 0 } else { cfg.replay_window },
+                if outbound || ipcomp {
+                    0
+                } else {
+                    cfg.replay_window
+                },
                 cfg.esn,
             )),
             xform,

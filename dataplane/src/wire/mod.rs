@@ -15,6 +15,7 @@ pub mod checksum;
 pub mod esp;
 pub mod ethernet;
 pub mod icmp;
+pub mod ipcomp;
 pub mod ipv4;
 pub mod ipv6;
 pub mod pcap;
@@ -25,6 +26,7 @@ pub use ah::AhHeader;
 pub use esp::{EspPacket, EspTrailer};
 pub use ethernet::{EtherType, EthernetFrame, EthernetRepr};
 pub use icmp::IcmpPacket;
+pub use ipcomp::IpCompHeader;
 pub use ipv4::{Ipv4Packet, Ipv4Repr};
 pub use ipv6::{Ipv6FragHeader, Ipv6Packet, Ipv6Repr, UpperLayer};
 pub use udp::{UdpPacket, UdpRepr};
@@ -72,6 +74,8 @@ impl IpProtocol {
     pub const ESP: Self = Self(50);
     pub const AH: Self = Self(51);
     pub const ICMPV6: Self = Self(58);
+    /// IP Payload Compression (RFC 3173).
+    pub const IPCOMP: Self = Self(108);
     /// "No next header": the ESP dummy packet of RFC 4303 §2.6 uses it for TFC.
     pub const NO_NEXT_HEADER: Self = Self(59);
     pub const IPV6_DEST_OPTS: Self = Self(60);
@@ -102,6 +106,7 @@ impl fmt::Display for IpProtocol {
             47 => "gre",
             50 => "esp",
             51 => "ah",
+            108 => "ipcomp",
             58 => "ipv6-icmp",
             59 => "ipv6-nonxt",
             132 => "sctp",

@@ -451,6 +451,7 @@ fn encap(v: &Value) -> String {
     match v["type"].as_str() {
         Some("udp") => format!("udp {}→{}", s(&v["local_port"]), s(&v["remote_port"])),
         Some("ah") => "ah".into(),
+        Some("ipcomp") => "ipcomp".into(),
         _ => "esp".into(),
     }
 }
@@ -489,6 +490,8 @@ fn print_sas(v: &Value, counters: bool) {
                 encap(&x["encap"]),
                 if x["protocol"] == "ah" {
                     s(&x["integrity"])
+                } else if x["protocol"] == "ipcomp" {
+                    s(&x["compression"])
                 } else {
                     format!("{}/{}", s(&x["encryption"]), s(&x["integrity"]))
                 },

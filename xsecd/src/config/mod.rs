@@ -174,41 +174,59 @@ fn build(
     // policies that use it, for the post-decapsulation check (RFC 4301 §5.2). A pair no
     // policy names keeps none, so its inbound SA accepts nothing: nothing here may stand
     // in for "any".
-    let mut resolved: Vec<Option<usize>> = vec![None; policies.len()];
+    let mut resolved: Vec<Option<Vec<usize>>> = vec![None; policies.len()];
     let mut used = vec![false; drafts.len()];
     // (pair, selector) already given to the pair's inbound SA
     let mut seen: HashSet<(usize, Selector)> = HashSet::new();
-    for (i, p) in policies.iter().enumerate() {
+    'policies: for (i, p) in policies.iter().enumerate() {
         let Some(p) = p else { continue };
-        let Some(sa_ref) = &p.sa else { continue };
-        let Some(&idx) = by_name.get(sa_ref.name.as_str()) else {
-            let known: Vec<&str> = names.iter().flatten().map(String::as_str).collect();
-            fails.push(sa_ref.fail(format!(
-                "no [[sa]] is named {:?}{}",
-                sa_ref.name,
-                if known.is_empty() {
-                    " (there are no SAs)".to_owned()
-                } else {
-                    format!(" (SAs: {})", known.join(", "))
-                }
-            )));
-            continue;
-        };
-        used[idx] = true;
-        let Some(d) = drafts.get_mut(idx).and_then(Option::as_mut) else {
-            continue; // that SA has errors of its own
-        };
-        let inb = &d.pair.inbound;
-        if inb.mode == Mode::Transport
-            && let Some((key, msg)) = policy::transport_fits(&p.selector, inb.local, inb.remote)
-        {
-            fails.push(p.locs.fail(key, msg));
+        if p.sas.is_empty() {
             continue;
         }
-        if seen.insert((idx, p.selector)) {
-            d.pair.inbound.selectors.push(p.selector);
+        let mut idxs = vec![];
+        for sa_ref in &p.sas {
+            let Some(&idx) = by_name.get(sa_ref.name.as_str()) else {
+                let known: Vec<&str> = names.iter().flatten().map(String::as_str).collect();
+                fails.push(sa_ref.fail(format!(
+                    "no [[sa]] is named {:?}{}",
+                    sa_ref.name,
+                    if known.is_empty() {
+                        " (there are no SAs)".to_owned()
+                    } else {
+                        format!(" (SAs: {})", known.join(", "))
+                    }
+                )));
+                continue 'policies;
+            };
+            idxs.push(idx);
         }
-        resolved[i] = Some(idx);
+        // A transport-mode SA carries what the policy selects only while no tunnel-mode SA
+        // is inside it in the bundle (after a tunnel, it carries the gateways' packets).
+        let mut inside_tunnel = false;
+        let mut ok = true;
+        for &idx in &idxs {
+            used[idx] = true;
+            let Some(d) = drafts.get_mut(idx).and_then(Option::as_mut) else {
+                ok = false; // that SA has errors of its own
+                continue;
+            };
+            let inb = &d.pair.inbound;
+            if inb.mode == Mode::Transport
+                && !inside_tunnel
+                && let Some((key, msg)) = policy::transport_fits(&p.selector, inb.local, inb.remote)
+            {
+                fails.push(p.locs.fail(key, msg));
+                ok = false;
+                continue;
+            }
+            inside_tunnel |= inb.mode == Mode::Tunnel;
+            if seen.insert((idx, p.selector)) {
+                d.pair.inbound.selectors.push(p.selector);
+            }
+        }
+        if ok {
+            resolved[i] = Some(idxs);
+        }
     }
 
     for d in drafts.iter().flatten() {
@@ -290,15 +308,20 @@ fn build(
     let mut origin: Vec<&PolicyDraft> = vec![];
     for (p, idx) in policies.iter().flatten().zip(&resolved) {
         let action = match (p.action, idx) {
-            (Act::Protect, Some(i)) => {
-                let Some(reqid) = drafts
-                    .get(*i)
-                    .and_then(Option::as_ref)
-                    .map(|d| d.pair.outbound.reqid)
-                else {
+            (Act::Protect, Some(idxs)) => {
+                let reqids: Option<Vec<u32>> = idxs
+                    .iter()
+                    .map(|i| {
+                        drafts
+                            .get(*i)
+                            .and_then(Option::as_ref)
+                            .map(|d| d.pair.outbound.reqid)
+                    })
+                    .collect();
+                let Some(b) = reqids.and_then(|r| SaBundle::new(&r)) else {
                     continue;
                 };
-                Action::Protect(SaBundle::single(reqid))
+                Action::Protect(b)
             }
             (Act::Protect, None) => continue, // reported above
             (Act::Bypass, _) => Action::Bypass,

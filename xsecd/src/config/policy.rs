@@ -6,7 +6,7 @@
 
 use super::reader::{Fail, Locs, Res, Val, keep};
 use xsec_dataplane::spd::selector::parse_protocol;
-use xsec_dataplane::spd::{AddrRange, PortSel, Selector, SelectorError};
+use xsec_dataplane::spd::{AddrRange, MAX_BUNDLE, PortSel, Selector, SelectorError};
 use xsec_dataplane::wire::IpProtocol;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,8 +39,9 @@ pub(super) struct PolicyDraft {
     pub dirs: Dirs,
     pub selector: Selector,
     pub action: Act,
-    /// The SA pair named by `sa` (PROTECT only).
-    pub sa: Option<Val0>,
+    /// The SA pairs named by `sa` (one) or `bundle` (applied in that order outbound, the
+    /// first innermost: e.g. IPComp, then ESP, then AH); PROTECT only.
+    pub sas: Vec<Val0>,
     pub locs: Locs,
 }
 
@@ -108,16 +109,22 @@ pub(super) fn read(v: &Val<'_, '_>) -> Result<PolicyDraft, Vec<Fail>> {
             ])
         }),
     );
-    let sa = match (t.get("sa"), action) {
-        (Some(v), Some(Act::Protect)) => keep(f, v.string()).map(|s| {
-            Some(Val0 {
+    let sas = match (t.get("sa"), t.get("bundle"), action) {
+        (Some(v), Some(_), _) => {
+            f.push(v.fail("give sa (one SA pair) or bundle (several), not both"));
+            None
+        }
+        (Some(v), None, Some(Act::Protect)) => keep(f, v.string()).map(|s| {
+            vec![Val0 {
                 name: s.to_owned(),
                 fail_at: v.fail(""),
-            })
+            }]
         }),
-        (Some(v), Some(a)) => {
+        (None, Some(v), Some(Act::Protect)) => keep(f, bundle(&v)),
+        (Some(v), None, Some(a)) | (None, Some(v), Some(a)) => {
             f.push(v.fail(format!(
-                "only protect policies name an SA; remove sa from this {} policy",
+                "only protect policies name SAs; remove {} from this {} policy",
+                v.field.rsplit('.').next().unwrap_or("sa"),
                 if a == Act::Bypass {
                     "bypass"
                 } else {
@@ -126,12 +133,15 @@ pub(super) fn read(v: &Val<'_, '_>) -> Result<PolicyDraft, Vec<Fail>> {
             )));
             None
         }
-        (None, Some(Act::Protect)) => {
-            f.push(t.missing("sa", "a protect policy needs the name of an [[sa]]"));
+        (None, None, Some(Act::Protect)) => {
+            f.push(t.missing(
+                "sa",
+                "a protect policy needs the name of an [[sa]] (sa) or an SA bundle (bundle)",
+            ));
             None
         }
         // No action (reported): nothing to say about sa yet.
-        (_, None) | (None, _) => Some(None),
+        (_, _, None) | (None, None, _) => Some(vec![]),
     };
     t.finish(f);
 
@@ -186,7 +196,7 @@ pub(super) fn read(v: &Val<'_, '_>) -> Result<PolicyDraft, Vec<Fail>> {
         Some(icmp_type),
         Some(icmp_code),
         Some(action),
-        Some(sa),
+        Some(sas),
     ) = (
         name,
         dirs,
@@ -198,7 +208,7 @@ pub(super) fn read(v: &Val<'_, '_>) -> Result<PolicyDraft, Vec<Fail>> {
         icmp_type,
         icmp_code,
         action,
-        sa,
+        sas,
     )
     else {
         return Err(fails);
@@ -228,9 +238,31 @@ pub(super) fn read(v: &Val<'_, '_>) -> Result<PolicyDraft, Vec<Fail>> {
         dirs,
         selector,
         action,
-        sa,
+        sas,
         locs,
     })
+}
+
+/// `bundle = ["comp", "esp", "ah"]`: 1 to 4 distinct SA pair names (RFC 4301 §4.5).
+fn bundle(v: &Val<'_, '_>) -> Res<Vec<Val0>> {
+    let items = v.array()?;
+    if items.is_empty() || items.len() > MAX_BUNDLE {
+        return Err(v.fail(format!(
+            "a bundle names 1 to {MAX_BUNDLE} SA pairs, innermost (applied first) first"
+        )));
+    }
+    let mut out: Vec<Val0> = vec![];
+    for e in &items {
+        let name = e.string()?.to_owned();
+        if out.iter().any(|o| o.name == name) {
+            return Err(e.fail(format!("{name:?} is in the bundle twice")));
+        }
+        out.push(Val0 {
+            name,
+            fail_at: e.fail(""),
+        });
+    }
+    Ok(out)
 }
 
 /// `any`, `opaque`, a port (integer or string) or `"lo-hi"`.

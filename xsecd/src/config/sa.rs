@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use xsec_dataplane::crypto::{AuthAlg, CryptoError, EncAlg};
 use xsec_dataplane::replay::DEFAULT_WINDOW;
 use xsec_dataplane::sa::{
-    DfMode, DscpMode, EcnMode, Encap, Lifetime, Limits, Mode, Protocol, SaConfig, SaError,
+    CompAlg, DfMode, DscpMode, EcnMode, Encap, Lifetime, Limits, Mode, Protocol, SaConfig, SaError,
     SecretKey,
 };
 use xsec_dataplane::spd::Direction;
@@ -45,6 +45,14 @@ const UDP_KEEPALIVE_S: u64 = 30;
 /// Default keepalive of `encap = "nat-t"`: RFC 3948 §4 suggests 20 s.
 const NAT_T_KEEPALIVE_S: u64 = 20;
 
+/// `protocol` as written, before `compression` completes IPComp.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Esp,
+    Ah,
+    IpComp,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum EncapKind {
     None,
@@ -75,10 +83,61 @@ pub(super) fn read(v: &Val<'_, '_>, index: usize, line: usize) -> Result<SaDraft
     let addr = |v: Val<'_, '_>| v.parse::<IpAddr>();
     let local = keep(f, t.get("local").map(addr).transpose());
     let remote = keep(f, t.get("remote").map(addr).transpose());
-    let spi_in = keep(f, t.req("spi_in").and_then(|v| spi(&v)));
-    let spi_out = keep(f, t.req("spi_out").and_then(|v| spi(&v)));
+    let kind = keep(
+        f,
+        t.get("protocol").map_or(Ok(Kind::Esp), |v| {
+            v.choice(&[
+                ("esp", Kind::Esp),
+                ("ah", Kind::Ah),
+                ("ipcomp", Kind::IpComp),
+            ])
+        }),
+    );
+    let compression = match (kind, t.get("compression")) {
+        (Some(Kind::IpComp), Some(v)) => keep(
+            f,
+            v.choice(&[("deflate", CompAlg::Deflate), ("lzs", CompAlg::Lzs)]),
+        ),
+        (Some(Kind::IpComp), None) => {
+            f.push(t.missing(
+                "compression",
+                "an IPComp SA needs compression = \"deflate\" or \"lzs\"",
+            ));
+            None
+        }
+        (_, Some(v)) => {
+            f.push(v.fail("compression needs protocol = \"ipcomp\""));
+            None
+        }
+        (_, None) => Some(CompAlg::Deflate),
+    };
+    let protocol = match kind {
+        Some(Kind::Esp) => Some(Protocol::Esp),
+        Some(Kind::Ah) => Some(Protocol::Ah),
+        Some(Kind::IpComp) => compression.map(Protocol::IpComp),
+        None => None,
+    };
+    let (spi_in, spi_out) = match protocol {
+        // CPIs, both ways the algorithm's well-known one unless given (RFC 3173 §3.3)
+        Some(Protocol::IpComp(alg)) => {
+            let wk = u32::from(alg.well_known_cpi());
+            let mut cpi = |key: &'static str| {
+                keep(
+                    f,
+                    t.get(key)
+                        .map_or(Ok(wk), |v| v.uint(1u32, u32::from(u16::MAX))),
+                )
+            };
+            (cpi("cpi_in"), cpi("cpi_out"))
+        }
+        _ => (
+            keep(f, t.req("spi_in").and_then(|v| spi(&v))),
+            keep(f, t.req("spi_out").and_then(|v| spi(&v))),
+        ),
+    };
     if let (Some(i), Some(o)) = (spi_in, spi_out)
         && i == o
+        && !matches!(protocol, Some(Protocol::IpComp(_)))
     {
         f.push(locs.fail(
             "spi_out",
@@ -88,13 +147,14 @@ pub(super) fn read(v: &Val<'_, '_>, index: usize, line: usize) -> Result<SaDraft
             ),
         ));
     }
-    let protocol = keep(
-        f,
-        t.get("protocol").map_or(Ok(Protocol::Esp), |v| {
-            v.choice(&[("esp", Protocol::Esp), ("ah", Protocol::Ah)])
-        }),
-    );
     let enc = match (protocol, t.get("encryption")) {
+        (Some(Protocol::IpComp(_)), Some(v)) => {
+            f.push(
+                v.fail("IPComp does not encrypt; bundle it with an ESP SA (policy bundle = [...])"),
+            );
+            None
+        }
+        (Some(Protocol::IpComp(_)), None) => Some(EncAlg::Null),
         (Some(Protocol::Ah), Some(v)) => {
             f.push(v.fail(
                 "AH does not encrypt (RFC 4302): remove encryption, or use protocol = \"esp\" \
@@ -117,6 +177,13 @@ pub(super) fn read(v: &Val<'_, '_>, index: usize, line: usize) -> Result<SaDraft
         ),
     };
     let auth = match (protocol, t.get("integrity")) {
+        (Some(Protocol::IpComp(_)), Some(v)) => {
+            f.push(v.fail(
+                "IPComp authenticates nothing; bundle it with an ESP or AH SA (policy \
+                 bundle = [...])",
+            ));
+            None
+        }
         (Some(Protocol::Ah), None) => {
             f.push(t.missing(
                 "integrity",
@@ -557,6 +624,7 @@ fn toml_key(e: &SaError, sa: &SaConfig) -> String {
         Direction::Outbound => "out",
     };
     match e.field() {
+        "spi" if matches!(sa.protocol, Protocol::IpComp(_)) => format!("cpi_{dir}"),
         "spi" => format!("spi_{dir}"),
         "enc_key" => format!("enc_key_{dir}"),
         "auth_key" => format!("auth_key_{dir}"),

@@ -11,7 +11,8 @@ use std::time::Duration;
 use xsec_dataplane::crypto::{AuthAlg, EncAlg};
 use xsec_dataplane::replay::DEFAULT_WINDOW;
 use xsec_dataplane::sa::{
-    DfMode, DscpMode, EcnMode, Encap, Lifetime, Limits, Mode, Protocol, SaConfig, SecretKey,
+    CompAlg, DfMode, DscpMode, EcnMode, Encap, Lifetime, Limits, Mode, Protocol, SaConfig,
+    SecretKey,
 };
 use xsec_dataplane::spd::selector::parse_protocol;
 use xsec_dataplane::spd::{Action, AddrRange, Direction, Policy, PortSel, SaBundle, Selector};
@@ -49,8 +50,10 @@ pub struct SaSpec {
     pub reqid: u32,
     /// `tunnel` (default) or `transport`.
     pub mode: Option<String>,
-    /// `esp` (default) or `ah`.
+    /// `esp` (default), `ah` or `ipcomp` (then `spi` is the CPI).
     pub protocol: Option<String>,
+    /// IPComp: `deflate` or `lzs`.
+    pub compression: Option<String>,
     pub local: Option<IpAddr>,
     pub remote: Option<IpAddr>,
     /// `none` (default), `nat-t` (UDP 4500) or `udp` (ESP-in-UDP 2746).
@@ -225,16 +228,26 @@ impl SaSpec {
             self.mode.as_deref().unwrap_or("tunnel"),
             &[("tunnel", Mode::Tunnel), ("transport", Mode::Transport)],
         )?;
-        let protocol = choice(
-            &f("protocol"),
-            self.protocol.as_deref().unwrap_or("esp"),
-            &[("esp", Protocol::Esp), ("ah", Protocol::Ah)],
-        )?;
+        let protocol = match self.protocol.as_deref().unwrap_or("esp") {
+            "ipcomp" => Protocol::IpComp(choice(
+                &f("compression"),
+                self.compression.as_deref().unwrap_or(""),
+                &[("deflate", CompAlg::Deflate), ("lzs", CompAlg::Lzs)],
+            )?),
+            p => choice(
+                &f("protocol"),
+                p,
+                &[("esp", Protocol::Esp), ("ah", Protocol::Ah)],
+            )?,
+        };
+        if self.compression.is_some() && !matches!(protocol, Protocol::IpComp(_)) {
+            return Err(bad("sa.compression: only with protocol ipcomp"));
+        }
         let enc: EncAlg = match (&self.encryption, protocol) {
             (Some(e), _) => e
                 .parse()
                 .map_err(|e| bad(format!("{}: {e}", f("encryption"))))?,
-            (None, Protocol::Ah) => EncAlg::Null,
+            (None, Protocol::Ah | Protocol::IpComp(_)) => EncAlg::Null,
             (None, Protocol::Esp) => return Err(bad("sa.encryption: required for ESP")),
         };
         let auth: AuthAlg = match &self.integrity {
@@ -494,6 +507,10 @@ pub fn sa_json(e: &SaEntry, worker: Option<u16>) -> Value {
         "worker_pinned": e.placement != Placement::Reqid,
         "mode": c.mode.name(),
         "protocol": c.protocol.name(),
+        "compression": match c.protocol {
+            Protocol::IpComp(a) => Some(a.name()),
+            _ => None,
+        },
         "local": c.local,
         "remote": c.remote,
         "encap": encap,

@@ -46,6 +46,10 @@ pub fn sa(st: &SaStatus, worker: u16, counters: bool) -> Value {
         "direction": st.direction.name(),
         "mode": st.mode.name(),
         "protocol": i.protocol.name(),
+        "compression": match i.protocol {
+            Protocol::IpComp(a) => Some(a.name()),
+            _ => None,
+        },
         "local": i.local,
         "peer": i.remote,
         "encap": encap(i.encap, i.protocol),
