@@ -363,7 +363,7 @@ mod tests {
         roundtrip(b"xy");
         // every offset and length form: 7- and 11-bit offsets, long lengths
         let mut v: Vec<u8> = (0..3000u32).map(|i| (i * 7 % 251) as u8).collect();
-        v.extend_from_slice(&v[100..1900].to_vec());
+        v.extend_from_within(100..1900);
         roundtrip(&v);
     }
 
