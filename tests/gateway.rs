@@ -752,6 +752,181 @@ fn ah_transport_between_the_hosts() {
     ah_end_to_end("ah-transport", Mode::Transport, false, 21);
 }
 
+/// The v4 tunnel "ab" of both gateways made an AR410-style bundle: IPComp (LZS, tunnel) →
+/// ESP (transport, the pair's algorithm and keys) → AH (transport, HMAC-SHA-256-128).
+fn bundle_ab(g: &mut xsec_lab::config::GatewayConf) {
+    let Some(i) = g.sas.iter().position(|s| s.name == "ab") else {
+        return;
+    };
+    let ab = g.sas.remove(i);
+    let comp = xsec_lab::config::SaConf {
+        name: "ab-comp".into(),
+        ipcomp: Some("lzs"),
+        ..ab.clone()
+    };
+    let esp = xsec_lab::config::SaConf {
+        name: "ab-esp".into(),
+        mode: Mode::Transport,
+        ..ab.clone()
+    };
+    let ah = xsec_lab::config::SaConf {
+        name: "ab-ah".into(),
+        mode: Mode::Transport,
+        ah: true,
+        spi_in: ab.spi_in + 0x1000,
+        spi_out: ab.spi_out + 0x1000,
+        ..ab
+    };
+    g.sas.extend([comp, esp, ah]);
+    for p in &mut g.policies {
+        if p.action == Action::Protect("ab".into()) {
+            p.action =
+                Action::ProtectBundle(vec!["ab-comp".into(), "ab-esp".into(), "ab-ah".into()]);
+        }
+    }
+}
+
+/// Two xsecd with an IPComp + ESP + AH bundle: traffic both ways; on the middle link only
+/// AH whose next header is ESP; scapy verifies every AH ICV; tshark, given the ESP keys,
+/// finds IPComp (compressed packets) or IP in IP (packets not worth compressing) inside the
+/// ESP of every packet; all three SAs count packets both ways.
+#[test]
+fn ipcomp_esp_ah_bundle_between_the_gateways() {
+    let opts = PairOptions {
+        alg: Alg::AesCbc128Sha256,
+        seed: 22,
+        ..PairOptions::default()
+    };
+    let mut s = scenario_with("bundle", opts, 1, |p| {
+        bundle_ab(&mut p.a);
+        bundle_ab(&mut p.b);
+    });
+    s.start(&[Node::GwA, Node::GwB]);
+    let cap = s.capture();
+    both_ways_traffic(&s, false, true);
+    for node in [Node::GwA, Node::GwB] {
+        let st = s.stats(node);
+        for sa in ["ab-comp", "ab-esp", "ab-ah"] {
+            s.check(
+                st.sa_packets(sa, "in") > 0 && st.sa_packets(sa, "out") > 0,
+                || format!("{node:?}: SA {sa} counted nothing: {:?}", st.sas()),
+            );
+        }
+    }
+    s.assert_alive();
+    let pcap = s.stop_capture(&cap);
+    s.stop_all();
+    s.check_wire_for(
+        &pcap,
+        |f| matches!(f.kind, wire::Kind::Clear { proto: 51 }),
+        |_| false,
+    );
+    // every AH packet: ESP inside, and its ICV verified by scapy
+    let frames = wire::read_pcap(&pcap).unwrap_or_else(|e| s.fail(&e.to_string()));
+    let sa = |g: &xsec_lab::config::GatewayConf, name: &str| {
+        g.sas
+            .iter()
+            .find(|x| x.name == name)
+            .cloned()
+            .unwrap_or_else(|| s.fail(&format!("no SA {name}")))
+    };
+    let (ah_a, ah_b) = (sa(&s.pair.a, "ab-ah"), sa(&s.pair.b, "ab-ah"));
+    let (esp_a, esp_b) = (sa(&s.pair.a, "ab-esp"), sa(&s.pair.b, "ab-esp"));
+    let mut verify = vec![];
+    for f in &frames {
+        let ip = if f.ethernet {
+            &f.data[14..]
+        } else {
+            &f.data[..]
+        };
+        if ip.first().map(|b| b >> 4) != Some(4) || ip[9] != 51 {
+            continue;
+        }
+        s.check(ip[20] == 50, || {
+            format!("AH whose next header is {}", ip[20])
+        });
+        let spi = u32::from_be_bytes([ip[24], ip[25], ip[26], ip[27]]);
+        let from_a = spi == ah_a.spi_out;
+        s.check(from_a || spi == ah_b.spi_out, || format!("AH SPI {spi:#x}"));
+        verify.push(
+            serde_json::json!({"sa": usize::from(!from_a), "wire": xsec_interop_tests::hex(ip)}),
+        );
+    }
+    s.check(verify.len() > 40, || format!("{} AH packets", verify.len()));
+    let ah_sa = |c: &xsec_lab::config::SaConf| {
+        serde_json::json!({
+            "spi": c.spi_out, "auth": "hmac-sha256-128",
+            "key": xsec_interop_tests::hex(&c.auth_key_out), "mode": "transport",
+            "outer_src": c.local, "outer_dst": c.remote,
+        })
+    };
+    let n = verify.len();
+    let spec = serde_json::json!({"sas": [ah_sa(&ah_a), ah_sa(&ah_b)], "verify": verify});
+    let spec_path = s.lab.workdir().join("ah-spec.json");
+    std::fs::write(&spec_path, spec.to_string()).unwrap_or_else(|e| s.fail(&e.to_string()));
+    let h = Harness::locate();
+    let run = h.python_script(
+        &xsec_interop_tests::crate_file("ah_check.py"),
+        &[spec_path.as_os_str()],
+    );
+    s.check(
+        run.ok() && run.stdout.contains(&format!("{n} passed, 0 failed")),
+        || format!("scapy did not verify every AH packet:\n{run}"),
+    );
+    // tshark with the ESP keys: IPComp or IP in IP inside every ESP
+    let conf = s.lab.workdir().join("wireshark-bundle");
+    std::fs::create_dir_all(&conf).unwrap_or_else(|e| s.fail(&e.to_string()));
+    let line = |c: &xsec_lab::config::SaConf| {
+        xsec_interop_tests::uat_line(
+            c.local.parse().expect("address"),
+            c.remote.parse().expect("address"),
+            c.spi_out,
+            "AES-CBC [RFC3602]",
+            &c.enc_key_out,
+            "HMAC-SHA-256-128 [RFC4868]",
+            &c.auth_key_out,
+        )
+    };
+    std::fs::write(
+        conf.join("esp_sa"),
+        format!(
+            "{}{}\n{}\n",
+            xsec_interop_tests::UAT_HEADER,
+            line(&esp_a),
+            line(&esp_b)
+        ),
+    )
+    .unwrap_or_else(|e| s.fail(&e.to_string()));
+    let count = |filter: &str| {
+        let o = xsec_lab::procs::run({
+            let mut c = std::process::Command::new("tshark");
+            c.env("WIRESHARK_CONFIG_DIR", &conf)
+                .args(["-n", "-r"])
+                .arg(&pcap)
+                .args([
+                    "-o",
+                    "esp.enable_encryption_decode:TRUE",
+                    "-o",
+                    "esp.enable_authentication_check:TRUE",
+                    "-Y",
+                    filter,
+                ]);
+            c
+        })
+        .unwrap_or_else(|e| s.fail(&e.to_string()));
+        s.check(o.ok(), || format!("tshark: {o}"));
+        o.stdout.lines().filter(|l| !l.trim().is_empty()).count()
+    };
+    let good = count("ah && esp.icv_good == 1");
+    let comp = count("ah && esp.protocol == 108 && ipcomp");
+    let ipip = count("ah && esp.protocol == 4");
+    eprintln!("bundle: {n} AH packets, {good} ESP ICVs good, {comp} IPComp, {ipip} IP in IP");
+    s.check(good == n, || format!("{good} of {n} ESP ICVs good"));
+    s.check(comp > 0 && comp + ipip == n, || {
+        format!("{comp} IPComp + {ipip} IP in IP of {n}")
+    });
+}
+
 #[test]
 fn nat_traversal_udp_4500_through_the_nat() {
     let opts = PairOptions {

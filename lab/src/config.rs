@@ -168,12 +168,17 @@ pub struct SaConf {
     /// AH (RFC 4302, `protocol = "ah"`) instead of ESP: integrity only, with `alg`'s HMAC
     /// (an AES-CBC + HMAC algorithm) and the `auth_key`s.
     pub ah: bool,
+    /// IPComp (RFC 3173, `protocol = "ipcomp"`) with this algorithm (`deflate`, `lzs`)
+    /// instead of ESP: no keys, the well-known CPI both ways.
+    pub ipcomp: Option<&'static str>,
 }
 
 /// A policy's action.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Protect(String),
+    /// PROTECT with an SA bundle: the pairs in the order they are applied outbound.
+    ProtectBundle(Vec<String>),
     Bypass,
     Discard,
 }
@@ -325,6 +330,10 @@ impl GatewayConf {
             let _ = writeln!(s, "mode = {}", q(sa.mode.name()));
             let _ = writeln!(s, "local = {}", q(&sa.local));
             let _ = writeln!(s, "remote = {}", q(&sa.remote));
+            if let Some(c) = sa.ipcomp {
+                let _ = writeln!(s, "protocol = \"ipcomp\"\ncompression = {}", q(c));
+                continue;
+            }
             let _ = writeln!(s, "spi_in = {:#x}", sa.spi_in);
             let _ = writeln!(s, "spi_out = {:#x}", sa.spi_out);
             if sa.ah {
@@ -363,6 +372,10 @@ impl GatewayConf {
             match &p.action {
                 Action::Protect(sa) => {
                     let _ = writeln!(s, "action = \"protect\"\nsa = {}", q(sa));
+                }
+                Action::ProtectBundle(sas) => {
+                    let names: Vec<String> = sas.iter().map(|n| q(n)).collect();
+                    let _ = writeln!(s, "action = \"protect\"\nbundle = [{}]", names.join(", "));
                 }
                 Action::Bypass => s.push_str("action = \"bypass\"\n"),
                 Action::Discard => s.push_str("action = \"discard\"\n"),
@@ -608,6 +621,7 @@ impl Pair {
                 keepalive: opts.keepalive,
                 replay_window: None,
                 ah: false,
+                ipcomp: None,
             };
             a.sas
                 .push(sa(ep_a, ep_b, spi_ba, spi_ab, &k_ba, &k_ab, &a_ba, &a_ab));

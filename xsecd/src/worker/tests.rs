@@ -969,3 +969,53 @@ fn a_probe_for_another_workers_sa_is_handed_to_it_and_protected_there() {
     drop(ws);
     assert_eq!((io0.free, io1.free), (FRAMES, FRAMES));
 }
+
+const BUNDLE_A: &str = include_str!("../../../examples/ar410-bundle-a.toml");
+const BUNDLE_B: &str = include_str!("../../../examples/ar410-bundle-b.toml");
+
+/// The AR410-style bundle examples end to end through two gateways' workers: IPComp (LZS)
+/// inside ESP inside AH on the wire, the inner packet whole at the far side, compressed or
+/// (too small to compress) as IP in IP inside the ESP.
+#[test]
+fn the_ipcomp_esp_ah_bundle_example_crosses_two_workers() {
+    let (mut ga, mut gb) = (gateway(BUNDLE_A, ""), gateway(BUNDLE_B, ""));
+    let (mut ia, mut ib) = (MemIo::new(FRAMES), MemIo::new(FRAMES));
+    let mut a = Worker::start(&mut ia, &mut ga);
+    a.hop_to([10, 0, 0, 2], hop(Side::Unprotected, 1500));
+    let mut b = Worker::start(&mut ib, &mut gb);
+    b.hop_to(HOST_B, hop(Side::Protected, 1500));
+    for payload in [1200, 40] {
+        let frame = udp_frame(HOST_A, HOST_B, 64, payload, false);
+        a.xsk.inject(Side::Protected, &frame);
+        a.turn();
+        let sent = a.xsk.take_sent(Side::Unprotected);
+        assert_eq!(sent.len(), 1, "{payload}: one packet to the peer");
+        let outer = ipv4(&sent[0]);
+        assert_eq!(outer.protocol(), IpProtocol::AH, "{payload}: AH outermost");
+        assert_eq!(
+            (outer.src_addr(), outer.dst_addr()),
+            ([10, 0, 0, 1], [10, 0, 0, 2])
+        );
+        let ah = outer.payload();
+        assert_eq!(ah[0], 50, "{payload}: ESP inside AH");
+        assert_eq!(&ah[4..8], &0x4111u32.to_be_bytes(), "{payload}: AH SPI");
+        let esp = EspPacket::new_checked(&ah[24..]).expect("ESP");
+        assert_eq!(esp.spi(), 0x3111, "{payload}: ESP SPI");
+        if payload > 1000 {
+            assert!(
+                sent[0].len() < frame.len() - 300,
+                "compressed: {} of {}",
+                sent[0].len(),
+                frame.len()
+            );
+        }
+        b.xsk.inject(Side::Unprotected, &sent[0]);
+        b.turn();
+        assert_eq!(b.xsk.take_sent(Side::Unprotected), Vec::<Vec<u8>>::new());
+        let delivered = b.xsk.take_sent(Side::Protected);
+        assert_eq!(delivered.len(), 1, "{payload}: delivered");
+        let inner = ipv4(&delivered[0]);
+        assert_eq!((inner.src_addr(), inner.dst_addr()), (HOST_A, HOST_B));
+        assert_eq!(inner.payload(), ipv4(&frame).payload(), "{payload}");
+    }
+}
