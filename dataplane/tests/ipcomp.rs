@@ -318,3 +318,39 @@ fn ipcomp_configuration_is_checked() {
     assert_eq!(x.validate().unwrap_err().field(), "encap");
     let _ = Direction::Inbound;
 }
+
+mod lzs_roundtrip {
+    use proptest::prelude::*;
+    use xsec_dataplane::ipcomp::lzs;
+
+    proptest! {
+        /// Whatever the encoder writes decodes to its input, from small alphabets (many
+        /// matches, long runs) to random bytes (mostly literals), up to a jumbo packet.
+        #[test]
+        fn lzs_roundtrip(
+            alphabet in 1u8..=255,
+            seed in any::<u64>(),
+            len in 0usize..9000,
+            repeat in any::<Option<(prop::sample::Index, prop::sample::Index)>>(),
+        ) {
+            let mut x = seed | 1;
+            let mut v: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x % u64::from(alphabet)) as u8
+                })
+                .collect();
+            if let (Some((a, b)), true) = (repeat, len > 0) {
+                let (a, b) = (a.index(len), b.index(len));
+                v.extend_from_within(a.min(b)..a.max(b));
+            }
+            let mut z = vec![0u8; v.len() * 9 / 8 + 16];
+            let m = lzs::Encoder::new().compress(&v, &mut z).expect("9/8 always fits");
+            let mut back = vec![0u8; v.len()];
+            prop_assert_eq!(lzs::decompress(&z[..m], &mut back), Ok(v.len()));
+            prop_assert_eq!(back, v);
+        }
+    }
+}
