@@ -20,7 +20,10 @@
 //! With ESN the ICV covers the high 32 bits of the sequence number after the packet
 //! (RFC 4302 §2.5.1, Appendix B), as for ESP.
 
-use crate::esp::{InboundEsp, decap_transport, decap_tunnel, inner_fast, report, write_outer};
+use crate::crypto::ICV_GROUP;
+use crate::esp::{
+    Deferred, InboundEsp, decap_transport, decap_tunnel, inner_fast, report, write_outer,
+};
 use crate::events::EventQueue;
 use crate::packet::PacketBuf;
 use crate::replay::ReplayError;
@@ -231,28 +234,34 @@ fn compute(
 /// Protect `pkt` with AH SA `sa`. On error the packet is left as it was. Bytes of the
 /// protected packet come back.
 #[inline]
+///
+/// With `defer`, and an HMAC kernel that hashes several packets together, the packet is only
+/// laid out (its ICV field zero) and `defer` says where: [`seal_group`] finishes it with the
+/// other packets of its SA in the burst (then the answer's `bool` is true).
 pub(crate) fn encap<B: AsRef<[u8]> + AsMut<[u8]>>(
     sa: &mut Sa,
     h: SaHandle,
     pkt: &mut PacketBuf<B>,
     now: Timestamp,
     events: &mut EventQueue,
-) -> Result<usize, DropReason> {
+    defer: Option<&mut Deferred>,
+) -> Result<(usize, bool), DropReason> {
     let (usable, ev) = sa.life.usable(now);
     report(events, sa, h, ev);
+    let defer = defer.filter(|_| sa.xform.pairs());
     let r = if !usable {
         Err(sa.expired_reason())
     } else {
         match sa.mode {
-            Mode::Tunnel => tunnel(sa, h, pkt, events),
-            Mode::Transport => transport(sa, h, pkt, events),
+            Mode::Tunnel => tunnel(sa, h, pkt, events, defer),
+            Mode::Transport => transport(sa, h, pkt, events, defer),
         }
     };
     match r {
-        Ok(bytes) => {
+        Ok((bytes, deferred)) => {
             let ev = sa.life.account(now, bytes as u64);
             report(events, sa, h, ev);
-            Ok(bytes)
+            Ok((bytes, deferred))
         }
         Err(e) => {
             sa.drops.bump(e);
@@ -266,7 +275,8 @@ fn tunnel<B: AsRef<[u8]> + AsMut<[u8]>>(
     h: SaHandle,
     pkt: &mut PacketBuf<B>,
     events: &mut EventQueue,
-) -> Result<usize, DropReason> {
+    defer: Option<&mut Deferred>,
+) -> Result<(usize, bool), DropReason> {
     let (inner_len, nh, inner_tos, inner_df) = inner_fast(pkt.data())?;
     let t = sa.tmpl;
     let hdr = usize::from(t.len);
@@ -291,8 +301,13 @@ fn tunnel<B: AsRef<[u8]> + AsMut<[u8]>>(
     let frame = pkt.frame_mut();
     write_outer(sa, &mut frame[start..at], total, inner_tos, inner_df);
     AhHeader::new_unchecked(&mut frame[at..at + ah_len]).emit(nh, ah_len, sa.spi, seq as u32);
-    let mut icv = [0u8; 32];
     let esn_hi = sa.esn.then_some((seq >> 32) as u32);
+    if let Some(d) = defer {
+        *d = deferred(at, total, esn_hi, start, t.v6);
+        pkt.set_window(start, total);
+        return Ok((inner_len, true));
+    }
+    let mut icv = [0u8; 32];
     compute(
         sa,
         frame,
@@ -306,7 +321,130 @@ fn tunnel<B: AsRef<[u8]> + AsMut<[u8]>>(
     )?;
     frame[at + FIXED_LEN..at + FIXED_LEN + icv_len].copy_from_slice(&icv[..icv_len]);
     pkt.set_window(start, total);
-    Ok(inner_len)
+    Ok((inner_len, false))
+}
+
+fn deferred(at: usize, total: usize, esn_hi: Option<u32>, start: usize, v6: bool) -> Deferred {
+    Deferred {
+        esp: at,
+        len: total,
+        esn_hi,
+        udp6: None,
+        ah: Some((start, v6)),
+    }
+}
+
+/// Finish up to [`ICV_GROUP`] packets of `sa` laid out by [`encap`] with a deferral
+/// (`frames[k]` holds `ds[k]`): their ICVs computed together. Bit `k` of the answer is set
+/// for each packet finished; the others (a header that cannot be hashed) are to be dropped.
+pub(crate) fn seal_group(sa: &Sa, frames: &mut [&mut [u8]], ds: &[Deferred]) -> u32 {
+    let n = frames.len().min(ds.len()).min(ICV_GROUP);
+    let icv_len = sa.xform.icv_len();
+    let mut saved: [Option<Saved>; ICV_GROUP] = core::array::from_fn(|_| None);
+    for k in 0..n {
+        if let Some((ip, v6)) = ds[k].ah {
+            saved[k] = icv_view(frames[k], ip, v6, ds[k].esp, icv_len, true).ok();
+        }
+    }
+    let mut out = [[0u8; 32]; ICV_GROUP];
+    let signed = {
+        let mut data: [&[u8]; ICV_GROUP] = [&[]; ICV_GROUP];
+        let mut esn = [None; ICV_GROUP];
+        for k in 0..n {
+            if let (Some(_), Some((ip, _))) = (&saved[k], ds[k].ah) {
+                data[k] = frames[k].get(ip..ip + ds[k].len).unwrap_or_default();
+                esn[k] = ds[k].esn_hi;
+            }
+        }
+        let mut icv: [&mut [u8]; ICV_GROUP] = Default::default();
+        for (slot, o) in icv.iter_mut().zip(out.iter_mut()) {
+            *slot = &mut o[..icv_len];
+        }
+        sa.xform.ah_sign_group(&data[..n], &esn[..n], &mut icv[..n])
+    };
+    let mut ok = 0;
+    for k in 0..n {
+        if let Some(s) = saved[k].take() {
+            s.restore(frames[k]);
+            if signed {
+                let at = ds[k].esp + FIXED_LEN;
+                frames[k][at..at + icv_len].copy_from_slice(&out[k][..icv_len]);
+                ok |= 1 << k;
+            }
+        }
+    }
+    ok
+}
+
+/// Check up to [`ICV_GROUP`] received AH packets together: packet `k` is the IP packet
+/// `frames[k][ip..ip + len]` with AH at `ah`, of transform `xf[k]`, ESN high bits `hi`
+/// (as `at[k] = (ip, len, ah, v6, hi)`). `ok[k]` is the verdict of packet `k`, `None` for one
+/// not checked here (a header the ICV cannot be computed over: `decap` says why).
+pub(crate) fn verify_group(
+    xf: &[&crate::crypto::Transform],
+    frames: &mut [&mut [u8]],
+    at: &[(usize, usize, usize, bool, Option<u32>)],
+    verdicts: &mut [Option<bool>],
+) {
+    let n = xf
+        .len()
+        .min(frames.len())
+        .min(at.len())
+        .min(verdicts.len())
+        .min(ICV_GROUP);
+    let mut ok = [false; ICV_GROUP];
+    let checked = verify_views(&xf[..n], &mut frames[..n], &at[..n], &mut ok[..n]);
+    for k in 0..n {
+        verdicts[k] = (checked & (1 << k) != 0).then_some(ok[k]);
+    }
+}
+
+/// [`verify_group`]'s work: bit `k` of the answer is set for each packet checked.
+fn verify_views(
+    xf: &[&crate::crypto::Transform],
+    frames: &mut [&mut [u8]],
+    at: &[(usize, usize, usize, bool, Option<u32>)],
+    ok: &mut [bool],
+) -> u32 {
+    let n = xf
+        .len()
+        .min(frames.len())
+        .min(at.len())
+        .min(ok.len())
+        .min(ICV_GROUP);
+    let mut saved: [Option<Saved>; ICV_GROUP] = core::array::from_fn(|_| None);
+    let mut got = [[0u8; 32]; ICV_GROUP];
+    for k in 0..n {
+        let (ip, _, ah, v6, _) = at[k];
+        let icv_len = xf[k].icv_len();
+        let Some(icv) = frames[k].get(ah + FIXED_LEN..ah + FIXED_LEN + icv_len) else {
+            continue;
+        };
+        got[k][..icv_len].copy_from_slice(icv);
+        saved[k] = icv_view(frames[k], ip, v6, ah, icv_len, false).ok();
+    }
+    let checked = {
+        let mut data: [&[u8]; ICV_GROUP] = [&[]; ICV_GROUP];
+        let mut esn = [None; ICV_GROUP];
+        let mut icv: [&[u8]; ICV_GROUP] = [&[]; ICV_GROUP];
+        for k in 0..n {
+            let (ip, len, _, _, hi) = at[k];
+            data[k] = frames[k].get(ip..ip + len).unwrap_or_default();
+            esn[k] = hi;
+            icv[k] = &got[k][..xf[k].icv_len()];
+        }
+        crate::crypto::Transform::ah_verify_group(&xf[..n], &data[..n], &esn[..n], &icv[..n], ok)
+    };
+    let mut done = 0;
+    for k in 0..n {
+        if let Some(s) = saved[k].take() {
+            s.restore(frames[k]);
+            if checked {
+                done |= 1 << k;
+            }
+        }
+    }
+    done
 }
 
 fn transport<B: AsRef<[u8]> + AsMut<[u8]>>(
@@ -314,7 +452,8 @@ fn transport<B: AsRef<[u8]> + AsMut<[u8]>>(
     h: SaHandle,
     pkt: &mut PacketBuf<B>,
     events: &mut EventQueue,
-) -> Result<usize, DropReason> {
+    defer: Option<&mut Deferred>,
+) -> Result<(usize, bool), DropReason> {
     let data = pkt.data();
     // (header bytes kept in front of AH, offset of the next-header byte to rewrite,
     //  total length, IPv6?)
@@ -359,8 +498,13 @@ fn transport<B: AsRef<[u8]> + AsMut<[u8]>>(
     fix_length(&mut frame[start..start + hl], v6, total);
     let at = start + hl;
     AhHeader::new_unchecked(&mut frame[at..at + ah_len]).emit(nh, ah_len, sa.spi, seq as u32);
-    let mut icv = [0u8; 32];
     let esn_hi = sa.esn.then_some((seq >> 32) as u32);
+    if let Some(d) = defer {
+        *d = deferred(at, total, esn_hi, start, v6);
+        pkt.set_window(start, total);
+        return Ok((total_len - hl, true));
+    }
+    let mut icv = [0u8; 32];
     if let Err(e) = compute(
         sa,
         frame,
@@ -380,7 +524,7 @@ fn transport<B: AsRef<[u8]> + AsMut<[u8]>>(
     }
     frame[at + FIXED_LEN..at + FIXED_LEN + icv_len].copy_from_slice(&icv[..icv_len]);
     pkt.set_window(start, total);
-    Ok(total_len - hl)
+    Ok((total_len - hl, false))
 }
 
 /// Set the length of the IP packet whose header is `hdr` (IPv4: all of it, for the
@@ -407,8 +551,9 @@ pub(crate) fn decap<B: AsRef<[u8]> + AsMut<[u8]>>(
     o: &InboundEsp,
     now: Timestamp,
     events: &mut EventQueue,
+    checked: Option<(Option<u32>, bool)>,
 ) -> Result<(usize, bool), DropReason> {
-    match run(sa, h, pkt, o, now, events) {
+    match run(sa, h, pkt, o, now, events, checked) {
         Ok((n, deferred)) => {
             let ev = sa.life.account(now, n as u64);
             report(events, sa, h, ev);
@@ -428,6 +573,7 @@ fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
     o: &InboundEsp,
     now: Timestamp,
     events: &mut EventQueue,
+    checked: Option<(Option<u32>, bool)>,
 ) -> Result<(usize, bool), DropReason> {
     if o.udp.is_some() || sa.udp.is_some() {
         return Err(DropReason::EncapMismatch);
@@ -451,14 +597,21 @@ fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
     let nh = hdr.next_header();
     let seq = sa.replay.infer(hdr.seq()).ok_or(DropReason::ReplayOld)?;
     sa.replay.check(seq).map_err(replay_reason)?;
-    let mut got = [0u8; 32];
-    got[..icv_len].copy_from_slice(&frame[at + FIXED_LEN..at + FIXED_LEN + icv_len]);
-    let saved = icv_view(frame, base, o.v6, at, icv_len, false)?;
     let esn_hi = sa.esn.then_some((seq >> 32) as u32);
-    let ok = sa
-        .xform
-        .ah_verify(&frame[base..base + total], esn_hi, &got[..icv_len]);
-    saved.restore(frame);
+    let ok = match checked {
+        // checked with the burst's other packets, under these ESN high bits
+        Some((hi, ok)) if hi == esn_hi => ok,
+        _ => {
+            let mut got = [0u8; 32];
+            got[..icv_len].copy_from_slice(&frame[at + FIXED_LEN..at + FIXED_LEN + icv_len]);
+            let saved = icv_view(frame, base, o.v6, at, icv_len, false)?;
+            let ok = sa
+                .xform
+                .ah_verify(&frame[base..base + total], esn_hi, &got[..icv_len]);
+            saved.restore(frame);
+            ok
+        }
+    };
     if !ok {
         return Err(DropReason::IcvFailed);
     }

@@ -453,6 +453,53 @@ impl Transform {
             .is_some_and(|i| !matches!(i, Integ::None) && i.verify(data, esn_hi, icv))
     }
 
+    /// AH: the ICVs of up to [`GROUP`] packets of this SA (`data[k]`, each as the ICV sees
+    /// it, ‖ `esn_hi[k]`) into `icv[k]`, hashed together where a kernel allows.
+    #[inline]
+    pub(crate) fn ah_sign_group(
+        &self,
+        data: &[&[u8]],
+        esn_hi: &[Option<u32>],
+        icv: &mut [&mut [u8]],
+    ) -> bool {
+        match self.integ() {
+            Some(i) if !matches!(i, Integ::None) => {
+                let n = data.len().min(esn_hi.len()).min(icv.len()).min(GROUP);
+                Integ::sign_group(&[i; GROUP][..n], &data[..n], &esn_hi[..n], &mut icv[..n]);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// AH: check the received ICVs `icv[k]` of up to [`GROUP`] packets (`data[k]` as the ICV
+    /// sees them, of transform `xf[k]`) into `ok`; `false`: not checked here.
+    #[inline]
+    pub(crate) fn ah_verify_group(
+        xf: &[&Transform],
+        data: &[&[u8]],
+        esn_hi: &[Option<u32>],
+        icv: &[&[u8]],
+        ok: &mut [bool],
+    ) -> bool {
+        static NO_INTEG: Integ = Integ::None;
+        let n = xf
+            .len()
+            .min(data.len())
+            .min(esn_hi.len())
+            .min(icv.len())
+            .min(GROUP);
+        let mut integ: [&Integ; GROUP] = [&NO_INTEG; GROUP];
+        for k in 0..n {
+            match xf[k].integ() {
+                Some(i) if !matches!(i, Integ::None) => integ[k] = i,
+                _ => return false,
+            }
+        }
+        Integ::verify_group(&integ[..n], &data[..n], &esn_hi[..n], &icv[..n], ok);
+        true
+    }
+
     /// Write the ICVs of up to [`GROUP`] ESP packets of this SA whose bytes before the ICV
     /// are final (hashed together where a kernel allows): the last step of a deferred
     /// seal. Packet `k` is `bufs[k][at[k].0..][..at[k].1]`, with ESN high bits `at[k].2`.

@@ -27,6 +27,9 @@ pub(crate) struct Deferred {
     /// ESP in UDP over IPv6: the offsets of the IPv6 and UDP headers and the UDP length, for
     /// the checksum once the ESP bytes are final.
     pub udp6: Option<(usize, usize, usize)>,
+    /// AH instead of ESP: where the IP packet starts and whether it is IPv6; then `esp` is
+    /// where the AH header starts and `len` the IP packet's length.
+    pub ah: Option<(usize, bool)>,
 }
 
 impl Deferred {
@@ -200,6 +203,7 @@ fn seal_or_defer<'a>(
             len: esp_len,
             esn_hi: sa.esn.then_some((seq >> 32) as u32),
             udp6: None,
+            ah: None,
         };
         return Ok(Some(d));
     }
