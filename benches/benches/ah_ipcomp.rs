@@ -44,7 +44,10 @@ impl Mac {
 
 fn ah_engines(auth: AuthAlg) -> (Engine, xsec_dataplane::sa::SaHandle, Engine) {
     let key: Vec<u8> = (0..auth.key_len() as u8).collect();
-    let (l, r) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+    let (l, r) = (
+        "10.0.0.1".parse().expect("address"),
+        "10.0.0.2".parse().expect("address"),
+    );
     let mut out = SaConfig::tunnel(
         0x100,
         Direction::Outbound,
