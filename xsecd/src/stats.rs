@@ -51,6 +51,9 @@ pub struct EngineRow {
     pub punt_packets: u64,
     pub keepalives: u64,
     pub events_lost: u64,
+    /// IPComp, outbound: sent compressed, and sent as they were (not worth compressing).
+    pub ipcomp_compressed: u64,
+    pub ipcomp_uncompressed: u64,
 }
 
 impl From<&WorkerStats> for EngineRow {
@@ -64,6 +67,8 @@ impl From<&WorkerStats> for EngineRow {
             punt_packets: e.punt_packets,
             keepalives: e.keepalives,
             events_lost: e.events_lost,
+            ipcomp_compressed: e.ipcomp_compressed,
+            ipcomp_uncompressed: e.ipcomp_uncompressed,
         }
     }
 }

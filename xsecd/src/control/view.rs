@@ -468,7 +468,7 @@ pub fn metrics(run: &Running, snaps: &[Snapshot], sys: &System, uptime: Duration
         );
     }
     type Metric = (&'static str, &'static str, fn(&Snapshot) -> u64);
-    let per_worker: [Metric; 8] = [
+    let per_worker: [Metric; 10] = [
         (
             "xsec_worker_rx_packets",
             "Frames received by the worker (both sides).",
@@ -493,6 +493,16 @@ pub fn metrics(run: &Running, snaps: &[Snapshot], sys: &System, uptime: Duration
         ("xsec_worker_drops", "Packets dropped by the engine.", |s| {
             s.engine.drops.total()
         }),
+        (
+            "xsec_worker_ipcomp_compressed_packets",
+            "IPComp: packets sent compressed.",
+            |s| s.engine.ipcomp_compressed,
+        ),
+        (
+            "xsec_worker_ipcomp_uncompressed_packets",
+            "IPComp: packets sent as they were, compression would not have made them smaller.",
+            |s| s.engine.ipcomp_uncompressed,
+        ),
         ("xsec_worker_loops", "Poll loops.", |s| s.counters.loops),
         (
             "xsec_worker_busy_loops",
