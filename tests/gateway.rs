@@ -628,6 +628,75 @@ fn transport_mode_ipv6_hosts() {
     s.decrypt_with_harness(&pcap, &r);
 }
 
+/// An AH SA as `ah_check.py` takes it.
+struct AhSa {
+    spi: u32,
+    auth: &'static str,
+    key: Vec<u8>,
+    mode: Mode,
+    src: String,
+    dst: String,
+}
+
+impl Scenario {
+    /// Every AH packet of a capture (IPv4 or IPv6): its SPI and its IP packet.
+    fn ah_packets(&self, pcap: &Path) -> Vec<(u32, Vec<u8>)> {
+        let frames = wire::read_pcap(pcap).unwrap_or_else(|e| self.fail(&e.to_string()));
+        let mut packets = vec![];
+        for f in &frames {
+            let ip = if f.ethernet {
+                &f.data[14..]
+            } else {
+                &f.data[..]
+            };
+            let (proto, hl) = match ip.first().map(|b| b >> 4) {
+                Some(4) => (ip[9], usize::from(ip[0] & 0x0f) * 4),
+                Some(6) => (ip[6], 40),
+                _ => continue,
+            };
+            if proto != 51 || ip.len() < hl + 12 {
+                continue;
+            }
+            let spi = u32::from_be_bytes([ip[hl + 4], ip[hl + 5], ip[hl + 6], ip[hl + 7]]);
+            packets.push((spi, ip.to_vec()));
+        }
+        packets
+    }
+
+    /// scapy's AH (`ah_check.py`) verifies the ICV of every packet of `packets` with the SA
+    /// of its SPI among `sas` (and none has another SPI).
+    fn scapy_verifies_ah(&self, packets: &[(u32, Vec<u8>)], sas: &[AhSa]) {
+        let index = |spi: u32| sas.iter().position(|sa| sa.spi == spi);
+        self.check(packets.iter().all(|p| index(p.0).is_some()), || {
+            "AH with an SPI no SA has".into()
+        });
+        let spec = serde_json::json!({
+            "sas": sas.iter().map(|sa| serde_json::json!({
+                "spi": sa.spi,
+                "auth": sa.auth,
+                "key": xsec_interop_tests::hex(&sa.key),
+                "mode": sa.mode.name(),
+                "outer_src": sa.src,
+                "outer_dst": sa.dst,
+            })).collect::<Vec<_>>(),
+            "verify": packets.iter().map(|(spi, p)| serde_json::json!({
+                "sa": index(*spi).unwrap_or(0),
+                "wire": xsec_interop_tests::hex(p),
+            })).collect::<Vec<_>>(),
+        });
+        let spec_path = self.lab.workdir().join("ah-spec.json");
+        std::fs::write(&spec_path, spec.to_string()).unwrap_or_else(|e| self.fail(&e.to_string()));
+        let run = Harness::locate().python_script(
+            &xsec_interop_tests::crate_file("ah_check.py"),
+            &[spec_path.as_os_str()],
+        );
+        let want = format!("{} passed, 0 failed", packets.len());
+        self.check(run.ok() && run.stdout.contains(&want), || {
+            format!("scapy did not verify every AH packet (want {want:?}):\n{run}")
+        });
+    }
+}
+
 /// AH (RFC 4302) between the two daemons, every SA of the pair `protocol = "ah"` with
 /// HMAC-SHA-256-128: traffic both ways; on the middle link nothing but AH (the inner packets
 /// readable, as AH leaves them) and link control; scapy's AH verifies the ICV of every AH
@@ -667,60 +736,27 @@ fn ah_end_to_end(name: &'static str, mode: Mode, v6: bool, seed: u64) {
     );
 
     // every AH packet of the capture, with its SA
-    let frames = wire::read_pcap(&pcap).unwrap_or_else(|e| s.fail(&e.to_string()));
-    let mut packets = vec![];
-    for f in &frames {
-        let ip = if f.ethernet {
-            &f.data[14..]
-        } else {
-            &f.data[..]
-        };
-        let (proto, hl) = match ip.first().map(|b| b >> 4) {
-            Some(4) => (ip[9], usize::from(ip[0] & 0x0f) * 4),
-            Some(6) => (ip[6], 40),
-            _ => continue,
-        };
-        if proto != 51 || ip.len() < hl + 12 {
-            continue;
-        }
-        let spi = u32::from_be_bytes([ip[hl + 4], ip[hl + 5], ip[hl + 6], ip[hl + 7]]);
-        packets.push((spi, ip.to_vec()));
-    }
-    let sa_index = |spi: u32| s.pair.sas.iter().position(|sa| sa.spi == spi);
+    let packets = s.ah_packets(&pcap);
     let used: std::collections::BTreeSet<u32> = packets.iter().map(|p| p.0).collect();
     for sa in s.pair.sas.iter().filter(|sa| v6 || sa.name != "ab6") {
         s.check(used.contains(&sa.spi), || {
             format!("no AH with SPI {:#x} on the middle link", sa.spi)
         });
     }
-    let spec = serde_json::json!({
-        "sas": s.pair.sas.iter().map(|sa| serde_json::json!({
-            "spi": sa.spi,
-            "auth": sa.alg.integrity(),
-            "key": xsec_interop_tests::hex(&sa.auth_key),
-            "mode": sa.mode.name(),
-            "outer_src": sa.src,
-            "outer_dst": sa.dst,
-        })).collect::<Vec<_>>(),
-        "verify": packets.iter().map(|(spi, p)| serde_json::json!({
-            "sa": sa_index(*spi).unwrap_or(0),
-            "wire": xsec_interop_tests::hex(p),
-        })).collect::<Vec<_>>(),
-    });
-    let spec_path = s.lab.workdir().join("ah-spec.json");
-    std::fs::write(&spec_path, spec.to_string()).unwrap_or_else(|e| s.fail(&e.to_string()));
-    let h = Harness::locate();
-    let run = h.python_script(
-        &xsec_interop_tests::crate_file("ah_check.py"),
-        &[spec_path.as_os_str()],
-    );
-    let want = format!("{} passed, 0 failed", packets.len());
-    s.check(run.ok() && run.stdout.contains(&want), || {
-        format!("scapy did not verify every AH packet (want {want:?}):\n{run}")
-    });
-    s.check(packets.iter().all(|p| sa_index(p.0).is_some()), || {
-        "AH with an SPI no SA has".into()
-    });
+    let sas: Vec<AhSa> = s
+        .pair
+        .sas
+        .iter()
+        .map(|sa| AhSa {
+            spi: sa.spi,
+            auth: sa.alg.integrity().unwrap_or("none"),
+            key: sa.auth_key.clone(),
+            mode: sa.mode,
+            src: sa.src.clone(),
+            dst: sa.dst.clone(),
+        })
+        .collect();
+    s.scapy_verifies_ah(&packets, &sas);
     let ts = xsec_lab::procs::run({
         let mut c = std::process::Command::new("tshark");
         c.args(["-n", "-r"])
@@ -822,7 +858,6 @@ fn ipcomp_esp_ah_bundle_between_the_gateways() {
         |_| false,
     );
     // every AH packet: ESP inside, and its ICV verified by scapy
-    let frames = wire::read_pcap(&pcap).unwrap_or_else(|e| s.fail(&e.to_string()));
     let sa = |g: &xsec_lab::config::GatewayConf, name: &str| {
         g.sas
             .iter()
@@ -832,47 +867,23 @@ fn ipcomp_esp_ah_bundle_between_the_gateways() {
     };
     let (ah_a, ah_b) = (sa(&s.pair.a, "ab-ah"), sa(&s.pair.b, "ab-ah"));
     let (esp_a, esp_b) = (sa(&s.pair.a, "ab-esp"), sa(&s.pair.b, "ab-esp"));
-    let mut verify = vec![];
-    for f in &frames {
-        let ip = if f.ethernet {
-            &f.data[14..]
-        } else {
-            &f.data[..]
-        };
-        if ip.first().map(|b| b >> 4) != Some(4) || ip[9] != 51 {
-            continue;
-        }
+    let packets = s.ah_packets(&pcap);
+    for (_, ip) in &packets {
         s.check(ip[20] == 50, || {
             format!("AH whose next header is {}", ip[20])
         });
-        let spi = u32::from_be_bytes([ip[24], ip[25], ip[26], ip[27]]);
-        let from_a = spi == ah_a.spi_out;
-        s.check(from_a || spi == ah_b.spi_out, || format!("AH SPI {spi:#x}"));
-        verify.push(
-            serde_json::json!({"sa": usize::from(!from_a), "wire": xsec_interop_tests::hex(ip)}),
-        );
     }
-    s.check(verify.len() > 40, || format!("{} AH packets", verify.len()));
-    let ah_sa = |c: &xsec_lab::config::SaConf| {
-        serde_json::json!({
-            "spi": c.spi_out, "auth": "hmac-sha256-128",
-            "key": xsec_interop_tests::hex(&c.auth_key_out), "mode": "transport",
-            "outer_src": c.local, "outer_dst": c.remote,
-        })
+    let n = packets.len();
+    s.check(n > 40, || format!("{n} AH packets"));
+    let ah_sa = |c: &xsec_lab::config::SaConf| AhSa {
+        spi: c.spi_out,
+        auth: "hmac-sha256-128",
+        key: c.auth_key_out.clone(),
+        mode: Mode::Transport,
+        src: c.local.clone(),
+        dst: c.remote.clone(),
     };
-    let n = verify.len();
-    let spec = serde_json::json!({"sas": [ah_sa(&ah_a), ah_sa(&ah_b)], "verify": verify});
-    let spec_path = s.lab.workdir().join("ah-spec.json");
-    std::fs::write(&spec_path, spec.to_string()).unwrap_or_else(|e| s.fail(&e.to_string()));
-    let h = Harness::locate();
-    let run = h.python_script(
-        &xsec_interop_tests::crate_file("ah_check.py"),
-        &[spec_path.as_os_str()],
-    );
-    s.check(
-        run.ok() && run.stdout.contains(&format!("{n} passed, 0 failed")),
-        || format!("scapy did not verify every AH packet:\n{run}"),
-    );
+    s.scapy_verifies_ah(&packets, &[ah_sa(&ah_a), ah_sa(&ah_b)]);
     // tshark with the ESP keys: IPComp or IP in IP inside every ESP
     let conf = s.lab.workdir().join("wireshark-bundle");
     std::fs::create_dir_all(&conf).unwrap_or_else(|e| s.fail(&e.to_string()));

@@ -22,7 +22,8 @@
 
 use crate::crypto::ICV_GROUP;
 use crate::esp::{
-    Deferred, InboundEsp, decap_transport, decap_tunnel, inner_fast, report, write_outer,
+    Deferred, InboundEsp, decap_transport, decap_tunnel, inner_fast, report, settle,
+    transport_split, usable, write_outer,
 };
 use crate::events::EventQueue;
 use crate::packet::PacketBuf;
@@ -246,28 +247,12 @@ pub(crate) fn encap<B: AsRef<[u8]> + AsMut<[u8]>>(
     events: &mut EventQueue,
     defer: Option<&mut Deferred>,
 ) -> Result<(usize, bool), DropReason> {
-    let (usable, ev) = sa.life.usable(now);
-    report(events, sa, h, ev);
     let defer = defer.filter(|_| sa.xform.pairs());
-    let r = if !usable {
-        Err(sa.expired_reason())
-    } else {
-        match sa.mode {
-            Mode::Tunnel => tunnel(sa, h, pkt, events, defer),
-            Mode::Transport => transport(sa, h, pkt, events, defer),
-        }
-    };
-    match r {
-        Ok((bytes, deferred)) => {
-            let ev = sa.life.account(now, bytes as u64);
-            report(events, sa, h, ev);
-            Ok((bytes, deferred))
-        }
-        Err(e) => {
-            sa.drops.bump(e);
-            Err(e)
-        }
-    }
+    let r = usable(sa, h, now, events).and_then(|()| match sa.mode {
+        Mode::Tunnel => tunnel(sa, h, pkt, events, defer),
+        Mode::Transport => transport(sa, h, pkt, events, defer),
+    });
+    settle(sa, h, now, events, r)
 }
 
 fn tunnel<B: AsRef<[u8]> + AsMut<[u8]>>(
@@ -455,29 +440,7 @@ fn transport<B: AsRef<[u8]> + AsMut<[u8]>>(
     defer: Option<&mut Deferred>,
 ) -> Result<(usize, bool), DropReason> {
     let data = pkt.data();
-    // (header bytes kept in front of AH, offset of the next-header byte to rewrite,
-    //  total length, IPv6?)
-    let (hl, nh_field, total_len, v6) = match data.first().map(|b| b >> 4) {
-        Some(4) => {
-            let ip = Ipv4Packet::new_checked(data).map_err(|_| DropReason::Malformed)?;
-            // RFC 4302 §3.1: AH in transport mode applies to whole datagrams only.
-            if ip.is_fragment() {
-                return Err(DropReason::Fragment);
-            }
-            (ip.header_len(), 9, usize::from(ip.total_len()), false)
-        }
-        Some(6) => {
-            let ip = Ipv6Packet::new_checked(data).map_err(|_| DropReason::Malformed)?;
-            let ul = ip.upper_layer().map_err(|_| DropReason::Malformed)?;
-            if ul.fragment {
-                return Err(DropReason::Fragment);
-            }
-            // after hop-by-hop, routing and fragment headers (RFC 4302 §3.1.1), where
-            // transport-mode ESP goes too
-            (ul.esp_insert, ul.esp_insert_nh_field, ip.total_len(), true)
-        }
-        _ => return Err(DropReason::Malformed),
-    };
+    let (hl, nh_field, total_len, v6) = transport_split(data)?;
     let nh = IpProtocol(data[nh_field]);
     let icv_len = sa.xform.icv_len();
     let ah_len = ah::header_len_for(icv_len, v6);
@@ -553,17 +516,8 @@ pub(crate) fn decap<B: AsRef<[u8]> + AsMut<[u8]>>(
     events: &mut EventQueue,
     checked: Option<(Option<u32>, bool)>,
 ) -> Result<(usize, bool), DropReason> {
-    match run(sa, h, pkt, o, now, events, checked) {
-        Ok((n, deferred)) => {
-            let ev = sa.life.account(now, n as u64);
-            report(events, sa, h, ev);
-            Ok((n, deferred))
-        }
-        Err(e) => {
-            sa.drops.bump(e);
-            Err(e)
-        }
-    }
+    let r = run(sa, h, pkt, o, now, events, checked);
+    settle(sa, h, now, events, r)
 }
 
 fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
@@ -578,11 +532,7 @@ fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
     if o.udp.is_some() || sa.udp.is_some() {
         return Err(DropReason::EncapMismatch);
     }
-    let (usable, ev) = sa.life.usable(now);
-    report(events, sa, h, ev);
-    if !usable {
-        return Err(sa.expired_reason());
-    }
+    usable(sa, h, now, events)?;
     let icv_len = sa.xform.icv_len();
     let base = pkt.head();
     let at = base + o.esp_off;

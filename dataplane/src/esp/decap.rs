@@ -4,7 +4,7 @@
 //! *check*, ICV verification and decryption, replay *commit*, trailer and padding, next
 //! header, then the decapsulated packet against the SA's selectors (RFC 4301 §5.2).
 
-use super::report;
+use super::{settle, usable};
 use crate::events::{Event, EventKind, EventQueue};
 use crate::packet::PacketBuf;
 use crate::replay::ReplayError;
@@ -96,17 +96,8 @@ pub(crate) fn decap<B: AsRef<[u8]> + AsMut<[u8]>>(
     events: &mut EventQueue,
     checked: Option<(Option<u32>, bool)>,
 ) -> Result<(usize, bool), DropReason> {
-    match run(sa, h, pkt, o, now, events, checked) {
-        Ok((n, deferred)) => {
-            let ev = sa.life.account(now, n as u64);
-            report(events, sa, h, ev);
-            Ok((n, deferred))
-        }
-        Err(e) => {
-            sa.drops.bump(e);
-            Err(e)
-        }
-    }
+    let r = run(sa, h, pkt, o, now, events, checked);
+    settle(sa, h, now, events, r)
 }
 
 #[inline(always)]
@@ -125,11 +116,7 @@ fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
         (Some((lp, _)), Some((_, dport))) if lp == dport => {}
         _ => return Err(DropReason::EncapMismatch),
     }
-    let (usable, ev) = sa.life.usable(now);
-    report(events, sa, h, ev);
-    if !usable {
-        return Err(sa.expired_reason());
-    }
+    usable(sa, h, now, events)?;
     let (iv, icv) = (sa.xform.iv_len(), sa.xform.icv_len());
     if o.esp_len < ESP_HDR + iv + 2 + icv {
         return Err(DropReason::BadLength);

@@ -5,7 +5,7 @@
 //! moves only the IP header (and IPv6 extension headers that stay in front of ESP) back into
 //! the headroom and inserts ESP behind it.
 
-use super::report;
+use super::{report, settle, usable};
 use crate::crypto::ICV_GROUP;
 use crate::events::EventQueue;
 use crate::packet::PacketBuf;
@@ -72,27 +72,11 @@ pub(crate) fn encap<B: AsRef<[u8]> + AsMut<[u8]>>(
     events: &mut EventQueue,
     defer: Option<&mut Deferred>,
 ) -> Result<(usize, bool), DropReason> {
-    let (usable, ev) = sa.life.usable(now);
-    report(events, sa, h, ev);
-    let r = if !usable {
-        Err(sa.expired_reason())
-    } else {
-        match sa.mode {
-            Mode::Tunnel => tunnel(sa, h, pkt, events, defer),
-            Mode::Transport => transport(sa, h, pkt, events, defer),
-        }
-    };
-    match r {
-        Ok((bytes, deferred)) => {
-            let ev = sa.life.account(now, bytes as u64);
-            report(events, sa, h, ev);
-            Ok((bytes, deferred))
-        }
-        Err(e) => {
-            sa.drops.bump(e);
-            Err(e)
-        }
-    }
+    let r = usable(sa, h, now, events).and_then(|()| match sa.mode {
+        Mode::Tunnel => tunnel(sa, h, pkt, events, defer),
+        Mode::Transport => transport(sa, h, pkt, events, defer),
+    });
+    settle(sa, h, now, events, r)
 }
 
 /// Inner length, next header, TOS/traffic class and DF of the packet to tunnel.
@@ -370,6 +354,33 @@ fn tunnel<B: AsRef<[u8]> + AsMut<[u8]>>(
     Ok((inner_len, deferred))
 }
 
+/// Where transport mode puts its header in `data` (an IP packet): the bytes of IP header
+/// kept in front of it (IPv6: after hop-by-hop, routing and fragment headers and destination
+/// options before a routing header, RFC 4303 §3.1.1, RFC 4302 §3.1.1), the offset of the
+/// next-header byte to rewrite, the packet's length, and whether it is IPv6. Fragments are
+/// refused: transport mode applies to whole datagrams only.
+#[inline]
+pub(crate) fn transport_split(data: &[u8]) -> Result<(usize, usize, usize, bool), DropReason> {
+    match data.first().map(|b| b >> 4) {
+        Some(4) => {
+            let ip = Ipv4Packet::new_checked(data).map_err(|_| DropReason::Malformed)?;
+            if ip.is_fragment() {
+                return Err(DropReason::Fragment);
+            }
+            Ok((ip.header_len(), 9, usize::from(ip.total_len()), false))
+        }
+        Some(6) => {
+            let ip = Ipv6Packet::new_checked(data).map_err(|_| DropReason::Malformed)?;
+            let ul = ip.upper_layer().map_err(|_| DropReason::Malformed)?;
+            if ul.fragment {
+                return Err(DropReason::Fragment);
+            }
+            Ok((ul.esp_insert, ul.esp_insert_nh_field, ip.total_len(), true))
+        }
+        _ => Err(DropReason::Malformed),
+    }
+}
+
 fn transport<B: AsRef<[u8]> + AsMut<[u8]>>(
     sa: &mut Sa,
     h: SaHandle,
@@ -378,27 +389,7 @@ fn transport<B: AsRef<[u8]> + AsMut<[u8]>>(
     defer: Option<&mut Deferred>,
 ) -> Result<(usize, bool), DropReason> {
     let data = pkt.data();
-    // (header bytes kept in front of ESP, offset of the next-header byte to rewrite,
-    //  total length, IPv6?)
-    let (hl, nh_field, total_len, v6) = match data.first().map(|b| b >> 4) {
-        Some(4) => {
-            let ip = Ipv4Packet::new_checked(data).map_err(|_| DropReason::Malformed)?;
-            // RFC 4303 §3.1.1: transport mode applies to whole datagrams only.
-            if ip.is_fragment() {
-                return Err(DropReason::Fragment);
-            }
-            (ip.header_len(), 9, usize::from(ip.total_len()), false)
-        }
-        Some(6) => {
-            let ip = Ipv6Packet::new_checked(data).map_err(|_| DropReason::Malformed)?;
-            let ul = ip.upper_layer().map_err(|_| DropReason::Malformed)?;
-            if ul.fragment {
-                return Err(DropReason::Fragment);
-            }
-            (ul.esp_insert, ul.esp_insert_nh_field, ip.total_len(), true)
-        }
-        _ => return Err(DropReason::Malformed),
-    };
+    let (hl, nh_field, total_len, v6) = transport_split(data)?;
     let nh = IpProtocol(data[nh_field]);
     let payload = total_len - hl;
     let (iv, icv, align) = (sa.xform.iv_len(), sa.xform.icv_len(), sa.xform.align());

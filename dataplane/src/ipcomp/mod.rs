@@ -15,14 +15,17 @@
 
 pub mod lzs;
 
-use crate::esp::{InboundEsp, decap_transport, decap_tunnel, inner_fast, report, write_outer};
+use crate::esp::{
+    InboundEsp, decap_transport, decap_tunnel, inner_fast, settle, transport_split, usable,
+    write_outer,
+};
 use crate::events::EventQueue;
 use crate::packet::PacketBuf;
 use crate::sa::{CompAlg, Mode, Protocol, Sa, SaHandle};
 use crate::stats::{DropReason, WorkerStats};
 use crate::time::Timestamp;
 use crate::wire::ipcomp::{HEADER_LEN, IpCompHeader};
-use crate::wire::{IpProtocol, Ipv4Packet, Ipv6Packet};
+use crate::wire::{IpProtocol, Ipv4Packet};
 use miniz_oxide::deflate::core::{
     CompressorOxide, TDEFLFlush, TDEFLStatus, compress, create_comp_flags_from_zip_params,
 };
@@ -137,32 +140,18 @@ pub(crate) fn encap<B: AsRef<[u8]> + AsMut<[u8]>>(
     codecs: &mut Codecs,
     stats: &mut WorkerStats,
 ) -> Result<usize, DropReason> {
-    let (usable, ev) = sa.life.usable(now);
-    report(events, sa, h, ev);
-    let r = if !usable {
-        Err(sa.expired_reason())
-    } else {
-        match sa.mode {
-            Mode::Tunnel => tunnel(sa, pkt, codecs),
-            Mode::Transport => transport(sa, pkt, codecs),
-        }
-    };
-    match r {
-        Ok((bytes, compressed)) => {
-            if compressed {
-                stats.ipcomp_compressed += 1;
-            } else {
-                stats.ipcomp_uncompressed += 1;
-            }
-            let ev = sa.life.account(now, bytes as u64);
-            report(events, sa, h, ev);
-            Ok(bytes)
-        }
-        Err(e) => {
-            sa.drops.bump(e);
-            Err(e)
+    let r = usable(sa, h, now, events).and_then(|()| match sa.mode {
+        Mode::Tunnel => tunnel(sa, pkt, codecs),
+        Mode::Transport => transport(sa, pkt, codecs),
+    });
+    if let Ok((_, compressed)) = r {
+        if compressed {
+            stats.ipcomp_compressed += 1;
+        } else {
+            stats.ipcomp_uncompressed += 1;
         }
     }
+    settle(sa, h, now, events, r).map(|(bytes, _)| bytes)
 }
 
 fn tunnel<B: AsRef<[u8]> + AsMut<[u8]>>(
@@ -232,24 +221,7 @@ fn transport<B: AsRef<[u8]> + AsMut<[u8]>>(
     codecs: &mut Codecs,
 ) -> Result<(usize, bool), DropReason> {
     let data = pkt.data();
-    let (hl, nh_field, total_len, v6) = match data.first().map(|b| b >> 4) {
-        Some(4) => {
-            let ip = Ipv4Packet::new_checked(data).map_err(|_| DropReason::Malformed)?;
-            if ip.is_fragment() {
-                return Err(DropReason::Fragment);
-            }
-            (ip.header_len(), 9, usize::from(ip.total_len()), false)
-        }
-        Some(6) => {
-            let ip = Ipv6Packet::new_checked(data).map_err(|_| DropReason::Malformed)?;
-            let ul = ip.upper_layer().map_err(|_| DropReason::Malformed)?;
-            if ul.fragment {
-                return Err(DropReason::Fragment);
-            }
-            (ul.esp_insert, ul.esp_insert_nh_field, ip.total_len(), true)
-        }
-        _ => return Err(DropReason::Malformed),
-    };
+    let (hl, nh_field, total_len, v6) = transport_split(data)?;
     let nh = IpProtocol(data[nh_field]);
     let plen = total_len - hl;
     let alg = alg_of(sa);
@@ -289,17 +261,8 @@ pub(crate) fn decap<B: AsRef<[u8]> + AsMut<[u8]>>(
     events: &mut EventQueue,
     codecs: &mut Codecs,
 ) -> Result<(usize, bool), DropReason> {
-    match run(sa, h, pkt, o, now, events, codecs) {
-        Ok((n, deferred)) => {
-            let ev = sa.life.account(now, n as u64);
-            report(events, sa, h, ev);
-            Ok((n, deferred))
-        }
-        Err(e) => {
-            sa.drops.bump(e);
-            Err(e)
-        }
-    }
+    let r = run(sa, h, pkt, o, now, events, codecs);
+    settle(sa, h, now, events, r)
 }
 
 fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
@@ -314,11 +277,7 @@ fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
     if o.udp.is_some() {
         return Err(DropReason::EncapMismatch);
     }
-    let (usable, ev) = sa.life.usable(now);
-    report(events, sa, h, ev);
-    if !usable {
-        return Err(sa.expired_reason());
-    }
+    usable(sa, h, now, events)?;
     let base = pkt.head();
     let at = base + o.esp_off;
     let end = base + o.esp_off + o.esp_len;
