@@ -1016,6 +1016,15 @@ impl Engine {
                     checked = p.checked;
                     (p.esp, Some(p.h))
                 }
+                // The last SA checked its selectors on what it decapsulated: that is the
+                // packet, whatever it carries (a host's own ESP, IKE or IP in IP included),
+                // if its IP header holds together.
+                None if depth > 0 && !deferred => {
+                    if let Err(r) = Self::whole_ip(pkt) {
+                        return self.drop(r);
+                    }
+                    return self.finish_layers(pkt, &chain[..depth], false, ipcomp);
+                }
                 None => match self.classify(pkt) {
                     Ok(Inbound::Esp(e)) => (e, None),
                     Ok(Inbound::Ike) => {
@@ -1039,14 +1048,7 @@ impl Engine {
                             deferred = false;
                             continue;
                         }
-                        if deferred
-                            || depth > 1
-                            || ipcomp
-                            || (!self.bundled.is_empty() && self.bundled.contains(&chain[0]))
-                        {
-                            return self.bundle_check(pkt, &chain[..depth]);
-                        }
-                        return Verdict::Forward;
+                        return self.finish_layers(pkt, &chain[..depth], deferred, ipcomp);
                     }
                     Ok(Inbound::Plain) => {
                         // a tunnel-mode IPComp SA on its own, uncompressed
@@ -1079,6 +1081,10 @@ impl Engine {
                 return self.drop(DropReason::NoSa);
             };
             let reqid = sa.reqid;
+            let esp = InboundEsp {
+                defer: !self.bundled.is_empty() && self.bundled.contains(&reqid),
+                ..esp
+            };
             let r = match (esp.kind, sa.protocol, self.codecs.as_deref_mut()) {
                 (Header::Esp, Protocol::Esp, _) => {
                     esp::decap(sa, h, pkt, &esp, now, &mut self.events, checked)
@@ -1165,6 +1171,53 @@ impl Engine {
         self.stats.decap_packets += 1;
         self.stats.decap_bytes += inner_len as u64;
         Some(reqid)
+    }
+
+    /// A decapsulated packet's IP header is consistent (IPv4: checksum and lengths; IPv6: the
+    /// extension-header chain walks); link padding beyond its length is trimmed.
+    fn whole_ip<B: AsRef<[u8]> + AsMut<[u8]>>(pkt: &mut PacketBuf<B>) -> Result<(), DropReason> {
+        let data = pkt.data();
+        let total = match data.first().map(|b| b >> 4) {
+            Some(4) => {
+                let ip = Ipv4Packet::new_checked(data).map_err(|_| DropReason::Malformed)?;
+                if !ip.verify_checksum() {
+                    return Err(DropReason::Malformed);
+                }
+                usize::from(ip.total_len())
+            }
+            Some(6) => {
+                let ip = Ipv6Packet::new_checked(data).map_err(|_| DropReason::Malformed)?;
+                ip.upper_layer().map_err(|_| DropReason::Malformed)?;
+                ip.total_len()
+            }
+            _ => return Err(DropReason::Malformed),
+        };
+        if total < pkt.len() {
+            let head = pkt.head();
+            pkt.set_window(head, total);
+        }
+        Ok(())
+    }
+
+    /// The packet is out of its last layer (`chain`, outermost first): forwarded, after the
+    /// bundle check when it came through more than one SA, through IPComp (which
+    /// authenticates nothing), through an SA a bundle names, or when a layer left its
+    /// selector check to it (`deferred`).
+    fn finish_layers<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &mut self,
+        pkt: &PacketBuf<B>,
+        chain: &[u32],
+        deferred: bool,
+        ipcomp: bool,
+    ) -> Verdict {
+        let bundled = chain
+            .first()
+            .is_some_and(|r| !self.bundled.is_empty() && self.bundled.contains(r));
+        if deferred || chain.len() > 1 || ipcomp || bundled {
+            self.bundle_check(pkt, chain)
+        } else {
+            Verdict::Forward
+        }
     }
 
     /// Whether `chain` (outermost first) is `bundle` (innermost first), but for IPComp SAs
@@ -1327,6 +1380,7 @@ impl Engine {
                 udp,
                 outer_ecn: ecn,
                 kind,
+                defer: false,
             })
         };
         let found = match proto {

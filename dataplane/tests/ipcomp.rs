@@ -354,3 +354,25 @@ mod lzs_roundtrip {
         }
     }
 }
+
+/// A host's own IP-in-IP (or anything that looks like another IPsec layer) through an SA
+/// that no bundle names is plain traffic for that SA: its selectors decide, no bundle check
+/// (found by the `inbound_authenticated` and `roundtrip` fuzz targets).
+#[test]
+fn ip_in_ip_through_a_lone_sa_is_the_hosts_own_traffic() {
+    let o = PairOpts::new(EncAlg::AesCbc128, AuthAlg::HmacSha256_128);
+    let esp = sa_of(&o, 0x7001, 1);
+    let (mut a, mut b) = gateways(&[esp], &[1]);
+    let carried = ipv4("10.9.0.1", "10.9.0.2", 17, 0, false, &udp(1, 2, b"inner"));
+    for proto in [4u8, 41, 50, 51, 108] {
+        let body = if proto == 4 {
+            carried.clone()
+        } else {
+            vec![0x55; 64]
+        };
+        let p = ipv4("10.1.0.10", "10.2.0.10", proto, 0, false, &body);
+        let (_, v, out) = send(&mut a, &mut b, &p);
+        assert_eq!(v, Verdict::Forward, "protocol {proto}");
+        assert_eq!(out, p, "protocol {proto}");
+    }
+}

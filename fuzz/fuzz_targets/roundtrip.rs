@@ -250,8 +250,7 @@ fn run(data: &[u8]) {
         hex(&esp),
         ctx()
     );
-    let ports: Vec<u16> = [4500].into_iter().chain(c.port).collect();
-    if !nh59 && canonical(&c, inner) && plain_after_decap(original, &ports) {
+    if !nh59 && canonical(&c, inner) && plain_after_decap(original) {
         assert_eq!(
             v,
             Verdict::Forward,

@@ -425,29 +425,14 @@ pub fn key_of(p: &[u8]) -> Option<Key> {
     })
 }
 
-/// Whether a decapsulated packet is plain traffic the engine must forward: a consistent IP
-/// header (IPv4 checksum included; the IPv6 extension-header chain walks), and neither ESP
-/// (a nested SA), IKE (UDP 500), nor anything on a UDP encapsulation port (`udp_ports`),
-/// which the inbound classifier treats as another protocol layer. (Whether the upper-layer
-/// header must be readable depends on the SA's selectors, RFC 4301 §5.2: the callers check
-/// that with [`key_of`] where selectors apply.)
-pub fn plain_after_decap(p: &[u8], udp_ports: &[u16]) -> bool {
-    let Some(ip) = parse_ip(p) else { return false };
-    if !ip.checksum_ok {
-        return false;
-    }
-    match ip.proto {
-        PROTO_ESP | PROTO_AH => false,
-        PROTO_UDP => {
-            let l4 = &p[ip.ul_off..ip.total];
-            if l4.len() < 8 {
-                return ip.fragment;
-            }
-            let dport = u16::from_be_bytes([l4[2], l4[3]]);
-            dport != 500 && !udp_ports.contains(&dport)
-        }
-        _ => true,
-    }
+/// Whether a decapsulated packet is traffic the engine must forward: a consistent IP header
+/// (IPv4 checksum included; the IPv6 extension-header chain walks). What it carries is the
+/// host's own, ESP, AH, IKE or ESP in UDP included: the engine peels another layer only for
+/// an SA that an inbound bundle policy names, and the fuzz targets' inbound SPDs have none.
+/// (Whether the upper-layer header must be readable depends on the SA's selectors, RFC 4301
+/// §5.2: the callers check that with [`key_of`] where selectors apply.)
+pub fn plain_after_decap(p: &[u8]) -> bool {
+    parse_ip(p).is_some_and(|ip| ip.checksum_ok)
 }
 
 /// RFC 3948 §3.1.2 (transport mode after NAT): the TCP or UDP checksum recomputed over the

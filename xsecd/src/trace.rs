@@ -9,7 +9,9 @@
 use crossbeam_channel::Sender;
 use std::time::SystemTime;
 use xsec_dataplane::spd::{Action, Direction, Lookup, PacketKey, Spd};
-use xsec_dataplane::wire::{EspPacket, IpProtocol, Ipv4Packet, Ipv6Packet, UdpPacket};
+use xsec_dataplane::wire::{
+    AhHeader, EspPacket, IpCompHeader, IpProtocol, Ipv4Packet, Ipv6Packet, UdpPacket,
+};
 
 /// What to trace, resolved by the daemon from a policy name or an SPI.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,8 +124,8 @@ impl Tap {
     }
 }
 
-/// The SPI of an ESP packet (raw, or UDP-encapsulated on `udp_ports`), from its outer IP
-/// header; `None` for anything else. IPv6 extension headers are not walked (the engine
+/// The SPI of an ESP packet (raw, or UDP-encapsulated on `udp_ports`) or of an AH packet,
+/// or the CPI of an IPComp packet, from its outer IP header; `None` for anything else. IPv6 extension headers are not walked (the engine
 /// would not decapsulate such a packet either before reassembly).
 pub fn esp_spi(ip: &[u8], udp_ports: &[u16]) -> Option<u32> {
     let (proto, payload) = match ip.first()? >> 4 {
@@ -142,6 +144,12 @@ pub fn esp_spi(ip: &[u8], udp_ports: &[u16]) -> Option<u32> {
     };
     let esp = match proto {
         IpProtocol::ESP => payload,
+        IpProtocol::AH => return AhHeader::new_checked(payload).ok().map(|h| h.spi()),
+        IpProtocol::IPCOMP => {
+            return IpCompHeader::new_checked(payload)
+                .ok()
+                .map(|h| u32::from(h.cpi()));
+        }
         IpProtocol::UDP => {
             let u = UdpPacket::new_checked(payload).ok()?;
             if !udp_ports.contains(&u.dst_port()) {
@@ -195,5 +203,21 @@ mod tests {
             None,
             "shorter than its IPv4 total length"
         );
+        // AH: the SPI after next header, length and reserved; IPComp: the CPI
+        let mut ah = vec![0u8; 20 + 24];
+        ah[0] = 0x45;
+        ah[9] = 51;
+        ah[3] = 44;
+        ah[21] = 4;
+        ah[24..28].copy_from_slice(&0x5101u32.to_be_bytes());
+        assert_eq!(esp_spi(&ah, &[]), Some(0x5101));
+        ah[21] = 9;
+        assert_eq!(esp_spi(&ah, &[]), None, "AH longer than the packet");
+        let mut comp = vec![0u8; 20 + 8];
+        comp[0] = 0x45;
+        comp[9] = 108;
+        comp[3] = 28;
+        comp[22..24].copy_from_slice(&3u16.to_be_bytes());
+        assert_eq!(esp_spi(&comp, &[]), Some(3));
     }
 }

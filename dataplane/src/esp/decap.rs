@@ -37,6 +37,10 @@ pub(crate) struct InboundEsp {
     /// Which header `esp_off` points at: ESP, AH (RFC 4302) or IPComp (RFC 3173). For AH
     /// and IPComp, `esp_len` runs from that header to the end of the IP packet.
     pub kind: Header,
+    /// The SA is part of a bundle: when what it decapsulates is another layer of IPsec, its
+    /// selector check is left to the bundle check (set by the engine, never by the
+    /// classifier: an SA outside every bundle checks its selectors on whatever it carries).
+    pub defer: bool,
 }
 
 /// The IPsec header an inbound packet starts with.
@@ -222,7 +226,7 @@ pub(crate) fn tunnel<B: AsRef<[u8]> + AsMut<[u8]>>(
         _ => return Err(DropReason::BadNextHeader),
     };
     let inner = &mut inner[..inner_len];
-    let deferred = inner_is_layer(inner);
+    let deferred = o.defer && inner_is_layer(inner);
     if !deferred {
         check_selectors(sa, inner)?;
     }
@@ -328,7 +332,7 @@ pub(crate) fn transport<B: AsRef<[u8]> + AsMut<[u8]>>(
         // addresses; recompute it over the addresses the packet now carries.
         fix_l4_checksum(&mut frame[start..start + total], hl, nh, o.v6);
     }
-    let deferred = next_is_layer(nh);
+    let deferred = o.defer && next_is_layer(nh);
     if !deferred {
         check_selectors(sa, &frame[start..start + total])?;
     }
