@@ -285,28 +285,47 @@ fn tunnel<B: AsRef<[u8]> + AsMut<[u8]>>(
     let at = start + hdr;
     let frame = pkt.frame_mut();
     write_outer(sa, &mut frame[start..at], total, inner_tos, inner_df);
+    let deferred = sign(sa, frame, (start, total, t.v6), at, ah_len, nh, seq, defer)?;
+    pkt.set_window(start, total);
+    Ok((inner_len, deferred))
+}
+
+/// Write the AH header (`ah_len` bytes at `at`) of the IP packet `frame[start..start +
+/// total]` (`ip` = (start, total, IPv6)) and its ICV; or, with `defer`, leave the ICV to
+/// [`seal_group`] and say so (`true`).
+#[allow(clippy::too_many_arguments)] // the packet's geometry and the header's fields
+fn sign(
+    sa: &Sa,
+    frame: &mut [u8],
+    ip: (usize, usize, bool),
+    at: usize,
+    ah_len: usize,
+    nh: IpProtocol,
+    seq: u64,
+    defer: Option<&mut Deferred>,
+) -> Result<bool, DropReason> {
+    let (start, total, v6) = ip;
     AhHeader::new_unchecked(&mut frame[at..at + ah_len]).emit(nh, ah_len, sa.spi, seq as u32);
     let esn_hi = sa.esn.then_some((seq >> 32) as u32);
     if let Some(d) = defer {
-        *d = deferred(at, total, esn_hi, start, t.v6);
-        pkt.set_window(start, total);
-        return Ok((inner_len, true));
+        *d = deferred(at, total, esn_hi, start, v6);
+        return Ok(true);
     }
+    let icv_len = sa.xform.icv_len();
     let mut icv = [0u8; 32];
     compute(
         sa,
         frame,
         start,
         total,
-        t.v6,
+        v6,
         at,
         esn_hi,
         &mut icv[..icv_len],
         true,
     )?;
     frame[at + FIXED_LEN..at + FIXED_LEN + icv_len].copy_from_slice(&icv[..icv_len]);
-    pkt.set_window(start, total);
-    Ok((inner_len, false))
+    Ok(false)
 }
 
 fn deferred(at: usize, total: usize, esn_hi: Option<u32>, start: usize, v6: bool) -> Deferred {
@@ -460,34 +479,19 @@ fn transport<B: AsRef<[u8]> + AsMut<[u8]>>(
     frame[start + nh_field] = IpProtocol::AH.0;
     fix_length(&mut frame[start..start + hl], v6, total);
     let at = start + hl;
-    AhHeader::new_unchecked(&mut frame[at..at + ah_len]).emit(nh, ah_len, sa.spi, seq as u32);
-    let esn_hi = sa.esn.then_some((seq >> 32) as u32);
-    if let Some(d) = defer {
-        *d = deferred(at, total, esn_hi, start, v6);
-        pkt.set_window(start, total);
-        return Ok((total_len - hl, true));
+    match sign(sa, frame, (start, total, v6), at, ah_len, nh, seq, defer) {
+        Ok(deferred) => {
+            pkt.set_window(start, total);
+            Ok((total_len - hl, deferred))
+        }
+        Err(e) => {
+            // put the packet back as it was
+            frame[start + nh_field] = nh.0;
+            fix_length(&mut frame[start..start + hl], v6, total_len);
+            frame.copy_within(start..start + hl, head);
+            Err(e)
+        }
     }
-    let mut icv = [0u8; 32];
-    if let Err(e) = compute(
-        sa,
-        frame,
-        start,
-        total,
-        v6,
-        at,
-        esn_hi,
-        &mut icv[..icv_len],
-        true,
-    ) {
-        // put the packet back as it was
-        frame[start + nh_field] = nh.0;
-        fix_length(&mut frame[start..start + hl], v6, total_len);
-        frame.copy_within(start..start + hl, head);
-        return Err(e);
-    }
-    frame[at + FIXED_LEN..at + FIXED_LEN + icv_len].copy_from_slice(&icv[..icv_len]);
-    pkt.set_window(start, total);
-    Ok((total_len - hl, false))
 }
 
 /// Set the length of the IP packet whose header is `hdr` (IPv4: all of it, for the
