@@ -315,7 +315,8 @@ impl Engine {
         let reqid = sa.reqid;
         let ipcomp_tunnel = match (is_ipcomp, sa.dir, sa.mode, sa.info.remote, sa.info.local) {
             (true, Direction::Inbound, crate::sa::Mode::Tunnel, Some(r), Some(l)) => {
-                Some((ip_u128(r).0, ip_u128(r).1, ip_u128(l).1))
+                let ((v6, r), (_, l)) = (ip_u128(r), ip_u128(l));
+                Some((v6, r, l))
             }
             _ => None,
         };

@@ -475,7 +475,6 @@ fn ah_configuration_is_checked() {
     c.auth = AuthAlg::HmacMd5_96;
     c.auth_key = xsec_dataplane::sa::SecretKey::from_slice(&[1; 16]);
     assert!(c.validate().unwrap_err().to_string().contains("MUST NOT"));
-    let _ = Direction::Inbound;
 }
 
 #[test]

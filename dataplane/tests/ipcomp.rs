@@ -12,7 +12,7 @@ use common::*;
 use std::sync::Arc;
 use xsec_dataplane::crypto::{AuthAlg, EncAlg};
 use xsec_dataplane::sa::{CompAlg, Mode, Protocol, SaConfig};
-use xsec_dataplane::spd::{Action, Direction, Policy, SaBundle, Selector, SpdConfig};
+use xsec_dataplane::spd::{Action, Policy, SaBundle, Selector, SpdConfig};
 use xsec_dataplane::{DropReason, Engine, Timestamp, Verdict};
 
 const T0: Timestamp = Timestamp::ZERO;
@@ -316,7 +316,6 @@ fn ipcomp_configuration_is_checked() {
     let mut x = c.clone();
     x.encap = xsec_dataplane::sa::Encap::NAT_T;
     assert_eq!(x.validate().unwrap_err().field(), "encap");
-    let _ = Direction::Inbound;
 }
 
 mod lzs_roundtrip {
