@@ -2,7 +2,7 @@
 //! driven by `ah_check.py`, both ways, and tshark's dissector on every packet.
 //!
 //! * Packets the engine protects (tunnel and transport, IPv4 with options and IPv6 with
-//!   extension headers, every HMAC scapy has, ESN) are verified and stripped by scapy, and
+//!   extension headers, every HMAC scapy has and AES-CMAC-96, ESN) are verified and stripped by scapy, and
 //!   must give back exactly the packet the engine was handed. `ah_check.py` also changes
 //!   every mutable header field (must still verify) and an immutable one (must not).
 //! * Packets scapy protects are verified and stripped by the engine, also after their
@@ -27,11 +27,12 @@ fn ip(s: &str) -> IpAddr {
 }
 
 /// The integrity algorithms of scapy's AH that the engine accepts (MD5 is refused).
-const AUTHS: [(AuthAlg, &str); 4] = [
+const AUTHS: [(AuthAlg, &str); 5] = [
     (AuthAlg::HmacSha1_96, "hmac-sha1-96"),
     (AuthAlg::HmacSha256_128, "hmac-sha256-128"),
     (AuthAlg::HmacSha384_192, "hmac-sha384-192"),
     (AuthAlg::HmacSha512_256, "hmac-sha512-256"),
+    (AuthAlg::AesCmac96, "aes-cmac-96"),
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

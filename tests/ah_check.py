@@ -9,7 +9,7 @@ SPEC.json:
               "outer_dst": "10.0.0.2", "esn": false}],
      "verify": [{"sa": 0, "wire": "<hex>", "esn_hi": 0}],
      "make":   [{"sa": 0, "inner": "<hex>", "seq": 1, "esn_hi": 0}]}
-auth: hmac-sha1-96 | hmac-sha256-128 | hmac-sha384-192 | hmac-sha512-256
+auth: hmac-sha1-96 | hmac-sha256-128 | hmac-sha384-192 | hmac-sha512-256 | aes-cmac-96
 
 "verify": AH packets xsec built. scapy's SecurityAssociation(AH).decrypt checks each ICV
 and removes AH; then this script's own mutable-field check: the same packet with every
@@ -36,6 +36,7 @@ ALGS = {
     "hmac-sha256-128": "SHA2-256-128",
     "hmac-sha384-192": "SHA2-384-192",
     "hmac-sha512-256": "SHA2-512-256",
+    "aes-cmac-96": "AES-CMAC-96",
 }
 
 

@@ -13,7 +13,8 @@ SAS.json is a list of SAs:
      "auth": "none", "auth_key": "", "mode": "tunnel" | "transport", "esn": false}
 enc:  null | aes-cbc-128/192/256 | 3des-cbc | aes-gcm-128/192/256 |
       chacha20-poly1305 (RFC 7634) | aes-gmac-128/192/256 (RFC 4543)
-auth: none | hmac-sha1-96 | hmac-sha256-128 | hmac-sha384-192 | hmac-sha512-256
+auth: none | hmac-sha1-96 | hmac-sha256-128 | hmac-sha384-192 | hmac-sha512-256 |
+      aes-cmac-96 (RFC 4494)
 
 For every ESP packet (IPv4 or IPv6 outer, raw ESP or UDP-encapsulated on one of the
 --udp-port ports, default 4500 and 2746) it checks the outer headers (IPv4 header
@@ -37,6 +38,7 @@ import struct
 import sys
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.cmac import CMAC
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
@@ -55,13 +57,14 @@ ENC = {
     'aes-gmac-192': ('aes-gmac', 24, 4, 8, 1, 16),
     'aes-gmac-256': ('aes-gmac', 32, 4, 8, 1, 16),
 }
-# name -> (hash, key length, truncated ICV length)
+# name -> (hash, or 'cmac' for AES-CMAC; key length, truncated ICV length)
 AUTH = {
     'none': (None, 0, 0),
     'hmac-sha1-96': (hashlib.sha1, 20, 12),
     'hmac-sha256-128': (hashlib.sha256, 32, 16),
     'hmac-sha384-192': (hashlib.sha384, 48, 24),
     'hmac-sha512-256': (hashlib.sha512, 64, 32),
+    'aes-cmac-96': ('cmac', 16, 12),
 }
 
 
@@ -217,7 +220,13 @@ def authenticate_decrypt(sa, esp, hi):
         AESGCM(sa.key).decrypt(nonce, icv, aad + iv + ct)  # GMAC: all of it is AAD
         return ct
     if sa.hash is not None:  # none: confidentiality-only ESP (RFC 4303 §3.2), nothing to check
-        want = hmac.new(sa.auth_key, esp[:len(esp) - sa.icv_len] + seqhi, sa.hash).digest()[:sa.icv_len]
+        signed = esp[:len(esp) - sa.icv_len] + seqhi
+        if sa.hash == 'cmac':
+            c = CMAC(algorithms.AES(sa.auth_key))
+            c.update(signed)
+            want = c.finalize()[:sa.icv_len]
+        else:
+            want = hmac.new(sa.auth_key, signed, sa.hash).digest()[:sa.icv_len]
         if not hmac.compare_digest(want, icv):
             raise InvalidTag()
     if sa.kind == 'null':

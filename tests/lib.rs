@@ -353,15 +353,17 @@ pub fn wireshark_enc(e: EncAlg) -> Option<&'static str> {
 }
 
 /// The name of an integrity algorithm in Wireshark's `esp_sa` table.
-pub fn wireshark_auth(a: AuthAlg) -> &'static str {
-    match a {
+pub fn wireshark_auth(a: AuthAlg) -> Option<&'static str> {
+    Some(match a {
         AuthAlg::None => "NULL",
         AuthAlg::HmacSha1_96 => "HMAC-SHA-1-96 [RFC2404]",
         AuthAlg::HmacSha256_128 => "HMAC-SHA-256-128 [RFC4868]",
         AuthAlg::HmacSha384_192 => "HMAC-SHA-384-192 [RFC4868]",
         AuthAlg::HmacSha512_256 => "HMAC-SHA-512-256 [RFC4868]",
         AuthAlg::HmacMd5_96 => "HMAC-MD5-96 [RFC2403]",
-    }
+        // Wireshark 4.0 has no AES-CMAC for ESP
+        AuthAlg::AesCmac96 => return None,
+    })
 }
 
 /// One line of Wireshark's `esp_sa` UAT file (every field a quoted string).

@@ -41,6 +41,8 @@ pub enum AuthAlg {
     HmacSha384_192,
     /// AUTH_HMAC_SHA2_512_256 (RFC 4868).
     HmacSha512_256,
+    /// AUTH_AES_CMAC_96 (RFC 4494): AES-128-CMAC truncated to 96 bits.
+    AesCmac96,
     /// AUTH_HMAC_MD5_96: always refused (RFC 8221 §6: MUST NOT).
     HmacMd5_96,
 }
@@ -171,6 +173,7 @@ impl AuthAlg {
         AuthAlg::HmacSha256_128,
         AuthAlg::HmacSha384_192,
         AuthAlg::HmacSha512_256,
+        AuthAlg::AesCmac96,
         AuthAlg::HmacMd5_96,
     ];
 
@@ -181,6 +184,7 @@ impl AuthAlg {
             AuthAlg::HmacSha256_128 => "sha256",
             AuthAlg::HmacSha384_192 => "sha384",
             AuthAlg::HmacSha512_256 => "sha512",
+            AuthAlg::AesCmac96 => "aescmac",
             AuthAlg::HmacMd5_96 => "md5",
         }
     }
@@ -194,14 +198,16 @@ impl AuthAlg {
             AuthAlg::HmacSha256_128 => 12,
             AuthAlg::HmacSha384_192 => 13,
             AuthAlg::HmacSha512_256 => 14,
+            AuthAlg::AesCmac96 => 8,
         }
     }
 
-    /// Key length in bytes (the hash output length, RFC 2404 / RFC 4868 §2.1.1).
+    /// Key length in bytes: the hash output length for HMAC (RFC 2404 / RFC 4868 §2.1.1),
+    /// the AES-128 key for AES-CMAC-96 (RFC 4494 §2).
     pub const fn key_len(self) -> usize {
         match self {
             AuthAlg::None => 0,
-            AuthAlg::HmacMd5_96 => 16,
+            AuthAlg::HmacMd5_96 | AuthAlg::AesCmac96 => 16,
             AuthAlg::HmacSha1_96 => 20,
             AuthAlg::HmacSha256_128 => 32,
             AuthAlg::HmacSha384_192 => 48,
@@ -213,7 +219,7 @@ impl AuthAlg {
     pub const fn icv_len(self) -> usize {
         match self {
             AuthAlg::None => 0,
-            AuthAlg::HmacMd5_96 | AuthAlg::HmacSha1_96 => 12,
+            AuthAlg::HmacMd5_96 | AuthAlg::HmacSha1_96 | AuthAlg::AesCmac96 => 12,
             AuthAlg::HmacSha256_128 => 16,
             AuthAlg::HmacSha384_192 => 24,
             AuthAlg::HmacSha512_256 => 32,
@@ -280,6 +286,7 @@ impl FromStr for AuthAlg {
             "sha512" | "sha2_512" | "hmac-sha512-256" | "sha512-256" | "hmac-sha512" => {
                 AuthAlg::HmacSha512_256
             }
+            "aescmac" | "aes-cmac-96" | "aes-cmac" | "aescmac96" | "cmac" => AuthAlg::AesCmac96,
             "md5" | "hmac-md5-96" | "hmac-md5" => AuthAlg::HmacMd5_96,
             _ => {
                 return Err(CryptoError::UnknownAlgorithm {

@@ -1,5 +1,6 @@
 //! HMAC integrity (RFC 2104) truncated per RFC 2404 / RFC 4868, with the inner and outer
-//! hash states precomputed once per SA: a packet costs one clone of that state.
+//! hash states precomputed once per SA: a packet costs one clone of that state. AES-CMAC-96
+//! (RFC 4494) the same way: the AES key schedule and CMAC subkeys are built once per SA.
 
 use super::AuthAlg;
 use hmac::{Hmac, KeyInit, Mac};
@@ -19,6 +20,7 @@ pub(crate) enum Integ {
     Sha256(Box<Hmac<sha2::Sha256>>),
     Sha384(Box<Hmac<sha2::Sha384>>),
     Sha512(Box<Hmac<sha2::Sha512>>),
+    AesCmac(Box<cmac::Cmac<aes::Aes128>>),
     /// HMAC-SHA1 with the SHA-NI kernel (chosen when the CPU has it).
     #[cfg(target_arch = "x86_64")]
     Sha1Ni(Box<super::shani::HmacSha1Key>),
@@ -35,6 +37,7 @@ impl core::fmt::Debug for Integ {
             Integ::Sha256(_) => "Integ::Sha256(..)",
             Integ::Sha384(_) => "Integ::Sha384(..)",
             Integ::Sha512(_) => "Integ::Sha512(..)",
+            Integ::AesCmac(_) => "Integ::AesCmac(..)",
             #[cfg(target_arch = "x86_64")]
             Integ::Sha1Ni(_) => "Integ::Sha1Ni(..)",
             #[cfg(target_arch = "x86_64")]
@@ -105,6 +108,9 @@ impl Integ {
             AuthAlg::HmacSha256_128 => Integ::Sha256(Box::new(Hmac::new_from_slice(key).ok()?)),
             AuthAlg::HmacSha384_192 => Integ::Sha384(Box::new(Hmac::new_from_slice(key).ok()?)),
             AuthAlg::HmacSha512_256 => Integ::Sha512(Box::new(Hmac::new_from_slice(key).ok()?)),
+            AuthAlg::AesCmac96 => {
+                Integ::AesCmac(Box::new(cmac::Cmac::new_from_slice(key).ok()?))
+            }
             AuthAlg::HmacMd5_96 => return None,
         })
     }
@@ -118,6 +124,7 @@ impl Integ {
             Integ::Sha256(m) => mac_into(&**m, data, esn_hi, out),
             Integ::Sha384(m) => mac_into(m.as_ref(), data, esn_hi, out),
             Integ::Sha512(m) => mac_into(m.as_ref(), data, esn_hi, out),
+            Integ::AesCmac(m) => mac_into(m.as_ref(), data, esn_hi, out),
             #[cfg(target_arch = "x86_64")]
             Integ::Sha1Ni(k) => k.mac(data, esn_hi, out),
             #[cfg(target_arch = "x86_64")]
@@ -395,6 +402,7 @@ impl Integ {
         let n = match self {
             Integ::Sha1(_) => 20,
             Integ::Sha256(_) => 32,
+            Integ::AesCmac(_) => 16,
             #[cfg(target_arch = "x86_64")]
             Integ::Sha1Ni(_) => 20,
             #[cfg(target_arch = "x86_64")]

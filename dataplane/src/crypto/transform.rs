@@ -722,6 +722,7 @@ pub(crate) mod tests {
             (EncAlg::AesCbc192, AuthAlg::HmacSha256_128),
             (EncAlg::AesCbc256, AuthAlg::HmacSha384_192),
             (EncAlg::AesCbc128, AuthAlg::HmacSha512_256),
+            (EncAlg::AesCbc256, AuthAlg::AesCmac96),
             (EncAlg::TripleDesCbc, AuthAlg::HmacSha1_96),
             (EncAlg::Null, AuthAlg::HmacSha256_128),
         ];
