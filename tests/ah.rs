@@ -26,13 +26,18 @@ fn ip(s: &str) -> IpAddr {
     s.parse().expect("a valid address")
 }
 
-/// The integrity algorithms of scapy's AH that the engine accepts (MD5 is refused).
-const AUTHS: [(AuthAlg, &str); 5] = [
+/// The integrity algorithms of scapy's AH that the engine accepts (MD5 is refused), and
+/// AES-GMAC (RFC 4543 §4), which `ah_check.py` adds to scapy from the RFC's text with the
+/// `cryptography` package's AES-GCM.
+const AUTHS: [(AuthAlg, &str); 8] = [
     (AuthAlg::HmacSha1_96, "hmac-sha1-96"),
     (AuthAlg::HmacSha256_128, "hmac-sha256-128"),
     (AuthAlg::HmacSha384_192, "hmac-sha384-192"),
     (AuthAlg::HmacSha512_256, "hmac-sha512-256"),
     (AuthAlg::AesCmac96, "aes-cmac-96"),
+    (AuthAlg::AesGmac128, "aes-gmac-128"),
+    (AuthAlg::AesGmac192, "aes-gmac-192"),
+    (AuthAlg::AesGmac256, "aes-gmac-256"),
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -274,6 +279,19 @@ fn cases() -> Vec<Case> {
     );
     add(
         AuthAlg::HmacSha512_256,
+        "transport-6-hbh-esn",
+        Shape::Transport6 { hbh: true },
+        true,
+    );
+    // GMAC takes the ESN high bits inside its AAD
+    add(
+        AuthAlg::AesGmac128,
+        "tunnel-4in4-esn",
+        t(false, false),
+        true,
+    );
+    add(
+        AuthAlg::AesGmac256,
         "transport-6-hbh-esn",
         Shape::Transport6 { hbh: true },
         true,

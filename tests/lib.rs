@@ -361,8 +361,10 @@ pub fn wireshark_auth(a: AuthAlg) -> Option<&'static str> {
         AuthAlg::HmacSha384_192 => "HMAC-SHA-384-192 [RFC4868]",
         AuthAlg::HmacSha512_256 => "HMAC-SHA-512-256 [RFC4868]",
         AuthAlg::HmacMd5_96 => "HMAC-MD5-96 [RFC2403]",
-        // Wireshark 4.0 has no AES-CMAC for ESP
-        AuthAlg::AesCmac96 => return None,
+        // Wireshark 4.0 has no AES-CMAC for ESP; AES-GMAC integrity is AH's
+        AuthAlg::AesCmac96 | AuthAlg::AesGmac128 | AuthAlg::AesGmac192 | AuthAlg::AesGmac256 => {
+            return None;
+        }
     })
 }
 

@@ -1,5 +1,6 @@
 //! AH processing of one packet (RFC 4302): outbound and inbound, tunnel and transport mode,
-//! IPv4 and IPv6, with HMAC-SHA1-96 and HMAC-SHA-256/384/512 (RFC 4868).
+//! IPv4 and IPv6, with HMAC-SHA1-96, HMAC-SHA-256/384/512 (RFC 4868), AES-CMAC-96 (RFC 4494)
+//! and AES-GMAC (RFC 4543 §4).
 //!
 //! AH authenticates the whole IP packet, its header included, except the fields routers may
 //! change on the way (RFC 4302 §3.3.3.1): the ICV is computed over the packet with those
@@ -19,6 +20,12 @@
 //!
 //! With ESN the ICV covers the high 32 bits of the sequence number after the packet
 //! (RFC 4302 §2.5.1, Appendix B), as for ESP.
+//!
+//! AES-GMAC (RFC 4543 §4): the Authentication Data is an 8-byte IV and the 16-byte tag
+//! (IPv6: then 4 bytes of padding, erratum 3643). The tag is AES-GCM's over an empty
+//! plaintext with the packet as AAD — the IV as sent, only the tag zeroed (§7: "the IV is
+//! included in the additional authenticated data") — under the nonce salt ‖ IV. The IV is
+//! the sequence number XOR a random per-SA mask.
 
 use crate::crypto::ICV_GROUP;
 use crate::esp::{
@@ -59,14 +66,15 @@ impl Saved {
 }
 
 /// Zero the mutable fields of the IP header at `ip` (and of the extension headers in front
-/// of AH at `ah`) and the ICV of `icv_len` bytes, after saving everything from `ip` to the
-/// end of the ICV. `sending`: predict a routing header's final state (RFC 4302 §3.3.3.1.2.2).
+/// of AH at `ah`) and the Authentication Data of `icv_len` bytes but its first `iv_len` (an
+/// IV, covered as sent), after saving everything from `ip` to the end of the Authentication
+/// Data. `sending`: predict a routing header's final state (RFC 4302 §3.3.3.1.2.2).
 fn icv_view(
     frame: &mut [u8],
     ip: usize,
     v6: bool,
     ah: usize,
-    icv_len: usize,
+    (iv_len, icv_len): (usize, usize),
     sending: bool,
 ) -> Result<Saved, DropReason> {
     let end = ah + FIXED_LEN + icv_len;
@@ -88,8 +96,44 @@ fn icv_view(
         saved.restore(frame);
         return Err(e);
     }
-    frame[ah + FIXED_LEN..end].fill(0);
+    frame[ah + FIXED_LEN + iv_len.min(icv_len)..end].fill(0);
     Ok(saved)
+}
+
+/// Run `f` over the ICV's input, the packet `frame[ip..ip + total]` followed by the ESN high
+/// bits: passed apart to an HMAC, which appends them; for AES-GMAC, whose AAD is one slice,
+/// written over the 4 bytes after the packet for the call and put back.
+fn over_packet<R>(
+    xf: &crate::crypto::Transform,
+    frame: &mut [u8],
+    (ip, total): (usize, usize),
+    esn_hi: Option<u32>,
+    f: impl FnOnce(&[u8], Option<u32>) -> R,
+) -> Result<R, DropReason> {
+    let end = ip + total;
+    let Some(hi) = esn_hi.filter(|_| xf.ah_esn_in_data()) else {
+        return Ok(f(&frame[ip..end], esn_hi));
+    };
+    let tail = frame
+        .get_mut(end..end + 4)
+        .ok_or(DropReason::NoBufferSpace)?;
+    let mut saved = [0u8; 4];
+    saved.copy_from_slice(tail);
+    tail.copy_from_slice(&hi.to_be_bytes());
+    let r = f(&frame[ip..end + 4], None);
+    frame[end..end + 4].copy_from_slice(&saved);
+    Ok(r)
+}
+
+/// The IV at the start of the Authentication Data of the AH header at `ah` (empty for an
+/// HMAC), copied out.
+fn iv_of(frame: &[u8], ah: usize, iv_len: usize) -> Result<([u8; 8], usize), DropReason> {
+    let mut iv = [0u8; 8];
+    let src = frame
+        .get(ah + FIXED_LEN..ah + FIXED_LEN + iv_len)
+        .ok_or(DropReason::Malformed)?;
+    iv[..iv_len].copy_from_slice(src);
+    Ok((iv, iv_len))
 }
 
 /// IPv4 (RFC 4302 §3.3.3.1.1): `h` is the header, options included.
@@ -212,8 +256,9 @@ fn routing_as_received(
     Ok(())
 }
 
-/// Compute the ICV of the packet `frame[ip..ip + total]` whose AH header is at `ah` into
-/// `icv`, restoring every byte the computation zeroed.
+/// Compute the ICV of the packet `frame[ip..ip + total]` whose AH header (its IV, if any, in
+/// place) is at `ah` into `icv` (the tag: the Authentication Data after the IV), restoring
+/// every byte the computation zeroed.
 #[allow(clippy::too_many_arguments)] // the packet's geometry and the SA's ICV parameters
 fn compute(
     sa: &Sa,
@@ -226,10 +271,17 @@ fn compute(
     icv: &mut [u8],
     sending: bool,
 ) -> Result<(), DropReason> {
-    let saved = icv_view(frame, ip, v6, ah, icv.len(), sending)?;
-    let ok = sa.xform.ah_sign(&frame[ip..ip + total], esn_hi, icv);
+    let (iv, iv_len) = iv_of(frame, ah, sa.xform.ah_iv_len())?;
+    let saved = icv_view(frame, ip, v6, ah, (iv_len, iv_len + icv.len()), sending)?;
+    let ok = over_packet(&sa.xform, frame, (ip, total), esn_hi, |d, hi| {
+        sa.xform.ah_sign(d, hi, &iv[..iv_len], icv)
+    });
     saved.restore(frame);
-    if ok { Ok(()) } else { Err(DropReason::NoSa) }
+    match ok {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(DropReason::NoSa),
+        Err(e) => Err(e),
+    }
 }
 
 /// Protect `pkt` with AH SA `sa`. On error the packet is left as it was. Bytes of the
@@ -307,24 +359,19 @@ fn sign(
     let (start, total, v6) = ip;
     AhHeader::new_unchecked(&mut frame[at..at + ah_len]).emit(nh, ah_len, sa.spi, seq as u32);
     let esn_hi = sa.esn.then_some((seq >> 32) as u32);
+    let iv_len = sa.xform.ah_iv_len();
+    if iv_len > 0 {
+        frame[at + FIXED_LEN..at + FIXED_LEN + iv_len].copy_from_slice(&sa.xform.ah_iv(seq));
+    }
     if let Some(d) = defer {
         *d = deferred(at, total, esn_hi, start, v6);
         return Ok(true);
     }
-    let icv_len = sa.xform.icv_len();
+    let tag = at + FIXED_LEN + iv_len..at + FIXED_LEN + sa.xform.icv_len();
     let mut icv = [0u8; 32];
-    compute(
-        sa,
-        frame,
-        start,
-        total,
-        v6,
-        at,
-        esn_hi,
-        &mut icv[..icv_len],
-        true,
-    )?;
-    frame[at + FIXED_LEN..at + FIXED_LEN + icv_len].copy_from_slice(&icv[..icv_len]);
+    let icv = &mut icv[..tag.len()];
+    compute(sa, frame, start, total, v6, at, esn_hi, icv, true)?;
+    frame[tag].copy_from_slice(icv);
     Ok(false)
 }
 
@@ -344,10 +391,13 @@ fn deferred(at: usize, total: usize, esn_hi: Option<u32>, start: usize, v6: bool
 pub(crate) fn seal_group(sa: &Sa, frames: &mut [&mut [u8]], ds: &[Deferred]) -> u32 {
     let n = frames.len().min(ds.len()).min(ICV_GROUP);
     let icv_len = sa.xform.icv_len();
+    if sa.xform.ah_iv_len() != 0 {
+        return 0; // an HMAC's grouping only (`encap` defers only for those)
+    }
     let mut saved: [Option<Saved>; ICV_GROUP] = core::array::from_fn(|_| None);
     for k in 0..n {
         if let Some((ip, v6)) = ds[k].ah {
-            saved[k] = icv_view(frames[k], ip, v6, ds[k].esp, icv_len, true).ok();
+            saved[k] = icv_view(frames[k], ip, v6, ds[k].esp, (0, icv_len), true).ok();
         }
     }
     let mut out = [[0u8; 32]; ICV_GROUP];
@@ -421,11 +471,14 @@ fn verify_views(
     for k in 0..n {
         let (ip, _, ah, v6, _) = at[k];
         let icv_len = xf[k].icv_len();
+        if xf[k].ah_iv_len() != 0 {
+            return 0; // an HMAC's grouping only (the prepass groups only those)
+        }
         let Some(icv) = frames[k].get(ah + FIXED_LEN..ah + FIXED_LEN + icv_len) else {
             continue;
         };
         got[k][..icv_len].copy_from_slice(icv);
-        saved[k] = icv_view(frames[k], ip, v6, ah, icv_len, false).ok();
+        saved[k] = icv_view(frames[k], ip, v6, ah, (0, icv_len), false).ok();
     }
     let checked = {
         let mut data: [&[u8]; ICV_GROUP] = [&[]; ICV_GROUP];
@@ -556,14 +609,16 @@ fn run<B: AsRef<[u8]> + AsMut<[u8]>>(
         // checked with the burst's other packets, under these ESN high bits
         Some((hi, ok)) if hi == esn_hi => ok,
         _ => {
+            let (iv, iv_len) = iv_of(frame, at, sa.xform.ah_iv_len())?;
             let mut got = [0u8; 32];
-            got[..icv_len].copy_from_slice(&frame[at + FIXED_LEN..at + FIXED_LEN + icv_len]);
-            let saved = icv_view(frame, base, o.v6, at, icv_len, false)?;
-            let ok = sa
-                .xform
-                .ah_verify(&frame[base..base + total], esn_hi, &got[..icv_len]);
+            let tag = &mut got[..icv_len - iv_len];
+            tag.copy_from_slice(&frame[at + FIXED_LEN + iv_len..at + FIXED_LEN + icv_len]);
+            let saved = icv_view(frame, base, o.v6, at, (iv_len, icv_len), false)?;
+            let ok = over_packet(&sa.xform, frame, (base, total), esn_hi, |d, hi| {
+                sa.xform.ah_verify(d, hi, &iv[..iv_len], tag)
+            });
             saved.restore(frame);
-            ok
+            ok?
         }
     };
     if !ok {

@@ -1139,6 +1139,43 @@ fn ah_sas_and_their_errors() {
     );
 }
 
+/// AES-GMAC (RFC 4543 §4) is an integrity algorithm for AH only, keyed with key ‖ salt;
+/// AES-CMAC-96 (RFC 4494) for both, with a 16-byte key.
+#[test]
+fn gmac_and_cmac_integrity() {
+    // GOOD's 20-byte integrity keys are an AES-128 key and a salt
+    let c =
+        parse(&good_ah().replace("hmac-sha1-96", "aes128gmac")).unwrap_or_else(|e| panic!("{e}"));
+    for sa in [&c.sas[0].inbound, &c.sas[0].outbound] {
+        assert_eq!(sa.auth, AuthAlg::AesGmac128);
+        xsec_dataplane::sa::Sa::new(sa, xsec_dataplane::Timestamp::ZERO).unwrap();
+    }
+    let s = fails(&good_ah().replace("hmac-sha1-96", "aes256gmac"), "gw.toml:");
+    assert!(
+        s.contains("auth_key") && s.contains("36 bytes (key followed by a 4-byte salt)"),
+        "{s}"
+    );
+    let s = fails(
+        &edit(
+            "integrity = \"hmac-sha1-96\"\n",
+            "integrity = \"aes128gmac\"\n",
+        )
+        .replace("encryption = \"aes-cbc-128\"", "encryption = \"null\"")
+        .replace("enc_key_in = \"0x0f0e0d0c0b0a09080706050403020100\"\n", "")
+        .replace("enc_key_out = \"0x000102030405060708090a0b0c0d0e0f\"\n", ""),
+        "gw.toml:",
+    );
+    assert!(
+        s.contains("sa[0].integrity") && s.contains("AH's (RFC 4543"),
+        "{s}"
+    );
+    let s = fails(
+        &good_ah().replace("hmac-sha1-96", "aes-cmac-96"),
+        "gw.toml:",
+    );
+    assert!(s.contains("auth_key") && s.contains("16 bytes"), "{s}");
+}
+
 #[test]
 fn confidentiality_only_esp_needs_allow_legacy_and_is_warned_about() {
     let no_integ = edit("integrity = \"hmac-sha1-96\"\n", "")

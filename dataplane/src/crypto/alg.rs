@@ -43,6 +43,13 @@ pub enum AuthAlg {
     HmacSha512_256,
     /// AUTH_AES_CMAC_96 (RFC 4494): AES-128-CMAC truncated to 96 bits.
     AesCmac96,
+    /// AUTH_AES_128_GMAC, AUTH_AES_192_GMAC, AUTH_AES_256_GMAC (RFC 4543 §4): AH only. The
+    /// Authentication Data is an 8-byte IV and the 16-byte GMAC tag; the key is followed by a
+    /// 4-byte salt. ESP takes AES-GMAC as its encryption algorithm instead
+    /// ([`EncAlg::AesGmac128`], ENCR_NULL_AUTH_AES_GMAC).
+    AesGmac128,
+    AesGmac192,
+    AesGmac256,
     /// AUTH_HMAC_MD5_96: always refused (RFC 8221 §6: MUST NOT).
     HmacMd5_96,
 }
@@ -174,6 +181,9 @@ impl AuthAlg {
         AuthAlg::HmacSha384_192,
         AuthAlg::HmacSha512_256,
         AuthAlg::AesCmac96,
+        AuthAlg::AesGmac128,
+        AuthAlg::AesGmac192,
+        AuthAlg::AesGmac256,
         AuthAlg::HmacMd5_96,
     ];
 
@@ -185,6 +195,9 @@ impl AuthAlg {
             AuthAlg::HmacSha384_192 => "sha384",
             AuthAlg::HmacSha512_256 => "sha512",
             AuthAlg::AesCmac96 => "aescmac",
+            AuthAlg::AesGmac128 => "aes128gmac",
+            AuthAlg::AesGmac192 => "aes192gmac",
+            AuthAlg::AesGmac256 => "aes256gmac",
             AuthAlg::HmacMd5_96 => "md5",
         }
     }
@@ -199,15 +212,22 @@ impl AuthAlg {
             AuthAlg::HmacSha384_192 => 13,
             AuthAlg::HmacSha512_256 => 14,
             AuthAlg::AesCmac96 => 8,
+            AuthAlg::AesGmac128 => 9,
+            AuthAlg::AesGmac192 => 10,
+            AuthAlg::AesGmac256 => 11,
         }
     }
 
     /// Key length in bytes: the hash output length for HMAC (RFC 2404 / RFC 4868 §2.1.1),
-    /// the AES-128 key for AES-CMAC-96 (RFC 4494 §2).
+    /// the AES-128 key for AES-CMAC-96 (RFC 4494 §2), the AES key and 4-byte salt for AES-GMAC
+    /// (RFC 4543 §5.4).
     pub const fn key_len(self) -> usize {
         match self {
             AuthAlg::None => 0,
             AuthAlg::HmacMd5_96 | AuthAlg::AesCmac96 => 16,
+            AuthAlg::AesGmac128 => 20,
+            AuthAlg::AesGmac192 => 28,
+            AuthAlg::AesGmac256 => 36,
             AuthAlg::HmacSha1_96 => 20,
             AuthAlg::HmacSha256_128 => 32,
             AuthAlg::HmacSha384_192 => 48,
@@ -215,14 +235,41 @@ impl AuthAlg {
         }
     }
 
-    /// Truncated ICV length in bytes.
+    /// Truncated ICV length in bytes; for AES-GMAC the whole Authentication Data, IV
+    /// ([`iv_len`](Self::iv_len)) and tag.
     pub const fn icv_len(self) -> usize {
         match self {
             AuthAlg::None => 0,
+            AuthAlg::AesGmac128 | AuthAlg::AesGmac192 | AuthAlg::AesGmac256 => 8 + 16,
             AuthAlg::HmacMd5_96 | AuthAlg::HmacSha1_96 | AuthAlg::AesCmac96 => 12,
             AuthAlg::HmacSha256_128 => 16,
             AuthAlg::HmacSha384_192 => 24,
             AuthAlg::HmacSha512_256 => 32,
+        }
+    }
+}
+
+impl AuthAlg {
+    /// Bytes of IV at the start of the Authentication Data (AES-GMAC in AH, RFC 4543 §4).
+    pub const fn iv_len(self) -> usize {
+        if self.is_gmac() { 8 } else { 0 }
+    }
+
+    /// AES-GMAC (RFC 4543 §4), which only AH takes as its integrity algorithm.
+    pub const fn is_gmac(self) -> bool {
+        matches!(
+            self,
+            AuthAlg::AesGmac128 | AuthAlg::AesGmac192 | AuthAlg::AesGmac256
+        )
+    }
+
+    /// The AES-GCM key of an AES-GMAC integrity algorithm (the same block cipher and tag).
+    pub(crate) const fn gmac_cipher(self) -> Option<EncAlg> {
+        match self {
+            AuthAlg::AesGmac128 => Some(EncAlg::AesGmac128),
+            AuthAlg::AesGmac192 => Some(EncAlg::AesGmac192),
+            AuthAlg::AesGmac256 => Some(EncAlg::AesGmac256),
+            _ => None,
         }
     }
 }
@@ -287,6 +334,9 @@ impl FromStr for AuthAlg {
                 AuthAlg::HmacSha512_256
             }
             "aescmac" | "aes-cmac-96" | "aes-cmac" | "aescmac96" | "cmac" => AuthAlg::AesCmac96,
+            "aes128gmac" | "aes-gmac-128" => AuthAlg::AesGmac128,
+            "aes192gmac" | "aes-gmac-192" => AuthAlg::AesGmac192,
+            "aes256gmac" | "aes-gmac-256" => AuthAlg::AesGmac256,
             "md5" | "hmac-md5-96" | "hmac-md5" => AuthAlg::HmacMd5_96,
             _ => {
                 return Err(CryptoError::UnknownAlgorithm {
@@ -354,6 +404,14 @@ pub fn check_algorithms(enc: EncAlg, auth: AuthAlg, allow_legacy: bool) -> Resul
         return Err(CryptoError::Refused {
             alg: "md5",
             reason: "HMAC-MD5-96 is deprecated (RFC 8221 §6: MUST NOT); use sha256 or better",
+        });
+    }
+    if auth.is_gmac() {
+        return Err(CryptoError::Refused {
+            alg: auth.name(),
+            reason: "AES-GMAC as an integrity algorithm is AH's (RFC 4543 §4); ESP takes it as \
+                     its encryption algorithm (e.g. aes128gmac, ENCR_NULL_AUTH_AES_GMAC) with \
+                     integrity none",
         });
     }
     if enc.is_combined() && auth != AuthAlg::None {
@@ -463,7 +521,11 @@ pub fn check_auth_key(auth: AuthAlg, auth_key: &[u8]) -> Result<(), CryptoError>
             alg: auth.name(),
             expected: auth.key_len(),
             got: auth_key.len(),
-            detail: "",
+            detail: if auth.is_gmac() {
+                " (key followed by a 4-byte salt)"
+            } else {
+                ""
+            },
         });
     }
     Ok(())
@@ -501,6 +563,12 @@ mod tests {
         assert!(matches!(e, CryptoError::LegacyNotEnabled { .. }));
         assert!(check_algorithms(EncAlg::TripleDesCbc, AuthAlg::HmacSha1_96, true).is_ok());
         assert!(check_algorithms(EncAlg::AesGcm128, AuthAlg::HmacSha1_96, false).is_err());
+        // AES-GMAC integrity is AH's; ESP names ENCR_NULL_AUTH_AES_GMAC instead
+        let e = check_algorithms(EncAlg::Null, AuthAlg::AesGmac128, false).unwrap_err();
+        assert!(e.to_string().contains("AH's (RFC 4543"), "{e}");
+        assert!(check_ah_algorithm(AuthAlg::AesGmac256).is_ok());
+        let e = check_auth_key(AuthAlg::AesGmac128, &[0; 16]).unwrap_err();
+        assert!(e.to_string().contains("4-byte salt"), "{e}");
         let e = check_algorithms(EncAlg::AesCbc256, AuthAlg::None, false).unwrap_err();
         assert!(e.to_string().contains("allow_legacy = true"), "{e}");
         assert!(e.to_string().contains("active attacks"), "{e}");

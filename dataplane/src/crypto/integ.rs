@@ -108,10 +108,12 @@ impl Integ {
             AuthAlg::HmacSha256_128 => Integ::Sha256(Box::new(Hmac::new_from_slice(key).ok()?)),
             AuthAlg::HmacSha384_192 => Integ::Sha384(Box::new(Hmac::new_from_slice(key).ok()?)),
             AuthAlg::HmacSha512_256 => Integ::Sha512(Box::new(Hmac::new_from_slice(key).ok()?)),
-            AuthAlg::AesCmac96 => {
-                Integ::AesCmac(Box::new(cmac::Cmac::new_from_slice(key).ok()?))
-            }
-            AuthAlg::HmacMd5_96 => return None,
+            AuthAlg::AesCmac96 => Integ::AesCmac(Box::new(cmac::Cmac::new_from_slice(key).ok()?)),
+            // MD5 is refused; AES-GMAC is AH's, a transform of its own (`Transform::new_ah`)
+            AuthAlg::HmacMd5_96
+            | AuthAlg::AesGmac128
+            | AuthAlg::AesGmac192
+            | AuthAlg::AesGmac256 => return None,
         })
     }
 

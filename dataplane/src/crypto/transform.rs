@@ -41,6 +41,9 @@ enum Kind {
     },
     /// NULL encryption with HMAC (RFC 2410).
     Null { integ: Integ },
+    /// AH with AES-GMAC (RFC 4543 §4): the whole packet (as AH's ICV sees it) is the AAD of
+    /// AES-GCM over an empty plaintext, under the nonce salt ‖ IV. Never an ESP transform.
+    AhGmac { key: Box<AeadKey>, salt: [u8; 4] },
 }
 
 /// The key of an AES-GCM or ChaCha20-Poly1305 transform: one of the two, never both (ring's
@@ -182,6 +185,42 @@ impl Transform {
         })
     }
 
+    /// The transform of an AH SA (RFC 4302): integrity `auth` only, checked by
+    /// [`alg::check_ah_algorithm`]. AES-GMAC (RFC 4543 §4) is AH's alone.
+    pub(crate) fn new_ah(
+        auth: AuthAlg,
+        auth_key: &[u8],
+        random: [u8; 16],
+    ) -> Result<Self, CryptoError> {
+        let Some(cipher) = auth.gmac_cipher() else {
+            alg::check_ah_algorithm(auth)?;
+            return Self::new(EncAlg::Null, &[], auth, auth_key, false, false, random);
+        };
+        alg::check_ah_algorithm(auth)?;
+        alg::check_auth_key(auth, auth_key)?;
+        let (key, salt) = auth_key.split_at(cipher.key_len());
+        let mut salt4 = [0u8; 4];
+        salt4.copy_from_slice(salt);
+        let key = AeadKey::new(cipher, key).ok_or(CryptoError::Refused {
+            alg: auth.name(),
+            reason: "key schedule failed",
+        })?;
+        let mut mask = [0u8; 8];
+        mask.copy_from_slice(&random[8..]);
+        Ok(Self {
+            kind: Kind::AhGmac {
+                key: Box::new(key),
+                salt: salt4,
+            },
+            enc: EncAlg::Null,
+            auth,
+            iv_len: 0,
+            icv_len: auth.icv_len() as u8,
+            align: 4,
+            iv_mask: u64::from_be_bytes(mask),
+        })
+    }
+
     /// No cryptography: the transform of an IPComp SA, which compresses and nothing else.
     pub(crate) fn none() -> Self {
         Self {
@@ -231,7 +270,7 @@ impl Transform {
     #[cfg(test)]
     pub(crate) fn steer_iv(&mut self, seq: u64, iv: &[u8], enc_key: &[u8]) {
         match &mut self.kind {
-            Kind::Aead { .. } | Kind::Gmac { .. } => {
+            Kind::Aead { .. } | Kind::Gmac { .. } | Kind::AhGmac { .. } => {
                 let mut b = [0u8; 8];
                 b.copy_from_slice(iv);
                 self.iv_mask = u64::from_be_bytes(b) ^ seq;
@@ -344,6 +383,8 @@ impl Transform {
                 let (signed, tag) = pkt.split_at_mut(icv);
                 integ.sign(signed, esn.then_some((seq >> 32) as u32), tag);
             }
+            // an AH transform never seals ESP
+            Kind::AhGmac { .. } => return Err(DropReason::NoSa),
         }
         Ok(())
     }
@@ -432,13 +473,60 @@ impl Transform {
         }
     }
 
-    /// AH (RFC 4302 §3.3.3): the truncated ICV of `data` (the packet as the ICV sees it:
-    /// mutable fields and the ICV field zeroed) followed by the ESN high bits, into `icv`.
-    /// False if this transform has no HMAC (not an AH transform).
+    /// AH: bytes of IV at the start of the Authentication Data (AES-GMAC: 8), which the ICV
+    /// covers as sent (RFC 4543 §4, §7); only the bytes after it are zeroed for the ICV.
+    #[inline(always)]
+    pub(crate) fn ah_iv_len(&self) -> usize {
+        if matches!(self.kind, Kind::AhGmac { .. }) {
+            8
+        } else {
+            0
+        }
+    }
+
+    /// AH with AES-GMAC: the IV of the packet with sequence number `seq`, the number XORed
+    /// with the SA's random mask — never repeated under one key (RFC 4543 §3.1), as for
+    /// ESP's AES-GCM.
+    #[inline(always)]
+    pub(crate) fn ah_iv(&self, seq: u64) -> [u8; 8] {
+        (seq ^ self.iv_mask).to_be_bytes()
+    }
+
+    /// AH: whether the ESN high bits must follow the packet in the same slice (`data` ‖
+    /// `esn_hi`, passed with `esn_hi` None): AES-GMAC takes its AAD in one piece; an HMAC
+    /// appends them itself.
+    #[inline(always)]
+    pub(crate) fn ah_esn_in_data(&self) -> bool {
+        matches!(self.kind, Kind::AhGmac { .. })
+    }
+
+    /// AH (RFC 4302 §3.3.3): the ICV of `data` (the packet as the ICV sees it: mutable fields
+    /// zeroed, the Authentication Data zeroed after its `iv`) followed by the ESN high bits,
+    /// into `icv` (truncated HMAC, or the 16-byte GMAC tag under the nonce salt ‖ `iv`).
+    /// False if this transform cannot (not an AH transform, or a GMAC call with the ESN
+    /// apart: see [`ah_esn_in_data`](Self::ah_esn_in_data)).
     #[inline]
-    pub(crate) fn ah_sign(&self, data: &[u8], esn_hi: Option<u32>, icv: &mut [u8]) -> bool {
+    pub(crate) fn ah_sign(
+        &self,
+        data: &[u8],
+        esn_hi: Option<u32>,
+        iv: &[u8],
+        icv: &mut [u8],
+    ) -> bool {
+        if let Kind::AhGmac { key, salt } = &self.kind {
+            if esn_hi.is_some() || iv.len() != 8 || icv.len() != TAG_LEN {
+                return false;
+            }
+            return match key.seal(nonce(*salt, iv), data, &mut []) {
+                Ok(t) => {
+                    icv.copy_from_slice(&t);
+                    true
+                }
+                Err(_) => false,
+            };
+        }
         match self.integ() {
-            Some(i) if !matches!(i, Integ::None) => {
+            Some(i) if !matches!(i, Integ::None) && iv.is_empty() => {
                 i.sign(data, esn_hi, icv);
                 true
             }
@@ -448,9 +536,25 @@ impl Transform {
 
     /// AH: check a received ICV (constant time) against [`ah_sign`](Self::ah_sign)'s.
     #[inline]
-    pub(crate) fn ah_verify(&self, data: &[u8], esn_hi: Option<u32>, icv: &[u8]) -> bool {
-        self.integ()
-            .is_some_and(|i| !matches!(i, Integ::None) && i.verify(data, esn_hi, icv))
+    pub(crate) fn ah_verify(
+        &self,
+        data: &[u8],
+        esn_hi: Option<u32>,
+        iv: &[u8],
+        icv: &[u8],
+    ) -> bool {
+        if let Kind::AhGmac { key, salt } = &self.kind {
+            let Ok(mut tag) = <[u8; TAG_LEN]>::try_from(icv) else {
+                return false;
+            };
+            return esn_hi.is_none()
+                && iv.len() == 8
+                && key.open(nonce(*salt, iv), data, &mut tag).is_ok();
+        }
+        iv.is_empty()
+            && self
+                .integ()
+                .is_some_and(|i| !matches!(i, Integ::None) && i.verify(data, esn_hi, icv))
     }
 
     /// AH: the ICVs of up to [`GROUP`] packets of this SA (`data[k]`, each as the ICV sees
@@ -690,6 +794,8 @@ impl Transform {
                     return Err(DropReason::IcvFailed);
                 }
             }
+            // an AH transform never opens ESP
+            Kind::AhGmac { .. } => return Err(DropReason::NoSa),
         }
         Ok(())
     }

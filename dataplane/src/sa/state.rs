@@ -192,6 +192,13 @@ impl Sa {
         let ipcomp = matches!(cfg.protocol, Protocol::IpComp(_));
         let xform = if ipcomp {
             Transform::none()
+        } else if cfg.protocol == Protocol::Ah {
+            Transform::new_ah(cfg.auth, cfg.auth_key.bytes(), random).map_err(|source| {
+                SaError::Crypto {
+                    field: "auth",
+                    source,
+                }
+            })?
         } else {
             Transform::new(
                 cfg.enc,
