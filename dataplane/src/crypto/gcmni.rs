@@ -1869,6 +1869,51 @@ mod tests {
             }
         }
 
+        /// GMAC's shape (AH, RFC 4543 §4): a whole packet of AAD, up to a jumbo frame, and
+        /// no plaintext (or a few bytes): `seal_one`/`open_one` of every variant give ring's
+        /// and RustCrypto's tags, and a flipped AAD bit fails.
+        #[test]
+        fn long_aad_matches_ring_and_rustcrypto(
+            key in prop::sample::select(vec![16usize, 32]),
+            alen in prop_oneof![0usize..300, 300usize..9100],
+            dlen in prop_oneof![Just(0usize), 1usize..40],
+            nonce in any::<[u8; 12]>(),
+            seed in any::<u64>(),
+            bit in any::<prop::sample::Index>(),
+        ) {
+            let mut x = seed | 1;
+            let mut rnd = move || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            };
+            let kb: Vec<u8> = (0..key).map(|_| rnd()).collect();
+            let aad: Vec<u8> = (0..alen).map(|_| rnd()).collect();
+            let pt: Vec<u8> = (0..dlen).map(|_| rnd()).collect();
+            let mut r = pt.clone();
+            let want = ring_seal(&kb, nonce, &aad, &mut r);
+            let mut rc = pt.clone();
+            prop_assert_eq!(rustcrypto_seal(&kb, nonce, &aad, &mut rc), want);
+            for k in variants(&kb) {
+                let mut d = pt.clone();
+                let mut tag = [0u8; 16];
+                seal_one(&k, &nonce, &aad, &mut d, &mut tag);
+                prop_assert_eq!(tag, want);
+                prop_assert_eq!(&d, &r);
+                prop_assert!(open_one(&k, &nonce, &aad, &mut d, &tag));
+                prop_assert_eq!(&d, &pt);
+                if alen > 0 {
+                    let mut bad = aad.clone();
+                    let b = bit.index(alen * 8);
+                    bad[b / 8] ^= 1 << (b % 8);
+                    let mut d2 = r.clone();
+                    prop_assert!(!open_one(&k, &nonce, &bad, &mut d2, &tag));
+                    prop_assert_eq!(&d2, &r);
+                }
+            }
+        }
+
         /// One flipped bit in one job's ciphertext, tag or AAD: that job alone fails and
         /// keeps its bytes as received; every other job of the burst opens.
         #[test]
