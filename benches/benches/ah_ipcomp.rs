@@ -35,7 +35,7 @@ enum Mac {
     Sha256(HmacSha256Key),
     Cmac(Box<cmac::Cmac<aes::Aes128>>),
     /// AES-GCM key and salt: GMAC is AES-GCM over an empty plaintext.
-    Gmac(ring::aead::LessSafeKey, [u8; 4]),
+    Gmac(Box<ring::aead::LessSafeKey>, [u8; 4]),
 }
 
 impl Mac {
@@ -51,7 +51,7 @@ impl Mac {
                 let k = ring::aead::UnboundKey::new(&ring::aead::AES_128_GCM, &key[..16])
                     .expect("a 16-byte key");
                 Mac::Gmac(
-                    ring::aead::LessSafeKey::new(k),
+                    Box::new(ring::aead::LessSafeKey::new(k)),
                     key[16..20].try_into().expect("a salt"),
                 )
             }
