@@ -701,7 +701,9 @@ impl Scenario {
 /// HMAC-SHA-256-128: traffic both ways; on the middle link nothing but AH (the inner packets
 /// readable, as AH leaves them) and link control; scapy's AH verifies the ICV of every AH
 /// packet captured (`ah_check.py`, keys from the configs) and tshark dissects each as AH.
-fn ah_end_to_end(name: &'static str, mode: Mode, v6: bool, seed: u64) {
+/// AH with `alg`'s HMAC (HMAC-SHA-256-128), or with AES-128-GMAC (RFC 4543 §4) keyed with
+/// the first 20 bytes of its keys (key and salt).
+fn ah_end_to_end(name: &'static str, mode: Mode, v6: bool, seed: u64, gmac: bool) {
     let opts = PairOptions {
         mode,
         alg: Alg::AesCbc128Sha256,
@@ -711,6 +713,11 @@ fn ah_end_to_end(name: &'static str, mode: Mode, v6: bool, seed: u64) {
     let mut s = scenario_with(name, opts, 1, |p| {
         for sa in p.a.sas.iter_mut().chain(p.b.sas.iter_mut()) {
             sa.ah = true;
+            if gmac {
+                sa.ah_integrity = Some("aes-gmac-128");
+                sa.auth_key_in.truncate(20);
+                sa.auth_key_out.truncate(20);
+            }
         }
     });
     s.start(&[Node::GwA, Node::GwB]);
@@ -749,8 +756,16 @@ fn ah_end_to_end(name: &'static str, mode: Mode, v6: bool, seed: u64) {
         .iter()
         .map(|sa| AhSa {
             spi: sa.spi,
-            auth: sa.alg.integrity().unwrap_or("none"),
-            key: sa.auth_key.clone(),
+            auth: if gmac {
+                "aes-gmac-128"
+            } else {
+                sa.alg.integrity().unwrap_or("none")
+            },
+            key: if gmac {
+                sa.auth_key[..20].to_vec()
+            } else {
+                sa.auth_key.clone()
+            },
             mode: sa.mode,
             src: sa.src.clone(),
             dst: sa.dst.clone(),
@@ -778,14 +793,16 @@ fn ah_end_to_end(name: &'static str, mode: Mode, v6: bool, seed: u64) {
     );
 }
 
+/// HMAC-SHA-256-128 AH tunnels, IPv4 and IPv6.
 #[test]
 fn ah_tunnel_between_the_gateways_v4_v6() {
-    ah_end_to_end("ah-tunnel", Mode::Tunnel, true, 20);
+    ah_end_to_end("ah-tunnel", Mode::Tunnel, true, 20, false);
 }
 
+/// AES-128-GMAC AH in transport mode (`ah_check.py` verifies GMAC from RFC 4543's text).
 #[test]
 fn ah_transport_between_the_hosts() {
-    ah_end_to_end("ah-transport", Mode::Transport, false, 21);
+    ah_end_to_end("ah-transport", Mode::Transport, false, 21, true);
 }
 
 /// The v4 tunnel "ab" of both gateways made an AR410-style bundle: IPComp (LZS, tunnel) →

@@ -168,6 +168,9 @@ pub struct SaConf {
     /// AH (RFC 4302, `protocol = "ah"`) instead of ESP: integrity only, with `alg`'s HMAC
     /// (an AES-CBC + HMAC algorithm) and the `auth_key`s.
     pub ah: bool,
+    /// AH's integrity algorithm instead of `alg`'s HMAC (e.g. `aes-gmac-128`, which takes a
+    /// 20-byte `auth_key`: the AES key and salt).
+    pub ah_integrity: Option<&'static str>,
     /// IPComp (RFC 3173, `protocol = "ipcomp"`) with this algorithm (`deflate`, `lzs`)
     /// instead of ESP: no keys, the well-known CPI both ways.
     pub ipcomp: Option<&'static str>,
@@ -343,7 +346,7 @@ impl GatewayConf {
                 let _ = writeln!(s, "enc_key_in = {}", key(&sa.enc_key_in));
                 let _ = writeln!(s, "enc_key_out = {}", key(&sa.enc_key_out));
             }
-            if let Some(i) = sa.alg.integrity() {
+            if let Some(i) = sa.ah_integrity.filter(|_| sa.ah).or(sa.alg.integrity()) {
                 let _ = writeln!(s, "integrity = {}", q(i));
                 let _ = writeln!(s, "auth_key_in = {}", key(&sa.auth_key_in));
                 let _ = writeln!(s, "auth_key_out = {}", key(&sa.auth_key_out));
@@ -621,6 +624,7 @@ impl Pair {
                 keepalive: opts.keepalive,
                 replay_window: None,
                 ah: false,
+                ah_integrity: None,
                 ipcomp: None,
             };
             a.sas
