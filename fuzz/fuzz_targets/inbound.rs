@@ -172,6 +172,22 @@ fn specs() -> &'static [Spec] {
                 protocol: Protocol::Ah,
                 ..spec_clone(&base)
             },
+            // 11: AH AES-128-GMAC tunnel, IPv4, ESN (the high bits inside the AAD)
+            Spec {
+                spi: 0x0000_100c,
+                enc: EncAlg::Null,
+                auth: AuthAlg::AesGmac128,
+                esn: true,
+                protocol: Protocol::Ah,
+                ..spec_clone(&base)
+            },
+            // 12: ESP AES-CBC with AES-CMAC-96
+            Spec {
+                spi: 0x0000_100d,
+                enc: EncAlg::AesCbc128,
+                auth: AuthAlg::AesCmac96,
+                ..spec_clone(&base)
+            },
         ]
     })
 }

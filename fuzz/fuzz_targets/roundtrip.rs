@@ -36,6 +36,7 @@ const ALGS: &[(EncAlg, AuthAlg)] = &[
     (EncAlg::AesCbc192, AuthAlg::HmacSha384_192),
     (EncAlg::AesCbc256, AuthAlg::HmacSha512_256),
     (EncAlg::AesCbc256, AuthAlg::HmacSha256_128),
+    (EncAlg::AesCbc128, AuthAlg::AesCmac96),
     (EncAlg::TripleDesCbc, AuthAlg::HmacSha1_96),
     (EncAlg::Null, AuthAlg::HmacSha1_96),
     (EncAlg::Null, AuthAlg::HmacSha256_128),
