@@ -1792,6 +1792,18 @@ mod tests {
         assert_eq!(b, sealed_b);
     }
 
+    /// Bytes from a 64-bit xorshift seeded with `seed`: cheap test data a proptest shrinks by
+    /// its seed.
+    fn xorshift(seed: u64) -> impl FnMut() -> u8 {
+        let mut x = seed | 1;
+        move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        }
+    }
+
     #[derive(Debug, Clone)]
     struct Case {
         key: Vec<u8>,
@@ -1810,13 +1822,7 @@ mod tests {
             any::<u64>(),
         )
             .prop_map(|(len, nonce, alen, seed)| {
-                let mut x = seed | 1;
-                let mut rnd = move || {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                };
+                let mut rnd = xorshift(seed);
                 let aad: Vec<u8> = (0..alen).map(|_| rnd()).collect();
                 let data: Vec<u8> = (0..len).map(|_| rnd()).collect();
                 (aad, nonce, data)
@@ -1881,13 +1887,7 @@ mod tests {
             seed in any::<u64>(),
             bit in any::<prop::sample::Index>(),
         ) {
-            let mut x = seed | 1;
-            let mut rnd = move || {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            };
+            let mut rnd = xorshift(seed);
             let kb: Vec<u8> = (0..key).map(|_| rnd()).collect();
             let aad: Vec<u8> = (0..alen).map(|_| rnd()).collect();
             let pt: Vec<u8> = (0..dlen).map(|_| rnd()).collect();

@@ -58,6 +58,22 @@ enum AeadImpl {
     Portable(Box<AeadKey>),
 }
 
+impl AeadImpl {
+    /// The `gcmni` kernel's key for AES-128/256-GCM and -GMAC on a CPU with AES-NI and
+    /// PCLMULQDQ; ring's or RustCrypto's otherwise. `key` is the cipher key without salt.
+    fn new(alg: EncAlg, key: &[u8]) -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        if matches!(
+            alg,
+            EncAlg::AesGcm128 | EncAlg::AesGcm256 | EncAlg::AesGmac128 | EncAlg::AesGmac256
+        ) && let Some(k) = super::gcmni::GcmKey::new(key)
+        {
+            return Some(AeadImpl::Ni(Box::new(k)));
+        }
+        Some(AeadImpl::Portable(Box::new(AeadKey::new(alg, key)?)))
+    }
+}
+
 /// An SA's crypto state, for one direction.
 pub(crate) struct Transform {
     kind: Kind,
@@ -133,20 +149,10 @@ impl Transform {
             EncAlg::AesGcm128
             | EncAlg::AesGcm192
             | EncAlg::AesGcm256
-            | EncAlg::ChaCha20Poly1305 => {
-                #[cfg(target_arch = "x86_64")]
-                let ni = matches!(enc, EncAlg::AesGcm128 | EncAlg::AesGcm256)
-                    .then(|| super::gcmni::GcmKey::new(key))
-                    .flatten();
-                #[cfg(not(target_arch = "x86_64"))]
-                let ni: Option<()> = None;
-                let key = match ni {
-                    #[cfg(target_arch = "x86_64")]
-                    Some(k) => AeadImpl::Ni(Box::new(k)),
-                    _ => AeadImpl::Portable(Box::new(AeadKey::new(enc, key).ok_or_else(broken)?)),
-                };
-                Kind::Aead { key, salt: salt4 }
-            }
+            | EncAlg::ChaCha20Poly1305 => Kind::Aead {
+                key: AeadImpl::new(enc, key).ok_or_else(broken)?,
+                salt: salt4,
+            },
             EncAlg::AesGmac128 | EncAlg::AesGmac192 | EncAlg::AesGmac256 => Kind::Gmac {
                 key: Box::new(AeadKey::new(enc, key).ok_or_else(broken)?),
                 salt: salt4,
@@ -201,24 +207,11 @@ impl Transform {
         let (key, salt) = auth_key.split_at(cipher.key_len());
         let mut salt4 = [0u8; 4];
         salt4.copy_from_slice(salt);
-        // the `gcmni` kernel where the CPU has it (its GHASH of a long AAD is the faster),
-        // ring or RustCrypto otherwise
-        #[cfg(target_arch = "x86_64")]
-        let ni = (cipher != EncAlg::AesGmac192)
-            .then(|| super::gcmni::GcmKey::new(key))
-            .flatten();
-        #[cfg(not(target_arch = "x86_64"))]
-        let ni: Option<()> = None;
-        let key = match ni {
-            #[cfg(target_arch = "x86_64")]
-            Some(k) => AeadImpl::Ni(Box::new(k)),
-            _ => AeadImpl::Portable(Box::new(AeadKey::new(cipher, key).ok_or(
-                CryptoError::Refused {
-                    alg: auth.name(),
-                    reason: "key schedule failed",
-                },
-            )?)),
-        };
+        // the `gcmni` kernel where the CPU has it (its GHASH of a long AAD is the faster)
+        let key = AeadImpl::new(cipher, key).ok_or(CryptoError::Refused {
+            alg: auth.name(),
+            reason: "key schedule failed",
+        })?;
         let mut mask = [0u8; 8];
         mask.copy_from_slice(&random[8..]);
         Ok(Self {
