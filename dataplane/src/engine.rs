@@ -444,6 +444,14 @@ impl Engine {
         self.flows.counts()
     }
 
+    /// The most bytes protection can add to an outbound packet: the costliest outbound SA
+    /// as many times as the longest bundle applies SAs. A packet no longer than the link
+    /// MTU less this leaves no longer than the link MTU.
+    #[inline]
+    pub fn max_overhead(&self) -> usize {
+        self.sad.max_overhead() * self.spd.deepest_bundle()
+    }
+
     pub fn spd(&self) -> &Arc<Spd> {
         &self.spd
     }

@@ -1735,3 +1735,111 @@ fn a_protect_policy_without_its_sa_raises_acquire_once_a_second() {
         "{evs:?}"
     );
 }
+
+/// `Engine::max_overhead` bounds what protection adds to every packet, for every algorithm,
+/// protocol, mode, family and encapsulation, and is reached by ESP (the longest padding
+/// comes round within 16 lengths); it follows the SAs installed and removed, and a bundle's
+/// depth multiplies it.
+#[test]
+fn max_overhead_bounds_every_protected_packet() {
+    use xsec_dataplane::sa::{CompAlg, Protocol};
+    let mut shapes: Vec<PairOpts> = vec![];
+    for &(enc, auth) in ALGS {
+        for mode in [Mode::Tunnel, Mode::Transport] {
+            for outer_v6 in [false, true] {
+                for encap in [Encap::None, Encap::NAT_T] {
+                    shapes.push(PairOpts {
+                        mode,
+                        outer_v6,
+                        encap,
+                        ..PairOpts::new(enc, auth)
+                    });
+                }
+            }
+        }
+    }
+    for auth in [
+        AuthAlg::HmacSha1_96,
+        AuthAlg::HmacSha384_192,
+        AuthAlg::AesGmac128,
+    ] {
+        for mode in [Mode::Tunnel, Mode::Transport] {
+            for outer_v6 in [false, true] {
+                shapes.push(PairOpts {
+                    mode,
+                    outer_v6,
+                    protocol: Protocol::Ah,
+                    ..PairOpts::new(EncAlg::Null, auth)
+                });
+            }
+        }
+    }
+    for mode in [Mode::Tunnel, Mode::Transport] {
+        shapes.push(PairOpts {
+            mode,
+            protocol: Protocol::IpComp(CompAlg::Deflate),
+            ..PairOpts::new(EncAlg::Null, AuthAlg::None)
+        });
+    }
+    for o in shapes {
+        let mut pair = pair(&o);
+        let bound = pair.a.max_overhead();
+        assert!(
+            bound > 0 && bound <= xsec_dataplane::MAX_ESP_OVERHEAD,
+            "{o:?}"
+        );
+        assert_eq!(pair.b.max_overhead(), 0, "inbound SAs add nothing");
+        let mut most = 0;
+        for len in (0..48).chain([200, 1000, 1400]) {
+            // text-like payloads: IPComp compresses some of them
+            let body: Vec<u8> = (0..len).map(|i| b"abcab"[i % 5]).collect();
+            let p = inner(&o, o.outer_v6, 0, &body);
+            let mut f = frame(&p);
+            assert_eq!(pair.a.outbound(T0, &mut f), Verdict::Forward, "{o:?} {len}");
+            let added = f.data().len().saturating_sub(p.len());
+            assert!(added <= bound, "{o:?} len {len}: {added} > {bound}");
+            most = most.max(added);
+        }
+        if o.protocol == Protocol::Esp {
+            assert_eq!(most, bound, "{o:?}: the bound is reached");
+        }
+        // removed: nothing left to add
+        pair.a.remove_sa(pair.out).unwrap();
+        assert_eq!(pair.a.max_overhead(), 0, "{o:?}");
+    }
+
+    // two outbound SAs: the larger counts until it goes; a bundle of two doubles it
+    let small = PairOpts::new(EncAlg::AesGcm128, AuthAlg::None);
+    let big = PairOpts {
+        outer_v6: true,
+        encap: Encap::NAT_T,
+        ..PairOpts::new(EncAlg::AesCbc256, AuthAlg::HmacSha512_256)
+    };
+    let (s_out, _) = sa_pair(&small, 0x2000);
+    let (mut b_out, _) = sa_pair(&big, 0x3000);
+    b_out.reqid = 2;
+    let spd = |bundle: &[u32]| {
+        Arc::new(
+            SpdConfig {
+                outbound: vec![Policy {
+                    name: "all".into(),
+                    selector: Selector::ANY,
+                    action: Action::Protect(SaBundle::new(bundle).unwrap()),
+                }],
+                ..Default::default()
+            }
+            .compile()
+            .unwrap(),
+        )
+    };
+    let mut e = Engine::new(spd(&[1]));
+    assert_eq!(e.max_overhead(), 0);
+    e.add_sa(&s_out, T0).unwrap();
+    assert_eq!(e.max_overhead(), 20 + 8 + 8 + 3 + 2 + 16);
+    let hb = e.add_sa(&b_out, T0).unwrap();
+    assert_eq!(e.max_overhead(), 48 + 8 + 16 + 15 + 2 + 32);
+    e.set_spd(spd(&[1, 2]));
+    assert_eq!(e.max_overhead(), 2 * (48 + 8 + 16 + 15 + 2 + 32));
+    e.remove_sa(hb).unwrap();
+    assert_eq!(e.max_overhead(), 2 * (20 + 8 + 8 + 3 + 2 + 16));
+}

@@ -166,6 +166,34 @@ pub(crate) fn ip_u128(a: IpAddr) -> (bool, u128) {
 }
 
 impl Sa {
+    /// The most bytes this SA adds to a packet it protects: the outer header (tunnel mode)
+    /// and UDP encapsulation, then ESP's header, IV, longest padding, trailer and ICV; AH's
+    /// header at IPv6's alignment; IPComp's header (a payload is sent compressed only when
+    /// that makes it smaller).
+    pub fn max_overhead(&self) -> usize {
+        let outer = match self.mode {
+            Mode::Tunnel => usize::from(self.tmpl.len),
+            Mode::Transport => {
+                if self.udp.is_some() {
+                    8
+                } else {
+                    0
+                }
+            }
+        };
+        let icv = self.xform.icv_len();
+        outer
+            + match self.protocol {
+                Protocol::Esp => {
+                    crate::wire::esp::HEADER_LEN + self.xform.iv_len() + self.xform.align() - 1
+                        + 2
+                        + icv
+                }
+                Protocol::Ah => crate::wire::ah::header_len_for(icv, true),
+                Protocol::IpComp(_) => crate::wire::ipcomp::HEADER_LEN,
+            }
+    }
+
     /// Build the worker state. Random IV seeds come from the system CSPRNG.
     pub fn new(cfg: &SaConfig, now: Timestamp) -> Result<Sa, SaError> {
         let mut random = [0u8; 16];

@@ -156,7 +156,15 @@ pub struct SaTable {
     /// walk over the slots (a reload replacing 10,000 SA pairs made that walk quadratic).
     out_all: Index,
     count: usize,
+    /// Outbound SAs counted by [`Sa::max_overhead`] (the index), for
+    /// [`max_overhead`](SaTable::max_overhead) without a walk over the SAs.
+    overheads: Box<[u32; OVERHEAD_SLOTS]>,
+    /// The highest index of `overheads` with a count.
+    max_overhead: usize,
 }
+
+/// One more than the most any SA adds (an ESP layer: [`crate::esp::MAX_OVERHEAD`]).
+const OVERHEAD_SLOTS: usize = 128;
 
 impl Default for SaTable {
     fn default() -> Self {
@@ -225,6 +233,30 @@ impl SaTable {
             out_by_reqid: Index::new(n),
             out_all: Index::new(n),
             count: 0,
+            overheads: Box::new([0; OVERHEAD_SLOTS]),
+            max_overhead: 0,
+        }
+    }
+
+    /// The most bytes one outbound SA of this table adds to a packet (0 with none).
+    #[inline]
+    pub fn max_overhead(&self) -> usize {
+        self.max_overhead
+    }
+
+    fn count_overhead(&mut self, sa: &Sa, add: bool) {
+        if sa.dir != Direction::Outbound {
+            return;
+        }
+        let o = sa.max_overhead().min(OVERHEAD_SLOTS - 1);
+        if add {
+            self.overheads[o] += 1;
+            self.max_overhead = self.max_overhead.max(o);
+        } else {
+            self.overheads[o] = self.overheads[o].saturating_sub(1);
+            while self.max_overhead > 0 && self.overheads[self.max_overhead] == 0 {
+                self.max_overhead -= 1;
+            }
         }
     }
 
@@ -287,6 +319,7 @@ impl SaTable {
             return Err(SaError::Full(self.count));
         }
         let (dir, spi, reqid) = (sa.dir, sa.spi, sa.reqid);
+        self.count_overhead(&sa, true);
         let h = match self.free.pop() {
             Some(h) => {
                 self.slots[h as usize] = Some(sa);
@@ -325,6 +358,7 @@ impl SaTable {
     /// Remove an SA, returning it (with its final counters).
     pub fn remove(&mut self, h: SaHandle) -> Option<Sa> {
         let sa = self.slots.get_mut(h.0 as usize)?.take()?;
+        self.count_overhead(&sa, false);
         self.by_spi[sa.dir.index()].remove(sa.spi, h.0);
         if sa.dir == Direction::Outbound {
             self.out_all.remove(sa.reqid, h.0);

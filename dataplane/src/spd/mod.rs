@@ -197,6 +197,8 @@ impl DirTables {
 pub struct Spd {
     config: SpdConfig,
     tables: [DirTables; 2],
+    /// The most SAs an outbound PROTECT applies to one packet (1 with no bundle).
+    deepest: usize,
 }
 
 /// Which counters a new SPD's policies continue: per direction (inbound, outbound), per new
@@ -265,7 +267,25 @@ impl Spd {
             DirTables::build(&config.inbound),
             DirTables::build(&config.outbound),
         ];
-        Ok(Spd { config, tables })
+        let deepest = config
+            .outbound
+            .iter()
+            .filter_map(|p| match &p.action {
+                Action::Protect(b) => Some(b.reqids().len()),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(1);
+        Ok(Spd {
+            config,
+            tables,
+            deepest,
+        })
+    }
+
+    /// The most SAs one outbound packet goes through (the longest bundle; at least 1).
+    pub fn deepest_bundle(&self) -> usize {
+        self.deepest
     }
 
     /// An SPD with no policies: everything outbound is discarded, inbound plaintext gets the
@@ -279,6 +299,7 @@ impl Spd {
         Spd {
             config: cfg,
             tables,
+            deepest: 1,
         }
     }
 

@@ -184,7 +184,8 @@ impl<I: FrameIo> Worker<'_, I> {
         }
         let v6 = pkt.data().first().is_some_and(|b| b >> 4 == 6);
         let quote = pkt.len().min(if v6 { 1280 - 48 } else { 576 - 28 });
-        let keep = pkt.len() + MAX_ESP_OVERHEAD > self.min_mtu && slot < BURST;
+        // only a packet that may outgrow a link: the SAs installed say by how much at most
+        let keep = pkt.len() + self.engine.max_overhead() > self.min_mtu && slot < BURST;
         if keep {
             self.quotes[slot][..quote].copy_from_slice(&pkt.data()[..quote]);
         }

@@ -30,7 +30,7 @@ use xsec_dataplane::sa::{Sa, SaKey, SaStatus};
 use xsec_dataplane::spd::{Direction, Spd, SpdCarry};
 use xsec_dataplane::stats::WorkerStats;
 use xsec_dataplane::time::MonotonicClock;
-use xsec_dataplane::{Engine, MAX_ESP_OVERHEAD, PacketBuf, Shards, Timestamp, Verdict};
+use xsec_dataplane::{Engine, PacketBuf, Shards, Timestamp, Verdict};
 
 /// The MTU of a next hop's link, or the configured one if smaller.
 fn link_mtu(configured: Option<u16>, h: Hop) -> u16 {
