@@ -198,11 +198,10 @@ impl Transform {
         auth_key: &[u8],
         random: [u8; 16],
     ) -> Result<Self, CryptoError> {
+        alg::check_ah_algorithm(auth)?;
         let Some(cipher) = auth.gmac_cipher() else {
-            alg::check_ah_algorithm(auth)?;
             return Self::new(EncAlg::Null, &[], auth, auth_key, false, false, random);
         };
-        alg::check_ah_algorithm(auth)?;
         alg::check_auth_key(auth, auth_key)?;
         let (key, salt) = auth_key.split_at(cipher.key_len());
         let mut salt4 = [0u8; 4];
