@@ -28,7 +28,7 @@ enum Kind {
     /// AES-GCM or ChaCha20-Poly1305: encrypts the payload, authenticates header + payload.
     Aead { key: AeadImpl, salt: [u8; 4] },
     /// AES-GMAC (RFC 4543): payload in clear, everything authenticated.
-    Gmac { key: Box<AeadKey>, salt: [u8; 4] },
+    Gmac { key: AeadImpl, salt: [u8; 4] },
     /// CBC encryption then HMAC over header, IV and ciphertext.
     Cbc {
         key: Box<CbcKey>,
@@ -71,6 +71,31 @@ impl AeadImpl {
             return Some(AeadImpl::Ni(Box::new(k)));
         }
         Some(AeadImpl::Portable(Box::new(AeadKey::new(alg, key)?)))
+    }
+
+    /// GMAC (RFC 4543): the tag of AES-GCM over `aad` with nothing to encrypt. None if the
+    /// key cannot (not reached for an AES key).
+    #[inline]
+    fn gmac(&self, nonce: [u8; 12], aad: &[u8]) -> Option<[u8; TAG_LEN]> {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            AeadImpl::Ni(k) => {
+                let mut t = [0u8; TAG_LEN];
+                super::gcmni::seal_one(k, &nonce, aad, &mut [], &mut t);
+                Some(t)
+            }
+            AeadImpl::Portable(k) => k.seal(nonce, aad, &mut []).ok(),
+        }
+    }
+
+    /// GMAC: whether `tag` is [`gmac`](Self::gmac)'s tag of `aad` (constant time).
+    #[inline]
+    fn gmac_ok(&self, nonce: [u8; 12], aad: &[u8], tag: &[u8; TAG_LEN]) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            AeadImpl::Ni(k) => super::gcmni::open_one(k, &nonce, aad, &mut [], tag),
+            AeadImpl::Portable(k) => k.open(nonce, aad, &mut tag.clone()).is_ok(),
+        }
     }
 }
 
@@ -154,7 +179,7 @@ impl Transform {
                 salt: salt4,
             },
             EncAlg::AesGmac128 | EncAlg::AesGmac192 | EncAlg::AesGmac256 => Kind::Gmac {
-                key: Box::new(AeadKey::new(enc, key).ok_or_else(broken)?),
+                key: AeadImpl::new(enc, key).ok_or_else(broken)?,
                 salt: salt4,
             },
             EncAlg::AesCbc128 | EncAlg::AesCbc192 | EncAlg::AesCbc256 | EncAlg::TripleDesCbc => {
@@ -352,13 +377,13 @@ impl Transform {
                     saved.copy_from_slice(&buf[start..esp + 4]);
                     buf[start..esp].copy_from_slice(&spi);
                     buf[esp..esp + 4].copy_from_slice(&((seq >> 32) as u32).to_be_bytes());
-                    let r = key.seal(nonce(*salt, &iv), &buf[start..esp + icv], &mut []);
+                    let r = key.gmac(nonce(*salt, &iv), &buf[start..esp + icv]);
                     buf[start..esp + 4].copy_from_slice(&saved);
                     r
                 } else {
-                    key.seal(nonce(*salt, &iv), &pkt[..icv], &mut [])
+                    key.gmac(nonce(*salt, &iv), &pkt[..icv])
                 }
-                .map_err(|_| DropReason::TooBig)?;
+                .ok_or(DropReason::TooBig)?;
                 buf[esp + icv..esp + len].copy_from_slice(&t);
             }
             Kind::Cbc {
@@ -520,18 +545,8 @@ impl Transform {
             if esn_hi.is_some() || iv.len() != 8 || icv.len() != TAG_LEN {
                 return false;
             }
-            let n = nonce(*salt, iv);
-            let t = match key {
-                #[cfg(target_arch = "x86_64")]
-                AeadImpl::Ni(k) => {
-                    let mut t = [0u8; TAG_LEN];
-                    super::gcmni::seal_one(k, &n, data, &mut [], &mut t);
-                    t
-                }
-                AeadImpl::Portable(k) => match k.seal(n, data, &mut []) {
-                    Ok(t) => t,
-                    Err(_) => return false,
-                },
+            let Some(t) = key.gmac(nonce(*salt, iv), data) else {
+                return false;
             };
             icv.copy_from_slice(&t);
             return true;
@@ -555,18 +570,13 @@ impl Transform {
         icv: &[u8],
     ) -> bool {
         if let Kind::AhGmac { key, salt } = &self.kind {
-            let Ok(mut tag) = <[u8; TAG_LEN]>::try_from(icv) else {
+            let Ok(tag) = <&[u8; TAG_LEN]>::try_from(icv) else {
                 return false;
             };
             if esn_hi.is_some() || iv.len() != 8 {
                 return false;
             }
-            let n = nonce(*salt, iv);
-            return match key {
-                #[cfg(target_arch = "x86_64")]
-                AeadImpl::Ni(k) => super::gcmni::open_one(k, &n, data, &mut [], &tag),
-                AeadImpl::Portable(k) => k.open(n, data, &mut tag).is_ok(),
-            };
+            return key.gmac_ok(nonce(*salt, iv), data, tag);
         }
         iv.is_empty()
             && self
@@ -787,13 +797,15 @@ impl Transform {
                     saved.copy_from_slice(&buf[start..esp + 4]);
                     buf[start..esp].copy_from_slice(&spi);
                     buf[esp..esp + 4].copy_from_slice(&hi.to_be_bytes());
-                    let r = key.open(n, &buf[start..esp + icv], &mut tag);
+                    let r = key.gmac_ok(n, &buf[start..esp + icv], &tag);
                     buf[start..esp + 4].copy_from_slice(&saved);
                     r
                 } else {
-                    key.open(n, &pkt[..icv], &mut tag)
+                    key.gmac_ok(n, &pkt[..icv], &tag)
                 };
-                r.map_err(|_| DropReason::IcvFailed)?;
+                if !r {
+                    return Err(DropReason::IcvFailed);
+                }
             }
             Kind::Cbc { key, integ, .. } => {
                 let (signed, tag) = pkt.split_at_mut(icv);
@@ -891,6 +903,49 @@ pub(crate) mod tests {
         assert_eq!(ah.open(&mut buf, 0, 40, None), Err(DropReason::NoSa));
         assert!(Transform::new_ah(AuthAlg::AesGmac128, &[1; 16], [0; 16]).is_err());
         assert!(Transform::new_ah(AuthAlg::None, &[], [0; 16]).is_err());
+    }
+
+    /// ESP's AES-GMAC (ENCR_NULL_AUTH_AES_GMAC): the `gcmni` kernel (where the CPU has it)
+    /// and ring/RustCrypto seal the same bytes, with and without ESN, from an empty payload to
+    /// a jumbo frame; each opens the other's, and a changed byte fails.
+    #[test]
+    fn esp_gmac_kernel_equals_portable() {
+        for enc in [EncAlg::AesGmac128, EncAlg::AesGmac192, EncAlg::AesGmac256] {
+            let (fast, ek) = transform(enc, AuthAlg::None, true);
+            let (mut portable, _) = transform(enc, AuthAlg::None, true);
+            portable.kind = Kind::Gmac {
+                key: AeadImpl::Portable(Box::new(AeadKey::new(enc, &ek[..enc.key_len()]).unwrap())),
+                salt: ek[enc.key_len()..].try_into().unwrap(),
+            };
+            for body in [4usize, 16, 60, 252, 1424, 9004] {
+                for esn in [false, true] {
+                    let esp = 20;
+                    let len = 8 + fast.iv_len() + body + fast.icv_len();
+                    let mut a = vec![0x5au8; esp + len + 8];
+                    a[esp..esp + 8].copy_from_slice(&[1, 2, 3, 4, 0, 0, 0, 9]);
+                    for (i, b) in a[esp + 16..esp + 16 + body].iter_mut().enumerate() {
+                        *b = (i * 13) as u8;
+                    }
+                    let mut b = a.clone();
+                    let seq = (3u64 << 32) | 9;
+                    fast.seal(&mut a, esp, len, seq, esn).unwrap();
+                    portable.seal(&mut b, esp, len, seq, esn).unwrap();
+                    assert_eq!(a, b, "{enc} {body} esn={esn}");
+                    let hi = esn.then_some(3);
+                    let sealed = a.clone();
+                    fast.open(&mut a, esp, len, hi).unwrap();
+                    portable.open(&mut b, esp, len, hi).unwrap();
+                    assert_eq!(a, sealed, "{enc}: GMAC opens in place, nothing decrypted");
+                    let mut c = sealed.clone();
+                    c[esp + 16 + body / 2] ^= 2;
+                    assert_eq!(fast.open(&mut c, esp, len, hi), Err(DropReason::IcvFailed));
+                    assert_eq!(
+                        portable.open(&mut c, esp, len, hi),
+                        Err(DropReason::IcvFailed)
+                    );
+                }
+            }
+        }
     }
 
     #[test]
