@@ -316,9 +316,13 @@ fn load_partial(b: &[u8]) -> __m128i {
     let le64 = |s: &[u8]| s.first_chunk::<8>().map_or(0, |c| u64::from_le_bytes(*c));
     let le32 = |s: &[u8]| s.first_chunk::<4>().map_or(0, |c| u32::from_le_bytes(*c));
     let (lo, hi) = if n >= 8 {
-        // bytes 8..n: the last eight bytes, shifted down past the ones that overlap 0..8
-        let hi = if n > 8 {
+        // bytes 8..n: the last four or eight bytes, shifted down past the ones that overlap
+        // 0..8 (for 12 bytes, ESP's AAD with ESN, the two loads are the two stores that
+        // built it: 8 and 4 bytes)
+        let hi = if n > 12 {
             le64(&b[n - 8..]) >> ((16 - n) * 8)
+        } else if n > 8 {
+            u64::from(le32(&b[n - 4..]) >> ((12 - n) * 8))
         } else {
             0
         };
@@ -622,10 +626,17 @@ fn ct_eq(a: __m128i, b: __m128i) -> bool {
 #[target_feature(enable = "aes,pclmulqdq,avx")]
 #[inline]
 fn j0(nonce: &[u8; 12]) -> (__m128i, __m128i) {
-    let mut b = [0u8; 16];
-    b[..12].copy_from_slice(nonce);
-    b[15] = 1;
-    let j = load(&b);
+    // Read as the salt's 4 bytes and the IV's 8, the two stores a caller builds a nonce
+    // with: a vector load across both cannot take its bytes from the store buffer and
+    // waits for them to reach the cache (the store-forwarding stall was a tenth of a
+    // 64-byte packet's seal).
+    let (salt, iv) = nonce.split_first_chunk::<4>().unwrap_or((&[0; 4], &[]));
+    let salt = u64::from(u32::from_le_bytes(*salt));
+    let iv = iv.first_chunk::<8>().map_or(0, |b| u64::from_le_bytes(*b));
+    // J0's bytes as two little-endian words: salt ‖ IV[0..4], then IV[4..8] ‖ 00 00 00 01
+    let lo = salt | (iv << 32);
+    let hi = (iv >> 32) | (0x0100_0000u64 << 32);
+    let j = _mm_set_epi64x(hi as i64, lo as i64);
     (j, _mm_shuffle_epi8(j, bswap_mask()))
 }
 

@@ -128,13 +128,16 @@ impl core::fmt::Debug for Transform {
 /// (RFC 4106 §5, RFC 7634 §2.1).
 #[inline(always)]
 fn aead_aad(spi: [u8; 4], seq: u64, esn: bool) -> ([u8; 12], usize) {
+    // written as one 8-byte store and one of 4, the loads `gcmni` reads them back with (a
+    // load across two stores waits for them to reach the cache)
+    let second = if esn { (seq >> 32) as u32 } else { seq as u32 };
+    let first = u64::from(u32::from_be_bytes(spi)) << 32 | u64::from(second);
     let mut a = [0u8; 12];
-    a[..4].copy_from_slice(&spi);
+    a[..8].copy_from_slice(&first.to_be_bytes());
     if esn {
-        a[4..12].copy_from_slice(&seq.to_be_bytes());
+        a[8..].copy_from_slice(&(seq as u32).to_be_bytes());
         (a, 12)
     } else {
-        a[4..8].copy_from_slice(&(seq as u32).to_be_bytes());
         (a, 8)
     }
 }
