@@ -87,6 +87,9 @@ impl<I: FrameIo> Worker<'_, I> {
 
     /// Before decapsulation: outer ESP fragments go to reassembly (processed there once
     /// complete: `None`); while tracing, note the SPI.
+    // inlined: its result built in place, not returned through memory and copied (the
+    // copy's wide loads of the narrow stores stalled the worker: store forwarding)
+    #[inline(always)]
     pub(super) fn stage_unprotected(
         &mut self,
         pkt: PacketBuf<I::Frame>,
@@ -169,6 +172,9 @@ impl<I: FrameIo> Worker<'_, I> {
     /// Before protection: decrement the TTL (RFC 4301 §5.1.2.1; a handed-off packet was
     /// decremented already), keep what an ICMP error would quote in quote slot `slot` if
     /// the result could outgrow its link, copy a traced packet. `None`: dropped (released).
+    // inlined: its result built in place, not returned through memory and copied (the
+    // copy's wide loads of the narrow stores stalled the worker: store forwarding)
+    #[inline(always)]
     pub(super) fn stage_protected(
         &mut self,
         mut pkt: PacketBuf<I::Frame>,
