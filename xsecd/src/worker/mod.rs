@@ -57,12 +57,17 @@ struct Staged {
 }
 
 /// A resolved next hop, as the worker needs it.
+///
+/// `repr(C)`, each MAC inside one 8-byte half: a `Hop` travels in two registers and is
+/// stored as two 8-byte words, and a MAC read back across the two cannot be
+/// store-forwarded (it stalled `send` for a third of its time in perf at 64 B).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
 pub struct Hop {
-    pub side: Side,
     pub src_mac: [u8; 6],
-    pub dst_mac: [u8; 6],
     pub mtu: u16,
+    pub dst_mac: [u8; 6],
+    pub side: Side,
 }
 
 /// A heartbeat / NAT keepalive this worker sends for one of its outbound SAs.
