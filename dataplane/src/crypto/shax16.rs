@@ -216,14 +216,29 @@ fn transpose(r: &mut [__m512i; LANES]) {
     swap_blocks::<1>(r);
 }
 
-/// Twenty SHA-1 rounds with round function `F` (a VPTERNLOGD truth table) and constant `k`.
+/// Twenty SHA-1 rounds, `T0` … `T0 + 19`, with round function `F` (a VPTERNLOGD truth
+/// table) and constant `k`. `w` holds the last 16 message words (W[t] at `t % 16`); each
+/// word past the block's 16 is scheduled in the round that uses it, so the schedule's
+/// operations fill the gaps in the rounds' dependency chain and the words stay in
+/// registers (computed all ahead into an array on the stack, the schedule was a third of
+/// the compression's time, and its chain ran through store-to-load forwarding).
 // SAFETY: AVX-512F; reached only from `compress1`.
 #[target_feature(enable = "avx512f,avx512bw")]
 #[inline]
-fn rounds1<const F: i32>(v: &mut [__m512i; 5], w: &[__m512i], k: u32) {
+fn rounds1<const F: i32, const T0: usize>(v: &mut [__m512i; 5], w: &mut [__m512i; 16], k: u32) {
     let k = _mm512_set1_epi32(k as i32);
     let [mut a, mut b, mut c, mut d, mut e] = *v;
-    for &w in w {
+    for t in T0..T0 + 20 {
+        if t >= 16 {
+            // W[t] = ROTL1(W[t-3] ^ W[t-8] ^ W[t-14] ^ W[t-16])
+            let x = _mm512_ternarylogic_epi32::<0x96>(
+                w[(t - 3) % 16],
+                w[(t - 8) % 16],
+                w[(t - 14) % 16],
+            );
+            w[t % 16] = _mm512_rol_epi32::<1>(_mm512_xor_si512(x, w[t % 16]));
+        }
+        let w = w[t % 16];
         // T = ROTL5(a) + f(b, c, d) + e + K + W[t]
         let f = _mm512_ternarylogic_epi32::<F>(b, c, d);
         let t = _mm512_add_epi32(
@@ -241,16 +256,13 @@ fn rounds1<const F: i32>(v: &mut [__m512i; 5], w: &[__m512i], k: u32) {
 #[target_feature(enable = "avx512f,avx512bw")]
 #[inline]
 fn compress1(st: &mut [__m512i; 8], w: &mut [__m512i; 80], busy: __mmask16) {
-    // W[t] = ROTL1(W[t-3] ^ W[t-8] ^ W[t-14] ^ W[t-16])
-    for t in 16..80 {
-        let x = _mm512_ternarylogic_epi32::<0x96>(w[t - 3], w[t - 8], w[t - 14]);
-        w[t] = _mm512_rol_epi32::<1>(_mm512_xor_si512(x, w[t - 16]));
-    }
+    let mut w16 = [_mm512_setzero_si512(); 16];
+    w16.copy_from_slice(&w[..16]);
     let mut v = [st[0], st[1], st[2], st[3], st[4]];
-    rounds1::<0xca>(&mut v, &w[0..20], K[0]); // Ch: b ? c : d
-    rounds1::<0x96>(&mut v, &w[20..40], K[1]); // Parity
-    rounds1::<0xe8>(&mut v, &w[40..60], K[2]); // Maj
-    rounds1::<0x96>(&mut v, &w[60..80], K[3]); // Parity
+    rounds1::<0xca, 0>(&mut v, &mut w16, K[0]); // Ch: b ? c : d
+    rounds1::<0x96, 20>(&mut v, &mut w16, K[1]); // Parity
+    rounds1::<0xe8, 40>(&mut v, &mut w16, K[2]); // Maj
+    rounds1::<0x96, 60>(&mut v, &mut w16, K[3]); // Parity
     for (s, v) in st.iter_mut().zip(v) {
         *s = _mm512_mask_add_epi32(*s, busy, *s, v);
     }
