@@ -216,38 +216,40 @@ fn transpose(r: &mut [__m512i; LANES]) {
     swap_blocks::<1>(r);
 }
 
-/// Twenty SHA-1 rounds, `T0` … `T0 + 19`, with round function `F` (a VPTERNLOGD truth
-/// table) and constant `k`. `w` holds the last 16 message words (W[t] at `t % 16`); each
-/// word past the block's 16 is scheduled in the round that uses it, so the schedule's
-/// operations fill the gaps in the rounds' dependency chain and the words stay in
-/// registers (computed all ahead into an array on the stack, the schedule was a third of
-/// the compression's time, and its chain ran through store-to-load forwarding).
+/// SHA-1 round `T` with round function `F` (a VPTERNLOGD truth table) and constant `k`
+/// (broadcast). `w` holds the last 16 message words (W[t] at `t % 16`); a word past the
+/// block's 16 is scheduled in the round that uses it, so the schedule's operations fill the
+/// gaps in the rounds' dependency chain. `T` is a constant and [`rounds1!`] writes the 80
+/// calls out, so every index is one and the words stay in registers (computed all ahead
+/// into an array on the stack, the schedule was a third of the compression's time, its
+/// chain running through store-to-load forwarding; as a loop over `t`, the words were
+/// indexed in memory).
 // SAFETY: AVX-512F; reached only from `compress1`.
 #[target_feature(enable = "avx512f,avx512bw")]
 #[inline]
-fn rounds1<const F: i32, const T0: usize>(v: &mut [__m512i; 5], w: &mut [__m512i; 16], k: u32) {
-    let k = _mm512_set1_epi32(k as i32);
-    let [mut a, mut b, mut c, mut d, mut e] = *v;
-    for t in T0..T0 + 20 {
-        if t >= 16 {
-            // W[t] = ROTL1(W[t-3] ^ W[t-8] ^ W[t-14] ^ W[t-16])
-            let x = _mm512_ternarylogic_epi32::<0x96>(
-                w[(t - 3) % 16],
-                w[(t - 8) % 16],
-                w[(t - 14) % 16],
-            );
-            w[t % 16] = _mm512_rol_epi32::<1>(_mm512_xor_si512(x, w[t % 16]));
-        }
-        let w = w[t % 16];
-        // T = ROTL5(a) + f(b, c, d) + e + K + W[t]
-        let f = _mm512_ternarylogic_epi32::<F>(b, c, d);
-        let t = _mm512_add_epi32(
-            _mm512_add_epi32(_mm512_rol_epi32::<5>(a), f),
-            _mm512_add_epi32(e, _mm512_add_epi32(w, k)),
-        );
-        (e, d, c, b, a) = (d, c, _mm512_rol_epi32::<30>(b), a, t);
+fn round1<const F: i32, const T: usize>(v: &mut [__m512i; 5], w: &mut [__m512i; 16], k: __m512i) {
+    if T >= 16 {
+        // W[t] = ROTL1(W[t-3] ^ W[t-8] ^ W[t-14] ^ W[t-16])
+        let x =
+            _mm512_ternarylogic_epi32::<0x96>(w[(T + 13) % 16], w[(T + 8) % 16], w[(T + 2) % 16]);
+        w[T % 16] = _mm512_rol_epi32::<1>(_mm512_xor_si512(x, w[T % 16]));
     }
-    *v = [a, b, c, d, e];
+    let [a, b, c, d, e] = *v;
+    // T = ROTL5(a) + f(b, c, d) + e + K + W[t]
+    let f = _mm512_ternarylogic_epi32::<F>(b, c, d);
+    let t = _mm512_add_epi32(
+        _mm512_add_epi32(_mm512_rol_epi32::<5>(a), f),
+        _mm512_add_epi32(e, _mm512_add_epi32(w[T % 16], k)),
+    );
+    *v = [t, a, _mm512_rol_epi32::<30>(b), c, d];
+}
+
+/// Twenty SHA-1 rounds, written out: `rounds1!(v, w, F, k, T0 … T0 + 19)`.
+macro_rules! rounds1 {
+    ($v:expr, $w:expr, $f:literal, $k:expr, $($t:literal)*) => {{
+        let k = _mm512_set1_epi32($k as i32);
+        $( round1::<$f, $t>($v, $w, k); )*
+    }};
 }
 
 /// One SHA-1 compression (FIPS 180-4 §6.1.2) of every lane, `w[..16]` holding the block's
@@ -258,12 +260,16 @@ fn rounds1<const F: i32, const T0: usize>(v: &mut [__m512i; 5], w: &mut [__m512i
 fn compress1(st: &mut [__m512i; 8], w: &mut [__m512i; 80], busy: __mmask16) {
     let mut w16 = [_mm512_setzero_si512(); 16];
     w16.copy_from_slice(&w[..16]);
-    let mut v = [st[0], st[1], st[2], st[3], st[4]];
-    rounds1::<0xca, 0>(&mut v, &mut w16, K[0]); // Ch: b ? c : d
-    rounds1::<0x96, 20>(&mut v, &mut w16, K[1]); // Parity
-    rounds1::<0xe8, 40>(&mut v, &mut w16, K[2]); // Maj
-    rounds1::<0x96, 60>(&mut v, &mut w16, K[3]); // Parity
-    for (s, v) in st.iter_mut().zip(v) {
+    let (v, w) = (&mut [st[0], st[1], st[2], st[3], st[4]], &mut w16);
+    // Ch: b ? c : d
+    rounds1!(v, w, 0xca, K[0], 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19);
+    // Parity
+    rounds1!(v, w, 0x96, K[1], 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39);
+    // Maj
+    rounds1!(v, w, 0xe8, K[2], 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59);
+    // Parity
+    rounds1!(v, w, 0x96, K[3], 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79);
+    for (s, v) in st.iter_mut().zip(*v) {
         *s = _mm512_mask_add_epi32(*s, busy, *s, v);
     }
 }
