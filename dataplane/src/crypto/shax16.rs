@@ -274,14 +274,34 @@ fn compress1(st: &mut [__m512i; 8], w: &mut [__m512i; 80], busy: __mmask16) {
     }
 }
 
-/// One SHA-256 compression (FIPS 180-4 §6.2.2) of every lane, as [`compress1`].
+/// One SHA-256 compression (FIPS 180-4 §6.2.2) of every lane, as [`compress1`]: the 64
+/// rounds written out, each scheduling its message word.
 // SAFETY: AVX-512F; reached only from `hmac`.
 #[target_feature(enable = "avx512f,avx512bw")]
 #[inline]
 fn compress256(st: &mut [__m512i; 8], w: &mut [__m512i; 80], busy: __mmask16) {
-    // W[t] = σ1(W[t-2]) + W[t-7] + σ0(W[t-15]) + W[t-16]
-    for t in 16..64 {
-        let (x, y) = (w[t - 15], w[t - 2]);
+    let mut w16 = [_mm512_setzero_si512(); 16];
+    w16.copy_from_slice(&w[..16]);
+    let mut v8 = *st;
+    let (v, w) = (&mut v8, &mut w16);
+    macro_rules! rounds {
+        ($($t:literal)*) => { $( round256::<$t>(v, w); )* };
+    }
+    rounds!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31);
+    rounds!(32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63);
+    for (s, v) in st.iter_mut().zip(*v) {
+        *s = _mm512_mask_add_epi32(*s, busy, *s, v);
+    }
+}
+
+/// SHA-256 round `T`, scheduling W[T] first when `T` ≥ 16 (`w` as in [`round1`]).
+// SAFETY: AVX-512F; reached only from `compress256`.
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+fn round256<const T: usize>(v: &mut [__m512i; 8], w: &mut [__m512i; 16]) {
+    if T >= 16 {
+        // W[t] = σ1(W[t-2]) + W[t-7] + σ0(W[t-15]) + W[t-16]
+        let (x, y) = (w[(T + 1) % 16], w[(T + 14) % 16]);
         let s0 = _mm512_ternarylogic_epi32::<0x96>(
             _mm512_ror_epi32::<7>(x),
             _mm512_ror_epi32::<18>(x),
@@ -292,45 +312,41 @@ fn compress256(st: &mut [__m512i; 8], w: &mut [__m512i; 80], busy: __mmask16) {
             _mm512_ror_epi32::<19>(y),
             _mm512_srli_epi32::<10>(y),
         );
-        w[t] = _mm512_add_epi32(
-            _mm512_add_epi32(s1, w[t - 7]),
-            _mm512_add_epi32(s0, w[t - 16]),
+        w[T % 16] = _mm512_add_epi32(
+            _mm512_add_epi32(s1, w[(T + 9) % 16]),
+            _mm512_add_epi32(s0, w[T % 16]),
         );
     }
-    let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = *st;
-    for (&k, &w) in K256.as_flattened().iter().zip(&w[..64]) {
-        // T1 = h + Σ1(e) + Ch(e, f, g) + K[t] + W[t]; T2 = Σ0(a) + Maj(a, b, c)
-        let s1 = _mm512_ternarylogic_epi32::<0x96>(
-            _mm512_ror_epi32::<6>(e),
-            _mm512_ror_epi32::<11>(e),
-            _mm512_ror_epi32::<25>(e),
-        );
-        let ch = _mm512_ternarylogic_epi32::<0xca>(e, f, g);
-        let t1 = _mm512_add_epi32(
-            _mm512_add_epi32(h, s1),
-            _mm512_add_epi32(ch, _mm512_add_epi32(w, _mm512_set1_epi32(k as i32))),
-        );
-        let s0 = _mm512_ternarylogic_epi32::<0x96>(
-            _mm512_ror_epi32::<2>(a),
-            _mm512_ror_epi32::<13>(a),
-            _mm512_ror_epi32::<22>(a),
-        );
-        let maj = _mm512_ternarylogic_epi32::<0xe8>(a, b, c);
-        let t2 = _mm512_add_epi32(s0, maj);
-        (h, g, f, e, d, c, b, a) = (
-            g,
-            f,
-            e,
-            _mm512_add_epi32(d, t1),
-            c,
-            b,
-            a,
-            _mm512_add_epi32(t1, t2),
-        );
-    }
-    for (s, v) in st.iter_mut().zip([a, b, c, d, e, f, g, h]) {
-        *s = _mm512_mask_add_epi32(*s, busy, *s, v);
-    }
+    let [a, b, c, d, e, f, g, h] = *v;
+    // T1 = h + Σ1(e) + Ch(e, f, g) + K[t] + W[t]; T2 = Σ0(a) + Maj(a, b, c)
+    let s1 = _mm512_ternarylogic_epi32::<0x96>(
+        _mm512_ror_epi32::<6>(e),
+        _mm512_ror_epi32::<11>(e),
+        _mm512_ror_epi32::<25>(e),
+    );
+    let ch = _mm512_ternarylogic_epi32::<0xca>(e, f, g);
+    let k = _mm512_set1_epi32(K256.as_flattened()[T] as i32);
+    let t1 = _mm512_add_epi32(
+        _mm512_add_epi32(h, s1),
+        _mm512_add_epi32(ch, _mm512_add_epi32(w[T % 16], k)),
+    );
+    let s0 = _mm512_ternarylogic_epi32::<0x96>(
+        _mm512_ror_epi32::<2>(a),
+        _mm512_ror_epi32::<13>(a),
+        _mm512_ror_epi32::<22>(a),
+    );
+    let maj = _mm512_ternarylogic_epi32::<0xe8>(a, b, c);
+    let t2 = _mm512_add_epi32(s0, maj);
+    *v = [
+        _mm512_add_epi32(t1, t2),
+        a,
+        b,
+        c,
+        _mm512_add_epi32(d, t1),
+        e,
+        f,
+        g,
+    ];
 }
 
 /// The HMAC of `msgs.len()` (≤ 16) lanes, their inner passes' blocks after the ipad block.
