@@ -1030,11 +1030,12 @@ fn crypt_zmm<const NR: usize, const DECRYPT: bool>(
     }
 }
 
-/// The AES rounds of `x`'s blocks (counter blocks in, keystream out) and of `j0`'s, and, when `hash` is
-/// given, the GHASH products of a whole step's blocks (`hash[j]`: blocks 4j … 4j+3,
-/// byte-reversed) into `sums`, one product between every other round. Written so that
-/// every loop has a constant count and no branch inside: the compiler unrolls it all, and
-/// the rounds are not interleaved with loop control (which took the ports VAES needs).
+/// The AES rounds of `x`'s blocks (counter blocks in, keystream out) and of `j0`'s, and,
+/// when `hash` is given, the GHASH products of a whole step's blocks (`hash[j]`: blocks
+/// 4j … 4j+3, byte-reversed) into `sums`, one product between every other round. Written
+/// so that every loop has a constant count and no branch inside: the compiler unrolls it
+/// all, and the rounds are not interleaved with loop control (which took the ports VAES
+/// needs).
 #[target_feature(enable = "aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq,avx512f,avx512bw")]
 #[inline]
 fn rounds_zmm<const NR: usize, const N: usize>(
