@@ -20,14 +20,13 @@
 //! (`aes,sse2,avx512f,vaes`) is entered only after [`wide_available`] said so too.
 #![allow(unsafe_code)]
 
-use super::simd::{load, load512, quad, store, store512};
+use super::simd::{load, load_piece, load512, quad, store, store_piece, store512};
 use core::arch::x86_64::{
     __m128i, __m512i, _mm_aesdec_si128, _mm_aesdeclast_si128, _mm_aesenc_si128,
     _mm_aesenclast_si128, _mm_aesimc_si128, _mm_aeskeygenassist_si128, _mm_set_epi32,
     _mm_setzero_si128, _mm_xor_si128, _mm512_aesdec_epi128, _mm512_aesdeclast_epi128,
     _mm512_aesenc_epi128, _mm512_aesenclast_epi128, _mm512_alignr_epi64, _mm512_broadcast_i32x4,
-    _mm512_extracti32x4_epi32, _mm512_mask_storeu_epi8, _mm512_maskz_loadu_epi8,
-    _mm512_setzero_si512, _mm512_xor_si512,
+    _mm512_extracti32x4_epi32, _mm512_setzero_si512, _mm512_xor_si512,
 };
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -479,20 +478,10 @@ fn dec_chains<const N: usize>(
 #[target_feature(enable = "aes,sse2,avx512f,avx512bw,vaes")]
 #[inline]
 fn dec_rest<const N: usize>(rk: &[__m512i; 15], n: usize, rest: &mut [u8], prev: __m512i) {
-    let len = rest.len();
-    let mask = |i: usize| {
-        let b = len.saturating_sub(64 * i).min(64);
-        if b == 64 { u64::MAX } else { (1u64 << b) - 1 }
-    };
-    let c: [__m512i; N] = core::array::from_fn(|i| {
-        // SAFETY: i < N = ⌈len / 64⌉, so piece i starts inside `rest`; the masked load
-        // reads only the bytes whose mask bit is set, all inside `rest`.
-        unsafe { _mm512_maskz_loadu_epi8(mask(i), rest.as_ptr().add(64 * i).cast()) }
-    });
+    let c: [__m512i; N] = core::array::from_fn(|i| load_piece(rest, i));
     let p = dec_chains(rk, n, &c, prev);
-    for (i, v) in p.iter().enumerate() {
-        // SAFETY: as the load: the masked store writes only bytes inside `rest`.
-        unsafe { _mm512_mask_storeu_epi8(rest.as_mut_ptr().add(64 * i).cast(), mask(i), *v) };
+    for (i, v) in p.into_iter().enumerate() {
+        store_piece(rest, i, v);
     }
 }
 

@@ -52,7 +52,7 @@
 //! runtime detection said the CPU has all three features.
 #![allow(unsafe_code)]
 
-use super::simd::{load, load256, load512, store, store256, store512};
+use super::simd::{load, load_piece, load256, load512, piece_mask, store, store256, store512};
 use core::arch::x86_64::{
     __m128i, __m256i, __m512i, _mm_add_epi32, _mm_aesenc_si128, _mm_aesenclast_si128,
     _mm_and_si128, _mm_clmulepi64_si128, _mm_cmpgt_epi8, _mm_set_epi8, _mm_set_epi32,
@@ -1226,19 +1226,6 @@ fn quad_powers(k: &GcmKey, e: usize, nb: usize, j: usize) -> __m512i {
     unsafe { _mm512_maskz_loadu_epi64(m, k.h.as_ptr().add(at).cast()) }
 }
 
-/// Bytes `64i ..` of `bytes` (at most 64 of them), zero past its end.
-#[target_feature(enable = "avx512f,avx512bw")]
-#[inline]
-fn load_piece(bytes: &[u8], i: usize) -> __m512i {
-    let m = piece_mask(bytes.len(), i);
-    if m == 0 {
-        return _mm512_setzero_si512();
-    }
-    // SAFETY: a set mask bit means byte 64i + b < bytes.len(), so the piece starts inside
-    // `bytes` and the masked load touches only bytes inside it.
-    unsafe { _mm512_maskz_loadu_epi8(m, bytes.as_ptr().add(64 * i).cast()) }
-}
-
 /// [`ghash_bytes`] on 512-bit registers: 16 blocks per reduction, four per product, the
 /// state entering with each group's first block; the last group's blocks are loaded through
 /// byte masks. For the AADs of AES-GMAC (ESP's whole packet, AH's), where the 128-bit
@@ -1260,13 +1247,6 @@ fn ghash_bytes_zmm(k: &GcmKey, mut s: __m128i, bytes: &[u8]) -> __m128i {
         s = sums.take().reduce();
     }
     s
-}
-
-/// The byte mask of the `i`-th 64-byte piece of `len` bytes.
-#[inline(always)]
-fn piece_mask(len: usize, i: usize) -> u64 {
-    let n = len.saturating_sub(64 * i).min(64);
-    if n == 64 { u64::MAX } else { (1u64 << n) - 1 }
 }
 
 /// The last `Q` pieces (up to 64 bytes each, `rest` < 256 bytes) of a packet: their

@@ -5,7 +5,7 @@
 use core::arch::x86_64::{
     __m128i, __m256i, __m512i, _mm_loadu_si128, _mm_storeu_si128, _mm256_loadu_si256,
     _mm256_storeu_si256, _mm512_castsi128_si512, _mm512_inserti32x4, _mm512_loadu_si512,
-    _mm512_storeu_si512,
+    _mm512_mask_storeu_epi8, _mm512_maskz_loadu_epi8, _mm512_setzero_si512, _mm512_storeu_si512,
 };
 
 #[inline(always)]
@@ -57,4 +57,36 @@ pub(crate) fn quad(q: [__m128i; 4]) -> __m512i {
         let v = _mm512_inserti32x4::<2>(v, q[2]);
         _mm512_inserti32x4::<3>(v, q[3])
     }
+}
+
+/// The byte mask of the `i`-th 64-byte piece of `len` bytes (bit b: byte 64i + b exists).
+#[inline(always)]
+pub(crate) fn piece_mask(len: usize, i: usize) -> u64 {
+    let n = len.saturating_sub(64 * i).min(64);
+    if n == 64 { u64::MAX } else { (1u64 << n) - 1 }
+}
+
+/// Bytes `64i ..` of `bytes` (at most 64 of them), zero past its end.
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+pub(crate) fn load_piece(bytes: &[u8], i: usize) -> __m512i {
+    let m = piece_mask(bytes.len(), i);
+    if m == 0 {
+        return _mm512_setzero_si512();
+    }
+    // SAFETY: a set mask bit means byte 64i + b < bytes.len(), so the piece starts inside
+    // `bytes` and the masked load touches only bytes inside it.
+    unsafe { _mm512_maskz_loadu_epi8(m, bytes.as_ptr().add(64 * i).cast()) }
+}
+
+/// Store `v` over bytes `64i ..` of `bytes`, none past its end.
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+pub(crate) fn store_piece(bytes: &mut [u8], i: usize, v: __m512i) {
+    let m = piece_mask(bytes.len(), i);
+    if m == 0 {
+        return;
+    }
+    // SAFETY: as `load_piece`: the masked store writes only bytes inside `bytes`.
+    unsafe { _mm512_mask_storeu_epi8(bytes.as_mut_ptr().add(64 * i).cast(), m, v) }
 }
