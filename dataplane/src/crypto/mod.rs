@@ -13,8 +13,9 @@
 //!
 //! Where the CPU has them, the own SIMD kernels replace those on the hot path, each
 //! differential-tested against ring or RustCrypto: `aesni` (multi-buffer AES-CBC
-//! encryption), `gcmni` (AES-GCM), `shani` (HMAC-SHA1/SHA-256 with SHA-NI) and `shax16`
-//! (HMAC-SHA1/SHA-256 of up to 16 packets with AVX-512).
+//! encryption; AES-CBC decryption of bodies from 256 bytes on a CPU with VAES and
+//! AVX-512), `gcmni` (AES-GCM, and AES-GMAC for ESP and AH), `shani` (HMAC-SHA1/SHA-256
+//! with SHA-NI) and `shax16` (HMAC-SHA1/SHA-256 of up to 16 packets with AVX-512).
 //!
 //! Transform state is built once per SA (key schedules, HMAC inner/outer states precomputed)
 //! and used per packet without allocation.
