@@ -133,16 +133,6 @@ struct Daemon {
     dir: PathBuf,
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 impl Daemon {
     fn established(&self) -> usize {
         let text = match self.who {
@@ -286,7 +276,7 @@ fn measure(
     let tag = format!("{}-{}-{run}", init.name(), resp.name());
     let (r, _) = start(lab, o, resp, false, 1, proposal, &format!("{tag}-resp"))?;
     std::thread::sleep(Duration::from_millis(300));
-    let rss0 = rss_kib(r.proc.pid).unwrap_or(0);
+    let rss0 = crate::sysstat::rss_kib(r.proc.pid).unwrap_or(0);
     let (i, t0) = start(lab, o, init, true, n, proposal, &format!("{tag}-init"))?;
     let limit = Duration::from_secs(30 + n as u64 / 20);
     let mut done;
@@ -298,7 +288,7 @@ fn measure(
         std::thread::sleep(Duration::from_millis(10));
     }
     let secs = t0.elapsed().as_secs_f64();
-    let rss1 = rss_kib(r.proc.pid).unwrap_or(0);
+    let rss1 = crate::sysstat::rss_kib(r.proc.pid).unwrap_or(0);
     stop(lab, &i);
     stop(lab, &r);
     if done < n {

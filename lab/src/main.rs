@@ -211,13 +211,26 @@ enum Cmd {
         /// Namespace prefix.
         #[arg(long, default_value = "xsec-vs")]
         prefix: String,
-        /// What to compare: capacity (ipsec-secgw vs xsec-lab capacity) and/or cycles
-        /// (librte_ipsec cpu-crypto vs the engine's burst bench, bursts of 32).
+        /// What to compare: capacity (ipsec-secgw vs xsec-lab capacity), cycles
+        /// (librte_ipsec cpu-crypto vs the engine's burst bench, bursts of 32), memory
+        /// (bytes per inbound SA: xsec's SAD vs rte_ipsec_sa + cryptodev sessions).
         #[arg(long, value_delimiter = ',', default_value = "capacity,cycles")]
         what: Vec<String>,
         /// Rounds of the burst bench per repetition.
         #[arg(long, default_value_t = 300)]
         rounds: usize,
+        /// SAs on each side for `--what memory`.
+        #[arg(long, default_value_t = 100_000)]
+        memory_sas: usize,
+    },
+    /// xsec's SAD memory alone (what `vs-dpdk --what memory` runs in a process of its own):
+    /// prints `bytes_per_sa=N` for N inbound tunnel-mode SAs.
+    #[command(hide = true)]
+    SaMemory {
+        #[arg(long)]
+        alg: String,
+        #[arg(long)]
+        sas: usize,
     },
     /// NDR/PDR searches (RFC 2544 style) hA -> hB with xsec-pktgen: plain kernel forwarding,
     /// xsecd in BYPASS and xsecd tunnels, in one run; latency at half the NDR.
@@ -559,12 +572,13 @@ fn main() -> ExitCode {
             prefix,
             what,
             rounds,
+            memory_sas,
         } => {
             if let Some(w) = what
                 .iter()
-                .find(|w| !["capacity", "cycles"].contains(&w.as_str()))
+                .find(|w| !["capacity", "cycles", "memory"].contains(&w.as_str()))
             {
-                eprintln!("xsec-lab vs-dpdk: --what {w}: capacity and/or cycles");
+                eprintln!("xsec-lab vs-dpdk: --what {w}: capacity, cycles and/or memory");
                 return ExitCode::from(2);
             }
             // both sides under the baseline's boost (its own autogroup at nice -20): enter it
@@ -607,11 +621,28 @@ fn main() -> ExitCode {
                 capacity: what.iter().any(|w| w == "capacity"),
                 cycles: what.iter().any(|w| w == "cycles"),
                 rounds: rounds.max(10),
+                memory: what.iter().any(|w| w == "memory").then_some(memory_sas),
             };
             match versus::run(&o) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("xsec-lab vs-dpdk: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Cmd::SaMemory { alg, sas } => {
+            let Some(a) = xsec_lab::config::Alg::from_name(&alg) else {
+                eprintln!("xsec-lab sa-memory: --alg {alg}: unknown");
+                return ExitCode::from(2);
+            };
+            match versus::sad_memory(a, sas) {
+                Ok(b) => {
+                    println!("bytes_per_sa={b:.0}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("xsec-lab sa-memory: {e}");
                     ExitCode::from(2)
                 }
             }

@@ -65,15 +65,6 @@ fn hub(sites: usize) -> (Pair, usize) {
     (pair, n)
 }
 
-fn rss_kib(pid: u32) -> Result<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|e| err!("/proc/{pid}/status: {e}"))?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| err!("/proc/{pid}/status: no VmRSS"))
-}
-
 /// `xsecctl reload FILE` against `control`, timed; an error if xsecd refused it.
 fn reload(xsecctl: &Path, control: &Path, file: &Path) -> Result<f64> {
     let t = Instant::now();
@@ -104,7 +95,7 @@ fn sample(lab: &Lab, xsecd: &Path, sites: usize) -> Result<Sample> {
     let x = lab.start_xsecd(Node::GwB, xsecd, &text, Duration::from_secs(120))?;
     let start_ms = t.elapsed().as_secs_f64() * 1e3;
     let r = (|| -> Result<Sample> {
-        let rss = rss_kib(x.proc.pid)?;
+        let rss = crate::sysstat::rss_kib(x.proc.pid)?;
         let ctl = xsecd.with_file_name("xsecctl");
         let reload_same_ms = reload(&ctl, &x.control, &x.config)?;
         for sa in &mut pair.b.sas {

@@ -5,6 +5,18 @@
 
 use std::time::Instant;
 
+use crate::{Result, err};
+
+/// A process's resident memory (`VmRSS` of `/proc/<pid>/status`), KiB.
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| err!("/proc/{pid}/status: {e}"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| err!("/proc/{pid}/status: no VmRSS"))
+}
+
 /// The cpuinfo flags that tell which AES-GCM kernels can run.
 pub const CRYPTO_FLAGS: [&str; 7] = [
     "aes",
