@@ -15,9 +15,10 @@
 //! bookkeeping are public.
 //!
 //! `unsafe` here is limited to the `core::arch` intrinsics: every function that uses them is
-//! `#[target_feature(enable = "aes,sse2")]` and is reached only through a [`AesNiKey`], which
-//! exists only after runtime detection said the CPU has both features; the wide kernel
-//! (`aes,sse2,avx512f,vaes`) is entered only after [`wide_available`] said so too.
+//! `#[target_feature(enable = "aes,sse2")]` and is reached only through an [`AesNiKey`] or an
+//! [`AesNiDecKey`], which exist only after runtime detection said the CPU has both features;
+//! the wide kernels (`aes,sse2,avx512f,vaes`) are entered only after [`wide_available`] said
+//! so too.
 #![allow(unsafe_code)]
 
 use super::simd::{load, load_piece, load512, quad, store, store_piece, store512};
@@ -72,11 +73,19 @@ pub fn wide_available() -> bool {
     std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("vaes")
 }
 
-/// An expanded AES key (128, 192 or 256 bits): encryption round keys and the decryption
-/// round keys of the equivalent inverse cipher. Zeroized on drop.
+/// An expanded AES key (128, 192 or 256 bits) for encryption: the round keys of FIPS-197
+/// §5.2. Zeroized on drop. Decryption has its own type, [`AesNiDecKey`]: an SA encrypts or
+/// decrypts, never both, and keeping one schedule halves the memory of its key.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct AesNiKey {
     enc: [[u8; 16]; 15],
+    rounds: usize,
+}
+
+/// An expanded AES key for decryption: the round keys of the equivalent inverse cipher
+/// (FIPS-197 §5.3.5), for [`cbc_decrypt`]. Zeroized on drop.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct AesNiDecKey {
     dec: [[u8; 16]; 15],
     rounds: usize,
 }
@@ -84,6 +93,12 @@ pub struct AesNiKey {
 impl core::fmt::Debug for AesNiKey {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(f, "AesNiKey(AES-{}, <secret>)", (self.rounds - 6) * 32)
+    }
+}
+
+impl core::fmt::Debug for AesNiDecKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "AesNiDecKey(AES-{}, <secret>)", (self.rounds - 6) * 32)
     }
 }
 
@@ -101,11 +116,26 @@ impl AesNiKey {
         }
         let mut k = AesNiKey {
             enc: [[0; 16]; 15],
-            dec: [[0; 16]; 15],
             rounds: key.len() / 4 + 6,
         };
         // SAFETY: `available()` confirmed AES-NI and SSE2, the features `expand` enables.
         unsafe { expand(key, &mut k) };
+        Some(k)
+    }
+}
+
+impl AesNiDecKey {
+    /// Expand `key` (16, 24 or 32 bytes) for decryption. `None` for another length or a CPU
+    /// without AES-NI.
+    pub fn new(key: &[u8]) -> Option<AesNiDecKey> {
+        let enc = AesNiKey::new(key)?;
+        let mut k = AesNiDecKey {
+            dec: [[0; 16]; 15],
+            rounds: enc.rounds,
+        };
+        // SAFETY: `enc` exists, so AES-NI and SSE2 were detected: the features `invert`
+        // enables.
+        unsafe { invert(&enc, &mut k) };
         Some(k)
     }
 }
@@ -143,11 +173,16 @@ unsafe fn expand(key: &[u8], k: &mut AesNiKey) {
         }
     }
     w.zeroize();
-    // Equivalent inverse cipher (FIPS-197 §5.3.5): reversed order, InvMixColumns inside.
-    k.dec[0] = k.enc[k.rounds];
-    k.dec[k.rounds] = k.enc[0];
-    for r in 1..k.rounds {
-        let v = _mm_aesimc_si128(load(&k.enc[k.rounds - r]));
+}
+
+/// The equivalent inverse cipher's round keys (FIPS-197 §5.3.5): reversed order,
+/// InvMixColumns applied to all but the first and the last.
+#[target_feature(enable = "aes,sse2")]
+unsafe fn invert(e: &AesNiKey, k: &mut AesNiDecKey) {
+    k.dec[0] = e.enc[e.rounds];
+    k.dec[e.rounds] = e.enc[0];
+    for r in 1..e.rounds {
+        let v = _mm_aesimc_si128(load(&e.enc[e.rounds - r]));
         store(&mut k.dec[r], v);
     }
 }
@@ -381,16 +416,16 @@ fn refill<const W: usize>(
 /// Decrypt `data` (a multiple of 16 bytes) in place with AES-CBC from `iv`: 16 blocks at a
 /// time on a CPU with VAES and AVX-512F/BW, 8 otherwise. Returns `false` (and decrypts
 /// nothing) for a length that is not a multiple of 16.
-pub fn cbc_decrypt(key: &AesNiKey, iv: &[u8; 16], data: &mut [u8]) -> bool {
+pub fn cbc_decrypt(key: &AesNiDecKey, iv: &[u8; 16], data: &mut [u8]) -> bool {
     if !data.len().is_multiple_of(BLOCK) {
         return false;
     }
     if wide_available() && std::is_x86_feature_detected!("avx512bw") {
-        // SAFETY: an `AesNiKey` exists only if AES-NI and SSE2 were detected; AVX-512F/BW
+        // SAFETY: an `AesNiDecKey` exists only if AES-NI and SSE2 were detected; AVX-512F/BW
         // and VAES were just confirmed.
         unsafe { decrypt_wide(key, iv, data) };
     } else {
-        // SAFETY: an `AesNiKey` exists only if AES-NI and SSE2 were detected.
+        // SAFETY: an `AesNiDecKey` exists only if AES-NI and SSE2 were detected.
         unsafe { decrypt_blocks(key, iv, data) };
     }
     true
@@ -398,11 +433,11 @@ pub fn cbc_decrypt(key: &AesNiKey, iv: &[u8; 16], data: &mut [u8]) -> bool {
 
 /// [`cbc_decrypt`] with the 128-bit kernel whatever the CPU has (for the tests that check
 /// one kernel against the other).
-pub fn cbc_decrypt_narrow(key: &AesNiKey, iv: &[u8; 16], data: &mut [u8]) -> bool {
+pub fn cbc_decrypt_narrow(key: &AesNiDecKey, iv: &[u8; 16], data: &mut [u8]) -> bool {
     if !data.len().is_multiple_of(BLOCK) {
         return false;
     }
-    // SAFETY: an `AesNiKey` exists only if AES-NI and SSE2 were detected.
+    // SAFETY: an `AesNiDecKey` exists only if AES-NI and SSE2 were detected.
     unsafe { decrypt_blocks(key, iv, data) };
     true
 }
@@ -415,7 +450,7 @@ pub fn cbc_decrypt_narrow(key: &AesNiKey, iv: &[u8; 16], data: &mut [u8]) -> boo
 /// batch of ciphertext blocks aside to chain them: a fifth of its time at 1420 bytes.)
 // SAFETY: AES-NI, VAES, AVX-512F/BW; entered only from `cbc_decrypt` after it checked them.
 #[target_feature(enable = "aes,sse2,avx512f,avx512bw,vaes")]
-unsafe fn decrypt_wide(key: &AesNiKey, iv: &[u8; 16], data: &mut [u8]) {
+unsafe fn decrypt_wide(key: &AesNiDecKey, iv: &[u8; 16], data: &mut [u8]) {
     const STEP: usize = 16 * BLOCK;
     let n = key.rounds;
     let mut rk = [_mm512_setzero_si512(); 15];
@@ -486,7 +521,7 @@ fn dec_rest<const N: usize>(rk: &[__m512i; 15], n: usize, rest: &mut [u8], prev:
 }
 
 #[target_feature(enable = "aes,sse2")]
-unsafe fn decrypt_blocks(key: &AesNiKey, iv: &[u8; 16], data: &mut [u8]) {
+unsafe fn decrypt_blocks(key: &AesNiDecKey, iv: &[u8; 16], data: &mut [u8]) {
     let n = key.rounds;
     let mut rk = [_mm_setzero_si128(); 15];
     for (r, k) in rk.iter_mut().zip(&key.dec).take(n + 1) {
@@ -557,6 +592,7 @@ mod tests {
         // each on its own, then all four in one multi-lane call (different keys: one per call)
         for (c, buf) in cases.iter().zip(bufs.iter_mut()) {
             let key = AesNiKey::new(&c["key"]).expect("key");
+            let dec = AesNiDecKey::new(&c["key"]).expect("key");
             let iv: [u8; 16] = c["iv"].as_slice().try_into().expect("iv");
             let mut jobs = [CbcJob {
                 iv,
@@ -564,7 +600,7 @@ mod tests {
             }];
             assert!(cbc_encrypt_many(&key, &mut jobs));
             assert_eq!(buf, &c["ciphertext"]);
-            assert!(cbc_decrypt(&key, &iv, buf));
+            assert!(cbc_decrypt(&dec, &iv, buf));
             assert_eq!(buf, &c["plaintext"]);
         }
     }
@@ -618,6 +654,7 @@ mod tests {
             prop_assume!(available());
             let key: Vec<u8> = (0..key_len).map(|i| (i as u8).wrapping_mul(31) ^ key_seed).collect();
             let k = AesNiKey::new(&key).expect("key");
+            let d = AesNiDecKey::new(&key).expect("key");
             let portable_enc = crate::crypto::cbc_for_test(alg(key_len), &key, true);
             let portable_dec = crate::crypto::cbc_for_test(alg(key_len), &key, false);
             let mut bufs: Vec<Vec<u8>> = lens
@@ -655,9 +692,9 @@ mod tests {
                 prop_assert_eq!(&q, p);
                 // the 128-bit kernel, and `cbc_decrypt` (the 512-bit one where the CPU has it)
                 let mut r = b.clone();
-                prop_assert!(cbc_decrypt_narrow(&k, iv, &mut r));
+                prop_assert!(cbc_decrypt_narrow(&d, iv, &mut r));
                 prop_assert_eq!(&r, p);
-                prop_assert!(cbc_decrypt(&k, iv, b));
+                prop_assert!(cbc_decrypt(&d, iv, b));
                 prop_assert_eq!(b, p);
             }
         }
@@ -667,14 +704,16 @@ mod tests {
     /// decryption kernels give RustCrypto's plaintext, and touch no byte outside the data.
     #[test]
     fn decrypt_every_length_matches_the_portable_cbc() {
-        if !available() {
-            return;
-        }
+        // no silent pass: without AES-NI the kernels cannot be compared here
+        assert!(
+            available(),
+            "this CPU lacks AES-NI: run the tests on one that has it"
+        );
         for key_len in [16usize, 24, 32] {
             let key: Vec<u8> = (0..key_len)
                 .map(|i| (i as u8).wrapping_mul(13) ^ 0x5c)
                 .collect();
-            let k = AesNiKey::new(&key).expect("key");
+            let d = AesNiDecKey::new(&key).expect("key");
             let portable_enc = crate::crypto::cbc_for_test(alg(key_len), &key, true);
             let iv = [0xa5u8; 16];
             for blocks in 0..=100usize {
@@ -685,9 +724,9 @@ mod tests {
                 let mut framed = vec![0xeeu8; blocks * 16 + 128];
                 framed[64..64 + blocks * 16].copy_from_slice(&ct);
                 let mut narrow = framed.clone();
-                assert!(cbc_decrypt(&k, &iv, &mut framed[64..64 + blocks * 16]));
+                assert!(cbc_decrypt(&d, &iv, &mut framed[64..64 + blocks * 16]));
                 assert!(cbc_decrypt_narrow(
-                    &k,
+                    &d,
                     &iv,
                     &mut narrow[64..64 + blocks * 16]
                 ));
@@ -728,8 +767,12 @@ mod tests {
         ];
         assert!(!cbc_encrypt_many(&k, &mut jobs));
         assert_eq!(a, [1u8; 32], "nothing encrypted when one job is bad");
-        assert!(!cbc_decrypt(&k, &[0; 16], &mut b));
+        let d = AesNiDecKey::new(&[7u8; 16]).expect("key");
+        assert!(!cbc_decrypt(&d, &[0; 16], &mut b));
+        assert_eq!(b, [2u8; 17], "nothing decrypted");
         assert!(AesNiKey::new(&[0u8; 20]).is_none());
+        assert!(AesNiDecKey::new(&[0u8; 20]).is_none());
         assert!(!format!("{k:?}").contains("07"));
+        assert!(!format!("{d:?}").contains("07"));
     }
 }

@@ -43,7 +43,7 @@ enum Kind {
         /// more (CBC + HMAC-SHA1 decapsulation took 0.84× the cycles at 1420 B with it than
         /// with RustCrypto: `docs/bench/ab/2026-12-06.txt`).
         #[cfg(target_arch = "x86_64")]
-        ni_open: Option<Box<super::aesni::AesNiKey>>,
+        ni_open: Option<Box<super::aesni::AesNiDecKey>>,
     },
     /// NULL encryption with HMAC (RFC 2410).
     Null { integ: Integ },
@@ -205,7 +205,7 @@ impl Transform {
                         && enc != EncAlg::TripleDesCbc
                         && super::aesni::wide_available()
                         && std::is_x86_feature_detected!("avx512bw"))
-                    .then(|| super::aesni::AesNiKey::new(key).map(Box::new))
+                    .then(|| super::aesni::AesNiDecKey::new(key).map(Box::new))
                     .flatten(),
                 }
             }
