@@ -12,7 +12,7 @@
 //! Management (install, remove, list) may allocate; lookups never do.
 
 use super::config::{SaConfig, SaError};
-use super::state::Sa;
+use super::state::{Sa, ip_u128};
 use crate::spd::Direction;
 use crate::time::Timestamp;
 use std::net::IpAddr;
@@ -308,10 +308,7 @@ fn address_key(s: &Sa) -> Option<(bool, u128)> {
 }
 
 fn ip_key(a: Option<IpAddr>) -> Option<(bool, u128)> {
-    a.map(|a| match a {
-        IpAddr::V4(a) => (false, u128::from(u32::from(a))),
-        IpAddr::V6(a) => (true, u128::from(a)),
-    })
+    a.map(ip_u128)
 }
 
 impl SaTable {
