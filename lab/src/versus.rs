@@ -516,6 +516,8 @@ fn dpdk_memory(o: &VersusOptions, n: usize) -> Result<Vec<(String, f64)>> {
     }
     // about 2.1 KB per SA on DPDK's side: hugepages for the larger of the two, and room
     let mb = (n * 2_500 / (1 << 20)).max(128) + 128;
+    const NR: &str = "/proc/sys/vm/nr_hugepages";
+    let reserved = std::fs::read_to_string(NR).ok();
     let out = Command::new("bash")
         .args([
             "-c",
@@ -530,7 +532,14 @@ fn dpdk_memory(o: &VersusOptions, n: usize) -> Result<Vec<(String, f64)>> {
         .arg(n.to_string())
         .env("NR_HUGEPAGES", (mb / 2 + 64).max(512).to_string())
         .output()
-        .map_err(|e| err!("{}: {e}", bin.display()))?;
+        .map_err(|e| err!("{}: {e}", bin.display()));
+    // give back what a large run reserved beyond the baseline's usual 512 pages
+    if let Some(r) = reserved
+        && std::fs::read_to_string(NR).ok() != Some(r.clone())
+    {
+        let _ = std::fs::write(NR, r);
+    }
+    let out = out?;
     let text = String::from_utf8_lossy(&out.stdout);
     let rows = parse_sa_memory(&text, n);
     if !out.status.success() || rows.is_empty() {
