@@ -2,9 +2,7 @@
 //! expanded, outer header fields precomputed) — this can happen on the control thread — and
 //! then owned by exactly one worker, which mutates it without locks.
 
-use super::config::{
-    DfMode, DscpMode, EcnMode, Encap, Lifetime, Mode, Protocol, SaConfig, SaError,
-};
+use super::config::{DfMode, DscpMode, EcnMode, Encap, Mode, Protocol, SaConfig, SaError};
 use super::lifetime::{LifeEvent, LifeState, LimitKind};
 use crate::crypto::{AuthAlg, EncAlg, Transform};
 use crate::replay::{Replay, ReplayWindow, SharedReplayWindow};
@@ -154,7 +152,6 @@ pub struct SaInfo {
     pub auth: AuthAlg,
     pub enc_key_bits: usize,
     pub auth_key_bits: usize,
-    pub lifetime: Lifetime,
 }
 
 /// (IPv6, the address as a number).
@@ -275,7 +272,6 @@ impl Sa {
             auth: cfg.auth,
             enc_key_bits: cfg.enc.key_len() * 8,
             auth_key_bits: cfg.auth.key_len() * 8,
-            lifetime: cfg.lifetime,
         };
         Ok(Sa {
             spi: cfg.spi,
