@@ -130,8 +130,10 @@ pub struct Sa {
     /// empty matches nothing. With [`Selector::ANY`](crate::spd::Selector::ANY) among them every packet matches, and
     /// decapsulation skips the upper-layer parse (the common case must not pay for it).
     pub(crate) selectors: SelectorSet,
-    /// Inbound lookup also matches this destination (IPv6 flag, address).
-    pub(crate) local_match: Option<(bool, u128)>,
+    /// Inbound lookup also matches this destination (IPv6 flag, the address as a number
+    /// in native byte order: [`ip_u128`]'s, kept as bytes so that the SA need not be
+    /// 16-byte aligned, with 15 bytes of padding).
+    pub(crate) local_match: Option<(bool, [u8; 16])>,
     /// Last authenticated outer source (address, port) of a UDP-encapsulated inbound SA.
     pub(crate) peer_seen: Option<(IpAddr, u16)>,
     /// Outbound: the MTU of the path towards the peer (0: not known), checked before a
@@ -308,7 +310,7 @@ impl Sa {
             life: LifeState::new(&cfg.lifetime, now),
             drops: SaDrops::default(),
             selectors: SelectorSet::new(&cfg.selectors),
-            local_match: cfg.local.map(ip_u128),
+            local_match: cfg.local.map(ip_u128).map(|(v6, a)| (v6, a.to_ne_bytes())),
             peer_seen: None,
             path_mtu: 0,
             info: Arc::new(info),
@@ -335,6 +337,11 @@ impl Sa {
         self.protocol
     }
 
+    /// The destination an inbound SA is looked up with, as [`ip_u128`] gives it.
+    pub(crate) fn local_key(&self) -> Option<(bool, u128)> {
+        self.local_match.map(|(v6, a)| (v6, u128::from_ne_bytes(a)))
+    }
+
     pub fn info(&self) -> &SaInfo {
         &self.info
     }
@@ -344,7 +351,7 @@ impl Sa {
     pub(crate) fn accepts_dst(&self, v6: bool, dst: u128) -> bool {
         match self.local_match {
             None => true,
-            Some(m) => m == (v6, dst),
+            Some((m6, m)) => m6 == v6 && u128::from_ne_bytes(m) == dst,
         }
     }
 

@@ -302,7 +302,7 @@ impl SaKey {
 /// [`sa_address`] of an installed SA, as an index key.
 fn address_key(s: &Sa) -> Option<(bool, u128)> {
     match s.dir {
-        Direction::Inbound => s.local_match,
+        Direction::Inbound => s.local_key(),
         Direction::Outbound => ip_key(s.info.remote),
     }
 }
