@@ -130,9 +130,9 @@ pub struct Sa {
     /// empty matches nothing. With [`Selector::ANY`](crate::spd::Selector::ANY) among them every packet matches, and
     /// decapsulation skips the upper-layer parse (the common case must not pay for it).
     pub(crate) selectors: SelectorSet,
-    /// Inbound lookup also matches this destination (IPv6 flag, the address as a number
-    /// in native byte order: [`ip_u128`]'s, kept as bytes so that the SA need not be
-    /// 16-byte aligned, with 15 bytes of padding).
+    /// Inbound lookup also matches this destination (IPv6 flag, the address as
+    /// [`ip_u128`]'s number in native byte order). Bytes, not a `u128`: that would make the
+    /// whole SA 16-byte aligned and cost 15 bytes of padding here.
     pub(crate) local_match: Option<(bool, [u8; 16])>,
     /// Last authenticated outer source (address, port) of a UDP-encapsulated inbound SA.
     pub(crate) peer_seen: Option<(IpAddr, u16)>,
