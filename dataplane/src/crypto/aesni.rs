@@ -520,37 +520,51 @@ fn dec_rest<const N: usize>(rk: &[__m512i; 15], n: usize, rest: &mut [u8], prev:
     }
 }
 
+/// CBC decryption on 128-bit registers, 8 blocks at a time (CBC decryption has no chain
+/// between blocks): the rounds written out for the key's length.
 #[target_feature(enable = "aes,sse2")]
 unsafe fn decrypt_blocks(key: &AesNiDecKey, iv: &[u8; 16], data: &mut [u8]) {
-    let n = key.rounds;
+    match key.rounds {
+        10 => decrypt_blocks_nr::<10>(key, iv, data),
+        12 => decrypt_blocks_nr::<12>(key, iv, data),
+        _ => decrypt_blocks_nr::<14>(key, iv, data),
+    }
+}
+
+/// [`decrypt_blocks`] for `NR` rounds. Every step runs all 8 lanes, the ones past a short
+/// packet's last block on zeros: the rounds' latency, not their count, bounds a step, and a
+/// fixed width keeps the lanes in registers.
+#[target_feature(enable = "aes,sse2")]
+fn decrypt_blocks_nr<const NR: usize>(key: &AesNiDecKey, iv: &[u8; 16], data: &mut [u8]) {
     let mut rk = [_mm_setzero_si128(); 15];
-    for (r, k) in rk.iter_mut().zip(&key.dec).take(n + 1) {
+    for (r, k) in rk.iter_mut().zip(&key.dec).take(NR + 1) {
         *r = load(k);
     }
     let mut prev = load(iv);
     for chunk in data.chunks_mut(8 * BLOCK) {
-        let blocks = chunk.len() / BLOCK;
         let mut c = [_mm_setzero_si128(); 8];
-        let mut x = [_mm_setzero_si128(); 8];
-        for (i, b) in chunk.chunks_exact(BLOCK).enumerate() {
-            if let Ok(b) = <&[u8; 16]>::try_from(b) {
-                c[i] = load(b);
-                x[i] = _mm_xor_si128(c[i], rk[0]);
-            }
+        let (blocks, _) = chunk.as_chunks::<BLOCK>();
+        let n = blocks.len();
+        for (v, b) in c.iter_mut().zip(blocks) {
+            *v = load(b);
         }
-        for k in &rk[1..n] {
-            for v in x.iter_mut().take(blocks) {
+        let mut x = c;
+        for v in &mut x {
+            *v = _mm_xor_si128(*v, rk[0]);
+        }
+        for k in &rk[1..NR] {
+            for v in &mut x {
                 *v = _mm_aesdec_si128(*v, *k);
             }
         }
-        for (i, b) in chunk.chunks_exact_mut(BLOCK).enumerate() {
+        let (out, _) = chunk.as_chunks_mut::<BLOCK>();
+        for (i, b) in out.iter_mut().enumerate() {
             let chain = if i == 0 { prev } else { c[i - 1] };
-            let p = _mm_xor_si128(_mm_aesdeclast_si128(x[i], rk[n]), chain);
-            if let Ok(b) = <&mut [u8; 16]>::try_from(b) {
-                store(b, p);
-            }
+            store(b, _mm_xor_si128(_mm_aesdeclast_si128(x[i], rk[NR]), chain));
         }
-        prev = c[blocks - 1];
+        if let Some(&last) = c.get(n.wrapping_sub(1)) {
+            prev = last;
+        }
     }
 }
 

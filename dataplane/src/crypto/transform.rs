@@ -31,17 +31,21 @@ enum Kind {
     Gmac { key: AeadImpl, salt: [u8; 4] },
     /// CBC encryption then HMAC over header, IV and ciphertext.
     Cbc {
-        key: Box<CbcKey>,
+        /// RustCrypto's key: for every CBC transform but an inbound one that has `ni_open`
+        /// (the kernels then decrypt every length).
+        key: Option<Box<CbcKey>>,
         integ: Integ,
         iv_seed: [u8; 16],
         /// Outbound AES on a CPU with AES-NI: the multi-buffer kernel's key schedule, for
         /// bursts ([`Transform::defer_seal`]).
         #[cfg(target_arch = "x86_64")]
         ni: Option<Box<super::aesni::AesNiKey>>,
-        /// Inbound AES on a CPU with VAES and AVX-512F/BW: the key schedule of the 512-bit
-        /// decryption kernel ([`super::aesni::cbc_decrypt`]), for bodies of 256 bytes or
-        /// more (CBC + HMAC-SHA1 decapsulation took 0.84× the cycles at 1420 B with it than
-        /// with RustCrypto: `docs/bench/ab/2026-12-06.txt`).
+        /// Inbound AES on a CPU with VAES and AVX-512F/BW: the key schedule of the
+        /// decryption kernels, the 512-bit one ([`super::aesni::cbc_decrypt`]) for bodies of
+        /// 256 bytes or more (CBC + HMAC-SHA1 decapsulation took 0.84× the cycles at 1420 B
+        /// with it than with RustCrypto: `docs/bench/ab/2026-12-06.txt`), the 128-bit one
+        /// below (level with RustCrypto at 64 B), so that the SA need not keep RustCrypto's
+        /// key as well.
         #[cfg(target_arch = "x86_64")]
         ni_open: Option<Box<super::aesni::AesNiDecKey>>,
     },
@@ -192,8 +196,25 @@ impl Transform {
                 salt: salt4,
             },
             EncAlg::AesCbc128 | EncAlg::AesCbc192 | EncAlg::AesCbc256 | EncAlg::TripleDesCbc => {
+                #[cfg(target_arch = "x86_64")]
+                let ni_open = (!outbound
+                    && enc != EncAlg::TripleDesCbc
+                    && super::aesni::wide_available()
+                    && std::is_x86_feature_detected!("avx512bw"))
+                .then(|| super::aesni::AesNiDecKey::new(key).map(Box::new))
+                .flatten();
+                #[cfg(target_arch = "x86_64")]
+                let portable = ni_open.is_none();
+                #[cfg(not(target_arch = "x86_64"))]
+                let portable = true;
                 Kind::Cbc {
-                    key: Box::new(CbcKey::new(enc, key, outbound).ok_or_else(broken)?),
+                    key: if portable {
+                        Some(Box::new(
+                            CbcKey::new(enc, key, outbound).ok_or_else(broken)?,
+                        ))
+                    } else {
+                        None
+                    },
                     integ: Integ::new(auth, auth_key).ok_or_else(broken)?,
                     iv_seed: random,
                     #[cfg(target_arch = "x86_64")]
@@ -201,12 +222,7 @@ impl Transform {
                         .then(|| super::aesni::AesNiKey::new(key).map(Box::new))
                         .flatten(),
                     #[cfg(target_arch = "x86_64")]
-                    ni_open: (!outbound
-                        && enc != EncAlg::TripleDesCbc
-                        && super::aesni::wide_available()
-                        && std::is_x86_feature_detected!("avx512bw"))
-                    .then(|| super::aesni::AesNiDecKey::new(key).map(Box::new))
-                    .flatten(),
+                    ni_open,
                 }
             }
             EncAlg::Null => Kind::Null {
@@ -408,6 +424,10 @@ impl Transform {
                 iv_seed,
                 ..
             } => {
+                // an inbound transform never seals
+                let Some(key) = key else {
+                    return Err(DropReason::NoSa);
+                };
                 let mut ivb = *iv_seed;
                 let s = seq.to_be_bytes();
                 for i in 0..8 {
@@ -493,9 +513,20 @@ impl Transform {
                 *key = AeadImpl::Portable(Box::new(k));
             }
             #[cfg(target_arch = "x86_64")]
-            Kind::Cbc { ni, ni_open, .. } => {
+            Kind::Cbc {
+                key, ni, ni_open, ..
+            } => {
                 *ni = None;
                 *ni_open = None;
+                if key.is_none() {
+                    let k = CbcKey::new(enc, &enc_key[..enc.key_len()], outbound).ok_or(
+                        CryptoError::Refused {
+                            alg: enc.name(),
+                            reason: "key schedule failed",
+                        },
+                    )?;
+                    *key = Some(Box::new(k));
+                }
             }
             _ => {}
         }
@@ -510,18 +541,20 @@ impl Transform {
         let Kind::Cbc { key, .. } = &self.kind else {
             return false;
         };
-        // from one whole step of the kernel (16 blocks) on; below, RustCrypto measured faster
-        // (64-byte packets: 0.98× the kernel's decapsulation)
+        // the 512-bit kernel from one whole step (16 blocks) on, the 128-bit one below
         #[cfg(target_arch = "x86_64")]
         if let Kind::Cbc {
             ni_open: Some(k), ..
         } = &self.kind
-            && body.len() >= 256
             && let Ok(iv) = <&[u8; 16]>::try_from(iv)
         {
-            return super::aesni::cbc_decrypt(k, iv, body);
+            return if body.len() >= 256 {
+                super::aesni::cbc_decrypt(k, iv, body)
+            } else {
+                super::aesni::cbc_decrypt_narrow(k, iv, body)
+            };
         }
-        key.decrypt(iv, body)
+        key.as_ref().is_some_and(|k| k.decrypt(iv, body))
     }
 
     /// The multi-buffer kernel's key of a CBC transform that defers sealing.
@@ -987,6 +1020,56 @@ pub(crate) mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn inbound_cbc_keeps_one_key_and_opens_every_length() {
+        let (out, _) = transform(EncAlg::AesCbc128, AuthAlg::HmacSha1_96, true);
+        let (inb, _) = transform(EncAlg::AesCbc128, AuthAlg::HmacSha1_96, false);
+        #[cfg(target_arch = "x86_64")]
+        {
+            let wide =
+                super::super::aesni::wide_available() && std::is_x86_feature_detected!("avx512bw");
+            match &inb.kind {
+                // with the kernels' key, RustCrypto's is not kept as well
+                Kind::Cbc {
+                    key, ni_open, ni, ..
+                } => {
+                    assert_eq!(ni_open.is_some(), wide);
+                    assert_eq!(key.is_none(), wide);
+                    assert!(ni.is_none(), "an inbound SA has no encryption kernel key");
+                }
+                _ => panic!("not CBC"),
+            }
+            assert!(matches!(
+                &out.kind,
+                Kind::Cbc {
+                    key: Some(_),
+                    ni_open: None,
+                    ..
+                }
+            ));
+        }
+        // every body length from one block to past the 512-bit kernel's first step: the
+        // 128-bit kernel below 256 bytes, the 512-bit one from there (or RustCrypto)
+        let esp = 20;
+        for body in (16..=400).step_by(16) {
+            let len = 8 + out.iv_len() + body + out.icv_len();
+            let mut buf = vec![0x5au8; esp + len];
+            buf[esp..esp + 8].copy_from_slice(&[0, 0, 0x12, 0x34, 0, 0, 0, 9]);
+            let pt = esp + 8 + out.iv_len();
+            for (i, b) in buf[pt..pt + body].iter_mut().enumerate() {
+                *b = (i * 7 + body) as u8;
+            }
+            let before = buf.clone();
+            out.seal(&mut buf, esp, len, 9, false).unwrap();
+            assert_ne!(&buf[pt..pt + body], &before[pt..pt + body]);
+            inb.open(&mut buf, esp, len, None).unwrap();
+            assert_eq!(&buf[pt..pt + body], &before[pt..pt + body], "{body} bytes");
+        }
+        // an inbound transform never seals
+        let mut buf = vec![0u8; 200];
+        assert!(inb.seal(&mut buf, 20, 8 + 16 + 32 + 12, 1, false).is_err());
     }
 
     #[test]
