@@ -31,8 +31,8 @@ enum Kind {
     Gmac { key: AeadImpl, salt: [u8; 4] },
     /// CBC encryption then HMAC over header, IV and ciphertext.
     Cbc {
-        /// RustCrypto's key: for every CBC transform but an inbound one that has `ni_open`
-        /// (the kernels then decrypt every length).
+        /// RustCrypto's key: for a CBC transform without a kernel key (3DES, or a CPU
+        /// without AES-NI; inbound, without VAES): an SA keeps one key schedule.
         key: Option<Box<CbcKey>>,
         integ: Integ,
         iv_seed: [u8; 16],
@@ -204,7 +204,12 @@ impl Transform {
                 .then(|| super::aesni::AesNiDecKey::new(key).map(Box::new))
                 .flatten();
                 #[cfg(target_arch = "x86_64")]
-                let portable = ni_open.is_none();
+                let ni = (outbound && enc != EncAlg::TripleDesCbc)
+                    .then(|| super::aesni::AesNiKey::new(key).map(Box::new))
+                    .flatten();
+                // RustCrypto's key only where no kernel key does its work
+                #[cfg(target_arch = "x86_64")]
+                let portable = ni_open.is_none() && ni.is_none();
                 #[cfg(not(target_arch = "x86_64"))]
                 let portable = true;
                 Kind::Cbc {
@@ -218,9 +223,7 @@ impl Transform {
                     integ: Integ::new(auth, auth_key).ok_or_else(broken)?,
                     iv_seed: random,
                     #[cfg(target_arch = "x86_64")]
-                    ni: (outbound && enc != EncAlg::TripleDesCbc)
-                        .then(|| super::aesni::AesNiKey::new(key).map(Box::new))
-                        .flatten(),
+                    ni,
                     #[cfg(target_arch = "x86_64")]
                     ni_open,
                 }
@@ -422,23 +425,47 @@ impl Transform {
                 key,
                 integ,
                 iv_seed,
+                #[cfg(target_arch = "x86_64")]
+                ni,
                 ..
             } => {
-                // an inbound transform never seals
-                let Some(key) = key else {
-                    return Err(DropReason::NoSa);
-                };
                 let mut ivb = *iv_seed;
                 let s = seq.to_be_bytes();
                 for i in 0..8 {
                     ivb[iv_len - 8 + i] ^= s[i];
                 }
-                if !key.encrypt_block(&mut ivb[..iv_len]) {
-                    return Err(DropReason::BadLength);
-                }
                 pkt[HEADER_LEN..pt].copy_from_slice(&ivb[..iv_len]);
-                if !key.encrypt(&ivb[..iv_len], &mut pkt[pt..icv]) {
-                    return Err(DropReason::BadLength);
+                #[cfg(target_arch = "x86_64")]
+                let done = match ni {
+                    // the nonce in the IV field, then IV field and payload CBC-encrypted
+                    // together from a zero IV: the IV field becomes E_K(nonce) and the payload
+                    // is chained from it, as a burst does it ([`Transform::defer_seal`])
+                    Some(k) if iv_len == 16 => {
+                        let mut job = [super::aesni::CbcJob {
+                            iv: [0; 16],
+                            data: &mut pkt[HEADER_LEN..icv],
+                        }];
+                        if !super::aesni::cbc_encrypt_many(k, &mut job) {
+                            return Err(DropReason::BadLength);
+                        }
+                        true
+                    }
+                    _ => false,
+                };
+                #[cfg(not(target_arch = "x86_64"))]
+                let done = false;
+                if !done {
+                    // an inbound transform never seals
+                    let Some(key) = key else {
+                        return Err(DropReason::NoSa);
+                    };
+                    if !key.encrypt_block(&mut pkt[HEADER_LEN..pt]) {
+                        return Err(DropReason::BadLength);
+                    }
+                    ivb[..iv_len].copy_from_slice(&pkt[HEADER_LEN..pt]);
+                    if !key.encrypt(&ivb[..iv_len], &mut pkt[pt..icv]) {
+                        return Err(DropReason::BadLength);
+                    }
                 }
                 let (signed, tag) = pkt.split_at_mut(icv);
                 integ.sign(signed, esn.then_some((seq >> 32) as u32), tag);
@@ -1023,9 +1050,21 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn inbound_cbc_keeps_one_key_and_opens_every_length() {
-        let (out, _) = transform(EncAlg::AesCbc128, AuthAlg::HmacSha1_96, true);
+    fn cbc_keeps_one_key_and_seals_and_opens_every_length() {
+        let (out, ek) = transform(EncAlg::AesCbc128, AuthAlg::HmacSha1_96, true);
         let (inb, _) = transform(EncAlg::AesCbc128, AuthAlg::HmacSha1_96, false);
+        let ak: Vec<u8> = (0..AuthAlg::HmacSha1_96.key_len())
+            .map(|i| (i * 3 + 5) as u8)
+            .collect();
+        let portable_out = Transform::new_portable(
+            EncAlg::AesCbc128,
+            &ek,
+            AuthAlg::HmacSha1_96,
+            &ak,
+            true,
+            [9; 16],
+        )
+        .unwrap();
         #[cfg(target_arch = "x86_64")]
         {
             let wide =
@@ -1041,14 +1080,21 @@ pub(crate) mod tests {
                 }
                 _ => panic!("not CBC"),
             }
-            assert!(matches!(
-                &out.kind,
+            // an outbound SA keeps the multi-buffer kernel's key alone where AES-NI is
+            let ni = super::super::aesni::available();
+            match &out.kind {
                 Kind::Cbc {
-                    key: Some(_),
-                    ni_open: None,
+                    key,
+                    ni_open,
+                    ni: n,
                     ..
+                } => {
+                    assert_eq!(n.is_some(), ni);
+                    assert_eq!(key.is_none(), ni);
+                    assert!(ni_open.is_none());
                 }
-            ));
+                _ => panic!("not CBC"),
+            }
         }
         // every body length from one block to past the 512-bit kernel's first step: the
         // 128-bit kernel below 256 bytes, the 512-bit one from there (or RustCrypto)
@@ -1064,6 +1110,10 @@ pub(crate) mod tests {
             let before = buf.clone();
             out.seal(&mut buf, esp, len, 9, false).unwrap();
             assert_ne!(&buf[pt..pt + body], &before[pt..pt + body]);
+            // the kernel's single-packet seal gives RustCrypto's bytes, IV included
+            let mut theirs = before.clone();
+            portable_out.seal(&mut theirs, esp, len, 9, false).unwrap();
+            assert_eq!(buf, theirs, "{body} bytes");
             inb.open(&mut buf, esp, len, None).unwrap();
             assert_eq!(&buf[pt..pt + body], &before[pt..pt + body], "{body} bytes");
         }
