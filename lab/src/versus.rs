@@ -554,27 +554,42 @@ fn dpdk_memory(o: &VersusOptions, n: usize) -> Result<Vec<(String, f64)>> {
     Ok(rows)
 }
 
+/// Repetition `rep`'s two runs, in [`order`]: xsec's result and DPDK's.
+fn both<X, D>(
+    o: &VersusOptions,
+    rep: usize,
+    mut xsec: impl FnMut() -> Result<X>,
+    mut dpdk: impl FnMut() -> Result<D>,
+) -> Result<(X, D)> {
+    let (mut x, mut d) = (None, None);
+    for side in order(rep) {
+        if o.stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(err!("interrupted"));
+        }
+        match side {
+            Side::Xsec => x = Some(xsec()?),
+            Side::Dpdk => d = Some(dpdk()?),
+        }
+    }
+    x.zip(d)
+        .ok_or_else(|| err!("repetition {rep}: a run is missing"))
+}
+
 /// Memory per SA, `reps` times, interleaved (size in the pairs: the number of SAs).
 fn run_memory(o: &VersusOptions, n: usize) -> Result<Vec<Pair>> {
     let mut pairs = vec![];
     for rep in 1..=o.reps {
-        let mut x = vec![];
-        let mut d = vec![];
-        for side in order(rep) {
-            if o.stop.load(std::sync::atomic::Ordering::Relaxed) {
-                return Err(err!("interrupted"));
-            }
-            match side {
-                Side::Xsec => {
-                    x = o
-                        .algs
-                        .iter()
-                        .map(|&a| Ok((a, xsec_memory(a, n)?)))
-                        .collect::<Result<Vec<_>>>()?
-                }
-                Side::Dpdk => d = dpdk_memory(o, n)?,
-            }
-        }
+        let (x, d) = both(
+            o,
+            rep,
+            || {
+                o.algs
+                    .iter()
+                    .map(|&a| Ok((a, xsec_memory(a, n)?)))
+                    .collect::<Result<Vec<_>>>()
+            },
+            || dpdk_memory(o, n),
+        )?;
         for (alg, xb) in x {
             let Some(db) = d.iter().find(|r| r.0 == alg.name()).map(|r| r.1) else {
                 continue;
@@ -597,22 +612,12 @@ fn run_capacity(o: &VersusOptions) -> Result<Vec<Pair>> {
     for rep in 1..=o.reps {
         for &alg in &o.algs {
             for &size in &o.sizes {
-                let mut x = None;
-                let mut d = None;
-                for side in order(rep) {
-                    if o.stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        return Err(err!("interrupted"));
-                    }
-                    match side {
-                        Side::Xsec => x = Some(xsec_cell(o, alg, size)?),
-                        Side::Dpdk => {
-                            d = Some(dpdk_cell(o, dpdk_alg(alg).unwrap_or("gcm"), size, rep)?)
-                        }
-                    }
-                }
-                let (Some((xe, xd, problems)), Some((de, dd))) = (x, d) else {
-                    continue;
-                };
+                let ((xe, xd, problems), (de, dd)) = both(
+                    o,
+                    rep,
+                    || xsec_cell(o, alg, size),
+                    || dpdk_cell(o, dpdk_alg(alg).unwrap_or("gcm"), size, rep),
+                )?;
                 for (dir, xm, dm) in [("encrypt", xe, de), ("decrypt", xd, dd)] {
                     let mine = problems
                         .iter()
@@ -637,17 +642,7 @@ fn run_capacity(o: &VersusOptions) -> Result<Vec<Pair>> {
 fn run_cycles(o: &VersusOptions) -> Result<Vec<Pair>> {
     let mut pairs = vec![];
     for rep in 1..=o.reps {
-        let mut x = vec![];
-        let mut d = vec![];
-        for side in order(rep) {
-            if o.stop.load(std::sync::atomic::Ordering::Relaxed) {
-                return Err(err!("interrupted"));
-            }
-            match side {
-                Side::Xsec => x = xsec_cycles(o)?,
-                Side::Dpdk => d = dpdk_cycles(o)?,
-            }
-        }
+        let (x, d) = both(o, rep, || xsec_cycles(o), || dpdk_cycles(o))?;
         for &alg in &o.algs {
             for &size in &o.sizes {
                 for dir in ["encrypt", "decrypt"] {
