@@ -37,7 +37,7 @@ enum Kind {
         integ: Integ,
         iv_seed: [u8; 16],
         /// Outbound AES on a CPU with AES-NI: the multi-buffer kernel's key schedule, for
-        /// bursts ([`Transform::defer_seal`]).
+        /// bursts ([`Transform::defer_seal`]) and single packets ([`Transform::seal`]).
         #[cfg(target_arch = "x86_64")]
         ni: Option<Box<super::aesni::AesNiKey>>,
         /// Inbound AES on a CPU with VAES and AVX-512F/BW: the key schedule of the
