@@ -431,8 +431,9 @@ pub fn cbc_decrypt(key: &AesNiDecKey, iv: &[u8; 16], data: &mut [u8]) -> bool {
     true
 }
 
-/// [`cbc_decrypt`] with the 128-bit kernel whatever the CPU has (for the tests that check
-/// one kernel against the other).
+/// [`cbc_decrypt`] with the 128-bit kernel whatever the CPU has: ESP's bodies under 256 bytes
+/// (under one step of the 512-bit kernel), and the tests that check one kernel against the
+/// other.
 pub fn cbc_decrypt_narrow(key: &AesNiDecKey, iv: &[u8; 16], data: &mut [u8]) -> bool {
     if !data.len().is_multiple_of(BLOCK) {
         return false;
